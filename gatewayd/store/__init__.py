@@ -1,0 +1,96 @@
+"""The event log: an append-only, ordered store of events plus per-folder UID checkpoints.
+
+`EventStore` is the seam for other backends (a PostgreSQL one can serve several gateway nodes):
+the HTTP API and the watchers only ever talk to this protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from gatewayd.events import Event, NewEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """How far a (mailbox, folder) has been processed: every UID <= last_uid is done."""
+
+    mailbox_id: str
+    folder: str
+    uidvalidity: int
+    last_uid: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """Which events a reader may and wants to see. Empty tuples mean "no restriction" except
+    `agent_ids`, which is always a restriction (a token only sees its own agents)."""
+
+    agent_ids: tuple[str, ...]
+    mailbox_ids: tuple[str, ...] = ()
+    # Glob patterns on the type (`message.*`); an event matches if any pattern matches.
+    type_patterns: tuple[str, ...] = ()
+    # A lower-cased address (`bob@example.org`) or a domain (`@example.org`).
+    from_filter: str | None = None
+
+
+class InvalidEventId(ValueError):
+    """An id that this store never issued (malformed)."""
+
+
+class EventStore(Protocol):
+    """Guarantees every implementation keeps (tests/test_store.py is the contract suite):
+
+    - `append` is atomic: the events and the checkpoint are written together or not at all.
+    - Events get strictly increasing `seq` in append order; `id` is an opaque ASCII string.
+    - An event whose `dedupe_key` is already stored is skipped silently (exactly once).
+    - Reads never return events outside `query.agent_ids`.
+    """
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def append(self, events: Sequence[NewEvent], checkpoint: Checkpoint | None = None) -> list[Event]:
+        """Store events (skipping known dedupe keys) and the checkpoint; return what was stored."""
+        ...
+
+    async def get_checkpoint(self, mailbox_id: str, folder: str) -> Checkpoint | None: ...
+
+    async def known_message_ids(self, mailbox_id: str, folder: str, message_ids: Sequence[str]) -> set[str]:
+        """Which of these Message-IDs were already announced for this folder (UIDVALIDITY resync)."""
+        ...
+
+    async def read_after(self, query: EventQuery, after_seq: int, limit: int) -> list[Event]:
+        """Events with seq > after_seq matching query, oldest first, at most limit."""
+        ...
+
+    async def read_before(self, query: EventQuery, before_seq: int | None, limit: int) -> list[Event]:
+        """Events with seq < before_seq (or the newest when None) matching query, newest first."""
+        ...
+
+    def seq_of(self, event_id: str) -> int:
+        """The seq behind a public id; raises InvalidEventId."""
+        ...
+
+    async def seq_at(self, created_at: str) -> int:
+        """The seq of the last event created strictly before this RFC 3339 time (0 when none)."""
+        ...
+
+    async def first_seq(self) -> int:
+        """The oldest seq still stored (0 when empty): a resume point below it lost events."""
+        ...
+
+    async def last_seq(self) -> int:
+        """The newest seq ever issued (0 when none)."""
+        ...
+
+    async def prune(self, max_age_seconds: float | None, max_events: int | None) -> int:
+        """Delete events beyond retention; return how many were removed."""
+        ...
+
+    async def ping(self) -> bool:
+        """True when the store answers."""
+        ...
