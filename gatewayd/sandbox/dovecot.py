@@ -1,8 +1,8 @@
 """A throwaway Dovecot on loopback for the demo, the tests and the benchmarks.
 
 It never touches the system instance: its own config, base_dir, state and mail live in one
-temporary directory, and it listens on free loopback ports. Users live in a passwd-file that
-Dovecot re-reads when it changes, so users can be added while it runs.
+temporary directory, and it listens on free loopback ports. Any user name logs in with the
+password `secret`; a mailbox appears on first delivery or login.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DOVECOT_BINARY = "/usr/sbin/dovecot"
+# Every sandbox user has this password. A static passdb (rather than a passwd-file, which Dovecot
+# re-reads at most once a second) makes a user usable the moment a test invents its name.
+PASSWORD = "secret"
 
 
 class SandboxUnavailable(RuntimeError):
@@ -35,17 +38,15 @@ def free_port() -> int:
 
 def _run_as() -> tuple[str, int, int]:
     """The unprivileged account the mail processes run as: as root, Debian's `dovecot` user."""
-    if os.geteuid() == 0:
-        entry = pwd.getpwnam("dovecot")
-    else:
-        entry = pwd.getpwuid(os.geteuid())
+    entry = pwd.getpwnam("dovecot") if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
     return entry.pw_name, entry.pw_uid, entry.pw_gid
 
 
-def _config(root: Path, imap_port: int, lmtp_port: int) -> str:
+def _config(root: Path, imap_port: int, imaps_port: int, lmtp_port: int, tls: bool, extra: str) -> str:
     user, uid, gid = _run_as()
     unprivileged = os.geteuid() != 0
     no_chroot = "  chroot =\n" if unprivileged else ""
+    ssl = f"ssl = yes\nssl_cert = <{root}/cert.pem\nssl_key = <{root}/key.pem\n" if tls else "ssl = no\n"
     return f"""\
 instance_name = gatewayd-sandbox-{imap_port}
 base_dir = {root}/run
@@ -53,7 +54,7 @@ state_dir = {root}/state
 log_path = {root}/dovecot.log
 protocols = imap lmtp
 listen = 127.0.0.1
-ssl = no
+{ssl}{extra}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 mail_location = maildir:~/Maildir
@@ -65,13 +66,12 @@ default_internal_group = {user}
 default_login_user = {user}
 mailbox_idle_check_interval = 1 secs
 passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%n {root}/users
+  driver = static
+  args = password={PASSWORD}
 }}
 userdb {{
-  driver = passwd-file
-  args = username_format=%n {root}/users
-  default_fields = uid={uid} gid={gid} home={root}/mail/%n
+  driver = static
+  args = uid={uid} gid={gid} home={root}/mail/%n
 }}
 namespace inbox {{
   inbox = yes
@@ -95,7 +95,8 @@ service imap-login {{
     port = {imap_port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {imaps_port if tls else 0}
   }}
   process_limit = 2048
 {no_chroot}}}
@@ -125,14 +126,17 @@ class Dovecot:
     root: Path
     imap_port: int
     lmtp_port: int
+    imaps_port: int = 0
     process: subprocess.Popen[bytes] | None = None
     users: dict[str, str] = field(default_factory=dict)
+    # Extra dovecot.conf lines, e.g. `imap_capability = IMAP4rev1` for a server without IDLE.
+    extra_config: str = ""
     _owns_root: bool = False
 
     host = "127.0.0.1"
 
     @classmethod
-    def create(cls, root: Path | None = None) -> Dovecot:
+    def create(cls, root: Path | None = None, *, extra_config: str = "") -> Dovecot:
         if not Path(DOVECOT_BINARY).exists():
             raise SandboxUnavailable(
                 f"{DOVECOT_BINARY} not found: install Dovecot with scripts/setup "
@@ -149,15 +153,33 @@ class Dovecot:
         for sub in ("run", "state", "mail"):
             (root / sub).mkdir(exist_ok=True)
         os.chown(root / "mail", uid, gid)
-        return cls(root=root, imap_port=free_port(), lmtp_port=free_port(), _owns_root=owns)
+        return cls(
+            root=root,
+            imap_port=free_port(),
+            lmtp_port=free_port(),
+            extra_config=extra_config,
+            _owns_root=owns,
+        )
+
+    @property
+    def tls(self) -> bool:
+        return (self.root / "cert.pem").exists()
+
+    def enable_tls(self, cert_pem: bytes, key_pem: bytes) -> None:
+        """Serve IMAPS (and STARTTLS on the plain port) with this certificate; call before start()."""
+        (self.root / "cert.pem").write_bytes(cert_pem)
+        (self.root / "key.pem").write_bytes(key_pem)
+        (self.root / "key.pem").chmod(0o600)
+        self.imaps_port = free_port()
 
     @property
     def config_path(self) -> Path:
         return self.root / "dovecot.conf"
 
     def start(self, timeout: float = 10.0) -> None:
-        self.config_path.write_text(_config(self.root, self.imap_port, self.lmtp_port))
-        self._write_users()
+        self.config_path.write_text(
+            _config(self.root, self.imap_port, self.imaps_port, self.lmtp_port, self.tls, self.extra_config)
+        )
         log = (self.root / "dovecot.stderr").open("ab")
         self.process = subprocess.Popen(
             [DOVECOT_BINARY, "-F", "-c", str(self.config_path)],
@@ -213,16 +235,10 @@ class Dovecot:
 
     # -- users and mail -----------------------------------------------------------------------
 
-    def add_user(self, name: str, password: str = "secret") -> None:
-        self.users[name] = password
-        self._write_users()
-
-    def _write_users(self) -> None:
-        path = self.root / "users"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(f"{u}:{{PLAIN}}{p}::::::\n" for u, p in self.users.items()))
-        tmp.chmod(0o644)
-        tmp.replace(path)
+    def add_user(self, name: str) -> str:
+        """Remember a user (any name works: see PASSWORD); returns its password."""
+        self.users[name] = PASSWORD
+        return PASSWORD
 
     def maildir(self, user: str) -> Path:
         return self.root / "mail" / user / "Maildir"
@@ -233,7 +249,9 @@ class Dovecot:
         with smtplib.LMTP(self.host, self.lmtp_port) as lmtp:
             lmtp.sendmail(sender, [user], raw)
 
-    async def deliver_async(self, user: str, message: bytes | str, sender: str = "sender@example.org") -> None:
+    async def deliver_async(
+        self, user: str, message: bytes | str, sender: str = "sender@example.org"
+    ) -> None:
         await asyncio.to_thread(self.deliver, user, message, sender)
 
     def reset_uidvalidity(self, user: str, folder: str = "INBOX") -> None:

@@ -6,8 +6,10 @@ the HTTP API and the watchers only ever talk to this protocol.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 
 from gatewayd.events import Event, NewEvent
@@ -94,3 +96,24 @@ class EventStore(Protocol):
     async def ping(self) -> bool:
         """True when the store answers."""
         ...
+
+
+@lru_cache(maxsize=1024)
+def _type_regex(pattern: str) -> re.Pattern[str]:
+    return re.compile("\\A" + ".*".join(re.escape(part) for part in pattern.split("*")) + "\\Z")
+
+
+def matches(query: EventQuery, event: Event) -> bool:
+    """The same filter the stores apply in their reads, for events delivered live."""
+    if event.agent_id not in query.agent_ids:
+        return False
+    if query.mailbox_ids and event.mailbox_id not in query.mailbox_ids:
+        return False
+    if query.type_patterns and not any(_type_regex(p).match(event.type) for p in query.type_patterns):
+        return False
+    if query.from_filter:
+        sender = event.from_address or ""
+        if query.from_filter.startswith("@"):
+            return sender.endswith(query.from_filter)
+        return sender == query.from_filter
+    return True

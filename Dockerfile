@@ -1,0 +1,22 @@
+# gatewayd in a container: slim Python, non-root, state in a volume, health from /healthz.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /opt/gatewayd
+COPY pyproject.toml README.md ./
+COPY gatewayd ./gatewayd
+RUN pip install --no-compile . \
+ && useradd --system --uid 10001 --home-dir /var/lib/gatewayd --shell /usr/sbin/nologin gatewayd \
+ && mkdir -p /var/lib/gatewayd /etc/gatewayd \
+ && chown gatewayd:gatewayd /var/lib/gatewayd
+
+USER gatewayd
+VOLUME ["/var/lib/gatewayd"]
+EXPOSE 8025
+# Mount the config at /etc/gatewayd/gatewayd.yaml with server.listen: "0.0.0.0:8025"
+# and store.path: /var/lib/gatewayd/events.db.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8025/healthz', timeout=4).status != 200)"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["gatewayd"]
+CMD ["run", "-c", "/etc/gatewayd/gatewayd.yaml"]

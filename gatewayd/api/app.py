@@ -1,0 +1,40 @@
+"""The HTTP application: routes, error handling, health."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gatewayd.api.context import GATEWAY, Gateway
+from gatewayd.api.errors import json_errors
+from gatewayd.api.events import list_events
+from gatewayd.api.stream import stream_events
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """GET /v1/events: the stream when the client asks for text/event-stream, else JSON."""
+    if "text/event-stream" in request.headers.get("Accept", ""):
+        return await stream_events(request)
+    return await list_events(request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    gateway = Gateway.of(request)
+    store_ok = await gateway.store.ping()
+    body = {
+        "status": "ok" if store_ok and not gateway.closing else "unavailable",
+        "store": "ok" if store_ok else "error",
+        "closing": gateway.closing,
+        "subscribers": len(gateway.bus),
+        "watchers": gateway.pool.health(),
+    }
+    return web.json_response(body, status=200 if body["status"] == "ok" else 503)
+
+
+def create_app(gateway: Gateway) -> web.Application:
+    app = web.Application(middlewares=[json_errors])
+    app[GATEWAY] = gateway
+    app.router.add_get("/events", stream_events, allow_head=False)
+    app.router.add_get("/v1/events/stream", stream_events, allow_head=False)
+    app.router.add_get("/v1/events", events, allow_head=False)
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    return app

@@ -1,0 +1,26 @@
+"""GET /v1/events as JSON: newest first, paged with an opaque cursor."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gatewayd.api.auth import authenticate
+from gatewayd.api.context import Gateway
+from gatewayd.api.params import event_query, event_seq, integer
+
+
+async def list_events(request: web.Request) -> web.Response:
+    gateway = Gateway.of(request)
+    agent = authenticate(request, gateway.config)
+    query = event_query(request, agent)
+    limit = integer(request, "limit", 50, 1, 500)
+    cursor = request.query.get("cursor")
+    before = event_seq(gateway.store, "cursor", cursor) if cursor else None
+    events = await gateway.store.read_before(query, before, limit + 1)
+    page = events[:limit]
+    return web.json_response(
+        {
+            "events": [event.envelope() for event in page],
+            "next_cursor": page[-1].id if len(events) > limit else None,
+        }
+    )

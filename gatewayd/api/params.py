@@ -1,0 +1,102 @@
+"""Query parameters shared by the stream and the JSON list, validated into an EventQuery."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gatewayd.api.errors import ApiError
+from gatewayd.config import AgentConfig
+from gatewayd.events import parse_rfc3339, rfc3339
+from gatewayd.store import EventQuery, EventStore, InvalidEventId
+
+_TYPE_PATTERN = re.compile(r"\A[A-Za-z0-9_.*-]{1,100}\Z")
+_ADDRESS = re.compile(r"\A[^@\s,]+@[^@\s,]+\Z")
+_DOMAIN = re.compile(r"\A@[^@\s,]+\Z")
+TYPE_PARAMS = ("types", "event_types", "eventTypes")
+
+
+def event_query(request: web.Request, agent: AgentConfig) -> EventQuery:
+    query = request.query
+    spelled = [name for name in TYPE_PARAMS if name in query]
+    if len(spelled) > 1:
+        raise ApiError(400, f"give the type filter once, not as {' and '.join(spelled)}")
+    patterns: tuple[str, ...] = ()
+    if spelled:
+        patterns = tuple(p.strip() for p in query[spelled[0]].split(",") if p.strip())
+        for pattern in patterns:
+            if not _TYPE_PATTERN.match(pattern):
+                raise ApiError(400, f"{spelled[0]}: invalid event type pattern {pattern!r}")
+    own = {mailbox.id for mailbox in agent.mailboxes}
+    mailboxes: tuple[str, ...] = ()
+    if "mailbox" in query:
+        mailboxes = tuple(m.strip() for m in query["mailbox"].split(",") if m.strip())
+        if not mailboxes:
+            raise ApiError(400, "mailbox: empty value")
+        for mailbox in mailboxes:
+            if mailbox not in own:
+                raise ApiError(403, f"mailbox {mailbox!r} is not accessible with this token")
+    sender = None
+    if "from" in query:
+        sender = query["from"].strip().lower()
+        if not (_ADDRESS.match(sender) or _DOMAIN.match(sender)):
+            raise ApiError(400, "from: expected an address (bob@example.org) or a domain (@example.org)")
+    return EventQuery(
+        agent_ids=(agent.id,), mailbox_ids=mailboxes, type_patterns=patterns, from_filter=sender
+    )
+
+
+def number(request: web.Request, name: str, default: float | None, low: float, high: float) -> float | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, f"{name}: expected a number, got {raw[:40]!r}") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"{name}: must be between {low:g} and {high:g}")
+    return value
+
+
+def integer(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ApiError(400, f"{name}: expected an integer {low}-{high}, got {raw[:40]!r}")
+    return int(raw)
+
+
+def event_seq(store: EventStore, name: str, event_id: str) -> int:
+    try:
+        return store.seq_of(event_id)
+    except InvalidEventId:
+        raise ApiError(400, f"{name}: not an event id: {event_id[:40]!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    after_seq: int
+    # What the client asked for, echoed in a stream.gap event.
+    requested: str
+
+
+async def resume_point(request: web.Request, store: EventStore) -> ResumePoint | None:
+    """Last-Event-ID (it wins) or since= (an event id or an RFC 3339 timestamp)."""
+    last_id = request.headers.get("Last-Event-ID")
+    if last_id is not None and last_id.strip():
+        return ResumePoint(event_seq(store, "Last-Event-ID", last_id.strip()), last_id.strip())
+    since = request.query.get("since")
+    if since is None:
+        return None
+    since = since.strip()
+    if since.isdigit():
+        return ResumePoint(event_seq(store, "since", since), since)
+    try:
+        moment = parse_rfc3339(since)
+    except ValueError:
+        raise ApiError(400, "since: expected an event id or an RFC 3339 timestamp") from None
+    return ResumePoint(await store.seq_at(rfc3339(moment)), since)

@@ -1,0 +1,105 @@
+"""The daemon: wires store → watchers → bus → HTTP, and shuts down in the promised order.
+
+Shutdown: stop accepting connections, flush the store, send every subscriber a `closing`
+event, give them the grace period, close the SSE connections, then LOGOUT from IMAP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from gatewayd.api.app import create_app
+from gatewayd.api.context import Gateway
+from gatewayd.bus import Bus
+from gatewayd.config import Config
+from gatewayd.imap.pool import WatcherPool
+from gatewayd.pipeline import Pipeline
+from gatewayd.store.sqlite import SqliteEventStore
+from gatewayd.systemd import notify
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = SqliteEventStore(Path(config.store.path))
+        self.bus = Bus()
+        self.pool = WatcherPool(config, self.store, Pipeline().process, self.bus.publish)
+        self.gateway = Gateway(config, self.store, self.bus, self.pool)
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        await self.store.open()
+        self._runner = web.AppRunner(
+            create_app(self.gateway), access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
+        await self._runner.setup()
+        server = self.config.server
+        self._site = web.TCPSite(self._runner, server.host, server.port)
+        await self._site.start()
+        sockets = self._runner.addresses
+        self.port = sockets[0][1] if sockets else server.port
+        self.pool.start()
+        self._pruner = asyncio.create_task(self._prune_forever(), name="prune")
+        log.info("listening on %s:%s", server.host, self.port)
+        notify("READY=1\nSTATUS=listening")
+
+    async def stop(self) -> None:
+        notify("STOPPING=1")
+        gateway = self.gateway
+        if self._site is not None:
+            await self._site.stop()  # no new connections; existing ones stay
+        if self._pruner is not None:
+            self._pruner.cancel()
+        gateway.closing_event.set()
+        # Every open stream now writes its closing event; give clients the grace period to go.
+        grace = self.config.server.shutdown_grace_seconds
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gateway.no_streams.wait(), grace)
+        gateway.grace_over.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.pool.close()
+        await self.store.close()
+        log.info("stopped")
+
+    async def _prune_forever(self) -> None:
+        store_config = self.config.store
+        max_age = store_config.retention_days * 86400 if store_config.retention_days else None
+        while True:
+            try:
+                removed = await self.store.prune(max_age, store_config.retention_max_events)
+                if removed:
+                    log.info("retention: pruned %d events", removed)
+            except Exception:
+                log.exception("retention: pruning failed")
+            await asyncio.sleep(store_config.prune_interval_seconds)
+
+
+async def serve(config: Config) -> int:
+    """Run until SIGTERM or SIGINT; exit status 0 after a clean shutdown."""
+    daemon = Daemon(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await daemon.start()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)
+        await daemon.stop()
+    return 0

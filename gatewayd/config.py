@@ -1,0 +1,563 @@
+"""Configuration: a YAML file in, validated frozen dataclasses out.
+
+One small schema per section (a `_Key` per key: a check and a default) drives both validation and
+defaults. Every problem is collected, so one run lists everything wrong with the file, each message
+starting with its key path: `agents[0].mailboxes[1].imap.port: expected an integer 1-65535, got "abc"`.
+Secrets (passwords, password file contents, environment values) are never echoed, in messages or reprs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import hmac
+import ipaddress
+import json
+import os
+import re
+import secrets
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+WATCH_ALWAYS = "always"
+WATCH_ON_DEMAND = "on_demand"
+TLS_IMPLICIT = "implicit"
+TLS_STARTTLS = "starttls"
+TLS_NONE = "none"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_STORE_PATH = "/var/lib/gatewayd/events.db"
+# RFC 2177: a server may drop an IDLE after 30 minutes, so it must be renewed before that.
+MAX_IDLE_RENEW_SECONDS = 1740
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Secret:
+    """A string that does not show itself: repr and str print `***`; `reveal()` returns the value."""
+
+    _value: str
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+
+@dataclass(frozen=True, slots=True)
+class ImapConfig:
+    host: str
+    port: int
+    tls: str
+    username: str
+    password: Secret
+    folders: tuple[str, ...]
+    allow_insecure: bool
+    verify_cert: bool
+    ca_file: Path | None
+    idle_renew_seconds: float
+    read_timeout_seconds: float
+    poll_interval_seconds: float
+    connect_timeout_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxConfig:
+    id: str
+    agent_id: str
+    watch: str
+    imap: ImapConfig
+    backfill: int
+    fetch_max_bytes: int
+    on_demand_linger_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    id: str
+    token_sha256: tuple[str, ...]
+    mailboxes: tuple[MailboxConfig, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str
+    port: int
+    shutdown_grace_seconds: float
+    subscriber_queue_size: int
+    retry_ms: int
+    max_ping_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    path: Path
+    retention_days: float | None
+    retention_max_events: int | None
+    prune_interval_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig
+    store: StoreConfig
+    agents: tuple[AgentConfig, ...]
+    log_level: str
+    source: Path | None
+
+    def mailboxes(self) -> list[MailboxConfig]:
+        """Every mailbox of every agent, in file order."""
+        return [mailbox for agent in self.agents for mailbox in agent.mailboxes]
+
+    def agent(self, agent_id: str) -> AgentConfig:
+        """The agent with this id; KeyError if there is none."""
+        for agent in self.agents:
+            if agent.id == agent_id:
+                return agent
+        raise KeyError(agent_id)
+
+    def agent_for_token_hash(self, token_hash: str) -> AgentConfig | None:
+        """The agent owning this SHA-256 hex digest. Compares against every hash, in constant time."""
+        probe = token_hash.lower().encode()
+        found = None
+        for agent in self.agents:
+            for digest in agent.token_sha256:
+                if hmac.compare_digest(probe, digest.encode()) and found is None:
+                    found = agent
+        return found
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; `errors` lists every problem as `<key path>: <problem>`."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+def hash_token(token: str) -> str:
+    """The form a token takes in `token_sha256`: SHA-256 of its UTF-8 bytes, lowercase hex."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    return "gwd_" + secrets.token_urlsafe(32)
+
+
+# --- checks: each takes a raw YAML value and returns the clean value or raises _Invalid ---------------
+
+Check = Callable[[Any], Any]
+
+
+class _Invalid(Exception):
+    """A value failed its check: (path suffix such as "" or "[2]", message) pairs."""
+
+    def __init__(self, *problems: tuple[str, str]) -> None:
+        super().__init__(problems)
+        self.problems = problems
+
+
+def _fail(message: str) -> _Invalid:
+    return _Invalid(("", message))
+
+
+def _kind(value: Any) -> str:
+    """What a value is, without showing it."""
+    if isinstance(value, list) and not value:
+        return "an empty list"
+    kinds = {type(None): "null", bool: "a boolean", str: "a string", int: "an integer", float: "a number"}
+    return {**kinds, dict: "a mapping", list: "a list"}.get(type(value), type(value).__name__)
+
+
+def _describe(value: Any) -> str:
+    """A short rendering of a (non-secret) value for error messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value) if len(repr(value)) <= 30 else "a huge number"
+    if isinstance(value, str):
+        return json.dumps(value if len(value) <= 60 else value[:57] + "...", ensure_ascii=False)
+    return _kind(value)
+
+
+def _check(ok: Callable[[Any], object], want: str, convert: Callable[[Any], Any] = lambda v: v) -> Check:
+    """A check from a predicate; a value failing it gets `expected <want>, got <value>`."""
+
+    def check(value: Any) -> Any:
+        if not ok(value):
+            raise _fail(f"expected {want}, got {_describe(value)}")
+        return convert(value)
+
+    return check
+
+
+def _is_int(v: Any) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
+
+
+def _is_number(v: Any) -> bool:  # the bound also keeps out inf, nan and ints too large for a float
+    return isinstance(v, int | float) and not isinstance(v, bool) and abs(v) < 1e18
+
+
+def _integer(lo: int, hi: int | None = None) -> Check:
+    want = f"an integer {lo}-{hi}" if hi is not None else f"an integer >= {lo}"
+    return _check(lambda v: _is_int(v) and lo <= v and (hi is None or v <= hi), want, int)
+
+
+def _number(lo: float, hi: float | None = None, *, above: bool = False) -> Check:
+    """An int or float in range; `above` makes `lo` exclusive."""
+    want = f"a number {lo}-{hi}" if hi is not None else f"a number {'>' if above else '>='} {lo}"
+
+    def ok(v: Any) -> bool:
+        return _is_number(v) and (v > lo if above else v >= lo) and (hi is None or v <= hi)
+
+    return _check(ok, want, float)
+
+
+def _choice(*options: str, fold_case: bool = False) -> Check:
+    fold: Callable[[str], str] = str.lower if fold_case else str
+    want = "one of " + ", ".join(map(json.dumps, options))
+    return _check(lambda v: isinstance(v, str) and fold(v) in options, want, fold)
+
+
+_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_LISTEN = re.compile(r"(?:\[(?P<v6>[^\]\s]+)\]|(?P<host>[^:\[\]\s]+)):(?P<port>[0-9]{1,5})")
+
+_positive = _number(0, above=True)
+_boolean = _check(lambda v: isinstance(v, bool), "true or false")
+_string = _check(lambda v: isinstance(v, str) and v != "", "a non-empty string")
+_ident = _check(lambda v: isinstance(v, str) and _ID.fullmatch(v), "1-64 characters from A-Z a-z 0-9 . _ -")
+
+
+def _secret(value: Any) -> str:  # never echoed
+    if not isinstance(value, str) or not value:
+        raise _fail("expected a string" if not isinstance(value, str) else "must not be empty")
+    return value
+
+
+def _hex_digest(value: Any) -> str:  # not echoed: it may be the token itself, pasted by mistake
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        got = f"{len(value)} characters" if isinstance(value, str) else _kind(value)
+        raise _fail(f"expected the token's SHA-256 as 64 hex characters (never the token), got {got}")
+    return value.lower()
+
+
+def _listen(value: Any) -> tuple[str, int]:
+    match = _LISTEN.fullmatch(value) if isinstance(value, str) else None
+    if match is None or int(match["port"]) > 65535:
+        raise _fail(f'expected "host:port" or "[ipv6]:port" with a port 0-65535, got {_describe(value)}')
+    return match["v6"] or match["host"], int(match["port"])
+
+
+def _nullable(check: Check) -> Check:
+    return lambda value: None if value is None else check(value)
+
+
+def _list_of(item: Check, *, single_ok: bool = False, nonempty: bool = False, unique: bool = False) -> Check:
+    def check(value: Any) -> tuple[Any, ...]:
+        if single_ok and isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or (nonempty and not value):
+            raise _fail(f"expected a {'non-empty ' if nonempty else ''}list, got {_describe(value)}")
+        out: list[Any] = []
+        problems: list[tuple[str, str]] = []
+        for i, element in enumerate(value):
+            try:
+                clean = item(element)
+            except _Invalid as bad:
+                problems += [(f"[{i}]{at}", message) for at, message in bad.problems]
+                continue
+            if unique and clean in out:
+                problems.append((f"[{i}]", f"duplicate {_describe(clean)}"))
+            out.append(clean)
+        if problems:
+            raise _Invalid(*problems)
+        return tuple(out)
+
+    return check
+
+
+# --- schema -----------------------------------------------------------------------------------------
+
+_REQUIRED: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    check: Check | None = None  # None: the raw value goes to the caller (nested sections)
+    default: Any = _REQUIRED
+
+
+_TOP = {"server": _Key(None, {}), "store": _Key(None, {}), "logging": _Key(None, {}), "agents": _Key()}
+_SERVER = {
+    "listen": _Key(_listen, ("127.0.0.1", 8025)),
+    "shutdown_grace_seconds": _Key(_number(0), 5.0),
+    "subscriber_queue_size": _Key(_integer(1), 1000),
+    "retry_ms": _Key(_integer(0), 3000),
+    "max_ping_seconds": _Key(_number(1), 300.0),
+}
+_STORE = {
+    "path": _Key(_string, DEFAULT_STORE_PATH),
+    "retention_days": _Key(_nullable(_positive), 30.0),
+    "retention_max_events": _Key(_nullable(_integer(1)), None),
+    "prune_interval_seconds": _Key(_positive, 300.0),
+}
+_LOGGING = {"level": _Key(_choice(*LOG_LEVELS, fold_case=True), "info")}
+_AGENT = {
+    "id": _Key(_ident),
+    "token_sha256": _Key(_list_of(_hex_digest, single_ok=True), ()),
+    "mailboxes": _Key(None, []),
+}
+_MAILBOX = {
+    "id": _Key(_ident),
+    "watch": _Key(_choice(WATCH_ALWAYS, WATCH_ON_DEMAND), WATCH_ON_DEMAND),
+    "on_demand_linger_seconds": _Key(_number(0), 30.0),
+    "backfill": _Key(_integer(0), 0),
+    "fetch_max_bytes": _Key(_integer(1), 262144),
+    "imap": _Key(),
+}
+_PASSWORD_KEYS = ("password", "password_file", "password_env")
+_IMAP = {
+    "host": _Key(_string),
+    "port": _Key(_integer(1, 65535), None),  # None: 993 for implicit TLS, 143 otherwise
+    "tls": _Key(_choice(TLS_IMPLICIT, TLS_STARTTLS, TLS_NONE), TLS_IMPLICIT),
+    "allow_insecure": _Key(_boolean, False),
+    "verify_cert": _Key(_boolean, True),
+    "ca_file": _Key(_nullable(_string), None),
+    "username": _Key(_string),
+    "password": _Key(_secret, None),
+    "password_file": _Key(_string, None),
+    "password_env": _Key(_string, None),
+    "folders": _Key(_list_of(_string, nonempty=True, unique=True), ("INBOX",)),
+    "idle_renew_seconds": _Key(_number(1, MAX_IDLE_RENEW_SECONDS), 1500.0),
+    "read_timeout_seconds": _Key(_positive, 60.0),
+    "poll_interval_seconds": _Key(_positive, 60.0),
+    "connect_timeout_seconds": _Key(_positive, 15.0),
+}
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _section(data: Any, path: str, schema: Mapping[str, _Key], errors: list[str]) -> dict[str, Any] | None:
+    """Check `data` against `schema`: the clean values (defaults filled in) of the keys that passed."""
+    if not isinstance(data, dict):
+        errors.append(f"{path or '(top level)'}: expected a mapping, got {_kind(data)}")
+        return None
+    for key in data:
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), schema, n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            errors.append(f"{_join(path, key)}: unknown key{hint}")
+    values: dict[str, Any] = {}
+    for key, spec in schema.items():
+        if key not in data:
+            if spec.default is _REQUIRED:
+                errors.append(f"{_join(path, key)}: missing required key")
+            else:
+                values[key] = spec.default
+            continue
+        try:
+            values[key] = data[key] if spec.check is None else spec.check(data[key])
+        except _Invalid as bad:
+            errors += [f"{_join(path, key)}{at}: {message}" for at, message in bad.problems]
+    return values
+
+
+def _build(cls: type[T], values: Mapping[str, Any], **overrides: Any) -> T:
+    """A dataclass from checked values whose keys are named like its fields."""
+    return cls(**{f.name: overrides[f.name] if f.name in overrides else values[f.name] for f in fields(cls)})
+
+
+@dataclass
+class _Context:
+    env: Mapping[str, str]
+    base_dir: Path
+    errors: list[str] = field(default_factory=list)
+    first_use: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def unique(self, key: tuple[str, str], label: str, path: str) -> None:
+        if key in self.first_use:
+            self.errors.append(f"{path}: {label} (first used at {self.first_use[key]})")
+        else:
+            self.first_use[key] = path
+
+    def path(self, raw: str) -> Path:
+        """Relative paths are relative to the configuration file's directory."""
+        resolved = Path(raw).expanduser()
+        return resolved if resolved.is_absolute() else self.base_dir / resolved
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]").rstrip(".").lower()
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _password(data: dict[str, Any], v: dict[str, Any], path: str, ctx: _Context) -> Secret | None:
+    """Exactly one of password, password_file, password_env; the secret is never put in a message."""
+    given = [key for key in _PASSWORD_KEYS if key in data]
+    if len(given) != 1:
+        required = "one of password, password_file, password_env is required"
+        exclusive = f"{' and '.join(given)} are mutually exclusive; set exactly one"
+        ctx.errors.append(f"{path}: {exclusive if given else required}")
+        return None
+    key = given[0]
+    if key not in v:  # its check failed, already reported
+        return None
+    if key == "password":
+        return Secret(v[key])
+    value: str | None = None
+    if key == "password_env":
+        value = ctx.env.get(v[key])
+        problem = f"environment variable {v[key]} is {'not set' if value is None else 'empty'}"
+    else:
+        file = ctx.path(v[key])
+        try:
+            value = file.read_bytes().decode("utf-8").rstrip("\r\n")
+            problem = f"{file} is empty"
+        except OSError as exc:
+            problem = f"cannot read {file}: {exc.strerror or type(exc).__name__}"
+        except UnicodeDecodeError:
+            problem = f"{file} is not valid UTF-8"
+    if not value:
+        ctx.errors.append(f"{path}.{key}: {problem}")
+        return None
+    return Secret(value)
+
+
+def _imap(data: Any, path: str, ctx: _Context) -> ImapConfig | None:
+    before = len(ctx.errors)
+    v = _section(data, path, _IMAP, ctx.errors)
+    if v is None:
+        return None
+    insecure = v.get("tls") == TLS_NONE and v.get("allow_insecure") is False
+    if insecure and "host" in v and not _is_loopback(v["host"]):
+        ctx.errors.append(
+            f'{path}.tls: "none" sends the password in clear to a non-loopback host;'
+            " set allow_insecure: true to allow it"
+        )
+    ca_file = ctx.path(v["ca_file"]) if v.get("ca_file") else None
+    if ca_file is not None and not ca_file.is_file():
+        ctx.errors.append(f"{path}.ca_file: no such file: {ca_file}")
+    password = _password(data, v, path, ctx)
+    if len(ctx.errors) > before or password is None:
+        return None
+    port = v["port"] if v["port"] is not None else 993 if v["tls"] == TLS_IMPLICIT else 143
+    return _build(ImapConfig, v, port=port, password=password, ca_file=ca_file)
+
+
+def _mailbox(data: Any, path: str, agent_id: str, ctx: _Context) -> MailboxConfig | None:
+    before = len(ctx.errors)
+    v = _section(data, path, _MAILBOX, ctx.errors)
+    if v is None:
+        return None
+    if "id" in v:
+        ctx.unique(("mailbox", v["id"]), f'duplicate mailbox id "{v["id"]}"', f"{path}.id")
+    imap = _imap(v["imap"], f"{path}.imap", ctx) if "imap" in v else None
+    if len(ctx.errors) > before or imap is None:
+        return None
+    return _build(MailboxConfig, v, agent_id=agent_id, imap=imap)
+
+
+def _agent(data: Any, path: str, ctx: _Context) -> AgentConfig | None:
+    before = len(ctx.errors)
+    v = _section(data, path, _AGENT, ctx.errors)
+    if v is None:
+        return None
+    if "id" in v:
+        ctx.unique(("agent", v["id"]), f'duplicate agent id "{v["id"]}"', f"{path}.id")
+    for i, digest in enumerate(v.get("token_sha256", ())):
+        label = "duplicate token hash; a token must identify exactly one agent"
+        ctx.unique(("token", digest), label, f"{path}.token_sha256[{i}]")
+    raw = v["mailboxes"]
+    if not isinstance(raw, list):
+        ctx.errors.append(f"{path}.mailboxes: expected a list, got {_kind(raw)}")
+        raw = []
+    mailboxes = [_mailbox(item, f"{path}.mailboxes[{i}]", v.get("id", ""), ctx) for i, item in enumerate(raw)]
+    if len(ctx.errors) > before:
+        return None
+    return _build(AgentConfig, v, mailboxes=tuple(m for m in mailboxes if m is not None))
+
+
+def parse_config(
+    data: object, env: Mapping[str, str] | None = None, base_dir: str | Path | None = None
+) -> Config:
+    """Validate already-parsed YAML. Relative paths resolve against `base_dir` (default: the cwd)."""
+    ctx = _Context(os.environ if env is None else env, Path.cwd() if base_dir is None else Path(base_dir))
+    if data is None:
+        raise ConfigError(['(top level): the configuration is empty; at least "agents" is required'])
+    top = _section(data, "", _TOP, ctx.errors)
+    if top is None:
+        raise ConfigError(ctx.errors)
+    server = _section(top["server"], "server", _SERVER, ctx.errors)
+    store = _section(top["store"], "store", _STORE, ctx.errors)
+    logging = _section(top["logging"], "logging", _LOGGING, ctx.errors)
+    agents = top.get("agents", [])
+    if "agents" in top and (not isinstance(agents, list) or not agents):
+        ctx.errors.append(f"agents: expected a non-empty list, got {_kind(agents)}")
+        agents = []
+    parsed = [_agent(item, f"agents[{i}]", ctx) for i, item in enumerate(agents)]
+    if ctx.errors or server is None or store is None or logging is None:
+        raise ConfigError(ctx.errors)
+    host, port = server["listen"]
+    return Config(
+        server=_build(ServerConfig, server, host=host, port=port),
+        store=_build(StoreConfig, store, path=ctx.path(store["path"])),
+        agents=tuple(agent for agent in parsed if agent is not None),
+        log_level=logging["level"],
+        source=None,
+    )
+
+
+class _DuplicateKey(yaml.MarkedYAMLError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses a key repeated in one mapping (plain PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable):
+                if key in seen:
+                    problem = f"duplicate key {_describe(key)}"
+                    raise _DuplicateKey(problem=problem, problem_mark=key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate a configuration file; ConfigError lists every problem found."""
+    source = Path(path).expanduser().resolve()
+    try:
+        data = yaml.load(source.read_text(encoding="utf-8"), Loader=_Loader)  # a SafeLoader
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read the configuration file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{source}: the configuration file is not valid UTF-8"]) from None
+    except yaml.MarkedYAMLError as exc:
+        # Only the position and the problem: str(exc) would quote the offending line, maybe a password.
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else str(source)
+        prefix = "" if isinstance(exc, _DuplicateKey) else "invalid YAML: "
+        raise ConfigError([f"{where}: {prefix}{exc.problem or exc.context or 'syntax error'}"]) from None
+    except yaml.YAMLError:
+        raise ConfigError([f"{source}: invalid YAML"]) from None
+    return replace(parse_config(data, env, source.parent), source=source)

@@ -1,0 +1,128 @@
+"""All watchers of the gateway: one per (mailbox, folder), shared by every subscriber.
+
+`always` mailboxes are watched from start-up. `on_demand` ones start with their first
+subscriber and log out `on_demand_linger_seconds` after the last one leaves, so a client that
+reconnects at once does not cost a new IMAP login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Iterable
+
+from gatewayd.config import WATCH_ALWAYS, Config, MailboxConfig
+from gatewayd.imap.watch import FolderWatcher, MessageProcessor, Publisher
+from gatewayd.store import EventStore
+
+log = logging.getLogger(__name__)
+
+
+class WatcherPool:
+    def __init__(
+        self, config: Config, store: EventStore, process: MessageProcessor, publish: Publisher
+    ) -> None:
+        self._mailboxes = {mailbox.id: mailbox for mailbox in config.mailboxes()}
+        self._store = store
+        self._process = process
+        self._publish = publish
+        self._tasks: dict[str, list[asyncio.Task[None]]] = {}
+        self._watchers: dict[str, list[FolderWatcher]] = {}
+        self._subscribers: Counter[str] = Counter()
+        self._linger: dict[str, asyncio.TimerHandle] = {}
+        self._closed = False
+        self._stopping: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        for mailbox in self._mailboxes.values():
+            if mailbox.watch == WATCH_ALWAYS:
+                self._start(mailbox)
+
+    def _start(self, mailbox: MailboxConfig) -> None:
+        if mailbox.id in self._tasks or self._closed:
+            return
+        watchers = [
+            FolderWatcher(mailbox, folder, self._store, self._process, self._publish)
+            for folder in mailbox.imap.folders
+        ]
+        self._watchers[mailbox.id] = watchers
+        self._tasks[mailbox.id] = [
+            asyncio.create_task(watcher.run(), name=f"watch:{mailbox.id}/{watcher.folder}")
+            for watcher in watchers
+        ]
+        log.info("watching %s (%s)", mailbox.id, ", ".join(mailbox.imap.folders))
+
+    def acquire(self, mailbox_ids: Iterable[str]) -> None:
+        """A subscriber wants these mailboxes watched."""
+        for mailbox_id in mailbox_ids:
+            self._subscribers[mailbox_id] += 1
+            if handle := self._linger.pop(mailbox_id, None):
+                handle.cancel()
+            mailbox = self._mailboxes.get(mailbox_id)
+            if mailbox is not None:
+                self._start(mailbox)
+
+    def release(self, mailbox_ids: Iterable[str]) -> None:
+        for mailbox_id in mailbox_ids:
+            self._subscribers[mailbox_id] -= 1
+            mailbox = self._mailboxes.get(mailbox_id)
+            if self._subscribers[mailbox_id] > 0 or mailbox is None or mailbox.watch == WATCH_ALWAYS:
+                continue
+            del self._subscribers[mailbox_id]
+            if self._closed:
+                continue
+            loop = asyncio.get_running_loop()
+            self._linger[mailbox_id] = loop.call_later(
+                mailbox.on_demand_linger_seconds, self._stop_later, mailbox_id
+            )
+
+    def _stop_later(self, mailbox_id: str) -> None:
+        self._linger.pop(mailbox_id, None)
+        task = asyncio.create_task(self._stop(mailbox_id))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    async def _stop(self, mailbox_id: str) -> None:
+        tasks = self._tasks.pop(mailbox_id, [])
+        self._watchers.pop(mailbox_id, None)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+            log.info("stopped watching %s", mailbox_id)
+
+    def is_watching(self, mailbox_id: str) -> bool:
+        return mailbox_id in self._tasks
+
+    async def close(self) -> None:
+        """Log out of every server (after the SSE connections are gone)."""
+        self._closed = True
+        for handle in self._linger.values():
+            handle.cancel()
+        self._linger.clear()
+        await asyncio.gather(*(self._stop(mailbox_id) for mailbox_id in list(self._tasks)), *self._stopping)
+
+    def health(self) -> list[dict[str, object]]:
+        report: list[dict[str, object]] = []
+        for mailbox in self._mailboxes.values():
+            watchers = self._watchers.get(mailbox.id)
+            if not watchers:
+                report.append({"mailbox_id": mailbox.id, "watch": mailbox.watch, "state": "not_watching"})
+                continue
+            for watcher in watchers:
+                status = watcher.status
+                report.append(
+                    {
+                        "mailbox_id": mailbox.id,
+                        "folder": watcher.folder,
+                        "watch": mailbox.watch,
+                        "state": status.state,
+                        "since": status.since,
+                        "last_error": status.last_error,
+                        "uidvalidity": status.uidvalidity,
+                        "last_uid": status.last_uid,
+                        "reconnects": status.reconnects,
+                    }
+                )
+        return report

@@ -1,0 +1,354 @@
+"""One authenticated IMAP connection with a folder selected, over aioimaplib.
+
+This module hides aioimaplib's rough edges (see docs in the README): it detects a lost
+connection while idling, upgrades STARTTLS by hand, reads literals instead of ENVELOPE, and
+never lets the password reach an exception message or a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aioimaplib
+
+from gatewayd.config import TLS_IMPLICIT, TLS_STARTTLS, ImapConfig
+from gatewayd.message import FetchedMessage
+
+# aioimaplib logs every line at debug and stray responses at info: never let it near our logs.
+logging.getLogger("aioimaplib").setLevel(logging.WARNING)
+logging.getLogger("aioimaplib.aioimaplib").setLevel(logging.WARNING)
+
+_LOST = [b"gatewayd: connection lost"]
+_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
+_UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
+_FETCH_START = re.compile(rb"^\d+ FETCH \(")
+_FETCH_UID = re.compile(rb"[( ]UID (\d+)")
+_FETCH_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
+_FETCH_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
+_FETCH_DATE = re.compile(rb'INTERNALDATE "([^"]*)"')
+
+
+class ImapError(Exception):
+    """A failure talking to the server. `kind` tells the watcher how to back off."""
+
+    kind = "protocol"
+
+
+class ImapAuthError(ImapError):
+    kind = "auth"
+
+
+class ImapConnectionLost(ImapError):
+    kind = "network"
+
+
+class ImapTlsError(ImapError):
+    kind = "tls"
+
+
+def tls_context(config: ImapConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    if not config.verify_cert:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@dataclass(frozen=True, slots=True)
+class Selected:
+    folder: str
+    uidvalidity: int
+    uidnext: int | None
+
+
+class ImapSession:
+    """Use `await ImapSession.open(config, folder)`; every call raises an ImapError subclass."""
+
+    def __init__(self, config: ImapConfig, client: aioimaplib.IMAP4) -> None:
+        self.config = config
+        self._client = client
+        self._lost = False
+        self._idle_task: asyncio.Future[aioimaplib.Response] | None = None
+        self.selected: Selected | None = None
+        # Set whenever the server reports EXISTS, in IDLE or not: aioimaplib drops an EXISTS
+        # that arrives during another command, so the watcher checks this after each sync.
+        self.exists_seen = False
+        protocol = client.protocol
+        untagged = protocol._untagged_response
+
+        def note_exists(line: bytes) -> object:
+            if line.endswith(b" EXISTS"):
+                self.exists_seen = True
+            return untagged(line)
+
+        protocol._untagged_response = note_exists
+
+    @classmethod
+    async def open(cls, config: ImapConfig) -> ImapSession:
+        session: ImapSession | None = None
+
+        def connection_lost(_exc: Exception | None) -> None:
+            if session is not None:
+                session._on_lost()
+
+        timeout = config.connect_timeout_seconds
+        try:
+            if config.tls == TLS_IMPLICIT:
+                client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
+                    config.host, config.port, timeout=timeout, ssl_context=tls_context(config)
+                )
+                client.protocol.conn_lost_cb = connection_lost
+            else:
+                client = aioimaplib.IMAP4(
+                    config.host, config.port, timeout=timeout, conn_lost_cb=connection_lost
+                )
+            session = cls(config, client)
+            await client.wait_hello_from_server()
+            if config.tls == TLS_STARTTLS:
+                await session._starttls()
+            response = await client.login(config.username, config.password.reveal())
+        except ImapError:
+            await _abandon(session)
+            raise
+        except ssl.SSLError as exc:
+            await _abandon(session)
+            raise ImapTlsError(f"TLS failed: {exc.reason or type(exc).__name__}") from None
+        except (OSError, TimeoutError, aioimaplib.AioImapException) as exc:
+            await _abandon(session)
+            raise ImapConnectionLost(
+                f"cannot connect to {config.host}:{config.port}: {_describe(exc)}"
+            ) from None
+        if response.result != "OK":
+            await _abandon(session)
+            text = _text(response.lines[-1:]) if response.lines else response.result
+            raise ImapAuthError(f"login refused for {config.username}: {text}")
+        return session
+
+    async def _starttls(self) -> None:
+        protocol = self._client.protocol
+        if "STARTTLS" not in protocol.capabilities:
+            raise ImapTlsError("server does not offer STARTTLS")
+        command = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
+        response = await asyncio.wait_for(protocol.execute(command), self.config.connect_timeout_seconds)
+        if response.result != "OK":
+            raise ImapTlsError(f"STARTTLS refused: {_text(response.lines)}")
+        loop = asyncio.get_running_loop()
+        transport = await loop.start_tls(
+            protocol.transport, protocol, tls_context(self.config), server_hostname=self.config.host
+        )
+        protocol.transport = transport
+        # Capabilities announced before TLS must not be trusted (RFC 3501 6.2.1).
+        await asyncio.wait_for(protocol.capability(), self.config.connect_timeout_seconds)
+
+    def _on_lost(self) -> None:
+        self._lost = True
+        protocol = self._client.protocol
+        # Wakes a pending wait_server_push at once instead of at the read timeout.
+        protocol.idle_queue.put_nowait(_LOST)
+        # aioimaplib leaves pending commands waiting forever: fail them now.
+        pending = [protocol.pending_sync_command, *protocol.pending_async_commands.values()]
+        for command in pending:
+            if command is not None:
+                command._exception = aioimaplib.Abort("connection lost")
+                command.close(b"connection lost", "NO")
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return frozenset(self._client.protocol.capabilities)
+
+    @property
+    def supports_idle(self) -> bool:
+        return "IDLE" in self._client.protocol.capabilities
+
+    def _check(self, response: aioimaplib.Response, what: str) -> aioimaplib.Response:
+        if self._lost:
+            raise ImapConnectionLost("connection lost")
+        if response.result != "OK":
+            raise ImapError(f"{what} failed: {response.result} {_text(response.lines[-1:])}")
+        return response
+
+    async def _call(self, what: str, awaitable: object, timeout: float | None = None) -> aioimaplib.Response:
+        if self._lost:
+            raise ImapConnectionLost("connection lost")
+        try:
+            response = await asyncio.wait_for(awaitable, timeout or self.config.read_timeout_seconds)  # type: ignore[arg-type]
+        except (TimeoutError, aioimaplib.CommandTimeout):
+            raise ImapConnectionLost(f"no answer to {what} in time") from None
+        except aioimaplib.AioImapException as exc:
+            raise ImapError(f"{what} failed: {type(exc).__name__}") from None
+        except OSError as exc:
+            raise ImapConnectionLost(f"{what} failed: {_describe(exc)}") from None
+        return self._check(response, what)
+
+    async def select(self, folder: str) -> Selected:
+        response = await self._call("SELECT", self._client.select(_quote(folder)))
+        uidvalidity = uidnext = None
+        for line in response.lines:
+            if isinstance(line, bytes):
+                if match := _UIDVALIDITY.search(line):
+                    uidvalidity = int(match.group(1))
+                if match := _UIDNEXT.search(line):
+                    uidnext = int(match.group(1))
+        if uidvalidity is None:
+            raise ImapError(f"SELECT {folder}: server sent no UIDVALIDITY")
+        self.selected = Selected(folder, uidvalidity, uidnext)
+        return self.selected
+
+    async def uids_from(self, first_uid: int) -> list[int]:
+        """All UIDs >= first_uid, ascending. (`n:*` always includes the highest UID: filter.)"""
+        response = await self._call("UID SEARCH", self._client.uid_search(f"UID {first_uid}:*", charset=None))
+        uids: list[int] = []
+        # aioimaplib strips the `* SEARCH` prefix; the last line is the tagged completion text.
+        for line in response.lines[:-1]:
+            uids.extend(int(token) for token in bytes(line).split() if token.isdigit())
+        return sorted(uid for uid in uids if uid >= first_uid)
+
+    async def fetch(self, uids: Sequence[int], max_bytes: int) -> list[FetchedMessage]:
+        """Fetch metadata and the first max_bytes of each message, without setting \\Seen.
+
+        A UID expunged meanwhile is simply absent from the result.
+        """
+        if not uids or self.selected is None:
+            return []
+        wanted = set(uids)
+        items = f"(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[]<0.{max_bytes}>)"
+        response = await self._call("UID FETCH", self._client.uid("fetch", _uid_set(uids), items))
+        return [m for m in _parse_fetch(response.lines, self.selected) if m.uid in wanted]
+
+    async def message_ids(self, uids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
+        """UID -> (Message-ID header, INTERNALDATE), for resynchronising after a UIDVALIDITY change."""
+        if not uids or self.selected is None:
+            return {}
+        items = "(UID INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
+        response = await self._call("UID FETCH", self._client.uid("fetch", _uid_set(uids), items))
+        result: dict[int, tuple[str | None, str | None]] = {}
+        for message in _parse_fetch(response.lines, self.selected):
+            header = message.raw.decode("latin-1").partition(":")[2].strip() or None
+            result[message.uid] = (header, message.internaldate)
+        return result
+
+    async def idle_start(self) -> None:
+        try:
+            self._idle_task = await asyncio.wait_for(
+                self._client.idle_start(timeout=10**6), self.config.read_timeout_seconds
+            )
+        except (TimeoutError, aioimaplib.AioImapException) as exc:
+            raise ImapConnectionLost(f"IDLE not accepted: {_describe(exc)}") from None
+
+    async def wait_push(self, timeout: float) -> list[bytes]:
+        """Untagged lines pushed during IDLE; [] when nothing came within timeout."""
+        try:
+            lines: list[bytes] = await self._client.wait_server_push(timeout)
+        except TimeoutError:
+            return []
+        if lines is _LOST or self._lost:
+            raise ImapConnectionLost("connection closed by server")
+        return [line for line in lines if isinstance(line, bytes)]
+
+    async def idle_done(self) -> None:
+        """End IDLE; a server that does not confirm in time is considered gone."""
+        task, self._idle_task = self._idle_task, None
+        if task is None or task.done():
+            return
+        if self._lost:
+            raise ImapConnectionLost("connection lost")
+        self._client.idle_done()
+        try:
+            await asyncio.wait_for(task, self.config.read_timeout_seconds)
+        except (TimeoutError, aioimaplib.AioImapException):
+            raise ImapConnectionLost("no answer to DONE in time") from None
+        if self._lost:
+            raise ImapConnectionLost("connection lost")
+
+    async def noop(self) -> list[bytes]:
+        response = await self._call("NOOP", self._client.noop())
+        return [line for line in response.lines if isinstance(line, bytes)]
+
+    async def logout(self) -> None:
+        """Leave politely (DONE, LOGOUT); never raises."""
+        try:
+            await self.idle_done()
+            if not self._lost:
+                await asyncio.wait_for(self._client.logout(), 2)
+        except Exception:
+            pass
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        transport = self._client.protocol.transport
+        if transport is not None:
+            transport.close()
+
+
+async def _abandon(session: ImapSession | None) -> None:
+    if session is not None:
+        session.abort()
+
+
+def _uid_set(uids: Sequence[int]) -> str:
+    """Compress sorted UIDs into ranges: 1,2,3,7 -> 1:3,7."""
+    ordered = sorted(set(uids))
+    parts: list[str] = []
+    start = prev = ordered[0]
+    for uid in ordered[1:]:
+        if uid != prev + 1:
+            parts.append(f"{start}:{prev}" if start != prev else str(start))
+            start = uid
+        prev = uid
+    parts.append(f"{start}:{prev}" if start != prev else str(start))
+    return ",".join(parts)
+
+
+def _parse_fetch(lines: Sequence[bytes | bytearray], selected: Selected) -> list[FetchedMessage]:
+    """Pair each `N FETCH (...)` line with the literal that follows it."""
+    messages: list[FetchedMessage] = []
+    head: bytes | None = None
+    literal = b""
+    for line in [*lines, b"0 FETCH ("]:
+        if isinstance(line, bytearray):
+            literal = bytes(line)
+            continue
+        if _FETCH_START.match(line):
+            if head is not None and (uid := _FETCH_UID.search(head)):
+                size = _FETCH_SIZE.search(head)
+                flags = _FETCH_FLAGS.search(head)
+                date = _FETCH_DATE.search(head)
+                messages.append(
+                    FetchedMessage(
+                        folder=selected.folder,
+                        uid=int(uid.group(1)),
+                        uidvalidity=selected.uidvalidity,
+                        raw=literal,
+                        size=int(size.group(1)) if size else len(literal),
+                        flags=tuple(flags.group(1).decode("ascii", "replace").split()) if flags else (),
+                        internaldate=date.group(1).decode("ascii", "replace") if date else None,
+                    )
+                )
+            head, literal = line, b""
+        elif head is not None:
+            # Items after a literal continue the same FETCH response on the next line.
+            head += b" " + line
+    return messages
+
+
+def _quote(folder: str) -> str:
+    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _text(lines: Sequence[bytes | bytearray]) -> str:
+    return " ".join(bytes(line).decode("utf-8", "replace") for line in lines)[:200]
+
+
+def _describe(exc: BaseException) -> str:
+    # Never str() an aioimaplib command error: a Command's repr includes its arguments.
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return type(exc).__name__

@@ -1,0 +1,251 @@
+"""The watcher: one IMAP connection per (mailbox, folder), turning new UIDs into stored events.
+
+Exactly once: each message becomes an event with the dedupe key (mailbox, folder, UIDVALIDITY,
+UID), stored in the same transaction as the folder's UID checkpoint. After a crash the same UIDs
+are fetched again and the store skips what it already has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+from gatewayd.config import MailboxConfig
+from gatewayd.events import (
+    MAILBOX_CONNECTED,
+    MAILBOX_DISCONNECTED,
+    MAILBOX_ERROR,
+    Event,
+    NewEvent,
+    rfc3339,
+)
+from gatewayd.imap.session import ImapError, ImapSession
+from gatewayd.message import FetchedMessage
+from gatewayd.store import Checkpoint, EventStore
+
+log = logging.getLogger(__name__)
+
+FETCH_BATCH = 50
+# Back-off: network trouble retries fast and grows; a refused login retries slowly.
+NETWORK_BACKOFF = (1.0, 60.0)
+AUTH_BACKOFF = (60.0, 900.0)
+
+# Turns one fetched message into the event to store (parsing, and later the pipeline).
+MessageProcessor = Callable[[MailboxConfig, FetchedMessage], Awaitable[NewEvent | None]]
+Publisher = Callable[[list[Event]], None]
+
+
+@dataclass(slots=True)
+class WatcherState:
+    """What /healthz reports about one watcher."""
+
+    state: str = "starting"  # starting | connected | idle | polling | backoff | stopped
+    since: str = ""
+    last_error: str | None = None
+    uidvalidity: int | None = None
+    last_uid: int | None = None
+    reconnects: int = 0
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Capped exponential back-off with full jitter (never below half the step)."""
+    step = min(cap, base * 2 ** min(attempt, 20))
+    return step / 2 + random.random() * step / 2
+
+
+class FolderWatcher:
+    def __init__(
+        self,
+        mailbox: MailboxConfig,
+        folder: str,
+        store: EventStore,
+        process: MessageProcessor,
+        publish: Publisher,
+    ) -> None:
+        self.mailbox = mailbox
+        self.folder = folder
+        self._store = store
+        self._process = process
+        self._publish = publish
+        self.status = WatcherState(since=rfc3339())
+        self._session: ImapSession | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.mailbox.id, self.folder)
+
+    def _set_state(self, state: str) -> None:
+        if self.status.state != state:
+            self.status.state = state
+            self.status.since = rfc3339()
+
+    async def _emit(self, event_type: str, **data: object) -> None:
+        event = NewEvent(event_type, self.mailbox.agent_id, self.mailbox.id, {"folder": self.folder, **data})
+        self._publish(await self._store.append([event]))
+
+    async def run(self) -> None:
+        """Watch until cancelled; on cancellation leave the server politely (LOGOUT)."""
+        attempt = 0
+        try:
+            while True:
+                try:
+                    self._session = await ImapSession.open(self.mailbox.imap)
+                    await self._watch(self._session)
+                except ImapError as exc:
+                    connected = self.status.state in ("connected", "idle", "polling")
+                    base, cap = AUTH_BACKOFF if exc.kind == "auth" else NETWORK_BACKOFF
+                    delay = backoff_delay(0 if connected else attempt, base, cap)
+                    attempt = 1 if connected else attempt + 1
+                    self.status.last_error = str(exc)
+                    self.status.reconnects += 1
+                    self._set_state("backoff")
+                    if self._session is not None:
+                        self._session.abort()
+                        self._session = None
+                    log.warning("%s/%s: %s; retrying in %.1fs", self.mailbox.id, self.folder, exc, delay)
+                    retry_ms = int(delay * 1000)
+                    if connected:
+                        await self._emit(MAILBOX_DISCONNECTED, reason=str(exc), retry_in_ms=retry_ms)
+                    else:
+                        await self._emit(MAILBOX_ERROR, reason=str(exc), kind=exc.kind, retry_in_ms=retry_ms)
+                    await asyncio.sleep(delay)
+        finally:
+            self._set_state("stopped")
+            if self._session is not None:
+                await asyncio.shield(self._session.logout())
+
+    async def _watch(self, session: ImapSession) -> None:
+        selected = await session.select(self.folder)
+        self.status.uidvalidity = selected.uidvalidity
+        self._set_state("connected")
+        self.status.last_error = None
+        resynced = await self._sync(session, initial=True)
+        await self._emit(
+            MAILBOX_CONNECTED,
+            host=self.mailbox.imap.host,
+            uidvalidity=selected.uidvalidity,
+            idle=session.supports_idle,
+            uidvalidity_changed=resynced,
+        )
+        renew = self.mailbox.imap.idle_renew_seconds
+        probe = self.mailbox.imap.read_timeout_seconds
+        while True:
+            if session.exists_seen:
+                # New mail was reported during the last sync's commands.
+                await self._sync(session)
+                continue
+            if not session.supports_idle:
+                self._set_state("polling")
+                await asyncio.sleep(self.mailbox.imap.poll_interval_seconds)
+                await session.noop()
+                await self._sync(session)
+                continue
+            await session.idle_start()
+            self._set_state("idle")
+            idle_until = time.monotonic() + renew
+            # Wait for EXISTS; every `probe` seconds of silence (and at the renew time) leave
+            # IDLE: the DONE round trip proves the connection alive, and the sync catches
+            # pushes a server failed to send.
+            while True:
+                remaining = idle_until - time.monotonic()
+                lines = await session.wait_push(max(0.0, min(probe, remaining)))
+                if any(line.endswith(b"EXISTS") for line in lines) or not lines:
+                    break
+            await session.idle_done()
+            await self._sync(session)
+
+    async def _sync(self, session: ImapSession, initial: bool = False) -> bool:
+        """Announce every UID above the checkpoint. Returns True when UIDVALIDITY had changed."""
+        session.exists_seen = False
+        selected = session.selected
+        assert selected is not None
+        checkpoint = await self._store.get_checkpoint(self.mailbox.id, self.folder)
+        resynced = False
+        if checkpoint is None:
+            checkpoint = await self._first_checkpoint(session)
+        elif checkpoint.uidvalidity != selected.uidvalidity:
+            checkpoint = await self._resync_after_uidvalidity_change(session, checkpoint)
+            resynced = True
+        uids = await session.uids_from(checkpoint.last_uid + 1)
+        for start in range(0, len(uids), FETCH_BATCH):
+            batch = uids[start : start + FETCH_BATCH]
+            await self._announce(session, batch, checkpoint.uidvalidity)
+        return resynced
+
+    async def _announce(self, session: ImapSession, uids: list[int], uidvalidity: int) -> None:
+        messages = await session.fetch(uids, self.mailbox.fetch_max_bytes)
+        events = [event for message in messages if (event := await self._process(self.mailbox, message))]
+        # The checkpoint covers the whole batch: a UID expunged before FETCH is skipped for good.
+        checkpoint = Checkpoint(self.mailbox.id, self.folder, uidvalidity, max(uids))
+        stored = await self._store.append(events, checkpoint)
+        self.status.last_uid = checkpoint.last_uid
+        self._publish(stored)
+
+    async def _first_checkpoint(self, session: ImapSession) -> Checkpoint:
+        """First connect ever: start at UIDNEXT, minus the last `backfill` messages."""
+        selected = session.selected
+        assert selected is not None
+        all_uids = await session.uids_from(1)
+        last_uid = all_uids[-1] if all_uids else 0
+        if selected.uidnext is not None:
+            last_uid = max(last_uid, selected.uidnext - 1)
+        backfill = self.mailbox.backfill
+        if backfill and all_uids:
+            last_uid = all_uids[-backfill] - 1 if len(all_uids) >= backfill else 0
+        checkpoint = Checkpoint(self.mailbox.id, self.folder, selected.uidvalidity, last_uid)
+        await self._store.append([], checkpoint)
+        return checkpoint
+
+    async def _resync_after_uidvalidity_change(self, session: ImapSession, old: Checkpoint) -> Checkpoint:
+        """UIDs were renumbered: keep mail already announced (by Message-ID) quiet.
+
+        A message counts as new when its Message-ID was never announced for this folder and it
+        arrived after the newest message that was. Everything else is marked done.
+        """
+        selected = session.selected
+        assert selected is not None
+        log.warning(
+            "%s/%s: UIDVALIDITY changed from %s to %s; resynchronising by Message-ID",
+            self.mailbox.id,
+            self.folder,
+            old.uidvalidity,
+            selected.uidvalidity,
+        )
+        uids = await session.uids_from(1)
+        headers: dict[int, tuple[str | None, str | None]] = {}
+        for start in range(0, len(uids), 500):
+            headers.update(await session.message_ids(uids[start : start + 500]))
+        ids = [mid for mid, _ in headers.values() if mid]
+        known = await self._store.known_message_ids(self.mailbox.id, self.folder, ids)
+        known_dates = [_internaldate(date) for mid, date in headers.values() if mid in known]
+        newest_known = max((d for d in known_dates if d is not None), default=None)
+        last_uid = 0
+        for uid in uids:
+            message_id, date = headers.get(uid, (None, None))
+            arrived = _internaldate(date)
+            is_new = (
+                message_id not in known
+                and newest_known is not None
+                and arrived is not None
+                and arrived > newest_known
+            )
+            if is_new:
+                break
+            last_uid = uid
+        checkpoint = Checkpoint(self.mailbox.id, self.folder, selected.uidvalidity, last_uid)
+        await self._store.append([], checkpoint)
+        return checkpoint
+
+
+def _internaldate(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        return parsedate_to_datetime(text.replace("-", " ", 2)).timestamp()
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,483 @@
+"""The SQLite event store: one file, WAL mode, aiosqlite.
+
+Two connections: a writer that owns every transaction (serialized by an asyncio.Lock) and a
+reader. Sharing one connection would let a read issued between `BEGIN` and `COMMIT` of an
+`append` (each statement is its own await) see rows that may still be rolled back; WAL gives
+the reader the last committed snapshot instead, without blocking the writer.
+
+Durability: WAL with `synchronous=NORMAL` keeps every committed transaction across a crash of
+the process (kill -9); only an OS crash or power loss can drop the last few commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from gatewayd.events import Event, NewEvent, parse_rfc3339, rfc3339
+from gatewayd.store import Checkpoint, EventQuery, InvalidEventId
+
+SCHEMA_VERSION = 1
+
+_SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS events (
+    -- AUTOINCREMENT: a seq is never handed out twice, even after the newest rows were pruned,
+    -- so a client's resume id can never point at a different event.
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    type TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    mailbox_id TEXT,
+    from_address TEXT,
+    dedupe_key TEXT UNIQUE,
+    data TEXT NOT NULL
+);
+-- Readers always filter by agent and walk seq: this index yields rows already in seq order.
+CREATE INDEX IF NOT EXISTS events_agent_seq ON events (agent_id, seq);
+CREATE INDEX IF NOT EXISTS events_mailbox_seq ON events (mailbox_id, seq);
+CREATE INDEX IF NOT EXISTS events_created_at ON events (created_at);
+
+CREATE TABLE IF NOT EXISTS checkpoints (
+    mailbox_id TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    uidvalidity INTEGER NOT NULL,
+    last_uid INTEGER NOT NULL,
+    PRIMARY KEY (mailbox_id, folder)
+) WITHOUT ROWID;
+
+-- Message-IDs already announced per folder, so a UIDVALIDITY reset does not re-announce mail.
+-- `seq` ties a row to its event so pruning keeps this table bounded too.
+CREATE TABLE IF NOT EXISTS message_ids (
+    mailbox_id TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (mailbox_id, folder, message_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS message_ids_seq ON message_ids (seq);
+"""
+
+# Migrations from version N-1 to N, applied in order on open(); index 0 creates the schema.
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+
+_EVENT_ID = re.compile(r"[0-9]{1,19}")
+_MAX_SEQ = 2**63 - 1  # SQLite INTEGER range; larger ids cannot have been issued.
+
+_COLUMNS = "seq, type, created_at, agent_id, mailbox_id, data, from_address"
+
+# Rows deleted per prune transaction: short enough that appends waiting on the lock stay fast.
+PRUNE_BATCH = 5000
+# Up to this many agents a read merges per-agent index walks; above it, it scans by seq.
+_UNION_MAX_AGENTS = 4
+# Bound on bound parameters per statement (SQLite's default limit is 32766; old builds 999).
+_IN_CHUNK = 500
+
+
+# Not `INSERT OR IGNORE`: SQLite advances the AUTOINCREMENT counter even for an ignored row,
+# so every skipped duplicate would burn a seq (gaps, and a last_seq no event ever had). The
+# existence check is race-free because it runs inside append's BEGIN IMMEDIATE; the UNIQUE
+# constraint stays as a loud safety net.
+_INSERT_EVENT = (
+    "INSERT INTO events (type, created_at, agent_id, mailbox_id, from_address, dedupe_key, data)"
+    " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7"
+    " WHERE ?6 IS NULL OR NOT EXISTS (SELECT 1 FROM events WHERE dedupe_key = ?6)"
+)
+
+
+def _glob_literal(text: str) -> str:
+    """Escape GLOB's `[` and `?` (by bracketing them) so only a caller's `*` stays special."""
+    return text.replace("[", "[[]").replace("?", "[?]")
+
+
+def _placeholders(count: int) -> str:
+    return ",".join("?" * count)
+
+
+class SqliteEventStore:
+    """`EventStore` on a single SQLite file (see gatewayd.store.EventStore for the contract)."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+        self.path = Path(path)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        # aiosqlite queues statements on one thread, but a transaction spans several awaits:
+        # without this lock two appends would interleave inside one BEGIN ... COMMIT.
+        self._write_lock = asyncio.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await self._connect()
+        try:
+            # journal_mode is persistent in the file and cannot change inside a transaction.
+            await writer.execute("PRAGMA journal_mode=WAL")
+            await self._migrate(writer)
+            reader = await self._connect()
+        except BaseException:
+            await writer.close()
+            raise
+        try:
+            await reader.execute("PRAGMA query_only=ON")  # reads can never write by mistake
+        except BaseException:
+            await reader.close()
+            await writer.close()
+            raise
+        self._writer, self._reader = writer, reader
+
+    async def _connect(self) -> aiosqlite.Connection:
+        # isolation_level=None: no implicit transactions; append() issues BEGIN IMMEDIATE itself
+        # so the write lock is taken up front instead of failing on upgrade from a read lock.
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+            await conn.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            async with conn.execute("PRAGMA user_version") as cursor:
+                row = await cursor.fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path}: schema version {version} is newer than this gatewayd ({SCHEMA_VERSION})"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                # executescript() would COMMIT first; run the statements one by one instead
+                # (so migration scripts must not contain `;` inside statements or comments).
+                for statement in _MIGRATIONS[target - 1].split(";"):
+                    if statement.strip():
+                        await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.rollback()
+            raise
+
+    async def close(self) -> None:
+        writer, reader = self._writer, self._reader
+        self._writer = self._reader = None
+        if reader is not None:
+            await reader.close()
+        if writer is not None:
+            # Behind any append in progress, so it commits (or rolls back) before the close.
+            async with self._write_lock:
+                await writer.close()
+
+    @property
+    def _w(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise RuntimeError("SqliteEventStore is not open")
+        return self._writer
+
+    @property
+    def _r(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise RuntimeError("SqliteEventStore is not open")
+        return self._reader
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def append(self, events: Sequence[NewEvent], checkpoint: Checkpoint | None = None) -> list[Event]:
+        """Store events (skipping known dedupe keys) and the checkpoint in one transaction.
+
+        An event with a dedupe_key and a string `data["message_id"]` is also recorded as
+        announced for its (mailbox_id, folder); the folder is `data["folder"]` when it is a
+        string, else the checkpoint's folder when the checkpoint is for the same mailbox.
+        """
+        # Serialize before taking the lock: a bad payload fails fast and never holds the writer.
+        encoded = [json.dumps(e.data, ensure_ascii=False, separators=(",", ":")) for e in events]
+        stored: list[Event] = []
+        async with self._write_lock:
+            conn = self._w
+            created_at = rfc3339()  # inside the lock: created_at never decreases along seq
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                for event, data in zip(events, encoded, strict=True):
+                    from_address = event.from_address.lower() if event.from_address else None
+                    cursor = await conn.execute(
+                        _INSERT_EVENT,
+                        (
+                            event.type,
+                            created_at,
+                            event.agent_id,
+                            event.mailbox_id,
+                            from_address,
+                            event.dedupe_key,
+                            data,
+                        ),
+                    )
+                    if cursor.rowcount != 1:
+                        continue  # dedupe_key already stored (earlier or in this batch)
+                    seq = int(cursor.lastrowid or 0)
+                    stored.append(
+                        Event(
+                            seq,
+                            str(seq),
+                            event.type,
+                            created_at,
+                            event.agent_id,
+                            event.mailbox_id,
+                            event.data,
+                            from_address,
+                        )
+                    )
+                    folder = self._message_id_folder(event, checkpoint)
+                    if folder is not None:
+                        # A re-announcement moves the row to the newer seq, so pruning the
+                        # older event does not forget a Message-ID that is still in the log.
+                        await conn.execute(
+                            "INSERT INTO message_ids (mailbox_id, folder, message_id, seq)"
+                            " VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET seq = excluded.seq",
+                            (event.mailbox_id, folder, event.data["message_id"], seq),
+                        )
+                if checkpoint is not None:
+                    await conn.execute(
+                        "INSERT INTO checkpoints (mailbox_id, folder, uidvalidity, last_uid)"
+                        " VALUES (?, ?, ?, ?) ON CONFLICT (mailbox_id, folder) DO UPDATE"
+                        " SET uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid",
+                        (
+                            checkpoint.mailbox_id,
+                            checkpoint.folder,
+                            checkpoint.uidvalidity,
+                            checkpoint.last_uid,
+                        ),
+                    )
+                await conn.execute("COMMIT")
+            except BaseException:
+                # Also on cancellation: the rollback is queued behind the statement in flight,
+                # and the next BEGIN behind the rollback, so no half transaction survives.
+                await conn.rollback()
+                raise
+        return stored
+
+    @staticmethod
+    def _message_id_folder(event: NewEvent, checkpoint: Checkpoint | None) -> str | None:
+        """The folder to record this event's Message-ID under, or None to record nothing."""
+        message_id = event.data.get("message_id")
+        if not event.dedupe_key or event.mailbox_id is None or not isinstance(message_id, str):
+            return None
+        if not message_id:
+            return None
+        folder = event.data.get("folder")
+        if isinstance(folder, str):
+            return folder
+        if checkpoint is not None and checkpoint.mailbox_id == event.mailbox_id:
+            return checkpoint.folder
+        return None
+
+    async def prune(self, max_age_seconds: float | None, max_events: int | None) -> int:
+        """Delete events older than max_age_seconds and/or all but the newest max_events.
+
+        Works in transactions of PRUNE_BATCH rows, yielding the lock in between so appends are
+        never held up for long. The announced Message-IDs of deleted events go with them.
+        """
+        if max_events is not None and max_events < 0:
+            raise ValueError("max_events must be >= 0")
+        deleted = 0
+        if max_age_seconds is not None:
+            cutoff = rfc3339(datetime.now(UTC) - timedelta(seconds=max_age_seconds))
+            deleted += await self._prune_where("created_at < ?", cutoff)
+        if max_events is not None:
+            # The newest seq that falls outside the retained window; everything up to it goes.
+            async with self._r.execute(
+                "SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?", (max_events,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is not None:
+                deleted += await self._prune_where("seq <= ?", int(row[0]))
+        return deleted
+
+    async def _prune_where(self, condition: str, value: object) -> int:
+        # `condition` is one of the constant fragments above; the value is always a parameter.
+        # No ORDER BY: it would make SQLite walk the whole table by seq (even when nothing is
+        # old) instead of seeking the created_at index or the seq range.
+        select = f"SELECT seq FROM events WHERE {condition} LIMIT ?"
+        deleted = 0
+        while True:
+            async with self._write_lock:
+                conn = self._w
+                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    rows = await conn.execute_fetchall(select, (value, PRUNE_BATCH))
+                    # The batch's seqs travel as one JSON array parameter (no variable limit).
+                    batch = json.dumps([row[0] for row in rows])
+                    if rows:
+                        await conn.execute(
+                            "DELETE FROM message_ids WHERE seq IN (SELECT value FROM json_each(?))", (batch,)
+                        )
+                        await conn.execute(
+                            "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))", (batch,)
+                        )
+                    await conn.execute("COMMIT")
+                except BaseException:
+                    await conn.rollback()
+                    raise
+            deleted += len(rows)
+            if len(rows) < PRUNE_BATCH:
+                return deleted
+            await asyncio.sleep(0)  # let queued appends take the (FIFO) lock between batches
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def get_checkpoint(self, mailbox_id: str, folder: str) -> Checkpoint | None:
+        async with self._r.execute(
+            "SELECT uidvalidity, last_uid FROM checkpoints WHERE mailbox_id = ? AND folder = ?",
+            (mailbox_id, folder),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else Checkpoint(mailbox_id, folder, int(row[0]), int(row[1]))
+
+    async def known_message_ids(self, mailbox_id: str, folder: str, message_ids: Sequence[str]) -> set[str]:
+        """Which of these Message-IDs were already announced for this folder (UIDVALIDITY resync)."""
+        wanted = list(dict.fromkeys(message_ids))
+        known: set[str] = set()
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start : start + _IN_CHUNK]
+            rows = await self._r.execute_fetchall(
+                "SELECT message_id FROM message_ids WHERE mailbox_id = ? AND folder = ?"
+                f" AND message_id IN ({_placeholders(len(chunk))})",
+                (mailbox_id, folder, *chunk),
+            )
+            known.update(row[0] for row in rows)
+        return known
+
+    async def read_after(self, query: EventQuery, after_seq: int, limit: int) -> list[Event]:
+        """Events with seq > after_seq matching query, oldest first, at most limit."""
+        return await self._read(query, "seq > ?", after_seq, "ASC", limit)
+
+    async def read_before(self, query: EventQuery, before_seq: int | None, limit: int) -> list[Event]:
+        """Events with seq < before_seq (or the newest when None) matching query, newest first."""
+        if before_seq is None:
+            return await self._read(query, None, None, "DESC", limit)
+        return await self._read(query, "seq < ?", before_seq, "DESC", limit)
+
+    async def _read(
+        self, query: EventQuery, seq_condition: str | None, seq: int | None, order: str, limit: int
+    ) -> list[Event]:
+        if not query.agent_ids or limit <= 0:
+            return []
+        # Everything but the agent: shared by every per-agent arm below.
+        where: list[str] = []
+        params: list[Any] = []
+        if seq_condition is not None:
+            where.append(seq_condition)
+            params.append(seq)
+        if query.mailbox_ids:
+            where.append(f"mailbox_id IN ({_placeholders(len(query.mailbox_ids))})")
+            params.extend(query.mailbox_ids)
+        if query.type_patterns:
+            alternatives: list[str] = []
+            for pattern in query.type_patterns:
+                if "*" in pattern:
+                    alternatives.append("type GLOB ?")
+                    params.append(_glob_literal(pattern))
+                else:
+                    alternatives.append("type = ?")
+                    params.append(pattern)
+            where.append("(" + " OR ".join(alternatives) + ")")
+        if query.from_filter:
+            wanted = query.from_filter.lower()
+            if wanted.startswith("@"):
+                where.append("from_address GLOB ?")
+                params.append("*" + _glob_literal(wanted))
+            else:
+                where.append("from_address = ?")
+                params.append(wanted)
+
+        # Every plan below yields rows already in seq order and stops after `limit` rows, so a
+        # page costs the same wherever it starts. A plain `agent_id IN (...) ORDER BY seq` would
+        # instead gather and sort every remaining row of those agents on each page, which turns
+        # a replay into quadratic work.
+        agents = tuple(dict.fromkeys(query.agent_ids))
+        if len(agents) == 1:
+            # One agent: walk its (agent_id, seq) index range.
+            conditions = " AND ".join(["agent_id = ?", *where])
+            sql = f"SELECT {_COLUMNS} FROM events WHERE {conditions} ORDER BY seq {order} LIMIT ?"
+            args = [agents[0], *params, limit]
+        elif len(agents) <= _UNION_MAX_AGENTS:
+            # A few agents: one index walk per agent, merged; at most agents x limit rows read,
+            # however rare these agents are in the log.
+            conditions = " AND ".join(["agent_id = ?", *where])
+            arm = f"SELECT {_COLUMNS} FROM events WHERE {conditions} ORDER BY seq {order} LIMIT ?"
+            sql = " UNION ALL ".join([f"SELECT * FROM ({arm})"] * len(agents))
+            sql += f" ORDER BY seq {order} LIMIT ?"
+            args = [value for agent in agents for value in (agent, *params, limit)]
+            args.append(limit)
+        else:
+            # Many agents (an operator's token) usually cover most of the log: walking seq and
+            # filtering is then far cheaper than a walk per agent. NOT INDEXED pins that plan.
+            conditions = " AND ".join([f"agent_id IN ({_placeholders(len(agents))})", *where])
+            sql = f"SELECT {_COLUMNS} FROM events NOT INDEXED WHERE {conditions} ORDER BY seq {order} LIMIT ?"
+            args = [*agents, *params, limit]
+        rows = await self._r.execute_fetchall(sql, args)
+        return _events(rows)
+
+    def seq_of(self, event_id: str) -> int:
+        """The seq behind a public id (its decimal form); raises InvalidEventId."""
+        if not isinstance(event_id, str) or not _EVENT_ID.fullmatch(event_id):
+            raise InvalidEventId(f"invalid event id: {event_id!r}")
+        seq = int(event_id)
+        if seq > _MAX_SEQ:
+            raise InvalidEventId(f"invalid event id: {event_id!r}")
+        return seq
+
+    async def seq_at(self, created_at: str) -> int:
+        """The largest seq created strictly before this RFC 3339 time (0 when none).
+
+        Any offset is accepted: the time is normalized to the stored UTC form first, which
+        compares as text. Raises ValueError for a malformed timestamp.
+        """
+        moment = rfc3339(parse_rfc3339(created_at))
+        async with self._r.execute("SELECT max(seq) FROM events WHERE created_at < ?", (moment,)) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    async def first_seq(self) -> int:
+        """The oldest seq still stored.
+
+        When no event is stored: `last_seq() + 1` if events were ever issued (all pruned; a
+        client resuming below this lost events), else 0.
+        """
+        async with self._r.execute("SELECT min(seq) FROM events") as cursor:
+            row = await cursor.fetchone()
+        if row and row[0] is not None:
+            return int(row[0])
+        last = await self.last_seq()
+        return last + 1 if last else 0
+
+    async def last_seq(self) -> int:
+        """The newest seq ever issued (0 when none); sqlite_sequence survives pruning."""
+        async with self._r.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def ping(self) -> bool:
+        try:
+            async with self._r.execute("SELECT 1") as cursor:
+                row = await cursor.fetchone()
+        except Exception:
+            return False
+        return row is not None and row[0] == 1
+
+
+def _events(rows: Iterable[Any]) -> list[Event]:
+    # The hot path of a replay: one tuple unpack, one json.loads and one Event per row.
+    loads = json.loads
+    return [
+        Event(seq, str(seq), type_, created_at, agent_id, mailbox_id, loads(data), from_address)
+        for seq, type_, created_at, agent_id, mailbox_id, data, from_address in rows
+    ]

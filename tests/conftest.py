@@ -1,0 +1,103 @@
+"""Shared fixtures: one real Dovecot for the session, a fresh user per test, an in-process gateway."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatewayd.app import Daemon
+from gatewayd.config import Config, hash_token, parse_config
+from gatewayd.sandbox.dovecot import Dovecot, SandboxUnavailable
+
+TOKEN = "test-token-support"
+OTHER_TOKEN = "test-token-other"
+_users = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
+    # Never skip: the tests exist to run against a real server (scripts/setup installs it).
+    try:
+        server = Dovecot.create(tmp_path_factory.mktemp("dovecot"))
+        server.start()
+    except SandboxUnavailable as exc:
+        pytest.fail(f"the real Dovecot these tests need is unavailable: {exc}", pytrace=False)
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def user(dovecot: Dovecot) -> str:
+    name = f"user{next(_users)}"
+    dovecot.add_user(name)
+    return name
+
+
+def gateway_config(
+    tmp_path: Path,
+    dovecot: Dovecot,
+    users: list[str],
+    watch: str = "always",
+    **mailbox_overrides: Any,
+) -> Config:
+    """One agent `support` with a mailbox per user, and an agent `other` with none of them."""
+    mailboxes = []
+    for name in users:
+        mailbox: dict[str, Any] = {
+            "id": f"{name}-inbox",
+            "watch": watch,
+            "imap": {
+                "host": dovecot.host,
+                "port": dovecot.imap_port,
+                "tls": "none",
+                "username": name,
+                "password": "secret",
+                "folders": ["INBOX"],
+                "read_timeout_seconds": 5,
+                "connect_timeout_seconds": 5,
+            },
+        }
+        imap_overrides = mailbox_overrides.pop("imap", {})
+        mailbox["imap"].update(imap_overrides)
+        mailbox.update(mailbox_overrides)
+        mailbox_overrides["imap"] = imap_overrides
+        mailboxes.append(mailbox)
+    data = {
+        "server": {"listen": "127.0.0.1:0", "shutdown_grace_seconds": 1, "retry_ms": 500},
+        "store": {"path": str(tmp_path / "events.db")},
+        "agents": [
+            {"id": "support", "token_sha256": [hash_token(TOKEN)], "mailboxes": mailboxes},
+            {"id": "other", "token_sha256": [hash_token(OTHER_TOKEN)], "mailboxes": []},
+        ],
+    }
+    return parse_config(data, env={}, base_dir=tmp_path)
+
+
+class RunningGateway:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.daemon.port}"
+
+
+@pytest.fixture
+async def start_gateway() -> AsyncIterator[Any]:
+    """Start in-process gateways on ephemeral ports; all are stopped at the end of the test."""
+    started: list[Daemon] = []
+
+    async def start(config: Config) -> RunningGateway:
+        daemon = Daemon(config)
+        await daemon.start()
+        started.append(daemon)
+        return RunningGateway(daemon)
+
+    yield start
+    for daemon in started:
+        if not daemon.gateway.grace_over.is_set():
+            await daemon.stop()

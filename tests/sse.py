@@ -1,0 +1,87 @@
+"""A small SSE reader for tests (one test also uses the third-party httpx-sse)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+
+@dataclass
+class Frame:
+    event: str
+    data: str
+    id: str | None
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+class SseReader:
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        self.comments: list[str] = []
+        self.retry: int | None = None
+
+    async def next(self, timeout: float = 10.0) -> Frame:
+        return await asyncio.wait_for(self._next(), timeout)
+
+    async def _next(self) -> Frame:
+        event, data, event_id = "message", [], None
+        while True:
+            raw = await self.response.content.readline()
+            if not raw:
+                raise EOFError("stream ended")
+            line = raw.decode().rstrip("\n")
+            if line == "":
+                if data or event != "message":
+                    return Frame(event, "\n".join(data), event_id)
+                continue
+            if line.startswith(":"):
+                self.comments.append(line[1:].strip())
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "event":
+                event = value
+            elif name == "data":
+                data.append(value)
+            elif name == "id":
+                event_id = value
+            elif name == "retry":
+                self.retry = int(value)
+
+    async def until(self, predicate: Any, timeout: float = 15.0) -> Frame:
+        async def scan() -> Frame:
+            while True:
+                frame = await self._next()
+                if predicate(frame):
+                    return frame
+
+        return await asyncio.wait_for(scan(), timeout)
+
+    async def messages(self, count: int, timeout: float = 15.0) -> list[Frame]:
+        frames: list[Frame] = []
+
+        async def collect() -> None:
+            while len(frames) < count:
+                frame = await self._next()
+                if frame.event.startswith("message."):
+                    frames.append(frame)
+
+        await asyncio.wait_for(collect(), timeout)
+        return frames
+
+
+def mail(
+    subject: str, sender: str = "Bob Sender <bob@example.org>", body: str = "Hello.", **headers: str
+) -> bytes:
+    extra = "".join(f"{name.replace('_', '-')}: {value}\r\n" for name, value in headers.items())
+    return (
+        f"From: {sender}\r\nTo: agent@example.com\r\nSubject: {subject}\r\n"
+        f"Date: Sat, 21 Nov 2026 10:00:00 +0000\r\n{extra}\r\n{body}\r\n"
+    ).encode()

@@ -1,0 +1,364 @@
+"""The configuration loader: defaults, exact error paths, secrets never shown."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatewayd import config as config_module
+from gatewayd.config import (
+    TLS_STARTTLS,
+    WATCH_ALWAYS,
+    WATCH_ON_DEMAND,
+    Config,
+    ConfigError,
+    Secret,
+    hash_token,
+    load_config,
+    new_token,
+    parse_config,
+)
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "gatewayd.example.yaml"
+SECRET = "Zq9-very-distinctive-secret-7Xw"
+HASH = hash_token("token-of-support")
+
+MINIMAL_YAML = f"""\
+agents:
+  - id: support
+    token_sha256: ["{HASH.upper()}"]
+    mailboxes:
+      - id: support-inbox
+        imap:
+          host: imap.example.com
+          username: support@example.com
+          password_file: secrets/support.pw
+"""
+
+
+def mailbox(mailbox_id: str = "support-inbox", **imap: Any) -> dict[str, Any]:
+    """A valid mailbox; `imap` overrides its imap keys, a None override removes the key."""
+    settings = {"host": "imap.example.com", "username": "u", "password": SECRET, **imap}
+    return {"id": mailbox_id, "imap": {key: value for key, value in settings.items() if value is not None}}
+
+
+def minimal(**imap: Any) -> dict[str, Any]:
+    return {"agents": [{"id": "support", "token_sha256": [HASH], "mailboxes": [mailbox(**imap)]}]}
+
+
+def errors_of(data: object, env: dict[str, str] | None = None, base_dir: Path | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, env=env or {}, base_dir=base_dir)
+    assert str(caught.value) == "\n".join(caught.value.errors)
+    return caught.value.errors
+
+
+def write(tmp_path: Path, text: str, name: str = "gatewayd.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# --- loading and defaults -------------------------------------------------------------------------------
+
+
+def test_minimal_contract_example_loads_with_defaults(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "support.pw").write_text(SECRET + "\n")
+    config = load_config(write(tmp_path, MINIMAL_YAML), env={})
+
+    assert config.source == (tmp_path / "gatewayd.yaml").resolve()
+    assert config.log_level == "info"
+    server = config.server
+    assert (server.host, server.port) == ("127.0.0.1", 8025)
+    assert (server.shutdown_grace_seconds, server.subscriber_queue_size) == (5, 1000)
+    assert (server.retry_ms, server.max_ping_seconds) == (3000, 300)
+    assert config.store.path == Path("/var/lib/gatewayd/events.db")
+    assert (config.store.retention_days, config.store.retention_max_events) == (30, None)
+    assert config.store.prune_interval_seconds == 300
+
+    (agent,) = config.agents
+    assert agent.id == "support" and agent.token_sha256 == (HASH,)  # normalized to lowercase
+    (box,) = agent.mailboxes
+    assert (box.id, box.agent_id, box.watch) == ("support-inbox", "support", WATCH_ON_DEMAND)
+    assert (box.backfill, box.fetch_max_bytes, box.on_demand_linger_seconds) == (0, 262144, 30)
+    imap = box.imap
+    assert (imap.host, imap.port, imap.tls) == ("imap.example.com", 993, "implicit")
+    assert imap.username == "support@example.com"
+    assert imap.password.reveal() == SECRET  # trailing newline stripped
+    assert imap.folders == ("INBOX",)
+    assert (imap.allow_insecure, imap.verify_cert, imap.ca_file) == (False, True, None)
+    assert (imap.idle_renew_seconds, imap.read_timeout_seconds) == (1500, 60)
+    assert (imap.poll_interval_seconds, imap.connect_timeout_seconds) == (60, 15)
+    assert config.mailboxes() == [box]
+    assert config.agent("support") is agent
+
+
+def test_example_file_loads_and_documents_every_key(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text()
+    (tmp_path / "pw").write_text(SECRET + "\n")
+    text, count = re.subn(r"(?m)^(\s*password_file:).*$", r"\1 pw", text)
+    assert count == 1
+    config = load_config(write(tmp_path, text), env={})
+
+    box = config.agent("support").mailboxes[0]
+    assert box.watch == WATCH_ALWAYS and box.imap.password.reveal() == SECRET
+    assert config.server.port == 8025 and config.store.retention_days == 30
+    # Every key of every section appears in the example, set or in a comment.
+    schemas = [config_module._TOP, config_module._SERVER, config_module._STORE, config_module._LOGGING]
+    schemas += [config_module._AGENT, config_module._MAILBOX, config_module._IMAP]
+    for schema in schemas:
+        for key in schema:
+            assert re.search(rf"(?m)^[\s#-]*{key}:", EXAMPLE.read_text()), f"{key} is not documented"
+
+
+def test_relative_store_path_resolves_against_the_config_directory(tmp_path: Path) -> None:
+    store = {"path": "data/events.db", "retention_days": None, "retention_max_events": 5}
+    data = minimal() | {"store": store}
+    config = parse_config(data, env={}, base_dir=tmp_path)
+    assert config.store.path == tmp_path / "data" / "events.db"
+    assert (config.store.retention_days, config.store.retention_max_events) == (None, 5)
+
+
+@pytest.mark.parametrize(
+    ("listen", "host", "port"),
+    [("0.0.0.0:80", "0.0.0.0", 80), ("[::1]:8025", "::1", 8025), ("localhost:0", "localhost", 0)],
+)
+def test_listen_forms(listen: str, host: str, port: int) -> None:
+    config = parse_config(minimal() | {"server": {"listen": listen}}, env={})
+    assert (config.server.host, config.server.port) == (host, port)
+
+
+def test_port_defaults_by_tls_and_seconds_accept_floats() -> None:
+    data = minimal(tls="starttls", read_timeout_seconds=2.5, folders=["INBOX", "Sent"])
+    config = parse_config(data, env={})
+    imap = config.mailboxes()[0].imap
+    assert (imap.tls, imap.port, imap.read_timeout_seconds) == (TLS_STARTTLS, 143, 2.5)
+    assert imap.folders == ("INBOX", "Sent")
+
+
+# --- errors: one per class, with its exact path ---------------------------------------------------------
+
+
+def test_port_abc_message_is_exact() -> None:
+    assert errors_of(minimal(port="abc")) == [
+        'agents[0].mailboxes[0].imap.port: expected an integer 1-65535, got "abc"'
+    ]
+
+
+def test_unknown_key_suggests_the_close_match() -> None:
+    data = minimal() | {"server": {"lisen": "127.0.0.1:1"}, "bogus": 1}
+    assert errors_of(data) == ["bogus: unknown key", 'server.lisen: unknown key (did you mean "listen"?)']
+
+
+IMAP = "agents[0].mailboxes[0].imap"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"server": {"subscriber_queue_size": True}},
+            "server.subscriber_queue_size: expected an integer >= 1, got true",
+        ),
+        ({"server": {"retry_ms": 1.5}}, "server.retry_ms: expected an integer >= 0, got 1.5"),
+        (
+            {"server": {"listen": "::1:80"}},
+            'server.listen: expected "host:port" or "[ipv6]:port" with a port 0-65535, got "::1:80"',
+        ),
+        ({"store": {"retention_days": 0}}, "store.retention_days: expected a number > 0, got 0"),
+        (
+            {"logging": {"level": "loud"}},
+            'logging.level: expected one of "debug", "info", "warning", "error", got "loud"',
+        ),
+        ({"logging": []}, "logging: expected a mapping, got an empty list"),
+        (minimal(verify_cert="yes"), f'{IMAP}.verify_cert: expected true or false, got "yes"'),
+        (minimal(idle_renew_seconds=1741), f"{IMAP}.idle_renew_seconds: expected a number 1-1740, got 1741"),
+        (minimal(folders=[]), f"{IMAP}.folders: expected a non-empty list, got an empty list"),
+        (minimal(folders=["INBOX", "INBOX"]), f'{IMAP}.folders[1]: duplicate "INBOX"'),
+    ],
+)
+def test_wrong_type_or_range(data: dict[str, Any], message: str) -> None:
+    assert errors_of(minimal() | data) == [message]
+
+
+def test_missing_required_keys() -> None:
+    data = minimal()
+    data["agents"].append({"mailboxes": [{"id": "b", "imap": {"username": "u", "password": "p"}}]})
+    assert errors_of(data) == [
+        "agents[1].id: missing required key",
+        "agents[1].mailboxes[0].imap.host: missing required key",
+    ]
+    assert errors_of({"server": {}}) == ["agents: missing required key"]
+    assert errors_of({"agents": []}) == ["agents: expected a non-empty list, got an empty list"]
+
+
+def test_duplicate_ids_and_token_hashes() -> None:
+    data = minimal()
+    data["agents"].append({"id": "support", "token_sha256": HASH, "mailboxes": [mailbox("support-inbox")]})
+    assert errors_of(data) == [
+        'agents[1].id: duplicate agent id "support" (first used at agents[0].id)',
+        "agents[1].token_sha256[0]: duplicate token hash; a token must identify exactly one agent"
+        " (first used at agents[0].token_sha256[0])",
+        'agents[1].mailboxes[0].id: duplicate mailbox id "support-inbox"'
+        " (first used at agents[0].mailboxes[0].id)",
+    ]
+
+
+def test_bad_ids_and_token_pasted_instead_of_its_hash() -> None:
+    data = minimal()
+    data["agents"][0].update(id="has space", token_sha256=[SECRET])
+    errors = errors_of(data)
+    assert errors == [
+        'agents[0].id: expected 1-64 characters from A-Z a-z 0-9 . _ -, got "has space"',
+        f"agents[0].token_sha256[0]: expected the token's SHA-256 as 64 hex characters (never the token),"
+        f" got {len(SECRET)} characters",
+    ]
+
+
+def test_tls_none_refused_for_remote_host_unless_allowed() -> None:
+    assert errors_of(minimal(tls="none")) == [
+        'agents[0].mailboxes[0].imap.tls: "none" sends the password in clear to a non-loopback host;'
+        " set allow_insecure: true to allow it"
+    ]
+    imap = parse_config(minimal(tls="none", allow_insecure=True), env={}).mailboxes()[0].imap
+    assert (imap.tls, imap.port, imap.allow_insecure) == ("none", 143, True)
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "127.3.2.1", "::1"])
+def test_tls_none_is_fine_on_loopback(host: str) -> None:
+    assert parse_config(minimal(tls="none", host=host), env={}).mailboxes()[0].imap.host == host
+
+
+def test_several_errors_are_reported_at_once() -> None:
+    data = minimal(port=0, tls="ssl")
+    data["server"] = {"retry_ms": -1}
+    data["agents"].append("not a mapping")
+    assert errors_of(data) == [
+        "server.retry_ms: expected an integer >= 0, got -1",
+        "agents[0].mailboxes[0].imap.port: expected an integer 1-65535, got 0",
+        'agents[0].mailboxes[0].imap.tls: expected one of "implicit", "starttls", "none", got "ssl"',
+        "agents[1]: expected a mapping, got a string",
+    ]
+
+
+def test_yaml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
+    path = write(tmp_path, f"server:\n  listen: x\n password: {SECRET}: [\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    (message,) = caught.value.errors
+    assert message.startswith("line 3, column ") and "invalid YAML" in message
+    assert SECRET not in message
+
+
+def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, "server: {}\nlogging: {}\nserver: {}\n"), env={})
+    assert caught.value.errors == ['line 3, column 1: duplicate key "server"']
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", '(top level): the configuration is empty; at least "agents" is required'),
+        ("# only a comment\n", '(top level): the configuration is empty; at least "agents" is required'),
+        ("- agents\n", "(top level): expected a mapping, got a list"),
+    ],
+)
+def test_empty_file_and_top_level_not_a_mapping(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), env={})
+    assert caught.value.errors == [message]
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the configuration file: No such file"):
+        load_config(tmp_path / "absent.yaml")
+
+
+# --- passwords and secrets ------------------------------------------------------------------------------
+
+
+def test_password_env_reads_the_given_environment() -> None:
+    data = minimal(password=None, password_env="SUPPORT_PW")
+    config = parse_config(data, env={"SUPPORT_PW": SECRET})
+    assert config.mailboxes()[0].imap.password == Secret(SECRET)
+    assert errors_of(data, env={}) == [
+        "agents[0].mailboxes[0].imap.password_env: environment variable SUPPORT_PW is not set"
+    ]
+
+
+def test_password_file_unusable_is_reported_without_content(tmp_path: Path) -> None:
+    data = minimal(password=None, password_file="pw")
+    where = f"{IMAP}.password_file: "
+    assert errors_of(data, base_dir=tmp_path) == [
+        where + f"cannot read {tmp_path / 'pw'}: No such file or directory"
+    ]
+    (tmp_path / "pw").write_text("\n")
+    assert errors_of(data, base_dir=tmp_path) == [where + f"{tmp_path / 'pw'} is empty"]
+    (tmp_path / "pw").write_bytes(SECRET.encode() + b"\xff\n")
+    assert errors_of(data, base_dir=tmp_path) == [where + f"{tmp_path / 'pw'} is not valid UTF-8"]
+
+
+def test_exactly_one_password_source() -> None:
+    assert errors_of(minimal(password=None)) == [
+        f"{IMAP}: one of password, password_file, password_env is required"
+    ]
+    assert errors_of(minimal(password_env="X")) == [
+        f"{IMAP}: password and password_env are mutually exclusive; set exactly one"
+    ]
+
+
+def test_secrets_never_appear_in_repr_or_errors(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text(SECRET)
+    good = minimal()
+    good["agents"][0]["mailboxes"] += [
+        mailbox("b", password=None, password_file="pw"),
+        mailbox("c", password=None, password_env="PW"),
+    ]
+    config = parse_config(good, env={"PW": SECRET}, base_dir=tmp_path)
+    assert [m.imap.password.reveal() for m in config.mailboxes()] == [SECRET] * 3
+    assert SECRET not in repr(config) and SECRET not in str(config)
+
+    # Every source in use, next to other mistakes; the secret also in a wrong-typed password,
+    # under a misspelled key, and pasted where its hash belongs.
+    bad = copy.deepcopy(good)
+    bad["agents"][0]["token_sha256"] = SECRET
+    bad["agents"][0]["mailboxes"][0]["imap"].update(password=[SECRET], port="abc")
+    bad["agents"][0]["mailboxes"][1]["imap"].update(tls="none")
+    bad["agents"][0]["mailboxes"][2]["imap"].update(pasword=SECRET)
+    with pytest.raises(ConfigError) as caught:
+        parse_config(bad, env={"PW": SECRET}, base_dir=tmp_path)
+    assert "agents[0].mailboxes[0].imap.password: expected a string" in caught.value.errors
+    assert len(caught.value.errors) == 5
+    assert SECRET not in str(caught.value) and SECRET not in repr(caught.value)
+
+
+def test_secret_wrapper() -> None:
+    secret = Secret(SECRET)
+    assert (repr(secret), str(secret), f"{secret}") == ("Secret('***')", "***", "***")
+    assert secret == Secret(SECRET) and secret != Secret("other") and secret.reveal() == SECRET
+
+
+# --- tokens ---------------------------------------------------------------------------------------------
+
+
+def test_token_hashing_round_trip_and_lookup() -> None:
+    token = new_token()
+    assert token.startswith("gwd_") and len(token) > 40 and new_token() != token
+    assert hash_token("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+    data = minimal()
+    data["agents"].append({"id": "other", "token_sha256": [hash_token(token), hash_token("second")]})
+    config: Config = parse_config(data, env={})
+    assert config.agent_for_token_hash(hash_token(token)) is config.agent("other")
+    assert config.agent_for_token_hash(hash_token("second").upper()) is config.agent("other")
+    assert config.agent_for_token_hash(HASH) is config.agent("support")
+    assert config.agent_for_token_hash(hash_token("unknown")) is None
+    assert config.agent_for_token_hash("é") is None
+    with pytest.raises(KeyError):
+        config.agent("nobody")

@@ -1,0 +1,677 @@
+"""Contract suite for `EventStore` backends, plus a few SQLite-specific checks at the end.
+
+Every contract test takes the `store` fixture, which is parametrized by backend name so a
+PostgreSQL backend only has to add itself to `BACKENDS` (and to `_backdate`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import gatewayd.store.sqlite as sqlite_backend
+from gatewayd.events import Event, NewEvent, parse_rfc3339, rfc3339
+from gatewayd.store import Checkpoint, EventQuery, EventStore, InvalidEventId, matches
+from gatewayd.store.sqlite import SqliteEventStore
+
+BACKENDS = ["sqlite"]
+
+MakeStore = Callable[[], Awaitable[EventStore]]
+
+
+@pytest.fixture(params=BACKENDS)
+async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MakeStore]:
+    """Opens a store on the same location each call (to test reopening); closes all after."""
+    opened: list[EventStore] = []
+
+    async def make() -> EventStore:
+        if request.param == "sqlite":
+            store: EventStore = SqliteEventStore(tmp_path / "state" / "events.db")
+        else:  # pragma: no cover - a new backend must add itself here
+            raise AssertionError(request.param)
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(make_store: MakeStore) -> EventStore:
+    return await make_store()
+
+
+def _backdate(store: EventStore, seqs: list[int], created_at: str) -> None:
+    """Rewrite created_at behind the store's back (there is no API to do it, on purpose)."""
+    if isinstance(store, SqliteEventStore):
+        with sqlite3.connect(store.path) as db:
+            db.executemany("UPDATE events SET created_at = ? WHERE seq = ?", [(created_at, s) for s in seqs])
+        db.close()
+        return
+    raise AssertionError(f"no backdate helper for {type(store).__name__}")  # pragma: no cover
+
+
+def ev(
+    agent: str = "a1",
+    *,
+    type_: str = "message.received",
+    mailbox: str | None = "m1",
+    key: str | None = None,
+    sender: str | None = None,
+    **data: Any,
+) -> NewEvent:
+    return NewEvent(type_, agent, mailbox, dict(data), dedupe_key=key, from_address=sender)
+
+
+ALL = EventQuery(agent_ids=("a1", "a2", "a3"))
+
+
+async def read_all(store: EventStore, query: EventQuery = ALL) -> list[Event]:
+    return await store.read_after(query, 0, 10_000)
+
+
+# -- append, ids, ordering ---------------------------------------------------------------------
+
+
+async def test_append_assigns_increasing_ids_and_round_trips(store: EventStore) -> None:
+    before = rfc3339()
+    stored = await store.append([ev(n=1), ev("a2", n=2, text="héllo ✓"), ev(mailbox=None, n=3)])
+    after = rfc3339()
+
+    assert [e.data for e in stored] == [{"n": 1}, {"n": 2, "text": "héllo ✓"}, {"n": 3}]
+    seqs = [e.seq for e in stored]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    for event in stored:
+        assert event.id.isascii() and store.seq_of(event.id) == event.seq
+        assert before <= event.created_at <= after
+        assert parse_rfc3339(event.created_at).tzinfo is not None
+    assert stored[2].mailbox_id is None
+    # What is read back is exactly what append reported.
+    assert await read_all(store) == stored
+
+    more = await store.append([ev(n=4)])
+    assert more[0].seq > seqs[-1]
+    assert await store.last_seq() == more[0].seq
+
+
+async def test_append_nothing_returns_empty(store: EventStore) -> None:
+    assert await store.append([]) == []
+    assert await store.last_seq() == 0
+    assert await read_all(store) == []
+
+
+async def test_dedupe_across_appends(store: EventStore) -> None:
+    first = await store.append([ev(key="k1", n=1)])
+    again = await store.append([ev(key="k1", n=2), ev(key="k2", n=3)])
+
+    assert len(first) == 1
+    assert [e.data for e in again] == [{"n": 3}]  # only the new key is reported
+    assert [e.data for e in await read_all(store)] == [{"n": 1}, {"n": 3}]
+
+
+async def test_dedupe_within_one_batch(store: EventStore) -> None:
+    stored = await store.append([ev(key="k", n=1), ev(key="k", n=2), ev(n=3), ev(n=4)])
+
+    assert [e.data for e in stored] == [{"n": 1}, {"n": 3}, {"n": 4}]
+    assert await read_all(store) == stored
+    # Events without a key are never deduplicated.
+    assert len(await store.append([ev(n=3)])) == 1
+
+
+async def test_skipped_duplicates_use_up_no_seq(store: EventStore) -> None:
+    [first] = await store.append([ev(key="k")])
+    assert await store.append([ev(key="k"), ev(key="k")]) == []
+    assert await store.last_seq() == first.seq  # a skipped event was never issued a seq
+    [second] = await store.append([ev(key="k"), ev(key="other")])
+    assert second.seq == first.seq + 1
+
+
+async def test_dedupe_key_is_global_not_per_agent(store: EventStore) -> None:
+    await store.append([ev("a1", key="same")])
+    assert await store.append([ev("a2", key="same")]) == []
+
+
+# -- checkpoints and atomicity ---------------------------------------------------------------
+
+
+async def test_checkpoint_none_then_value_then_updated(store: EventStore) -> None:
+    assert await store.get_checkpoint("m1", "INBOX") is None
+
+    # An empty batch still writes the checkpoint.
+    assert await store.append([], Checkpoint("m1", "INBOX", 7, 10)) == []
+    assert await store.get_checkpoint("m1", "INBOX") == Checkpoint("m1", "INBOX", 7, 10)
+
+    await store.append([ev()], Checkpoint("m1", "INBOX", 8, 3))
+    assert await store.get_checkpoint("m1", "INBOX") == Checkpoint("m1", "INBOX", 8, 3)
+    # Keyed by (mailbox, folder): other folders and mailboxes are independent.
+    assert await store.get_checkpoint("m1", "Sent") is None
+    assert await store.get_checkpoint("m2", "INBOX") is None
+
+
+@pytest.mark.parametrize("failing", ["data", "event", "checkpoint"])
+async def test_failed_append_stores_nothing(store: EventStore, failing: str) -> None:
+    await store.append([ev(n=0)], Checkpoint("m1", "INBOX", 1, 1))
+    batch = [ev(key="k1", n=1, message_id="<1@x>", folder="INBOX"), ev(n=2)]
+    checkpoint = Checkpoint("m1", "INBOX", 1, 5)
+    if failing == "data":
+        batch.append(ev(n=3, bad=object()))  # not JSON-serializable
+    elif failing == "event":
+        # Fails inside the transaction, after the first events were inserted.
+        batch.append(NewEvent("message.received", object(), "m1", {}))  # type: ignore[arg-type]
+    else:
+        # Fails on the very last statement, after every event was inserted.
+        checkpoint = Checkpoint("m1", "INBOX", object(), 5)  # type: ignore[arg-type]
+
+    with pytest.raises((TypeError, ValueError, sqlite3.Error)):
+        await store.append(batch, checkpoint)
+
+    assert [e.data for e in await read_all(store)] == [{"n": 0}]
+    assert await store.get_checkpoint("m1", "INBOX") == Checkpoint("m1", "INBOX", 1, 1)
+    assert await store.known_message_ids("m1", "INBOX", ["<1@x>"]) == set()
+    # The store is still usable, and the dedupe key of the failed batch was not consumed.
+    retried = await store.append(batch[:2], Checkpoint("m1", "INBOX", 1, 5))
+    assert [e.data for e in retried] == [{"n": 1, "message_id": "<1@x>", "folder": "INBOX"}, {"n": 2}]
+    assert await store.get_checkpoint("m1", "INBOX") == Checkpoint("m1", "INBOX", 1, 5)
+
+
+# -- known Message-IDs -------------------------------------------------------------------------
+
+
+async def test_known_message_ids(store: EventStore) -> None:
+    await store.append(
+        [
+            ev(key="k1", message_id="<a@x>", folder="INBOX"),
+            ev(key="k2", message_id="<b@x>", folder="Archive"),
+            ev(key="k3", mailbox="m2", message_id="<c@x>", folder="INBOX"),
+            ev(message_id="<nokey@x>", folder="INBOX"),  # no dedupe key: not an announcement
+            ev(key="k5", message_id="", folder="INBOX"),  # empty Message-ID: ignored
+            ev(key="k6", message_id=42, folder="INBOX"),  # not a string: ignored
+        ]
+    )
+    asked = ["<a@x>", "<b@x>", "<c@x>", "<nokey@x>", "", "<unknown@x>"]
+    assert await store.known_message_ids("m1", "INBOX", asked) == {"<a@x>"}
+    assert await store.known_message_ids("m1", "Archive", asked) == {"<b@x>"}
+    assert await store.known_message_ids("m2", "INBOX", asked) == {"<c@x>"}
+    assert await store.known_message_ids("m1", "INBOX", []) == set()
+
+
+async def test_known_message_ids_folder_from_checkpoint(store: EventStore) -> None:
+    # Without data["folder"], the checkpoint says which folder the batch came from.
+    await store.append([ev(key="k1", message_id="<a@x>")], Checkpoint("m1", "Lists", 3, 9))
+    # A checkpoint of another mailbox does not apply.
+    await store.append([ev(key="k2", message_id="<b@x>")], Checkpoint("m9", "INBOX", 3, 9))
+
+    assert await store.known_message_ids("m1", "Lists", ["<a@x>", "<b@x>"]) == {"<a@x>"}
+    assert await store.known_message_ids("m1", "INBOX", ["<a@x>", "<b@x>"]) == set()
+
+
+async def test_known_message_ids_follow_the_newest_announcement(store: EventStore) -> None:
+    # The same message announced twice (say, re-delivered under a new key): pruning the older
+    # event must not forget it while the newer one is stored; pruning both does.
+    await store.append([ev(key="k1", message_id="<a@x>", folder="INBOX")])
+    await store.append([ev(key="k2", message_id="<a@x>", folder="INBOX")])
+    assert await store.prune(None, 1) == 1
+    assert await store.known_message_ids("m1", "INBOX", ["<a@x>"]) == {"<a@x>"}
+    assert await store.prune(None, 0) == 1
+    assert await store.known_message_ids("m1", "INBOX", ["<a@x>"]) == set()
+
+
+async def test_known_message_ids_many(store: EventStore) -> None:
+    ids = [f"<{i}@x>" for i in range(1200)]
+    await store.append([ev(key=m, message_id=m, folder="INBOX") for m in ids[::2]])
+    assert await store.known_message_ids("m1", "INBOX", ids) == set(ids[::2])
+
+
+# -- filters -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def seeded(store: EventStore) -> list[Event]:
+    return await store.append(
+        [
+            ev("a1", mailbox="m1", type_="message.received", sender="bob@example.org"),  # 0
+            ev("a1", mailbox="m2", type_="message.received.unauthenticated", sender="eve@evil.test"),  # 1
+            ev("a2", mailbox="m1", type_="message.received", sender="alice@example.org"),  # 2
+            ev("a1", mailbox="m1", type_="mailbox.connected"),  # 3
+            ev("a2", mailbox=None, type_="closing"),  # 4
+            ev("a1", mailbox="m2", type_="message.received", sender="carol@sub.example.org"),  # 5
+            ev("a3", mailbox="m3", type_="message.received", sender="bob@example.org"),  # 6
+            ev("a1", mailbox="m1", type_="odd?type"),  # 7
+            ev("a1", mailbox="m1", type_="oddXtype"),  # 8
+            ev("a1", mailbox="m1", type_="odd[x]type"),  # 9
+            ev("a1", mailbox="m1", type_="message", sender="bob@example.org.evil"),  # 10
+            ev("a1", mailbox="m1", type_="message.received", sender="Dave@Example.ORG"),  # 11
+        ]
+    )
+
+
+async def picked(store: EventStore, seeded: list[Event], **query: Any) -> list[int]:
+    """Indexes (into `seeded`) of what read_after returns.
+
+    Also checks that read_before agrees, and that the live filter `matches` (which expects the
+    caller to lower-case from_filter) picks the same events, so replay and live never differ.
+    """
+    q = EventQuery(**query)
+    forward = await store.read_after(q, 0, 100)
+    backward = await store.read_before(q, None, 100)
+    assert backward == forward[::-1]
+    live = replace(q, from_filter=q.from_filter.lower()) if q.from_filter else q
+    assert [e for e in seeded if matches(live, e)] == forward
+    index = {e.seq: i for i, e in enumerate(seeded)}
+    return [index[e.seq] for e in forward]
+
+
+async def test_filter_agents_isolated(store: EventStore, seeded: list[Event]) -> None:
+    assert await picked(store, seeded, agent_ids=("a2",)) == [2, 4]
+    assert await picked(store, seeded, agent_ids=("a3",)) == [6]
+    assert await picked(store, seeded, agent_ids=("a2", "a3")) == [2, 4, 6]
+    assert await picked(store, seeded, agent_ids=("a3", "a2", "a3")) == [2, 4, 6]
+    assert await picked(store, seeded, agent_ids=("nobody",)) == []
+    many = ("x1", "a3", "x2", "a2", "x3", "x4", "x5")
+    assert await picked(store, seeded, agent_ids=many) == [2, 4, 6]
+    # No agents means nothing at all, never "everything".
+    assert await picked(store, seeded, agent_ids=()) == []
+
+
+async def test_filter_mailbox(store: EventStore, seeded: list[Event]) -> None:
+    assert await picked(store, seeded, agent_ids=("a1", "a2"), mailbox_ids=("m2",)) == [1, 5]
+    assert await picked(store, seeded, agent_ids=("a1", "a2", "a3"), mailbox_ids=("m2", "m3")) == [1, 5, 6]
+    # An agent cannot reach another agent's mailbox through the mailbox filter.
+    assert await picked(store, seeded, agent_ids=("a2",), mailbox_ids=("m2", "m3")) == []
+
+
+async def test_filter_type_exact_and_globs(store: EventStore, seeded: list[Event]) -> None:
+    agents = ("a1", "a2")
+    assert await picked(store, seeded, agent_ids=agents, type_patterns=("message.received",)) == [0, 2, 5, 11]
+    assert await picked(store, seeded, agent_ids=agents, type_patterns=("message.*",)) == [0, 1, 2, 5, 11]
+    assert await picked(store, seeded, agent_ids=agents, type_patterns=("message*",)) == [0, 1, 2, 5, 10, 11]
+    assert await picked(store, seeded, agent_ids=agents, type_patterns=("*.unauthenticated",)) == [1]
+    assert await picked(store, seeded, agent_ids=agents, type_patterns=("mailbox.*", "closing")) == [3, 4]
+    assert await picked(store, seeded, agent_ids=("a2",), type_patterns=("*",)) == [2, 4]
+    assert await picked(store, seeded, agent_ids=agents, type_patterns=("message.receive",)) == []
+
+
+async def test_filter_type_only_star_is_special(store: EventStore, seeded: list[Event]) -> None:
+    agents = ("a1",)
+    assert await picked(store, seeded, agent_ids=agents, type_patterns=("odd?type",)) == [7]
+    assert await picked(store, seeded, agent_ids=agents, type_patterns=("odd?*",)) == [7]
+    assert await picked(store, seeded, agent_ids=agents, type_patterns=("odd[x]type",)) == [9]
+    assert await picked(store, seeded, agent_ids=agents, type_patterns=("odd[x]*",)) == [9]
+    assert await picked(store, seeded, agent_ids=agents, type_patterns=("odd*type",)) == [7, 8, 9]
+
+
+async def test_filter_from_address_and_domain(store: EventStore, seeded: list[Event]) -> None:
+    agents = ("a1", "a2", "a3")
+    assert await picked(store, seeded, agent_ids=agents, from_filter="bob@example.org") == [0, 6]
+    # Stored lower-cased, so mixed-case senders and filters match.
+    assert await picked(store, seeded, agent_ids=agents, from_filter="DAVE@example.org") == [11]
+    # A domain matches exactly that domain: no subdomains, no lookalike suffixes.
+    assert await picked(store, seeded, agent_ids=agents, from_filter="@example.org") == [0, 2, 6, 11]
+    assert await picked(store, seeded, agent_ids=agents, from_filter="@EXAMPLE.org") == [0, 2, 6, 11]
+    assert await picked(store, seeded, agent_ids=agents, from_filter="@sub.example.org") == [5]
+    assert await picked(store, seeded, agent_ids=agents, from_filter="@nowhere.test") == []
+    assert await picked(store, seeded, agent_ids=agents, from_filter="bob@example") == []
+
+
+async def test_filters_combine(store: EventStore, seeded: list[Event]) -> None:
+    assert await picked(
+        store,
+        seeded,
+        agent_ids=("a1", "a3"),
+        mailbox_ids=("m1", "m3"),
+        type_patterns=("message.*",),
+        from_filter="@example.org",
+    ) == [0, 6, 11]
+    assert await picked(
+        store,
+        seeded,
+        agent_ids=("a1",),
+        mailbox_ids=("m1",),
+        type_patterns=("message.*",),
+        from_filter="bob@example.org",
+    ) == [0]
+    assert (
+        await picked(store, seeded, agent_ids=("a2",), type_patterns=("message.*",), from_filter="@evil.test")
+        == []
+    )
+    many = ("a1", "a2", "a3", "x1", "x2", "x3")
+    assert await picked(
+        store,
+        seeded,
+        agent_ids=many,
+        mailbox_ids=("m1", "m3"),
+        type_patterns=("message.*",),
+        from_filter="@example.org",
+    ) == [0, 2, 6, 11]
+
+
+# -- paging ------------------------------------------------------------------------------------
+
+
+async def test_read_after_pages(store: EventStore) -> None:
+    stored = await store.append([ev(f"a{1 + i % 3}", n=i) for i in range(25)])
+    many = EventQuery(tuple(f"a{i}" for i in range(1, 9)))  # also past the per-agent plan
+    for query in (EventQuery(("a1",)), EventQuery(("a1", "a3")), ALL, many):
+        expected = [e for e in stored if e.agent_id in query.agent_ids]
+        got: list[Event] = []
+        after = 0
+        while page := await store.read_after(query, after, 4):
+            assert len(page) <= 4
+            got.extend(page)
+            after = page[-1].seq
+        assert got == expected
+    assert await store.read_after(ALL, stored[-1].seq, 10) == []
+    assert await store.read_after(ALL, 0, 0) == []
+    assert await store.read_after(ALL, stored[9].seq, 3) == stored[10:13]
+
+
+async def test_read_before_pages(store: EventStore) -> None:
+    stored = await store.append([ev(f"a{1 + i % 2}", n=i) for i in range(13)])
+    newest_first = stored[::-1]
+    assert await store.read_before(ALL, None, 5) == newest_first[:5]
+
+    got: list[Event] = []
+    before: int | None = None
+    while page := await store.read_before(ALL, before, 5):
+        got.extend(page)
+        before = page[-1].seq
+    assert got == newest_first
+
+    only_a2 = await store.read_before(EventQuery(("a2",)), stored[7].seq, 2)
+    assert only_a2 == [stored[5], stored[3]]
+    assert await store.read_before(ALL, stored[0].seq, 5) == []
+    assert await store.read_before(ALL, None, 0) == []
+
+
+# -- time and retention ------------------------------------------------------------------------
+
+
+async def test_seq_at(store: EventStore) -> None:
+    assert await store.seq_at(rfc3339()) == 0
+    first = await store.append([ev(n=1), ev(n=2)])
+    await asyncio.sleep(0.003)  # created_at has millisecond precision
+    second = await store.append([ev(n=3)])
+    assert first[0].created_at < second[0].created_at
+
+    boundary = second[0].created_at
+    assert await store.seq_at(boundary) == first[-1].seq  # strictly before
+    plus_two = parse_rfc3339(boundary).astimezone(timezone(timedelta(hours=2))).isoformat()
+    assert plus_two.endswith("+02:00")
+    assert await store.seq_at(plus_two) == first[-1].seq
+    assert await store.seq_at(boundary.replace("Z", "z")) == first[-1].seq
+    assert await store.seq_at(first[0].created_at) == 0
+    assert await store.seq_at("2000-01-01T02:00:00+02:00") == 0
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    assert await store.seq_at(future) == second[0].seq
+    with pytest.raises(ValueError):
+        await store.seq_at("yesterday")
+    with pytest.raises(ValueError):
+        await store.seq_at("2024-01-01T00:00:00")  # no offset
+
+
+async def test_first_and_last_seq_across_pruning(store: EventStore) -> None:
+    assert (await store.first_seq(), await store.last_seq()) == (0, 0)
+    stored = await store.append([ev(n=i) for i in range(5)])
+    seqs = [e.seq for e in stored]
+    assert (await store.first_seq(), await store.last_seq()) == (seqs[0], seqs[-1])
+
+    assert await store.prune(None, 2) == 3
+    assert (await store.first_seq(), await store.last_seq()) == (seqs[3], seqs[-1])
+    assert [e.seq for e in await read_all(store)] == seqs[3:]
+
+    # Everything pruned: last_seq is remembered and first_seq points past it.
+    assert await store.prune(None, 0) == 2
+    assert await read_all(store) == []
+    assert await store.last_seq() == seqs[-1]
+    assert await store.first_seq() == seqs[-1] + 1
+
+    # Seqs are never reused, not even after the newest rows were deleted.
+    new = await store.append([ev(n=99)])
+    assert new[0].seq > seqs[-1]
+    assert (await store.first_seq(), await store.last_seq()) == (new[0].seq, new[0].seq)
+
+
+async def test_prune_by_count(store: EventStore) -> None:
+    stored = await store.append([ev(n=i) for i in range(10)])
+    assert await store.prune(None, None) == 0
+    assert await store.prune(None, 100) == 0
+    assert await store.prune(None, 4) == 6
+    assert await read_all(store) == stored[6:]
+    assert await store.prune(None, 4) == 0
+    with pytest.raises(ValueError):
+        await store.prune(None, -1)
+
+
+async def test_prune_by_age(store: EventStore) -> None:
+    stored = await store.append(
+        [ev(key=f"k{i}", message_id=f"<{i}@x>", folder="INBOX", n=i) for i in range(6)]
+    )
+    old = rfc3339(datetime.now(UTC) - timedelta(hours=2))
+    _backdate(store, [e.seq for e in stored[:4]], old)
+
+    assert await store.prune(3 * 3600, None) == 0  # nothing is 3 h old
+    assert await store.prune(3600, None) == 4
+    assert await read_all(store) == stored[4:]
+    # The announced Message-IDs of pruned events go with them; the rest stay.
+    ids = [f"<{i}@x>" for i in range(6)]
+    assert await store.known_message_ids("m1", "INBOX", ids) == {"<4@x>", "<5@x>"}
+    # Age and count together: both limits apply.
+    assert await store.prune(3600, 1) == 1
+    assert await read_all(store) == stored[5:]
+    assert await store.last_seq() == stored[-1].seq
+
+
+# -- durability, concurrency, ids, health ------------------------------------------------------
+
+
+async def test_reopen_keeps_everything(make_store: MakeStore) -> None:
+    store = await make_store()
+    stored = await store.append(
+        [ev("a2"), ev(key="k1", message_id="<a@x>", folder="INBOX")], Checkpoint("m1", "INBOX", 5, 42)
+    )
+    await store.prune(None, 1)  # pruning is durable too
+    await store.close()
+
+    reopened = await make_store()
+    assert await read_all(reopened) == stored[1:]
+    assert await reopened.get_checkpoint("m1", "INBOX") == Checkpoint("m1", "INBOX", 5, 42)
+    assert await reopened.last_seq() == stored[-1].seq
+    assert await reopened.append([ev(key="k1")]) == []  # dedupe survives too
+    assert await reopened.known_message_ids("m1", "INBOX", ["<a@x>"]) == {"<a@x>"}
+    assert (await reopened.append([ev()]))[0].seq == stored[-1].seq + 1
+
+
+async def test_concurrent_appends_are_serialized(store: EventStore) -> None:
+    async def writer(task: int) -> list[Event]:
+        out: list[Event] = []
+        for batch in range(5):
+            out += await store.append(
+                [ev(f"a{1 + task % 3}", task=task, batch=batch, i=i) for i in range(2)],
+                Checkpoint(f"m{task}", "INBOX", 1, batch + 1),
+            )
+            await asyncio.sleep(0)
+        return out
+
+    results = await asyncio.gather(*(writer(t) for t in range(20)))
+
+    seqs = sorted(e.seq for events in results for e in events)
+    assert len(seqs) == 200
+    assert seqs == list(range(seqs[0], seqs[0] + 200))  # unique and gap-free
+    # Each task's events are in its own append order, and each batch is contiguous.
+    for events in results:
+        assert [e.seq for e in events] == sorted(e.seq for e in events)
+        for a, b in zip(events[::2], events[1::2], strict=True):
+            assert b.seq == a.seq + 1
+    everything = await read_all(store)
+    assert [e.seq for e in everything] == seqs
+    for task in range(20):
+        assert await store.get_checkpoint(f"m{task}", "INBOX") == Checkpoint(f"m{task}", "INBOX", 1, 5)
+
+
+async def test_reads_during_appends_see_whole_batches(store: EventStore) -> None:
+    done = asyncio.Event()
+
+    async def writer() -> None:
+        for i in range(30):
+            await store.append([ev(batch=i, i=j) for j in range(3)])
+        done.set()
+
+    async def reader() -> int:
+        checks = 0
+        while not done.is_set():
+            events = await read_all(store)
+            assert len(events) % 3 == 0, "saw part of a batch"
+            checks += 1
+            await asyncio.sleep(0)
+        return checks
+
+    _, checks = await asyncio.gather(writer(), reader())
+    assert checks > 0
+    assert len(await read_all(store)) == 90
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "abc", "-1", "+1", "1.0", " 1", "1 ", "1\n", "0x10", "١٢", "1" * 20, "9223372036854775808"]
+)
+def test_invalid_event_ids_raise(bad: str, tmp_path: Path) -> None:
+    # seq_of is synchronous and needs no open store.
+    store: EventStore = SqliteEventStore(tmp_path / "unused.db")
+    with pytest.raises(InvalidEventId):
+        store.seq_of(bad)
+    assert issubclass(InvalidEventId, ValueError)
+
+
+async def test_seq_of_valid_ids(store: EventStore) -> None:
+    assert store.seq_of("0") == 0
+    assert store.seq_of("42") == 42
+    assert store.seq_of("007") == 7
+    assert store.seq_of("9223372036854775807") == 2**63 - 1
+    with pytest.raises(InvalidEventId):
+        store.seq_of(17)  # type: ignore[arg-type]
+    [event] = await store.append([ev()])
+    assert store.seq_of(event.id) == event.seq
+
+
+async def test_ping(make_store: MakeStore) -> None:
+    store = await make_store()
+    assert await store.ping() is True
+    await store.close()
+    assert await store.ping() is False
+
+
+# -- SQLite specifics --------------------------------------------------------------------------
+
+
+async def test_sqlite_file_layout(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "events.db"  # parent directories are created
+    store = SqliteEventStore(str(path))
+    await store.open()
+    await store.append([ev()])
+    await store.close()
+
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA user_version").fetchone()[0] == sqlite_backend.SCHEMA_VERSION
+        indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    db.close()
+    assert {"events_agent_seq", "events_mailbox_seq", "events_created_at"} <= indexes
+
+
+async def test_sqlite_refuses_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version={sqlite_backend.SCHEMA_VERSION + 1}")
+    db.close()
+    store = SqliteEventStore(path)
+    with pytest.raises(RuntimeError, match="newer"):
+        await store.open()
+
+
+async def test_sqlite_prunes_in_batches(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_backend, "PRUNE_BATCH", 3)
+    stored = await store.append([ev(n=i) for i in range(11)])
+    appended: list[Event] = []
+
+    async def append_meanwhile() -> None:
+        appended.extend(await store.append([ev(n=100)]))
+
+    results = await asyncio.gather(store.prune(None, 1), append_meanwhile())
+    # 10 of the first 11 go (the cutoff is fixed when pruning starts); the concurrent append
+    # got in between batches and survives.
+    assert results[0] == 10
+    assert await read_all(store) == [stored[-1], *appended]
+
+
+def test_sqlite_survives_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os, signal
+        from gatewayd.events import NewEvent
+        from gatewayd.store import Checkpoint
+        from gatewayd.store.sqlite import SqliteEventStore
+
+        async def main():
+            store = SqliteEventStore({str(path)!r})
+            await store.open()
+            for i in range(5):
+                await store.append(
+                    [NewEvent("message.received", "a1", "m1", {{"n": i}})], Checkpoint("m1", "INBOX", 1, i)
+                )
+            os.kill(os.getpid(), signal.SIGKILL)  # no close(), no WAL checkpoint
+
+        asyncio.run(main())
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT data FROM events ORDER BY seq").fetchall()
+        checkpoint = db.execute("SELECT last_uid FROM checkpoints").fetchone()
+    db.close()
+    assert [json.loads(r[0]) for r in rows] == [{"n": i} for i in range(5)]
+    assert checkpoint == (4,)
+
+
+async def test_sqlite_replay_is_fast(tmp_path: Path) -> None:
+    store = SqliteEventStore(tmp_path / "events.db")
+    await store.open()
+    try:
+        count = 100_000
+        created_at = rfc3339()
+        data = json.dumps({"message_id": "<x@example.org>", "subject": "Hello", "uid": 1, "folder": "INBOX"})
+        with sqlite3.connect(store.path) as db:
+            db.executemany(
+                "INSERT INTO events (type, created_at, agent_id, mailbox_id, from_address, data)"
+                " VALUES ('message.received', ?, ?, 'm1', 'bob@example.org', ?)",
+                ((created_at, f"a{i % 2}", data) for i in range(count)),
+            )
+        db.close()
+
+        query = EventQuery(agent_ids=("a0", "a1"))
+        started = time.perf_counter()
+        seen, after = 0, 0
+        while page := await store.read_after(query, after, 1000):
+            seen += len(page)
+            after = page[-1].seq
+        rate = seen / (time.perf_counter() - started)
+    finally:
+        await store.close()
+    assert seen == count
+    assert rate > 50_000, f"replay at {rate:.0f} events/s"
