@@ -41,7 +41,12 @@ class Daemon:
     async def start(self) -> None:
         await self.store.open()
         self._runner = web.AppRunner(
-            create_app(self.gateway), access_log=None, handle_signals=False, shutdown_timeout=1.0
+            create_app(self.gateway),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=1.0,
+            # A client that disconnects cancels its stream at once, releasing its watchers.
+            handler_cancellation=True,
         )
         await self._runner.setup()
         server = self.config.server

@@ -16,12 +16,15 @@ from gatewayd.events import Event
 class Subscription:
     """One live subscriber. `get()` waits for the next matching event."""
 
-    __slots__ = ("_queue", "matches", "overflowed")
+    __slots__ = ("_on_overflow", "_queue", "matches", "overflowed")
 
-    def __init__(self, matches: Callable[[Event], bool], maxsize: int) -> None:
+    def __init__(
+        self, matches: Callable[[Event], bool], maxsize: int, on_overflow: Callable[[], None] | None = None
+    ) -> None:
         self.matches = matches
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         self.overflowed = False
+        self._on_overflow = on_overflow
 
     def offer(self, event: Event) -> None:
         if self.overflowed or not self.matches(event):
@@ -29,8 +32,10 @@ class Subscription:
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
-            # The reader is busy (its queue is full): it sees the flag at its next get().
             self.overflowed = True
+            # The reader may be stuck writing to a client that stopped reading: cut it loose.
+            if self._on_overflow is not None:
+                self._on_overflow()
 
     async def get(self) -> Event:
         return await self._queue.get()
@@ -43,8 +48,10 @@ class Bus:
     def __init__(self) -> None:
         self._subscriptions: set[Subscription] = set()
 
-    def subscribe(self, matches: Callable[[Event], bool], maxsize: int) -> Subscription:
-        subscription = Subscription(matches, maxsize)
+    def subscribe(
+        self, matches: Callable[[Event], bool], maxsize: int, on_overflow: Callable[[], None] | None = None
+    ) -> Subscription:
+        subscription = Subscription(matches, maxsize, on_overflow)
         self._subscriptions.add(subscription)
         return subscription
 

@@ -20,12 +20,17 @@ class _RedactSecrets(logging.Filter):
         super().__init__()
         self._secrets = [s for s in secrets if len(s) >= 4]
 
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if any(secret in message for secret in self._secrets):
-            for secret in self._secrets:
-                message = message.replace(secret, "***")
-            record.msg, record.args = message, None
+        record.msg, record.args = self._redact(record.getMessage()), None
+        if record.exc_info:
+            # Tracebacks are rendered here, once, so they pass through the redaction too.
+            record.exc_text = self._redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
         return True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,7 @@ class SseReader:
 def mail(
     subject: str, sender: str = "Bob Sender <bob@example.org>", body: str = "Hello.", **headers: str
 ) -> bytes:
+    headers.setdefault("Message_ID", f"<{uuid.uuid4().hex}@test.example>")
     extra = "".join(f"{name.replace('_', '-')}: {value}\r\n" for name, value in headers.items())
     return (
         f"From: {sender}\r\nTo: agent@example.com\r\nSubject: {subject}\r\n"

@@ -45,8 +45,13 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         raise web.HTTPServiceUnavailable(reason="shutting down", headers={"Retry-After": "5"})
 
     mailbox_ids = query.mailbox_ids or tuple(m.id for m in agent.mailboxes)
+
+    def cut_off() -> None:
+        if request.transport is not None:
+            request.transport.abort()
+
     subscription = gateway.bus.subscribe(
-        lambda event: matches(query, event), gateway.config.server.subscriber_queue_size
+        lambda event: matches(query, event), gateway.config.server.subscriber_queue_size, cut_off
     )
     gateway.pool.acquire(mailbox_ids)
     response = web.StreamResponse(
@@ -66,9 +71,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             await stream.replay(resume.after_seq, resume.requested)
         deadline = time.monotonic() + max_seconds if max_seconds else None
         await stream.live(subscription, ping, deadline)
-    except (ConnectionResetError, asyncio.CancelledError):
-        # The client went away (or the server is shutting down): nothing more to send.
-        pass
+    except ConnectionResetError:
+        pass  # the client went away, or was cut off for being too slow
     finally:
         gateway.discard_stream(stream)
         gateway.bus.unsubscribe(subscription)

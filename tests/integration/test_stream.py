@@ -15,22 +15,9 @@ from httpx_sse import aconnect_sse
 from gatewayd.sandbox.dovecot import Dovecot
 from tests.conftest import OTHER_TOKEN, TOKEN, gateway_config
 from tests.sse import SseReader, mail
+from tests.waiting import idle, wait_for
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-async def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def idle(gw: Any, mailbox_id: str | None = None) -> bool:
-    states = [w for w in gw.daemon.pool.health() if mailbox_id in (None, w["mailbox_id"])]
-    return bool(states) and all(w["state"] == "idle" for w in states)
 
 
 async def open_stream(

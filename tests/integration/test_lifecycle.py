@@ -1,0 +1,450 @@
+"""The real `gatewayd` command as a subprocess: shutdown, restart, kill -9, CLI, secrets in logs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from gatewayd.config import parse_config
+from gatewayd.sandbox.dovecot import Dovecot, free_port
+from tests.daemon import AUTH, GatewayProcess, config_data, run_cli, write_config
+from tests.sse import Frame, SseReader, mail
+
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
+
+
+@pytest.fixture
+def gatewayd(tmp_path: Path, dovecot: Dovecot) -> Iterator[Any]:
+    """Make GatewayProcess objects (not started); whatever still runs is killed at teardown."""
+    made: list[GatewayProcess] = []
+
+    def make(users: list[str], **options: Any) -> GatewayProcess:
+        port = free_port()
+        path = write_config(
+            tmp_path / "gatewayd.yaml", config_data(tmp_path, dovecot, users, port, **options)
+        )
+        process = GatewayProcess(path, port)
+        made.append(process)
+        return process
+
+    yield make
+    for process in made:
+        process.stop_now()
+
+
+async def read_block(response: aiohttp.ClientResponse, timeout: float = 15.0) -> list[str]:
+    """The raw lines of the next SSE block (up to its blank line); EOFError at the end of the stream."""
+
+    async def read() -> list[str]:
+        lines: list[str] = []
+        while True:
+            raw = await response.content.readline()
+            if not raw:
+                raise EOFError(f"stream ended (partial block: {lines})")
+            line = raw.decode().rstrip("\n")
+            if line == "":
+                if lines:
+                    return lines
+                continue
+            lines.append(line)
+
+    return await asyncio.wait_for(read(), timeout)
+
+
+def fields(block: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in block:
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        out[name] = value.removeprefix(" ")
+    return out
+
+
+async def list_events(session: aiohttp.ClientSession, url: str, types: str) -> list[dict[str, Any]]:
+    async with session.get(
+        f"{url}/v1/events", headers=AUTH, params={"types": types, "limit": "500"}
+    ) as response:
+        assert response.status == 200, await response.text()
+        return list((await response.json())["events"])
+
+
+async def poll_events(
+    session: aiohttp.ClientSession, url: str, types: str, count: int, timeout: float = 20.0
+) -> list[dict[str, Any]]:
+    """The JSON list (newest first) once it holds at least `count` events of `types`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = await list_events(session, url, types)
+        if len(events) >= count:
+            return events
+        if time.monotonic() > deadline:
+            raise AssertionError(f"only {len(events)} of {count} {types} events after {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+async def read_to_end(response: aiohttp.ClientResponse, timeout: float = 15.0) -> list[Frame]:
+    """Every event frame of a stream that ends by itself (max_seconds)."""
+    reader = SseReader(response)
+    frames: list[Frame] = []
+    while True:
+        try:
+            frames.append(await reader.next(timeout))
+        except EOFError:
+            return frames
+
+
+# --- 1. SIGTERM: subscribers get a closing event, the process exits 0 ---------------------------
+
+
+async def test_sigterm_sends_closing_event_and_exits_zero(gatewayd: Any, dovecot: Dovecot, user: str) -> None:
+    gw = gatewayd([user])
+    gw.start()
+    await gw.wait_idle()
+    async with aiohttp.ClientSession() as session:
+        response = await session.get(f"{gw.url}/events", headers=AUTH)
+        assert response.status == 200, await response.text()
+        assert await read_block(response) == ["retry: 500", ": connected"]
+
+        await dovecot.deliver_async(user, mail("before shutdown"))
+        last_id = None
+        while True:
+            block = fields(await read_block(response))
+            last_id = block.get("id", last_id)
+            if block.get("event") == "message.received":
+                received = json.loads(block["data"])
+                break
+        assert received["data"]["subject"] == "before shutdown"
+        assert block["id"] == received["id"] == last_id
+
+        gw.terminate()
+        while True:
+            raw = await read_block(response, timeout=10)
+            block = fields(raw)
+            if block.get("event") == "closing":
+                break
+            assert "event" not in block, f"unexpected event before closing: {raw}"
+        # No id: line, so a client's Last-Event-ID stays on the last real event.
+        assert not any(line.startswith("id") for line in raw), raw
+        closing = json.loads(block["data"])
+        assert closing["reason"] == "shutdown"
+        assert closing["last_event_id"] == received["id"]
+        assert isinstance(closing["reconnect_after_ms"], int)
+        assert not isinstance(closing["reconnect_after_ms"], bool)
+        assert closing["reconnect_after_ms"] == 500  # server.retry_ms
+        assert RFC3339.fullmatch(closing["at"]), closing["at"]
+        at = datetime.fromisoformat(closing["at"].replace("Z", "+00:00"))
+        assert abs((datetime.now(UTC) - at).total_seconds()) < 60
+
+        # Then the server ends the stream (after the grace period) without another event.
+        try:
+            rest = await asyncio.wait_for(response.content.read(), 15)
+        except aiohttp.ClientPayloadError:
+            rest = b""
+        assert b"event:" not in rest and b"id:" not in rest, rest
+        response.close()
+
+        assert await gw.wait_exit(20) == 0
+        assert await gw.health(session) is None, "healthz still answers after exit"
+    assert "Traceback" not in gw.stderr(), gw.stderr()
+
+
+# --- 2. restart: a subscriber resuming by Last-Event-ID gets what arrived while it was down ------
+
+
+async def test_restart_catches_up_with_mail_delivered_while_down(
+    gatewayd: Any, dovecot: Dovecot, user: str
+) -> None:
+    gw = gatewayd([user])
+    gw.start()
+    await gw.wait_idle()
+    async with aiohttp.ClientSession() as session:
+        response = await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.received"})
+        assert response.status == 200
+        await dovecot.deliver_async(user, mail("A"))
+        (first,) = await SseReader(response).messages(1)
+        assert first.json["data"]["subject"] == "A"
+        seen_id = first.id
+        assert seen_id
+        response.close()
+        gw.terminate()
+        assert await gw.wait_exit(20) == 0
+
+        missed = ["down 1", "down 2", "down 3"]
+        for subject in missed:
+            await dovecot.deliver_async(user, mail(subject))
+
+        gw.start()
+        await gw.wait_idle()
+        # The store survived the restart: A keeps its id, the three missed ones follow it.
+        stored = await poll_events(session, gw.url, "message.received", 4)
+        assert [e["data"]["subject"] for e in reversed(stored)] == ["A", *missed]
+        assert stored[-1]["id"] == seen_id
+
+        resume = {"Last-Event-ID": seen_id, **AUTH}
+        response = await session.get(
+            f"{gw.url}/events", headers=resume, params={"types": "message.received", "max_seconds": "1"}
+        )
+        assert response.status == 200
+        frames = await read_to_end(response)
+        assert [f.event for f in frames] == ["message.received"] * 3
+        assert [f.json["data"]["subject"] for f in frames] == missed
+        ids = [int(f.id or 0) for f in frames]
+        assert ids == sorted(set(ids)) and ids[0] > int(seen_id)
+
+        # Nothing else of type message.* follows A either.
+        response = await session.get(
+            f"{gw.url}/events", headers=resume, params={"types": "message.*", "max_seconds": "1"}
+        )
+        frames_any = await read_to_end(response)
+        assert [(f.event, f.id) for f in frames_any] == [(f.event, f.id) for f in frames]
+
+
+# --- 3. kill -9 in the middle of a burst: nothing lost, nothing twice ---------------------------
+
+BURST = 40
+
+
+@pytest.mark.parametrize("kill_after", [8, 16])
+async def test_kill_9_mid_burst_loses_and_duplicates_nothing(
+    gatewayd: Any, dovecot: Dovecot, user: str, kill_after: int
+) -> None:
+    gw = gatewayd([user])
+    gw.start()
+    await gw.wait_idle()
+    subjects = [f"burst {i:02d}" for i in range(BURST)]
+    delivered: list[str] = []
+    failures: list[BaseException] = []
+
+    def deliver_burst() -> None:
+        try:
+            for subject in subjects:
+                dovecot.deliver(user, mail(subject))
+                delivered.append(subject)
+                time.sleep(0.03)  # the pace of the burst, not a wait for anything
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=deliver_burst, daemon=True)
+    async with aiohttp.ClientSession() as session:
+        thread.start()
+        try:
+            deadline = time.monotonic() + 20
+            while len(await list_events(session, gw.url, "message.received")) < kill_after:
+                assert time.monotonic() < deadline, "the burst never reached the gateway"
+                await asyncio.sleep(0.01)
+            gw.kill()
+            delivered_at_kill = len(delivered)
+            assert await gw.wait_exit(10) == -signal.SIGKILL
+            assert delivered_at_kill < BURST, "the burst was over before the kill: not a mid-burst test"
+
+            gw.start()
+            await gw.wait_idle()
+        finally:
+            thread.join(30)
+        assert not thread.is_alive() and not failures, failures
+        assert delivered == subjects
+
+        # Caught up: every subject stored and the watcher's checkpoint at the newest UID.
+        deadline = time.monotonic() + 20
+        while True:
+            events = await list_events(session, gw.url, "message.received")
+            newest_uid = max((e["data"]["uid"] for e in events), default=None)
+            health = await gw.health(session)
+            watcher = (health or {}).get("watchers", [{}])[0]
+            caught_up = (
+                {e["data"]["subject"] for e in events} == set(subjects)
+                and watcher.get("state") == "idle"
+                and watcher.get("last_uid") == newest_uid
+            )
+            if caught_up:
+                break
+            assert time.monotonic() < deadline, f"not caught up: {len(events)} events, watcher {watcher}"
+            await asyncio.sleep(0.05)
+
+    assert len(events) == BURST, sorted(e["data"]["subject"] for e in events)
+    assert len({e["data"]["subject"] for e in events}) == BURST
+    assert len({(e["data"]["uidvalidity"], e["data"]["uid"]) for e in events}) == BURST
+    assert len({e["id"] for e in events}) == BURST
+    # Announced in UID order: ids and UIDs rise together. (Not necessarily delivery order: a
+    # maildir delivery that finds the uidlist locked leaves its UID to be assigned later.)
+    stored = [(int(e["id"]), e["data"]["uid"], e["data"]["subject"]) for e in reversed(events)]
+    assert [seq for seq, _, _ in stored] == sorted(seq for seq, _, _ in stored), stored
+    assert [uid for _, uid, _ in stored] == sorted(uid for _, uid, _ in stored), stored
+
+
+# --- 4. bad configuration files through the CLI ------------------------------------------------
+
+PASSWORD = "hunter2-very-secret"
+
+
+def good_config(tmp_path: Path) -> dict[str, Any]:
+    return {
+        "server": {"listen": "127.0.0.1:8025"},
+        "store": {"path": str(tmp_path / "events.db")},
+        "agents": [
+            {
+                "id": "support",
+                "token_sha256": [hashlib.sha256(b"t").hexdigest()],
+                "mailboxes": [
+                    {
+                        "id": "box",
+                        "watch": "always",
+                        "imap": {
+                            "host": "127.0.0.1",
+                            "port": 143,
+                            "tls": "none",
+                            "username": "agent",
+                            "password": PASSWORD,
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def _imap(data: dict[str, Any]) -> dict[str, Any]:
+    return dict(data["agents"][0]["mailboxes"][0]["imap"])
+
+
+def _with_imap(data: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    imap = {**_imap(data), **changes}
+    imap = {key: value for key, value in imap.items() if value is not None}
+    data["agents"][0]["mailboxes"][0]["imap"] = imap
+    return data
+
+
+# A comma missing right after the password: PyYAML's own message would quote that line.
+YAML_BROKEN = f"""\
+agents:
+  - id: support
+    mailboxes:
+      - id: box
+        imap: {{host: 127.0.0.1, username: agent, password: "{PASSWORD}" port: 143}}
+"""
+
+
+def _bad_config(case: str, tmp_path: Path) -> tuple[Path, str]:
+    """A bad config file for `case` and the (regular expression for the) error line expected."""
+    path = tmp_path / f"{case}.yaml"
+    data = good_config(tmp_path)
+    if case == "port_abc":
+        data = _with_imap(data, port="abc")
+        expected = re.escape('agents[0].mailboxes[0].imap.port: expected an integer 1-65535, got "abc"')
+    elif case == "unknown_key":
+        data = _with_imap(data, port=70000, foldrs=["INBOX"])
+        expected = re.escape('agents[0].mailboxes[0].imap.foldrs: unknown key (did you mean "folders"?)')
+    elif case == "missing_key":
+        data = _with_imap(data, port="abc", host=None)
+        expected = re.escape("agents[0].mailboxes[0].imap.host: missing required key")
+    elif case == "yaml_syntax":
+        path.write_text(YAML_BROKEN)
+        return path, r"line 5, column \d+: invalid YAML: \S.*"
+    elif case == "missing_file":
+        path = tmp_path / "nowhere" / "gatewayd.yaml"
+        return path, re.escape(str(path)) + r": cannot read the configuration file: No such file.*"
+    else:
+        raise AssertionError(case)
+    write_config(path, data)
+    return path, expected
+
+
+@pytest.mark.parametrize("case", ["port_abc", "unknown_key", "missing_key", "yaml_syntax", "missing_file"])
+def test_bad_config_exits_2_with_key_path_and_no_secret(tmp_path: Path, case: str) -> None:
+    path, expected = _bad_config(case, tmp_path)
+    if case != "missing_file":
+        assert PASSWORD in path.read_text()  # the secret is in the file, and must stay there
+    for command in ("check-config", "run"):
+        result = run_cli(command, "-c", str(path))
+        assert result.returncode == 2, (command, result.returncode, result.stdout, result.stderr)
+        lines = [line.strip() for line in result.stderr.splitlines()]
+        assert any(re.fullmatch(expected, line) for line in lines), (command, result.stderr)
+        assert "OK" not in result.stdout and "listening" not in result.stderr
+        assert PASSWORD not in result.stdout + result.stderr, (command, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_good_config_passes_check(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "good.yaml", good_config(tmp_path))
+    result = run_cli("check-config", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{path}: OK (1 agents, 1 mailboxes)"
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+# --- 5. token new ------------------------------------------------------------------------------
+
+
+def test_token_new_prints_token_and_its_sha256(tmp_path: Path) -> None:
+    tokens = []
+    for _ in range(2):
+        result = run_cli("token", "new")
+        assert result.returncode == 0, result.stderr
+        token_lines = [line for line in result.stdout.splitlines() if line.startswith("token: ")]
+        assert len(token_lines) == 1, result.stdout
+        token = token_lines[0].removeprefix("token: ").strip()
+        assert len(token) >= 32 and token.isprintable() and " " not in token
+        hash_lines = [
+            m
+            for line in result.stdout.splitlines()
+            if (m := re.fullmatch(r'token_sha256: \["([0-9a-f]{64})"\]', line))
+        ]
+        assert len(hash_lines) == 1, result.stdout
+        digest = hash_lines[0].group(1)
+        assert digest == hashlib.sha256(token.encode()).hexdigest()
+        # The line pastes into a config, and the token then authenticates as that agent.
+        pasted = yaml.safe_load(hash_lines[0].group(0))
+        config = parse_config(
+            {"agents": [{"id": "pasted", **pasted}], "store": {"path": str(tmp_path / "e.db")}}, env={}
+        )
+        found = config.agent_for_token_hash(hashlib.sha256(token.encode()).hexdigest())
+        assert found is not None and found.id == "pasted"
+        tokens.append((token, digest))
+    assert tokens[0][0] != tokens[1][0]
+    assert tokens[0][1] != tokens[1][1]
+
+
+# --- 6. a wrong password is never logged, even at debug ----------------------------------------
+
+WRONG_PASSWORD = "wrong-pass-zz81"
+
+
+async def test_wrong_password_never_reaches_logs_or_healthz(gatewayd: Any, user: str) -> None:
+    gw = gatewayd([user], password=WRONG_PASSWORD, log_level="debug")
+    gw.start()
+    body = await gw.wait_health(
+        lambda b: any(w.get("state") == "backoff" for w in b.get("watchers", [])),
+        what="the watcher backing off after the refused login",
+    )
+    async with aiohttp.ClientSession() as session:
+        (error,) = await poll_events(session, gw.url, "mailbox.error", 1)
+        assert error["mailbox_id"] == f"{user}-inbox"
+        assert error["data"]["kind"] == "auth"
+        assert "login refused" in error["data"]["reason"]
+        assert WRONG_PASSWORD not in json.dumps(error)
+
+        async with session.get(f"{gw.url}/healthz") as response:
+            health_text = await response.text()
+    assert "login refused" in (body["watchers"][0]["last_error"] or "")
+    assert WRONG_PASSWORD not in health_text
+
+    gw.terminate()
+    assert await gw.wait_exit(20) == 0
+    output = gw.output()
+    # The logs were captured, at debug level, and include the refusal: a leak would show here.
+    assert "DEBUG" in output and "login refused" in output, output
+    assert WRONG_PASSWORD not in output

@@ -1,0 +1,308 @@
+"""The watcher against a real Dovecot: sharing, on-demand, reconnects, UIDVALIDITY, TLS, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import trustme
+
+from gatewayd.config import Config
+from gatewayd.events import NewEvent
+from gatewayd.imap.session import ImapSession
+from gatewayd.sandbox.dovecot import Dovecot
+from tests.conftest import TOKEN, gateway_config
+from tests.sse import SseReader, mail
+from tests.waiting import idle, wait_for, watcher_states
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def listing(gw: Any, **params: str) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as session:
+        response = await session.get(f"{gw.url}/v1/events", headers=AUTH, params={"limit": "500", **params})
+        assert response.status == 200
+        return list(reversed((await response.json())["events"]))
+
+
+async def wait_events(
+    gw: Any, count: int, types: str = "message.*", timeout: float = 20
+) -> list[dict[str, Any]]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while len(found := await listing(gw, types=types)) < count:
+        assert loop.time() < deadline, f"only {len(found)} of {count} {types} events after {timeout}s"
+        await asyncio.sleep(0.05)
+    return found
+
+
+def with_server(config: Config, **changes: Any) -> Config:
+    return dataclasses.replace(config, server=dataclasses.replace(config.server, **changes))
+
+
+async def test_two_subscribers_share_one_on_demand_connection(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    config = gateway_config(tmp_path, dovecot, [user], watch="on_demand", on_demand_linger_seconds=0.3)
+    gw = await start_gateway(config)
+    pool = gw.daemon.pool
+    mailbox_id = f"{user}-inbox"
+    assert watcher_states(gw) == ["not_watching"]
+    # Mail that arrives before anyone ever watched is not announced (first connect starts at UIDNEXT).
+    await dovecot.deliver_async(user, mail("before anyone watched"))
+    async with aiohttp.ClientSession() as session:
+        first = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+        second = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+        await wait_for(lambda: idle(gw, mailbox_id), what="on-demand watcher idle")
+        assert len(pool.health()) == 1  # one (mailbox, folder) connection for both subscribers
+        await dovecot.deliver_async(user, mail("shared"))
+        got = [(await first.messages(1))[0], (await second.messages(1))[0]]
+        assert {frame.id for frame in got} == {got[0].id}
+        assert got[0].json["data"]["subject"] == "shared"
+        first.response.close()
+        second.response.close()
+    assert len(await listing(gw, types="message.*")) == 1  # processed once
+    await wait_for(lambda: not pool.is_watching(mailbox_id), timeout=10, what="on-demand watcher to log out")
+    # Mail arriving while nobody watches is announced when the next subscriber comes.
+    await dovecot.deliver_async(user, mail("while unwatched"))
+    async with aiohttp.ClientSession() as session:
+        reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+        frame = (await reader.messages(1))[0]
+    assert frame.json["data"]["subject"] == "while unwatched"
+
+
+async def test_backfill_announces_the_last_n_on_first_connect(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    for i in range(3):
+        await dovecot.deliver_async(user, mail(f"old {i}"))
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], backfill=2))
+    events = await wait_events(gw, 2)
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    assert [e["data"]["subject"] for e in await listing(gw, types="message.*")] == ["old 1", "old 2"]
+    assert len(events) == 2
+
+
+async def test_dovecot_restart_under_a_live_watcher(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    await dovecot.deliver_async(user, mail("before restart"))
+    await wait_events(gw, 1)
+    await asyncio.to_thread(dovecot.restart)
+    await dovecot.deliver_async(user, mail("after restart"))
+    events = await wait_events(gw, 2)
+    assert [e["data"]["subject"] for e in events] == ["before restart", "after restart"]
+    types = [e["type"] for e in await listing(gw, types="mailbox.*")]
+    assert types.count("mailbox.connected") >= 2
+    assert "mailbox.disconnected" in types or "mailbox.error" in types
+    await wait_for(lambda: idle(gw), what="watcher idle again")
+    assert gw.daemon.pool.health()[0]["reconnects"] >= 1
+
+
+async def test_uidvalidity_change_does_not_reannounce_old_mail(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    await dovecot.deliver_async(user, mail("old one"))
+    await dovecot.deliver_async(user, mail("old two"))
+    first = await wait_events(gw, 2)
+    old_validity = first[0]["data"]["uidvalidity"]
+
+    def rebuild() -> None:
+        dovecot.stop()
+        dovecot.reset_uidvalidity(user)
+        dovecot.start()
+
+    await asyncio.sleep(1.1)  # Dovecot derives UIDVALIDITY from the clock: make it differ
+    await asyncio.to_thread(rebuild)
+    await wait_for(lambda: gw.daemon.pool.health()[0]["uidvalidity"] != old_validity, what="new UIDVALIDITY")
+    await wait_for(lambda: idle(gw), what="watcher idle again")
+    await dovecot.deliver_async(user, mail("new one"))
+    events = await wait_events(gw, 3)
+    assert [e["data"]["subject"] for e in events] == ["old one", "old two", "new one"]
+    assert events[2]["data"]["uidvalidity"] != old_validity
+    connected = [e for e in await listing(gw, types="mailbox.connected")]
+    assert connected[-1]["data"]["uidvalidity_changed"] is True
+
+
+async def test_expunged_before_fetch_is_skipped(dovecot: Dovecot, user: str, tmp_path: Path) -> None:
+    await dovecot.deliver_async(user, mail("kept"))
+    config = gateway_config(tmp_path, dovecot, [user])
+    session = await ImapSession.open(config.mailboxes()[0].imap)
+    try:
+        await session.select("INBOX")
+        uids = await session.uids_from(1)
+        # UID 999999 stands for a message expunged between EXISTS and FETCH.
+        fetched = await session.fetch([*uids, 999999], 4096)
+    finally:
+        await session.logout()
+    assert [m.uid for m in fetched] == uids
+    assert b"Subject: kept" in fetched[0].raw
+
+
+async def test_malformed_mime_still_yields_an_event(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    garbage = (
+        b"From: <<<@@@>>>\r\nSubject: =?bogus-charset?q?=ZZ?=\r\nDate: yesterday-ish\r\n"
+        b"Content-Type: multipart/mixed\r\n\r\n--nobound\r\n\xff\xfe\x00 not mime at all\r\n"
+    )
+    await dovecot.deliver_async(user, garbage)
+    good = mail("after the garbage")
+    await dovecot.deliver_async(user, good)
+    events = await wait_events(gw, 2)
+    broken = events[0]["data"]
+    assert broken["date"] is None
+    assert broken["uid"] >= 1 and broken["size"] > 0
+    assert events[1]["data"]["subject"] == "after the garbage"
+
+
+async def test_auth_failure_is_reported_and_retried_slowly(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    config = gateway_config(tmp_path, dovecot, [user], imap={"password": "not-the-password-81"})
+    gw = await start_gateway(config)
+    errors = await wait_events(gw, 1, types="mailbox.error")
+    assert errors[0]["data"]["kind"] == "auth"
+    assert "not-the-password-81" not in str(errors)
+    assert watcher_states(gw) == ["backoff"]
+    await asyncio.sleep(1.5)
+    assert len(await listing(gw, types="mailbox.error")) == 1  # no hot loop
+    assert gw.daemon.pool.health()[0]["reconnects"] == 1
+
+
+@pytest.fixture(scope="module")
+def tls_dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dovecot, trustme.CA]]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    server = Dovecot.create(tmp_path_factory.mktemp("dovecot-tls"))
+    server.enable_tls(b"".join(pem.bytes() for pem in cert.cert_chain_pems), cert.private_key_pem.bytes())
+    server.start()
+    yield server, ca
+    server.destroy()
+
+
+@pytest.mark.parametrize("tls", ["implicit", "starttls"])
+async def test_tls_verified_against_the_configured_ca(
+    tls_dovecot: tuple[Dovecot, trustme.CA], tmp_path: Path, start_gateway: Any, tls: str
+) -> None:
+    server, ca = tls_dovecot
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    port = server.imaps_port if tls == "implicit" else server.imap_port
+    user = f"tls{tls}"
+    config = gateway_config(
+        tmp_path, server, [user], imap={"tls": tls, "port": port, "ca_file": str(tmp_path / "ca.pem")}
+    )
+    gw = await start_gateway(config)
+    await wait_for(lambda: idle(gw), what="TLS watcher idle")
+    await server.deliver_async(user, mail(f"over {tls}"))
+    events = await wait_events(gw, 1)
+    assert events[0]["data"]["subject"] == f"over {tls}"
+
+
+async def test_untrusted_certificate_is_refused(
+    tls_dovecot: tuple[Dovecot, trustme.CA], tmp_path: Path, start_gateway: Any
+) -> None:
+    server, _ = tls_dovecot
+    config = gateway_config(
+        tmp_path, server, ["tlsrefused"], imap={"tls": "implicit", "port": server.imaps_port}
+    )
+    gw = await start_gateway(config)
+    errors = await wait_events(gw, 1, types="mailbox.error")
+    assert errors[0]["data"]["kind"] == "tls"
+    assert "verif" in errors[0]["data"]["reason"].lower()
+
+
+async def test_server_without_idle_is_polled(tmp_path: Path, start_gateway: Any) -> None:
+    server = Dovecot.create(tmp_path / "dovecot-noidle", extra_config="imap_capability = IMAP4rev1 UIDPLUS\n")
+    server.start()
+    try:
+        config = gateway_config(tmp_path, server, ["poller"], imap={"poll_interval_seconds": 0.3})
+        gw = await start_gateway(config)
+        await wait_for(lambda: watcher_states(gw) == ["polling"], what="watcher polling")
+        await server.deliver_async("poller", mail("polled"))
+        events = await wait_events(gw, 1)
+        assert events[0]["data"]["subject"] == "polled"
+        connected = await listing(gw, types="mailbox.connected")
+        assert connected[0]["data"]["idle"] is False
+    finally:
+        await gw.daemon.stop()
+        server.destroy()
+
+
+async def test_slow_subscriber_is_cut_off_and_resumes_without_loss(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    config = with_server(
+        gateway_config(tmp_path, dovecot, [user], watch="on_demand"), subscriber_queue_size=20
+    )
+    gw = await start_gateway(config)
+    daemon = gw.daemon
+    # A client that sends its request and then never reads.
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    writer.write(
+        f"GET /events?types=bulk.* HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+    )
+    await writer.drain()
+    async with aiohttp.ClientSession() as session:
+        fast = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "bulk.*"}))
+        await wait_for(lambda: len(daemon.bus) == 2, what="both subscribers")
+        padding = "x" * 20_000
+        total = 400
+
+        async def publish() -> None:
+            for i in range(total):
+                event = NewEvent("bulk.test", "support", f"{user}-inbox", {"n": i, "pad": padding})
+                daemon.bus.publish(await daemon.store.append([event]))
+                await asyncio.sleep(0.002)  # a steady producer; the fast reader keeps up
+
+        async def consume() -> list[Any]:
+            return [await fast.until(lambda f: f.event == "bulk.test") for _ in range(total)]
+
+        _, frames = await asyncio.gather(publish(), consume())
+        assert [f.json["data"]["n"] for f in frames] == list(range(total))
+        # The slow one was cut off: the bus no longer holds it, so memory stays bounded.
+        await wait_for(lambda: len(daemon.bus) == 1, what="slow subscriber dropped")
+        received = b""
+        while chunk := await asyncio.wait_for(reader.read(1 << 16), 10):
+            received += chunk
+        writer.close()
+        last_id = [line for line in received.split(b"\n") if line.startswith(b"id: ")][-1][4:].decode()
+        assert int(last_id) < int(frames[-1].id)
+        # It resumes from its last id and gets the rest, exactly once.
+        resumed = SseReader(
+            await session.get(
+                f"{gw.url}/events", headers={**AUTH, "Last-Event-ID": last_id}, params={"types": "bulk.*"}
+            )
+        )
+        seen_n = received.count(b"event: bulk.test")
+        rest = [await resumed.until(lambda f: f.event == "bulk.test") for _ in range(total - seen_n)]
+        assert [f.json["data"]["n"] for f in rest] == list(range(seen_n, total))
+
+
+async def test_resume_older_than_retention_gets_a_gap_event(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], watch="on_demand"))
+    store = gw.daemon.store
+    for i in range(5):
+        await store.append([NewEvent("note.test", "support", f"{user}-inbox", {"n": i})])
+    assert await store.prune(None, 2) == 3
+    async with aiohttp.ClientSession() as session:
+        reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"since": "1"}))
+        gap = await reader.next()
+        assert gap.event == "stream.gap" and gap.id is None
+        assert gap.json["requested"] == "1"
+        rest = [await reader.until(lambda f: f.event == "note.test") for _ in range(2)]
+    assert [f.json["data"]["n"] for f in rest] == [3, 4]
+    assert gap.json["first_available_id"] == rest[0].id

@@ -1,0 +1,825 @@
+"""parse_message: raw (possibly truncated, possibly malformed) mail to message.received data."""
+
+from __future__ import annotations
+
+import base64
+import json
+import quopri
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatewayd.message import (
+    MAX_HEADER_CHARS,
+    MAX_PARTS,
+    FetchedMessage,
+    from_address,
+    parse_message,
+)
+
+KEYS = {
+    "folder",
+    "uid",
+    "uidvalidity",
+    "size",
+    "flags",
+    "message_id",
+    "from",
+    "to",
+    "cc",
+    "reply_to",
+    "subject",
+    "date",
+    "received_at",
+    "in_reply_to",
+    "references",
+    "has_attachments",
+    "attachments",
+    "body_text_excerpt",
+    "truncated",
+    "headers",
+}
+RAW_HEADER_NAMES = {"list-id", "auto-submitted", "precedence", "return-path"}
+CORPUS = Path("/work/shared/corpus/spamassassin")
+
+
+def assert_well_formed(data: dict[str, Any]) -> None:
+    """Every key present with the documented type, and storable as UTF-8 JSON."""
+    assert set(data) == KEYS
+    json.dumps(data, ensure_ascii=False).encode("utf-8")  # fails on lone surrogates
+    for key in ("message_id", "subject", "date", "received_at", "in_reply_to", "body_text_excerpt"):
+        assert data[key] is None or isinstance(data[key], str), key
+    assert data["from"] is None or set(data["from"]) == {"address", "name"}
+    for key in ("to", "cc", "reply_to"):
+        assert isinstance(data[key], list)
+        assert all(set(entry) == {"address", "name"} for entry in data[key])
+    assert all(isinstance(ref, str) for ref in data["references"])
+    assert isinstance(data["truncated"], bool)
+    assert data["has_attachments"] is bool(data["attachments"])
+    for attachment in data["attachments"]:
+        assert set(attachment) == {"filename", "content_type", "size"}  # never any content
+        assert isinstance(attachment["content_type"], str)
+        assert attachment["size"] is None or attachment["size"] >= 0
+    assert set(data["headers"]) == RAW_HEADER_NAMES
+
+
+def parse(
+    raw: bytes | str,
+    *,
+    size: int | None = None,
+    excerpt_chars: int = 500,
+    internaldate: str | None = "21-Nov-2026 13:25:53 +0000",
+) -> dict[str, Any]:
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8")
+    msg = FetchedMessage(
+        folder="INBOX",
+        uid=42,
+        uidvalidity=7,
+        raw=raw,
+        size=len(raw) if size is None else size,
+        flags=("\\Seen", "$Important"),
+        internaldate=internaldate,
+    )
+    data = parse_message(msg, excerpt_chars=excerpt_chars)
+    assert_well_formed(data)
+    return data
+
+
+def crlf(text: str) -> bytes:
+    return text.replace("\n", "\r\n").encode("utf-8")
+
+
+def b64(data: bytes) -> str:
+    return base64.encodebytes(data).decode("ascii")
+
+
+PLAIN = crlf(
+    """Return-Path: <bounce@lists.example.org>
+Received: from mx.example.org by mail.example.com; Sat, 21 Nov 2026 13:25:50 +0000
+Message-ID:  <abc.123@example.org>
+Date: Sat, 21 Nov 2026 14:25:53 +0100
+From: "Doe, John" <John.Doe@Example.ORG>
+To: Alice <alice@example.com>, bob@example.com
+Cc: =?utf-8?q?J=C3=B6rg?= <joerg@example.de>
+Reply-To: replies@example.org
+Subject: Quarterly
+  report
+In-Reply-To: <parent@example.org>
+References: <root@example.org>
+ <parent@example.org>
+List-Id: Reports <reports.example.org>
+Precedence: list
+Auto-Submitted: no
+MIME-Version: 1.0
+Content-Type: text/plain; charset=utf-8
+
+Hello Alice,
+
+the   report\tis attached.
+"""
+)
+
+
+def test_plain_message() -> None:
+    data = parse(PLAIN)
+    assert data["folder"] == "INBOX"
+    assert (data["uid"], data["uidvalidity"], data["size"]) == (42, 7, len(PLAIN))
+    assert data["flags"] == ["\\Seen", "$Important"]
+    assert data["message_id"] == "<abc.123@example.org>"
+    assert data["from"] == {"address": "John.Doe@Example.ORG", "name": "Doe, John"}
+    assert from_address(data) == "john.doe@example.org"
+    assert data["to"] == [
+        {"address": "alice@example.com", "name": "Alice"},
+        {"address": "bob@example.com", "name": None},
+    ]
+    assert data["cc"] == [{"address": "joerg@example.de", "name": "Jörg"}]
+    assert data["reply_to"] == [{"address": "replies@example.org", "name": None}]
+    assert data["subject"] == "Quarterly report"  # unfolded, whitespace collapsed
+    assert data["date"] == "2026-11-21T13:25:53.000Z"
+    assert data["received_at"] == "2026-11-21T13:25:53.000Z"
+    assert data["in_reply_to"] == "<parent@example.org>"
+    assert data["references"] == ["<root@example.org>", "<parent@example.org>"]
+    assert data["body_text_excerpt"] == "Hello Alice, the report is attached."
+    assert data["attachments"] == []
+    assert data["has_attachments"] is False
+    assert data["truncated"] is False
+    assert data["headers"] == {
+        "list-id": "Reports <reports.example.org>",
+        "auto-submitted": "no",
+        "precedence": "list",
+        "return-path": "<bounce@lists.example.org>",
+    }
+
+
+def test_lf_line_endings_parse_the_same() -> None:
+    lf = parse(PLAIN.replace(b"\r\n", b"\n"))
+    assert lf["subject"] == "Quarterly report"
+    assert lf["body_text_excerpt"] == "Hello Alice, the report is attached."
+    assert lf["references"] == ["<root@example.org>", "<parent@example.org>"]
+
+
+def test_from_address_tolerates_missing_parts() -> None:
+    assert from_address({}) is None
+    assert from_address({"from": None}) is None
+    assert from_address({"from": {"address": None, "name": "Cron Daemon"}}) is None
+    assert from_address({"from": {"address": "A@B.Example", "name": None}}) == "a@b.example"
+
+
+ALTERNATIVE = crlf(
+    """From: a@example.org
+Subject: alt
+Content-Type: multipart/alternative; boundary="ALT"
+
+--ALT
+Content-Type: text/html; charset=utf-8
+
+<p>HTML version</p>
+--ALT
+Content-Type: text/plain; charset=utf-8
+
+{plain}
+--ALT--
+"""
+)
+
+
+def test_multipart_alternative_prefers_text_plain() -> None:
+    # The HTML alternative comes first here: text/plain wins wherever it is.
+    data = parse(ALTERNATIVE.replace(b"{plain}", b"Plain version"))
+    assert data["body_text_excerpt"] == "Plain version"
+    assert data["attachments"] == []
+
+
+def test_empty_text_plain_falls_back_to_html() -> None:
+    data = parse(ALTERNATIVE.replace(b"{plain}", b"  \r\n"))
+    assert data["body_text_excerpt"] == "HTML version"
+
+
+HTML_ONLY = crlf(
+    """From: news@example.org
+Subject: html
+Content-Type: text/html; charset=utf-8
+Content-Transfer-Encoding: quoted-printable
+
+<!DOCTYPE html>
+<html><head><title>Hidden title</title>
+<style>p { color: red } .x:before { content: "<b>" }</style>
+<script>if (a < b) { document.write("hidden script") }</script>
+</head>
+<body><!-- a comment -->
+<h1>Caf=C3=A9 &amp; more</h1><p>5 &lt; 6 &eacute;t&eacute; &#8364;10&nbsp;off</p>
+<div>second<br>line</div><noscript>enable js</noscript>
+</body></html>
+"""
+)
+
+
+def test_html_only_body_becomes_plain_text() -> None:
+    excerpt = parse(HTML_ONLY)["body_text_excerpt"]
+    # Entities unescaped (&nbsp; collapses like any whitespace), block tags separate words.
+    assert excerpt == "Café & more 5 < 6 été €10 off second line"
+    for hidden in ("Hidden title", "color", "hidden script", "comment", "enable js", "<h1>", "<p"):
+        assert hidden not in excerpt
+
+
+def test_html_oddities() -> None:
+    html = (
+        '<head><meta charset="utf-8"></head><p title="a > b">Visible</p>'
+        "<a href='x?email=<someone>'>link</a> a<b>c</b>d <x-custom>y</x-custom>"
+    )
+    raw = f"From: a@example.org\nContent-Type: text/html\n\n{html}\n".encode()
+    # A ">" inside a quoted attribute does not end the tag; inline tags do not split words.
+    assert parse(raw)["body_text_excerpt"] == "Visible link acd y"
+
+
+PDF = bytes(range(256)) * 3 + b"%%EOF"  # 773 bytes: base64 needs padding
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(100)
+NOTES = "Größe: 10 €\nzweite Zeile\n".encode()
+
+ATTACHMENTS = crlf(
+    f"""From: a@example.org
+Subject: files
+Content-Type: multipart/mixed; boundary="MIX"
+
+--MIX
+Content-Type: multipart/related; boundary="REL"
+
+--REL
+Content-Type: text/html; charset=utf-8
+
+<p>See <img src="cid:logo"></p>
+--REL
+Content-Type: image/png
+Content-Transfer-Encoding: base64
+Content-ID: <logo>
+
+{b64(PNG)}--REL--
+
+--MIX
+Content-Type: application/pdf
+Content-Disposition: attachment; filename*=utf-8''%E2%82%AC%20rates.pdf
+Content-Transfer-Encoding: base64
+
+{b64(PDF)}
+--MIX
+Content-Type: text/csv
+Content-Disposition: attachment; filename*0*=utf-8''Gr%C3%B6; filename*1*=%C3%9Fe.csv
+
+a,b
+--MIX
+Content-Type: text/plain; charset=utf-8; name="=?utf-8?B?{base64.b64encode(b"Notizen.txt").decode()}?="
+Content-Disposition: attachment
+Content-Transfer-Encoding: quoted-printable
+
+{quopri.encodestring(NOTES).decode()}
+--MIX
+Content-Type: message/rfc822
+
+From: inner@example.org
+Subject: forwarded
+
+Inner body that is not the body of this message.
+--MIX--
+"""
+)
+
+
+def test_attachment_metadata() -> None:
+    data = parse(ATTACHMENTS)
+    assert data["has_attachments"] is True
+    by_type = {a["content_type"]: a for a in data["attachments"]}
+    assert list(by_type) == ["image/png", "application/pdf", "text/csv", "text/plain", "message/rfc822"]
+    assert by_type["image/png"] == {"filename": None, "content_type": "image/png", "size": len(PNG)}
+    assert by_type["application/pdf"] == {
+        "filename": "€ rates.pdf",  # RFC 2231
+        "content_type": "application/pdf",
+        "size": len(PDF),  # from the encoded length, padding taken off
+    }
+    assert by_type["text/csv"]["filename"] == "Größe.csv"  # RFC 2231 continuation
+    assert by_type["text/csv"]["size"] == len(b"a,b")
+    assert by_type["text/plain"]["filename"] == "Notizen.txt"  # RFC 2047 in a parameter
+    assert abs(by_type["text/plain"]["size"] - len(NOTES)) <= 2  # line ending of the last line
+    assert by_type["message/rfc822"]["filename"] is None
+    assert by_type["message/rfc822"]["size"] > len("Inner body that is not the body of this message.")
+    # The inline HTML is the body; the forwarded message's text is not.
+    assert data["body_text_excerpt"] == "See"
+
+
+def test_attachment_size_for_unpadded_and_crlf_base64() -> None:
+    payload = bytes(range(200)) * 7  # 1400 bytes
+    encoded = base64.b64encode(payload).decode().rstrip("=")
+    lines = "\r\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
+    raw = (
+        "From: a@example.org\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Transfer-Encoding: Base64 \r\n\r\n{lines}\r\n"
+    )
+    [attachment] = parse(raw)["attachments"]
+    assert attachment["size"] == len(payload)
+    assert attachment["filename"] is None
+
+
+def _subject(value: str) -> str | None:
+    return parse(f"From: a@example.org\nSubject: {value}\n\nbody\n")["subject"]
+
+
+def _word(charset: str, text: str) -> str:
+    return f"=?{charset}?B?{base64.b64encode(text.encode(charset)).decode()}?="
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (_word("utf-8", "Grüße aus Köln"), "Grüße aus Köln"),
+        ("=?UTF-8?Q?Gr=C3=BC=C3=9Fe_aus_K=C3=B6ln?=", "Grüße aus Köln"),
+        ("=?iso-8859-1?q?Caf=E9_cr=E8me?=", "Café crème"),
+        (_word("koi8-r", "Привет, мир"), "Привет, мир"),
+        (_word("shift_jis", "こんにちは"), "こんにちは"),
+        (_word("windows-1252", "“quoted” – €5"), "“quoted” – €5"),
+        ("Re: =?utf-8?q?caf=C3=A9?= time", "Re: café time"),
+        # Whitespace between encoded words goes, a character split across two words survives.
+        ("=?utf-8?B?5pc=?= \r\n =?utf-8?B?peacrOiqng==?=", "日本語"),
+        ("=?utf-8?q?a?= =?iso-8859-1?q?=E9?=", "aé"),
+        ("=?utf-8*en?q?with_language?=", "with language"),
+    ],
+)
+def test_rfc2047_subjects(header: str, expected: str) -> None:
+    assert _subject(header) == expected
+
+
+def test_raw_8bit_headers() -> None:
+    utf8 = parse("From: Jörg Müller <j@example.de>\nSubject: Grüße\n\nx\n".encode())
+    assert utf8["subject"] == "Grüße"
+    assert utf8["from"] == {"address": "j@example.de", "name": "Jörg Müller"}
+    latin1 = parse("From: André <a@example.fr>\nSubject: Café\n\nx\n".encode("latin-1"))
+    assert latin1["subject"] == "Café"
+    assert latin1["from"] == {"address": "a@example.fr", "name": "André"}
+
+
+def test_encoded_display_names_in_several_charsets() -> None:
+    data = parse(
+        "From: =?iso-8859-1?Q?Andr=E9?= <andre@example.fr>\n"
+        f"To: {_word('utf-8', '王小明')} <wang@example.cn>, {_word('koi8-r', 'Иван')} <ivan@example.ru>\n"
+        "\nx\n"
+    )
+    assert data["from"] == {"address": "andre@example.fr", "name": "André"}
+    assert [entry["name"] for entry in data["to"]] == ["王小明", "Иван"]
+
+
+@pytest.mark.parametrize(
+    ("charset", "text", "cte"),
+    [
+        ("windows-1252", "Smart “quotes” – and €5 off", "8bit"),
+        ("koi8-r", "Привет, мир! Как дела?", "8bit"),
+        ("shift_jis", "こんにちは、世界。", "base64"),
+        ("iso-8859-1", "Façade déjà vu", "quoted-printable"),
+        ("gb2312", "你好，世界", "base64"),
+    ],
+)
+def test_body_in_legacy_charsets(charset: str, text: str, cte: str) -> None:
+    body = text.encode(charset)
+    if cte == "base64":
+        encoded = b64(body).encode()
+    elif cte == "quoted-printable":
+        encoded = quopri.encodestring(body)
+    else:
+        encoded = body
+    raw = (
+        f'From: a@example.org\r\nContent-Type: text/plain; charset="{charset}"\r\n'
+        f"Content-Transfer-Encoding: {cte}\r\n\r\n"
+    ).encode() + encoded
+    assert parse(raw)["body_text_excerpt"] == text
+
+
+def test_references_and_in_reply_to() -> None:
+    data = parse(
+        "From: a@example.org\n"
+        "In-Reply-To: Your message of Monday <parent@example.org>\n"
+        "References: <a@example.org><b@example.org>\n <parent@example.org>\n"
+        "Message-ID:\n <folded@example.org>\n"
+        "\nx\n"
+    )
+    assert data["in_reply_to"] == "<parent@example.org>"
+    assert data["references"] == ["<a@example.org>", "<b@example.org>", "<parent@example.org>"]
+    assert data["message_id"] == "<folded@example.org>"
+    bare = parse("From: a@example.org\n\nx\n")
+    assert (bare["in_reply_to"], bare["references"], bare["message_id"]) == (None, [], None)
+
+
+LONG_TEXT = " ".join(f"word{i:03d}" for i in range(300))
+
+
+@pytest.mark.parametrize("limit", [20, 50, 500])
+def test_excerpt_is_cut_at_a_word_boundary(limit: int) -> None:
+    excerpt = parse(f"From: a@example.org\n\n{LONG_TEXT}\n", excerpt_chars=limit)["body_text_excerpt"]
+    assert excerpt.endswith("…")
+    assert limit * 3 // 4 <= len(excerpt) <= limit
+    kept = excerpt[:-1]
+    assert LONG_TEXT.startswith(kept)
+    assert LONG_TEXT[len(kept)] == " "  # whole words only
+
+
+def test_excerpt_without_spaces_is_cut_hard() -> None:
+    excerpt = parse("From: a@example.org\n\n" + "x" * 2000 + "\n")["body_text_excerpt"]
+    assert excerpt == "x" * 499 + "…"
+
+
+def test_short_excerpt_is_whole_and_collapsed() -> None:
+    data = parse("From: a@example.org\n\n  Short\n\n\n\ttext \x00with\x1b[31m controls  \n")
+    assert data["body_text_excerpt"] == "Short text with [31m controls"
+
+
+def test_excerpt_chars_zero_gives_none() -> None:
+    assert parse(PLAIN, excerpt_chars=0)["body_text_excerpt"] is None
+
+
+def _truncated_fixture() -> tuple[bytes, int]:
+    """A message whose second attachment is large; returns it and where that attachment's data starts."""
+    big = random.Random(3).randbytes(30000)
+    raw = crlf(
+        f"""From: a@example.org
+Subject: big
+Content-Type: multipart/mixed; boundary="B"
+
+--B
+Content-Type: text/plain; charset=utf-8
+
+The body comes first.
+--B
+Content-Type: image/gif
+Content-Disposition: attachment; filename="small.gif"
+Content-Transfer-Encoding: base64
+
+{b64(b"GIF89a" + bytes(50))}
+--B
+Content-Type: application/zip
+Content-Disposition: attachment; filename="big.zip"
+Content-Transfer-Encoding: base64
+
+{b64(big)}
+--B--
+"""
+    )
+    return raw, raw.index(b'filename="big.zip"')
+
+
+def test_truncated_inside_base64_attachment() -> None:
+    full, big_at = _truncated_fixture()
+    data = parse(full[: big_at + 5000], size=len(full))
+    assert data["truncated"] is True
+    assert data["subject"] == "big"
+    assert data["body_text_excerpt"] == "The body comes first."
+    small, big = data["attachments"]
+    assert small == {"filename": "small.gif", "content_type": "image/gif", "size": 56}
+    assert big == {"filename": "big.zip", "content_type": "application/zip", "size": None}
+
+
+def test_truncated_before_the_attachment_data() -> None:
+    full, big_at = _truncated_fixture()
+    data = parse(full[: big_at + 10], size=len(full))  # cut inside the part's headers
+    assert data["truncated"] is True
+    assert [(a["content_type"], a["size"]) for a in data["attachments"]] == [
+        ("image/gif", 56),
+        ("application/zip", None),
+    ]
+
+
+def test_truncated_after_the_closing_boundary_keeps_sizes() -> None:
+    full, _ = _truncated_fixture()
+    padded = full + b"epilogue " * 100
+    data = parse(padded[: len(full) + 20], size=len(padded))
+    assert data["truncated"] is True
+    assert [a["size"] for a in data["attachments"]] == [56, 30000]
+
+
+def test_untruncated_message_is_not_marked() -> None:
+    full, _ = _truncated_fixture()
+    data = parse(full)
+    assert data["truncated"] is False
+    assert [a["size"] for a in data["attachments"]] == [56, 30000]
+
+
+def test_truncated_single_part_attachment() -> None:
+    raw = (
+        f"From: a@example.org\nContent-Type: application/pdf\nContent-Transfer-Encoding: base64\n\n{b64(PDF)}"
+    )
+    data = parse(raw[:200], size=len(raw))
+    assert data["attachments"] == [{"filename": None, "content_type": "application/pdf", "size": None}]
+
+
+def test_truncated_inside_a_multibyte_character() -> None:
+    raw = "From: a@example.org\nContent-Type: text/plain; charset=utf-8\n\nÜberall Grüße".encode()
+    data = parse(raw[: raw.index("ß".encode()) + 1], size=len(raw))  # half of the two-byte "ß"
+    assert data["body_text_excerpt"] == "Überall Grü"  # no mojibake, no replacement character
+    assert data["truncated"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# Malformed input: parse_message returns every key, with None/[] for what is broken and the good
+# fields intact.
+
+
+def _nested(depth: int) -> bytes:
+    head = "".join(f"Content-Type: multipart/mixed; boundary=b{i}\n\n--b{i}\n" for i in range(depth))
+    return f"From: a@example.org\nSubject: deep\n{head}Content-Type: text/plain\n\nhello\n".encode()
+
+
+def _many_parts(count: int) -> bytes:
+    part = "--b\nContent-Type: image/png\nContent-Transfer-Encoding: base64\n\nQUFB\n"
+    return f"Subject: many\nContent-Type: multipart/mixed; boundary=b\n\n{part * count}--b--\n".encode()
+
+
+def _long_to() -> bytes:
+    """A 1 MB To header whose value the header cap cuts inside an address's domain."""
+    entry = "Some One <someone@example.org>, "
+    inside = len("Some One <someone@exampl")
+    first = "x" * (((MAX_HEADER_CHARS - inside - len("@b.org, ")) % len(entry)) or len(entry)) + "@b.org, "
+    value = first + entry * 32000
+    assert value[:MAX_HEADER_CHARS].endswith("<someone@exampl")
+    return f"From: a@example.org\r\nTo: {value}\r\n\r\nbody".encode()
+
+
+def _empty(data: dict[str, Any]) -> bool:
+    """Nothing from the message, but what the IMAP layer knows survives."""
+    return (
+        (data["folder"], data["uid"], data["received_at"]) == ("INBOX", 42, "2026-11-21T13:25:53.000Z")
+        and all(data[key] is None for key in ("message_id", "from", "subject", "date", "in_reply_to"))
+        and data["body_text_excerpt"] is None
+        and all(data[key] == [] for key in ("to", "cc", "reply_to", "references", "attachments"))
+    )
+
+
+Check = Callable[[dict[str, Any]], bool]
+MALFORMED: list[tuple[str, bytes, Check]] = [
+    ("empty", b"", _empty),
+    (
+        "binary garbage",  # no header: all of it is body, read as latin-1, controls dropped
+        b"\x00\xff\xfe\x80 garbage \x81\r\n\r\n\x00\x01",
+        lambda d: d["subject"] is None and d["from"] is None and d["body_text_excerpt"] == "ÿþ garbage",
+    ),
+    ("only a blank line", b"\r\n", _empty),
+    (
+        "headers without body",
+        b"From: a@example.org\r\nSubject: hi",
+        lambda d: (d["subject"] == "hi") and d["body_text_excerpt"] is None,
+    ),
+    (
+        "body without headers",
+        b"\r\njust a body",
+        lambda d: d["subject"] is None and d["body_text_excerpt"] == "just a body",
+    ),
+    (
+        "invalid encoded words",
+        b"From: a@example.org\r\nSubject: Hello =?utf-8?B?$$$?= =?x-unknown?q?w=C3=B6rld?= "
+        b"=?utf-8?Q?caf=C3?= =?utf-8?B?QQ?=\r\n\r\nbody",
+        lambda d: (
+            d["subject"].startswith("Hello =?utf-8?B?$$$?=")  # kept as written
+            and "wörld" in d["subject"]  # unknown charset read as UTF-8
+            and d["subject"].endswith("A")  # unpadded base64 is fine
+            and d["from"]["address"] == "a@example.org"
+        ),
+    ),
+    (
+        "unknown and non-text charsets",
+        "From: a@example.org\r\nSubject: =?rot13?q?uryyb?= =?base64?q?x?=\r\n"
+        'Content-Type: text/plain; charset="x-unknown"\r\n\r\nGrüße'.encode(),
+        lambda d: d["subject"] == "uryybx" and d["body_text_excerpt"] == "Grüße",
+    ),
+    (
+        "zlib charset in body",
+        b'From: a@example.org\r\nContent-Type: text/plain; charset="zlib_codec"\r\n\r\nplain',
+        lambda d: d["body_text_excerpt"] == "plain",
+    ),
+    (
+        "broken base64 body",
+        b"From: a@example.org\r\nSubject: s\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        b"SGVsbG8gd29ybGQ*** ^^ garbage=\r\n=\r\n",
+        lambda d: d["body_text_excerpt"].startswith("Hello world") and d["subject"] == "s",
+    ),
+    (
+        "broken quoted-printable",
+        b"From: a@example.org\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9 =ZZ soft=\r\nbreak =",
+        lambda d: d["body_text_excerpt"].startswith("café =ZZ softbreak"),
+    ),
+    (
+        "multipart without boundary",
+        b"From: a@example.org\r\nSubject: nob\r\nContent-Type: multipart/mixed\r\n\r\n"
+        b"--x\r\nContent-Type: application/pdf\r\n\r\n%PDF\r\n--x--\r\n",
+        lambda d: d["attachments"] == [] and d["body_text_excerpt"] is None and d["subject"] == "nob",
+    ),
+    (
+        "missing closing boundary",
+        b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n"
+        b"--x\r\nContent-Type: text/plain\r\n\r\nfirst\r\n"
+        b"--x\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERg==\r\n",
+        lambda d: (
+            d["body_text_excerpt"] == "first"
+            and d["attachments"] == [{"filename": None, "content_type": "application/pdf", "size": 4}]
+        ),
+    ),
+    (
+        "start boundary never found",
+        b"From: a@example.org\r\nSubject: pre\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n"
+        b"only a preamble\r\n--y\r\n",
+        lambda d: d["subject"] == "pre" and d["attachments"] == [],
+    ),
+    (
+        "deeply nested multiparts",
+        _nested(2000),
+        lambda d: d["subject"] == "deep" and d["from"]["address"] == "a@example.org",
+    ),
+    (
+        "nesting within the limit",
+        _nested(5),
+        lambda d: d["body_text_excerpt"] == "hello",
+    ),
+    (
+        "thousands of parts",
+        _many_parts(5000),
+        lambda d: d["subject"] == "many" and 0 < len(d["attachments"]) <= MAX_PARTS,
+    ),
+    (
+        "1 MB single-line subject",
+        b"From: a@example.org\r\nSubject: " + b"x" * 1_000_000 + b"\r\nDate: Mon, 2 Jan 2006 15:04:05 -0700"
+        b"\r\n\r\nbody",
+        lambda d: (
+            len(d["subject"]) <= MAX_HEADER_CHARS
+            and d["from"]["address"] == "a@example.org"
+            and d["date"] == "2006-01-02T22:04:05.000Z"
+            and d["body_text_excerpt"] == "body"
+        ),
+    ),
+    (
+        "1 MB address header",
+        _long_to(),
+        lambda d: (
+            d["to"][0]["address"].endswith("@b.org")
+            and 100 < len(d["to"]) < 1000
+            # Not "someone@exampl": the address the cap cut in half is dropped.
+            and all(e == {"address": "someone@example.org", "name": "Some One"} for e in d["to"][1:])
+        ),
+    ),
+    (
+        "quoted comma in a name",
+        b'From: "Doe, John" <j@x.org>\r\nTo: "Roe, Jane" <jane@x.org>, k@x.org\r\n\r\n',
+        lambda d: (
+            d["from"] == {"address": "j@x.org", "name": "Doe, John"}
+            and [e["address"] for e in d["to"]] == ["jane@x.org", "k@x.org"]
+        ),
+    ),
+    (
+        "groups",
+        b"From: a@example.org\r\nTo: undisclosed-recipients:;\r\n"
+        b'Cc: Team: x@example.org, "Y" <y@example.org>;, z@example.org\r\n\r\n',
+        lambda d: (
+            d["to"] == []
+            and [e["address"] for e in d["cc"]] == ["x@example.org", "y@example.org", "z@example.org"]
+        ),
+    ),
+    (
+        "address headers with only garbage",
+        b"From: @@@ ,,, <<<>>>\r\nTo: <>\r\nCc: ;;;\r\nReply-To: John Doe\r\nSubject: ok\r\n\r\nbody",
+        lambda d: (
+            d["from"] is None
+            and d["to"] == d["cc"] == d["reply_to"] == []
+            and d["subject"] == "ok"
+            and d["body_text_excerpt"] == "body"
+        ),
+    ),
+    (
+        "a name with no address, and an unterminated quote",
+        b'From: root (Cron Daemon)\r\nTo: "Doe <john@x.org>\r\n\r\n',
+        lambda d: (
+            d["from"] == {"address": None, "name": "Cron Daemon"}
+            and d["to"] == [{"address": "john@x.org", "name": None}]
+        ),
+    ),
+    (
+        "control characters in headers",
+        b"From: a@example.org\r\nSubject: a\x00b\x1b[2Jc\r\n\r\n",
+        lambda d: d["subject"] == "a b [2Jc",
+    ),
+    (
+        "raw 8-bit filename and content type without subtype",
+        "From: a@example.org\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n"
+        "--x\r\nContent-Type: text\r\n\r\nbody text\r\n"
+        '--x\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename="Größe.pdf"'
+        "\r\n\r\n%PDF\r\n--x--\r\n".encode(),
+        lambda d: (
+            d["body_text_excerpt"] == "body text"
+            and d["attachments"] == [{"filename": "Größe.pdf", "content_type": "application/pdf", "size": 4}]
+        ),
+    ),
+    (
+        "a continuation line first and a line that is no header",
+        b" continuation first\r\nFrom: a@example.org\r\nno header here\r\nSubject: lost\r\n\r\nbody",
+        lambda d: d["from"]["address"] == "a@example.org" and "no header here" in d["body_text_excerpt"],
+    ),
+    (
+        "html that never closes its constructs",
+        b"From: a@example.org\r\nContent-Type: text/html\r\n\r\nVisible<!--" + b"<a b='" * 50000,
+        lambda d: d["body_text_excerpt"] == "Visible",
+    ),
+    (
+        "html whose quotes pair up across tags",
+        b"From: a@example.org\r\nContent-Type: text/html\r\n\r\n" + b"<a b='>' x " * 30000,
+        lambda d: d["body_text_excerpt"].startswith("' x"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "check"), [(raw, check) for _, raw, check in MALFORMED], ids=[m[0] for m in MALFORMED]
+)
+def test_malformed_input(raw: bytes, check: Check) -> None:
+    started = time.perf_counter()
+    data = parse(raw)
+    # Generous (each takes a few ms): catches quadratic blow-ups, which took seconds to minutes.
+    assert time.perf_counter() - started < 0.5
+    assert check(data), data
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("Thu, 22 Aug 02 10:00:00 -0700", "2002-08-22T17:00:00.000Z"),  # obsolete 2-digit year
+        ("22 Aug 2002 10:00:00", "2002-08-22T10:00:00.000Z"),  # no zone: UTC
+        ("Thu, 22 Aug 2002 10:00:00 -0000", "2002-08-22T10:00:00.000Z"),
+        ("Thu, 22 Aug 2002 10:00:00 EST", "2002-08-22T15:00:00.000Z"),
+        ("Thu, 22 Aug 0102 10:00:00 +0000", "2002-08-22T10:00:00.000Z"),  # years-since-1900 bug
+        ("2002-08-22T10:00:00+02:00", "2002-08-22T08:00:00.000Z"),  # ISO 8601
+        ("Thu, 22 Aug 2002 10:00:00 +9999", "2002-08-22T10:00:00.000Z"),  # nonsense zone ignored
+        ("Thu, 31 Feb 2002 10:00:00 +0000", None),
+        ("2002/09/14 Sat 02:29:32 CDT", None),
+        ("yesterday", None),
+        ("", None),
+    ],
+)
+def test_dates(value: str, expected: str | None) -> None:
+    assert parse(f"From: a@example.org\nDate: {value}\nSubject: s\n\nx\n")["date"] == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("21-Nov-2026 13:25:53 +0000", "2026-11-21T13:25:53.000Z"),
+        (" 1-Feb-2026 00:30:00 +0100", "2026-01-31T23:30:00.000Z"),
+        ('"01-Feb-2026 00:30:00 -0130"', "2026-02-01T02:00:00.000Z"),
+        ("Sun, 01 Feb 2026 00:30:00 +0000", "2026-02-01T00:30:00.000Z"),
+        ("31-Foo-2026 00:00:00 +0000", None),
+        ("garbage", None),
+        (None, None),
+    ],
+)
+def test_internaldate(value: str | None, expected: str | None) -> None:
+    assert parse(PLAIN, internaldate=value)["received_at"] == expected
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_bytes(seed: int) -> None:
+    rng = random.Random(seed)
+    blob = rng.randbytes(rng.randrange(1, 4000))
+    if seed % 2:  # half of them behind plausible headers, so the body code sees garbage too
+        blob = b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n" + blob
+    data = parse(blob, size=len(blob) + seed)  # and some of them "truncated"
+    assert data["truncated"] is (seed > 0)
+    if seed % 2:
+        assert data["from"] == {"address": "a@example.org", "name": None}
+
+
+def test_random_mutations_of_a_real_message() -> None:
+    """Bytes replaced at random spots, then cut at a random length: still well-formed data."""
+    rng = random.Random(1234)
+    for _ in range(200):
+        raw = bytearray(ATTACHMENTS)
+        for _ in range(rng.randrange(1, 30)):
+            position = rng.randrange(len(raw))
+            raw[position : position + rng.randrange(1, 8)] = rng.randbytes(rng.randrange(0, 8))
+        cut = rng.randrange(len(raw) + 1)
+        assert parse(bytes(raw[:cut]), size=len(raw))["truncated"] is (cut < len(raw))
+
+
+@pytest.mark.skipif(
+    not CORPUS.is_dir(),
+    reason=f"developer corpus {CORPUS} (ham/*.eml, spam/*.eml) is not present on this machine",
+)
+def test_whole_spamassassin_corpus() -> None:
+    files = sorted(CORPUS.glob("ham/*.eml")) + sorted(CORPUS.glob("spam/*.eml"))
+    assert len(files) >= 3000, "the corpus is 2,500 ham and 500 spam messages"
+    with_sender = with_date = with_text = 0
+    for path in files:
+        raw = path.read_bytes()
+        data = parse_message(FetchedMessage("INBOX", 1, 1, raw, len(raw), (), None))
+        assert_well_formed(data)
+        with_sender += from_address(data) is not None
+        with_date += data["date"] is not None
+        with_text += data["body_text_excerpt"] is not None
+    # Real mail, however old and spammy, mostly parses: guards against silently losing fields.
+    assert with_sender >= 0.99 * len(files)
+    assert with_date >= 0.99 * len(files)
+    assert with_text >= 0.98 * len(files)

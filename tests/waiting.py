@@ -1,0 +1,24 @@
+"""Polling helpers: tests wait for a condition with a generous bound, never a fixed sleep."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+async def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def watcher_states(gw: Any, mailbox_id: str | None = None) -> list[str]:
+    return [str(w["state"]) for w in gw.daemon.pool.health() if mailbox_id in (None, w["mailbox_id"])]
+
+
+def idle(gw: Any, mailbox_id: str | None = None) -> bool:
+    states = watcher_states(gw, mailbox_id)
+    return bool(states) and all(state == "idle" for state in states)
