@@ -68,6 +68,7 @@ async def run_demo(port: int, messages: int, interval: float) -> int:
         base_dir=workdir,
     )
     daemon = Daemon(config)
+    connected = daemon.bus.subscribe(lambda event: event.type == "mailbox.connected", 10)
     await daemon.start()
     print(f"Dovecot sandbox: imap://127.0.0.1:{dovecot.imap_port} (user demo / secret), in {dovecot.root}")
     print(f"gatewayd listening on http://127.0.0.1:{daemon.port}")
@@ -84,6 +85,8 @@ async def run_demo(port: int, messages: int, interval: float) -> int:
     subscription = daemon.bus.subscribe(lambda event: event.type.startswith("message."), 1000)
 
     async def deliver() -> None:
+        # The first connection starts at UIDNEXT: deliver only once the watcher has its mark.
+        await connected.get()
         for n in itertools.count():
             if messages and n >= messages:
                 return

@@ -1,0 +1,85 @@
+"""The daemon as a service: systemd readiness, background retention, and the newcomer's demo."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import socket
+import sqlite3
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gatewayd.events import NewEvent
+from gatewayd.sandbox.dovecot import Dovecot, free_port
+from tests.conftest import gateway_config
+from tests.daemon import REPO_ROOT, child_env, config_data, gatewayd_command, write_config
+from tests.waiting import wait_for
+
+
+async def test_ready_is_notified_to_systemd_once_listening(
+    dovecot: Dovecot, user: str, tmp_path: Path
+) -> None:
+    notify_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(20)
+        port = free_port()
+        config = write_config(tmp_path / "gatewayd.yaml", config_data(tmp_path, dovecot, [user], port))
+        env = {**child_env(), "NOTIFY_SOCKET": str(notify_path)}
+        process = subprocess.Popen(  # noqa: ASYNC220 - started once; every wait is off the loop
+            gatewayd_command("run", "-c", str(config)), env=env, cwd=REPO_ROOT
+        )
+        try:
+            ready = await asyncio.to_thread(notify.recv, 1024)
+            assert ready.startswith(b"READY=1")
+            # READY means the listener is bound: the very next request is answered.
+            async with aiohttp.ClientSession() as session:
+                response = await session.get(f"http://127.0.0.1:{port}/healthz")
+                assert response.status == 200
+            process.terminate()
+            assert await asyncio.to_thread(notify.recv, 1024) == b"STOPPING=1"
+            assert await asyncio.to_thread(process.wait, 20) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+async def test_retention_prunes_in_the_background(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    config = gateway_config(tmp_path, dovecot, [user], watch="on_demand")
+    config = dataclasses.replace(
+        config, store=dataclasses.replace(config.store, retention_max_events=3, prune_interval_seconds=0.1)
+    )
+    gw = await start_gateway(config)
+    store = gw.daemon.store
+    for i in range(10):
+        await store.append([NewEvent("note.test", "support", f"{user}-inbox", {"n": i})])
+    await wait_for(lambda: store_size(store) == 3, what="pruning")
+    assert await store.first_seq() == await store.last_seq() - 2
+
+
+def store_size(store: Any) -> int:
+    with sqlite3.connect(store.path) as db:
+        return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+def test_demo_runs_end_to_end() -> None:
+    result = subprocess.run(
+        gatewayd_command("demo", "--messages", "2", "--interval", "0.2", "--port", "0"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        env=child_env(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(
+        r"curl -N -H 'Authorization: Bearer gwd_[\w-]+' 'http://127\.0\.0\.1:\d+/events", result.stdout
+    )
+    assert len(re.findall(r"^event \d+: message\.received from ", result.stdout, re.M)) == 2
