@@ -97,6 +97,8 @@ class _Stream:
                     STREAM_GAP, {"requested": requested, "first_available_id": str(first), "at": rfc3339()}
                 )
             )
+        # An id from the future (say, a store wiped since) must not hide every new event.
+        after_seq = min(after_seq, await store.last_seq())
         self.last_seq = after_seq
         self.last_id = str(after_seq) if after_seq else None
         while True:

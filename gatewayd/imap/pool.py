@@ -86,10 +86,14 @@ class WatcherPool:
     async def _stop(self, mailbox_id: str) -> None:
         tasks = self._tasks.pop(mailbox_id, [])
         self._watchers.pop(mailbox_id, None)
-        for task in tasks:
-            task.cancel()
+        pending = set(tasks)
+        while pending:
+            # Python 3.11's wait_for can swallow a cancellation that races with its inner
+            # future finishing: cancel again until every watcher has really stopped.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
             log.info("stopped watching %s", mailbox_id)
 
     def is_watching(self, mailbox_id: str) -> bool:

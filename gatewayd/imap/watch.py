@@ -8,6 +8,7 @@ are fetched again and the store skips what it already has.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -97,27 +98,37 @@ class FolderWatcher:
                     self._session = await ImapSession.open(self.mailbox.imap)
                     await self._watch(self._session)
                 except ImapError as exc:
-                    connected = self.status.state in ("connected", "idle", "polling")
-                    base, cap = AUTH_BACKOFF if exc.kind == "auth" else NETWORK_BACKOFF
-                    delay = backoff_delay(0 if connected else attempt, base, cap)
-                    attempt = 1 if connected else attempt + 1
-                    self.status.last_error = str(exc)
-                    self.status.reconnects += 1
-                    self._set_state("backoff")
-                    if self._session is not None:
-                        self._session.abort()
-                        self._session = None
-                    log.warning("%s/%s: %s; retrying in %.1fs", self.mailbox.id, self.folder, exc, delay)
-                    retry_ms = int(delay * 1000)
-                    if connected:
-                        await self._emit(MAILBOX_DISCONNECTED, reason=str(exc), retry_in_ms=retry_ms)
-                    else:
-                        await self._emit(MAILBOX_ERROR, reason=str(exc), kind=exc.kind, retry_in_ms=retry_ms)
-                    await asyncio.sleep(delay)
+                    attempt = await self._back_off(str(exc), exc.kind, attempt)
+                except Exception as exc:
+                    # A bug or a store failure must not end the watch for good: report, retry.
+                    log.exception("%s/%s: unexpected error", self.mailbox.id, self.folder)
+                    reason = f"internal error: {type(exc).__name__}"
+                    attempt = await self._back_off(reason, "internal", attempt)
         finally:
             self._set_state("stopped")
             if self._session is not None:
                 await asyncio.shield(self._session.logout())
+
+    async def _back_off(self, reason: str, kind: str, attempt: int) -> int:
+        """Report the failure, wait, and return the next attempt number."""
+        connected = self.status.state in ("connected", "idle", "polling")
+        base, cap = AUTH_BACKOFF if kind == "auth" else NETWORK_BACKOFF
+        delay = backoff_delay(0 if connected else attempt, base, cap)
+        self.status.last_error = reason
+        self.status.reconnects += 1
+        self._set_state("backoff")
+        if self._session is not None:
+            self._session.abort()
+            self._session = None
+        log.warning("%s/%s: %s; retrying in %.1fs", self.mailbox.id, self.folder, reason, delay)
+        retry_ms = int(delay * 1000)
+        with contextlib.suppress(Exception):  # the store may be what failed
+            if connected:
+                await self._emit(MAILBOX_DISCONNECTED, reason=reason, retry_in_ms=retry_ms)
+            else:
+                await self._emit(MAILBOX_ERROR, reason=reason, kind=kind, retry_in_ms=retry_ms)
+        await asyncio.sleep(delay)
+        return 1 if connected else attempt + 1
 
     async def _watch(self, session: ImapSession) -> None:
         selected = await session.select(self.folder)
