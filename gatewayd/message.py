@@ -72,8 +72,27 @@ class FetchedMessage:
     internaldate: str | None  # as the server sent it, e.g. "21-Nov-2026 13:25:53 +0000"
 
 
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    """What the pipeline's stages read: the event data plus the bodies and all headers."""
+
+    data: dict[str, Any]
+    # Lower-cased header names to their raw values, in order of appearance.
+    headers: dict[str, list[str]]
+    # Decoded text of the first text/plain body part (else the visible text of the HTML part).
+    text: str
+    # Decoded source of the first text/html body part, if any.
+    html: str | None
+    raw: bytes
+
+
 def parse_message(msg: FetchedMessage, excerpt_chars: int = 500) -> dict[str, Any]:
     """The `data` of a `message.received` event for `msg`. Never raises on malformed mail."""
+    return parse(msg, excerpt_chars).data
+
+
+def parse(msg: FetchedMessage, excerpt_chars: int = 500) -> ParsedMessage:
+    """Parse once for the event and for every pipeline stage. Never raises on malformed mail."""
     raw = bytes(msg.raw or b"")
     root = _parse(raw)
     headers = _safe({}, _collect_headers, root)
@@ -87,7 +106,8 @@ def parse_message(msg: FetchedMessage, excerpt_chars: int = 500) -> dict[str, An
     # The part the fetch cap cut into has no trustworthy size.
     cut_part = _safe(None, _cut_part, leaves, walked_all) if truncated else None
     attachments = _safe([], _attachments, leaves, root, cut_part)
-    return {
+    text, html = _safe(("", None), _bodies, leaves, root, cut_part)
+    data = {
         "folder": msg.folder,
         "uid": msg.uid,
         "uidvalidity": msg.uidvalidity,
@@ -105,10 +125,11 @@ def parse_message(msg: FetchedMessage, excerpt_chars: int = 500) -> dict[str, An
         "references": _safe([], _references, first("references")),
         "has_attachments": bool(attachments),
         "attachments": attachments,
-        "body_text_excerpt": _safe(None, _body_excerpt, leaves, root, cut_part, excerpt_chars),
+        "body_text_excerpt": _excerpt(text, excerpt_chars) if text and excerpt_chars > 0 else None,
         "truncated": truncated,
         "headers": {name: _safe(None, _raw_header, first(name)) for name in RAW_HEADERS},
     }
+    return ParsedMessage(data=data, headers=headers, text=text, html=html, raw=raw)
 
 
 def from_address(data: dict[str, Any]) -> str | None:
@@ -329,33 +350,34 @@ def _payload_bytes(part: Message) -> bytes | None:
     return data if isinstance(data, bytes) else None
 
 
-def _body_excerpt(
-    leaves: list[tuple[Message, tuple[Message, ...]]],
-    root: Message,
-    cut_part: Message | None,
-    excerpt_chars: int,
-) -> str | None:
-    """Excerpt of the first non-empty text/plain body part, else of the first text/html one."""
-    if excerpt_chars <= 0:
-        return None
-    plain, html = [], []
+def _bodies(
+    leaves: list[tuple[Message, tuple[Message, ...]]], root: Message, cut_part: Message | None
+) -> tuple[str, str | None]:
+    """(text, html): the first non-empty text/plain body, else the HTML's visible text; and the
+    decoded source of the first text/html body part."""
+    plain, html_parts = [], []
     for part, _ in leaves:
         ctype = _safe("", part.get_content_type)
         if ctype not in ("text/plain", "text/html") or _safe(True, _is_attachment, part, root):
             continue
-        (plain if ctype == "text/plain" else html).append(part)
-    for part in (plain + html)[:8]:
-        text = _safe(None, _part_text, part, part is cut_part, excerpt_chars)
-        excerpt = _excerpt(text, excerpt_chars) if text else None
-        if excerpt:
-            return excerpt
-    return None
+        (plain if ctype == "text/plain" else html_parts).append(part)
+    html = None
+    for part in html_parts[:8]:
+        html = _safe(None, _part_source, part, part is cut_part)
+        if html:
+            break
+    for part in plain[:8]:
+        text = _safe(None, _part_source, part, part is cut_part)
+        if text and text.strip():
+            return text, html
+    return (_html_to_text(html, enough=MAX_HTML_CHARS) if html else ""), html
 
 
 _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9._:-]{1,40})""", re.I)
 
 
-def _part_text(part: Message, cut: bool, excerpt_chars: int) -> str | None:
+def _part_source(part: Message, cut: bool) -> str | None:
+    """The decoded content of a text part (for HTML, the markup), up to the size caps."""
     data = _payload_bytes(part)
     if not data:
         return None
@@ -366,9 +388,7 @@ def _part_text(part: Message, cut: bool, excerpt_chars: int) -> str | None:
         charset = match.group(1).decode("ascii") if match else None
     cut = cut or len(data) > MAX_TEXT_BYTES
     text = _decode_bytes(data[:MAX_TEXT_BYTES], charset, final=not cut)
-    if html:
-        return _html_to_text(text[:MAX_HTML_CHARS], enough=excerpt_chars * 2 + 64)
-    return text
+    return text[:MAX_HTML_CHARS] if html else text
 
 
 def _excerpt(text: str, limit: int) -> str | None:
