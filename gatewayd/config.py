@@ -78,6 +78,8 @@ class MailboxConfig:
     backfill: int
     fetch_max_bytes: int
     on_demand_linger_seconds: float
+    # Authentication-Results authserv-ids trusted for this mailbox; None: pipeline.auth's list.
+    trusted_authserv_ids: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +108,39 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StageConfig:
+    """One pipeline stage: its budget, its failure policy, and its own options."""
+
+    name: str
+    timeout_seconds: float
+    on_error: str
+    options: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class LearningConfig:
+    path: Path
+    min_training: int
+    signature_distance: int
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    stages: tuple[StageConfig, ...]
+    learning: LearningConfig
+
+    def stage(self, name: str) -> StageConfig | None:
+        return next((stage for stage in self.stages if stage.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig
     store: StoreConfig
     agents: tuple[AgentConfig, ...]
     log_level: str
     source: Path | None
+    pipeline: PipelineConfig | None = None
 
     def mailboxes(self) -> list[MailboxConfig]:
         """Every mailbox of every agent, in file order."""
@@ -297,7 +326,13 @@ class _Key:
     default: Any = _REQUIRED
 
 
-_TOP = {"server": _Key(None, {}), "store": _Key(None, {}), "logging": _Key(None, {}), "agents": _Key()}
+_TOP = {
+    "server": _Key(None, {}),
+    "store": _Key(None, {}),
+    "logging": _Key(None, {}),
+    "pipeline": _Key(None, {}),
+    "agents": _Key(),
+}
 _SERVER = {
     "listen": _Key(_listen, ("127.0.0.1", 8025)),
     "shutdown_grace_seconds": _Key(_number(0), 5.0),
@@ -323,7 +358,54 @@ _MAILBOX = {
     "on_demand_linger_seconds": _Key(_number(0), 30.0),
     "backfill": _Key(_integer(0), 0),
     "fetch_max_bytes": _Key(_integer(1), 262144),
+    "trusted_authserv_ids": _Key(_nullable(_list_of(_string, single_ok=True)), None),
     "imap": _Key(),
+}
+STAGE_NAMES = ("spam", "auth", "injection")
+ON_ERROR = ("continue", "suspect", "skip_rest")
+_PIPELINE = {
+    "stages": _Key(_list_of(_choice(*STAGE_NAMES), unique=True), STAGE_NAMES),
+    "spam": _Key(None, {}),
+    "auth": _Key(None, {}),
+    "injection": _Key(None, {}),
+    "learning": _Key(None, {}),
+}
+_weights = _check(
+    lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_number(w) for k, w in v.items()),
+    "a mapping of SYMBOL: score",
+    lambda v: {k: float(w) for k, w in v.items()},
+)
+
+
+def _stage_keys(timeout_ms: int, **keys: _Key) -> dict[str, _Key]:
+    return {
+        "timeout_ms": _Key(_integer(1, 60000), timeout_ms),
+        "on_error": _Key(_choice(*ON_ERROR), "continue"),
+        **keys,
+    }
+
+
+_STAGES = {
+    "spam": _stage_keys(
+        250,
+        suspect_threshold=_Key(_number(-1000, 1000), 5.0),
+        spam_threshold=_Key(_number(-1000, 1000), 10.0),
+        weights=_Key(_weights, {}),
+        allow=_Key(_list_of(_string), ()),
+        block=_Key(_list_of(_string), ()),
+    ),
+    "auth": _stage_keys(
+        250,
+        trusted_authserv_ids=_Key(_list_of(_string, single_ok=True), ()),
+        dkim_verify=_Key(_boolean, False),
+        dns_timeout_seconds=_Key(_positive, 2.0),
+    ),
+    "injection": _stage_keys(250, weights=_Key(_weights, {}), excerpt_chars=_Key(_integer(0, 10000), 500)),
+}
+_LEARNING = {
+    "path": _Key(_nullable(_string), None),  # None: learning.db beside the event store
+    "min_training": _Key(_integer(1), 200),
+    "signature_distance": _Key(_integer(0, 1000), 50),
 }
 _PASSWORD_KEYS = ("password", "password_file", "password_env")
 _IMAP = {
@@ -469,7 +551,10 @@ def _mailbox(data: Any, path: str, agent_id: str, ctx: _Context) -> MailboxConfi
     imap = _imap(v["imap"], f"{path}.imap", ctx) if "imap" in v else None
     if len(ctx.errors) > before or imap is None:
         return None
-    return _build(MailboxConfig, v, agent_id=agent_id, imap=imap)
+    trusted = v["trusted_authserv_ids"]
+    return _build(
+        MailboxConfig, v, agent_id=agent_id, imap=imap, trusted_authserv_ids=trusted and tuple(trusted)
+    )
 
 
 def _agent(data: Any, path: str, ctx: _Context) -> AgentConfig | None:
@@ -505,21 +590,44 @@ def parse_config(
     server = _section(top["server"], "server", _SERVER, ctx.errors)
     store = _section(top["store"], "store", _STORE, ctx.errors)
     logging = _section(top["logging"], "logging", _LOGGING, ctx.errors)
+    pipeline = _section(top["pipeline"], "pipeline", _PIPELINE, ctx.errors)
     agents = top.get("agents", [])
     if "agents" in top and (not isinstance(agents, list) or not agents):
         ctx.errors.append(f"agents: expected a non-empty list, got {_kind(agents)}")
         agents = []
     parsed = [_agent(item, f"agents[{i}]", ctx) for i, item in enumerate(agents)]
-    if ctx.errors or server is None or store is None or logging is None:
+    stages = _pipeline_stages(pipeline, ctx) if pipeline is not None else ()
+    learning = (
+        _section(pipeline["learning"], "pipeline.learning", _LEARNING, ctx.errors) if pipeline else None
+    )
+    if ctx.errors or server is None or store is None or logging is None or learning is None:
         raise ConfigError(ctx.errors)
     host, port = server["listen"]
+    store_path = ctx.path(store["path"])
+    learning_path = ctx.path(learning["path"]) if learning["path"] else store_path.with_name("learning.db")
     return Config(
         server=_build(ServerConfig, server, host=host, port=port),
-        store=_build(StoreConfig, store, path=ctx.path(store["path"])),
+        store=_build(StoreConfig, store, path=store_path),
         agents=tuple(agent for agent in parsed if agent is not None),
         log_level=logging["level"],
         source=None,
+        pipeline=PipelineConfig(stages, _build(LearningConfig, learning, path=learning_path)),
     )
+
+
+def _pipeline_stages(pipeline: dict[str, Any], ctx: _Context) -> tuple[StageConfig, ...]:
+    """Every stage's section is validated; the ones listed in `stages` run, in that order."""
+    checked = {
+        name: _section(pipeline[name], f"pipeline.{name}", _STAGES[name], ctx.errors) for name in STAGE_NAMES
+    }
+    stages = []
+    for name in pipeline["stages"]:
+        values = checked[name]
+        if values is None:
+            continue
+        timeout_ms, on_error = values.pop("timeout_ms"), values.pop("on_error")
+        stages.append(StageConfig(name, timeout_ms / 1000, on_error, values))
+    return tuple(stages)
 
 
 class _DuplicateKey(yaml.MarkedYAMLError):

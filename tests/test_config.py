@@ -108,9 +108,12 @@ def test_example_file_loads_and_documents_every_key(tmp_path: Path) -> None:
     box = config.agent("support").mailboxes[0]
     assert box.watch == WATCH_ALWAYS and box.imap.password.reveal() == SECRET
     assert config.server.port == 8025 and config.store.retention_days == 30
+    assert config.pipeline is not None
+    assert [stage.name for stage in config.pipeline.stages] == ["spam", "auth", "injection"]
     # Every key of every section appears in the example, set or in a comment.
     schemas = [config_module._TOP, config_module._SERVER, config_module._STORE, config_module._LOGGING]
     schemas += [config_module._AGENT, config_module._MAILBOX, config_module._IMAP]
+    schemas += [config_module._PIPELINE, config_module._LEARNING, *config_module._STAGES.values()]
     for schema in schemas:
         for key in schema:
             assert re.search(rf"(?m)^[\s#-]*{key}:", EXAMPLE.read_text()), f"{key} is not documented"

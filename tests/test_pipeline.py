@@ -1,0 +1,97 @@
+"""The pipeline framework: order, findings, budgets and what a failing stage does to the event."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from gatewayd.message import FetchedMessage, ParsedMessage, parse
+from gatewayd.pipeline import (
+    Finding,
+    Pipeline,
+    StageContext,
+    StageResult,
+    StageSpec,
+)
+
+RAW = b"From: Bob <bob@example.org>\r\nSubject: hi\r\nMessage-ID: <p1@example.org>\r\n\r\nHello there.\r\n"
+
+
+def parsed(raw: bytes = RAW) -> ParsedMessage:
+    return parse(FetchedMessage("INBOX", 7, 1, raw, len(raw), (), None))
+
+
+class Recorder:
+    """A stage that reports what it saw of earlier stages."""
+
+    def __init__(self, name: str, provides: tuple[str, ...] = (), event_type: str | None = None) -> None:
+        self.name = name
+        self.provides = provides or (name,)
+        self.event_type = event_type
+        self.seen: list[str] = []
+
+    async def check(self, message: ParsedMessage, context: StageContext) -> StageResult:
+        self.seen = list(context.earlier)
+        finding = Finding(self.name.upper(), 1.0, f"subject {message.data['subject']!r}")
+        return StageResult({self.provides[0]: {"ok": True}}, (finding,), self.event_type)
+
+
+class Raises(Recorder):
+    async def check(self, message: ParsedMessage, context: StageContext) -> StageResult:
+        raise RuntimeError("boom")
+
+
+class Hangs(Recorder):
+    async def check(self, message: ParsedMessage, context: StageContext) -> StageResult:
+        await asyncio.sleep(30)
+        raise AssertionError("unreachable")
+
+
+async def test_stages_run_in_order_and_see_earlier_results() -> None:
+    first, second = Recorder("spam"), Recorder("auth", event_type="message.received.unauthenticated")
+    outcome = await Pipeline([StageSpec(first), StageSpec(second)]).run(parsed())
+    assert second.seen == ["spam"]
+    assert outcome.type == "message.received.unauthenticated"
+    assert outcome.data["spam"] == {"ok": True} and outcome.data["auth"] == {"ok": True}
+    assert set(outcome.data["pipeline_ms"]) == {"spam", "auth"}
+    assert all(ms >= 0 for ms in outcome.data["pipeline_ms"].values())
+    assert outcome.data["pipeline_errors"] == []
+    assert outcome.data["subject"] == "hi"  # the parsed event data is kept
+
+
+@pytest.mark.parametrize("failing", [Raises("auth"), Hangs("auth")])
+async def test_a_failing_stage_never_loses_the_message(failing: Any) -> None:
+    later = Recorder("injection")
+    pipeline = Pipeline([StageSpec(Recorder("spam")), StageSpec(failing, 0.2), StageSpec(later)])
+    outcome = await asyncio.wait_for(pipeline.run(parsed()), 10)
+    (error,) = outcome.data["pipeline_errors"]
+    assert error["stage"] == "auth" and error["on_error"] == "continue"
+    assert error["error"] == ("timeout" if isinstance(failing, Hangs) else "RuntimeError")
+    assert outcome.data["auth"] is None  # its keys are present, and null
+    assert outcome.data["injection"] == {"ok": True}  # later stages still ran
+    assert later.seen == ["spam"]
+    assert outcome.type == "message.received"
+
+
+async def test_on_error_suspect_raises_the_spam_verdict() -> None:
+    class Ham(Recorder):
+        async def check(self, message: ParsedMessage, context: StageContext) -> StageResult:
+            return StageResult({"spam": {"verdict": "ham", "score": 0.0, "findings": []}})
+
+    outcome = await Pipeline([StageSpec(Ham("spam")), StageSpec(Raises("auth"), 1, "suspect")]).run(parsed())
+    assert outcome.data["spam"]["verdict"] == "suspect"
+
+
+async def test_on_error_skip_rest_stops_the_pipeline() -> None:
+    later = Recorder("injection")
+    outcome = await Pipeline([StageSpec(Raises("spam"), 1, "skip_rest"), StageSpec(later)]).run(parsed())
+    assert "injection" not in outcome.data and "injection" not in outcome.data["pipeline_ms"]
+    assert outcome.data["pipeline_errors"][0]["on_error"] == "skip_rest"
+
+
+async def test_malformed_mail_still_goes_through() -> None:
+    outcome = await Pipeline([StageSpec(Recorder("spam"))]).run(parsed(b"\xff\xfe garbage \x00 no headers"))
+    assert outcome.data["spam"] == {"ok": True}
+    assert outcome.data["subject"] is None
