@@ -1,11 +1,18 @@
 # gatewayd in a container: slim Python, non-root, state in a volume, health from /healthz.
-FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
-WORKDIR /opt/gatewayd
+# py-tlsh (fuzzy hashing for the spam stage) compiles from source: build wheels with a compiler,
+# then install them into a clean image without one.
+FROM python:3.11-slim AS build
+RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gatewayd ./gatewayd
-RUN pip install --no-compile . \
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+COPY --from=build /wheels /wheels
+RUN pip install --no-index --find-links /wheels gatewayd && rm -rf /wheels \
  && useradd --system --uid 10001 --home-dir /var/lib/gatewayd --shell /usr/sbin/nologin gatewayd \
  && mkdir -p /var/lib/gatewayd /etc/gatewayd \
  && chown gatewayd:gatewayd /var/lib/gatewayd

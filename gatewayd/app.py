@@ -20,6 +20,7 @@ from gatewayd.bus import Bus
 from gatewayd.config import Config
 from gatewayd.imap.pool import WatcherPool
 from gatewayd.pipeline import Pipeline
+from gatewayd.pipeline.build import build_pipeline, open_learning
 from gatewayd.store.sqlite import SqliteEventStore
 from gatewayd.systemd import notify
 
@@ -31,8 +32,10 @@ class Daemon:
         self.config = config
         self.store = SqliteEventStore(Path(config.store.path))
         self.bus = Bus()
-        self.pool = WatcherPool(config, self.store, Pipeline().process, self.bus.publish)
-        self.gateway = Gateway(config, self.store, self.bus, self.pool)
+        self.learning = open_learning(config.pipeline) if config.pipeline else None
+        pipeline = build_pipeline(config, self.learning) if config.pipeline else Pipeline()
+        self.pool = WatcherPool(config, self.store, pipeline.process, self.bus.publish)
+        self.gateway = Gateway(config, self.store, self.bus, self.pool, self.learning)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._pruner: asyncio.Task[None] | None = None
@@ -76,6 +79,8 @@ class Daemon:
             await self._runner.cleanup()
         await self.pool.close()
         await self.store.close()
+        if self.learning is not None:
+            self.learning.close()
         log.info("stopped")
 
     async def _prune_forever(self) -> None:

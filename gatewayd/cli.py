@@ -1,14 +1,19 @@
-"""The `gatewayd` command: run, check-config, token new, demo."""
+"""The `gatewayd` command: run, check-config, check-message, learn, token new, demo."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from gatewayd.config import Config, ConfigError, hash_token, load_config, new_token
+from gatewayd.config import Config, ConfigError, hash_token, load_config, new_token, parse_config
+from gatewayd.message import FetchedMessage, parse
+from gatewayd.pipeline import Pipeline
 
 EXIT_CONFIG = 2
 
@@ -81,6 +86,103 @@ def cmd_token_new(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline_config(path: str | None) -> Config | None:
+    """The named config, or the defaults (no learning store) when there is none."""
+    if path is not None:
+        return _load(path)
+    return parse_config({"agents": [{"id": "check-message"}]}, env={})
+
+
+def _message_files(paths: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return files
+
+
+def cmd_check_message(args: argparse.Namespace) -> int:
+    config = _pipeline_config(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    setup_logging("warning")
+    from gatewayd.pipeline.build import build_pipeline, open_learning
+
+    learning = open_learning(config.pipeline) if args.config and config.pipeline else None
+    try:
+        return asyncio.run(_check_messages(build_pipeline(config, learning), args.paths, args.json))
+    finally:
+        if learning is not None:
+            learning.close()
+
+
+async def _check_messages(pipeline: Pipeline, paths: Sequence[str], as_json: bool) -> int:
+    status = 0
+    for path in _message_files(paths):
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+            status = 1
+            continue
+        outcome = await pipeline.run(parse(_as_fetched(raw)))
+        if as_json:
+            line = {"file": str(path), "type": outcome.type, "data": outcome.data}
+            print(json.dumps(line, ensure_ascii=False))
+        else:
+            print(_explain(path, outcome.type, outcome.data))
+    return status
+
+
+def _as_fetched(raw: bytes) -> FetchedMessage:
+    return FetchedMessage(
+        folder="INBOX", uid=0, uidvalidity=0, raw=raw, size=len(raw), flags=(), internaldate=None
+    )
+
+
+def _explain(path: Path, event_type: str, data: dict[str, Any]) -> str:
+    lines = [f"{path}: {event_type}"]
+    spam, auth, injection = data.get("spam"), data.get("auth"), data.get("injection")
+    if isinstance(spam, dict):
+        lines.append(f"  spam: {spam.get('verdict')} (score {spam.get('score')})")
+        lines += [_finding(f) for f in spam.get("findings", [])]
+    if isinstance(auth, dict):
+        lines.append(f"  auth: {auth.get('verdict')}")
+        lines += [_finding(f) for f in auth.get("findings", [])]
+    if isinstance(injection, dict):
+        lines.append(f"  injection: {injection.get('level')} (score {injection.get('score')})")
+        lines += [_finding(f) for f in injection.get("findings", [])]
+    for error in data.get("pipeline_errors", []):
+        lines.append(f"  error in {error['stage']}: {error['error']} {error['detail']}")
+    timings = ", ".join(f"{name} {ms:.2f} ms" for name, ms in data.get("pipeline_ms", {}).items())
+    lines.append(f"  time: {timings}")
+    return "\n".join(lines)
+
+
+def _finding(finding: dict[str, Any]) -> str:
+    return f"    {finding['score']:+7.2f} {finding['symbol']}: {finding.get('detail', '')}"
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None or config.pipeline is None:
+        return EXIT_CONFIG
+    from gatewayd.pipeline.build import open_learning
+    from gatewayd.pipeline.learning import learn_from_dirs
+
+    missing = [d for d in [*args.spam, *args.ham] if not Path(d).is_dir()]
+    if missing:
+        print(f"not a directory: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_CONFIG
+    learning = open_learning(config.pipeline)
+    try:
+        counts = learn_from_dirs(learning, [Path(d) for d in args.spam], [Path(d) for d in args.ham])
+    finally:
+        learning.close()
+    print(", ".join(f"{name}: {count}" for name, count in counts.items()))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gatewayd.demo import run_demo
 
@@ -106,6 +208,26 @@ def build_parser() -> argparse.ArgumentParser:
     token_commands = token.add_subparsers(dest="token_command", required=True)
     token_new = token_commands.add_parser("new", help="print a fresh token and its sha256 config line")
     token_new.set_defaults(func=cmd_token_new)
+
+    check_message = commands.add_parser(
+        "check-message", help="run the pipeline offline on .eml files and show verdicts and findings"
+    )
+    check_message.add_argument(
+        "paths", nargs="+", metavar="FILE.eml", help="message files or folders of them"
+    )
+    check_message.add_argument("-c", "--config", help="configuration (pipeline settings and learning store)")
+    check_message.add_argument("--json", action="store_true", help="one JSON line per message")
+    check_message.set_defaults(func=cmd_check_message)
+
+    learn = commands.add_parser("learn", help="train the spam stage on folders of labelled messages")
+    learn.add_argument("-c", "--config", required=True, help="YAML configuration file (its learning store)")
+    learn.add_argument(
+        "--spam", action="append", default=[], metavar="DIR", help="a folder of spam (repeatable)"
+    )
+    learn.add_argument(
+        "--ham", action="append", default=[], metavar="DIR", help="a folder of ham (repeatable)"
+    )
+    learn.set_defaults(func=cmd_learn)
 
     demo = commands.add_parser("demo", help="try gatewayd against a throwaway Dovecot")
     demo.add_argument("--port", type=int, default=8025, help="HTTP port (default 8025)")

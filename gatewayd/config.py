@@ -397,6 +397,7 @@ _STAGES = {
     "auth": _stage_keys(
         250,
         trusted_authserv_ids=_Key(_list_of(_string, single_ok=True), ()),
+        weights=_Key(_weights, {}),
         dkim_verify=_Key(_boolean, False),
         dns_timeout_seconds=_Key(_positive, 2.0),
     ),
@@ -626,6 +627,15 @@ def _pipeline_stages(pipeline: dict[str, Any], ctx: _Context) -> tuple[StageConf
         if values is None:
             continue
         timeout_ms, on_error = values.pop("timeout_ms"), values.pop("on_error")
+        if (
+            name == "auth"
+            and values["dkim_verify"]
+            and timeout_ms < values["dns_timeout_seconds"] * 1000 + 500
+        ):
+            ctx.errors.append(
+                "pipeline.auth.timeout_ms: with dkim_verify on it must exceed dns_timeout_seconds by 500 ms,"
+                f" got {timeout_ms}"
+            )
         stages.append(StageConfig(name, timeout_ms / 1000, on_error, values))
     return tuple(stages)
 

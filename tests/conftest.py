@@ -42,6 +42,7 @@ def gateway_config(
     dovecot: Dovecot,
     users: list[str],
     watch: str = "always",
+    pipeline: dict[str, Any] | None = None,
     **mailbox_overrides: Any,
 ) -> Config:
     """One agent `support` with a mailbox per user, and an agent `other` with none of them."""
@@ -69,6 +70,7 @@ def gateway_config(
     data = {
         "server": {"listen": "127.0.0.1:0", "shutdown_grace_seconds": 1, "retry_ms": 500},
         "store": {"path": str(tmp_path / "events.db")},
+        "pipeline": pipeline or {},
         "agents": [
             {"id": "support", "token_sha256": [hash_token(TOKEN)], "mailboxes": mailboxes},
             {"id": "other", "token_sha256": [hash_token(OTHER_TOKEN)], "mailboxes": []},

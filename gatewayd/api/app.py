@@ -7,6 +7,7 @@ from aiohttp import web
 from gatewayd.api.context import GATEWAY, Gateway
 from gatewayd.api.errors import json_errors
 from gatewayd.api.events import list_events
+from gatewayd.api.report import report_message
 from gatewayd.api.stream import stream_events
 
 
@@ -36,5 +37,6 @@ def create_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/events", stream_events, allow_head=False)
     app.router.add_get("/v1/events/stream", stream_events, allow_head=False)
     app.router.add_get("/v1/events", events, allow_head=False)
+    app.router.add_post("/v1/messages/{event_id}/report", report_message)
     app.router.add_get("/healthz", healthz, allow_head=False)
     return app

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from gatewayd.bus import Bus
 from gatewayd.config import Config
 from gatewayd.imap.pool import WatcherPool
+from gatewayd.message import ParsedMessage
 from gatewayd.store import EventStore
+
+
+class Learner(Protocol):
+    """What the report endpoint feeds (the pipeline's learning store)."""
+
+    def train(self, message: ParsedMessage, label: str, mailbox_id: str | None = None) -> bool: ...
 
 
 @dataclass
@@ -20,6 +27,7 @@ class Gateway:
     store: EventStore
     bus: Bus
     pool: WatcherPool
+    learning: Learner | None = None
     # Set at shutdown: streams send their closing event, then wait for grace_over.
     closing_event: asyncio.Event = field(default_factory=asyncio.Event)
     grace_over: asyncio.Event = field(default_factory=asyncio.Event)

@@ -1,0 +1,75 @@
+"""POST /v1/messages/{event_id}/report: a user says a message was spam or ham; the gateway learns."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from aiohttp import web
+
+from gatewayd.api.auth import authenticate
+from gatewayd.api.context import Gateway
+from gatewayd.api.errors import ApiError
+from gatewayd.api.params import event_seq
+from gatewayd.events import NewEvent
+from gatewayd.imap.session import ImapError, ImapSession
+from gatewayd.message import parse
+from gatewayd.store import EventQuery
+
+LABELS = ("spam", "ham")
+MESSAGE_REPORTED = "message.reported"
+
+
+async def report_message(request: web.Request) -> web.Response:
+    gateway = Gateway.of(request)
+    agent = authenticate(request, gateway.config)
+    event_id = request.match_info["event_id"]
+    seq = event_seq(gateway.store, "event_id", event_id)
+    label = await _label(request)
+    found = await gateway.store.read_after(EventQuery(agent_ids=(agent.id,)), seq - 1, 1)
+    if not found or found[0].seq != seq:
+        raise ApiError(404, f"no event {event_id!r} for this token")
+    event = found[0]
+    if not event.type.startswith("message.received") or event.mailbox_id is None:
+        raise ApiError(400, f"event {event_id!r} is a {event.type}, not a received message")
+    if gateway.learning is None:
+        raise ApiError(409, "learning is not enabled", code="learning_disabled")
+    mailbox = next(m for m in agent.mailboxes if m.id == event.mailbox_id)
+    data = event.data
+    try:
+        session = await ImapSession.open(mailbox.imap)
+        try:
+            selected = await session.select(data["folder"])
+            if selected.uidvalidity != data["uidvalidity"]:
+                raise ApiError(
+                    409, "the folder was renumbered since; the message cannot be found", "message_gone"
+                )
+            fetched = await session.fetch([data["uid"]], mailbox.fetch_max_bytes)
+        finally:
+            await session.logout()
+    except ImapError as exc:
+        raise ApiError(503, f"mailbox unavailable: {exc}", "mailbox_unavailable") from None
+    if not fetched:
+        raise ApiError(409, "the message is no longer in its folder", "message_gone")
+    changed = await asyncio.to_thread(gateway.learning.train, parse(fetched[0]), label, mailbox.id)
+    report = NewEvent(
+        MESSAGE_REPORTED,
+        agent.id,
+        mailbox.id,
+        {"event_id": event_id, "label": label, "message_id": data.get("message_id"), "learned": changed},
+    )
+    gateway.bus.publish(await gateway.store.append([report]))
+    return web.json_response({"event_id": event_id, "label": label, "learned": changed})
+
+
+async def _label(request: web.Request) -> str:
+    label = request.query.get("label")
+    if label is None and request.can_read_body:
+        try:
+            body = json.loads(await request.text())
+        except ValueError:
+            raise ApiError(400, 'body: expected JSON like {"label": "spam"}') from None
+        label = body.get("label") if isinstance(body, dict) else None
+    if label not in LABELS:
+        raise ApiError(400, 'label: expected "spam" or "ham"')
+    return label

@@ -1,0 +1,62 @@
+"""Build the configured pipeline: the stages in order, with their options and the learning store."""
+
+from __future__ import annotations
+
+from gatewayd.config import Config, PipelineConfig, StageConfig
+from gatewayd.pipeline import Pipeline, Stage, StageSpec
+from gatewayd.pipeline.auth import AuthOptions, AuthStage
+from gatewayd.pipeline.injection import InjectionOptions, InjectionStage
+from gatewayd.pipeline.learning import LearningStore
+from gatewayd.pipeline.spam import SpamOptions, SpamStage
+
+
+def open_learning(pipeline: PipelineConfig) -> LearningStore:
+    learning = pipeline.learning
+    return LearningStore(
+        learning.path, min_training=learning.min_training, signature_distance=learning.signature_distance
+    )
+
+
+def _stage(config: Config, stage: StageConfig, learning: LearningStore | None) -> Stage:
+    options = dict(stage.options)
+    if stage.name == "spam":
+        return SpamStage(
+            SpamOptions(
+                suspect_threshold=options["suspect_threshold"],
+                spam_threshold=options["spam_threshold"],
+                weights=options["weights"],
+                allow=tuple(options["allow"]),
+                block=tuple(options["block"]),
+            ),
+            learning,
+        )
+    if stage.name == "auth":
+        per_mailbox = {
+            mailbox.id: mailbox.trusted_authserv_ids
+            for mailbox in config.mailboxes()
+            if mailbox.trusted_authserv_ids is not None
+        }
+        return AuthStage(
+            AuthOptions(
+                trusted_authserv_ids=tuple(options["trusted_authserv_ids"]),
+                per_mailbox=per_mailbox,
+                dkim_verify=options["dkim_verify"],
+                dns_timeout_seconds=options["dns_timeout_seconds"],
+                scores=options["weights"],
+            )
+        )
+    if stage.name == "injection":
+        return InjectionStage(
+            InjectionOptions(weights=options["weights"], excerpt_chars=options["excerpt_chars"])
+        )
+    raise ValueError(f"unknown stage {stage.name!r}")
+
+
+def build_pipeline(config: Config, learning: LearningStore | None) -> Pipeline:
+    assert config.pipeline is not None
+    return Pipeline(
+        [
+            StageSpec(_stage(config, stage, learning), stage.timeout_seconds, stage.on_error)
+            for stage in config.pipeline.stages
+        ]
+    )

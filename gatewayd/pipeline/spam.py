@@ -1,0 +1,1054 @@
+"""The spam stage: untrained heuristics, sender lists, and the learned signals when there are any.
+
+Every signal is a named symbol (rspamd-style) with a default weight that `options.weights` can
+override; the verdict comes from the summed score and the two thresholds. The heuristics fall in
+four families: header anomalies, sender reputation (allow/block lists and the learning store),
+content (links, HTML tricks, phrasing, attachments) and known spam signatures (learning store).
+
+Precision first: a false positive hides real mail from an agent. So no single untrained signal
+comes near the spam threshold on its own, the signals that legitimate bulk mail also shows
+(unsubscribe footers, many links, tracking pixels, HTML-only, Return-Path at an ESP, a hidden
+preheader) are absent or weak, and phrase families are capped.
+
+The allowlist is honoured on the From address only, and the blocklist also on Reply-To and
+Return-Path: whoever forges a blocked address gains nothing, while an allowlist that honoured any
+header would let anyone in. From itself is forgeable too; the auth stage runs after this one, so
+its verdict cannot be consulted here (a forged allowlisted From is the auth stage's finding).
+
+Only the message's own timestamps are compared (Date against its Received headers), never the
+clock: mail can be old, re-delivered or imported.
+
+Everything runs on hostile input: header and text scans are capped, the HTML is walked once
+with `str.find` (no regex that can backtrack across the document), and phrase lists are one
+trie-shaped regex.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import ipaddress
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from email.utils import mktime_tz, parsedate_tz
+from enum import StrEnum
+from typing import Any, Protocol
+
+from gatewayd.message import ParsedMessage
+from gatewayd.pipeline import Finding, StageContext, StageResult
+
+log = logging.getLogger(__name__)
+
+
+class Verdict(StrEnum):
+    HAM = "ham"
+    SUSPECT = "suspect"
+    SPAM = "spam"
+
+
+# sender_reputation["listed"]
+ALLOWED, BLOCKED = "allow", "block"
+
+# Symbol -> (default weight, what it means). A finding's score is its weight times a factor in
+# (0, 1] for the graded ones, or times the number of distinct hits for the phrase families.
+SYMBOLS: dict[str, tuple[float, str]] = {
+    # Sender lists and learning.
+    "ALLOWLIST": (-100.0, "From address on the allowlist"),
+    "BLOCKLIST": (100.0, "sender on the blocklist"),
+    "BAYES_SPAM": (6.0, "token classifier says spam (half weight at p > 0.9)"),
+    "BAYES_HAM": (-3.0, "token classifier says ham (half weight at p < 0.1)"),
+    "FUZZY_SIGNATURE": (8.0, "body fuzzy-matches a reported spam"),
+    "REPUTATION_SENT_TO": (-6.0, "this mailbox has written to the sender"),
+    "REPUTATION_HAM": (-3.0, "sender's earlier mail was ham (full weight from 5 messages)"),
+    "REPUTATION_SPAM": (4.0, "sender's earlier mail was spam (full weight from 5 messages)"),
+    # Header anomalies. Legitimate mailers get these right.
+    "MISSING_DATE": (2.0, "no Date header"),
+    "INVALID_DATE": (3.5, "Date unparsable or with an impossible zone"),
+    "DATE_IN_PAST": (2.5, "Date long before the message's own earliest Received"),
+    "DATE_IN_FUTURE": (3.0, "Date after the message's own latest Received"),
+    "MISSING_MID": (2.0, "no Message-ID header"),
+    "INVALID_MSGID": (2.0, "Message-ID not of the form <left@right>"),
+    "RCPT_UNDISCLOSED": (1.5, "To: undisclosed recipients"),
+    "X_PRIORITY_HIGH": (1.5, "sender marked the message high priority"),
+    "FREEMAIL_REPLYTO": (2.0, "replies go to a freemail address other than From"),
+    "FREEMAIL_FROM_RANDOM": (1.5, "a throwaway-looking freemail sender (digits mixed into the name)"),
+    "FROM_NAME_IMPERSONATES_RCPT": (3.5, "display name names the receiving domain, address does not"),
+    "FROM_NAME_HAS_ADDR": (2.0, "display name holds an address other than the sender's"),
+    "FROM_NAME_BRAND": (3.5, "display name names a brand the address domain does not"),
+    "HEADER_8BIT": (1.5, "raw 8-bit bytes in Subject/From that are not UTF-8"),
+    "BAD_ENCODED_WORD": (1.5, "an RFC 2047 encoded word that does not decode"),
+    "SUBJ_PADDED": (4.0, "subject padded with spaces before a trailing tag (hash buster)"),
+    "SUBJ_ADV_TAG": (4.0, "subject labelled as an advertisement (ADV:, 未承諾広告)"),
+    "RCVD_HELO_FORGED": (3.0, "a Received hop's HELO names a big mail provider its host is not part of"),
+    "RCPT_MANY_DOMAINS": (1.5, "To/Cc list 10 or more domains openly (bulk mail uses Bcc)"),
+    "RCVD_HELO_IP_MISMATCH": (1.5, "a Received hop's HELO is a public IP other than the connecting one"),
+    # Header traits legitimate bulk mail shares (soft, see SOFT).
+    "MISSING_TO": (0.3, "no To header"),
+    "REPLYTO_DOM_NEQ_FROM_DOM": (0.5, "Reply-To domain differs from From domain"),
+    "FROM_NEQ_RETURN_PATH": (0.1, "Return-Path domain differs from From (normal for bulk mail)"),
+    "SUBJ_ALL_CAPS": (1.5, "subject in capitals"),
+    "SUBJ_EXCESS_PUNCT": (1.5, "subject with !!, ?! or $$"),
+    # Content that legitimate mail does not have.
+    "URL_IP_LITERAL": (4.0, "link to a public IP address"),
+    "URL_USERINFO": (5.0, "link with user@ before the host (http://bank.com@evil/)"),
+    "HTML_PASSWORD_FIELD": (5.0, "an HTML form asking for a password"),
+    "HASH_BUSTER": (5.0, "a random mixed-case token of the kind bulk mailers add to defeat checksums"),
+    "SCAM_PHRASES": (3.0, "advance-fee, pharma or bulk-mail disclaimer phrasing, per phrase (up to 3)"),
+    "ATTACH_DANGEROUS": (5.0, "an executable or script attachment"),
+    "ATTACH_DOUBLE_EXT": (5.0, "an attachment name with a disguising double extension"),
+    # Content traits legitimate newsletters and notices share (soft, see SOFT).
+    "URL_SHORTENER": (2.0, "link through a URL shortener"),
+    "LINK_TEXT_MISMATCH": (3.0, "link text names a domain other than where the link goes"),
+    "HTML_IMAGE_ONLY": (3.0, "HTML with images and almost no text"),
+    "HTML_HIDDEN_TEXT": (3.0, "text hidden by CSS or colour (half weight below 150 characters)"),
+    "HTML_ONLY": (1.5, "HTML without a text alternative"),
+    "HTML_FORM": (1.5, "an HTML form in the body"),
+    "BASE64_TEXT": (1.5, "text body sent base64-encoded"),
+    "BODY_SHOUTING": (3.0, "most words in capitals (half weight from 25%, full from 40%)"),
+    "BODY_EXCLAIM": (2.0, "many exclamations (half weight from 6, full from 10)"),
+    "SPAM_PHRASES": (1.5, "classic spam phrasing, per distinct phrase (up to 5)"),
+    "MONEY_PHRASES": (1.5, "money phrasing, per distinct phrase (up to 4)"),
+    "URGENCY_PHRASES": (1.5, "urgency and hard-sell phrasing, per distinct phrase (up to 3)"),
+    "CREDENTIAL_PHRASES": (2.0, "asks to verify or update an account, per phrase (up to 3)"),
+}
+# Symbols that legitimate bulk mail also shows (newsletters, notices, receipts). Together they add
+# at most SOFT_CAP, so no mail reaches the default spam threshold without some anomaly that
+# legitimate senders do not produce.
+SOFT = frozenset(
+    {
+        *("MISSING_TO", "REPLYTO_DOM_NEQ_FROM_DOM", "FROM_NEQ_RETURN_PATH", "SUBJ_ALL_CAPS"),
+        *("SUBJ_EXCESS_PUNCT", "URL_SHORTENER", "LINK_TEXT_MISMATCH", "HTML_IMAGE_ONLY"),
+        *("HTML_HIDDEN_TEXT", "HTML_ONLY", "HTML_FORM", "BASE64_TEXT", "BODY_SHOUTING", "BODY_EXCLAIM"),
+        *("SPAM_PHRASES", "MONEY_PHRASES", "URGENCY_PHRASES", "CREDENTIAL_PHRASES"),
+    }
+)
+SOFT_CAP = 7.0
+
+TEXT_SCAN_CHARS = 64 * 1024
+HTML_SCAN_CHARS = 64 * 1024
+_MAX_RAW_HEADER_BYTES = 64 * 1024
+_MAX_RECEIVED = 30
+_MAX_HTML_TAGS = 5000
+
+
+class Learning(Protocol):
+    """What the spam stage asks a learning store. Calls are sync and fast (run in a thread)."""
+
+    def bayes(self, message: ParsedMessage) -> float | None:
+        """P(spam) in [0, 1], or None while not trained enough."""
+        ...
+
+    def signature_match(self, message: ParsedMessage) -> str | None:
+        """A detail string when the body fuzzy-matches a known spam signature."""
+        ...
+
+    def reputation(self, address: str | None, mailbox_id: str | None) -> dict[str, Any]:
+        """{"ham": int, "spam": int, "sent_to": bool} for a sender (per mailbox when given)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SpamOptions:
+    suspect_threshold: float = 5.0
+    spam_threshold: float = 10.0
+    # Overrides of symbol weights (see SYMBOLS); 0 disables a symbol.
+    weights: Mapping[str, float] = field(default_factory=dict)
+    # Sender lists: "boss@example.com", "@example.org" (exactly that domain), or fnmatch globs
+    # such as "*@*.partner.example"; case-insensitive.
+    allow: tuple[str, ...] = ()
+    block: tuple[str, ...] = ()
+
+
+class SpamStage:
+    name = "spam"
+    provides = ("spam", "sender_reputation")
+
+    def __init__(self, options: SpamOptions, learning: Learning | None = None) -> None:
+        self.options = options
+        self.learning = learning
+        self._allow = _SenderList(options.allow)
+        self._block = _SenderList(options.block)
+
+    async def check(self, message: ParsedMessage, context: StageContext) -> StageResult:
+        mailbox = context.mailbox
+        username = mailbox.imap.username if mailbox else None
+        address = username if username and "@" in username else None
+        mailbox_id = mailbox.id if mailbox else None
+        return await asyncio.to_thread(self.score, message, address, mailbox_id)
+
+    def score(
+        self, message: ParsedMessage, mailbox_address: str | None, mailbox_id: str | None = None
+    ) -> StageResult:
+        """The verdict on one message; pure apart from the learning store's lookups."""
+        scorer = _Scorer(self.options.weights)
+        sender = _address(message.data.get("from"))
+        listed = self._listed(message, sender)
+        if listed == ALLOWED:
+            scorer.add("ALLOWLIST", sender or "")
+        elif listed == BLOCKED:
+            scorer.add("BLOCKLIST", sender or "")
+        heads = _raw_headers(message.raw)
+        _header_signals(scorer, message, heads, sender, mailbox_address)
+        _content_signals(scorer, message, heads)
+        reputation = {"ham": 0, "spam": 0, "sent_to": False}
+        if self.learning is not None:
+            reputation = _learning_signals(scorer, self.learning, message, sender, mailbox_id)
+
+        findings = _cap_soft(scorer.findings)
+        total = sum(f.score for f in findings)
+        options = self.options
+        if listed == ALLOWED:
+            verdict = Verdict.HAM
+        elif listed == BLOCKED or total >= options.spam_threshold:
+            verdict = Verdict.SPAM
+        elif total >= options.suspect_threshold:
+            verdict = Verdict.SUSPECT
+        else:
+            verdict = Verdict.HAM
+        findings = sorted(findings, key=lambda f: -abs(f.score))
+        data = {
+            "spam": {
+                "verdict": verdict.value,
+                "score": round(total, 2),
+                "findings": [f.as_dict() for f in findings],
+                "thresholds": {"suspect": options.suspect_threshold, "spam": options.spam_threshold},
+            },
+            "sender_reputation": {"address": sender, "listed": listed, **reputation},
+        }
+        return StageResult(data=data, findings=tuple(findings))
+
+    def _listed(self, message: ParsedMessage, sender: str | None) -> str | None:
+        others = [_address(entry) for entry in message.data.get("reply_to") or []]
+        return_path = (message.data.get("headers") or {}).get("return-path")
+        others += _ADDR_IN_TEXT.findall(return_path or "")
+        if self._block.matches([sender, *others]):
+            return BLOCKED
+        if self._allow.matches([sender]):  # From only: see the module docstring
+            return ALLOWED
+        return None
+
+
+class _SenderList:
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.exact: set[str] = set()
+        self.domains: set[str] = set()
+        self.globs: list[str] = []
+        for pattern in patterns:
+            pattern = pattern.strip().lower()
+            if not pattern:
+                continue
+            if any(c in pattern for c in "*?["):
+                self.globs.append(pattern)
+            elif pattern.startswith("@"):
+                self.domains.add(pattern[1:])
+            elif "@" not in pattern:
+                self.domains.add(pattern)  # a bare domain
+            else:
+                self.exact.add(pattern)
+
+    def matches(self, addresses: Iterable[str | None]) -> bool:
+        for address in addresses:
+            if not address:
+                continue
+            address = address.lower()
+            if address in self.exact or address.rpartition("@")[2] in self.domains:
+                return True
+            if any(fnmatch.fnmatchcase(address, glob) for glob in self.globs):
+                return True
+        return False
+
+
+class _Scorer:
+    def __init__(self, weights: Mapping[str, float]) -> None:
+        self.weights = weights
+        self.findings: list[Finding] = []
+
+    def weight(self, symbol: str) -> float:
+        return self.weights.get(symbol, SYMBOLS[symbol][0])
+
+    def add(self, symbol: str, detail: str, factor: float = 1.0) -> None:
+        weight = self.weight(symbol)
+        if weight and factor:
+            self.findings.append(Finding(symbol, weight * factor, detail[:200]))
+
+
+def _cap_soft(findings: list[Finding]) -> list[Finding]:
+    """Scale the soft findings down together so that they add up to at most SOFT_CAP."""
+    soft = sum(f.score for f in findings if f.symbol in SOFT and f.score > 0)
+    if soft <= SOFT_CAP:
+        return findings
+    ratio = SOFT_CAP / soft
+    return [
+        Finding(f.symbol, f.score * ratio, f.detail) if f.symbol in SOFT and f.score > 0 else f
+        for f in findings
+    ]
+
+
+def _learning_signals(
+    scorer: _Scorer, learning: Learning, message: ParsedMessage, sender: str | None, mailbox_id: str | None
+) -> dict[str, Any]:
+    """The learned signals. A failing lookup costs its own findings, never the verdict."""
+    p = _ask(learning.bayes, message)
+    if isinstance(p, (int, float)):
+        if p > 0.99:
+            scorer.add("BAYES_SPAM", f"p={p:.3f}")
+        elif p > 0.9:
+            scorer.add("BAYES_SPAM", f"p={p:.3f}", 0.5)
+        elif p < 0.01:
+            scorer.add("BAYES_HAM", f"p={p:.3f}")
+        elif p < 0.1:
+            scorer.add("BAYES_HAM", f"p={p:.3f}", 0.5)
+    match = _ask(learning.signature_match, message)
+    if match:
+        scorer.add("FUZZY_SIGNATURE", str(match))
+    found = _ask(learning.reputation, sender, mailbox_id)
+    found = found if isinstance(found, Mapping) else {}
+    ham, spam = int(found.get("ham") or 0), int(found.get("spam") or 0)
+    sent_to = bool(found.get("sent_to"))
+    if sent_to:
+        scorer.add("REPUTATION_SENT_TO", f"mailbox wrote to {sender}")
+    # Full weight from 5 messages on, times the sender's share of that label.
+    if ham > spam:
+        scorer.add("REPUTATION_HAM", f"{ham} ham, {spam} spam", min(ham, 5) / 5 * ham / (ham + spam))
+    elif spam > ham:
+        scorer.add("REPUTATION_SPAM", f"{ham} ham, {spam} spam", min(spam, 5) / 5 * spam / (ham + spam))
+    return {"ham": ham, "spam": spam, "sent_to": sent_to}
+
+
+def _ask(lookup: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return lookup(*args)
+    except Exception:
+        log.warning("learning store lookup %s failed; scoring without it", lookup.__name__, exc_info=True)
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Headers
+
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+# The top-level headers read from the raw bytes (`message.headers` keeps only those the event
+# needs): Received, MIME structure, priority, list headers, and Subject/From for 8-bit checks.
+# A folded value is the line plus its continuation lines; each continuation must start with a
+# newline, so the repetition cannot backtrack.
+_RAW_HEADER = re.compile(
+    rb"^(received|content-type|content-transfer-encoding|subject|from|x-priority|x-msmail-priority"
+    rb"|list-id|list-post)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)",
+    re.I | re.M,
+)
+_FOLD = re.compile(rb"\r?\n[ \t]+|\r")
+
+
+def _raw_headers(raw: bytes) -> dict[str, list[bytes]]:
+    """Lower-cased name -> unfolded raw values of the wanted top-level headers."""
+    head = raw[:_MAX_RAW_HEADER_BYTES]
+    end = _HEADER_END.search(head)
+    if end:
+        head = head[: end.start()]
+    found: dict[str, list[bytes]] = {}
+    for match in _RAW_HEADER.finditer(head):
+        value = _FOLD.sub(b" ", match.group(2)).strip()
+        found.setdefault(match.group(1).lower().decode("ascii"), []).append(value)
+    return found
+
+
+def _address(entry: Any) -> str | None:
+    address = entry.get("address") if isinstance(entry, dict) else None
+    return address.lower() if isinstance(address, str) and address else None
+
+
+def _domain(address: str | None) -> str | None:
+    return address.rpartition("@")[2].strip(".").lower() or None if address and "@" in address else None
+
+
+# Second-level labels under which registrations sit one level deeper (example.co.uk).
+_SECOND_LEVEL = frozenset({"co", "com", "net", "org", "gov", "ac", "edu", "ne", "or", "go", "gob", "ltd"})
+
+
+def _site(host: str | None) -> str | None:
+    """The registrable domain, roughly: example.com for mail.example.com, example.co.uk."""
+    if not host:
+        return None
+    labels = [label for label in host.lower().strip(".").split(".") if label]
+    if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL:
+        return ".".join(labels[-3:])
+    return ".".join(labels[-2:]) or None
+
+
+_FREEMAIL = frozenset(
+    {
+        *("gmail.com", "googlemail.com", "yahoo.com", "ymail.com", "hotmail.com", "outlook.com"),
+        *("live.com", "msn.com", "aol.com", "icloud.com", "me.com", "mail.com", "gmx.com", "gmx.net"),
+        *("gmx.de", "web.de", "mail.ru", "yandex.ru", "yandex.com", "protonmail.com", "proton.me"),
+        *("zoho.com", "qq.com", "163.com", "126.com", "rediffmail.com", "excite.com", "lycos.com"),
+        *("netscape.net", "juno.com", "usa.net", "email.com", "hotmail.co.uk", "yahoo.co.uk"),
+        *("yahoo.fr", "hotmail.fr", "libero.it", "btinternet.com", "sina.com", "tutanota.com"),
+    }
+)
+
+
+def _is_freemail(domain: str | None) -> bool:
+    return bool(domain) and (domain in _FREEMAIL or _site(domain) in _FREEMAIL)
+
+
+# Brands phishing names most, each with what its real sending domains contain.
+_BRANDS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = tuple(
+    (re.compile(pattern), tokens)
+    for pattern, tokens in (
+        (r"\bpaypal\b", ("paypal",)),
+        (
+            r"\bmicrosoft(?: 365)?\b|\boffice ?365\b|\boutlook\b",
+            ("microsoft", "office", "outlook", "live.com"),
+        ),
+        (r"\bamazon\b", ("amazon",)),
+        (r"\bapple\b|\bicloud\b", ("apple", "icloud")),
+        (r"\bnetflix\b", ("netflix",)),
+        (r"\bdocusign\b", ("docusign",)),
+        (r"\bdropbox\b", ("dropbox",)),
+        (r"\bwells ?fargo\b", ("wellsfargo", "wf.com")),
+        (r"\bbank of america\b", ("bankofamerica", "bofa")),
+        (r"\bamerican express\b|\bamex\b", ("americanexpress", "aexp", "amex")),
+        (r"\bchase\b", ("chase",)),
+        (r"\bdhl\b", ("dhl", "deutschepost")),
+        (r"\bfedex\b", ("fedex",)),
+        (r"\bups\b", ("ups",)),
+        (r"\bcoinbase\b", ("coinbase",)),
+        (r"\blinkedin\b", ("linkedin",)),
+        (r"\bfacebook\b|\bmeta\b|\binstagram\b", ("facebook", "meta", "instagram")),
+        (r"\bgoogle\b|\bgmail\b", ("google", "gmail", "youtube")),
+        (r"\bebay\b", ("ebay",)),
+        (r"\binternal revenue\b|\birs\b", ("irs.gov",)),
+    )
+)
+# Words an impersonating display name wraps around the name it borrows ("PayPal Security",
+# "Example IT Helpdesk"). A name with any other word ("Amazon Seller Tips by Jungle Scout") is not
+# treated as impersonation: third parties name brands too.
+_ROLE_WORDS = frozenset(
+    """
+    a access account accounts admin administrator alert alerts and at automated bank banking billing
+    care center centre com compliance customer customers delivery department dept desk do document
+    documents email e fax file files finance for fraud from help helpdesk hr id inc info information
+    it login mail mailbox management member members message messages net no noreply not notice
+    notification notifications notify of office official online org package parcel password payment
+    payments payroll prevention protection reply resolution secure security server service services
+    shared shipping sign staff storage support system systems team tech technical the tracking update
+    updates verification voicemail webmail your
+    """.split()  # noqa: SIM905 - a word list reads better as text
+)
+_NAME_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _only_role_words(name: str, borrowed: str) -> bool:
+    """Whether `name` is `borrowed` plus role words only."""
+    rest = name.replace(borrowed, " ", 1)
+    return all(word in _ROLE_WORDS for word in _NAME_WORD.findall(rest))
+
+
+_DATE_PAST_SLACK = 48 * 3600
+_DATE_FUTURE_SLACK = 24 * 3600
+_MSGID_SHAPE = re.compile(r"\s*<[^<>@\s]+@[^<>@\s]+>\s*")
+_ADDR_IN_TEXT = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,24}")
+_ENCODED_WORD = re.compile(r"=\?[^?\s]{1,40}\?[bBqQ]\?[^?]{0,1000}\?=")
+_RCVD_FROM = re.compile(r"from\s+(\S{1,255})\s+\(([^()]{0,500})\)", re.I)
+_IPV4 = re.compile(r"\[?(\d{1,3}(?:\.\d{1,3}){3})\]?")
+_IP_IN_PARENS = re.compile(r"\[(\d{1,3}(?:\.\d{1,3}){3})\]")
+_RDNS = re.compile(r"\s*([A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,24})\s*\[")
+_THROWAWAY = re.compile(r"[a-z0-9]{3,64}")
+_THROWAWAY_MIX = re.compile(r"[a-z]\d+[a-z]+\d|\d{5}")
+_PUNCT = re.compile(r"!!|\?!|!\?|\$\$")
+_PADDED_TAG = re.compile(r"\S\s{8,}\S{1,60}\s*$")
+# Self-labelled ads: "ADV:" (US state laws) and 未承諾広告 ("unsolicited ad", Japanese law).
+_ADV_TAG = re.compile(r"^\W{0,3}adv\b\s*[:-]|未承諾広告", re.I)
+_UNDISCLOSED = re.compile(r"undisclosed|unlisted|recipient list suppressed", re.I)
+_HIGH_PRIORITY = re.compile(rb"^\s*[12]\b|\bhigh", re.I)
+
+
+def _header_signals(
+    scorer: _Scorer,
+    message: ParsedMessage,
+    heads: dict[str, list[bytes]],
+    sender: str | None,
+    mailbox_address: str | None,
+) -> None:
+    headers, data = message.headers, message.data
+    _date_signals(scorer, headers.get("date"), heads.get("received", []))
+
+    message_ids = headers.get("message-id")
+    if not message_ids:
+        scorer.add("MISSING_MID", "")
+    elif not _MSGID_SHAPE.fullmatch(message_ids[0]):
+        scorer.add("INVALID_MSGID", message_ids[0][:80])
+    to = headers.get("to")
+    if not to:
+        scorer.add("MISSING_TO", "")
+    elif _UNDISCLOSED.search(to[0]):
+        scorer.add("RCPT_UNDISCLOSED", to[0][:80])
+    recipients = {_domain(_address(e)) for e in (data.get("to") or []) + (data.get("cc") or [])}
+    recipients.discard(None)
+    if len(recipients) >= 10:
+        scorer.add("RCPT_MANY_DOMAINS", f"{len(recipients)} domains")
+    priority = b" ".join(heads.get("x-priority", [])[:1] + heads.get("x-msmail-priority", [])[:1])
+    if _HIGH_PRIORITY.search(priority):
+        scorer.add("X_PRIORITY_HIGH", priority.decode("latin-1")[:40])
+
+    from_domain = _domain(sender)
+    reply_to = [a for a in (_address(e) for e in data.get("reply_to") or []) if a]
+    # A mailing list's Reply-To naming the list is its normal shape.
+    if from_domain and reply_to and not (heads.get("list-id") or heads.get("list-post")):
+        other = [a for a in reply_to if _site(_domain(a)) != _site(from_domain)]
+        if other:
+            scorer.add("REPLYTO_DOM_NEQ_FROM_DOM", f"{from_domain} vs {_domain(other[0])}")
+        # Not when From names the same mailbox: a person's own freemail, or a mailer's rewrite of
+        # a freemail sender's From ("joe=gmail.com@mail.example").
+        local = (sender or "").partition("@")[0]
+        free = [
+            a
+            for a in reply_to
+            if _is_freemail(_domain(a))
+            and _site(_domain(a)) != _site(from_domain)
+            and a.partition("@")[0] not in local
+        ]
+        if free:
+            scorer.add("FREEMAIL_REPLYTO", free[0])
+    return_path = _ADDR_IN_TEXT.search((data.get("headers") or {}).get("return-path") or "")
+    if from_domain and return_path and _site(_domain(return_path.group(0))) != _site(from_domain):
+        scorer.add("FROM_NEQ_RETURN_PATH", f"{from_domain} vs {_domain(return_path.group(0))}")
+
+    local = (sender or "").partition("@")[0]
+    if _is_freemail(from_domain) and _THROWAWAY.fullmatch(local) and _THROWAWAY_MIX.search(local):
+        scorer.add("FREEMAIL_FROM_RANDOM", sender or "")
+
+    name = (data.get("from") or {}).get("name") if isinstance(data.get("from"), dict) else None
+    if name and sender:
+        _display_name_signals(scorer, name, sender, mailbox_address)
+
+    for header in ("subject", "from"):
+        for value in heads.get(header, [])[:1]:
+            if not value.isascii():
+                try:
+                    value.decode("utf-8")  # RFC 6532 allows raw UTF-8
+                except UnicodeDecodeError:
+                    scorer.add("HEADER_8BIT", header)
+                    break
+    decoded = [data.get("subject") or "", name or ""]
+    if any(_ENCODED_WORD.search(value) for value in decoded):
+        scorer.add("BAD_ENCODED_WORD", next(v for v in decoded if _ENCODED_WORD.search(v))[:80])
+
+    subject = data.get("subject") or ""
+    letters = [c for c in subject if c.isalpha()]
+    if len(letters) >= 10 and len(subject.split()) >= 3 and all(c.isupper() for c in letters):
+        scorer.add("SUBJ_ALL_CAPS", subject[:80])
+    if _PUNCT.search(subject):
+        scorer.add("SUBJ_EXCESS_PUNCT", subject[:80])
+    raw_subject = heads.get("subject", [b""])[0].decode("latin-1")
+    if _PADDED_TAG.search(raw_subject):
+        scorer.add("SUBJ_PADDED", raw_subject.strip()[:80])
+    if _ADV_TAG.search(subject):
+        scorer.add("SUBJ_ADV_TAG", subject[:80])
+
+    lies: dict[str, str] = {}
+    for value in heads.get("received", [])[:_MAX_RECEIVED]:
+        match = _RCVD_FROM.match(value.decode("latin-1"))
+        if not match:
+            continue
+        claimed, seen = match.group(1).lower(), match.group(2)
+        helo = _IPV4.fullmatch(claimed)
+        relay = _IP_IN_PARENS.search(seen)
+        # A private HELO behind NAT is normal; a public one that is not the peer is a lie.
+        if helo and relay and helo.group(1) != relay.group(1) and _public_ip(helo.group(1)):
+            lies.setdefault("RCVD_HELO_IP_MISMATCH", f"HELO {helo.group(1)} from {relay.group(1)}")
+        rdns = _RDNS.match(seen)
+        # The big providers' own relays resolve into their own domains.
+        if rdns and _site(claimed) in _FREEMAIL and _site(rdns.group(1).lower()) != _site(claimed):
+            lies.setdefault("RCVD_HELO_FORGED", f"HELO {claimed[:60]} from {rdns.group(1)[:60]}")
+    for symbol, detail in lies.items():
+        scorer.add(symbol, detail)
+
+
+def _timestamp(value: str) -> tuple[float | None, bool]:
+    """(UTC seconds, sane) of an RFC 5322 date, or (None, False).
+
+    Sane: a real zone offset and a year from 1980 to 2200 (spamware writes "-1600" and "0102").
+    """
+    try:
+        parts = parsedate_tz(value)
+        if parts is None:
+            return None, False
+        offset = parts[9]
+        sane = offset is not None and -12 * 3600 <= offset <= 14 * 3600 and offset % 900 == 0
+        sane = sane and 1980 <= parts[0] <= 2200
+        if offset is None or abs(offset) >= 24 * 3600:
+            parts = (*parts[:9], 0)
+        return float(mktime_tz(parts)), sane
+    except (ValueError, OverflowError, TypeError, IndexError):
+        return None, False
+
+
+def _date_signals(scorer: _Scorer, dates: list[str] | None, received: list[bytes]) -> None:
+    """Date against the message's own Received times: never against the clock."""
+    if not dates:
+        scorer.add("MISSING_DATE", "")
+        return
+    moment, sane = _timestamp(dates[0])
+    if moment is None or not sane:
+        scorer.add("INVALID_DATE", dates[0][:80])
+        return
+    stamps = []
+    for value in received[:_MAX_RECEIVED]:
+        text = value.decode("latin-1")
+        if ";" in text:
+            stamp, stamp_sane = _timestamp(text.rpartition(";")[2])
+            if stamp is not None and stamp_sane:
+                stamps.append(stamp)
+    if not stamps:
+        return
+    if moment < min(stamps) - _DATE_PAST_SLACK:
+        days = (min(stamps) - moment) / 86400
+        scorer.add("DATE_IN_PAST", f"{days:.1f} days before the earliest Received")
+    elif moment > max(stamps) + _DATE_FUTURE_SLACK:
+        hours = (moment - max(stamps)) / 3600
+        scorer.add("DATE_IN_FUTURE", f"{hours:.0f} h after the latest Received")
+
+
+def _display_name_signals(scorer: _Scorer, name: str, sender: str, mailbox_address: str | None) -> None:
+    lowered = " ".join(name.lower().split())
+    domain = _domain(sender) or ""
+    shown = [a.lower() for a in _ADDR_IN_TEXT.findall(name)]
+    if any(a != sender for a in shown):
+        scorer.add("FROM_NAME_HAS_ADDR", f"{name[:60]} <{sender}>")
+    own = _site(_domain(mailbox_address))
+    if own and not _is_freemail(own):
+        org = own.split(".")[0]
+        # "example.com" anywhere, or the bare org name dressed in role words ("Example IT Support").
+        named = own in lowered or (org in lowered and len(org) >= 3 and _only_role_words(lowered, org))
+        if named and org not in domain:
+            scorer.add("FROM_NAME_IMPERSONATES_RCPT", f"{name[:60]} <{sender}>")
+    for pattern, tokens in _BRANDS:
+        match = pattern.search(lowered)
+        if not match or any(token in domain for token in tokens):
+            continue
+        if _only_role_words(lowered, match.group(0)):
+            scorer.add("FROM_NAME_BRAND", f"{name[:60]} <{sender}>")
+            break
+
+
+# ---------------------------------------------------------------------------------------------
+# Content
+
+
+def _trie_pattern(phrases: Iterable[str]) -> str:
+    """One regex alternation shaped as a trie: far faster than a flat list of alternatives."""
+    trie: dict[str, Any] = {}
+    for phrase in phrases:
+        node = trie
+        for char in phrase:
+            node = node.setdefault(char, {})
+        node[""] = {}
+
+    def build(node: dict[str, Any]) -> str:
+        branches = [
+            (r"\s+" if char == " " else re.escape(char)) + build(child)
+            for char, child in sorted(node.items())
+            if char
+        ]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return build(trie)
+
+
+# Phrases in lower case; a space matches any whitespace. Only phrases that legitimate mail
+# rarely uses: no "free", "unsubscribe", "offer", "% off" (newsletters and receipts use them).
+_PHRASES: dict[str, tuple[str, ...]] = {
+    # Advance-fee fraud, pharma, and the self-justifications of unsolicited bulk mail.
+    "SCAM_PHRASES": (
+        *("next of kin", "transfer the fund", "transfer the funds", "transfer the sum"),
+        *("transfer of the sum", "foreign partner", "foreign account", "business proposal"),
+        *("strictest confidence", "strict confidence", "utmost confidentiality"),
+        *("absolute confidentiality", "over-invoiced", "over invoiced", "atm card", "unclaimed funds"),
+        *("compensation fund", "diplomatic courier", "consignment box", "dear beneficiary"),
+        *("winning notification", "fiduciary agent", "million united states dollars", "million us dollars"),
+        *("viagra", "cialis", "levitra", "online pharmacy", "no prescription", "penis enlargement"),
+        *("this is not spam", "this is not a spam", "this is not junk", "this is not unsolicited"),
+        *("section 301", "s. 1618", "remove in the subject", "remove in subject", "one time mailing"),
+        *("one-time mailing", "millions of email addresses", "email addresses for sale"),
+    ),
+    "SPAM_PHRASES": (
+        *("click here", "click below", "100% free", "absolutely free", "free gift", "free access"),
+        *("you have won", "you've won", "you have been selected", "you've been selected"),
+        *("congratulations", "claim your prize", "claim your reward", "weight loss", "lose weight"),
+        *("diet pill", "diet pills", "herbal", "casino", "hot singles", "meet singles", "no obligation"),
+        *("no cost", "risk free", "risk-free", "satisfaction guaranteed", "100% guaranteed"),
+        *("special promotion", "miracle", "as seen on", "dear friend", "dear sir", "dear madam"),
+        *("dear sir/madam", "dear valued customer", "dear account holder", "no experience necessary"),
+        *("be your own boss", "multi-level marketing", "network marketing", "increase sales"),
+        *("increase your sales", "no hidden", "why pay more", "compare rates", "amazing offer"),
+        *("incredible offer", "cash advance", "unsecured", "fill out the form", "erection"),
+        # The opt-out wording of unsolicited bulk mail (newsletters say "unsubscribe").
+        *("to be removed", "remove me", "removal instructions", "wish to be removed"),
+        *("do not wish to receive", "opt-out", "opt out", "removed from our list"),
+        *("removed from this list", "removed from our mailing list", "removed from this mailing list"),
+        *("removed from future mailings", "removal link"),
+        # Selling bulk mail: spam then, an email-marketing vendor's newsletter now.
+        *("opt-in list", "bulk email", "mass email", "targeted email"),
+    ),
+    "MONEY_PHRASES": (
+        *("million dollars", "wire transfer", "bank account", "investment opportunity", "extra income"),
+        *("financial freedom", "earn money", "cash bonus", "double your money", "double your income"),
+        *("home based business", "home-based business", "work from home", "work at home"),
+        *("mortgage rates", "lower your mortgage", "refinance", "credit card debt", "eliminate debt"),
+        *("eliminate your debt", "consolidate your debt", "debt consolidation", "no credit check"),
+        *("bad credit", "pennies a day", "save up to", "lowest rates", "lowest price", "lowest prices"),
+        *("free quote", "guaranteed income", "residual income", "business opportunity"),
+        *("money back guarantee", "money-back guarantee", "cash prize", "earn extra", "offshore account"),
+        *("lottery", "jackpot", "western union", "moneygram", "penny stock", "hot stock", "stock pick"),
+        *("stock picks", "huge profits", "profit potential", "processing fee"),
+    ),
+    "URGENCY_PHRASES": (
+        *("act now", "act fast", "act immediately", "limited time", "urgent", "urgently"),
+        *("expires today", "offer expires", "don't delay", "do not delay", "order now", "order today"),
+        *("call now", "call today", "apply now", "respond now", "reply now", "within 24 hours"),
+        *("within 48 hours", "final notice", "last chance", "while supplies last"),
+        *("once in a lifetime", "don't miss out", "immediate action", "today only", "time sensitive"),
+        *("time-sensitive",),
+    ),
+    "CREDENTIAL_PHRASES": (
+        *("verify your account", "verify your identity", "verify your information"),
+        *("confirm your account", "confirm your identity", "confirm your password"),
+        *("update your account", "update your payment", "update your billing", "unusual activity"),
+        *("suspicious activity", "unauthorized access", "login credentials", "reactivate your account"),
+        *("restore your account", "validate your account", "social security number"),
+        *("account has been suspended", "account will be suspended", "account has been locked"),
+        *("account will be closed", "account has been limited", "account will be terminated"),
+        *("password will expire", "password expires", "mailbox is full", "mailbox quota"),
+        *("failure to comply", "failure to verify", "failure to update", "re-enter your"),
+    ),
+}
+_PHRASE_FAMILY = {phrase: family for family, phrases in _PHRASES.items() for phrase in phrases}
+_PHRASE_RE = re.compile(r"(?<![\w$])" + _trie_pattern(_PHRASE_FAMILY) + r"(?!\w)")
+_PHRASE_CAPS = {
+    "SCAM_PHRASES": 3,
+    "SPAM_PHRASES": 5,
+    "MONEY_PHRASES": 4,
+    "URGENCY_PHRASES": 3,
+    "CREDENTIAL_PHRASES": 3,
+}
+# The sums advance-fee fraud spells out ("US$18,000,000", "20 million US dollars"); news and
+# company newsletters quote "$4 million" and "$1,200,000", which only count as money phrasing.
+_FRAUD_SUM = re.compile(
+    r"\bus\$\s?\d{1,3}(?:,\d{3}){2,}"
+    r"|\b\d{1,4}(?:[.,]\d{1,3})?\s?(?:million|billion)\s+(?:us\s+|united\s+states\s+)?(?:dollars|usd)\b"
+)
+_BIG_SUM = re.compile(r"\$\s?\d{1,3}(?:,\d{3}){2,}(?:\.\d\d)?(?!\d)")
+# Hash busters: "5297gdqK6-498jyxl3033RafD3" as a word of its own. Candidates are hyphenated words;
+# the letter/digit mix is checked after (a UUID is hex, a phone number has no lower case).
+_HYPHENATED = re.compile(r"(?<!\S)[A-Za-z0-9]{1,60}(?:-[A-Za-z0-9]{1,60}){1,12}(?!\S)")
+_RUNS = re.compile(r"[A-Za-z]+|[0-9]+")
+_HEX = re.compile(r"[0-9a-fA-F-]+")
+_WORD = re.compile(r"[^\W\d_]{3,}")
+_EXCLAIM = re.compile(r"\w!")
+_URL = re.compile(r"(?:https?://|www\.)[^\s<>\"'(){}\[\]]{1,2000}", re.I)
+_HOST_END = re.compile(r"[/?#\\]")
+_WEB_LINK = re.compile(r"\s*(?:https?:)?//|\s*www\.", re.I)
+_SHORTENERS = frozenset(
+    {
+        *("bit.ly", "tinyurl.com", "goo.gl", "t.co", "ow.ly", "is.gd", "buff.ly", "rebrand.ly"),
+        *("cutt.ly", "shorturl.at", "tiny.cc", "rb.gy", "t.ly", "bl.ink", "s.id", "v.gd", "qr.co"),
+        *("adf.ly", "shorte.st", "clck.ru", "lnkd.in", "x.co", "soo.gd", "bitly.com", "short.io"),
+    }
+)
+_DANGEROUS_EXT = frozenset(
+    {"exe", "scr", "js", "jse", "vbs", "vbe", "bat", "cmd", "jar", "iso", "lnk", "hta", "pif", "com"}
+    | {"msi", "ps1", "wsf", "cpl", "img"}
+)
+_DOCUMENT_EXT = frozenset({"pdf", "doc", "docx", "xls", "xlsx", "txt", "jpg", "jpeg", "png", "gif", "zip"})
+
+
+def _content_signals(scorer: _Scorer, message: ParsedMessage, heads: dict[str, list[bytes]]) -> None:
+    text = message.text[:TEXT_SCAN_CHARS]
+    subject = message.data.get("subject") or ""
+    _phrase_signals(scorer, f"{subject}\n{text}".lower())
+    buster = _hash_buster(f"{subject}\n{text}")
+    if buster:
+        scorer.add("HASH_BUSTER", buster[:80])
+
+    words = _WORD.findall(text)
+    if len(words) >= 30:
+        caps = sum(1 for w in words if w.isupper())
+        ratio = caps / len(words)
+        if ratio >= 0.25:
+            scorer.add("BODY_SHOUTING", f"{ratio:.0%} of words in capitals", 1.0 if ratio >= 0.4 else 0.5)
+    exclaims = len(_EXCLAIM.findall(text))
+    if exclaims >= 6:
+        scorer.add("BODY_EXCLAIM", f"{exclaims} exclamations", 1.0 if exclaims >= 10 else 0.5)
+
+    html = message.html[:HTML_SCAN_CHARS] if message.html else None
+    walk = _walk_html(html) if html else _HtmlFacts()
+    hosts = [_url_host(url) for url in _URL.findall(text)]
+    hosts += [_url_host(href) for href, _ in walk.links if _WEB_LINK.match(href)]
+    sender_domain = _domain(_address(message.data.get("from")))
+    _url_signals(scorer, [h for h in hosts if h is not None], walk, sender_domain)
+
+    if html:
+        if walk.images and len(words) < 15:
+            scorer.add("HTML_IMAGE_ONLY", f"{walk.images} images, {len(words)} words")
+        if walk.hidden_chars >= 40:
+            scorer.add("HTML_HIDDEN_TEXT", f"{walk.hidden_chars} hidden characters")
+        if walk.password_field:
+            scorer.add("HTML_PASSWORD_FIELD", "")
+        elif walk.form:
+            scorer.add("HTML_FORM", "")
+        if not _has_plain_part(message, heads):
+            scorer.add("HTML_ONLY", "")
+    if _base64_text(message.raw, heads):
+        scorer.add("BASE64_TEXT", "")
+
+    for attachment in message.data.get("attachments") or []:
+        filename = (attachment.get("filename") or "").lower().strip().rstrip(".")
+        parts = filename.rsplit(".", 2)
+        if len(parts) >= 2 and parts[-1] in _DANGEROUS_EXT:
+            scorer.add("ATTACH_DANGEROUS", filename[:100])
+            if len(parts) == 3 and parts[-2] in _DOCUMENT_EXT:
+                scorer.add("ATTACH_DOUBLE_EXT", filename[:100])
+            break
+
+
+def _phrase_signals(scorer: _Scorer, lowered: str) -> None:
+    hits: dict[str, set[str]] = {}
+    for count, match in enumerate(_PHRASE_RE.finditer(lowered)):
+        if count >= 200:
+            break
+        phrase = " ".join(match.group(0).split())
+        hits.setdefault(_PHRASE_FAMILY[phrase], set()).add(phrase)
+    for pattern, family in ((_FRAUD_SUM, "SCAM_PHRASES"), (_BIG_SUM, "MONEY_PHRASES")):
+        sum_ = pattern.search(lowered)
+        if sum_:
+            hits.setdefault(family, set()).add(" ".join(sum_.group(0).split()))
+    for family, found in hits.items():
+        cap = _PHRASE_CAPS[family]
+        scorer.add(family, ", ".join(sorted(found)[:cap]), min(len(found), cap))
+
+
+def _hash_buster(text: str) -> str | None:
+    for count, match in enumerate(_HYPHENATED.finditer(text)):
+        if count >= 500:
+            break
+        word = match.group(0)
+        if (
+            len(word) >= 10
+            and len(_RUNS.findall(word)) >= 6
+            and any(c.islower() for c in word)
+            and any(c.isupper() for c in word)
+            and not _HEX.fullmatch(word)
+        ):
+            return word
+    return None
+
+
+def _url_host(url: str) -> str | None:
+    rest = url.split("://", 1)[1] if "://" in url[:10] else url
+    authority = _HOST_END.split(rest, 1)[0]
+    host = authority.rpartition("@")[2].partition(":")[0].strip(".").lower()
+    if "@" in authority:
+        host = "@" + host  # marks userinfo for _url_signals
+    return host or None
+
+
+def _public_ip(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return address.is_global
+
+
+def _url_signals(scorer: _Scorer, hosts: list[str], walk: _HtmlFacts, sender_domain: str | None) -> None:
+    for host in hosts:
+        bare = host.lstrip("@")
+        if host.startswith("@") and "." in bare:
+            scorer.add("URL_USERINFO", bare)
+            break
+    for host in hosts:
+        if _public_ip(host.lstrip("@")):
+            scorer.add("URL_IP_LITERAL", host.lstrip("@"))
+            break
+    for host in hosts:
+        if host.lstrip("@") in _SHORTENERS:
+            scorer.add("URL_SHORTENER", host.lstrip("@"))
+            break
+    for href, label in walk.links:
+        shown = _LABEL_DOMAIN.search(label)
+        target = _url_host(href) if shown and _WEB_LINK.match(href) else None
+        if not shown or not target:
+            continue
+        target = target.lstrip("@")
+        site = _site(shown.group(1).lower()) or ""
+        # Newsletters route links through their own or their mailer's click tracker, which is
+        # named after them (brand.list-manage.com, click.brand-mail.com) or sends the mail.
+        if site == _site(target) or site.split(".")[0] in target or _site(target) == _site(sender_domain):
+            continue
+        scorer.add("LINK_TEXT_MISMATCH", f"{shown.group(1)} -> {target}")
+        break
+
+
+# A domain written as link text: "paypal.com", "www.bank.example/login", "https://x.example".
+_LABEL_DOMAIN = re.compile(
+    r"^\s*(?:https?://)?((?:[a-z0-9-]{1,63}\.){1,8}"
+    r"(?:com|net|org|edu|gov|info|biz|app|dev|online|shop|store|site|xyz|top|[a-z]{2}))(?:[/:?#\s]|$)",
+    re.I,
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+
+@dataclass(slots=True)
+class _HtmlFacts:
+    links: list[tuple[str, str]] = field(default_factory=list)  # (href, link text)
+    images: int = 0
+    form: bool = False
+    hidden_chars: int = 0
+    password_field: bool = False
+
+
+_TAG_START = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9]{0,15})")
+_ATTR = re.compile(r"""([a-zA-Z-]{1,30})\s*=\s*("[^"]{0,2000}"|'[^']{0,2000}'|[^\s>]{1,2000})""")
+_HIDING_STYLE = re.compile(
+    r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*[01](?:\.\d+)?(?:px|pt)?\s*(?:;|$)"
+    r"|opacity\s*:\s*0(?:\.0+)?\s*(?:;|$)",
+    re.I,
+)
+_COLOR_IN_STYLE = re.compile(r"(?<![-\w])color\s*:\s*([#\w]{1,20})", re.I)
+_BG_IN_STYLE = re.compile(r"background(?:-color)?\s*:\s*([#\w]{1,20})", re.I)
+_STRIP_TAGS = re.compile(r"<[^<>]{0,2000}>")  # bounded: linear even on "<<<<"
+_NAMED_COLORS = {"white": "#ffffff", "black": "#000000"}
+_NOT_ALNUM = re.compile(r"\W+")
+_SKIPPED_ELEMENTS = frozenset({"style", "script", "title", "head", "noscript", "template"})
+_PREHEADER_CHARS = 200
+
+
+def _color(value: str | None) -> str | None:
+    if not value:
+        return None
+    value = value.strip().lower()
+    value = _NAMED_COLORS.get(value, value)
+    if re.fullmatch(r"#?[0-9a-f]{3}", value):
+        value = "#" + "".join(c * 2 for c in value.lstrip("#"))
+    elif re.fullmatch(r"[0-9a-f]{6}", value):
+        value = "#" + value
+    return value
+
+
+def _walk_html(html: str) -> _HtmlFacts:
+    """One linear pass over the tags: links with their text, images, hidden text, forms.
+
+    A tag's end is found with str.find from where the last one ended, so the walk is linear even
+    on unterminated tags. Hidden text is the text right after a hiding tag, up to the next tag;
+    hidden text before any visible text is a newsletter's preheader (the inbox preview line) and
+    counts only past _PREHEADER_CHARS. Colour-on-background hiding is judged only in documents
+    without a <style> sheet, whose classes may set backgrounds this walk does not see.
+    """
+    facts = _HtmlFacts()
+    lowered = html.lower()
+    judge_colours = "<style" not in lowered
+    background = "#ffffff"
+    position = 0
+    hiding = False  # the last tag hides the text after it
+    seen_text = False
+    preheader = 0
+
+    def text_until(stop: int) -> None:
+        nonlocal seen_text, preheader
+        gap = html[position:stop].replace("&nbsp;", " ")
+        if "<" in gap:
+            gap = _STRIP_TAGS.sub(" ", gap)  # a doctype, a comment
+        if hiding and not gap.isspace():
+            chars = len(_NOT_ALNUM.sub("", gap))
+            if not seen_text and preheader + chars <= _PREHEADER_CHARS:
+                preheader += chars
+            else:
+                facts.hidden_chars += chars
+        elif not seen_text and gap.strip():
+            seen_text = True
+
+    for count, start in enumerate(_TAG_START.finditer(html)):
+        if count >= _MAX_HTML_TAGS:
+            break
+        if start.start() < position:
+            continue  # inside the previous tag or a skipped element
+        text_until(start.start())
+        end = html.find(">", start.end())
+        if end < 0:
+            break  # no tag after this one can end either
+        position = end + 1
+        hiding = False
+        if start.group(1):
+            continue
+        name = start.group(2).lower()
+        if name in _SKIPPED_ELEMENTS:
+            close = lowered.find("</" + name, position)
+            position = close if close >= 0 else len(html)
+            continue
+        attrs = {k.lower(): v.strip("\"'") for k, v in _ATTR.findall(html, start.end(), end)}
+        style = attrs.get("style", "")
+        bg = _color(attrs.get("bgcolor")) or _color(m.group(1) if (m := _BG_IN_STYLE.search(style)) else None)
+        if bg:
+            background = bg  # the most recent one: crude, but errs towards "visible"
+        if name == "a" and "href" in attrs:
+            close = html.find("</a", position, position + 2000)
+            label = html[position:close] if close >= 0 else ""
+            facts.links.append((attrs["href"], _STRIP_TAGS.sub(" ", label)))
+        elif name == "img":
+            if not _tiny(attrs.get("width")) and not _tiny(attrs.get("height")):
+                facts.images += 1
+        elif name == "form":
+            facts.form = True
+        elif name == "input" and attrs.get("type", "").lower() == "password":
+            facts.password_field = True
+        color = _color(attrs.get("color")) or _color(
+            m.group(1) if (m := _COLOR_IN_STYLE.search(style)) else None
+        )
+        hiding = bool(_HIDING_STYLE.search(style)) or bool(
+            judge_colours and color and color == background and not bg
+        )
+    else:
+        text_until(min(len(html), position + 5000))  # the text after the last tag
+    return facts
+
+
+def _tiny(size: str | None) -> bool:
+    """A width/height of at most 3 px: tracking pixels and spacers."""
+    if not size:
+        return False
+    digits = size.strip().removesuffix("px")
+    return digits.isdigit() and int(digits) <= 3
+
+
+_CONTENT_TYPE_TEXT_PLAIN = re.compile(rb"content-type:\s*text/plain", re.I)
+_BASE64_TEXT_PART = re.compile(
+    rb"content-type:\s*text/(?:plain|html)[^\n]{0,200}\n(?:[ \t][^\n]{0,200}\n){0,3}"
+    rb"(?:[^\n]{0,200}\n){0,3}?content-transfer-encoding:\s*base64",
+    re.I,
+)
+
+
+def _has_plain_part(message: ParsedMessage, heads: dict[str, list[bytes]]) -> bool:
+    top = b" ".join(heads.get("content-type", [b""])).lower()
+    if not top.strip() or top.lstrip().startswith(b"text/plain"):
+        return True
+    if top.lstrip().startswith(b"text/"):
+        return False
+    return bool(_CONTENT_TYPE_TEXT_PLAIN.search(message.raw, 0, 256 * 1024))
+
+
+def _base64_text(raw: bytes, heads: dict[str, list[bytes]]) -> bool:
+    top = b" ".join(heads.get("content-type", [b"text/plain"])).lower().lstrip()
+    if top.startswith(b"text/") or not top:
+        return b"base64" in b" ".join(heads.get("content-transfer-encoding", [])).lower()
+    return bool(_BASE64_TEXT_PART.search(raw, 0, 256 * 1024))

@@ -1,0 +1,278 @@
+"""The learning store: Bayes, spam signatures, sender reputation, and their persistence."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gatewayd.message import FetchedMessage, ParsedMessage, parse
+from gatewayd.pipeline import learning
+from gatewayd.pipeline.learning import LearningStore, chi2_combine, learn_from_dirs, tokenize
+
+COMMON = ["the", "and", "for", "with", "this", "that", "you", "your", "please", "will", "have", "about"]
+HAM_WORDS = [
+    *("meeting", "agenda", "project", "review", "schedule", "notes", "tomorrow", "team", "quarterly"),
+    *("slides", "budget", "deadline", "draft", "minutes", "roadmap", "sprint", "retrospective"),
+    *("calendar", "conference", "discussion", "proposal", "feedback", "milestone", "release"),
+    *("planning", "thursday", "colleagues", "summary", "document"),
+]
+SPAM_WORDS = [
+    *("pills", "pharmacy", "viagra", "discount", "cheap", "offer", "prescription", "order", "shipping"),
+    *("click", "limited", "guaranteed", "enlargement", "refill", "medication", "generic", "wholesale"),
+    *("bargain", "savings", "miracle", "tablets", "overnight", "lowest", "prices", "satisfaction"),
+    *("exclusive", "bonus"),
+]
+SPAM_LETTER = (
+    "Dear friend, our online pharmacy has the lowest prices on generic medication anywhere. "
+    "Order {n} tablets today and receive free overnight shipping to your door, guaranteed. "
+    "No prescription is required and every order ships in discreet packaging. Visit "
+    "http://pills.example/buy?id={n}&ref=mail to claim your exclusive bonus of {n} extra pills. "
+    "This offer is limited to the first hundred customers so act now before it expires. "
+    "Satisfaction guaranteed or your money back, no questions asked. Our licensed doctors review "
+    "every request within hours, and our support staff answer questions around the clock by phone "
+    "or chat. Thousands of happy customers in {n} countries trust us with their health and privacy. "
+    "We accept all major credit cards, bank transfers and even cryptocurrency for your convenience. "
+    "Compare our prices: brand names cost up to ten times as much at your local drugstore, while our "
+    "generics contain the very same active ingredients. Stock up now and save even more on bulk "
+    "orders of three months or longer. To stop receiving these offers reply with remove in the "
+    "subject line and you will never hear from us again."
+)
+_ids = itertools.count(1)
+
+
+def message(
+    subject: str, body: str, sender: str = "someone@example.com", message_id: str | None = None
+) -> ParsedMessage:
+    message_id = message_id or f"<{next(_ids)}@test.example>"
+    raw = (
+        f"From: Some One <{sender}>\r\nTo: agent@example.org\r\nSubject: {subject}\r\n"
+        f"Message-ID: {message_id}\r\nDate: Thu, 01 Jan 2026 10:00:00 +0000\r\n"
+        "Received: from relay.uniquerelayword.example by mx\r\n\r\n"
+        f"{body}\r\n"
+    ).encode()
+    return parse(FetchedMessage("INBOX", 1, 1, raw, len(raw), (), None))
+
+
+def synthetic(rng: random.Random, words: list[str], sender: str) -> ParsedMessage:
+    body = " ".join(rng.choice(words if rng.random() < 0.6 else COMMON) for _ in range(60))
+    return message(" ".join(rng.sample(words, 3)), body, sender)
+
+
+def corpus(count: int, seed: int) -> tuple[list[ParsedMessage], list[ParsedMessage]]:
+    rng = random.Random(seed)
+    ham = [synthetic(rng, HAM_WORDS, f"colleague{i % 7}@corp.example") for i in range(count)]
+    spam = [synthetic(rng, SPAM_WORDS, f"sales{i}@pharma{i}.example") for i in range(count)]
+    return ham, spam
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[LearningStore]:
+    with LearningStore(tmp_path / "learning.sqlite", min_training=20) as opened:
+        yield opened
+
+
+def test_bayes_scores_only_once_trained_enough(store: LearningStore) -> None:
+    ham, spam = corpus(40, seed=1)
+    for item in ham[:30]:
+        store.train(item, "ham")
+    for item in spam[:19]:
+        store.train(item, "spam")
+    assert store.bayes(spam[30]) is None  # 19 spam: not enough yet
+    store.train(spam[19], "spam")
+    assert store.counts()["spam"] == 20
+    # Messages it never saw, from senders it never saw.
+    rng = random.Random(99)
+    for _ in range(5):
+        p_spam = store.bayes(synthetic(rng, SPAM_WORDS, "new@elsewhere.example"))
+        p_ham = store.bayes(synthetic(rng, HAM_WORDS, "new@elsewhere.example"))
+        assert p_spam is not None and p_spam > 0.99
+        assert p_ham is not None and p_ham < 0.01
+
+
+def test_training_the_same_message_twice_changes_nothing(store: LearningStore) -> None:
+    item = message("Quarterly review", "Agenda for the quarterly review meeting on thursday.")
+    assert store.train(item, "ham") is True
+    before = (store.counts(), store.token_counts("quarterly"))
+    assert store.train(item, "ham") is False
+    # Another copy (parsed again, as from another folder) is the same message.
+    copy = parse(FetchedMessage("Archive", 9, 1, item.raw, len(item.raw), (), None))
+    assert store.train(copy, "ham") is False
+    assert (store.counts(), store.token_counts("quarterly")) == before
+    assert before[1] == (0, 1)
+
+
+def test_relabelling_moves_the_counts(store: LearningStore) -> None:
+    item = message("Cheap pills", "Cheap pills and discount medication here.", sender="Bob@Pharma.example")
+    store.train(item, "ham", mailbox_id="mb1")
+    assert store.token_counts("pills") == (0, 1)
+    assert store.reputation("bob@pharma.example", "mb1")["ham"] == 1
+    assert store.train(item, "spam", mailbox_id="mb1") is True
+    assert store.counts()["spam"] == 1 and store.counts()["ham"] == 0
+    assert store.token_counts("pills") == (1, 0)
+    assert store.token_counts("subject:cheap") == (1, 0)
+    reputation = store.reputation("bob@pharma.example", "mb1")
+    assert (reputation["ham"], reputation["spam"], reputation["mailbox_spam"]) == (0, 1, 1)
+    with pytest.raises(ValueError):
+        store.train(item, "junk")
+
+
+def test_everything_persists_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "learning.sqlite"
+    ham, spam = corpus(25, seed=2)
+    letter = message("Pharmacy", SPAM_LETTER.format(n=1))
+    with LearningStore(path, min_training=20) as first:
+        for h, s in zip(ham, spam, strict=True):
+            first.train(h, "ham", "mb1")
+            first.train(s, "spam", "mb1")
+        first.train(letter, "spam")
+        first.record_sent("mb1", "partner@corp.example")
+        expected = (first.counts(), first.bayes(spam[0]), first.reputation("colleague0@corp.example", "mb1"))
+    with LearningStore(path, min_training=20) as second:
+        found = (second.counts(), second.bayes(spam[0]), second.reputation("colleague0@corp.example", "mb1"))
+        assert found == expected
+        assert expected[0] == {"spam": 26, "ham": 25, "tokens": expected[0]["tokens"], "signatures": 26}
+        assert second.signature_match(message("Pharmacy", SPAM_LETTER.format(n=2))) is not None
+        assert second.reputation("partner@corp.example", "mb1")["sent_to"] is True
+        assert second.train(letter, "spam") is False  # what was trained is remembered too
+
+
+def test_signature_matches_a_near_duplicate_only(store: LearningStore) -> None:
+    store.train(message("Pharmacy", SPAM_LETTER.format(n=100)), "spam")
+    variant = SPAM_LETTER.format(n=7).replace("Dear friend", "Hello John").replace("door", "home")
+    match = store.signature_match(message("Other subject", variant, sender="x@other.example"))
+    assert match is not None and match.startswith("tlsh distance ")
+    assert int(match.split()[2]) <= store.signature_distance
+    rng = random.Random(3)
+    unrelated = " ".join(rng.choice(HAM_WORDS + COMMON) for _ in range(120))
+    assert store.signature_match(message("Notes", unrelated)) is None
+    short = message("Hi", "Click here for pills: http://pills.example")
+    assert store.signature_match(short) is None  # too short to compare
+
+
+def test_a_ham_report_neutralises_matching_signatures(store: LearningStore) -> None:
+    store.train(message("Pharmacy", SPAM_LETTER.format(n=1)), "spam")
+    probe = message("Pharmacy", SPAM_LETTER.format(n=2))
+    assert store.signature_match(probe) is not None
+    # Someone reports a copy of the text as wanted mail (it is their pharmacy's newsletter).
+    store.train(message("Newsletter", SPAM_LETTER.format(n=3)), "ham")
+    assert store.signature_match(probe) is None
+    assert store.counts()["signatures"] == 0
+
+
+def test_reputation_and_sent_to(store: LearningStore) -> None:
+    store.train(message("Lunch", "Lunch on friday?", sender="Alice@Example.com"), "ham", mailbox_id="mb1")
+    store.train(message("Notes", "Meeting notes attached.", sender="alice@example.com"), "ham")
+    store.train(message("Deal", "Cheap pills today.", sender="bob@spam.example"), "spam", mailbox_id="mb2")
+    alice = store.reputation("ALICE@example.com", "mb1")
+    assert alice == {"ham": 2, "spam": 0, "sent_to": False, "mailbox_ham": 1, "mailbox_spam": 0}
+    assert store.reputation("alice@example.com", "mb2")["mailbox_ham"] == 0
+    assert store.reputation("bob@spam.example", None)["spam"] == 1
+    assert store.reputation(None, "mb1") == dict(alice, ham=0, mailbox_ham=0)
+
+    # The corpus's munged owner address is an artefact, not a sender.
+    store.train(message("Feed", "Today's headlines.", sender="rssfeeds@spamassassin.taint.org"), "ham")
+    assert store.reputation("rssfeeds@spamassassin.taint.org", None)["ham"] == 0
+
+    store.record_sent("mb1", "Carol@Example.com")
+    assert store.reputation("carol@example.com", "mb1")["sent_to"] is True
+    assert store.reputation("carol@example.com", "mb2")["sent_to"] is False
+    assert store.reputation("carol@example.com", None)["sent_to"] is True  # some mailbox wrote to her
+
+
+def test_learn_from_dirs(store: LearningStore, tmp_path: Path) -> None:
+    spam_dir, ham_dir = tmp_path / "spam", tmp_path / "ham"
+    spam_dir.mkdir()
+    ham_dir.mkdir()
+    ham, spam = corpus(3, seed=4)
+    for i, item in enumerate(spam):
+        (spam_dir / f"{i}.eml").write_bytes(item.raw)
+    (ham_dir / "0.eml").write_bytes(ham[0].raw)
+    (ham_dir / "no-extension").write_bytes(ham[1].raw)
+    (ham_dir / "empty.eml").write_bytes(b"")
+    (ham_dir / ".hidden").write_bytes(ham[2].raw)
+    (ham_dir / "subdir").mkdir()
+    assert learn_from_dirs(store, [spam_dir], [ham_dir]) == {"spam": 3, "ham": 2, "skipped": 1}
+    assert store.counts()["spam"] == 3 and store.counts()["ham"] == 2
+    assert learn_from_dirs(store, [spam_dir], [ham_dir]) == {"spam": 0, "ham": 0, "skipped": 6}
+    # The spam folder moved to ham: every message moves.
+    assert learn_from_dirs(store, [], [spam_dir]) == {"spam": 0, "ham": 3, "skipped": 0}
+    assert store.counts()["spam"] == 0 and store.counts()["ham"] == 5
+
+
+def test_concurrent_training_keeps_counts_consistent(tmp_path: Path) -> None:
+    path = tmp_path / "learning.sqlite"
+    ham, spam = corpus(40, seed=5)
+    shared = ham[:10]  # every thread trains these: each must count once
+    store = LearningStore(path, min_training=20)
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            for item in shared + spam[worker * 10 : worker * 10 + 10]:
+                store.train(item, "ham" if item in shared else "spam")
+                store.bayes(item)
+                store.signature_match(item)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert store.counts()["ham"] == 10 and store.counts()["spam"] == 40
+    expected = sum("agenda" in tokenize(item) for item in shared)
+    assert store.token_counts("agenda")[1] == expected > 0
+    store.close()
+    with LearningStore(path) as reopened:
+        assert reopened.token_counts("agenda")[1] == expected
+        assert reopened.counts()["spam"] == 40
+
+
+def test_training_by_another_process_is_noticed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(learning, "RELOAD_CHECK_SECONDS", 0.0)
+    path = tmp_path / "learning.sqlite"
+    with LearningStore(path, min_training=20) as daemon, LearningStore(path, min_training=20) as cli:
+        assert daemon.signature_match(message("Pharmacy", SPAM_LETTER.format(n=2))) is None
+        cli.train(message("Pharmacy", SPAM_LETTER.format(n=1)), "spam")
+        assert daemon.signature_match(message("Pharmacy", SPAM_LETTER.format(n=2))) is not None
+        assert daemon.counts()["spam"] == 1
+
+
+def test_tokens_skip_relays_and_corpus_artefacts() -> None:
+    body = (
+        "Write to jm@spamassassin.taint.org or see http://www.shop.example.com/a/b?c=1 for 1,299 "
+        "dollars, $45.00 or $1,500 now. Antidisestablishmentarianismically yours, agent007"
+    )
+    tokens = tokenize(message("Price list", body))
+    assert not [t for t in tokens if "taint" in t or "spamassassin" in t or "uniquerelayword" in t]
+    assert "url:example.com" in tokens and not [t for t in tokens if "/a/b" in t]
+    assert {"num:4", "num:$2", "num:$4", "agent#", "skip:a:30"} <= set(tokens)  # numbers by size
+    assert {"subject:price", "from:example.com"} <= set(tokens)
+    assert len(tokens) == len(set(tokens))
+
+
+def test_chi2_combine() -> None:
+    assert chi2_combine([]) == 0.5
+    assert chi2_combine([0.99] * 20) > 0.99
+    assert chi2_combine([0.01] * 20) < 0.01
+    assert 0.4 < chi2_combine([0.99] * 10 + [0.01] * 10) < 0.6  # conflicting evidence: unsure
+
+
+def test_empty_and_huge_messages(store: LearningStore) -> None:
+    empty = parse(FetchedMessage("INBOX", 1, 1, b"", 0, (), None))
+    assert store.train(empty, "ham") is True
+    assert store.signature_match(empty) is None
+    assert store.reputation(None, None)["ham"] == 0
+    rng = random.Random(6)
+    junk = " ".join("".join(rng.choices("abcdefghijklmnop", k=8)) for _ in range(100_000))
+    huge = message("Huge", junk)
+    assert len(tokenize(huge)) == learning.MAX_TOKENS
+    assert store.train(huge, "spam") is True
+    assert store.signature_match(huge) is not None  # hashed from its first 16 KB

@@ -1,0 +1,434 @@
+"""The spam stage: heuristic signals, sender lists, learning hooks, and untrained quality."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatewayd.config import ImapConfig, MailboxConfig, Secret
+from gatewayd.message import FetchedMessage, ParsedMessage, parse
+from gatewayd.pipeline import StageContext
+from gatewayd.pipeline.spam import SOFT, SOFT_CAP, SYMBOLS, SpamOptions, SpamStage
+
+DATA = Path(__file__).parent / "data" / "spam"
+CORPUS = Path("/work/shared/corpus/spamassassin")
+MAILBOX = "agent@example.com"
+
+
+def parsed(raw: bytes | str) -> ParsedMessage:
+    data = raw.encode() if isinstance(raw, str) else raw
+    return parse(FetchedMessage("INBOX", 1, 1, data, len(data), (), None))
+
+
+def fixture(name: str) -> ParsedMessage:
+    return parsed((DATA / name).read_bytes())
+
+
+def spam_data(
+    message: ParsedMessage, options: SpamOptions | None = None, learning: Any = None
+) -> dict[str, Any]:
+    result = SpamStage(options or SpamOptions(), learning).score(message, MAILBOX)
+    return dict(result.data["spam"])
+
+
+def symbols(data: dict[str, Any]) -> dict[str, float]:
+    return {f["symbol"]: f["score"] for f in data["findings"]}
+
+
+def simple(
+    body: str = "Hello,\n\nsee you at the meeting tomorrow.\n\nAnna\n",
+    *,
+    headers: str = "",
+    from_: str = "Anna Berg <anna@berg.example.net>",
+    subject: str = "Meeting",
+    date: str = "Tue, 14 May 2024 10:00:00 +0200",
+    content_type: str = "text/plain; charset=utf-8",
+) -> str:
+    return (
+        "Received: from mail.berg.example.net (mail.berg.example.net [192.0.2.20])\n"
+        "\tby mx.example.com (Postfix) with ESMTPS id 1A2B3C\n"
+        "\tfor <agent@example.com>; Tue, 14 May 2024 08:00:05 +0000 (UTC)\n"
+        f"From: {from_}\nTo: {MAILBOX}\nSubject: {subject}\nDate: {date}\n"
+        "Message-ID: <20240514080000.1@berg.example.net>\n"
+        f"{headers}MIME-Version: 1.0\nContent-Type: {content_type}\n\n{body}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Legitimate mail, including the commercial kind, stays out of "spam"
+
+
+def test_mailing_list_message_is_ham() -> None:
+    data = spam_data(fixture("mailing_list.eml"))
+    assert data["verdict"] == "ham", data
+    # A list's Reply-To naming the list is its normal shape; the footer's "unsubscribe" is no signal.
+    assert "REPLYTO_DOM_NEQ_FROM_DOM" not in symbols(data)
+    assert "SPAM_PHRASES" not in symbols(data)
+
+
+def test_html_only_newsletter_with_tracking_is_not_spam() -> None:
+    data = spam_data(fixture("newsletter_html_only.eml"))
+    found = symbols(data)
+    assert data["verdict"] != "spam", data
+    assert "HTML_ONLY" in found
+    # The hidden preheader, the 1x1 tracking pixel and links through the mailer's click tracker
+    # are what every newsletter does.
+    assert "HTML_HIDDEN_TEXT" not in found
+    assert "HTML_IMAGE_ONLY" not in found
+    assert "LINK_TEXT_MISMATCH" not in found
+
+
+def test_promotional_phrasing_alone_is_capped_below_spam() -> None:
+    data = spam_data(fixture("promo_hard_ham.eml"))
+    soft = sum(f["score"] for f in data["findings"] if f["symbol"] in SOFT)
+    assert data["verdict"] != "spam", data
+    assert {"URGENCY_PHRASES", "MONEY_PHRASES"} <= set(symbols(data))
+    assert soft <= SOFT_CAP + 0.01  # as_dict rounds each score
+    assert SpamOptions().spam_threshold > SOFT_CAP
+
+
+@pytest.mark.parametrize("name", ["receipt.eml", "security_notice.eml", "koi8r.eml", "old_2002.eml"])
+def test_transactional_and_personal_mail_is_ham(name: str) -> None:
+    data = spam_data(fixture(name))
+    assert data["verdict"] == "ham", data
+
+
+def test_unsubscribe_alone_is_not_spammy() -> None:
+    body = "Weekly digest: 3 new posts.\n\nTo unsubscribe from this list, visit https://news.example.org/u\n"
+    data = spam_data(parsed(simple(body)))
+    assert data["findings"] == [], data
+
+
+# ---------------------------------------------------------------------------------------------
+# Spam
+
+
+def test_phishing_is_spam() -> None:
+    data = spam_data(fixture("phishing.eml"))
+    found = symbols(data)
+    assert data["verdict"] == "spam", data
+    for symbol in ("FROM_NAME_BRAND", "URL_IP_LITERAL", "LINK_TEXT_MISMATCH", "CREDENTIAL_PHRASES"):
+        assert symbol in found, symbol
+    assert "91.215.85.17" in next(f["detail"] for f in data["findings"] if f["symbol"] == "URL_IP_LITERAL")
+
+
+def test_advance_fee_scam_is_spam() -> None:
+    data = spam_data(fixture("scam_419.eml"))
+    found = symbols(data)
+    assert data["verdict"] == "spam", data
+    assert {"SCAM_PHRASES", "FREEMAIL_REPLYTO", "RCPT_UNDISCLOSED"} <= set(found)
+
+
+def test_dangerous_attachments() -> None:
+    data = spam_data(fixture("attachment_exe.eml"))
+    assert {"ATTACH_DANGEROUS", "ATTACH_DOUBLE_EXT"} <= set(symbols(data))
+    assert "inv-20931.pdf.exe" in data["findings"][0]["detail"]
+
+    raw = (DATA / "attachment_exe.eml").read_text().replace("INV-20931.pdf.exe", "setup.exe")
+    found = symbols(spam_data(parsed(raw)))
+    assert "ATTACH_DANGEROUS" in found and "ATTACH_DOUBLE_EXT" not in found
+
+    raw = (DATA / "attachment_exe.eml").read_text().replace("INV-20931.pdf.exe", "report.final.pdf")
+    assert not {"ATTACH_DANGEROUS", "ATTACH_DOUBLE_EXT"} & set(symbols(spam_data(parsed(raw))))
+
+
+def test_html_tricks() -> None:
+    hidden = '<p>Hello there, a real offer for you.</p><font color="#ffffff">' + "lorem ipsum " * 20
+    image_only = '<a href="https://shop.example.net/"><img src="https://x.example/a.jpg"></a>'
+    pixel = '<p>Hi Anna, the minutes are attached.</p><img src="https://t.example/p" width="1" height="1">'
+    form = '<p>Login below</p><form action="https://x.example/"><input type="password" name="p"></form>'
+    shortener = '<p>Read it here: <a href="https://bit.ly/3xYz">https://bit.ly/3xYz</a></p>'
+    userinfo = '<p><a href="http://www.bank.example.com@evil.example.net/login">Sign in</a></p>'
+    cases = {
+        "HTML_HIDDEN_TEXT": hidden,
+        "HTML_IMAGE_ONLY": image_only,
+        "HTML_PASSWORD_FIELD": form,
+        "URL_SHORTENER": shortener,
+        "URL_USERINFO": userinfo,
+    }
+    for symbol, html in cases.items():
+        assert symbol in symbols(spam_data(parsed(simple(html, content_type="text/html")))), symbol
+    assert "HTML_IMAGE_ONLY" not in symbols(spam_data(parsed(simple(pixel, content_type="text/html"))))
+
+
+def test_shouting_and_headers_of_bulk_spam() -> None:
+    body = "MAKE MONEY FAST WITH OUR AMAZING PROGRAM. " * 10 + "\n\n4179uKlj5-057SXua1524UHkC5-900-28\n"
+    raw = simple(
+        body,
+        subject="Get out of debt quick!                        9059Dmel0-270bmbl15",
+        date="Sun, 25 Aug 2002 10:36:36 -1600",
+        headers="X-Priority: 1\n",
+    )
+    found = symbols(spam_data(parsed(raw)))
+    for symbol in ("BODY_SHOUTING", "HASH_BUSTER", "SUBJ_PADDED", "INVALID_DATE", "X_PRIORITY_HIGH"):
+        assert symbol in found, symbol
+
+
+# ---------------------------------------------------------------------------------------------
+# Header anomalies
+
+
+def test_date_compared_with_own_received_headers_never_the_clock() -> None:
+    # A message from 2002 whose Received headers agree with its Date is fine.
+    assert not {"DATE_IN_PAST", "DATE_IN_FUTURE"} & set(symbols(spam_data(fixture("old_2002.eml"))))
+    found = symbols(spam_data(fixture("date_mismatch.eml")))
+    assert "DATE_IN_PAST" in found
+    future = simple(date="Sat, 18 May 2024 10:00:00 +0000")  # Received says 14 May
+    assert "DATE_IN_FUTURE" in symbols(spam_data(parsed(future)))
+    # Ten hours of clock or zone error is tolerated.
+    assert not symbols(spam_data(parsed(simple(date="Tue, 14 May 2024 18:00:00 +0000"))))
+
+
+def test_malformed_and_missing_headers() -> None:
+    raw = simple(date="Sat, 24 Aug 2002 01:10:39 -1900").replace(
+        "Message-ID: <20240514080000.1@berg.example.net>\n", "Message-ID: 12345\n"
+    )
+    found = symbols(spam_data(parsed(raw)))
+    assert {"INVALID_DATE", "INVALID_MSGID"} <= set(found)
+    assert "DATE_IN_PAST" not in found  # an invalid Date is not compared
+    bare = "From: someone@example.net\nSubject: hi\n\nhello\n"
+    assert {"MISSING_DATE", "MISSING_MID", "MISSING_TO"} <= set(symbols(spam_data(parsed(bare))))
+
+
+def test_display_name_impersonation() -> None:
+    rcpt = simple(from_='"Example IT Helpdesk" <it-desk@helpdesk-mail.net>')
+    assert "FROM_NAME_IMPERSONATES_RCPT" in symbols(spam_data(parsed(rcpt)))
+    # The receiving org's own systems, and third parties that merely mention it, are fine.
+    own = simple(from_='"Example IT Helpdesk" <helpdesk@example.com>')
+    vendor = simple(from_='"Example renewal reminder from Acme Insurance" <notices@acme.example.net>')
+    for raw in (own, vendor):
+        assert "FROM_NAME_IMPERSONATES_RCPT" not in symbols(spam_data(parsed(raw)))
+    address = simple(from_='"ceo@example.com" <ceo.office@freemail.example.net>')
+    assert "FROM_NAME_HAS_ADDR" in symbols(spam_data(parsed(address)))
+    brand = simple(from_='"Amazon Seller Tips by Jungle Scout" <news@junglescout.example>')
+    assert "FROM_NAME_BRAND" not in symbols(spam_data(parsed(brand)))
+
+
+def test_non_utf8_charsets_and_8bit_headers() -> None:
+    data = spam_data(fixture("koi8r.eml"))
+    assert not {"HEADER_8BIT", "BAD_ENCODED_WORD"} & set(symbols(data))
+    raw = simple(subject="Gr\xfc\xdfe aus M\xfcnchen").encode("latin-1")  # raw 8-bit, not UTF-8
+    assert "HEADER_8BIT" in symbols(spam_data(parsed(raw)))
+    utf8 = simple(subject="Grüße aus München").encode("utf-8")  # RFC 6532 allows raw UTF-8
+    assert "HEADER_8BIT" not in symbols(spam_data(parsed(utf8)))
+    broken = simple(subject="=?x-unknown?B?!!!?=")
+    assert "BAD_ENCODED_WORD" in symbols(spam_data(parsed(broken)))
+
+
+def test_huge_and_malformed_mime_still_gets_a_verdict() -> None:
+    huge = simple("BUY NOW!!! " * 500_000)
+    nested = "".join(f'Content-Type: multipart/mixed; boundary="b{i}"\n\n--b{i}\n' for i in range(300))
+    malformed = [
+        huge,
+        simple(nested, content_type='multipart/mixed; boundary="b"'),
+        simple("--x\nContent-Type: text/html\n\n<a href='" * 5000, content_type="multipart/alternative"),
+        b"\x00\xff\xfe garbage \r\n\r\n\x80\x81" * 1000,
+        simple("<" * 200_000 + "<a <a <a " * 20_000, content_type="text/html"),
+        b"",
+    ]
+    stage = SpamStage(SpamOptions())
+    for raw in malformed:
+        started = time.perf_counter()
+        data = stage.score(parsed(raw), MAILBOX).data["spam"]
+        assert data["verdict"] in ("ham", "suspect", "spam")
+        assert time.perf_counter() - started < 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Options: lists, weights, thresholds
+
+
+def test_allowlist_honours_the_from_address_only() -> None:
+    phishing = (DATA / "phishing.eml").read_text()
+    for pattern in (
+        "*@account-verify-center.example",
+        "@account-verify-center.example",
+        "SERVICE@Account-Verify-Center.example",
+    ):
+        data = SpamStage(SpamOptions(allow=(pattern,))).score(parsed(phishing), MAILBOX).data
+        assert data["spam"]["verdict"] == "ham", pattern
+        assert "ALLOWLIST" in symbols(data["spam"])
+        assert data["sender_reputation"]["listed"] == "allow"
+    # An allowlisted address in Reply-To must not let anyone in.
+    forged = phishing.replace("X-Priority: 1 (Highest)\n", "Reply-To: boss@partner.example\n")
+    data = SpamStage(SpamOptions(allow=("boss@partner.example",))).score(parsed(forged), MAILBOX).data
+    assert data["spam"]["verdict"] == "spam"
+    assert data["sender_reputation"]["listed"] is None
+
+
+def test_blocklist_on_any_sender_header_and_over_the_allowlist() -> None:
+    receipt = fixture("receipt.eml")
+    data = SpamStage(SpamOptions(block=("*@shop.example.net",))).score(receipt, MAILBOX).data
+    assert data["spam"]["verdict"] == "spam"
+    assert symbols(data["spam"])["BLOCKLIST"] == 100.0
+    assert data["sender_reputation"] == {
+        "address": "orders@shop.example.net",
+        "listed": "block",
+        "ham": 0,
+        "spam": 0,
+        "sent_to": False,
+    }
+    via_return_path = SpamStage(SpamOptions(block=("*@*.shop.example.net",))).score(receipt, MAILBOX)
+    assert via_return_path.data["spam"]["verdict"] == "spam"
+    both = SpamOptions(allow=("orders@shop.example.net",), block=("@shop.example.net",))
+    assert SpamStage(both).score(receipt, MAILBOX).data["spam"]["verdict"] == "spam"
+    other = SpamStage(SpamOptions(block=("*@elsewhere.example",))).score(receipt, MAILBOX)
+    assert other.data["spam"]["verdict"] == "ham"
+
+
+def test_weights_override_symbol_scores() -> None:
+    message = fixture("phishing.eml")
+    base = spam_data(message)
+    assert symbols(base)["URL_IP_LITERAL"] == SYMBOLS["URL_IP_LITERAL"][0]
+    off = spam_data(message, SpamOptions(weights={"URL_IP_LITERAL": 0}))
+    assert "URL_IP_LITERAL" not in symbols(off)
+    assert off["score"] == pytest.approx(base["score"] - SYMBOLS["URL_IP_LITERAL"][0])
+    heavier = spam_data(message, SpamOptions(weights={"FROM_NAME_BRAND": 9.0}))
+    assert symbols(heavier)["FROM_NAME_BRAND"] == 9.0
+    assert heavier["score"] == pytest.approx(base["score"] + 9.0 - SYMBOLS["FROM_NAME_BRAND"][0])
+
+
+def test_thresholds_decide_the_verdict() -> None:
+    message = fixture("phishing.eml")
+    score = spam_data(message)["score"]
+    assert spam_data(message, SpamOptions(spam_threshold=score + 1))["verdict"] == "suspect"
+    higher = SpamOptions(suspect_threshold=score + 1, spam_threshold=score + 2)
+    assert spam_data(message, higher)["verdict"] == "ham"
+    receipt = fixture("receipt.eml")
+    assert spam_data(receipt, SpamOptions(suspect_threshold=0.5))["verdict"] == "suspect"
+    data = spam_data(receipt, SpamOptions(suspect_threshold=3, spam_threshold=7))
+    assert data["thresholds"] == {"suspect": 3, "spam": 7}
+
+
+def test_event_data_shape() -> None:
+    result = SpamStage(SpamOptions()).score(fixture("scam_419.eml"), MAILBOX)
+    spam = result.data["spam"]
+    assert set(result.data) == set(SpamStage.provides)
+    assert set(spam) == {"verdict", "score", "findings", "thresholds"}
+    scores = [abs(f["score"]) for f in spam["findings"]]
+    assert scores == sorted(scores, reverse=True)
+    assert spam["score"] == round(sum(f.score for f in result.findings), 2)
+    assert all(set(f) == {"symbol", "score", "detail"} for f in spam["findings"])
+    assert result.data["sender_reputation"] == {
+        "address": "barrister.james.okon@freemail.example",
+        "listed": None,
+        "ham": 0,
+        "spam": 0,
+        "sent_to": False,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning hooks and the async entry point
+
+
+class FakeLearning:
+    def __init__(self, p: float | None, signature: str | None, reputation: dict[str, Any]) -> None:
+        self.p, self.signature, self.rep = p, signature, reputation
+        self.asked: list[tuple[str | None, str | None]] = []
+
+    def bayes(self, message: ParsedMessage) -> float | None:
+        return self.p
+
+    def signature_match(self, message: ParsedMessage) -> str | None:
+        return self.signature
+
+    def reputation(self, address: str | None, mailbox_id: str | None) -> dict[str, Any]:
+        self.asked.append((address, mailbox_id))
+        return self.rep
+
+
+def test_learning_adds_bayes_signature_and_reputation() -> None:
+    spammy = FakeLearning(0.995, "tlsh distance 31 to report 17", {"ham": 0, "spam": 7, "sent_to": False})
+    result = SpamStage(SpamOptions(), spammy).score(fixture("receipt.eml"), MAILBOX, "support")
+    found = symbols(result.data["spam"])
+    assert found["BAYES_SPAM"] == 6.0 and found["FUZZY_SIGNATURE"] == 8.0 and found["REPUTATION_SPAM"] == 4.0
+    assert result.data["spam"]["verdict"] == "spam"
+    assert result.data["sender_reputation"]["spam"] == 7
+    assert spammy.asked == [("orders@shop.example.net", "support")]
+
+    hammy = FakeLearning(0.05, None, {"ham": 12, "spam": 0, "sent_to": True})
+    result = SpamStage(SpamOptions(), hammy).score(fixture("promo_hard_ham.eml"), MAILBOX, "support")
+    found = symbols(result.data["spam"])
+    assert found["BAYES_HAM"] == -1.5
+    assert found["REPUTATION_SENT_TO"] == -6.0 and found["REPUTATION_HAM"] == -3.0
+    assert "FUZZY_SIGNATURE" not in found
+    assert result.data["spam"]["verdict"] == "ham"
+    assert result.data["sender_reputation"]["sent_to"] is True
+
+    untrained = FakeLearning(None, None, {"ham": 0, "spam": 0, "sent_to": False})
+    baseline = spam_data(fixture("receipt.eml"))
+    assert spam_data(fixture("receipt.eml"), learning=untrained) == baseline
+
+
+def test_a_failing_learning_store_costs_only_its_findings() -> None:
+    class Broken(FakeLearning):
+        def bayes(self, message: ParsedMessage) -> float | None:
+            raise RuntimeError("database is locked")
+
+    broken = Broken(None, None, {})
+    assert spam_data(fixture("phishing.eml"), learning=broken) == spam_data(fixture("phishing.eml"))
+
+
+def mailbox(username: str) -> MailboxConfig:
+    imap = ImapConfig(
+        host="imap.example.com",
+        port=993,
+        tls="implicit",
+        username=username,
+        password=Secret("x"),
+        folders=("INBOX",),
+        allow_insecure=False,
+        verify_cert=True,
+        ca_file=None,
+        idle_renew_seconds=1500,
+        read_timeout_seconds=60,
+        poll_interval_seconds=60,
+        connect_timeout_seconds=10,
+    )
+    return MailboxConfig(
+        id="support",
+        agent_id="agent",
+        watch="always",
+        imap=imap,
+        backfill=0,
+        fetch_max_bytes=262144,
+        on_demand_linger_seconds=30,
+    )
+
+
+def test_check_takes_the_receiving_address_from_the_mailbox() -> None:
+    message = parsed(simple(from_='"Example IT Helpdesk" <it-desk@helpdesk-mail.net>'))
+    stage = SpamStage(SpamOptions())
+
+    def run(context: StageContext) -> dict[str, float]:
+        return symbols(asyncio.run(stage.check(message, context)).data["spam"])
+
+    assert "FROM_NAME_IMPERSONATES_RCPT" in run(StageContext(mailbox("agent@example.com"), {}))
+    assert "FROM_NAME_IMPERSONATES_RCPT" not in run(StageContext(mailbox("agent"), {}))
+    assert "FROM_NAME_IMPERSONATES_RCPT" not in run(StageContext(None, {}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Untrained quality on real mail
+
+
+@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"labelled corpus not found at {CORPUS}")
+def test_untrained_precision_and_recall_on_the_corpus() -> None:
+    stage = SpamStage(SpamOptions())
+    counts = {"tp": 0, "fp": 0, "fn": 0}
+    for label in ("ham", "spam"):
+        for path in sorted((CORPUS / label).glob("*.eml")):
+            verdict = stage.score(parsed(path.read_bytes()), None).data["spam"]["verdict"]
+            if verdict == "spam":
+                counts["tp" if label == "spam" else "fp"] += 1
+            elif label == "spam":
+                counts["fn"] += 1
+    precision = counts["tp"] / max(counts["tp"] + counts["fp"], 1)
+    recall = counts["tp"] / max(counts["tp"] + counts["fn"], 1)
+    assert precision >= 0.98, counts
+    assert recall >= 0.30, counts
