@@ -50,7 +50,11 @@ def setup_logging(level: str, secrets: Sequence[str] = ()) -> None:
 
 def _load(path: str) -> Config | None:
     try:
-        return load_config(path)
+        config = load_config(path)
+        from gatewayd.pipeline.build import check_weights
+
+        check_weights(config)
+        return config
     except ConfigError as exc:
         print(f"{path}: invalid configuration:", file=sys.stderr)
         for error in exc.errors:

@@ -95,3 +95,20 @@ async def test_malformed_mail_still_goes_through() -> None:
     outcome = await Pipeline([StageSpec(Recorder("spam"))]).run(parsed(b"\xff\xfe garbage \x00 no headers"))
     assert outcome.data["spam"] == {"ok": True}
     assert outcome.data["subject"] is None
+
+
+def test_a_misspelt_weight_symbol_is_a_config_error() -> None:
+    from gatewayd.config import ConfigError, parse_config
+    from gatewayd.pipeline.build import check_weights
+
+    config = parse_config(
+        {"pipeline": {"spam": {"weights": {"URL_IP_LITERALL": 2}}}, "agents": [{"id": "a"}]}, env={}
+    )
+    with pytest.raises(ConfigError) as caught:
+        check_weights(config)
+    assert caught.value.errors == [
+        'pipeline.spam.weights.URL_IP_LITERALL: unknown symbol (did you mean "URL_IP_LITERAL"?)'
+    ]
+    check_weights(
+        parse_config({"pipeline": {"auth": {"weights": {"SPF_TEMPERROR": 1}}}, "agents": [{"id": "a"}]})
+    )

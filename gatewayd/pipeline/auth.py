@@ -72,6 +72,11 @@ _RESULTS = {
     "dkim": frozenset({"pass", "fail", "neutral", "none", "temperror", "permerror", "policy"}),
     "dmarc": frozenset({"pass", "fail", "none", "temperror", "permerror"}),
 }
+# Every symbol this stage can report, for validating `weights` in the config.
+SYMBOLS = frozenset(
+    {f"{method.upper()}_{result.upper()}" for method, results in _RESULTS.items() for result in results}
+    | {"NOT_ALIGNED", "AUTH_RESULTS_UNTRUSTED", "AUTH_RESULTS_UNPARSABLE"}
+)
 # Older or vendor spellings; Gmail's and Microsoft's `bestguesspass` means no DMARC record was found.
 _ALIASES = {
     "hardfail": "fail",

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from gatewayd.config import Config, PipelineConfig, StageConfig
+import difflib
+from collections.abc import Collection
+
+from gatewayd.config import Config, ConfigError, PipelineConfig, StageConfig
 from gatewayd.pipeline import Pipeline, Stage, StageSpec
+from gatewayd.pipeline.auth import SYMBOLS as AUTH_SYMBOLS
 from gatewayd.pipeline.auth import AuthOptions, AuthStage
+from gatewayd.pipeline.injection import SYMBOLS as INJECTION_SYMBOLS
 from gatewayd.pipeline.injection import InjectionOptions, InjectionStage
 from gatewayd.pipeline.learning import LearningStore
+from gatewayd.pipeline.spam import SYMBOLS as SPAM_SYMBOLS
 from gatewayd.pipeline.spam import SpamOptions, SpamStage
 
 
@@ -52,8 +58,32 @@ def _stage(config: Config, stage: StageConfig, learning: LearningStore | None) -
     raise ValueError(f"unknown stage {stage.name!r}")
 
 
+def _known_symbols(stage: str) -> Collection[str]:
+    if stage == "spam":
+        return SPAM_SYMBOLS
+    if stage == "injection":
+        return INJECTION_SYMBOLS
+    return AUTH_SYMBOLS
+
+
+def check_weights(config: Config) -> None:
+    """A misspelt symbol in `weights` would silently do nothing: refuse it, naming the key."""
+    assert config.pipeline is not None
+    errors = []
+    for stage in config.pipeline.stages:
+        known = _known_symbols(stage.name)
+        for symbol in stage.options.get("weights", {}):
+            if symbol not in known:
+                close = difflib.get_close_matches(symbol, known, n=1)
+                hint = f' (did you mean "{close[0]}"?)' if close else ""
+                errors.append(f"pipeline.{stage.name}.weights.{symbol}: unknown symbol{hint}")
+    if errors:
+        raise ConfigError(errors)
+
+
 def build_pipeline(config: Config, learning: LearningStore | None) -> Pipeline:
     assert config.pipeline is not None
+    check_weights(config)
     return Pipeline(
         [
             StageSpec(_stage(config, stage, learning), stage.timeout_seconds, stage.on_error)
