@@ -19,10 +19,11 @@ _users = itertools.count(1)
 
 
 @pytest.fixture(scope="session")
-def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
+def dovecot() -> Iterator[Dovecot]:
     # Never skip: the tests exist to run against a real server (scripts/setup installs it).
     try:
-        server = Dovecot.create(tmp_path_factory.mktemp("dovecot"))
+        # Its own temp dir, not under pytest's 0700 basetemp: Dovecot's helpers run as another user.
+        server = Dovecot.create()
         server.start()
     except SandboxUnavailable as exc:
         pytest.fail(f"the real Dovecot these tests need is unavailable: {exc}", pytrace=False)

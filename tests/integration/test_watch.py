@@ -182,10 +182,10 @@ async def test_auth_failure_is_reported_and_retried_slowly(
 
 
 @pytest.fixture(scope="module")
-def tls_dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Dovecot, trustme.CA]]:
+def tls_dovecot() -> Iterator[tuple[Dovecot, trustme.CA]]:
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
-    server = Dovecot.create(tmp_path_factory.mktemp("dovecot-tls"))
+    server = Dovecot.create()
     server.enable_tls(b"".join(pem.bytes() for pem in cert.cert_chain_pems), cert.private_key_pem.bytes())
     server.start()
     yield server, ca
@@ -224,7 +224,7 @@ async def test_untrusted_certificate_is_refused(
 
 
 async def test_server_without_idle_is_polled(tmp_path: Path, start_gateway: Any) -> None:
-    server = Dovecot.create(tmp_path / "dovecot-noidle", extra_config="imap_capability = IMAP4rev1 UIDPLUS\n")
+    server = Dovecot.create(extra_config="imap_capability = IMAP4rev1 UIDPLUS\n")
     server.start()
     try:
         config = gateway_config(tmp_path, server, ["poller"], imap={"poll_interval_seconds": 0.3})
