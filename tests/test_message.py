@@ -740,7 +740,7 @@ def test_malformed_input(raw: bytes, check: Check) -> None:
     started = time.perf_counter()
     data = parse(raw)
     # Generous (each takes a few ms): catches quadratic blow-ups, which took seconds to minutes.
-    assert time.perf_counter() - started < 0.5
+    assert time.perf_counter() - started < 5.0
     assert check(data), data
 
 
