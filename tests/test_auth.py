@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import random
 import threading
@@ -11,6 +12,8 @@ from typing import Any, cast
 
 import dkim
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gatewayd.config import MailboxConfig
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
@@ -474,6 +477,30 @@ def test_raw_header_scan_finds_folded_headers_and_skips_arc_and_body() -> None:
     assert auth(result)["spf"]["result"] == "pass" and result.findings[0].symbol == "SPF_PASS"
 
 
+# ---------------------------------------------------------------------------------------------
+# Local DKIM verification (no network: the key comes from an injected lookup)
+
+
+class Keys:
+    def __init__(self) -> None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        self.private = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        public = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+        self.lookups: list[bytes] = []
+
+    def dnsfunc(self, name: bytes, timeout: float = 5.0) -> bytes | None:
+        self.lookups.append(name)
+        return self.record if name == b"sel1._domainkey.example.com." else None
+
+
+@pytest.fixture(scope="module")
 def keys() -> Keys:
     return Keys()
 
