@@ -16,12 +16,15 @@ from aiohttp import web
 
 from gatewayd.api.app import create_app
 from gatewayd.api.context import Gateway
+from gatewayd.api.guard import guard_tokens
 from gatewayd.bus import Bus
 from gatewayd.config import Config
 from gatewayd.imap.pool import WatcherPool
 from gatewayd.pipeline import Pipeline
 from gatewayd.pipeline.build import build_pipeline, open_learning
+from gatewayd.rules.service import RulesService
 from gatewayd.store.sqlite import SqliteEventStore
+from gatewayd.store.tokens import SqliteTokenStore
 from gatewayd.systemd import notify
 
 log = logging.getLogger(__name__)
@@ -31,18 +34,26 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store = SqliteEventStore(Path(config.store.path))
+        # Run-time tokens live in the event log's file, where `gatewayd token` finds them.
+        self.tokens = SqliteTokenStore(Path(config.store.path))
         self.bus = Bus()
         self.learning = open_learning(config.pipeline) if config.pipeline else None
         pipeline = build_pipeline(config, self.learning) if config.pipeline else Pipeline()
-        self.pool = WatcherPool(config, self.store, pipeline.process, self.bus.publish)
-        self.gateway = Gateway(config, self.store, self.bus, self.pool, self.learning)
+        # The user's rules: the pipeline's last stage, acting on the server (ConfigError when bad).
+        self.rules = RulesService(config, self.store, self.bus.publish, self.learning)
+        pipeline = self.rules.extend(pipeline)
+        self.pool = WatcherPool(config, self.store, pipeline, self.bus.publish)
+        self.gateway = Gateway(config, self.store, self.bus, self.pool, self.learning, tokens=self.tokens)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._pruner: asyncio.Task[None] | None = None
+        self._guard: asyncio.Task[None] | None = None
         self.port: int | None = None
 
     async def start(self) -> None:
         await self.store.open()
+        await self.tokens.open()
+        await self.rules.open()
         self._runner = web.AppRunner(
             create_app(self.gateway),
             access_log=None,
@@ -57,8 +68,10 @@ class Daemon:
         await self._site.start()
         sockets = self._runner.addresses
         self.port = sockets[0][1] if sockets else server.port
+        self.rules.start()
         self.pool.start()
         self._pruner = asyncio.create_task(self._prune_forever(), name="prune")
+        self._guard = asyncio.create_task(guard_tokens(self.gateway), name="token-guard")
         log.info("listening on %s:%s", server.host, self.port)
         notify("READY=1\nSTATUS=listening")
 
@@ -67,8 +80,9 @@ class Daemon:
         gateway = self.gateway
         if self._site is not None:
             await self._site.stop()  # no new connections; existing ones stay
-        if self._pruner is not None:
-            self._pruner.cancel()
+        for task in (self._pruner, self._guard):
+            if task is not None:
+                task.cancel()
         gateway.closing_event.set()
         # Every open stream now writes its closing event; give clients the grace period to go.
         grace = self.config.server.shutdown_grace_seconds
@@ -78,6 +92,8 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.pool.close()
+        await self.rules.close()
+        await self.tokens.close()
         await self.store.close()
         if self.learning is not None:
             self.learning.close()
@@ -103,12 +119,14 @@ async def serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # kill -HUP (systemctl reload): the rules are read again; no connection is touched.
+    loop.add_signal_handler(signal.SIGHUP, daemon.rules.reload)
     await daemon.start()
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
         await daemon.stop()

@@ -1,4 +1,4 @@
-"""The `gatewayd` command: run, check-config, check-message, learn, token new, demo."""
+"""The `gatewayd` command: run, check-config, check-message, learn, token new|create|list|revoke, demo."""
 
 from __future__ import annotations
 
@@ -6,20 +6,33 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gatewayd.config import Config, ConfigError, hash_token, load_config, new_token, parse_config
+from gatewayd.cli_tokens import add_token_commands
+from gatewayd.config import (
+    Config,
+    ConfigError,
+    MailboxConfig,
+    hash_token,
+    load_config,
+    new_token,
+    parse_config,
+)
 from gatewayd.message import FetchedMessage, parse
 from gatewayd.pipeline import Pipeline
 
 EXIT_CONFIG = 2
+# A token given in a URL (server.allow_query_token): nothing logs URLs, and this makes sure.
+_QUERY_TOKEN = re.compile(r"(access_token=)[^&\s\"'#]*", re.IGNORECASE)
 
 
 class _RedactSecrets(logging.Filter):
-    """Defence in depth: no configured password can reach a log line, whatever logged it."""
+    """Defence in depth: no configured password, and no token given in a URL, can reach a log line,
+    whatever logged it."""
 
     def __init__(self, secrets: Sequence[str]) -> None:
         super().__init__()
@@ -28,7 +41,7 @@ class _RedactSecrets(logging.Filter):
     def _redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        return text
+        return _QUERY_TOKEN.sub(r"\1***", text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg, record.args = self._redact(record.getMessage()), None
@@ -52,8 +65,10 @@ def _load(path: str) -> Config | None:
     try:
         config = load_config(path)
         from gatewayd.pipeline.build import check_weights
+        from gatewayd.rules.load import load_rules
 
         check_weights(config)
+        load_rules(config)  # the rules and rules files, with errors naming the rule and key
         return config
     except ConfigError as exc:
         print(f"{path}: invalid configuration:", file=sys.stderr)
@@ -111,16 +126,23 @@ def cmd_check_message(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     setup_logging("warning")
     from gatewayd.pipeline.build import build_pipeline, open_learning
+    from gatewayd.rules.dry_run import with_rules
 
     learning = open_learning(config.pipeline) if args.config and config.pipeline else None
     try:
-        return asyncio.run(_check_messages(build_pipeline(config, learning), args.paths, args.json))
+        pipeline, mailbox = with_rules(config, build_pipeline(config, learning), args.mailbox)
+        return asyncio.run(_check_messages(pipeline, args.paths, args.json, mailbox))
+    except ConfigError as exc:
+        print("\n".join(exc.errors), file=sys.stderr)
+        return EXIT_CONFIG
     finally:
         if learning is not None:
             learning.close()
 
 
-async def _check_messages(pipeline: Pipeline, paths: Sequence[str], as_json: bool) -> int:
+async def _check_messages(
+    pipeline: Pipeline, paths: Sequence[str], as_json: bool, mailbox: MailboxConfig | None = None
+) -> int:
     status = 0
     for path in _message_files(paths):
         try:
@@ -129,12 +151,15 @@ async def _check_messages(pipeline: Pipeline, paths: Sequence[str], as_json: boo
             print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
             status = 1
             continue
-        outcome = await pipeline.run(parse(_as_fetched(raw)))
+        outcome = await pipeline.run(parse(_as_fetched(raw)), mailbox)
         if as_json:
             line = {"file": str(path), "type": outcome.type, "data": outcome.data}
+            if outcome.drop:
+                line["dropped"] = True  # a rule's drop_event: no event would be published
             print(json.dumps(line, ensure_ascii=False))
         else:
-            print(_explain(path, outcome.type, outcome.data))
+            shown = outcome.type + (" (dropped by drop_event)" if outcome.drop else "")
+            print(_explain(path, shown, outcome.data))
     return status
 
 
@@ -158,6 +183,9 @@ def _explain(path: Path, event_type: str, data: dict[str, Any]) -> str:
         lines += [_finding(f) for f in injection.get("findings", [])]
     for error in data.get("pipeline_errors", []):
         lines.append(f"  error in {error['stage']}: {error['error']} {error['detail']}")
+    from gatewayd.rules.dry_run import explain
+
+    lines += explain(data)
     timings = ", ".join(f"{name} {ms:.2f} ms" for name, ms in data.get("pipeline_ms", {}).items())
     lines.append(f"  time: {timings}")
     return "\n".join(lines)
@@ -212,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     token_commands = token.add_subparsers(dest="token_command", required=True)
     token_new = token_commands.add_parser("new", help="print a fresh token and its sha256 config line")
     token_new.set_defaults(func=cmd_token_new)
+    add_token_commands(token_commands)
 
     check_message = commands.add_parser(
         "check-message", help="run the pipeline offline on .eml files and show verdicts and findings"
@@ -221,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check_message.add_argument("-c", "--config", help="configuration (pipeline settings and learning store)")
     check_message.add_argument("--json", action="store_true", help="one JSON line per message")
+    check_message.add_argument(
+        "--mailbox", help="apply this mailbox's rules too (default: the global rules only); nothing is done"
+    )
     check_message.set_defaults(func=cmd_check_message)
 
     learn = commands.add_parser("learn", help="train the spam stage on folders of labelled messages")
@@ -233,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     learn.set_defaults(func=cmd_learn)
 
+    commands.add_parser(
+        "bench", help="run the benchmarks against a sandbox Dovecot (gatewayd bench --help)", add_help=False
+    )
+
     demo = commands.add_parser("demo", help="try gatewayd against a throwaway Dovecot")
     demo.add_argument("--port", type=int, default=8025, help="HTTP port (default 8025)")
     demo.add_argument(
@@ -244,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        # The benchmarks parse their own options (scenarios, --quick, --json, ...).
+        from gatewayd.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

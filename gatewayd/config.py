@@ -20,6 +20,7 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -29,6 +30,8 @@ TLS_IMPLICIT = "implicit"
 TLS_STARTTLS = "starttls"
 TLS_NONE = "none"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# Agents that name no tenant (and whose ancestors name none) all share this one.
+DEFAULT_TENANT = "default"
 DEFAULT_STORE_PATH = "/var/lib/gatewayd/events.db"
 # RFC 2177: a server may drop an IDLE after 30 minutes, so it must be renewed before that.
 MAX_IDLE_RENEW_SECONDS = 1740
@@ -70,6 +73,34 @@ class ImapConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SmtpConfig:
+    """Where a mailbox's auto-replies and forwards are sent (gatewayd.send.smtp)."""
+
+    host: str
+    port: int
+    tls: str
+    # None: the server is used without AUTH (a local relay).
+    username: str | None
+    password: Secret | None
+    allow_insecure: bool
+    verify_cert: bool
+    ca_file: Path | None
+    timeout_seconds: float
+    retry_attempts: int
+    retry_initial_seconds: float
+    retry_max_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class RulesConfig:
+    """Rules as written (`rules:` and `rules_file:`); gatewayd.rules.load checks and compiles them, so
+    this module stays free of the rules engine. `inline` is the raw YAML list."""
+
+    inline: tuple[Any, ...] = ()
+    file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MailboxConfig:
     id: str
     agent_id: str
@@ -80,6 +111,11 @@ class MailboxConfig:
     on_demand_linger_seconds: float
     # Authentication-Results authserv-ids trusted for this mailbox; None: pipeline.auth's list.
     trusted_authserv_ids: tuple[str, ...] | None = None
+    # The mailbox's own address: the From of its auto-replies and forwards (default: the IMAP
+    # username when it is an address).
+    address: str | None = None
+    smtp: SmtpConfig | None = None
+    rules: RulesConfig = field(default=RulesConfig(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +123,10 @@ class AgentConfig:
     id: str
     token_sha256: tuple[str, ...]
     mailboxes: tuple[MailboxConfig, ...]
+    # The agent whose fleet this one belongs to: the parent's tokens reach this agent's events.
+    parent: str | None = None
+    # Never crossed by any token; a sub-agent always has its parent's tenant.
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +137,11 @@ class ServerConfig:
     subscriber_queue_size: int
     retry_ms: int
     max_ping_seconds: float
+    allow_query_token: bool = False
+    # None: no limit.
+    max_streams_per_token: int | None = 100
+    # How often open streams of run-time tokens are checked against revocation and expiry.
+    token_check_seconds: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +186,8 @@ class Config:
     log_level: str
     source: Path | None
     pipeline: PipelineConfig | None = None
+    # Rules for every mailbox (each mailbox's own rules run after these).
+    rules: RulesConfig = field(default=RulesConfig(), compare=False)
 
     def mailboxes(self) -> list[MailboxConfig]:
         """Every mailbox of every agent, in file order."""
@@ -152,6 +199,22 @@ class Config:
             if agent.id == agent_id:
                 return agent
         raise KeyError(agent_id)
+
+    def subtree(self, agent_id: str) -> tuple[str, ...]:
+        """This agent and all its descendants (any depth), in file order; () for an unknown agent."""
+        children: dict[str, list[str]] = {}
+        for agent in self.agents:
+            if agent.parent is not None:
+                children.setdefault(agent.parent, []).append(agent.id)
+        if not any(agent.id == agent_id for agent in self.agents):
+            return ()
+        reached, todo = {agent_id}, [agent_id]
+        while todo:
+            for child in children.get(todo.pop(), ()):
+                if child not in reached:  # cycles are refused at load; stay safe anyway
+                    reached.add(child)
+                    todo.append(child)
+        return tuple(agent.id for agent in self.agents if agent.id in reached)
 
     def agent_for_token_hash(self, token_hash: str) -> AgentConfig | None:
         """The agent owning this SHA-256 hex digest. Compares against every hash, in constant time."""
@@ -258,12 +321,14 @@ def _choice(*options: str, fold_case: bool = False) -> Check:
 
 
 _ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_ADDRESS = re.compile(r"[^@\s<>]+@[^@\s<>]+")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _LISTEN = re.compile(r"(?:\[(?P<v6>[^\]\s]+)\]|(?P<host>[^:\[\]\s]+)):(?P<port>[0-9]{1,5})")
 
 _positive = _number(0, above=True)
 _boolean = _check(lambda v: isinstance(v, bool), "true or false")
 _string = _check(lambda v: isinstance(v, str) and v != "", "a non-empty string")
+_address = _check(lambda v: isinstance(v, str) and _ADDRESS.fullmatch(v), "an address like name@example.com")
 _ident = _check(lambda v: isinstance(v, str) and _ID.fullmatch(v), "1-64 characters from A-Z a-z 0-9 . _ -")
 
 
@@ -331,6 +396,8 @@ _TOP = {
     "store": _Key(None, {}),
     "logging": _Key(None, {}),
     "pipeline": _Key(None, {}),
+    "rules": _Key(None, []),
+    "rules_file": _Key(_nullable(_string), None),
     "agents": _Key(),
 }
 _SERVER = {
@@ -339,6 +406,9 @@ _SERVER = {
     "subscriber_queue_size": _Key(_integer(1), 1000),
     "retry_ms": _Key(_integer(0), 3000),
     "max_ping_seconds": _Key(_number(1), 300.0),
+    "allow_query_token": _Key(_boolean, False),
+    "max_streams_per_token": _Key(_nullable(_integer(1)), 100),
+    "token_check_seconds": _Key(_positive, 2.0),
 }
 _STORE = {
     "path": _Key(_string, DEFAULT_STORE_PATH),
@@ -350,6 +420,8 @@ _LOGGING = {"level": _Key(_choice(*LOG_LEVELS, fold_case=True), "info")}
 _AGENT = {
     "id": _Key(_ident),
     "token_sha256": _Key(_list_of(_hex_digest, single_ok=True), ()),
+    "parent": _Key(_nullable(_ident), None),
+    "tenant": _Key(_nullable(_ident), None),  # None: the parent's tenant, or DEFAULT_TENANT
     "mailboxes": _Key(None, []),
 }
 _MAILBOX = {
@@ -359,7 +431,11 @@ _MAILBOX = {
     "backfill": _Key(_integer(0), 0),
     "fetch_max_bytes": _Key(_integer(1), 262144),
     "trusted_authserv_ids": _Key(_nullable(_list_of(_string, single_ok=True)), None),
+    "address": _Key(_nullable(_address), None),
+    "rules": _Key(None, []),
+    "rules_file": _Key(_nullable(_string), None),
     "imap": _Key(),
+    "smtp": _Key(None, None),
 }
 STAGE_NAMES = ("spam", "auth", "injection")
 ON_ERROR = ("continue", "suspect", "skip_rest")
@@ -393,6 +469,8 @@ _STAGES = {
         weights=_Key(_weights, {}),
         allow=_Key(_list_of(_string), ()),
         block=_Key(_list_of(_string), ()),
+        rspamd=_Key(None, None),  # null: off; a mapping: see _RSPAMD
+        spamd=_Key(None, None),  # null: off; a mapping: see _SPAMD
     ),
     "auth": _stage_keys(
         250,
@@ -402,6 +480,41 @@ _STAGES = {
         dns_timeout_seconds=_Key(_positive, 2.0),
     ),
     "injection": _stage_keys(250, weights=_Key(_weights, {}), excerpt_chars=_Key(_integer(0, 10000), 500)),
+}
+
+
+def _http_url(value: Any) -> str:
+    """A server's http(s) URL: scheme, host, optional port and path; no credentials, query or fragment."""
+    want = 'an http:// or https:// URL such as "http://127.0.0.1:11333"'
+    if not isinstance(value, str):
+        raise _fail(f"expected {want}, got {_describe(value)}")
+    parts = urlsplit(value)
+    if "@" in parts.netloc:  # not echoed: it may hold a password
+        raise _fail("credentials in the URL are not supported; use `password`")
+    try:
+        port_ok = parts.port != 0
+    except ValueError:  # not a number, or out of range
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise _fail(f"expected {want}, got {_describe(value)}")
+    if parts.query or parts.fragment:
+        raise _fail(f"expected {want}, without a query or fragment, got {_describe(value)}")
+    return value
+
+
+# The spam stage's optional external scorers (gatewayd/pipeline/external.py).
+_EXTERNAL_TIMEOUT_MS = 150
+_RSPAMD = {
+    "url": _Key(_http_url, "http://127.0.0.1:11333"),
+    "timeout_ms": _Key(_integer(1, 60000), _EXTERNAL_TIMEOUT_MS),
+    "weight": _Key(_number(-1000, 1000), 1.0),
+    "password": _Key(_nullable(_secret), None),
+}
+_SPAMD = {
+    "host": _Key(_string, "127.0.0.1"),
+    "port": _Key(_integer(1, 65535), 783),
+    "timeout_ms": _Key(_integer(1, 60000), _EXTERNAL_TIMEOUT_MS),
+    "weight": _Key(_number(-1000, 1000), 1.0),
 }
 _LEARNING = {
     "path": _Key(_nullable(_string), None),  # None: learning.db beside the event store
@@ -425,6 +538,22 @@ _IMAP = {
     "read_timeout_seconds": _Key(_positive, 60.0),
     "poll_interval_seconds": _Key(_positive, 60.0),
     "connect_timeout_seconds": _Key(_positive, 15.0),
+}
+_SMTP = {
+    "host": _Key(_string),
+    "port": _Key(_integer(1, 65535), None),  # None: 465 with implicit TLS, 587 with starttls, else 25
+    "tls": _Key(_choice(TLS_IMPLICIT, TLS_STARTTLS, TLS_NONE), TLS_IMPLICIT),
+    "allow_insecure": _Key(_boolean, False),
+    "verify_cert": _Key(_boolean, True),
+    "ca_file": _Key(_nullable(_string), None),
+    "username": _Key(_nullable(_string), None),
+    "password": _Key(_secret, None),
+    "password_file": _Key(_string, None),
+    "password_env": _Key(_string, None),
+    "timeout_seconds": _Key(_positive, 15.0),
+    "retry_attempts": _Key(_integer(1, 100), 6),
+    "retry_initial_seconds": _Key(_positive, 60.0),
+    "retry_max_seconds": _Key(_positive, 3600.0),
 }
 
 
@@ -542,6 +671,40 @@ def _imap(data: Any, path: str, ctx: _Context) -> ImapConfig | None:
     return _build(ImapConfig, v, port=port, password=password, ca_file=ca_file)
 
 
+def _smtp(data: Any, path: str, ctx: _Context) -> SmtpConfig | None:
+    """Like `imap:`, except that without a username the server is used without AUTH."""
+    before = len(ctx.errors)
+    v = _section(data, path, _SMTP, ctx.errors)
+    if v is None:
+        return None
+    insecure = v.get("tls") == TLS_NONE and v.get("allow_insecure") is False
+    if insecure and "host" in v and not _is_loopback(v["host"]):
+        ctx.errors.append(
+            f'{path}.tls: "none" sends mail in clear to a non-loopback host;'
+            " set allow_insecure: true to allow it"
+        )
+    ca_file = ctx.path(v["ca_file"]) if v.get("ca_file") else None
+    if ca_file is not None and not ca_file.is_file():
+        ctx.errors.append(f"{path}.ca_file: no such file: {ca_file}")
+    password = None
+    if v.get("username") is not None:
+        password = _password(data, v, path, ctx)
+    elif any(key in data for key in _PASSWORD_KEYS):
+        ctx.errors.append(f"{path}: a password needs a username")
+    if len(ctx.errors) > before:
+        return None
+    default_port = {TLS_IMPLICIT: 465, TLS_STARTTLS: 587}.get(v["tls"], 25)
+    port = v["port"] if v["port"] is not None else default_port
+    return _build(SmtpConfig, v, port=port, password=password, ca_file=ca_file)
+
+
+def _rules(inline: Any, file: str | None, path: str, ctx: _Context) -> RulesConfig:
+    if not isinstance(inline, list):
+        ctx.errors.append(f"{path}rules: expected a list of rules, got {_kind(inline)}")
+        inline = []
+    return RulesConfig(tuple(inline), ctx.path(file) if file else None)
+
+
 def _mailbox(data: Any, path: str, agent_id: str, ctx: _Context) -> MailboxConfig | None:
     before = len(ctx.errors)
     v = _section(data, path, _MAILBOX, ctx.errors)
@@ -552,9 +715,21 @@ def _mailbox(data: Any, path: str, agent_id: str, ctx: _Context) -> MailboxConfi
     imap = _imap(v["imap"], f"{path}.imap", ctx) if "imap" in v else None
     if len(ctx.errors) > before or imap is None:
         return None
+    smtp = _smtp(v["smtp"], f"{path}.smtp", ctx) if v.get("smtp") is not None else None
+    rules = _rules(v["rules"], v.get("rules_file"), f"{path}.", ctx)
+    if len(ctx.errors) > before:
+        return None
     trusted = v["trusted_authserv_ids"]
+    address = v["address"] or (imap.username if _ADDRESS.fullmatch(imap.username) else None)
     return _build(
-        MailboxConfig, v, agent_id=agent_id, imap=imap, trusted_authserv_ids=trusted and tuple(trusted)
+        MailboxConfig,
+        v,
+        agent_id=agent_id,
+        imap=imap,
+        trusted_authserv_ids=trusted and tuple(trusted),
+        address=address,
+        smtp=smtp,
+        rules=rules,
     )
 
 
@@ -575,7 +750,66 @@ def _agent(data: Any, path: str, ctx: _Context) -> AgentConfig | None:
     mailboxes = [_mailbox(item, f"{path}.mailboxes[{i}]", v.get("id", ""), ctx) for i, item in enumerate(raw)]
     if len(ctx.errors) > before:
         return None
+    # `tenant` stays None when not given: _fleets() resolves it from the parent.
     return _build(AgentConfig, v, mailboxes=tuple(m for m in mailboxes if m is not None))
+
+
+def _fleets(agents: list[tuple[str, AgentConfig]], ctx: _Context) -> list[AgentConfig]:
+    """Check every `parent` (known, no cycle) and resolve every tenant; `agents` are (path, agent).
+
+    A sub-agent inherits its parent's tenant; naming a different one is an error, so a token's
+    subtree never spans two tenants.
+    """
+    known = {agent_id for kind, agent_id in ctx.first_use if kind == "agent"}
+    parents = {agent.id: agent.parent for _, agent in agents}
+    ok = True
+    for path, agent in agents:
+        if agent.parent is not None and agent.parent not in known:
+            ctx.errors.append(f'{path}.parent: unknown agent "{agent.parent}"')
+            ok = False
+    index = {agent.id: i for i, (_, agent) in enumerate(agents)}
+    walked: dict[str, bool] = {}  # False: on the walk in progress; True: known to end at a root
+    cycles: list[list[str]] = []
+    for _, agent in agents:
+        chain: list[str] = []
+        current: str | None = agent.id
+        while current is not None and current in parents and current not in walked:
+            walked[current] = False
+            chain.append(current)
+            current = parents[current]
+        if current is not None and walked.get(current) is False:
+            cycle = chain[chain.index(current) :]
+            start = min(range(len(cycle)), key=lambda i: index[cycle[i]])
+            cycles.append(cycle[start:] + cycle[:start])
+        walked.update(dict.fromkeys(chain, True))
+    for cycle in sorted(cycles, key=lambda c: index[c[0]]):
+        ctx.errors.append(f"{agents[index[cycle[0]]][0]}.parent: cycle {' → '.join([*cycle, cycle[0]])}")
+        ok = False
+    if not ok:
+        return []
+    by_id = {agent.id: (path, agent) for path, agent in agents}
+    tenants: dict[str, str | None] = {}  # None: unknown (an ancestor failed to parse)
+    resolved = []
+    for _, agent in agents:
+        chain = [agent.id]  # up to the root or to an agent resolved before (no cycles by now)
+        while chain[-1] not in tenants and (up := by_id.get(chain[-1])) and up[1].parent is not None:
+            chain.append(up[1].parent)
+        for agent_id in reversed(chain):
+            if agent_id in tenants:
+                continue
+            if agent_id not in by_id:
+                tenants[agent_id] = None
+                continue
+            path, member = by_id[agent_id]
+            inherited = tenants[member.parent] if member.parent is not None else DEFAULT_TENANT
+            if member.tenant and member.parent is not None and inherited and member.tenant != inherited:
+                ctx.errors.append(
+                    f'{path}.tenant: "{member.tenant}" differs from the tenant "{inherited}" of its parent'
+                    f' "{member.parent}"; a parent and its sub-agents share one tenant'
+                )
+            tenants[agent_id] = member.tenant or inherited
+        resolved.append(replace(agent, tenant=tenants[agent.id] or DEFAULT_TENANT))
+    return resolved
 
 
 def parse_config(
@@ -596,11 +830,13 @@ def parse_config(
     if "agents" in top and (not isinstance(agents, list) or not agents):
         ctx.errors.append(f"agents: expected a non-empty list, got {_kind(agents)}")
         agents = []
-    parsed = [_agent(item, f"agents[{i}]", ctx) for i, item in enumerate(agents)]
+    parsed = [(f"agents[{i}]", _agent(item, f"agents[{i}]", ctx)) for i, item in enumerate(agents)]
+    fleet = _fleets([(path, agent) for path, agent in parsed if agent is not None], ctx)
     stages = _pipeline_stages(pipeline, ctx) if pipeline is not None else ()
     learning = (
         _section(pipeline["learning"], "pipeline.learning", _LEARNING, ctx.errors) if pipeline else None
     )
+    rules = _rules(top["rules"], top.get("rules_file"), "", ctx)
     if ctx.errors or server is None or store is None or logging is None or learning is None:
         raise ConfigError(ctx.errors)
     host, port = server["listen"]
@@ -609,10 +845,11 @@ def parse_config(
     return Config(
         server=_build(ServerConfig, server, host=host, port=port),
         store=_build(StoreConfig, store, path=store_path),
-        agents=tuple(agent for agent in parsed if agent is not None),
+        agents=tuple(fleet),
         log_level=logging["level"],
         source=None,
         pipeline=PipelineConfig(stages, _build(LearningConfig, learning, path=learning_path)),
+        rules=rules,
     )
 
 
@@ -621,6 +858,8 @@ def _pipeline_stages(pipeline: dict[str, Any], ctx: _Context) -> tuple[StageConf
     checked = {
         name: _section(pipeline[name], f"pipeline.{name}", _STAGES[name], ctx.errors) for name in STAGE_NAMES
     }
+    if checked["spam"] is not None:
+        _external_scorers(checked["spam"], ctx)
     stages = []
     for name in pipeline["stages"]:
         values = checked[name]
@@ -638,6 +877,28 @@ def _pipeline_stages(pipeline: dict[str, Any], ctx: _Context) -> tuple[StageConf
             )
         stages.append(StageConfig(name, timeout_ms / 1000, on_error, values))
     return tuple(stages)
+
+
+def _external_scorers(spam: dict[str, Any], ctx: _Context) -> None:
+    """Check `rspamd` and `spamd` in place: null, or a mapping whose timeout leaves the stage time to
+    fall back on the built-in score."""
+    for key, schema in (("rspamd", _RSPAMD), ("spamd", _SPAMD)):
+        if spam.get(key) is None:
+            continue
+        path = f"pipeline.spam.{key}"
+        values = _section(spam[key], path, schema, ctx.errors)
+        if values is None or len(values) < len(schema):  # errors reported
+            spam[key] = None
+            continue
+        budget = spam.get("timeout_ms")
+        if budget is not None and values["timeout_ms"] >= budget:
+            ctx.errors.append(
+                f"{path}.timeout_ms: must be below pipeline.spam.timeout_ms ({budget}) so that the stage"
+                f" can fall back on the built-in score, got {values['timeout_ms']}"
+            )
+        if values.get("password") is not None:
+            values["password"] = Secret(values["password"])
+        spam[key] = values
 
 
 class _DuplicateKey(yaml.MarkedYAMLError):

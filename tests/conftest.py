@@ -7,11 +7,17 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis  # noqa: F401 - see below
 import pytest
 
 from gatewayd.app import Daemon
 from gatewayd.config import Config, hash_token, parse_config
 from gatewayd.sandbox.dovecot import Dovecot, SandboxUnavailable
+
+# Imported here, at start-up, on purpose: otherwise hypothesis's pytest plugin imports it at the
+# very end of a run that used no hypothesis test, from deep in pytest's hooks, where CPython
+# 3.11.7's ast.parse (pytest rewrites the module) can fail with "SystemError: AST constructor
+# recursion depth mismatch" and turn a green run red.
 
 TOKEN = "test-token-support"
 OTHER_TOKEN = "test-token-other"

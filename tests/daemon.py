@@ -107,7 +107,8 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
+        """`env`: extra environment variables for this run only (e.g. failure injection)."""
         assert self.process is None or self.process.poll() is not None, "already running"
         self.runs += 1
         out = self.config_path.with_name(f"gatewayd-run{self.runs}.stdout")
@@ -117,7 +118,7 @@ class GatewayProcess:
             self.process = subprocess.Popen(
                 gatewayd_command("run", "-c", str(self.config_path)),
                 cwd=REPO_ROOT,
-                env=child_env(),
+                env={**child_env(), **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,

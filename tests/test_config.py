@@ -112,7 +112,7 @@ def test_example_file_loads_and_documents_every_key(tmp_path: Path) -> None:
     assert [stage.name for stage in config.pipeline.stages] == ["spam", "auth", "injection"]
     # Every key of every section appears in the example, set or in a comment.
     schemas = [config_module._TOP, config_module._SERVER, config_module._STORE, config_module._LOGGING]
-    schemas += [config_module._AGENT, config_module._MAILBOX, config_module._IMAP]
+    schemas += [config_module._AGENT, config_module._MAILBOX, config_module._IMAP, config_module._SMTP]
     schemas += [config_module._PIPELINE, config_module._LEARNING, *config_module._STAGES.values()]
     for schema in schemas:
         for key in schema:
@@ -365,3 +365,75 @@ def test_token_hashing_round_trip_and_lookup() -> None:
     assert config.agent_for_token_hash("é") is None
     with pytest.raises(KeyError):
         config.agent("nobody")
+
+
+# --- external spam scorers ------------------------------------------------------------------------------
+
+
+def spam_options(**spam: Any) -> dict[str, Any]:
+    config = parse_config(minimal() | {"pipeline": {"spam": spam}}, env={})
+    assert config.pipeline is not None
+    stage = config.pipeline.stage("spam")
+    assert stage is not None
+    return dict(stage.options)
+
+
+def test_external_scorers_are_off_by_default_and_an_empty_mapping_takes_every_default() -> None:
+    options = spam_options()
+    assert (options["rspamd"], options["spamd"]) == (None, None)
+    options = spam_options(rspamd={}, spamd={})
+    assert options["rspamd"] == {
+        "url": "http://127.0.0.1:11333",
+        "timeout_ms": 150,
+        "weight": 1.0,
+        "password": None,
+    }
+    assert options["spamd"] == {"host": "127.0.0.1", "port": 783, "timeout_ms": 150, "weight": 1.0}
+
+    rspamd = {"url": "https://rspamd.internal:11333/", "timeout_ms": 400, "weight": 0.5, "password": SECRET}
+    options = spam_options(timeout_ms=500, rspamd=rspamd, spamd={"host": "::1", "port": 1783})
+    assert options["rspamd"]["password"] == Secret(SECRET) and SECRET not in repr(options)
+    assert (options["rspamd"]["timeout_ms"], options["rspamd"]["weight"]) == (400, 0.5)
+    assert (options["spamd"]["host"], options["spamd"]["port"]) == ("::1", 1783)
+
+
+@pytest.mark.parametrize(
+    ("spam", "message"),
+    [
+        ({"rspamd": "yes"}, "pipeline.spam.rspamd: expected a mapping, got a string"),
+        (
+            {"rspamd": {"url": "ftp://rspamd"}},
+            'pipeline.spam.rspamd.url: expected an http:// or https:// URL such as "http://127.0.0.1:11333",'
+            ' got "ftp://rspamd"',
+        ),
+        ({"rspamd": {"url": "http://host:99999"}}, "pipeline.spam.rspamd.url: expected an http://"),
+        ({"rspamd": {"url": "http://h/?a=1"}}, "pipeline.spam.rspamd.url: expected an http://"),
+        (
+            {"rspamd": {"url": f"http://u:{SECRET}@h"}},
+            "pipeline.spam.rspamd.url: credentials in the URL are not supported; use `password`",
+        ),
+        (
+            {"rspamd": {"timeout_ms": 250}},
+            "pipeline.spam.rspamd.timeout_ms: must be below pipeline.spam.timeout_ms (250)",
+        ),
+        (
+            {"timeout_ms": 100, "spamd": {}},
+            "pipeline.spam.spamd.timeout_ms: must be below pipeline.spam.timeout_ms (100)",
+        ),
+        ({"rspamd": {"weight": "x"}}, 'pipeline.spam.rspamd.weight: expected a number -1000-1000, got "x"'),
+        ({"rspamd": {"password": ""}}, "pipeline.spam.rspamd.password: must not be empty"),
+        ({"spamd": {"port": 0}}, "pipeline.spam.spamd.port: expected an integer 1-65535, got 0"),
+        ({"spamd": {"hostname": "x"}}, 'pipeline.spam.spamd.hostname: unknown key (did you mean "host"?)'),
+    ],
+)
+def test_external_scorer_errors_name_the_key_path(spam: dict[str, Any], message: str) -> None:
+    errors = errors_of(minimal() | {"pipeline": {"spam": spam}})
+    assert len(errors) == 1 and errors[0].startswith(message), errors
+    assert SECRET not in errors[0]
+
+
+def test_example_documents_the_external_scorer_keys() -> None:
+    text = EXAMPLE.read_text()
+    spam = text[text.index("\n  spam:\n") : text.index("\n  auth:\n")]
+    for key in [*config_module._RSPAMD, *config_module._SPAMD, "rspamd", "spamd"]:
+        assert re.search(rf"(?m)^[\s#]*{key}:", spam), f"pipeline.spam: {key} is not documented"

@@ -385,7 +385,7 @@ def test_hostile_input_is_fast_and_never_raises(name: str) -> None:
     for msg in (message(html=payload), message(payload, subject=payload[:10000])):
         started = time.perf_counter()
         data = stage.evaluate(msg).data
-        assert time.perf_counter() - started < 2.0  # a sanity bound; typically well under 0.1 s
+        assert time.perf_counter() - started < 5.0  # a sanity bound; typically well under 0.1 s
         assert "INJ_SCAN_ERROR" not in symbols(data)
 
 

@@ -12,7 +12,7 @@ import pytest
 from gatewayd.config import ImapConfig, MailboxConfig, Secret
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline import StageContext
-from gatewayd.pipeline.spam import SOFT, SOFT_CAP, SYMBOLS, SpamOptions, SpamStage
+from gatewayd.pipeline.spam import CORROBORATING, SOFT, SOFT_CAP, SYMBOLS, SpamOptions, SpamStage
 
 DATA = Path(__file__).parent / "data" / "spam"
 CORPUS = Path("/work/shared/corpus/spamassassin")
@@ -92,11 +92,24 @@ def test_promotional_phrasing_alone_is_capped_below_spam() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["receipt.eml", "security_notice.eml", "password_reset.eml", "koi8r.eml", "old_2002.eml"]
+    "name",
+    [
+        *("receipt.eml", "security_notice.eml", "password_reset.eml", "koi8r.eml", "old_2002.eml"),
+        *("github_notification.eml", "stripe_receipt.eml", "substack_newsletter.eml"),
+        *("calendar_invite.eml", "bank_statement.eml"),
+    ],
 )
 def test_transactional_and_personal_mail_is_ham(name: str) -> None:
     data = spam_data(fixture(name))
     assert data["verdict"] == "ham", data
+
+
+def test_loud_mailchimp_promo_is_at_most_suspect() -> None:
+    # Capitals, exclamations, "today only", "click here", tracking links, a hidden preview line and
+    # an unsubscribe footer: all soft, and no anomaly to corroborate them.
+    data = spam_data(fixture("mailchimp_promo.eml"))
+    assert data["verdict"] != "spam", data
+    assert not (CORROBORATING | {"SOFT_CORROBORATED", "MULTI_ANOMALY"}) & set(symbols(data))
 
 
 def test_random_tokens_of_legitimate_mail_are_no_hash_buster() -> None:
@@ -184,6 +197,179 @@ def test_shouting_and_headers_of_bulk_spam() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Spamware fingerprints: a mailer the rest of the message belies
+
+
+def with_mailer(mailer: str, message_id: str, extra: str = "", body: str = "Hello,\n\nsee you.\n") -> str:
+    raw = simple(body, headers=f"X-Mailer: {mailer}\n{extra}")
+    return raw.replace("<20240514080000.1@berg.example.net>", message_id)
+
+
+OE_MSGID = "<000801c249d5$ffb7ea20$1606fea9@pc17>"  # counter, FILETIME of 2002, as OE writes it
+
+
+@pytest.mark.parametrize(
+    ("mailer", "message_id", "extra"),
+    [
+        # Outlook Express always wrote X-MimeOLE.
+        ("Microsoft Outlook Express 6.00.2600.0000", OE_MSGID, ""),
+        # Versions Outlook never wrote: Dark Mailer's "DM", a fifth number, "Build" without a comma.
+        (
+            "Microsoft Outlook Express 5.00.2919.6900 DM",
+            OE_MSGID,
+            "X-MimeOLE: Produced By Microsoft MimeOLE\n",
+        ),
+        ("Microsoft Outlook Express 6.00.2600.0000.2135", OE_MSGID, "X-MimeOLE: Produced By x\n"),
+        ("Microsoft Outlook Build 10.0.2616", OE_MSGID, ""),
+        # Outlook writes its own Message-ID; this one is sendmail's, added by a relay.
+        ("Microsoft Outlook, Build 10.0.2627", "<200208290859.JAA09326@relay.example.net>", ""),
+        # Exchange 5.5's connector writes hex Message-IDs.
+        ("Internet Mail Service (5.5.2650.21)", "<000b11a65aad$8587c2b3$3bb78ec3@ubrjup>", ""),
+    ],
+)
+def test_forged_outlook(mailer: str, message_id: str, extra: str) -> None:
+    assert "FORGED_MUA" in symbols(spam_data(parsed(with_mailer(mailer, message_id, extra))))
+
+
+@pytest.mark.parametrize(
+    ("mailer", "message_id", "extra"),
+    [
+        ("Microsoft Outlook Express 6.00.2800.1106", OE_MSGID, "X-MimeOLE: Produced By Microsoft MimeOLE\n"),
+        ("Microsoft Outlook, Build 10.0.2627", "<000701c26361$74e027a0$0200a8c0@JMHALL>", ""),
+        # Today's Outlook: no X-MimeOLE, a FILETIME of 2024 and a trailing "$".
+        ("Microsoft Outlook 16.0", "<000301da4b5c$3f8e2a10$beaa7e30$@example.com>", ""),
+        ("Microsoft Outlook Express Macintosh Edition - 4.5 (0410)", "<E17hrT0-0004gj-00@mx.example>", ""),
+        ("Internet Mail Service (5.5.2653.19)", "<31C6D68FA597D411B04D00E02965883BD239FB@mailhost>", ""),
+        ("Apple Mail (2.3731.700.6)", "<8A2C1E90-2F3B-4D1A-9C7E-5B6D4E3F2A10@example.com>", ""),
+        ("PHPMailer 6.8.1 (https://github.com/PHPMailer/PHPMailer)", "<a1B2c3@shop.example>", ""),
+        ("Mailchimp Mailer - **CIDa2f1b9c3d7e4f5a6b7c8**", "<a2f1b9.c4d5@mail166.example>", ""),
+    ],
+)
+def test_genuine_mailers_are_no_spamware(mailer: str, message_id: str, extra: str) -> None:
+    found = symbols(spam_data(parsed(with_mailer(mailer, message_id, extra))))
+    assert not {"FORGED_MUA", "MSGID_FORGED_OE", "X_MAILER_BULK"} & set(found), found
+
+
+def test_outlook_message_id_with_an_impossible_timestamp() -> None:
+    # Ratware fills the Outlook shape with random hex; Outlook's high FILETIME word is 01b..01e.
+    forged = with_mailer("Microsoft Outlook IMO, Build 9.0.2416", "<007d88d01c0c$7181e4c2$4cb02ad8@tjndcf>")
+    assert "MSGID_FORGED_OE" in symbols(spam_data(parsed(forged)))
+    zeros = simple().replace("<20240514080000.1@berg.example.net>", "<000046984bed$00005677$000061fe@mx1>")
+    assert "MSGID_FORGED_OE" in symbols(spam_data(parsed(zeros)))
+
+
+@pytest.mark.parametrize(
+    "mailer", ["Atlas Mailer 2.0", "QuickSender 1.05", "Easy DM free", "ArHA8IFlSSFNGzAMo"]
+)
+def test_bulk_mailers_and_random_mailer_tokens(mailer: str) -> None:
+    assert "X_MAILER_BULK" in symbols(spam_data(parsed(with_mailer(mailer, "<x.1@berg.example.net>"))))
+
+
+def test_mime_parts_without_mime_version() -> None:
+    html = simple("<p>Hello</p>", content_type="text/html").replace("MIME-Version: 1.0\n", "")
+    assert "MIME_NO_VERSION" in symbols(spam_data(parsed(html)))
+    plain = simple().replace("MIME-Version: 1.0\n", "")  # plain text needs no MIME
+    assert "MIME_NO_VERSION" not in symbols(spam_data(parsed(plain)))
+    assert "MIME_NO_VERSION" not in symbols(spam_data(parsed(simple("<p>Hi</p>", content_type="text/html"))))
+
+
+def received(line: str) -> str:
+    return (
+        f"Received: {line}\n\tby mx.example.com (Postfix) with SMTP id 9Z; Tue, 14 May 2024 08:00:04 +0000\n"
+    )
+
+
+def test_bare_ip_helo() -> None:
+    def found(line: str) -> dict[str, float]:
+        return symbols(spam_data(parsed(received(line) + simple())))
+
+    assert "RCVD_NUMERIC_HELO" in found("from 81.169.145.97 (unknown [62.75.200.3])")
+    assert "RCVD_NUMERIC_HELO" in found("from 81.169.145.97 (host97.example.net [81.169.145.97])")
+    for line in (
+        "from [81.169.145.97] (host97.example.net [81.169.145.97])",  # an address literal, as RFC 5321 wants
+        "from 81.169.145.97 (HELO mail.example.org)",  # qmail: the peer, then its HELO
+        "from 81.169.145.97 (SquirrelMail authenticated user anna)",  # webmail's HTTP client
+        "from 192.168.1.20 (unknown [192.168.1.20])",  # private, behind NAT
+    ):
+        assert "RCVD_NUMERIC_HELO" not in found(line), line
+
+
+def test_encoded_word_inside_the_from_address_and_an_empty_to() -> None:
+    raw = simple(from_="=?iso-2022-jp?B?am9rb0Bycy4xMjgubmUuanA=?=@mx.example.net")
+    assert "FROM_ADDR_ENCODED" in symbols(spam_data(parsed(raw)))
+    assert "FROM_ADDR_ENCODED" not in symbols(
+        spam_data(parsed(simple(from_="=?utf-8?Q?Anna?= <a@b.example>")))
+    )
+    empty_to = simple().replace(f"To: {MAILBOX}\n", "To: \n")
+    assert "TO_EMPTY" in symbols(spam_data(parsed(empty_to)))
+
+
+def test_loud_fonts_are_soft() -> None:
+    loud = '<p><font size="+3" color="#FF0000">HUGE SAVINGS</font> <font size=6>NOW</font> on toner</p>'
+    assert "HTML_LOUD_FONTS" in symbols(spam_data(parsed(simple(loud, content_type="text/html"))))
+    assert "HTML_LOUD_FONTS" in SOFT
+    quiet = '<p><font size="2" face="Arial">Minutes attached.</font> <font size=3>Anna</font></p>'
+    assert "HTML_LOUD_FONTS" not in symbols(spam_data(parsed(simple(quiet, content_type="text/html"))))
+
+
+def test_quoted_remove_instructions() -> None:
+    body = 'To be taken off our list, reply with "REMOVE" in the subject line.\n'
+    assert "SCAM_PHRASES" in symbols(spam_data(parsed(simple(body))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Combining: soft findings beside spamware, several spamware anomalies
+
+
+SALES = (
+    "Dear Friend,\n\nA new way to work from home, starting this week.\n"
+    "Click here: https://offers.example.net/join\n"
+)
+
+
+def test_soft_findings_count_double_beside_spamware() -> None:
+    alone = spam_data(parsed(simple(SALES)))
+    soft = sum(f["score"] for f in alone["findings"] if f["symbol"] in SOFT)
+    assert 3.5 <= soft < SOFT_CAP and alone["verdict"] != "spam", alone
+    forged = spam_data(parsed(with_mailer("Microsoft Outlook Express 6.00.2600.0000", OE_MSGID, body=SALES)))
+    found = symbols(forged)
+    assert found["SOFT_CORROBORATED"] == pytest.approx(min(soft, SOFT_CAP - soft), abs=0.01)
+    assert forged["verdict"] == "spam", forged
+    off = spam_data(
+        parsed(with_mailer("Microsoft Outlook Express 6.00.2600.0000", OE_MSGID, body=SALES)),
+        SpamOptions(weights={"SOFT_CORROBORATED": 0}),
+    )
+    assert "SOFT_CORROBORATED" not in symbols(off) and off["verdict"] != "spam"
+
+
+def test_corroboration_never_lifts_soft_findings_past_the_cap() -> None:
+    # The loudest newsletter with one spamware anomaly scores what it did before: cap + anomaly.
+    raw = (
+        (DATA / "promo_hard_ham.eml")
+        .read_text()
+        .replace("Subject: ", "X-Mailer: Atlas Mailer 2.0\nSubject: ")
+    )
+    data = spam_data(parsed(raw))
+    found = symbols(data)
+    assert "X_MAILER_BULK" in found and found.get("SOFT_CORROBORATED", 0) == 0
+    soft = sum(f["score"] for f in data["findings"] if f["symbol"] in SOFT)
+    assert soft <= SOFT_CAP + 0.01
+
+
+def test_two_spamware_anomalies() -> None:
+    raw = with_mailer("Microsoft Outlook Express 6.00.2600.0000", "<007d88d01c0c$7181e4c2$4cb02ad8@tjndcf>")
+    found = symbols(spam_data(parsed(raw)))
+    assert {"FORGED_MUA", "MSGID_FORGED_OE", "MULTI_ANOMALY"} <= set(found)
+    # A bare-IP HELO counts as the second one, never as the first.
+    helo = received("from 81.169.145.97 (unknown [62.75.200.3])")
+    found = symbols(spam_data(parsed(helo + with_mailer("Atlas Mailer 2.0", "<x.1@berg.example.net>"))))
+    assert "MULTI_ANOMALY" in found
+    html = simple("<p>Hello</p>", content_type="text/html").replace("MIME-Version: 1.0\n", "")
+    found = symbols(spam_data(parsed(helo + html)))
+    assert {"RCVD_NUMERIC_HELO", "MIME_NO_VERSION"} <= set(found) and "MULTI_ANOMALY" not in found
+
+
+# ---------------------------------------------------------------------------------------------
 # Header anomalies
 
 
@@ -252,7 +438,7 @@ def test_huge_and_malformed_mime_still_gets_a_verdict() -> None:
         started = time.perf_counter()
         data = stage.score(parsed(raw), MAILBOX).data["spam"]
         assert data["verdict"] in ("ham", "suspect", "spam")
-        assert time.perf_counter() - started < 1.0
+        assert time.perf_counter() - started < 5.0  # a sanity bound: hostile input must not run away
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,14 +485,20 @@ def test_blocklist_on_any_sender_header_and_over_the_allowlist() -> None:
 
 def test_weights_override_symbol_scores() -> None:
     message = fixture("phishing.eml")
-    base = spam_data(message)
+    # The combining symbols off, so that each weight adds exactly itself.
+    plain = {"MULTI_ANOMALY": 0.0, "SOFT_CORROBORATED": 0.0}
+    base = spam_data(message, SpamOptions(weights=plain))
     assert symbols(base)["URL_IP_LITERAL"] == SYMBOLS["URL_IP_LITERAL"][0]
-    off = spam_data(message, SpamOptions(weights={"URL_IP_LITERAL": 0}))
+    assert not {"MULTI_ANOMALY", "SOFT_CORROBORATED"} & set(symbols(base))
+    off = spam_data(message, SpamOptions(weights={**plain, "URL_IP_LITERAL": 0}))
     assert "URL_IP_LITERAL" not in symbols(off)
     assert off["score"] == pytest.approx(base["score"] - SYMBOLS["URL_IP_LITERAL"][0])
-    heavier = spam_data(message, SpamOptions(weights={"FROM_NAME_BRAND": 9.0}))
+    heavier = spam_data(message, SpamOptions(weights={**plain, "FROM_NAME_BRAND": 9.0}))
     assert symbols(heavier)["FROM_NAME_BRAND"] == 9.0
     assert heavier["score"] == pytest.approx(base["score"] + 9.0 - SYMBOLS["FROM_NAME_BRAND"][0])
+    # By default the IP link and the brand name together add MULTI_ANOMALY; without the link, not.
+    assert "MULTI_ANOMALY" in symbols(spam_data(message))
+    assert "MULTI_ANOMALY" not in symbols(spam_data(message, SpamOptions(weights={"URL_IP_LITERAL": 0})))
 
 
 def test_thresholds_decide_the_verdict() -> None:
@@ -448,4 +640,4 @@ def test_untrained_precision_and_recall_on_the_corpus() -> None:
     precision = counts["tp"] / max(counts["tp"] + counts["fp"], 1)
     recall = counts["tp"] / max(counts["tp"] + counts["fn"], 1)
     assert precision >= 0.98, counts
-    assert recall >= 0.30, counts
+    assert recall >= 0.58, counts  # 0.62 when this was written

@@ -7,13 +7,13 @@ PostgreSQL backend only has to add itself to `BACKENDS` (and to `_backdate`).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -360,6 +360,73 @@ async def test_filters_combine(store: EventStore, seeded: list[Event]) -> None:
     ) == [0, 2, 6, 11]
 
 
+@pytest.fixture
+async def scored(store: EventStore) -> list[Event]:
+    def spam(score: Any, agent: str = "a1") -> NewEvent:
+        return ev(agent, spam={"verdict": "ham", "score": score})
+
+    return await store.append(
+        [
+            spam(0),  # 0
+            spam(4.5),  # 1
+            spam(5),  # 2: an int
+            spam(12.25, "a2"),  # 3
+            spam(-3.5),  # 4
+            ev("a1"),  # 5: no spam data at all
+            ev("a1", spam=None),  # 6: the stage failed
+            spam(None),  # 7: no score
+            spam("9"),  # 8: a string is not a score
+            spam(True),  # 9: nor is a boolean
+            ev("a1", spam=[1, 2]),  # 10: nor is anything that is not a mapping
+            spam(5.000001),  # 11
+        ]
+    )
+
+
+async def test_filter_spam_bounds_are_inclusive(store: EventStore, scored: list[Event]) -> None:
+    agents = ("a1", "a2")
+    assert await picked(store, scored, agent_ids=agents, min_spam=5) == [2, 3, 11]
+    assert await picked(store, scored, agent_ids=agents, max_spam=5) == [0, 1, 2, 4]
+    assert await picked(store, scored, agent_ids=agents, min_spam=4.5, max_spam=5) == [1, 2]
+    assert await picked(store, scored, agent_ids=agents, min_spam=-1e6) == [0, 1, 2, 3, 4, 11]
+    assert await picked(store, scored, agent_ids=agents, min_spam=6, max_spam=5) == []
+    # The bounds never widen what the agents restrict.
+    assert await picked(store, scored, agent_ids=("a2",), max_spam=100) == [3]
+    many = ("a1", "a2", "x1", "x2", "x3")
+    assert await picked(store, scored, agent_ids=many, min_spam=0, max_spam=4.5) == [0, 1]
+
+
+async def test_filter_spam_without_a_numeric_score_never_passes_a_bound(
+    store: EventStore, scored: list[Event]
+) -> None:
+    unscored = [5, 6, 7, 8, 9, 10]
+    everything = await picked(store, scored, agent_ids=("a1", "a2"))
+    assert set(unscored) <= set(everything)
+    for bounds in ({"min_spam": -1e6}, {"max_spam": 1e6}, {"min_spam": -1e6, "max_spam": 1e6}):
+        assert not set(unscored) & set(await picked(store, scored, agent_ids=("a1", "a2"), **bounds))
+
+
+async def test_filter_spam_combines_with_the_others(store: EventStore) -> None:
+    stored = await store.append(
+        [
+            ev("a1", mailbox="m1", sender="bob@example.org", spam={"score": 11}),
+            ev("a1", mailbox="m2", sender="bob@example.org", spam={"score": 11}),
+            ev("a1", mailbox="m1", sender="eve@evil.test", spam={"score": 11}),
+            ev("a1", mailbox="m1", type_="message.received.unauthenticated", spam={"score": 11}),
+            ev("a1", mailbox="m1", sender="bob@example.org", spam={"score": 1}),
+        ]
+    )
+    assert await picked(
+        store,
+        stored,
+        agent_ids=("a1",),
+        mailbox_ids=("m1",),
+        type_patterns=("message.received",),
+        from_filter="@example.org",
+        min_spam=10,
+    ) == [0]
+
+
 # -- paging ------------------------------------------------------------------------------------
 
 
@@ -592,6 +659,38 @@ async def test_sqlite_file_layout(tmp_path: Path) -> None:
     assert {"events_agent_seq", "events_mailbox_seq", "events_created_at"} <= indexes
 
 
+async def test_sqlite_migrates_version_1_and_fills_spam_scores(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    db = sqlite3.connect(path)
+    for statement in sqlite_backend._SCHEMA_V1.split(";"):
+        db.execute(statement)
+    rows = [
+        ("message.received", json.dumps({"spam": {"score": 7.5}})),
+        ("message.received", json.dumps({"spam": {"score": "high"}})),
+        ("mailbox.connected", json.dumps({"folder": "INBOX"})),
+    ]
+    db.executemany(
+        "INSERT INTO events (type, created_at, agent_id, mailbox_id, data) VALUES (?, ?, 'a1', 'm1', ?)",
+        [(type_, rfc3339(), data) for type_, data in rows],
+    )
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+
+    store = SqliteEventStore(path)
+    await store.open()
+    try:
+        assert [e.seq for e in await store.read_after(EventQuery(("a1",), min_spam=7.5), 0, 10)] == [1]
+        assert len(await store.read_after(EventQuery(("a1",)), 0, 10)) == 3
+        [new] = await store.append([ev(spam={"score": 8})])
+        assert await store.read_after(EventQuery(("a1",), min_spam=8), 0, 10) == [new]
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == sqlite_backend.SCHEMA_VERSION == 2
+    db.close()
+
+
 async def test_sqlite_refuses_newer_schema(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     db = sqlite3.connect(path)
@@ -649,7 +748,7 @@ def test_sqlite_survives_kill_9(tmp_path: Path) -> None:
     assert checkpoint == (4,)
 
 
-async def test_sqlite_replay_is_fast(tmp_path: Path) -> None:
+async def test_sqlite_replays_a_large_log_completely_in_order(tmp_path: Path) -> None:
     store = SqliteEventStore(tmp_path / "events.db")
     await store.open()
     try:
@@ -665,13 +764,13 @@ async def test_sqlite_replay_is_fast(tmp_path: Path) -> None:
         db.close()
 
         query = EventQuery(agent_ids=("a0", "a1"))
-        started = time.perf_counter()
-        seen, after = 0, 0
+        seen, after, ordered = 0, 0, True
         while page := await store.read_after(query, after, 1000):
             seen += len(page)
+            increasing = all(a.seq < b.seq for a, b in itertools.pairwise(page))
+            ordered = ordered and page[0].seq > after and increasing
             after = page[-1].seq
-        rate = seen / (time.perf_counter() - started)
     finally:
         await store.close()
-    assert seen == count
-    assert rate > 50_000, f"replay at {rate:.0f} events/s"
+    # Its speed is measured by `gatewayd bench replay`, not asserted here.
+    assert seen == count and ordered

@@ -9,6 +9,7 @@ from gatewayd.api.errors import json_errors
 from gatewayd.api.events import list_events
 from gatewayd.api.report import report_message
 from gatewayd.api.stream import stream_events
+from gatewayd.api.tokens import create_token, list_tokens, revoke_token
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -38,5 +39,8 @@ def create_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/v1/events/stream", stream_events, allow_head=False)
     app.router.add_get("/v1/events", events, allow_head=False)
     app.router.add_post("/v1/messages/{event_id}/report", report_message)
+    app.router.add_post("/v1/tokens", create_token)
+    app.router.add_get("/v1/tokens", list_tokens, allow_head=False)
+    app.router.add_delete("/v1/tokens/{token_id}", revoke_token)
     app.router.add_get("/healthz", healthz, allow_head=False)
     return app

@@ -1,21 +1,88 @@
-"""Bearer tokens: a token names one agent and sees only that agent's mailboxes and events."""
+"""Bearer tokens: who is asking, which agents' events they reach, and with which scopes.
+
+A token belongs to one agent and reaches that agent's subtree: its own mailboxes and those of
+every descendant (`parent:`), never beyond, and so never another tenant (a parent and its
+sub-agents always share one). Tokens come from the configuration (`token_sha256`, with every
+scope) or from the token store (`gatewayd token create`, with the scopes they were made with,
+until they expire or are revoked).
+
+The token travels in `Authorization: Bearer TOKEN`, or, only when `server.allow_query_token` is
+on (for browsers' EventSource, which cannot send headers), as `?access_token=`. It is never
+logged: the access log is off and no log line of gatewayd carries a query string.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from gatewayd.api.errors import ApiError
-from gatewayd.config import AgentConfig, Config, hash_token
+from gatewayd.config import AgentConfig, Config, MailboxConfig, hash_token
+from gatewayd.store.tokens import SCOPES, TokenStore
+
+QUERY_TOKEN = "access_token"
 
 
-def authenticate(request: web.Request, config: Config) -> AgentConfig:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated token."""
+
+    agent: AgentConfig
+    # The agents whose events the token reaches: the agent and all its descendants, in file order.
+    agents: tuple[str, ...]
+    scopes: frozenset[str]
+    # What the per-token stream limit counts by.
+    key: str
+    # Run-time tokens only: open streams re-check it against revocation and expiry.
+    token_id: str | None = None
+
+    def require(self, scope: str) -> None:
+        if scope not in self.scopes:
+            raise ApiError(403, f'this token lacks the "{scope}" scope', code="insufficient_scope")
+
+    def mailboxes(self, config: Config) -> dict[str, MailboxConfig]:
+        """The mailboxes of the subtree, by id."""
+        return {m.id: m for m in config.mailboxes() if m.agent_id in self.agents}
+
+
+def bearer_token(request: web.Request, config: Config) -> str:
+    header = request.headers.get("Authorization")
+    in_query = request.query.getall(QUERY_TOKEN, [])
+    if in_query:
+        # Nothing here may echo the value: it is a credential.
+        if not config.server.allow_query_token:
+            raise ApiError(
+                401, f"{QUERY_TOKEN} in the URL is disabled on this server; send Authorization: Bearer TOKEN"
+            )
+        if header is not None or len(in_query) > 1:
+            raise ApiError(400, f"give the token once: the Authorization header or one {QUERY_TOKEN}")
+        if not in_query[0].strip():
+            raise ApiError(401, f"empty {QUERY_TOKEN}")
+        return in_query[0].strip()
     if not header:
         raise ApiError(401, "missing bearer token: send Authorization: Bearer TOKEN")
+    scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "malformed Authorization header: expected Bearer TOKEN")
-    agent = config.agent_for_token_hash(hash_token(token.strip()))
-    if agent is None:
+    return token.strip()
+
+
+async def authenticate(request: web.Request, config: Config, tokens: TokenStore | None) -> Principal:
+    digest = hash_token(bearer_token(request, config))
+    agent = config.agent_for_token_hash(digest)
+    if agent is not None:
+        return Principal(agent, config.subtree(agent.id), frozenset(SCOPES), key=f"sha256:{digest}")
+    record = await tokens.lookup(digest) if tokens is not None else None
+    if record is None:
         raise ApiError(401, "invalid token", code="invalid_token")
-    return agent
+    problem = record.problem()
+    if problem is not None:
+        raise ApiError(401, f"token {problem}", code="invalid_token")
+    try:
+        agent = config.agent(record.agent_id)
+    except KeyError:
+        raise ApiError(401, "the token's agent is no longer configured", code="invalid_token") from None
+    return Principal(
+        agent, config.subtree(agent.id), frozenset(record.scopes), key=record.id, token_id=record.id
+    )

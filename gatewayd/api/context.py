@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
 
+from gatewayd.api.auth import Principal
 from gatewayd.bus import Bus
 from gatewayd.config import Config
 from gatewayd.imap.pool import WatcherPool
 from gatewayd.message import ParsedMessage
 from gatewayd.store import EventStore
+from gatewayd.store.tokens import TokenStore
 
 
 class Learner(Protocol):
     """What the report endpoint feeds (the pipeline's learning store)."""
 
     def train(self, message: ParsedMessage, label: str, mailbox_id: str | None = None) -> bool: ...
+
+
+class OpenStream(Protocol):
+    """An SSE connection in progress."""
+
+    principal: Principal
+
+    def end(self, reason: str) -> None:
+        """Close the stream soon: it sends a `closing` event with this reason, then ends."""
+        ...
 
 
 @dataclass
@@ -28,23 +41,40 @@ class Gateway:
     bus: Bus
     pool: WatcherPool
     learning: Learner | None = None
+    # Run-time tokens; None: only the configuration's tokens are accepted.
+    tokens: TokenStore | None = None
     # Set at shutdown: streams send their closing event, then wait for grace_over.
     closing_event: asyncio.Event = field(default_factory=asyncio.Event)
     grace_over: asyncio.Event = field(default_factory=asyncio.Event)
-    streams: set[Any] = field(default_factory=set)
+    streams: set[OpenStream] = field(default_factory=set)
     no_streams: asyncio.Event = field(default_factory=asyncio.Event)
+    # Open streams per token (Principal.key), for server.max_streams_per_token.
+    streams_per_token: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self.no_streams.set()
 
-    def add_stream(self, stream: Any) -> None:
+    def add_stream(self, stream: OpenStream) -> None:
         self.streams.add(stream)
+        self.streams_per_token[stream.principal.key] += 1
         self.no_streams.clear()
 
-    def discard_stream(self, stream: Any) -> None:
-        self.streams.discard(stream)
+    def discard_stream(self, stream: OpenStream) -> None:
+        if stream in self.streams:
+            self.streams.remove(stream)
+            key = stream.principal.key
+            self.streams_per_token[key] -= 1
+            if self.streams_per_token[key] <= 0:
+                del self.streams_per_token[key]
         if not self.streams:
             self.no_streams.set()
+
+    def end_streams(self, token_id: str, reason: str) -> int:
+        """End every open stream of this run-time token; how many there were."""
+        ending = [s for s in self.streams if s.principal.token_id == token_id]
+        for stream in ending:
+            stream.end(reason)
+        return len(ending)
 
     @property
     def closing(self) -> bool:

@@ -16,6 +16,7 @@ _CODES = {
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
+    409: "conflict",
     405: "method_not_allowed",
     406: "not_acceptable",
     429: "too_many_requests",
@@ -24,15 +25,22 @@ _CODES = {
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code or _CODES.get(status, "error")
         self.message = message
+        self.headers = headers or {}
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="gatewayd"'} if status == 401 else None
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="gatewayd"'
     return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
 
@@ -41,11 +49,12 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, _CODES.get(exc.status, "error"), exc.reason)
+        kept = {name: value for name, value in exc.headers.items() if name == "Retry-After"}
+        return error_response(exc.status, _CODES.get(exc.status, "error"), exc.reason, kept)
     except Exception:
         # A bug of ours, not bad input: log it (without the request's secrets) and say so.
         log.exception("internal error on %s %s", request.method, request.path)

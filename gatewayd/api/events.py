@@ -7,12 +7,14 @@ from aiohttp import web
 from gatewayd.api.auth import authenticate
 from gatewayd.api.context import Gateway
 from gatewayd.api.params import event_query, event_seq, integer
+from gatewayd.store.tokens import READ
 
 
 async def list_events(request: web.Request) -> web.Response:
     gateway = Gateway.of(request)
-    agent = authenticate(request, gateway.config)
-    query = event_query(request, agent)
+    principal = await authenticate(request, gateway.config, gateway.tokens)
+    principal.require(READ)
+    query = event_query(request, principal, gateway.config)
     limit = integer(request, "limit", 50, 1, 500)
     cursor = request.query.get("cursor")
     before = event_seq(gateway.store, "cursor", cursor) if cursor else None

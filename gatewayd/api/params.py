@@ -7,18 +7,23 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gatewayd.api.auth import Principal
 from gatewayd.api.errors import ApiError
-from gatewayd.config import AgentConfig
+from gatewayd.config import Config
 from gatewayd.events import parse_rfc3339, rfc3339
-from gatewayd.store import EventQuery, EventStore, InvalidEventId
+from gatewayd.store import EventQuery, EventStore, InvalidEventId, glob_matches
 
 _TYPE_PATTERN = re.compile(r"\A[A-Za-z0-9_.*-]{1,100}\Z")
+_AGENT_PATTERN = re.compile(r"\A[A-Za-z0-9._*-]{1,100}\Z")
 _ADDRESS = re.compile(r"\A[^@\s,]+@[^@\s,]+\Z")
 _DOMAIN = re.compile(r"\A@[^@\s,]+\Z")
 TYPE_PARAMS = ("types", "event_types", "eventTypes")
+# Far beyond any score the pipeline gives; keeps the bounds ordinary floats.
+_SPAM_LIMIT = 1e6
 
 
-def event_query(request: web.Request, agent: AgentConfig) -> EventQuery:
+def event_query(request: web.Request, principal: Principal, config: Config) -> EventQuery:
+    """The filters of a request, checked against what the token may see (403 beyond its subtree)."""
     query = request.query
     spelled = [name for name in TYPE_PARAMS if name in query]
     if len(spelled) > 1:
@@ -29,7 +34,7 @@ def event_query(request: web.Request, agent: AgentConfig) -> EventQuery:
         for pattern in patterns:
             if not _TYPE_PATTERN.match(pattern):
                 raise ApiError(400, f"{spelled[0]}: invalid event type pattern {pattern!r}")
-    own = {mailbox.id for mailbox in agent.mailboxes}
+    own = principal.mailboxes(config)
     mailboxes: tuple[str, ...] = ()
     if "mailbox" in query:
         mailboxes = tuple(m.strip() for m in query["mailbox"].split(",") if m.strip())
@@ -43,9 +48,43 @@ def event_query(request: web.Request, agent: AgentConfig) -> EventQuery:
         sender = query["from"].strip().lower()
         if not (_ADDRESS.match(sender) or _DOMAIN.match(sender)):
             raise ApiError(400, "from: expected an address (bob@example.org) or a domain (@example.org)")
+    min_spam = number(request, "min_spam", None, -_SPAM_LIMIT, _SPAM_LIMIT)
+    max_spam = number(request, "max_spam", None, -_SPAM_LIMIT, _SPAM_LIMIT)
+    if min_spam is not None and max_spam is not None and min_spam > max_spam:
+        raise ApiError(400, "min_spam: must not exceed max_spam")
     return EventQuery(
-        agent_ids=(agent.id,), mailbox_ids=mailboxes, type_patterns=patterns, from_filter=sender
+        agent_ids=agent_selection(request, principal),
+        mailbox_ids=mailboxes,
+        type_patterns=patterns,
+        from_filter=sender,
+        min_spam=min_spam,
+        max_spam=max_spam,
     )
+
+
+def agent_selection(request: web.Request, principal: Principal) -> tuple[str, ...]:
+    """`agent=`: ids and `*` globs within the token's subtree (all of it by default).
+
+    A plain id outside the subtree is a 403 (whether or not such an agent exists); a glob only
+    ever expands within the subtree, and may select nothing.
+    """
+    raw = request.query.get("agent")
+    if raw is None:
+        return principal.agents
+    patterns = [p.strip() for p in raw.split(",") if p.strip()]
+    if not patterns:
+        raise ApiError(400, "agent: empty value")
+    chosen: set[str] = set()
+    for pattern in patterns:
+        if not _AGENT_PATTERN.match(pattern):
+            raise ApiError(400, f"agent: invalid agent id or pattern {pattern[:40]!r}")
+        if "*" in pattern:
+            chosen.update(a for a in principal.agents if glob_matches(pattern, a))
+        elif pattern in principal.agents:
+            chosen.add(pattern)
+        else:
+            raise ApiError(403, f"agent {pattern!r} is not accessible with this token")
+    return tuple(a for a in principal.agents if a in chosen)
 
 
 def number(request: web.Request, name: str, default: float | None, low: float, high: float) -> float | None:
@@ -56,7 +95,7 @@ def number(request: web.Request, name: str, default: float | None, low: float, h
         value = float(raw)
     except ValueError:
         raise ApiError(400, f"{name}: expected a number, got {raw[:40]!r}") from None
-    if not low <= value <= high:
+    if not low <= value <= high:  # also refuses nan
         raise ApiError(400, f"{name}: must be between {low:g} and {high:g}")
     return value
 

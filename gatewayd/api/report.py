@@ -15,6 +15,7 @@ from gatewayd.events import NewEvent
 from gatewayd.imap.session import ImapError, ImapSession
 from gatewayd.message import parse
 from gatewayd.store import EventQuery
+from gatewayd.store.tokens import READ
 
 LABELS = ("spam", "ham")
 MESSAGE_REPORTED = "message.reported"
@@ -22,11 +23,13 @@ MESSAGE_REPORTED = "message.reported"
 
 async def report_message(request: web.Request) -> web.Response:
     gateway = Gateway.of(request)
-    agent = authenticate(request, gateway.config)
+    principal = await authenticate(request, gateway.config, gateway.tokens)
+    principal.require(READ)
     event_id = request.match_info["event_id"]
     seq = event_seq(gateway.store, "event_id", event_id)
     label = await _label(request)
-    found = await gateway.store.read_after(EventQuery(agent_ids=(agent.id,)), seq - 1, 1)
+    # The token's subtree only: an event of anyone else is "not found", never "forbidden".
+    found = await gateway.store.read_after(EventQuery(agent_ids=principal.agents), seq - 1, 1)
     if not found or found[0].seq != seq:
         raise ApiError(404, f"no event {event_id!r} for this token")
     event = found[0]
@@ -34,7 +37,9 @@ async def report_message(request: web.Request) -> web.Response:
         raise ApiError(400, f"event {event_id!r} is a {event.type}, not a received message")
     if gateway.learning is None:
         raise ApiError(409, "learning is not enabled", code="learning_disabled")
-    mailbox = next(m for m in agent.mailboxes if m.id == event.mailbox_id)
+    mailbox = principal.mailboxes(gateway.config).get(event.mailbox_id)
+    if mailbox is None:
+        raise ApiError(409, f"mailbox {event.mailbox_id!r} is no longer configured", "message_gone")
     data = event.data
     try:
         session = await ImapSession.open(mailbox.imap)
@@ -52,9 +57,10 @@ async def report_message(request: web.Request) -> web.Response:
     if not fetched:
         raise ApiError(409, "the message is no longer in its folder", "message_gone")
     changed = await asyncio.to_thread(gateway.learning.train, parse(fetched[0]), label, mailbox.id)
+    # Recorded for the mailbox's own agent, so everyone above it in the fleet sees it too.
     report = NewEvent(
         MESSAGE_REPORTED,
-        agent.id,
+        mailbox.agent_id,
         mailbox.id,
         {"event_id": event_id, "label": label, "message_id": data.get("message_id"), "learned": changed},
     )

@@ -2,23 +2,30 @@
 
 The subscription to the bus is taken *before* the replay reads the store, and live events at or
 below the last replayed seq are dropped: an event stored during the replay is either read by
-the replay or queued, and never sent twice.
+the replay or queued, and never sent twice. Replay and live apply the same filters (the store's
+reads and `matches`), so a stream over a whole fleet resumes exactly like one over one mailbox.
+
+A stream ends with a `closing` event (no `id:`) when the server shuts down or when its token is
+revoked or expires (`Gateway.end_streams`, or the periodic check in `gatewayd.api.guard`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 
 from aiohttp import web
 
-from gatewayd.api.auth import authenticate
+from gatewayd.api.auth import Principal, authenticate
 from gatewayd.api.context import Gateway
+from gatewayd.api.errors import ApiError
 from gatewayd.api.params import event_query, number, resume_point
 from gatewayd.bus import Subscription
 from gatewayd.events import CLOSING, STREAM_GAP, Event, rfc3339
 from gatewayd.store import EventQuery, matches
+from gatewayd.store.tokens import READ
 
 REPLAY_PAGE = 1000
 
@@ -35,16 +42,34 @@ def _unnumbered(event_type: str, data: dict[str, object]) -> bytes:
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
     gateway = Gateway.of(request)
-    agent = authenticate(request, gateway.config)
-    query = event_query(request, agent)
-    ping = number(request, "ping", 15.0, 1.0, gateway.config.server.max_ping_seconds)
+    config = gateway.config
+    principal = await authenticate(request, config, gateway.tokens)
+    principal.require(READ)
+    query = event_query(request, principal, config)
+    ping = number(request, "ping", 15.0, 1.0, config.server.max_ping_seconds)
     assert ping is not None
     max_seconds = number(request, "max_seconds", None, 1.0, 7 * 86400.0)
     resume = await resume_point(request, gateway.store)
+    # Read before subscribing: an id from the future is clamped to what was stored *then*, so
+    # an event stored once the subscription exists is above the clamp and never dropped.
+    ceiling = await gateway.store.last_seq() if resume is not None else 0
     if gateway.closing:
         raise web.HTTPServiceUnavailable(reason="shutting down", headers={"Retry-After": "5"})
+    # No await from here to add_stream: the count cannot change between the check and the add.
+    limit = config.server.max_streams_per_token
+    if limit is not None and gateway.streams_per_token[principal.key] >= limit:
+        retry_after = str(max(1, math.ceil(config.server.retry_ms / 1000)))
+        raise ApiError(
+            429,
+            f"this token already has {limit} open streams (server.max_streams_per_token)",
+            code="too_many_streams",
+            headers={"Retry-After": retry_after},
+        )
 
-    mailbox_ids = query.mailbox_ids or tuple(m.id for m in agent.mailboxes)
+    # Whoever subscribes, each (mailbox, folder) has one watcher: the pool counts subscribers.
+    mailbox_ids = query.mailbox_ids or tuple(
+        m.id for m in config.mailboxes() if m.agent_id in query.agent_ids
+    )
 
     def cut_off() -> None:
         if request.transport is not None:
@@ -62,15 +87,18 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             "Connection": "keep-alive",
         }
     )
-    stream = _Stream(gateway, query, response)
+    stream = _Stream(gateway, principal, query, response)
     gateway.add_stream(stream)
     try:
         await response.prepare(request)
-        await response.write(f"retry: {gateway.config.server.retry_ms}\n: connected\n\n".encode())
+        await response.write(f"retry: {config.server.retry_ms}\n: connected\n\n".encode())
         if resume is not None:
-            await stream.replay(resume.after_seq, resume.requested)
+            await stream.replay(min(resume.after_seq, ceiling), resume.requested)
         deadline = time.monotonic() + max_seconds if max_seconds else None
-        await stream.live(subscription, ping, deadline)
+        if stream.end_reason is not None:
+            await stream.send_closing(stream.end_reason)
+        else:
+            await stream.live(subscription, ping, deadline)
     except ConnectionResetError:
         pass  # the client went away, or was cut off for being too slow
     finally:
@@ -81,12 +109,22 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
 
 
 class _Stream:
-    def __init__(self, gateway: Gateway, query: EventQuery, response: web.StreamResponse) -> None:
+    def __init__(
+        self, gateway: Gateway, principal: Principal, query: EventQuery, response: web.StreamResponse
+    ) -> None:
         self.gateway = gateway
+        self.principal = principal
         self.query = query
         self.response = response
         self.last_seq = 0
         self.last_id: str | None = None
+        self.end_reason: str | None = None
+        self._ended = asyncio.Event()
+
+    def end(self, reason: str) -> None:
+        if self.end_reason is None:
+            self.end_reason = reason
+            self._ended.set()
 
     async def replay(self, after_seq: int, requested: str) -> None:
         store = self.gateway.store
@@ -97,8 +135,6 @@ class _Stream:
                     STREAM_GAP, {"requested": requested, "first_available_id": str(first), "at": rfc3339()}
                 )
             )
-        # An id from the future (say, a store wiped since) must not hide every new event.
-        after_seq = min(after_seq, await store.last_seq())
         self.last_seq = after_seq
         self.last_id = str(after_seq) if after_seq else None
         while True:
@@ -106,11 +142,13 @@ class _Stream:
             if events:
                 await self.response.write(b"".join(_frame(event) for event in events))
                 self.last_seq, self.last_id = events[-1].seq, events[-1].id
-            if len(events) < REPLAY_PAGE:
+            if len(events) < REPLAY_PAGE or self.end_reason is not None:
                 return
 
     async def live(self, subscription: Subscription, ping: float, deadline: float | None) -> None:
         closing = asyncio.ensure_future(self.gateway.closing_event.wait())
+        ended = asyncio.ensure_future(self._ended.wait())
+        getter: asyncio.Future[Event] | None = None
         try:
             while True:
                 timeout = ping if deadline is None else min(ping, deadline - time.monotonic())
@@ -118,11 +156,17 @@ class _Stream:
                     return
                 getter = asyncio.ensure_future(subscription.get())
                 done, _ = await asyncio.wait(
-                    {getter, closing}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                    {getter, closing, ended}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
                 if closing in done:
                     getter.cancel()
-                    await self.send_closing()
+                    await self.send_closing("shutdown")
+                    # Hold the connection through the grace period, so clients close first.
+                    await self.gateway.grace_over.wait()
+                    return
+                if ended in done:
+                    getter.cancel()
+                    await self.send_closing(self.end_reason or "ended")
                     return
                 if getter not in done:
                     getter.cancel()
@@ -144,8 +188,11 @@ class _Stream:
                 await self.response.write(b"".join(frames))
         finally:
             closing.cancel()
+            ended.cancel()
+            if getter is not None:
+                getter.cancel()  # also when the client left and the handler was cancelled
 
-    async def send_closing(self) -> None:
+    async def send_closing(self, reason: str) -> None:
         gateway = self.gateway
         await self.response.write(
             _unnumbered(
@@ -154,9 +201,7 @@ class _Stream:
                     "at": rfc3339(),
                     "last_event_id": self.last_id,
                     "reconnect_after_ms": gateway.config.server.retry_ms,
-                    "reason": "shutdown",
+                    "reason": reason,
                 },
             )
         )
-        # Hold the connection through the grace period, so clients close on their side first.
-        await gateway.grace_over.wait()

@@ -1,5 +1,10 @@
 """All watchers of the gateway: one per (mailbox, folder), shared by every subscriber.
 
+Subscribers are counted per mailbox, whoever they are (the mailbox's agent, a parent of it, any
+number of each): a (mailbox, folder) is never watched twice, so a message is processed once.
+A mailbox with several folders is watched by an `AccountWatcher` (one NOTIFY connection where
+the server allows it); one with a single folder by a `FolderWatcher`.
+
 `always` mailboxes are watched from start-up. `on_demand` ones start with their first
 subscriber and log out `on_demand_linger_seconds` after the last one leaves, so a client that
 reconnects at once does not cost a new IMAP login.
@@ -13,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from gatewayd.config import WATCH_ALWAYS, Config, MailboxConfig
+from gatewayd.imap.notify import AccountWatcher
 from gatewayd.imap.watch import FolderWatcher, MessageProcessor, Publisher
 from gatewayd.store import EventStore
 
@@ -42,15 +48,17 @@ class WatcherPool:
     def _start(self, mailbox: MailboxConfig) -> None:
         if mailbox.id in self._tasks or self._closed:
             return
-        watchers = [
-            FolderWatcher(mailbox, folder, self._store, self._process, self._publish)
-            for folder in mailbox.imap.folders
-        ]
-        self._watchers[mailbox.id] = watchers
-        self._tasks[mailbox.id] = [
-            asyncio.create_task(watcher.run(), name=f"watch:{mailbox.id}/{watcher.folder}")
-            for watcher in watchers
-        ]
+        if len(mailbox.imap.folders) > 1:
+            account = AccountWatcher(mailbox, self._store, self._process, self._publish)
+            self._watchers[mailbox.id] = account.folders
+            self._tasks[mailbox.id] = [asyncio.create_task(account.run(), name=f"watch:{mailbox.id}")]
+        else:
+            folder = mailbox.imap.folders[0]
+            watcher = FolderWatcher(mailbox, folder, self._store, self._process, self._publish)
+            self._watchers[mailbox.id] = [watcher]
+            self._tasks[mailbox.id] = [
+                asyncio.create_task(watcher.run(), name=f"watch:{mailbox.id}/{watcher.folder}")
+            ]
         log.info("watching %s (%s)", mailbox.id, ", ".join(mailbox.imap.folders))
 
     def acquire(self, mailbox_ids: Iterable[str]) -> None:
@@ -127,6 +135,7 @@ class WatcherPool:
                         "uidvalidity": status.uidvalidity,
                         "last_uid": status.last_uid,
                         "reconnects": status.reconnects,
+                        "notify": status.notify,
                     }
                 )
         return report

@@ -22,6 +22,10 @@ from gatewayd.message import FetchedMessage
 # aioimaplib logs every line at debug and stray responses at info: never let it near our logs.
 logging.getLogger("aioimaplib").setLevel(logging.WARNING)
 logging.getLogger("aioimaplib.aioimaplib").setLevel(logging.WARNING)
+# aioimaplib knows no NOTIFY (RFC 5465): register it as a command that runs alone, like SELECT.
+aioimaplib.Commands.setdefault(
+    "NOTIFY", aioimaplib.Cmd("NOTIFY", (aioimaplib.AUTH, aioimaplib.SELECTED), aioimaplib.Exec.is_sync)
+)
 
 _LOST = [b"gatewayd: connection lost"]
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
@@ -31,6 +35,10 @@ _FETCH_UID = re.compile(rb"[( ]UID (\d+)")
 _FETCH_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
 _FETCH_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
 _FETCH_DATE = re.compile(rb'INTERNALDATE "([^"]*)"')
+_STATUS_UIDNEXT = re.compile(rb"UIDNEXT (\d+)")
+_STATUS_UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
+# `* STATUS name (...)`, the name an atom or a quoted string (a literal is left unparsed).
+_STATUS = re.compile(rb'\A\* STATUS (?:"((?:[^"\\]|\\.)*)"|([^\s(){"]+)) \(')
 
 
 class ImapError(Exception):
@@ -78,15 +86,27 @@ class ImapSession:
         # Set whenever the server reports EXISTS, in IDLE or not: aioimaplib drops an EXISTS
         # that arrives during another command, so the watcher checks this after each sync.
         self.exists_seen = False
+        # With NOTIFY: the folders a `* STATUS` reported changed, whenever it came (None: a
+        # STATUS whose folder name could not be read). Read and cleared by take_notified().
+        self._notified: set[str | None] = set()
+        # The folder of a STATUS command in flight: its answer is not a notification.
+        self._status_query: str | None = None
+        # Folders SELECTed away from since take_left() was last called.
+        self._left: set[str] = set()
         protocol = client.protocol
         untagged = protocol._untagged_response
 
-        def note_exists(line: bytes) -> object:
+        def note(line: bytes) -> object:
+            # Sees every untagged line first, before aioimaplib strips its `* ` markers.
             if line.endswith(b" EXISTS"):
                 self.exists_seen = True
+            elif line.startswith(b"* STATUS "):
+                folder = _status_folder(line)
+                if folder is None or self._status_query is None or _folder_key(folder) != self._status_query:
+                    self._notified.add(folder)
             return untagged(line)
 
-        protocol._untagged_response = note_exists
+        protocol._untagged_response = note
 
     @classmethod
     async def open(cls, config: ImapConfig) -> ImapSession:
@@ -112,6 +132,9 @@ class ImapSession:
             if config.tls == TLS_STARTTLS:
                 await session._starttls()
             response = await client.login(config.username, config.password.reveal())
+            if response.result == "OK" and not any(b"CAPABILITY" in bytes(line) for line in response.lines):
+                # The server did not say what it offers once logged in (IDLE, NOTIFY): ask.
+                await asyncio.wait_for(client.protocol.capability(), timeout)
         except ImapError:
             await _abandon(session)
             raise
@@ -165,6 +188,61 @@ class ImapSession:
     def supports_idle(self) -> bool:
         return "IDLE" in self._client.protocol.capabilities
 
+    @property
+    def supports_notify(self) -> bool:
+        return "NOTIFY" in self._client.protocol.capabilities and self.supports_idle
+
+    async def notify(self, folders: Sequence[str]) -> None:
+        """NOTIFY SET: new mail in the selected folder comes as EXISTS, in the others as STATUS.
+
+        Notifications come during IDLE and at the start of any command; take_notified() collects
+        the STATUS ones whenever they came.
+        """
+        protocol = self._client.protocol
+        mailboxes = " ".join(_quote(folder) for folder in folders)
+        command = aioimaplib.Command(
+            "NOTIFY",
+            protocol.new_tag(),
+            "SET",
+            "(SELECTED (MessageNew MessageExpunge))",
+            f"(MAILBOXES ({mailboxes}) (MessageNew MessageExpunge))",
+            loop=protocol.loop,
+        )
+        await self._call("NOTIFY", protocol.execute(command))
+
+    async def status(self, folder: str) -> tuple[int | None, int | None]:
+        """(UIDNEXT, UIDVALIDITY) of a folder that is not selected, without selecting it."""
+        self._status_query = _folder_key(folder)
+        try:
+            request = self._client.status(_quote(folder), "(UIDNEXT UIDVALIDITY)")
+            response = await self._call("STATUS", request)
+        finally:
+            self._status_query = None
+        for line in response.lines:
+            # aioimaplib kept only what follows `* STATUS `; a notification about another folder
+            # may sit here too.
+            name = _status_folder(b"* STATUS " + bytes(line))
+            if name is not None and _folder_key(name) == _folder_key(folder):
+                uidnext, uidvalidity = _STATUS_UIDNEXT.search(line), _STATUS_UIDVALIDITY.search(line)
+                return (
+                    int(uidnext.group(1)) if uidnext else None,
+                    int(uidvalidity.group(1)) if uidvalidity else None,
+                )
+        return None, None
+
+    def take_left(self) -> set[str]:
+        """The folders this session SELECTed away from since the last call."""
+        left, self._left = self._left, set()
+        return left
+
+    def take_notified(self, folders: Sequence[str]) -> set[str]:
+        """Which of these folders a STATUS reported since the last call (all of them when a
+        STATUS named a folder that cannot be matched, so nothing is ever missed)."""
+        notified, self._notified = self._notified, set()
+        by_name = {_folder_key(folder): folder for folder in folders}
+        found = {by_name.get(_folder_key(name)) if name is not None else None for name in notified}
+        return set(folders) if None in found else {folder for folder in found if folder is not None}
+
     def _check(self, response: aioimaplib.Response, what: str) -> aioimaplib.Response:
         if self._lost:
             raise ImapConnectionLost("connection lost")
@@ -186,6 +264,9 @@ class ImapSession:
         return self._check(response, what)
 
     async def select(self, folder: str) -> Selected:
+        if self.selected is not None and self.selected.folder != folder:
+            # A push the server held back for the folder we leave is lost with it (see notify.py).
+            self._left.add(self.selected.folder)
         response = await self._call("SELECT", self._client.select(_quote(folder)))
         uidvalidity = uidnext = None
         for line in response.lines:
@@ -335,6 +416,20 @@ def _parse_fetch(lines: Sequence[bytes | bytearray], selected: Selected) -> list
             # Items after a literal continue the same FETCH response on the next line.
             head += b" " + line
     return messages
+
+
+def _status_folder(line: bytes) -> str | None:
+    match = _STATUS.match(line)
+    if match is None:
+        return None
+    if match.group(1) is not None:
+        return re.sub(rb"\\(.)", rb"\1", match.group(1)).decode("utf-8", "replace")
+    return match.group(2).decode("utf-8", "replace")
+
+
+def _folder_key(folder: str) -> str:
+    # INBOX is case-insensitive (RFC 3501 5.1); every other name is compared as it is.
+    return "INBOX" if folder.upper() == "INBOX" else folder
 
 
 def _quote(folder: str) -> str:

@@ -1,5 +1,8 @@
 """The watcher: one IMAP connection per (mailbox, folder), turning new UIDs into stored events.
 
+(Several folders of one account can share a connection instead: see `gatewayd.imap.notify`,
+which drives these same per-folder watchers over one NOTIFY session.)
+
 Exactly once: each message becomes an event with the dedupe key (mailbox, folder, UIDVALIDITY,
 UID), stored in the same transaction as the folder's UID checkpoint. After a crash the same UIDs
 are fetched again and the store skips what it already has.
@@ -12,9 +15,10 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 
 from gatewayd.config import MailboxConfig
 from gatewayd.events import (
@@ -25,6 +29,7 @@ from gatewayd.events import (
     NewEvent,
     rfc3339,
 )
+from gatewayd.imap.act import MailActions, SessionActions
 from gatewayd.imap.session import ImapError, ImapSession
 from gatewayd.message import FetchedMessage
 from gatewayd.store import Checkpoint, EventStore
@@ -36,8 +41,20 @@ FETCH_BATCH = 50
 NETWORK_BACKOFF = (1.0, 60.0)
 AUTH_BACKOFF = (60.0, 900.0)
 
-# Turns one fetched message into the event to store (parsing, and later the pipeline).
-MessageProcessor = Callable[[MailboxConfig, FetchedMessage], Awaitable[NewEvent | None]]
+class MessageProcessor(Protocol):
+    """The pipeline, as the watcher sees it (gatewayd.pipeline.Pipeline)."""
+
+    async def process(
+        self, mailbox: MailboxConfig, message: FetchedMessage, actions: MailActions | None = None
+    ) -> NewEvent | None:
+        """The event to store for one message (None: publish nothing), acting through `actions`."""
+        ...
+
+    async def recover(self, mailbox: MailboxConfig, actions: MailActions) -> None:
+        """Finish what a crash interrupted in the selected folder (the rules journal)."""
+        ...
+
+
 Publisher = Callable[[list[Event]], None]
 
 
@@ -51,6 +68,11 @@ class WatcherState:
     uidvalidity: int | None = None
     last_uid: int | None = None
     reconnects: int = 0
+    # True while the folder is watched over its account's shared NOTIFY connection.
+    notify: bool = False
+
+
+CONNECTED_STATES = ("connected", "idle", "polling")
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
@@ -80,7 +102,7 @@ class FolderWatcher:
     def key(self) -> tuple[str, str]:
         return (self.mailbox.id, self.folder)
 
-    def _set_state(self, state: str) -> None:
+    def set_state(self, state: str) -> None:
         if self.status.state != state:
             self.status.state = state
             self.status.since = rfc3339()
@@ -89,13 +111,17 @@ class FolderWatcher:
         event = NewEvent(event_type, self.mailbox.agent_id, self.mailbox.id, {"folder": self.folder, **data})
         self._publish(await self._store.append([event]))
 
-    async def run(self) -> None:
-        """Watch until cancelled; on cancellation leave the server politely (LOGOUT)."""
+    async def run(self, session: ImapSession | None = None) -> None:
+        """Watch until cancelled; on cancellation leave the server politely (LOGOUT).
+
+        `session`: a connection already open (and nothing selected) to start with.
+        """
         attempt = 0
         try:
             while True:
                 try:
-                    self._session = await ImapSession.open(self.mailbox.imap)
+                    self._session = session or await ImapSession.open(self.mailbox.imap)
+                    session = None
                     await self._watch(self._session)
                 except ImapError as exc:
                     attempt = await self._back_off(str(exc), exc.kind, attempt)
@@ -105,21 +131,32 @@ class FolderWatcher:
                     reason = f"internal error: {type(exc).__name__}"
                     attempt = await self._back_off(reason, "internal", attempt)
         finally:
-            self._set_state("stopped")
+            self.set_state("stopped")
             if self._session is not None:
                 await asyncio.shield(self._session.logout())
 
     async def _back_off(self, reason: str, kind: str, attempt: int) -> int:
         """Report the failure, wait, and return the next attempt number."""
-        connected = self.status.state in ("connected", "idle", "polling")
-        base, cap = AUTH_BACKOFF if kind == "auth" else NETWORK_BACKOFF
-        delay = backoff_delay(0 if connected else attempt, base, cap)
-        self.status.last_error = reason
-        self.status.reconnects += 1
-        self._set_state("backoff")
         if self._session is not None:
             self._session.abort()
             self._session = None
+        delay, next_attempt = self.next_delay(kind, attempt)
+        await self.report_failure(reason, kind, delay)
+        await asyncio.sleep(delay)
+        return next_attempt
+
+    def next_delay(self, kind: str, attempt: int) -> tuple[float, int]:
+        """How long to wait before reconnecting, and the attempt number after that."""
+        connected = self.status.state in CONNECTED_STATES
+        base, cap = AUTH_BACKOFF if kind == "auth" else NETWORK_BACKOFF
+        return backoff_delay(0 if connected else attempt, base, cap), 1 if connected else attempt + 1
+
+    async def report_failure(self, reason: str, kind: str, delay: float) -> None:
+        """State, log line and event of a failed or lost connection (the caller waits `delay`)."""
+        connected = self.status.state in CONNECTED_STATES
+        self.status.last_error = reason
+        self.status.reconnects += 1
+        self.set_state("backoff")
         log.warning("%s/%s: %s; retrying in %.1fs", self.mailbox.id, self.folder, reason, delay)
         retry_ms = int(delay * 1000)
         with contextlib.suppress(Exception):  # the store may be what failed
@@ -127,13 +164,13 @@ class FolderWatcher:
                 await self._emit(MAILBOX_DISCONNECTED, reason=reason, retry_in_ms=retry_ms)
             else:
                 await self._emit(MAILBOX_ERROR, reason=reason, kind=kind, retry_in_ms=retry_ms)
-        await asyncio.sleep(delay)
-        return 1 if connected else attempt + 1
 
-    async def _watch(self, session: ImapSession) -> None:
+    async def attach(self, session: ImapSession, notify: bool = False) -> None:
+        """SELECT the folder on this session, catch up, and announce the connection."""
         selected = await session.select(self.folder)
         self.status.uidvalidity = selected.uidvalidity
-        self._set_state("connected")
+        self.status.notify = notify
+        self.set_state("connected")
         self.status.last_error = None
         resynced = await self._sync(session, initial=True)
         await self._emit(
@@ -141,8 +178,20 @@ class FolderWatcher:
             host=self.mailbox.imap.host,
             uidvalidity=selected.uidvalidity,
             idle=session.supports_idle,
+            notify=notify,
             uidvalidity_changed=resynced,
         )
+
+    async def catch_up(self, session: ImapSession) -> None:
+        """On a session shared with other folders: SELECT this one if needed, then sync."""
+        selected = session.selected
+        if selected is None or selected.folder != self.folder:
+            selected = await session.select(self.folder)
+            self.status.uidvalidity = selected.uidvalidity
+        await self._sync(session)
+
+    async def _watch(self, session: ImapSession) -> None:
+        await self.attach(session)
         renew = self.mailbox.imap.idle_renew_seconds
         probe = self.mailbox.imap.read_timeout_seconds
         while True:
@@ -151,13 +200,13 @@ class FolderWatcher:
                 await self._sync(session)
                 continue
             if not session.supports_idle:
-                self._set_state("polling")
+                self.set_state("polling")
                 await asyncio.sleep(self.mailbox.imap.poll_interval_seconds)
                 await session.noop()
                 await self._sync(session)
                 continue
             await session.idle_start()
-            self._set_state("idle")
+            self.set_state("idle")
             idle_until = time.monotonic() + renew
             # Wait for EXISTS; every `probe` seconds of silence (and at the renew time) leave
             # IDLE: the DONE round trip proves the connection alive, and the sync catches
@@ -175,6 +224,8 @@ class FolderWatcher:
         session.exists_seen = False
         selected = session.selected
         assert selected is not None
+        # First what a crash interrupted (a message moved away before its event was stored).
+        await self._process.recover(self.mailbox, SessionActions(session))
         checkpoint = await self._store.get_checkpoint(self.mailbox.id, self.folder)
         resynced = False
         if checkpoint is None:
@@ -190,11 +241,15 @@ class FolderWatcher:
 
     async def _announce(self, session: ImapSession, uids: list[int], uidvalidity: int) -> None:
         messages = await session.fetch(uids, self.mailbox.fetch_max_bytes)
-        events = [event for message in messages if (event := await self._process(self.mailbox, message))]
+        # The rules act on the messages over this very connection (selected, outside IDLE).
+        actions = SessionActions(session)
+        process = self._process.process
+        events = [event for message in messages if (event := await process(self.mailbox, message, actions))]
         # The checkpoint covers the whole batch: a UID expunged before FETCH is skipped for good.
         checkpoint = Checkpoint(self.mailbox.id, self.folder, uidvalidity, max(uids))
         stored = await self._store.append(events, checkpoint)
         self.status.last_uid = checkpoint.last_uid
+        await actions.settle()  # the rules journal: these events are stored now
         self._publish(stored)
 
     async def _first_checkpoint(self, session: ImapSession) -> Checkpoint:

@@ -16,11 +16,14 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gatewayd.config import MailboxConfig
 from gatewayd.events import MESSAGE_RECEIVED, NewEvent
 from gatewayd.message import FetchedMessage, ParsedMessage, from_address, parse
+
+if TYPE_CHECKING:
+    from gatewayd.imap.act import MailActions
 
 ON_ERROR_CONTINUE = "continue"
 ON_ERROR_SUSPECT = "suspect"
@@ -48,6 +51,8 @@ class StageResult:
     findings: tuple[Finding, ...] = ()
     # A stage may rename the event (the auth stage: `message.received.unauthenticated`).
     event_type: str | None = None
+    # A stage may drop the event (the rules' `drop_event`): the message is processed, nothing is published.
+    drop: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,17 @@ class StageContext:
     mailbox: MailboxConfig | None
     # Results of the stages that ran before, by stage name.
     earlier: Mapping[str, StageResult]
+    # The event data and type so far (with earlier stages' verdicts; what the rules look at).
+    data: Mapping[str, Any] = field(default_factory=dict)
+    event_type: str = MESSAGE_RECEIVED
+    # IMAP actions on this message over the watcher's connection; None offline (check-message:
+    # the rules then only report what they would do).
+    actions: MailActions | None = None
+
+
+class StageAbort(Exception):
+    """Raised by a stage when the message cannot be finished now (its IMAP connection broke in the
+    middle of an action): no event; the pipeline re-raises it and the watcher reconnects."""
 
 
 class Stage(Protocol):
@@ -90,13 +106,16 @@ class Outcome:
     type: str
     data: dict[str, Any]
     results: Mapping[str, StageResult]
+    drop: bool = False
 
 
 class Pipeline:
     def __init__(self, stages: Sequence[StageSpec] = ()) -> None:
         self.stages = tuple(stages)
 
-    async def run(self, parsed: ParsedMessage, mailbox: MailboxConfig | None = None) -> Outcome:
+    async def run(
+        self, parsed: ParsedMessage, mailbox: MailboxConfig | None = None, actions: MailActions | None = None
+    ) -> Outcome:
         """Run every stage on a parsed message; used live and by `gatewayd check-message`."""
         data = dict(parsed.data)
         results: dict[str, StageResult] = {}
@@ -104,12 +123,19 @@ class Pipeline:
         errors: list[dict[str, str]] = []
         event_type = MESSAGE_RECEIVED
         force_suspect = False
+        drop = False
         for spec in self.stages:
             stage = spec.stage
             started = time.perf_counter()
             try:
-                context = StageContext(mailbox, results)
+                seen = data
+                if force_suspect:  # later stages (the rules) see the verdict the event will have
+                    seen = dict(data)
+                    _raise_to_suspect(seen)
+                context = StageContext(mailbox, results, seen, event_type, actions)
                 result = await asyncio.wait_for(stage.check(parsed, context), spec.timeout_seconds)
+            except StageAbort:
+                raise
             except Exception as exc:  # a stage's failure must never lose the message
                 timings[stage.name] = _ms(started)
                 error = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
@@ -128,15 +154,20 @@ class Pipeline:
             data.update(result.data)
             if result.event_type:
                 event_type = result.event_type
+            drop = drop or result.drop
         if force_suspect:
             _raise_to_suspect(data)
         data["pipeline_ms"] = timings
         data["pipeline_errors"] = errors
-        return Outcome(event_type, data, results)
+        return Outcome(event_type, data, results, drop)
 
-    async def process(self, mailbox: MailboxConfig, message: FetchedMessage) -> NewEvent | None:
+    async def process(
+        self, mailbox: MailboxConfig, message: FetchedMessage, actions: MailActions | None = None
+    ) -> NewEvent | None:
         parsed = parse(message)
-        outcome = await self.run(parsed, mailbox)
+        outcome = await self.run(parsed, mailbox, actions)
+        if outcome.drop:
+            return None
         return NewEvent(
             type=outcome.type,
             agent_id=mailbox.agent_id,
@@ -145,6 +176,13 @@ class Pipeline:
             dedupe_key=dedupe_key(mailbox.id, message),
             from_address=from_address(outcome.data),
         )
+
+    async def recover(self, mailbox: MailboxConfig, actions: MailActions) -> None:
+        """Let stages that act on the server (the rules) finish what a crash interrupted."""
+        for spec in self.stages:
+            recover = getattr(spec.stage, "recover", None)
+            if recover is not None:
+                await recover(mailbox, actions)
 
 
 def _ms(started: float) -> float:

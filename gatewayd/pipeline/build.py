@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from typing import Any
 
 from gatewayd.config import Config, ConfigError, PipelineConfig, StageConfig
 from gatewayd.pipeline import Pipeline, Stage, StageSpec
 from gatewayd.pipeline.auth import SYMBOLS as AUTH_SYMBOLS
 from gatewayd.pipeline.auth import AuthOptions, AuthStage
+from gatewayd.pipeline.external import ExternalScoring, RspamdClient, SpamdClient, Weighted
 from gatewayd.pipeline.injection import SYMBOLS as INJECTION_SYMBOLS
 from gatewayd.pipeline.injection import InjectionOptions, InjectionStage
 from gatewayd.pipeline.learning import LearningStore
@@ -26,7 +28,7 @@ def open_learning(pipeline: PipelineConfig) -> LearningStore:
 def _stage(config: Config, stage: StageConfig, learning: LearningStore | None) -> Stage:
     options = dict(stage.options)
     if stage.name == "spam":
-        return SpamStage(
+        spam = SpamStage(
             SpamOptions(
                 suspect_threshold=options["suspect_threshold"],
                 spam_threshold=options["spam_threshold"],
@@ -36,6 +38,8 @@ def _stage(config: Config, stage: StageConfig, learning: LearningStore | None) -
             ),
             learning,
         )
+        scorers = _external_scorers(options)
+        return ExternalScoring(spam, scorers) if scorers else spam
     if stage.name == "auth":
         per_mailbox = {
             mailbox.id: mailbox.trusted_authserv_ids
@@ -56,6 +60,19 @@ def _stage(config: Config, stage: StageConfig, learning: LearningStore | None) -
             InjectionOptions(weights=options["weights"], excerpt_chars=options["excerpt_chars"])
         )
     raise ValueError(f"unknown stage {stage.name!r}")
+
+
+def _external_scorers(options: Mapping[str, Any]) -> list[Weighted]:
+    """The configured external scorers (config validated them: null, or every key set)."""
+    scorers: list[Weighted] = []
+    if (rspamd := options.get("rspamd")) is not None:
+        password = rspamd["password"].reveal() if rspamd["password"] is not None else None
+        rspamd_client = RspamdClient(rspamd["url"], rspamd["timeout_ms"] / 1000, password)
+        scorers.append(Weighted(rspamd_client, rspamd["weight"]))
+    if (spamd := options.get("spamd")) is not None:
+        spamd_client = SpamdClient(spamd["host"], spamd["port"], spamd["timeout_ms"] / 1000)
+        scorers.append(Weighted(spamd_client, spamd["weight"]))
+    return scorers
 
 
 def _known_symbols(stage: str) -> Collection[str]:

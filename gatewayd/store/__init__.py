@@ -6,11 +6,12 @@ the HTTP API and the watchers only ever talk to this protocol.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
 
 from gatewayd.events import Event, NewEvent
 
@@ -28,7 +29,7 @@ class Checkpoint:
 @dataclass(frozen=True, slots=True)
 class EventQuery:
     """Which events a reader may and wants to see. Empty tuples mean "no restriction" except
-    `agent_ids`, which is always a restriction (a token only sees its own agents)."""
+    `agent_ids`, which is always a restriction (a token only sees its own agents' subtree)."""
 
     agent_ids: tuple[str, ...]
     mailbox_ids: tuple[str, ...] = ()
@@ -36,6 +37,10 @@ class EventQuery:
     type_patterns: tuple[str, ...] = ()
     # A lower-cased address (`bob@example.org`) or a domain (`@example.org`).
     from_filter: str | None = None
+    # Inclusive bounds on `data.spam.score` (see `spam_score`): an event without a numeric score
+    # never passes a bound.
+    min_spam: float | None = None
+    max_spam: float | None = None
 
 
 class InvalidEventId(ValueError):
@@ -48,7 +53,8 @@ class EventStore(Protocol):
     - `append` is atomic: the events and the checkpoint are written together or not at all.
     - Events get strictly increasing `seq` in append order; `id` is an opaque ASCII string.
     - An event whose `dedupe_key` is already stored is skipped silently (exactly once).
-    - Reads never return events outside `query.agent_ids`.
+    - Reads never return events outside `query.agent_ids`, and apply every filter of the query
+      exactly as `matches` does (replay and live must agree).
     """
 
     async def open(self) -> None: ...
@@ -98,9 +104,23 @@ class EventStore(Protocol):
         ...
 
 
+def spam_score(data: Mapping[str, Any]) -> float | None:
+    """`data.spam.score` when it is a finite number, else None: what the spam bounds compare."""
+    spam = data.get("spam")
+    score = spam.get("score") if isinstance(spam, dict) else None
+    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+        return None
+    return float(score)
+
+
 @lru_cache(maxsize=1024)
 def _type_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("\\A" + ".*".join(re.escape(part) for part in pattern.split("*")) + "\\Z")
+
+
+def glob_matches(pattern: str, text: str) -> bool:
+    """Only `*` is special (any run of characters), as in the type and agent filters."""
+    return _type_regex(pattern).match(text) is not None
 
 
 def matches(query: EventQuery, event: Event) -> bool:
@@ -109,11 +129,21 @@ def matches(query: EventQuery, event: Event) -> bool:
         return False
     if query.mailbox_ids and event.mailbox_id not in query.mailbox_ids:
         return False
-    if query.type_patterns and not any(_type_regex(p).match(event.type) for p in query.type_patterns):
+    if query.type_patterns and not any(glob_matches(p, event.type) for p in query.type_patterns):
         return False
     if query.from_filter:
         sender = event.from_address or ""
         if query.from_filter.startswith("@"):
-            return sender.endswith(query.from_filter)
-        return sender == query.from_filter
+            if not sender.endswith(query.from_filter):
+                return False
+        elif sender != query.from_filter:
+            return False
+    if query.min_spam is not None or query.max_spam is not None:
+        score = spam_score(event.data)
+        if score is None:
+            return False
+        if query.min_spam is not None and score < query.min_spam:
+            return False
+        if query.max_spam is not None and score > query.max_spam:
+            return False
     return True

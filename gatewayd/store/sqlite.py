@@ -22,9 +22,9 @@ from typing import Any
 import aiosqlite
 
 from gatewayd.events import Event, NewEvent, parse_rfc3339, rfc3339
-from gatewayd.store import Checkpoint, EventQuery, InvalidEventId
+from gatewayd.store import Checkpoint, EventQuery, InvalidEventId, spam_score
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS events (
@@ -64,8 +64,15 @@ CREATE TABLE IF NOT EXISTS message_ids (
 CREATE INDEX IF NOT EXISTS message_ids_seq ON message_ids (seq);
 """
 
+# The spam bounds filter on a column, not on json_extract(data): a replay stays a plain index walk.
+_V2_SPAM_SCORE = """
+ALTER TABLE events ADD COLUMN spam_score REAL;
+UPDATE events SET spam_score = json_extract(data, '$.spam.score')
+    WHERE json_type(data, '$.spam.score') IN ('integer', 'real')
+"""
+
 # Migrations from version N-1 to N, applied in order on open(); index 0 creates the schema.
-_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _V2_SPAM_SCORE)
 
 _EVENT_ID = re.compile(r"[0-9]{1,19}")
 _MAX_SEQ = 2**63 - 1  # SQLite INTEGER range; larger ids cannot have been issued.
@@ -85,8 +92,8 @@ _IN_CHUNK = 500
 # existence check is race-free because it runs inside append's BEGIN IMMEDIATE; the UNIQUE
 # constraint stays as a loud safety net.
 _INSERT_EVENT = (
-    "INSERT INTO events (type, created_at, agent_id, mailbox_id, from_address, dedupe_key, data)"
-    " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7"
+    "INSERT INTO events (type, created_at, agent_id, mailbox_id, from_address, dedupe_key, data, spam_score)"
+    " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8"
     " WHERE ?6 IS NULL OR NOT EXISTS (SELECT 1 FROM events WHERE dedupe_key = ?6)"
 )
 
@@ -218,6 +225,7 @@ class SqliteEventStore:
                             from_address,
                             event.dedupe_key,
                             data,
+                            spam_score(event.data),
                         ),
                     )
                     if cursor.rowcount != 1:
@@ -397,6 +405,12 @@ class SqliteEventStore:
             else:
                 where.append("from_address = ?")
                 params.append(wanted)
+        if query.min_spam is not None:
+            where.append("spam_score >= ?")
+            params.append(query.min_spam)
+        if query.max_spam is not None:
+            where.append("spam_score <= ?")
+            params.append(query.max_spam)
 
         # Every plan below yields rows already in seq order and stops after `limit` rows, so a
         # page costs the same wherever it starts. A plain `agent_id IN (...) ORDER BY seq` would

@@ -59,7 +59,7 @@ async def test_first_event_of_a_spam_message_already_carries_every_verdict(
     assert data["auth"]["trusted"] is True and data["auth"]["spf"]["result"] == "fail"
     assert data["injection"]["score"] >= 0.5
     assert "Ignore all previous" not in (data["sanitized_excerpt"] or "")
-    assert set(data["pipeline_ms"]) == {"spam", "auth", "injection"}
+    assert set(data["pipeline_ms"]) == {"spam", "auth", "injection", "rules"}
     assert data["pipeline_errors"] == []
     # A subscriber to message.received only does not see the unauthenticated one.
     assert plain.json["data"]["subject"] == "an ordinary note" == second.json["data"]["subject"]

@@ -1,0 +1,144 @@
+"""`gatewayd bench [SCENARIO ...]`: latency, scale and throughput, each against a floor in the same run.
+
+One sandbox Dovecot serves the whole run; gatewayd runs as a real `gatewayd run` subprocess
+(except for the in-process pipeline throughput). Each scenario prints its floor as it goes, and
+a table at the end; `--json FILE` keeps every number and the raw latency samples. Absolute times
+on a shared machine drift: compare each number with the floor next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+
+from gatewayd.bench import fanout, latency, mailboxes, replay, restart, throughput
+from gatewayd.bench.harness import Bench, machine
+from gatewayd.bench.stats import Result, markdown_table, plot, table, write_json
+
+# In the issue's order; each module has NAME, TITLE, QUICK, FULL and `async run(bench, size)`.
+SCENARIOS: tuple[ModuleType, ...] = (latency, mailboxes, fanout, throughput, replay, restart)
+BY_NAME = {module.NAME: module for module in SCENARIOS} | {
+    str(n): module for n, module in enumerate(SCENARIOS, 1)
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gatewayd bench",
+        description="Benchmarks against the sandbox Dovecot, each with its floor measured in the same run.",
+    )
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help=f"any of {', '.join(m.NAME for m in SCENARIOS)} (or 1-{len(SCENARIOS)}); default: all",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke size: tiny N, a few seconds each")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write every result and sample here")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="latency distributions (matplotlib)")
+    parser.add_argument("--markdown", type=Path, metavar="FILE", help="write the results table as Markdown")
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR", help="py-spy the measured phase of each scenario into DIR"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SCENARIO.KEY=VALUE",
+        help="override a size, e.g. --set fanout.subscribers=2000 (repeatable)",
+    )
+    return parser
+
+
+def _sizes(
+    modules: Sequence[ModuleType], quick: bool, overrides: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    sizes = {m.NAME: dict(m.QUICK if quick else m.FULL) for m in modules}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        name, _, field = key.partition(".")
+        if name not in sizes or field not in sizes[name] or not value:
+            raise SystemExit(
+                f"--set {item}: expected SCENARIO.KEY=VALUE with a key of {sizes.get(name, sizes)}"
+            )
+        sizes[name][field] = float(value)
+    return sizes
+
+
+async def run_scenario(module: ModuleType, bench: Bench, size: dict[str, float]) -> Result:
+    """Run one scenario; an exception becomes the result's error, never the end of the run."""
+    print(f"\n== {module.TITLE} ({', '.join(f'{k}={v:g}' for k, v in size.items())})", flush=True)
+    started = time.monotonic()
+    runner: Callable[[Bench, dict[str, float]], Awaitable[Result]] = module.run
+    try:
+        result = await runner(bench, size)
+    except Exception as exc:
+        traceback.print_exc()
+        result = Result(module.NAME, module.TITLE, size=dict(size), error=f"{type(exc).__name__}: {exc}")
+    result.seconds = time.monotonic() - started
+    if result.error:
+        print(f"  ERROR: {result.error}", flush=True)
+    for row in result.rows:
+        floor = f"  (floor {row.floor:.2f})" if row.floor is not None else ""
+        verdict = {True: "  [target met]", False: "  [TARGET MISSED]", None: ""}[row.met]
+        target = f"  target {row.target}" if row.target else ""
+        print(f"  {row.metric}: {row.value:.2f} {row.unit}{floor}{target}{verdict}", flush=True)
+    print(f"  ({result.seconds:.1f} s)", flush=True)
+    return result
+
+
+async def run(
+    modules: Sequence[ModuleType],
+    quick: bool,
+    sizes: dict[str, dict[str, float]],
+    profile: Path | None = None,
+) -> list[Result]:
+    bench = await asyncio.to_thread(Bench.open, quick, None, profile)
+    try:
+        return [await run_scenario(module, bench, sizes[module.NAME]) for module in modules]
+    finally:
+        await asyncio.to_thread(bench.close)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when every scenario ran (targets missed or not), 1 when one failed, 2 on bad usage."""
+    args = build_parser().parse_args(argv)
+    unknown = [name for name in args.scenarios if name not in BY_NAME]
+    if unknown:
+        print(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(BY_NAME)}", file=sys.stderr)
+        return 2
+    modules = list(dict.fromkeys(BY_NAME[name] for name in args.scenarios)) or list(SCENARIOS)
+    sizes = _sizes(modules, args.quick, args.set)
+    info = machine()
+    mode = "quick" if args.quick else "full"
+    print(
+        f"gatewayd bench ({mode}): {info.get('nproc')} cores, {info.get('cpu', '?')}, "
+        f"Python {info['python']}, Dovecot {info.get('dovecot', '?')}, load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    results = asyncio.run(run(modules, args.quick, sizes, args.profile))
+    info["loadavg_after"] = os.getloadavg()
+    print("\n" + table(results))
+    failed = [r.scenario for r in results if r.error]
+    missed = [r.scenario for r in results if r.targets_met is False]
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}")
+    print(
+        f"targets missed: {', '.join(missed)}" if missed else "no target missed among the scenarios that ran"
+    )
+    if args.json:
+        write_json(args.json, results, info)
+        print(f"results: {args.json}")
+    if args.markdown:
+        args.markdown.write_text(markdown_table(results) + "\n", encoding="utf-8")
+    if args.plot:
+        why_not = plot(args.plot, results)
+        print(f"plot: {why_not}" if why_not else f"plot: {args.plot}")
+    return 1 if any(r.error for r in results) else 0

@@ -1,0 +1,190 @@
+"""Scenario 4: pipeline throughput in process: parse + every configured stage + the store.
+
+Messages go through `Pipeline.process` (parsing, then the stages `build_pipeline` makes from the
+default configuration, with a learning store trained on part of the corpus) and are appended
+in batches of 50 with their checkpoint, as a watcher does. Throughput per core is messages per
+CPU-second of this process (all its threads: aiosqlite's, and any stage's `to_thread`). The
+share of each stage comes from the events' own `pipeline_ms`.
+
+Baseline, same run: parsing alone (`gatewayd.message.parse`) over the same messages.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gatewayd.bench.clients import bench_mail
+from gatewayd.bench.harness import Bench, gateway_config
+from gatewayd.bench.stats import Result
+from gatewayd.config import Config, MailboxConfig, parse_config
+from gatewayd.imap.watch import FETCH_BATCH
+from gatewayd.message import FetchedMessage, parse
+from gatewayd.pipeline import Pipeline
+from gatewayd.store import Checkpoint
+from gatewayd.store.sqlite import SqliteEventStore
+
+NAME = "throughput"
+TITLE = "4. pipeline throughput (in process)"
+QUICK = {"messages": 100, "train": 0}
+FULL = {"messages": 3000, "train": 1}
+TARGET_PER_CORE = 1000.0
+CORPUS = Path("/work/shared/corpus/spamassassin")
+FETCH_MAX_BYTES = 262144
+
+
+def load_corpus(limit: int) -> tuple[list[bytes], list[tuple[bytes, str]], str]:
+    """(messages to measure, labelled messages to train on, where they came from)."""
+    ham = sorted((CORPUS / "ham").glob("*.eml")) if CORPUS.is_dir() else []
+    spam = sorted((CORPUS / "spam").glob("*.eml")) if CORPUS.is_dir() else []
+    if not ham or not spam:
+        generated = [bench_mail(f"bench {n}", size=500 + 97 * (n % 40)) for n in range(limit)]
+        return generated, [], "generated messages (no corpus at " + str(CORPUS) + ")"
+    # Interleave so spam is spread through the run, as in a real mailbox.
+    ratio = max(1, len(ham) // len(spam))
+    mixed: list[tuple[Path, str]] = []
+    for i, path in enumerate(ham):
+        mixed.append((path, "ham"))
+        if i % ratio == ratio - 1 and spam:
+            mixed.append((spam.pop(), "spam"))
+    mixed += [(path, "spam") for path in spam]
+    raws = [(path.read_bytes(), label) for path, label in mixed]
+    measured = [raw for raw, _ in itertools.islice(itertools.cycle(raws), limit)]
+    # Train on every other message: half the corpus is new to the classifier.
+    return measured, raws[::2], f"SpamAssassin corpus ({len(raws)} files) at {CORPUS}"
+
+
+def fetched(uid: int, raw: bytes) -> FetchedMessage:
+    return FetchedMessage(
+        folder="INBOX",
+        uid=uid,
+        uidvalidity=1,
+        raw=raw[:FETCH_MAX_BYTES],
+        size=len(raw),
+        flags=(),
+        internaldate="21-Nov-2026 13:25:53 +0000",
+    )
+
+
+@dataclass
+class _Timing:
+    cpu: float = 0.0  # CPU seconds of this process, every thread
+    wall: float = 0.0
+    process_s: float = 0.0  # inside Pipeline.process: parsing and every stage
+    store_s: float = 0.0
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    errors: int = 0
+
+
+async def _measure(
+    pipeline: Pipeline, store: SqliteEventStore, mailbox: MailboxConfig, messages: list[bytes]
+) -> _Timing:
+    """Process and append in batches of FETCH_BATCH, as a watcher does."""
+    timing = _Timing(stage_ms={spec.stage.name: 0.0 for spec in pipeline.stages})
+    cpu, wall = time.process_time(), time.perf_counter()
+    for first in range(0, len(messages), FETCH_BATCH):
+        batch = messages[first : first + FETCH_BATCH]
+        events = []
+        for uid, raw in enumerate(batch, first + 1):
+            t0 = time.perf_counter()
+            event = await pipeline.process(mailbox, fetched(uid, raw))
+            timing.process_s += time.perf_counter() - t0
+            if event is None:
+                continue
+            events.append(event)
+            for name, ms in event.data.get("pipeline_ms", {}).items():
+                timing.stage_ms[name] = timing.stage_ms.get(name, 0.0) + ms
+            timing.errors += len(event.data.get("pipeline_errors", []))
+        t0 = time.perf_counter()
+        await store.append(events, Checkpoint(mailbox.id, "INBOX", 1, first + len(batch)))
+        timing.store_s += time.perf_counter() - t0
+    timing.wall = time.perf_counter() - wall
+    timing.cpu = time.process_time() - cpu
+    return timing
+
+
+def configured_pipeline(config: Config, result: Result) -> tuple[Pipeline, Any]:
+    """The pipeline `gatewayd run` would build, and its learning store (None without one).
+
+    Degrades to parsing alone, with a note, when the stage modules do not import.
+    """
+    learning: Any = None
+    try:
+        from gatewayd.pipeline.build import build_pipeline, open_learning
+
+        assert config.pipeline is not None
+        learning = open_learning(config.pipeline)
+        return build_pipeline(config, learning), learning
+    except Exception as exc:  # the stage modules may not import while they are being written
+        if learning is not None:
+            learning.close()
+        result.note(f"no stages: gatewayd.pipeline.build failed ({type(exc).__name__}: {exc}); parsing only")
+        return Pipeline(), None
+
+
+async def run(bench: Bench, size: dict[str, float]) -> Result:
+    result = Result(NAME, TITLE, size=dict(size))
+    workdir = bench.workdir("throughput")
+    (user,) = bench.users("tp", 1)
+    config = parse_config(gateway_config(bench, [user], workdir / "events.db", 0), env={}, base_dir=workdir)
+    mailbox = config.mailboxes()[0]
+    messages, training, source = load_corpus(int(size["messages"]))
+    result.note(f"messages: {source}")
+
+    pipeline, learning = configured_pipeline(config, result)
+    stage_names = [spec.stage.name for spec in pipeline.stages]
+    result.note(f"stages: {', '.join(stage_names) or 'none'}")
+    if learning is not None and size["train"] and training:
+        started = time.monotonic()
+        for uid, (raw, label) in enumerate(training, 1):
+            learning.train(parse(fetched(uid, raw)), label)
+        result.note(
+            f"learning store trained on {len(training)} messages in {time.monotonic() - started:.1f} s"
+        )
+
+    # Baseline: parsing alone.
+    started = time.perf_counter()
+    for uid, raw in enumerate(messages, 1):
+        parse(fetched(uid, raw))
+    parse_only = len(messages) / (time.perf_counter() - started)
+
+    store = SqliteEventStore(workdir / "events.db")
+    await store.open()
+    try:
+        async with bench.profile(NAME, os.getpid()):
+            timing = await _measure(pipeline, store, mailbox, messages)
+    finally:
+        await store.close()
+        if learning is not None:
+            learning.close()
+    cpu, wall, process_s, store_s = timing.cpu, timing.wall, timing.process_s, timing.store_s
+    stage_ms, errors = timing.stage_ms, timing.errors
+
+    count = len(messages)
+    per_core = count / cpu
+    result.add("messages", count)
+    result.add(
+        "throughput per core (msg per CPU-second)",
+        per_core,
+        "msg/s",
+        floor=parse_only,
+        target=f">= {TARGET_PER_CORE:g}/s",
+        met=per_core >= TARGET_PER_CORE,
+    )
+    result.add("throughput, wall clock", count / wall, "msg/s")
+    result.add("CPU / wall", cpu / wall, "cores")
+    stages_s = sum(stage_ms.values()) / 1000
+    result.add("share: parse + pipeline overhead", 100 * (process_s - stages_s) / wall, "%")
+    for name, ms in stage_ms.items():
+        result.add(f"share: stage {name}", 100 * ms / 1000 / wall, "%")
+    result.add("share: store append (batches of 50)", 100 * store_s / wall, "%")
+    result.add("mean per message: pipeline.process", 1000 * process_s / count, "ms")
+    result.add("mean per message: store", 1000 * store_s / count, "ms")
+    if errors:
+        result.note(f"{errors} stage errors or timeouts (pipeline_errors) among {count} messages")
+    result.add("stage errors", errors)
+    return result

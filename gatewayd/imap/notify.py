@@ -1,0 +1,180 @@
+"""Several folders of one account over one IMAP connection, with NOTIFY (RFC 5465).
+
+Where the server advertises NOTIFY (Dovecot does), a mailbox that watches several folders uses
+one connection instead of one per folder: `NOTIFY SET` asks for new mail in the selected folder
+as EXISTS and in the others as `* STATUS`; the watcher idles on whichever folder it synced last,
+and on a notification leaves IDLE, SELECTs the folder that changed and syncs it.
+
+The per-folder work (checkpoints in the same transaction as the events, UIDVALIDITY changes,
+state events) is the `FolderWatcher`'s, unchanged: this module only drives the connection.
+NOTIFY is an optimisation: a server without it, one that refuses the NOTIFY command, or a
+folder that cannot be selected falls back to one IDLE connection per folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from gatewayd.config import MailboxConfig
+from gatewayd.imap.session import ImapConnectionLost, ImapError, ImapSession
+from gatewayd.imap.watch import FolderWatcher, MessageProcessor, Publisher
+from gatewayd.store import EventStore
+
+log = logging.getLogger(__name__)
+
+
+class _NotifyUnusable(Exception):
+    """The server took the connection but not our use of NOTIFY on it."""
+
+
+def _is_change(line: bytes) -> bool:
+    """A push that can mean new mail: EXISTS of the selected folder, STATUS of another."""
+    return line.endswith(b"EXISTS") or line.startswith(b"STATUS ")
+
+
+class AccountWatcher:
+    """All the folders of one mailbox, over one NOTIFY connection when the server allows it."""
+
+    def __init__(
+        self,
+        mailbox: MailboxConfig,
+        store: EventStore,
+        process: MessageProcessor,
+        publish: Publisher,
+    ) -> None:
+        self.mailbox = mailbox
+        self.folders = [
+            FolderWatcher(mailbox, folder, store, process, publish) for folder in mailbox.imap.folders
+        ]
+        self._session: ImapSession | None = None
+
+    async def run(self) -> None:
+        """Watch until cancelled; on cancellation leave the server politely (LOGOUT)."""
+        attempt = 0
+        try:
+            while True:
+                try:
+                    session = self._session = await ImapSession.open(self.mailbox.imap)
+                    if session.supports_notify:
+                        await self._watch(session)
+                    else:
+                        log.info("%s: the server has no NOTIFY; one connection per folder", self.mailbox.id)
+                        self._session = None  # handed to the first folder's watcher
+                        await self._per_folder(session)
+                except _NotifyUnusable as exc:
+                    log.warning("%s: NOTIFY unusable (%s); one connection per folder", self.mailbox.id, exc)
+                    self._drop_session()
+                    await self._per_folder(None)
+                except ImapError as exc:
+                    attempt = await self._back_off(str(exc), exc.kind, attempt)
+                except Exception as exc:
+                    # A bug or a store failure must not end the watch for good: report, retry.
+                    log.exception("%s: unexpected error", self.mailbox.id)
+                    reason = f"internal error: {type(exc).__name__}"
+                    attempt = await self._back_off(reason, "internal", attempt)
+        finally:
+            for watcher in self.folders:
+                watcher.set_state("stopped")
+            if self._session is not None:
+                await asyncio.shield(self._session.logout())
+
+    async def _per_folder(self, session: ImapSession | None) -> None:
+        """The fall-back: every folder its own IDLE connection (the first may reuse `session`).
+
+        Returns only by cancellation (FolderWatcher.run never ends otherwise)."""
+        for watcher in self.folders:
+            watcher.status.notify = False
+        async with asyncio.TaskGroup() as group:
+            for i, watcher in enumerate(self.folders):
+                name = f"watch:{self.mailbox.id}/{watcher.folder}"
+                group.create_task(watcher.run(session if i == 0 else None), name=name)
+
+    def _drop_session(self) -> None:
+        if self._session is not None:
+            self._session.abort()
+            self._session = None
+
+    async def _back_off(self, reason: str, kind: str, attempt: int) -> int:
+        self._drop_session()
+        delay, next_attempt = self.folders[0].next_delay(kind, attempt)
+        for watcher in self.folders:
+            await watcher.report_failure(reason, kind, delay)
+        await asyncio.sleep(delay)
+        return next_attempt
+
+    async def _watch(self, session: ImapSession) -> None:
+        folders = [watcher.folder for watcher in self.folders]
+        by_folder = {watcher.folder: watcher for watcher in self.folders}
+        # UIDNEXT as of the last SELECT of each folder: everything below it has been synced.
+        synced_below: dict[str, int | None] = {}
+        try:
+            # NOTIFY first: mail arriving from now on is reported, even during the syncs below.
+            await session.notify(folders)
+            for watcher in self.folders:
+                await watcher.attach(session, notify=True)
+                synced_below[watcher.folder] = session.selected.uidnext if session.selected else None
+        except ImapConnectionLost:
+            raise
+        except ImapError as exc:
+            raise _NotifyUnusable(str(exc)) from None
+        pending: set[str] = set()
+        # Folders SELECTed away from (by us, or by a rule acting on the session) are checked
+        # with STATUS before idling: mail that reached one just before was due as an EXISTS
+        # (Dovecot holds pushes back up to 500 ms), which leaving the folder cancels, and the
+        # selected folder gets no STATUS notification for it either.
+        left: set[str] = set()
+        probing = False
+        renew = self.mailbox.imap.idle_renew_seconds
+        probe = self.mailbox.imap.read_timeout_seconds
+        while True:
+            selected = session.selected.folder if session.selected else None
+            pending |= session.take_notified(folders)
+            if session.exists_seen and selected in by_folder:
+                pending.add(selected)
+            left |= session.take_left()
+            if pending:
+                # The selected folder first (no SELECT needed), then in configured order.
+                folder = selected if selected in pending else next(f for f in folders if f in pending)
+                pending.discard(folder)
+                await by_folder[folder].catch_up(session)
+                if folder != selected:
+                    synced_below[folder] = session.selected.uidnext if session.selected else None
+                continue
+            left.discard(selected or "")
+            if left:
+                for folder in [f for f in folders if f in left]:
+                    if await self._changed(session, by_folder[folder], synced_below.get(folder), probing):
+                        pending.add(folder)
+                left.clear()
+                probing = False
+                continue
+            await session.idle_start()
+            for watcher in self.folders:
+                watcher.set_state("idle")
+            idle_until = time.monotonic() + renew
+            while True:
+                remaining = idle_until - time.monotonic()
+                lines = await session.wait_push(max(0.0, min(probe, remaining)))
+                if not lines:
+                    # Silence (or the renew time): the DONE round trip proves the connection
+                    # alive, and every folder is checked in case a push was lost.
+                    pending.update(f for f in folders if f == selected)
+                    left.update(f for f in folders if f != selected)
+                    probing = True
+                    break
+                if any(_is_change(line) for line in lines):
+                    break
+            await session.idle_done()
+
+    @staticmethod
+    async def _changed(
+        session: ImapSession, watcher: FolderWatcher, synced_below: int | None, probing: bool
+    ) -> bool:
+        """Whether a folder that is not selected may hold mail not yet synced."""
+        uidnext, uidvalidity = await session.status(watcher.folder)
+        if uidnext is None or synced_below is None:
+            # Cannot tell: sync it on the periodic probe only (never in a tight loop).
+            return probing
+        return uidnext != synced_below or uidvalidity != watcher.status.uidvalidity

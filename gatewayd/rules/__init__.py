@@ -1,0 +1,14 @@
+"""User rules: conditions on a message and actions carried out before its event is published.
+
+model.py       a rule (name, if, then, stop); parse_rules with errors naming rule and key
+conditions.py  the tests (from, subject, header, spam_verdict, ...) and all / any / not
+actions.py     the actions (move, copy, flags, keywords, mark_read, auto_reply, forward, ...)
+match.py       address patterns, globs, time-bounded regular expressions
+template.py    sandboxed Jinja templates for auto-replies and forwards
+safety.py      RFC 3834: when no automatic reply may be sent, and to whom one goes
+compose.py     the auto-reply and forward messages
+plan.py        matching rules -> ordered steps -> the event's rules_applied, labels, ...
+execute.py     steps through the journal: intent, action, outcome; crash resolution
+engine.py      RulesStage (the pipeline's last stage) and recover()
+load.py        RuleBook: every rule of the configuration, checked; reload
+"""

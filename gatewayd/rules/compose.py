@@ -1,0 +1,91 @@
+"""The mail the rules write: auto-replies (RFC 3834) and forwards (the original attached whole).
+
+An auto-reply: From the mailbox's own address, `Re:` subject, In-Reply-To and References to the
+message, `Auto-Submitted: auto-replied`, `X-Auto-Response-Suppress: All` (so Exchange-style
+responders stay quiet) and `X-Loop` with the mailbox's address (so a reply that comes back is
+recognised). A forward: `Fwd:` subject, the note as text, the original message attached verbatim
+as `message/rfc822`, `Auto-Submitted: auto-generated` and the same `X-Loop`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import policy
+from email.message import EmailMessage, MIMEPart
+from email.utils import format_datetime, formataddr, make_msgid
+from typing import Any
+
+_RE = ("re:", "aw:", "sv:", "antw:")
+MAX_REFERENCES = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Composed:
+    message: bytes
+    message_id: str
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2] or "gatewayd.invalid"
+
+
+def _headers(own: str, from_name: str | None, to: Sequence[str], subject: str) -> tuple[EmailMessage, str]:
+    message = EmailMessage(policy=policy.SMTP)
+    message_id = make_msgid(domain=_domain(own))
+    message["From"] = formataddr((from_name, own)) if from_name else own
+    message["To"] = ", ".join(to)
+    message["Subject"] = subject
+    message["Date"] = format_datetime(_now())
+    message["Message-ID"] = message_id
+    return message, message_id
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def reply(data: Mapping[str, Any], own: str, to: str, body: str, from_name: str | None = None) -> Composed:
+    subject = str(data.get("subject") or "").strip()
+    if not subject.lower().startswith(_RE):
+        subject = f"Re: {subject}" if subject else "Re: your message"
+    message, message_id = _headers(own, from_name, [to], subject)
+    original = data.get("message_id")
+    if isinstance(original, str) and original:
+        references = [r for r in data.get("references") or [] if isinstance(r, str)]
+        if not references and isinstance(data.get("in_reply_to"), str):
+            references = [data["in_reply_to"]]
+        message["In-Reply-To"] = original
+        message["References"] = " ".join([*references[-(MAX_REFERENCES - 1) :], original])
+    message["Auto-Submitted"] = "auto-replied"
+    message["X-Auto-Response-Suppress"] = "All"
+    message["X-Loop"] = own
+    message.set_content(body, cte="quoted-printable")
+    return Composed(message.as_bytes(), message_id)
+
+
+def forward(data: Mapping[str, Any], own: str, to: Sequence[str], note: str, raw: bytes) -> Composed:
+    subject = str(data.get("subject") or "").strip()
+    head, message_id = _headers(own, None, to, f"Fwd: {subject}" if subject else "Fwd: (no subject)")
+    head["Auto-Submitted"] = "auto-generated"
+    head["X-Loop"] = own
+    boundary = "=_gatewayd_" + secrets.token_hex(16)
+    head["MIME-Version"] = "1.0"
+    head["Content-Type"] = f'multipart/mixed; boundary="{boundary}"'
+    header_block = head.as_bytes().split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+    text = MIMEPart(policy=policy.SMTP)
+    text.set_content(note, cte="quoted-printable")
+    original = raw if raw.endswith(b"\n") else raw + b"\r\n"
+    eight_bit = any(byte > 127 for byte in original)
+    attached = (
+        b"Content-Type: message/rfc822\r\n"
+        b'Content-Disposition: attachment; filename="forwarded.eml"\r\n'
+        + (b"Content-Transfer-Encoding: 8bit\r\n" if eight_bit else b"")
+        + b"\r\n"
+        + original
+    )
+    marker = b"--" + boundary.encode()
+    body = marker + b"\r\n" + bytes(text) + b"\r\n" + marker + b"\r\n" + attached + marker + b"--\r\n"
+    return Composed(header_block + body, message_id)

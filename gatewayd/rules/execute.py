@@ -1,0 +1,223 @@
+"""Carry out a journaled plan: each step's intent, then the action, then its outcome, in the journal.
+
+The same code finishes a plan after a crash. A step recorded as started but without an outcome
+is resolved by looking, never by guessing:
+
+- a flag or keyword change, a report: harmless to repeat, so repeated (if the message is there);
+- a move: the message still in the folder means it did not happen (do it); gone means it did
+  (find where by Message-ID, over a second connection);
+- a copy: done when the destination has the Message-ID, else done now; without a Message-ID it
+  cannot be told, and is not repeated;
+- a mail: interrupted while sending, it may have gone out: it is never sent again (`unknown`).
+
+A broken connection in the middle of an action leaves its outcome unknown too: the step stays
+`started`, `ActionInterrupted` ends the batch, and the watcher resolves it after reconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from gatewayd.config import MailboxConfig
+from gatewayd.events import rfc3339
+from gatewayd.imap.act import MailActions, Placement
+from gatewayd.imap.session import ImapConnectionLost, ImapError
+from gatewayd.message import ParsedMessage, parse
+from gatewayd.pipeline import StageAbort
+from gatewayd.rules.plan import ERROR, OK, PENDING, SKIPPED
+from gatewayd.send.outbox import Outbox
+from gatewayd.store.journal import HELD, RETRY, SENDING, SENT, UNKNOWN, JournalEntry, RuleJournal
+
+# Test-only failure injection: the process dies right after this point (see tests/integration).
+CRASH_ENV = "GATEWAYD_TEST_CRASH"
+_RENUMBERED = "the folder was renumbered (UIDVALIDITY changed); not done"
+
+
+class ActionInterrupted(ImapConnectionLost, StageAbort):
+    """The connection broke during an action: no event now; the watcher reconnects and recovers."""
+
+
+class Trainer(Protocol):
+    def train(self, message: ParsedMessage, label: str, mailbox_id: str | None = None) -> bool: ...
+
+
+def message_key(mailbox_id: str, folder: str, uidvalidity: int, uid: int) -> str:
+    """The same key as the event's dedupe key (gatewayd.pipeline.dedupe_key)."""
+    return f"{mailbox_id}\x1f{folder}\x1f{uidvalidity}\x1f{uid}"
+
+
+def _fault(point: str) -> None:
+    if os.environ.get(CRASH_ENV) == point:
+        os._exit(99)
+
+
+class Executor:
+    def __init__(
+        self,
+        journal: RuleJournal,
+        entry: JournalEntry,
+        mailbox: MailboxConfig,
+        actions: MailActions,
+        outbox: Outbox | None,
+        learning: Trainer | None,
+        parsed: ParsedMessage | None = None,
+    ) -> None:
+        self._journal = journal
+        self._entry = entry
+        self._mailbox = mailbox
+        self._actions = actions
+        self._outbox = outbox
+        self._learning = learning
+        self._parsed = parsed
+        self._data: Mapping[str, Any] = entry.record["event"]["data"]
+
+    async def run(self) -> dict[int, dict[str, Any]]:
+        entry = self._entry
+        outcomes: dict[int, dict[str, Any]] = {}
+        for step in entry.record["plan"]["steps"]:
+            index = step["index"]
+            if "preset" in step:
+                continue
+            record = entry.steps.get(index)
+            if record is not None and record.get("state") == "done":
+                outcomes[index] = record
+                continue
+            if step["kind"] != "send" and entry.uidvalidity != self._actions.uidvalidity:
+                outcome = {
+                    "outcome": ERROR,
+                    "error": "the folder was renumbered (UIDVALIDITY changed); not done",
+                }
+            elif record is not None and record.get("state") == "started":
+                outcome = await self._guarded(self._resolve, step)
+            else:
+                await self._journal.step(entry.key, index, {"state": "started"})
+                outcome = await self._guarded(self._perform, step)
+            outcome = {"state": "done", **outcome}
+            await self._journal.step(entry.key, index, outcome)
+            outcomes[index] = outcome
+        return outcomes
+
+    async def _guarded(self, run: Any, step: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return dict(await run(step))
+        except ImapConnectionLost as exc:
+            raise ActionInterrupted(str(exc)) from None
+        except ImapError as exc:
+            return {"outcome": ERROR, "error": str(exc)[:300]}
+        except ValueError as exc:
+            return {"outcome": ERROR, "error": str(exc)[:300]}
+
+    # -- doing --------------------------------------------------------------------------------
+
+    async def _perform(self, step: dict[str, Any]) -> Mapping[str, Any]:
+        kind = step["kind"]
+        uid = self._entry.uid
+        if kind == "report":
+            return await self._report(step["label"])
+        if kind == "store":
+            await self._actions.store(uid, step["add"], step["flags"])
+            return {"outcome": OK}
+        if kind == "store_labels":
+            await self._actions.store_labels(uid, step["add"], step["flags"])
+            return {"outcome": OK}
+        if kind in ("copy", "move"):
+            if step["folder"] == self._entry.folder:
+                return {"outcome": SKIPPED, "reason": "the message is already in that folder"}
+            do = self._actions.move if kind == "move" else self._actions.copy
+            placement = await do(uid, step["folder"], step["create"])
+            if kind == "move":
+                _fault("after_move")
+            return await self._placed(placement)
+        if kind == "send":
+            return await self._send(step)
+        raise ValueError(f"unknown step {kind}")
+
+    async def _report(self, label: str) -> Mapping[str, Any]:
+        if self._learning is None:
+            return {"outcome": ERROR, "error": "learning is not enabled"}
+        parsed = self._parsed
+        if parsed is None:
+            fetched = await self._actions.fetch(self._entry.uid, self._mailbox.fetch_max_bytes)
+            if fetched is None:
+                return {"outcome": ERROR, "error": "the message is no longer in the folder"}
+            parsed = parse(fetched)
+        learned = await asyncio.to_thread(self._learning.train, parsed, label, self._mailbox.id)
+        return {"outcome": OK, "learned": learned}
+
+    async def _placed(self, placement: Placement, recovered: bool = False) -> Mapping[str, Any]:
+        """Note where the message landed, so that folder's watcher does not announce it again."""
+        if placement.uid is not None and placement.uidvalidity is not None:
+            key = message_key(self._mailbox.id, placement.folder, placement.uidvalidity, placement.uid)
+            await self._journal.place(
+                key, self._mailbox.id, placement.folder, placement.uidvalidity, placement.uid
+            )
+        outcome: dict[str, Any] = {
+            "outcome": OK,
+            "folder": placement.folder,
+            "uid": placement.uid,
+            "uidvalidity": placement.uidvalidity,
+        }
+        if recovered:
+            outcome["recovered"] = True
+        return outcome
+
+    async def _send(self, step: dict[str, Any]) -> Mapping[str, Any]:
+        item = await self._journal.outbox_get(self._entry.key, step["index"])
+        if item is None:
+            return {"outcome": ERROR, "error": "nothing was composed to send"}
+        described = {"message_id": item.message_id, "to": list(item.recipients)}
+        if item.state == HELD:
+            if self._outbox is None:
+                return {"outcome": ERROR, "error": "sending is not available", **described}
+            result = await self._outbox.send_inline(item)
+            item = await self._journal.outbox_get(self._entry.key, step["index"]) or item
+            status, error = item.state, result.error
+        else:
+            status, error = item.state, item.last_error
+        _fault("after_send")
+        if status == SENT:
+            return {"outcome": OK, **described}
+        if status == RETRY:
+            retry_at = rfc3339_at(item.next_attempt_at)
+            return {"outcome": PENDING, "error": error, "next_attempt_at": retry_at, **described}
+        if status == UNKNOWN:
+            return {"outcome": ERROR, "error": error or "interrupted; not sent again", **described}
+        return {"outcome": ERROR, "error": error or status, **described}
+
+    # -- resolving what a crash interrupted -----------------------------------------------------
+
+    async def _resolve(self, step: dict[str, Any]) -> Mapping[str, Any]:
+        kind = step["kind"]
+        uid = self._entry.uid
+        message_id = self._data.get("message_id")
+        if kind in ("report", "store", "store_labels"):
+            if not await self._actions.present(uid):
+                return {"outcome": ERROR, "error": "interrupted, and the message is no longer in the folder"}
+            return await self._perform(step)
+        if kind == "move":
+            if await self._actions.present(uid):
+                return await self._perform(step)
+            found = await self._actions.locate(step["folder"], message_id) if message_id else None
+            return await self._placed(found or Placement(step["folder"], None, None), recovered=True)
+        if kind == "copy":
+            if not message_id:
+                return {"outcome": ERROR, "error": "interrupted; without a Message-ID not repeated"}
+            found = await self._actions.locate(step["folder"], message_id)
+            if found is not None:
+                return await self._placed(found, recovered=True)
+            return await self._perform(step)
+        if kind == "send":
+            item = await self._journal.outbox_get(self._entry.key, step["index"])
+            if item is not None and item.state == SENDING:
+                error = "interrupted while sending; not sent again (it may have been delivered)"
+                await self._journal.outbox_update(item.id, UNKNOWN, last_error=error)
+            return await self._send(step)
+        raise ValueError(f"unknown step {kind}")
+
+
+def rfc3339_at(timestamp: float | None) -> str | None:
+    return None if timestamp is None else rfc3339(datetime.fromtimestamp(timestamp, UTC))

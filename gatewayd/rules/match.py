@@ -1,0 +1,85 @@
+"""Matching primitives for rule conditions: address patterns, globs, bounded regular expressions.
+
+A user's regular expression must not hang the gateway: patterns are compiled with the `regex`
+package, whose matcher takes a timeout (Python's `re` has none, and a catastrophic pattern such as
+`(x+x+)+y` runs for hours on a few kilobytes). Every search gets at most `REGEX_TIMEOUT` seconds and
+the whole message at most `REGEX_BUDGET`; the text searched is cut to `MAX_TEXT` characters. A
+search that runs out of time counts as "no match" and is reported in the event's `rules_errors`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import regex
+
+REGEX_TIMEOUT = 0.05
+REGEX_BUDGET = 0.25
+MAX_TEXT = 256 * 1024
+
+
+class RegexTimeout(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AddressPattern:
+    """`bob@example.org` (exact), `@example.org` or `example.org` (the domain), or a glob with
+    `*`/`?`/`[...]` (`*@*.example.org`). Case-insensitive."""
+
+    kind: str  # address | domain | glob
+    value: str
+
+    @classmethod
+    def parse(cls, text: str) -> AddressPattern:
+        text = text.strip().lower()
+        if any(c in text for c in "*?["):
+            return cls("glob", text)
+        if text.startswith("@"):
+            return cls("domain", text[1:])
+        if "@" not in text:
+            return cls("domain", text)
+        return cls("address", text)
+
+    def matches(self, address: str) -> bool:
+        address = address.lower()
+        if self.kind == "address":
+            return address == self.value
+        if self.kind == "domain":
+            return address.rpartition("@")[2] == self.value
+        return fnmatch.fnmatchcase(address, self.value)
+
+
+def glob_any(patterns: Iterable[str], text: str) -> bool:
+    """Case-insensitive fnmatch of text against any pattern."""
+    lowered = text.lower()
+    return any(fnmatch.fnmatchcase(lowered, pattern.lower()) for pattern in patterns)
+
+
+class RegexBudget:
+    """The regex time left for one message."""
+
+    def __init__(self, seconds: float = REGEX_BUDGET) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def search(self, pattern: regex.Pattern[str], text: str) -> bool:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise RegexTimeout(f"regex {pattern.pattern[:60]!r} skipped: the message's regex time is used up")
+        timeout = min(REGEX_TIMEOUT, remaining)
+        try:
+            return pattern.search(text[:MAX_TEXT], timeout=timeout) is not None
+        except TimeoutError:
+            message = f"regex {pattern.pattern[:60]!r} timed out after {timeout * 1000:.0f} ms"
+            raise RegexTimeout(message) from None
+
+
+def compile_regex(pattern: str) -> regex.Pattern[str]:
+    """Compile as Python `re` would (version 0 syntax); raises ValueError with the reason."""
+    try:
+        return regex.compile(pattern, regex.V0)
+    except regex.error as exc:
+        raise ValueError(f"invalid regex: {exc}") from None

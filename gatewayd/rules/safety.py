@@ -1,0 +1,108 @@
+"""When an automatic reply must not be sent (RFC 3834), and where one goes.
+
+An auto-reply is refused, with the reason in the event, to a message that is:
+
+- itself automatic: `Auto-Submitted` other than `no`, `X-Auto-Response-Suppress` (All, AutoReply,
+  OOF), a delivery or disposition report (`multipart/report`), or a null Return-Path (a bounce);
+- bulk, junk or from a list: `Precedence: bulk|list|junk`, `List-Id` / `List-Post` /
+  `List-Unsubscribe` / `List-Help`, the `$Junk` keyword, or a folder named like a junk folder;
+- from mailer-daemon, postmaster, no-reply style and list-robot addresses;
+- from, or to be answered at, the mailbox's own address, or already looped through it (`X-Loop`);
+- given a spam verdict (`spam` or `suspect`), or failed authentication (auth verdict `fail`).
+
+The reply goes to the Return-Path (the envelope sender, RFC 3834 section 4), else the Reply-To,
+else the From address.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from gatewayd.rules.conditions import Facts, is_auto_submitted, is_bulk
+
+_ROBOTS = re.compile(
+    r"(?i)^(mailer-daemon|postmaster|no[-_.]?reply|do[-_.]?not[-_.]?reply|bounces?|listserv|majordomo"
+    r"|mailman|owner-.*|.*-(request|bounces?|owner)|abuse|root|daemon|nobody)$"
+)
+_ANGLE = re.compile(r"<([^<>]*)>")
+_LIST_HEADERS = ("list-id", "list-post", "list-unsubscribe", "list-help")
+_JUNK_FOLDERS = ("junk", "spam", "junk e-mail", "junk email", "bulk mail")
+
+
+def _return_path(facts: Facts) -> str | None:
+    """The envelope sender: "" for a null one (`<>`), None when the header is missing."""
+    values = facts.header("return-path")
+    if not values:
+        return None
+    match = _ANGLE.search(values[-1])
+    return (match.group(1) if match else values[-1]).strip()
+
+
+def _address(entry: Any) -> str | None:
+    if isinstance(entry, dict) and isinstance(entry.get("address"), str) and entry["address"]:
+        return str(entry["address"])
+    return None
+
+
+def reply_target(facts: Facts) -> str | None:
+    """Where an automatic reply goes; None when there is nowhere (a bounce, no sender)."""
+    return_path = _return_path(facts)
+    if return_path is not None:
+        return return_path or None
+    reply_to = [a for e in facts.data.get("reply_to") or [] if (a := _address(e))]
+    if reply_to:
+        return reply_to[0]
+    return _address(facts.data.get("from"))
+
+
+def refuse_automatic(facts: Facts, own_address: str | None) -> str | None:
+    """Why no automatic mail may answer or forward this message (loops), or None."""
+    if is_auto_submitted(facts):
+        return "the message is itself automatic (Auto-Submitted)"
+    suppress = " ".join(facts.header("x-auto-response-suppress")).lower()
+    if any(word in suppress for word in ("all", "autoreply", "oof")):
+        return "the sender asks for no automatic replies (X-Auto-Response-Suppress)"
+    content_type = " ".join(facts.header("content-type")).lower()
+    if "multipart/report" in content_type:
+        return "the message is a delivery or disposition report"
+    if own_address and any(own_address.lower() in v.lower() for v in facts.header("x-loop")):
+        return "the message already passed through this mailbox (X-Loop)"
+    return None
+
+
+def refuse_reply(facts: Facts, own_address: str | None, target: str | None) -> str | None:
+    """Why an auto-reply to this message is not allowed (RFC 3834), or None when it is."""
+    if reason := refuse_automatic(facts, own_address):
+        return reason
+    if _return_path(facts) == "":
+        return "the message is a bounce (null Return-Path)"
+    if target is None:
+        return "the message has no sender to reply to"
+    if is_bulk(facts):
+        return "the message is bulk or junk (Precedence)"
+    if any(facts.headers.get(name) for name in _LIST_HEADERS):
+        return "the message is from a mailing list"
+    flags = [str(f).lower() for f in facts.data.get("flags") or []]
+    folder = str(facts.data.get("folder") or "").lower().rpartition("/")[2]
+    if "$junk" in flags or "junk" in flags or folder in _JUNK_FOLDERS:
+        return "the message is in junk"
+    local = target.rpartition("@")[0]
+    if _ROBOTS.match(local):
+        return f"{target} is a robot address (mailer-daemon, postmaster, no-reply, list robots)"
+    sender = _address(facts.data.get("from"))
+    own = (own_address or "").lower()
+    if own and (target.lower() == own or (sender or "").lower() == own):
+        return "the message is from this mailbox's own address"
+    spam = _section(facts.data, "spam")
+    if spam.get("verdict") in ("spam", "suspect"):
+        return f"the spam verdict is {spam.get('verdict')}"
+    if _section(facts.data, "auth").get("verdict") == "fail":
+        return "the message failed authentication"
+    return None
+
+
+def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = data.get(name)
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,119 @@
+"""The rules in the daemon: their journal, the outbox task, the pipeline stage, and reload on SIGHUP.
+
+Reload (`kill -HUP`, systemd's `ExecReload`) reads the configuration file again and takes only
+its rules (`rules:`, `rules_file:`, global and per mailbox); everything else needs a restart.
+The new rules are checked against the running mailboxes (a send rule needs the running mailbox's
+`smtp:`). On any problem the rules in force stay and every problem is logged. No connection is
+touched: the stage swaps its rule book, and the next message uses the new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable
+
+from gatewayd.config import Config, ConfigError, load_config
+from gatewayd.events import Event
+from gatewayd.pipeline import Pipeline, StageSpec
+from gatewayd.rules.engine import RULES_TIMEOUT_SECONDS, RulesStage
+from gatewayd.rules.execute import Trainer
+from gatewayd.rules.load import RuleBook, load_rules
+from gatewayd.send.outbox import Outbox
+from gatewayd.store import EventStore
+from gatewayd.store.sqlite_journal import SqliteRuleJournal
+
+log = logging.getLogger(__name__)
+
+# Finished journal entries are kept this long when the store keeps events forever.
+DEFAULT_JOURNAL_DAYS = 30.0
+
+
+class RulesService:
+    def __init__(
+        self,
+        config: Config,
+        store: EventStore,
+        publish: Callable[[list[Event]], None],
+        learning: Trainer | None,
+    ) -> None:
+        """Loads the rules: ConfigError when they are bad."""
+        self.config = config
+        self.journal = SqliteRuleJournal(config.store.path)
+        mailboxes = {mailbox.id: mailbox for mailbox in config.mailboxes()}
+        self.outbox = Outbox(self.journal, mailboxes, store, publish, learning)  # type: ignore[arg-type]
+        self.stage = RulesStage(load_rules(config), self.journal, self.outbox, learning, store, publish)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def book(self) -> RuleBook:
+        return self.stage.book
+
+    def extend(self, pipeline: Pipeline) -> Pipeline:
+        """The pipeline with the rules as its last stage (they see every verdict)."""
+        return Pipeline([*pipeline.stages, StageSpec(self.stage, RULES_TIMEOUT_SECONDS)])
+
+    async def open(self) -> None:
+        await self.journal.open()
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self.outbox.run(), name="outbox"),
+            asyncio.create_task(self._prune_forever(), name="rules-journal-prune"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.journal.close()
+
+    def reload(self) -> bool:
+        """Load the rules again (SIGHUP); False, with the reasons logged, when the old ones stay."""
+        try:
+            config = self._with_new_rules()
+            book = load_rules(config)
+        except ConfigError as exc:
+            log.error(
+                "rules reload failed; the %d rules in force stay:\n  %s",
+                self.book.count,
+                "\n  ".join(exc.errors),
+            )
+            return False
+        self.stage.book = book
+        files = ", ".join(map(str, book.files)) or "no rules file"
+        log.info("rules reloaded: %d rules (%s)", book.count, files)
+        return True
+
+    def _with_new_rules(self) -> Config:
+        """The running configuration with the rules of the file as it is now."""
+        running = self.config
+        if running.source is None:
+            return running  # built in memory: only the rules files can have changed
+        fresh = load_config(running.source)
+        rules = {mailbox.id: mailbox.rules for mailbox in fresh.mailboxes()}
+        agents = tuple(
+            dataclasses.replace(
+                agent,
+                mailboxes=tuple(
+                    dataclasses.replace(mailbox, rules=rules.get(mailbox.id, type(mailbox.rules)()))
+                    for mailbox in agent.mailboxes
+                ),
+            )
+            for agent in running.agents
+        )
+        return dataclasses.replace(running, rules=fresh.rules, agents=agents)
+
+    async def _prune_forever(self) -> None:
+        store = self.config.store
+        days = store.retention_days or DEFAULT_JOURNAL_DAYS
+        while True:
+            try:
+                await self.journal.prune(days * 86400)
+            except Exception:
+                log.exception("rules journal: pruning failed")
+            await asyncio.sleep(store.prune_interval_seconds)

@@ -1,0 +1,118 @@
+"""One SMTP delivery over aiosmtplib, through a mailbox's `smtp:` server, with an honest verdict.
+
+What matters after a failure is whether the mail may have been delivered anyway:
+
+- `sent`: the server accepted the data (some recipients may have been refused: see `error`);
+- `retry`: it certainly was not delivered and trying later may help (network trouble before the
+  data, a 4xx reply);
+- `failed`: it was not delivered and will not be (a 5xx reply, a refused login);
+- `unknown`: the connection broke or timed out while the server had the data: it may have been
+  delivered, so it is never sent again (an auto-reply must not go out twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from gatewayd.config import TLS_IMPLICIT, TLS_STARTTLS, SmtpConfig
+from gatewayd.store.journal import FAILED, RETRY, SENT, UNKNOWN
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    status: str  # sent | retry | failed | unknown
+    error: str | None = None
+
+
+def tls_context(config: SmtpConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    if not config.verify_cert:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def send(
+    config: SmtpConfig,
+    envelope_from: str,
+    recipients: Sequence[str],
+    message: bytes,
+    timeout: float | None = None,
+) -> SendResult:
+    """Deliver `message` to `recipients`; never raises (see the module docstring for the verdicts).
+
+    `timeout` bounds the whole delivery (default: three times `config.timeout_seconds`).
+    """
+    smtp = aiosmtplib.SMTP(
+        hostname=config.host,
+        port=config.port,
+        use_tls=config.tls == TLS_IMPLICIT,
+        # Never the automatic upgrade: "none" means none, "starttls" means it is required.
+        start_tls=config.tls == TLS_STARTTLS,
+        tls_context=tls_context(config) if config.tls != "none" else None,
+        timeout=config.timeout_seconds,
+    )
+    phase = ["connect"]
+    try:
+        async with asyncio.timeout(timeout or config.timeout_seconds * 3):
+            return await _deliver(smtp, config, envelope_from, recipients, message, phase)
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        return SendResult(FAILED, f"login refused: {exc.code} {exc.message}"[:300])
+    except aiosmtplib.SMTPResponseException as exc:
+        status = RETRY if 400 <= exc.code < 500 else FAILED
+        return SendResult(status, f"{phase[0]}: {exc.code} {exc.message}"[:300])
+    except aiosmtplib.SMTPNotSupported as exc:
+        return SendResult(FAILED, f"{phase[0]}: {exc}"[:300])
+    except (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError) as exc:
+        detail = str(exc) or type(exc).__name__
+        # Cut off while the server had the data: it may have been delivered.
+        status = UNKNOWN if phase[0] == "data" else RETRY
+        return SendResult(status, f"{phase[0]}: {detail}"[:300])
+    finally:
+        if smtp.is_connected:
+            try:
+                await asyncio.wait_for(smtp.quit(), 2)
+            except Exception:
+                smtp.close()
+
+
+async def _deliver(
+    smtp: aiosmtplib.SMTP,
+    config: SmtpConfig,
+    envelope_from: str,
+    recipients: Sequence[str],
+    message: bytes,
+    phase: list[str],
+) -> SendResult:
+    await smtp.connect()
+    if config.username is not None and config.password is not None:
+        phase[0] = "login"
+        await smtp.login(config.username, config.password.reveal())
+    phase[0] = "mail"
+    await smtp.mail(envelope_from)
+    phase[0] = "rcpt"
+    refused: list[tuple[str, int, str]] = []
+    for recipient in recipients:
+        try:
+            await smtp.rcpt(recipient)
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            refused.append((recipient, exc.code, exc.message))
+    if len(refused) == len(recipients):
+        temporary = all(400 <= code < 500 for _, code, _ in refused)
+        text = "; ".join(f"{rcpt}: {code} {why}" for rcpt, code, why in refused)
+        return SendResult(RETRY if temporary else FAILED, f"rcpt: {text}"[:300])
+    phase[0] = "data"
+    await smtp.data(message)
+    phase[0] = "done"
+    if refused:
+        text = "; ".join(f"{rcpt}: {code} {why}" for rcpt, code, why in refused)
+        return SendResult(SENT, f"refused: {text}"[:300])
+    return SendResult(SENT)

@@ -1,0 +1,428 @@
+"""`RuleJournal` on SQLite (WAL), by default in the event log's file, with its own connection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from gatewayd.store.journal import (
+    DONE,
+    FINAL,
+    HELD,
+    OPEN,
+    PLACED,
+    REPLY_MEMORY_SECONDS,
+    RETRY,
+    SENDING,
+    JournalEntry,
+    OutboxItem,
+    OutgoingMail,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rule_journal (
+    key TEXT PRIMARY KEY,
+    agent_id TEXT NOT NULL,
+    mailbox_id TEXT NOT NULL,
+    folder TEXT NOT NULL,
+    uidvalidity INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    record TEXT NOT NULL,
+    result TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rule_journal_open ON rule_journal (mailbox_id, folder, state);
+CREATE INDEX IF NOT EXISTS rule_journal_updated ON rule_journal (updated_at);
+CREATE TABLE IF NOT EXISTS rule_steps (
+    key TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (key, step)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    mailbox_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    envelope_from TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    message BLOB NOT NULL,
+    message_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    last_error TEXT,
+    info TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (key, step)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS auto_replies (
+    mailbox_id TEXT NOT NULL,
+    address TEXT NOT NULL,
+    replied_at REAL NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (mailbox_id, address)
+) WITHOUT ROWID
+"""
+
+_ENTRY = "key, mailbox_id, folder, uidvalidity, uid, state, record, result, created_at"
+_OUTBOX = (
+    "id, key, step, mailbox_id, agent_id, kind, envelope_from, recipients, message, message_id,"
+    " state, attempts, next_attempt_at, last_error, info"
+)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class SqliteRuleJournal:
+    """`RuleJournal` on SQLite (WAL), by default in the event log's file, with its own connection."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+        self.path = Path(path)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._conn: aiosqlite.Connection | None = None
+        # A transaction spans several awaits: serialize them.
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA synchronous=NORMAL")
+            await conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    await conn.execute(statement)
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            async with self._lock:
+                await conn.close()
+
+    @property
+    def _c(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise RuntimeError("SqliteRuleJournal is not open")
+        return self._conn
+
+    async def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        # Under the lock: on a shared connection a read between another call's BEGIN and COMMIT
+        # would see rows that may still be rolled back.
+        async with self._lock:
+            return list(await self._c.execute_fetchall(sql, params))
+
+    async def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        """Run statements in one transaction; the row counts, in order."""
+        counts: list[int] = []
+        async with self._lock:
+            conn = self._c
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    cursor = await conn.execute(sql, params)
+                    counts.append(cursor.rowcount)
+                await conn.execute("COMMIT")
+            except BaseException:
+                await conn.rollback()
+                raise
+        return counts
+
+    # -- journal -------------------------------------------------------------------------------
+
+    async def get(self, key: str) -> JournalEntry | None:
+        rows = await self._read(f"SELECT {_ENTRY} FROM rule_journal WHERE key = ?", (key,))
+        return (await self._entries(rows))[0] if rows else None
+
+    async def _entries(self, rows: Any) -> list[JournalEntry]:
+        entries = []
+        for key, mailbox_id, folder, uidvalidity, uid, state, record, result, created_at in rows:
+            steps = await self._read(
+                "SELECT step, record FROM rule_steps WHERE key = ? ORDER BY step", (key,)
+            )
+            entries.append(
+                JournalEntry(
+                    key,
+                    mailbox_id,
+                    folder,
+                    int(uidvalidity),
+                    int(uid),
+                    state,
+                    json.loads(record),
+                    {int(step): json.loads(data) for step, data in steps},
+                    json.loads(result) if result is not None else None,
+                    float(created_at),
+                )
+            )
+        return entries
+
+    async def begin(
+        self,
+        key: str,
+        *,
+        agent_id: str,
+        mailbox_id: str,
+        folder: str,
+        uidvalidity: int,
+        uid: int,
+        record: dict[str, Any],
+        mails: Sequence[OutgoingMail] = (),
+    ) -> JournalEntry:
+        now = time.time()
+        async with self._lock:
+            conn = self._c
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = await conn.execute(
+                    "INSERT INTO rule_journal (key, agent_id, mailbox_id, folder, uidvalidity, uid, state,"
+                    " record, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (key) DO NOTHING",
+                    (key, agent_id, mailbox_id, folder, uidvalidity, uid, OPEN, _dumps(record), now, now),
+                )
+                if cursor.rowcount == 1:
+                    for mail in mails:
+                        await self._add_mail(conn, key, agent_id, mailbox_id, mail, now)
+                await conn.execute("COMMIT")
+            except BaseException:
+                await conn.rollback()
+                raise
+        entry = await self.get(key)
+        assert entry is not None
+        return entry
+
+    async def _add_mail(
+        self,
+        conn: aiosqlite.Connection,
+        key: str,
+        agent_id: str,
+        mailbox_id: str,
+        mail: OutgoingMail,
+        now: float,
+    ) -> None:
+        if mail.reservation is not None:
+            reservation = mail.reservation
+            cursor = await conn.execute(
+                "INSERT INTO auto_replies (mailbox_id, address, replied_at, key) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (mailbox_id, address) DO UPDATE"
+                " SET replied_at = excluded.replied_at, key = excluded.key"
+                " WHERE auto_replies.replied_at <= ?",
+                (mailbox_id, reservation.address.lower(), now, key, now - reservation.period_seconds),
+            )
+            if cursor.rowcount != 1:
+                skipped = {
+                    "state": "done",
+                    "outcome": "skipped",
+                    "reason": f"already auto-replied to {reservation.address} within the period",
+                }
+                await conn.execute(
+                    "INSERT OR REPLACE INTO rule_steps (key, step, record) VALUES (?, ?, ?)",
+                    (key, mail.step, _dumps(skipped)),
+                )
+                return
+        await conn.execute(
+            "INSERT INTO outbox (key, step, mailbox_id, agent_id, kind, envelope_from, recipients, message,"
+            " message_id, state, info, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (key, step) DO NOTHING",
+            (
+                key,
+                mail.step,
+                mailbox_id,
+                agent_id,
+                mail.kind,
+                mail.envelope_from,
+                _dumps(list(mail.recipients)),
+                mail.message,
+                mail.message_id,
+                HELD,
+                _dumps(mail.info),
+                now,
+            ),
+        )
+
+    async def step(self, key: str, index: int, record: dict[str, Any]) -> None:
+        await self._write(
+            [
+                (
+                    "INSERT INTO rule_steps (key, step, record) VALUES (?, ?, ?)"
+                    " ON CONFLICT (key, step) DO UPDATE SET record = excluded.record",
+                    (key, index, _dumps(record)),
+                ),
+                ("UPDATE rule_journal SET updated_at = ? WHERE key = ?", (time.time(), key)),
+            ]
+        )
+
+    async def complete(self, key: str, result: dict[str, Any]) -> None:
+        await self._write(
+            [
+                (
+                    "UPDATE rule_journal SET result = ?, updated_at = ? WHERE key = ?",
+                    (_dumps(result), time.time(), key),
+                )
+            ]
+        )
+
+    async def finish(self, keys: Sequence[str]) -> None:
+        now = time.time()
+        await self._write(
+            [
+                (
+                    "UPDATE rule_journal SET state = ?, updated_at = ? WHERE key = ? AND state = ?",
+                    (DONE, now, k, OPEN),
+                )
+                for k in keys
+            ]
+        )
+
+    async def place(self, key: str, mailbox_id: str, folder: str, uidvalidity: int, uid: int) -> None:
+        now = time.time()
+        await self._write(
+            [
+                (
+                    "INSERT INTO rule_journal (key, agent_id, mailbox_id, folder, uidvalidity, uid, state,"
+                    " record, created_at, updated_at) VALUES (?, '', ?, ?, ?, ?, ?, '{}', ?, ?)"
+                    " ON CONFLICT (key) DO NOTHING",
+                    (key, mailbox_id, folder, uidvalidity, uid, PLACED, now, now),
+                )
+            ]
+        )
+
+    async def open_entries(self, mailbox_id: str, folder: str) -> list[JournalEntry]:
+        rows = await self._read(
+            f"SELECT {_ENTRY} FROM rule_journal WHERE mailbox_id = ? AND folder = ? AND state = ?"
+            " ORDER BY created_at",
+            (mailbox_id, folder, OPEN),
+        )
+        return await self._entries(rows)
+
+    # -- outbox --------------------------------------------------------------------------------
+
+    async def outbox_get(self, key: str, step: int) -> OutboxItem | None:
+        rows = await self._read(f"SELECT {_OUTBOX} FROM outbox WHERE key = ? AND step = ?", (key, step))
+        return _item(rows[0]) if rows else None
+
+    async def outbox_update(
+        self,
+        item_id: int,
+        state: str,
+        *,
+        attempts: int | None = None,
+        next_attempt_at: float | None = None,
+        last_error: str | None = None,
+    ) -> None:
+        await self._write(
+            [
+                (
+                    "UPDATE outbox SET state = ?, attempts = coalesce(?, attempts), next_attempt_at = ?,"
+                    " last_error = ?, updated_at = ? WHERE id = ?",
+                    (state, attempts, next_attempt_at, last_error, time.time(), item_id),
+                )
+            ]
+        )
+
+    async def outbox_due(self, now: float, limit: int = 20) -> list[OutboxItem]:
+        rows = await self._read(
+            f"SELECT {_OUTBOX} FROM outbox WHERE state = ? AND next_attempt_at <= ?"
+            " ORDER BY next_attempt_at LIMIT ?",
+            (RETRY, now, limit),
+        )
+        return [_item(row) for row in rows]
+
+    async def outbox_next_due(self) -> float | None:
+        rows = await self._read("SELECT min(next_attempt_at) FROM outbox WHERE state = ?", (RETRY,))
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    async def outbox_orphans(self) -> list[OutboxItem]:
+        rows = await self._read(
+            f"SELECT {_OUTBOX} FROM outbox WHERE state = ? AND NOT EXISTS"
+            " (SELECT 1 FROM rule_journal j WHERE j.key = outbox.key AND j.state = ?)",
+            (SENDING, OPEN),
+        )
+        return [_item(row) for row in rows]
+
+    async def release_reservation(self, mailbox_id: str, address: str, key: str) -> None:
+        await self._write(
+            [
+                (
+                    "DELETE FROM auto_replies WHERE mailbox_id = ? AND address = ? AND key = ?",
+                    (mailbox_id, address.lower(), key),
+                )
+            ]
+        )
+
+    async def prune(self, max_age_seconds: float) -> int:
+        """Forget finished messages and final mail older than max_age_seconds; never open ones."""
+        now = time.time()
+        cutoff = now - max_age_seconds
+        counts = await self._write(
+            [
+                (
+                    "DELETE FROM rule_steps WHERE key IN (SELECT key FROM rule_journal"
+                    " WHERE state != ? AND updated_at < ?)",
+                    (OPEN, cutoff),
+                ),
+                ("DELETE FROM rule_journal WHERE state != ? AND updated_at < ?", (OPEN, cutoff)),
+                (
+                    f"DELETE FROM outbox WHERE state IN ({','.join('?' * len(FINAL))}) AND updated_at < ?",
+                    (*FINAL, cutoff),
+                ),
+                ("DELETE FROM auto_replies WHERE replied_at < ?", (now - REPLY_MEMORY_SECONDS,)),
+            ]
+        )
+        return counts[1]
+
+
+def _item(row: Any) -> OutboxItem:
+    (
+        item_id,
+        key,
+        step,
+        mailbox_id,
+        agent_id,
+        kind,
+        envelope_from,
+        recipients,
+        message,
+        message_id,
+        state,
+        attempts,
+        next_attempt_at,
+        last_error,
+        info,
+    ) = row
+    return OutboxItem(
+        int(item_id),
+        key,
+        int(step),
+        mailbox_id,
+        agent_id,
+        kind,
+        envelope_from,
+        tuple(json.loads(recipients)),
+        bytes(message),
+        message_id,
+        state,
+        int(attempts),
+        float(next_attempt_at) if next_attempt_at is not None else None,
+        last_error,
+        json.loads(info),
+    )

@@ -1,0 +1,279 @@
+"""Rules against the real Dovecot and a real SMTP peer: moves, flags, keywords, auto-replies, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import imaplib
+import uuid
+from collections.abc import Iterator
+from email import policy
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gatewayd.sandbox.dovecot import Dovecot
+from tests.conftest import TOKEN, gateway_config
+from tests.smtp_sink import LOCAL_DOMAIN, SmtpSink
+from tests.sse import Frame, SseReader, mail
+from tests.waiting import idle, wait_for
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def sink(dovecot: Dovecot) -> Iterator[SmtpSink]:
+    server = SmtpSink(dovecot)
+    server.start()
+    yield server
+    server.stop()
+
+
+class Imap:
+    """A separate, synchronous client: what really is on the server."""
+
+    def __init__(self, dovecot: Dovecot, user: str) -> None:
+        self.client = imaplib.IMAP4(dovecot.host, dovecot.imap_port)
+        self.client.login(user, "secret")
+
+    def uids(self, folder: str) -> list[int]:
+        status, _ = self.client.select(f'"{folder}"')
+        if status != "OK":
+            return []
+        _, data = self.client.uid("SEARCH", "ALL")
+        return [int(uid) for uid in data[0].split()]
+
+    def flags(self, folder: str, uid: int) -> set[str]:
+        self.client.select(f'"{folder}"')
+        _, data = self.client.uid("FETCH", str(uid), "(FLAGS)")
+        text = data[0].decode()
+        return set(text[text.index("FLAGS (") + 7 :].split(")")[0].split())
+
+    def message(self, folder: str, uid: int) -> email.message.EmailMessage:
+        self.client.select(f'"{folder}"')
+        _, data = self.client.uid("FETCH", str(uid), "(BODY.PEEK[])")
+        return email.message_from_bytes(data[0][1], policy=policy.default)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.client.logout()
+
+
+async def until_uids(imap: Imap, folder: str, count: int, timeout: float = 10.0) -> list[int]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while len(uids := await asyncio.to_thread(imap.uids, folder)) < count:
+        if loop.time() > deadline:
+            raise AssertionError(f"{folder} has {len(uids)} messages, expected {count}")
+        await asyncio.sleep(0.05)
+    return uids
+
+
+def actions_of(frame: Frame) -> dict[str, dict[str, Any]]:
+    return {a["action"]: a for rule in frame.json["data"]["rules_applied"] for a in rule["actions"]}
+
+
+async def test_move_flags_and_keywords_happen_on_the_server_before_the_event(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    rules = [
+        {
+            "name": "invoices",
+            "if": {"from": "@billing.example", "subject": {"regex": "(?i)invoice [0-9]+"}},
+            "then": [
+                {"move": {"folder": "Invoices", "create": True}},
+                {"add_keywords": ["invoice", "$Important"]},
+                {"add_flags": "\\Flagged"},
+                "mark_read",
+                {"tag": "finance"},
+            ],
+            "stop": True,
+        },
+        {"name": "never", "then": [{"move": "Elsewhere"}]},
+    ]
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], rules=rules))
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    imap = await asyncio.to_thread(Imap, dovecot, user)
+    try:
+        async with aiohttp.ClientSession() as session:
+            reader = SseReader(
+                await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"})
+            )
+            await dovecot.deliver_async(user, mail("Invoice 42", sender="Billing <ap@billing.example>"))
+            (event,) = await reader.messages(1)
+        data = event.json["data"]
+        # The event says where the message now is, with its flags and labels after the rules.
+        assert data["folder"] == "Invoices" and isinstance(data["uid"], int)
+        assert data["moved_from"]["folder"] == "INBOX"
+        assert {"\\Seen", "\\Flagged", "invoice", "$Important"} <= set(data["flags"])
+        assert data["labels"] == ["invoice", "$Important", "finance"]
+        assert [rule["rule"] for rule in data["rules_applied"]] == ["invoices"]
+        assert all(a["outcome"] == "ok" for a in data["rules_applied"][0]["actions"])
+        assert data["pipeline_ms"]["rules"] >= 0 and data["rules_errors"] == []
+        # ... and that is what the server has: gone from INBOX, in Invoices with the flags.
+        assert await asyncio.to_thread(imap.uids, "INBOX") == []
+        assert await asyncio.to_thread(imap.uids, "Invoices") == [data["uid"]]
+        flags = await asyncio.to_thread(imap.flags, "Invoices", data["uid"])
+        assert {"\\Seen", "\\Flagged", "invoice", "$Important"} <= flags
+        # The report endpoint finds the message where it now lives.
+        async with aiohttp.ClientSession() as session:
+            url = f"{gw.url}/v1/messages/{event.id}/report"
+            response = await session.post(url, headers=AUTH, json={"label": "ham"})
+            assert response.status == 200, await response.text()
+    finally:
+        await asyncio.to_thread(imap.close)
+
+
+async def test_move_without_the_move_capability_copies_and_expunges(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    rules = [
+        {"name": "archive", "then": [{"move": "Archive"}, {"copy": {"folder": "Copies", "create": True}}]}
+    ]
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], rules=rules))
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    (watcher,) = gw.daemon.pool._watchers[f"{user}-inbox"]
+    capabilities = watcher._session._client.protocol.capabilities
+    capabilities.discard("MOVE")  # as on a server without RFC 6851
+    imap = await asyncio.to_thread(Imap, dovecot, user)
+    try:
+        async with aiohttp.ClientSession() as session:
+            reader = SseReader(
+                await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"})
+            )
+            await dovecot.deliver_async(user, mail("old news"))
+            (event,) = await reader.messages(1)
+        data = event.json["data"]
+        assert data["folder"] == "Archive"
+        assert (
+            actions_of(event)["copy"]["folder"] == "Copies" and actions_of(event)["copy"]["outcome"] == "ok"
+        )
+        assert await asyncio.to_thread(imap.uids, "INBOX") == []  # expunged, not just marked
+        assert await asyncio.to_thread(imap.uids, "Archive") == [data["uid"]]
+        assert len(await asyncio.to_thread(imap.uids, "Copies")) == 1
+    finally:
+        await asyncio.to_thread(imap.close)
+
+
+async def test_auto_reply_arrives_once_with_rfc3834_headers(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, sink: SmtpSink
+) -> None:
+    alice = f"alice-{uuid.uuid4().hex[:8]}"
+    alice_address = f"{alice}@{LOCAL_DOMAIN}"
+    rules = [
+        {
+            "name": "ack",
+            "if": {"subject": {"contains": "help"}},
+            "then": [
+                {"auto_reply": {"body": "Hello {{ sender_name }}, we got: {{ subject }}", "period_days": 1}}
+            ],
+        }
+    ]
+    config = gateway_config(
+        tmp_path, dovecot, [user], rules=rules, smtp=sink.smtp_config(), address=f"{user}@{LOCAL_DOMAIN}"
+    )
+    gw = await start_gateway(config)
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    alice_imap = await asyncio.to_thread(Imap, dovecot, alice)
+    try:
+        async with aiohttp.ClientSession() as session:
+            reader = SseReader(
+                await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"})
+            )
+            first = mail("help me please", sender=f"Alice <{alice_address}>")
+            await dovecot.deliver_async(user, first, sender=alice_address)
+            (event,) = await reader.messages(1)
+            reply = event.json["data"]["auto_reply"]
+            assert reply["outcome"] == "ok" and reply["to"] == [alice_address], event.json["data"]
+            # The reply really arrived in Alice's mailbox, with RFC 3834's headers.
+            (uid,) = await until_uids(alice_imap, "INBOX", 1)
+            got = await asyncio.to_thread(alice_imap.message, "INBOX", uid)
+            original_id = event.json["data"]["message_id"]
+            assert got["Message-ID"] == reply["message_id"]
+            assert got["Auto-Submitted"] == "auto-replied"
+            assert got["In-Reply-To"] == original_id and original_id in got["References"]
+            assert got["Subject"] == "Re: help me please"
+            assert got["From"] == f"{user}@{LOCAL_DOMAIN}"
+            assert "Hello Alice, we got: help me please" in got.get_content()
+            # Never twice to the same sender within the period, never to a list or an automatic message.
+            await dovecot.deliver_async(
+                user, mail("help again", sender=f"Alice <{alice_address}>"), alice_address
+            )
+            bob = f"bob@{LOCAL_DOMAIN}"
+            listed = mail("help on the list", sender=f"Bob <{bob}>", List_Id="<users.lists.example>")
+            await dovecot.deliver_async(user, listed, sender=bob)
+            robot = mail("help (automatic)", sender=f"Bob <{bob}>", Auto_Submitted="auto-replied")
+            await dovecot.deliver_async(user, robot, sender=bob)
+            noreply = "no-reply@shop.example"
+            await dovecot.deliver_async(user, mail("help", sender=noreply), sender=noreply)
+            again, from_list, automatic, robot_address = await reader.messages(4)
+        reasons = [actions_of(f)["auto_reply"] for f in (again, from_list, automatic, robot_address)]
+        assert all(r["outcome"] == "skipped" for r in reasons), reasons
+        assert "within the period" in reasons[0]["reason"]
+        assert "mailing list" in reasons[1]["reason"]
+        assert "automatic" in reasons[2]["reason"]
+        assert "robot" in reasons[3]["reason"]
+        assert again.json["data"]["auto_reply"] is None
+        assert len(sink.received) == 1
+        assert await asyncio.to_thread(alice_imap.uids, "INBOX") == [uid]
+    finally:
+        await asyncio.to_thread(alice_imap.close)
+
+
+async def test_smtp_failure_is_reported_then_retried_in_the_background(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, sink: SmtpSink
+) -> None:
+    rules = [
+        {"name": "fwd", "then": [{"forward": {"to": "archive@copies.example", "note": "From {{ rule }}"}}]}
+    ]
+    smtp = {**sink.smtp_config(), "retry_initial_seconds": 0.2, "retry_max_seconds": 0.5}
+    config = gateway_config(tmp_path, dovecot, [user], rules=rules, smtp=smtp, address="agent@gateway.test")
+    gw = await start_gateway(config)
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    sink.fail_next("451 4.3.0 try again later")
+    async with aiohttp.ClientSession() as session:
+        reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+        await dovecot.deliver_async(user, mail("quarterly numbers"))
+        (event,) = await reader.messages(1)
+        forward = actions_of(event)["forward"]
+        assert forward["outcome"] == "pending" and "451" in forward["error"], forward
+        follow_up = await reader.until(lambda f: f.event == "message.action")
+    data = follow_up.json["data"]
+    assert (
+        data["outcome"] == "ok" and data["attempts"] == 2 and data["sent_message_id"] == forward["message_id"]
+    )
+    (sent,) = sink.received
+    forwarded = email.message_from_bytes(sent.data, policy=policy.default)
+    assert (
+        forwarded["Subject"] == "Fwd: quarterly numbers" and forwarded["Auto-Submitted"] == "auto-generated"
+    )
+    attached = [part for part in forwarded.walk() if part.get_content_type() == "message/rfc822"]
+    assert attached and attached[0].get_payload()[0]["Subject"] == "quarterly numbers"
+
+
+async def test_a_message_moved_into_a_watched_folder_is_announced_once(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    rules = [{"name": "archive", "if": {"folder": "INBOX"}, "then": [{"move": "Archive"}]}]
+    config = gateway_config(tmp_path, dovecot, [user], rules=rules, imap={"folders": ["INBOX", "Archive"]})
+    gw = await start_gateway(config)
+    await wait_for(lambda: idle(gw), what="watchers idle")
+    async with aiohttp.ClientSession() as session:
+        reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+        await dovecot.deliver_async(user, mail("file me"))
+        await dovecot.deliver_async(user, mail("and me"))
+        first, second = await reader.messages(2)
+        assert {first.json["data"]["folder"], second.json["data"]["folder"]} == {"Archive"}
+        # The Archive watcher has processed the two new UIDs (its checkpoint passed them)...
+        store = gw.daemon.store
+        for _ in range(200):
+            checkpoint = await store.get_checkpoint(f"{user}-inbox", "Archive")
+            if checkpoint is not None and checkpoint.last_uid >= 2:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"the Archive watcher never synced: {checkpoint}")
+        # ... and announced neither again.
+        with pytest.raises(TimeoutError):
+            await reader.messages(1, timeout=0.5)

@@ -1,0 +1,199 @@
+"""Run-time tokens end to end: made and revoked by the CLI while `gatewayd run` serves them.
+
+Revocation from another process closes a live stream, expiry too; the per-token stream limit
+answers 429 with Retry-After; `?access_token=` works only when allowed and never reaches a log;
+admin tokens manage their subtree's tokens over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gatewayd.sandbox.dovecot import Dovecot, free_port
+from tests.conftest import TOKEN, gateway_config
+from tests.daemon import GatewayProcess, config_data, run_cli, write_config
+from tests.sse import SseReader, mail
+from tests.waiting import idle, wait_for
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def created(output: str) -> dict[str, str]:
+    return dict(
+        line.split(": ", 1) for line in output.splitlines() if ": " in line and not line.startswith("#")
+    )
+
+
+async def closing_reason(reader: SseReader, timeout: float) -> str:
+    """Read to the `closing` event, then to the end of the stream; the closing reason."""
+    frame = await reader.until(lambda f: f.event == "closing", timeout)
+    assert frame.id is None
+    with pytest.raises(EOFError):
+        await reader.next(timeout)
+    return str(frame.json["reason"])
+
+
+@pytest.fixture
+def gatewayd_process(tmp_path: Path, dovecot: Dovecot, user: str) -> Iterator[GatewayProcess]:
+    port = free_port()
+    data = config_data(tmp_path, dovecot, [user], port, log_level="debug")
+    data["server"].update(allow_query_token=True, max_streams_per_token=2, token_check_seconds=0.3)
+    process = GatewayProcess(write_config(tmp_path / "gatewayd.yaml", data), port)
+    process.start()
+    yield process
+    process.stop_now()
+
+
+async def test_cli_tokens_against_the_running_daemon(
+    gatewayd_process: GatewayProcess, dovecot: Dovecot, user: str
+) -> None:
+    gw = gatewayd_process
+    config = str(gw.config_path)
+    await gw.wait_idle()
+    made = run_cli("token", "create", "-c", config, "--agent", "support", "--scope", "read")
+    assert made.returncode == 0, made.stderr
+    runtime = created(made.stdout)
+    token, token_id = runtime["token"], runtime["id"]
+    bogus = "gwd_not-a-token-at-all-1234567890"
+    async with aiohttp.ClientSession() as session:
+        # A token that expires while its stream is open (opened at once: it lives 3 s).
+        brief = created(
+            run_cli("token", "create", "-c", config, "--agent", "support", "--expires", "3s").stdout
+        )
+        short_lived = SseReader(
+            await session.get(f"{gw.url}/events", params={"access_token": brief["token"]})
+        )
+        assert short_lived.response.status == 200
+        # The browser way (query) and the header way, for one run-time token: its limit is 2.
+        by_query = SseReader(
+            await session.get(f"{gw.url}/events", params={"access_token": token, "types": "message.*"})
+        )
+        assert by_query.response.status == 200
+        by_header = SseReader(
+            await session.get(
+                f"{gw.url}/events",
+                headers={"Authorization": f"Bearer {token}"},
+                params={"types": "message.*"},
+            )
+        )
+        assert by_header.response.status == 200
+        third = await session.get(f"{gw.url}/events", params={"access_token": token})
+        assert third.status == 429
+        assert int(third.headers["Retry-After"]) >= 1
+        assert (await third.json())["error"]["code"] == "too_many_streams"
+        # Limits are per token: the configured token still gets its streams.
+        config_stream = await session.get(
+            f"{gw.url}/events", params={"access_token": TOKEN, "max_seconds": "1"}
+        )
+        assert config_stream.status == 200
+        assert (await session.get(f"{gw.url}/v1/events", params={"access_token": bogus})).status == 401
+
+        await dovecot.deliver_async(user, mail("for the run-time token"))
+        for reader in (by_query, by_header):
+            frame = (await reader.messages(1, timeout=15))[0]
+            assert frame.json["data"]["subject"] == "for the run-time token"
+
+        assert await closing_reason(short_lived, 10) == "token_expired"
+
+        # Revoked from another process: both streams get `closing` and end, promptly.
+        started = time.monotonic()
+        revoked = run_cli("token", "revoke", "-c", config, token_id)
+        assert revoked.returncode == 0, revoked.stderr
+        reasons = await asyncio.gather(closing_reason(by_query, 5), closing_reason(by_header, 5))
+        assert reasons == ["token_revoked", "token_revoked"]
+        assert time.monotonic() - started < 5
+        refused = await session.get(f"{gw.url}/v1/events", headers={"Authorization": f"Bearer {token}"})
+        assert refused.status == 401
+        assert (await refused.json())["error"]["message"] == "token revoked"
+        refused = await session.get(f"{gw.url}/events", params={"access_token": brief["token"]})
+        assert (await refused.json())["error"]["message"] == "token expired"
+
+        listing = run_cli("token", "list", "-c", config)
+        assert token_id in listing.stdout and token not in listing.stdout
+    gw.terminate()
+    assert await gw.wait_exit() == 0
+    output = gw.output()
+    assert "listening on" in output  # the debug log is there, but never a token
+    for secret in (token, brief["token"], TOKEN, bogus):
+        assert secret not in output
+    assert "access_token" not in output
+
+
+async def test_query_token_is_refused_unless_allowed(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], watch="on_demand"))
+    caplog.set_level("DEBUG")
+    async with aiohttp.ClientSession() as session:
+        for path in ("/events", "/v1/events"):
+            response = await session.get(gw.url + path, params={"access_token": TOKEN})
+            assert response.status == 401
+            assert "disabled" in (await response.json())["error"]["message"]
+        assert (await session.get(f"{gw.url}/v1/events", headers=AUTH)).status == 200
+    assert TOKEN not in caplog.text
+
+
+async def test_query_token_and_header_together_are_refused(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    config = gateway_config(tmp_path, dovecot, [user], watch="on_demand")
+    gw = await start_gateway(replace(config, server=replace(config.server, allow_query_token=True)))
+    async with aiohttp.ClientSession() as session:
+        response = await session.get(f"{gw.url}/v1/events", headers=AUTH, params={"access_token": TOKEN})
+        assert response.status == 400
+        response = await session.get(f"{gw.url}/v1/events", params=[("access_token", TOKEN)] * 2)
+        assert response.status == 400
+        assert (await session.get(f"{gw.url}/v1/events", params={"access_token": TOKEN})).status == 200
+
+
+async def test_admin_tokens_over_http(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    async with aiohttp.ClientSession() as session:
+        # A configured token has every scope, so it may make tokens for its own agent.
+        response = await session.post(
+            f"{gw.url}/v1/tokens", headers=AUTH, json={"scopes": ["read", "admin"], "expires_in": "1h"}
+        )
+        assert response.status == 201
+        made = await response.json()
+        assert made["agent_id"] == "support" and made["scopes"] == ["read", "admin"] and made["expires_at"]
+        child_auth = {"Authorization": f"Bearer {made['token']}"}
+        # ...but never for another agent's subtree, and never beyond its own scopes.
+        assert (
+            await session.post(f"{gw.url}/v1/tokens", headers=AUTH, json={"agent": "other"})
+        ).status == 403
+        response = await session.post(f"{gw.url}/v1/tokens", headers=child_auth, json={"scopes": ["send"]})
+        assert response.status == 403 and (await response.json())["error"]["code"] == "insufficient_scope"
+        response = await session.post(f"{gw.url}/v1/tokens", headers=AUTH, json={"expires_in": "tomorrow"})
+        assert response.status == 400
+        reader_only = await (await session.post(f"{gw.url}/v1/tokens", headers=AUTH, json={})).json()
+        assert reader_only["scopes"] == ["read"]
+        response = await session.get(
+            f"{gw.url}/v1/tokens", headers={"Authorization": f"Bearer {reader_only['token']}"}
+        )
+        assert response.status == 403
+
+        listed = (await (await session.get(f"{gw.url}/v1/tokens", headers=child_auth)).json())["tokens"]
+        assert {t["id"] for t in listed} == {made["id"], reader_only["id"]}
+        assert not any("token" in t for t in listed)
+        other = {"Authorization": "Bearer test-token-other"}
+        assert (await (await session.get(f"{gw.url}/v1/tokens", headers=other)).json())["tokens"] == []
+        assert (await session.delete(f"{gw.url}/v1/tokens/{made['id']}", headers=other)).status == 404
+
+        # Revoked over HTTP: the stream closes at once (same process), and the token is refused.
+        stream = SseReader(await session.get(f"{gw.url}/events", headers=child_auth))
+        await stream.response.content.readline()
+        response = await session.delete(f"{gw.url}/v1/tokens/{made['id']}", headers=AUTH)
+        assert response.status == 200 and (await response.json())["revoked_at"]
+        assert await closing_reason(stream, 2) == "token_revoked"
+        assert (await session.get(f"{gw.url}/v1/events", headers=child_auth)).status == 401

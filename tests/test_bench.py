@@ -1,0 +1,127 @@
+"""Smoke tests of the benchmarks: every scenario at its `--quick` size, so none can rot.
+
+Only sanity is asserted (it ran, counts add up, numbers are finite and within generous bounds):
+the targets are the benchmark's business, and wall-clock limits would flake on a shared machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from gatewayd.bench import SCENARIOS, main, run_scenario
+from gatewayd.bench.clients import _Dechunker
+from gatewayd.bench.harness import Bench
+from gatewayd.bench.stats import Result, percentile
+from gatewayd.sandbox.dovecot import SandboxUnavailable
+
+
+@pytest.fixture(scope="module")
+def bench() -> Iterator[Bench]:
+    try:
+        opened = Bench.open(quick=True)
+    except SandboxUnavailable as exc:
+        pytest.fail(f"the real Dovecot the benchmarks need is unavailable: {exc}", pytrace=False)
+    yield opened
+    opened.close()
+
+
+def value(result: Result, prefix: str) -> float:
+    found = [row.value for row in result.rows if row.metric.startswith(prefix)]
+    assert found and found[0] is not None, f"{result.scenario}: no row {prefix!r} in {result.rows}"
+    return float(found[0])
+
+
+def check_latency(result: Result) -> None:
+    assert value(result, "messages") == 40  # 20 spread over 4 mailboxes, 20 to one busy mailbox
+    for phase in ("4 mailboxes", "one busy mailbox"):
+        p50 = [r for r in result.rows if r.metric.startswith(phase) and r.metric.endswith(" p50")]
+        row = next(r for r in p50 if "floor" not in r.metric)
+        assert row.value is not None and 0 < row.value < 10_000
+        assert row.floor is not None and -100 < row.floor < 10_000  # a floor can beat the 250
+    for key in ("", "busy."):
+        assert len(result.samples[f"{key}gateway_ms"]) == len(result.samples[f"{key}floor_ms"]) == 20
+
+
+def check_mailboxes(result: Result) -> None:
+    assert value(result, "gateway VmRSS with all watched") > 10  # MiB
+    assert 0 < value(result, "time to bring 6 mailboxes up") < 120
+    assert 0 < value(result, "delivery->SSE at 6 mailboxes p50") < 10_000
+    assert len(result.samples["gateway_ms"]) == 15
+    assert 0 < value(result, "SIGTERM -> exit") < 60
+
+
+def check_fanout(result: Result) -> None:
+    assert value(result, "reached by every event") == 20
+    assert 0 < value(result, "publish -> last subscriber p99") < 10_000
+    assert len(result.samples["last_subscriber_ms"]) == 3
+
+
+def check_throughput(result: Result) -> None:
+    assert value(result, "messages") == 100
+    assert value(result, "throughput per core") > 0
+    shares = [row.value or 0 for row in result.rows if row.metric.startswith("share:")]
+    assert 0 < sum(shares) <= 101
+
+
+def check_replay(result: Result) -> None:
+    assert value(result, "events replayed") == 2000
+    assert value(result, "replay rate") > 0
+    assert 0 < value(result, "time to first event") < 60_000
+
+
+def check_restart(result: Result) -> None:
+    assert 0 < value(result, "spawn -> READY=1") < 60_000
+    assert 0 < value(result, "SIGTERM -> exit") < 60_000
+
+
+CHECKS: dict[str, Callable[[Result], None]] = {
+    "latency": check_latency,
+    "mailboxes": check_mailboxes,
+    "fanout": check_fanout,
+    "throughput": check_throughput,
+    "replay": check_replay,
+    "restart": check_restart,
+}
+
+
+@pytest.mark.parametrize("module", SCENARIOS, ids=lambda module: module.NAME)
+async def test_scenario_runs_at_quick_size(bench: Bench, module: ModuleType) -> None:
+    result = await run_scenario(module, bench, dict(module.QUICK))
+    assert result.error is None
+    assert result.rows
+    for row in result.rows:
+        assert row.value is not None and math.isfinite(row.value), row
+    CHECKS[module.NAME](result)
+
+
+def test_main_writes_json_and_markdown(tmp_path: Path) -> None:
+    out, table = tmp_path / "results.json", tmp_path / "table.md"
+    assert main(["throughput", "--quick", "--json", str(out), "--markdown", str(table)]) == 0
+    body = json.loads(out.read_text())
+    assert body["machine"]["nproc"] >= 1
+    (result,) = body["results"]
+    assert result["scenario"] == "throughput" and result["error"] is None
+    assert "| throughput |" in table.read_text()
+
+
+def test_main_refuses_unknown_scenario() -> None:
+    assert main(["nonsense"]) == 2
+
+
+def test_dechunker_across_split_reads() -> None:
+    body = b"5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n"
+    dechunker = _Dechunker()
+    out = b"".join(dechunker.feed(body[i : i + 3]) for i in range(0, len(body), 3))
+    assert out == b"hello, world" and dechunker.finished
+
+
+def test_percentile_interpolates() -> None:
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([5], 99) == 5
+    assert math.isnan(percentile([], 50))

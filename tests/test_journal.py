@@ -1,0 +1,137 @@
+"""The rules journal's contract (gatewayd.store.journal.RuleJournal), against SQLite: a suite any
+other backend must pass too."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gatewayd.store.journal import (
+    DONE,
+    HELD,
+    OPEN,
+    PLACED,
+    RETRY,
+    SENDING,
+    SENT,
+    OutgoingMail,
+    Reservation,
+)
+from gatewayd.store.sqlite_journal import SqliteRuleJournal
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[SqliteRuleJournal]:
+    store = SqliteRuleJournal(tmp_path / "events.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+def reply(step: int, to: str = "bob@example.org", period: float = 3600) -> OutgoingMail:
+    return OutgoingMail(
+        step, "auto_reply", "me@gw.example", (to,), b"raw", f"<r{step}@gw>", Reservation(to, period)
+    )
+
+
+async def begin(journal: SqliteRuleJournal, key: str, *mails: OutgoingMail, uid: int = 1):  # type: ignore[no-untyped-def]
+    return await journal.begin(
+        key,
+        agent_id="agent",
+        mailbox_id="box",
+        folder="INBOX",
+        uidvalidity=7,
+        uid=uid,
+        record={"plan": {"steps": []}},
+        mails=mails,
+    )
+
+
+async def test_begin_is_idempotent_and_steps_accumulate(journal: SqliteRuleJournal) -> None:
+    entry = await begin(journal, "k1")
+    assert (entry.state, entry.steps, entry.result) == (OPEN, {}, None)
+    await journal.step("k1", 0, {"state": "started"})
+    await journal.step("k1", 0, {"state": "done", "outcome": "ok"})
+    await journal.step("k1", 1, {"state": "started"})
+    again = await begin(journal, "k1", reply(5))  # already journaled: nothing changes
+    assert again.steps == {0: {"state": "done", "outcome": "ok"}, 1: {"state": "started"}}
+    assert await journal.outbox_get("k1", 5) is None
+    assert [e.key for e in await journal.open_entries("box", "INBOX")] == ["k1"]
+    await journal.complete("k1", {"data": {"x": 1}, "drop": False})
+    await journal.finish(["k1"])
+    done = await journal.get("k1")
+    assert done is not None and done.state == DONE and done.result == {"data": {"x": 1}, "drop": False}
+    assert await journal.open_entries("box", "INBOX") == []
+
+
+async def test_one_auto_reply_per_sender_per_period(journal: SqliteRuleJournal) -> None:
+    await begin(journal, "k1", reply(0), uid=1)
+    item = await journal.outbox_get("k1", 0)
+    assert item is not None and item.state == HELD and item.recipients == ("bob@example.org",)
+    # Same sender (any case), within the period: denied, and the step says why, atomically.
+    second = await begin(journal, "k2", reply(0, "BOB@example.org"), uid=2)
+    assert second.steps[0]["outcome"] == "skipped" and "within the period" in second.steps[0]["reason"]
+    assert await journal.outbox_get("k2", 0) is None
+    # Another sender is fine; a period of 0 never denies.
+    await begin(journal, "k3", reply(0, "carol@example.org"), uid=3)
+    assert await journal.outbox_get("k3", 0) is not None
+    await begin(journal, "k4", reply(0, "bob@example.org", period=0), uid=4)
+    assert await journal.outbox_get("k4", 0) is not None
+    # A reply that failed for good gives the sender back (only the reservation it took).
+    await journal.release_reservation("box", "bob@example.org", "k1")  # k4 holds it now: kept
+    denied = await begin(journal, "k5", reply(0), uid=5)
+    assert denied.steps[0]["outcome"] == "skipped"
+    await journal.release_reservation("box", "bob@example.org", "k4")
+    allowed = await begin(journal, "k6", reply(0), uid=6)
+    assert allowed.steps == {} and await journal.outbox_get("k6", 0) is not None
+
+
+async def test_outbox_retries_and_orphans(journal: SqliteRuleJournal) -> None:
+    await begin(journal, "k1", reply(0), uid=1)
+    await begin(journal, "k2", reply(0, "carol@example.org"), uid=2)
+    first = await journal.outbox_get("k1", 0)
+    second = await journal.outbox_get("k2", 0)
+    assert first is not None and second is not None
+    now = time.time()
+    await journal.outbox_update(first.id, RETRY, attempts=1, next_attempt_at=now - 1, last_error="451")
+    await journal.outbox_update(second.id, RETRY, attempts=1, next_attempt_at=now + 60)
+    assert [i.id for i in await journal.outbox_due(now)] == [first.id]
+    assert await journal.outbox_next_due() == pytest.approx(now - 1)
+    # A `sending` item of a finished message was a background attempt cut short; of an open
+    # message it belongs to the recovery of that message.
+    await journal.outbox_update(first.id, SENDING, attempts=2)
+    assert await journal.outbox_orphans() == []
+    await journal.finish(["k1"])
+    assert [i.id for i in await journal.outbox_orphans()] == [first.id]
+    await journal.outbox_update(first.id, SENT)
+    assert (await journal.outbox_get("k1", 0)).state == SENT  # type: ignore[union-attr]
+
+
+async def test_placed_never_overwrites_and_prune_keeps_open_entries(journal: SqliteRuleJournal) -> None:
+    await begin(journal, "k1")
+    await journal.place("k1", "box", "INBOX", 7, 1)
+    assert (await journal.get("k1")).state == OPEN  # type: ignore[union-attr]
+    await journal.place("box\x1fArchive\x1f9\x1f3", "box", "Archive", 9, 3)
+    placed = await journal.get("box\x1fArchive\x1f9\x1f3")
+    assert placed is not None and placed.state == PLACED
+    assert await journal.prune(-1) == 1  # everything but the open entry
+    assert await journal.get("k1") is not None and await journal.get("box\x1fArchive\x1f9\x1f3") is None
+
+
+async def test_committed_records_survive_a_reopen(tmp_path: Path) -> None:
+    first = SqliteRuleJournal(tmp_path / "events.db")
+    await first.open()
+    await begin(first, "k1", reply(0))
+    await first.step("k1", 0, {"state": "started"})
+    await first.close()
+    second = SqliteRuleJournal(tmp_path / "events.db")
+    await second.open()
+    try:
+        entry = await second.get("k1")
+        assert entry is not None and entry.steps == {0: {"state": "started"}}
+        assert (await second.outbox_get("k1", 0)).message == b"raw"  # type: ignore[union-attr]
+    finally:
+        await second.close()

@@ -1,0 +1,359 @@
+"""Rules offline: parsing and its errors, every condition, bounded regexes, RFC 3834 safety, templates,
+the plan's order, and the dry run through the pipeline."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatewayd.config import ConfigError, load_config, parse_config
+from gatewayd.message import FetchedMessage, ParsedMessage, parse
+from gatewayd.pipeline import Pipeline, StageSpec
+from gatewayd.rules.conditions import Facts
+from gatewayd.rules.engine import RulesStage
+from gatewayd.rules.load import RuleBook, load_rules
+from gatewayd.rules.match import RegexBudget
+from gatewayd.rules.model import parse_rules
+from gatewayd.rules.plan import build, evaluate
+from gatewayd.rules.safety import refuse_reply, reply_target
+from gatewayd.rules.template import Template
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "gatewayd.example.yaml"
+
+
+def message(headers: str = "", body: str = "Hello there.", **data: Any) -> ParsedMessage:
+    raw = (
+        "From: Bob Sender <bob@example.org>\r\nTo: agent@example.com, Ann <ann@corp.example>\r\n"
+        "Subject: Quarterly report\r\nMessage-ID: <m1@example.org>\r\n" + headers + "\r\n" + body + "\r\n"
+    ).encode()
+    parsed = parse(FetchedMessage("INBOX", 7, 1, raw, len(raw), (), None))
+    parsed.data.update(data)
+    return parsed
+
+
+def facts(parsed: ParsedMessage) -> Facts:
+    return Facts(parsed.data, parsed.headers, parsed.text, raw=parsed.raw)
+
+
+def matches(condition: Any, parsed: ParsedMessage | None = None) -> bool:
+    (rule,), errors = parse_rules([{"name": "r", "if": condition, "then": [{"tag": "x"}]}], "rules")
+    assert errors == []
+    return bool(evaluate([rule], facts(parsed or message())))
+
+
+def errors_of(rules: list[Any]) -> list[str]:
+    return parse_rules(rules, "rules")[1]
+
+
+# -- conditions -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("condition", "expected"),
+    [
+        ({"from": "bob@example.org"}, True),
+        ({"from": "BOB@Example.org"}, True),
+        ({"from": "@example.org"}, True),
+        ({"from": "example.org"}, True),
+        ({"from": "*@*.org"}, True),
+        ({"from": {"domain": "example.org"}}, True),
+        ({"from": {"glob": "b?b@*"}}, True),
+        ({"from": ["x@y.z", "@other.example"]}, False),
+        ({"to": "@corp.example"}, True),
+        ({"cc": "@corp.example"}, False),
+        ({"subject": "quarterly"}, True),
+        ({"subject": {"regex": "^Quarterly"}}, True),
+        ({"subject": {"regex": "^quarterly"}}, False),
+        ({"subject": {"equals": "quarterly report"}}, True),
+        ({"body": {"contains": ["nothing", "hello"]}}, True),
+        ({"header": {"name": "X-Mailer"}}, False),
+        ({"header": {"name": "Message-ID", "contains": "@example.org"}}, True),
+        ({"not": {"from": "@example.org"}}, False),
+        ({"any": [{"from": "x@y.z"}, {"subject": "report"}]}, True),
+        ({"all": [{"from": "bob@example.org"}, {"subject": "nope"}]}, False),
+        ({"list_id": True}, False),
+        ({"bulk": False, "auto_submitted": False}, True),
+        ({"has_attachments": False}, True),
+        ({"size": {"under": "1K"}}, True),
+        ({"size": {"over": 1024}}, False),
+        ({"folder": "INBOX"}, True),
+        ({"folder": "Arch*"}, False),
+        ({"spam_verdict": "ham"}, False),  # the spam stage did not run: a verdict test is false
+    ],
+)
+def test_conditions(condition: dict[str, Any], expected: bool) -> None:
+    assert matches(condition) is expected
+
+
+def test_verdict_conditions_read_the_earlier_stages() -> None:
+    parsed = message(
+        headers="List-Id: <users.lists.example>\r\nPrecedence: bulk\r\nAuto-Submitted: auto-generated\r\n",
+        spam={"verdict": "suspect", "score": 6.5},
+        auth={"verdict": "fail", "spf": {"result": "softfail"}, "dkim": [{"result": "pass"}], "dmarc": None},
+        injection={"score": 0.7, "level": "high"},
+        attachments=[{"filename": "scan.PDF", "content_type": "application/pdf", "size": 10}],
+        has_attachments=True,
+    )
+    assert matches({"list_id": "*.lists.example>"}, parsed)
+    assert matches({"list_id": True, "bulk": True, "auto_submitted": True}, parsed)
+    assert matches({"spam_verdict": ["suspect", "spam"], "spam_score": {"at_least": 6.5, "under": 7}}, parsed)
+    assert matches({"auth": "fail"}, parsed) and matches(
+        {"auth": {"spf": "softfail", "dkim": "pass"}}, parsed
+    )
+    assert not matches({"auth": {"dmarc": "fail"}}, parsed)
+    assert matches({"injection_score": {"over": 0.5}, "injection_level": "high"}, parsed)
+    assert matches({"attachment_type": ".pdf"}, parsed) and matches(
+        {"attachment_type": "application/*"}, parsed
+    )
+    assert not matches({"attachment_type": "image/*"}, parsed)
+
+
+def test_a_catastrophic_regex_is_bounded_and_reported() -> None:
+    rules, errors = parse_rules(
+        [
+            {"name": "evil", "if": {"body": {"regex": "(x+x+)+y"}}, "then": [{"tag": "evil"}]},
+            {"name": "after", "if": {"subject": {"regex": "(a|aa)+$"}}, "then": [{"tag": "after"}]},
+        ],
+        "rules",
+    )
+    assert errors == []
+    parsed = message(body="x" * 5000)
+    found = facts(parsed)
+    started = time.perf_counter()
+    matched = evaluate(rules, found)
+    elapsed = time.perf_counter() - started
+    assert matched == [] and elapsed < 5.0  # the regex alone would run for minutes
+    assert "timed out" in found.errors[0]
+    # A budget used up skips the rest of the message's regexes instead of running them.
+    budget = RegexBudget(0.0)
+    exhausted = Facts(parsed.data, parsed.headers, parsed.text, budget, raw=parsed.raw)
+    assert evaluate(rules, exhausted) == [] and "used up" in exhausted.errors[0]
+
+
+async def test_regex_rules_run_off_the_event_loop_and_land_in_rules_errors() -> None:
+    rules, _ = parse_rules(
+        [{"name": "evil", "if": {"body": {"regex": "(x+x+)+y"}}, "then": [{"tag": "e"}]}], "r"
+    )
+    pipeline = Pipeline([StageSpec(RulesStage(RuleBook(tuple(rules))), 5)])
+    outcome = await pipeline.run(message(body="x" * 5000))
+    assert outcome.data["rules_applied"] == [] and "timed out" in outcome.data["rules_errors"][0]
+
+
+# -- parsing and its errors -------------------------------------------------------------------------
+
+
+def test_errors_name_the_rule_and_the_key() -> None:
+    errors = errors_of(
+        [
+            {"name": "a", "if": {"from": "@x.org", "subject": {"regex": "(unclosed"}}, "then": ["mark_read"]},
+            {
+                "name": "b",
+                "if": {"frm": "x", "any": [{"size": {"over": "big"}}, {"spam_verdict": "spamm"}]},
+                "then": [
+                    {"mvoe": "x"},
+                    {"add_flags": "\\Deleted"},
+                    {"auto_reply": {"body": "{{ sbject }}"}},
+                    {"add_keywords": "two words"},
+                    {"forward": "not-an-address"},
+                    {"report": "maybe"},
+                    "move",
+                    {"move": "A", "copy": "B"},
+                ],
+                "stop": "yes",
+                "priority": 1,
+            },
+            {"name": "a", "then": ["stop"]},
+            {"then": []},
+            "not a rule",
+        ]
+    )
+    assert errors == [
+        'rules[0] "a".if.subject.regex: invalid regex: missing ) at position 9',
+        'rules[1] "b".priority: unknown key',
+        'rules[1] "b".if.frm: unknown key (did you mean "from"?)',
+        'rules[1] "b".if.any[0].size.over: expected a size: bytes, or a number with K, M or G (1024-based)'
+        ' like "10M"',
+        'rules[1] "b".if.any[1].spam_verdict: unknown value "spamm": expected one of ham, suspect, spam',
+        'rules[1] "b".then[0]: unknown action "mvoe" (did you mean "move"?)',
+        'rules[1] "b".then[1].add_flags: \\Deleted is not allowed: use move (to Trash) instead',
+        'rules[1] "b".then[2].auto_reply.body: unknown field "sbject" (did you mean "subject"?);'
+        " fields: subject, sender, sender_address, sender_name, to, date, message_id, excerpt, folder,"
+        " mailbox, rule",
+        'rules[1] "b".then[3].add_keywords: "two words" is not a valid IMAP keyword'
+        ' (no spaces, \\ ( ) { % * " ]; at most 200)',
+        'rules[1] "b".then[4].forward.to: "not-an-address" is not an address like name@example.com',
+        'rules[1] "b".then[5].report: expected "spam" or "ham"',
+        'rules[1] "b".then[6]: move needs an argument, e.g. `move: ...`',
+        'rules[1] "b".then[7]: expected one action: a mapping with one key (move: Archive)'
+        " or a name (mark_read)",
+        'rules[1] "b".stop: expected true or false',
+        'rules[2] "a".name: duplicate rule name (first used at rules[0])',
+        "rules[3].name: missing required key",
+        "rules[3].then: expected a non-empty list of actions",
+        "rules[4]: expected a mapping with name, if, then",
+    ]
+
+
+def test_rules_files_global_and_per_mailbox(tmp_path: Path) -> None:
+    (tmp_path / "global.yaml").write_text("rules:\n  - {name: g2, then: [{tag: g2}]}\n")
+    (tmp_path / "box.yaml").write_text("- {name: m2, then: [{tag: m2}]}\n")
+    data = {
+        "rules": [{"name": "g1", "then": [{"tag": "g1"}]}],
+        "rules_file": "global.yaml",
+        "agents": [
+            {
+                "id": "a",
+                "mailboxes": [
+                    {
+                        "id": "box",
+                        "imap": {"host": "localhost", "tls": "none", "username": "u", "password": "p"},
+                        "rules": [{"name": "m1", "then": [{"tag": "m1"}]}],
+                        "rules_file": "box.yaml",
+                    },
+                    {
+                        "id": "other",
+                        "imap": {"host": "localhost", "tls": "none", "username": "u", "password": "p"},
+                    },
+                ],
+            }
+        ],
+    }
+    book = load_rules(parse_config(data, env={}, base_dir=tmp_path))
+    assert [rule.name for rule in book.for_mailbox("box")] == ["g1", "g2", "m1", "m2"]
+    assert [rule.name for rule in book.for_mailbox("other")] == ["g1", "g2"]
+    (tmp_path / "box.yaml").write_text(
+        "- {name: g1, then: [{tag: x}]}\n- {name: bad, then: [{move: {}}]}\n: :\n"
+    )
+    with pytest.raises(ConfigError) as bad:
+        load_rules(parse_config(data, env={}, base_dir=tmp_path))
+    assert bad.value.errors == [
+        f"{tmp_path / 'box.yaml'}: line 3, column 1: expected <block end>, but found ':'"
+    ]
+    (tmp_path / "box.yaml").write_text("- {name: g1, then: [{tag: x}]}\n- {name: bad, then: [{move: {}}]}\n")
+    with pytest.raises(ConfigError) as bad:
+        load_rules(parse_config(data, env={}, base_dir=tmp_path))
+    assert bad.value.errors == [
+        f'{tmp_path / "box.yaml"}: rules[1] "bad".then[0].move.folder: expected a folder name',
+        f"{tmp_path / 'box.yaml'}: rules[0] \"g1\".name: a global rule is already named 'g1'",
+    ]
+
+
+def test_the_example_configuration_has_valid_rules(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("secret\n")
+    text = re.sub(r"(?m)^(\s*password_file:).*$", r"\1 pw", EXAMPLE.read_text())
+    (tmp_path / "gatewayd.yaml").write_text(text)
+    book = load_rules(load_config(tmp_path / "gatewayd.yaml", env={}))
+    assert [rule.name for rule in book.for_mailbox("support-inbox")] == ["newsletters"]
+
+
+def test_smtp_section_is_checked_like_imap() -> None:
+    base = {"id": "box", "imap": {"host": "localhost", "tls": "none", "username": "u", "password": "p"}}
+    smtp = {"host": "smtp.example.com", "tls": "none", "password": "x", "retry_attempts": 0}
+    with pytest.raises(ConfigError) as bad:
+        parse_config({"agents": [{"id": "a", "mailboxes": [{**base, "smtp": smtp}]}]}, env={})
+    assert bad.value.errors == [
+        "agents[0].mailboxes[0].smtp.retry_attempts: expected an integer 1-100, got 0",
+        'agents[0].mailboxes[0].smtp.tls: "none" sends mail in clear to a non-loopback host;'
+        " set allow_insecure: true to allow it",
+        "agents[0].mailboxes[0].smtp: a password needs a username",
+    ]
+    good = {"host": "smtp.example.com", "tls": "starttls", "username": "u", "password_env": "PW"}
+    config = parse_config({"agents": [{"id": "a", "mailboxes": [{**base, "smtp": good}]}]}, env={"PW": "s3"})
+    box = config.mailboxes()[0]
+    assert box.smtp is not None and (box.smtp.port, box.smtp.password.reveal()) == (587, "s3")  # type: ignore[union-attr]
+    assert box.address is None  # "u" is not an address
+
+
+# -- safety (RFC 3834) ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "data", "reason"),
+    [
+        ("", {}, None),
+        ("Auto-Submitted: auto-replied\r\n", {}, "automatic"),
+        ("Auto-Submitted: no\r\n", {}, None),
+        ("X-Auto-Response-Suppress: OOF, AutoReply\r\n", {}, "X-Auto-Response-Suppress"),
+        ("Precedence: junk\r\n", {}, "bulk or junk"),
+        ("List-Unsubscribe: <mailto:u@lists.example>\r\n", {}, "mailing list"),
+        ("Return-Path: <>\r\n", {}, "bounce"),
+        ("Return-Path: <MAILER-DAEMON@mx.example>\r\n", {}, "robot"),
+        ("Return-Path: <noreply@shop.example>\r\n", {}, "robot"),
+        ("Return-Path: <list-bounces@lists.example>\r\n", {}, "robot"),
+        ("Return-Path: <me@gw.example>\r\n", {}, "own address"),
+        ("X-Loop: me@gw.example\r\n", {}, "X-Loop"),
+        ("Content-Type: multipart/report; report-type=delivery-status\r\n", {}, "report"),
+        ("", {"spam": {"verdict": "spam"}}, "spam verdict"),
+        ("", {"spam": {"verdict": "suspect"}}, "spam verdict"),
+        ("", {"auth": {"verdict": "fail"}}, "failed authentication"),
+        ("", {"flags": ["$Junk"]}, "junk"),
+        ("", {"folder": "Junk"}, "junk"),
+    ],
+)
+def test_when_no_auto_reply_is_sent(headers: str, data: dict[str, Any], reason: str | None) -> None:
+    found = facts(message(headers=headers, **data))
+    refusal = refuse_reply(found, "me@gw.example", reply_target(found))
+    assert (refusal is None) if reason is None else (reason in (refusal or "")), refusal
+
+
+def test_reply_goes_to_the_return_path_then_reply_to_then_from() -> None:
+    assert reply_target(facts(message("Return-Path: <env@example.org>\r\n"))) == "env@example.org"
+    assert reply_target(facts(message("Reply-To: Desk <desk@example.org>\r\n"))) == "desk@example.org"
+    assert reply_target(facts(message())) == "bob@example.org"
+
+
+# -- templates and plans ----------------------------------------------------------------------------
+
+
+def test_templates_are_sandboxed_and_bounded() -> None:
+    text = Template("Hi {{ sender_name }}{% for a in to %} [{{ a }}]{% endfor %}").render(
+        {"sender_name": "Bob", "to": ["a@x", "b@x"]}
+    )
+    assert text == "Hi Bob [a@x] [b@x]"
+    with pytest.raises(ValueError, match="unsafe"):
+        Template("{{ subject.__class__.__mro__ }}").render({"subject": "s"})
+    for source in ('{{ "x" * 10**9 }}', "{{ 9 ** 9 ** 9 }}"):
+        with pytest.raises(ValueError, match="template failed"):
+            Template(source).render({})
+    with pytest.raises(ValueError, match='unknown field "range"'):
+        Template("{% for i in range(10**9) %}{% endfor %}")
+
+
+def test_plan_orders_steps_and_keeps_one_move() -> None:
+    rules, _ = parse_rules(
+        [
+            {"name": "a", "then": [{"move": "A"}, {"forward": "x@y.example"}, {"add_keywords": "k"}]},
+            {
+                "name": "b",
+                "then": [{"move": "B"}, {"report": "spam"}, "mark_read", "drop_event", {"tag": "t"}],
+            },
+        ],
+        "rules",
+    )
+    plan = build(rules)
+    assert [step["kind"] for step in plan["steps"]] == ["report", "store", "store", "move", "move", "send"]
+    assert plan["steps"][4]["preset"] == {"outcome": "skipped", "reason": 'already moved by rule "a"'}
+    assert plan["drop"] is True and plan["tags"] == ["t"]
+    assert build(rules, gmail=True)["steps"][1]["kind"] == "store_labels"
+
+
+async def test_dry_run_reports_what_would_happen() -> None:
+    rules, _ = parse_rules(
+        [
+            {"name": "one", "if": {"subject": "report"}, "then": [{"move": "Reports"}, "mark_read", "stop"]},
+            {"name": "two", "then": [{"tag": "never"}]},
+        ],
+        "rules",
+    )
+    pipeline = Pipeline([StageSpec(RulesStage(RuleBook(tuple(rules))), 5)])
+    outcome = await pipeline.run(message())
+    data = outcome.data
+    assert [rule["rule"] for rule in data["rules_applied"]] == ["one"]
+    assert [a["outcome"] for a in data["rules_applied"][0]["actions"]] == ["dry_run", "dry_run", "ok"]
+    assert (
+        data["folder"] == "Reports" and "\\Seen" in data["flags"] and data["moved_from"]["folder"] == "INBOX"
+    )

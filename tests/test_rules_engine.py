@@ -1,0 +1,219 @@
+"""The rules engine with a fake IMAP connection and the real journal: never twice, never lost."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatewayd.config import parse_config
+from gatewayd.imap.act import Placement
+from gatewayd.imap.session import ImapConnectionLost, ImapError
+from gatewayd.message import FetchedMessage
+from gatewayd.pipeline import Pipeline, StageSpec
+from gatewayd.rules.engine import RulesStage
+from gatewayd.rules.execute import ActionInterrupted
+from gatewayd.rules.load import load_rules
+from gatewayd.send.outbox import Outbox
+from gatewayd.store.journal import SENDING, UNKNOWN
+from gatewayd.store.sqlite import SqliteEventStore
+from gatewayd.store.sqlite_journal import SqliteRuleJournal
+
+RAW = b"From: Bob <bob@example.org>\r\nSubject: hello\r\nMessage-ID: <m1@example.org>\r\n\r\nHi.\r\n"
+
+
+class FakeActions:
+    """MailActions that records every call; `present` and `located` say what the server holds."""
+
+    folder = "INBOX"
+    uidvalidity = 1
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.present_uids = {7}
+        self.located: Placement | None = None
+        self.fail: BaseException | None = None
+        self.callbacks: list[Callable[[], Awaitable[None]]] = []
+
+    @property
+    def gmail(self) -> bool:
+        return False
+
+    def _do(self, *call: Any) -> None:
+        self.calls.append(call)
+        if self.fail is not None:
+            raise self.fail
+
+    async def store(self, uid: int, add: bool, flags: Sequence[str]) -> None:
+        self._do("store", uid, add, tuple(flags))
+
+    async def store_labels(self, uid: int, add: bool, labels: Sequence[str]) -> None:
+        self._do("labels", uid, add, tuple(labels))
+
+    async def copy(self, uid: int, folder: str, create: bool) -> Placement:
+        self._do("copy", uid, folder)
+        return Placement(folder, 9, 100)
+
+    async def move(self, uid: int, folder: str, create: bool) -> Placement:
+        self._do("move", uid, folder)
+        self.present_uids.discard(uid)
+        return Placement(folder, 9, 101)
+
+    async def present(self, uid: int) -> bool:
+        return uid in self.present_uids
+
+    async def fetch(self, uid: int, max_bytes: int) -> FetchedMessage | None:
+        return FetchedMessage("INBOX", uid, 1, RAW, len(RAW), (), None) if uid in self.present_uids else None
+
+    async def locate(self, folder: str, message_id: str) -> Placement | None:
+        self.calls.append(("locate", folder, message_id))
+        return self.located
+
+    def after_store(self, callback: Callable[[], Awaitable[None]]) -> None:
+        self.callbacks.append(callback)
+
+    async def settle(self) -> None:
+        for callback in self.callbacks:
+            await callback()
+        self.callbacks.clear()
+
+
+@pytest.fixture
+async def parts(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    journal = SqliteRuleJournal(tmp_path / "events.db")
+    store = SqliteEventStore(tmp_path / "events.db")
+    await journal.open()
+    await store.open()
+    published: list[Any] = []
+    yield {"journal": journal, "store": store, "published": published, "tmp": tmp_path}
+    await store.close()
+    await journal.close()
+
+
+def setup(parts: dict[str, Any], then: list[Any], **mailbox: Any) -> tuple[Pipeline, Any]:
+    box = {
+        "id": "box",
+        "imap": {"host": "localhost", "tls": "none", "username": "u", "password": "p"},
+        **mailbox,
+    }
+    data = {"agents": [{"id": "a", "mailboxes": [box]}], "rules": [{"name": "r", "then": then}]}
+    config = parse_config(data, env={}, base_dir=parts["tmp"])
+    (mailbox_config,) = config.mailboxes()
+    outbox = Outbox(parts["journal"], {"box": mailbox_config}, parts["store"], parts["published"].extend)
+    stage = RulesStage(
+        load_rules(config), parts["journal"], outbox, None, parts["store"], parts["published"].extend
+    )
+    return Pipeline([StageSpec(stage, 60)]), mailbox_config
+
+
+def fetched(uid: int = 7) -> FetchedMessage:
+    return FetchedMessage("INBOX", uid, 1, RAW, len(RAW), (), None)
+
+
+async def test_a_message_seen_again_is_never_acted_on_twice(parts: dict[str, Any]) -> None:
+    pipeline, mailbox = setup(parts, [{"add_keywords": "seen"}, {"move": "Archive"}])
+    actions = FakeActions()
+    event = await pipeline.process(mailbox, fetched(), actions)  # type: ignore[arg-type]
+    assert actions.calls == [("store", 7, True, ("seen",)), ("move", 7, "Archive")]
+    assert event is not None and (event.data["folder"], event.data["uid"]) == ("Archive", 101)
+    # Re-fetched before the checkpoint moved (a reconnect): the same event, no action.
+    again = FakeActions()
+    repeat = await pipeline.process(mailbox, fetched(), again)  # type: ignore[arg-type]
+    assert repeat is not None and repeat.data["rules_applied"] == event.data["rules_applied"]
+    assert (repeat.data["folder"], repeat.data["uid"]) == ("Archive", 101)
+    assert again.calls == []
+    # The copy that arrived in Archive is not announced again (and no rule runs on it).
+    arrived = FetchedMessage("Archive", 101, 9, RAW, len(RAW), (), None)
+    assert await pipeline.process(mailbox, arrived, FakeActions()) is None  # type: ignore[arg-type]
+
+
+async def test_recovery_resolves_an_interrupted_move_by_looking(parts: dict[str, Any]) -> None:
+    pipeline, mailbox = setup(parts, [{"move": "Archive"}, {"tag": "t"}])
+    journal = parts["journal"]
+    broken = FakeActions()
+    broken.fail = ImapConnectionLost("connection lost")
+    with pytest.raises(ActionInterrupted):  # an ImapError: the watcher reconnects
+        await pipeline.process(mailbox, fetched(), broken)  # type: ignore[arg-type]
+    (entry,) = await journal.open_entries("box", "INBOX")
+    assert entry.steps == {0: {"state": "started"}}  # the outcome is not known: not guessed
+    # After the reconnect the message is gone from INBOX: the move happened; find where.
+    after = FakeActions()
+    after.present_uids = set()
+    after.located = Placement("Archive", 9, 55)
+    await pipeline.recover(mailbox, after)  # type: ignore[arg-type]
+    assert [c[0] for c in after.calls] == ["locate"]
+    (stored,) = parts["published"]
+    assert (stored.data["folder"], stored.data["uid"], stored.data["recovered"]) == ("Archive", 55, True)
+    assert stored.data["labels"] == ["t"] and await journal.open_entries("box", "INBOX") == []
+    # Recovering again publishes nothing.
+    await pipeline.recover(mailbox, FakeActions())  # type: ignore[arg-type]
+    assert len(parts["published"]) == 1
+
+
+async def test_recovery_redoes_a_move_that_did_not_happen(parts: dict[str, Any]) -> None:
+    pipeline, mailbox = setup(parts, [{"move": "Archive"}])
+    broken = FakeActions()
+    broken.fail = ImapConnectionLost("connection lost")
+    with pytest.raises(ActionInterrupted):
+        await pipeline.process(mailbox, fetched(), broken)  # type: ignore[arg-type]
+    after = FakeActions()  # the message is still in INBOX
+    await pipeline.recover(mailbox, after)  # type: ignore[arg-type]
+    assert after.calls == [("move", 7, "Archive")]
+    assert parts["published"][0].data["uid"] == 101
+
+
+async def test_a_refused_action_is_an_error_in_the_event_not_a_lost_message(parts: dict[str, Any]) -> None:
+    pipeline, mailbox = setup(parts, [{"move": "Nope"}, {"tag": "still"}])
+    actions = FakeActions()
+    actions.fail = ImapError("UID MOVE failed: NO [TRYCREATE] Mailbox doesn't exist: Nope")
+    event = await pipeline.process(mailbox, fetched(), actions)  # type: ignore[arg-type]
+    assert event is not None
+    (move, _tag) = event.data["rules_applied"][0]["actions"]
+    assert move["outcome"] == "error" and "TRYCREATE" in move["error"]
+    assert event.data["folder"] == "INBOX" and event.data["labels"] == ["still"]
+
+
+async def test_an_interrupted_send_is_never_sent_again(parts: dict[str, Any]) -> None:
+    smtp = {"host": "127.0.0.1", "port": 9, "tls": "none"}
+    pipeline, mailbox = setup(parts, [{"auto_reply": "Thanks."}], smtp=smtp, address="me@gw.example")
+    journal = parts["journal"]
+    actions = FakeActions()
+    stage = pipeline.stages[0].stage
+    # Journal the plan as the stage does (no SMTP here), then make it look as a crash mid-send
+    # leaves it: the step started, the mail `sending`, no result.
+    stage._outbox = None  # type: ignore[attr-defined]
+    await pipeline.process(mailbox, fetched(), actions)  # type: ignore[arg-type]
+    (entry,) = await journal.open_entries("box", "INBOX")
+    item = await journal.outbox_get(entry.key, 0)
+    assert item is not None
+    await journal.step(entry.key, 0, {"state": "started"})
+    await journal.outbox_update(item.id, SENDING, attempts=1)
+    await journal._write([("UPDATE rule_journal SET result = NULL WHERE key = ?", (entry.key,))])
+    await pipeline.recover(mailbox, FakeActions())  # type: ignore[arg-type]
+    assert (await journal.outbox_get(entry.key, 0)).state == UNKNOWN  # type: ignore[union-attr]
+    (event,) = parts["published"]
+    reply = event.data["rules_applied"][0]["actions"][0]
+    assert reply["outcome"] == "error" and "not sent again" in reply["error"]
+
+
+class Trainer:
+    def __init__(self) -> None:
+        self.trained: list[tuple[str, str | None]] = []
+
+    def train(self, message: Any, label: str, mailbox_id: str | None = None) -> bool:
+        self.trained.append((label, mailbox_id))
+        return True
+
+
+async def test_report_trains_the_learning_once(parts: dict[str, Any]) -> None:
+    pipeline, mailbox = setup(parts, [{"report": "spam"}, {"move": "Junk"}])
+    trainer = Trainer()
+    pipeline.stages[0].stage._learning = trainer  # type: ignore[attr-defined]
+    event = await pipeline.process(mailbox, fetched(), FakeActions())  # type: ignore[arg-type]
+    assert event is not None and trainer.trained == [("spam", "box")]
+    report = event.data["rules_applied"][0]["actions"][0]
+    assert (report["outcome"], report["learned"]) == ("ok", True)
+    await pipeline.process(mailbox, fetched(), FakeActions())  # type: ignore[arg-type]
+    assert len(trainer.trained) == 1

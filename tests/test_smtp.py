@@ -1,0 +1,98 @@
+"""SMTP delivery against a real aiosmtpd server on loopback: the verdict after every kind of failure."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+
+from gatewayd.config import SmtpConfig, parse_config
+from gatewayd.sandbox.dovecot import free_port
+from gatewayd.send.smtp import send
+
+MESSAGE = b"From: me@gw.example\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\nHello.\r\n"
+
+
+class Handler:
+    def __init__(self) -> None:
+        self.data_reply = "250 OK"
+        self.refuse: dict[str, str] = {}
+        self.received: list[Any] = []
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_reply.startswith("250"):
+            self.received.append(envelope)
+        return self.data_reply
+
+
+def smtp_config(port: int, tmp_path: Path, **options: Any) -> SmtpConfig:
+    smtp = {"host": "127.0.0.1", "port": port, "tls": "none", "timeout_seconds": 2, **options}
+    box = {
+        "id": "b",
+        "imap": {"host": "localhost", "tls": "none", "username": "u", "password": "p"},
+        "smtp": smtp,
+    }
+    config = parse_config({"agents": [{"id": "a", "mailboxes": [box]}]}, env={}, base_dir=tmp_path)
+    assert config.mailboxes()[0].smtp is not None
+    return config.mailboxes()[0].smtp
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[Handler, int]]:
+    handler = Handler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield handler, port
+    controller.stop()
+
+
+async def test_verdicts(server: tuple[Handler, int], tmp_path: Path) -> None:
+    handler, port = server
+    config = smtp_config(port, tmp_path)
+    result = await send(config, "me@gw.example", ["bob@example.org"], MESSAGE)
+    assert (result.status, result.error) == ("sent", None) and len(handler.received) == 1
+    handler.refuse = {"gone@example.org": "550 5.1.1 no such user"}
+    partial = await send(config, "me@gw.example", ["bob@example.org", "gone@example.org"], MESSAGE)
+    assert partial.status == "sent" and "gone@example.org: 550" in (partial.error or "")
+    refused = await send(config, "me@gw.example", ["gone@example.org"], MESSAGE)
+    assert refused.status == "failed"
+    handler.data_reply = "451 4.3.0 try later"
+    assert (await send(config, "me@gw.example", ["bob@example.org"], MESSAGE)).status == "retry"
+    handler.data_reply = "554 5.7.1 rejected"
+    assert (await send(config, "me@gw.example", ["bob@example.org"], MESSAGE)).status == "failed"
+    # Nobody listening: certainly not delivered, worth retrying.
+    down = await send(smtp_config(free_port(), tmp_path), "me@gw.example", ["bob@example.org"], MESSAGE)
+    assert down.status == "retry" and down.error and down.error.startswith("connect:")
+
+
+async def test_starttls_with_the_configured_ca(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    handler = Handler()
+    port = free_port()
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=port, tls_context=context, require_starttls=True
+    )
+    controller.start()
+    try:
+        trusted = smtp_config(port, tmp_path, tls="starttls", ca_file="ca.pem")
+        assert (await send(trusted, "me@gw.example", ["bob@example.org"], MESSAGE)).status == "sent"
+        untrusted = smtp_config(port, tmp_path, tls="starttls")
+        result = await send(untrusted, "me@gw.example", ["bob@example.org"], MESSAGE)
+        assert result.status == "retry" and len(handler.received) == 1
+    finally:
+        controller.stop()
