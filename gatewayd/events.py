@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,18 +42,62 @@ class NewEvent:
     from_address: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A stored event. `seq` orders events; `id` is its opaque public form."""
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
-    seq: int
-    id: str
-    type: str
-    created_at: str
-    agent_id: str
-    mailbox_id: str | None
-    data: dict[str, Any] = field(repr=False)
-    from_address: str | None = None
+
+class Event:
+    """A stored event. `seq` orders events; `id` is its opaque public form.
+
+    Built for the hot paths: a replayed event keeps its data as the stored JSON text and is only
+    decoded if someone reads `data`; the SSE frame is encoded once, however many subscribers
+    the event goes to.
+    """
+
+    __slots__ = (
+        "_data",
+        "_data_json",
+        "_frame",
+        "agent_id",
+        "created_at",
+        "from_address",
+        "id",
+        "mailbox_id",
+        "seq",
+        "type",
+    )
+
+    def __init__(
+        self,
+        seq: int,
+        id: str,
+        type: str,
+        created_at: str,
+        agent_id: str,
+        mailbox_id: str | None,
+        data: dict[str, Any] | None = None,
+        from_address: str | None = None,
+        *,
+        data_json: str | None = None,
+    ) -> None:
+        if data is None and data_json is None:
+            data = {}
+        self.seq, self.id, self.type, self.created_at = seq, id, type, created_at
+        self.agent_id, self.mailbox_id, self.from_address = agent_id, mailbox_id, from_address
+        self._data, self._data_json = data, data_json
+        self._frame: bytes | None = None
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = json.loads(self._data_json or "{}")
+        return self._data
+
+    @property
+    def data_json(self) -> str:
+        if self._data_json is None:
+            self._data_json = _dumps(self._data)
+        return self._data_json
 
     def envelope(self) -> dict[str, Any]:
         return {
@@ -66,4 +110,43 @@ class Event:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.envelope(), ensure_ascii=False, separators=(",", ":"))
+        """The envelope as one line of JSON, byte for byte what json.dumps would give."""
+        head = _dumps(
+            {
+                "id": self.id,
+                "type": self.type,
+                "created_at": self.created_at,
+                "agent_id": self.agent_id,
+                "mailbox_id": self.mailbox_id,
+            }
+        )
+        return f'{head[:-1]},"data":{self.data_json}}}'
+
+    @property
+    def sse_frame(self) -> bytes:
+        """`id:`, `event:` and `data:` lines, encoded once and shared by every subscriber."""
+        if self._frame is None:
+            self._frame = f"id: {self.id}\nevent: {self.type}\ndata: {self.to_json()}\n\n".encode()
+        return self._frame
+
+    def _key(self) -> tuple[Any, ...]:
+        return (
+            self.seq,
+            self.id,
+            self.type,
+            self.created_at,
+            self.agent_id,
+            self.mailbox_id,
+            self.from_address,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return self._key() == other._key() and self.data == other.data
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Event(seq={self.seq}, id={self.id!r}, type={self.type!r}, mailbox_id={self.mailbox_id!r})"

@@ -112,3 +112,53 @@ def test_a_misspelt_weight_symbol_is_a_config_error() -> None:
     check_weights(
         parse_config({"pipeline": {"auth": {"weights": {"SPF_TEMPERROR": 1}}}, "agents": [{"id": "a"}]})
     )
+
+
+class SyncRecorder(Recorder):
+    """A CPU stage: the pipeline runs consecutive ones in one worker thread."""
+
+    def __init__(self, name: str, sleep: float = 0.0, fail: bool = False) -> None:
+        super().__init__(name)
+        self.sleep, self.fail, self.threads = sleep, fail, set[int]()
+
+    def check_sync(self, message: ParsedMessage, context: StageContext) -> StageResult:
+        import threading
+        import time
+
+        self.threads.add(threading.get_ident())
+        self.seen = list(context.earlier)
+        time.sleep(self.sleep)
+        if self.fail:
+            raise ValueError("bad input")
+        return StageResult({self.name: {"ok": True}})
+
+
+async def test_cpu_stages_share_one_worker_thread_and_see_earlier_results() -> None:
+    import threading
+
+    first, second = SyncRecorder("spam"), SyncRecorder("injection")
+    outcome = await Pipeline([StageSpec(first), StageSpec(Recorder("auth")), StageSpec(second)]).run(parsed())
+    assert outcome.data["spam"] == outcome.data["injection"] == {"ok": True}
+    assert second.seen == ["spam", "auth"]
+    assert threading.get_ident() not in first.threads  # off the event loop
+    assert outcome.data["pipeline_errors"] == []
+
+
+@pytest.mark.parametrize(("sleep", "fail", "error"), [(0.0, True, "ValueError"), (0.3, False, "timeout")])
+async def test_a_failing_or_overrunning_cpu_stage_never_loses_the_message(
+    sleep: float, fail: bool, error: str
+) -> None:
+    bad, later = SyncRecorder("spam", sleep=sleep, fail=fail), SyncRecorder("injection")
+    outcome = await Pipeline([StageSpec(bad, 0.1), StageSpec(later, 5)]).run(parsed())
+    assert [(e["stage"], e["error"]) for e in outcome.data["pipeline_errors"]] == [("spam", error)]
+    assert outcome.data["spam"] is None and outcome.data["injection"] == {"ok": True}
+
+
+async def test_a_hung_cpu_stage_is_abandoned_and_reported() -> None:
+    hung, after = SyncRecorder("spam", sleep=3.0), SyncRecorder("injection")
+    outcome = await asyncio.wait_for(
+        Pipeline([StageSpec(hung, 0.1), StageSpec(after, 0.1), StageSpec(Recorder("auth"))]).run(parsed()), 10
+    )
+    errors = {e["stage"]: e["error"] for e in outcome.data["pipeline_errors"]}
+    assert errors == {"spam": "timeout", "injection": "skipped"}
+    assert outcome.data["auth"] == {"ok": True}  # an async stage after them still runs

@@ -31,7 +31,7 @@ REPLAY_PAGE = 1000
 
 
 def _frame(event: Event) -> bytes:
-    return f"id: {event.id}\nevent: {event.type}\ndata: {event.to_json()}\n\n".encode()
+    return event.sse_frame
 
 
 def _unnumbered(event_type: str, data: dict[str, object]) -> bytes:

@@ -13,6 +13,7 @@ data are null, `pipeline_errors` names it, and its `on_error` decides the rest:
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -109,6 +110,64 @@ class Outcome:
     drop: bool = False
 
 
+class SyncStage(Protocol):
+    """A stage that can also run as plain CPU work. The pipeline runs consecutive such stages in
+    ONE worker thread (a thread hop costs about as much as a fast stage), timing each; a stage
+    that overruns its budget there is reported as a timeout and its result dropped."""
+
+    def check_sync(self, message: ParsedMessage, context: StageContext) -> StageResult | None:
+        """The result, or None when this message needs the async `check` (e.g. a DNS lookup)."""
+        ...
+
+
+class _Run:
+    """The state of one message's way through the stages."""
+
+    def __init__(
+        self, parsed: ParsedMessage, mailbox: MailboxConfig | None, actions: MailActions | None
+    ) -> None:
+        self.parsed, self.mailbox, self.actions = parsed, mailbox, actions
+        self.data = dict(parsed.data)
+        self.results: dict[str, StageResult] = {}
+        self.timings: dict[str, float] = {}
+        self.errors: list[dict[str, str]] = []
+        self.event_type = MESSAGE_RECEIVED
+        self.force_suspect = False
+        self.drop = False
+        self.stopped = False
+        # Guards the state against a worker thread still running after its batch timed out.
+        self.lock = threading.Lock()
+        self.abandoned = False
+
+    def context(self) -> StageContext:
+        seen = self.data
+        if self.force_suspect:  # later stages (the rules) see the verdict the event will have
+            seen = dict(self.data)
+            _raise_to_suspect(seen)
+        return StageContext(self.mailbox, self.results, seen, self.event_type, self.actions)
+
+    def succeed(self, spec: StageSpec, result: StageResult, elapsed_ms: float) -> None:
+        self.timings[spec.stage.name] = elapsed_ms
+        self.results[spec.stage.name] = result
+        self.data.update(result.data)
+        if result.event_type:
+            self.event_type = result.event_type
+        self.drop = self.drop or result.drop
+
+    def fail(self, spec: StageSpec, error: str, detail: str, elapsed_ms: float) -> None:
+        stage = spec.stage
+        self.timings[stage.name] = elapsed_ms
+        self.errors.append({"stage": stage.name, "error": error, "detail": detail, "on_error": spec.on_error})
+        self.data.update(dict.fromkeys(stage.provides))
+        if spec.on_error == ON_ERROR_SUSPECT:
+            self.force_suspect = True
+        elif spec.on_error == ON_ERROR_SKIP_REST:
+            self.stopped = True
+
+    def timeout(self, spec: StageSpec, elapsed_ms: float) -> None:
+        self.fail(spec, "timeout", f"over {spec.timeout_seconds * 1000:g} ms", elapsed_ms)
+
+
 class Pipeline:
     def __init__(self, stages: Sequence[StageSpec] = ()) -> None:
         self.stages = tuple(stages)
@@ -117,49 +176,93 @@ class Pipeline:
         self, parsed: ParsedMessage, mailbox: MailboxConfig | None = None, actions: MailActions | None = None
     ) -> Outcome:
         """Run every stage on a parsed message; used live and by `gatewayd check-message`."""
-        data = dict(parsed.data)
-        results: dict[str, StageResult] = {}
-        timings: dict[str, float] = {}
-        errors: list[dict[str, str]] = []
-        event_type = MESSAGE_RECEIVED
-        force_suspect = False
-        drop = False
-        for spec in self.stages:
-            stage = spec.stage
-            started = time.perf_counter()
-            try:
-                seen = data
-                if force_suspect:  # later stages (the rules) see the verdict the event will have
-                    seen = dict(data)
-                    _raise_to_suspect(seen)
-                context = StageContext(mailbox, results, seen, event_type, actions)
-                result = await asyncio.wait_for(stage.check(parsed, context), spec.timeout_seconds)
-            except StageAbort:
-                raise
-            except Exception as exc:  # a stage's failure must never lose the message
-                timings[stage.name] = _ms(started)
-                error = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-                detail = f"over {spec.timeout_seconds * 1000:g} ms" if error == "timeout" else str(exc)[:200]
-                errors.append(
-                    {"stage": stage.name, "error": error, "detail": detail, "on_error": spec.on_error}
-                )
-                data.update(dict.fromkeys(stage.provides))
-                if spec.on_error == ON_ERROR_SUSPECT:
-                    force_suspect = True
-                elif spec.on_error == ON_ERROR_SKIP_REST:
-                    break
-                continue
-            timings[stage.name] = _ms(started)
-            results[stage.name] = result
-            data.update(result.data)
-            if result.event_type:
-                event_type = result.event_type
-            drop = drop or result.drop
-        if force_suspect:
+        run = _Run(parsed, mailbox, actions)
+        position = 0
+        while position < len(self.stages) and not run.stopped:
+            batch = []
+            while position + len(batch) < len(self.stages) and hasattr(
+                self.stages[position + len(batch)].stage, "check_sync"
+            ):
+                batch.append(self.stages[position + len(batch)])
+            if batch:
+                await self._run_sync(run, batch)
+                position += len(batch)
+            else:
+                await self._run_async(run, self.stages[position])
+                position += 1
+        data = run.data
+        if run.force_suspect:
             _raise_to_suspect(data)
-        data["pipeline_ms"] = timings
-        data["pipeline_errors"] = errors
-        return Outcome(event_type, data, results, drop)
+        data["pipeline_ms"] = run.timings
+        data["pipeline_errors"] = run.errors
+        return Outcome(run.event_type, data, run.results, run.drop)
+
+    async def _run_async(self, run: _Run, spec: StageSpec) -> None:
+        started = time.perf_counter()
+        try:
+            result = await asyncio.wait_for(spec.stage.check(run.parsed, run.context()), spec.timeout_seconds)
+        except StageAbort:
+            raise
+        except TimeoutError:
+            run.timeout(spec, _ms(started))
+        except Exception as exc:  # a stage's failure must never lose the message
+            run.fail(spec, type(exc).__name__, str(exc)[:200], _ms(started))
+        else:
+            run.succeed(spec, result, _ms(started))
+
+    async def _run_sync(self, run: _Run, batch: list[StageSpec]) -> None:
+        """Consecutive CPU stages in one worker thread; a stage that needs its async path (its
+        check_sync returned None) runs on the loop afterwards, in order."""
+        pending: list[StageSpec] = []
+        current: list[StageSpec] = []
+
+        def work() -> None:
+            for index, spec in enumerate(batch):
+                if run.stopped:
+                    return
+                started = time.perf_counter()
+                with run.lock:
+                    if run.abandoned:
+                        return
+                    context = run.context()
+                current[:] = [spec]
+                try:
+                    result = spec.stage.check_sync(run.parsed, context)  # type: ignore[attr-defined]
+                    error = None
+                except Exception as exc:  # a stage's failure must never lose the message
+                    result, error = None, exc
+                elapsed = _ms(started)
+                with run.lock:
+                    if run.abandoned:
+                        return
+                    if error is not None:
+                        run.fail(spec, type(error).__name__, str(error)[:200], elapsed)
+                    elif result is None:
+                        pending.extend(batch[index:])  # needs the loop: finish there, in order
+                        return
+                    elif elapsed > spec.timeout_seconds * 1000:
+                        run.timeout(spec, elapsed)
+                    else:
+                        run.succeed(spec, result, elapsed)
+            current.clear()
+
+        budget = sum(spec.timeout_seconds for spec in batch)
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(work), budget)
+        except TimeoutError:
+            with run.lock:
+                run.abandoned = True
+                # The stage still running overran; the ones after it never ran.
+                hung = current[0] if current else batch[-1]
+                run.timeout(hung, _ms(started))
+                for spec in batch[batch.index(hung) + 1 :]:
+                    run.fail(spec, "skipped", f"not run: {hung.stage.name} overran", 0.0)
+            return
+        for spec in pending:
+            if run.stopped:
+                return
+            await self._run_async(run, spec)
 
     async def process(
         self, mailbox: MailboxConfig, message: FetchedMessage, actions: MailActions | None = None

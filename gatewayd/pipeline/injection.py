@@ -133,6 +133,9 @@ class InjectionStage:
     async def check(self, message: ParsedMessage, context: StageContext) -> StageResult:
         return await asyncio.to_thread(self.evaluate, message)
 
+    def check_sync(self, message: ParsedMessage, context: StageContext) -> StageResult:
+        return self.evaluate(message)
+
     def evaluate(self, message: ParsedMessage) -> StageResult:
         """The verdict on one message. Never raises: a failing part becomes INJ_SCAN_ERROR."""
         scorer = _Scorer(self.options.weights)

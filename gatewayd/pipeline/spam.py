@@ -232,11 +232,13 @@ class SpamStage:
         self._block = _SenderList(options.block)
 
     async def check(self, message: ParsedMessage, context: StageContext) -> StageResult:
+        return await asyncio.to_thread(self.check_sync, message, context)
+
+    def check_sync(self, message: ParsedMessage, context: StageContext) -> StageResult:
         mailbox = context.mailbox
         username = mailbox.imap.username if mailbox else None
         address = username if username and "@" in username else None
-        mailbox_id = mailbox.id if mailbox else None
-        return await asyncio.to_thread(self.score, message, address, mailbox_id)
+        return self.score(message, address, mailbox.id if mailbox else None)
 
     def score(
         self, message: ParsedMessage, mailbox_address: str | None, mailbox_id: str | None = None

@@ -241,6 +241,7 @@ class SqliteEventStore:
                             event.mailbox_id,
                             event.data,
                             from_address,
+                            data_json=data,
                         )
                     )
                     folder = self._message_id_folder(event, checkpoint)
@@ -489,9 +490,8 @@ class SqliteEventStore:
 
 
 def _events(rows: Iterable[Any]) -> list[Event]:
-    # The hot path of a replay: one tuple unpack, one json.loads and one Event per row.
-    loads = json.loads
+    # The hot path of a replay: the data stays JSON text, decoded only if someone reads it.
     return [
-        Event(seq, str(seq), type_, created_at, agent_id, mailbox_id, loads(data), from_address)
+        Event(seq, str(seq), type_, created_at, agent_id, mailbox_id, None, from_address, data_json=data)
         for seq, type_, created_at, agent_id, mailbox_id, data, from_address in rows
     ]
