@@ -96,3 +96,23 @@ async def test_starttls_with_the_configured_ca(tmp_path: Path) -> None:
         assert result.status == "retry" and len(handler.received) == 1
     finally:
         controller.stop()
+
+
+async def test_implicit_tls_with_the_configured_ca(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    handler = Handler()
+    port = free_port()
+    # SMTPS: TLS from the first byte (port 465 style), not STARTTLS.
+    controller = Controller(handler, hostname="127.0.0.1", port=port, ssl_context=context)
+    controller.start()
+    try:
+        trusted = smtp_config(port, tmp_path, tls="implicit", ca_file="ca.pem")
+        assert (await send(trusted, "me@gw.example", ["bob@example.org"], MESSAGE)).status == "sent"
+        untrusted = smtp_config(port, tmp_path, tls="implicit")
+        result = await send(untrusted, "me@gw.example", ["bob@example.org"], MESSAGE)
+        assert result.status == "retry" and len(handler.received) == 1
+    finally:
+        controller.stop()
