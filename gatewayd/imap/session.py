@@ -18,6 +18,7 @@ import aioimaplib
 
 from gatewayd.config import TLS_IMPLICIT, TLS_STARTTLS, ImapConfig
 from gatewayd.message import FetchedMessage
+from gatewayd.tls import client_context
 
 # aioimaplib logs every line at debug and stray responses at info: never let it near our logs.
 logging.getLogger("aioimaplib").setLevel(logging.WARNING)
@@ -60,11 +61,7 @@ class ImapTlsError(ImapError):
 
 
 def tls_context(config: ImapConfig) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
-    if not config.verify_cert:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    return client_context(config.ca_file, config.verify_cert)
 
 
 @dataclass(frozen=True, slots=True)

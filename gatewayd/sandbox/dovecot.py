@@ -8,27 +8,22 @@ password `secret`; a mailbox appears on first delivery or login.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import pwd
 import shutil
-import signal
 import smtplib
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from gatewayd.sandbox.process import SandboxUnavailable, stop_group, wait_ready
 
 DOVECOT_BINARY = "/usr/sbin/dovecot"
 # Every sandbox user has this password. A static passdb (rather than a passwd-file, which Dovecot
 # re-reads at most once a second) makes a user usable the moment a test invents its name.
 PASSWORD = "secret"
-
-
-class SandboxUnavailable(RuntimeError):
-    """Dovecot is not installed (run scripts/setup) or would not start."""
 
 
 def free_port() -> int:
@@ -188,15 +183,16 @@ class Dovecot:
             stderr=log,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SandboxUnavailable(f"dovecot exited at start-up: {self.log_tail()}")
-            if self._greets(self.imap_port, b"* OK") and self._greets(self.lmtp_port, b"220"):
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise SandboxUnavailable(f"dovecot did not become ready in {timeout}s: {self.log_tail()}")
+        process = self.process
+
+        def ready() -> bool:
+            return self._greets(self.imap_port, b"* OK") and self._greets(self.lmtp_port, b"220")
+
+        try:
+            wait_ready(process, ready, "dovecot", self.log_tail, timeout)
+        except SandboxUnavailable:
+            self.process = None
+            raise
 
     def _greets(self, port: int, prefix: bytes) -> bool:
         try:
@@ -206,17 +202,9 @@ class Dovecot:
             return False
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(10)
-        # Connected imap processes outlive the master: end them too, as a real restart would.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-        self.process = None
+        if self.process is not None:
+            stop_group(self.process)
+            self.process = None
 
     def restart(self) -> None:
         self.stop()

@@ -16,15 +16,14 @@ import contextlib
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gatewayd.sandbox.dovecot import SandboxUnavailable, free_port
+from gatewayd.sandbox.dovecot import free_port
+from gatewayd.sandbox.process import SandboxUnavailable, stop_group, wait_ready
 
 RSPAMD_BINARY = "/usr/bin/rspamd"
 
@@ -134,15 +133,7 @@ class Rspamd:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         assert self.process is not None, "launch() first"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SandboxUnavailable(f"rspamd exited at start-up: {self.log_tail()}")
-            if self._pong():
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise SandboxUnavailable(f"rspamd did not become ready in {timeout}s: {self.log_tail()}")
+        wait_ready(self.process, self._pong, "rspamd", self.log_tail, timeout)
 
     def _pong(self) -> bool:
         # A bare request: urllib would honour the environment's HTTP proxy even for loopback.
@@ -154,16 +145,9 @@ class Rspamd:
             return False
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(10)
-        with contextlib.suppress(ProcessLookupError):  # workers that outlived the main process
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-        self.process = None
+        if self.process is not None:
+            stop_group(self.process)
+            self.process = None
 
     def destroy(self) -> None:
         self.stop()

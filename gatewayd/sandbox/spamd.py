@@ -12,15 +12,14 @@ import contextlib
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gatewayd.sandbox.dovecot import SandboxUnavailable, free_port
+from gatewayd.sandbox.dovecot import free_port
+from gatewayd.sandbox.process import SandboxUnavailable, stop_group, wait_ready
 
 SPAMD_BINARY = "/usr/sbin/spamd"
 SITE_CONFIG = Path("/etc/spamassassin")
@@ -94,15 +93,7 @@ class Spamd:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         assert self.process is not None, "launch() first"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SandboxUnavailable(f"spamd exited at start-up: {self.log_tail()}")
-            if self._pong():
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise SandboxUnavailable(f"spamd did not become ready in {timeout}s: {self.log_tail()}")
+        wait_ready(self.process, self._pong, "spamd", self.log_tail, timeout)
 
     def _pong(self) -> bool:
         try:
@@ -113,16 +104,9 @@ class Spamd:
             return False
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(10)
-        with contextlib.suppress(ProcessLookupError):  # children that outlived the parent
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-        self.process = None
+        if self.process is not None:
+            stop_group(self.process)
+            self.process = None
 
     def destroy(self) -> None:
         self.stop()

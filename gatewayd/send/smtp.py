@@ -22,6 +22,7 @@ import aiosmtplib
 
 from gatewayd.config import TLS_IMPLICIT, TLS_STARTTLS, SmtpConfig
 from gatewayd.store.journal import FAILED, RETRY, SENT, UNKNOWN
+from gatewayd.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,7 @@ class SendResult:
 
 
 def tls_context(config: SmtpConfig) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
-    if not config.verify_cert:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    return client_context(config.ca_file, config.verify_cert)
 
 
 async def send(
