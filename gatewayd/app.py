@@ -83,7 +83,7 @@ class Daemon:
         for task in (self._pruner, self._guard):
             if task is not None:
                 task.cancel()
-        gateway.closing_event.set()
+        gateway.begin_closing()
         # Every open stream now writes its closing event; give clients the grace period to go.
         grace = self.config.server.shutdown_grace_seconds
         with contextlib.suppress(TimeoutError):

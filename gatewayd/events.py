@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from typing import Any
 
 MESSAGE_RECEIVED = "message.received"
@@ -46,6 +47,10 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+# A str as a JSON string, exactly as json.dumps(..., ensure_ascii=False) writes it (its C encoder).
+_string = encode_basestring
+
+
 class Event:
     """A stored event. `seq` orders events; `id` is its opaque public form.
 
@@ -55,6 +60,7 @@ class Event:
     """
 
     __slots__ = (
+        "_chunk",
         "_data",
         "_data_json",
         "_frame",
@@ -86,6 +92,7 @@ class Event:
         self.agent_id, self.mailbox_id, self.from_address = agent_id, mailbox_id, from_address
         self._data, self._data_json = data, data_json
         self._frame: bytes | None = None
+        self._chunk: bytes | None = None
 
     @property
     def data(self) -> dict[str, Any]:
@@ -110,17 +117,14 @@ class Event:
         }
 
     def to_json(self) -> str:
-        """The envelope as one line of JSON, byte for byte what json.dumps would give."""
-        head = _dumps(
-            {
-                "id": self.id,
-                "type": self.type,
-                "created_at": self.created_at,
-                "agent_id": self.agent_id,
-                "mailbox_id": self.mailbox_id,
-            }
+        """The envelope as one line of JSON, byte for byte what json.dumps would give
+        (`ensure_ascii=False`, compact separators), built by formatting: a replay frames
+        thousands of events a second."""
+        mailbox = "null" if self.mailbox_id is None else _string(self.mailbox_id)
+        return (
+            f'{{"id":{_string(self.id)},"type":{_string(self.type)},"created_at":{_string(self.created_at)},'
+            f'"agent_id":{_string(self.agent_id)},"mailbox_id":{mailbox},"data":{self.data_json}}}'
         )
-        return f'{head[:-1]},"data":{self.data_json}}}'
 
     @property
     def sse_frame(self) -> bytes:
@@ -128,6 +132,14 @@ class Event:
         if self._frame is None:
             self._frame = f"id: {self.id}\nevent: {self.type}\ndata: {self.to_json()}\n\n".encode()
         return self._frame
+
+    @property
+    def sse_chunk(self) -> bytes:
+        """`sse_frame` as one HTTP/1.1 chunk (`Transfer-Encoding: chunked`), also encoded once."""
+        if self._chunk is None:
+            frame = self.sse_frame
+            self._chunk = b"%x\r\n%b\r\n" % (len(frame), frame)
+        return self._chunk
 
     def _key(self) -> tuple[Any, ...]:
         return (

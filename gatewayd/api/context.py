@@ -33,6 +33,10 @@ class OpenStream(Protocol):
         """Close the stream soon: it sends a `closing` event with this reason, then ends."""
         ...
 
+    def wake(self) -> None:
+        """Look at the gateway's state soon (`closing`): a stream waits for nothing else."""
+        ...
+
 
 @dataclass
 class Gateway:
@@ -75,6 +79,12 @@ class Gateway:
         for stream in ending:
             stream.end(reason)
         return len(ending)
+
+    def begin_closing(self) -> None:
+        """Shutdown: every open stream sends its closing event, then waits for grace_over."""
+        self.closing_event.set()
+        for stream in list(self.streams):
+            stream.wake()
 
     @property
     def closing(self) -> bool:

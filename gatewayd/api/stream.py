@@ -7,6 +7,11 @@ reads and `matches`), so a stream over a whole fleet resumes exactly like one ov
 
 A stream ends with a `closing` event (no `id:`) when the server shuts down or when its token is
 revoked or expires (`Gateway.end_streams`, or the periodic check in `gatewayd.api.guard`).
+
+Fan-out to thousands of streams costs no task, timer or copy per event and stream: an idle
+stream's event is written to its socket by the publisher itself (the frame is encoded once per
+event), and everything else (a busy or slow client, the end, shutdown, pings) goes through the
+stream's one waiter (see `_Stream.live`).
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import time
+from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from gatewayd.api.auth import Principal, authenticate
 from gatewayd.api.context import Gateway
@@ -24,14 +29,48 @@ from gatewayd.api.errors import ApiError
 from gatewayd.api.params import event_query, number, resume_point
 from gatewayd.bus import Subscription
 from gatewayd.events import CLOSING, STREAM_GAP, Event, rfc3339
-from gatewayd.store import EventQuery, matches
+from gatewayd.store import EventQuery, EventStore
 from gatewayd.store.tokens import READ
 
-REPLAY_PAGE = 1000
+# A replay reads the store in pages: a small first one, so the first events are on the wire within
+# milliseconds, then bigger ones (fewer round trips to the reader thread and fewer, larger
+# writes). The next page is read while the current one is written.
+REPLAY_FIRST_PAGE = 100
+REPLAY_PAGE = 2000
+# A live event is written straight from the publisher only while the client's socket buffer holds
+# less than this (bytes); above it the event queues, and a client that stays behind is cut off.
+DIRECT_WRITE_MAX_BUFFER = 64 * 1024
 
 
 def _frame(event: Event) -> bytes:
     return event.sse_frame
+
+
+async def replay_pages(
+    store: EventStore,
+    query: EventQuery,
+    after_seq: int,
+    write: Callable[[bytes, Event], Awaitable[bool]],
+) -> None:
+    """Every stored event after `after_seq` that matches the query, oldest first, framed for SSE.
+
+    `write(frames, last_event)` gets one page at a time and returns False to stop early.
+    """
+    limit = REPLAY_FIRST_PAGE
+    reading = asyncio.ensure_future(store.read_after(query, after_seq, limit))
+    try:
+        while True:
+            events = await reading
+            more = len(events) >= limit
+            if more:
+                limit = REPLAY_PAGE
+                reading = asyncio.ensure_future(store.read_after(query, events[-1].seq, limit))
+            if events and not await write(b"".join([_frame(event) for event in events]), events[-1]):
+                return
+            if not more:
+                return
+    finally:
+        reading.cancel()  # a page read ahead and never written (stopped, or the client left)
 
 
 def _unnumbered(event_type: str, data: dict[str, object]) -> bytes:
@@ -75,9 +114,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         if request.transport is not None:
             request.transport.abort()
 
-    subscription = gateway.bus.subscribe(
-        lambda event: matches(query, event), gateway.config.server.subscriber_queue_size, cut_off
-    )
+    subscription = gateway.bus.subscribe_query(query, gateway.config.server.subscriber_queue_size, cut_off)
     gateway.pool.acquire(mailbox_ids)
     response = web.StreamResponse(
         headers={
@@ -92,9 +129,10 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     try:
         await response.prepare(request)
         await response.write(f"retry: {config.server.retry_ms}\n: connected\n\n".encode())
+        stream.allow_direct_writes(request)
         if resume is not None:
             await stream.replay(min(resume.after_seq, ceiling), resume.requested)
-        deadline = time.monotonic() + max_seconds if max_seconds else None
+        deadline = asyncio.get_running_loop().time() + max_seconds if max_seconds else None
         if stream.end_reason is not None:
             await stream.send_closing(stream.end_reason)
         else:
@@ -119,12 +157,18 @@ class _Stream:
         self.last_seq = 0
         self.last_id: str | None = None
         self.end_reason: str | None = None
-        self._ended = asyncio.Event()
+        self._subscription: Subscription | None = None  # while live
+        # How `_sink` frames a write to the socket: "chunked", "plain", or None (it does not).
+        self._direct: str | None = None
+        self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wrote_at = 0.0
+        self._deadline: float | None = None
 
     def end(self, reason: str) -> None:
         if self.end_reason is None:
             self.end_reason = reason
-            self._ended.set()
+            self.wake()
 
     async def replay(self, after_seq: int, requested: str) -> None:
         store = self.gateway.store
@@ -137,60 +181,122 @@ class _Stream:
             )
         self.last_seq = after_seq
         self.last_id = str(after_seq) if after_seq else None
-        while True:
-            events = await store.read_after(self.query, self.last_seq, REPLAY_PAGE)
-            if events:
-                await self.response.write(b"".join(_frame(event) for event in events))
-                self.last_seq, self.last_id = events[-1].seq, events[-1].id
-            if len(events) < REPLAY_PAGE or self.end_reason is not None:
-                return
+
+        async def write(frames: bytes, last: Event) -> bool:
+            await self.response.write(frames)
+            self.last_seq, self.last_id = last.seq, last.id
+            return self.end_reason is None
+
+        await replay_pages(store, self.query, after_seq, write)
 
     async def live(self, subscription: Subscription, ping: float, deadline: float | None) -> None:
-        closing = asyncio.ensure_future(self.gateway.closing_event.wait())
-        ended = asyncio.ensure_future(self._ended.wait())
-        getter: asyncio.Future[Event] | None = None
+        """Live events until the deadline, a shutdown, an end (token revoked) or an overflow.
+
+        While it waits, the stream lets the bus write each event straight to its client (`_sink`:
+        the frame every subscriber shares, no task wake-up, no copy when the socket takes it).
+        Otherwise events queue, and one waiter per stream takes them: it is woken by the bus, by
+        `wake()` (shutdown, end), or by one timer per stream, re-armed only when it fires: a ping
+        goes out after `ping` seconds without a write, however many events came before.
+        """
+        loop = asyncio.get_running_loop()
+        gateway = self.gateway
+        timer: asyncio.TimerHandle | None = None
+        self._wrote_at = loop.time()
+        self._deadline = deadline
+
+        def fire() -> None:
+            nonlocal timer
+            timer = None
+            subscription.wake()
+
+        self._subscription = subscription
+        sink = self._sink if self._direct is not None else None
         try:
             while True:
-                timeout = ping if deadline is None else min(ping, deadline - time.monotonic())
-                if timeout <= 0:
-                    return
-                getter = asyncio.ensure_future(subscription.get())
-                done, _ = await asyncio.wait(
-                    {getter, closing, ended}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                if closing in done:
-                    getter.cancel()
+                if gateway.closing:
                     await self.send_closing("shutdown")
                     # Hold the connection through the grace period, so clients close first.
-                    await self.gateway.grace_over.wait()
+                    await gateway.grace_over.wait()
                     return
-                if ended in done:
-                    getter.cancel()
-                    await self.send_closing(self.end_reason or "ended")
+                if self.end_reason is not None:
+                    await self.send_closing(self.end_reason)
                     return
-                if getter not in done:
-                    getter.cancel()
-                    if deadline is None or time.monotonic() < deadline:
-                        await self.response.write(b": ping\n\n")
-                    continue
                 if subscription.overflowed:
                     # Too slow: cut it off; it resumes from its last id without losing anything.
                     return
-                frames = []
-                event = getter.result()
-                while True:
-                    if event.seq > self.last_seq:
-                        frames.append(_frame(event))
-                        self.last_seq, self.last_id = event.seq, event.id
-                    if not subscription.pending() or subscription.overflowed:
-                        break
-                    event = await subscription.get()
-                await self.response.write(b"".join(frames))
+                events = subscription.take()
+                if events:
+                    frames = []
+                    for event in events:
+                        if event.seq > self.last_seq:
+                            frames.append(_frame(event))
+                            self.last_seq, self.last_id = event.seq, event.id
+                    if frames:
+                        await self.response.write(b"".join(frames))
+                        self._wrote_at = loop.time()
+                    continue
+                now = loop.time()
+                if deadline is not None and now >= deadline:
+                    return
+                ping_at = self._wrote_at + ping
+                if now >= ping_at:
+                    await self.response.write(b": ping\n\n")
+                    self._wrote_at = loop.time()
+                    continue
+                if timer is None:
+                    timer = loop.call_at(ping_at if deadline is None else min(ping_at, deadline), fire)
+                subscription.sink = sink
+                try:
+                    await subscription.wait()
+                finally:
+                    subscription.sink = None
         finally:
-            closing.cancel()
-            ended.cancel()
-            if getter is not None:
-                getter.cancel()  # also when the client left and the handler was cancelled
+            self._subscription = None
+            if timer is not None:
+                timer.cancel()
+
+    def _sink(self, event: Event) -> bool:
+        """Write one live event to the client now, from the publisher; False: queue it instead.
+
+        Only while `live` waits (nothing of this response is being written), the client keeps up
+        (the socket's buffer is nearly empty: a slow client takes the queue and its overflow
+        cut-off instead) and the stream is not ending.
+        """
+        transport = self._transport
+        if (
+            transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > DIRECT_WRITE_MAX_BUFFER
+            or self.end_reason is not None
+            or self.gateway.closing
+        ):
+            return False
+        if event.seq <= self.last_seq:
+            return True  # replayed already
+        now = self._loop.time()
+        if self._deadline is not None and now >= self._deadline:
+            return False
+        transport.write(event.sse_chunk if self._direct == "chunked" else event.sse_frame)
+        self.last_seq, self.last_id = event.seq, event.id
+        self._wrote_at = now
+        return True
+
+    def allow_direct_writes(self, request: web.Request) -> None:
+        """After the response has started: whether and how `_sink` may write to its socket."""
+        headers = self.response.headers
+        if self.response.compression or hdrs.CONTENT_ENCODING in headers:
+            return
+        chunked = headers.get(hdrs.TRANSFER_ENCODING, "").lower() == "chunked"
+        if not chunked and hdrs.TRANSFER_ENCODING in headers:
+            return
+        self._transport = request.transport
+        self._loop = asyncio.get_running_loop()
+        self._direct = "chunked" if chunked else "plain"
+
+    def wake(self) -> None:
+        """Look at the gateway's state (shutdown) and this stream's end soon."""
+        if self._subscription is not None:
+            self._subscription.wake()
 
     async def send_closing(self, reason: str) -> None:
         gateway = self.gateway

@@ -82,7 +82,10 @@ class Bench:
         try:
             yield
         finally:
-            recorder.send_signal(signal.SIGINT)  # py-spy writes its file on ^C
+            if recorder.returncode is None:
+                # py-spy writes its file on ^C; it has already gone if the profiled process exited.
+                with contextlib.suppress(ProcessLookupError):
+                    recorder.send_signal(signal.SIGINT)
             await asyncio.wait_for(recorder.wait(), 60)
             if recorder.returncode == 0 or out.exists():
                 top = hot_spots(out)

@@ -2,11 +2,12 @@
 
 The store is filled beforehand with realistic `message.received` events (the data the
 configured pipeline produced for corpus messages, cycled). Then a raw-socket client asks
-gatewayd for `/events?since=0` and counts `id:` lines until it has all N. Reported: events/s
-from the request to the last event, and the time to the first event byte.
+gatewayd for `/events?since=0&types=message.*` (the types filter keeps out the mailbox.connected
+event of the watcher the stream starts) and counts `id:` lines until it has all N. Reported:
+events/s from the request to the last event, and the time to the first event byte.
 
 Floors, same run and same file: raw `sqlite3` reading the same rows (no JSON decoding), and the
-replay loop in process without HTTP (`store.read_after` pages + SSE framing).
+replay loop in process without HTTP (`gatewayd.api.stream.replay_pages`: store pages + SSE framing).
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import sqlite3
 import time
 from typing import Any
 
-from gatewayd.api.stream import REPLAY_PAGE, _frame
+from gatewayd.api.stream import replay_pages
 from gatewayd.bench.clients import open_sse
 from gatewayd.bench.harness import TOKEN, Bench, GatewayProcess, gateway_config, wait_until
 from gatewayd.bench.stats import Result
 from gatewayd.bench.throughput import configured_pipeline, fetched, load_corpus
 from gatewayd.config import parse_config
-from gatewayd.events import NewEvent
+from gatewayd.events import Event, NewEvent
 from gatewayd.store import EventQuery
 from gatewayd.store.sqlite import SqliteEventStore
 
@@ -31,6 +32,8 @@ QUICK = {"events": 2000}
 FULL = {"events": 100000}
 TARGET_PER_S = 50000.0
 FILL_BATCH = 1000
+# Only the stored messages: the watcher this stream starts (on demand) adds a mailbox.connected.
+PATH = "/events?since=0&types=message.*"
 
 
 async def _templates(config: Any, result: Result) -> list[NewEvent]:
@@ -75,16 +78,16 @@ async def run(bench: Bench, size: dict[str, float]) -> Result:
         await fill(store, templates, count, user)
         fill_s = time.monotonic() - started
         # Floor 2: the replay loop in process, without HTTP.
-        query = EventQuery(agent_ids=("bench",))
+        query = EventQuery(agent_ids=("bench",), type_patterns=("message.*",))
+        sent = 0
+
+        async def write(frames: bytes, _last: Event) -> bool:
+            nonlocal sent
+            sent += len(frames)
+            return True
+
         started = time.monotonic()
-        after, sent = 0, 0
-        while True:
-            events = await store.read_after(query, after, REPLAY_PAGE)
-            sent += len(b"".join(_frame(event) for event in events))
-            if events:
-                after = events[-1].seq
-            if len(events) < REPLAY_PAGE:
-                break
+        await replay_pages(store, query, 0, write)
         in_process = count / (time.monotonic() - started)
     finally:
         await store.close()
@@ -104,7 +107,7 @@ async def run(bench: Bench, size: dict[str, float]) -> Result:
     try:
         async with bench.profile(NAME, gateway.pid):
             requested = time.monotonic()
-            conn = await open_sse(gateway.host, gateway.port, "/events?since=0", TOKEN, count_only=True)
+            conn = await open_sse(gateway.host, gateway.port, PATH, TOKEN, count_only=True)
             await wait_until(lambda: conn.events >= count, 300, f"{count} replayed events")
             conn.close()
     finally:

@@ -1,8 +1,8 @@
 """Scenario 4: pipeline throughput in process: parse + every configured stage + the store.
 
 Messages go through `Pipeline.process` (parsing, then the stages `build_pipeline` makes from the
-default configuration, with a learning store trained on part of the corpus) and are appended
-in batches of 50 with their checkpoint, as a watcher does. Throughput per core is messages per
+default configuration, with a learning store trained on part of the corpus) and each is appended
+with its checkpoint as soon as it is processed, as a watcher does. Throughput per core is messages per
 CPU-second of this process (all its threads: aiosqlite's, and any stage's `to_thread`). The
 share of each stage comes from the events' own `pipeline_ms`.
 
@@ -22,7 +22,6 @@ from gatewayd.bench.clients import bench_mail
 from gatewayd.bench.harness import Bench, gateway_config
 from gatewayd.bench.stats import Result
 from gatewayd.config import Config, MailboxConfig, parse_config
-from gatewayd.imap.watch import FETCH_BATCH
 from gatewayd.message import FetchedMessage, parse
 from gatewayd.pipeline import Pipeline
 from gatewayd.store import Checkpoint
@@ -83,24 +82,19 @@ class _Timing:
 async def _measure(
     pipeline: Pipeline, store: SqliteEventStore, mailbox: MailboxConfig, messages: list[bytes]
 ) -> _Timing:
-    """Process and append in batches of FETCH_BATCH, as a watcher does."""
+    """Process each message and append its event with its checkpoint, as a watcher does."""
     timing = _Timing(stage_ms={spec.stage.name: 0.0 for spec in pipeline.stages})
     cpu, wall = time.process_time(), time.perf_counter()
-    for first in range(0, len(messages), FETCH_BATCH):
-        batch = messages[first : first + FETCH_BATCH]
-        events = []
-        for uid, raw in enumerate(batch, first + 1):
-            t0 = time.perf_counter()
-            event = await pipeline.process(mailbox, fetched(uid, raw))
-            timing.process_s += time.perf_counter() - t0
-            if event is None:
-                continue
-            events.append(event)
+    for uid, raw in enumerate(messages, 1):
+        t0 = time.perf_counter()
+        event = await pipeline.process(mailbox, fetched(uid, raw))
+        timing.process_s += time.perf_counter() - t0
+        if event is not None:
             for name, ms in event.data.get("pipeline_ms", {}).items():
                 timing.stage_ms[name] = timing.stage_ms.get(name, 0.0) + ms
             timing.errors += len(event.data.get("pipeline_errors", []))
         t0 = time.perf_counter()
-        await store.append(events, Checkpoint(mailbox.id, "INBOX", 1, first + len(batch)))
+        await store.append([event] if event is not None else [], Checkpoint(mailbox.id, "INBOX", 1, uid))
         timing.store_s += time.perf_counter() - t0
     timing.wall = time.perf_counter() - wall
     timing.cpu = time.process_time() - cpu
@@ -181,7 +175,7 @@ async def run(bench: Bench, size: dict[str, float]) -> Result:
     result.add("share: parse + pipeline overhead", 100 * (process_s - stages_s) / wall, "%")
     for name, ms in stage_ms.items():
         result.add(f"share: stage {name}", 100 * ms / 1000 / wall, "%")
-    result.add("share: store append (batches of 50)", 100 * store_s / wall, "%")
+    result.add("share: store append (one per message)", 100 * store_s / wall, "%")
     result.add("mean per message: pipeline.process", 1000 * process_s / count, "ms")
     result.add("mean per message: store", 1000 * store_s / count, "ms")
     if errors:

@@ -97,6 +97,8 @@ class FolderWatcher:
         self._publish = publish
         self.status = WatcherState(since=rfc3339())
         self._session: ImapSession | None = None
+        # The folder's checkpoint as this watcher last stored it (None: read it from the store).
+        self._checkpoint: Checkpoint | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -226,13 +228,18 @@ class FolderWatcher:
         assert selected is not None
         # First what a crash interrupted (a message moved away before its event was stored).
         await self._process.recover(self.mailbox, SessionActions(session))
-        checkpoint = await self._store.get_checkpoint(self.mailbox.id, self.folder)
+        # The watcher is its folder's only writer of the checkpoint: the store is read once per
+        # connection (or after a failed append), then the last one written is kept here.
+        checkpoint = self._checkpoint
+        if initial or checkpoint is None:
+            checkpoint = await self._store.get_checkpoint(self.mailbox.id, self.folder)
         resynced = False
         if checkpoint is None:
             checkpoint = await self._first_checkpoint(session)
         elif checkpoint.uidvalidity != selected.uidvalidity:
             checkpoint = await self._resync_after_uidvalidity_change(session, checkpoint)
             resynced = True
+        self._checkpoint = checkpoint
         uids = await session.uids_from(checkpoint.last_uid + 1)
         for start in range(0, len(uids), FETCH_BATCH):
             batch = uids[start : start + FETCH_BATCH]
@@ -240,16 +247,35 @@ class FolderWatcher:
         return resynced
 
     async def _announce(self, session: ImapSession, uids: list[int], uidvalidity: int) -> None:
-        messages = await session.fetch(uids, self.mailbox.fetch_max_bytes)
-        # The rules act on the messages over this very connection (selected, outside IDLE).
-        actions = SessionActions(session)
+        """Fetch a batch, then store and publish each message as soon as it is processed.
+
+        Each append carries the checkpoint up to its own message, in the same transaction (so
+        a crash never loses or repeats one), and the message's rule journal is settled right
+        after it. The last one's checkpoint covers the whole batch: a UID expunged before
+        FETCH is skipped for good.
+        """
+        messages = sorted(await session.fetch(uids, self.mailbox.fetch_max_bytes), key=lambda m: m.uid)
+        last_uid = max(uids)
         process = self._process.process
-        events = [event for message in messages if (event := await process(self.mailbox, message, actions))]
-        # The checkpoint covers the whole batch: a UID expunged before FETCH is skipped for good.
-        checkpoint = Checkpoint(self.mailbox.id, self.folder, uidvalidity, max(uids))
+        for index, message in enumerate(messages):
+            # The rules act on the message over this very connection (selected, outside IDLE).
+            actions = SessionActions(session)
+            event = await process(self.mailbox, message, actions)
+            done = last_uid if index == len(messages) - 1 else message.uid
+            await self._store_and_publish([event] if event is not None else [], done, uidvalidity, actions)
+        if not messages:
+            await self._store_and_publish([], last_uid, uidvalidity, None)
+
+    async def _store_and_publish(
+        self, events: list[NewEvent], last_uid: int, uidvalidity: int, actions: SessionActions | None
+    ) -> None:
+        checkpoint = Checkpoint(self.mailbox.id, self.folder, uidvalidity, last_uid)
+        self._checkpoint = None  # unknown until the append is known to have committed
         stored = await self._store.append(events, checkpoint)
+        self._checkpoint = checkpoint
         self.status.last_uid = checkpoint.last_uid
-        await actions.settle()  # the rules journal: these events are stored now
+        if actions is not None:
+            await actions.settle()  # the rules journal: this event is stored now
         self._publish(stored)
 
     async def _first_checkpoint(self, session: ImapSession) -> Checkpoint:

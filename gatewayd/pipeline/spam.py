@@ -928,7 +928,8 @@ def _content_signals(scorer: _Scorer, message: ParsedMessage, heads: dict[str, l
         ratio = caps / len(words)
         if ratio >= 0.25:
             scorer.add("BODY_SHOUTING", f"{ratio:.0%} of words in capitals", 1.0 if ratio >= 0.4 else 0.5)
-    exclaims = len(_EXCLAIM.findall(text))
+    # Never more matches than "!" characters: most mail is decided by the count alone.
+    exclaims = len(_EXCLAIM.findall(text)) if text.count("!") >= 6 else 0
     if exclaims >= 6:
         scorer.add("BODY_EXCLAIM", f"{exclaims} exclamations", 1.0 if exclaims >= 10 else 0.5)
 
@@ -973,7 +974,11 @@ def _phrase_signals(scorer: _Scorer, lowered: str) -> None:
             break
         phrase = " ".join(match.group(0).split())
         hits.setdefault(_PHRASE_FAMILY[phrase], set()).add(phrase)
+    # _FRAUD_SUM cannot match without one of these (its leading \b makes a search slow): skip it.
+    fraud = "us$" in lowered or "million" in lowered or "billion" in lowered
     for pattern, family in ((_FRAUD_SUM, "SCAM_PHRASES"), (_BIG_SUM, "MONEY_PHRASES")):
+        if pattern is _FRAUD_SUM and not fraud:
+            continue
         sum_ = pattern.search(lowered)
         if sum_:
             hits.setdefault(family, set()).add(" ".join(sum_.group(0).split()))

@@ -1,9 +1,11 @@
-"""The SQLite event store: one file, WAL mode, aiosqlite.
+"""The SQLite event store: one file, WAL mode; aiosqlite for reads, a thread of its own for writes.
 
-Two connections: a writer that owns every transaction (serialized by an asyncio.Lock) and a
-reader. Sharing one connection would let a read issued between `BEGIN` and `COMMIT` of an
-`append` (each statement is its own await) see rows that may still be rolled back; WAL gives
-the reader the last committed snapshot instead, without blocking the writer.
+Two connections: a writer that owns every transaction and a reader (aiosqlite). The writer is a
+plain sqlite3 connection on a thread of its own, and each transaction (an `append`, a prune
+batch) is ONE call to that thread: a thread round trip per statement would cost several times
+the transaction itself (an append of one event: about 0.7 ms against 0.13 ms). The thread runs
+the calls in order, which serializes the transactions. WAL gives the reader the last committed
+snapshot, without blocking the writer.
 
 Durability: WAL with `synchronous=NORMAL` keeps every committed transaction across a crash of
 the process (kill -9); only an OS crash or power loss can drop the last few commits.
@@ -12,12 +14,15 @@ the process (kill -9); only an OS crash or power loss can drop the last few comm
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
-from collections.abc import Iterable, Sequence
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -98,6 +103,19 @@ _INSERT_EVENT = (
 )
 
 
+_T = TypeVar("_T")
+
+_INSERT_MESSAGE_ID = (
+    "INSERT INTO message_ids (mailbox_id, folder, message_id, seq)"
+    " VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET seq = excluded.seq"
+)
+_UPSERT_CHECKPOINT = (
+    "INSERT INTO checkpoints (mailbox_id, folder, uidvalidity, last_uid)"
+    " VALUES (?, ?, ?, ?) ON CONFLICT (mailbox_id, folder) DO UPDATE"
+    " SET uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid"
+)
+
+
 def _glob_literal(text: str) -> str:
     """Escape GLOB's `[` and `?` (by bracketing them) so only a caller's `*` stays special."""
     return text.replace("[", "[[]").replace("?", "[?]")
@@ -113,50 +131,57 @@ class SqliteEventStore:
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
         self.path = Path(path)
         self._busy_timeout_ms = busy_timeout_ms
-        self._writer: aiosqlite.Connection | None = None
+        # The writer: used only on its executor's one thread, one transaction per call.
+        self._writer: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._reader: aiosqlite.Connection | None = None
-        # aiosqlite queues statements on one thread, but a transaction spans several awaits:
-        # without this lock two appends would interleave inside one BEGIN ... COMMIT.
-        self._write_lock = asyncio.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        writer = await self._connect()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatewayd-store-writer")
         try:
-            # journal_mode is persistent in the file and cannot change inside a transaction.
-            await writer.execute("PRAGMA journal_mode=WAL")
-            await self._migrate(writer)
-            reader = await self._connect()
+            self._writer = await self._on_writer(self._open_writer)
+            reader = await aiosqlite.connect(self.path, isolation_level=None)
+            try:
+                await reader.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+                await reader.execute("PRAGMA synchronous=NORMAL")
+                await reader.execute("PRAGMA query_only=ON")  # reads can never write by mistake
+            except BaseException:
+                await reader.close()
+                raise
         except BaseException:
-            await writer.close()
+            await self._close_writer()
             raise
-        try:
-            await reader.execute("PRAGMA query_only=ON")  # reads can never write by mistake
-        except BaseException:
-            await reader.close()
-            await writer.close()
-            raise
-        self._writer, self._reader = writer, reader
+        self._reader = reader
 
-    async def _connect(self) -> aiosqlite.Connection:
-        # isolation_level=None: no implicit transactions; append() issues BEGIN IMMEDIATE itself
-        # so the write lock is taken up front instead of failing on upgrade from a read lock.
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
+    def _open_writer(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions; every write issues BEGIN IMMEDIATE
+        # itself, so the write lock is taken up front instead of failing on upgrade.
+        conn = sqlite3.connect(self.path, isolation_level=None)
         try:
-            await conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
-            await conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            # journal_mode is persistent in the file and cannot change inside a transaction.
+            conn.execute("PRAGMA journal_mode=WAL")
+            self._migrate(conn)
         except BaseException:
-            await conn.close()
+            conn.close()
             raise
         return conn
 
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        await conn.execute("BEGIN IMMEDIATE")
+    async def _on_writer(self, function: Callable[..., _T], *args: Any) -> _T:
+        """Run `function(*args)` on the writer's thread (after every call submitted before)."""
+        if self._executor is None:
+            raise RuntimeError("SqliteEventStore is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(function, *args))
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
         try:
-            async with conn.execute("PRAGMA user_version") as cursor:
-                row = await cursor.fetchone()
+            row = conn.execute("PRAGMA user_version").fetchone()
             version = int(row[0]) if row else 0
             if version > SCHEMA_VERSION:
                 raise RuntimeError(
@@ -167,25 +192,35 @@ class SqliteEventStore:
                 # (so migration scripts must not contain `;` inside statements or comments).
                 for statement in _MIGRATIONS[target - 1].split(";"):
                     if statement.strip():
-                        await conn.execute(statement)
-            await conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            await conn.execute("COMMIT")
+                        conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
         except BaseException:
-            await conn.rollback()
+            conn.rollback()
             raise
 
     async def close(self) -> None:
-        writer, reader = self._writer, self._reader
-        self._writer = self._reader = None
+        reader = self._reader
+        self._reader = None
         if reader is not None:
             await reader.close()
-        if writer is not None:
-            # Behind any append in progress, so it commits (or rolls back) before the close.
-            async with self._write_lock:
-                await writer.close()
+        await self._close_writer()
+
+    async def _close_writer(self) -> None:
+        executor = self._executor
+        if executor is None:
+            return
+        writer, self._writer = self._writer, None
+        try:
+            if writer is not None:
+                # Behind any transaction already submitted, so it commits before the close.
+                await self._on_writer(writer.close)
+        finally:
+            self._executor = None
+            executor.shutdown(wait=False)
 
     @property
-    def _w(self) -> aiosqlite.Connection:
+    def _w(self) -> sqlite3.Connection:
         if self._writer is None:
             raise RuntimeError("SqliteEventStore is not open")
         return self._writer
@@ -205,73 +240,84 @@ class SqliteEventStore:
         announced for its (mailbox_id, folder); the folder is `data["folder"]` when it is a
         string, else the checkpoint's folder when the checkpoint is for the same mailbox.
         """
-        # Serialize before taking the lock: a bad payload fails fast and never holds the writer.
+        # Serialize here: a bad payload fails fast and never reaches the writer.
         encoded = [json.dumps(e.data, ensure_ascii=False, separators=(",", ":")) for e in events]
+        rows = [
+            (
+                event.type,
+                event.agent_id,
+                event.mailbox_id,
+                event.from_address.lower() if event.from_address else None,
+                event.dedupe_key,
+                data,
+                spam_score(event.data),
+                self._announced(event, checkpoint),
+            )
+            for event, data in zip(events, encoded, strict=True)
+        ]
+        created_at, seqs = await self._on_writer(self._append_now, self._w, rows, checkpoint)
         stored: list[Event] = []
-        async with self._write_lock:
-            conn = self._w
-            created_at = rfc3339()  # inside the lock: created_at never decreases along seq
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                for event, data in zip(events, encoded, strict=True):
-                    from_address = event.from_address.lower() if event.from_address else None
-                    cursor = await conn.execute(
-                        _INSERT_EVENT,
-                        (
-                            event.type,
-                            created_at,
-                            event.agent_id,
-                            event.mailbox_id,
-                            from_address,
-                            event.dedupe_key,
-                            data,
-                            spam_score(event.data),
-                        ),
+        for (type_, agent_id, mailbox_id, from_address, _, data, _, _), event, seq in zip(
+            rows, events, seqs, strict=True
+        ):
+            if seq is not None:
+                stored.append(
+                    Event(
+                        seq,
+                        str(seq),
+                        type_,
+                        created_at,
+                        agent_id,
+                        mailbox_id,
+                        event.data,
+                        from_address,
+                        data_json=data,
                     )
-                    if cursor.rowcount != 1:
-                        continue  # dedupe_key already stored (earlier or in this batch)
-                    seq = int(cursor.lastrowid or 0)
-                    stored.append(
-                        Event(
-                            seq,
-                            str(seq),
-                            event.type,
-                            created_at,
-                            event.agent_id,
-                            event.mailbox_id,
-                            event.data,
-                            from_address,
-                            data_json=data,
-                        )
-                    )
-                    folder = self._message_id_folder(event, checkpoint)
-                    if folder is not None:
-                        # A re-announcement moves the row to the newer seq, so pruning the
-                        # older event does not forget a Message-ID that is still in the log.
-                        await conn.execute(
-                            "INSERT INTO message_ids (mailbox_id, folder, message_id, seq)"
-                            " VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET seq = excluded.seq",
-                            (event.mailbox_id, folder, event.data["message_id"], seq),
-                        )
-                if checkpoint is not None:
-                    await conn.execute(
-                        "INSERT INTO checkpoints (mailbox_id, folder, uidvalidity, last_uid)"
-                        " VALUES (?, ?, ?, ?) ON CONFLICT (mailbox_id, folder) DO UPDATE"
-                        " SET uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid",
-                        (
-                            checkpoint.mailbox_id,
-                            checkpoint.folder,
-                            checkpoint.uidvalidity,
-                            checkpoint.last_uid,
-                        ),
-                    )
-                await conn.execute("COMMIT")
-            except BaseException:
-                # Also on cancellation: the rollback is queued behind the statement in flight,
-                # and the next BEGIN behind the rollback, so no half transaction survives.
-                await conn.rollback()
-                raise
+                )
         return stored
+
+    @staticmethod
+    def _append_now(
+        conn: sqlite3.Connection, rows: list[tuple[Any, ...]], checkpoint: Checkpoint | None
+    ) -> tuple[str, list[int | None]]:
+        """append's transaction, on the writer's thread: each row's seq (None: a known dedupe key)."""
+        # On the writer's thread, where transactions run one after the other: created_at never
+        # decreases along seq.
+        created_at = rfc3339()
+        seqs: list[int | None] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for type_, agent_id, mailbox_id, from_address, dedupe_key, data, score, announced in rows:
+                cursor = conn.execute(
+                    _INSERT_EVENT,
+                    (type_, created_at, agent_id, mailbox_id, from_address, dedupe_key, data, score),
+                )
+                if cursor.rowcount != 1:
+                    seqs.append(None)  # dedupe_key already stored (earlier or in this batch)
+                    continue
+                seq = int(cursor.lastrowid or 0)
+                seqs.append(seq)
+                if announced is not None:
+                    # A re-announcement moves the row to the newer seq, so pruning the older
+                    # event does not forget a Message-ID that is still in the log.
+                    conn.execute(_INSERT_MESSAGE_ID, (mailbox_id, *announced, seq))
+            if checkpoint is not None:
+                conn.execute(
+                    _UPSERT_CHECKPOINT,
+                    (checkpoint.mailbox_id, checkpoint.folder, checkpoint.uidvalidity, checkpoint.last_uid),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+        return created_at, seqs
+
+    @classmethod
+    def _announced(cls, event: NewEvent, checkpoint: Checkpoint | None) -> tuple[str, str] | None:
+        """(folder, Message-ID) to record as announced for this event, or None."""
+        folder = cls._message_id_folder(event, checkpoint)
+        return None if folder is None else (folder, event.data["message_id"])
 
     @staticmethod
     def _message_id_folder(event: NewEvent, checkpoint: Checkpoint | None) -> str | None:
@@ -291,7 +337,7 @@ class SqliteEventStore:
     async def prune(self, max_age_seconds: float | None, max_events: int | None) -> int:
         """Delete events older than max_age_seconds and/or all but the newest max_events.
 
-        Works in transactions of PRUNE_BATCH rows, yielding the lock in between so appends are
+        Works in transactions of PRUNE_BATCH rows, letting appends run in between so they are
         never held up for long. The announced Message-IDs of deleted events go with them.
         """
         if max_events is not None and max_events < 0:
@@ -317,28 +363,30 @@ class SqliteEventStore:
         select = f"SELECT seq FROM events WHERE {condition} LIMIT ?"
         deleted = 0
         while True:
-            async with self._write_lock:
-                conn = self._w
-                await conn.execute("BEGIN IMMEDIATE")
-                try:
-                    rows = await conn.execute_fetchall(select, (value, PRUNE_BATCH))
-                    # The batch's seqs travel as one JSON array parameter (no variable limit).
-                    batch = json.dumps([row[0] for row in rows])
-                    if rows:
-                        await conn.execute(
-                            "DELETE FROM message_ids WHERE seq IN (SELECT value FROM json_each(?))", (batch,)
-                        )
-                        await conn.execute(
-                            "DELETE FROM events WHERE seq IN (SELECT value FROM json_each(?))", (batch,)
-                        )
-                    await conn.execute("COMMIT")
-                except BaseException:
-                    await conn.rollback()
-                    raise
-            deleted += len(rows)
-            if len(rows) < PRUNE_BATCH:
+            removed = await self._on_writer(self._prune_batch, self._w, select, value)
+            deleted += removed
+            if removed < PRUNE_BATCH:
                 return deleted
-            await asyncio.sleep(0)  # let queued appends take the (FIFO) lock between batches
+            await asyncio.sleep(0)  # appends submitted meanwhile run between the batches
+
+    @staticmethod
+    def _prune_batch(conn: sqlite3.Connection, select: str, value: object) -> int:
+        """One prune transaction of at most PRUNE_BATCH events, on the writer's thread."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute(select, (value, PRUNE_BATCH)).fetchall()
+            # The batch's seqs travel as one JSON array parameter (no variable limit).
+            batch = json.dumps([row[0] for row in rows])
+            if rows:
+                for table in ("message_ids", "events"):
+                    sql = f"DELETE FROM {table} WHERE seq IN (SELECT value FROM json_each(?))"
+                    conn.execute(sql, (batch,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+        return len(rows)
 
     # -- reads -------------------------------------------------------------------------------
 
