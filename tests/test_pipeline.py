@@ -9,6 +9,7 @@ import pytest
 
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline import (
+    INLINE_MAX_BYTES,
     Finding,
     Pipeline,
     StageContext,
@@ -21,6 +22,11 @@ RAW = b"From: Bob <bob@example.org>\r\nSubject: hi\r\nMessage-ID: <p1@example.or
 
 def parsed(raw: bytes = RAW) -> ParsedMessage:
     return parse(FetchedMessage("INBOX", 7, 1, raw, len(raw), (), None))
+
+
+def large() -> ParsedMessage:
+    """A message over the size the CPU stages check on the event loop."""
+    return parsed(RAW + b"More text.\r\n" * (INLINE_MAX_BYTES // 10))
 
 
 class Recorder:
@@ -115,7 +121,8 @@ def test_a_misspelt_weight_symbol_is_a_config_error() -> None:
 
 
 class SyncRecorder(Recorder):
-    """A CPU stage: the pipeline runs consecutive ones in one worker thread."""
+    """A CPU stage: the pipeline runs consecutive ones in one go (a large message: in one worker
+    thread)."""
 
     def __init__(self, name: str, sleep: float = 0.0, fail: bool = False) -> None:
         super().__init__(name)
@@ -133,31 +140,41 @@ class SyncRecorder(Recorder):
         return StageResult({self.name: {"ok": True}})
 
 
-async def test_cpu_stages_share_one_worker_thread_and_see_earlier_results() -> None:
+@pytest.mark.parametrize("size", ["small", "large"])
+async def test_cpu_stages_run_on_the_loop_for_small_mail_else_share_one_worker_thread(size: str) -> None:
     import threading
 
-    first, second = SyncRecorder("spam"), SyncRecorder("injection")
-    outcome = await Pipeline([StageSpec(first), StageSpec(Recorder("auth")), StageSpec(second)]).run(parsed())
-    assert outcome.data["spam"] == outcome.data["injection"] == {"ok": True}
-    assert second.seen == ["spam", "auth"]
-    assert threading.get_ident() not in first.threads  # off the event loop
+    first, second, third = SyncRecorder("spam"), SyncRecorder("injection"), SyncRecorder("rules")
+    stages = [StageSpec(first), StageSpec(second), StageSpec(Recorder("auth")), StageSpec(third)]
+    outcome = await Pipeline(stages).run(parsed() if size == "small" else large())
+    assert outcome.data["spam"] == outcome.data["injection"] == outcome.data["rules"] == {"ok": True}
+    assert third.seen == ["spam", "injection", "auth"]
+    loop_thread = threading.get_ident()
+    if size == "small":
+        assert first.threads == second.threads == {loop_thread}
+    else:
+        assert len(first.threads) == 1 and first.threads == second.threads
+        assert loop_thread not in first.threads
     assert outcome.data["pipeline_errors"] == []
 
 
+@pytest.mark.parametrize("size", ["small", "large"])
 @pytest.mark.parametrize(("sleep", "fail", "error"), [(0.0, True, "ValueError"), (0.3, False, "timeout")])
 async def test_a_failing_or_overrunning_cpu_stage_never_loses_the_message(
-    sleep: float, fail: bool, error: str
+    sleep: float, fail: bool, error: str, size: str
 ) -> None:
     bad, later = SyncRecorder("spam", sleep=sleep, fail=fail), SyncRecorder("injection")
-    outcome = await Pipeline([StageSpec(bad, 0.1), StageSpec(later, 5)]).run(parsed())
+    outcome = await Pipeline([StageSpec(bad, 0.1), StageSpec(later, 5)]).run(
+        parsed() if size == "small" else large()
+    )
     assert [(e["stage"], e["error"]) for e in outcome.data["pipeline_errors"]] == [("spam", error)]
     assert outcome.data["spam"] is None and outcome.data["injection"] == {"ok": True}
 
 
-async def test_a_hung_cpu_stage_is_abandoned_and_reported() -> None:
+async def test_a_hung_cpu_stage_on_a_large_message_is_abandoned_and_reported() -> None:
     hung, after = SyncRecorder("spam", sleep=3.0), SyncRecorder("injection")
     outcome = await asyncio.wait_for(
-        Pipeline([StageSpec(hung, 0.1), StageSpec(after, 0.1), StageSpec(Recorder("auth"))]).run(parsed()), 10
+        Pipeline([StageSpec(hung, 0.1), StageSpec(after, 0.1), StageSpec(Recorder("auth"))]).run(large()), 10
     )
     errors = {e["stage"]: e["error"] for e in outcome.data["pipeline_errors"]}
     assert errors == {"spam": "timeout", "injection": "skipped"}

@@ -596,6 +596,7 @@ async def test_reads_during_appends_see_whole_batches(store: EventStore) -> None
     async def writer() -> None:
         for i in range(30):
             await store.append([ev(batch=i, i=j) for j in range(3)])
+            await asyncio.sleep(0)  # an append may finish without yielding (on the loop)
         done.set()
 
     async def reader() -> int:
@@ -706,7 +707,19 @@ async def test_sqlite_prunes_in_batches(store: EventStore, monkeypatch: pytest.M
     stored = await store.append([ev(n=i) for i in range(11)])
     appended: list[Event] = []
 
+    first_batch_done = asyncio.Event()
+    prune_batch = SqliteEventStore._prune_batch
+
+    def prune_batch_and_tell(*args: Any) -> int:
+        removed = prune_batch(*args)
+        loop.call_soon_threadsafe(first_batch_done.set)
+        return removed
+
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(SqliteEventStore, "_prune_batch", staticmethod(prune_batch_and_tell))
+
     async def append_meanwhile() -> None:
+        await first_batch_done.wait()
         appended.extend(await store.append([ev(n=100)]))
 
     results = await asyncio.gather(store.prune(None, 1), append_meanwhile())
@@ -714,6 +727,50 @@ async def test_sqlite_prunes_in_batches(store: EventStore, monkeypatch: pytest.M
     # got in between batches and survives.
     assert results[0] == 10
     assert await read_all(store) == [stored[-1], *appended]
+
+
+async def test_sqlite_append_waits_for_a_lock_held_elsewhere_off_the_loop(tmp_path: Path) -> None:
+    """An append normally commits on the loop; when another connection holds the write lock, it
+    waits on the writer's thread instead, and the loop keeps running meanwhile."""
+    store = SqliteEventStore(tmp_path / "events.db")
+    await store.open()
+    other = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO checkpoints VALUES ('other', 'INBOX', 1, 1)")
+        append = asyncio.ensure_future(store.append([ev(n=1)], Checkpoint("m1", "INBOX", 1, 1)))
+        ticks = 0
+        for _ in range(20):  # the loop is free while the append waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not append.done()
+        other.execute("COMMIT")
+        stored = await asyncio.wait_for(append, 5)
+        assert ticks == 20 and [e.data for e in stored] == [{"n": 1}]
+        assert await store.get_checkpoint("other", "INBOX") == Checkpoint("other", "INBOX", 1, 1)
+        assert await store.get_checkpoint("m1", "INBOX") == Checkpoint("m1", "INBOX", 1, 1)
+        # And the next append, with the lock free, commits at once.
+        assert [e.seq for e in await store.append([ev(n=2)])] == [stored[0].seq + 1]
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_sqlite_checkpoints_the_wal_of_appends_made_on_the_loop(tmp_path: Path) -> None:
+    store = SqliteEventStore(tmp_path / "events.db")
+    await store.open()
+    wal = tmp_path / "events.db-wal"
+    try:
+        sizes = []
+        for i in range(3000):  # back to back: the checkpoints must not need a quiet moment
+            await store.append([ev(n=i, text="x" * 2000)], Checkpoint("m1", "INBOX", 1, i))
+            sizes.append(wal.stat().st_size)
+        # Over 50 MB went through the WAL; it was checkpointed and restarted instead of growing.
+        assert sum(sizes[i] - sizes[i - 1] for i in range(1, 3000) if sizes[i] > sizes[i - 1]) > 50e6
+        assert max(sizes) < 2 * sqlite_backend._CHECKPOINT_WAL_BYTES
+        assert len(await read_all(store)) == 3000
+    finally:
+        await store.close()
 
 
 def test_sqlite_survives_kill_9(tmp_path: Path) -> None:

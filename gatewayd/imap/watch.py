@@ -41,6 +41,7 @@ FETCH_BATCH = 50
 NETWORK_BACKOFF = (1.0, 60.0)
 AUTH_BACKOFF = (60.0, 900.0)
 
+
 class MessageProcessor(Protocol):
     """The pipeline, as the watcher sees it (gatewayd.pipeline.Pipeline)."""
 
@@ -263,6 +264,9 @@ class FolderWatcher:
             event = await process(self.mailbox, message, actions)
             done = last_uid if index == len(messages) - 1 else message.uid
             await self._store_and_publish([event] if event is not None else [], done, uidvalidity, actions)
+            # A small message is checked and stored without leaving the loop: let the streams
+            # and the other mailboxes have it between two messages of a batch.
+            await asyncio.sleep(0)
         if not messages:
             await self._store_and_publish([], last_uid, uidvalidity, None)
 

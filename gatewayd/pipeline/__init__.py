@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -110,10 +110,19 @@ class Outcome:
     drop: bool = False
 
 
+# Checking a message of ordinary size takes about a millisecond of CPU; handing it to a worker
+# thread costs nearly as much again on a small machine (the round trip, then the same code running
+# about 30 % slower on the other core: docs/benchmarks.md). So the CPU stages run on the event loop
+# for messages up to this size, and in a worker thread for larger ones, whose checks could hold
+# the loop (and every stream) for many milliseconds.
+INLINE_MAX_BYTES = 32 * 1024
+
+
 class SyncStage(Protocol):
     """A stage that can also run as plain CPU work. The pipeline runs consecutive such stages in
-    ONE worker thread (a thread hop costs about as much as a fast stage), timing each; a stage
-    that overruns its budget there is reported as a timeout and its result dropped."""
+    one go, timing each: on the event loop for a message up to `INLINE_MAX_BYTES`, else in ONE
+    worker-thread hop. A stage that overruns its budget is reported as a timeout and its result
+    dropped (a stage on the loop cannot be interrupted, so it must stay fast on small input)."""
 
     def check_sync(self, message: ParsedMessage, context: StageContext) -> StageResult | None:
         """The result, or None when this message needs the async `check` (e.g. a DNS lookup)."""
@@ -211,8 +220,9 @@ class Pipeline:
             run.succeed(spec, result, _ms(started))
 
     async def _run_sync(self, run: _Run, batch: list[StageSpec]) -> None:
-        """Consecutive CPU stages in one worker thread; a stage that needs its async path (its
-        check_sync returned None) runs on the loop afterwards, in order."""
+        """Consecutive CPU stages in one go, on the loop or (a large message) in one worker thread;
+        a stage that needs its async path (its check_sync returned None) runs on the loop
+        afterwards, in order."""
         pending: list[StageSpec] = []
         current: list[StageSpec] = []
 
@@ -246,6 +256,19 @@ class Pipeline:
                         run.succeed(spec, result, elapsed)
             current.clear()
 
+        if len(run.parsed.raw) <= INLINE_MAX_BYTES:
+            work()
+        else:
+            await self._in_thread(run, batch, work, current)
+        for spec in pending:
+            if run.stopped:
+                return
+            await self._run_async(run, spec)
+
+    @staticmethod
+    async def _in_thread(
+        run: _Run, batch: list[StageSpec], work: Callable[[], None], current: list[StageSpec]
+    ) -> None:
         budget = sum(spec.timeout_seconds for spec in batch)
         started = time.perf_counter()
         try:
@@ -258,11 +281,6 @@ class Pipeline:
                 run.timeout(hung, _ms(started))
                 for spec in batch[batch.index(hung) + 1 :]:
                     run.fail(spec, "skipped", f"not run: {hung.stage.name} overran", 0.0)
-            return
-        for spec in pending:
-            if run.stopped:
-                return
-            await self._run_async(run, spec)
 
     async def process(
         self, mailbox: MailboxConfig, message: FetchedMessage, actions: MailActions | None = None
