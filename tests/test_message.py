@@ -8,15 +8,27 @@ import quopri
 import random
 import time
 from collections.abc import Callable
+from email.message import Message
+from email.parser import BytesParser
+from email.policy import compat32
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gatewayd.message import (
     MAX_HEADER_CHARS,
     MAX_PARTS,
     FetchedMessage,
+    _getaddresses,
+    _GuardedMessage,
+    _parse_structure,
+    _plain_single_part,
+    _TooManyPartsError,
     from_address,
     parse_message,
 )
@@ -823,3 +835,461 @@ def test_whole_spamassassin_corpus() -> None:
     assert with_sender >= 0.99 * len(files)
     assert with_date >= 0.99 * len(files)
     assert with_text >= 0.98 * len(files)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast paths against the stdlib they stand in for
+#
+# _parse_structure builds plain single-part messages without the feed parser, and _getaddresses
+# reads the common shapes of address lists by regular expression. Both must give exactly what the
+# stdlib gives: the whole compat32 tree (every attribute of every Message, defects included) for the
+# one, the pairs of email.utils.getaddresses for the other. Generated inputs mix the shapes the fast
+# paths take with the near misses they must hand back (bare CR, envelope lines, odd names, groups,
+# Unicode white space), so a divergence on either side of the line fails here.
+
+_REFERENCE_PARSER = BytesParser(_class=_GuardedMessage, policy=compat32)
+_FAST_PATH_SETTINGS = settings(
+    max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+def _tree(msg: Message) -> dict[str, Any]:
+    """Every attribute of a Message, its parts' recursively: what "the same message" means here."""
+    state = dict(vars(msg))
+    state.pop("_gw_root", None)  # a back reference to the root, which is compared as a whole anyway
+    state["__class__"] = type(msg)
+    state["defects"] = [(type(defect), defect.args, vars(defect)) for defect in msg.defects]
+    if isinstance(state.get("_payload"), list):
+        state["_payload"] = [_tree(part) for part in state["_payload"]]
+    return state
+
+
+def _outcome(parse_structure: Callable[[bytes], Message], raw: bytes) -> tuple[str, Any]:
+    try:
+        return "parsed", _tree(parse_structure(raw))
+    except _TooManyPartsError as exc:
+        return "too many parts", _tree(exc.root)
+    except Exception as exc:  # the same failure counts as the same result
+        return "failed", type(exc)
+
+
+def assert_parses_like_the_stdlib(raw: bytes) -> None:
+    assert _outcome(_parse_structure, raw) == _outcome(_REFERENCE_PARSER.parsebytes, raw), raw
+
+
+_NAMES = [b"Subject", b"From", b"To", b"X-Spam", b"Content-Type", b"content-type", b"MIME-Version"]
+# Near misses of a header name: empty, white space, a colon-less line, 8-bit, controls, edge characters.
+_ODD_NAMES = [b"", b"From ", b"A b", b"X\tY", b"\xc3\xa4", b"\x7f", b"!~", b"\x0b", b"X\rY", b"no colon line"]
+_VALUES = [
+    b"",
+    b" ",
+    b"\t",
+    b" hi",
+    b"hi ",
+    b" \t x \t",
+    b" x:y",
+    b" a\rb",
+    b" \xff\xfe 8-bit",
+    b" =?utf-8?q?J=C3=B6rg?= <j@example.de>",
+    b" =?utf-8?b?w6Q=?=",
+]
+_CONTENT_TYPES = [
+    b"text/plain",
+    b"text/plain; charset=utf-8",
+    b"text/html",
+    b"application/octet-stream",
+    b"multipart/mixed; boundary=b",
+    b'Multipart/Alternative; boundary="b"',
+    b"multipart/digest; boundary=b",
+    b"multipart",  # no subtype: invalid, hence text/plain
+    b"message/rfc822",
+    b"message/delivery-status",
+    b"Message/RFC822",
+    b"text",
+]
+_CONTINUATIONS = [b" more", b"\tmore", b" ", b" \t", b"  =?utf-8?q?x?=", b" \xe2\x82\xac"]
+_BODY_CHUNKS = [
+    b"hello\n",
+    b"hi\r\nthere\r\n",
+    b"bare\rcr\n",
+    b"8-bit \xc3\xa4\xff\n",
+    b"\n",
+    b"\r\n",
+    b"From me\n",
+    b"Subject: not a header\n",
+    b"preamble\n--b\nContent-Type: text/plain\n\npart one\n",
+    b"--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner body\r\n",
+    b"--b\nContent-Type: multipart/mixed; boundary=c\n\n--c\n\nnested\n--c--\n",
+    b"--b--\nepilogue\n",
+    b"--b--",
+]
+_ENVELOPE = b"From sender@example.org Sat Nov 21 13:25:53 2026"
+_PLAIN_END = st.sampled_from([b"\n", b"\r\n"])
+_ODD_END = st.sampled_from([b"\n", b"\r\n"] * 6 + [b"\r", b"\r\r\n", b"\n\r", b""])
+_CONTENT_TYPE_FIELD = st.tuples(
+    st.sampled_from([b"Content-Type", b"content-type"]),
+    st.sampled_from([b":", b": ", b":\t"]),
+    st.sampled_from(_CONTENT_TYPES),
+).map(b"".join)
+_PLAIN_FIELD = st.one_of(
+    *[st.tuples(st.sampled_from(_NAMES), st.just(b":"), st.sampled_from(_VALUES)).map(b"".join)] * 3,
+    _CONTENT_TYPE_FIELD,
+)
+_ODD_FIELD = st.tuples(
+    st.sampled_from(_ODD_NAMES) | st.binary(max_size=4),
+    st.sampled_from([b":", b""]),
+    st.sampled_from(_VALUES),
+).map(b"".join)
+
+
+def _header_blocks(
+    field: st.SearchStrategy[bytes], end: st.SearchStrategy[bytes]
+) -> st.SearchStrategy[bytes]:
+    """Header fields, each with its line end and maybe continuation lines."""
+    continuation = st.tuples(st.sampled_from(_CONTINUATIONS), end).map(b"".join)
+    folded = st.tuples(field, end, st.lists(continuation, max_size=2).map(b"".join)).map(b"".join)
+    return st.lists(folded, max_size=5).map(b"".join)
+
+
+_BODIES = st.lists(st.sampled_from(_BODY_CHUNKS) | st.binary(max_size=12), max_size=4).map(b"".join)
+# Plain header blocks, which the fast path takes unless the type is multipart/* or message/* ...
+_PLAIN_MESSAGES = st.tuples(_header_blocks(_PLAIN_FIELD, _PLAIN_END), _PLAIN_END, _BODIES).map(b"".join)
+# ... and blocks with flaws it must leave to the feed parser: an envelope line, odd names, lines
+# without a colon, bare CRs, a missing or odd separator.
+_FLAWED_MESSAGES = st.tuples(
+    st.sampled_from([b"", _ENVELOPE + b"\n", _ENVELOPE + b"\r\n", _ENVELOPE + b"\r"]),
+    _header_blocks(_PLAIN_FIELD | _ODD_FIELD, _ODD_END),
+    st.sampled_from([b"\n", b"\r\n", b"", b"\r", b" \n"]),
+    _BODIES,
+).map(b"".join)
+
+
+# Whole lines, shuffled in any order: headers, continuations, separators and MIME lines mixed up.
+_LINES = [
+    b"Subject: hi\n",
+    b"Subject: hi\r\n",
+    b"From: a@b\n",
+    b"\tcont\n",
+    b" cont\r\n",
+    b"From x@y Sat\n",
+    b":nohdr\n",
+    b"X-A:\n",
+    b"X-A: \t\r\n",
+    b"bad line\n",
+    b"\n",
+    b"\r\n",
+    b"\r",
+    b"a\rb: c\n",
+    b"Content-Type: multipart/mixed; boundary=x\n",
+    b"Content-Type: text/plain; charset=utf-8\n",
+    b"Content-Type: message/rfc822\n",
+    b"--x\n",
+    b"--x--\n",
+    b"body\n",
+    b"\xc3\xa4: \xff\n",
+    b"X:y",
+    b"\x00: x\n",
+    b"\x0b\n",
+    b"From: x\r\r\n",
+]
+
+
+@_FAST_PATH_SETTINGS
+@given(plain=_PLAIN_MESSAGES, flawed=_FLAWED_MESSAGES)
+def test_parse_structure_matches_the_stdlib_on_generated_messages(plain: bytes, flawed: bytes) -> None:
+    assert_parses_like_the_stdlib(plain)
+    assert_parses_like_the_stdlib(flawed)
+
+
+@_FAST_PATH_SETTINGS
+@given(raw=st.lists(st.sampled_from(_LINES), max_size=12).map(b"".join) | st.binary(max_size=80))
+def test_parse_structure_matches_the_stdlib_on_line_soup_and_bytes(raw: bytes) -> None:
+    assert_parses_like_the_stdlib(raw)
+
+
+_TRICKY_MESSAGES = {
+    "plain LF": b"From: a@example.org\nSubject: hi\n\nbody\n",
+    "plain CRLF": b"From: a@example.org\r\nSubject: hi\r\n\r\nbody\r\n",
+    "CRLF headers, LF separator": b"Subject: hi\r\n\nbody\r\n",
+    "LF headers, CRLF separator": b"Subject: hi\n\r\nbody\n",
+    "no body": b"Subject: hi\n\n",
+    "body starts with blank lines": b"Subject: hi\r\n\r\n\r\n\nbody\r\n",
+    "no headers": b"\nbody\n",
+    "empty": b"",
+    "folded LF": b"Subject: a\n  b\n\tc\nX-A: d\n\nbody\n",
+    "folded CRLF": b"Subject: a\r\n  b\r\n\tc\r\n\r\nbody\r\n",
+    "value only white space, then folded": b"Subject: \t\r\n more\r\n\r\nbody",
+    "empty value": b"X-A:\nX-B: \r\n\nbody",
+    "no space after the colon": b"Subject:hi\n\nbody",
+    "first line folded": b" Subject: hi\n\nbody",
+    "bare CR ends a header": b"Subject: a\rX-A: b\n\nbody\n",
+    "bare CR inside a header": b"Subject: a\rb\n\nbody\n",
+    "CR CR LF": b"Subject: a\r\r\n\r\nbody\n",
+    "bare CR separator": b"Subject: a\r\rbody\n",
+    "bare CR in the body only": b"Subject: a\n\nbo\rdy\r",
+    "envelope line": b"From sender@example.org Sat Nov 21 13:25:53 2026\nSubject: hi\n\nbody\n",
+    "envelope line in the middle": b"Subject: hi\nFrom sender@example.org Sat\n\nbody\n",
+    "line without a colon": b"Subject: hi\nthis is no header\nX-A: b\n\nbody\n",
+    "empty header name": b":x\nSubject: hi\n\nbody\n",
+    "space in the name": b"X A: b\n\nbody\n",
+    "missing blank line": b"Subject: hi\nFrom: a@b",
+    "missing blank line, body": b"Subject: hi\n<html>body</html>\n",
+    "8-bit name": b"\xc3\xa4: x\n\nbody\n",
+    "8-bit value and body": b"Subject: \xc3\xa4\xff\n\n\xe2\x82\xac \xff\n",
+    "encoded words": b"Subject: =?utf-8?q?J=C3=B6rg?= =?iso-8859-1?b?5A==?=\nFrom: =?x?b?QQ==?= <a@b>\n\nx",
+    "duplicate headers": b"Subject: 1\nsubject: 2\nContent-Type: text/html\ncontent-type: multipart/x\n\nb",
+    "invalid content type": b"Content-Type: multipart\n\n--b\n\nx\n--b--\n",
+    "multipart": (
+        b"Content-Type: multipart/mixed; boundary=b\n\npre\n--b\nContent-Type: text/plain\n\none\n"
+        b"--b\nContent-Type: text/html\n\n<p>two</p>\n--b--\npost\n"
+    ),
+    "multipart without boundary": b"Content-Type: multipart/mixed\n\n--b\n\nx\n",
+    "multipart, upper case": b"Content-Type: MULTIPART/MIXED; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n",
+    "message/rfc822": b"Content-Type: message/rfc822\n\nSubject: inner\nFrom: x@y\n\ninner body\n",
+    "message/delivery-status": b"Content-Type: message/delivery-status\n\nReporting-MTA: x\n\nAction: y\n",
+    "multipart/digest": b"Content-Type: multipart/digest; boundary=b\n\n--b\n\nSubject: s\n\nx\n--b--\n",
+    "control characters": b"X-A: \x00\x0b\x0c\x1c\x7f\nX-B: \x0b\n\nbody\x0c\x1c\n",
+}
+
+
+@pytest.mark.parametrize("raw", _TRICKY_MESSAGES.values(), ids=_TRICKY_MESSAGES.keys())
+def test_parse_structure_matches_the_stdlib_on_tricky_messages(raw: bytes) -> None:
+    assert_parses_like_the_stdlib(raw)
+
+
+def test_parse_structure_matches_the_stdlib_across_read_chunks() -> None:
+    """The parser reads 8192 characters at a time: a CRLF or a header split between two reads."""
+    for length in range(8170, 8200):
+        for end in (b"\r\n", b"\n"):
+            header = b"X-Long: " + b"a" * (length - len(b"X-Long: "))
+            assert_parses_like_the_stdlib(header + end + b" folded" + end + b"Subject: s" + end + end + b"b")
+            assert_parses_like_the_stdlib(b"Subject: s" + end + end + header + end)
+
+
+@pytest.mark.parametrize("raw", [PLAIN, PLAIN.replace(b"\r\n", b"\n")], ids=["CRLF", "LF"])
+def test_plain_single_part_messages_take_the_fast_path(raw: bytes) -> None:
+    """Else the comparisons above would never reach it."""
+    text = raw.decode("ascii", "surrogateescape")
+    fast = _plain_single_part(text)
+    assert fast is not None
+    assert _tree(fast) == _tree(_REFERENCE_PARSER.parsebytes(raw))
+
+
+def _real_addresses(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [pair for pair in pairs if pair != ("", "")]
+
+
+def assert_reads_addresses_like_the_stdlib(value: str) -> None:
+    # Either path gives getaddresses' pairs less the ("", "") of empty items: nothing else.
+    assert _getaddresses(value) == _real_addresses(getaddresses([value])), value
+
+
+# Pieces of address lists: atoms, specials, quoted strings, comments, encoded words, Unicode white space.
+_ADDRESS_TOKENS = [
+    "a",
+    "b.c",
+    "x@y",
+    "x@y.z",
+    "@",
+    ".",
+    ",",
+    " ",
+    "\t",
+    "<",
+    ">",
+    '"',
+    '"q, r"',
+    "\\",
+    "(",
+    ")",
+    ":",
+    ";",
+    "[",
+    "]",
+    "John",
+    "=?utf-8?q?J=C3=B6rg?=",
+    "é",
+    "Name <a@b.c>",
+    "<a@b>",
+    "a@b.c",
+    '""',
+    "..",
+    "a..b@c",
+    "\xa0",
+    "\n",
+    "\r",
+    "'",
+    "\x1c",
+    "\x0b",
+    "\u2028",
+    "\u3000",
+    "Bob Smith",
+    '"Smith, Bob" <bob@x.org>',
+    "Q. Pub",
+    ", ",
+    "a@b@c",
+    "<@r:a@b>",
+    "(Robert Harley)",
+    "a@b (R H)",
+    "()",
+    "a@b(c)",
+    "undisclosed-recipients:;",
+    "[1.2.3.4]",
+]
+_PLAIN_ATOM = st.text(alphabet="abcXYZ019!#$%&'*+-/=?^_`{|}~é", min_size=1, max_size=6)
+# Atoms holding specials, CR/LF, or white space str.strip() knows but getaddresses does not (it ends
+# atoms at space, tab, CR and LF only, and drops a local-part atom that strip() empties).
+_ODD_ATOM = st.text(
+    alphabet='ab.()<>@,:;"[]\\ \t\r\n\x00\xa0\x0b\x0c\x1c\x1f\x85\u2028\u3000', min_size=1, max_size=3
+) | st.sampled_from(["\xa0", "\u3000", "\x1c", "\x85", "\u2028", "\x0b"])
+_PLAIN_BLANK = st.sampled_from(["", " ", "  ", "\t"])
+_ODD_BLANK = st.sampled_from([" \t ", "\xa0", "\r\n ", "\n", "\r", "\u3000", "\x1c", "\x0b"])
+_PLAIN_QUOTED = st.text(alphabet="ab ,;:<>@().é\t", max_size=5).map(lambda text: f'"{text}"')
+_ODD_QUOTED = st.text(alphabet='ab \\"\r\n', min_size=1, max_size=4).map(lambda text: f'"{text}"')
+_PLAIN_COMMENT = st.text(alphabet='ab ,;:<>@."é\t', max_size=5).map(lambda text: f"({text})")
+_ODD_COMMENT = st.text(alphabet="ab ()\\\r\n", min_size=1, max_size=4).map(lambda text: f"({text})")
+
+
+def _address_items(
+    atom: st.SearchStrategy[str],
+    blank: st.SearchStrategy[str],
+    quoted: st.SearchStrategy[str],
+    comment: st.SearchStrategy[str],
+) -> st.SearchStrategy[str]:
+    """'Name <a@b.c>', '"Last, First" <a@b.c>', 'a@b.c', 'a@b.c (Name)', or nothing, with blanks around."""
+    dot_atom = st.lists(atom, min_size=1, max_size=3).map(".".join)
+    addr_spec = st.tuples(dot_atom, st.just("@"), dot_atom).map("".join)
+    word = st.one_of(atom, quoted, st.sampled_from(["=?utf-8?q?J=C3=B6rg?=", "Q.", ".", '""']))
+    phrase = st.lists(st.tuples(word, blank).map("".join), max_size=3).map("".join)
+    item = st.one_of(
+        st.tuples(phrase, st.just("<"), addr_spec, st.just(">")).map("".join),
+        addr_spec,
+        st.tuples(addr_spec, blank, comment).map("".join),
+        st.just(""),
+    )
+    return st.tuples(blank, item, blank).map("".join)
+
+
+_COMMON_ITEMS = _address_items(_PLAIN_ATOM, _PLAIN_BLANK, _PLAIN_QUOTED, _PLAIN_COMMENT)
+# Near misses: a common shape with one odd part, groups, unbalanced brackets, odd tokens.
+_ODD_ITEMS = st.one_of(
+    _address_items(_PLAIN_ATOM | _ODD_ATOM, _PLAIN_BLANK, _PLAIN_QUOTED, _PLAIN_COMMENT),
+    _address_items(_PLAIN_ATOM, _PLAIN_BLANK | _ODD_BLANK, _PLAIN_QUOTED, _PLAIN_COMMENT),
+    st.tuples(_PLAIN_QUOTED | _ODD_QUOTED, _PLAIN_BLANK, _ODD_QUOTED, st.just(" <a@b.c>")).map("".join),
+    st.tuples(st.just("a@b.c"), _PLAIN_BLANK, _ODD_COMMENT).map("".join),
+    st.sampled_from(["undisclosed-recipients:;", "group: a@b, c@d;", "<>", "<", "<a@b", "(c) a@b"]),
+    st.sampled_from(_ADDRESS_TOKENS),
+)
+# Lists of the common shapes, which the fast path reads ...
+_COMMON_LISTS = st.lists(_COMMON_ITEMS, max_size=4).map(",".join)
+# ... and lists with near misses among them, which it must leave to getaddresses.
+_MIXED_LISTS = st.lists(_COMMON_ITEMS | _ODD_ITEMS, max_size=4).map(",".join)
+
+
+@_FAST_PATH_SETTINGS
+@given(common=_COMMON_LISTS, mixed=_MIXED_LISTS)
+def test_getaddresses_matches_the_stdlib_on_generated_lists(common: str, mixed: str) -> None:
+    assert_reads_addresses_like_the_stdlib(common)
+    assert_reads_addresses_like_the_stdlib(mixed)
+
+
+@_FAST_PATH_SETTINGS
+@given(value=st.lists(st.sampled_from(_ADDRESS_TOKENS), max_size=12).map("".join) | st.text(max_size=30))
+def test_getaddresses_matches_the_stdlib_on_token_soup_and_text(value: str) -> None:
+    assert_reads_addresses_like_the_stdlib(value)
+
+
+_TRICKY_ADDRESS_LISTS = [
+    "",
+    " ",
+    ",",
+    "a@b",
+    "a@b.c, d@e.f",
+    "Name <a@b.c>",
+    "Name Two <a@b.c>,Three <d@e.f>",
+    "<a@b.c>",
+    '"Doe, John" <John.Doe@Example.ORG>',
+    '"Doe, John" <a@b>, "Roe, Jane" <c@d>',
+    '"" <a@b>',
+    '"a (b)" <a@b>',
+    'a"b" <a@b>',
+    '"esc\\"aped" <a@b>',
+    '"back\\slash" <a@b>',
+    '"a\\\\" <a@b>',
+    "Q. Pub <a@b>",
+    ". <a@b>",
+    "a@b (Robert Harley)",
+    "a@b(c)",
+    "a@b ()",
+    "a@b (x, y)",
+    "a@b ( spaced )",
+    "a@b (x) (y)",
+    "a@b (nested (comment))",
+    "Bob (c) <a@b>",
+    "Name <a@b> (c)",
+    "(c) a@b",
+    "=?utf-8?q?J=C3=B6rg?= <joerg@example.de>",
+    "=?utf-8?b?w6Q=?= <q@r.s>, =?x?b?QQ==?= <t@u.v>",
+    "undisclosed-recipients:;",
+    "a@b, undisclosed-recipients:;",
+    "group: a@b, c@d;, e@f",
+    "a@b, , c@d",
+    "a@b,,c@d",
+    "a@b,,,c@d",
+    "a@b;c@d",
+    ", a@b",
+    "a@b,",
+    "a@b, , <x",
+    "<",
+    "<>",
+    "bad <",
+    '"unterminated <a@b>',
+    "a..b@c",
+    "a@b.",
+    "a@b@c",
+    "a b@c",
+    "a@b c",
+    "<@route:a@b>",
+    "a@[1.2.3.4]",
+    "< a@b >",
+    "a@b\r\n , c@d",
+    "a\xa0b@c",
+    "\xa0@b.c",
+    "a.\u3000@b.c, d@e",
+    "\xa0a@b",
+    "a@b\xa0",
+    "x\x1cy@z",
+    "Name\u3000Two <a@b>",
+    "Name\u2028 <a@b>",
+    "a@b\x0b, c@d",
+    "é <ü@ö.de>",
+]
+
+
+@pytest.mark.parametrize("value", _TRICKY_ADDRESS_LISTS)
+def test_getaddresses_matches_the_stdlib_on_tricky_lists(value: str) -> None:
+    assert_reads_addresses_like_the_stdlib(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a@b.c",
+        "Name <a@b.c>, other@d.e",
+        '"Doe, John" <a@b.c>',
+        "a@b.c (Robert Harley)",
+        "a@b, , c@d",
+        "=?utf-8?q?J=C3=B6rg?= <joerg@example.de>",
+    ],
+)
+def test_common_address_lists_take_the_fast_path(value: str) -> None:
+    """Else the comparisons above would never reach it."""
+    expected = _real_addresses(getaddresses([value]))
+    with mock.patch("gatewayd.message.getaddresses", side_effect=AssertionError("fallback taken")):
+        assert _getaddresses(value) == expected
+
+
+@pytest.mark.parametrize("value", ["<", "undisclosed-recipients:;", "a@b, , <x"])
+def test_getaddresses_drops_empty_pairs_on_the_fallback_too(value: str) -> None:
+    """The contract as stated: getaddresses([value]) less its ("", "") pairs, whichever path is taken."""
+    assert _getaddresses(value) == _real_addresses(getaddresses([value]))
