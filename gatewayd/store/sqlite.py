@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from gatewayd.events import Event, NewEvent, parse_rfc3339, rfc3339
+from gatewayd.events import Event, NewEvent, compact_json, parse_rfc3339, rfc3339
 from gatewayd.store import Checkpoint, EventQuery, InvalidEventId, spam_score
 
 log = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ class SqliteEventStore:
         string, else the checkpoint's folder when the checkpoint is for the same mailbox.
         """
         # Serialize here: a bad payload fails fast and never reaches the writer.
-        encoded = [json.dumps(e.data, ensure_ascii=False, separators=(",", ":")) for e in events]
+        encoded = [compact_json(e.data) for e in events]
         rows = [
             (
                 event.type,
