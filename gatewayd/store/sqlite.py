@@ -112,9 +112,10 @@ _INSERT_EVENT = (
 
 _T = TypeVar("_T")
 
-# SQLite checkpoints by itself once the WAL holds 1,000 pages; the writer's thread does the same
-# for the appends made on the loop, whose connection has automatic checkpoints off.
-_CHECKPOINT_WAL_BYTES = 1000 * 4096
+# SQLite checkpoints by itself once the WAL holds 1,000 pages; the writer's thread does about the
+# same for the appends made on the loop (whose connection has automatic checkpoints off): an
+# append of one message.received event writes about 9 pages.
+CHECKPOINT_EVERY_APPENDS = 100
 
 _INSERT_MESSAGE_ID = (
     "INSERT INTO message_ids (mailbox_id, folder, message_id, seq)"
@@ -147,7 +148,7 @@ class SqliteEventStore:
         self._executor: ThreadPoolExecutor | None = None
         # Appends on the event loop; it never waits for the lock and never checkpoints.
         self._on_loop: sqlite3.Connection | None = None
-        self._wal = self.path.with_name(self.path.name + "-wal")
+        self._appends_since_checkpoint = 0
         self._checkpointing: asyncio.Future[Any] | None = None
         self._reader: aiosqlite.Connection | None = None
 
@@ -191,9 +192,6 @@ class SqliteEventStore:
         try:
             conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             conn.execute("PRAGMA synchronous=NORMAL")
-            # Truncate the WAL when it restarts after a checkpoint, so its size tells when the
-            # next checkpoint is due (see _checkpoint_if_due).
-            conn.execute("PRAGMA journal_size_limit=0").fetchall()
         except BaseException:
             conn.close()
             raise
@@ -358,21 +356,19 @@ class SqliteEventStore:
                 if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
                     raise
             else:
-                self._checkpoint_if_due()
+                self._appends_since_checkpoint += 1
+                if self._appends_since_checkpoint >= CHECKPOINT_EVERY_APPENDS:
+                    self._checkpoint()
                 return result
         return await self._on_writer(transaction, self._w, *args)
 
-    def _checkpoint_if_due(self) -> None:
-        try:
-            due = self._wal.stat().st_size >= _CHECKPOINT_WAL_BYTES
-        except OSError:
-            return
-        if due:
-            # PASSIVE: never waits for a reader; what a reader still needs is copied next time.
-            self._checkpointing = asyncio.ensure_future(
-                self._on_writer(lambda: self._w.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
-            )
-            self._checkpointing.add_done_callback(self._checkpoint_done)
+    def _checkpoint(self) -> None:
+        self._appends_since_checkpoint = 0
+        # PASSIVE: never waits for a reader; what a reader still needs is copied next time.
+        self._checkpointing = asyncio.ensure_future(
+            self._on_writer(lambda: self._w.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+        )
+        self._checkpointing.add_done_callback(self._checkpoint_done)
 
     def _checkpoint_done(self, done: asyncio.Future[Any]) -> None:
         self._checkpointing = None
