@@ -156,6 +156,10 @@ class LearningStore:
 
     def signature_match(self, message: ParsedMessage) -> str | None:
         """Why the body is a near duplicate of a message reported as spam, or None."""
+        with self._lock:
+            self._reload_if_changed()
+            if not any(self._signatures.values()):
+                return None  # no spam reported (yet): nothing to compare the body with
         digest = signature(message)
         if digest is None:
             return None
@@ -558,7 +562,10 @@ def _header_tokens(message: ParsedMessage) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Signatures and digests
 
-_URL_QUERY = re.compile(rb"((?:https?|ftp)://[^\s?#]*)[?#]\S*")
+# A link's query and fragment: "(https?|ftp)://path" then "?" or "#" and the rest. Searched from its
+# "://", the scheme checked by lookbehinds: a literal first character lets the regex engine skip
+# to it instead of trying every position.
+_URL_QUERY = re.compile(rb"://(?:(?<=https://)|(?<=http://)|(?<=ftp://))([^\s?#]*)[?#]\S*")
 
 
 def normalise_body(text: str) -> bytes:
@@ -566,7 +573,7 @@ def normalise_body(text: str) -> bytes:
     parameters, spacing, case) taken out. On bytes, where each step runs in C."""
     data = text[: MAX_SIGNATURE_TEXT * 2].encode("utf-8", "replace").lower()  # ASCII case only
     if b"://" in data:
-        data = _URL_QUERY.sub(rb"\1", data)
+        data = _URL_QUERY.sub(rb"://\1", data)
     return b" ".join(data.translate(None, b"0123456789").split())[:MAX_SIGNATURE_TEXT]
 
 
