@@ -25,10 +25,11 @@ discussion, a README note) scores medium: the phrase alone is 0.7, and it is the
 On the 2,500 SpamAssassin ham messages no symbol fires at all; spam stays none or low.
 
 Input is hostile: text and HTML are capped, every regex is linear (no nested unbounded
-quantifiers; word gaps are bounded), a rule's regex only runs when its gate words are present, and
-the HTML is walked once by a tokenizer in the style of `message._html_to_text` (never the stdlib
-HTMLParser, quadratic on hostile input in 3.11). A failure inside one part of the scan becomes an
-INJ_SCAN_ERROR finding, never an exception.
+quantifiers; word gaps are bounded), a rule's regex only runs when its gate words are present and
+only where str.find finds the literal text it starts with, and the HTML is walked once by a
+tokenizer in the style of `message._html_to_text` (never the stdlib HTMLParser, quadratic on
+hostile input in 3.11). A failure inside one part of the scan becomes an INJ_SCAN_ERROR finding,
+never an exception.
 """
 
 from __future__ import annotations
@@ -37,11 +38,14 @@ import asyncio
 import binascii
 import codecs
 import logging
+import os
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from html import unescape
+from re import _constants as _sre
+from re._parser import parse as _sre_parse
 from typing import Any
 from urllib.parse import unquote
 
@@ -190,15 +194,20 @@ def _guard(scorer: _Scorer, part: str, fallback: Any, run: Callable[..., Any], *
 
 # Every format (Cf) character of Unicode 15, private use (Co), invisible fillers (combining
 # grapheme joiner, Hangul fillers, Khmer inherent vowels, braille blank) and lone surrogates.
-_INVISIBLE_CLASS = (
+_INVISIBLE_BMP = (
     r"\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e"
-    r"\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f"
-    r"\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e007f"
-    r"\ue000-\uf8ff\U000f0000-\U000ffffd\U00100000-\U0010fffd"
+    r"\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\ue000-\uf8ff"
     r"\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0\u2800"
     r"\ud800-\udfff"  # lone surrogates: never valid in the UTF-8 JSON of an event
 )
+_INVISIBLE_CLASS = _INVISIBLE_BMP + (
+    r"\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    r"\U000e0000-\U000e007f\U000f0000-\U000ffffd\U00100000-\U0010fffd"
+)
 INVISIBLE = re.compile(f"[{_INVISIBLE_CLASS}]+")
+# The regex engine looks for one character of a class much faster than for a run ("[...]+"), and
+# for BMP characters than for astral ones, which only text with astral characters can hold.
+_INVISIBLE_BMP_CHAR = re.compile(f"[{_INVISIBLE_BMP}]")
 _CONTROLS = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
 _ZERO_WIDTH = "\u200b\u200c\u200d\u2060-\u2064\ufeff\u180e"
 _ZW_ANY = re.compile(f"[{_ZERO_WIDTH}]")
@@ -206,9 +215,11 @@ _ZW_IN_WORD = re.compile(f"(?<=[A-Za-z0-9])[{_ZERO_WIDTH}]+(?=[A-Za-z0-9])")
 _BIDI = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
 _BIDI_OVERRIDE = re.compile(r"[\u202d\u202e]")
 _RTL_LETTER = re.compile(r"[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefc]")
-_TAG_RUN = re.compile(r"[\U000e0000-\U000e007f]+")
+_TAG_RUN = re.compile(r"[\U000e0000-\U000e007f]+")  # astral: only looked for where _astral() says
 _MIXED_SCRIPT = re.compile(r"[A-Za-z][\u0370-\u03ff\u0400-\u04ff]|[\u0370-\u03ff\u0400-\u04ff][A-Za-z]")
-_COMBINING = re.compile(r"[\u0300-\u036f]+")
+# A character that _ZW_IN_WORD, _BIDI or _MIXED_SCRIPT needs: one fast pass rules them all out.
+_NOTABLE = re.compile(f"[{_ZERO_WIDTH}\u202a-\u202e\u2066-\u2069\u0370-\u04ff]")
+_COMBINING = re.compile(r"[\u0300-\u036f]")  # one character, not a run: see _INVISIBLE_BMP_CHAR
 
 # Cyrillic, Greek and a few Latin lookalikes of Latin letters (a small map, not all of UTS #39).
 _CONFUSABLES = str.maketrans(
@@ -220,6 +231,7 @@ _CONFUSABLES = str.maketrans(
         **dict(zip("ıȷǀɡոսẹօ", "ijlgnueo", strict=True)),
     }
 )
+_LOOKALIKE = re.compile("[" + re.escape("".join(map(chr, _CONFUSABLES))) + "]")
 # Letters-only form: leetspeak digits and signs read as letters, everything else dropped (one C pass).
 _LEET = bytes.maketrans(b"0134578@$!|", b"oieastbasii")
 _NOT_LETTER_OR_LEET = bytes(c for c in range(256) if not (97 <= c <= 122 or c in b"0134578@$!|"))
@@ -229,17 +241,43 @@ def _squash(folded: str) -> str:
     return folded.encode("utf-8", "replace").translate(_LEET, _NOT_LETTER_OR_LEET).decode("ascii")
 
 
+def _astral(text: str) -> bool:
+    """Whether `text` has a character beyond U+FFFF (two UTF-16 code units): one C pass."""
+    return not text.isascii() and len(text.encode("utf-16-le", "surrogatepass")) > 2 * len(text)
+
+
+def _latin1(text: str) -> bool:
+    """Whether `text` is all below U+0100, where no invisible character but the soft hyphen can be,
+    nor accents, lookalikes, zero-width or bidi characters: a C copy, where a regex tests each."""
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _drop_invisible(text: str) -> str:
+    if _latin1(text):
+        return text.replace("\xad", "")
+    return INVISIBLE.sub("", text) if _INVISIBLE_BMP_CHAR.search(text) or _astral(text) else text
+
+
 def strip_invisible(text: str) -> str:
     """Text without invisible characters and controls (whitespace kept)."""
-    return _CONTROLS.sub(" ", INVISIBLE.sub("", text)) if not text.isascii() else _CONTROLS.sub(" ", text)
+    return _CONTROLS.sub(" ", text if text.isascii() else _drop_invisible(text))
 
 
 def _fold(text: str) -> str:
     """Lower case, accents and invisible characters dropped, lookalikes mapped to Latin."""
     if text.isascii():
         return text.lower()
-    text = unicodedata.normalize("NFKD", INVISIBLE.sub("", text))
-    return _COMBINING.sub("", text).translate(_CONFUSABLES).lower()
+    text = unicodedata.normalize("NFKD", _drop_invisible(text))
+    if not _latin1(text):
+        text = _COMBINING.sub("", text)
+        # str.translate looks up every character in a dict, slowly: most text has no lookalike.
+        if _LOOKALIKE.search(text):
+            text = text.translate(_CONFUSABLES)
+    return text.lower()
 
 
 def _unaccent(text: str) -> str:
@@ -251,8 +289,19 @@ def _collapse(text: str) -> str:
     return " ".join(text.split())
 
 
+def _shown(text: str) -> str:
+    """The words of `text` as a human sees them: _collapse(strip_invisible(text))."""
+    if text.isascii():
+        # ASCII has no invisible characters, and its controls are whitespace (dropped here too) or
+        # not printable: a printable result means there was nothing to strip.
+        collapsed = _collapse(text)
+        if collapsed.isprintable():
+            return collapsed
+    return _collapse(strip_invisible(text))
+
+
 def _snippet(text: str) -> str:
-    text = _collapse(strip_invisible(text))
+    text = _shown(text)
     return text if len(text) <= _SNIPPET else text[: _SNIPPET - 1] + "…"
 
 
@@ -269,25 +318,197 @@ def _words(text: str) -> set[bytes]:
     return set(text.encode("utf-8", "replace").translate(_PUNCT_TO_SPACE).split())
 
 
+_NON_ASCII_TO_SPACE = bytes(range(128)) + b" " * 128
+
+
+def _start_words(text: str, words: set[bytes]) -> set[bytes]:
+    """`words` split again at non-ASCII characters: where a word starts, these hold the word,
+    whatever precedes it ("—send" gives "send")."""
+    if text.isascii():
+        return words
+    pieces = (word.translate(_NON_ASCII_TO_SPACE).split() for word in words if not word.isascii())
+    return {word for word in words if word.isascii()}.union(*pieces)
+
+
+_MAX_STARTS = 24  # more literal starts would cost more str.find passes than they save
+_REPEATS = (_sre.MAX_REPEAT, _sre.MIN_REPEAT, _sre.POSSESSIVE_REPEAT)
+_FIRST_WORD = re.compile(r"([A-Za-z0-9]+)[^A-Za-z0-9]")
+_ASCII_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def _literals(items: Iterable[tuple[Any, Any]]) -> set[str] | None:
+    """The strings a parsed regex sequence matches, when they are a few literal ones; else None."""
+    strings = {""}
+    for op, value in items:
+        if op is _sre.LITERAL:
+            options = {chr(value)}
+        elif op is _sre.AT:  # \b and the like match no text
+            options = {""}
+        elif op is _sre.IN and all(kind is _sre.LITERAL for kind, _ in value):
+            options = {chr(char) for _, char in value}
+        elif op is _sre.SUBPATTERN and not value[1] & re.IGNORECASE:
+            options = _literals(value[3])
+        elif op is _sre.BRANCH:
+            branches = [_literals(branch) for branch in value[1]]
+            options = None if None in branches else set().union(*branches)
+        elif op in _REPEATS and value[:2] in ((0, 1), (1, 1)):  # "x?"
+            options = _literals(value[2])
+            if options is not None and value[0] == 0:
+                options.add("")
+        else:
+            return None
+        if options is None or len(strings) * len(options) > _MAX_STARTS:
+            return None
+        strings = {head + tail for head in strings for tail in options}
+    return strings
+
+
+def _starts(regex: re.Pattern[str]) -> tuple[tuple[str, frozenset[bytes] | None], ...] | None:
+    """Literal strings that every match of `regex` begins with, each with the first words a match
+    beginning with it can have (None: not known); None when the regex does not begin with literal
+    text. The strings stop early (each is one more pass over the text); the words look further:
+    "(?:ignore|forget)s?\\b " starts with "ignore" or "forget", its first word is one of "ignore",
+    "ignores", "forget", "forgets"."""
+    if regex.flags & re.IGNORECASE:
+        return None
+    items = list(_sre_parse(regex.pattern, regex.flags))
+    starts = longer = {""}
+    rest = len(items)  # the items after `longer`
+    for index, (op, value) in enumerate(items):
+        options = _literals([(op, value)])
+        if options is None and op in _REPEATS and value[0] >= 1 and starts == {""}:
+            starts = longer = _literals(value[2]) or {""}  # "#{1,6}" starts with "#"
+            break
+        if options is None or len(longer) * len(options) > _MAX_STARTS:
+            rest = index
+            break
+        # Starts only grow while that adds no strings or one is too short to be rare ("a").
+        if starts is longer and (len(options) == 1 or min(map(len, starts)) < 4):
+            starts = longer = {head + tail for head in longer for tail in options}
+        else:
+            longer = {head + tail for head in longer for tail in options}
+    if "" in starts:
+        return None
+    # Where "act" occurs, "act as" does too: one search covers both.
+    shortest = sorted(s for s in starts if not any(s != t and s.startswith(t) for t in starts))
+    # A string that is one word ("print") is all of it when no letter or digit can follow.
+    after = _heads(items[rest:]) if rest < len(items) else None
+    whole = after is not None and "" not in after and after.isdisjoint(_ASCII_ALNUM)
+    return tuple(
+        (start, _first_words((s for s in longer if s.startswith(start)), whole)) for start in shortest
+    )
+
+
+def _first_words(strings: Iterable[str], whole: bool) -> frozenset[bytes] | None:
+    words = set()
+    for string in strings:
+        word = _FIRST_WORD.match(string)
+        if word is None and not (whole and string.isascii() and string.isalnum()):
+            return None
+        words.add((word.group(1) if word else string).encode())
+    return frozenset(words)
+
+
+def _heads(items: list[tuple[Any, Any]]) -> set[str] | None:
+    """The characters a match of parsed regex `items` can start with ("" when it can be empty), or
+    None when they are not a few literal ones."""
+    heads: set[str] = set()
+    for op, value in items:
+        if op is _sre.AT:
+            continue
+        if op is _sre.SUBPATTERN and not value[1] & re.IGNORECASE:
+            first = _heads(value[3])
+        elif op is _sre.BRANCH:
+            branches = [_heads(branch) for branch in value[1]]
+            first = None if None in branches else set().union(*branches)
+        elif op in _REPEATS:
+            first = _heads(value[2])
+            if first is not None and value[0] == 0:
+                first.add("")
+        else:
+            first = _literals([(op, value)])
+        if first is None:
+            return None
+        heads |= {string[:1] for string in first}
+        if "" not in first:
+            return heads - {""}
+    return heads
+
+
+def _at_word_start(text: str, position: int) -> bool:
+    return position == 0 or not (text[position].isalnum() and text[position - 1].isalnum())
+
+
+@dataclass(frozen=True, slots=True)
+class _Pattern:
+    """A rule's regex and the literal strings its matches start with (None: unknown).
+
+    The regex engine tries every position whose character could start a match: in a long mail
+    that is a third of its letters for a pattern starting "(?:send|give|share|...)". str.find
+    jumps between occurrences of the starts instead, the regex is tried only there, and a start
+    whose first word is not in the text is not looked for. That only decides whether there is a
+    match; the regex then runs as before, so which match is found does not change.
+    """
+
+    regex: re.Pattern[str]
+    starts: tuple[tuple[str, frozenset[bytes] | None], ...] | None
+
+    def first(self, text: str, boundary: bool, start_words: set[bytes] | None) -> re.Match[str] | None:
+        """The first match, or with `boundary` the first at a word start (see _first_at_word_start).
+        `start_words`: _start_words of `text`, or None when not known."""
+        if self.starts is not None and not self._matches_at_a_start(text, boundary, start_words):
+            return None
+        return _first_at_word_start(self.regex, text) if boundary else self.regex.search(text)
+
+    def _matches_at_a_start(self, text: str, boundary: bool, start_words: set[bytes] | None) -> bool:
+        match = self.regex.match
+        for start, words in self.starts or ():
+            if boundary and words is not None and start_words is not None and words.isdisjoint(start_words):
+                continue
+            position = text.find(start)
+            while position >= 0:
+                if (not boundary or _at_word_start(text, position)) and match(text, position):
+                    return True
+                position = text.find(start, position + 1)
+        return False
+
+
+# Gate substrings grouped by first character: a pass for the group's common prefix ("<") rules
+# out "<tool", "</tool", "<function"..., and one regex pass finds any of them where `in` would take
+# a pass each. The regex is None when the prefix is itself one of them.
+_Substrings = tuple[tuple[str, re.Pattern[str] | None], ...]
+
+
+def _substrings(items: Iterable[str]) -> _Substrings:
+    by_first: dict[str, list[str]] = {}
+    for item in items:
+        by_first.setdefault(item[0], []).append(item)
+    prefixes = [(os.path.commonprefix(same), same) for same in by_first.values()]  # noqa: RUF071 (not paths)
+    return tuple(
+        (prefix, None if prefix in same else re.compile("|".join(map(re.escape, same))))
+        for prefix, same in prefixes
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Rule:
-    """A symbol's pattern and its gate: every gate group needs one of its words (or substrings)
-    in the text before the pattern runs, so most rules cost a set lookup on most mail.
+    """A symbol's patterns and its gate: every gate group needs one of its words (or substrings)
+    in the text before the patterns run, so most rules cost a set lookup on most mail.
 
     Each pattern starts with a literal or a flat alternation of words, never `\\b` or a nested
-    group: the regex engine then skips ahead by first characters (10-50x faster here). The word
-    boundary at the start is checked on the match instead.
+    group: its literal starts are then known (see _Pattern). The word boundary at the start is
+    checked on the match instead.
     """
 
     symbol: str
-    gate: tuple[tuple[frozenset[bytes], tuple[str, ...]], ...]
-    patterns: tuple[re.Pattern[str], ...]
+    gate: tuple[tuple[frozenset[bytes], _Substrings], ...]
+    patterns: tuple[_Pattern, ...]
 
     def opens(self, words: set[bytes], text: str) -> bool:
         for group, substrings in self.gate:
             if group.isdisjoint(words):
-                for substring in substrings:
-                    if substring in text:
+                for prefix, rest in substrings:
+                    if prefix in text and (rest is None or rest.search(text)):
                         break
                 else:
                     return False
@@ -300,8 +521,9 @@ def _rule(symbol: str, gate: str, *alternatives: str) -> _Rule:
     for group in gate.split("&"):
         items = group.split()
         words = frozenset(i.encode() for i in items if not i.startswith("~"))
-        groups.append((words, tuple(i[1:].replace("+", " ") for i in items if i.startswith("~"))))
-    return _Rule(symbol, tuple(groups), tuple(re.compile(a) for a in alternatives))
+        groups.append((words, _substrings(i[1:].replace("+", " ") for i in items if i.startswith("~"))))
+    patterns = tuple(_Pattern(regex, _starts(regex)) for regex in map(re.compile, alternatives))
+    return _Rule(symbol, tuple(groups), patterns)
 
 
 _W = r"(?:[a-z0-9'’-]+ )"  # one word and its space: gaps are {0,n}, so matching stays linear
@@ -649,8 +871,10 @@ _INSTRUCTION_SYMBOLS = frozenset(
         "INJ_FAKE_SYSTEM_HEADER",
     }
 )
+# At a line start: after a "\n" (the text gets one in front), a literal the regex engine jumps
+# to, where "(?m)^" has it try every position.
 _ROLE_LINE = re.compile(
-    r"(?m)^[ \t>]{0,20}(system|assistant|human|user|ai|model|tool)[ \t]*:[ \t]*([^\n]{0,200})"
+    r"\n[ \t>]{0,20}(system|assistant|human|user|ai|model|tool)[ \t]*:[ \t]*([^\n]{0,200})"
 )
 _ROLE_DIRECTIVE = re.compile(
     r"\b(?:you(?: are| must| will| should|'re)|your (?:task|role|instructions|job)|ignore|always|never|"
@@ -659,13 +883,18 @@ _ROLE_DIRECTIVE = re.compile(
 
 
 def _run_rules(
-    rules: Iterable[_Rule], text: str, words: set[bytes], hits: dict[str, str], boundary: bool = True
+    rules: Iterable[_Rule],
+    text: str,
+    words: set[bytes],
+    hits: dict[str, str],
+    boundary: bool = True,
+    start_words: set[bytes] | None = None,
 ) -> None:
     for rule in rules:
         if rule.symbol in hits or not rule.opens(words, text):
             continue
         for pattern in rule.patterns:
-            match = _first_at_word_start(pattern, text) if boundary else pattern.search(text)
+            match = pattern.first(text, boundary, start_words)
             if match is not None:
                 hits[rule.symbol] = _snippet(match.group(0))
                 break
@@ -673,8 +902,7 @@ def _run_rules(
 
 def _first_at_word_start(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
     for count, match in enumerate(pattern.finditer(text)):
-        start = match.start()
-        if start == 0 or not (text[start].isalnum() and text[start - 1].isalnum()):
+        if _at_word_start(text, match.start()):
             return match
         if count >= 1000:  # "signore signore ...": the letters-only form still sees the real one
             break
@@ -688,14 +916,16 @@ def _instructions(text: str) -> dict[str, str]:
     lowered = text.lower()
     _run_rules(_MARKUP_RULES, lowered, set(), hits)
     _role_lines(lowered, hits)
-    folded = _collapse(_fold(text))
-    _run_rules(_WORD_RULES, folded, _words(folded), hits)
-    if not text.isascii():
+    folded = _collapse(lowered if text.isascii() else _fold(text))
+    words = _words(folded)
+    _run_rules(_WORD_RULES, folded, words, hits, start_words=_start_words(folded, words))
+    found = [s for s in hits if s in _INSTRUCTION_SYMBOLS]
+    if found and not text.isascii():
         plain = _collapse(_unaccent(lowered))
         if plain != folded:  # lookalikes, compatibility forms or invisible characters changed something
             clear: dict[str, str] = {}
-            _run_rules(_WORD_RULES, plain, _words(plain), clear)
-            masked = [s for s in hits if s in _INSTRUCTION_SYMBOLS and s not in clear]
+            _run_rules([rule for rule in _WORD_RULES if rule.symbol in found], plain, _words(plain), clear)
+            masked = [s for s in found if s not in clear]
             if masked:
                 hits.setdefault("INJ_OBFUSCATED", f"lookalike or invisible characters: {hits[masked[0]]}")
     squashed = _squash(folded)
@@ -713,7 +943,7 @@ def _role_lines(lowered: str, hits: dict[str, str]) -> None:
     if "system" not in lowered and "assistant" not in lowered:
         return
     labels: set[str] = set()
-    for count, match in enumerate(_ROLE_LINE.finditer(lowered)):
+    for count, match in enumerate(_ROLE_LINE.finditer("\n" + lowered)):
         if count >= 50:
             break
         label, rest = match.groups()
@@ -764,6 +994,7 @@ _FAKE_TAGS = frozenset(
 )
 _TEXT_ATTRS = ("alt", "title", "aria-label", "placeholder")
 _URL_ATTRS = ("href", "src", "action", "background", "data", "poster", "formaction")
+_NOTED_ATTRS = frozenset((*_TEXT_ATTRS, *_URL_ATTRS, "type"))
 _STYLE_PROPS = frozenset(
     {"display", "visibility", "opacity", "font-size", "font", "color", "background", "background-color"}
     | {"background-image", "height", "max-height", "width", "max-width", "overflow", "position", "left"}
@@ -878,6 +1109,9 @@ def _declarations(style: str) -> dict[str, str]:
     return found
 
 
+_CLIPPED_AWAY = re.compile(r"rect\(\s*0|inset\(\s*50%|circle\(\s*0")  # compiled: a call per element
+
+
 def _sticky_reason(css: Mapping[str, str]) -> str | None:
     """Why an element hides everything in it, whatever its children say; None if it does not."""
     if css.get("display", "").startswith("none"):
@@ -899,7 +1133,7 @@ def _sticky_reason(css: Mapping[str, str]) -> str | None:
     if (_px(css.get("text-indent")) or 0) <= -500:
         return "off-screen"
     clip = css.get("clip", "") + css.get("clip-path", "")
-    if re.match(r"rect\(\s*0|inset\(\s*50%|circle\(\s*0", clip):
+    if _CLIPPED_AWAY.match(clip):
         return "clipped"
     if css.get("transform", "").startswith("scale(0"):
         return "scaled to zero"
@@ -918,9 +1152,9 @@ def _tiny(css: Mapping[str, str]) -> bool | None:
     return px is not None and px <= 2
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Box:
-    """What an open element passes to its content."""
+    """What an open element passes to its content (never changed; not frozen, which is slow to make)."""
 
     name: str
     sticky: str | None  # display:none and the like: nothing inside can undo it
@@ -985,7 +1219,8 @@ class _HtmlView:
                 position = self._not_a_tag(html, lt, stack[-1])
                 continue
             position = tag.end()
-            closing, name, inside = tag.group(1), tag.group(2).lower(), tag.group(3)
+            closing, name, inside = tag.groups()
+            name = name.lower()
             if name in _FAKE_TAGS or name.startswith("antml:"):
                 self.fake_tags.append(tag.group(0)[:_SNIPPET])
             if name in _BLOCK:  # words either side of a block are apart, even when it is hidden
@@ -996,7 +1231,7 @@ class _HtmlView:
                         self._pop(stack, open_names)
                     self._pop(stack, open_names)
                 continue
-            attrs = self._attributes(inside) if inside.strip() else {}
+            attrs = self._attributes(inside) if inside and not inside.isspace() else {}
             if name in _RAW_TEXT:
                 close = _RAW_TEXT[name].search(html, position)
                 if name == "style":
@@ -1046,11 +1281,11 @@ class _HtmlView:
 
     def _attributes(self, inside: str) -> dict[str, str]:
         attrs: dict[str, str] = {}
-        for match in _ATTR.finditer(inside, 0, _MAX_TAG_CHARS):
-            key = match.group(1).lower()
-            value = match.group(2) if match.group(2) is not None else match.group(3)
-            value = value if value is not None else (match.group(4) or "")
-            attrs.setdefault(key, unescape(value) if "&" in value else value)
+        for key, double, single, bare in _ATTR.findall(inside, 0, _MAX_TAG_CHARS):
+            value = double or single or bare  # "" for a group that did not take part
+            attrs.setdefault(key.lower(), unescape(value) if "&" in value else value)
+        if attrs.keys().isdisjoint(_NOTED_ATTRS):  # most tags: class, style, width...
+            return attrs
         for key in _TEXT_ATTRS:
             if attrs.get(key, "").strip():
                 self._keep(self.attributes, "attributes", attrs[key] + "\n")
@@ -1061,28 +1296,29 @@ class _HtmlView:
         return attrs
 
     def _box(self, name: str, attrs: Mapping[str, str], parent: _Box) -> _Box:
-        keys = [name, *("." + cls.lower() for cls in attrs.get("class", "").split()[:20])]
-        if attrs.get("id"):
-            keys.append("#" + attrs["id"].lower())
         css: dict[str, str] = {}
-        for key in keys:
-            css.update(self.rules.get(key, {}))
-        if self.unknown_bg and not self.unknown_bg.isdisjoint(keys):
-            css.setdefault("background-image", "url()")
+        if self.rules or self.unknown_bg:  # a stylesheet
+            keys = [name, *("." + cls.lower() for cls in attrs.get("class", "").split()[:20])]
+            if attrs.get("id"):
+                keys.append("#" + attrs["id"].lower())
+            for key in keys:
+                css.update(self.rules.get(key, {}))
+            if self.unknown_bg and not self.unknown_bg.isdisjoint(keys):
+                css.setdefault("background-image", "url()")
         if attrs.get("style"):
             css.update(_declarations(attrs["style"]))
         if not css and not attrs and name != "template":
             return _Box(
                 name, parent.sticky, parent.invisible, parent.tiny, parent.fg, parent.bg, parent.reason
             )
-        sticky = parent.sticky or _sticky_reason(css)
+        sticky = parent.sticky or (_sticky_reason(css) if css else None)
         if sticky is None and "hidden" in attrs:
             sticky = "hidden attribute"
         if sticky is None and name == "template":
             sticky = "<template>"
         visibility = css.get("visibility")
         invisible = parent.invisible if visibility is None else visibility.startswith(("hidden", "collapse"))
-        tiny = _tiny(css)
+        tiny = _tiny(css) if css else None
         tiny = parent.tiny if tiny is None else tiny
         fg = _colour(
             css.get("color") or attrs.get("color") or (attrs.get("text") if name == "body" else None)
@@ -1169,13 +1405,20 @@ _EXFIL_HOSTS = (
 _EXFIL_PATHS = ("discord.com/api/webhooks", "discordapp.com/api/webhooks")
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16,}={0,2}")
 _HEX_RUN = re.compile(r"[0-9a-fA-F]{80,}")
-_LONG_RUN = re.compile(r"[A-Za-z0-9+/=_-]{60,}")  # no payload without one: most mail stops here
+# No payload without a run of 60 base64 characters (80 for hex): most mail stops here. Runs are
+# looked for in the UTF-8 bytes with their characters mapped to "a" (C passes), not by a regex
+# trying every letter.
+_BASE64_TO_A = bytes(0x61 if chr(c) in "+/=_-" or chr(c).isalnum() else 0x20 for c in range(128)) + b" " * 128
+_HEX_TO_A = bytes(0x61 if chr(c) in "0123456789abcdefABCDEF" else 0x20 for c in range(128)) + b" " * 128
 _BASE64_GAP = re.compile(r"\s{1,4}")
+
+
+_HOST_END = re.compile(r"[/?#\\]")
 
 
 def _host(url: str) -> str:
     rest = url.split("://", 1)[-1].lstrip("/")
-    host = re.split(r"[/?#\\]", rest, maxsplit=1)[0]
+    host = _HOST_END.split(rest, maxsplit=1)[0]
     return host.rpartition("@")[2].split(":")[0].lower().rstrip(".")
 
 
@@ -1301,16 +1544,20 @@ class _Scan:
     def _characters(self, visible: str, hidden: str, shown: str) -> None:
         """Zero-width characters inside words anywhere, or many of them where a human looks; bidi
         controls; tag characters; words mixing scripts."""
-        self._tag_characters(visible + "\n" + hidden)
+        if _astral(visible) or _astral(hidden):
+            self._tag_characters(visible + "\n" + hidden)
         if visible.isascii():
             return
-        in_word = sum(len(m.group(0)) for m in _ZW_IN_WORD.finditer(visible))
-        total = len(_ZW_ANY.findall(shown))
+        notable = not _latin1(visible) and _NOTABLE.search(visible) is not None
+        in_word = sum(len(m.group(0)) for m in _ZW_IN_WORD.finditer(visible)) if notable else 0
+        total = 0 if _latin1(shown) else len(_ZW_ANY.findall(shown))
         if in_word:
             detail = f"{total} zero-width characters, {in_word} inside words"
             self.scorer.add("INJ_ZERO_WIDTH", detail, 0.4 + in_word / 10)
         elif total >= 10:
             self.scorer.add("INJ_ZERO_WIDTH", f"{total} zero-width characters", 0.3)
+        if not notable:
+            return
         bidi = _BIDI_OVERRIDE if _RTL_LETTER.search(visible) else _BIDI
         controls = len(bidi.findall(visible))
         if controls:
@@ -1322,8 +1569,6 @@ class _Scan:
 
     def _tag_characters(self, text: str) -> None:
         """Unicode tag characters spell invisible ASCII: decode it and scan it as hidden text."""
-        if text.isascii():
-            return
         smuggled: list[str] = []
         for count, match in enumerate(_TAG_RUN.finditer(text)):
             if count >= 1000:
@@ -1342,12 +1587,14 @@ class _Scan:
 
     def _encoded(self, text: str) -> None:
         decoded: list[str] = []
-        if _LONG_RUN.search(text):
+        data = text.encode("utf-8", "replace")
+        if b"a" * 60 in data.translate(_BASE64_TO_A):
             for blob in _base64_blobs(text):
                 plain = _decode_base64(blob)
                 if plain:
                     decoded.append(plain)
-            for count, match in enumerate(_HEX_RUN.finditer(text)):
+            hex_runs = _HEX_RUN.finditer(text) if b"a" * 80 in data.translate(_HEX_TO_A) else ()
+            for count, match in enumerate(hex_runs):
                 if count >= _MAX_BLOBS:
                     break
                 hex_digits = match.group(0)[:_MAX_BLOB_CHARS]
@@ -1356,7 +1603,7 @@ class _Scan:
                     decoded.append(plain)
         if decoded:
             self.scorer.add("INJ_BASE64_TEXT", f"{len(decoded)} blob(s), e.g. {_snippet(decoded[0])!r}")
-        if any(hint in text for hint in ("rot13", "ROT13", "Rot13", "rot-13", "ROT-13")):
+        if "13" in text and any(hint in text for hint in ("rot13", "ROT13", "Rot13", "rot-13", "ROT-13")):
             decoded.append(codecs.encode(text[:MAX_TEXT_CHARS], "rot13"))
         if "data:" in text or "DATA:" in text:
             for count, match in enumerate(_DATA_URL.finditer(text)):
@@ -1416,11 +1663,11 @@ class _Scan:
         if limit <= 0:
             return None
         source = self.view.visible_text() if self.view is not None else ""
-        if not source.strip():
+        if source.isspace() or not source:
             source = self.text
         window = limit * 2 + 64
         while True:  # collapse only a prefix: a body can be far longer than the excerpt
-            collapsed = _collapse(strip_invisible(source[:window]))
+            collapsed = _shown(source[:window])
             if len(collapsed) > limit or window >= len(source):
                 break
             window *= 4
