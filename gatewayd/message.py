@@ -127,7 +127,7 @@ def parse(msg: FetchedMessage, excerpt_chars: int = 500) -> ParsedMessage:
         "references": _safe([], _references, first("references")),
         "has_attachments": bool(attachments),
         "attachments": attachments,
-        "body_text_excerpt": _excerpt(text, excerpt_chars) if text and excerpt_chars > 0 else None,
+        "body_text_excerpt": excerpt(text, excerpt_chars) if text and excerpt_chars > 0 else None,
         "truncated": truncated,
         "headers": {name: _safe(None, _raw_header, first(name)) for name in RAW_HEADERS},
     }
@@ -430,11 +430,13 @@ def _part_source(part: Message, cut: bool) -> str | None:
     return text[:MAX_HTML_CHARS] if html else text
 
 
-def _excerpt(text: str, limit: int) -> str | None:
-    """About the first `limit` characters, whitespace collapsed, cut at a word boundary."""
+def excerpt(text: str, limit: int, collapse: Callable[[str], str] | None = None) -> str | None:
+    """About the first `limit` characters, whitespace collapsed (by `collapse`, default: controls
+    dropped too), cut at a word boundary."""
+    collapse = collapse or _collapse
     window = limit * 2 + 64
     while True:  # collapse only a prefix: a body can be far longer than the excerpt
-        collapsed = _collapse(text[:window])
+        collapsed = collapse(text[:window])
         if len(collapsed) > limit or window >= len(text):
             break
         window *= 4

@@ -50,6 +50,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from gatewayd.message import ParsedMessage
+from gatewayd.message import excerpt as excerpt_of
 from gatewayd.pipeline import Finding, StageContext, StageResult
 
 log = logging.getLogger(__name__)
@@ -1665,18 +1666,4 @@ class _Scan:
         source = self.view.visible_text() if self.view is not None else ""
         if source.isspace() or not source:
             source = self.text
-        window = limit * 2 + 64
-        while True:  # collapse only a prefix: a body can be far longer than the excerpt
-            collapsed = _shown(source[:window])
-            if len(collapsed) > limit or window >= len(source):
-                break
-            window *= 4
-        if not collapsed:
-            return None
-        if len(collapsed) <= limit:
-            return collapsed
-        cut = collapsed[: max(limit - 1, 0)]
-        space = cut.rfind(" ")
-        if space >= len(cut) * 3 // 4:
-            cut = cut[:space]
-        return cut.rstrip() + "…"
+        return excerpt_of(source, limit, _shown)
