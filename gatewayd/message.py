@@ -774,7 +774,7 @@ def _to_rfc3339(moment: datetime) -> str | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)  # no zone given: assume UTC
     moment = moment.astimezone(UTC)
-    # rfc3339() pads nothing: a three-digit year would not be RFC 3339.
+    # Four-digit years only: older or later dates in mail are junk, not history.
     return rfc3339(moment) if 1000 <= moment.year <= 9999 else None
 
 
