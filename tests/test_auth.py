@@ -23,12 +23,11 @@ from gatewayd.pipeline.auth import (
     AuthOptions,
     AuthStage,
     UnparsableHeader,
-    _tokenize,
-    _tokenize_slowly,
     alignment,
     organizational_domain,
     parse_authentication_results,
 )
+from gatewayd.pipeline.auth.results import _tokenize, _tokenize_slowly
 
 MX = "mx.gatewayd.test"
 FOLD = "\r\n       "  # how servers fold their long Authentication-Results
