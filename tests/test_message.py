@@ -20,17 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gatewayd.message import (
-    MAX_HEADER_CHARS,
-    MAX_PARTS,
-    FetchedMessage,
-    _getaddresses,
+from gatewayd.message import MAX_HEADER_CHARS, MAX_PARTS, FetchedMessage, from_address, parse_message
+from gatewayd.message.fields import _getaddresses
+from gatewayd.message.structure import (
     _GuardedMessage,
     _parse_structure,
     _plain_single_part,
     _TooManyPartsError,
-    from_address,
-    parse_message,
 )
 
 KEYS = {
@@ -1285,7 +1281,7 @@ def test_getaddresses_matches_the_stdlib_on_tricky_lists(value: str) -> None:
 def test_common_address_lists_take_the_fast_path(value: str) -> None:
     """Else the comparisons above would never reach it."""
     expected = _real_addresses(getaddresses([value]))
-    with mock.patch("gatewayd.message.getaddresses", side_effect=AssertionError("fallback taken")):
+    with mock.patch("gatewayd.message.fields.getaddresses", side_effect=AssertionError("fallback taken")):
         assert _getaddresses(value) == expected
 
 

@@ -1,0 +1,159 @@
+"""Attachments and body: the attachment list, the body text and HTML, and the excerpt."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from email.message import Message
+from typing import Any
+
+from gatewayd.message.html import html_to_text
+from gatewayd.message.limits import MAX_HTML_CHARS, MAX_PARTS, MAX_TEXT_BYTES, safe
+from gatewayd.message.text import clean_header, decode_bytes, decode_words
+from gatewayd.message.text import collapse as _collapse  # excerpt has a parameter named collapse
+
+
+def _is_attachment(part: Message, root: Message | None = None) -> bool:
+    disposition = part.get_content_disposition()
+    maintype = part.get_content_maintype()
+    if part is root and maintype == "text" and disposition != "attachment":
+        # A single-part text message is its own body, even when a mailer gave it a filename.
+        return False
+    if disposition == "attachment" or part.get_filename():
+        return True
+    # A multipart that was never split (no boundary) is neither body nor attachment.
+    return maintype not in ("text", "multipart")
+
+
+def attachments(
+    leaves: list[tuple[Message, tuple[Message, ...]]], root: Message, cut_part: Message | None
+) -> list[dict[str, Any]]:
+    found = []
+    for part, _ in leaves:
+        if not safe(False, _is_attachment, part, root):
+            continue
+        found.append(
+            {
+                "filename": safe(None, _filename, part),
+                "content_type": safe("application/octet-stream", part.get_content_type),
+                "size": None if part is cut_part else safe(None, _decoded_size, part),
+            }
+        )
+    return found
+
+
+def _filename(part: Message) -> str | None:
+    name = part.get_filename()  # RFC 2231 (filename*=utf-8''...) and the Content-Type name
+    if not name:
+        return None
+    # Many mailers put RFC 2047 words in filenames although the RFC says not to.
+    return decode_words(clean_header(str(name))) or None
+
+
+def _cte(part: Message) -> str:
+    return str(part.get("content-transfer-encoding", "")).strip().strip("\"'").lower()
+
+
+def _decoded_size(part: Message) -> int | None:
+    """Decoded size in bytes, computed from the encoded form where that is enough."""
+    payload = part.get_payload()
+    if isinstance(payload, list):  # message/*: count what it takes on the wire
+        return _approx_message_size(part)
+    if not isinstance(payload, str):
+        return None
+    if _cte(part) == "base64":
+        chars = len(payload) - sum(payload.count(c) for c in " \t\r\n")
+        padding = len(payload.rstrip()) - len(payload.rstrip().rstrip("="))
+        return max(chars * 3 // 4 - min(padding, 2), 0)
+    data = _payload_bytes(part)  # quoted-printable decodes in C; 7bit/8bit are a plain copy
+    return len(data) if data is not None else None
+
+
+def _approx_message_size(msg: Message) -> int:
+    size = 0
+    stack = [msg]
+    walked = 0
+    while stack and walked < MAX_PARTS:
+        part = stack.pop()
+        walked += 1
+        size += sum(len(name) + len(str(value)) + 4 for name, value in part.raw_items()) + 2
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            boundary = part.get_boundary() or ""
+            size += (len(payload) + 1) * (len(boundary) + 6)
+            stack.extend(p for p in payload if isinstance(p, Message))
+        elif isinstance(payload, str):
+            size += len(payload)
+    return size
+
+
+def _payload_bytes(part: Message) -> bytes | None:
+    """The transfer-decoded payload (lenient about bad base64 and quoted-printable)."""
+    raw_cte = part.get("content-transfer-encoding")
+    if raw_cte is not None and str(raw_cte) != _cte(part):
+        # get_payload compares the header verbatim; "base64 " or "Base64" would go undecoded.
+        part.replace_header("content-transfer-encoding", _cte(part))
+    data = part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else None
+
+
+def bodies(
+    leaves: list[tuple[Message, tuple[Message, ...]]], root: Message, cut_part: Message | None
+) -> tuple[str, str | None]:
+    """(text, html): the first non-empty text/plain body, else the HTML's visible text; and the
+    decoded source of the first text/html body part."""
+    plain, html_parts = [], []
+    for part, _ in leaves:
+        ctype = safe("", part.get_content_type)
+        if ctype not in ("text/plain", "text/html") or safe(True, _is_attachment, part, root):
+            continue
+        (plain if ctype == "text/plain" else html_parts).append(part)
+    html = None
+    for part in html_parts[:8]:
+        html = safe(None, _part_source, part, part is cut_part)
+        if html:
+            break
+    for part in plain[:8]:
+        text = safe(None, _part_source, part, part is cut_part)
+        if text and text.strip():
+            return text, html
+    return (html_to_text(html, enough=MAX_HTML_CHARS) if html else ""), html
+
+
+_META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9._:-]{1,40})""", re.I)
+
+
+def _part_source(part: Message, cut: bool) -> str | None:
+    """The decoded content of a text part (for HTML, the markup), up to the size caps."""
+    data = _payload_bytes(part)
+    if not data:
+        return None
+    html = part.get_content_subtype() == "html"
+    charset = safe(None, part.get_content_charset)
+    if charset is None and html:
+        match = _META_CHARSET.search(data, 0, 4096)
+        charset = match.group(1).decode("ascii") if match else None
+    cut = cut or len(data) > MAX_TEXT_BYTES
+    text = decode_bytes(data[:MAX_TEXT_BYTES], charset, final=not cut)
+    return text[:MAX_HTML_CHARS] if html else text
+
+
+def excerpt(text: str, limit: int, collapse: Callable[[str], str] | None = None) -> str | None:
+    """About the first `limit` characters, whitespace collapsed (by `collapse`, default: controls
+    dropped too), cut at a word boundary."""
+    collapse = collapse or _collapse
+    window = limit * 2 + 64
+    while True:  # collapse only a prefix: a body can be far longer than the excerpt
+        collapsed = collapse(text[:window])
+        if len(collapsed) > limit or window >= len(text):
+            break
+        window *= 4
+    if not collapsed:
+        return None
+    if len(collapsed) <= limit:
+        return collapsed
+    cut = collapsed[: max(limit - 1, 0)]  # leave room for the ellipsis
+    space = cut.rfind(" ")
+    if space >= len(cut) * 3 // 4:
+        cut = cut[:space]
+    return cut.rstrip() + "…"

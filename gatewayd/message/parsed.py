@@ -1,0 +1,90 @@
+"""FetchedMessage in, ParsedMessage out: every field of the event data extracted on its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gatewayd.message import body, fields, structure
+from gatewayd.message.limits import safe
+from gatewayd.message.text import raw_header, text_header
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedMessage:
+    """What the IMAP layer hands over for one message."""
+
+    folder: str
+    uid: int
+    uidvalidity: int
+    raw: bytes  # the first N bytes of the message
+    size: int  # RFC822.SIZE: the full size on the server
+    flags: tuple[str, ...]
+    internaldate: str | None  # as the server sent it, e.g. "21-Nov-2026 13:25:53 +0000"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    """What the pipeline's stages read: the event data plus the bodies and all headers."""
+
+    data: dict[str, Any]
+    # Lower-cased header names to their raw values, in order of appearance.
+    headers: dict[str, list[str]]
+    # Decoded text of the first text/plain body part (else the visible text of the HTML part).
+    text: str
+    # Decoded source of the first text/html body part, if any.
+    html: str | None
+    raw: bytes
+
+
+def parse_message(msg: FetchedMessage, excerpt_chars: int = 500) -> dict[str, Any]:
+    """The `data` of a `message.received` event for `msg`. Never raises on malformed mail."""
+    return parse(msg, excerpt_chars).data
+
+
+def parse(msg: FetchedMessage, excerpt_chars: int = 500) -> ParsedMessage:
+    """Parse once for the event and for every pipeline stage. Never raises on malformed mail."""
+    raw = bytes(msg.raw or b"")
+    root = structure.parse(raw)
+    headers = safe({}, structure.collect_headers, root)
+
+    def first(name: str) -> str | None:
+        values = headers.get(name)
+        return values[0] if values else None
+
+    truncated = isinstance(msg.size, int) and len(raw) < msg.size
+    leaves, walked_all = safe(([], False), structure.leaves, root)
+    # The part the fetch cap cut into has no trustworthy size.
+    cut_part = safe(None, structure.cut_part, leaves, walked_all) if truncated else None
+    attachments = safe([], body.attachments, leaves, root, cut_part)
+    text, html = safe(("", None), body.bodies, leaves, root, cut_part)
+    data = {
+        "folder": msg.folder,
+        "uid": msg.uid,
+        "uidvalidity": msg.uidvalidity,
+        "size": msg.size,
+        "flags": list(msg.flags or ()),
+        "message_id": safe(None, fields.message_id, first("message-id")),
+        "from": safe(None, fields.first_address, headers.get("from", [])),
+        "to": safe([], fields.addresses, headers.get("to", [])),
+        "cc": safe([], fields.addresses, headers.get("cc", [])),
+        "reply_to": safe([], fields.addresses, headers.get("reply-to", [])),
+        "subject": safe(None, text_header, first("subject")),
+        "date": safe(None, fields.date, first("date")),
+        "received_at": safe(None, fields.internaldate, msg.internaldate),
+        "in_reply_to": safe(None, fields.in_reply_to, first("in-reply-to")),
+        "references": safe([], fields.references, first("references")),
+        "has_attachments": bool(attachments),
+        "attachments": attachments,
+        "body_text_excerpt": body.excerpt(text, excerpt_chars) if text and excerpt_chars > 0 else None,
+        "truncated": truncated,
+        "headers": {name: safe(None, raw_header, first(name)) for name in structure.RAW_HEADERS},
+    }
+    return ParsedMessage(data=data, headers=headers, text=text, html=html, raw=raw)
+
+
+def from_address(data: dict[str, Any]) -> str | None:
+    """The lower-cased sender address of event data from `parse_message`, for indexing."""
+    sender = data.get("from") if isinstance(data, dict) else None
+    address = sender.get("address") if isinstance(sender, dict) else None
+    return address.lower() if isinstance(address, str) and address else None

@@ -1,0 +1,169 @@
+"""The MIME structure: the guarded compat32 parse and its fast path for plain single-part messages,
+the top-level headers we keep, the leaf parts, and the part the fetch cap cut into."""
+
+from __future__ import annotations
+
+import logging
+import re
+from email import errors
+from email.message import Message
+from email.parser import BytesHeaderParser, Parser
+from email.policy import compat32
+
+from gatewayd.message.limits import MAX_DEPTH, MAX_PARTS, safe
+from gatewayd.message.text import clean_header, fix_surrogates
+
+log = logging.getLogger(__name__)
+
+# Headers kept raw under data["headers"] for later pipeline stages.
+RAW_HEADERS = ("list-id", "auto-submitted", "precedence", "return-path")
+_WANTED = frozenset(
+    {"from", "to", "cc", "reply-to", "subject", "date", "message-id", "in-reply-to", "references"}
+) | frozenset(RAW_HEADERS)
+
+
+class _TooManyPartsError(Exception):
+    def __init__(self, root: Message) -> None:
+        super().__init__("MIME structure too deep or too large")
+        self.root = root
+
+
+class _GuardedMessage(Message):
+    """A compat32 Message that stops the parse beyond MAX_DEPTH levels or MAX_PARTS parts.
+
+    The feed parser attaches each new part to its parent as soon as the part starts, so this is
+    where depth and count are known. Raising aborts the parse; the tree built so far holds only
+    whole parts (the one refused had not begun), and the caller keeps it.
+    """
+
+    _gw_depth = 0
+    _gw_parts = 1
+    _gw_root: _GuardedMessage | None = None
+
+    def attach(self, payload: Message) -> None:  # type: ignore[override]
+        root = self._gw_root or self
+        if self._gw_depth >= MAX_DEPTH or root._gw_parts >= MAX_PARTS:
+            raise _TooManyPartsError(root)
+        root._gw_parts += 1
+        payload._gw_depth = self._gw_depth + 1  # type: ignore[attr-defined]
+        payload._gw_root = root  # type: ignore[attr-defined]
+        super().attach(payload)
+
+
+_PARSER = Parser(_class=_GuardedMessage, policy=compat32)
+_HEADER_PARSER = BytesHeaderParser(policy=compat32)
+# A header block in its plainest form: header fields (a name, a colon and the value, then its
+# continuation lines) and the empty line that ends the block.
+_PLAIN_HEADER_BLOCK = re.compile(r"(?:[\041-\071\073-\176]++:.*+\n(?:[ \t].*+\n)*+)*+\r?\n")
+# One field of such a block: the name, and the value from its first non-blank character on.
+_HEADER_FIELD = re.compile(r"([\041-\071\073-\176]++):[ \t]*+(.*+\n(?:[ \t].*+\n)*+)")
+# A CR without LF, which the feed parser takes for a line end where _HEADER_FIELD does not.
+_BARE_CR = re.compile(r"\r(?!\n)")
+
+
+def parse(raw: bytes) -> Message:
+    try:
+        return _parse_structure(raw)
+    except _TooManyPartsError as exc:
+        log.debug("MIME deeper than %d or over %d parts; keeping the first", MAX_DEPTH, MAX_PARTS)
+        return exc.root
+    except Exception:
+        log.debug("MIME parse failed; falling back to the headers alone", exc_info=True)
+    try:
+        return _HEADER_PARSER.parsebytes(raw)  # the body becomes one text payload
+    except Exception:
+        log.debug("header parse failed too", exc_info=True)
+        return Message()
+
+
+def _parse_structure(raw: bytes) -> Message:
+    """What BytesParser.parsebytes(raw) gives; a plain single-part message without the feed parser."""
+    text = raw.decode("ascii", "surrogateescape")  # as BytesParser does
+    root = _plain_single_part(text)
+    return root if root is not None else _PARSER.parsestr(text)
+
+
+def _plain_single_part(text: str) -> Message | None:
+    """The feed parser's result for a single-part message with a plain header block, else None.
+
+    The feed parser takes about 90 µs for a typical 4 KB message, most of it passing each line of
+    the headers and the body through a stack of generators. From a plain header block (no envelope
+    "From " line, no line it would record a defect for, lines ended by LF or CRLF) _HEADER_FIELD
+    reads the same headers as its `_parse_headers` and `compat32.header_source_parse`: the name up
+    to the first colon; the value from its first non-blank character, continuation lines kept as
+    they are, the final line end stripped. A single-part body is then the rest of the text as it
+    stands. Multipart and message/* bodies are left to the parser.
+    """
+    block = _PLAIN_HEADER_BLOCK.match(text)
+    if block is None or _BARE_CR.search(text, 0, block.end()):
+        return None
+    root = _GuardedMessage(policy=compat32)
+    for name, value in _HEADER_FIELD.findall(text, 0, block.end()):
+        root.set_raw(name, value.rstrip("\r\n"))
+    if root.get_content_maintype() in ("multipart", "message"):
+        return None
+    root.set_payload(text[block.end() :])
+    return root
+
+
+def collect_headers(root: Message) -> dict[str, list[str]]:
+    """Lower-cased name -> unfolded, cleaned values of the top-level headers we use, in order."""
+    found: dict[str, list[str]] = {}
+    for name, value in root.raw_items():
+        key = str(name).lower()
+        if key in _WANTED:
+            found.setdefault(key, []).append(clean_header(str(value)))
+    return found
+
+
+def leaves(root: Message) -> tuple[list[tuple[Message, tuple[Message, ...]]], bool]:
+    """Leaf parts in document order with their multipart ancestors, and whether all were walked.
+
+    message/* parts (forwarded mail, delivery reports) are leaves: they are attachments of this
+    message, and their insides are not its body.
+    """
+    leaves: list[tuple[Message, tuple[Message, ...]]] = []
+    stack: list[tuple[Message, tuple[Message, ...]]] = [(root, ())]
+    walked = 0
+    while stack:
+        part, ancestors = stack.pop()
+        walked += 1
+        if walked > MAX_PARTS:
+            return leaves, False
+        # is_multipart() first: get_payload() of a leaf may decode it with its charset.
+        if part.is_multipart() and part.get_content_maintype() == "multipart":
+            if len(ancestors) >= MAX_DEPTH:
+                return leaves, False
+            inner = (*ancestors, part)
+            children = part.get_payload()
+            stack.extend((child, inner) for child in reversed(children) if isinstance(child, Message))
+        else:
+            safe(None, _repair_headers, part)
+            leaves.append((part, ancestors))
+    return leaves, True
+
+
+def _repair_headers(part: Message) -> None:
+    """Give Content-Type and Content-Disposition with raw 8-bit bytes real characters.
+
+    compat32 hands such a header out as an "unknown-8bit" Header object whose str() replaces
+    every byte by U+FFFD, so a raw UTF-8 filename ("Größe.pdf") would come out as "Gr����e.pdf".
+    """
+    for name, value in part.raw_items():
+        if name.lower() in ("content-type", "content-disposition") and not str(value).isascii():
+            part.replace_header(name, fix_surrogates(str(value)))
+
+
+def cut_part(leaves: list[tuple[Message, tuple[Message, ...]]], walked_all: bool) -> Message | None:
+    """The part the fetch cap cut into, for a truncated message.
+
+    That is the last leaf, unless some multipart around it saw its closing boundary (then the
+    cut fell into an epilogue and every part is whole). With parts left unwalked, the cut lies
+    beyond those we list.
+    """
+    if not leaves or not walked_all:
+        return None
+    part, ancestors = leaves[-1]
+    if all(any(isinstance(d, errors.CloseBoundaryNotFoundDefect) for d in a.defects) for a in ancestors):
+        return part
+    return None
