@@ -41,6 +41,7 @@ import logging
 import os
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from html import unescape
@@ -247,14 +248,18 @@ def _astral(text: str) -> bool:
     return not text.isascii() and len(text.encode("utf-16-le", "surrogatepass")) > 2 * len(text)
 
 
+def _latin1_bytes(text: str) -> bytes | None:
+    """`text` in Latin-1 when it is all below U+0100, else None."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+
+
 def _latin1(text: str) -> bool:
     """Whether `text` is all below U+0100, where no invisible character but the soft hyphen can be,
     nor accents, lookalikes, zero-width or bidi characters: a C copy, where a regex tests each."""
-    try:
-        text.encode("latin-1")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return _latin1_bytes(text) is not None
 
 
 def _drop_invisible(text: str) -> str:
@@ -272,6 +277,13 @@ def _fold(text: str) -> str:
     """Lower case, accents and invisible characters dropped, lookalikes mapped to Latin."""
     if text.isascii():
         return text.lower()
+    data = _latin1_bytes(text)
+    if data is not None and not data.translate(None, _FOLDS_IN_LATIN1):
+        return data.translate(_LATIN1_FOLD, _LATIN1_DROPPED).decode("latin-1")
+    return _fold_unicode(text)
+
+
+def _fold_unicode(text: str) -> str:
     text = unicodedata.normalize("NFKD", _drop_invisible(text))
     if not _latin1(text):
         text = _COMBINING.sub("", text)
@@ -281,13 +293,44 @@ def _fold(text: str) -> str:
     return text.lower()
 
 
+# Latin-1 text folds a character at a time: NFKD decomposes each alone, into Latin-1 and accents
+# (U+0300-U+036F, which _fold drops), but for "µ¼½¾"; lower case maps Latin-1 to itself. So one
+# C pass over its bytes folds it, where NFKD, the regex dropping accents and lower() take three.
+_LATIN1_FOLDS = [_fold_unicode(chr(c)) for c in range(256)]
+_LATIN1_FOLD = bytes(ord(f) if len(f) == 1 and f < "\u0100" else c for c, f in enumerate(_LATIN1_FOLDS))
+_LATIN1_DROPPED = bytes(c for c, f in enumerate(_LATIN1_FOLDS) if not f)  # the soft hyphen
+_FOLDS_IN_LATIN1 = bytes(c for c, f in enumerate(_LATIN1_FOLDS) if len(f) <= 1 and f < "\u0100")  # not µ¼½¾
+_LATIN1_LOWER = bytes(ord(chr(c).lower()) for c in range(256))
+
+
+def _lower(text: str) -> str:
+    """text.lower(), which for text beyond ASCII looks up each character's full case mapping."""
+    if text.isascii():
+        return text.lower()
+    data = _latin1_bytes(text)
+    return text.lower() if data is None else data.translate(_LATIN1_LOWER).decode("latin-1")
+
+
 def _unaccent(text: str) -> str:
     """Accents dropped, nothing else: what the rules see when nobody disguised anything."""
     return _COMBINING.sub("", unicodedata.normalize("NFD", text))
 
 
+# Latin-1 whitespace as str.split() sees it (\x1c-\x1f, \x85, \xa0 too) as spaces, and the runs of
+# spaces left to collapse.
+_LATIN1_SPACE_TO_SPACE = bytes(0x20 if chr(c).isspace() else c for c in range(256))
+_SPACE_RUN = re.compile(b"  +")
+
+
 def _collapse(text: str) -> str:
-    return " ".join(text.split())
+    """Whitespace runs as single spaces, none at the ends: " ".join(text.split())."""
+    data = _latin1_bytes(text)
+    if data is None:
+        return " ".join(text.split())
+    # Split and join make an object per word; on bytes a translate and a regex that jumps from
+    # one double space to the next are C passes.
+    spaced = data.translate(_LATIN1_SPACE_TO_SPACE)
+    return _SPACE_RUN.sub(b" ", spaced).strip(b" ").decode("latin-1")
 
 
 def _shown(text: str) -> str:
@@ -314,21 +357,20 @@ _PUNCT = bytes(c for c in range(128) if not chr(c).isalnum())  # "don't" gives "
 _PUNCT_TO_SPACE = bytes.maketrans(_PUNCT, b" " * len(_PUNCT))
 
 
-def _words(text: str) -> set[bytes]:
-    """The words of `text` (split at punctuation), for the rules' gates. Bytes: translate is C."""
-    return set(text.encode("utf-8", "replace").translate(_PUNCT_TO_SPACE).split())
+def _words(text: str) -> tuple[frozenset[bytes], frozenset[bytes]]:
+    """The words of `text` (split at punctuation) that a word rule's gate or literal start names
+    (_RULE_WORDS), for the gates; and for the starts, these with the words beyond ASCII split again
+    at non-ASCII characters: where a word starts, these hold the word, whatever precedes it ("—send"
+    gives "send"). Bytes: translate is C; intersecting with a list builds no set of all the words."""
+    split = text.encode("utf-8", "replace").translate(_PUNCT_TO_SPACE).split()
+    words = _RULE_WORDS.intersection(split)
+    if text.isascii():
+        return words, words
+    beyond = b" ".join(word for word in split if not word.isascii()).translate(_NON_ASCII_TO_SPACE)
+    return words, words.union(_RULE_WORDS.intersection(beyond.split()))
 
 
 _NON_ASCII_TO_SPACE = bytes(range(128)) + b" " * 128
-
-
-def _start_words(text: str, words: set[bytes]) -> set[bytes]:
-    """`words` split again at non-ASCII characters: where a word starts, these hold the word,
-    whatever precedes it ("—send" gives "send")."""
-    if text.isascii():
-        return words
-    pieces = (word.translate(_NON_ASCII_TO_SPACE).split() for word in words if not word.isascii())
-    return {word for word in words if word.isascii()}.union(*pieces)
 
 
 _MAX_STARTS = 24  # more literal starts would cost more str.find passes than they save
@@ -454,14 +496,14 @@ class _Pattern:
     regex: re.Pattern[str]
     starts: tuple[tuple[str, frozenset[bytes] | None], ...] | None
 
-    def first(self, text: str, boundary: bool, start_words: set[bytes] | None) -> re.Match[str] | None:
+    def first(self, text: str, boundary: bool, start_words: frozenset[bytes] | None) -> re.Match[str] | None:
         """The first match, or with `boundary` the first at a word start (see _first_at_word_start).
-        `start_words`: _start_words of `text`, or None when not known."""
+        `start_words`: the second set of _words(text), or None when not known."""
         if self.starts is not None and not self._matches_at_a_start(text, boundary, start_words):
             return None
         return _first_at_word_start(self.regex, text) if boundary else self.regex.search(text)
 
-    def _matches_at_a_start(self, text: str, boundary: bool, start_words: set[bytes] | None) -> bool:
+    def _matches_at_a_start(self, text: str, boundary: bool, start_words: frozenset[bytes] | None) -> bool:
         match = self.regex.match
         for start, words in self.starts or ():
             if boundary and words is not None and start_words is not None and words.isdisjoint(start_words):
@@ -476,7 +518,9 @@ class _Pattern:
 
 # Gate substrings grouped by first character: a pass for the group's common prefix ("<") rules
 # out "<tool", "</tool", "<function"..., and one regex pass finds any of them where `in` would take
-# a pass each. The regex is None when the prefix is itself one of them.
+# a pass each. The regex is None when the prefix is itself one of them. It spells the prefix out
+# ("<(?:tool|/tool|...)"): the engine then jumps between its occurrences, where for "<tool|</tool"
+# it tests every character against each alternative's first one.
 _Substrings = tuple[tuple[str, re.Pattern[str] | None], ...]
 
 
@@ -486,7 +530,14 @@ def _substrings(items: Iterable[str]) -> _Substrings:
         by_first.setdefault(item[0], []).append(item)
     prefixes = [(os.path.commonprefix(same), same) for same in by_first.values()]  # noqa: RUF071 (not paths)
     return tuple(
-        (prefix, None if prefix in same else re.compile("|".join(map(re.escape, same))))
+        (
+            prefix,
+            None
+            if prefix in same
+            else re.compile(
+                re.escape(prefix) + "(?:" + "|".join(re.escape(s[len(prefix) :]) for s in same) + ")"
+            ),
+        )
         for prefix, same in prefixes
     )
 
@@ -505,7 +556,7 @@ class _Rule:
     gate: tuple[tuple[frozenset[bytes], _Substrings], ...]
     patterns: tuple[_Pattern, ...]
 
-    def opens(self, words: set[bytes], text: str) -> bool:
+    def opens(self, words: frozenset[bytes], text: str) -> bool:
         for group, substrings in self.gate:
             if group.isdisjoint(words):
                 for prefix, rest in substrings:
@@ -525,6 +576,26 @@ def _rule(symbol: str, gate: str, *alternatives: str) -> _Rule:
         groups.append((words, _substrings(i[1:].replace("+", " ") for i in items if i.startswith("~"))))
     patterns = tuple(_Pattern(regex, _starts(regex)) for regex in map(re.compile, alternatives))
     return _Rule(symbol, tuple(groups), patterns)
+
+
+class _RuleIndex:
+    """Rules in order, indexed by the words of their first gate group: a text's words pick the few
+    rules whose gates may open, where asking every rule costs a call per rule on every channel."""
+
+    def __init__(self, rules: tuple[_Rule, ...]) -> None:
+        self.rules = rules
+        # A first group with substrings can open without any of its words.
+        self.always = frozenset(index for index, rule in enumerate(rules) if rule.gate[0][1])
+        self.by_word: dict[bytes, list[int]] = {}
+        for index, rule in enumerate(rules):
+            for word in rule.gate[0][0]:
+                self.by_word.setdefault(word, []).append(index)
+
+    def candidates(self, words: frozenset[bytes]) -> list[_Rule]:
+        picked = set(self.always)
+        for word in words:
+            picked.update(self.by_word.get(word, ()))
+        return [self.rules[index] for index in sorted(picked)]
 
 
 _W = r"(?:[a-z0-9'’-]+ )"  # one word and its space: gaps are {0,n}, so matching stays linear
@@ -788,6 +859,18 @@ _WORD_RULES = (
         r"click (?:here|the link|below|this link) to reset your password\b",
     ),
 )
+_WORD_INDEX = _RuleIndex(_WORD_RULES)
+# What _words keeps: the gate words and the first words of literal starts.
+_RULE_WORDS = frozenset().union(
+    *(words for rule in _WORD_RULES for words, _ in rule.gate),
+    *(
+        words
+        for rule in _WORD_RULES
+        for pattern in rule.patterns
+        for _, words in pattern.starts or ()
+        if words
+    ),
+)
 _URGENCY = re.compile(
     r"\b(?:urgent(?:ly)?|immediately|asap|right (?:now|away)|within (?:the next )?(?:\d+|one|two|"
     r"twenty-four) (?:hours?|minutes?)|as soon as possible|time[- ]sensitive|without delay|act now|"
@@ -886,10 +969,10 @@ _ROLE_DIRECTIVE = re.compile(
 def _run_rules(
     rules: Iterable[_Rule],
     text: str,
-    words: set[bytes],
+    words: frozenset[bytes],
     hits: dict[str, str],
     boundary: bool = True,
-    start_words: set[bytes] | None = None,
+    start_words: frozenset[bytes] | None = None,
 ) -> None:
     for rule in rules:
         if rule.symbol in hits or not rule.opens(words, text):
@@ -914,24 +997,24 @@ def _instructions(text: str) -> dict[str, str]:
     """Instruction and markup symbols found in `text` -> a snippet of what matched."""
     text = text[: 4 * MAX_TEXT_CHARS]  # callers cap each part; this bounds a channel of several
     hits: dict[str, str] = {}
-    lowered = text.lower()
-    _run_rules(_MARKUP_RULES, lowered, set(), hits)
+    lowered = _lower(text)
+    _run_rules(_MARKUP_RULES, lowered, frozenset(), hits)
     _role_lines(lowered, hits)
     folded = _collapse(lowered if text.isascii() else _fold(text))
-    words = _words(folded)
-    _run_rules(_WORD_RULES, folded, words, hits, start_words=_start_words(folded, words))
+    words, start_words = _words(folded)
+    _run_rules(_WORD_INDEX.candidates(words), folded, words, hits, start_words=start_words)
     found = [s for s in hits if s in _INSTRUCTION_SYMBOLS]
     if found and not text.isascii():
         plain = _collapse(_unaccent(lowered))
         if plain != folded:  # lookalikes, compatibility forms or invisible characters changed something
             clear: dict[str, str] = {}
-            _run_rules([rule for rule in _WORD_RULES if rule.symbol in found], plain, _words(plain), clear)
+            _run_rules([rule for rule in _WORD_RULES if rule.symbol in found], plain, _words(plain)[0], clear)
             masked = [s for s in found if s not in clear]
             if masked:
                 hits.setdefault("INJ_OBFUSCATED", f"lookalike or invisible characters: {hits[masked[0]]}")
     squashed = _squash(folded)
     squashed_hits: dict[str, str] = {}
-    _run_rules(_SQUASHED_RULES, squashed, set(), squashed_hits, boundary=False)
+    _run_rules(_SQUASHED_RULES, squashed, frozenset(), squashed_hits, boundary=False)
     for symbol, snippet in squashed_hits.items():
         if symbol not in hits:
             hits[symbol] = snippet
@@ -1155,9 +1238,9 @@ def _tiny(css: Mapping[str, str]) -> bool | None:
 
 @dataclass(slots=True)
 class _Box:
-    """What an open element passes to its content (never changed; not frozen, which is slow to make)."""
+    """What an open element passes to its content (never changed, so elements share it; not
+    frozen, which is slow to make)."""
 
-    name: str
     sticky: str | None  # display:none and the like: nothing inside can undo it
     invisible: bool  # visibility:hidden, which a child can undo
     tiny: bool
@@ -1166,8 +1249,12 @@ class _Box:
     reason: str | None  # why text directly inside is hidden; None when visible
 
 
+# What an element says of its box (see _Box), None for what it leaves to its parent.
+_Own = tuple[str | None, bool | None, bool | None, _Rgb | str | None, _Rgb | str | None]
+_SAYS_NOTHING: _Own = (None, None, None, None, None)
 _DEFAULT_BG = "default"  # white, unless the stylesheet sets backgrounds we cannot attribute
-_ROOT = _Box("#root", None, False, False, None, _DEFAULT_BG, None)
+_ROOT = ("#root", _Box(None, False, False, None, _DEFAULT_BG, None))
+_Open = tuple[str, _Box]  # an open element's name and box
 
 
 class _HtmlView:
@@ -1187,10 +1274,12 @@ class _HtmlView:
         self.colours_unsure = False
         self.unknown_bg: set[str] = set()  # selectors that complex rules may give a background
         self._sizes = {"visible": 0, "hidden": 0, "comments": 0, "attributes": 0}
+        # Tags repeat ("<td class=x>" in every row): each distinct inside of a tag is parsed once,
+        # and what it says of the box (_own) is worked out once per name and stylesheet.
+        self._parsed: dict[str, tuple[dict[str, str], list[str], list[str]]] = {}
+        self._owns: dict[tuple[str, str], tuple[bool, _Own | None]] = {}
         self._walk(html)
-
-    def visible_text(self) -> str:
-        return "".join(self.visible)
+        self.visible_text = "".join(self.visible)
 
     def _keep(self, bucket: list[str], kind: str, text: str) -> None:
         if self._sizes[kind] < MAX_TEXT_CHARS:
@@ -1198,18 +1287,25 @@ class _HtmlView:
             self._sizes[kind] += len(text)
 
     def _walk(self, html: str) -> None:
-        stack = [_ROOT]
+        stack: list[_Open] = [_ROOT]
         open_names: dict[str, int] = {}
         position, end = 0, len(html)
         # Quotes that never close in a tag make each strict match scan its whole window; after a
         # few such tags ("<a b='>' x <a b='>' ...") every tag ends at its first ">".
         strict_budget = 32
+        sizes, visible = self._sizes, self.visible
         for _ in range(_MAX_HTML_TOKENS):
             if position >= end:
                 return
             lt = html.find("<", position)
             if lt != position:
-                self._text(stack[-1], html[position : lt if lt >= 0 else end])
+                text = html[position : lt if lt >= 0 else end]
+                if stack[-1][1].reason is None and "&" not in text:  # most text: _text, inlined
+                    if sizes["visible"] < MAX_TEXT_CHARS:
+                        visible.append(text)
+                        sizes["visible"] += len(text)
+                else:
+                    self._text(stack[-1][1], text)
             if lt < 0:
                 return
             tag = _TAG.match(html, lt, lt + _MAX_TAG_CHARS) if strict_budget > 0 else None
@@ -1217,20 +1313,24 @@ class _HtmlView:
                 tag = _LOOSE_TAG.match(html, lt)
                 strict_budget -= tag is not None
             if tag is None:
-                position = self._not_a_tag(html, lt, stack[-1])
+                position = self._not_a_tag(html, lt, stack[-1][1])
                 continue
             position = tag.end()
             closing, name, inside = tag.groups()
             name = name.lower()
             if name in _FAKE_TAGS or name.startswith("antml:"):
                 self.fake_tags.append(tag.group(0)[:_SNIPPET])
-            if name in _BLOCK:  # words either side of a block are apart, even when it is hidden
-                self._keep(self.visible, "visible", " ")
+            # Words either side of a block are apart, even when it is hidden (_keep, inlined).
+            if name in _BLOCK and sizes["visible"] < MAX_TEXT_CHARS:
+                visible.append(" ")
+                sizes["visible"] += 1
             if closing:
-                if open_names.get(name):
-                    while stack[-1].name != name:  # each pop undoes one push: linear overall
-                        self._pop(stack, open_names)
-                    self._pop(stack, open_names)
+                if open_names.get(name):  # then an element of that name is open, above the root
+                    popped = stack.pop()[0]  # each pop undoes one push: linear overall
+                    open_names[popped] -= 1
+                    while popped != name:
+                        popped = stack.pop()[0]
+                        open_names[popped] -= 1
                 continue
             attrs = self._attributes(inside) if inside and not inside.isspace() else {}
             if name in _RAW_TEXT:
@@ -1241,20 +1341,20 @@ class _HtmlView:
                 continue
             if name in _VOID:
                 continue
-            top = stack[-1]
-            if (top.name == "p" and name in _CLOSES_P) or top.name in _IMPLIED_END.get(name, ()):
+            top = stack[-1][0]
+            if (top == "p" and name in _CLOSES_P) or top in _IMPLIED_END.get(name, ()):
                 self._pop(stack, open_names)
-            if name == "tr" and stack[-1].name == "tr":
+            if name == "tr" and stack[-1][0] == "tr":
                 self._pop(stack, open_names)
             if len(stack) < _MAX_STACK:
-                stack.append(self._box(name, attrs, stack[-1]))
+                stack.append((name, self._box(name, inside, attrs, stack[-1][1])))
                 open_names[name] = open_names.get(name, 0) + 1
         self.rest = _STRIP_TAGS.sub(" ", html[position : position + MAX_TEXT_CHARS * 2])
 
     @staticmethod
-    def _pop(stack: list[_Box], open_names: dict[str, int]) -> None:
+    def _pop(stack: list[_Open], open_names: dict[str, int]) -> None:
         if len(stack) > 1:
-            open_names[stack.pop().name] -= 1
+            open_names[stack.pop()[0]] -= 1
 
     def _not_a_tag(self, html: str, lt: int, box: _Box) -> int:
         if html.startswith("<!--", lt):
@@ -1281,22 +1381,49 @@ class _HtmlView:
             self._keep(self.hidden.setdefault(box.reason, []), "hidden", text)
 
     def _attributes(self, inside: str) -> dict[str, str]:
-        attrs: dict[str, str] = {}
-        for key, double, single, bare in _ATTR.findall(inside, 0, _MAX_TAG_CHARS):
-            value = double or single or bare  # "" for a group that did not take part
-            attrs.setdefault(key.lower(), unescape(value) if "&" in value else value)
-        if attrs.keys().isdisjoint(_NOTED_ATTRS):  # most tags: class, style, width...
-            return attrs
-        for key in _TEXT_ATTRS:
-            if attrs.get(key, "").strip():
-                self._keep(self.attributes, "attributes", attrs[key] + "\n")
-        if attrs.get("type", "").lower() == "hidden" and attrs.get("value"):
-            self._keep(self.attributes, "attributes", attrs["value"] + "\n")
-        if len(self.urls) < _MAX_URLS:
-            self.urls += [attrs[key].strip() for key in _URL_ATTRS if attrs.get(key)]
+        parsed = self._parsed.get(inside)
+        if parsed is None:  # (the insides are disjoint parts of the HTML: the cache is no bigger)
+            parsed = self._parsed[inside] = _parse_attributes(inside)
+        attrs, texts, urls = parsed
+        for text in texts:
+            self._keep(self.attributes, "attributes", text)
+        if urls and len(self.urls) < _MAX_URLS:
+            self.urls += urls
         return attrs
 
-    def _box(self, name: str, attrs: Mapping[str, str], parent: _Box) -> _Box:
+    def _box(self, name: str, inside: str, attrs: Mapping[str, str], parent: _Box) -> _Box:
+        own = self._owns.get((name, inside))
+        if own is None:
+            own = self._owns[name, inside] = self._own(name, attrs)
+        bare, says = own
+        # Saying nothing, the element is its parent again. (The parent's reason came from the same
+        # fields, maybe before a stylesheet made colours unsure: then the colour check is made again,
+        # but for an element with neither attributes nor CSS, which always takes the parent's.)
+        if says is None and (bare or not self.colours_unsure or not isinstance(parent.fg, tuple)):
+            return parent
+        sticky, invisible, tiny, fg, bg = says or _SAYS_NOTHING
+        sticky = parent.sticky or sticky
+        invisible = parent.invisible if invisible is None else invisible
+        tiny = parent.tiny if tiny is None else tiny
+        fg = parent.fg if fg is None else fg
+        bg = parent.bg if bg is None else bg
+        reason = sticky or ("visibility:hidden" if invisible else None) or ("tiny font" if tiny else None)
+        if reason is None and fg == _TRANSPARENT:
+            reason = "transparent text"
+        elif reason is None and isinstance(fg, tuple):
+            under = _WHITE if bg == _DEFAULT_BG and not self.colours_unsure else bg
+            if (
+                isinstance(under, tuple)
+                and abs(fg[0] - under[0]) <= 16
+                and abs(fg[1] - under[1]) <= 16
+                and abs(fg[2] - under[2]) <= 16
+            ):
+                reason = "same colour as background"
+        return _Box(sticky, invisible, tiny, fg, bg, reason)
+
+    def _own(self, name: str, attrs: Mapping[str, str]) -> tuple[bool, _Own | None]:
+        """Whether the element has neither attributes nor CSS, and what its name, attributes and
+        the stylesheet say of its box before its parent counts (None: nothing)."""
         css: dict[str, str] = {}
         if self.rules or self.unknown_bg:  # a stylesheet
             keys = [name, *("." + cls.lower() for cls in attrs.get("class", "").split()[:20])]
@@ -1308,39 +1435,27 @@ class _HtmlView:
                 css.setdefault("background-image", "url()")
         if attrs.get("style"):
             css.update(_declarations(attrs["style"]))
-        if not css and not attrs and name != "template":
-            return _Box(
-                name, parent.sticky, parent.invisible, parent.tiny, parent.fg, parent.bg, parent.reason
-            )
-        sticky = parent.sticky or (_sticky_reason(css) if css else None)
-        if sticky is None and "hidden" in attrs:
-            sticky = "hidden attribute"
-        if sticky is None and name == "template":
-            sticky = "<template>"
+        sticky = (
+            (_sticky_reason(css) if css else None)
+            or ("hidden attribute" if "hidden" in attrs else None)
+            or ("<template>" if name == "template" else None)
+        )
         visibility = css.get("visibility")
-        invisible = parent.invisible if visibility is None else visibility.startswith(("hidden", "collapse"))
+        invisible = None if visibility is None else visibility.startswith(("hidden", "collapse"))
         tiny = _tiny(css) if css else None
-        tiny = parent.tiny if tiny is None else tiny
         fg = _colour(
             css.get("color") or attrs.get("color") or (attrs.get("text") if name == "body" else None)
         )
-        fg = parent.fg if fg is None else fg
         bg_value = css.get("background-color") or css.get("background") or attrs.get("bgcolor")
         bg = _background(bg_value) if bg_value else None
         if bg is None and (attrs.get("background") or "url(" in css.get("background-image", "")):
             bg = _UNKNOWN
-        bg = parent.bg if bg is None else bg
-        reason = sticky or ("visibility:hidden" if invisible else None) or ("tiny font" if tiny else None)
-        if reason is None and fg == _TRANSPARENT:
-            reason = "transparent text"
-        elif reason is None and isinstance(fg, tuple):
-            under = _WHITE if bg == _DEFAULT_BG and not self.colours_unsure else bg
-            if isinstance(under, tuple) and max(abs(a - b) for a, b in zip(fg, under, strict=True)) <= 16:
-                reason = "same colour as background"
-        return _Box(name, sticky, invisible, tiny, fg, bg, reason)
+        says = (sticky, invisible, tiny, fg, bg)
+        return not css and not attrs, None if says == _SAYS_NOTHING else says
 
     def _stylesheet(self, css: str) -> None:
         """Rules for plain tag, .class and #id selectors at top level (not inside @media)."""
+        self._owns.clear()  # new rules change what elements say
         css = _strip_css_comments(css[:MAX_TEXT_CHARS]).replace("<!--", " ").replace("-->", " ")
         depth, start, selector, in_at_rule = 0, 0, "", False
         for brace in re.finditer(r"[{}]", css):
@@ -1369,6 +1484,20 @@ class _HtmlView:
                         else:
                             self.unknown_bg.add(subject_key)
             start = brace.end()
+
+
+def _parse_attributes(inside: str) -> tuple[dict[str, str], list[str], list[str]]:
+    """A tag's attributes; the text of those that show text (alt, title...) and its URLs."""
+    attrs: dict[str, str] = {}
+    for key, double, single, bare in _ATTR.findall(inside, 0, _MAX_TAG_CHARS):
+        value = double or single or bare  # "" for a group that did not take part
+        attrs.setdefault(key.lower(), unescape(value) if "&" in value else value)
+    if attrs.keys().isdisjoint(_NOTED_ATTRS):  # most tags: class, style, width...
+        return attrs, [], []
+    texts = [attrs[key] + "\n" for key in _TEXT_ATTRS if attrs.get(key, "").strip()]
+    if attrs.get("type", "").lower() == "hidden" and attrs.get("value"):
+        texts.append(attrs["value"] + "\n")
+    return attrs, texts, [attrs[key].strip() for key in _URL_ATTRS if attrs.get(key)]
 
 
 def _simple_selector(selector: str) -> str | None:
@@ -1428,9 +1557,18 @@ def _printable_text(data: bytes) -> str | None:
     text = data.decode("utf-8", "replace")
     if not text:
         return None
-    printable = sum(1 for c in text if c.isprintable() or c in "\r\n\t")
-    letters = sum(1 for c in text if c.isalpha())
+    if text.isascii():  # then `data` is `text`: count by deleting bytes (C passes)
+        printable = len(data) - len(data.translate(None, _PRINTABLE_ASCII))
+        letters = len(data) - len(data.translate(None, _ASCII_LETTERS))
+    else:  # count each distinct character's test once
+        counts = Counter(text)
+        printable = sum(n for c, n in counts.items() if c.isprintable() or c in "\r\n\t")
+        letters = sum(n for c, n in counts.items() if c.isalpha())
     return text if printable >= 0.95 * len(text) and letters >= 0.5 * len(text) else None
+
+
+_PRINTABLE_ASCII = bytes(c for c in range(128) if chr(c).isprintable() or chr(c) in "\r\n\t")
+_ASCII_LETTERS = bytes(c for c in range(128) if chr(c).isalpha())
 
 
 def _base64_blobs(text: str) -> Iterable[str]:
@@ -1482,10 +1620,10 @@ class _Scan:
         if self.html:
             self.view = guard("html", None, _HtmlView, self.html)
         view = self.view
-        visible = "\n".join([self.subject, self.text, view.visible_text() if view else ""])
+        visible = "\n".join([self.subject, self.text, view.visible_text if view else ""])
         # What a human sees: the text body may be the HTML's text with its hidden parts included
         # (message.py), and preview lines there are padded with zero-width joiners.
-        shown = "\n".join([self.subject, view.visible_text() if view else self.text])
+        shown = "\n".join([self.subject, view.visible_text if view else self.text])
         hidden = "\n".join("".join(chunks) for chunks in view.hidden.values()) if view else ""
         comments = "\n".join(view.comments) if view else ""
         guard("characters", None, self._characters, visible, hidden, shown)
@@ -1635,7 +1773,8 @@ class _Scan:
                 if "?" in match.group(1):
                     self.scorer.add("INJ_MARKDOWN_IMAGE", repr(_snippet(match.group(0))))
                     break
-        for url in urls:
+        # A repeated URL adds nothing: every finding here has factor 1, so a repeat never replaces one.
+        for url in dict.fromkeys(urls):
             if url.lower().startswith("data:"):
                 data = _DATA_URL.match(url)
                 if data:
@@ -1663,7 +1802,7 @@ class _Scan:
         """About `limit` characters of what a human sees, cut at a word boundary."""
         if limit <= 0:
             return None
-        source = self.view.visible_text() if self.view is not None else ""
+        source = self.view.visible_text if self.view is not None else ""
         if source.isspace() or not source:
             source = self.text
         return excerpt_of(source, limit, _shown)
