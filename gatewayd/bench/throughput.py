@@ -6,6 +6,10 @@ with its checkpoint as soon as it is processed, as a watcher does. Throughput pe
 CPU-second of this process (all its threads: aiosqlite's, and any stage's `to_thread`). The
 share of each stage comes from the events' own `pipeline_ms`.
 
+The messages go through several passes, each after its own parsing-alone pass: the reported
+rate is the median pass (this VM's speed drifts within seconds), and the first pass, with the
+learning store's probability cache and the regex caches cold, is reported beside it.
+
 Baseline, same run: parsing alone (`gatewayd.message.parse`) over the same messages.
 """
 
@@ -29,8 +33,8 @@ from gatewayd.store.sqlite import SqliteEventStore
 
 NAME = "throughput"
 TITLE = "4. pipeline throughput (in process)"
-QUICK = {"messages": 100, "train": 0}
-FULL = {"messages": 3000, "train": 1}
+QUICK = {"messages": 100, "train": 0, "passes": 1}
+FULL = {"messages": 3000, "train": 1, "passes": 3}
 TARGET_PER_CORE = 1000.0
 CORPUS = Path("/work/shared/corpus/spamassassin")
 FETCH_MAX_BYTES = 262144
@@ -83,12 +87,12 @@ class _Timing:
 
 
 async def _measure(
-    pipeline: Pipeline, store: SqliteEventStore, mailbox: MailboxConfig, messages: list[bytes]
+    pipeline: Pipeline, store: SqliteEventStore, mailbox: MailboxConfig, messages: list[bytes], first_uid: int
 ) -> _Timing:
     """Process each message and append its event with its checkpoint, as a watcher does."""
     timing = _Timing(stage_ms={spec.stage.name: 0.0 for spec in pipeline.stages})
     cpu, wall = time.process_time(), time.perf_counter()
-    for uid, raw in enumerate(messages, 1):
+    for uid, raw in enumerate(messages, first_uid):
         t0 = time.perf_counter()
         event = await pipeline.process(mailbox, fetched(uid, raw))
         timing.process_s += time.perf_counter() - t0
@@ -143,26 +147,36 @@ async def run(bench: Bench, size: dict[str, float]) -> Result:
             f"learning store trained on {len(training)} messages in {time.monotonic() - started:.1f} s"
         )
 
-    # Baseline: parsing alone.
-    started = time.perf_counter()
-    for uid, raw in enumerate(messages, 1):
-        parse(fetched(uid, raw))
-    parse_only = len(messages) / (time.perf_counter() - started)
-
+    count = len(messages)
+    floors: list[float] = []
+    timings: list[_Timing] = []
     store = SqliteEventStore(workdir / "events.db")
     await store.open()
     try:
         async with bench.profile(NAME, os.getpid()):
-            timing = await _measure(pipeline, store, mailbox, messages)
+            for index in range(max(1, int(size["passes"]))):
+                # Baseline: parsing alone.
+                started = time.perf_counter()
+                for uid, raw in enumerate(messages, 1):
+                    parse(fetched(uid, raw))
+                floors.append(count / (time.perf_counter() - started))
+                # New UIDs each pass: an event whose dedupe key is known would skip its insert.
+                timings.append(await _measure(pipeline, store, mailbox, messages, index * count + 1))
     finally:
         await store.close()
         if learning is not None:
             learning.close()
+    rates = [count / t.cpu for t in timings]
+    median = sorted(range(len(rates)), key=rates.__getitem__)[len(rates) // 2]
+    timing, per_core, parse_only = timings[median], rates[median], floors[median]
     cpu, wall, process_s, store_s = timing.cpu, timing.wall, timing.process_s, timing.store_s
-    stage_ms, errors = timing.stage_ms, timing.errors
+    stage_ms, errors = timing.stage_ms, sum(t.errors for t in timings)
+    if len(rates) > 1:
+        result.note(
+            "passes (msg per CPU-second, parsing alone): "
+            + ", ".join(f"{rate:,.0f} ({floor:,.0f})" for rate, floor in zip(rates, floors, strict=True))
+        )
 
-    count = len(messages)
-    per_core = count / cpu
     result.add("messages", count)
     result.add(
         "throughput per core (msg per CPU-second)",
@@ -172,6 +186,8 @@ async def run(bench: Bench, size: dict[str, float]) -> Result:
         target=f">= {TARGET_PER_CORE:g}/s",
         met=per_core >= TARGET_PER_CORE,
     )
+    if len(rates) > 1:
+        result.add("throughput per core, first pass (caches cold)", rates[0], "msg/s", floor=floors[0])
     result.add("throughput, wall clock", count / wall, "msg/s")
     result.add("CPU / wall", cpu / wall, "cores")
     stages_s = sum(stage_ms.values()) / 1000
@@ -182,6 +198,7 @@ async def run(bench: Bench, size: dict[str, float]) -> Result:
     result.add("mean per message: pipeline.process", 1000 * process_s / count, "ms")
     result.add("mean per message: store", 1000 * store_s / count, "ms")
     if errors:
-        result.note(f"{errors} stage errors or timeouts (pipeline_errors) among {count} messages")
+        total = count * len(timings)
+        result.note(f"{errors} stage errors or timeouts (pipeline_errors) among {total} messages")
     result.add("stage errors", errors)
     return result
