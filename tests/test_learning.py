@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import random
 import threading
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tlsh
 
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline import learning
@@ -256,6 +258,133 @@ def test_tokens_skip_relays_and_corpus_artefacts() -> None:
     assert {"num:4", "num:$2", "num:$4", "agent#", "skip:a:30"} <= set(tokens)  # numbers by size
     assert {"subject:price", "from:example.com"} <= set(tokens)
     assert len(tokens) == len(set(tokens))
+
+
+def test_tokens_of_links_addresses_and_numbers() -> None:
+    raw = (
+        "From: Shop <deals@mail.shop.example>\r\nTo: a@example.org\r\n"
+        "Subject: Re: Your ORDER 1234 shipped\r\n"
+        'Message-ID: <x@y>\r\nContent-Type: multipart/alternative; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        "See https://track.shop.example/p/abc?id=9 or www.mirror.example/x, ftp://10.0.0.1/f and "
+        "mail help@support.shop.example. Total: $1,299.95 (20% off) naïve café\r\n"
+        "--b\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        '<p>See <a href="http://cdn.other.example/img">here</a></p>\r\n--b--\r\n'
+    ).encode()
+    item = parse(FetchedMessage("INBOX", 1, 1, raw, len(raw), (), None))
+    # Order matters too: it decides which tokens MAX_TOKENS keeps.
+    assert tokenize(item) == [
+        *("from:shop.example", "from-name:yes", "recipients:1", "subject:is-reply", "header:date:missing"),
+        *("content-type:multipart/alternative", "subject:your", "subject:order", "subject:shipped"),
+        *("subject:num:4", "url:shop.example", "url:mirror.example", "url:ip", "url:other.example"),
+        *("email:shop.example", "see", "and", "mail", "total", "off", "naïve", "café", "skip:h:20"),
+        *("num:$4", "num:2"),
+    ]
+
+
+def test_header_end_is_the_first_blank_line() -> None:
+    assert learning._header_end(b"A: 1\r\n\r\nbody\n\nmore") == 5
+    assert learning._header_end(b"A: 1\n\nbody\r\n\r\nmore") == 4
+    assert learning._header_end(b"A: 1\r\nB: 2") == len(b"A: 1\r\nB: 2")
+
+
+def test_bayes_combines_the_strongest_clues_first_come_first(tmp_path: Path) -> None:
+    # Words seen once, in one spam or one ham, are clues of the same strength (0.75 and 0.25 when
+    # as many spam as ham were trained); "strongword", in five spam, is stronger. With more than
+    # MAX_CLUES clues the strongest must be combined, and of equally strong ones the first.
+    with LearningStore(tmp_path / "learning.sqlite", min_training=20) as store:
+        for n in range(learning.MAX_CLUES):
+            store.train(message("s", f"spam{_letters(n)} " + ("strongword" if n < 5 else "")), "spam")
+            store.train(message("h", f"ham{_letters(n)}"), "ham")
+        few = message("x", " ".join(["strongword", *(f"ham{_letters(n)}" for n in range(20))]))
+        many = message(
+            "x",
+            " ".join(
+                [*(f"ham{_letters(n)}" for n in range(100)), *(f"spam{_letters(n)}" for n in range(100))]
+            )
+            + " strongword",
+        )
+        clues = [
+            t for t in tokenize(many) if abs(_probability(store, t) - 0.5) >= learning.MIN_TOKEN_STRENGTH
+        ]
+        assert len(clues) > learning.MAX_CLUES
+        for item in (few, many, few, many):  # the second time from the cache
+            assert store.bayes(item) == _reference_bayes(store, tokenize(item))
+        # Not merely the first MAX_CLUES in the message, nor the 0.25s and 0.75s in another order.
+        first = tokenize(many)[: learning.MAX_CLUES]
+        assert store.bayes(many) != chi2_combine([_probability(store, t) for t in first])
+
+
+def _letters(n: int) -> str:
+    """A word for `n` (tokens do not keep digits)."""
+    return "".join(chr(97 + n // 26**i % 26) for i in range(3))
+
+
+def _probability(store: LearningStore, token: str) -> float:
+    spam, ham = store.token_counts(token)
+    if not spam and not ham:
+        return 0.5
+    counts = store.counts()
+    return learning._robinson(spam, ham, counts["spam"], counts["ham"])
+
+
+def _reference_bayes(store: LearningStore, tokens: list[str]) -> float:
+    """Scoring as first written: a loop over the tokens, heapq.nlargest, chi2_combine."""
+    above, below = 0.5 + learning.MIN_TOKEN_STRENGTH, 0.5 - learning.MIN_TOKEN_STRENGTH
+    clues = [f for f in (_probability(store, t) for t in tokens) if f >= above or f <= below]
+    if len(clues) > learning.MAX_CLUES:
+        clues = heapq.nlargest(learning.MAX_CLUES, clues, key=lambda f: abs(f - 0.5))
+    return chi2_combine(clues)
+
+
+def test_unseen_tokens_are_cached_within_bounds(
+    store: LearningStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ham, spam = corpus(25, seed=7)
+    for h, s in zip(ham, spam, strict=True):
+        store.train(h, "ham")
+        store.train(s, "spam")
+    known = store.counts()["tokens"]
+    # Each probe has 400 words never trained, far more than the 10 unseen tokens allowed below.
+    probes = [
+        message(
+            "Offer", " ".join([*SPAM_WORDS, *(f"novel{_letters(n)}" for n in range(k * 400, k * 400 + 400))])
+        )
+        for k in range(5)
+    ]
+    expected = [store.bayes(probe) for probe in probes]
+    assert expected == [store.bayes(probe) for probe in probes]  # from the cache
+    # Only a token not yet cached grows the cache, and that is when it is cleared if too large.
+    monkeypatch.setattr(learning, "MAX_UNSEEN_CACHED", 10)
+    store.bayes(message("Other", "unheardof"))
+    assert len(store._clues) <= len(tokenize(message("Other", "unheardof")))
+    for _ in range(2):
+        for probe, score in zip(probes, expected, strict=True):
+            assert store.bayes(probe) == score
+            assert len(store._clues) <= known + 10 + len(tokenize(probe))
+
+
+def test_signature_match_reports_the_nearest_signature(tmp_path: Path) -> None:
+    # Variants of different lengths fall into different TLSH length buckets; with a wide distance
+    # many buckets are searched, and the nearest signature must be found whichever bucket has it.
+    rng = random.Random(9)
+
+    def variant() -> str:
+        extra = " ".join(rng.choice(SPAM_WORDS + COMMON) for _ in range(rng.randrange(0, 400)))
+        return SPAM_LETTER.format(n=rng.randrange(1000)) + " " + extra
+
+    trained = [variant() for _ in range(40)]
+    with LearningStore(tmp_path / "learning.sqlite", signature_distance=300) as store:
+        for text in trained:
+            store.train(message("Pharmacy", text), "spam")
+        signatures = [learning.signature(message("P", text)) for text in trained]
+        for _ in range(20):
+            probe = message("Pharmacy", variant())
+            probe_signature = learning.signature(probe)
+            assert probe_signature is not None
+            nearest = min(tlsh.diff(probe_signature, known) for known in signatures if known)
+            expected = f"tlsh distance {nearest} to a message reported as spam" if nearest <= 300 else None
+            assert store.signature_match(probe) == expected
 
 
 def test_chi2_combine() -> None:

@@ -32,7 +32,6 @@ rssfeeds@spamassassin.taint.org). A deployment's own relays cannot become spam e
 from __future__ import annotations
 
 import hashlib
-import heapq
 import logging
 import math
 import re
@@ -40,6 +39,8 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,9 @@ MIN_TOKEN_STRENGTH = 0.1
 _CLUE_ABOVE, _CLUE_BELOW = 0.5 + MIN_TOKEN_STRENGTH, 0.5 - MIN_TOKEN_STRENGTH
 # The most interesting tokens combined per message (SpamBayes uses 150).
 MAX_CLUES = 150
+# Tokens no message was trained with are cached as such too, so that scoring them again costs no
+# Python work; up to this many (about 5 MB) beyond the known tokens.
+MAX_UNSEEN_CACHED = 50_000
 # Text tokenised per message at most, and tokens kept: bounds the cost of hostile mail.
 MAX_TOKEN_TEXT = 64 * 1024
 MAX_TOKENS = 3000
@@ -105,9 +109,9 @@ class LearningStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
         self._tokens: dict[str, tuple[int, int]] = {}  # token -> (spam, ham) messages
-        # Robinson probabilities of tokens scored since the counts last changed: most tokens of a
-        # message were seen in earlier ones, so scoring rarely computes one.
-        self._probabilities: dict[str, float] = {}
+        # What tokens scored since the counts last changed say (see _clue): most tokens of a message
+        # were met in earlier ones, so scoring rarely computes one.
+        self._clues: dict[str, _Clue] = {}
         self._nspam = self._nham = 0
         # Signatures bucketed by TLSH length value: a length value more than distance/12 apart
         # alone puts a pair beyond the distance, so only neighbouring buckets are scanned.
@@ -138,21 +142,20 @@ class LearningStore:
                 return None
         tokens = tokenize(message)
         with self._lock:
-            nspam, nham = self._nspam, self._nham
-            counts, cache = self._tokens, self._probabilities
-            clues: list[float] = []
-            for token in tokens:
-                f = cache.get(token)
-                if f is None:
-                    found = counts.get(token)
-                    if found is None:
-                        continue  # an unseen token scores exactly the prior: never a clue
-                    f = cache[token] = _robinson(found[0], found[1], nspam, nham)
-                if f >= _CLUE_ABOVE or f <= _CLUE_BELOW:
-                    clues.append(f)
+            cache = self._clues
+            # Looked up in C; only tokens not met since the counts last changed cost Python work.
+            found = list(map(cache.get, tokens))
+            if None in found:
+                self._find_clues(tokens, found)
+        clues = list(filter(None, found))  # a token that is no clue is cached as ()
         if len(clues) > MAX_CLUES:
-            clues = heapq.nlargest(MAX_CLUES, clues, key=lambda f: abs(f - 0.5))
-        return chi2_combine(clues)
+            # What heapq.nlargest(MAX_CLUES, ...) by strength gives: sorted() is stable with
+            # reverse=True, so equally strong clues keep their order there too.
+            clues = sorted(clues, key=itemgetter(0), reverse=True)[:MAX_CLUES]
+        if not clues:
+            return 0.5
+        _, not_spam_logs, spam_logs = zip(*clues, strict=True)
+        return _fisher(not_spam_logs, spam_logs)
 
     def signature_match(self, message: ParsedMessage) -> str | None:
         """Why the body is a near duplicate of a message reported as spam, or None."""
@@ -266,6 +269,18 @@ class LearningStore:
     # -----------------------------------------------------------------------------------------
     # Internals; all called with the lock held
 
+    def _find_clues(self, tokens: list[str], found: list[_Clue | None]) -> None:
+        """Fill in `found` where it is None, and cache what was filled in."""
+        cache, counts, nspam, nham = self._clues, self._tokens, self._nspam, self._nham
+        if len(cache) > len(counts) + MAX_UNSEEN_CACHED:
+            cache.clear()  # unseen tokens are cached too: bound what a stream of new words can add
+        for i, token in enumerate(tokens):
+            if found[i] is None:
+                counted = counts.get(token)
+                # An unseen token scores exactly the prior: never a clue.
+                clue = () if counted is None else _clue(_robinson(counted[0], counted[1], nspam, nham))
+                found[i] = cache[token] = clue
+
     def _write_tokens(self, deltas: dict[str, list[int]], totals: list[int]) -> None:
         self._db.executemany(
             "UPDATE learn_meta SET value = MAX(0, value + ?) WHERE key = ?",
@@ -315,7 +330,7 @@ class LearningStore:
         self, deltas: dict[str, list[int]], totals: list[int], added: dict[str, str], removed: set[str]
     ) -> None:
         """Bring memory in line with a committed training."""
-        self._probabilities = {}  # every probability depends on the message totals
+        self._clues = {}  # every probability depends on the message totals
         self._nspam, self._nham = max(0, self._nspam + totals[0]), max(0, self._nham + totals[1])
         tokens = self._tokens
         for token, (s, h) in deltas.items():
@@ -347,14 +362,27 @@ class LearningStore:
         runs in C): fine up to some tens of thousands of reported spam.
         """
         probe = _tlsh(text)
-        nearest = min(
-            (min(map(probe.diff, b.values()), default=999) for b in self._neighbours(probe)), default=999
-        )
-        return nearest if nearest <= self.signature_distance else None
+        nearest: float = math.inf
+        # Nearest lengths first: every distance to a bucket k length values away is at least
+        # _length_distance(k), so once that is no less than the nearest found, farther buckets
+        # cannot hold a nearer signature (a near duplicate mostly has the same length value).
+        for k in range(self._reach() + 1):
+            if _length_distance(k) >= nearest:
+                break
+            for step in {k, -k}:
+                bucket = self._signatures.get((probe.lvalue + step) % 256)
+                if bucket:
+                    nearest = min(nearest, *map(probe.diff, bucket.values()))
+        if nearest == math.inf:
+            nearest = 999  # no signature of a length within reach
+        return int(nearest) if nearest <= self.signature_distance else None
+
+    def _reach(self) -> int:
+        # Each length step beyond the first adds 12 to the distance: farther buckets cannot match.
+        return max(1, self.signature_distance // 12)
 
     def _neighbours(self, probe: tlsh.Tlsh) -> Iterator[dict[str, tlsh.Tlsh]]:
-        # Each length step beyond the first adds 12 to the distance: farther buckets cannot match.
-        reach = max(1, self.signature_distance // 12)
+        reach = self._reach()
         for step in range(-reach, reach + 1):
             bucket = self._signatures.get((probe.lvalue + step) % 256)
             if bucket:
@@ -370,7 +398,7 @@ class LearningStore:
         if version == self._data_version:
             return
         self._data_version = version
-        self._probabilities = {}
+        self._clues = {}
         db = self._db
         meta = dict(db.execute("SELECT key, value FROM learn_meta").fetchall())
         self._nspam, self._nham = meta.get("nspam", 0), meta.get("nham", 0)
@@ -440,16 +468,32 @@ def _robinson(spam: int, ham: int, nspam: int, nham: int) -> float:
     return (PRIOR_STRENGTH * PRIOR_PROBABILITY + (spam + ham) * p) / (PRIOR_STRENGTH + spam + ham)
 
 
+# A token as a clue: (strength, log(1 - f), log(f)) of its probability f; () when it is no clue.
+_Clue = tuple[float, ...]
+
+
+def _clue(f: float) -> _Clue:
+    if _CLUE_BELOW < f < _CLUE_ABOVE:
+        return ()
+    # The logs chi2_combine takes, computed once per token rather than per message.
+    return (abs(f - 0.5), math.log(1.0 - f), math.log(f))
+
+
 def chi2_combine(probabilities: Sequence[float]) -> float:
     """Fisher's combination as in SpamBayes: how unlike ham minus how unlike spam, mapped to [0, 1].
 
     Near 0 or 1 when the clues agree; near 0.5 both when there are none and when they conflict.
     """
-    n = len(probabilities)
+    return _fisher([math.log(1.0 - f) for f in probabilities], [math.log(f) for f in probabilities])
+
+
+def _fisher(not_spam_logs: Sequence[float], spam_logs: Sequence[float]) -> float:
+    """chi2_combine from log(1 - f) and log(f) of each clue."""
+    n = len(spam_logs)
     if not n:
         return 0.5
-    spamminess = 1.0 - _chi2q(-2.0 * sum(math.log(1.0 - f) for f in probabilities), 2 * n)
-    hamminess = 1.0 - _chi2q(-2.0 * sum(math.log(f) for f in probabilities), 2 * n)
+    spamminess = 1.0 - _chi2q(-2.0 * sum(not_spam_logs), 2 * n)
+    hamminess = 1.0 - _chi2q(-2.0 * sum(spam_logs), 2 * n)
     return (spamminess - hamminess + 1.0) / 2.0
 
 
@@ -486,14 +530,23 @@ def tokenize(message: ParsedMessage) -> list[str]:
     text = message.text[:MAX_TOKEN_TEXT].lower()
     html = (message.html or "")[:MAX_TOKEN_TEXT].lower()
     # Links count by their domain only: paths and tracking parameters are unique per message.
-    for host in dict.fromkeys(_URL.findall(text) + _URL.findall(html)):
-        tokens.append("url:" + _domain(host))
-    text = _URL.sub(" ", text)
+    # Every link has "://" or "www.": most texts need no regex pass. One split() both finds the
+    # hosts (its group) and cuts the links out (joining the rest with spaces, as sub(" ") would).
+    hosts: list[str] = []
+    if "://" in text or "www." in text:
+        parts = _URL.split(text)
+        hosts, text = parts[1::2], " ".join(parts[::2])
+    if "://" in html or "www." in html:
+        hosts += _URL.findall(html)
+    tokens += ["url:" + _domain(host) for host in dict.fromkeys(hosts)]
     tokens += ["email:" + _domain(host) for host in dict.fromkeys(_EMAIL.findall(text))]
     tokens += _words(text)
+    # Hardly a message has an artefact: one search of all tokens at once, filtered only when found.
     a, b = ARTEFACTS
-    unique = dict.fromkeys([t for t in tokens if a not in t and b not in t])
-    return list(unique)[:MAX_TOKENS]
+    joined = "\n".join(tokens)
+    if a in joined or b in joined:
+        tokens = [t for t in tokens if a not in t and b not in t]
+    return list(dict.fromkeys(tokens))[:MAX_TOKENS]
 
 
 def _words(text: str) -> list[str]:
@@ -501,7 +554,8 @@ def _words(text: str) -> list[str]:
 
     Comprehensions rather than one loop: this is most of the cost of scoring a message.
     """
-    found = dict.fromkeys([w.strip(_STRIP) for w in dict.fromkeys(text.split())])
+    # Stripping every word in C costs less than removing repeats first (a pass over a dict).
+    found = dict.fromkeys(map(str.strip, text.split(), repeat(_STRIP)))
     words = [w for w in found if 2 < len(w) <= 20 and w.isalpha()]
     for word in [w for w in found if len(w) > 2 and not (len(w) <= 20 and w.isalpha())]:
         if _NUMBER.fullmatch(word):  # amounts and counts by their size, not their value
@@ -537,8 +591,8 @@ def _header_tokens(message: ParsedMessage) -> list[str]:
     subject = data.get("subject") or ""
     if subject[:3].lower() in ("re:", "aw:", "sv:"):
         tokens.append("subject:is-reply")
-    letters = [c for c in subject if c.isalpha()]
-    if len(letters) >= 8 and all(c.isupper() for c in letters):
+    letters = list(filter(str.isalpha, subject))  # in C, not a loop per character
+    if len(letters) >= 8 and all(map(str.isupper, letters)):
         tokens.append("subject:all-caps")
     # Absence is the signal for some headers, presence for others; not both, they would count twice.
     tokens += [f"header:{name}:missing" for name in ("message-id", "date") if not headers.get(name)]
@@ -586,6 +640,11 @@ def signature(message: ParsedMessage) -> str | None:
     return digest if digest and digest != "TNULL" else None
 
 
+def _length_distance(steps: int) -> int:
+    """The part of a TLSH distance that comes from length values `steps` apart (as in TLSH)."""
+    return steps if steps <= 1 else 12 * steps
+
+
 def _reputation_address(message: ParsedMessage) -> str | None:
     address = from_address(message.data)
     return None if address is None or any(a in address for a in ARTEFACTS) else address
@@ -605,7 +664,12 @@ def message_digest(message: ParsedMessage) -> str:
     return hashlib.sha256(mid + b"\x00" + hashlib.sha256(body).digest()).hexdigest()
 
 
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+
+
 def _header_end(raw: bytes) -> int:
     """Where the header block of `raw` ends (the whole of it when there is no body)."""
-    ends = [i for i in (raw.find(b"\n\n"), raw.find(b"\n\r\n")) if i >= 0]
-    return min(ends) if ends else len(raw)
+    # One regex search stops at the first blank line; find() of the form that is absent (CRLF in
+    # LF mail, say) would scan the whole body.
+    blank = _BLANK_LINE.search(raw)
+    return blank.start() if blank else len(raw)
