@@ -1,0 +1,162 @@
+"""CSS as the HTML view reads it: colours, lengths, declarations, and what a style hides."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+_STYLE_PROPS = frozenset(
+    {"display", "visibility", "opacity", "font-size", "font", "color", "background", "background-color"}
+    | {"background-image", "height", "max-height", "width", "max-width", "overflow", "position", "left"}
+    | {"top", "right", "bottom", "text-indent", "clip", "clip-path", "transform", "margin-left", "margin-top"}
+)
+
+Rgb = tuple[int, int, int]
+TRANSPARENT = "transparent"
+UNKNOWN = "unknown"  # a background image or colour we cannot read: no colour verdict
+WHITE: Rgb = (255, 255, 255)
+_NAMED_COLOURS: dict[str, Rgb] = {
+    "white": WHITE, "black": (0, 0, 0), "snow": (255, 250, 250), "ivory": (255, 255, 240),
+    "whitesmoke": (245, 245, 245), "ghostwhite": (248, 248, 255), "azure": (240, 255, 255),
+    "mintcream": (245, 255, 250), "floralwhite": (255, 250, 240), "seashell": (255, 245, 238),
+    "aliceblue": (240, 248, 255), "honeydew": (240, 255, 240), "lavenderblush": (255, 240, 245),
+    "linen": (250, 240, 230), "red": (255, 0, 0), "green": (0, 128, 0), "blue": (0, 0, 255),
+    "gray": (128, 128, 128), "grey": (128, 128, 128), "silver": (192, 192, 192),
+    "yellow": (255, 255, 0), "navy": (0, 0, 128), "orange": (255, 165, 0), "maroon": (128, 0, 0),
+    "purple": (128, 0, 128), "lightgray": (211, 211, 211), "lightgrey": (211, 211, 211),
+    "darkgray": (169, 169, 169), "darkgrey": (169, 169, 169),
+}  # fmt: skip
+_HEX_COLOUR = re.compile(r"#?([0-9a-f]{8}|[0-9a-f]{6}|[0-9a-f]{3,4})(?![0-9a-z])")
+_RGB_COLOUR = re.compile(
+    r"rgba?\(\s*(\d{1,3})%?\s*[, ]\s*(\d{1,3})%?\s*[, ]\s*(\d{1,3})%?\s*(?:[,/]\s*([\d.]{1,8})(%?))?"
+)
+_LENGTH = re.compile(r"\s*(-?\d{0,6}\.?\d{1,6})\s*(px|pt|em|rem|%|ex|ch|vw|vh|cm|mm|in|pc)?")
+_PX_PER = {"px": 1.0, "pt": 4 / 3, "em": 16.0, "rem": 16.0, "%": 0.16, "ex": 8.0, "ch": 8.0, "vw": 10.0,
+           "vh": 10.0, "cm": 37.8, "mm": 3.78, "in": 96.0, "pc": 16.0, "": 1.0}  # fmt: skip
+
+
+def colour(value: str | None) -> Rgb | str | None:
+    """A CSS or HTML colour value: RGB, TRANSPARENT, or None when unreadable."""
+    if not value:
+        return None
+    value = value.strip().lower()
+    if value.startswith("transparent"):
+        return TRANSPARENT
+    match = _HEX_COLOUR.match(value)
+    if match and (value.startswith("#") or len(match.group(1)) == 6):
+        digits = match.group(1)
+        if len(digits) in (3, 4):
+            digits = "".join(c * 2 for c in digits)
+        if len(digits) == 8 and int(digits[6:], 16) <= 16:
+            return TRANSPARENT
+        return (int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16))
+    match = _RGB_COLOUR.match(value)
+    if match:
+        red, green, blue, alpha, percent = match.groups()
+        if alpha:
+            try:
+                if float(alpha) / (100 if percent else 1) <= 0.05:
+                    return TRANSPARENT
+            except ValueError:
+                pass
+        return (min(int(red), 255), min(int(green), 255), min(int(blue), 255))
+    return _NAMED_COLOURS.get(value.split()[0] if value.split() else "")
+
+
+_COLOUR_IN_VALUE = re.compile(r"#[0-9a-f]{3,8}(?![0-9a-z])|rgba?\(")
+
+
+def background(value: str) -> Rgb | str | None:
+    """The colour of a background (shorthand) value; UNKNOWN for images; None to inherit."""
+    value = value.strip().lower()[:300]
+    found = _COLOUR_IN_VALUE.search(value)
+    if found:
+        return colour(value[found.start() :]) or UNKNOWN
+    for token in re.split(r"[\s,]+", value):
+        if token in _NAMED_COLOURS:
+            return _NAMED_COLOURS[token]
+    if "url(" in value or "gradient" in value:
+        return UNKNOWN
+    if not value or value.startswith(("transparent", "none", "inherit", "initial", "unset")):
+        return None
+    return UNKNOWN
+
+
+def _px(value: str | None) -> float | None:
+    if not value:
+        return None
+    match = _LENGTH.match(value)
+    if not match:
+        return None
+    try:
+        return float(match.group(1)) * _PX_PER[match.group(2) or ""]
+    except ValueError:
+        return None
+
+
+def strip_css_comments(css: str) -> str:
+    """CSS without /* comments */ ("display:/**/none"), in one pass."""
+    if "/*" not in css:
+        return css
+    kept, position = [], 0
+    while position >= 0:
+        start = css.find("/*", position)
+        kept.append(css[position : start if start >= 0 else len(css)])
+        end = css.find("*/", start + 2) if start >= 0 else -1
+        position = end + 2 if end >= 0 else -1
+    return "".join(kept)
+
+
+def declarations(style: str) -> dict[str, str]:
+    """The CSS declarations we look at, comments and !important dropped."""
+    style = strip_css_comments(style[:4000])
+    found = {}
+    for declaration in style.split(";"):
+        prop, colon, value = declaration.partition(":")
+        prop = prop.strip().lower()
+        if colon and prop in _STYLE_PROPS:
+            found[prop] = value.lower().replace("!important", "").strip()
+    return found
+
+
+_CLIPPED_AWAY = re.compile(r"rect\(\s*0|inset\(\s*50%|circle\(\s*0")  # compiled: a call per element
+
+
+def sticky_reason(css: Mapping[str, str]) -> str | None:
+    """Why an element hides everything in it, whatever its children say; None if it does not."""
+    if css.get("display", "").startswith("none"):
+        return "display:none"
+    opacity = css.get("opacity")
+    if opacity:
+        number = _px(opacity.rstrip("%"))
+        if number is not None and number / (100 if opacity.endswith("%") else 1) <= 0.05:
+            return "opacity:0"
+    if css.get("overflow", "").startswith(("hidden", "clip")) and any(
+        _px(css.get(prop)) == 0 for prop in ("height", "max-height", "width", "max-width")
+    ):
+        return "zero size"
+    offsets = ("left", "top", "right", "bottom", "margin-left", "margin-top")
+    if css.get("position", "").startswith(("absolute", "fixed")) and any(
+        (_px(css.get(prop)) or 0) <= -500 for prop in offsets
+    ):
+        return "off-screen"
+    if (_px(css.get("text-indent")) or 0) <= -500:
+        return "off-screen"
+    clip = css.get("clip", "") + css.get("clip-path", "")
+    if _CLIPPED_AWAY.match(clip):
+        return "clipped"
+    if css.get("transform", "").startswith("scale(0"):
+        return "scaled to zero"
+    return None
+
+
+def tiny(css: Mapping[str, str]) -> bool | None:
+    """Whether a font-size makes text unreadable; None when the element sets no size."""
+    size = css.get("font-size")
+    if size is None and "font" in css:  # the shorthand: "bold 0/0 a" hides text too
+        tokens = css["font"].replace("/", " ").split()
+        size = next((t for t in tokens if t[:1].isdigit() or t[:1] == "."), None)
+    if size is None:
+        return None
+    px = _px(size)
+    return px is not None and px <= 2
