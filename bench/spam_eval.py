@@ -83,7 +83,7 @@ def trained_scores(
 ) -> list[Scored]:
     """k-fold with a LearningStore: train on k-1 folds, score the held-out one.
 
-    HOOK for the learning module (gatewayd/pipeline/learning.py), imported lazily so that the
+    HOOK for the learning package (gatewayd/pipeline/learning/), imported lazily so that the
     untrained evaluation works without it.
 
     Prints, besides: the learning store's own numbers (Bayes precision and recall at p > 0.99 and

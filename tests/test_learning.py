@@ -15,6 +15,9 @@ import tlsh
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline import learning
 from gatewayd.pipeline.learning import LearningStore, chi2_combine, learn_from_dirs, tokenize
+from gatewayd.pipeline.learning import store as learning_store
+from gatewayd.pipeline.learning.combine import robinson
+from gatewayd.pipeline.learning.signatures import header_end
 
 COMMON = ["the", "and", "for", "with", "this", "that", "you", "your", "please", "will", "have", "about"]
 HAM_WORDS = [
@@ -238,7 +241,7 @@ def test_concurrent_training_keeps_counts_consistent(tmp_path: Path) -> None:
 
 
 def test_training_by_another_process_is_noticed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(learning, "RELOAD_CHECK_SECONDS", 0.0)
+    monkeypatch.setattr(learning_store, "RELOAD_CHECK_SECONDS", 0.0)
     path = tmp_path / "learning.sqlite"
     with LearningStore(path, min_training=20) as daemon, LearningStore(path, min_training=20) as cli:
         assert daemon.signature_match(message("Pharmacy", SPAM_LETTER.format(n=2))) is None
@@ -283,9 +286,9 @@ def test_tokens_of_links_addresses_and_numbers() -> None:
 
 
 def test_header_end_is_the_first_blank_line() -> None:
-    assert learning._header_end(b"A: 1\r\n\r\nbody\n\nmore") == 5
-    assert learning._header_end(b"A: 1\n\nbody\r\n\r\nmore") == 4
-    assert learning._header_end(b"A: 1\r\nB: 2") == len(b"A: 1\r\nB: 2")
+    assert header_end(b"A: 1\r\n\r\nbody\n\nmore") == 5
+    assert header_end(b"A: 1\n\nbody\r\n\r\nmore") == 4
+    assert header_end(b"A: 1\r\nB: 2") == len(b"A: 1\r\nB: 2")
 
 
 def test_bayes_combines_the_strongest_clues_first_come_first(tmp_path: Path) -> None:
@@ -325,7 +328,7 @@ def _probability(store: LearningStore, token: str) -> float:
     if not spam and not ham:
         return 0.5
     counts = store.counts()
-    return learning._robinson(spam, ham, counts["spam"], counts["ham"])
+    return robinson(spam, ham, counts["spam"], counts["ham"])
 
 
 def _reference_bayes(store: LearningStore, tokens: list[str]) -> float:
@@ -355,7 +358,7 @@ def test_unseen_tokens_are_cached_within_bounds(
     expected = [store.bayes(probe) for probe in probes]
     assert expected == [store.bayes(probe) for probe in probes]  # from the cache
     # Only a token not yet cached grows the cache, and that is when it is cleared if too large.
-    monkeypatch.setattr(learning, "MAX_UNSEEN_CACHED", 10)
+    monkeypatch.setattr(learning_store, "MAX_UNSEEN_CACHED", 10)
     store.bayes(message("Other", "unheardof"))
     assert len(store._clues) <= len(tokenize(message("Other", "unheardof")))
     for _ in range(2):

@@ -1,78 +1,30 @@
-"""What the spam stage learns from reports: Bayes token counts, spam signatures, sender reputation.
-
-One SQLite file (WAL) holds it all; `LearningStore` is what `gatewayd.pipeline.spam` calls through its
-`Learning` protocol, from worker threads (`asyncio.to_thread`) and from `gatewayd learn`.
-
-- Bayes: Robinson's per-token probabilities combined with Fisher's chi-square, as in SpamBayes and
-  SpamAssassin's Bayes. A message counts each token once. It only gives a score once at least
-  `min_training` spam and `min_training` ham were trained: a Bayes trained on a few dozen messages
-  is confidently wrong.
-- Signatures: TLSH of the normalised body of every message reported as spam. A near duplicate of a
-  reported spam (same template, other names, numbers or tracking links) is within a small distance.
-  TLSH is steady from about 1 KB of text; on shorter bodies a few changed words can move the hash
-  far, so those match only when nearly identical (a missed match, never a false one). A ham report
-  removes every signature it matches: someone wants that text after all.
-- Reputation: ham/spam reports per lower-cased From address (overall and per mailbox), and whether
-  a mailbox has written to the address.
-
-Training is rare and scoring is hot: token counts and signatures live in memory, loaded at open,
-and every `train` writes through to SQLite in the same call. Another process training the same
-file (the CLI while the daemon runs) is noticed through `PRAGMA data_version` within a second and
-the memory is reloaded. Training a message twice changes nothing; training it under the other
-label moves it (un-learn, then learn), like `sa-learn`. Un-learning tokenises the message again,
-so counts are clamped at zero should the tokeniser have changed in between. Nothing expires yet:
-the 3,000 messages of the SpamAssassin corpus make 40,000 tokens, 6 MB in memory, 1.3 MB on disk.
-
-The corpus of 2002 munged its owner's addresses to spamassassin.taint.org and carries fetchmail
-`Received` lines in ham and spam alike; no token here comes from `Received` headers, and tokens
-and sender addresses naming those artefacts are not learned (657 of its ham come "from"
-rssfeeds@spamassassin.taint.org). A deployment's own relays cannot become spam evidence either.
-"""
+"""LearningStore: the SQLite file, training, and the Bayes counts and signatures held in memory."""
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import math
-import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from itertools import repeat
+from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 import tlsh
 
-from gatewayd.message import FetchedMessage, ParsedMessage, from_address, parse
-
-log = logging.getLogger(__name__)
+from gatewayd.message import ParsedMessage, from_address
+from gatewayd.pipeline.learning.combine import MAX_CLUES, Clue, clue, fisher, robinson
+from gatewayd.pipeline.learning.signatures import message_digest, signature
+from gatewayd.pipeline.learning.tokens import ARTEFACTS, tokenize
 
 SPAM = "spam"
 HAM = "ham"
 LABELS = (SPAM, HAM)
 
-# Robinson's prior: an unseen or rare token leans towards X with the weight of S messages.
-PRIOR_STRENGTH = 1.0
-PRIOR_PROBABILITY = 0.5
-# Tokens whose probability is within this of 0.5 say nothing and are not combined.
-MIN_TOKEN_STRENGTH = 0.1
-_CLUE_ABOVE, _CLUE_BELOW = 0.5 + MIN_TOKEN_STRENGTH, 0.5 - MIN_TOKEN_STRENGTH
-# The most interesting tokens combined per message (SpamBayes uses 150).
-MAX_CLUES = 150
 # Tokens no message was trained with are cached as such too, so that scoring them again costs no
 # Python work; up to this many (about 5 MB) beyond the known tokens.
 MAX_UNSEEN_CACHED = 50_000
-# Text tokenised per message at most, and tokens kept: bounds the cost of hostile mail.
-MAX_TOKEN_TEXT = 64 * 1024
-MAX_TOKENS = 3000
-# Body bytes hashed for a signature at most; TLSH costs about 8 µs per KB.
-MAX_SIGNATURE_TEXT = 16 * 1024
-# TLSH itself needs 50 bytes with some variety. Below about 128 bytes short replies and notices
-# look alike and a few changed words move the hash a lot: not worth a signature.
-MIN_SIGNATURE_TEXT = 128
 # Another process's training is looked for at most this often (a PRAGMA per check).
 RELOAD_CHECK_SECONDS = 1.0
 
@@ -91,8 +43,6 @@ CREATE TABLE IF NOT EXISTS learn_senders (
 INSERT OR IGNORE INTO learn_meta VALUES ('nspam', 0), ('nham', 0);
 """
 _ALL_MAILBOXES = ""  # the mailbox column of a sender's overall row
-# Tokens and sender addresses containing these are never learned (see the module docstring).
-ARTEFACTS = ("spamassassin", "taint")
 
 
 class LearningStore:
@@ -109,9 +59,9 @@ class LearningStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
         self._tokens: dict[str, tuple[int, int]] = {}  # token -> (spam, ham) messages
-        # What tokens scored since the counts last changed say (see _clue): most tokens of a message
+        # What tokens scored since the counts last changed say (see combine.clue): most tokens of a message
         # were met in earlier ones, so scoring rarely computes one.
-        self._clues: dict[str, _Clue] = {}
+        self._clues: dict[str, Clue] = {}
         self._nspam = self._nham = 0
         # Signatures bucketed by TLSH length value: a length value more than distance/12 apart
         # alone puts a pair beyond the distance, so only neighbouring buckets are scanned.
@@ -155,7 +105,7 @@ class LearningStore:
         if not clues:
             return 0.5
         _, not_spam_logs, spam_logs = zip(*clues, strict=True)
-        return _fisher(not_spam_logs, spam_logs)
+        return fisher(not_spam_logs, spam_logs)
 
     def signature_match(self, message: ParsedMessage) -> str | None:
         """Why the body is a near duplicate of a message reported as spam, or None."""
@@ -269,7 +219,7 @@ class LearningStore:
     # -----------------------------------------------------------------------------------------
     # Internals; all called with the lock held
 
-    def _find_clues(self, tokens: list[str], found: list[_Clue | None]) -> None:
+    def _find_clues(self, tokens: list[str], found: list[Clue | None]) -> None:
         """Fill in `found` where it is None, and cache what was filled in."""
         cache, counts, nspam, nham = self._clues, self._tokens, self._nspam, self._nham
         if len(cache) > len(counts) + MAX_UNSEEN_CACHED:
@@ -278,8 +228,8 @@ class LearningStore:
             if found[i] is None:
                 counted = counts.get(token)
                 # An unseen token scores exactly the prior: never a clue.
-                clue = () if counted is None else _clue(_robinson(counted[0], counted[1], nspam, nham))
-                found[i] = cache[token] = clue
+                token_clue = () if counted is None else clue(robinson(counted[0], counted[1], nspam, nham))
+                found[i] = cache[token] = token_clue
 
     def _write_tokens(self, deltas: dict[str, list[int]], totals: list[int]) -> None:
         self._db.executemany(
@@ -420,226 +370,6 @@ def _count(
         deltas.setdefault(token, [0, 0])[column] += sign
 
 
-def learn_from_dirs(
-    store: LearningStore, spam_dirs: Sequence[Path], ham_dirs: Sequence[Path]
-) -> dict[str, int]:
-    """Train on every file (one RFC 5322 message each, e.g. `*.eml`) in the given directories.
-
-    `skipped` counts files that were empty, unreadable, or already trained under that label.
-    """
-    result = {SPAM: 0, HAM: 0, "skipped": 0}
-    uid = 0
-    for label, dirs in ((SPAM, spam_dirs), (HAM, ham_dirs)):
-        for directory in dirs:
-            for path in sorted(Path(directory).iterdir()):
-                if not path.is_file() or path.name.startswith("."):
-                    continue
-                try:
-                    raw = path.read_bytes()
-                except OSError as exc:
-                    log.warning("cannot read %s: %s", path, exc)
-                    result["skipped"] += 1
-                    continue
-                uid += 1
-                fetched = FetchedMessage(
-                    folder="INBOX",
-                    uid=uid,
-                    uidvalidity=1,
-                    raw=raw,
-                    size=len(raw),
-                    flags=(),
-                    internaldate=None,
-                )
-                if raw.strip() and store.train(parse(fetched), label):
-                    result[label] += 1
-                else:
-                    result["skipped"] += 1
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Combining
-
-
-def _robinson(spam: int, ham: int, nspam: int, nham: int) -> float:
-    """Robinson's f(w): the token's spam probability, pulled towards the prior when it is rare."""
-    spam_ratio, ham_ratio = spam / nspam, ham / nham
-    p = spam_ratio / (spam_ratio + ham_ratio)
-    return (PRIOR_STRENGTH * PRIOR_PROBABILITY + (spam + ham) * p) / (PRIOR_STRENGTH + spam + ham)
-
-
-# A token as a clue: (strength, log(1 - f), log(f)) of its probability f; () when it is no clue.
-_Clue = tuple[float, ...]
-
-
-def _clue(f: float) -> _Clue:
-    if _CLUE_BELOW < f < _CLUE_ABOVE:
-        return ()
-    # The logs chi2_combine takes, computed once per token rather than per message.
-    return (abs(f - 0.5), math.log(1.0 - f), math.log(f))
-
-
-def chi2_combine(probabilities: Sequence[float]) -> float:
-    """Fisher's combination as in SpamBayes: how unlike ham minus how unlike spam, mapped to [0, 1].
-
-    Near 0 or 1 when the clues agree; near 0.5 both when there are none and when they conflict.
-    """
-    return _fisher([math.log(1.0 - f) for f in probabilities], [math.log(f) for f in probabilities])
-
-
-def _fisher(not_spam_logs: Sequence[float], spam_logs: Sequence[float]) -> float:
-    """chi2_combine from log(1 - f) and log(f) of each clue."""
-    n = len(spam_logs)
-    if not n:
-        return 0.5
-    spamminess = 1.0 - _chi2q(-2.0 * sum(not_spam_logs), 2 * n)
-    hamminess = 1.0 - _chi2q(-2.0 * sum(spam_logs), 2 * n)
-    return (spamminess - hamminess + 1.0) / 2.0
-
-
-def _chi2q(x2: float, freedom: int) -> float:
-    """P(chi-square with `freedom` (even) degrees of freedom >= x2)."""
-    m = x2 / 2.0
-    total = term = math.exp(-m)
-    for i in range(1, freedom // 2):
-        term *= m / i
-        total += term
-    return min(total, 1.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Tokens
-
-_URL = re.compile(r"(?:https?://|ftp://|www\.)([a-z0-9.-]+)[^\s<>\"']*")
-_EMAIL = re.compile(r"@([a-z0-9-]+(?:\.[a-z0-9-]+)+)")  # the domain is all we use
-_STRIP = ".,;:!?()[]{}<>\"'*`|=_-~/\\#^"  # punctuation around a word, not part of it
-_NUMBER = re.compile(r"[$€£]?\d[\d.,]*%?")
-_DIGITS = re.compile(r"\d+")
-_DIGIT = re.compile(r"\d")
-_CENTS = re.compile(r"[.,]\d\d?%?$")
-# Matched on the lower-cased header block, after a newline: much faster than re.I with re.M.
-_RAW_HEADER = re.compile(rb"\n(content-type|x-mailer|user-agent):[ \t]*([^\r\n]*)")
-_CHARSET = re.compile(rb"charset=\"?([a-z0-9_.:-]+)")
-
-
-def tokenize(message: ParsedMessage) -> list[str]:
-    """The distinct tokens of a message: header features, subject words, URL domains, body words."""
-    tokens = _header_tokens(message)
-    subject = (message.data.get("subject") or "").lower()
-    tokens += ["subject:" + word for word in _words(subject)]
-    text = message.text[:MAX_TOKEN_TEXT].lower()
-    html = (message.html or "")[:MAX_TOKEN_TEXT].lower()
-    # Links count by their domain only: paths and tracking parameters are unique per message.
-    # Every link has "://" or "www.": most texts need no regex pass. One split() both finds the
-    # hosts (its group) and cuts the links out (joining the rest with spaces, as sub(" ") would).
-    hosts: list[str] = []
-    if "://" in text or "www." in text:
-        parts = _URL.split(text)
-        hosts, text = parts[1::2], " ".join(parts[::2])
-    if "://" in html or "www." in html:
-        hosts += _URL.findall(html)
-    tokens += ["url:" + _domain(host) for host in dict.fromkeys(hosts)]
-    tokens += ["email:" + _domain(host) for host in dict.fromkeys(_EMAIL.findall(text))]
-    tokens += _words(text)
-    # Hardly a message has an artefact: one search of all tokens at once, filtered only when found.
-    a, b = ARTEFACTS
-    joined = "\n".join(tokens)
-    if a in joined or b in joined:
-        tokens = [t for t in tokens if a not in t and b not in t]
-    return list(dict.fromkeys(tokens))[:MAX_TOKENS]
-
-
-def _words(text: str) -> list[str]:
-    """Distinct words of 3 characters or more; numbers by their size, long runs by their shape.
-
-    Comprehensions rather than one loop: this is most of the cost of scoring a message.
-    """
-    # Stripping every word in C costs less than removing repeats first (a pass over a dict).
-    found = dict.fromkeys(map(str.strip, text.split(), repeat(_STRIP)))
-    words = [w for w in found if 2 < len(w) <= 20 and w.isalpha()]
-    for word in [w for w in found if len(w) > 2 and not (len(w) <= 20 and w.isalpha())]:
-        if _NUMBER.fullmatch(word):  # amounts and counts by their size, not their value
-            currency = word[0] if word[0] in "$€£" else ""
-            words.append(f"num:{currency}{len(_DIGIT.findall(_CENTS.sub('', word)))}")
-        elif len(word) > 20:  # encoded junk, unspaced scripts: shape only, as SpamBayes does
-            words.append(f"skip:{word[0]}:{len(word) // 10 * 10}")
-        else:
-            words.append(_DIGITS.sub("#", word))
-    return words
-
-
-def _domain(host: str) -> str:
-    labels = host.strip(".").split(".")
-    if all(label.isdigit() for label in labels):
-        return "ip"
-    return ".".join(labels[-2:])
-
-
-def _header_tokens(message: ParsedMessage) -> list[str]:
-    data, headers = message.data, message.headers
-    tokens = []
-    sender = from_address(data)
-    sender_domain = sender.rpartition("@")[2] if sender else None
-    tokens.append("from:" + (_domain(sender_domain) if sender_domain else "none"))
-    if sender and data["from"].get("name"):
-        tokens.append("from-name:yes")
-    replies = [entry["address"].lower() for entry in data.get("reply_to") or [] if entry.get("address")]
-    if replies and sender_domain and not any(r.endswith("@" + sender_domain) for r in replies):
-        tokens.append("reply-to:elsewhere")
-    recipients = len(data.get("to") or []) + len(data.get("cc") or [])
-    tokens.append(f"recipients:{recipients if recipients < 10 else 'many'}")
-    subject = data.get("subject") or ""
-    if subject[:3].lower() in ("re:", "aw:", "sv:"):
-        tokens.append("subject:is-reply")
-    letters = list(filter(str.isalpha, subject))  # in C, not a loop per character
-    if len(letters) >= 8 and all(map(str.isupper, letters)):
-        tokens.append("subject:all-caps")
-    # Absence is the signal for some headers, presence for others; not both, they would count twice.
-    tokens += [f"header:{name}:missing" for name in ("message-id", "date") if not headers.get(name)]
-    tokens += [f"header:{name}" for name in ("in-reply-to", "references", "list-id") if headers.get(name)]
-    for name in ("precedence", "auto-submitted"):
-        if headers.get(name):
-            tokens.append(f"header:{name}:{headers[name][0].strip().lower()[:20]}")
-    tokens += ["attachment:" + str(a.get("content_type", "?")).lower() for a in data.get("attachments") or []]
-    # A few headers message.parse does not keep: the message's structure and the mailer.
-    head = b"\n" + message.raw[: min(_header_end(message.raw), 65536)].lower()
-    for name, value in _RAW_HEADER.findall(head):
-        if name == b"content-type":
-            kind, _, parameters = value.partition(b";")
-            tokens.append("content-type:" + kind.strip().decode("latin-1")[:40])
-            tokens += ["charset:" + c.decode("latin-1") for c in _CHARSET.findall(parameters)]
-        else:
-            tokens.append("mailer:" + _DIGITS.sub("#", value.strip().decode("latin-1").split(" ")[0][:30]))
-    return tokens
-
-
-# ---------------------------------------------------------------------------------------------
-# Signatures and digests
-
-# A link's query and fragment: "(https?|ftp)://path" then "?" or "#" and the rest. Searched from its
-# "://", the scheme checked by lookbehinds: a literal first character lets the regex engine skip
-# to it instead of trying every position.
-_URL_QUERY = re.compile(rb"://(?:(?<=https://)|(?<=http://)|(?<=ftp://))([^\s?#]*)[?#]\S*")
-
-
-def normalise_body(text: str) -> bytes:
-    """The body as compared for near duplicates: per-recipient details (numbers, link
-    parameters, spacing, case) taken out. On bytes, where each step runs in C."""
-    data = text[: MAX_SIGNATURE_TEXT * 2].encode("utf-8", "replace").lower()  # ASCII case only
-    if b"://" in data:
-        data = _URL_QUERY.sub(rb"://\1", data)
-    return b" ".join(data.translate(None, b"0123456789").split())[:MAX_SIGNATURE_TEXT]
-
-
-def signature(message: ParsedMessage) -> str | None:
-    """TLSH of the normalised body, or None when the body is too short or too uniform to hash."""
-    body = normalise_body(message.text)
-    if len(body) < MIN_SIGNATURE_TEXT:
-        return None
-    digest = tlsh.hash(body)
-    return digest if digest and digest != "TNULL" else None
-
-
 def _length_distance(steps: int) -> int:
     """The part of a TLSH distance that comes from length values `steps` apart (as in TLSH)."""
     return steps if steps <= 1 else 12 * steps
@@ -654,22 +384,3 @@ def _tlsh(text: str) -> tlsh.Tlsh:
     parsed = tlsh.Tlsh()
     parsed.fromTlshStr(text)
     return parsed
-
-
-def message_digest(message: ParsedMessage) -> str:
-    """Identity of a message for training: Message-ID plus a hash of the raw body, so copies of
-    it in two folders (with other Received lines) are one message, and a re-sent text is not."""
-    body = message.raw[_header_end(message.raw) :]
-    mid = (message.data.get("message_id") or "").encode("utf-8", "replace")
-    return hashlib.sha256(mid + b"\x00" + hashlib.sha256(body).digest()).hexdigest()
-
-
-_BLANK_LINE = re.compile(rb"\n\r?\n")
-
-
-def _header_end(raw: bytes) -> int:
-    """Where the header block of `raw` ends (the whole of it when there is no body)."""
-    # One regex search stops at the first blank line; find() of the form that is absent (CRLF in
-    # LF mail, say) would scan the whole body.
-    blank = _BLANK_LINE.search(raw)
-    return blank.start() if blank else len(raw)
