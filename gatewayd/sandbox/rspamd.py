@@ -15,15 +15,13 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import shutil
 import socket
-import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gatewayd.sandbox.dovecot import free_port
-from gatewayd.sandbox.process import SandboxUnavailable, stop_group, wait_ready
+from gatewayd.sandbox.process import LoopbackDaemon, SandboxUnavailable
 
 RSPAMD_BINARY = "/usr/bin/rspamd"
 
@@ -75,16 +73,12 @@ worker "normal" {{
 
 
 @dataclass
-class Rspamd:
+class Rspamd(LoopbackDaemon):
     """A running private rspamd. `Rspamd.create()`, then start() and destroy()."""
 
-    root: Path
-    port: int
-    cache_dir: Path
-    process: subprocess.Popen[bytes] | None = None
-    _owns_root: bool = False
+    cache_dir: Path = field(kw_only=True)
 
-    host = "127.0.0.1"
+    name = "rspamd"
 
     @classmethod
     def create(cls, root: Path | None = None, cache_dir: Path | None = None) -> Rspamd:
@@ -103,18 +97,13 @@ class Rspamd:
         for sub in ("local.d", "db", "run", "log"):
             (root / sub).mkdir(parents=True, exist_ok=True)
             os.chown(root / sub, uid, gid)
-        return cls(root, free_port(), cache_dir or default_cache_dir(), _owns_root=owns)
+        return cls(root, free_port(), cache_dir=cache_dir or default_cache_dir(), _owns_root=owns)
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> None:
-        self.launch()
-        self.wait_ready(timeout)
-
     def launch(self) -> None:
-        """Start the process without waiting: callers may start other daemons meanwhile."""
         (self.root / "rspamd.conf").write_text(_config(self.port))
         (self.root / "local.d" / "options.inc").write_text(
             f'dns {{ nameserver = ["127.0.0.1:{_closed_udp_port()}"]; timeout = 0.05s; retransmits = 1; }}\n'
@@ -128,12 +117,7 @@ class Rspamd:
             command += ["--var", f"{name}={self.root / sub}"]
         if os.geteuid() == 0:
             command += ["-u", user, "-g", user]
-        log = (self.root / "rspamd.stderr").open("ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        assert self.process is not None, "launch() first"
-        wait_ready(self.process, self._pong, "rspamd", self.log_tail, timeout)
+        self._popen(command, "rspamd.stderr")
 
     def _pong(self) -> bool:
         # A bare request: urllib would honour the environment's HTTP proxy even for loopback.
@@ -143,16 +127,6 @@ class Rspamd:
                 return b"\r\n\r\npong" in sock.recv(4096)
         except OSError:
             return False
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_group(self.process)
-            self.process = None
-
-    def destroy(self) -> None:
-        self.stop()
-        if self._owns_root:
-            shutil.rmtree(self.root, ignore_errors=True)
 
     def log_tail(self, lines: int = 20) -> str:
         text = ""

@@ -13,13 +13,12 @@ import os
 import pwd
 import shutil
 import socket
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from gatewayd.sandbox.dovecot import free_port
-from gatewayd.sandbox.process import SandboxUnavailable, stop_group, wait_ready
+from gatewayd.sandbox.process import LoopbackDaemon, SandboxUnavailable
 
 SPAMD_BINARY = "/usr/sbin/spamd"
 SITE_CONFIG = Path("/etc/spamassassin")
@@ -40,15 +39,10 @@ def _run_as() -> str | None:
 
 
 @dataclass
-class Spamd:
+class Spamd(LoopbackDaemon):
     """A running private spamd. `Spamd.create()`, then start() and destroy()."""
 
-    root: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = None
-    _owns_root: bool = False
-
-    host = "127.0.0.1"
+    name = "spamd"
 
     @classmethod
     def create(cls, root: Path | None = None) -> Spamd:
@@ -70,12 +64,7 @@ class Spamd:
         (site / "local.cf").write_text(_LOCAL_CF)
         return cls(root, free_port(), _owns_root=owns)
 
-    def start(self, timeout: float = 60.0) -> None:
-        self.launch()
-        self.wait_ready(timeout)
-
     def launch(self) -> None:
-        """Start the process without waiting: callers may start other daemons meanwhile."""
         command = [
             SPAMD_BINARY,
             f"--listen={self.host}:{self.port}",
@@ -88,12 +77,7 @@ class Spamd:
         ]
         if user := _run_as():
             command.append(f"--username={user}")
-        log = (self.root / "spamd.log").open("ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        assert self.process is not None, "launch() first"
-        wait_ready(self.process, self._pong, "spamd", self.log_tail, timeout)
+        self._popen(command, "spamd.log")
 
     def _pong(self) -> bool:
         try:
@@ -102,16 +86,6 @@ class Spamd:
                 return b" PONG" in sock.recv(256)
         except OSError:
             return False
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_group(self.process)
-            self.process = None
-
-    def destroy(self) -> None:
-        self.stop()
-        if self._owns_root:
-            shutil.rmtree(self.root, ignore_errors=True)
 
     def log_tail(self, lines: int = 20) -> str:
         path = self.root / "spamd.log"
