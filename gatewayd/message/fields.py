@@ -64,36 +64,44 @@ def addresses(values: Iterable[str]) -> list[dict[str, str | None]]:
 # Atoms and quoted strings as getaddresses reads them: an atom ends at a special or white space, a
 # phrase may hold dots (obs-phrase). Atoms here hold no Unicode white space either, which
 # getaddresses treats in odd ways (it drops a local-part atom that str.strip() empties). Possessive
-# quantifiers: no backtracking on a failed match.
-_PHRASE_ATOM = r'[^()<>@,:;"\[\]\s]++'
+# quantifiers: no backtracking on a failed match. Left to getaddresses as well: empty items, commas
+# and quotes in comments, backslashes, which it reads differently since the fix of CVE-2023-27043
+# (backported to Debian 12's Python 3.11.2, not in an upstream 3.11.7): it counts the commas
+# outside quoted strings, pairing quotes with backslash escapes, and refuses a list whose count of
+# addresses differs.
+_PHRASE_ATOM = r'[^()<>@,:;"\[\]\\\s]++'
 _QUOTED = r'"[^"\\\r\n]*+"'
-_DOT_ATOM = r'[^()<>@,:;."\[\]\s]++(?:\.[^()<>@,:;."\[\]\s]++)*+'
+_DOT_ATOM = r'[^()<>@,:;."\[\]\\\s]++(?:\.[^()<>@,:;."\[\]\\\s]++)*+'
 _SIMPLE_ADDRESS = re.compile(
     rf"[ \t]*+(?:((?:(?:{_PHRASE_ATOM}|{_QUOTED})[ \t]*+)*+)<({_DOT_ATOM}@{_DOT_ATOM})>"
-    rf"|({_DOT_ATOM}@{_DOT_ATOM})(?:[ \t]*+\(([^()\\\r\n]*+)\))?)?[ \t]*+"
+    rf"|({_DOT_ATOM}@{_DOT_ATOM})(?:[ \t]*+\(([^(),\"\\\r\n]*+)\))?)?[ \t]*+"
 )
 _PHRASE_WORD = re.compile(rf'"([^"\\\r\n]*)"|({_PHRASE_ATOM})')
 
 
 def _getaddresses(value: str) -> list[tuple[str, str]]:
     """getaddresses([value]), less the ("", "") it gives for empty list items; by regular expression
-    when every item has one of the common shapes ("a@b.c (Name)" included: the comment is the name)."""
+    when every item has one of the common shapes ("a@b.c (Name)" included: the comment is the name)
+    and none is empty."""
     found: list[tuple[str, str]] = []
     position, end = 0, len(value)
     while True:
         match = _SIMPLE_ADDRESS.match(value, position)  # never None: every part is optional
         phrase, routed, bare, comment = match.groups()  # type: ignore[union-attr]
+        position = match.end()  # type: ignore[union-attr]
         if routed:
             # getaddresses joins the words of a phrase by single spaces, quotes removed.
             found.append((" ".join(quoted or atom for quoted, atom in _PHRASE_WORD.findall(phrase)), routed))
         elif bare:
             found.append((comment or "", bare))
-        position = match.end()  # type: ignore[union-attr]
+        elif position < end or found:  # an empty item: not the whole value blank
+            break
         if position == end:
             return found
         if value[position] != ",":
-            return [pair for pair in getaddresses([value]) if pair != ("", "")]
+            break
         position += 1
+    return [pair for pair in getaddresses([value]) if pair != ("", "")]
 
 
 def first_address(values: list[str]) -> dict[str, str | None] | None:

@@ -9,6 +9,7 @@ from email import errors
 from email.message import Message
 from email.parser import BytesHeaderParser, Parser
 from email.policy import compat32
+from typing import Any
 
 from gatewayd.message.limits import MAX_DEPTH, MAX_PARTS, safe
 from gatewayd.message.text import clean_header, fix_surrogates
@@ -39,6 +40,12 @@ class _GuardedMessage(Message):
     _gw_depth = 0
     _gw_parts = 1
     _gw_root: _GuardedMessage | None = None
+    # (the header list, its length, lower-cased name -> position of its first field): the
+    # stages look a part's headers up a dozen times, and Message.get lower-cases every field
+    # name on each call. Valid while the list is the same object of the same length: the stdlib
+    # appends fields, builds a new list to delete one, and replace_header keeps the name and
+    # the position.
+    _gw_index: tuple[list[tuple[str, Any]], int, dict[str, int]] | None = None
 
     def attach(self, payload: Message) -> None:  # type: ignore[override]
         root = self._gw_root or self
@@ -48,6 +55,21 @@ class _GuardedMessage(Message):
         payload._gw_depth = self._gw_depth + 1  # type: ignore[attr-defined]
         payload._gw_root = root  # type: ignore[attr-defined]
         super().attach(payload)
+
+    def get(self, name: str, failobj: Any = None) -> Any:
+        """What Message.get gives (the first field of that name, or failobj), by the index."""
+        headers = self._headers
+        index = self._gw_index
+        if index is None or index[0] is not headers or index[1] != len(headers):
+            first: dict[str, int] = {}
+            for position, (key, _) in enumerate(headers):
+                first.setdefault(key.lower(), position)
+            index = self._gw_index = (headers, len(headers), first)
+        position = index[2].get(name.lower())
+        if position is None:
+            return failobj
+        key, value = headers[position]
+        return self.policy.header_fetch_parse(key, value)
 
 
 _PARSER = Parser(_class=_GuardedMessage, policy=compat32)
