@@ -130,7 +130,7 @@ class Env:
         return str(self.server.make_url("/events"))
 
     async def publish(self, count: int, mailbox: str = "m1") -> list[Event]:
-        new = [NewEvent("message.received", "a", mailbox, {"n": n, "text": "é\n\"x\""}) for n in range(count)]
+        new = [NewEvent("message.received", "a", mailbox, {"n": n, "text": 'é\n"x"'}) for n in range(count)]
         stored = await self.gateway.store.append(new)
         self.gateway.bus.publish(stored)
         return stored
@@ -299,7 +299,7 @@ async def test_many_subscribers_each_get_every_event_once(env: Env) -> None:
     for response, reader in readers:
         frames = [await reader.next() for _ in range(8)]
         assert [f.id for f in frames] == [e.id for e in stored]
-        assert json.loads(frames[0].data)["data"]["text"] == "é\n\"x\""
+        assert json.loads(frames[0].data)["data"]["text"] == 'é\n"x"'
         response.close()
 
 
