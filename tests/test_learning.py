@@ -189,6 +189,103 @@ def test_reputation_and_sent_to(store: LearningStore) -> None:
     assert store.reputation("carol@example.com", None)["sent_to"] is True  # some mailbox wrote to her
 
 
+def test_reputation_shows_own_writes_at_once(store: LearningStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(learning_store, "RELOAD_CHECK_SECONDS", 1e9)  # no reload can help
+    zero = {"ham": 0, "spam": 0, "sent_to": False, "mailbox_ham": 0, "mailbox_spam": 0}
+    assert store.reputation("dave@example.com", "mb1") == zero
+    store.record_sent("mb1", "Dave@Example.com")
+    assert store.reputation("DAVE@example.com", "mb1") == dict(zero, sent_to=True)
+    assert store.reputation("dave@example.com", None) == dict(zero, sent_to=True)
+    assert store.reputation("dave@example.com", "") == zero  # the overall row, and no mailbox's sent_to
+    item = message("Hello", "Long time no see.", sender="Dave@Example.com")
+    store.train(item, "ham", mailbox_id="mb2")
+    assert store.reputation("dave@example.com", "mb2") == dict(zero, ham=1, mailbox_ham=1)
+    assert store.reputation("dave@example.com", "mb1") == dict(zero, ham=1, sent_to=True)
+    store.train(item, "spam", mailbox_id="mb1")  # re-labelled: taken back in mb2, counted in mb1
+    assert store.reputation("dave@example.com", "mb2") == dict(zero, spam=1)
+    assert store.reputation("dave@example.com", "mb1") == dict(zero, spam=1, mailbox_spam=1, sent_to=True)
+    assert store.reputation("dave@example.com", None) == dict(zero, spam=1, sent_to=True)
+
+
+def test_reputation_unchanged_by_a_failed_training(
+    store: LearningStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.train(message("Hi", "First message.", sender="erin@example.com"), "ham", mailbox_id="mb1")
+    before = store.reputation("erin@example.com", "mb1")
+
+    def fail(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store, "_change_signatures", fail)  # after the sender was counted
+    with pytest.raises(OSError):
+        store.train(message("Hi", "Second message.", sender="erin@example.com"), "ham", mailbox_id="mb1")
+    after = store.reputation("erin@example.com", "mb1")
+    assert after == before == _sql_reputation(store, "erin@example.com", "mb1")
+
+
+def test_reputation_sees_another_store_once_reloaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(learning_store, "RELOAD_CHECK_SECONDS", 0.0)
+    path = tmp_path / "learning.sqlite"
+    item = message("Deal", "Cheap pills today.", sender="frank@spam.example")
+    with LearningStore(path) as daemon, LearningStore(path) as cli:
+        assert daemon.reputation("frank@spam.example", "mb1")["spam"] == 0
+        cli.train(item, "spam", mailbox_id="mb1")
+        cli.record_sent("mb2", "frank@spam.example")
+        zero = {"ham": 0, "spam": 0, "sent_to": False, "mailbox_ham": 0, "mailbox_spam": 0}
+        assert daemon.reputation("frank@spam.example", "mb1") == dict(zero, spam=1, mailbox_spam=1)
+        assert daemon.reputation("frank@spam.example", "mb2")["sent_to"] is True
+        # The daemon's own training counts on top of what the CLI trained, and the other way round.
+        daemon.train(message("Deal", "Cheaper pills.", sender="frank@spam.example"), "spam", "mb1")
+        cli.train(item, "ham", mailbox_id="mb1")
+        for store in (daemon, cli):
+            expected = dict(zero, ham=1, spam=1, mailbox_ham=1, mailbox_spam=1)
+            assert store.reputation("frank@spam.example", "mb1") == expected
+
+
+def test_reputation_answers_what_the_table_says(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(learning_store, "RELOAD_CHECK_SECONDS", 0.0)
+    rng = random.Random(11)
+    ham, spam = corpus(30, seed=11)
+    items = [(item, "ham") for item in ham] + [(item, "spam") for item in spam]
+    rng.shuffle(items)
+    colleagues = [f"colleague{i}@corp.example" for i in range(7)]
+    senders = colleagues + [f"sales{i}@pharma{i}.example" for i in range(30)]
+    addresses = [None, "", "nobody@nowhere.example", *senders, *(a.upper() for a in senders)]
+    path = tmp_path / "learning.sqlite"
+    with LearningStore(path) as daemon, LearningStore(path) as cli:
+        for n, (item, label) in enumerate(items, 1):
+            store = (daemon, cli)[n % 2]
+            store.train(item, label, rng.choice([None, "", "mb1", "mb2"]))
+            if n % 4 == 0:  # re-labelled, maybe from another mailbox
+                earlier, was = rng.choice(items[:n])
+                store.train(earlier, "ham" if was == "spam" else "spam", rng.choice([None, "mb1", "mb2"]))
+            if n % 3 == 0:
+                store.record_sent(rng.choice(["", "mb1", "mb2"]), rng.choice(senders).title())
+            if n % 15 == 0:
+                mailboxes = (None, "", "mb1", "mb2", "mb3")
+                for asked, address, mailbox in itertools.product((daemon, cli), addresses, mailboxes):
+                    assert asked.reputation(address, mailbox) == _sql_reputation(asked, address, mailbox)
+
+
+def _sql_reputation(store: LearningStore, address: str | None, mailbox_id: str | None) -> dict[str, object]:
+    """reputation() as it was written first: a query per call."""
+    result: dict[str, object] = {"ham": 0, "spam": 0, "sent_to": False, "mailbox_ham": 0, "mailbox_spam": 0}
+    if not address:
+        return result
+    rows = store._db.execute(
+        "SELECT mailbox, ham, spam, sent_to FROM learn_senders WHERE address = ? AND mailbox IN (?, ?)",
+        (address.lower(), "", mailbox_id or ""),
+    ).fetchall()
+    for mailbox, ham, spam, sent_to in rows:
+        if mailbox == "":
+            result.update(ham=ham, spam=spam)
+            if mailbox_id is None:
+                result["sent_to"] = bool(sent_to)
+        else:
+            result.update(mailbox_ham=ham, mailbox_spam=spam, sent_to=bool(sent_to))
+    return result
+
+
 def test_learn_from_dirs(store: LearningStore, tmp_path: Path) -> None:
     spam_dir, ham_dir = tmp_path / "spam", tmp_path / "ham"
     spam_dir.mkdir()

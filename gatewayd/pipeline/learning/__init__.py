@@ -15,8 +15,9 @@ One SQLite file (WAL) holds it all; `LearningStore` is what `gatewayd.pipeline.s
 - Reputation: ham/spam reports per lower-cased From address (overall and per mailbox), and whether
   a mailbox has written to the address.
 
-Training is rare and scoring is hot: token counts and signatures live in memory, loaded at open,
-and every `train` writes through to SQLite in the same call. Another process training the same
+Training is rare and scoring is hot: token counts, signatures and sender reports live in memory
+(senders: about 15 MB per 100,000), loaded at open, and every `train` writes through to SQLite in
+the same call. Another process training the same
 file (the CLI while the daemon runs) is noticed through `PRAGMA data_version` within a second and
 the memory is reloaded. Training a message twice changes nothing; training it under the other
 label moves it (un-learn, then learn), like `sa-learn`. Un-learning tokenises the message again,

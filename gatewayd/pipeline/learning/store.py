@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS learn_senders (
 INSERT OR IGNORE INTO learn_meta VALUES ('nspam', 0), ('nham', 0);
 """
 _ALL_MAILBOXES = ""  # the mailbox column of a sender's overall row
+_SenderRow = tuple[int, int, int]  # a learn_senders row's ham, spam, sent_to
 
 
 class LearningStore:
@@ -66,6 +67,12 @@ class LearningStore:
         # Signatures bucketed by TLSH length value: a length value more than distance/12 apart
         # alone puts a pair beyond the distance, so only neighbouring buckets are scanned.
         self._signatures: dict[int, dict[str, tlsh.Tlsh]] = {}
+        # learn_senders by mailbox, then address: reputation() is asked for every message, mostly
+        # about senders never reported. Keyed by mailbox first, so a sender's address is one string
+        # and its rows cost no dict of their own.
+        self._senders: dict[str, dict[str, _SenderRow]] = {}
+        # Equal rows share one tuple (most are (0, 0, 1), (1, 0, 0) and the like): half the memory.
+        self._sender_rows: dict[_SenderRow, _SenderRow] = {}
         self._data_version = -1
         self._checked_at = 0.0
         with self._lock:
@@ -125,23 +132,26 @@ class LearningStore:
 
     def reputation(self, address: str | None, mailbox_id: str | None) -> dict[str, Any]:
         """Reports about a sender: `ham`/`spam` over all mailboxes, `mailbox_ham`/`mailbox_spam`
-        in `mailbox_id`, and `sent_to`: `mailbox_id` (any mailbox when None) wrote to it."""
+        in `mailbox_id`, and `sent_to`: `mailbox_id` (any mailbox when None) wrote to it.
+
+        Answered from memory: this store's own training and `record_sent` show at once, another
+        process's (the `gatewayd learn` CLI) once noticed, within RELOAD_CHECK_SECONDS, as for Bayes.
+        """
         result: dict[str, Any] = {"ham": 0, "spam": 0, "sent_to": False, "mailbox_ham": 0, "mailbox_spam": 0}
         if not address:
             return result
+        address = address.lower()
         with self._lock:
-            rows = self._db.execute(
-                "SELECT mailbox, ham, spam, sent_to FROM learn_senders "
-                "WHERE address = ? AND mailbox IN (?, ?)",
-                (address.lower(), _ALL_MAILBOXES, mailbox_id or _ALL_MAILBOXES),
-            ).fetchall()
-        for mailbox, ham, spam, sent_to in rows:
-            if mailbox == _ALL_MAILBOXES:
-                result.update(ham=ham, spam=spam)
-                if mailbox_id is None:
-                    result["sent_to"] = bool(sent_to)
-            else:
-                result.update(mailbox_ham=ham, mailbox_spam=spam, sent_to=bool(sent_to))
+            self._reload_if_changed()
+            overall = self._senders.get(_ALL_MAILBOXES, {}).get(address)
+            # An empty mailbox_id is the overall row, which gives no `sent_to` then (as the SQL did).
+            mailbox = self._senders.get(mailbox_id, {}).get(address) if mailbox_id else None
+        if overall is not None:
+            result.update(ham=overall[0], spam=overall[1])
+            if mailbox_id is None:
+                result["sent_to"] = bool(overall[2])
+        if mailbox is not None:
+            result.update(mailbox_ham=mailbox[0], mailbox_spam=mailbox[1], sent_to=bool(mailbox[2]))
         return result
 
     # -----------------------------------------------------------------------------------------
@@ -172,11 +182,12 @@ class LearningStore:
                     return False
                 deltas: dict[str, list[int]] = {}
                 totals = [0, 0]  # messages: spam, ham
+                senders: list[tuple[str, str, int, int]] = []  # applied to memory once committed
                 if row is not None:  # re-labelled: take the earlier report back
                     _count(deltas, totals, tokens, row[0], -1)
-                    self._count_sender(row[1], row[2], row[0], -1)
+                    self._count_sender(senders, row[1], row[2], row[0], -1)
                 _count(deltas, totals, tokens, label, +1)
-                self._count_sender(address, mailbox_id, label, +1)
+                self._count_sender(senders, address, mailbox_id, label, +1)
                 self._write_tokens(deltas, totals)
                 db.execute(
                     "INSERT OR REPLACE INTO learn_messages VALUES (?, ?, ?, ?, ?)",
@@ -187,17 +198,22 @@ class LearningStore:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            self._apply(deltas, totals, added, removed)
+            self._apply(deltas, totals, added, removed, senders)
         return True
 
     def record_sent(self, mailbox_id: str, address: str) -> None:
         """`mailbox_id` wrote to `address` (from the send path or the Sent folder)."""
+        address = address.lower()
         with self._lock:
-            self._db.executemany(
-                "INSERT INTO learn_senders (address, mailbox, sent_to) VALUES (?, ?, 1) "
-                "ON CONFLICT (address, mailbox) DO UPDATE SET sent_to = 1",
-                [(address.lower(), mailbox_id), (address.lower(), _ALL_MAILBOXES)],
-            )
+            # Each row commits on its own: memory follows each one that did.
+            for mailbox in (mailbox_id, _ALL_MAILBOXES):
+                self._db.execute(
+                    "INSERT INTO learn_senders (address, mailbox, sent_to) VALUES (?, ?, 1) "
+                    "ON CONFLICT (address, mailbox) DO UPDATE SET sent_to = 1",
+                    (address, mailbox),
+                )
+                ham, spam, _ = self._sender(address, mailbox)
+                self._set_sender(address, mailbox, (ham, spam, 1))
 
     def counts(self) -> dict[str, int]:
         """Messages trained per label, and distinct tokens and signatures known."""
@@ -246,7 +262,15 @@ class LearningStore:
             [(token,) for token, (s, h) in deltas.items() if s < 0 or h < 0],
         )
 
-    def _count_sender(self, address: str | None, mailbox_id: str | None, label: str, sign: int) -> None:
+    def _count_sender(
+        self,
+        changes: list[tuple[str, str, int, int]],
+        address: str | None,
+        mailbox_id: str | None,
+        label: str,
+        sign: int,
+    ) -> None:
+        """Count in the database, and add to `changes` what `_apply` then counts in memory."""
         if not address:
             return
         column = "spam" if label == SPAM else "ham"
@@ -256,6 +280,13 @@ class LearningStore:
                 f"ON CONFLICT (address, mailbox) DO UPDATE SET {column} = MAX(0, {column} + ?3)",
                 (address, mailbox, sign),
             )
+            changes.append((address, mailbox, 1 if label == SPAM else 0, sign))
+
+    def _sender(self, address: str, mailbox: str) -> _SenderRow:
+        return self._senders.get(mailbox, {}).get(address, (0, 0, 0))
+
+    def _set_sender(self, address: str, mailbox: str, row: _SenderRow) -> None:
+        self._senders.setdefault(mailbox, {})[address] = self._sender_rows.setdefault(row, row)
 
     def _change_signatures(
         self, digest: str, body_signature: str | None, label: str
@@ -277,9 +308,18 @@ class LearningStore:
         return added, removed
 
     def _apply(
-        self, deltas: dict[str, list[int]], totals: list[int], added: dict[str, str], removed: set[str]
+        self,
+        deltas: dict[str, list[int]],
+        totals: list[int],
+        added: dict[str, str],
+        removed: set[str],
+        senders: list[tuple[str, str, int, int]],
     ) -> None:
         """Bring memory in line with a committed training."""
+        for address, mailbox, column, sign in senders:  # as _count_sender's SQL: a row even at zero
+            row = list(self._sender(address, mailbox))
+            row[column] = max(0, row[column] + sign)
+            self._set_sender(address, mailbox, (row[0], row[1], row[2]))
         self._clues = {}  # every probability depends on the message totals
         self._nspam, self._nham = max(0, self._nspam + totals[0]), max(0, self._nham + totals[1])
         tokens = self._tokens
@@ -347,7 +387,6 @@ class LearningStore:
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
         if version == self._data_version:
             return
-        self._data_version = version
         self._clues = {}
         db = self._db
         meta = dict(db.execute("SELECT key, value FROM learn_meta").fetchall())
@@ -359,6 +398,15 @@ class LearningStore:
         for digest, text in db.execute("SELECT digest, tlsh FROM learn_signatures"):
             parsed = _tlsh(text)
             self._signatures.setdefault(parsed.lvalue, {})[digest] = parsed
+        self._senders, self._sender_rows = {}, {}
+        previous = ""
+        query = "SELECT address, mailbox, ham, spam, sent_to FROM learn_senders"
+        for address, mailbox, ham, spam, sent_to in db.execute(query):
+            if address == previous:  # rows come by address: its mailboxes share one string
+                address = previous
+            previous = address
+            self._set_sender(address, mailbox, (ham, spam, sent_to))
+        self._data_version = version  # only now: a load that failed is tried again
 
 
 def _count(
