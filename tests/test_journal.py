@@ -3,9 +3,11 @@ other backend must pass too."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,5 +135,84 @@ async def test_committed_records_survive_a_reopen(tmp_path: Path) -> None:
         entry = await second.get("k1")
         assert entry is not None and entry.steps == {0: {"state": "started"}}
         assert (await second.outbox_get("k1", 0)).message == b"raw"  # type: ignore[union-attr]
+    finally:
+        await second.close()
+
+
+def count_reads(journal: SqliteRuleJournal, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The SELECTs the journal sends to SQLite from now on."""
+    conn = journal._conn
+    assert conn is not None
+    real = conn.execute_fetchall
+    sent: list[str] = []
+
+    async def execute_fetchall(sql: str, params: Any = None) -> Any:
+        sent.append(sql)
+        return await real(sql, params)
+
+    monkeypatch.setattr(conn, "execute_fetchall", execute_fetchall)
+    return sent
+
+
+async def test_a_folder_without_open_entries_is_answered_without_a_query(
+    journal: SqliteRuleJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = count_reads(journal, monkeypatch)
+    assert await journal.open_entries("box", "INBOX") == []
+    await begin(journal, "k1")
+    await journal.place("box\x1fArchive\x1f9\x1f3", "box", "Archive", 9, 3)  # placed: never open
+    reads.clear()
+    assert await journal.open_entries("box", "Archive") == []
+    assert await journal.open_entries("other", "INBOX") == []
+    assert reads == []
+    assert [e.key for e in await journal.open_entries("box", "INBOX")] == ["k1"]
+    assert reads  # the folder of an open entry is read
+    await journal.finish(["k1"])
+    await begin(journal, "k1")  # journaled before and finished: begin changes nothing
+    reads.clear()
+    assert await journal.open_entries("box", "INBOX") == []
+    assert reads == []
+
+
+async def test_a_failed_begin_costs_one_query_at_most(
+    journal: SqliteRuleJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(journal, "_add_mail", broken)
+    with pytest.raises(OSError):
+        await begin(journal, "k1", reply(0))
+    assert await journal.get("k1") is None  # rolled back
+    reads = count_reads(journal, monkeypatch)
+    assert await journal.open_entries("box", "INBOX") == []
+    assert len(reads) == 1
+    assert await journal.open_entries("box", "INBOX") == []
+    assert len(reads) == 1
+
+
+async def test_entries_a_previous_process_left_open_are_found(tmp_path: Path) -> None:
+    first = SqliteRuleJournal(tmp_path / "events.db")
+    await first.open()
+    await begin(first, "k1")
+    await begin(first, "k2", uid=2)
+    await first.finish(["k2"])
+    await first.close()  # without finishing k1: what a kill -9 between acting and storing leaves
+    # And one written to the file by another process while no journal had it open.
+    with sqlite3.connect(tmp_path / "events.db") as other:
+        other.execute(
+            "INSERT INTO rule_journal (key, agent_id, mailbox_id, folder, uidvalidity, uid, state, record,"
+            " created_at, updated_at) VALUES ('k3', 'agent', 'box', 'Archive', 7, 3, ?, '{}', 0, 0)",
+            (OPEN,),
+        )
+    other.close()
+    second = SqliteRuleJournal(tmp_path / "events.db")
+    await second.open()
+    try:
+        assert [e.key for e in await second.open_entries("box", "INBOX")] == ["k1"]
+        assert [e.key for e in await second.open_entries("box", "Archive")] == ["k3"]
+        await second.finish(["k1", "k3"])
+        assert await second.open_entries("box", "INBOX") == []
+        assert await second.open_entries("box", "Archive") == []
     finally:
         await second.close()

@@ -217,3 +217,41 @@ async def test_report_trains_the_learning_once(parts: dict[str, Any]) -> None:
     assert (report["outcome"], report["learned"]) == ("ok", True)
     await pipeline.process(mailbox, fetched(), FakeActions())  # type: ignore[arg-type]
     assert len(trainer.trained) == 1
+
+
+async def test_recovery_after_a_restart_finds_what_was_left_open_then_costs_no_query(
+    parts: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    then = [{"move": "Archive"}, {"tag": "t"}]
+    pipeline, mailbox = setup(parts, then)
+    broken = FakeActions()
+    broken.fail = ImapConnectionLost("connection lost")
+    with pytest.raises(ActionInterrupted):
+        await pipeline.process(mailbox, fetched(), broken)  # type: ignore[arg-type]
+    # The process ends there; the next one opens the same file with a journal of its own.
+    await parts["journal"].close()
+    journal = SqliteRuleJournal(parts["tmp"] / "events.db")
+    await journal.open()
+    try:
+        parts["journal"] = journal
+        pipeline, mailbox = setup(parts, then)
+        after = FakeActions()  # still in INBOX: the move did not happen
+        await pipeline.recover(mailbox, after)  # type: ignore[arg-type]
+        assert after.calls == [("move", 7, "Archive")]
+        (stored,) = parts["published"]
+        assert (stored.data["uid"], stored.data["recovered"], stored.data["labels"]) == (101, True, ["t"])
+        # Nothing is open any more: the next syncs' recovery asks SQLite nothing.
+        assert journal._conn is not None
+        real = journal._conn.execute_fetchall
+        reads: list[str] = []
+
+        async def execute_fetchall(sql: str, params: Any = None) -> Any:
+            reads.append(sql)
+            return await real(sql, params)
+
+        monkeypatch.setattr(journal._conn, "execute_fetchall", execute_fetchall)
+        await pipeline.recover(mailbox, FakeActions())  # type: ignore[arg-type]
+        await pipeline.recover(mailbox, FakeActions())  # type: ignore[arg-type]
+        assert reads == [] and len(parts["published"]) == 1
+    finally:
+        await journal.close()

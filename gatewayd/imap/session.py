@@ -31,11 +31,16 @@ aioimaplib.Commands.setdefault(
 _LOST = [b"gatewayd: connection lost"]
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
+_EXISTS = re.compile(rb"\A\* (\d+) EXISTS\Z")
+_EXPUNGE = re.compile(rb"\A\* \d+ EXPUNGE\Z")
 _FETCH_START = re.compile(rb"^\d+ FETCH \(")
 _FETCH_UID = re.compile(rb"[( ]UID (\d+)")
 _FETCH_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
 _FETCH_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
 _FETCH_DATE = re.compile(rb'INTERNALDATE "([^"]*)"')
+# What Dovecot sends for a message another session expunged while this one still counts it: no
+# body (NIL), with `[EXPUNGEISSUED]` (RFC 5530) on the tagged OK.
+_FETCH_NO_BODY = re.compile(rb"BODY\[\](?:<\d+>)? NIL")
 _STATUS_UIDNEXT = re.compile(rb"UIDNEXT (\d+)")
 _STATUS_UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
 # `* STATUS name (...)`, the name an atom or a quoted string (a literal is left unparsed).
@@ -83,6 +88,12 @@ class ImapSession:
         # Set whenever the server reports EXISTS, in IDLE or not: aioimaplib drops an EXISTS
         # that arrives during another command, so the watcher checks this after each sync.
         self.exists_seen = False
+        # The selected folder's message count as the server last reported it (EXISTS, less one per
+        # EXPUNGE since), and a running total of the messages it reported added (each EXISTS above
+        # the count: new mail). `arrived` never goes down; the watcher compares it between two
+        # syncs of the same `selected` to know how many messages at most are new.
+        self.exists: int | None = None
+        self.arrived = 0
         # With NOTIFY: the folders a `* STATUS` reported changed, whenever it came (None: a
         # STATUS whose folder name could not be read). Read and cleared by take_notified().
         self._notified: set[str | None] = set()
@@ -97,6 +108,10 @@ class ImapSession:
             # Sees every untagged line first, before aioimaplib strips its `* ` markers.
             if line.endswith(b" EXISTS"):
                 self.exists_seen = True
+                self._count_exists(line)
+            elif line.endswith(b" EXPUNGE"):
+                if self.exists and _EXPUNGE.match(line):
+                    self.exists -= 1
             elif line.startswith(b"* STATUS "):
                 folder = _status_folder(line)
                 if folder is None or self._status_query is None or _folder_key(folder) != self._status_query:
@@ -104,6 +119,15 @@ class ImapSession:
             return untagged(line)
 
         protocol._untagged_response = note
+
+    def _count_exists(self, line: bytes) -> None:
+        match = _EXISTS.match(line)
+        if match is None:
+            return
+        count = int(match.group(1))
+        if self.exists is not None and count > self.exists:
+            self.arrived += count - self.exists
+        self.exists = count
 
     @classmethod
     async def open(cls, config: ImapConfig) -> ImapSession:
@@ -264,6 +288,8 @@ class ImapSession:
         if self.selected is not None and self.selected.folder != folder:
             # A push the server held back for the folder we leave is lost with it (see notify.py).
             self._left.add(self.selected.folder)
+        # The EXISTS in the answer is the new folder's count, not new mail.
+        self.exists = None
         response = await self._call("SELECT", self._client.select(_quote(folder)))
         uidvalidity = uidnext = None
         for line in response.lines:
@@ -289,14 +315,32 @@ class ImapSession:
     async def fetch(self, uids: Sequence[int], max_bytes: int) -> list[FetchedMessage]:
         """Fetch metadata and the first max_bytes of each message, without setting \\Seen.
 
-        A UID expunged meanwhile is simply absent from the result.
+        A UID expunged meanwhile is absent from the result, also when the server still lists it
+        without its content because another session expunged it (`[EXPUNGEISSUED]`).
         """
         if not uids or self.selected is None:
             return []
         wanted = set(uids)
         items = f"(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[]<0.{max_bytes}>)"
         response = await self._call("UID FETCH", self._client.uid("fetch", _uid_set(uids), items))
-        return [m for m in _parse_fetch(response.lines, self.selected) if m.uid in wanted]
+        return [m for m in _parse_fetch(response.lines, self.selected, present=True) if m.uid in wanted]
+
+    async def fetch_from(self, first_uid: int, max_bytes: int) -> list[FetchedMessage]:
+        """Every message with a UID >= first_uid, ascending, fetched as `fetch` does, in one
+        `UID FETCH first_uid:*` (no SEARCH first): for a few new messages only, since the answer
+        is held in memory whole.
+
+        `n:*` means n..highest UID in either order (RFC 3501 6.4.8, RFC 9051 9): when n is above
+        the highest UID the server still returns the message with the highest UID, so whatever is
+        below first_uid is dropped. A message expunged meanwhile is absent, as with `fetch`.
+        """
+        if self.selected is None:
+            return []
+        items = f"(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[]<0.{max_bytes}>)"
+        response = await self._call("UID FETCH", self._client.uid("fetch", f"{first_uid}:*", items))
+        fetched = _parse_fetch(response.lines, self.selected, present=True)
+        messages = [m for m in fetched if m.uid >= first_uid]
+        return sorted(messages, key=lambda m: m.uid)
 
     async def message_ids(self, uids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
         """UID -> (Message-ID header, INTERNALDATE), for resynchronising after a UIDVALIDITY change."""
@@ -383,16 +427,25 @@ def _uid_set(uids: Sequence[int]) -> str:
     return ",".join(parts)
 
 
-def _parse_fetch(lines: Sequence[bytes | bytearray], selected: Selected) -> list[FetchedMessage]:
-    """Pair each `N FETCH (...)` line with the literal that follows it."""
+def _parse_fetch(
+    lines: Sequence[bytes | bytearray], selected: Selected, present: bool = False
+) -> list[FetchedMessage]:
+    """Pair each `N FETCH (...)` line with the literal that follows it.
+
+    `present`: leave out what the server answered for messages already expunged (no body, and
+    `[EXPUNGEISSUED]` in the tagged response, the last line).
+    """
     messages: list[FetchedMessage] = []
     head: bytes | None = None
     literal = b""
+    expunged = present and bool(lines) and b"[EXPUNGEISSUED]" in bytes(lines[-1])
     for line in [*lines, b"0 FETCH ("]:
         if isinstance(line, bytearray):
             literal = bytes(line)
             continue
         if _FETCH_START.match(line):
+            if expunged and head is not None and _FETCH_NO_BODY.search(head):
+                head = None  # expunged by another session: gone
             if head is not None and (uid := _FETCH_UID.search(head)):
                 size = _FETCH_SIZE.search(head)
                 flags = _FETCH_FLAGS.search(head)

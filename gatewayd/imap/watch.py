@@ -6,6 +6,11 @@ which drives these same per-folder watchers over one NOTIFY session.)
 Exactly once: each message becomes an event with the dedupe key (mailbox, folder, UIDVALIDITY,
 UID), stored in the same transaction as the folder's UID checkpoint. After a crash the same UIDs
 are fetched again and the store skips what it already has.
+
+After a push of a few new messages (the count of EXISTS since the last sync of the same SELECT is
+at most FETCH_BATCH) the sync fetches them at once with `UID FETCH <checkpoint+1>:*`, without the
+UID SEARCH round trip; the first sync of a SELECT, a larger backlog, and a sync no EXISTS called
+for (a probe, a poll that found nothing) search first and fetch in batches of FETCH_BATCH.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from gatewayd.events import (
     rfc3339,
 )
 from gatewayd.imap.act import MailActions, SessionActions
-from gatewayd.imap.session import ImapError, ImapSession
+from gatewayd.imap.session import ImapError, ImapSession, Selected
 from gatewayd.message import FetchedMessage
 from gatewayd.store import Checkpoint, EventStore
 
@@ -100,6 +105,9 @@ class FolderWatcher:
         self._session: ImapSession | None = None
         # The folder's checkpoint as this watcher last stored it (None: read it from the store).
         self._checkpoint: Checkpoint | None = None
+        # The last complete sync: the SELECT it ran on and the session's `arrived` count before it.
+        # Every message above the checkpoint since then was reported by an EXISTS counted after.
+        self._synced: tuple[Selected, int] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -227,6 +235,9 @@ class FolderWatcher:
         session.exists_seen = False
         selected = session.selected
         assert selected is not None
+        # Before any command: an EXISTS answered to one of this sync's commands counts for the next.
+        arrived = session.arrived
+        synced, self._synced = self._synced, None
         # First what a crash interrupted (a message moved away before its event was stored).
         await self._process.recover(self.mailbox, SessionActions(session))
         # The watcher is its folder's only writer of the checkpoint: the store is read once per
@@ -234,29 +245,56 @@ class FolderWatcher:
         checkpoint = self._checkpoint
         if initial or checkpoint is None:
             checkpoint = await self._store.get_checkpoint(self.mailbox.id, self.folder)
-        resynced = False
+        resynced = fresh = False
         if checkpoint is None:
             checkpoint = await self._first_checkpoint(session)
+            fresh = True
         elif checkpoint.uidvalidity != selected.uidvalidity:
             checkpoint = await self._resync_after_uidvalidity_change(session, checkpoint)
-            resynced = True
+            resynced = fresh = True
         self._checkpoint = checkpoint
-        uids = await session.uids_from(checkpoint.last_uid + 1)
-        for start in range(0, len(uids), FETCH_BATCH):
-            batch = uids[start : start + FETCH_BATCH]
-            await self._announce(session, batch, checkpoint.uidvalidity)
+        # How many messages at most are new: those the server reported since the last sync of
+        # this very SELECT (None: unknown).
+        new = arrived - synced[1] if synced is not None and synced[0] is selected and not initial else None
+        if not fresh and new is not None and 0 < new <= FETCH_BATCH and session.exists:
+            await self._announce_new(session, checkpoint)
+        else:
+            uids = await session.uids_from(checkpoint.last_uid + 1)
+            for start in range(0, len(uids), FETCH_BATCH):
+                batch = uids[start : start + FETCH_BATCH]
+                await self._announce(session, batch, checkpoint.uidvalidity)
+        self._synced = (selected, arrived)
         return resynced
 
     async def _announce(self, session: ImapSession, uids: list[int], uidvalidity: int) -> None:
-        """Fetch a batch, then store and publish each message as soon as it is processed.
+        """Fetch a batch found by UID SEARCH, then store and publish each message (`_deliver`).
+
+        The last one's checkpoint covers the whole batch: a UID expunged before FETCH is skipped
+        for good.
+        """
+        messages = sorted(await session.fetch(uids, self.mailbox.fetch_max_bytes), key=lambda m: m.uid)
+        await self._deliver(session, messages, max(uids), uidvalidity)
+
+    async def _announce_new(self, session: ImapSession, checkpoint: Checkpoint) -> None:
+        """After a push: fetch every message above the checkpoint in one `UID FETCH n:*`.
+
+        Only what comes back counts: the checkpoint moves to the highest UID processed, and
+        stays where it is when nothing new came back (all expunged, or `n:*` above the highest
+        UID, which returns that highest message: below n, dropped by `fetch_from`).
+        """
+        messages = await session.fetch_from(checkpoint.last_uid + 1, self.mailbox.fetch_max_bytes)
+        if messages:
+            await self._deliver(session, messages, messages[-1].uid, checkpoint.uidvalidity)
+
+    async def _deliver(
+        self, session: ImapSession, messages: list[FetchedMessage], last_uid: int, uidvalidity: int
+    ) -> None:
+        """Store and publish each message (ascending UIDs) as soon as it is processed.
 
         Each append carries the checkpoint up to its own message, in the same transaction (so
         a crash never loses or repeats one), and the message's rule journal is settled right
-        after it. The last one's checkpoint covers the whole batch: a UID expunged before
-        FETCH is skipped for good.
+        after it; the last one's carries `last_uid`.
         """
-        messages = sorted(await session.fetch(uids, self.mailbox.fetch_max_bytes), key=lambda m: m.uid)
-        last_uid = max(uids)
         process = self._process.process
         for index, message in enumerate(messages):
             # The rules act on the message over this very connection (selected, outside IDLE).

@@ -1,4 +1,13 @@
-"""`RuleJournal` on SQLite (WAL), by default in the event log's file, with its own connection."""
+"""`RuleJournal` on SQLite (WAL), by default in the event log's file, with its own connection.
+
+`open_entries` runs before every sync of every folder, and almost always finds nothing: the
+journal keeps in memory the keys of the entries that may be open, by (mailbox, folder), and
+answers a folder without any at once. The set is read from the file at `open` (what a previous
+process left open) and kept a superset of the open entries from then on: `begin` adds its key
+before its transaction, `finish` removes keys only once committed, and a query that finds fewer
+open entries than the set holds corrects it. It rests on this object being the only writer of
+open entries to its file while open, as it is in the daemon (one journal per store).
+"""
 
 from __future__ import annotations
 
@@ -96,6 +105,9 @@ class SqliteRuleJournal:
         self._conn: aiosqlite.Connection | None = None
         # A transaction spans several awaits: serialize them.
         self._lock = asyncio.Lock()
+        # Every key whose entry may be `open`, by (mailbox_id, folder), and the reverse (see above).
+        self._open_keys: dict[tuple[str, str], set[str]] = {}
+        self._open_folder: dict[str, tuple[str, str]] = {}
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,9 +121,17 @@ class SqliteRuleJournal:
                 if statement.strip():
                     await conn.execute(statement)
             await conn.execute("COMMIT")
+            # What a previous process left open (over the rule_journal_open index alone).
+            rows = await conn.execute_fetchall(
+                "SELECT key, mailbox_id, folder FROM rule_journal WHERE state = ?", (OPEN,)
+            )
         except BaseException:
             await conn.close()
             raise
+        self._open_keys.clear()
+        self._open_folder.clear()
+        for key, mailbox_id, folder in rows:
+            self._mark_open(key, mailbox_id, folder)
         self._conn = conn
 
     async def close(self) -> None:
@@ -119,6 +139,20 @@ class SqliteRuleJournal:
         if conn is not None:
             async with self._lock:
                 await conn.close()
+
+    def _mark_open(self, key: str, mailbox_id: str, folder: str) -> None:
+        pair = (mailbox_id, folder)
+        self._open_keys.setdefault(pair, set()).add(key)
+        self._open_folder[key] = pair
+
+    def _mark_closed(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            pair = self._open_folder.pop(key, None)
+            if pair is not None:
+                folder_keys = self._open_keys[pair]
+                folder_keys.discard(key)
+                if not folder_keys:
+                    del self._open_keys[pair]
 
     @property
     def _c(self) -> aiosqlite.Connection:
@@ -191,6 +225,9 @@ class SqliteRuleJournal:
         now = time.time()
         async with self._lock:
             conn = self._c
+            # Before the transaction: whatever happens to it, the key is never open unknown to us.
+            known = key in self._open_folder
+            self._mark_open(key, mailbox_id, folder)
             await conn.execute("BEGIN IMMEDIATE")
             try:
                 cursor = await conn.execute(
@@ -206,6 +243,9 @@ class SqliteRuleJournal:
             except BaseException:
                 await conn.rollback()
                 raise
+            if cursor.rowcount != 1 and not known:
+                # Journaled before and not open (finished, or placed here): unchanged, still not open.
+                self._mark_closed([key])
         entry = await self.get(key)
         assert entry is not None
         return entry
@@ -292,6 +332,8 @@ class SqliteRuleJournal:
                 for k in keys
             ]
         )
+        # Committed: none of these is open now (finished here, or never open).
+        self._mark_closed(keys)
 
     async def place(self, key: str, mailbox_id: str, folder: str, uidvalidity: int, uid: int) -> None:
         now = time.time()
@@ -307,11 +349,22 @@ class SqliteRuleJournal:
         )
 
     async def open_entries(self, mailbox_id: str, folder: str) -> list[JournalEntry]:
-        rows = await self._read(
-            f"SELECT {_ENTRY} FROM rule_journal WHERE mailbox_id = ? AND folder = ? AND state = ?"
-            " ORDER BY created_at",
-            (mailbox_id, folder, OPEN),
-        )
+        pair = (mailbox_id, folder)
+        if pair not in self._open_keys:
+            return []  # the common case: no entry of this folder is open, nothing to read
+        async with self._lock:
+            rows = list(
+                await self._c.execute_fetchall(
+                    f"SELECT {_ENTRY} FROM rule_journal WHERE mailbox_id = ? AND folder = ? AND state = ?"
+                    " ORDER BY created_at",
+                    (mailbox_id, folder, OPEN),
+                )
+            )
+            # Under the lock no transaction is half done: exactly these are open.
+            found = {row[0] for row in rows}
+            self._mark_closed([key for key in self._open_keys.get(pair, ()) if key not in found])
+            for key in found:
+                self._mark_open(key, mailbox_id, folder)
         return await self._entries(rows)
 
     # -- outbox --------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterator
+import imaplib
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,12 @@ import trustme
 from gatewayd.config import Config
 from gatewayd.events import NewEvent
 from gatewayd.imap.session import ImapSession
+from gatewayd.imap.watch import FETCH_BATCH, FolderWatcher
+from gatewayd.message import FetchedMessage
+from gatewayd.pipeline import Pipeline
 from gatewayd.sandbox.dovecot import Dovecot
+from gatewayd.store import Checkpoint, EventQuery
+from gatewayd.store.sqlite import SqliteEventStore
 from tests.conftest import TOKEN, gateway_config
 from tests.sse import SseReader, mail
 from tests.waiting import idle, wait_for, watcher_states
@@ -306,3 +312,224 @@ async def test_resume_older_than_retention_gets_a_gap_event(
         rest = [await reader.until(lambda f: f.event == "note.test") for _ in range(2)]
     assert [f.json["data"]["n"] for f in rest] == [3, 4]
     assert gap.json["first_available_id"] == rest[0].id
+
+
+# -- after a push: one UID FETCH n:*, no UID SEARCH ----------------------------------------------
+
+
+def count_commands(monkeypatch: pytest.MonkeyPatch, target: Any) -> dict[str, int]:
+    """How often `target` (an ImapSession, or the class) searches and fetches `n:*` from now on."""
+    calls = {"search": 0, "range": 0}
+    uids_from, fetch_from = target.uids_from, target.fetch_from
+
+    async def searched(*args: Any) -> list[int]:
+        calls["search"] += 1
+        return await uids_from(*args)  # type: ignore[no-any-return]
+
+    async def ranged(*args: Any) -> list[FetchedMessage]:
+        calls["range"] += 1
+        return await fetch_from(*args)  # type: ignore[no-any-return]
+
+    # On the class, the plain functions become methods: `self` comes first in args.
+    monkeypatch.setattr(target, "uids_from", searched)
+    monkeypatch.setattr(target, "fetch_from", ranged)
+    return calls
+
+
+async def test_pushed_mail_is_fetched_without_a_search_each_message_once(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No silence probe during the test: every sync after the first is one a push called for.
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], imap={"read_timeout_seconds": 120}))
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    calls = count_commands(monkeypatch, ImapSession)
+    subjects = [f"push {i}" for i in range(12)]
+    for subject in subjects:
+        await dovecot.deliver_async(user, mail(subject))
+    events = await wait_events(gw, len(subjects))
+    await wait_for(lambda: idle(gw), what="watcher idle again")
+    events = await listing(gw, types="message.*")
+    assert [e["data"]["subject"] for e in events] == subjects
+    uids = [e["data"]["uid"] for e in events]
+    assert uids == sorted(set(uids))
+    assert calls["search"] == 0 and calls["range"] >= 1
+    assert gw.daemon.pool.health()[0]["last_uid"] == uids[-1]
+
+
+class Driven:
+    """A FolderWatcher on a session of the test's own: `push()` takes what IDLE would have pushed
+    (a NOOP brings the EXISTS) and syncs, as the watch loop does after DONE."""
+
+    def __init__(self, dovecot: Dovecot, user: str, tmp_path: Path) -> None:
+        self.dovecot, self.user = dovecot, user
+        self.config = gateway_config(tmp_path, dovecot, [user], imap={"read_timeout_seconds": 30})
+        self.mailbox = self.config.mailboxes()[0]
+        self.store = SqliteEventStore(tmp_path / "events.db")
+        self.pipeline: Any = Pipeline()
+        self.session: ImapSession | None = None
+
+    async def connect(self, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+        """A new watcher and connection, as after a restart; attached (the initial sync done)."""
+        await self.disconnect()
+        self.watcher = FolderWatcher(self.mailbox, "INBOX", self.store, self.pipeline, lambda _: None)
+        self.session = await ImapSession.open(self.mailbox.imap)
+        await self.watcher.attach(self.session)
+        return count_commands(monkeypatch, self.session)
+
+    async def push(self) -> None:
+        assert self.session is not None
+        await self.session.noop()
+        await self.watcher.catch_up(self.session)
+
+    async def deliver(self, *subjects: str) -> None:
+        for subject in subjects:
+            await self.dovecot.deliver_async(self.user, mail(subject))
+
+    async def subjects(self) -> list[str]:
+        query = EventQuery(agent_ids=("support",), type_patterns=("message.*",))
+        events = await self.store.read_after(query, 0, 1000)
+        uids = [e.data["uid"] for e in events]
+        assert uids == sorted(set(uids)), "each UID once, in order"
+        return [e.data["subject"] for e in events]
+
+    async def checkpoint(self) -> Checkpoint | None:
+        return await self.store.get_checkpoint(self.mailbox.id, "INBOX")
+
+    def expunge(self, *subjects: str) -> None:
+        """Another client deletes these messages (this one is not told until its next command)."""
+        client = imaplib.IMAP4(self.dovecot.host, self.dovecot.imap_port)
+        try:
+            client.login(self.user, "secret")
+            client.select("INBOX")
+            for subject in subjects:
+                _, found = client.uid("SEARCH", "HEADER", "Subject", f'"{subject}"')
+                for uid in found[0].split():
+                    client.uid("STORE", uid.decode(), "+FLAGS.SILENT", "(\\Deleted)")
+            client.expunge()
+        finally:
+            client.logout()
+
+    async def disconnect(self) -> None:
+        if self.session is not None:
+            await self.session.logout()
+            self.session = None
+
+
+@pytest.fixture
+async def driven(dovecot: Dovecot, user: str, tmp_path: Path) -> AsyncIterator[Driven]:
+    it = Driven(dovecot, user, tmp_path)
+    await it.store.open()
+    try:
+        yield it
+    finally:
+        await it.disconnect()
+        await it.store.close()
+
+
+async def test_a_push_fetches_the_range_and_only_what_came_back(
+    driven: Driven, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = await driven.connect(monkeypatch)
+    await driven.deliver("a", "b", "c")
+    await driven.push()
+    assert await driven.subjects() == ["a", "b", "c"]
+    assert calls == {"search": 0, "range": 1}
+    # New mail expunged by another client between the push and the fetch: the server still
+    # lists the messages this session counts, without content ([EXPUNGEISSUED]): not announced.
+    await driven.deliver("d", "e", "f")
+    assert driven.session is not None
+    await driven.session.noop()
+    await asyncio.to_thread(driven.expunge, "e", "f")
+    await driven.watcher.catch_up(driven.session)
+    assert await driven.subjects() == ["a", "b", "c", "d"]
+    checkpoint = await driven.checkpoint()
+    # UIDs a..h are 1..8: the checkpoint is the highest UID processed, not the highest fetched.
+    assert checkpoint is not None and checkpoint.last_uid == 4
+    # Expunged with this session told before the fetch: not even listed.
+    await driven.deliver("g", "h")
+    await driven.session.noop()
+    await asyncio.to_thread(driven.expunge, "g")
+    await driven.push()
+    assert await driven.subjects() == ["a", "b", "c", "d", "h"]
+    assert calls == {"search": 0, "range": 3}
+    checkpoint = await driven.checkpoint()
+    assert checkpoint is not None and checkpoint.last_uid == 8
+
+
+async def test_a_range_above_the_highest_uid_announces_nothing(
+    driven: Driven, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = await driven.connect(monkeypatch)
+    await driven.deliver("kept")
+    await driven.push()
+    before = await driven.checkpoint()
+    assert before is not None
+    # One new message, expunged before the fetch: `n:*` with n above every UID returns the
+    # highest message there is, "kept", which was announced already.
+    await driven.deliver("gone")
+    assert driven.session is not None
+    await driven.session.noop()
+    await asyncio.to_thread(driven.expunge, "gone")
+    await driven.push()
+    assert calls == {"search": 0, "range": 2}
+    assert await driven.subjects() == ["kept"]
+    assert await driven.checkpoint() == before
+    # And the next message is announced as usual.
+    await driven.deliver("next")
+    await driven.push()
+    assert await driven.subjects() == ["kept", "next"]
+    after = await driven.checkpoint()
+    assert after is not None and after.last_uid == before.last_uid + 2
+
+
+async def test_a_burst_over_one_batch_is_searched_and_fetched_in_batches(
+    driven: Driven, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = await driven.connect(monkeypatch)
+    burst = [f"burst {i}" for i in range(FETCH_BATCH + 5)]
+    await driven.deliver(*burst)
+    await driven.push()  # more new messages than one batch: UID SEARCH, then batches
+    assert calls == {"search": 1, "range": 0}
+    assert await driven.subjects() == burst
+    await driven.deliver("after the burst")
+    await driven.push()
+    assert calls == {"search": 1, "range": 1}
+    assert await driven.subjects() == [*burst, "after the burst"]
+
+
+async def test_a_failure_in_the_middle_of_a_push_and_a_restart_repeat_nothing(
+    driven: Driven, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+    pipeline = driven.pipeline
+
+    class Failing:
+        fail_on: str | None = "three"
+
+        async def process(self, mailbox: Any, message: FetchedMessage, actions: Any = None) -> Any:
+            subject = message.raw.split(b"Subject: ")[1].split(b"\r\n")[0].decode()
+            seen.append(subject)
+            if subject == self.fail_on:
+                self.fail_on = None
+                raise RuntimeError("the pipeline broke")
+            return await pipeline.process(mailbox, message, actions)
+
+        async def recover(self, mailbox: Any, actions: Any) -> None:
+            await pipeline.recover(mailbox, actions)
+
+    driven.pipeline = Failing()
+    calls = await driven.connect(monkeypatch)
+    await driven.deliver("one", "two", "three", "four")
+    with pytest.raises(RuntimeError):
+        await driven.push()
+    assert calls == {"search": 0, "range": 1}
+    assert await driven.subjects() == ["one", "two"]  # each stored with its own checkpoint
+    await driven.deliver("while down")
+    calls = await driven.connect(monkeypatch)  # a new process: the initial sync searches
+    assert calls == {"search": 0, "range": 0}  # counted from after the initial sync
+    assert await driven.subjects() == ["one", "two", "three", "four", "while down"]
+    await driven.deliver("five")
+    await driven.push()
+    assert calls == {"search": 0, "range": 1}
+    assert await driven.subjects() == ["one", "two", "three", "four", "while down", "five"]
+    assert seen == ["one", "two", "three", "three", "four", "while down", "five"]
