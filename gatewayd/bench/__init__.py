@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if args.quick else "full"
     print(
         f"gatewayd bench ({mode}): {info.get('nproc')} cores, {info.get('cpu', '?')}, "
-        f"Python {info['python']}, Dovecot {info.get('dovecot', '?')}, load {os.getloadavg()[0]:.2f}",
+        f"Python {info['python']} ({info['interpreter']}), Dovecot {info.get('dovecot', '?')}, "
+        f"load {os.getloadavg()[0]:.2f}",
         flush=True,
     )
     results = asyncio.run(run(modules, args.quick, sizes, args.profile))

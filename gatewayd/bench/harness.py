@@ -377,6 +377,9 @@ def machine() -> dict[str, Any]:
     info: dict[str, Any] = {
         "nproc": os.cpu_count(),
         "python": platform.python_version(),
+        # Which build: distributions' interpreters (Debian's is profile-guided and linked
+        # statically) run this code ~10 % faster than a plain source build such as pyenv's.
+        "interpreter": os.path.realpath(sys.executable),
         "kernel": platform.release(),
         "loadavg": os.getloadavg(),
     }
