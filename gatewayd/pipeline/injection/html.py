@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -123,6 +124,7 @@ class HtmlView:
         # few such tags ("<a b='>' x <a b='>' ...") every tag ends at its first ">".
         strict_budget = 32
         sizes, visible = self._sizes, self.visible
+        names: dict[str, tuple[str, bool, bool]] = {}  # a tag name as written -> _name_info
         for _ in range(MAX_HTML_TOKENS):
             if position >= end:
                 return
@@ -146,11 +148,14 @@ class HtmlView:
                 continue
             position = tag.end()
             closing, name, inside = tag.groups()
-            name = name.lower()
-            if name in _FAKE_TAGS or name.startswith("antml:"):
+            known = names.get(name)
+            if known is None:
+                known = names[name] = _name_info(name)
+            name, fake, block = known
+            if fake:
                 self.fake_tags.append(tag.group(0)[:SNIPPET])
             # Words either side of a block are apart, even when it is hidden (_keep, inlined).
-            if name in _BLOCK and sizes["visible"] < MAX_TEXT_CHARS:
+            if block and sizes["visible"] < MAX_TEXT_CHARS:
                 visible.append(" ")
                 sizes["visible"] += 1
             if closing:
@@ -212,7 +217,8 @@ class HtmlView:
     def _attributes(self, inside: str) -> dict[str, str]:
         parsed = self._parsed.get(inside)
         if parsed is None:  # (the insides are disjoint parts of the HTML: the cache is no bigger)
-            parsed = self._parsed[inside] = _parse_attributes(inside)
+            parse = _cached_attributes if len(inside) <= 512 else _parse_attributes
+            parsed = self._parsed[inside] = parse(inside)
         attrs, texts, urls = parsed
         for text in texts:
             self._keep(self.attributes, "attributes", text)
@@ -223,7 +229,8 @@ class HtmlView:
     def _box(self, name: str, inside: str, attrs: Mapping[str, str], parent: _Box) -> _Box:
         own = self._owns.get((name, inside))
         if own is None:
-            own = self._owns[name, inside] = self._own(name, attrs)
+            plain = not (self.rules or self.unknown_bg) and len(inside) <= 512  # no stylesheet: _plain_own
+            own = self._owns[name, inside] = _plain_own(name, inside) if plain else self._own(name, attrs)
         bare, says = own
         # Saying nothing, the element is its parent again. (The parent's reason came from the same
         # fields, maybe before a stylesheet made colours unsure: then the colour check is made again,
@@ -251,34 +258,7 @@ class HtmlView:
         return _Box(sticky, invisible, is_tiny, fg, bg, reason)
 
     def _own(self, name: str, attrs: Mapping[str, str]) -> tuple[bool, _Own | None]:
-        """Whether the element has neither attributes nor CSS, and what its name, attributes and
-        the stylesheet say of its box before its parent counts (None: nothing)."""
-        css: dict[str, str] = {}
-        if self.rules or self.unknown_bg:  # a stylesheet
-            keys = [name, *("." + cls.lower() for cls in attrs.get("class", "").split()[:20])]
-            if attrs.get("id"):
-                keys.append("#" + attrs["id"].lower())
-            for key in keys:
-                css.update(self.rules.get(key, {}))
-            if self.unknown_bg and not self.unknown_bg.isdisjoint(keys):
-                css.setdefault("background-image", "url()")
-        if attrs.get("style"):
-            css.update(declarations(attrs["style"]))
-        sticky = (
-            (sticky_reason(css) if css else None)
-            or ("hidden attribute" if "hidden" in attrs else None)
-            or ("<template>" if name == "template" else None)
-        )
-        visibility = css.get("visibility")
-        invisible = None if visibility is None else visibility.startswith(("hidden", "collapse"))
-        is_tiny = tiny(css) if css else None
-        fg = colour(css.get("color") or attrs.get("color") or (attrs.get("text") if name == "body" else None))
-        bg_value = css.get("background-color") or css.get("background") or attrs.get("bgcolor")
-        bg = background(bg_value) if bg_value else None
-        if bg is None and (attrs.get("background") or "url(" in css.get("background-image", "")):
-            bg = UNKNOWN
-        says = (sticky, invisible, is_tiny, fg, bg)
-        return not css and not attrs, None if says == _SAYS_NOTHING else says
+        return _own_of(name, attrs, self.rules, self.unknown_bg)
 
     def _stylesheet(self, css: str) -> None:
         """Rules for plain tag, .class and #id selectors at top level (not inside @media)."""
@@ -313,6 +293,53 @@ class HtmlView:
             start = brace.end()
 
 
+def _own_of(
+    name: str, attrs: Mapping[str, str], rules: Mapping[str, Mapping[str, str]], unknown_bg: set[str]
+) -> tuple[bool, _Own | None]:
+    """Whether the element has neither attributes nor CSS, and what its name, attributes and
+    the stylesheet say of its box before its parent counts (None: nothing)."""
+    css: dict[str, str] = {}
+    if rules or unknown_bg:  # a stylesheet
+        keys = [name, *("." + cls.lower() for cls in attrs.get("class", "").split()[:20])]
+        if attrs.get("id"):
+            keys.append("#" + attrs["id"].lower())
+        for key in keys:
+            css.update(rules.get(key, {}))
+        if unknown_bg and not unknown_bg.isdisjoint(keys):
+            css.setdefault("background-image", "url()")
+    if attrs.get("style"):
+        css.update(declarations(attrs["style"]))
+    sticky = (
+        (sticky_reason(css) if css else None)
+        or ("hidden attribute" if "hidden" in attrs else None)
+        or ("<template>" if name == "template" else None)
+    )
+    visibility = css.get("visibility")
+    invisible = None if visibility is None else visibility.startswith(("hidden", "collapse"))
+    is_tiny = tiny(css) if css else None
+    fg = colour(css.get("color") or attrs.get("color") or (attrs.get("text") if name == "body" else None))
+    bg_value = css.get("background-color") or css.get("background") or attrs.get("bgcolor")
+    bg = background(bg_value) if bg_value else None
+    if bg is None and (attrs.get("background") or "url(" in css.get("background-image", "")):
+        bg = UNKNOWN
+    says = (sticky, invisible, is_tiny, fg, bg)
+    return not css and not attrs, None if says == _SAYS_NOTHING else says
+
+
+# Without a stylesheet what an element says depends on its name and inside alone, and the same
+# ones come back from mail to mail: a short inside is worked out once (what the walk parses it to).
+@functools.lru_cache(maxsize=4096)
+def _plain_own(name: str, inside: str) -> tuple[bool, _Own | None]:
+    attrs = _cached_attributes(inside)[0] if inside and not inside.isspace() else {}
+    return _own_of(name, attrs, {}, set())
+
+
+def _name_info(name: str) -> tuple[str, bool, bool]:
+    """A tag name as written: lower-cased, whether it is fake tool markup, whether it is a block."""
+    name = name.lower()
+    return name, name in _FAKE_TAGS or name.startswith("antml:"), name in _BLOCK
+
+
 def _parse_attributes(inside: str) -> tuple[dict[str, str], list[str], list[str]]:
     """A tag's attributes; the text of those that show text (alt, title...) and its URLs."""
     attrs: dict[str, str] = {}
@@ -325,6 +352,11 @@ def _parse_attributes(inside: str) -> tuple[dict[str, str], list[str], list[str]
     if attrs.get("type", "").lower() == "hidden" and attrs.get("value"):
         texts.append(attrs["value"] + "\n")
     return attrs, texts, [attrs[key].strip() for key in _URL_ATTRS if attrs.get(key)]
+
+
+# Tags repeat from mail to mail too ('<font face="Arial" size="2">'): a short inside is parsed once
+# (a long one is not kept: the cache stays a few MB). What it returns is never changed.
+_cached_attributes = functools.lru_cache(maxsize=4096)(_parse_attributes)
 
 
 def _simple_selector(selector: str) -> str | None:

@@ -70,11 +70,40 @@ _PRINTABLE_ASCII = bytes(c for c in range(128) if chr(c).isprintable() or chr(c)
 _ASCII_LETTERS = bytes(c for c in range(128) if chr(c).isalpha())
 
 
+# A character of a run of _BASE64_RUN (not its "=") as "a", any other as " ".
+_RUN_CHAR_TO_A = bytes(0x20 if c == ord("=") else a for c, a in enumerate(BASE64_TO_A))
+_RUN_START = b"a" * 16
+
+
+def _base64_runs(text: str) -> Iterable[re.Match[str]]:
+    """_BASE64_RUN.finditer(text). The engine tries every letter of every word; in ASCII text a
+    find over its characters mapped to "a" jumps to the next 16 run characters instead. That is
+    the start of a run (the previous match ended at a run's end or after its "="), where the
+    regex matches all of the run, as finditer's match there does. After a few runs the engine's
+    own loop takes over from there: where runs are dense, a jump per run costs more."""
+    if not text.isascii():
+        yield from _BASE64_RUN.finditer(text)
+        return
+    mapped = text.encode("ascii").translate(_RUN_CHAR_TO_A)
+    position = mapped.find(_RUN_START)
+    for _ in range(_JUMPS):
+        match = _BASE64_RUN.match(text, position) if position >= 0 else None
+        if match is None:  # no more runs (a failed match cannot happen: then finditer has the word)
+            break
+        yield match
+        position = mapped.find(_RUN_START, match.end())
+    if position >= 0:
+        yield from _BASE64_RUN.finditer(text, position)
+
+
+_JUMPS = 8
+
+
 def base64_blobs(text: str) -> Iterable[str]:
     """Runs of base64 of 80+ characters, joined across the line breaks of wrapped blobs."""
     blob: list[str] = []
     size = last_end = found = 0
-    for match in _BASE64_RUN.finditer(text):
+    for match in _base64_runs(text):
         if blob and not _BASE64_GAP.fullmatch(text, last_end, match.start()):
             if size >= 80:
                 yield "".join(blob)

@@ -135,6 +135,9 @@ class _Pattern:
 
     regex: re.Pattern[str]
     starts: tuple[tuple[str, frozenset[bytes] | None], ...] | None
+    # One start, and the regex begins with a literal character: the engine then looks for the
+    # literal text it begins with as fast as str.find does ("#{1,6}" it would try everywhere).
+    scans: bool = False
 
     def first(self, text: str, boundary: bool, start_words: frozenset[bytes] | None) -> re.Match[str] | None:
         """The first match, or with `boundary` the first at a word start (see _first_at_word_start).
@@ -144,6 +147,8 @@ class _Pattern:
         return _first_at_word_start(self.regex, text) if boundary else self.regex.search(text)
 
     def _matches_at_a_start(self, text: str, boundary: bool, start_words: frozenset[bytes] | None) -> bool:
+        if self.scans:
+            return self._matches_at_the_start(text, boundary, start_words)
         match = self.regex.match
         for start, words in self.starts or ():
             if boundary and words is not None and start_words is not None and words.isdisjoint(start_words):
@@ -153,6 +158,22 @@ class _Pattern:
                 if (not boundary or _at_word_start(text, position)) and match(text, position):
                     return True
                 position = text.find(start, position + 1)
+        return False
+
+    def _matches_at_the_start(self, text: str, boundary: bool, start_words: frozenset[bytes] | None) -> bool:
+        """_matches_at_a_start for a regex with one start that begins with a literal character (see
+        `scans`): the engine jumps between its occurrences itself and tries the rest there, and only
+        matches come back here. Every match begins with the start: these are the occurrences that
+        match."""
+        (_, words), *_ = self.starts or ()
+        if boundary and words is not None and start_words is not None and words.isdisjoint(start_words):
+            return False
+        search = self.regex.search
+        found = search(text)
+        while found is not None:
+            if not boundary or _at_word_start(text, found.start()):
+                return True
+            found = search(text, found.start() + 1)
         return False
 
 
@@ -168,18 +189,25 @@ def _substrings(items: Iterable[str]) -> _Substrings:
     by_first: dict[str, list[str]] = {}
     for item in items:
         by_first.setdefault(item[0], []).append(item)
-    prefixes = [(os.path.commonprefix(same), same) for same in by_first.values()]  # noqa: RUF071 (not paths)
-    return tuple(
-        (
-            prefix,
-            None
-            if prefix in same
-            else re.compile(
-                re.escape(prefix) + "(?:" + "|".join(re.escape(s[len(prefix) :]) for s in same) + ")"
-            ),
-        )
-        for prefix, same in prefixes
-    )
+    prefixes = [os.path.commonprefix(same) for same in by_first.values()]  # noqa: RUF071 (not paths)
+    # Where a prefix holds another ("[admin " holds "admin "), its substrings are only there when
+    # the shorter prefix is: they join that prefix's regex (no regex: that prefix opens the group
+    # alone), and the longer prefix costs no pass of its own. The shortest prefix held is never
+    # one that holds another, or that one would be shorter still.
+    merged: dict[str, list[str]] = {}
+    for prefix, same in zip(prefixes, by_first.values(), strict=True):
+        held = [p for p in prefixes if p != prefix and p in prefix]
+        merged.setdefault(min(held, key=len) if held else prefix, []).extend(same)
+    return tuple((prefix, _any_of(prefix, same)) for prefix, same in merged.items())
+
+
+def _any_of(prefix: str, same: list[str]) -> re.Pattern[str] | None:
+    """None when `prefix` is one of `same`, else a regex for any of `same` (see above)."""
+    if prefix in same:
+        return None
+    alternatives = [s for s in same if s.startswith(prefix)]
+    parts = [re.escape(prefix) + "(?:" + "|".join(re.escape(s[len(prefix) :]) for s in alternatives) + ")"]
+    return re.compile("|".join(parts + [re.escape(s) for s in same if not s.startswith(prefix)]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,8 +242,15 @@ def rule(symbol: str, gate: str, *alternatives: str) -> _Rule:
         items = group.split()
         words = frozenset(i.encode() for i in items if not i.startswith("~"))
         groups.append((words, _substrings(i[1:].replace("+", " ") for i in items if i.startswith("~"))))
-    patterns = tuple(_Pattern(regex, _starts(regex)) for regex in map(re.compile, alternatives))
+    patterns = tuple(_pattern(regex) for regex in map(re.compile, alternatives))
     return _Rule(symbol, tuple(groups), patterns)
+
+
+def _pattern(regex: re.Pattern[str]) -> _Pattern:
+    starts = _starts(regex)
+    items = list(_sre_parse(regex.pattern, regex.flags))
+    literal_first = bool(items) and items[0][0] is _sre.LITERAL and not regex.flags & re.IGNORECASE
+    return _Pattern(regex, starts, starts is not None and len(starts) == 1 and literal_first)
 
 
 class RuleIndex:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import functools
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -118,6 +119,19 @@ class _Scorer:
         current = self.findings.get(symbol)
         if score > 0 and (current is None or score > current.score):
             self.findings[symbol] = Finding(symbol, score, detail[:160])
+
+
+def _url_signals(url: str) -> tuple[str, bool, bool]:
+    """A link's host, whether it is an exfiltration endpoint, whether it holds a placeholder."""
+    lowered = (unquote(url[:2048]) if "%" in url else url[:2048]).lower()
+    hostname = host(lowered)
+    exfil = hostname.endswith(EXFIL_HOSTS) or any(path in lowered for path in EXFIL_PATHS)
+    return hostname, exfil, PLACEHOLDER.search(lowered.split("://", 1)[-1]) is not None
+
+
+# Links repeat from mail to mail (list footers, trackers): a short one is looked at once (a long
+# one is not kept: the cache stays a few MB).
+_cached_url_signals = functools.lru_cache(maxsize=4096)(_url_signals)
 
 
 def _guard(scorer: _Scorer, part: str, fallback: Any, run: Callable[..., Any], *args: Any) -> Any:
@@ -311,11 +325,11 @@ class _Scan:
                     if decoded:
                         self._channel("\n".join(decoded), "INJ_ENCODED_INSTRUCTIONS", "decoded data: URL")
                 continue
-            lowered = (unquote(url[:2048]) if "%" in url else url[:2048]).lower()
-            hostname = host(lowered)
-            if hostname.endswith(EXFIL_HOSTS) or any(path in lowered for path in EXFIL_PATHS):
+            signals = _cached_url_signals if len(url) <= 512 else _url_signals
+            hostname, exfil, placeholder = signals(url)
+            if exfil:
                 self.scorer.add("INJ_EXFIL_ENDPOINT", f"link to {hostname}")
-            if PLACEHOLDER.search(lowered.split("://", 1)[-1]):
+            if placeholder:
                 self.scorer.add("INJ_EXFIL_URL", repr(snippet(url)))
 
     def _requests(self, visible: str) -> None:
