@@ -174,6 +174,35 @@ async def test_a_folder_without_open_entries_is_answered_without_a_query(
     assert reads == []
 
 
+async def test_a_key_without_an_entry_is_answered_without_a_query(
+    journal: SqliteRuleJournal, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """get() runs for every new message: a key never journaled nor placed costs no read; one that
+    was (here, or by a process before: read at open) is read; a pruned one is forgotten."""
+    placed = "box\x1fArchive\x1f9\x1f3"
+    reads = count_reads(journal, monkeypatch)
+    assert await journal.get("box\x1fINBOX\x1f7\x1f1") is None
+    assert reads == []
+    await begin(journal, "k1")
+    await journal.finish(["k1"])
+    await journal.place(placed, "box", "Archive", 9, 3)
+    reads.clear()
+    assert (await journal.get("k1")).state == DONE  # type: ignore[union-attr]
+    assert (await journal.get(placed)).state == PLACED  # type: ignore[union-attr]
+    assert reads
+    again = SqliteRuleJournal(tmp_path / "events.db")  # the next process, on the same file
+    await again.open()
+    try:
+        assert (await again.get(placed)).state == PLACED  # type: ignore[union-attr]
+        assert await again.get("k1") is not None
+    finally:
+        await again.close()
+    assert await journal.prune(-1) == 2
+    reads.clear()
+    assert await journal.get("k1") is None and await journal.get(placed) is None
+    assert reads == []
+
+
 async def test_a_failed_begin_costs_one_query_at_most(
     journal: SqliteRuleJournal, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -113,7 +113,10 @@ class RuleJournal(Protocol):
 
     async def close(self) -> None: ...
 
-    async def get(self, key: str) -> JournalEntry | None: ...
+    async def get(self, key: str) -> JournalEntry | None:
+        """The entry of `key`, or None. Asked for every new message and almost always None, so an
+        implementation should answer a key it has no entry for without I/O."""
+        ...
 
     async def begin(
         self,

@@ -1,12 +1,13 @@
 """`RuleJournal` on SQLite (WAL), by default in the event log's file, with its own connection.
 
-`open_entries` runs before every sync of every folder, and almost always finds nothing: the
-journal keeps in memory the keys of the entries that may be open, by (mailbox, folder), and
-answers a folder without any at once. The set is read from the file at `open` (what a previous
-process left open) and kept a superset of the open entries from then on: `begin` adds its key
-before its transaction, `finish` removes keys only once committed, and a query that finds fewer
-open entries than the set holds corrects it. It rests on this object being the only writer of
-open entries to its file while open, as it is in the daemon (one journal per store).
+`get` runs for every new message and `open_entries` before every sync of every folder, and both
+almost always find nothing: the journal keeps in memory every key that may have an entry, and
+those of the entries that may be open by (mailbox, folder), and answers the others at once. Both
+sets are read from the file at `open` (what a previous process left) and kept supersets from then
+on: `begin` and `place` add their key before their transaction, `finish` removes open keys only
+once committed, a query that finds fewer open entries than the set holds corrects it, and a prune
+that deleted entries reads the keys again. It rests on this object being the only writer of
+entries to its file while open, as it is in the daemon (one journal per store).
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ class SqliteRuleJournal:
         self._conn: aiosqlite.Connection | None = None
         # A transaction spans several awaits: serialize them.
         self._lock = asyncio.Lock()
+        # Every key that may have an entry (see above).
+        self._keys: set[str] = set()
         # Every key whose entry may be `open`, by (mailbox_id, folder), and the reverse (see above).
         self._open_keys: dict[tuple[str, str], set[str]] = {}
         self._open_folder: dict[str, tuple[str, str]] = {}
@@ -121,13 +124,15 @@ class SqliteRuleJournal:
                 if statement.strip():
                     await conn.execute(statement)
             await conn.execute("COMMIT")
-            # What a previous process left open (over the rule_journal_open index alone).
+            # What a previous process left (open ones over the rule_journal_open index alone).
+            keys = await conn.execute_fetchall("SELECT key FROM rule_journal")
             rows = await conn.execute_fetchall(
                 "SELECT key, mailbox_id, folder FROM rule_journal WHERE state = ?", (OPEN,)
             )
         except BaseException:
             await conn.close()
             raise
+        self._keys = {key for (key,) in keys}
         self._open_keys.clear()
         self._open_folder.clear()
         for key, mailbox_id, folder in rows:
@@ -166,11 +171,16 @@ class SqliteRuleJournal:
         async with self._lock:
             return list(await self._c.execute_fetchall(sql, params))
 
-    async def _write(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
-        """Run statements in one transaction; the row counts, in order."""
+    async def _write(
+        self, statements: Sequence[tuple[str, Sequence[Any]]], adds: str | None = None
+    ) -> list[int]:
+        """Run statements in one transaction; the row counts, in order. `adds`: the key of an entry
+        the transaction may insert, known from before it begins."""
         counts: list[int] = []
         async with self._lock:
             conn = self._c
+            if adds is not None:
+                self._keys.add(adds)
             await conn.execute("BEGIN IMMEDIATE")
             try:
                 for sql, params in statements:
@@ -185,6 +195,8 @@ class SqliteRuleJournal:
     # -- journal -------------------------------------------------------------------------------
 
     async def get(self, key: str) -> JournalEntry | None:
+        if key not in self._keys:
+            return None  # the common case: a message no rule acted on nor placed, nothing to read
         rows = await self._read(f"SELECT {_ENTRY} FROM rule_journal WHERE key = ?", (key,))
         return (await self._entries(rows))[0] if rows else None
 
@@ -227,6 +239,7 @@ class SqliteRuleJournal:
             conn = self._c
             # Before the transaction: whatever happens to it, the key is never open unknown to us.
             known = key in self._open_folder
+            self._keys.add(key)
             self._mark_open(key, mailbox_id, folder)
             await conn.execute("BEGIN IMMEDIATE")
             try:
@@ -345,7 +358,8 @@ class SqliteRuleJournal:
                     " ON CONFLICT (key) DO NOTHING",
                     (key, mailbox_id, folder, uidvalidity, uid, PLACED, now, now),
                 )
-            ]
+            ],
+            adds=key,
         )
 
     async def open_entries(self, mailbox_id: str, folder: str) -> list[JournalEntry]:
@@ -441,6 +455,11 @@ class SqliteRuleJournal:
                 ("DELETE FROM auto_replies WHERE replied_at < ?", (now - REPLY_MEMORY_SECONDS,)),
             ]
         )
+        if counts[1]:
+            async with self._lock:  # no transaction half done: exactly these keys have entries
+                self._keys = {
+                    key for (key,) in await self._c.execute_fetchall("SELECT key FROM rule_journal")
+                }
         return counts[1]
 
 
