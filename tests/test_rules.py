@@ -3,17 +3,24 @@ the plan's order, and the dry run through the pipeline."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gatewayd.config import ConfigError, load_config, parse_config
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline import Pipeline, StageSpec
-from gatewayd.rules.conditions import Facts
+from gatewayd.rules import conditions
+from gatewayd.rules.conditions import MAX_HEADER_BYTES, Facts, _all_headers
 from gatewayd.rules.engine import RulesStage
 from gatewayd.rules.load import RuleBook, load_rules
 from gatewayd.rules.match import RegexBudget
@@ -21,6 +28,7 @@ from gatewayd.rules.model import parse_rules
 from gatewayd.rules.plan import build, evaluate
 from gatewayd.rules.safety import refuse_reply, reply_target
 from gatewayd.rules.template import Template
+from tests.test_message import _FAST_PATH_SETTINGS, _FLAWED_MESSAGES, _LINES, _PLAIN_MESSAGES
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "gatewayd.example.yaml"
 
@@ -134,13 +142,92 @@ def test_a_catastrophic_regex_is_bounded_and_reported() -> None:
     assert evaluate(rules, exhausted) == [] and "used up" in exhausted.errors[0]
 
 
-async def test_regex_rules_run_off_the_event_loop_and_land_in_rules_errors() -> None:
+def count_threads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The functions sent to a worker thread from now on."""
+    sent: list[object] = []
+    real = asyncio.to_thread
+
+    async def to_thread(function: Any, /, *args: Any, **kwargs: Any) -> Any:
+        sent.append(function)
+        return await real(function, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", to_thread)
+    return sent
+
+
+async def test_a_slow_regex_is_evaluated_again_off_the_event_loop_and_lands_in_rules_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     rules, _ = parse_rules(
-        [{"name": "evil", "if": {"body": {"regex": "(x+x+)+y"}}, "then": [{"tag": "e"}]}], "r"
+        [
+            {"name": "evil", "if": {"body": {"regex": "(x+x+)+y"}}, "then": [{"tag": "e"}]},
+            {"name": "after", "if": {"body": {"regex": "^x"}}, "then": [{"tag": "a"}]},
+        ],
+        "r",
     )
+    threads = count_threads(monkeypatch)
     pipeline = Pipeline([StageSpec(RulesStage(RuleBook(tuple(rules))), 5)])
     outcome = await pipeline.run(message(body="x" * 5000))
-    assert outcome.data["rules_applied"] == [] and "timed out" in outcome.data["rules_errors"][0]
+    assert threads == [evaluate]  # the loop gave up within its short budget
+    assert [r["rule"] for r in outcome.data["rules_applied"]] == ["after"]
+    # Only what the full evaluation found: the inline attempt leaves no error behind.
+    assert (
+        len(outcome.data["rules_errors"]) == 1 and "timed out after 50 ms" in outcome.data["rules_errors"][0]
+    )
+
+
+async def test_ordinary_regex_rules_are_evaluated_on_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    rules, _ = parse_rules(
+        [
+            {"name": "help", "if": {"subject": {"regex": r"(?i)\b(support|help)\b"}}, "then": [{"tag": "h"}]},
+            {"name": "none", "if": {"body": {"regex": "^never$"}}, "then": [{"tag": "n"}]},
+        ],
+        "r",
+    )
+    threads = count_threads(monkeypatch)
+    pipeline = Pipeline([StageSpec(RulesStage(RuleBook(tuple(rules))), 5)])
+    outcome = await pipeline.run(message(subject="Need HELP now", body="lorem " * 20000))
+    assert threads == []
+    assert [r["rule"] for r in outcome.data["rules_applied"]] == ["help"]
+    assert outcome.data["rules_errors"] == []
+
+
+def all_headers_by_the_parser(raw: bytes) -> dict[str, list[str]]:
+    """What _all_headers read before its fast path: every header block through the feed parser."""
+    end = raw.find(b"\r\n\r\n")
+    end = raw.find(b"\n\n") if end < 0 else end
+    block = raw[: end if 0 <= end < MAX_HEADER_BYTES else MAX_HEADER_BYTES]
+    found: dict[str, list[str]] = {}
+    try:
+        parsed = BytesHeaderParser(policy=compat32).parsebytes(block + b"\r\n\r\n")
+        for name, value in parsed.raw_items():
+            found.setdefault(str(name).lower(), []).append(" ".join(str(value).split()))
+    except Exception:
+        pass
+    return found
+
+
+@_FAST_PATH_SETTINGS
+@given(
+    raw=st.lists(st.sampled_from(_LINES), max_size=12).map(b"".join)
+    | _PLAIN_MESSAGES
+    | _FLAWED_MESSAGES
+    | st.binary(max_size=80)
+)
+def test_every_header_is_read_as_the_parser_reads_it(raw: bytes) -> None:
+    """Conditions on headers the message parser does not keep (list_id: List-Post, header: ...)
+    read the whole block; a plain one without the feed parser, with the same result."""
+    assert _all_headers(raw) == all_headers_by_the_parser(raw)
+
+
+def test_a_plain_header_block_is_read_without_the_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bytes] = []
+    monkeypatch.setattr(conditions, "_HEADERS", SimpleNamespace(parsebytes=calls.append))
+    raw = b"From: a@example.org\r\nList-Post: <mailto:l@example.org>\r\n folded\r\n\r\nbody\r\n"
+    assert _all_headers(raw) == {"from": ["a@example.org"], "list-post": ["<mailto:l@example.org> folded"]}
+    assert calls == []
+    _all_headers(b"From x@y Sat\nSubject: envelope line first\n\nbody\n")
+    assert len(calls) == 1  # not a plain block: the parser's
 
 
 # -- parsing and its errors -------------------------------------------------------------------------

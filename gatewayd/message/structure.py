@@ -116,16 +116,28 @@ def _plain_single_part(text: str) -> Message | None:
     they are, the final line end stripped. A single-part body is then the rest of the text as it
     stands. Multipart and message/* bodies are left to the parser.
     """
+    plain = plain_header_fields(text)
+    if plain is None:
+        return None
+    fields, end = plain
+    root = _GuardedMessage(policy=compat32)
+    for name, value in fields:
+        root.set_raw(name, value)
+    if root.get_content_maintype() in ("multipart", "message"):
+        return None
+    root.set_payload(text[end:])
+    return root
+
+
+def plain_header_fields(text: str) -> tuple[list[tuple[str, str]], int] | None:
+    """The fields (name, value) the feed parser reads from the header block that starts `text`,
+    and where the block ends (after its empty line); None when the block is not a plain one (see
+    _plain_single_part), for the parser to read."""
     block = _PLAIN_HEADER_BLOCK.match(text)
     if block is None or _BARE_CR.search(text, 0, block.end()):
         return None
-    root = _GuardedMessage(policy=compat32)
-    for name, value in _HEADER_FIELD.findall(text, 0, block.end()):
-        root.set_raw(name, value.rstrip("\r\n"))
-    if root.get_content_maintype() in ("multipart", "message"):
-        return None
-    root.set_payload(text[block.end() :])
-    return root
+    fields = [(name, value.rstrip("\r\n")) for name, value in _HEADER_FIELD.findall(text, 0, block.end())]
+    return fields, block.end()
 
 
 def collect_headers(root: Message) -> dict[str, list[str]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gatewayd.config import MailboxConfig
@@ -30,6 +30,7 @@ from gatewayd.rules import compose
 from gatewayd.rules.conditions import Facts
 from gatewayd.rules.execute import ActionInterrupted, Executor, Trainer, message_key
 from gatewayd.rules.load import RuleBook
+from gatewayd.rules.match import InlineBudget, NeedsMoreTime
 from gatewayd.rules.model import Rule
 from gatewayd.rules.plan import DRY_RUN, ERROR, SKIPPED, build, evaluate, has_effects, result
 from gatewayd.rules.safety import refuse_automatic, refuse_reply, reply_target
@@ -82,7 +83,7 @@ class RulesStage:
         rules = book.for_mailbox(mailbox_id)
         facts = Facts(data, message.headers, message.text, raw=message.raw)
         if rules and book.uses_regex(mailbox_id):
-            matched = await asyncio.to_thread(evaluate, rules, facts)
+            matched = await evaluate_bounded(rules, facts)
         else:
             matched = evaluate(rules, facts)
         plan = build(matched, gmail=bool(actions is not None and actions.gmail))
@@ -248,6 +249,20 @@ class RulesStage:
                 if self._publish is not None:
                     self._publish(stored)
             await self._journal.finish([entry.key])
+
+
+async def evaluate_bounded(rules: Sequence[Rule], facts: Facts) -> list[Rule]:
+    """`evaluate` for rules with regular expressions: on the loop while they keep within the
+    short inline budget, else again from the start in a worker thread with the full one."""
+    budget = facts.budget
+    facts.budget = InlineBudget()  # its timeouts raise instead of being recorded in facts.errors
+    try:
+        return evaluate(rules, facts)
+    except NeedsMoreTime:
+        pass
+    finally:
+        facts.budget = budget
+    return await asyncio.to_thread(evaluate, rules, facts)
 
 
 async def _full_message(

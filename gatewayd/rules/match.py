@@ -5,6 +5,11 @@ package, whose matcher takes a timeout (Python's `re` has none, and a catastroph
 `(x+x+)+y` runs for hours on a few kilobytes). Every search gets at most `REGEX_TIMEOUT` seconds and
 the whole message at most `REGEX_BUDGET`; the text searched is cut to `MAX_TEXT` characters. A
 search that runs out of time counts as "no match" and is reported in the event's `rules_errors`.
+
+The rules stage first evaluates on the event loop under an `InlineBudget` of `INLINE_BUDGET`:
+running out of that is no verdict but `NeedsMoreTime`, and the message is evaluated again, from
+the start, in a worker thread under the full budget. Ordinary patterns take microseconds, so the
+thread hop (about as costly as a whole message's stages) is only paid for a slow or hostile one.
 """
 
 from __future__ import annotations
@@ -18,11 +23,16 @@ import regex
 
 REGEX_TIMEOUT = 0.05
 REGEX_BUDGET = 0.25
+INLINE_BUDGET = 0.002
 MAX_TEXT = 256 * 1024
 
 
 class RegexTimeout(Exception):
     pass
+
+
+class NeedsMoreTime(Exception):
+    """The regexes of an evaluation on the event loop ran out of its short budget."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +85,19 @@ class RegexBudget:
         except TimeoutError:
             message = f"regex {pattern.pattern[:60]!r} timed out after {timeout * 1000:.0f} ms"
             raise RegexTimeout(message) from None
+
+
+class InlineBudget(RegexBudget):
+    """The short budget of an evaluation on the event loop (see the module docstring)."""
+
+    def __init__(self, seconds: float = INLINE_BUDGET) -> None:
+        super().__init__(seconds)
+
+    def search(self, pattern: regex.Pattern[str], text: str) -> bool:
+        try:
+            return super().search(pattern, text)
+        except RegexTimeout:
+            raise NeedsMoreTime from None
 
 
 def compile_regex(pattern: str) -> regex.Pattern[str]:
