@@ -209,7 +209,10 @@ class Pipeline:
     async def _run_async(self, run: _Run, spec: StageSpec) -> None:
         started = time.perf_counter()
         try:
-            result = await asyncio.wait_for(spec.stage.check(run.parsed, run.context()), spec.timeout_seconds)
+            # Not wait_for: that wraps the check in a task of its own, a few loop turns a message
+            # even when the check never waits (the rules stage, mostly).
+            async with asyncio.timeout(spec.timeout_seconds):
+                result = await spec.stage.check(run.parsed, run.context())
         except StageAbort:
             raise
         except TimeoutError:
