@@ -115,6 +115,34 @@ class Bench:
         ]
 
 
+# Every scenario's gatewayd runs the README's example rules (its auto-reply as a flag: the
+# benchmarks have no SMTP peer), one with a regular expression. The benchmark mail matches none
+# of them, so the rules stage evaluates and plans for each message and acts on none.
+RULES: list[dict[str, Any]] = [
+    {"name": "newsletters", "if": {"list_id": True}, "then": [{"add_keywords": ["newsletter"]}]},
+    {
+        "name": "invoices",
+        "if": {"from": "@billing.example.com", "has_attachments": True},
+        "then": [
+            {"move": {"folder": "Invoices", "create": True}},
+            {"add_keywords": ["invoice"]},
+            "mark_read",
+        ],
+        "stop": True,
+    },
+    {
+        "name": "support",
+        "if": {"all": [{"subject": {"regex": r"(?i)\b(support|help)\b"}}, {"not": {"from": "@example.com"}}]},
+        "then": [{"add_flags": "\\Flagged"}],
+    },
+    {
+        "name": "phishing",
+        "if": {"any": [{"spam_verdict": "spam"}, {"auth": "fail"}, {"injection_score": {"over": 0.8}}]},
+        "then": [{"move": "Junk"}, {"add_keywords": ["quarantined"]}],
+    },
+]
+
+
 def gateway_config(
     bench: Bench,
     users: list[str],
@@ -152,6 +180,7 @@ def gateway_config(
         "store": {"path": str(store)},
         "logging": {"level": "warning"},
         "agents": [{"id": "bench", "token_sha256": [hash_token(TOKEN)], "mailboxes": mailboxes}],
+        "rules": RULES,
     }
 
 

@@ -2,8 +2,8 @@
 
 Messages go through `Pipeline.process` (parsing, then the stages `build_pipeline` makes from the
 default configuration, with a learning store trained on part of the corpus, then the rules stage
-with RULES: the README's example rules, their conditions evaluated and their actions planned,
-not carried out, since there is no IMAP session in process) and each is appended with its
+with the benchmark configuration's rules (harness.RULES), their conditions evaluated and their
+actions planned, not carried out, since there is no IMAP session in process) and each is appended with its
 checkpoint as soon as it is processed, as a watcher does. Throughput per core is messages per
 CPU-second of this process (all its threads: aiosqlite's, and any stage's `to_thread`). The
 share of each stage comes from the events' own `pipeline_ms`.
@@ -38,31 +38,6 @@ TITLE = "4. pipeline throughput (in process)"
 QUICK = {"messages": 100, "train": 0, "passes": 1}
 FULL = {"messages": 3000, "train": 1, "passes": 3}
 TARGET_PER_CORE = 1000.0
-# The README's example rules (its auto-reply as a flag: no SMTP peer here), one with a regular
-# expression, which the rules stage evaluates in a worker thread as it does live.
-RULES: list[dict[str, Any]] = [
-    {"name": "newsletters", "if": {"list_id": True}, "then": [{"add_keywords": ["newsletter"]}]},
-    {
-        "name": "invoices",
-        "if": {"from": "@billing.example.com", "has_attachments": True},
-        "then": [
-            {"move": {"folder": "Invoices", "create": True}},
-            {"add_keywords": ["invoice"]},
-            "mark_read",
-        ],
-        "stop": True,
-    },
-    {
-        "name": "support",
-        "if": {"all": [{"subject": {"regex": r"(?i)\b(support|help)\b"}}, {"not": {"from": "@example.com"}}]},
-        "then": [{"add_flags": "\\Flagged"}],
-    },
-    {
-        "name": "phishing",
-        "if": {"any": [{"spam_verdict": "spam"}, {"auth": "fail"}, {"injection_score": {"over": 0.8}}]},
-        "then": [{"move": "Junk"}, {"add_keywords": ["quarantined"]}],
-    },
-]
 CORPUS = Path("/work/shared/corpus/spamassassin")
 FETCH_MAX_BYTES = 262144
 
@@ -161,8 +136,7 @@ async def run(bench: Bench, size: dict[str, float]) -> Result:
     result = Result(NAME, TITLE, size=dict(size))
     workdir = bench.workdir("throughput")
     (user,) = bench.users("tp", 1)
-    raw_config = {**gateway_config(bench, [user], workdir / "events.db", 0), "rules": RULES}
-    config = parse_config(raw_config, env={}, base_dir=workdir)
+    config = parse_config(gateway_config(bench, [user], workdir / "events.db", 0), env={}, base_dir=workdir)
     mailbox = config.mailboxes()[0]
     messages, training, source = load_corpus(int(size["messages"]))
     result.note(f"messages: {source}")
