@@ -15,6 +15,7 @@ import trustme
 
 from gatewayd.config import Config
 from gatewayd.events import NewEvent
+from gatewayd.imap import watch
 from gatewayd.imap.session import ImapSession
 from gatewayd.imap.watch import FETCH_BATCH, FolderWatcher
 from gatewayd.message import FetchedMessage
@@ -497,27 +498,29 @@ async def test_a_burst_over_one_batch_is_searched_and_fetched_in_batches(
     assert await driven.subjects() == [*burst, "after the burst"]
 
 
+class FailingOnce:
+    """A pipeline that raises on the first message with subject `fail_on`; `seen`: every subject."""
+
+    def __init__(self, pipeline: Any, fail_on: str, seen: list[str]) -> None:
+        self.pipeline, self.fail_on, self.seen = pipeline, fail_on, seen
+
+    async def process(self, mailbox: Any, message: FetchedMessage, actions: Any = None) -> Any:
+        subject = message.raw.split(b"Subject: ")[1].split(b"\r\n")[0].decode()
+        self.seen.append(subject)
+        if subject == self.fail_on:
+            self.fail_on = ""
+            raise RuntimeError("the pipeline broke")
+        return await self.pipeline.process(mailbox, message, actions)
+
+    async def recover(self, mailbox: Any, actions: Any) -> None:
+        await self.pipeline.recover(mailbox, actions)
+
+
 async def test_a_failure_in_the_middle_of_a_push_and_a_restart_repeat_nothing(
     driven: Driven, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[str] = []
-    pipeline = driven.pipeline
-
-    class Failing:
-        fail_on: str | None = "three"
-
-        async def process(self, mailbox: Any, message: FetchedMessage, actions: Any = None) -> Any:
-            subject = message.raw.split(b"Subject: ")[1].split(b"\r\n")[0].decode()
-            seen.append(subject)
-            if subject == self.fail_on:
-                self.fail_on = None
-                raise RuntimeError("the pipeline broke")
-            return await pipeline.process(mailbox, message, actions)
-
-        async def recover(self, mailbox: Any, actions: Any) -> None:
-            await pipeline.recover(mailbox, actions)
-
-    driven.pipeline = Failing()
+    driven.pipeline = FailingOnce(driven.pipeline, "three", seen)
     calls = await driven.connect(monkeypatch)
     await driven.deliver("one", "two", "three", "four")
     with pytest.raises(RuntimeError):
@@ -533,3 +536,71 @@ async def test_a_failure_in_the_middle_of_a_push_and_a_restart_repeat_nothing(
     assert calls == {"search": 0, "range": 1}
     assert await driven.subjects() == ["one", "two", "three", "four", "while down", "five"]
     assert seen == ["one", "two", "three", "three", "four", "while down", "five"]
+
+
+def count_appends(monkeypatch: pytest.MonkeyPatch, store: SqliteEventStore) -> list[tuple[int, int | None]]:
+    """Each append to `store` from now on: (events stored, checkpoint's last UID)."""
+    appends: list[tuple[int, int | None]] = []
+    append = store.append
+
+    async def counted(events: Any, checkpoint: Checkpoint | None = None) -> Any:
+        stored = await append(events, checkpoint)
+        appends.append((len(stored), checkpoint.last_uid if checkpoint else None))
+        return stored
+
+    monkeypatch.setattr(store, "append", counted)
+    return appends
+
+
+async def test_a_catch_up_is_stored_in_group_commits_and_a_push_message_by_message(
+    driven: Driven, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watch, "GROUP_COMMIT_MESSAGES", 4)
+    monkeypatch.setattr(watch, "GROUP_COMMIT_SECONDS", 3600.0)
+    await driven.connect(monkeypatch)
+    await driven.disconnect()
+    backlog = [f"backlog {i}" for i in range(10)]
+    await driven.deliver(*backlog)
+    appends = count_appends(monkeypatch, driven.store)
+    await driven.connect(monkeypatch)  # the initial sync searches: a catch-up
+    assert await driven.subjects() == backlog
+    # Groups of 4, each with the checkpoint of its last message (UIDs 1-10), then the
+    # mailbox.connected event.
+    assert appends[:3] == [(4, 4), (4, 8), (2, 10)]
+    appends.clear()
+    await driven.deliver("p1", "p2")
+    await driven.push()  # a push: each message its own commit
+    assert appends == [(1, 11), (1, 12)]
+    assert await driven.subjects() == [*backlog, "p1", "p2"]
+
+
+async def test_a_group_is_held_no_longer_than_its_time_bound(
+    driven: Driven, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watch, "GROUP_COMMIT_SECONDS", 0.0)
+    await driven.connect(monkeypatch)
+    await driven.disconnect()
+    await driven.deliver("a", "b", "c")
+    appends = count_appends(monkeypatch, driven.store)
+    await driven.connect(monkeypatch)
+    assert appends[:3] == [(1, 1), (1, 2), (1, 3)]
+
+
+async def test_a_failure_in_the_middle_of_a_catch_up_stores_what_came_before(
+    driven: Driven, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watch, "GROUP_COMMIT_SECONDS", 3600.0)
+    seen: list[str] = []
+    await driven.connect(monkeypatch)
+    await driven.disconnect()
+    await driven.deliver("one", "two", "three", "four")
+    driven.pipeline = FailingOnce(driven.pipeline, "three", seen)
+    with pytest.raises(RuntimeError):
+        await driven.connect(monkeypatch)
+    # The group held "one" and "two": stored with their checkpoint before the error went up.
+    assert await driven.subjects() == ["one", "two"]
+    checkpoint = await driven.checkpoint()
+    assert checkpoint is not None and checkpoint.last_uid == 2
+    await driven.connect(monkeypatch)
+    assert await driven.subjects() == ["one", "two", "three", "four"]
+    assert seen == ["one", "two", "three", "three", "four"]
