@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Iterable
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from pathlib import Path
@@ -20,7 +21,7 @@ from gatewayd.config import ConfigError, load_config, parse_config
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline import Pipeline, StageSpec
 from gatewayd.rules import conditions
-from gatewayd.rules.conditions import MAX_HEADER_BYTES, Facts, _all_headers
+from gatewayd.rules.conditions import MAX_HEADER_BYTES, Facts
 from gatewayd.rules.engine import RulesStage
 from gatewayd.rules.load import RuleBook, load_rules
 from gatewayd.rules.match import RegexBudget
@@ -193,7 +194,8 @@ async def test_ordinary_regex_rules_are_evaluated_on_the_event_loop(monkeypatch:
 
 
 def all_headers_by_the_parser(raw: bytes) -> dict[str, list[str]]:
-    """What _all_headers read before its fast path: every header block through the feed parser."""
+    """Every top-level header through the feed parser, unfolded: what conditions read, without
+    the parser's fast path."""
     end = raw.find(b"\r\n\r\n")
     end = raw.find(b"\n\n") if end < 0 else end
     block = raw[: end if 0 <= end < MAX_HEADER_BYTES else MAX_HEADER_BYTES]
@@ -217,16 +219,26 @@ def all_headers_by_the_parser(raw: bytes) -> dict[str, list[str]]:
 def test_every_header_is_read_as_the_parser_reads_it(raw: bytes) -> None:
     """Conditions on headers the message parser does not keep (list_id: List-Post, header: ...)
     read the whole block; a plain one without the feed parser, with the same result."""
-    assert _all_headers(raw) == all_headers_by_the_parser(raw)
+    expected = all_headers_by_the_parser(raw)
+    assert read_by_conditions(raw, expected) == expected
+
+
+def read_by_conditions(raw: bytes, names: Iterable[str]) -> dict[str, list[str]]:
+    """Each header as `Facts.values` reads it (from the block alone: nothing the parser kept)."""
+    facts = Facts({}, {}, "", raw=raw)
+    return {name: found for name in names if (found := facts.values(name))}
 
 
 def test_a_plain_header_block_is_read_without_the_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[bytes] = []
     monkeypatch.setattr(conditions, "_HEADERS", SimpleNamespace(parsebytes=calls.append))
     raw = b"From: a@example.org\r\nList-Post: <mailto:l@example.org>\r\n folded\r\n\r\nbody\r\n"
-    assert _all_headers(raw) == {"from": ["a@example.org"], "list-post": ["<mailto:l@example.org> folded"]}
+    assert read_by_conditions(raw, ["from", "list-post", "subject"]) == {
+        "from": ["a@example.org"],
+        "list-post": ["<mailto:l@example.org> folded"],
+    }
     assert calls == []
-    _all_headers(b"From x@y Sat\nSubject: envelope line first\n\nbody\n")
+    read_by_conditions(b"From x@y Sat\nSubject: envelope line first\n\nbody\n", ["subject"])
     assert len(calls) == 1  # not a plain block: the parser's
 
 

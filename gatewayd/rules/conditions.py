@@ -41,19 +41,43 @@ class Facts:
     # Tests that could not be decided (a regex out of time), for the event's `rules_errors`.
     errors: list[str] = field(default_factory=list)
     raw: bytes = b""
-    _all: dict[str, list[str]] | None = None
+    # Conditions ask for a few names of a block of dozens: the block is read once, when a name may
+    # be in it, and only the values asked for are unfolded (per name, once).
+    _block: bytes | None = field(default=None, init=False, repr=False)
+    _lowered: bytes = field(default=b"", init=False, repr=False)
+    _fields: dict[str, list[str]] | None = field(default=None, init=False, repr=False)
+    _values: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False)
 
-    @property
-    def headers(self) -> Mapping[str, list[str]]:
-        """Every top-level header: lower-cased name -> raw values, in order."""
-        if self._all is None:
-            self._all = _all_headers(self.raw) if self.raw else {}
-            for name, values in self.known.items():
-                self._all.setdefault(name, values)
-        return self._all
+    def values(self, name: str) -> list[str]:
+        """A top-level header's values as written (unfolded, not decoded), in order; `name` in
+        lower case. Read-only: the list is shared by every condition asking."""
+        found = self._values.get(name)
+        if found is None:
+            found = self._values[name] = self._read(name)
+        return found
+
+    def has(self, name: str) -> bool:
+        """Whether `values(name)` is non-empty. A header the parser kept always is (the block's
+        values, else the kept ones), so it needs no reading of the block."""
+        return bool(self.known.get(name)) or bool(self.values(name))
 
     def header(self, name: str) -> list[str]:
-        return [_decode(value) for value in self.headers.get(name.lower(), [])]
+        return [_decode(value) for value in self.values(name.lower())]
+
+    def _read(self, name: str) -> list[str]:
+        if self._fields is None and self.raw:
+            if self._block is None:
+                self._block = _header_block(self.raw)
+                self._lowered = self._block.lower()
+            try:
+                # A field's name is in the block as written: when it is not there, no need to read.
+                absent = name.encode("ascii", "surrogateescape") not in self._lowered
+            except UnicodeEncodeError:  # no field name read as ASCII (or escaped bytes) can equal it
+                absent = True
+            if not absent:
+                self._fields = _header_fields(self._block)
+        raw_values = self._fields.get(name) if self._fields is not None else None
+        return [_unfold(value) for value in raw_values] if raw_values else self.known.get(name, [])
 
     def section(self, name: str) -> Mapping[str, Any]:
         value = self.data.get(name)
@@ -188,20 +212,28 @@ class OneOf:
 # -- reading the message ----------------------------------------------------------------------------
 
 
-def _all_headers(raw: bytes) -> dict[str, list[str]]:
+def _header_block(raw: bytes) -> bytes:
     end = raw.find(b"\r\n\r\n")
     end = raw.find(b"\n\n") if end < 0 else end
-    block = raw[: end if 0 <= end < MAX_HEADER_BYTES else MAX_HEADER_BYTES] + b"\r\n\r\n"
+    return raw[: end if 0 <= end < MAX_HEADER_BYTES else MAX_HEADER_BYTES] + b"\r\n\r\n"
+
+
+def _header_fields(block: bytes) -> dict[str, list[str]]:
+    """Lower-cased name -> raw values, in order, of the fields in a header block."""
     found: dict[str, list[str]] = {}
     try:
         # A plain block is read as the parser reads it, without the parser (0.15 ms a message).
         plain = plain_header_fields(block.decode("ascii", "surrogateescape"))
         fields = plain[0] if plain is not None else _HEADERS.parsebytes(block).raw_items()
         for name, value in fields:
-            found.setdefault(str(name).lower(), []).append(" ".join(str(value).split()))
+            found.setdefault(name.lower(), []).append(value)
     except Exception:  # hostile headers: the conditions see what the parser kept
         pass
     return found
+
+
+def _unfold(value: str) -> str:
+    return " ".join(value.split())
 
 
 def _decode(value: str) -> str:
@@ -216,7 +248,7 @@ def as_number(value: Any) -> float | None:
 
 
 def is_list(facts: Facts) -> bool:
-    return any(facts.headers.get(name) for name in ("list-id", "list-post", "list-unsubscribe"))
+    return any(facts.has(name) for name in ("list-id", "list-post", "list-unsubscribe"))
 
 
 def is_bulk(facts: Facts) -> bool:

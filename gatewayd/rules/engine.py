@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 # The stage bounds each action itself (IMAP read timeout, SMTP timeout); the pipeline must never
 # cancel it in the middle of one.
 RULES_TIMEOUT_SECONDS = 3600.0
+_NO_PLAN = build(())
 
 
 class RulesStage:
@@ -86,6 +87,8 @@ class RulesStage:
             matched = await evaluate_bounded(rules, facts)
         else:
             matched = evaluate(rules, facts)
+        if not matched:  # the usual case: nothing to plan, compose, journal or do
+            return _stage_result(result(data, _NO_PLAN, {}, facts.errors), False)
         plan = build(matched, gmail=bool(actions is not None and actions.gmail))
         try:
             mails = await self._compose(plan, matched, facts, mailbox, actions if live else None, message)

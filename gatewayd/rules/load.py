@@ -30,6 +30,8 @@ class RuleBook:
     per_mailbox: Mapping[str, tuple[Rule, ...]] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
     loaded_at: float = field(default_factory=time.time)
+    # mailbox id -> uses_regex of its rules; asked for every message, the book never changes.
+    _regex: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def for_mailbox(self, mailbox_id: str) -> tuple[Rule, ...]:
         return self.global_rules + self.per_mailbox.get(mailbox_id, ())
@@ -39,7 +41,10 @@ class RuleBook:
         return len(self.global_rules) + sum(len(rules) for rules in self.per_mailbox.values())
 
     def uses_regex(self, mailbox_id: str) -> bool:
-        return uses_regex(self.for_mailbox(mailbox_id))
+        known = self._regex.get(mailbox_id)
+        if known is None:
+            known = self._regex[mailbox_id] = uses_regex(self.for_mailbox(mailbox_id))
+        return known
 
 
 def _read_file(file: Path) -> tuple[Any, list[str]]:

@@ -82,7 +82,7 @@ def refuse_reply(facts: Facts, own_address: str | None, target: str | None) -> s
         return "the message has no sender to reply to"
     if is_bulk(facts):
         return "the message is bulk or junk (Precedence)"
-    if any(facts.headers.get(name) for name in _LIST_HEADERS):
+    if any(facts.has(name) for name in _LIST_HEADERS):
         return "the message is from a mailing list"
     flags = [str(f).lower() for f in facts.data.get("flags") or []]
     folder = str(facts.data.get("folder") or "").lower().rpartition("/")[2]
