@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from operator import itemgetter
 
 # Robinson's prior: an unseen or rare token leans towards X with the weight of S messages.
 PRIOR_STRENGTH = 1.0
@@ -34,21 +35,33 @@ def clue(f: float) -> Clue:
     return (abs(f - 0.5), math.log(1.0 - f), math.log(f))
 
 
+_NOT_SPAM_LOG, _SPAM_LOG = itemgetter(1), itemgetter(2)
+
+
 def chi2_combine(probabilities: Sequence[float]) -> float:
     """Fisher's combination as in SpamBayes: how unlike ham minus how unlike spam, mapped to [0, 1].
 
     Near 0 or 1 when the clues agree; near 0.5 both when there are none and when they conflict.
     """
-    return fisher([math.log(1.0 - f) for f in probabilities], [math.log(f) for f in probabilities])
+    not_spam_log_sum = sum([math.log(1.0 - f) for f in probabilities])
+    return fisher(not_spam_log_sum, sum([math.log(f) for f in probabilities]), len(probabilities))
 
 
-def fisher(not_spam_logs: Sequence[float], spam_logs: Sequence[float]) -> float:
-    """chi2_combine from log(1 - f) and log(f) of each clue."""
-    n = len(spam_logs)
+def combine_clues(clues: Sequence[Clue]) -> float:
+    """chi2_combine of the clues' probabilities, from the logs they hold.
+
+    Summed straight from the clues: no lists of the logs (zip) per message, and their strengths,
+    not needed here, are not touched.
+    """
+    return fisher(sum(map(_NOT_SPAM_LOG, clues)), sum(map(_SPAM_LOG, clues)), len(clues))
+
+
+def fisher(not_spam_log_sum: float, spam_log_sum: float, n: int) -> float:
+    """chi2_combine from the sums of log(1 - f) and of log(f) over `n` clues."""
     if not n:
         return 0.5
-    spamminess = 1.0 - _chi2q(-2.0 * sum(not_spam_logs), 2 * n)
-    hamminess = 1.0 - _chi2q(-2.0 * sum(spam_logs), 2 * n)
+    spamminess = 1.0 - _chi2q(-2.0 * not_spam_log_sum, 2 * n)
+    hamminess = 1.0 - _chi2q(-2.0 * spam_log_sum, 2 * n)
     return (spamminess - hamminess + 1.0) / 2.0
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import tlsh
 
 from gatewayd.message import ParsedMessage, from_address
-from gatewayd.pipeline.learning.combine import MAX_CLUES, Clue, clue, fisher, robinson
+from gatewayd.pipeline.learning.combine import MAX_CLUES, Clue, clue, combine_clues, robinson
 from gatewayd.pipeline.learning.signatures import message_digest, signature
 from gatewayd.pipeline.learning.tokens import ARTEFACTS, tokenize
 
@@ -63,6 +63,10 @@ class LearningStore:
         # What tokens scored since the counts last changed say (see combine.clue): most tokens of a message
         # were met in earlier ones, so scoring rarely computes one.
         self._clues: dict[str, Clue] = {}
+        # The clue of each (spam, ham) count met, which is all a clue depends on besides the totals:
+        # tokens with equal counts (most are seen once or twice) share one tuple of floats, a few
+        # thousand in all rather than one per token, which scoring then mostly finds in the CPU cache.
+        self._clue_of_counts: dict[tuple[int, int], Clue] = {}
         self._nspam = self._nham = 0
         # Signatures bucketed by TLSH length value: a length value more than distance/12 apart
         # alone puts a pair beyond the distance, so only neighbouring buckets are scanned.
@@ -106,13 +110,11 @@ class LearningStore:
                 self._find_clues(tokens, found)
         clues = list(filter(None, found))  # a token that is no clue is cached as ()
         if len(clues) > MAX_CLUES:
-            # What heapq.nlargest(MAX_CLUES, ...) by strength gives: sorted() is stable with
+            # What heapq.nlargest(MAX_CLUES, ...) by strength gives: sort() is stable with
             # reverse=True, so equally strong clues keep their order there too.
-            clues = sorted(clues, key=itemgetter(0), reverse=True)[:MAX_CLUES]
-        if not clues:
-            return 0.5
-        _, not_spam_logs, spam_logs = zip(*clues, strict=True)
-        return fisher(not_spam_logs, spam_logs)
+            clues.sort(key=itemgetter(0), reverse=True)
+            del clues[MAX_CLUES:]
+        return combine_clues(clues)  # 0.5 without clues
 
     def signature_match(self, message: ParsedMessage) -> str | None:
         """Why the body is a near duplicate of a message reported as spam, or None."""
@@ -238,14 +240,22 @@ class LearningStore:
     def _find_clues(self, tokens: list[str], found: list[Clue | None]) -> None:
         """Fill in `found` where it is None, and cache what was filled in."""
         cache, counts, nspam, nham = self._clues, self._tokens, self._nspam, self._nham
+        of_counts = self._clue_of_counts
         if len(cache) > len(counts) + MAX_UNSEEN_CACHED:
             cache.clear()  # unseen tokens are cached too: bound what a stream of new words can add
         for i, token in enumerate(tokens):
             if found[i] is None:
                 counted = counts.get(token)
-                # An unseen token scores exactly the prior: never a clue.
-                token_clue = () if counted is None else clue(robinson(counted[0], counted[1], nspam, nham))
+                if counted is None:
+                    token_clue: Clue = ()  # an unseen token scores exactly the prior: never a clue
+                elif (shared := of_counts.get(counted)) is not None:
+                    token_clue = shared
+                else:
+                    token_clue = of_counts[counted] = clue(robinson(*counted, nspam, nham))
                 found[i] = cache[token] = token_clue
+
+    def _forget_clues(self) -> None:
+        self._clues, self._clue_of_counts = {}, {}
 
     def _write_tokens(self, deltas: dict[str, list[int]], totals: list[int]) -> None:
         self._db.executemany(
@@ -320,7 +330,7 @@ class LearningStore:
             row = list(self._sender(address, mailbox))
             row[column] = max(0, row[column] + sign)
             self._set_sender(address, mailbox, (row[0], row[1], row[2]))
-        self._clues = {}  # every probability depends on the message totals
+        self._forget_clues()  # every probability depends on the message totals
         self._nspam, self._nham = max(0, self._nspam + totals[0]), max(0, self._nham + totals[1])
         tokens = self._tokens
         for token, (s, h) in deltas.items():
@@ -387,7 +397,7 @@ class LearningStore:
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
         if version == self._data_version:
             return
-        self._clues = {}
+        self._forget_clues()
         db = self._db
         meta = dict(db.execute("SELECT key, value FROM learn_meta").fetchall())
         self._nspam, self._nham = meta.get("nspam", 0), meta.get("nham", 0)

@@ -57,19 +57,27 @@ def tokenize(message: ParsedMessage) -> list[str]:
 def _words(text: str) -> list[str]:
     """Distinct words of 3 characters or more; numbers by their size, long runs by their shape.
 
-    Comprehensions rather than one loop: this is most of the cost of scoring a message.
+    Plain words first, then the others in their order; this is most of the cost of scoring a message.
     """
     # Stripping every word in C costs less than removing repeats first (a pass over a dict).
     found = dict.fromkeys(map(str.strip, text.split(), repeat(_STRIP)))
-    words = [w for w in found if 2 < len(w) <= 20 and w.isalpha()]
-    for word in [w for w in found if len(w) > 2 and not (len(w) <= 20 and w.isalpha())]:
-        if _NUMBER.fullmatch(word):  # amounts and counts by their size, not their value
-            currency = word[0] if word[0] in "$€£" else ""
-            words.append(f"num:{currency}{len(_DIGIT.findall(_CENTS.sub('', word)))}")
-        elif len(word) > 20:  # encoded junk, unspaced scripts: shape only, as SpamBayes does
-            words.append(f"skip:{word[0]}:{len(word) // 10 * 10}")
+    # One pass with bound appends: a third cheaper than a comprehension per kind, each a pass.
+    words: list[str] = []
+    others: list[str] = []
+    add_word, add_other = words.append, others.append
+    for w in found:
+        if 2 < len(w) <= 20 and w.isalpha():
+            add_word(w)
+        elif len(w) > 2:
+            add_other(w)
+    for w in others:
+        if _NUMBER.fullmatch(w):  # amounts and counts by their size, not their value
+            currency = w[0] if w[0] in "$€£" else ""
+            add_word(f"num:{currency}{len(_DIGIT.findall(_CENTS.sub('', w)))}")
+        elif len(w) > 20:  # encoded junk, unspaced scripts: shape only, as SpamBayes does
+            add_word(f"skip:{w[0]}:{len(w) // 10 * 10}")
         else:
-            words.append(_DIGITS.sub("#", word))
+            add_word(_DIGITS.sub("#", w))
     return words
 
 

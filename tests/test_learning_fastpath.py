@@ -1,0 +1,130 @@
+"""The learning store's fast paths against the straightforward computations they replace."""
+
+from __future__ import annotations
+
+import heapq
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from gatewayd.message import FetchedMessage, ParsedMessage, parse
+from gatewayd.pipeline.learning import LearningStore, chi2_combine, tokenize
+from gatewayd.pipeline.learning import store as learning_store
+from gatewayd.pipeline.learning.combine import MAX_CLUES, MIN_TOKEN_STRENGTH, clue, combine_clues, robinson
+from gatewayd.pipeline.learning.tokens import _words
+
+_STRIP = ".,;:!?()[]{}<>\"'*`|=_-~/\\#^"
+
+
+def _reference_words(text: str) -> list[str]:
+    """_words as its docstring says: one distinct word at a time, plain words first."""
+    distinct: list[str] = []
+    for piece in text.split():
+        word = piece.strip(_STRIP)
+        if word not in distinct:
+            distinct.append(word)
+    plain = [w for w in distinct if 3 <= len(w) <= 20 and w.isalpha()]
+    shaped = []
+    for w in distinct:
+        if len(w) < 3 or w in plain:
+            continue
+        if re.fullmatch(r"[$€£]?\d[\d.,]*%?", w):
+            currency = w[0] if w[0] in "$€£" else ""
+            digits = re.findall(r"\d", re.sub(r"[.,]\d\d?%?$", "", w))
+            shaped.append(f"num:{currency}{len(digits)}")
+        elif len(w) > 20:
+            shaped.append(f"skip:{w[0]}:{len(w) // 10 * 10}")
+        else:
+            shaped.append(re.sub(r"\d+", "#", w))
+    return plain + shaped
+
+
+TRICKY_TEXTS = [
+    "",
+    "   \t\n ",
+    "ab abc abcd " + "x" * 20 + " " + "y" * 21 + " " + "z" * 45,
+    "(word), word word. 'word' --- ... ab, (ab) ((abc))",
+    "naïve café straße İstanbul ΣΊΣΥΦΟΣ 漢字漢字 ﾃｽﾄ",
+    "٣٤٥ ٣x٤ x²y ½½½ Ⅻcount 12x3 a1b2c3 e-mail don't it's rpm-list@freshrpms.net",
+    "$1,000.00 €5 £12.5% 99% 3.14 1,2,3 $ $$ 12. .12 1.2.3.4",
+    "a\x1cb\x1dc\x1ed\x1fe\x85f\xa0g\u2003h\u2028i\u3000j",
+    "one\u00a0two three\u2003four five​six",  # a zero-width space is no whitespace
+    "x" * 5000 + " " + "héllo" * 10,
+]
+
+
+@pytest.mark.parametrize("text", TRICKY_TEXTS)
+def test_words_match_the_straightforward_computation(text: str) -> None:
+    assert _words(text) == _reference_words(text)
+    assert _words(text.lower()) == _reference_words(text.lower())
+
+
+def test_words_match_on_random_text() -> None:
+    rng = random.Random(5)
+    alphabet = "abcé漢XY01٣²$€%.,'-_#()@: \t\n\xa0\u2003"
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120)))
+        assert _words(text) == _reference_words(text), repr(text)
+
+
+def test_combine_clues_is_chi2_combine_bit_for_bit() -> None:
+    rng = random.Random(11)
+    for n in (0, 1, 2, 7, 150, 151, 400):
+        probabilities = [
+            rng.choice([rng.uniform(1e-9, 0.4), rng.uniform(0.6, 1 - 1e-9), 0.25, 0.75]) for _ in range(n)
+        ]
+        clues = [clue(f) for f in probabilities]
+        assert combine_clues(clues) == chi2_combine(probabilities)
+
+
+def _message(subject: str, body: str) -> ParsedMessage:
+    raw = f"From: a@example.com\r\nSubject: {subject}\r\n\r\n{body}\r\n".encode()
+    return parse(FetchedMessage("INBOX", 1, 1, raw, len(raw), (), None))
+
+
+def _reference_bayes(store: LearningStore, message: ParsedMessage) -> float:
+    """Scoring as first written: each token's probability from its counts, heapq.nlargest, chi2_combine."""
+    counts = store.counts()
+    probabilities = []
+    for token in tokenize(message):
+        spam, ham = store.token_counts(token)
+        if spam or ham:
+            f = robinson(spam, ham, counts["spam"], counts["ham"])
+            if abs(f - 0.5) >= MIN_TOKEN_STRENGTH:
+                probabilities.append(f)
+    if len(probabilities) > MAX_CLUES:
+        probabilities = heapq.nlargest(MAX_CLUES, probabilities, key=lambda f: abs(f - 0.5))
+    return chi2_combine(probabilities)
+
+
+def test_shared_clues_follow_every_change_of_the_totals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tokens with equal counts share one clue; the totals change with every training, in this store
+    # and in another process's, and then every shared clue must be computed anew.
+    rng = random.Random(3)
+    vocabulary = [f"w{chr(97 + i % 26)}{chr(97 + i // 26 % 26)}x" for i in range(400)]
+
+    def text() -> str:
+        return " ".join(rng.choice(vocabulary) for _ in range(300))
+
+    monkeypatch.setattr(learning_store, "RELOAD_CHECK_SECONDS", 0.0)
+    path = tmp_path / "learning.sqlite"
+    with LearningStore(path, min_training=5) as store, LearningStore(path, min_training=5) as other:
+        for _ in range(6):
+            store.train(_message("s", text()), "spam")
+            store.train(_message("h", text()), "ham")
+        probes = [_message("p", text()) for _ in range(4)]
+        for label in ("spam", "ham", "spam"):
+            for probe in probes:
+                assert store.bayes(probe) == _reference_bayes(store, probe)
+            shared = {id(c) for c in store._clues.values() if c}
+            assert len(shared) < len([c for c in store._clues.values() if c])  # clues are shared
+            store.train(_message("t", text()), label)  # this store's own training
+            for probe in probes:
+                assert store.bayes(probe) == _reference_bayes(store, probe)
+            other.train(_message("o", text()), label)  # another connection's, found on reload
+        for probe in probes:
+            assert store.bayes(probe) == _reference_bayes(store, probe)
