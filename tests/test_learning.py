@@ -6,7 +6,8 @@ import heapq
 import itertools
 import random
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -345,6 +346,87 @@ def test_training_by_another_process_is_noticed(tmp_path: Path, monkeypatch: pyt
         cli.train(message("Pharmacy", SPAM_LETTER.format(n=1)), "spam")
         assert daemon.signature_match(message("Pharmacy", SPAM_LETTER.format(n=2))) is not None
         assert daemon.counts()["spam"] == 1
+
+
+class _HeldLoad:
+    """Lets a background load read the file, then holds it until released (on the loader thread
+    only: a load at once, in training, goes through)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.read, self.release = threading.Event(), threading.Event()
+        real = learning_store._load
+
+        def held(db: object) -> object:
+            snapshot = real(db)  # type: ignore[arg-type]
+            if threading.current_thread().name == "gatewayd-learning-load":
+                self.read.set()
+                assert self.release.wait(10)
+            return snapshot
+
+        monkeypatch.setattr(learning_store, "_load", held)
+        monkeypatch.setattr(learning_store, "RELOAD_CHECK_SECONDS", 0.0)
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, "not within 5 s"
+        time.sleep(0.01)
+
+
+def test_the_daemon_loads_another_process_training_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = _HeldLoad(monkeypatch)
+    path = tmp_path / "learning.sqlite"
+    with LearningStore(path, reload_in_background=True) as daemon, LearningStore(path) as cli:
+        cli.train(message("Deal", "Cheap pills today.", sender="frank@spam.example"), "spam")
+        assert daemon.counts()["spam"] == 0  # noticed, and loading, but not in this call
+        assert held.read.wait(10)
+        assert daemon.counts()["spam"] == 0  # scoring goes on with what memory holds
+        held.release.set()
+        _until(lambda: daemon.counts()["spam"] == 1)
+        assert daemon.reputation("frank@spam.example", None)["spam"] == 1
+        # Without the daemon's choice, the same change is loaded at once.
+        other = message("Deal", "Cheaper pills today.", sender="frank@spam.example")
+        with LearningStore(path) as at_once:
+            cli.train(other, "spam")
+            assert at_once.counts()["spam"] == 2
+
+
+def test_a_background_load_that_missed_training_here_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = _HeldLoad(monkeypatch)
+    path = tmp_path / "learning.sqlite"
+    with LearningStore(path, reload_in_background=True) as daemon, LearningStore(path) as cli:
+        cli.train(message("Deal", "Cheap pills today.", sender="frank@spam.example"), "spam")
+        daemon.counts()  # starts a load, which reads the file before this store trains:
+        assert held.read.wait(10)
+        daemon.train(message("Hello", "Lunch tomorrow?", sender="grace@example.com"), "ham", "mb1")
+        held.release.set()
+        _until(lambda: daemon._loading is None)
+        # Had the older snapshot been installed, the ham trained here would be gone.
+        with LearningStore(path) as fresh:
+            assert daemon.counts() == fresh.counts() == dict(fresh.counts(), spam=1, ham=1)
+            for address in ("grace@example.com", "frank@spam.example"):
+                assert daemon.reputation(address, "mb1") == fresh.reputation(address, "mb1")
+        assert daemon.reputation("grace@example.com", "mb1")["mailbox_ham"] == 1
+
+
+def test_closing_waits_for_a_background_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    held = _HeldLoad(monkeypatch)
+    path = tmp_path / "learning.sqlite"
+    with LearningStore(path) as cli:
+        daemon = LearningStore(path, reload_in_background=True)
+        cli.train(message("Deal", "Cheap pills today.", sender="frank@spam.example"), "spam")
+        daemon.counts()
+        assert held.read.wait(10)
+        loader = daemon._loading
+        assert loader is not None
+        threading.Timer(0.1, held.release.set).start()
+        daemon.close()
+        assert not loader.is_alive()
 
 
 def test_tokens_skip_relays_and_corpus_artefacts() -> None:

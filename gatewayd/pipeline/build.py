@@ -18,10 +18,13 @@ from gatewayd.pipeline.spam import SYMBOLS as SPAM_SYMBOLS
 from gatewayd.pipeline.spam import SpamOptions, SpamStage
 
 
-def open_learning(pipeline: PipelineConfig) -> LearningStore:
+def open_learning(pipeline: PipelineConfig, reload_in_background: bool = False) -> LearningStore:
     learning = pipeline.learning
     return LearningStore(
-        learning.path, min_training=learning.min_training, signature_distance=learning.signature_distance
+        learning.path,
+        min_training=learning.min_training,
+        signature_distance=learning.signature_distance,
+        reload_in_background=reload_in_background,
     )
 
 

@@ -19,7 +19,8 @@ Training is rare and scoring is hot: token counts, signatures and sender reports
 (senders: about 15 MB per 100,000), loaded at open, and every `train` writes through to SQLite in
 the same call. Another process training the same
 file (the CLI while the daemon runs) is noticed through `PRAGMA data_version` within a second and
-the memory is reloaded. Training a message twice changes nothing; training it under the other
+the memory is reloaded (the daemon does it in a thread of its own, scoring with the old counts
+meanwhile). Training a message twice changes nothing; training it under the other
 label moves it (un-learn, then learn), like `sa-learn`. Un-learning tokenises the message again,
 so counts are clamped at zero should the tokeniser have changed in between. Nothing expires yet:
 the 3,000 messages of the SpamAssassin corpus make 40,000 tokens, 6 MB in memory, 1.3 MB on disk.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ from gatewayd.message import ParsedMessage, from_address
 from gatewayd.pipeline.learning.combine import MAX_CLUES, Clue, clue, combine_clues, robinson
 from gatewayd.pipeline.learning.signatures import message_digest, signature
 from gatewayd.pipeline.learning.tokens import ARTEFACTS, tokenize
+
+log = logging.getLogger(__name__)
 
 SPAM = "spam"
 HAM = "ham"
@@ -49,10 +53,20 @@ _SenderRow = tuple[int, int, int]  # a learn_senders row's ham, spam, sent_to
 class LearningStore:
     """Bayes counts, spam signatures and sender reputation in one SQLite file; thread-safe."""
 
-    def __init__(self, path: Path, min_training: int = 200, signature_distance: int = 50) -> None:
+    def __init__(
+        self,
+        path: Path,
+        min_training: int = 200,
+        signature_distance: int = 50,
+        reload_in_background: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.min_training = min_training
         self.signature_distance = signature_distance
+        # The daemon's choice: another process's training is loaded in a thread of its own while
+        # scoring goes on with what memory holds (a load takes 0.1-0.5 s for 100,000 senders and
+        # would hold up every message and stream meanwhile). Elsewhere it is loaded at once.
+        self.reload_in_background = reload_in_background
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -79,10 +93,20 @@ class LearningStore:
         self._sender_rows: dict[_SenderRow, _SenderRow] = {}
         self._data_version = -1
         self._checked_at = 0.0
+        # Bumped by every change to memory made here: a background load started before one may
+        # miss it, and is then dropped (the next check starts another).
+        self._generation = 0
+        self._loading: threading.Thread | None = None
+        self._closed = False
         with self._lock:
             self._reload_if_changed(force=True)
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            loading = self._loading
+        if loading is not None:
+            loading.join()  # it installs nothing now; it only has its own connection to close
         with self._lock:
             self._db.close()
 
@@ -216,6 +240,7 @@ class LearningStore:
                 )
                 ham, spam, _ = self._sender(address, mailbox)
                 self._set_sender(address, mailbox, (ham, spam, 1))
+                self._generation += 1
 
     def counts(self) -> dict[str, int]:
         """Messages trained per label, and distinct tokens and signatures known."""
@@ -331,6 +356,7 @@ class LearningStore:
             row[column] = max(0, row[column] + sign)
             self._set_sender(address, mailbox, (row[0], row[1], row[2]))
         self._forget_clues()  # every probability depends on the message totals
+        self._generation += 1
         self._nspam, self._nham = max(0, self._nspam + totals[0]), max(0, self._nham + totals[1])
         tokens = self._tokens
         for token, (s, h) in deltas.items():
@@ -389,7 +415,9 @@ class LearningStore:
                 yield bucket
 
     def _reload_if_changed(self, force: bool = False) -> None:
-        """Reload memory when another connection committed since (the CLI training, say)."""
+        """Bring memory in line with another connection's commits (the CLI's training, say): at
+        once, or in the background (see `reload_in_background`); always at once when `force`d,
+        since training counts on top of what is on disk."""
         now = time.monotonic()
         if not force and now - self._checked_at < RELOAD_CHECK_SECONDS:
             return
@@ -397,26 +425,76 @@ class LearningStore:
         version = self._db.execute("PRAGMA data_version").fetchone()[0]
         if version == self._data_version:
             return
+        if force or not self.reload_in_background:
+            self._install(_load(self._db), version)
+        elif self._loading is None:
+            self._loading = threading.Thread(
+                target=self._load_in_background,
+                args=(version, self._generation),
+                name="gatewayd-learning-load",
+                daemon=True,
+            )
+            self._loading.start()
+
+    def _load_in_background(self, version: int, generation: int) -> None:
+        snapshot = None
+        try:
+            # A connection of its own, in one read transaction: a consistent snapshot, and the
+            # lock stays free for scoring meanwhile.
+            db = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                db.execute("PRAGMA query_only=ON")
+                db.execute("BEGIN")
+                snapshot = _load(db)
+                db.execute("COMMIT")
+            finally:
+                db.close()
+        except Exception as exc:  # memory stays as it was; the next check tries again
+            log.warning("reloading the learning store failed: %s", exc)
+        with self._lock:
+            self._loading = None
+            if snapshot is not None and generation == self._generation and not self._closed:
+                self._install(snapshot, version)
+
+    def _install(self, snapshot: _Snapshot, version: int) -> None:
         self._forget_clues()
-        db = self._db
-        meta = dict(db.execute("SELECT key, value FROM learn_meta").fetchall())
-        self._nspam, self._nham = meta.get("nspam", 0), meta.get("nham", 0)
-        self._tokens = {
-            token: (s, h) for token, s, h in db.execute("SELECT token, spam, ham FROM learn_tokens")
-        }
-        self._signatures = {}
-        for digest, text in db.execute("SELECT digest, tlsh FROM learn_signatures"):
-            parsed = _tlsh(text)
-            self._signatures.setdefault(parsed.lvalue, {})[digest] = parsed
-        self._senders, self._sender_rows = {}, {}
-        previous = ""
-        query = "SELECT address, mailbox, ham, spam, sent_to FROM learn_senders"
-        for address, mailbox, ham, spam, sent_to in db.execute(query):
-            if address == previous:  # rows come by address: its mailboxes share one string
-                address = previous
-            previous = address
-            self._set_sender(address, mailbox, (ham, spam, sent_to))
+        self._generation += 1
+        self._nspam, self._nham = snapshot.nspam, snapshot.nham
+        self._tokens, self._signatures = snapshot.tokens, snapshot.signatures
+        self._senders, self._sender_rows = snapshot.senders, snapshot.sender_rows
         self._data_version = version  # only now: a load that failed is tried again
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """What scoring reads, as loaded from the file."""
+
+    nspam: int
+    nham: int
+    tokens: dict[str, tuple[int, int]]
+    signatures: dict[int, dict[str, tlsh.Tlsh]]
+    senders: dict[str, dict[str, _SenderRow]]
+    sender_rows: dict[_SenderRow, _SenderRow]
+
+
+def _load(db: sqlite3.Connection) -> _Snapshot:
+    meta = dict(db.execute("SELECT key, value FROM learn_meta").fetchall())
+    tokens = {token: (s, h) for token, s, h in db.execute("SELECT token, spam, ham FROM learn_tokens")}
+    signatures: dict[int, dict[str, tlsh.Tlsh]] = {}
+    for digest, text in db.execute("SELECT digest, tlsh FROM learn_signatures"):
+        parsed = _tlsh(text)
+        signatures.setdefault(parsed.lvalue, {})[digest] = parsed
+    senders: dict[str, dict[str, _SenderRow]] = {}
+    rows: dict[_SenderRow, _SenderRow] = {}  # equal rows share one tuple, as in _set_sender
+    previous = ""
+    query = "SELECT address, mailbox, ham, spam, sent_to FROM learn_senders"
+    for address, mailbox, ham, spam, sent_to in db.execute(query):
+        if address == previous:  # rows come by address: its mailboxes share one string
+            address = previous
+        previous = address
+        row = (ham, spam, sent_to)
+        senders.setdefault(mailbox, {})[address] = rows.setdefault(row, row)
+    return _Snapshot(meta.get("nspam", 0), meta.get("nham", 0), tokens, signatures, senders, rows)
 
 
 def _count(
