@@ -367,6 +367,13 @@ class _HeldLoad:
         monkeypatch.setattr(learning_store, "RELOAD_CHECK_SECONDS", 0.0)
 
 
+def _start_held_load(held: _HeldLoad, daemon: LearningStore, cli: LearningStore) -> None:
+    """Another connection trains a spam; the daemon notices and starts loading, held once read."""
+    cli.train(message("Deal", "Cheap pills today.", sender="frank@spam.example"), "spam")
+    assert daemon.counts()["spam"] == 0  # noticed, and loading, but not in this call
+    assert held.read.wait(10)
+
+
 def _until(condition: Callable[[], bool]) -> None:
     deadline = time.monotonic() + 5
     while not condition():
@@ -380,9 +387,7 @@ def test_the_daemon_loads_another_process_training_in_the_background(
     held = _HeldLoad(monkeypatch)
     path = tmp_path / "learning.sqlite"
     with LearningStore(path, reload_in_background=True) as daemon, LearningStore(path) as cli:
-        cli.train(message("Deal", "Cheap pills today.", sender="frank@spam.example"), "spam")
-        assert daemon.counts()["spam"] == 0  # noticed, and loading, but not in this call
-        assert held.read.wait(10)
+        _start_held_load(held, daemon, cli)
         assert daemon.counts()["spam"] == 0  # scoring goes on with what memory holds
         held.release.set()
         _until(lambda: daemon.counts()["spam"] == 1)
@@ -400,9 +405,7 @@ def test_a_background_load_that_missed_training_here_is_dropped(
     held = _HeldLoad(monkeypatch)
     path = tmp_path / "learning.sqlite"
     with LearningStore(path, reload_in_background=True) as daemon, LearningStore(path) as cli:
-        cli.train(message("Deal", "Cheap pills today.", sender="frank@spam.example"), "spam")
-        daemon.counts()  # starts a load, which reads the file before this store trains:
-        assert held.read.wait(10)
+        _start_held_load(held, daemon, cli)  # the load read the file before this store trains:
         daemon.train(message("Hello", "Lunch tomorrow?", sender="grace@example.com"), "ham", "mb1")
         held.release.set()
         _until(lambda: daemon._loading is None)
@@ -419,9 +422,7 @@ def test_closing_waits_for_a_background_load(tmp_path: Path, monkeypatch: pytest
     path = tmp_path / "learning.sqlite"
     with LearningStore(path) as cli:
         daemon = LearningStore(path, reload_in_background=True)
-        cli.train(message("Deal", "Cheap pills today.", sender="frank@spam.example"), "spam")
-        daemon.counts()
-        assert held.read.wait(10)
+        _start_held_load(held, daemon, cli)
         loader = daemon._loading
         assert loader is not None
         threading.Timer(0.1, held.release.set).start()
