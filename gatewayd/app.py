@@ -43,7 +43,9 @@ class Daemon:
         self.rules = RulesService(config, self.store, self.bus.publish, self.learning)
         pipeline = self.rules.extend(pipeline)
         self.pool = WatcherPool(config, self.store, pipeline, self.bus.publish)
-        self.gateway = Gateway(config, self.store, self.bus, self.pool, self.learning, tokens=self.tokens)
+        self.gateway = Gateway(
+            config, self.store, self.bus, self.pool, self.learning, tokens=self.tokens, rules=self.rules
+        )
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._pruner: asyncio.Task[None] | None = None

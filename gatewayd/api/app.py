@@ -29,6 +29,8 @@ async def healthz(request: web.Request) -> web.Response:
         "subscribers": len(gateway.bus),
         "watchers": gateway.pool.health(),
     }
+    if gateway.rules is not None:
+        body["rules"] = gateway.rules.health()
     return web.json_response(body, status=200 if body["status"] == "ok" else 503)
 
 

@@ -24,6 +24,10 @@ class Learner(Protocol):
     def train(self, message: ParsedMessage, label: str, mailbox_id: str | None = None) -> bool: ...
 
 
+class RulesHealth(Protocol):
+    def health(self) -> dict[str, object]: ...
+
+
 class OpenStream(Protocol):
     """An SSE connection in progress."""
 
@@ -47,6 +51,8 @@ class Gateway:
     learning: Learner | None = None
     # Run-time tokens; None: only the configuration's tokens are accepted.
     tokens: TokenStore | None = None
+    # The rules in force, for /healthz; None: not reported.
+    rules: RulesHealth | None = None
     # Set at shutdown: streams send their closing event, then wait for grace_over.
     closing_event: asyncio.Event = field(default_factory=asyncio.Event)
     grace_over: asyncio.Event = field(default_factory=asyncio.Event)

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 
 from gatewayd.config import Config, ConfigError, load_config
-from gatewayd.events import Event
+from gatewayd.events import Event, rfc3339
 from gatewayd.pipeline import Pipeline, StageSpec
 from gatewayd.rules.engine import RULES_TIMEOUT_SECONDS, RulesStage
 from gatewayd.rules.execute import Trainer
@@ -46,6 +46,8 @@ class RulesService:
         self.outbox = Outbox(self.journal, mailboxes, store, publish, learning)  # type: ignore[arg-type]
         self.stage = RulesStage(load_rules(config), self.journal, self.outbox, learning, store, publish)
         self._tasks: list[asyncio.Task[None]] = []
+        self._loaded_at = rfc3339()
+        self._last_reload: dict[str, object] | None = None
 
     @property
     def book(self) -> RuleBook:
@@ -83,11 +85,19 @@ class RulesService:
                 self.book.count,
                 "\n  ".join(exc.errors),
             )
+            self._last_reload = {"at": rfc3339(), "outcome": "failed", "problems": len(exc.errors)}
             return False
         self.stage.book = book
+        self._loaded_at = rfc3339()
+        self._last_reload = {"at": self._loaded_at, "outcome": "ok"}
         files = ", ".join(map(str, book.files)) or "no rules file"
         log.info("rules reloaded: %d rules (%s)", book.count, files)
         return True
+
+    def health(self) -> dict[str, object]:
+        """For /healthz: the rules in force and how the last reload went. A failed reload's
+        problems are only logged: they quote the configuration, and /healthz needs no token."""
+        return {"count": self.book.count, "loaded_at": self._loaded_at, "last_reload": self._last_reload}
 
     def _with_new_rules(self) -> Config:
         """The running configuration with the rules of the file as it is now."""

@@ -102,7 +102,8 @@ async def test_sighup_reloads_rules_and_a_bad_file_keeps_the_old_ones(
     write_rules("v1")
     process = gatewayd([user], rules_file=str(rules_file))
     process.start()
-    await process.wait_idle()
+    started = (await process.wait_idle())["rules"]
+    assert started["count"] == 1 and started["last_reload"] is None
     async with aiohttp.ClientSession() as session:
         reader = SseReader(
             await session.get(f"{process.url}/events", headers=AUTH, params={"types": "message.*"})
@@ -112,6 +113,9 @@ async def test_sighup_reloads_rules_and_a_bad_file_keeps_the_old_ones(
         write_rules("v2")
         process.signal(signal.SIGHUP)
         await wait_output(process, "rules reloaded: 1 rules")
+        reloaded = (await process.wait_idle())["rules"]
+        assert reloaded["last_reload"] == {"at": reloaded["loaded_at"], "outcome": "ok"}
+        assert reloaded["loaded_at"] >= started["loaded_at"]
         await dovecot.deliver_async(user, mail("two"))
         (second,) = await reader.messages(1)
         write_rules("Archive", action="mvoe")
@@ -124,6 +128,11 @@ async def test_sighup_reloads_rules_and_a_bad_file_keeps_the_old_ones(
     assert [f.json["data"]["labels"] for f in (first, second, third)] == [["v1"], ["v2"], ["v2"]]
     assert 'rules[0] "tagger".then[0]: unknown action "mvoe" (did you mean "move"?)' in process.output()
     assert [w["reconnects"] for w in health["watchers"]] == [0]
+    # /healthz tells that the last reload failed and which rules stay, not the problems (the log has them).
+    failed = health["rules"]
+    assert failed["count"] == 1 and failed["loaded_at"] == reloaded["loaded_at"]
+    assert failed["last_reload"]["outcome"] == "failed" and failed["last_reload"]["problems"] == 1
+    assert failed["last_reload"]["at"] >= reloaded["loaded_at"] and "mvoe" not in json.dumps(health)
     assert process.running
 
 
