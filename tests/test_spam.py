@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from gatewayd.config import ImapConfig, MailboxConfig, Secret
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline import StageContext
-from gatewayd.pipeline.spam import CORROBORATING, SOFT, SOFT_CAP, SYMBOLS, SpamOptions, SpamStage
+from gatewayd.pipeline.spam import CORROBORATING, SOFT, SOFT_CAP, SYMBOLS, SpamOptions, SpamStage, content
 
 DATA = Path(__file__).parent / "data" / "spam"
 CORPUS = Path("/work/shared/corpus/spamassassin")
@@ -641,3 +642,14 @@ def test_untrained_precision_and_recall_on_the_corpus() -> None:
     recall = counts["tp"] / max(counts["tp"] + counts["fn"], 1)
     assert precision >= 0.98, counts
     assert recall >= 0.58, counts  # 0.62 when this was written
+
+
+def test_links_are_found_where_a_search_of_the_whole_text_finds_them() -> None:
+    # content._urls only tries the URL pattern where it can start; it must find what findall does,
+    # whatever the case of the scheme and whatever runs of "://" or "www." surround it.
+    rng = random.Random(5)
+    pieces = ["http", "https", "HTTPS", "hTtP", "httpſ", "://", "www.", "WwW.", "x", "s", " ", "/a", "\n"]
+    texts = ["://" * 500, "http://" * 300, "wwww." * 200, "https:://http:///"]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randrange(1, 60))) for _ in range(3000)]
+    for text in texts:
+        assert content._urls(text) == content._URL.findall(text), repr(text)

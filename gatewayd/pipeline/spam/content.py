@@ -169,10 +169,11 @@ _OTHER_BYTE = re.compile(rb"[\x80-\xff]")
 _FEW_OTHER_BYTES = 256  # see _runs_with_others
 _EXCLAIM = re.compile(r"!(?<=\w!)")  # "\w!", from the "!" (see _FRAUD_SUMS)
 _URL = re.compile(r"(?:https?://|www\.)[^\s<>\"'(){}\[\]]{1,2000}", re.I)
-# Where _URL can start: 4 or 5 characters before a "://", or at a "www." in any case (looked for in
-# a lower-cased copy, one byte per character). Literals the regex engine skips to, where a search
-# for _URL itself stops at every "h" and "w".
-_SCHEME_END = re.compile(r"://")
+# Where _URL can start: 4 or 5 characters before a "://" that ends "http://" or "https://", or at a
+# "www." in any case (looked for in a lower-cased copy, one byte per character). Literals the regex
+# engine skips to, where a search for _URL itself stops at every "h" and "w"; the lookbehinds
+# (case-insensitive, as _URL is) keep a text of bare "://" from costing a Python step per one.
+_SCHEME_END = re.compile(r"://(?:(?<=https://)|(?<=http://))", re.I)
 _WWW = re.compile(rb"www\.")
 _HOST_END = re.compile(r"[/?#\\]")
 _WEB_LINK = re.compile(r"\s*(?:https?:)?//|\s*www\.", re.I)
