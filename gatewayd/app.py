@@ -23,6 +23,7 @@ from gatewayd.imap.pool import WatcherPool
 from gatewayd.pipeline import Pipeline
 from gatewayd.pipeline.build import build_pipeline, open_learning
 from gatewayd.rules.service import RulesService
+from gatewayd.store.instance_lock import InstanceLock
 from gatewayd.store.sqlite import SqliteEventStore
 from gatewayd.store.tokens import SqliteTokenStore
 from gatewayd.systemd import notify
@@ -34,6 +35,7 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store = SqliteEventStore(Path(config.store.path))
+        self.instance = InstanceLock(Path(config.store.path))
         # Run-time tokens live in the event log's file, where `gatewayd token` finds them.
         self.tokens = SqliteTokenStore(Path(config.store.path))
         self.bus = Bus()
@@ -53,6 +55,14 @@ class Daemon:
         self.port: int | None = None
 
     async def start(self) -> None:
+        self.instance.acquire()  # StoreInUse: another daemon runs on this store
+        try:
+            await self._start()
+        except BaseException:
+            self.instance.release()
+            raise
+
+    async def _start(self) -> None:
         await self.store.open()
         await self.tokens.open()
         await self.rules.open()
@@ -99,6 +109,7 @@ class Daemon:
         await self.store.close()
         if self.learning is not None:
             self.learning.close()
+        self.instance.release()
         log.info("stopped")
 
     async def _prune_forever(self) -> None:

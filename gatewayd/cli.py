@@ -26,6 +26,7 @@ from gatewayd.message import FetchedMessage, parse
 from gatewayd.pipeline import Pipeline
 
 EXIT_CONFIG = 2
+EXIT_IN_USE = 3  # another daemon runs on the same event store
 # A token given in a URL (server.allow_query_token): nothing logs URLs, and this makes sure.
 _QUERY_TOKEN = re.compile(r"(access_token=)[^&\s\"'#]*", re.IGNORECASE)
 
@@ -84,8 +85,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     secrets = [m.imap.password.reveal() for m in config.mailboxes()]
     setup_logging(config.log_level, secrets)
     from gatewayd.app import serve
+    from gatewayd.store.instance_lock import StoreInUse
 
-    return asyncio.run(serve(config))
+    try:
+        return asyncio.run(serve(config))
+    except StoreInUse as exc:
+        print(f"gatewayd: {exc}; stop it first", file=sys.stderr)
+        return EXIT_IN_USE
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

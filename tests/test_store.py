@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -25,6 +26,7 @@ import pytest
 import gatewayd.store.sqlite as sqlite_backend
 from gatewayd.events import Event, NewEvent, parse_rfc3339, rfc3339
 from gatewayd.store import Checkpoint, EventQuery, EventStore, InvalidEventId, matches
+from gatewayd.store.instance_lock import InstanceLock, StoreInUse
 from gatewayd.store.sqlite import SqliteEventStore
 
 BACKENDS = ["sqlite"]
@@ -829,3 +831,17 @@ async def test_sqlite_replays_a_large_log_completely_in_order(tmp_path: Path) ->
         await store.close()
     # Its speed is measured by `gatewayd bench replay`, not asserted here.
     assert seen == count and ordered
+
+
+def test_one_instance_lock_per_store(tmp_path: Path) -> None:
+    store = tmp_path / "state" / "events.db"
+    first, second = InstanceLock(store), InstanceLock(store)
+    first.acquire()
+    assert (tmp_path / "state" / "events.db.lock").read_text() == f"{os.getpid()}\n"
+    held_by_us = rf"another gatewayd \(pid {os.getpid()}\) is running with the event store"
+    with pytest.raises(StoreInUse, match=held_by_us):
+        second.acquire()
+    first.release()
+    first.release()  # twice is harmless
+    second.acquire()  # free again
+    second.release()

@@ -213,6 +213,30 @@ async def test_restart_catches_up_with_mail_delivered_while_down(
         assert [(f.event, f.id) for f in frames_any] == [(f.event, f.id) for f in frames]
 
 
+async def test_a_second_daemon_on_the_same_store_is_refused_until_the_first_is_gone(
+    gatewayd: Any, user: str
+) -> None:
+    first = gatewayd([user])
+    first.start()
+    await first.wait_idle()
+    assert first.process is not None
+    # The same configuration again: same store (and port, but the store is checked first).
+    second = await asyncio.to_thread(run_cli, "run", "-c", str(first.config_path))
+    assert second.returncode == 3, second.stderr
+    store = first.config_path.parent / "events.db"
+    assert f"another gatewayd (pid {first.process.pid}) is running with the event store {store}" in (
+        second.stderr
+    )
+    assert "Traceback" not in second.stderr
+    after = await first.wait_idle()  # untouched, still watching
+    assert after["status"] == "ok" and [w["reconnects"] for w in after["watchers"]] == [0]
+    # The kernel drops the lock with the process, however it ends.
+    first.kill()
+    assert await first.wait_exit() == -signal.SIGKILL
+    first.start()
+    await first.wait_idle()
+
+
 # --- 3. kill -9 in the middle of a burst: nothing lost, nothing twice ---------------------------
 
 BURST = 40
