@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -29,6 +30,10 @@ from gatewayd.store.tokens import SqliteTokenStore
 from gatewayd.systemd import notify
 
 log = logging.getLogger(__name__)
+
+
+class ListenError(Exception):
+    """The HTTP address cannot be bound (in use, not allowed)."""
 
 
 class Daemon:
@@ -55,11 +60,13 @@ class Daemon:
         self.port: int | None = None
 
     async def start(self) -> None:
-        self.instance.acquire()  # StoreInUse: another daemon runs on this store
+        """StoreInUse: another daemon runs on this store; ListenError: the address cannot be bound."""
+        self.instance.acquire()
         try:
             await self._start()
         except BaseException:
-            self.instance.release()
+            # Close what was opened: the store's threads would otherwise keep the process alive.
+            await self._close()
             raise
 
     async def _start(self) -> None:
@@ -77,7 +84,12 @@ class Daemon:
         await self._runner.setup()
         server = self.config.server
         self._site = web.TCPSite(self._runner, server.host, server.port)
-        await self._site.start()
+        try:
+            await self._site.start()
+        except OSError as exc:
+            host = f"[{server.host}]" if ":" in server.host else server.host
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's text repeats the address
+            raise ListenError(f"cannot listen on {host}:{server.port}: {reason}") from None
         sockets = self._runner.addresses
         self.port = sockets[0][1] if sockets else server.port
         self.rules.start()
@@ -102,15 +114,23 @@ class Daemon:
             await asyncio.wait_for(gateway.no_streams.wait(), grace)
         gateway.grace_over.set()
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # the SSE connections before the IMAP ones
+            self._runner = None
         await self.pool.close()
+        await self._close()
+        log.info("stopped")
+
+    async def _close(self) -> None:
+        """What start() opened, each part safe to close when it never was."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
         await self.rules.close()
         await self.tokens.close()
         await self.store.close()
         if self.learning is not None:
             self.learning.close()
         self.instance.release()
-        log.info("stopped")
 
     async def _prune_forever(self) -> None:
         store_config = self.config.store

@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -235,6 +236,23 @@ async def test_a_second_daemon_on_the_same_store_is_refused_until_the_first_is_g
     assert await first.wait_exit() == -signal.SIGKILL
     first.start()
     await first.wait_idle()
+
+
+def test_a_listen_address_in_use_exits_3_at_once(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        data = {
+            "server": {"listen": f"127.0.0.1:{port}"},
+            "store": {"path": str(tmp_path / "events.db")},
+            "agents": [{"id": "support", "token_sha256": ["0" * 64]}],
+        }
+        # Before the fix the process printed a traceback and hung: run_cli's timeout would fire.
+        result = run_cli("run", "-c", str(write_config(tmp_path / "gatewayd.yaml", data)))
+    assert result.returncode == 3, result.stderr
+    assert f"gatewayd: cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 # --- 3. kill -9 in the middle of a burst: nothing lost, nothing twice ---------------------------
