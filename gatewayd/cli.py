@@ -26,7 +26,7 @@ from gatewayd.message import FetchedMessage, parse
 from gatewayd.pipeline import Pipeline
 
 EXIT_CONFIG = 2
-EXIT_UNAVAILABLE = 3  # the event store is another daemon's, or the listen address cannot be bound
+EXIT_CANNOT_START = 3  # the listen address, a store, or another daemon on the same store
 # A token given in a URL (server.allow_query_token): nothing logs URLs, and this makes sure.
 _QUERY_TOKEN = re.compile(r"(access_token=)[^&\s\"'#]*", re.IGNORECASE)
 
@@ -84,17 +84,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     secrets = [m.imap.password.reveal() for m in config.mailboxes()]
     setup_logging(config.log_level, secrets)
-    from gatewayd.app import ListenError, serve
+    from gatewayd.app import CannotStart, serve
     from gatewayd.store.instance_lock import StoreInUse
 
     try:
         return asyncio.run(serve(config))
     except StoreInUse as exc:
         print(f"gatewayd: {exc}; stop it first", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except ListenError as exc:
+        return EXIT_CANNOT_START
+    except CannotStart as exc:
         print(f"gatewayd: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return EXIT_CANNOT_START
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

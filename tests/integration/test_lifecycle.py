@@ -255,6 +255,31 @@ def test_a_listen_address_in_use_exits_3_at_once(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("store", "learning", "says"),
+    [
+        ("file/events.db", "learning.db", "cannot open the event store {tmp}/file/events.db: "),
+        ("junk.db", "learning.db", "cannot open the event store {tmp}/junk.db: file is not a database"),
+        ("events.db", "file/learning.db", "cannot open the learning store {tmp}/file/learning.db: "),
+    ],
+)
+def test_a_store_that_cannot_be_opened_exits_3_with_its_path(
+    tmp_path: Path, store: str, learning: str, says: str
+) -> None:
+    (tmp_path / "file").write_text("a file where a directory should be\n")
+    (tmp_path / "junk.db").write_bytes(b"not SQLite at all\n" * 20)
+    data = {
+        "server": {"listen": f"127.0.0.1:{free_port()}"},
+        "store": {"path": str(tmp_path / store)},
+        "pipeline": {"learning": {"path": str(tmp_path / learning)}},
+        "agents": [{"id": "support", "token_sha256": ["0" * 64]}],
+    }
+    result = run_cli("run", "-c", str(write_config(tmp_path / "gatewayd.yaml", data)))
+    assert result.returncode == 3, result.stderr
+    assert "gatewayd: " + says.format(tmp=tmp_path) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # --- 3. kill -9 in the middle of a burst: nothing lost, nothing twice ---------------------------
 
 BURST = 40
