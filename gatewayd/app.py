@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import signal
-import sqlite3
 from pathlib import Path
 
 from aiohttp import web
@@ -20,11 +19,10 @@ from gatewayd.api.app import create_app
 from gatewayd.api.context import Gateway
 from gatewayd.api.guard import guard_tokens
 from gatewayd.bus import Bus
-from gatewayd.config import Config, PipelineConfig
+from gatewayd.config import Config
 from gatewayd.imap.pool import WatcherPool
 from gatewayd.pipeline import Pipeline
 from gatewayd.pipeline.build import build_pipeline, open_learning
-from gatewayd.pipeline.learning import LearningStore
 from gatewayd.rules.service import RulesService
 from gatewayd.store.instance_lock import InstanceLock
 from gatewayd.store.sqlite import SqliteEventStore
@@ -34,9 +32,8 @@ from gatewayd.systemd import notify
 log = logging.getLogger(__name__)
 
 
-class CannotStart(Exception):
-    """What keeps the daemon from starting, in one line for the operator: the HTTP address cannot
-    be bound, or a store cannot be opened (a directory not writable, a file that is no database)."""
+class ListenError(Exception):
+    """The HTTP address cannot be bound (in use, not allowed): one line for the operator."""
 
 
 class Daemon:
@@ -47,7 +44,7 @@ class Daemon:
         # Run-time tokens live in the event log's file, where `gatewayd token` finds them.
         self.tokens = SqliteTokenStore(Path(config.store.path))
         self.bus = Bus()
-        self.learning = _open_learning(config.pipeline) if config.pipeline else None
+        self.learning = open_learning(config.pipeline, reload_in_background=True) if config.pipeline else None
         pipeline = build_pipeline(config, self.learning) if config.pipeline else Pipeline()
         # The user's rules: the pipeline's last stage, acting on the server (ConfigError when bad).
         self.rules = RulesService(config, self.store, self.bus.publish, self.learning)
@@ -63,11 +60,9 @@ class Daemon:
         self.port: int | None = None
 
     async def start(self) -> None:
-        """StoreInUse: another daemon runs on this store; CannotStart: see there."""
-        try:
-            self.instance.acquire()
-        except OSError as exc:
-            raise CannotStart(f"cannot open the event store {self.config.store.path}: {exc}") from None
+        """StoreUnavailable: a store cannot be opened, or another daemon runs on it (StoreInUse);
+        ListenError: the HTTP address cannot be bound."""
+        self.instance.acquire()
         try:
             await self._start()
         except BaseException:
@@ -76,12 +71,9 @@ class Daemon:
             raise
 
     async def _start(self) -> None:
-        try:
-            await self.store.open()
-            await self.tokens.open()
-            await self.rules.open()  # its journal lives in the same file
-        except (OSError, sqlite3.Error) as exc:
-            raise CannotStart(f"cannot open the event store {self.config.store.path}: {exc}") from None
+        await self.store.open()
+        await self.tokens.open()
+        await self.rules.open()
         self._runner = web.AppRunner(
             create_app(self.gateway),
             access_log=None,
@@ -98,7 +90,7 @@ class Daemon:
         except OSError as exc:
             host = f"[{server.host}]" if ":" in server.host else server.host
             reason = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's text repeats the address
-            raise CannotStart(f"cannot listen on {host}:{server.port}: {reason}") from None
+            raise ListenError(f"cannot listen on {host}:{server.port}: {reason}") from None
         sockets = self._runner.addresses
         self.port = sockets[0][1] if sockets else server.port
         self.rules.start()
@@ -152,13 +144,6 @@ class Daemon:
             except Exception:
                 log.exception("retention: pruning failed")
             await asyncio.sleep(store_config.prune_interval_seconds)
-
-
-def _open_learning(pipeline: PipelineConfig) -> LearningStore:
-    try:
-        return open_learning(pipeline, reload_in_background=True)
-    except (OSError, sqlite3.Error) as exc:
-        raise CannotStart(f"cannot open the learning store {pipeline.learning.path}: {exc}") from None
 
 
 async def serve(config: Config) -> int:

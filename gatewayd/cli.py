@@ -24,9 +24,10 @@ from gatewayd.config import (
 )
 from gatewayd.message import FetchedMessage, parse
 from gatewayd.pipeline import Pipeline
+from gatewayd.store import StoreUnavailable
 
 EXIT_CONFIG = 2
-EXIT_CANNOT_START = 3  # the listen address, a store, or another daemon on the same store
+EXIT_CANNOT_START = 3  # a store cannot be opened or is another daemon's; the listen address
 # A token given in a URL (server.allow_query_token): nothing logs URLs, and this makes sure.
 _QUERY_TOKEN = re.compile(r"(access_token=)[^&\s\"'#]*", re.IGNORECASE)
 
@@ -84,15 +85,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     secrets = [m.imap.password.reveal() for m in config.mailboxes()]
     setup_logging(config.log_level, secrets)
-    from gatewayd.app import CannotStart, serve
-    from gatewayd.store.instance_lock import StoreInUse
+    from gatewayd.app import ListenError, serve
 
     try:
         return asyncio.run(serve(config))
-    except StoreInUse as exc:
-        print(f"gatewayd: {exc}; stop it first", file=sys.stderr)
-        return EXIT_CANNOT_START
-    except CannotStart as exc:
+    except ListenError as exc:
         print(f"gatewayd: {exc}", file=sys.stderr)
         return EXIT_CANNOT_START
 
@@ -298,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except StoreUnavailable as exc:  # any command: a store's file cannot be opened, or is in use
+        print(f"gatewayd: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
     except KeyboardInterrupt:
         return 130
 

@@ -8,12 +8,28 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
 
 from gatewayd.events import Event, NewEvent
+
+
+class StoreUnavailable(Exception):
+    """A store's file cannot be opened (a directory in the way or not writable, a file that is not
+    SQLite): the message names the store, its path and why, for the one line the CLI prints."""
+
+
+@contextmanager
+def opening(what: str, path: object) -> Iterator[None]:
+    """The OS's and SQLite's errors while opening `path` as StoreUnavailable."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreUnavailable(f"cannot open the {what} {path}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

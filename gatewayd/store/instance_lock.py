@@ -14,8 +14,10 @@ import fcntl
 import os
 from pathlib import Path
 
+from gatewayd.store import StoreUnavailable, opening
 
-class StoreInUse(Exception):
+
+class StoreInUse(StoreUnavailable):
     """Another process holds the store's lock."""
 
 
@@ -26,16 +28,19 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock, or raise StoreInUse naming the process that has it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        """Take the lock, or raise StoreInUse naming the process that has it (StoreUnavailable when
+        the lock file cannot be made)."""
+        with opening("event store", self.store_path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
             os.close(fd)
             raise StoreInUse(
-                f"another gatewayd (pid {holder}) is running with the event store {self.store_path}"
+                f"another gatewayd (pid {holder}) is running with the event store {self.store_path};"
+                " stop it first"
             ) from None
         except BaseException:
             os.close(fd)

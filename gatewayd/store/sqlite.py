@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from gatewayd.events import Event, NewEvent, compact_json, parse_rfc3339, rfc3339
-from gatewayd.store import Checkpoint, EventQuery, InvalidEventId, spam_score
+from gatewayd.store import Checkpoint, EventQuery, InvalidEventId, opening, spam_score
 
 log = logging.getLogger(__name__)
 
@@ -155,24 +155,25 @@ class SqliteEventStore:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatewayd-store-writer")
-        try:
-            self._writer = await self._on_writer(self._open_writer)
-            self._on_loop = self._connect(busy_timeout_ms=0)
-            self._on_loop.execute("PRAGMA wal_autocheckpoint=0")
-            reader = await aiosqlite.connect(self.path, isolation_level=None)
+        with opening("event store", self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatewayd-store-writer")
             try:
-                await reader.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
-                await reader.execute("PRAGMA synchronous=NORMAL")
-                await reader.execute("PRAGMA query_only=ON")  # reads can never write by mistake
+                self._writer = await self._on_writer(self._open_writer)
+                self._on_loop = self._connect(busy_timeout_ms=0)
+                self._on_loop.execute("PRAGMA wal_autocheckpoint=0")
+                reader = await aiosqlite.connect(self.path, isolation_level=None)
+                try:
+                    await reader.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+                    await reader.execute("PRAGMA synchronous=NORMAL")
+                    await reader.execute("PRAGMA query_only=ON")  # reads can never write by mistake
+                except BaseException:
+                    await reader.close()
+                    raise
             except BaseException:
-                await reader.close()
+                await self._close_writers()
                 raise
-        except BaseException:
-            await self._close_writers()
-            raise
-        self._reader = reader
+            self._reader = reader
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = self._connect(self._busy_timeout_ms)

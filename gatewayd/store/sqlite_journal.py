@@ -21,6 +21,7 @@ from typing import Any
 
 import aiosqlite
 
+from gatewayd.store import opening
 from gatewayd.store.journal import (
     DONE,
     FINAL,
@@ -113,31 +114,32 @@ class SqliteRuleJournal:
         self._open_folder: dict[str, tuple[str, str]] = {}
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        try:
-            await conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
-            await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute("PRAGMA synchronous=NORMAL")
-            await conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    await conn.execute(statement)
-            await conn.execute("COMMIT")
-            # What a previous process left (open ones over the rule_journal_open index alone).
-            keys = await conn.execute_fetchall("SELECT key FROM rule_journal")
-            rows = await conn.execute_fetchall(
-                "SELECT key, mailbox_id, folder FROM rule_journal WHERE state = ?", (OPEN,)
-            )
-        except BaseException:
-            await conn.close()
-            raise
-        self._keys = {key for (key,) in keys}
-        self._open_keys.clear()
-        self._open_folder.clear()
-        for key, mailbox_id, folder in rows:
-            self._mark_open(key, mailbox_id, folder)
-        self._conn = conn
+        with opening("event store", self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = await aiosqlite.connect(self.path, isolation_level=None)
+            try:
+                await conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+                await conn.execute("PRAGMA journal_mode=WAL")
+                await conn.execute("PRAGMA synchronous=NORMAL")
+                await conn.execute("BEGIN IMMEDIATE")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        await conn.execute(statement)
+                await conn.execute("COMMIT")
+                # What a previous process left (open ones over the rule_journal_open index alone).
+                keys = await conn.execute_fetchall("SELECT key FROM rule_journal")
+                rows = await conn.execute_fetchall(
+                    "SELECT key, mailbox_id, folder FROM rule_journal WHERE state = ?", (OPEN,)
+                )
+            except BaseException:
+                await conn.close()
+                raise
+            self._keys = {key for (key,) in keys}
+            self._open_keys.clear()
+            self._open_folder.clear()
+            for key, mailbox_id, folder in rows:
+                self._mark_open(key, mailbox_id, folder)
+            self._conn = conn
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -21,6 +21,7 @@ import aiosqlite
 
 from gatewayd.config import hash_token, new_token
 from gatewayd.events import rfc3339
+from gatewayd.store import opening
 
 READ = "read"
 SEND = "send"
@@ -143,17 +144,18 @@ class SqliteTokenStore:
         self._conn: aiosqlite.Connection | None = None
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit: every statement here is its own transaction.
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        try:
-            await conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
-            await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute(_SCHEMA)
-        except BaseException:
-            await conn.close()
-            raise
-        self._conn = conn
+        with opening("event store", self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Autocommit: every statement here is its own transaction.
+            conn = await aiosqlite.connect(self.path, isolation_level=None)
+            try:
+                await conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+                await conn.execute("PRAGMA journal_mode=WAL")
+                await conn.execute(_SCHEMA)
+            except BaseException:
+                await conn.close()
+                raise
+            self._conn = conn
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -280,6 +280,33 @@ def test_a_store_that_cannot_be_opened_exits_3_with_its_path(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("command", "store"),
+    [
+        (["token", "list"], "event store"),
+        (["learn", "--spam", "{tmp}/mail"], "learning store"),
+        (["check-message", "{tmp}/mail/one.eml"], "learning store"),
+    ],
+)
+def test_other_commands_exit_3_on_a_store_that_cannot_be_opened(
+    tmp_path: Path, command: list[str], store: str
+) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not SQLite at all\n" * 20)
+    (tmp_path / "mail").mkdir()
+    (tmp_path / "mail" / "one.eml").write_bytes(mail("one"))
+    data = {
+        "store": {"path": str(junk)},
+        "pipeline": {"learning": {"path": str(junk)}},
+        "agents": [{"id": "support", "token_sha256": ["0" * 64]}],
+    }
+    path = write_config(tmp_path / "gatewayd.yaml", data)
+    result = run_cli(*(part.format(tmp=tmp_path) for part in command), "-c", str(path))
+    assert result.returncode == 3, result.stderr
+    assert f"gatewayd: cannot open the {store} {junk}: file is not a database" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # --- 3. kill -9 in the middle of a burst: nothing lost, nothing twice ---------------------------
 
 BURST = 40

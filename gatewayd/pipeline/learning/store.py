@@ -19,6 +19,7 @@ from gatewayd.message import ParsedMessage, from_address
 from gatewayd.pipeline.learning.combine import MAX_CLUES, Clue, clue, combine_clues, robinson
 from gatewayd.pipeline.learning.signatures import message_digest, signature
 from gatewayd.pipeline.learning.tokens import ARTEFACTS, tokenize
+from gatewayd.store import opening
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,17 @@ class LearningStore:
         # would hold up every message and stream meanwhile). Elsewhere it is loaded at once.
         self.reload_in_background = reload_in_background
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        with opening("learning store", self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute("PRAGMA busy_timeout=5000")
+                self._db.executescript(_SCHEMA)
+            except BaseException:
+                self._db.close()
+                raise
         self._tokens: dict[str, tuple[int, int]] = {}  # token -> (spam, ham) messages
         # What tokens scored since the counts last changed say (see combine.clue): most tokens of a message
         # were met in earlier ones, so scoring rarely computes one.
