@@ -128,6 +128,20 @@ _UPSERT_CHECKPOINT = (
 )
 
 
+async def open_beside(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
+    """An aiosqlite connection to the event log's file in WAL mode, for the tables that live beside
+    the events (run-time tokens, the rules journal); autocommit: each opener runs its own schema."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        await conn.execute("PRAGMA journal_mode=WAL")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
 def _glob_literal(text: str) -> str:
     """Escape GLOB's `[` and `?` (by bracketing them) so only a caller's `*` stays special."""
     return text.replace("[", "[[]").replace("?", "[?]")

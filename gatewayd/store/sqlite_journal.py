@@ -35,6 +35,7 @@ from gatewayd.store.journal import (
     OutboxItem,
     OutgoingMail,
 )
+from gatewayd.store.sqlite import open_beside
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rule_journal (
@@ -115,11 +116,8 @@ class SqliteRuleJournal:
 
     async def open(self) -> None:
         with opening("event store", self.path):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = await aiosqlite.connect(self.path, isolation_level=None)
+            conn = await open_beside(self.path, self._busy_timeout_ms)
             try:
-                await conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
-                await conn.execute("PRAGMA journal_mode=WAL")
                 await conn.execute("PRAGMA synchronous=NORMAL")
                 await conn.execute("BEGIN IMMEDIATE")
                 for statement in _SCHEMA.split(";"):

@@ -22,6 +22,7 @@ import aiosqlite
 from gatewayd.config import hash_token, new_token
 from gatewayd.events import rfc3339
 from gatewayd.store import opening
+from gatewayd.store.sqlite import open_beside
 
 READ = "read"
 SEND = "send"
@@ -145,12 +146,9 @@ class SqliteTokenStore:
 
     async def open(self) -> None:
         with opening("event store", self.path):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             # Autocommit: every statement here is its own transaction.
-            conn = await aiosqlite.connect(self.path, isolation_level=None)
+            conn = await open_beside(self.path, self._busy_timeout_ms)
             try:
-                await conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
-                await conn.execute("PRAGMA journal_mode=WAL")
                 await conn.execute(_SCHEMA)
             except BaseException:
                 await conn.close()
