@@ -367,6 +367,20 @@ class _HeldLoad:
         monkeypatch.setattr(learning_store, "RELOAD_CHECK_SECONDS", 0.0)
 
 
+_HeldDaemon = tuple[_HeldLoad, LearningStore, LearningStore]  # the load, the daemon's store, the CLI's
+
+
+@pytest.fixture
+def held_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_HeldDaemon]:
+    """The daemon's store and the CLI's on one file: the CLI has trained a spam, and the daemon,
+    having noticed, is loading it in the background, held once the file is read."""
+    held = _HeldLoad(monkeypatch)
+    path = tmp_path / "learning.sqlite"
+    with LearningStore(path, reload_in_background=True) as daemon, LearningStore(path) as cli:
+        _start_held_load(held, daemon, cli)
+        yield held, daemon, cli
+
+
 def _start_held_load(held: _HeldLoad, daemon: LearningStore, cli: LearningStore) -> None:
     """Another connection trains a spam; the daemon notices and starts loading, held once read."""
     cli.train(message("Deal", "Cheap pills today.", sender="frank@spam.example"), "spam")
@@ -382,39 +396,32 @@ def _until(condition: Callable[[], bool]) -> None:
 
 
 def test_the_daemon_loads_another_process_training_in_the_background(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    held_daemon: _HeldDaemon,
 ) -> None:
-    held = _HeldLoad(monkeypatch)
-    path = tmp_path / "learning.sqlite"
-    with LearningStore(path, reload_in_background=True) as daemon, LearningStore(path) as cli:
-        _start_held_load(held, daemon, cli)
-        assert daemon.counts()["spam"] == 0  # scoring goes on with what memory holds
-        held.release.set()
-        _until(lambda: daemon.counts()["spam"] == 1)
-        assert daemon.reputation("frank@spam.example", None)["spam"] == 1
-        # Without the daemon's choice, the same change is loaded at once.
-        other = message("Deal", "Cheaper pills today.", sender="frank@spam.example")
-        with LearningStore(path) as at_once:
-            cli.train(other, "spam")
-            assert at_once.counts()["spam"] == 2
+    held, daemon, cli = held_daemon
+    assert daemon.counts()["spam"] == 0  # scoring goes on with what memory holds
+    held.release.set()
+    _until(lambda: daemon.counts()["spam"] == 1)
+    assert daemon.reputation("frank@spam.example", None)["spam"] == 1
+    # Without the daemon's choice, the same change is loaded at once.
+    with LearningStore(cli.path) as at_once:
+        cli.train(message("Deal", "Cheaper pills today.", sender="frank@spam.example"), "spam")
+        assert at_once.counts()["spam"] == 2
 
 
 def test_a_background_load_that_missed_training_here_is_dropped(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    held_daemon: _HeldDaemon,
 ) -> None:
-    held = _HeldLoad(monkeypatch)
-    path = tmp_path / "learning.sqlite"
-    with LearningStore(path, reload_in_background=True) as daemon, LearningStore(path) as cli:
-        _start_held_load(held, daemon, cli)  # the load read the file before this store trains:
-        daemon.train(message("Hello", "Lunch tomorrow?", sender="grace@example.com"), "ham", "mb1")
-        held.release.set()
-        _until(lambda: daemon._loading is None)
-        # Had the older snapshot been installed, the ham trained here would be gone.
-        with LearningStore(path) as fresh:
-            assert daemon.counts() == fresh.counts() == dict(fresh.counts(), spam=1, ham=1)
-            for address in ("grace@example.com", "frank@spam.example"):
-                assert daemon.reputation(address, "mb1") == fresh.reputation(address, "mb1")
-        assert daemon.reputation("grace@example.com", "mb1")["mailbox_ham"] == 1
+    held, daemon, _ = held_daemon  # the load read the file before this store trains:
+    daemon.train(message("Hello", "Lunch tomorrow?", sender="grace@example.com"), "ham", "mb1")
+    held.release.set()
+    _until(lambda: daemon._loading is None)
+    # Had the older snapshot been installed, the ham trained here would be gone.
+    with LearningStore(daemon.path) as fresh:
+        assert daemon.counts() == fresh.counts() == dict(fresh.counts(), spam=1, ham=1)
+        for address in ("grace@example.com", "frank@spam.example"):
+            assert daemon.reputation(address, "mb1") == fresh.reputation(address, "mb1")
+    assert daemon.reputation("grace@example.com", "mb1")["mailbox_ham"] == 1
 
 
 def test_closing_waits_for_a_background_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
