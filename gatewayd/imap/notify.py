@@ -111,7 +111,7 @@ class AccountWatcher:
         synced_below: dict[str, int | None] = {}
         try:
             # NOTIFY first: mail arriving from now on is reported, even during the syncs below.
-            await session.notify(folders)
+            await session.notify(folders, self.mailbox.fetch_max_bytes)
             for watcher in self.folders:
                 await watcher.attach(session, notify=True)
                 synced_below[watcher.folder] = session.selected.uidnext if session.selected else None

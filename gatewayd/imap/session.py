@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import aioimaplib
 
 from gatewayd.config import TLS_IMPLICIT, TLS_STARTTLS, ImapConfig
+from gatewayd.imap.fetch import FETCH_ITEMS, PushedMessages, parse_fetch
 from gatewayd.message import FetchedMessage
 from gatewayd.tls import client_context
 
+log = logging.getLogger(__name__)
 # aioimaplib logs every line at debug and stray responses at info: never let it near our logs.
 logging.getLogger("aioimaplib").setLevel(logging.WARNING)
 logging.getLogger("aioimaplib.aioimaplib").setLevel(logging.WARNING)
@@ -29,18 +31,12 @@ aioimaplib.Commands.setdefault(
 )
 
 _LOST = [b"gatewayd: connection lost"]
+# Pushed messages kept for the next sync at most (the watcher fetches at most 50 after a push).
+_PUSHED_MAX = 50
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
 _EXISTS = re.compile(rb"\A\* (\d+) EXISTS\Z")
 _EXPUNGE = re.compile(rb"\A\* \d+ EXPUNGE\Z")
-_FETCH_START = re.compile(rb"^\d+ FETCH \(")
-_FETCH_UID = re.compile(rb"[( ]UID (\d+)")
-_FETCH_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
-_FETCH_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
-_FETCH_DATE = re.compile(rb'INTERNALDATE "([^"]*)"')
-# What Dovecot sends for a message another session expunged while this one still counts it: no
-# body (NIL), with `[EXPUNGEISSUED]` (RFC 5530) on the tagged OK.
-_FETCH_NO_BODY = re.compile(rb"BODY\[\](?:<\d+>)? NIL")
 _STATUS_UIDNEXT = re.compile(rb"UIDNEXT (\d+)")
 _STATUS_UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
 # `* STATUS name (...)`, the name an atom or a quoted string (a literal is left unparsed).
@@ -101,6 +97,8 @@ class ImapSession:
         self._status_query: str | None = None
         # Folders SELECTed away from since take_left() was last called.
         self._left: set[str] = set()
+        # New messages the server pushed whole (after `push_new_mail`), for fetch_from.
+        self._pushed = PushedMessages(_PUSHED_MAX)
         protocol = client.protocol
         untagged = protocol._untagged_response
 
@@ -213,22 +211,36 @@ class ImapSession:
     def supports_notify(self) -> bool:
         return "NOTIFY" in self._client.protocol.capabilities and self.supports_idle
 
-    async def notify(self, folders: Sequence[str]) -> None:
-        """NOTIFY SET: new mail in the selected folder comes as EXISTS, in the others as STATUS.
+    async def notify(self, folders: Sequence[str], max_bytes: int) -> None:
+        """NOTIFY SET: new mail in the selected folder comes as EXISTS with the message itself (as
+        `push_new_mail`), in the others as STATUS.
 
         Notifications come during IDLE and at the start of any command; take_notified() collects
         the STATUS ones whenever they came.
         """
-        protocol = self._client.protocol
         mailboxes = " ".join(_quote(folder) for folder in folders)
-        command = aioimaplib.Command(
-            "NOTIFY",
-            protocol.new_tag(),
-            "SET",
-            "(SELECTED (MessageNew MessageExpunge))",
-            f"(MAILBOXES ({mailboxes}) (MessageNew MessageExpunge))",
-            loop=protocol.loop,
+        await self._notify_set(
+            _selected_events(max_bytes), f"(MAILBOXES ({mailboxes}) (MessageNew MessageExpunge))"
         )
+
+    async def push_new_mail(self, max_bytes: int) -> bool:
+        """Ask the server to send each new message of the selected folder with its EXISTS push
+        (NOTIFY MessageNew with FETCH attributes, RFC 5465 5.2), so that `fetch_from` after a push
+        needs no round trip. False when the server has no NOTIFY or refuses this use of it."""
+        if not self.supports_notify:
+            return False
+        try:
+            await self._notify_set(_selected_events(max_bytes))
+        except ImapConnectionLost:
+            raise
+        except ImapError as exc:
+            log.info("%s: new mail is fetched after each push (%s)", self.config.username, exc)
+            return False
+        return True
+
+    async def _notify_set(self, *events: str) -> None:
+        protocol = self._client.protocol
+        command = aioimaplib.Command("NOTIFY", protocol.new_tag(), "SET", *events, loop=protocol.loop)
         await self._call("NOTIFY", protocol.execute(command))
 
     async def status(self, folder: str) -> tuple[int | None, int | None]:
@@ -290,6 +302,7 @@ class ImapSession:
             self._left.add(self.selected.folder)
         # The EXISTS in the answer is the new folder's count, not new mail.
         self.exists = None
+        self._pushed.clear()
         response = await self._call("SELECT", self._client.select(_quote(folder)))
         uidvalidity = uidnext = None
         for line in response.lines:
@@ -321,11 +334,14 @@ class ImapSession:
         if not uids or self.selected is None:
             return []
         wanted = set(uids)
-        items = f"(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[]<0.{max_bytes}>)"
+        items = FETCH_ITEMS.format(max_bytes=max_bytes)
         response = await self._call("UID FETCH", self._client.uid("fetch", _uid_set(uids), items))
-        return [m for m in _parse_fetch(response.lines, self.selected, present=True) if m.uid in wanted]
+        fetched = parse_fetch(response.lines, self.selected.folder, self.selected.uidvalidity, present=True)
+        return [m for m in fetched if m.uid in wanted]
 
-    async def fetch_from(self, first_uid: int, max_bytes: int) -> list[FetchedMessage]:
+    async def fetch_from(
+        self, first_uid: int, max_bytes: int, expected: int | None = None
+    ) -> list[FetchedMessage]:
         """Every message with a UID >= first_uid, ascending, fetched as `fetch` does, in one
         `UID FETCH first_uid:*` (no SEARCH first): for a few new messages only, since the answer
         is held in memory whole.
@@ -333,12 +349,19 @@ class ImapSession:
         `n:*` means n..highest UID in either order (RFC 3501 6.4.8, RFC 9051 9): when n is above
         the highest UID the server still returns the message with the highest UID, so whatever is
         below first_uid is dropped. A message expunged meanwhile is absent, as with `fetch`.
+
+        `expected`: how many new messages the server reported at most. When its pushes brought
+        exactly that many from first_uid up (see `push_new_mail`), they are the answer, without
+        a round trip.
         """
         if self.selected is None:
             return []
-        items = f"(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[]<0.{max_bytes}>)"
+        if expected is not None and (pushed := self._pushed.take(first_uid, expected)) is not None:
+            return pushed
+        self._pushed.clear()
+        items = FETCH_ITEMS.format(max_bytes=max_bytes)
         response = await self._call("UID FETCH", self._client.uid("fetch", f"{first_uid}:*", items))
-        fetched = _parse_fetch(response.lines, self.selected, present=True)
+        fetched = parse_fetch(response.lines, self.selected.folder, self.selected.uidvalidity, present=True)
         messages = [m for m in fetched if m.uid >= first_uid]
         return sorted(messages, key=lambda m: m.uid)
 
@@ -349,7 +372,7 @@ class ImapSession:
         items = "(UID INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
         response = await self._call("UID FETCH", self._client.uid("fetch", _uid_set(uids), items))
         result: dict[int, tuple[str | None, str | None]] = {}
-        for message in _parse_fetch(response.lines, self.selected):
+        for message in parse_fetch(response.lines, self.selected.folder, self.selected.uidvalidity):
             header = message.raw.decode("latin-1").partition(":")[2].strip() or None
             result[message.uid] = (header, message.internaldate)
         return result
@@ -370,12 +393,21 @@ class ImapSession:
             return []
         if lines is _LOST or self._lost:
             raise ImapConnectionLost("connection closed by server")
+        self._keep_pushed(lines)
         return [line for line in lines if isinstance(line, bytes)]
+
+    def _keep_pushed(self, lines: Sequence[bytes | bytearray]) -> None:
+        if self.selected is not None:
+            self._pushed.add(lines, self.selected.folder, self.selected.uidvalidity)
 
     async def idle_done(self) -> None:
         """End IDLE; a server that does not confirm in time is considered gone."""
         task, self._idle_task = self._idle_task, None
-        if task is None or task.done():
+        if task is None:
+            return
+        if task.done():
+            if not task.cancelled():
+                task.exception()  # the connection broke while idling: the caller finds out next
             return
         if self._lost:
             raise ImapConnectionLost("connection lost")
@@ -386,6 +418,11 @@ class ImapSession:
             raise ImapConnectionLost("no answer to DONE in time") from None
         if self._lost:
             raise ImapConnectionLost("connection lost")
+        # What the server pushed before it ended IDLE and nobody read yet: its EXISTS are counted
+        # already (and call for the sync that follows); its messages are kept for that sync.
+        queue = self._client.protocol.idle_queue
+        while not queue.empty():
+            self._keep_pushed(queue.get_nowait())
 
     async def noop(self) -> list[bytes]:
         response = await self._call("NOOP", self._client.noop())
@@ -427,45 +464,8 @@ def _uid_set(uids: Sequence[int]) -> str:
     return ",".join(parts)
 
 
-def _parse_fetch(
-    lines: Sequence[bytes | bytearray], selected: Selected, present: bool = False
-) -> list[FetchedMessage]:
-    """Pair each `N FETCH (...)` line with the literal that follows it.
-
-    `present`: leave out what the server answered for messages already expunged (no body, and
-    `[EXPUNGEISSUED]` in the tagged response, the last line).
-    """
-    messages: list[FetchedMessage] = []
-    head: bytes | None = None
-    literal = b""
-    expunged = present and bool(lines) and b"[EXPUNGEISSUED]" in bytes(lines[-1])
-    for line in [*lines, b"0 FETCH ("]:
-        if isinstance(line, bytearray):
-            literal = bytes(line)
-            continue
-        if _FETCH_START.match(line):
-            if expunged and head is not None and _FETCH_NO_BODY.search(head):
-                head = None  # expunged by another session: gone
-            if head is not None and (uid := _FETCH_UID.search(head)):
-                size = _FETCH_SIZE.search(head)
-                flags = _FETCH_FLAGS.search(head)
-                date = _FETCH_DATE.search(head)
-                messages.append(
-                    FetchedMessage(
-                        folder=selected.folder,
-                        uid=int(uid.group(1)),
-                        uidvalidity=selected.uidvalidity,
-                        raw=literal,
-                        size=int(size.group(1)) if size else len(literal),
-                        flags=tuple(flags.group(1).decode("ascii", "replace").split()) if flags else (),
-                        internaldate=date.group(1).decode("ascii", "replace") if date else None,
-                    )
-                )
-            head, literal = line, b""
-        elif head is not None:
-            # Items after a literal continue the same FETCH response on the next line.
-            head += b" " + line
-    return messages
+def _selected_events(max_bytes: int) -> str:
+    return f"(SELECTED (MessageNew {FETCH_ITEMS.format(max_bytes=max_bytes)} MessageExpunge))"
 
 
 def _status_folder(line: bytes) -> str | None:

@@ -8,9 +8,11 @@ UID), stored in the same transaction as the folder's UID checkpoint. After a cra
 are fetched again and the store skips what it already has.
 
 After a push of a few new messages (the count of EXISTS since the last sync of the same SELECT is
-at most FETCH_BATCH) the sync fetches them at once with `UID FETCH <checkpoint+1>:*`, without the
-UID SEARCH round trip; the first sync of a SELECT, a larger backlog, and a sync no EXISTS called
-for (a probe, a poll that found nothing) search first and fetch in batches of FETCH_BATCH.
+at most FETCH_BATCH) the sync takes them from the push itself when the server sent them with it
+(NOTIFY MessageNew with FETCH attributes, asked for in `attach`), else fetches them at once with
+`UID FETCH <checkpoint+1>:*`, without the UID SEARCH round trip; the first sync of a SELECT, a
+larger backlog, and a sync no EXISTS called for (a probe, a poll that found nothing) search first
+and fetch in batches of FETCH_BATCH.
 
 Commits: a message a push brought is stored and published on its own as soon as it is processed
 (latency first). Messages a search found (a backlog: the catch-up after a reconnect or restart, a
@@ -188,6 +190,8 @@ class FolderWatcher:
     async def attach(self, session: ImapSession, notify: bool = False) -> None:
         """SELECT the folder on this session, catch up, and announce the connection."""
         selected = await session.select(self.folder)
+        if not notify:
+            await session.push_new_mail(self.mailbox.fetch_max_bytes)
         self.status.uidvalidity = selected.uidvalidity
         self.status.notify = notify
         self.set_state("connected")
@@ -266,7 +270,7 @@ class FolderWatcher:
         # this very SELECT (None: unknown).
         new = arrived - synced[1] if synced is not None and synced[0] is selected and not initial else None
         if not fresh and new is not None and 0 < new <= FETCH_BATCH and session.exists:
-            await self._announce_new(session, checkpoint)
+            await self._announce_new(session, checkpoint, new)
         else:
             uids = await session.uids_from(checkpoint.last_uid + 1)
             for start in range(0, len(uids), FETCH_BATCH):
@@ -284,14 +288,15 @@ class FolderWatcher:
         messages = sorted(await session.fetch(uids, self.mailbox.fetch_max_bytes), key=lambda m: m.uid)
         await self._deliver(session, messages, max(uids), uidvalidity, group=True)
 
-    async def _announce_new(self, session: ImapSession, checkpoint: Checkpoint) -> None:
-        """After a push: fetch every message above the checkpoint in one `UID FETCH n:*`.
+    async def _announce_new(self, session: ImapSession, checkpoint: Checkpoint, new: int) -> None:
+        """After a push: every message above the checkpoint, as the push brought them or in one
+        `UID FETCH n:*` (`ImapSession.fetch_from`; at most `new` are new).
 
         Only what comes back counts: the checkpoint moves to the highest UID processed, and
         stays where it is when nothing new came back (all expunged, or `n:*` above the highest
         UID, which returns that highest message: below n, dropped by `fetch_from`).
         """
-        messages = await session.fetch_from(checkpoint.last_uid + 1, self.mailbox.fetch_max_bytes)
+        messages = await session.fetch_from(checkpoint.last_uid + 1, self.mailbox.fetch_max_bytes, new)
         if messages:
             await self._deliver(session, messages, messages[-1].uid, checkpoint.uidvalidity)
 

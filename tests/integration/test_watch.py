@@ -16,7 +16,7 @@ import trustme
 from gatewayd.config import Config
 from gatewayd.events import NewEvent
 from gatewayd.imap import watch
-from gatewayd.imap.session import ImapSession
+from gatewayd.imap.session import ImapError, ImapSession
 from gatewayd.imap.watch import FETCH_BATCH, FolderWatcher
 from gatewayd.message import FetchedMessage
 from gatewayd.pipeline import Pipeline
@@ -355,6 +355,67 @@ async def test_pushed_mail_is_fetched_without_a_search_each_message_once(
     assert uids == sorted(set(uids))
     assert calls["search"] == 0 and calls["range"] >= 1
     assert gw.daemon.pool.health()[0]["last_uid"] == uids[-1]
+
+
+def count_fetches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every command of a session named "UID FETCH" from now on (what it was asked to fetch)."""
+    sent: list[str] = []
+    call = ImapSession._call
+
+    async def counted(self: ImapSession, what: str, awaitable: Any, timeout: float | None = None) -> Any:
+        if what == "UID FETCH":
+            sent.append(what)
+        return await call(self, what, awaitable, timeout)
+
+    monkeypatch.setattr(ImapSession, "_call", counted)
+    return sent
+
+
+async def test_new_mail_comes_with_its_push_and_needs_no_fetch(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NOTIFY MessageNew with FETCH attributes: Dovecot sends each new message with its EXISTS.
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], imap={"read_timeout_seconds": 120}))
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    fetches = count_fetches(monkeypatch)
+    bodies = {f"pushed {i}": f"Body number {i}." * (i * 400 + 1) for i in range(3)}
+    for subject, body in bodies.items():
+        await dovecot.deliver_async(user, mail(subject, body=body))
+    events = await wait_events(gw, len(bodies))
+    assert fetches == []
+    assert [e["data"]["subject"] for e in events] == list(bodies)
+    for event in events:
+        data = event["data"]
+        body = bodies[data["subject"]]
+        assert data["body_text_excerpt"].startswith(body[:100])
+        assert data["size"] > len(body) and data["spam"]["verdict"] in ("ham", "suspect", "spam")
+    uids = [e["data"]["uid"] for e in events]
+    assert uids == sorted(set(uids))
+    await wait_for(lambda: idle(gw), what="watcher idle again")
+    assert gw.daemon.pool.health()[0]["last_uid"] == uids[-1]
+    # And a restart announces nothing twice.
+    await gw.daemon.stop()
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
+    await wait_for(lambda: idle(gw), what="watcher idle after the restart")
+    await dovecot.deliver_async(user, mail("after the restart"))
+    events = await wait_events(gw, len(bodies) + 1)
+    assert [e["data"]["subject"] for e in events] == [*bodies, "after the restart"]
+
+
+async def test_a_server_refusing_to_push_messages_is_fetched_from(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refused(self: ImapSession, *events: str) -> None:
+        raise ImapError("NOTIFY failed: BAD")
+
+    monkeypatch.setattr(ImapSession, "_notify_set", refused)
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], imap={"read_timeout_seconds": 120}))
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    fetches = count_fetches(monkeypatch)
+    await dovecot.deliver_async(user, mail("fetched"))
+    events = await wait_events(gw, 1)
+    assert [e["data"]["subject"] for e in events] == ["fetched"]
+    assert fetches == ["UID FETCH"]
 
 
 class Driven:
