@@ -1,8 +1,9 @@
 """IMAP actions on the message being processed, over the watcher's own connection.
 
-While the pipeline runs, the watcher is outside IDLE with its folder selected: the rules act through
-that connection (no second login per message). `MailActions` is what the rules engine needs;
-`SessionActions` implements it on an `ImapSession`. Every method raises an `ImapError` subclass.
+While the pipeline runs, the watcher's connection has its folder selected (and may still be in
+IDLE: the first command ends it): the rules act through that connection (no second login per
+message). `MailActions` is what the rules engine needs; `SessionActions` implements it on an
+`ImapSession`. Every method raises an `ImapError` subclass.
 
 MOVE (RFC 6851) is used where the server has it; elsewhere UID COPY, then `\\Deleted`, then UID
 EXPUNGE of that one UID (UIDPLUS; without it the message is left marked `\\Deleted`, since a plain

@@ -284,8 +284,15 @@ class ImapSession:
         return response
 
     async def _call(self, what: str, awaitable: object, timeout: float | None = None) -> aioimaplib.Response:
-        if self._lost:
-            raise ImapConnectionLost("connection lost")
+        try:
+            if self._lost:
+                raise ImapConnectionLost("connection lost")
+            # Any command ends IDLE first: aioimaplib would hold it back until DONE.
+            await self.idle_done()
+        except BaseException:
+            if asyncio.iscoroutine(awaitable):
+                awaitable.close()  # never sent: no "never awaited" warning
+            raise
         try:
             response = await asyncio.wait_for(awaitable, timeout or self.config.read_timeout_seconds)  # type: ignore[arg-type]
         except (TimeoutError, aioimaplib.CommandTimeout):
@@ -386,22 +393,36 @@ class ImapSession:
             raise ImapConnectionLost(f"IDLE not accepted: {_describe(exc)}") from None
 
     async def wait_push(self, timeout: float) -> list[bytes]:
-        """Untagged lines pushed during IDLE; [] when nothing came within timeout."""
+        """Untagged lines pushed during IDLE, all that came so far; [] when nothing came within
+        timeout."""
         try:
-            lines: list[bytes] = await self._client.wait_server_push(timeout)
+            pushes: list[list[bytes | bytearray]] = [await self._client.wait_server_push(timeout)]
         except TimeoutError:
             return []
-        if lines is _LOST or self._lost:
-            raise ImapConnectionLost("connection closed by server")
-        self._keep_pushed(lines)
-        return [line for line in lines if isinstance(line, bytes)]
+        # A push read in several pieces (a large message) or a second push meanwhile: together,
+        # so that the sync finds every pushed message whole, even without leaving IDLE.
+        queue = self._client.protocol.idle_queue
+        while not queue.empty():
+            pushes.append(queue.get_nowait())
+        lines: list[bytes] = []
+        for push in pushes:
+            if push is _LOST or self._lost:
+                raise ImapConnectionLost("connection closed by server")
+            self._keep_pushed(push)
+            lines += [line for line in push if isinstance(line, bytes)]
+        return lines
 
     def _keep_pushed(self, lines: Sequence[bytes | bytearray]) -> None:
         if self.selected is not None:
             self._pushed.add(lines, self.selected.folder, self.selected.uidvalidity)
 
+    @property
+    def idling(self) -> bool:
+        """In IDLE: pushes arrive; the next command ends it first (see `_call`)."""
+        return self._idle_task is not None
+
     async def idle_done(self) -> None:
-        """End IDLE; a server that does not confirm in time is considered gone."""
+        """End IDLE, if in it; a server that does not confirm in time is considered gone."""
         task, self._idle_task = self._idle_task, None
         if task is None:
             return

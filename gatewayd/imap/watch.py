@@ -9,7 +9,8 @@ are fetched again and the store skips what it already has.
 
 After a push of a few new messages (the count of EXISTS since the last sync of the same SELECT is
 at most FETCH_BATCH) the sync takes them from the push itself when the server sent them with it
-(NOTIFY MessageNew with FETCH attributes, asked for in `attach`), else fetches them at once with
+(NOTIFY MessageNew with FETCH attributes, asked for in `attach`), still in IDLE (a rule that acts
+ends it with its first command), else fetches them at once with
 `UID FETCH <checkpoint+1>:*`, without the UID SEARCH round trip; the first sync of a SELECT, a
 larger backlog, and a sync no EXISTS called for (a probe, a poll that found nothing) search first
 and fetch in batches of FETCH_BATCH.
@@ -218,9 +219,11 @@ class FolderWatcher:
         await self.attach(session)
         renew = self.mailbox.imap.idle_renew_seconds
         probe = self.mailbox.imap.read_timeout_seconds
+        idle_until = 0.0
         while True:
-            if session.exists_seen:
-                # New mail was reported during the last sync's commands.
+            if session.exists_seen and not session.idling:
+                # New mail was reported during the last sync's commands. (In IDLE, its push is
+                # still queued: read below, with the message it may carry.)
                 await self._sync(session)
                 continue
             if not session.supports_idle:
@@ -229,9 +232,10 @@ class FolderWatcher:
                 await session.noop()
                 await self._sync(session)
                 continue
-            await session.idle_start()
-            self.set_state("idle")
-            idle_until = time.monotonic() + renew
+            if not session.idling:
+                await session.idle_start()
+                self.set_state("idle")
+                idle_until = time.monotonic() + renew
             # Wait for EXISTS; every `probe` seconds of silence (and at the renew time) leave
             # IDLE: the DONE round trip proves the connection alive, and the sync catches
             # pushes a server failed to send.
@@ -240,7 +244,10 @@ class FolderWatcher:
                 lines = await session.wait_push(max(0.0, min(probe, remaining)))
                 if any(line.endswith(b"EXISTS") for line in lines) or not lines:
                     break
-            await session.idle_done()
+            if not lines:
+                await session.idle_done()
+            # New mail is synced still in IDLE: when its push brought it whole, no command is
+            # needed unless a rule acts (the first command ends IDLE; see ImapSession._call).
             await self._sync(session)
 
     async def _sync(self, session: ImapSession, initial: bool = False) -> bool:
@@ -322,7 +329,7 @@ class FolderWatcher:
         done = last_uid
         try:
             for index, message in enumerate(messages):
-                # The rules act on the message over this very connection (selected, outside IDLE).
+                # The rules act on the message over this very connection (selected; IDLE ends at need).
                 actions = SessionActions(session)
                 event = await process(self.mailbox, message, actions)
                 if not held:

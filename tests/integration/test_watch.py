@@ -402,6 +402,46 @@ async def test_new_mail_comes_with_its_push_and_needs_no_fetch(
     assert [e["data"]["subject"] for e in events] == [*bodies, "after the restart"]
 
 
+def count_dones(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every time a session leaves IDLE from now on."""
+    dones: list[str] = []
+    idle_done = ImapSession.idle_done
+
+    async def counted(self: ImapSession) -> None:
+        if self.idling:
+            dones.append("DONE")
+        await idle_done(self)
+
+    monkeypatch.setattr(ImapSession, "idle_done", counted)
+    return dones
+
+
+async def test_pushed_mail_is_processed_in_idle_and_a_rule_acting_ends_it(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = [{"name": "flagger", "if": {"subject": "flag me"}, "then": [{"add_flags": "\\Flagged"}]}]
+    config = gateway_config(tmp_path, dovecot, [user], rules=rules, imap={"read_timeout_seconds": 120})
+    gw = await start_gateway(config)
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    dones, fetches = count_dones(monkeypatch), count_fetches(monkeypatch)
+    # One push each: the watcher stays in IDLE throughout.
+    for i in range(3):
+        await dovecot.deliver_async(user, mail(f"plain {i}"))
+        await wait_events(gw, i + 1)
+    assert dones == [] and fetches == []
+    # A rule that acts needs a command: that ends IDLE, which starts again after it.
+    await dovecot.deliver_async(user, mail("flag me"))
+    events = await wait_events(gw, 4)
+    assert "\\Flagged" in events[-1]["data"]["flags"]
+    assert dones == ["DONE"] and fetches == []
+    await wait_for(lambda: idle(gw), what="watcher idle again")
+    await dovecot.deliver_async(user, mail("plain again"))
+    events = await wait_events(gw, 5)
+    subjects = [e["data"]["subject"] for e in events]
+    assert subjects == [*(f"plain {i}" for i in range(3)), "flag me", "plain again"]
+    assert dones == ["DONE"] and fetches == []
+
+
 async def test_a_server_refusing_to_push_messages_is_fetched_from(
     dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
