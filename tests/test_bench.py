@@ -46,6 +46,7 @@ def check_latency(result: Result) -> None:
         assert row.floor is not None and -100 < row.floor < 10_000  # a floor can beat the 250
     for key in ("", "busy."):
         assert len(result.samples[f"{key}gateway_ms"]) == len(result.samples[f"{key}floor_ms"]) == 20
+    assert 0 < value(result, "  gatewayd push -> event published p50 (last 20)") < 10_000
 
 
 def check_mailboxes(result: Result) -> None:

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import aiohttp
+
 from gatewayd.bench.clients import (
     ImapFetchingClient,
     ImapIdleClient,
@@ -220,7 +222,7 @@ async def busy_phase(
     rate: float,
     sink: SubjectSink,
     result: Result,
-    pid: int,
+    gateway: GatewayProcess,
 ) -> Phase | None:
     """Every message to one mailbox; floor and fetching floor each on a twin of it."""
     dovecot = bench.dovecot
@@ -229,7 +231,7 @@ async def busy_phase(
     fetching = await ImapFetchingClient.connect(dovecot.host, dovecot.imap_port, fetch_user, PASSWORD)
     try:
         group = [floor_user, fetch_user, user]
-        async with bench.profile(f"{NAME}-busy", pid):
+        async with bench.profile(f"{NAME}-busy", gateway.pid):
             group_ends, late = await deliver_paced(lmtp, [group], BUSY, messages, rate, seed=BUSY_SEED)
             await floor.wait_count(messages, 30)
             await wait_until(lambda: len(fetching.fetched) >= messages, 30, "the fetching client")
@@ -254,6 +256,17 @@ async def busy_phase(
     floor_ms = result.samples["busy.floor_ms"]
     result.add("  bare client that fetches on EXISTS p50", fetch["p50"], "ms", floor=percentile(floor_ms, 50))
     result.add("  bare client that fetches on EXISTS p99", fetch["p99"], "ms", floor=percentile(floor_ms, 99))
+    # gatewayd's own share, whatever the luck of Dovecot's windows: from each push reaching the
+    # watcher to its events published, as /healthz reports it (the last 200 messages).
+    async with aiohttp.ClientSession() as session:
+        health = await gateway.health(session) or {}
+    watchers = health.get("watchers", [])
+    own = next((w.get("push_to_event_ms") for w in watchers if w.get("mailbox_id") == user), None)
+    if own:
+        for key in ("p50", "p99"):
+            result.add(f"  gatewayd push -> event published {key} (last {own['count']})", own[key], "ms")
+    else:
+        result.note("one busy mailbox: /healthz reported no push_to_event_ms for it")
     return phase
 
 
@@ -284,7 +297,7 @@ async def run(bench: Bench, size: dict[str, float]) -> Result:
         phase = await spread_phase(bench, lmtp, spread, warmup, messages, rate, arrivals, (NAME, gateway.pid))
         label = f"{len(spread)} mailboxes, 1 msg/{len(spread) / rate:g} s each"
         if latency_result(result, label, phase):
-            await busy_phase(bench, lmtp, busy, messages, rate, sink, result, gateway.pid)
+            await busy_phase(bench, lmtp, busy, messages, rate, sink, result, gateway)
     finally:
         if lmtp is not None:
             await lmtp.close()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from gatewayd.config import WATCH_ALWAYS, Config, MailboxConfig
 from gatewayd.imap.notify import AccountWatcher
@@ -136,6 +136,16 @@ class WatcherPool:
                         "last_uid": status.last_uid,
                         "reconnects": status.reconnects,
                         "notify": status.notify,
+                        "push_to_event_ms": _spread(status.push_to_event_ms),
                     }
                 )
         return report
+
+
+def _spread(samples: Collection[float]) -> dict[str, float] | None:
+    """count, p50 and p99 of a watcher's recent samples; None before the first."""
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    last = len(ordered) - 1
+    return {"count": len(ordered), "p50": ordered[last // 2], "p99": ordered[last * 99 // 100]}

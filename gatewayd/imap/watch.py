@@ -29,8 +29,9 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Protocol
 
@@ -88,9 +89,13 @@ class WatcherState:
     reconnects: int = 0
     # True while the folder is watched over its account's shared NOTIFY connection.
     notify: bool = False
+    # ms from a push reaching the watcher to each event it brought being published (the last
+    # PUSH_SAMPLES): gatewayd's own share of a message's latency, whatever the server's delay.
+    push_to_event_ms: deque[float] = field(default_factory=lambda: deque(maxlen=PUSH_SAMPLES))
 
 
 CONNECTED_STATES = ("connected", "idle", "polling")
+PUSH_SAMPLES = 200
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
@@ -115,6 +120,7 @@ class FolderWatcher:
         self._publish = publish
         self.status = WatcherState(since=rfc3339())
         self._session: ImapSession | None = None
+        self._pushed_at: float | None = None  # when the push the current sync answers came
         # The folder's checkpoint as this watcher last stored it (None: read it from the store).
         self._checkpoint: Checkpoint | None = None
         # The last complete sync: the SELECT it ran on and the session's `arrived` count before it.
@@ -248,7 +254,11 @@ class FolderWatcher:
                 await session.idle_done()
             # New mail is synced still in IDLE: when its push brought it whole, no command is
             # needed unless a rule acts (the first command ends IDLE; see ImapSession._call).
-            await self._sync(session)
+            self._pushed_at = time.monotonic() if lines else None
+            try:
+                await self._sync(session)
+            finally:
+                self._pushed_at = None
 
     async def _sync(self, session: ImapSession, initial: bool = False) -> bool:
         """Announce every UID above the checkpoint. Returns True when UIDVALIDITY had changed."""
@@ -367,6 +377,9 @@ class FolderWatcher:
         for actions in settle:
             await actions.settle()  # the rules journal: these events are stored now
         self._publish(stored)
+        if self._pushed_at is not None and stored:
+            elapsed_ms = round((time.monotonic() - self._pushed_at) * 1000, 3)
+            self.status.push_to_event_ms.extend([elapsed_ms] * len(stored))
 
     async def _first_checkpoint(self, session: ImapSession) -> Checkpoint:
         """First connect ever: start at UIDNEXT, minus the last `backfill` messages."""

@@ -424,11 +424,15 @@ async def test_pushed_mail_is_processed_in_idle_and_a_rule_acting_ends_it(
     gw = await start_gateway(config)
     await wait_for(lambda: idle(gw), what="watcher idle")
     dones, fetches = count_dones(monkeypatch), count_fetches(monkeypatch)
+    assert gw.daemon.pool.health()[0]["push_to_event_ms"] is None  # no push yet
     # One push each: the watcher stays in IDLE throughout.
     for i in range(3):
         await dovecot.deliver_async(user, mail(f"plain {i}"))
         await wait_events(gw, i + 1)
     assert dones == [] and fetches == []
+    # gatewayd's own time per message, from the push to the published event.
+    spread = gw.daemon.pool.health()[0]["push_to_event_ms"]
+    assert spread["count"] == 3 and 0 < spread["p50"] <= spread["p99"] < 10_000
     # A rule that acts needs a command: that ends IDLE, which starts again after it.
     await dovecot.deliver_async(user, mail("flag me"))
     events = await wait_events(gw, 4)
