@@ -446,6 +446,24 @@ async def test_pushed_mail_is_processed_in_idle_and_a_rule_acting_ends_it(
     assert dones == ["DONE"] and fetches == []
 
 
+async def test_idle_is_renewed_on_time_while_pushes_keep_coming(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pushed mail no longer ends IDLE, so a steady stream must not keep one IDLE past its renewal.
+    imap = {"read_timeout_seconds": 120, "idle_renew_seconds": 1}
+    config = gateway_config(tmp_path, dovecot, [user], imap=imap)
+    gw = await start_gateway(config)
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    dones = count_dones(monkeypatch)
+    subjects = [f"steady {i}" for i in range(8)]
+    for subject in subjects:
+        await dovecot.deliver_async(user, mail(subject))
+        await asyncio.sleep(0.4)
+    events = await wait_events(gw, len(subjects))
+    assert [e["data"]["subject"] for e in events] == subjects
+    assert len(dones) >= 2  # renewed about once a second, pushes or not
+
+
 async def test_a_server_refusing_to_push_messages_is_fetched_from(
     dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
