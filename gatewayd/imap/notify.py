@@ -34,6 +34,15 @@ def _is_change(line: bytes) -> bool:
     return line.endswith(b"EXISTS") or line.startswith(b"STATUS ")
 
 
+def _reported(session: ImapSession, folders: list[str], selected: str | None) -> set[str]:
+    """The folders new mail was reported in since the last call: STATUS notifications for the
+    others, EXISTS for the selected one."""
+    reported = session.take_notified(folders)
+    if session.exists_seen and selected in folders:
+        reported.add(selected)
+    return reported
+
+
 class AccountWatcher:
     """All the folders of one mailbox, over one NOTIFY connection when the server allows it."""
 
@@ -126,19 +135,22 @@ class AccountWatcher:
         # selected folder gets no STATUS notification for it either.
         left: set[str] = set()
         probing = False
+        # The folders the last push reported new mail in, and when it came: their syncs' events
+        # are timed from it (`push_to_event_ms`).
+        pushed: set[str] = set()
+        pushed_at = 0.0
         renew = self.mailbox.imap.idle_renew_seconds
         probe = self.mailbox.imap.read_timeout_seconds
         while True:
             selected = session.selected.folder if session.selected else None
-            pending |= session.take_notified(folders)
-            if session.exists_seen and selected in by_folder:
-                pending.add(selected)
+            pending |= _reported(session, folders, selected)
             left |= session.take_left()
             if pending:
                 # The selected folder first (no SELECT needed), then in configured order.
                 folder = selected if selected in pending else next(f for f in folders if f in pending)
                 pending.discard(folder)
-                await by_folder[folder].catch_up(session)
+                await by_folder[folder].catch_up(session, pushed_at if folder in pushed else None)
+                pushed.discard(folder)
                 if folder != selected:
                     synced_below[folder] = session.selected.uidnext if session.selected else None
                 continue
@@ -165,6 +177,8 @@ class AccountWatcher:
                     probing = True
                     break
                 if any(_is_change(line) for line in lines):
+                    pushed, pushed_at = _reported(session, folders, selected), time.monotonic()
+                    pending |= pushed
                     break
             await session.idle_done()
 

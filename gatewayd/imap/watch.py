@@ -213,13 +213,22 @@ class FolderWatcher:
             uidvalidity_changed=resynced,
         )
 
-    async def catch_up(self, session: ImapSession) -> None:
-        """On a session shared with other folders: SELECT this one if needed, then sync."""
+    async def catch_up(self, session: ImapSession, pushed_at: float | None = None) -> None:
+        """On a session shared with other folders: SELECT this one if needed, then sync.
+        `pushed_at`: when the push that reported new mail here reached gatewayd, if one did."""
         selected = session.selected
         if selected is None or selected.folder != self.folder:
             selected = await session.select(self.folder)
             self.status.uidvalidity = selected.uidvalidity
-        await self._sync(session)
+        await self._sync_pushed(session, pushed_at)
+
+    async def _sync_pushed(self, session: ImapSession, pushed_at: float | None) -> None:
+        """A sync whose events, with `pushed_at`, are timed from that push (`push_to_event_ms`)."""
+        self._pushed_at = pushed_at
+        try:
+            await self._sync(session)
+        finally:
+            self._pushed_at = None
 
     async def _watch(self, session: ImapSession) -> None:
         await self.attach(session)
@@ -254,11 +263,7 @@ class FolderWatcher:
                 await session.idle_done()
             # New mail is synced still in IDLE: when its push brought it whole, no command is
             # needed unless a rule acts (the first command ends IDLE; see ImapSession._call).
-            self._pushed_at = time.monotonic() if lines else None
-            try:
-                await self._sync(session)
-            finally:
-                self._pushed_at = None
+            await self._sync_pushed(session, time.monotonic() if lines else None)
 
     async def _sync(self, session: ImapSession, initial: bool = False) -> bool:
         """Announce every UID above the checkpoint. Returns True when UIDVALIDITY had changed."""

@@ -297,3 +297,29 @@ async def test_several_folders_deliver_exactly_once_with_notify_or_without(
     connected = [e.data for e in await gw.daemon.store.read_after(query, 0, 10)]
     assert sorted(c["folder"] for c in connected) == sorted(folders)
     assert all(c["notify"] is notify for c in connected)
+
+
+async def test_folders_sharing_a_notify_connection_time_their_pushes(
+    dovecot: Dovecot, tmp_path: Path, start_gateway: Any
+) -> None:
+    user = f"pushed{uuid.uuid4().hex[:6]}"
+    folders = ["INBOX", "Archive"]
+    # A long read timeout: no silence probe syncs a folder before its push is read.
+    agents = [agent("support", [mailbox(dovecot, user, folders=folders, read_timeout_seconds=120)])]
+    gw = await start_gateway(fleet_config(tmp_path, agents))
+    await wait_for(lambda: idle(gw), what="every folder idle")
+
+    def spreads() -> dict[str, Any]:
+        return {w["folder"]: w["push_to_event_ms"] for w in gw.daemon.pool.health() if w["notify"]}
+
+    assert spreads() == {"INBOX": None, "Archive": None}  # no push yet
+    async with aiohttp.ClientSession() as session:
+        reader = await open_stream(session, gw.url, "support", types="message.*")
+        await dovecot.deliver_async(user, mail("to the inbox"))
+        await exactly(reader, 1)
+        inbox = spreads()["INBOX"]
+        assert inbox["count"] == 1 and 0 < inbox["p50"] < 10_000 and spreads()["Archive"] is None
+        await asyncio.to_thread(append, dovecot, user, "Archive", mail("to the archive"))
+        await exactly(reader, 1)
+    archive = spreads()["Archive"]
+    assert archive["count"] == 1 and 0 < archive["p50"] < 10_000 and spreads()["INBOX"] == inbox
