@@ -14,7 +14,7 @@ same wait.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from gatewayd.events import Event
 from gatewayd.store import EventQuery, matches
@@ -173,7 +173,7 @@ class Bus:
 
     def publish(self, events: Iterable[Event]) -> None:
         for event in events:
-            groups = self._by_agent.get(event.agent_id)
+            groups: Collection[_Group] | None = self._by_agent.get(event.agent_id)
             if event.mailbox_id is not None:
                 by_mailbox = self._by_mailbox.get(event.mailbox_id)
                 if by_mailbox:

@@ -159,7 +159,7 @@ async def _check_messages(
             continue
         outcome = await pipeline.run(parse(_as_fetched(raw)), mailbox)
         if as_json:
-            line = {"file": str(path), "type": outcome.type, "data": outcome.data}
+            line: dict[str, object] = {"file": str(path), "type": outcome.type, "data": outcome.data}
             if outcome.drop:
                 line["dropped"] = True  # a rule's drop_event: no event would be published
             print(json.dumps(line, ensure_ascii=False))

@@ -19,10 +19,13 @@ import secrets
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 WATCH_ALWAYS = "always"
 WATCH_ON_DEMAND = "on_demand"
@@ -36,7 +39,7 @@ DEFAULT_STORE_PATH = "/var/lib/gatewayd/events.db"
 # RFC 2177: a server may drop an IDLE after 30 minutes, so it must be renewed before that.
 MAX_IDLE_RENEW_SECONDS = 1740
 
-T = TypeVar("T")
+T = TypeVar("T", bound="DataclassInstance")
 
 
 @dataclass(frozen=True, slots=True, repr=False)

@@ -22,7 +22,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 async def healthz(request: web.Request) -> web.Response:
     gateway = Gateway.of(request)
     store_ok = await gateway.store.ping()
-    body = {
+    body: dict[str, object] = {
         "status": "ok" if store_ok and not gateway.closing else "unavailable",
         "store": "ok" if store_ok else "error",
         "closing": gateway.closing,

@@ -273,6 +273,7 @@ class _Stream:
             return False
         if event.seq <= self.last_seq:
             return True  # replayed already
+        assert self._loop is not None  # set with _direct, and `live` passes _sink only when that is
         now = self._loop.time()
         if self._deadline is not None and now >= self._deadline:
             return False

@@ -278,7 +278,7 @@ class ImapIdleClient:
     async def _command(self, command: str) -> list[bytes]:
         tag = command.split(" ", 1)[0].encode()
         self._writer.write(command.encode() + b"\r\n")
-        lines = []
+        lines: list[bytes] = []
         while True:
             line = await self._reader.readline()
             if not line:
@@ -357,7 +357,7 @@ class ImapFetchingClient:
         """Send a command; its untagged lines (literals inlined) once the tagged OK arrives."""
         tag = f"f{next(self._tags)}".encode()
         self._writer.write(tag + b" " + command.encode() + b"\r\n")
-        lines = []
+        lines: list[bytes] = []
         while True:
             line = await self._reader.readline()
             if not line:

@@ -44,7 +44,8 @@ async def _wait_frames(swarm: Swarm, frames: int, timeout: float) -> int:
 
 def _spread(events: dict[str, Any], published: dict[str, float]) -> tuple[list[float], list[float], int]:
     """Per event: ms from publish to the last subscriber; ms of every single delivery; min reach."""
-    last, every = [], []
+    last: list[float] = []
+    every: list[float] = []
     reach = min((len(e["times"]) for e in events.values()), default=0)
     for event_id, entry in events.items():
         start = published[event_id]

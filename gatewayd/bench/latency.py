@@ -25,6 +25,7 @@ reads `* N EXISTS` with N covering it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import random
@@ -289,7 +290,7 @@ async def run(bench: Bench, size: dict[str, float]) -> Result:
         # Warm-up: first-use costs (imports, caches, SQLite pages) are not what is measured.
         for n in range(warmup):
             await lmtp.deliver(spread[n % len(spread)], bench_mail(f"bench {n}"))
-            await wait_until(lambda n=n: n in sink.arrived, 10, f"warm-up event {n}")
+            await wait_until(functools.partial(sink.arrived.__contains__, n), 10, f"warm-up event {n}")
 
         async def arrivals() -> dict[int, Arrival]:
             return {n: a for n, a in sink.arrived.items() if warmup <= n < BUSY}

@@ -93,8 +93,8 @@ async def run(bench: Bench, size: dict[str, float]) -> Result:
         await store.close()
     # Floor 1: SQLite itself.
     started = time.monotonic()
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute(
+    with sqlite3.connect(db) as sqlite_conn:
+        rows = sqlite_conn.execute(
             "SELECT seq, type, created_at, agent_id, mailbox_id, data, from_address FROM events ORDER BY seq"
         ).fetchall()
     raw_sqlite = len(rows) / (time.monotonic() - started)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 import aioimaplib
@@ -283,7 +283,9 @@ class ImapSession:
             raise ImapError(f"{what} failed: {response.result} {_text(response.lines[-1:])}")
         return response
 
-    async def _call(self, what: str, awaitable: object, timeout: float | None = None) -> aioimaplib.Response:
+    async def _call(
+        self, what: str, awaitable: Awaitable[aioimaplib.Response], timeout: float | None = None
+    ) -> aioimaplib.Response:
         try:
             if self._lost:
                 raise ImapConnectionLost("connection lost")
@@ -294,7 +296,7 @@ class ImapSession:
                 awaitable.close()  # never sent: no "never awaited" warning
             raise
         try:
-            response = await asyncio.wait_for(awaitable, timeout or self.config.read_timeout_seconds)  # type: ignore[arg-type]
+            response = await asyncio.wait_for(awaitable, timeout or self.config.read_timeout_seconds)
         except (TimeoutError, aioimaplib.CommandTimeout):
             raise ImapConnectionLost(f"no answer to {what} in time") from None
         except aioimaplib.AioImapException as exc:

@@ -102,7 +102,8 @@ def bodies(
 ) -> tuple[str, str | None]:
     """(text, html): the first non-empty text/plain body, else the HTML's visible text; and the
     decoded source of the first text/html body part."""
-    plain, html_parts = [], []
+    plain: list[Message] = []
+    html_parts: list[Message] = []
     for part, _ in leaves:
         ctype = safe("", part.get_content_type)
         if ctype not in ("text/plain", "text/html") or safe(True, _is_attachment, part, root):

@@ -44,7 +44,8 @@ def addresses(values: Iterable[str]) -> list[dict[str, str | None]]:
         # A cut at the last comma keeps a capped list from ending in half an address.
         if len(value) >= MAX_HEADER_CHARS and "," in value:
             value = value.rsplit(",", 1)[0]
-        parsed = []
+        parsed: list[dict[str, str | None]] = []
+        name: str | None
         for name, address in _getaddresses(value):
             address = address.strip()
             name = decode_words(name) or None
@@ -106,7 +107,7 @@ def _getaddresses(value: str) -> list[tuple[str, str]]:
 
 def first_address(values: list[str]) -> dict[str, str | None] | None:
     entries = addresses(values)
-    with_address = [entry for entry in entries if entry["address"]]
+    with_address: list[dict[str, str | None] | None] = [entry for entry in entries if entry["address"]]
     return (with_address or entries or [None])[0]
 
 
@@ -125,13 +126,13 @@ def date(value: str | None) -> str | None:
     if parts is None:
         # Some senders write ISO 8601.
         return _to_rfc3339(datetime.fromisoformat(value.strip()))
-    year, *rest = parts[:6]
+    year, month, day, hour, minute, second = parts[:6]
     if 100 <= year < 200:
         year += 1900  # "0102": years since 1900 printed as four digits, an old mailer bug
     offset = parts[9] or 0
     if abs(offset) >= 24 * 3600:
         offset = 0  # a nonsense zone: treat as missing
-    moment = datetime(year, *rest, tzinfo=UTC) - timedelta(seconds=offset)
+    moment = datetime(year, month, day, hour, minute, second, tzinfo=UTC) - timedelta(seconds=offset)
     return _to_rfc3339(moment)
 
 

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+F = TypeVar("F")
 
 # Header values are cut to this many characters before decoding: a 1 MB header must not cost
 # seconds (getaddresses runs at about 5 µs per address), and no useful header is this long.
@@ -24,7 +25,7 @@ MAX_HTML_CHARS = 256 * 1024
 MAX_TEXT_BYTES = 256 * 1024
 
 
-def safe(fallback: T, extract: Callable[..., T], *args: Any) -> T:
+def safe(fallback: F, extract: Callable[..., T], *args: Any) -> T | F:
     """Run one field extractor; a broken field must not spoil the others."""
     try:
         return extract(*args)

@@ -10,7 +10,7 @@ from email import errors
 from email.message import Message
 from email.parser import BytesHeaderParser, Parser
 from email.policy import compat32
-from typing import Any
+from typing import Any, cast
 
 from gatewayd.message.limits import MAX_DEPTH, MAX_PARTS, safe
 from gatewayd.message.text import clean_header, fix_surrogates
@@ -47,6 +47,8 @@ class _GuardedMessage(Message):
     # appends fields, builds a new list to delete one, and replace_header keeps the name and
     # the position.
     _gw_index: tuple[list[tuple[str, Any]], int, dict[str, int]] | None = None
+    # Message's private field list (set in its __init__; typeshed does not declare it).
+    _headers: list[tuple[str, Any]]
 
     def attach(self, payload: Message) -> None:  # type: ignore[override]
         root = self._gw_root or self
@@ -87,7 +89,8 @@ class _GuardedMessage(Message):
         if value is _MISSING:
             return failobj
         if type(value) is not str or len(value) > _MAX_CACHED_PARAMS_CHARS:
-            return super()._get_params_preserve(failobj, header)  # a Header object, or not worth keeping
+            # A Header object, or not worth keeping (typeshed does not declare this private method).
+            return super()._get_params_preserve(failobj, header)  # type: ignore[misc]
         return list(_params(value))  # a list of its own: get_params(unquote=False) hands it out
 
 
@@ -101,7 +104,7 @@ def _params(value: str) -> tuple[tuple[str, Any], ...]:
     few dozen Content-Type values make up most mail, so the cache mostly hits)."""
     stub = Message()
     stub.set_raw("Content-Type", value)
-    return tuple(Message._get_params_preserve(stub, None, "content-type"))
+    return tuple(Message._get_params_preserve(stub, None, "content-type"))  # type: ignore[attr-defined]
 
 
 _PARSER = Parser(_class=_GuardedMessage, policy=compat32)
@@ -201,7 +204,7 @@ def leaves(root: Message) -> tuple[list[tuple[Message, tuple[Message, ...]]], bo
             if len(ancestors) >= MAX_DEPTH:
                 return leaves, False
             inner = (*ancestors, part)
-            children = part.get_payload()
+            children = cast("list[Message | str]", part.get_payload())  # a multipart's is a list
             stack.extend((child, inner) for child in reversed(children) if isinstance(child, Message))
         else:
             safe(None, _repair_headers, part)

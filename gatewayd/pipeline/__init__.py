@@ -188,7 +188,7 @@ class Pipeline:
         run = _Run(parsed, mailbox, actions)
         position = 0
         while position < len(self.stages) and not run.stopped:
-            batch = []
+            batch: list[StageSpec] = []
             while position + len(batch) < len(self.stages) and hasattr(
                 self.stages[position + len(batch)].stage, "check_sync"
             ):

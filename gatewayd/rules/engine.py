@@ -49,7 +49,7 @@ _NO_PLAN = build(())
 
 class RulesStage:
     name = "rules"
-    provides = ("rules_applied", "labels", "auto_reply", "rules_errors", "moved_from")
+    provides: tuple[str, ...] = ("rules_applied", "labels", "auto_reply", "rules_errors", "moved_from")
 
     def __init__(
         self,

@@ -103,7 +103,9 @@ def _assigned(tree: nodes.Template, name: str) -> bool:
 
 def context_for(data: Mapping[str, Any], mailbox_id: str, address: str | None, rule: str) -> dict[str, Any]:
     """The template fields of a message's event data."""
-    sender = data.get("from") if isinstance(data.get("from"), dict) else {}
+    sender = data.get("from")
+    if not isinstance(sender, dict):
+        sender = {}
     sender_address = str(sender.get("address") or "")
     return {
         "subject": str(data.get("subject") or ""),

@@ -196,7 +196,7 @@ class SqliteTokenStore:
         rows = await self._c.execute_fetchall(
             f"SELECT {_COLUMNS} FROM tokens WHERE sha256 = ?", (token_sha256.lower(),)
         )
-        return _record(rows[0]) if rows else None
+        return next((_record(row) for row in rows), None)  # aiosqlite types rows as an Iterable
 
     async def get(self, token_ids: Iterable[str]) -> dict[str, TokenRecord]:
         ids = sorted(set(token_ids))

@@ -76,7 +76,7 @@ class AuthOptions:
 
 class AuthStage:
     name = "auth"
-    provides = ("auth",)
+    provides: tuple[str, ...] = ("auth",)
 
     def __init__(self, options: AuthOptions, *, dnsfunc: DnsFunc | None = None) -> None:
         """`dnsfunc(name: bytes, timeout=seconds) -> TXT bytes | None`, as dkimpy calls it; None: DNS."""

@@ -7,9 +7,9 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from re import _constants as _sre
-from re._parser import parse as _sre_parse
-from typing import Any
+from re import _constants as _sre  # type: ignore[attr-defined]  # private stdlib: no stubs
+from re._parser import parse as _sre_parse  # type: ignore[import-not-found]  # private stdlib: no stubs
+from typing import Any, cast
 
 from gatewayd.pipeline.injection.characters import snippet
 
@@ -22,6 +22,7 @@ _ASCII_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 def _literals(items: Iterable[tuple[Any, Any]]) -> set[str] | None:
     """The strings a parsed regex sequence matches, when they are a few literal ones; else None."""
     strings = {""}
+    options: set[str] | None
     for op, value in items:
         if op is _sre.LITERAL:
             options = {chr(value)}
@@ -33,7 +34,7 @@ def _literals(items: Iterable[tuple[Any, Any]]) -> set[str] | None:
             options = _literals(value[3])
         elif op is _sre.BRANCH:
             branches = [_literals(branch) for branch in value[1]]
-            options = None if None in branches else set().union(*branches)
+            options = None if None in branches else set().union(*cast("list[set[str]]", branches))
         elif op in _REPEATS and value[:2] in ((0, 1), (1, 1)):  # "x?"
             options = _literals(value[2])
             if options is not None and value[0] == 0:
@@ -103,7 +104,7 @@ def _heads(items: list[tuple[Any, Any]]) -> set[str] | None:
             first = _heads(value[3])
         elif op is _sre.BRANCH:
             branches = [_heads(branch) for branch in value[1]]
-            first = None if None in branches else set().union(*branches)
+            first = None if None in branches else set().union(*cast("list[set[str]]", branches))
         elif op in _REPEATS:
             first = _heads(value[2])
             if first is not None and value[0] == 0:

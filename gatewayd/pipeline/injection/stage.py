@@ -72,7 +72,7 @@ class InjectionOptions:
 
 class InjectionStage:
     name = "injection"
-    provides = ("injection", "sanitized_excerpt")
+    provides: tuple[str, ...] = ("injection", "sanitized_excerpt")
 
     def __init__(self, options: InjectionOptions) -> None:
         self.options = options

@@ -80,7 +80,7 @@ class SpamStage:
     `sender_reputation` (the From address, its list, and what the learning store knows of it)."""
 
     name = "spam"
-    provides = ("spam", "sender_reputation")
+    provides: tuple[str, ...] = ("spam", "sender_reputation")
 
     def __init__(self, options: SpamOptions, learning: Learning | None = None) -> None:
         self.options = options
