@@ -17,6 +17,7 @@ import pytest
 from gatewayd.bench import SCENARIOS, main, run_scenario
 from gatewayd.bench.clients import _Dechunker
 from gatewayd.bench.harness import Bench
+from gatewayd.bench.latency import median_gap, window_starts
 from gatewayd.bench.stats import Result, percentile
 from gatewayd.sandbox.dovecot import SandboxUnavailable
 
@@ -47,6 +48,10 @@ def check_latency(result: Result) -> None:
     for key in ("", "busy."):
         assert len(result.samples[f"{key}gateway_ms"]) == len(result.samples[f"{key}floor_ms"]) == 20
     assert 0 < value(result, "  gatewayd push -> event published p50 (last 20)") < 10_000
+    # Dovecot notifies at most every 500 ms: windows come at least that far apart, events in bursts.
+    for who in ("floor's", "gatewayd's"):
+        assert 400 < value(result, f"  {who} windows: one every (median)") < 10_000
+    assert math.isfinite(value(result, "  gatewayd's windows drifted from the floor's"))
 
 
 def check_mailboxes(result: Result) -> None:
@@ -126,3 +131,10 @@ def test_percentile_interpolates() -> None:
     assert percentile([1, 2, 3, 4], 50) == 2.5
     assert percentile([5], 99) == 5
     assert math.isnan(percentile([], 50))
+
+
+def test_windows_are_found_as_bursts_of_moments() -> None:
+    moments = [1.003, 0.0, 0.501, 0.002, 0.5, 0.001]  # three bursts, out of order
+    assert window_starts(moments) == [0.0, 0.5, 1.003]
+    assert median_gap(window_starts(moments)) == pytest.approx(501.5)
+    assert window_starts([]) == []

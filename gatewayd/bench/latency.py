@@ -16,6 +16,11 @@ sync writes Dovecot's index, which starts the debounce timer of other sessions o
   Random, not evenly spaced: 20 msg/s every 50 ms puts exactly ten messages in each 500 ms
   window, and whether the eleventh makes it depends on a few milliseconds of phase, which
   swung this phase's p50 by several ms between runs and hid what leaving IDLE costs.
+  Under steady mail a session's windows chain: the index write of its own sync after each
+  notification starts its next window, so its windows follow each other every 500 ms plus that
+  sync, whatever the arrivals. A session whose sync takes longer (gatewayd's: Dovecot sends the
+  new messages with the push, on a busy CPU) drifts from the floor's rhythm by a few ms a window;
+  the phase reports both rhythms and the drift, which moves this p50 difference from run to run.
 
 For each message the clock starts when the server's 250 to its delivery arrives (one LMTP
 transaction per mailbox), and stops when the SSE client reads its event, or when the floor
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 import math
 import random
@@ -257,6 +263,14 @@ async def busy_phase(
     floor_ms = result.samples["busy.floor_ms"]
     result.add("  bare client that fetches on EXISTS p50", fetch["p50"], "ms", floor=percentile(floor_ms, 50))
     result.add("  bare client that fetches on EXISTS p99", fetch["p99"], "ms", floor=percentile(floor_ms, 99))
+    # gatewayd's windows are its bursts of events (a window's events come within a few ms).
+    floor_windows = window_starts([at for at in phase.floor_seen.values() if at is not None])
+    gateway_windows = window_starts([arrival.at for arrival in phase.arrived.values()])
+    floor_period, gateway_period = median_gap(floor_windows), median_gap(gateway_windows)
+    result.add("  floor's windows: one every (median)", floor_period, "ms")
+    result.add("  gatewayd's windows: one every (median)", gateway_period, "ms")
+    drift = (gateway_period - floor_period) * (len(gateway_windows) - 1)
+    result.add("  gatewayd's windows drifted from the floor's over the phase by", drift, "ms")
     # gatewayd's own share, whatever the luck of Dovecot's windows: from each push reaching the
     # watcher to its events published, as /healthz reports it (the last 200 messages).
     async with aiohttp.ClientSession() as session:
@@ -269,6 +283,17 @@ async def busy_phase(
     else:
         result.note("one busy mailbox: /healthz reported no push_to_event_ms for it")
     return phase
+
+
+def window_starts(moments: list[float], quiet: float = 0.1) -> list[float]:
+    """The first of each burst of moments (seconds; a burst ends after `quiet` seconds of none)."""
+    ordered = sorted(moments)
+    return ordered[:1] + [later for earlier, later in itertools.pairwise(ordered) if later - earlier > quiet]
+
+
+def median_gap(moments: list[float]) -> float:
+    """The median time between consecutive moments, in ms."""
+    return percentile([(b - a) * 1000 for a, b in itertools.pairwise(moments)], 50)
 
 
 async def run(bench: Bench, size: dict[str, float]) -> Result:
