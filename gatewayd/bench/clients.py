@@ -527,4 +527,4 @@ class _FloorProtocol(asyncio.Protocol):
             self._server.transports.add(self._transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._server.transports.discard(self._transport)  # type: ignore[arg-type]
+        self._server.transports.discard(self._transport)

@@ -12,6 +12,7 @@ replay loop in process without HTTP (`gatewayd.api.stream.replay_pages`: store p
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from typing import Any
@@ -93,7 +94,8 @@ async def run(bench: Bench, size: dict[str, float]) -> Result:
         await store.close()
     # Floor 1: SQLite itself.
     started = time.monotonic()
-    with sqlite3.connect(db) as sqlite_conn:
+    # closing(): a connection's own `with` only ends a transaction, it never closes.
+    with contextlib.closing(sqlite3.connect(db)) as sqlite_conn:
         rows = sqlite_conn.execute(
             "SELECT seq, type, created_at, agent_id, mailbox_id, data, from_address FROM events ORDER BY seq"
         ).fetchall()

@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import aioimaplib
+
 from gatewayd.imap.session import ImapError, ImapSession, _quote
 from gatewayd.message import FetchedMessage
 
@@ -85,7 +87,7 @@ class SessionActions:
         return GMAIL_CAPABILITY in self._session.capabilities
 
     @property
-    def _client(self):  # type: ignore[no-untyped-def]
+    def _client(self) -> aioimaplib.IMAP4:
         return self._session._client
 
     async def _uid(self, what: str, *args: str) -> list[bytes]:

@@ -72,7 +72,7 @@ class _KeyLookup:
         return txt
 
 
-class _QuietLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _QuietLog(logging.LoggerAdapter):
     """dkimpy logs every failing signature at error level; here that is an ordinary verdict."""
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:

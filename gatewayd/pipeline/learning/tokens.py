@@ -116,8 +116,8 @@ def _header_tokens(message: ParsedMessage) -> list[str]:
     tokens += ["attachment:" + str(a.get("content_type", "?")).lower() for a in data.get("attachments") or []]
     # A few headers message.parse does not keep: the message's structure and the mailer.
     head = b"\n" + message.raw[: min(header_end(message.raw), 65536)].lower()
-    for name, value in _RAW_HEADER.findall(head):
-        if name == b"content-type":
+    for field, value in _RAW_HEADER.findall(head):
+        if field == b"content-type":
             kind, _, parameters = value.partition(b";")
             tokens.append("content-type:" + kind.strip().decode("latin-1")[:40])
             tokens += ["charset:" + c.decode("latin-1") for c in _CHARSET.findall(parameters)]
