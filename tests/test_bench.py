@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -16,10 +17,12 @@ import pytest
 
 from gatewayd.bench import SCENARIOS, main, run_scenario
 from gatewayd.bench.clients import _Dechunker
-from gatewayd.bench.harness import Bench
+from gatewayd.bench.harness import Bench, GatewayProcess
 from gatewayd.bench.latency import median_gap, window_starts
 from gatewayd.bench.stats import Result, percentile
 from gatewayd.sandbox.dovecot import SandboxUnavailable
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +141,20 @@ def test_windows_are_found_as_bursts_of_moments() -> None:
     assert window_starts(moments) == [0.0, 0.5, 1.003]
     assert median_gap(window_starts(moments)) == pytest.approx(501.5)
     assert window_starts([]) == []
+
+
+async def test_gateway_runs_under_the_policy_of_its_systemd_unit(bench: Bench) -> None:
+    """Every thread of the gatewayd under test is SCHED_BATCH, as systemd/gatewayd.service sets it;
+    the bench's own thread keeps its policy."""
+    assert "CPUSchedulingPolicy=batch" in (ROOT / "systemd" / "gatewayd.service").read_text()
+    before = os.sched_getscheduler(0)
+    gateway = await GatewayProcess.start(bench, bench.users("policy", 1))
+    try:
+        await gateway.wait_watchers(1)
+        threads = [int(tid) for tid in os.listdir(f"/proc/{gateway.pid}/task")]
+        assert len(threads) > 1  # the store's writer at least: threads started later inherit it
+        assert {os.sched_getscheduler(tid) for tid in threads} == {os.SCHED_BATCH}
+        await gateway.terminate()
+    finally:
+        gateway.kill()  # when a check failed
+    assert os.sched_getscheduler(0) == before

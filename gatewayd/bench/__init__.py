@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 
 from gatewayd.bench import fanout, latency, mailboxes, replay, restart, throughput
-from gatewayd.bench.harness import Bench, machine
+from gatewayd.bench.harness import CPU_POLICIES, Bench, machine
 from gatewayd.bench.stats import Result, markdown_table, plot, table, write_json
 
 # In the order; each module has NAME, TITLE, QUICK, FULL and `async run(bench, size)`.
@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="write the results table as Markdown")
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="py-spy the measured phase of each scenario into DIR"
+    )
+    parser.add_argument(
+        "--cpu-policy",
+        choices=sorted(CPU_POLICIES),
+        default="batch",
+        help="gatewayd's CPU scheduling policy: batch, as systemd/gatewayd.service runs it (default), "
+        "or other, the kernel's default",
     )
     parser.add_argument(
         "--set",
@@ -99,8 +106,9 @@ async def run(
     quick: bool,
     sizes: dict[str, dict[str, float]],
     profile: Path | None = None,
+    cpu_policy: str = "batch",
 ) -> list[Result]:
-    bench = await asyncio.to_thread(Bench.open, quick, None, profile)
+    bench = await asyncio.to_thread(Bench.open, quick, None, profile, cpu_policy)
     try:
         return [await run_scenario(module, bench, sizes[module.NAME]) for module in modules]
     finally:
@@ -121,10 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"gatewayd bench ({mode}): {info.get('nproc')} cores, {info.get('cpu', '?')}, "
         f"Python {info['python']} ({info['interpreter']}), Dovecot {info.get('dovecot', '?')}, "
-        f"load {os.getloadavg()[0]:.2f}",
+        f"load {os.getloadavg()[0]:.2f}; gatewayd under SCHED_{args.cpu_policy.upper()}",
         flush=True,
     )
-    results = asyncio.run(run(modules, args.quick, sizes, args.profile))
+    info["gatewayd_cpu_policy"] = args.cpu_policy
+    results = asyncio.run(run(modules, args.quick, sizes, args.profile, args.cpu_policy))
     info["loadavg_after"] = os.getloadavg()
     print("\n" + table(results))
     failed = [r.scenario for r in results if r.error]

@@ -38,6 +38,10 @@ PRODUCTION_LIKE = """protocol imap {
   mailbox_idle_check_interval = 30 secs
 }
 """
+# gatewayd's CPU scheduling policy under test: `batch` is what systemd/gatewayd.service sets
+# (CPUSchedulingPolicy=batch: no wake-up preemption of a co-located Dovecot), `other` the kernel's
+# default, for a comparison.
+CPU_POLICIES = {"batch": os.SCHED_BATCH, "other": os.SCHED_OTHER}
 
 
 @dataclass
@@ -49,16 +53,30 @@ class Bench:
     quick: bool
     # --profile DIR: py-spy samples the measured phase of each scenario into this directory.
     profile_dir: Path | None = None
+    cpu_policy: str = "batch"  # a key of CPU_POLICIES
     _users: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _owns_root: bool = False
 
     @classmethod
-    def open(cls, quick: bool, root: Path | None = None, profile_dir: Path | None = None) -> Bench:
+    def open(
+        cls,
+        quick: bool,
+        root: Path | None = None,
+        profile_dir: Path | None = None,
+        cpu_policy: str = "batch",
+    ) -> Bench:
         owns = root is None
         root = Path(tempfile.mkdtemp(prefix="gatewayd-bench-")) if root is None else root
         dovecot = Dovecot.create(root / "dovecot", extra_config=PRODUCTION_LIKE)
         dovecot.start()
-        return cls(root=root, dovecot=dovecot, quick=quick, profile_dir=profile_dir, _owns_root=owns)
+        return cls(
+            root=root,
+            dovecot=dovecot,
+            quick=quick,
+            profile_dir=profile_dir,
+            cpu_policy=cpu_policy,
+            _owns_root=owns,
+        )
 
     @contextlib.asynccontextmanager
     async def profile(self, name: str, pid: int) -> AsyncIterator[None]:
@@ -217,7 +235,7 @@ class GatewayProcess:
         workdir = bench.workdir("gateway")
         config = gateway_config(bench, users, store or workdir / "events.db", free_port(), watch, grace)
         gateway = cls(workdir, config)
-        gateway.spawn()
+        gateway.spawn(CPU_POLICIES[bench.cpu_policy])
         try:
             gateway.ready_s = await gateway.wait_ready(ready_timeout)
         except BaseException:
@@ -234,22 +252,29 @@ class GatewayProcess:
         assert self.process is not None
         return self.process.pid
 
-    def spawn(self) -> None:
+    def spawn(self, cpu_policy: int = os.SCHED_OTHER) -> None:
+        """Start gatewayd under `cpu_policy`: the child inherits the spawning thread's policy, set
+        around the fork (no window in which gatewayd runs, or starts a thread, under another)."""
         notify_path = self.workdir / "notify.sock"
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(str(notify_path))
         self._notify.setblocking(False)
         env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "PYTHONUNBUFFERED": "1"}
+        policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
         with (self.workdir / "stdout").open("ab") as out, (self.workdir / "stderr").open("ab") as err:
             self.t_spawn = time.monotonic()
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gatewayd", "run", "-c", str(self.config_path)],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
+            os.sched_setscheduler(0, cpu_policy, os.sched_param(0))
+            try:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "gatewayd", "run", "-c", str(self.config_path)],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,
+                )
+            finally:
+                os.sched_setscheduler(0, policy, param)
 
     def log_tail(self, lines: int = 15) -> str:
         text = (self.workdir / "stderr").read_text(errors="replace")
