@@ -25,5 +25,8 @@ EXPOSE 8025
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8025/healthz', timeout=4).status != 200)"]
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["gatewayd"]
+# SCHED_BATCH, as the systemd unit sets it: woken by new mail, gatewayd does not preempt a
+# Dovecot on the same host mid-sync (docs/benchmarks.md, ninth pass). chrt (util-linux) execs
+# gatewayd, so it stays PID 1; no privilege or seccomp exception is needed for this policy.
+ENTRYPOINT ["chrt", "--batch", "0", "gatewayd"]
 CMD ["run", "-c", "/etc/gatewayd/gatewayd.yaml"]

@@ -1,0 +1,34 @@
+"""The ways gatewayd is deployed (systemd unit, container image) run it under the CPU policy the
+benchmarks measure: SCHED_BATCH."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_systemd_unit_sets_the_batch_policy() -> None:
+    unit = (ROOT / "systemd" / "gatewayd.service").read_text()
+    assert re.search(r"^CPUSchedulingPolicy=batch$", unit, re.M)
+
+
+def test_the_container_entrypoint_runs_gatewayd_under_the_batch_policy() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    match = re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile, re.M)
+    assert match, "no exec-form ENTRYPOINT in the Dockerfile"
+    entrypoint = json.loads(match.group(1))
+    assert entrypoint[-1] == "gatewayd"
+    # The image's command line, with this interpreter importing gatewayd where the image runs
+    # its console script: the process that ends up running has the policy.
+    probe = "import os, gatewayd.cli; print(os.sched_getscheduler(0))"
+    result = subprocess.run(
+        [*entrypoint[:-1], sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) == os.SCHED_BATCH
