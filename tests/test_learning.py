@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -422,6 +423,66 @@ def test_a_background_load_that_missed_training_here_is_dropped(
         for address in ("grace@example.com", "frank@spam.example"):
             assert daemon.reputation(address, "mb1") == fresh.reputation(address, "mb1")
     assert daemon.reputation("grace@example.com", "mb1")["mailbox_ham"] == 1
+
+
+class _WatchedLoads:
+    """Records, for each load of the file, whether the store's lock was held meanwhile; `during`
+    runs inside the first load (to commit elsewhere while it reads)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, store: LearningStore) -> None:
+        self.locked: list[bool] = []
+        self.during: Callable[[], None] | None = None
+        real = learning_store._load
+
+        def watched(db: sqlite3.Connection) -> object:
+            self.locked.append(store._lock.locked())
+            snapshot = real(db)
+            if self.during is not None and len(self.locked) == 1:
+                self.during()
+            return snapshot
+
+        monkeypatch.setattr(learning_store, "_load", watched)
+
+
+def test_training_reads_another_process_training_without_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training that finds the CLI's commits not loaded yet reads them with the lock free, so the
+    daemon's scoring on the event loop is not held up for a whole load; the counts come out the
+    same as a fresh store's."""
+    monkeypatch.setattr(learning_store, "RELOAD_CHECK_SECONDS", 1e9)  # scoring never reloads
+    path = tmp_path / "learning.sqlite"
+    with LearningStore(path, reload_in_background=True) as daemon, LearningStore(path) as cli:
+        cli.train(message("Deal", "Cheap pills today.", sender="frank@spam.example"), "spam")
+        loads = _WatchedLoads(monkeypatch, daemon)
+        daemon.train(message("Hello", "Lunch tomorrow?", sender="grace@example.com"), "ham", "mb1")
+        assert loads.locked == [False]
+        monkeypatch.undo()
+        with LearningStore(path) as fresh:
+            assert daemon.counts() == fresh.counts() == dict(fresh.counts(), spam=1, ham=1)
+            assert daemon.reputation("frank@spam.example", None) == fresh.reputation(
+                "frank@spam.example", None
+            )
+
+
+def test_training_loads_under_the_lock_when_the_file_changed_while_it_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(learning_store, "RELOAD_CHECK_SECONDS", 1e9)
+    path = tmp_path / "learning.sqlite"
+    with LearningStore(path, reload_in_background=True) as daemon, LearningStore(path) as cli:
+        cli.train(message("Deal", "Cheap pills today.", sender="frank@spam.example"), "spam")
+        loads = _WatchedLoads(monkeypatch, daemon)
+        # The CLI commits again while the daemon's lock-free read is under way: that snapshot is
+        # already stale, so it must not be installed; training loads the file under the lock.
+        loads.during = lambda: cli.train(
+            message("Deal", "Cheaper pills.", sender="frank@spam.example"), "spam"
+        )
+        daemon.train(message("Hello", "Lunch tomorrow?", sender="grace@example.com"), "ham", "mb1")
+        assert loads.locked == [False, True]
+        monkeypatch.undo()
+        with LearningStore(path) as fresh:
+            assert daemon.counts() == fresh.counts() == dict(fresh.counts(), spam=2, ham=1)
 
 
 def test_closing_waits_for_a_background_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -202,10 +202,13 @@ class LearningStore:
         tokens = tokenize(message)
         body_signature = signature(message)
         address = _reputation_address(message)
+        fresh = self._snapshot_if_stale()
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")  # no other process can commit until we are done
             try:
+                if fresh is not None:
+                    self._install_if_current(*fresh)
                 self._reload_if_changed(force=True)  # memory plus this call's deltas must equal disk
                 row = db.execute(
                     "SELECT label, address, mailbox FROM learn_messages WHERE digest = ?", (digest,)
@@ -429,7 +432,7 @@ class LearningStore:
         if not force and now - self._checked_at < RELOAD_CHECK_SECONDS:
             return
         self._checked_at = now
-        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        version = self._file_version()
         if version == self._data_version:
             return
         if force or not self.reload_in_background:
@@ -446,22 +449,53 @@ class LearningStore:
     def _load_in_background(self, version: int, generation: int) -> None:
         snapshot = None
         try:
-            # A connection of its own, in one read transaction: a consistent snapshot, and the
-            # lock stays free for scoring meanwhile.
-            db = sqlite3.connect(self.path, isolation_level=None)
-            try:
-                db.execute("PRAGMA query_only=ON")
-                db.execute("BEGIN")
-                snapshot = _load(db)
-                db.execute("COMMIT")
-            finally:
-                db.close()
+            snapshot = self._read_snapshot()
         except Exception as exc:  # memory stays as it was; the next check tries again
             log.warning("reloading the learning store failed: %s", exc)
         with self._lock:
             self._loading = None
             if snapshot is not None and generation == self._generation and not self._closed:
                 self._install(snapshot, version)
+
+    def _read_snapshot(self) -> _Snapshot:
+        """The file as it is, read on a connection of its own in one read transaction: a
+        consistent snapshot, and the lock stays free for scoring meanwhile."""
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("PRAGMA query_only=ON")
+            db.execute("BEGIN")
+            snapshot = _load(db)
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        return snapshot
+
+    def _snapshot_if_stale(self) -> tuple[_Snapshot, int, int] | None:
+        """For training: when another connection committed since memory was loaded, the file read
+        without the lock (a load under it would hold up scoring on the event loop for as long),
+        with the data_version and generation it was read after; None when memory is current or
+        the read failed (training then loads under the lock, as it always may)."""
+        with self._lock:
+            version = self._file_version()
+            if version == self._data_version:
+                return None
+            generation = self._generation
+        try:
+            return self._read_snapshot(), version, generation
+        except sqlite3.Error:
+            return None
+
+    def _install_if_current(self, snapshot: _Snapshot, version: int, generation: int) -> None:
+        """Install a snapshot from `_snapshot_if_stale` inside training's write transaction if it
+        is exactly the file: nothing committed elsewhere since `version` (BEGIN IMMEDIATE keeps
+        it so from now on) and nothing changed memory here since `generation`."""
+        if generation == self._generation and self._file_version() == version:
+            self._install(snapshot, version)
+
+    def _file_version(self) -> int:
+        """SQLite's data_version on this store's connection: it changes when another connection
+        commits (never for this connection's own commits)."""
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
     def _install(self, snapshot: _Snapshot, version: int) -> None:
         self._forget_clues()
