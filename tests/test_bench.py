@@ -6,9 +6,16 @@ the targets are the benchmark's business, and wall-clock limits would flake on a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -155,3 +162,50 @@ async def test_gateway_runs_under_the_policy_of_its_systemd_unit(bench: Bench) -
     finally:
         gateway.kill()  # when a check failed
     assert os.sched_getscheduler(0) == before
+
+
+def _processes_naming(path: Path) -> dict[int, str]:
+    """Processes whose command line names `path` (the bench's Dovecot and gatewayd do), by pid."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue  # gone meanwhile
+            if str(path) in command:
+                found[int(proc.name)] = command
+    return found
+
+
+def test_a_terminated_run_leaves_no_sandbox_behind() -> None:
+    # A short directory of its own: Dovecot's socket paths must stay under the kernel's limit.
+    scratch = Path(tempfile.mkdtemp(prefix="gwb-", dir="/tmp"))
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gatewayd", "bench", "latency"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        # Both the sandbox Dovecot and a gatewayd are up: what a cancelled CI job would orphan.
+        while not all(
+            any(name in command for command in _processes_naming(scratch).values())
+            for name in ("dovecot", "gatewayd run")
+        ):
+            assert process.poll() is None and time.monotonic() < deadline, "the bench never got going"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 130, err.decode(errors="replace")
+        assert b"interrupted" in err
+        assert _processes_naming(scratch) == {}
+        assert list(scratch.iterdir()) == []  # the bench's root is removed
+    finally:
+        for pid in [process.pid, *_processes_naming(scratch)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import time
 import traceback
@@ -108,6 +109,11 @@ async def run(
     profile: Path | None = None,
     cpu_policy: str = "batch",
 ) -> list[Result]:
+    # SIGTERM (a CI job cancelled, `timeout`) ends the run as Ctrl-C does: through the finally
+    # blocks, so no sandbox Dovecot or gatewayd outlives it.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     bench = await asyncio.to_thread(Bench.open, quick, None, profile, cpu_policy)
     try:
         return [await run_scenario(module, bench, sizes[module.NAME]) for module in modules]
@@ -116,7 +122,8 @@ async def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit 0 when every scenario ran (targets missed or not), 1 when one failed, 2 on bad usage."""
+    """Exit 0 when every scenario ran (targets missed or not), 1 when one failed, 2 on bad usage,
+    130 when interrupted (Ctrl-C or SIGTERM)."""
     args = build_parser().parse_args(argv)
     unknown = [name for name in args.scenarios if name not in BY_NAME]
     if unknown:
@@ -133,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     info["gatewayd_cpu_policy"] = args.cpu_policy
-    results = asyncio.run(run(modules, args.quick, sizes, args.profile, args.cpu_policy))
+    try:
+        results = asyncio.run(run(modules, args.quick, sizes, args.profile, args.cpu_policy))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("\ninterrupted: the sandbox is stopped and removed", file=sys.stderr)
+        return 130
     info["loadavg_after"] = os.getloadavg()
     print("\n" + table(results))
     failed = [r.scenario for r in results if r.error]
