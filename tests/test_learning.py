@@ -431,7 +431,7 @@ class _WatchedLoads:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, store: LearningStore) -> None:
         self.locked: list[bool] = []
-        self.during: Callable[[], None] | None = None
+        self.during: Callable[[], object] | None = None
         real = learning_store._load
 
         def watched(db: sqlite3.Connection) -> object:
