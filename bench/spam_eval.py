@@ -50,7 +50,7 @@ class Scored:
 
 
 def load(corpus: Path) -> list[Sample]:
-    samples = []
+    samples: list[Sample] = []
     for label in ("ham", "spam"):
         for index, path in enumerate(sorted((corpus / label).glob("*.eml"))):
             raw = path.read_bytes()
@@ -95,7 +95,7 @@ def trained_scores(
     from gatewayd.pipeline.learning import LearningStore  # imported here: an optional module
 
     def run(
-        tmp: Path, name: str, train: Sequence[Sample], test: Sequence[Sample], **store_options: int
+        tmp: Path, name: str, train: Sequence[Sample], test: Sequence[Sample], **store_options: Any
     ) -> tuple[list[Scored], list[tuple[Sample, float | None, bool, float]]]:
         with LearningStore(Path(tmp) / f"{name}.db", **store_options) as store:
             for sample in train:

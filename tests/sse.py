@@ -21,6 +21,12 @@ class Frame:
     def json(self) -> Any:
         return json.loads(self.data)
 
+    @property
+    def event_id(self) -> str:
+        """The id of a numbered event (message.*, mailbox.*); unnumbered frames have none."""
+        assert self.id is not None, f"a {self.event} frame without an id"
+        return self.id
+
 
 class SseReader:
     def __init__(self, response: aiohttp.ClientResponse) -> None:
@@ -32,7 +38,8 @@ class SseReader:
         return await asyncio.wait_for(self._next(), timeout)
 
     async def _next(self) -> Frame:
-        event, data, event_id = "message", [], None
+        event, event_id = "message", None
+        data: list[str] = []
         while True:
             raw = await self.response.content.readline()
             if not raw:

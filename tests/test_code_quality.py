@@ -28,7 +28,8 @@ def test_ruff_finds_nothing(command: tuple[str, ...]) -> None:
 
 
 def test_mypy_finds_no_type_errors() -> None:
-    # The files and settings are pyproject.toml's [tool.mypy] (the package, unused ignores flagged).
+    # The files and settings are pyproject.toml's [tool.mypy]: the package, its tests and bench/, unused
+    # ignores flagged.
     result = _run("mypy")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Success" in result.stdout

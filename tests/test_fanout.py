@@ -65,11 +65,11 @@ def test_indexed_publish_delivers_exactly_what_matches_would() -> None:
     bus.publish(published[:100])
     for one in published[100:]:
         bus.publish([one])
-    for query, subscription in kept:
-        if query is None:
+    for subscribed, subscription in kept:
+        if subscribed is None:
             wanted = [e for e in published if e.type == "mailbox.connected"]
         else:
-            wanted = [e for e in published if matches(query, e)]
+            wanted = [e for e in published if matches(subscribed, e)]
         assert subscription.take() == wanted
     for _query, subscription in subscribers[::5]:
         assert subscription.take() == []

@@ -10,6 +10,7 @@ import re
 import sys
 import time
 import unicodedata
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def level_of(score: float) -> str:
     return "none" if score < 0.2 else "low" if score < 0.5 else "medium" if score < 0.8 else "high"
 
 
-def symbols(data: dict[str, Any]) -> dict[str, str]:
+def symbols(data: Mapping[str, Any]) -> dict[str, str]:
     return {f["symbol"]: f["detail"] for f in data["injection"]["findings"]}
 
 
@@ -375,7 +376,7 @@ def test_ordinary_replies_about_instructions_stay_none() -> None:
 def test_spamassassin_sample_is_none() -> None:
     stage = InjectionStage(InjectionOptions())
     files = sorted(CORPUS.glob("ham/*.eml"))[::5] + sorted(CORPUS.glob("spam/*.eml"))[::5]
-    levels = {"ham": [], "spam": []}
+    levels: dict[str, list[str]] = {"ham": [], "spam": []}
     for path in files:
         raw = path.read_bytes()
         data = stage.evaluate(parse(FetchedMessage("INBOX", 1, 1, raw, len(raw), (), None))).data
@@ -575,6 +576,7 @@ def test_patterns_with_one_start_find_what_the_find_loop_finds() -> None:
     answers = set()
     for pattern in scanning:
         looped = dataclasses.replace(pattern, scans=False)
+        assert pattern.starts is not None  # a scanning pattern's literal starts
         start = pattern.starts[0][0]
         words = [*re.findall(r"[a-z]{2,}", pattern.regex.pattern), "ab", "you", ":", "\n"]
         for _ in range(300):

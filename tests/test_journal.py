@@ -39,7 +39,7 @@ def reply(step: int, to: str = "bob@example.org", period: float = 3600) -> Outgo
     )
 
 
-async def begin(journal: SqliteRuleJournal, key: str, *mails: OutgoingMail, uid: int = 1):  # type: ignore[no-untyped-def]
+async def begin(journal: SqliteRuleJournal, key: str, *mails: OutgoingMail, uid: int = 1):
     return await journal.begin(
         key,
         agent_id="agent",

@@ -78,6 +78,7 @@ def test_cached_parameters_are_not_shared() -> None:
     first = _GuardedMessage(policy=compat32)
     first.set_raw("Content-Type", value)
     params = first.get_params(unquote=False)
+    assert params is not None
     params.append(("evil", "1"))
     params[0] = ("changed", "")
     second = _GuardedMessage(policy=compat32)

@@ -115,18 +115,18 @@ def fetched(uid: int = 7) -> FetchedMessage:
 async def test_a_message_seen_again_is_never_acted_on_twice(parts: dict[str, Any]) -> None:
     pipeline, mailbox = setup(parts, [{"add_keywords": "seen"}, {"move": "Archive"}])
     actions = FakeActions()
-    event = await pipeline.process(mailbox, fetched(), actions)  # type: ignore[arg-type]
+    event = await pipeline.process(mailbox, fetched(), actions)
     assert actions.calls == [("store", 7, True, ("seen",)), ("move", 7, "Archive")]
     assert event is not None and (event.data["folder"], event.data["uid"]) == ("Archive", 101)
     # Re-fetched before the checkpoint moved (a reconnect): the same event, no action.
     again = FakeActions()
-    repeat = await pipeline.process(mailbox, fetched(), again)  # type: ignore[arg-type]
+    repeat = await pipeline.process(mailbox, fetched(), again)
     assert repeat is not None and repeat.data["rules_applied"] == event.data["rules_applied"]
     assert (repeat.data["folder"], repeat.data["uid"]) == ("Archive", 101)
     assert again.calls == []
     # The copy that arrived in Archive is not announced again (and no rule runs on it).
     arrived = FetchedMessage("Archive", 101, 9, RAW, len(RAW), (), None)
-    assert await pipeline.process(mailbox, arrived, FakeActions()) is None  # type: ignore[arg-type]
+    assert await pipeline.process(mailbox, arrived, FakeActions()) is None
 
 
 async def test_recovery_resolves_an_interrupted_move_by_looking(parts: dict[str, Any]) -> None:
@@ -135,20 +135,20 @@ async def test_recovery_resolves_an_interrupted_move_by_looking(parts: dict[str,
     broken = FakeActions()
     broken.fail = ImapConnectionLost("connection lost")
     with pytest.raises(ActionInterrupted):  # an ImapError: the watcher reconnects
-        await pipeline.process(mailbox, fetched(), broken)  # type: ignore[arg-type]
+        await pipeline.process(mailbox, fetched(), broken)
     (entry,) = await journal.open_entries("box", "INBOX")
     assert entry.steps == {0: {"state": "started"}}  # the outcome is not known: not guessed
     # After the reconnect the message is gone from INBOX: the move happened; find where.
     after = FakeActions()
     after.present_uids = set()
     after.located = Placement("Archive", 9, 55)
-    await pipeline.recover(mailbox, after)  # type: ignore[arg-type]
+    await pipeline.recover(mailbox, after)
     assert [c[0] for c in after.calls] == ["locate"]
     (stored,) = parts["published"]
     assert (stored.data["folder"], stored.data["uid"], stored.data["recovered"]) == ("Archive", 55, True)
     assert stored.data["labels"] == ["t"] and await journal.open_entries("box", "INBOX") == []
     # Recovering again publishes nothing.
-    await pipeline.recover(mailbox, FakeActions())  # type: ignore[arg-type]
+    await pipeline.recover(mailbox, FakeActions())
     assert len(parts["published"]) == 1
 
 
@@ -157,9 +157,9 @@ async def test_recovery_redoes_a_move_that_did_not_happen(parts: dict[str, Any])
     broken = FakeActions()
     broken.fail = ImapConnectionLost("connection lost")
     with pytest.raises(ActionInterrupted):
-        await pipeline.process(mailbox, fetched(), broken)  # type: ignore[arg-type]
+        await pipeline.process(mailbox, fetched(), broken)
     after = FakeActions()  # the message is still in INBOX
-    await pipeline.recover(mailbox, after)  # type: ignore[arg-type]
+    await pipeline.recover(mailbox, after)
     assert after.calls == [("move", 7, "Archive")]
     assert parts["published"][0].data["uid"] == 101
 
@@ -168,7 +168,7 @@ async def test_a_refused_action_is_an_error_in_the_event_not_a_lost_message(part
     pipeline, mailbox = setup(parts, [{"move": "Nope"}, {"tag": "still"}])
     actions = FakeActions()
     actions.fail = ImapError("UID MOVE failed: NO [TRYCREATE] Mailbox doesn't exist: Nope")
-    event = await pipeline.process(mailbox, fetched(), actions)  # type: ignore[arg-type]
+    event = await pipeline.process(mailbox, fetched(), actions)
     assert event is not None
     (move, _tag) = event.data["rules_applied"][0]["actions"]
     assert move["outcome"] == "error" and "TRYCREATE" in move["error"]
@@ -184,15 +184,15 @@ async def test_an_interrupted_send_is_never_sent_again(parts: dict[str, Any]) ->
     # Journal the plan as the stage does (no SMTP here), then make it look as a crash mid-send
     # leaves it: the step started, the mail `sending`, no result.
     stage._outbox = None  # type: ignore[attr-defined]
-    await pipeline.process(mailbox, fetched(), actions)  # type: ignore[arg-type]
+    await pipeline.process(mailbox, fetched(), actions)
     (entry,) = await journal.open_entries("box", "INBOX")
     item = await journal.outbox_get(entry.key, 0)
     assert item is not None
     await journal.step(entry.key, 0, {"state": "started"})
     await journal.outbox_update(item.id, SENDING, attempts=1)
     await journal._write([("UPDATE rule_journal SET result = NULL WHERE key = ?", (entry.key,))])
-    await pipeline.recover(mailbox, FakeActions())  # type: ignore[arg-type]
-    assert (await journal.outbox_get(entry.key, 0)).state == UNKNOWN  # type: ignore[union-attr]
+    await pipeline.recover(mailbox, FakeActions())
+    assert (await journal.outbox_get(entry.key, 0)).state == UNKNOWN
     (event,) = parts["published"]
     reply = event.data["rules_applied"][0]["actions"][0]
     assert reply["outcome"] == "error" and "not sent again" in reply["error"]
@@ -211,11 +211,11 @@ async def test_report_trains_the_learning_once(parts: dict[str, Any]) -> None:
     pipeline, mailbox = setup(parts, [{"report": "spam"}, {"move": "Junk"}])
     trainer = Trainer()
     pipeline.stages[0].stage._learning = trainer  # type: ignore[attr-defined]
-    event = await pipeline.process(mailbox, fetched(), FakeActions())  # type: ignore[arg-type]
+    event = await pipeline.process(mailbox, fetched(), FakeActions())
     assert event is not None and trainer.trained == [("spam", "box")]
     report = event.data["rules_applied"][0]["actions"][0]
     assert (report["outcome"], report["learned"]) == ("ok", True)
-    await pipeline.process(mailbox, fetched(), FakeActions())  # type: ignore[arg-type]
+    await pipeline.process(mailbox, fetched(), FakeActions())
     assert len(trainer.trained) == 1
 
 
@@ -227,7 +227,7 @@ async def test_recovery_after_a_restart_finds_what_was_left_open_then_costs_no_q
     broken = FakeActions()
     broken.fail = ImapConnectionLost("connection lost")
     with pytest.raises(ActionInterrupted):
-        await pipeline.process(mailbox, fetched(), broken)  # type: ignore[arg-type]
+        await pipeline.process(mailbox, fetched(), broken)
     # The process ends there; the next one opens the same file with a journal of its own.
     await parts["journal"].close()
     journal = SqliteRuleJournal(parts["tmp"] / "events.db")
@@ -236,7 +236,7 @@ async def test_recovery_after_a_restart_finds_what_was_left_open_then_costs_no_q
         parts["journal"] = journal
         pipeline, mailbox = setup(parts, then)
         after = FakeActions()  # still in INBOX: the move did not happen
-        await pipeline.recover(mailbox, after)  # type: ignore[arg-type]
+        await pipeline.recover(mailbox, after)
         assert after.calls == [("move", 7, "Archive")]
         (stored,) = parts["published"]
         assert (stored.data["uid"], stored.data["recovered"], stored.data["labels"]) == (101, True, ["t"])
@@ -250,8 +250,8 @@ async def test_recovery_after_a_restart_finds_what_was_left_open_then_costs_no_q
             return await real(sql, params)
 
         monkeypatch.setattr(journal._conn, "execute_fetchall", execute_fetchall)
-        await pipeline.recover(mailbox, FakeActions())  # type: ignore[arg-type]
-        await pipeline.recover(mailbox, FakeActions())  # type: ignore[arg-type]
+        await pipeline.recover(mailbox, FakeActions())
+        await pipeline.recover(mailbox, FakeActions())
         assert reads == [] and len(parts["published"]) == 1
     finally:
         await journal.close()

@@ -160,11 +160,15 @@ _JSON_LIKE = st.recursive(
 
 
 def assert_shares_no_container(copied: Any, original: Any) -> None:
-    if isinstance(original, dict | list):
-        assert copied is not original and type(copied) is type(original)
-        items = (copied.values(), original.values()) if isinstance(original, dict) else (copied, original)
-        for a, b in zip(*items, strict=True):
-            assert_shares_no_container(a, b)
+    if isinstance(original, dict):
+        pairs = zip(copied.values(), original.values(), strict=True)
+    elif isinstance(original, list):
+        pairs = zip(copied, original, strict=True)
+    else:
+        return
+    assert copied is not original and type(copied) is type(original)
+    for a, b in pairs:
+        assert_shares_no_container(a, b)
 
 
 @_FAST_PATH_SETTINGS
@@ -258,7 +262,12 @@ async def test_the_stage_without_a_match_gives_the_empty_plans_result(
     matched = evaluate(rules, Facts(data, message.headers, message.text, raw=raw))
     expected = result(data, build(matched), {}, [])
     calls: list[Any] = []
-    monkeypatch.setattr(engine, "build", lambda *args, **kwargs: calls.append(args) or build(*args, **kwargs))
+
+    def counted_build(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "build", counted_build)
     stage = RulesStage(RuleBook(rules))
     got = await stage.check(message, StageContext(None, {}, data, "message.received", None))
     assert got.data == expected and got.drop is False

@@ -44,8 +44,9 @@ def smtp_config(port: int, tmp_path: Path, **options: Any) -> SmtpConfig:
         "smtp": smtp,
     }
     config = parse_config({"agents": [{"id": "a", "mailboxes": [box]}]}, env={}, base_dir=tmp_path)
-    assert config.mailboxes()[0].smtp is not None
-    return config.mailboxes()[0].smtp
+    smtp_config = config.mailboxes()[0].smtp
+    assert smtp_config is not None
+    return smtp_config
 
 
 @pytest.fixture

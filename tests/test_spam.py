@@ -426,7 +426,7 @@ def test_non_utf8_charsets_and_8bit_headers() -> None:
 def test_huge_and_malformed_mime_still_gets_a_verdict() -> None:
     huge = simple("BUY NOW!!! " * 500_000)
     nested = "".join(f'Content-Type: multipart/mixed; boundary="b{i}"\n\n--b{i}\n' for i in range(300))
-    malformed = [
+    malformed: list[bytes | str] = [
         huge,
         simple(nested, content_type='multipart/mixed; boundary="b"'),
         simple("--x\nContent-Type: text/html\n\n<a href='" * 5000, content_type="multipart/alternative"),

@@ -124,9 +124,8 @@ async def test_a_parent_streams_fifty_sub_agents_exactly_once_in_order(
         filtered = await open_stream(
             session, gw.url, "fleet", agent="sub-1*,sub-42,helper", types="message.*", min_spam="10"
         )
-        ham_from = await open_stream(
-            session, gw.url, "fleet", **{"from": "@partner.example", "max_spam": "9.9"}
-        )
+        from_partner: dict[str, str] = {"from": "@partner.example", "max_spam": "9.9"}
+        ham_from = await open_stream(session, gw.url, "fleet", None, **from_partner)
         sub00 = await open_stream(session, gw.url, "sub-00", types="message.*")
         rival = await open_stream(session, gw.url, "rival", types="message.*")
         forbidden = await session.get(f"{gw.url}/events", params={"agent": "fleet"}, headers=auth("sub-00"))
@@ -144,7 +143,7 @@ async def test_a_parent_streams_fifty_sub_agents_exactly_once_in_order(
         first = await everything.messages(30, timeout=30)
         everything.response.close()
         resumed = await open_stream(
-            session, gw.url, "fleet", headers={"Last-Event-ID": first[-1].id}, types="message.*"
+            session, gw.url, "fleet", headers={"Last-Event-ID": first[-1].event_id}, types="message.*"
         )
         rest = await resumed.messages(len(fleet_subjects) - len(first), timeout=30)
         await delivery
@@ -182,7 +181,7 @@ async def test_a_parent_streams_fifty_sub_agents_exactly_once_in_order(
 
         # Replaying the whole fleet from an id gives exactly what followed it.
         replay = await open_stream(
-            session, gw.url, "fleet", headers={"Last-Event-ID": frames[9].id}, types="message.*"
+            session, gw.url, "fleet", headers={"Last-Event-ID": frames[9].event_id}, types="message.*"
         )
         assert [f.id for f in await exactly(replay, len(frames) - 10)] == [f.id for f in frames[10:]]
         listing = await session.get(

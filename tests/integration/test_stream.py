@@ -114,22 +114,25 @@ async def test_resume_by_last_event_id_and_since_while_mail_keeps_arriving(
         reader.response.close()  # the client drops mid-burst
         await asyncio.sleep(0.4)
         reader = await open_stream(
-            session, gw.url, {"types": "message.received"}, {"Last-Event-ID": seen[-1].id}
+            session, gw.url, {"types": "message.received"}, {"Last-Event-ID": seen[-1].event_id}
         )
         seen += await reader.messages(len(subjects) - 3, timeout=30)
         await delivery
-        ids = [frame.id for frame in seen]
+        ids = [frame.event_id for frame in seen]
         assert [frame.json["data"]["subject"] for frame in seen] == subjects
         assert len(set(ids)) == len(ids)
         assert [int(i) for i in ids] == sorted(int(i) for i in ids)
 
         # since= an id replays exactly what follows it
-        reader = await open_stream(session, gw.url, {"types": "message.received", "since": seen[5].id})
+        reader = await open_stream(session, gw.url, {"types": "message.received", "since": seen[5].event_id})
         again = await reader.messages(len(subjects) - 6)
         assert [f.id for f in again] == ids[6:]
         # Last-Event-ID wins over since=
         reader = await open_stream(
-            session, gw.url, {"types": "message.received", "since": seen[0].id}, {"Last-Event-ID": seen[9].id}
+            session,
+            gw.url,
+            {"types": "message.received", "since": seen[0].event_id},
+            {"Last-Event-ID": seen[9].event_id},
         )
         assert [f.id for f in await reader.messages(2)] == ids[10:]
         # since= a timestamp replays from that moment on

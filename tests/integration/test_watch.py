@@ -325,11 +325,11 @@ def count_commands(monkeypatch: pytest.MonkeyPatch, target: Any) -> dict[str, in
 
     async def searched(*args: Any) -> list[int]:
         calls["search"] += 1
-        return await uids_from(*args)  # type: ignore[no-any-return]
+        return await uids_from(*args)
 
     async def ranged(*args: Any) -> list[FetchedMessage]:
         calls["range"] += 1
-        return await fetch_from(*args)  # type: ignore[no-any-return]
+        return await fetch_from(*args)
 
     # On the class, the plain functions become methods: `self` comes first in args.
     monkeypatch.setattr(target, "uids_from", searched)
