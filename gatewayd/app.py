@@ -100,6 +100,18 @@ class Daemon:
         log.info("listening on %s:%s", server.host, self.port)
         notify("READY=1\nSTATUS=listening")
 
+    def reload(self) -> None:
+        """SIGHUP: the configuration file read again for its rules and the agents' configured
+        tokens; a file with any problem changes neither. No IMAP or SSE connection is touched but
+        the streams of a configured token the file no longer gives their agent: they end."""
+        fresh = self.rules.reload()
+        if fresh is None:
+            return
+        ended = self.gateway.take_configured_tokens(fresh)
+        self.config = self.gateway.config
+        in_force = sum(len(agent.token_sha256) for agent in self.config.agents)
+        log.info("configured tokens reloaded: %d in force, %d streams of removed ones ended", in_force, ended)
+
     async def stop(self) -> None:
         notify("STOPPING=1")
         gateway = self.gateway
@@ -153,8 +165,8 @@ async def serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    # kill -HUP (systemctl reload): the rules are read again; no connection is touched.
-    loop.add_signal_handler(signal.SIGHUP, daemon.rules.reload)
+    # kill -HUP (systemctl reload): the rules and the configured tokens are read again.
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     await daemon.start()
     try:
         await stop.wait()

@@ -219,6 +219,13 @@ class Config:
                     todo.append(child)
         return tuple(agent.id for agent in self.agents if agent.id in reached)
 
+    def with_tokens_of(self, other: Config) -> Config:
+        """This configuration with each agent's configured tokens as `other` gives them (none for
+        an agent `other` lacks): the part of the agents a reload takes while the daemon runs."""
+        tokens = {agent.id: agent.token_sha256 for agent in other.agents}
+        agents = tuple(replace(agent, token_sha256=tokens.get(agent.id, ())) for agent in self.agents)
+        return replace(self, agents=agents)
+
     def agent_for_token_hash(self, token_hash: str) -> AgentConfig | None:
         """The agent owning this SHA-256 hex digest. Compares against every hash, in constant time."""
         probe = token_hash.lower().encode()

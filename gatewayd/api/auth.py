@@ -22,6 +22,8 @@ from gatewayd.config import AgentConfig, Config, MailboxConfig, hash_token
 from gatewayd.store.tokens import SCOPES, TokenStore
 
 QUERY_TOKEN = "access_token"
+# Principal.key of a token from the configuration: this prefix and the token's SHA-256 digest.
+CONFIGURED_KEY_PREFIX = "sha256:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,11 @@ class Principal:
     key: str
     # Run-time tokens only: open streams re-check it against revocation and expiry.
     token_id: str | None = None
+
+    @property
+    def configured_token(self) -> str | None:
+        """The SHA-256 digest of a token from the configuration; None for a run-time token."""
+        return None if self.token_id is not None else self.key.removeprefix(CONFIGURED_KEY_PREFIX)
 
     def require(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -72,7 +79,8 @@ async def authenticate(request: web.Request, config: Config, tokens: TokenStore 
     digest = hash_token(bearer_token(request, config))
     agent = config.agent_for_token_hash(digest)
     if agent is not None:
-        return Principal(agent, config.subtree(agent.id), frozenset(SCOPES), key=f"sha256:{digest}")
+        key = CONFIGURED_KEY_PREFIX + digest
+        return Principal(agent, config.subtree(agent.id), frozenset(SCOPES), key=key)
     record = await tokens.lookup(digest) if tokens is not None else None
     if record is None:
         raise ApiError(401, "invalid token", code="invalid_token")

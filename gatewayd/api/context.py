@@ -86,6 +86,22 @@ class Gateway:
             stream.end(reason)
         return len(ending)
 
+    def take_configured_tokens(self, fresh: Config) -> int:
+        """A reload: the agents' configured tokens become `fresh`'s, and every open stream of a
+        configured token that no longer reaches its agent ends (`token_revoked`), as a revoked
+        run-time token's would; how many ended."""
+        self.config = self.config.with_tokens_of(fresh)
+        ending = []
+        for stream in self.streams:
+            digest = stream.principal.configured_token
+            if digest is not None:
+                owner = self.config.agent_for_token_hash(digest)
+                if owner is None or owner.id != stream.principal.agent.id:
+                    ending.append(stream)
+        for stream in ending:
+            stream.end("token_revoked")
+        return len(ending)
+
     def begin_closing(self) -> None:
         """Shutdown: every open stream sends its closing event, then waits for grace_over."""
         self.closing_event.set()

@@ -74,10 +74,13 @@ class RulesService:
                 await task
         await self.journal.close()
 
-    def reload(self) -> bool:
-        """Load the rules again (SIGHUP); False, with the reasons logged, when the old ones stay."""
+    def reload(self) -> Config | None:
+        """Load the rules again (SIGHUP). Returns the configuration as the file has it now, for the
+        daemon's other parts that reload; None, with the reasons logged, when the old rules stay
+        (and nothing else may change either)."""
         try:
-            config = self._with_new_rules()
+            fresh = self._read_config()
+            config = self._with_new_rules(fresh)
             book = load_rules(config)
         except ConfigError as exc:
             log.error(
@@ -86,25 +89,30 @@ class RulesService:
                 "\n  ".join(exc.errors),
             )
             self._last_reload = {"at": rfc3339(), "outcome": "failed", "problems": len(exc.errors)}
-            return False
+            return None
         self.stage.book = book
         self._loaded_at = rfc3339()
         self._last_reload = {"at": self._loaded_at, "outcome": "ok"}
         files = ", ".join(map(str, book.files)) or "no rules file"
         log.info("rules reloaded: %d rules (%s)", book.count, files)
-        return True
+        return fresh
 
     def health(self) -> dict[str, object]:
         """For /healthz: the rules in force and how the last reload went. A failed reload's
         problems are only logged: they quote the configuration, and /healthz needs no token."""
         return {"count": self.book.count, "loaded_at": self._loaded_at, "last_reload": self._last_reload}
 
-    def _with_new_rules(self) -> Config:
-        """The running configuration with the rules of the file as it is now."""
+    def _read_config(self) -> Config:
+        """The configuration file as it is now (the running configuration when it was built in
+        memory: then only the rules files can have changed)."""
+        source = self.config.source
+        return self.config if source is None else load_config(source)
+
+    def _with_new_rules(self, fresh: Config) -> Config:
+        """The running configuration with `fresh`'s rules."""
         running = self.config
-        if running.source is None:
-            return running  # built in memory: only the rules files can have changed
-        fresh = load_config(running.source)
+        if fresh is running:
+            return running
         rules = {mailbox.id: mailbox.rules for mailbox in fresh.mailboxes()}
         agents = tuple(
             dataclasses.replace(

@@ -8,6 +8,7 @@ admin tokens manage their subtree's tokens over HTTP.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -17,13 +18,15 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gatewayd.config import hash_token
 from gatewayd.sandbox.dovecot import Dovecot, free_port
-from tests.conftest import TOKEN, gateway_config
+from tests.conftest import OTHER_TOKEN, TOKEN, gateway_config
 from tests.daemon import GatewayProcess, config_data, run_cli, write_config
 from tests.sse import SseReader, mail
 from tests.waiting import idle, wait_for
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+OTHER_AUTH = {"Authorization": f"Bearer {OTHER_TOKEN}"}
 
 
 def created(output: str) -> dict[str, str]:
@@ -197,3 +200,48 @@ async def test_admin_tokens_over_http(
         assert response.status == 200 and (await response.json())["revoked_at"]
         assert await closing_reason(stream, 2) == "token_revoked"
         assert (await session.get(f"{gw.url}/v1/events", headers=child_auth)).status == 401
+
+
+async def test_sighup_takes_the_configured_tokens_and_ends_the_streams_of_removed_ones(
+    tmp_path: Path, dovecot: Dovecot, user: str
+) -> None:
+    """A leaked configured token is revoked by editing the file and `systemctl reload`: requests
+    with it are refused, its open stream gets `closing` (token_revoked); the new token works, and
+    another agent's stream and the watcher's IMAP connection are left alone."""
+    port = free_port()
+    data = config_data(tmp_path, dovecot, [user], port)
+    path = write_config(tmp_path / "gatewayd.yaml", data)
+    gw = GatewayProcess(path, port)
+    gw.start()
+    try:
+        await gw.wait_idle()
+        replacement = "gwd_the-replacement-token-0123456789"
+        async with aiohttp.ClientSession() as session:
+            leaked = SseReader(await session.get(f"{gw.url}/events", headers=AUTH))
+            other = SseReader(await session.get(f"{gw.url}/events", headers=OTHER_AUTH))
+            assert leaked.response.status == other.response.status == 200
+            support = next(agent for agent in data["agents"] if agent["id"] == "support")
+            support["token_sha256"] = [hash_token(replacement)]
+            write_config(path, data)
+            gw.signal(signal.SIGHUP)
+            assert await closing_reason(leaked, 10) == "token_revoked"
+            assert "configured tokens reloaded: 2 in force, 1 streams of removed ones ended" in gw.output()
+            refused = await session.get(f"{gw.url}/v1/events", headers=AUTH)
+            assert refused.status == 401
+            renewed = SseReader(
+                await session.get(
+                    f"{gw.url}/events",
+                    headers={"Authorization": f"Bearer {replacement}"},
+                    params={"types": "message.*"},
+                )
+            )
+            assert renewed.response.status == 200
+            await dovecot.deliver_async(user, mail("after the reload"))
+            (frame,) = await renewed.messages(1)
+            assert frame.json["data"]["subject"] == "after the reload"
+            assert not other.response.content.at_eof()  # the other agent's stream stays open
+            health = await gw.wait_idle()
+        assert [w["reconnects"] for w in health["watchers"]] == [0]
+        assert replacement not in gw.output() and TOKEN not in gw.output()
+    finally:
+        gw.stop_now()
