@@ -44,6 +44,12 @@ async def closing_reason(reader: SseReader, timeout: float) -> str:
     return str(frame.json["reason"])
 
 
+async def message_stream(session: aiohttp.ClientSession, url: str, token: str) -> SseReader:
+    """A stream of message events, the token in the Authorization header."""
+    headers = {"Authorization": f"Bearer {token}"}
+    return SseReader(await session.get(f"{url}/events", headers=headers, params={"types": "message.*"}))
+
+
 @pytest.fixture
 def gatewayd_process(tmp_path: Path, dovecot: Dovecot, user: str) -> Iterator[GatewayProcess]:
     port = free_port()
@@ -80,13 +86,7 @@ async def test_cli_tokens_against_the_running_daemon(
             await session.get(f"{gw.url}/events", params={"access_token": token, "types": "message.*"})
         )
         assert by_query.response.status == 200
-        by_header = SseReader(
-            await session.get(
-                f"{gw.url}/events",
-                headers={"Authorization": f"Bearer {token}"},
-                params={"types": "message.*"},
-            )
-        )
+        by_header = await message_stream(session, gw.url, token)
         assert by_header.response.status == 200
         third = await session.get(f"{gw.url}/events", params={"access_token": token})
         assert third.status == 429
@@ -228,13 +228,7 @@ async def test_sighup_takes_the_configured_tokens_and_ends_the_streams_of_remove
             assert "configured tokens reloaded: 2 in force, 1 streams of removed ones ended" in gw.output()
             refused = await session.get(f"{gw.url}/v1/events", headers=AUTH)
             assert refused.status == 401
-            renewed = SseReader(
-                await session.get(
-                    f"{gw.url}/events",
-                    headers={"Authorization": f"Bearer {replacement}"},
-                    params={"types": "message.*"},
-                )
-            )
+            renewed = await message_stream(session, gw.url, replacement)
             assert renewed.response.status == 200
             await dovecot.deliver_async(user, mail("after the reload"))
             (frame,) = await renewed.messages(1)
