@@ -79,6 +79,7 @@ def check_fanout(result: Result) -> None:
 def check_throughput(result: Result) -> None:
     assert value(result, "messages") == 100
     assert value(result, "throughput per core") > 0
+    assert 0 < value(result, "median per typical message") < 10_000  # ms
     shares = [row.value or 0 for row in result.rows if row.metric.startswith("share:")]
     assert 0 < sum(shares) <= 101
 
