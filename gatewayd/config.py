@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import hmac
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -463,6 +464,29 @@ _weights = _check(
 )
 
 
+# The injection score from which each `injection.level` starts; below the lowest: "none".
+INJECTION_LEVELS = {"low": 0.2, "medium": 0.5, "high": 0.8}
+
+
+def _injection_levels(value: Any) -> dict[str, float]:
+    """Some or all of INJECTION_LEVELS' bounds, the rest default; each above the one before."""
+    if not isinstance(value, dict):
+        raise _fail(f"expected a mapping of level: score such as {{high: 0.9}}, got {_describe(value)}")
+    unknown = [key for key in value if key not in INJECTION_LEVELS]
+    if unknown:
+        raise _fail(f"unknown level {_describe(unknown[0])}; the levels are {', '.join(INJECTION_LEVELS)}")
+    levels = dict(INJECTION_LEVELS)
+    for name, bound in value.items():
+        if not _is_number(bound) or not 0 < bound <= 1:
+            raise _fail(f"{name}: expected a number above 0 and at most 1, got {_describe(bound)}")
+        levels[name] = float(bound)
+    bounds = list(levels.values())
+    if any(lower >= upper for lower, upper in itertools.pairwise(bounds)):
+        order = " < ".join(f"{name} ({bound:g})" for name, bound in levels.items())
+        raise _fail(f"each level must start above the one before: {order}")
+    return levels
+
+
 def _stage_keys(timeout_ms: int, **keys: _Key) -> dict[str, _Key]:
     return {
         "timeout_ms": _Key(_integer(1, 60000), timeout_ms),
@@ -489,7 +513,12 @@ _STAGES = {
         dkim_verify=_Key(_boolean, False),
         dns_timeout_seconds=_Key(_positive, 2.0),
     ),
-    "injection": _stage_keys(250, weights=_Key(_weights, {}), excerpt_chars=_Key(_integer(0, 10000), 500)),
+    "injection": _stage_keys(
+        250,
+        weights=_Key(_weights, {}),
+        excerpt_chars=_Key(_integer(0, 10000), 500),
+        levels=_Key(_injection_levels, INJECTION_LEVELS),
+    ),
 }
 
 

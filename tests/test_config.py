@@ -437,3 +437,43 @@ def test_example_documents_the_external_scorer_keys() -> None:
     spam = text[text.index("\n  spam:\n") : text.index("\n  auth:\n")]
     for key in [*config_module._RSPAMD, *config_module._SPAMD, "rspamd", "spamd"]:
         assert re.search(rf"(?m)^[\s#]*{key}:", spam), f"pipeline.spam: {key} is not documented"
+
+
+# --- injection levels -----------------------------------------------------------------------------------
+
+
+def test_injection_levels_default_to_the_stage_and_a_partial_mapping_keeps_the_rest() -> None:
+    from gatewayd.pipeline.build import build_pipeline
+    from gatewayd.pipeline.injection import LEVELS, InjectionStage
+
+    def levels(config: Config) -> tuple[tuple[float, str], ...]:
+        (stage,) = [
+            spec.stage for spec in build_pipeline(config, None).stages if spec.stage.name == "injection"
+        ]
+        assert isinstance(stage, InjectionStage)
+        return stage.options.levels
+
+    assert levels(parse_config(minimal(), env={})) == LEVELS
+    custom = parse_config(minimal() | {"pipeline": {"injection": {"levels": {"high": 0.95}}}}, env={})
+    assert levels(custom) == ((0.95, "high"), (0.5, "medium"), (0.2, "low"))
+
+
+@pytest.mark.parametrize(
+    ("levels", "message"),
+    [
+        (
+            [0.9],
+            "pipeline.injection.levels: expected a mapping of level: score such as {high: 0.9}, got a list",
+        ),
+        ({"hihg": 0.9}, 'pipeline.injection.levels: unknown level "hihg"; the levels are low, medium, high'),
+        ({"high": 2}, "pipeline.injection.levels: high: expected a number above 0 and at most 1, got 2"),
+        ({"low": 0}, "pipeline.injection.levels: low: expected a number above 0 and at most 1, got 0"),
+        (
+            {"low": 0.6},
+            "pipeline.injection.levels: each level must start above the one before:"
+            " low (0.6) < medium (0.5) < high (0.8)",
+        ),
+    ],
+)
+def test_injection_level_errors_name_the_key(levels: object, message: str) -> None:
+    assert errors_of(minimal() | {"pipeline": {"injection": {"levels": levels}}}) == [message]

@@ -60,7 +60,13 @@ def _stage(config: Config, stage: StageConfig, learning: LearningStore | None) -
         )
     if stage.name == "injection":
         return InjectionStage(
-            InjectionOptions(weights=options["weights"], excerpt_chars=options["excerpt_chars"])
+            InjectionOptions(
+                weights=options["weights"],
+                excerpt_chars=options["excerpt_chars"],
+                levels=tuple(
+                    sorted(((bound, name) for name, bound in options["levels"].items()), reverse=True)
+                ),
+            )
         )
     raise ValueError(f"unknown stage {stage.name!r}")
 

@@ -68,6 +68,8 @@ class InjectionOptions:
     # Overrides of symbol weights (see SYMBOLS), clamped to [0, 1]; 0 disables a symbol.
     weights: Mapping[str, float] = field(default_factory=dict)
     excerpt_chars: int = 500
+    # (lowest score, level), highest first; a score below every bound is "none".
+    levels: tuple[tuple[float, str], ...] = LEVELS
 
 
 class InjectionStage:
@@ -99,7 +101,7 @@ class InjectionStage:
         for finding in findings:
             remaining *= 1.0 - finding.score
         score = round(1.0 - remaining, 3)
-        level = next((name for bound, name in LEVELS if score >= bound), "none")
+        level = next((name for bound, name in self.options.levels if score >= bound), "none")
         data = {
             "injection": {"score": score, "findings": [f.as_dict() for f in findings], "level": level},
             "sanitized_excerpt": excerpt,
