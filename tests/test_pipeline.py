@@ -10,6 +10,7 @@ import pytest
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline import (
     INLINE_MAX_BYTES,
+    ON_ERROR_SKIP_REST,
     Finding,
     Pipeline,
     StageContext,
@@ -171,11 +172,25 @@ async def test_a_failing_or_overrunning_cpu_stage_never_loses_the_message(
     assert outcome.data["spam"] is None and outcome.data["injection"] == {"ok": True}
 
 
-async def test_a_hung_cpu_stage_on_a_large_message_is_abandoned_and_reported() -> None:
+async def test_a_hung_cpu_stage_on_a_large_message_is_abandoned_and_the_later_ones_still_run() -> None:
+    import threading
+
     hung, after = SyncRecorder("spam", sleep=3.0), SyncRecorder("injection")
     outcome = await asyncio.wait_for(
         Pipeline([StageSpec(hung, 0.1), StageSpec(after, 0.1), StageSpec(Recorder("auth"))]).run(large()), 10
     )
     errors = {e["stage"]: e["error"] for e in outcome.data["pipeline_errors"]}
-    assert errors == {"spam": "timeout", "injection": "skipped"}
-    assert outcome.data["auth"] == {"ok": True}  # an async stage after them still runs
+    assert errors == {"spam": "timeout"}  # on_error continue: the rest of its batch runs
+    assert outcome.data["spam"] is None
+    assert outcome.data["injection"] == outcome.data["auth"] == {"ok": True}
+    # In a thread of its own, beside the one the hung stage still holds, not on the loop.
+    assert after.threads and not after.threads & (hung.threads | {threading.get_ident()})
+
+
+async def test_a_hung_cpu_stage_with_skip_rest_stops_the_stages_after_it() -> None:
+    hung, after = SyncRecorder("spam", sleep=3.0), SyncRecorder("injection")
+    pipeline = Pipeline([StageSpec(hung, 0.1, ON_ERROR_SKIP_REST), StageSpec(after, 0.1)])
+    outcome = await asyncio.wait_for(pipeline.run(large()), 10)
+    first_error = outcome.data["pipeline_errors"][0]
+    assert (first_error["stage"], first_error["error"]) == ("spam", "timeout")
+    assert not after.threads and outcome.data.get("injection") is None

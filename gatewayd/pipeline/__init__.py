@@ -144,9 +144,10 @@ class _Run:
         self.force_suspect = False
         self.drop = False
         self.stopped = False
-        # Guards the state against a worker thread still running after its batch timed out.
+        # Guards the state against a worker thread still running after its batch timed out; each
+        # thread's batch is an attempt, and only the current attempt may change the state.
         self.lock = threading.Lock()
-        self.abandoned = False
+        self.attempt = 0
 
     def context(self) -> StageContext:
         seen = self.data
@@ -228,6 +229,7 @@ class Pipeline:
         afterwards, in order."""
         pending: list[StageSpec] = []
         current: list[StageSpec] = []
+        attempt = run.attempt
 
         def work() -> None:
             for index, spec in enumerate(batch):
@@ -235,7 +237,7 @@ class Pipeline:
                     return
                 started = time.perf_counter()
                 with run.lock:
-                    if run.abandoned:
+                    if run.attempt != attempt:
                         return
                     context = run.context()
                 current[:] = [spec]
@@ -246,7 +248,7 @@ class Pipeline:
                     result, error = None, exc
                 elapsed = _ms(started)
                 with run.lock:
-                    if run.abandoned:
+                    if run.attempt != attempt:
                         return
                     if error is not None:
                         run.fail(spec, type(error).__name__, str(error)[:200], elapsed)
@@ -262,7 +264,11 @@ class Pipeline:
         if len(run.parsed.raw) <= INLINE_MAX_BYTES:
             work()
         else:
-            await self._in_thread(run, batch, work, current)
+            rest = await self._in_thread(run, batch, work, current)
+            if rest and not run.stopped:
+                # The hung stage keeps its thread; the ones after it get a thread and budgets of
+                # their own, as its on_error (not skip_rest) says they should run.
+                await self._run_sync(run, rest)
         for spec in pending:
             if run.stopped:
                 return
@@ -271,19 +277,21 @@ class Pipeline:
     @staticmethod
     async def _in_thread(
         run: _Run, batch: list[StageSpec], work: Callable[[], None], current: list[StageSpec]
-    ) -> None:
+    ) -> list[StageSpec]:
+        """Run `work` in a worker thread within the batch's budget; the stages it never reached
+        when it had to be abandoned."""
         budget = sum(spec.timeout_seconds for spec in batch)
         started = time.perf_counter()
         try:
             await asyncio.wait_for(asyncio.to_thread(work), budget)
         except TimeoutError:
             with run.lock:
-                run.abandoned = True
-                # The stage still running overran; the ones after it never ran.
+                run.attempt += 1
+                # The stage still running overran: a timeout, with what its on_error says.
                 hung = current[0] if current else batch[-1]
                 run.timeout(hung, _ms(started))
-                for spec in batch[batch.index(hung) + 1 :]:
-                    run.fail(spec, "skipped", f"not run: {hung.stage.name} overran", 0.0)
+                return batch[batch.index(hung) + 1 :]
+        return []
 
     async def process(
         self, mailbox: MailboxConfig, message: FetchedMessage, actions: MailActions | None = None
