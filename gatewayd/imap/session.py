@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import aioimaplib
 
 from gatewayd.config import TLS_IMPLICIT, TLS_STARTTLS, ImapConfig
+from gatewayd.imap.errors import ImapAuthError, ImapConnectionLost, ImapError, ImapTlsError
 from gatewayd.imap.fetch import FETCH_ITEMS, PushedMessages, parse_fetch
 from gatewayd.message import FetchedMessage
 from gatewayd.tls import client_context
@@ -41,24 +42,6 @@ _STATUS_UIDNEXT = re.compile(rb"UIDNEXT (\d+)")
 _STATUS_UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
 # `* STATUS name (...)`, the name an atom or a quoted string (a literal is left unparsed).
 _STATUS = re.compile(rb'\A\* STATUS (?:"((?:[^"\\]|\\.)*)"|([^\s(){"]+)) \(')
-
-
-class ImapError(Exception):
-    """A failure talking to the server. `kind` tells the watcher how to back off."""
-
-    kind = "protocol"
-
-
-class ImapAuthError(ImapError):
-    kind = "auth"
-
-
-class ImapConnectionLost(ImapError):
-    kind = "network"
-
-
-class ImapTlsError(ImapError):
-    kind = "tls"
 
 
 def tls_context(config: ImapConfig) -> ssl.SSLContext:
