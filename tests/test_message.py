@@ -21,7 +21,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gatewayd.message import MAX_HEADER_CHARS, MAX_PARTS, FetchedMessage, from_address, parse_message
+from gatewayd.message import (
+    MAX_HEADER_CHARS,
+    MAX_PARTS,
+    FetchedMessage,
+    FetchedPart,
+    from_address,
+    parse_message,
+)
 from gatewayd.message.fields import _getaddresses
 from gatewayd.message.structure import (
     _GuardedMessage,
@@ -29,6 +36,7 @@ from gatewayd.message.structure import (
     _plain_single_part,
     _TooManyPartsError,
 )
+from tests.sse import INJECTION, late_text_mail
 
 KEYS = {
     "folder",
@@ -510,6 +518,41 @@ def test_untruncated_message_is_not_marked() -> None:
     data = parse(full)
     assert data["truncated"] is False
     assert [a["size"] for a in data["attachments"]] == [56, 30000]
+
+
+def _prefix_and_parts(full: bytes, cap: int) -> FetchedMessage:
+    """`full` as the live fetch hands it over: its first `cap` bytes, and the parts the prefix holds
+    not whole (the PDF's MIME header, the text's header and content), as gatewayd.imap.parts gets
+    them from Dovecot (tests/integration/test_fetch_parts.py)."""
+    body = full.partition(b"\r\n\r\n--B\r\n")[2]
+    pdf, text = body.split(b"--B\r\n")[:2]
+    pdf_header, _, _ = pdf.partition(b"\r\n\r\n")
+    text_header, _, text_content = text.partition(b"\r\n\r\n")
+    text_content = text_content.partition(b"\r\n--B--")[0]
+    return FetchedMessage(
+        folder="INBOX",
+        uid=42,
+        uidvalidity=7,
+        raw=full[:cap],
+        size=len(full),
+        flags=(),
+        internaldate=None,
+        parts=(
+            FetchedPart(0, "1", pdf_header + b"\r\n\r\n", b"", size=300_000, cut=True),
+            FetchedPart(1, "2", text_header + b"\r\n\r\n", text_content, None, False),
+        ),
+    )
+
+
+def test_parts_fetched_after_the_prefix_give_what_the_whole_message_gives() -> None:
+    full = late_text_mail("late")
+    prefix = parse(full[:262144], size=len(full))
+    assert prefix["body_text_excerpt"] is None  # the text lies past the cap: hidden from every stage
+    joined = parse_message(_prefix_and_parts(full, 262144))
+    whole = parse(full)
+    assert joined["body_text_excerpt"] == whole["body_text_excerpt"] == INJECTION
+    assert joined["attachments"] == whole["attachments"]
+    assert joined["truncated"] is True and whole["truncated"] is False
 
 
 def test_truncated_single_part_attachment() -> None:

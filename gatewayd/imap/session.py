@@ -19,6 +19,7 @@ import aioimaplib
 from gatewayd.config import TLS_IMPLICIT, TLS_STARTTLS, ImapConfig
 from gatewayd.imap.errors import ImapAuthError, ImapConnectionLost, ImapError, ImapTlsError
 from gatewayd.imap.fetch import FETCH_ITEMS, PushedMessages, parse_fetch
+from gatewayd.imap.parts import fetch_parts
 from gatewayd.message import FetchedMessage
 from gatewayd.tls import client_context
 
@@ -318,7 +319,8 @@ class ImapSession:
         return sorted(uid for uid in uids if uid >= first_uid)
 
     async def fetch(self, uids: Sequence[int], max_bytes: int) -> list[FetchedMessage]:
-        """Fetch metadata and the first max_bytes of each message, without setting \\Seen.
+        """Fetch metadata and the first max_bytes of each message, without setting \\Seen; for a
+        larger message, the parts those bytes missed too (`gatewayd.imap.parts`).
 
         A UID expunged meanwhile is absent from the result, also when the server still lists it
         without its content because another session expunged it (`[EXPUNGEISSUED]`).
@@ -329,7 +331,12 @@ class ImapSession:
         items = FETCH_ITEMS.format(max_bytes=max_bytes)
         response = await self._call("UID FETCH", self._client.uid("fetch", _uid_set(uids), items))
         fetched = parse_fetch(response.lines, self.selected.folder, self.selected.uidvalidity, present=True)
-        return [m for m in fetched if m.uid in wanted]
+        return await fetch_parts(self.fetch_raw, [m for m in fetched if m.uid in wanted], max_bytes)
+
+    async def fetch_raw(self, uids: Sequence[int], items: str) -> Sequence[bytes | bytearray]:
+        """The lines of the answer to `UID FETCH <uids> <items>`, as aioimaplib hands them over."""
+        response = await self._call("UID FETCH", self._client.uid("fetch", _uid_set(uids), items))
+        return response.lines
 
     async def fetch_from(
         self, first_uid: int, max_bytes: int, expected: int | None = None
@@ -349,13 +356,13 @@ class ImapSession:
         if self.selected is None:
             return []
         if expected is not None and (pushed := self._pushed.take(first_uid, expected)) is not None:
-            return pushed
+            return await fetch_parts(self.fetch_raw, pushed, max_bytes)
         self._pushed.clear()
         items = FETCH_ITEMS.format(max_bytes=max_bytes)
         response = await self._call("UID FETCH", self._client.uid("fetch", f"{first_uid}:*", items))
         fetched = parse_fetch(response.lines, self.selected.folder, self.selected.uidvalidity, present=True)
-        messages = [m for m in fetched if m.uid >= first_uid]
-        return sorted(messages, key=lambda m: m.uid)
+        messages = sorted((m for m in fetched if m.uid >= first_uid), key=lambda m: m.uid)
+        return await fetch_parts(self.fetch_raw, messages, max_bytes)
 
     async def message_ids(self, uids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
         """UID -> (Message-ID header, INTERNALDATE), for resynchronising after a UIDVALIDITY change."""

@@ -1,8 +1,9 @@
 """Turn the raw bytes of one fetched message into the `data` of a `message.received` event.
 
-The input is whatever the server had, possibly cut short by the fetch cap (`BODY.PEEK[]<0.N>`), and
-quite often malformed. Nothing here may raise on bad mail: every field is extracted on its own, and
-a field that cannot be extracted is logged at debug level and becomes None or [].
+The input is whatever the server had, possibly cut short by the fetch cap (`BODY.PEEK[]<0.N>`, with
+the parts beyond it fetched on their own: joined.py), and quite often malformed. Nothing here may
+raise on bad mail: every field is extracted on its own, and a field that cannot be extracted is
+logged at debug level and becomes None or [].
 
 The structure is parsed with `email.parser.BytesParser` under `policy.compat32`, not
 `policy.default`: the modern policy builds a structured header object on every header access (the
@@ -21,6 +22,7 @@ limits.py     the caps on the work done per message; safe, which turns a failing
 parsed.py     FetchedMessage, ParsedMessage; parse, the event data field by field; from_address
 structure.py  the MIME structure: the guarded compat32 parse, the plain single-part fast path, the
               headers we keep, the leaf parts, the part the fetch cap cut into
+joined.py     a message larger than its prefix, joined from the prefix and the parts fetched after it
 body.py       attachments, the body text and HTML, excerpt
 html.py       the HTML-to-text converter (one linear scan)
 text.py       charsets, decoding bytes, surrogate escapes, header cleaning, RFC 2047 encoded words
@@ -28,8 +30,16 @@ fields.py     Message-ID, In-Reply-To, References, addresses (with the fast addr
 """
 
 from gatewayd.message.body import excerpt
+from gatewayd.message.joined import whole_leaf_types
 from gatewayd.message.limits import MAX_DEPTH, MAX_HEADER_CHARS, MAX_HTML_CHARS, MAX_PARTS, MAX_TEXT_BYTES
-from gatewayd.message.parsed import FetchedMessage, ParsedMessage, from_address, parse, parse_message
+from gatewayd.message.parsed import (
+    FetchedMessage,
+    FetchedPart,
+    ParsedMessage,
+    from_address,
+    parse,
+    parse_message,
+)
 from gatewayd.message.structure import RAW_HEADERS
 
 __all__ = [
@@ -40,9 +50,11 @@ __all__ = [
     "MAX_TEXT_BYTES",
     "RAW_HEADERS",
     "FetchedMessage",
+    "FetchedPart",
     "ParsedMessage",
     "excerpt",
     "from_address",
     "parse",
     "parse_message",
+    "whole_leaf_types",
 ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from email.message import Message
 from typing import Any
 
@@ -26,8 +26,12 @@ def _is_attachment(part: Message, root: Message | None = None) -> bool:
 
 
 def attachments(
-    leaves: list[tuple[Message, tuple[Message, ...]]], root: Message, cut_part: Message | None
+    leaves: list[tuple[Message, tuple[Message, ...]]],
+    root: Message,
+    cut: Collection[Message],
+    sizes: Mapping[Message, int | None],
 ) -> list[dict[str, Any]]:
+    """Metadata of the attachments: a part in `cut` has no trustworthy size unless `sizes` has it."""
     found = []
     for part, _ in leaves:
         if not safe(False, _is_attachment, part, root):
@@ -36,7 +40,7 @@ def attachments(
             {
                 "filename": safe(None, _filename, part),
                 "content_type": safe("application/octet-stream", part.get_content_type),
-                "size": None if part is cut_part else safe(None, _decoded_size, part),
+                "size": sizes.get(part) if part in sizes or part in cut else safe(None, _decoded_size, part),
             }
         )
     return found
@@ -98,7 +102,7 @@ def _payload_bytes(part: Message) -> bytes | None:
 
 
 def bodies(
-    leaves: list[tuple[Message, tuple[Message, ...]]], root: Message, cut_part: Message | None
+    leaves: list[tuple[Message, tuple[Message, ...]]], root: Message, cut: Collection[Message]
 ) -> tuple[str, str | None]:
     """(text, html): the first non-empty text/plain body, else the HTML's visible text; and the
     decoded source of the first text/html body part."""
@@ -111,11 +115,11 @@ def bodies(
         (plain if ctype == "text/plain" else html_parts).append(part)
     html = None
     for part in html_parts[:8]:
-        html = safe(None, _part_source, part, part is cut_part)
+        html = safe(None, _part_source, part, part in cut)
         if html:
             break
     for part in plain[:8]:
-        text = safe(None, _part_source, part, part is cut_part)
+        text = safe(None, _part_source, part, part in cut)
         if text and text.strip():
             return text, html
     return (html_to_text(html, enough=MAX_HTML_CHARS) if html else ""), html

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from email.message import Message
 from typing import Any
 
-from gatewayd.message import body, fields, structure
+from gatewayd.message import body, fields, joined, structure
 from gatewayd.message.limits import safe
 from gatewayd.message.text import raw_header, text_header
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedPart:
+    """A leaf part of a message larger than its prefix, fetched on its own: its MIME header, and
+    for a text body part the start of its content."""
+
+    index: int  # its place among the message's leaf parts, in document order (message/* are leaves)
+    section: str  # the IMAP section number, e.g. "2" or "1.3"
+    header: bytes  # its MIME header, up to its empty line
+    content: bytes  # its encoded content as fetched (b"" for an attachment: never fetched)
+    size: int | None  # decoded size estimated from the server's BODYSTRUCTURE, for content not all here
+    cut: bool  # content fetched only in part (the cap), or not at all
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +35,8 @@ class FetchedMessage:
     size: int  # RFC822.SIZE: the full size on the server
     flags: tuple[str, ...]
     internaldate: str | None  # as the server sent it, e.g. "21-Nov-2026 13:25:53 +0000"
+    # The leaf parts the prefix holds not whole, in order, from the first of them (see imap/parts.py).
+    parts: tuple[FetchedPart, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +72,12 @@ def parse(msg: FetchedMessage, excerpt_chars: int = 500) -> ParsedMessage:
     leaves, walked_all = safe(([], False), structure.leaves, root)
     # The part the fetch cap cut into has no trustworthy size.
     cut_part = safe(None, structure.cut_part, leaves, walked_all) if truncated else None
-    attachments = safe([], body.attachments, leaves, root, cut_part)
-    text, html = safe(("", None), body.bodies, leaves, root, cut_part)
+    cut: tuple[Message, ...] = (cut_part,) if cut_part is not None else ()
+    sizes: dict[Message, int | None] = {}
+    if msg.parts:
+        leaves, cut, sizes = safe((leaves, cut, sizes), joined.join, leaves, msg.parts)
+    attachments = safe([], body.attachments, leaves, root, cut, sizes)
+    text, html = safe(("", None), body.bodies, leaves, root, cut)
     data = {
         "folder": msg.folder,
         "uid": msg.uid,

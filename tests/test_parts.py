@@ -1,0 +1,121 @@
+"""Reading what fetching the parts beyond a message's prefix brings: FETCH answers with several
+literals, BODYSTRUCTURE leaves, and which parts to ask for. Against Dovecot:
+tests/integration/test_fetch_parts.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from gatewayd.imap.bodystructure import BodyStructureError, LeafPart, leaf_parts
+from gatewayd.imap.parts import _wanted
+from gatewayd.imap.response import fetch_items
+
+# Dovecot's answer for tests.sse.late_text_mail: a 300,000-byte PDF in base64, then the text.
+LATE_TEXT = (
+    b'1 FETCH (UID 7 BODYSTRUCTURE (("application" "pdf" ("name" "report.pdf") NIL NIL "base64" 410526'
+    b' NIL ("attachment" ("filename" "report.pdf")) NIL NIL)("text" "plain" ("charset" "utf-8") NIL NIL'
+    b' "7bit" 67 0 NIL NIL NIL NIL) "mixed" ("boundary" "B") NIL NIL NIL))'
+)
+
+
+def structure(line: bytes, uid: int = 7) -> list[LeafPart]:
+    return leaf_parts(fetch_items([line, b"Fetch completed."])[uid][b"BODYSTRUCTURE"])
+
+
+def test_items_of_an_answer_with_several_literals() -> None:
+    lines: list[bytes | bytearray] = [
+        b"1 FETCH (UID 7 BODY[2.MIME]<0> {4}",
+        bytearray(b"a: b"),
+        b" BODY[2]<0> {3}",
+        bytearray(b"x)y"),
+        b' FLAGS (\\Seen) X "q\\"uo\\\\te" Y NIL)',
+        b"2 FETCH (UID 8 BODY[1]<0> NIL)",
+        b"Fetch completed (0.001 + 0.000 secs).",
+    ]
+    assert fetch_items(lines) == {
+        7: {
+            b"UID": b"7",
+            b"BODY[2.MIME]": b"a: b",
+            b"BODY[2]": b"x)y",
+            b"FLAGS": [b"\\Seen"],
+            b"X": b'q"uo\\te',
+            b"Y": None,
+        },
+        8: {b"UID": b"8", b"BODY[1]": None},
+    }
+
+
+def test_an_unbalanced_or_garbled_answer_gives_what_it_can() -> None:
+    assert fetch_items([b"1 FETCH (UID 3 BODYSTRUCTURE ((", b'))) { " OK']) == {
+        3: {b"UID": b"3", b"BODYSTRUCTURE": [[]]}
+    }
+    assert fetch_items([b"OK nothing"]) == {}
+
+
+def test_leaves_of_a_mixed_message() -> None:
+    assert structure(LATE_TEXT) == [
+        LeafPart("1", "application/pdf", attachment=True, size=300_000, encoded_size=410526),
+        LeafPart("2", "text/plain", attachment=False, size=67, encoded_size=67),
+    ]
+
+
+def test_nested_parts_a_forwarded_message_and_a_literal_filename() -> None:
+    line = (
+        b'1 FETCH (UID 7 BODYSTRUCTURE ((("TEXT" "PLAIN" ("charset" "us-ascii") NIL NIL "7bit" 10 1 NIL NIL'
+        b' NIL NIL)("text" "html" NIL NIL NIL "quoted-printable" 20 1 NIL NIL NIL NIL) "alternative"'
+        b' ("boundary" "A") NIL NIL NIL)("message" "rfc822" NIL NIL NIL "7bit" 300 ("date" "subject" NIL NIL'
+        b' NIL NIL NIL NIL NIL NIL) ("text" "plain" NIL NIL NIL "7bit" 5 1 NIL NIL NIL NIL) 9 NIL NIL NIL'
+        b' NIL)("text" "plain" NIL NIL NIL "7bit" 40 2 NIL ("inline" ("filename*0*" {9}'
+    )
+    lines: list[bytes | bytearray] = [
+        line,
+        bytearray(b"notes.txt"),
+        b')) NIL NIL) "mixed" ("boundary" "B") NIL NIL NIL))',
+        b"OK",
+    ]
+    leaves = leaf_parts(fetch_items(lines)[7][b"BODYSTRUCTURE"])
+    assert [(leaf.section, leaf.content_type, leaf.attachment) for leaf in leaves] == [
+        ("1.1", "text/plain", False),
+        ("1.2", "text/html", False),
+        ("2", "message/rfc822", False),  # a leaf: its insides are not this message's body
+        ("3", "text/plain", True),  # a file name (RFC 2231 continuation): an attachment
+    ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"1 FETCH (UID 7 BODYSTRUCTURE NIL)",
+        b"1 FETCH (UID 7 BODYSTRUCTURE ())",
+        b'1 FETCH (UID 7 BODYSTRUCTURE ("text" "plain" NIL NIL NIL "7bit" many))',
+        b'1 FETCH (UID 7 BODYSTRUCTURE ((NIL "plain" NIL NIL NIL "7bit" 4) "mixed"))',
+        b"1 FETCH (UID 7 BODYSTRUCTURE "
+        + b"(" * 30
+        + b'"text" "plain" NIL NIL NIL "7bit" 4'
+        + b")" * 30
+        + b")",
+    ],
+)
+def test_what_is_not_a_bodystructure_is_refused(line: bytes) -> None:
+    with pytest.raises(BodyStructureError):
+        structure(line)
+
+
+def test_the_parts_after_the_prefix_and_a_text_budget() -> None:
+    leaves = [
+        LeafPart("1", "text/plain", attachment=False, size=10, encoded_size=10),
+        LeafPart("2", "application/zip", attachment=True, size=300_000, encoded_size=410_000),
+        LeafPart("3", "text/html", attachment=False, size=900, encoded_size=900),
+        LeafPart("4", "text/plain", attachment=True, size=50, encoded_size=50),
+        LeafPart("5", "text/plain", attachment=False, size=900, encoded_size=900),
+    ]
+    # The prefix holds the first part whole: from the second on, text bodies within 1,000 bytes.
+    wanted = _wanted(leaves, ["text/plain"], max_bytes=1000)
+    assert [(part.index, part.leaf.section, part.length) for part in wanted] == [
+        (1, "2", 0),
+        (2, "3", 900),
+        (3, "4", 0),
+        (4, "5", 100),
+    ]
+    # A prefix that does not match the BODYSTRUCTURE (a malformed message): every part again.
+    assert [part.index for part in _wanted(leaves, ["text/html"], max_bytes=1000)] == [0, 1, 2, 3, 4]
