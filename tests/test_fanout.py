@@ -7,6 +7,7 @@ import asyncio
 import json
 import random
 import socket
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from gatewayd.events import Event, NewEvent
 from gatewayd.store import EventQuery, matches
 from gatewayd.store.sqlite import SqliteEventStore
 from tests.sse import SseReader
+from tests.waiting import hold_loop_until
 
 TOKEN = "fanout-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -288,6 +290,33 @@ async def test_replay_in_pages_then_live_without_gap_or_duplicate(env: Env) -> N
     await env.streams(1)
     live = await env.publish(2)
     assert [(await reader.next()).id for _ in range(2)] == [e.id for e in live]
+    response.close()
+
+
+async def test_a_live_stream_misses_no_event_when_an_append_went_to_the_writer(env: Env) -> None:
+    """Two mailboxes append at once; one append waits for a lock held by another process and
+    commits on the store's writer thread. The other, made just after that commit, must not reach
+    the stream first: the stream would drop the earlier event as already sent, for good."""
+    response, reader = await env.open(ping="30")
+    await env.streams(1)
+    store = env.gateway.store
+    assert isinstance(store, SqliteEventStore)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        first = asyncio.ensure_future(env.publish(1, mailbox="m1"))
+        await asyncio.sleep(0)  # it waits for the lock on the writer's thread
+        other.execute("COMMIT")
+        # Hold the loop until the thread has committed, so its result waits in the loop's queue.
+        last_seq = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+        hold_loop_until(lambda: other.execute(last_seq).fetchone() == (1,), what="the thread's commit")
+        second = asyncio.ensure_future(env.publish(1, mailbox="m2"))
+        stored = [*await first, *await second]
+    finally:
+        other.close()
+    assert [e.seq for e in stored] == [1, 2]
+    assert (await reader.next()).id == "1"
+    assert (await reader.next()).id == "2"
     response.close()
 
 

@@ -28,6 +28,7 @@ from gatewayd.events import Event, NewEvent, parse_rfc3339, rfc3339
 from gatewayd.store import Checkpoint, EventQuery, EventStore, InvalidEventId, matches
 from gatewayd.store.instance_lock import InstanceLock, StoreInUse
 from gatewayd.store.sqlite import SqliteEventStore
+from tests.waiting import hold_loop_until
 
 BACKENDS = ["sqlite"]
 
@@ -753,6 +754,36 @@ async def test_sqlite_append_waits_for_a_lock_held_elsewhere_off_the_loop(tmp_pa
         assert await store.get_checkpoint("m1", "INBOX") == Checkpoint("m1", "INBOX", 1, 1)
         # And the next append, with the lock free, commits at once.
         assert [e.seq for e in await store.append([ev(n=2)])] == [stored[0].seq + 1]
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_sqlite_appends_return_in_seq_order_when_one_went_to_the_writer(tmp_path: Path) -> None:
+    """An append waiting for a lock held elsewhere commits on the writer's thread; one made after
+    that commit but before its result reaches the loop must not return (and be published) first,
+    or a live stream would drop the earlier event as already sent."""
+    store = SqliteEventStore(tmp_path / "events.db")
+    await store.open()
+    other = sqlite3.connect(store.path, isolation_level=None)
+    returned: list[int] = []
+
+    async def append_and_publish(n: int) -> None:
+        returned.extend(event.seq for event in await store.append([ev(n=n)]))
+
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        first = asyncio.ensure_future(append_and_publish(1))
+        await asyncio.sleep(0)  # it finds the lock taken and waits for it on the writer's thread
+        assert not first.done()
+        other.execute("COMMIT")
+        # Hold the loop until the thread has committed: its result now waits in the loop's queue.
+        last_seq = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
+        hold_loop_until(lambda: other.execute(last_seq).fetchone() == (1,), what="the thread's commit")
+        second = asyncio.ensure_future(append_and_publish(2))
+        await asyncio.wait_for(asyncio.gather(first, second), 5)
+        assert returned == [1, 2]
+        assert [e.seq for e in await store.append([ev(n=3)])] == [3]
     finally:
         other.close()
         await store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 
@@ -13,6 +14,16 @@ async def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def hold_loop_until(predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
+    """Poll without yielding to the event loop, so what another thread hands the loop meanwhile
+    (an executor's result) waits in its queue until the test has acted."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.001)
 
 
 def watcher_states(gw: Any, mailbox_id: str | None = None) -> list[str]:

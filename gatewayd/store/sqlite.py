@@ -8,8 +8,9 @@ a plain sqlite3 connection on a thread of its own, which waits for the lock, run
 batches and checkpoints the WAL in the background once it has grown past SQLite's usual
 threshold, so no fsync ever lands on the loop. Each transaction there is ONE call to the thread
 (a round trip per statement would cost several times the transaction). SQLite's write lock
-serializes the transactions of both. The reader (aiosqlite) sees the last committed snapshot
-without blocking either.
+serializes the transactions of both; while an append is on the thread, the next ones follow it
+there, so appends return (and their events are published) in seq order. The reader (aiosqlite)
+sees the last committed snapshot without blocking either.
 
 Durability: WAL with `synchronous=NORMAL` keeps every committed transaction across a crash of
 the process (kill -9); only an OS crash or power loss can drop the last few commits.
@@ -164,6 +165,9 @@ class SqliteEventStore:
         self._on_loop: sqlite3.Connection | None = None
         self._appends_since_checkpoint = 0
         self._checkpointing: asyncio.Future[Any] | None = None
+        # Appends sent to the writer's thread whose caller has not resumed yet: while any is, an
+        # append on the loop could commit a later seq and be published before it.
+        self._appends_on_writer = 0
         self._reader: aiosqlite.Connection | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -360,11 +364,15 @@ class SqliteEventStore:
     async def _write(self, transaction: Callable[..., _T], *args: Any) -> _T:
         """Run `transaction(conn, *args)` on the loop if the write lock is free now, else on the
         writer's thread. A transaction must take the lock first (BEGIN IMMEDIATE) and roll back
-        on any error, so one refused the lock has done nothing and can run again there."""
+        on any error, so one refused the lock has done nothing and can run again there.
+
+        Callers resume in commit order (so they publish in seq order): while an earlier append
+        is on the writer's thread, this one queues behind it there, since the thread returns
+        results in order and one committed on the loop would return first."""
         conn = self._on_loop
         # During a checkpoint, wait behind it: a transaction beside it would leave frames it
         # cannot copy, and under steady appends the WAL would never restart.
-        if conn is not None and self._checkpointing is None:
+        if conn is not None and self._checkpointing is None and not self._appends_on_writer:
             try:
                 result = transaction(conn, *args)
             except sqlite3.OperationalError as exc:
@@ -375,7 +383,11 @@ class SqliteEventStore:
                 if self._appends_since_checkpoint >= CHECKPOINT_EVERY_APPENDS:
                     self._checkpoint()
                 return result
-        return await self._on_writer(transaction, self._w, *args)
+        self._appends_on_writer += 1
+        try:
+            return await self._on_writer(transaction, self._w, *args)
+        finally:
+            self._appends_on_writer -= 1
 
     def _checkpoint(self) -> None:
         self._appends_since_checkpoint = 0
