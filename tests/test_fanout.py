@@ -242,7 +242,8 @@ async def test_an_ended_stream_gets_closing_with_its_reason(env: Env) -> None:
     assert (await first_reader.next()).id == stored[0].id
     for stream in list(env.gateway.streams):
         stream.end("token_revoked")
-    for reader, last in ((first_reader, stored[0].id), (second_reader, None)):
+    # The second was sent nothing: its resume point is where it started (the empty store's 0).
+    for reader, last in ((first_reader, stored[0].id), (second_reader, "0")):
         closing = await reader.next()
         assert closing.event == "closing" and closing.id is None
         assert closing.json["reason"] == "token_revoked" and closing.json["last_event_id"] == last
@@ -250,6 +251,34 @@ async def test_an_ended_stream_gets_closing_with_its_reason(env: Env) -> None:
             await reader.next(timeout=5)
     first.close()
     second.close()
+
+
+@pytest.mark.parametrize("resume", ["live", "since_0", "last_event_id"])
+async def test_closing_before_any_event_names_where_the_stream_started(env: Env, resume: str) -> None:
+    """A stream sent no event yet closes with its starting point, never null: reconnecting with it
+    gets exactly what came after (nothing missed, nothing repeated)."""
+    before = await env.publish(3, mailbox="m1")
+    # Each stream watches m2, where nothing is stored: a replay sends nothing either.
+    params, headers = {"ping": "30", "mailbox": "m2"}, dict(AUTH)
+    start = before[-1].id
+    if resume == "since_0":
+        params["since"], start = "0", "0"
+    elif resume == "last_event_id":
+        headers["Last-Event-ID"] = start = before[0].id
+    response = await env.session.get(env.url, headers=headers, params=params)
+    assert response.status == 200, await response.text()
+    await env.streams(1)
+    await env.publish(1, mailbox="m1")  # after the start, but filtered out
+    for stream in list(env.gateway.streams):
+        stream.end("token_revoked")
+    closing = await SseReader(response).next()
+    assert closing.event == "closing" and closing.json["last_event_id"] == start
+    response.close()
+    after = await env.publish(2, mailbox="m2")
+    again = await env.session.get(env.url, headers={**AUTH, "Last-Event-ID": start}, params=params)
+    reader = SseReader(again)
+    assert [(await reader.next()).id for _ in range(2)] == [e.id for e in after]
+    again.close()
 
 
 async def test_a_client_that_stops_reading_is_cut_off_and_resumes_without_loss(env: Env) -> None:

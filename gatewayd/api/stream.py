@@ -6,7 +6,9 @@ the replay or queued, and never sent twice. Replay and live apply the same filte
 reads and `matches`), so a stream over a whole fleet resumes exactly like one over one mailbox.
 
 A stream ends with a `closing` event (no `id:`) when the server shuts down or when its token is
-revoked or expires (`Gateway.end_streams`, or the periodic check in `gatewayd.api.guard`).
+revoked or expires (`Gateway.end_streams`, or the periodic check in `gatewayd.api.guard`). Its
+`last_event_id` is the client's resume point: the last event sent, or, before any, where the
+stream started (so a reconnect with it misses and repeats nothing).
 
 Fan-out to thousands of streams costs no task, timer or copy per event and stream: an idle
 stream's event is written to its socket by the publisher itself (the frame is encoded once per
@@ -90,8 +92,10 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     max_seconds = number(request, "max_seconds", None, 1.0, 7 * 86400.0)
     resume = await resume_point(request, gateway.store)
     # Read before subscribing: an id from the future is clamped to what was stored *then*, so
-    # an event stored once the subscription exists is above the clamp and never dropped.
-    ceiling = await gateway.store.last_seq() if resume is not None else 0
+    # an event stored once the subscription exists is above the clamp and never dropped. A live
+    # stream starts there too: its position until it sends an event (closing's last_event_id).
+    ceiling = await gateway.store.last_seq()
+    start = ceiling if resume is None else min(resume.after_seq, ceiling)
     if gateway.closing:
         raise web.HTTPServiceUnavailable(reason="shutting down", headers={"Retry-After": "5"})
     # No await from here to add_stream: the count cannot change between the check and the add.
@@ -124,14 +128,14 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             "Connection": "keep-alive",
         }
     )
-    stream = _Stream(gateway, principal, query, response)
+    stream = _Stream(gateway, principal, query, response, start)
     gateway.add_stream(stream)
     try:
         await response.prepare(request)
         await response.write(f"retry: {config.server.retry_ms}\n: connected\n\n".encode())
         stream.allow_direct_writes(request)
         if resume is not None:
-            await stream.replay(min(resume.after_seq, ceiling), resume.requested)
+            await stream.replay(resume.requested)
         deadline = asyncio.get_running_loop().time() + max_seconds if max_seconds else None
         if stream.end_reason is not None:
             await stream.send_closing(stream.end_reason)
@@ -148,14 +152,20 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
 
 class _Stream:
     def __init__(
-        self, gateway: Gateway, principal: Principal, query: EventQuery, response: web.StreamResponse
+        self,
+        gateway: Gateway,
+        principal: Principal,
+        query: EventQuery,
+        response: web.StreamResponse,
+        start_seq: int,
     ) -> None:
         self.gateway = gateway
         self.principal = principal
         self.query = query
         self.response = response
-        self.last_seq = 0
-        self.last_id: str | None = None
+        # The client's resume point: where the stream started, then the last event it was sent.
+        self.last_seq = start_seq
+        self.last_id = str(start_seq)
         self.end_reason: str | None = None
         self._subscription: Subscription | None = None  # while live
         # How `_sink` frames a write to the socket: "chunked", "plain", or None (it does not).
@@ -170,8 +180,10 @@ class _Stream:
             self.end_reason = reason
             self.wake()
 
-    async def replay(self, after_seq: int, requested: str) -> None:
+    async def replay(self, requested: str) -> None:
+        """Every stored event after the start."""
         store = self.gateway.store
+        after_seq = self.last_seq
         first = await store.first_seq()
         if first and after_seq + 1 < first:
             await self.response.write(
@@ -179,8 +191,6 @@ class _Stream:
                     STREAM_GAP, {"requested": requested, "first_available_id": str(first), "at": rfc3339()}
                 )
             )
-        self.last_seq = after_seq
-        self.last_id = str(after_seq) if after_seq else None
 
         async def write(frames: bytes, last: Event) -> bool:
             await self.response.write(frames)
