@@ -281,6 +281,34 @@ async def test_closing_before_any_event_names_where_the_stream_started(env: Env,
     again.close()
 
 
+async def test_shutdown_stops_a_replay_and_sends_closing_with_the_last_id_written(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = await env.publish(REPLAY_FIRST_PAGE + 10)
+    # The second page's read waits until the test lets it finish: shutdown begins meanwhile.
+    second_page = asyncio.Event()
+    read_after = env.gateway.store.read_after
+
+    async def read_after_gated(query: EventQuery, after_seq: int, limit: int) -> list[Event]:
+        if after_seq:
+            await second_page.wait()
+        return await read_after(query, after_seq, limit)
+
+    monkeypatch.setattr(env.gateway.store, "read_after", read_after_gated)
+    response, reader = await env.open(since="0", ping="30")
+    first_page = [(await reader.next()).id for _ in range(REPLAY_FIRST_PAGE)]
+    assert first_page == [e.id for e in stored[:REPLAY_FIRST_PAGE]]
+    env.gateway.begin_closing()
+    second_page.set()
+    closing = await reader.next()
+    assert closing.event == "closing" and closing.id is None
+    assert closing.json["reason"] == "shutdown" and closing.json["last_event_id"] == first_page[-1]
+    env.gateway.grace_over.set()
+    with pytest.raises(EOFError):
+        await reader.next(timeout=5)
+    response.close()
+
+
 async def test_a_client_that_stops_reading_is_cut_off_and_resumes_without_loss(env: Env) -> None:
     # A raw client that sends its request and never reads: once the socket buffers are full,
     # events queue, and past subscriber_queue_size (20) the stream is cut off.

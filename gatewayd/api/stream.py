@@ -6,9 +6,9 @@ the replay or queued, and never sent twice. Replay and live apply the same filte
 reads and `matches`), so a stream over a whole fleet resumes exactly like one over one mailbox.
 
 A stream ends with a `closing` event (no `id:`) when the server shuts down or when its token is
-revoked or expires (`Gateway.end_streams`, or the periodic check in `gatewayd.api.guard`). Its
-`last_event_id` is the client's resume point: the last event sent, or, before any, where the
-stream started (so a reconnect with it misses and repeats nothing).
+revoked or expires (`Gateway.end_streams`, or the periodic check in `gatewayd.api.guard`); a
+replay stops for it at the next page. Its `last_event_id` is the client's resume point: the last
+event sent, or, before any, where the stream started (so a reconnect misses and repeats nothing).
 
 Fan-out to thousands of streams costs no task, timer or copy per event and stream: an idle
 stream's event is written to its socket by the publisher itself (the frame is encoded once per
@@ -180,8 +180,12 @@ class _Stream:
             self.end_reason = reason
             self.wake()
 
+    @property
+    def ending(self) -> bool:
+        return self.end_reason is not None or self.gateway.closing
+
     async def replay(self, requested: str) -> None:
-        """Every stored event after the start."""
+        """Every stored event after the start, until a shutdown or an end (checked between pages)."""
         store = self.gateway.store
         after_seq = self.last_seq
         first = await store.first_seq()
@@ -193,9 +197,11 @@ class _Stream:
             )
 
         async def write(frames: bytes, last: Event) -> bool:
+            if self.ending:
+                return False
             await self.response.write(frames)
             self.last_seq, self.last_id = last.seq, last.id
-            return self.end_reason is None
+            return not self.ending
 
         await replay_pages(store, self.query, after_seq, write)
 
