@@ -379,12 +379,14 @@ class FolderWatcher:
         stored = await self._store.append(events, checkpoint)
         self._checkpoint = checkpoint
         self.status.last_uid = checkpoint.last_uid
-        for actions in settle:
-            await actions.settle()  # the rules journal: these events are stored now
+        # Published before any await: meanwhile another watcher could store and publish a later
+        # seq, and a stream drops an event older than one it has sent.
         self._publish(stored)
         if self._pushed_at is not None and stored:
             elapsed_ms = round((time.monotonic() - self._pushed_at) * 1000, 3)
             self.status.push_to_event_ms.extend([elapsed_ms] * len(stored))
+        for actions in settle:
+            await actions.settle()  # the rules journal: these events are stored now
 
     async def _first_checkpoint(self, session: ImapSession) -> Checkpoint:
         """First connect ever: start at UIDNEXT, minus the last `backfill` messages."""

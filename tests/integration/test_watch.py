@@ -14,7 +14,7 @@ import pytest
 import trustme
 
 from gatewayd.config import Config
-from gatewayd.events import NewEvent
+from gatewayd.events import Event, NewEvent
 from gatewayd.imap import watch
 from gatewayd.imap.session import ImapError, ImapSession
 from gatewayd.imap.watch import FETCH_BATCH, FolderWatcher
@@ -491,11 +491,12 @@ class Driven:
         self.store = SqliteEventStore(tmp_path / "events.db")
         self.pipeline: Any = Pipeline()
         self.session: ImapSession | None = None
+        self.published: list[Event] = []
 
     async def connect(self, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         """A new watcher and connection, as after a restart; attached (the initial sync done)."""
         await self.disconnect()
-        self.watcher = FolderWatcher(self.mailbox, "INBOX", self.store, self.pipeline, lambda _: None)
+        self.watcher = FolderWatcher(self.mailbox, "INBOX", self.store, self.pipeline, self.published.extend)
         self.session = await ImapSession.open(self.mailbox.imap)
         await self.watcher.attach(self.session)
         return count_commands(monkeypatch, self.session)
@@ -727,3 +728,44 @@ async def test_a_failure_in_the_middle_of_a_catch_up_stores_what_came_before(
     await driven.connect(monkeypatch)
     assert await driven.subjects() == ["one", "two", "three", "four"]
     assert seen == ["one", "two", "three", "three", "four"]
+
+
+class SlowToSettle:
+    """A pipeline whose every message leaves work for after its event is stored (as a rule's
+    journal entry does) that waits until the test lets it finish."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+        self.settling = asyncio.Event()
+        self.settle = asyncio.Event()
+
+    async def process(self, mailbox: Any, message: FetchedMessage, actions: Any = None) -> Any:
+        actions.after_store(self._after_store)
+        return await self.pipeline.process(mailbox, message, actions)
+
+    async def _after_store(self) -> None:
+        self.settling.set()
+        await self.settle.wait()
+
+    async def recover(self, mailbox: Any, actions: Any) -> None:
+        await self.pipeline.recover(mailbox, actions)
+
+
+async def test_an_event_is_published_once_stored_before_its_rules_settle(
+    driven: Driven, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing may come between an append and its publish: meanwhile another mailbox could store
+    and publish a later seq, and every live stream would drop this event as already sent."""
+    pipeline = SlowToSettle(driven.pipeline)
+    driven.pipeline = pipeline
+    await driven.connect(monkeypatch)
+    await driven.deliver("acted on")
+    pushing = asyncio.ensure_future(driven.push())
+    try:
+        await asyncio.wait_for(pipeline.settling.wait(), 15)
+        stored = await driven.store.read_after(EventQuery(agent_ids=("support",)), 0, 10)
+        assert [e.seq for e in driven.published] == [e.seq for e in stored]
+        assert [e.data["subject"] for e in driven.published if e.type == "message.received"] == ["acted on"]
+    finally:
+        pipeline.settle.set()
+        await pushing
