@@ -107,7 +107,7 @@ def trained_scores(
                 match = store.signature_match(sample.message)
                 store.reputation(_sender(sample), "eval")
                 looked.append((sample, p, match is not None, (time.perf_counter() - started) * 1000))
-            return score_all(SpamStage(options, store), test, mailbox_address), looked
+            return score_all(SpamStage(options, lambda _mailbox_id: store), test, mailbox_address), looked
 
     def _sender(sample: Sample) -> str | None:
         sender = sample.message.data.get("from") or {}

@@ -44,7 +44,7 @@ class Daemon:
         # Run-time tokens live in the event log's file, where `gatewayd token` finds them.
         self.tokens = SqliteTokenStore(Path(config.store.path))
         self.bus = Bus()
-        self.learning = open_learning(config.pipeline, reload_in_background=True) if config.pipeline else None
+        self.learning = open_learning(config, reload_in_background=True) if config.pipeline else None
         pipeline = build_pipeline(config, self.learning) if config.pipeline else Pipeline()
         # The user's rules: the pipeline's last stage, acting on the server (ConfigError when bad).
         self.rules = RulesService(config, self.store, self.bus.publish, self.learning)

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gatewayd.cli_tokens import add_token_commands
+from gatewayd.cli_tokens import DEFAULT_CONFIG, add_token_commands
 from gatewayd.config import (
+    DEFAULT_TENANT,
     Config,
     ConfigError,
     MailboxConfig,
@@ -134,7 +135,7 @@ def cmd_check_message(args: argparse.Namespace) -> int:
     from gatewayd.pipeline.build import build_pipeline, open_learning
     from gatewayd.rules.dry_run import with_rules
 
-    learning = open_learning(config.pipeline) if args.config and config.pipeline else None
+    learning = open_learning(config) if args.config and config.pipeline else None
     try:
         pipeline, mailbox = with_rules(config, build_pipeline(config, learning), args.mailbox)
         return asyncio.run(_check_messages(pipeline, args.paths, args.json, mailbox))
@@ -205,14 +206,18 @@ def cmd_learn(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None or config.pipeline is None:
         return EXIT_CONFIG
-    from gatewayd.pipeline.build import open_learning
+    from gatewayd.pipeline.build import learning_tenants, open_tenant_store
     from gatewayd.pipeline.learning import learn_from_dirs
 
+    tenants = learning_tenants(config)
+    if args.tenant not in tenants:
+        print(f'unknown tenant "{args.tenant}"; the configuration has: {", ".join(tenants)}', file=sys.stderr)
+        return EXIT_CONFIG
     missing = [d for d in [*args.spam, *args.ham] if not Path(d).is_dir()]
     if missing:
         print(f"not a directory: {', '.join(missing)}", file=sys.stderr)
         return EXIT_CONFIG
-    learning = open_learning(config.pipeline)
+    learning = open_tenant_store(config.pipeline, args.tenant)
     try:
         counts = learn_from_dirs(learning, [Path(d) for d in args.spam], [Path(d) for d in args.ham])
     finally:
@@ -262,12 +267,31 @@ def build_parser() -> argparse.ArgumentParser:
     check_message.set_defaults(func=cmd_check_message)
 
     learn = commands.add_parser("learn", help="train the spam stage on folders of labelled messages")
-    learn.add_argument("-c", "--config", required=True, help="YAML configuration file (its learning store)")
     learn.add_argument(
-        "--spam", action="append", default=[], metavar="DIR", help="a folder of spam (repeatable)"
+        "-c",
+        "--config",
+        default=DEFAULT_CONFIG,
+        help=f"YAML configuration file, for its learning store (default: {DEFAULT_CONFIG})",
     )
     learn.add_argument(
-        "--ham", action="append", default=[], metavar="DIR", help="a folder of ham (repeatable)"
+        "--tenant",
+        default=DEFAULT_TENANT,
+        metavar="ID",
+        help=f"the tenant whose mailboxes learn from these messages (default: {DEFAULT_TENANT})",
+    )
+    learn.add_argument(
+        "--spam",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of spam (repeatable)",
+    )
+    learn.add_argument(
+        "--ham",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of ham (repeatable)",
     )
     learn.set_defaults(func=cmd_learn)
 

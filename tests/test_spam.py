@@ -32,7 +32,9 @@ def fixture(name: str) -> ParsedMessage:
 def spam_data(
     message: ParsedMessage, options: SpamOptions | None = None, learning: Any = None
 ) -> dict[str, Any]:
-    result = SpamStage(options or SpamOptions(), learning).score(message, MAILBOX)
+    result = SpamStage(options or SpamOptions(), learning and (lambda _mailbox_id: learning)).score(
+        message, MAILBOX
+    )
     return dict(result.data["spam"])
 
 
@@ -554,7 +556,9 @@ class FakeLearning:
 
 def test_learning_adds_bayes_signature_and_reputation() -> None:
     spammy = FakeLearning(0.995, "tlsh distance 31 to report 17", {"ham": 0, "spam": 7, "sent_to": False})
-    result = SpamStage(SpamOptions(), spammy).score(fixture("receipt.eml"), MAILBOX, "support")
+    result = SpamStage(SpamOptions(), lambda _mailbox_id: spammy).score(
+        fixture("receipt.eml"), MAILBOX, "support"
+    )
     found = symbols(result.data["spam"])
     assert found["BAYES_SPAM"] == 6.0 and found["FUZZY_SIGNATURE"] == 8.0 and found["REPUTATION_SPAM"] == 4.0
     assert result.data["spam"]["verdict"] == "spam"
@@ -562,7 +566,9 @@ def test_learning_adds_bayes_signature_and_reputation() -> None:
     assert spammy.asked == [("orders@shop.example.net", "support")]
 
     hammy = FakeLearning(0.05, None, {"ham": 12, "spam": 0, "sent_to": True})
-    result = SpamStage(SpamOptions(), hammy).score(fixture("promo_hard_ham.eml"), MAILBOX, "support")
+    result = SpamStage(SpamOptions(), lambda _mailbox_id: hammy).score(
+        fixture("promo_hard_ham.eml"), MAILBOX, "support"
+    )
     found = symbols(result.data["spam"])
     assert found["BAYES_HAM"] == -1.5
     assert found["REPUTATION_SENT_TO"] == -6.0 and found["REPUTATION_HAM"] == -3.0

@@ -155,7 +155,7 @@ def configured_pipeline(config: Config, result: Result) -> tuple[Pipeline, Any]:
         from gatewayd.rules.dry_run import with_rules
 
         assert config.pipeline is not None
-        learning = open_learning(config.pipeline)
+        learning = open_learning(config)
         pipeline, _ = with_rules(config, build_pipeline(config, learning), None)
         return pipeline, learning
     except Exception as exc:  # the stage modules may not import while they are being written

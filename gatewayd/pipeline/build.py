@@ -6,29 +6,51 @@ import difflib
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from gatewayd.config import Config, ConfigError, PipelineConfig, StageConfig
+from gatewayd.config import DEFAULT_TENANT, Config, ConfigError, PipelineConfig, StageConfig
 from gatewayd.pipeline import Pipeline, Stage, StageSpec
 from gatewayd.pipeline.auth import SYMBOLS as AUTH_SYMBOLS
 from gatewayd.pipeline.auth import AuthOptions, AuthStage
 from gatewayd.pipeline.external import ExternalScoring, RspamdClient, SpamdClient, Weighted
 from gatewayd.pipeline.injection import SYMBOLS as INJECTION_SYMBOLS
 from gatewayd.pipeline.injection import InjectionOptions, InjectionStage
-from gatewayd.pipeline.learning import LearningStore
+from gatewayd.pipeline.learning import LearningStore, TenantLearning, tenant_path
 from gatewayd.pipeline.spam import SYMBOLS as SPAM_SYMBOLS
 from gatewayd.pipeline.spam import SpamOptions, SpamStage
 
 
-def open_learning(pipeline: PipelineConfig, reload_in_background: bool = False) -> LearningStore:
+def learning_tenants(config: Config) -> list[str]:
+    """The tenants with a learning store: every agent's, and the default one (offline tools use it)."""
+    return sorted({DEFAULT_TENANT, *(agent.tenant for agent in config.agents)})
+
+
+def open_tenant_store(
+    pipeline: PipelineConfig, tenant: str, reload_in_background: bool = False
+) -> LearningStore:
     learning = pipeline.learning
     return LearningStore(
-        learning.path,
+        tenant_path(learning.path, tenant),
         min_training=learning.min_training,
         signature_distance=learning.signature_distance,
         reload_in_background=reload_in_background,
     )
 
 
-def _stage(config: Config, stage: StageConfig, learning: LearningStore | None) -> Stage:
+def open_learning(config: Config, reload_in_background: bool = False) -> TenantLearning:
+    """The learning store of every tenant (see learning/tenants.py)."""
+    assert config.pipeline is not None
+    stores: dict[str, LearningStore] = {}
+    try:
+        for tenant in learning_tenants(config):
+            stores[tenant] = open_tenant_store(config.pipeline, tenant, reload_in_background)
+    except BaseException:
+        for store in stores.values():
+            store.close()
+        raise
+    tenant_of = {mailbox.id: agent.tenant for agent in config.agents for mailbox in agent.mailboxes}
+    return TenantLearning(stores, tenant_of)
+
+
+def _stage(config: Config, stage: StageConfig, learning: TenantLearning | None) -> Stage:
     options = dict(stage.options)
     if stage.name == "spam":
         spam = SpamStage(
@@ -39,7 +61,7 @@ def _stage(config: Config, stage: StageConfig, learning: LearningStore | None) -
                 allow=tuple(options["allow"]),
                 block=tuple(options["block"]),
             ),
-            learning,
+            learning.for_mailbox if learning is not None else None,
         )
         scorers = _external_scorers(options)
         return ExternalScoring(spam, scorers) if scorers else spam
@@ -107,7 +129,7 @@ def check_weights(config: Config) -> None:
         raise ConfigError(errors)
 
 
-def build_pipeline(config: Config, learning: LearningStore | None) -> Pipeline:
+def build_pipeline(config: Config, learning: TenantLearning | None) -> Pipeline:
     assert config.pipeline is not None
     check_weights(config)
     return Pipeline(

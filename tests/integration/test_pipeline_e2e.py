@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from gatewayd.sandbox.dovecot import Dovecot
+from gatewayd.config import hash_token, parse_config
+from gatewayd.sandbox.dovecot import PASSWORD, Dovecot
 from tests.conftest import TOKEN, gateway_config
 from tests.daemon import REPO_ROOT, child_env, gatewayd_command
 from tests.sse import SseReader, mail
@@ -92,8 +94,68 @@ async def test_report_feeds_learning_and_is_an_event(
         assert (
             await session.post(f"{gw.url}/v1/messages/abc/report", headers=AUTH, json={"label": "ham"})
         ).status == 400
-    reputation = gw.daemon.learning.reputation("pills@pharma.example", f"{user}-inbox")
+    reputation = gw.daemon.learning.for_mailbox(f"{user}-inbox").reputation(
+        "pills@pharma.example", f"{user}-inbox"
+    )
     assert reputation["spam"] == 1
+
+
+async def test_a_report_teaches_only_the_reporting_tenant(
+    dovecot: Dovecot, tmp_path: Path, start_gateway: Any
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    agents = []
+    for tenant in ("acme", "globex"):
+        dovecot.add_user(f"{tag}{tenant}")
+        imap = {"host": dovecot.host, "port": dovecot.imap_port, "tls": "none", "username": f"{tag}{tenant}"}
+        imap |= {"password": PASSWORD, "read_timeout_seconds": 5, "connect_timeout_seconds": 5}
+        mailbox = {"id": f"{tenant}-inbox", "watch": "always", "imap": imap}
+        agents.append(
+            {"id": tenant, "tenant": tenant, "token_sha256": [hash_token(tenant)], "mailboxes": [mailbox]}
+        )
+    data = {
+        "server": {"listen": "127.0.0.1:0", "shutdown_grace_seconds": 1, "retry_ms": 500},
+        "store": {"path": str(tmp_path / "events.db")},
+        "agents": agents,
+    }
+    gw = await start_gateway(parse_config(data, env={}, base_dir=tmp_path))
+    await wait_for(lambda: idle(gw), what="watchers idle")
+    eve = "Eve <eve@evil.test>"
+    async with aiohttp.ClientSession() as session:
+        streams = {}
+        for tenant in ("acme", "globex"):
+            response = await session.get(
+                f"{gw.url}/events",
+                headers={"Authorization": f"Bearer {tenant}"},
+                params={"types": "message.*"},
+            )
+            streams[tenant] = SseReader(response)
+            await dovecot.deliver_async(f"{tag}{tenant}", mail("cheap pills", sender=eve))
+        (first,) = await streams["acme"].messages(1)
+        report = f"{gw.url}/v1/messages/{first.id}/report"
+        response = await session.post(
+            report, headers={"Authorization": "Bearer acme"}, json={"label": "spam"}
+        )
+        assert response.status == 200, await response.text()
+        assert (await response.json())["learned"] is True
+        await streams["globex"].messages(1)
+        for tenant in ("acme", "globex"):
+            await dovecot.deliver_async(f"{tag}{tenant}", mail("more cheap pills", sender=eve))
+        acme = (
+            await streams["acme"].until(lambda f: f.json.get("data", {}).get("subject") == "more cheap pills")
+        ).json
+        globex = (
+            await streams["globex"].until(
+                lambda f: f.json.get("data", {}).get("subject") == "more cheap pills"
+            )
+        ).json
+    symbols = {
+        tenant: {f["symbol"] for f in event["data"]["spam"]["findings"]}
+        for tenant, event in [("acme", acme), ("globex", globex)]
+    }
+    assert acme["data"]["sender_reputation"]["spam"] == 1 and "REPUTATION_SPAM" in symbols["acme"]
+    # Another tenant's event tells nothing of acme's report: not in its scores, not in its data.
+    assert globex["data"]["sender_reputation"]["spam"] == 0 and "REPUTATION_SPAM" not in symbols["globex"]
 
 
 def test_check_message_cli_prints_verdicts_and_json(tmp_path: Path) -> None:

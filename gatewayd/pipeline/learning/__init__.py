@@ -1,7 +1,9 @@
 """What the spam stage learns from reports: Bayes token counts, spam signatures, sender reputation.
 
-One SQLite file (WAL) holds it all; `LearningStore` is what `gatewayd.pipeline.spam` calls through its
-`Learning` protocol, from worker threads (`asyncio.to_thread`) and from `gatewayd learn`.
+One SQLite file (WAL) per tenant holds it all: a tenant's reports and sent mail teach only its own
+mailboxes (`TenantLearning` picks the store by mailbox). `LearningStore` is what
+`gatewayd.pipeline.spam` calls through its `Learning` protocol, from worker threads
+(`asyncio.to_thread`) and from `gatewayd learn`.
 
 - Bayes: Robinson's per-token probabilities combined with Fisher's chi-square, as in SpamBayes and
   SpamAssassin's Bayes. A message counts each token once. It only gives a score once at least
@@ -12,8 +14,8 @@ One SQLite file (WAL) holds it all; `LearningStore` is what `gatewayd.pipeline.s
   TLSH is steady from about 1 KB of text; on shorter bodies a few changed words can move the hash
   far, so those match only when nearly identical (a missed match, never a false one). A ham report
   removes every signature it matches: someone wants that text after all.
-- Reputation: ham/spam reports per lower-cased From address (overall and per mailbox), and whether
-  a mailbox has written to the address.
+- Reputation: ham/spam reports per lower-cased From address (over the tenant's mailboxes and per
+  mailbox), and whether a mailbox has written to the address.
 
 Training is rare and scoring is hot: token counts, signatures and sender reports live in memory
 (senders: about 15 MB per 100,000), loaded at open, and every `train` writes through to SQLite in
@@ -34,12 +36,14 @@ store.py       LearningStore: the SQLite schema, training, scoring, the in-memor
 tokens.py      tokenize: header features, subject words, link and address domains, body words
 combine.py     Robinson's token probabilities, Fisher's chi-square combining
 signatures.py  normalise_body, the TLSH signature of a body, message_digest, header_end
+tenants.py     TenantLearning: one store per tenant, chosen by mailbox; tenant_path
 train.py       learn_from_dirs: training from folders of labelled messages (`gatewayd learn`)
 """
 
 from gatewayd.pipeline.learning.combine import MAX_CLUES, MIN_TOKEN_STRENGTH, chi2_combine
 from gatewayd.pipeline.learning.signatures import message_digest, normalise_body, signature
 from gatewayd.pipeline.learning.store import HAM, LABELS, SPAM, LearningStore
+from gatewayd.pipeline.learning.tenants import TenantLearning, tenant_path
 from gatewayd.pipeline.learning.tokens import ARTEFACTS, MAX_TOKENS, tokenize
 from gatewayd.pipeline.learning.train import learn_from_dirs
 
@@ -52,10 +56,12 @@ __all__ = [
     "MIN_TOKEN_STRENGTH",
     "SPAM",
     "LearningStore",
+    "TenantLearning",
     "chi2_combine",
     "learn_from_dirs",
     "message_digest",
     "normalise_body",
     "signature",
+    "tenant_path",
     "tokenize",
 ]

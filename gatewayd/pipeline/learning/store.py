@@ -47,12 +47,13 @@ CREATE TABLE IF NOT EXISTS learn_senders (
     PRIMARY KEY (address, mailbox)) WITHOUT ROWID;
 INSERT OR IGNORE INTO learn_meta VALUES ('nspam', 0), ('nham', 0);
 """
-_ALL_MAILBOXES = ""  # the mailbox column of a sender's overall row
+_ALL_MAILBOXES = ""  # the mailbox column of a sender's row over all mailboxes of this file (one tenant)
 _SenderRow = tuple[int, int, int]  # a learn_senders row's ham, spam, sent_to
 
 
 class LearningStore:
-    """Bayes counts, spam signatures and sender reputation in one SQLite file; thread-safe."""
+    """Bayes counts, spam signatures and sender reputation in one SQLite file (one tenant's, see
+    tenants.py: the file knows no tenants); thread-safe."""
 
     def __init__(
         self,
@@ -164,8 +165,9 @@ class LearningStore:
         return f"tlsh distance {best} to a message reported as spam"
 
     def reputation(self, address: str | None, mailbox_id: str | None) -> dict[str, Any]:
-        """Reports about a sender: `ham`/`spam` over all mailboxes, `mailbox_ham`/`mailbox_spam`
-        in `mailbox_id`, and `sent_to`: `mailbox_id` (any mailbox when None) wrote to it.
+        """Reports about a sender: `ham`/`spam` over all mailboxes of this store (one tenant's, see
+        tenants.py), `mailbox_ham`/`mailbox_spam` in `mailbox_id`, and `sent_to`: `mailbox_id` (any
+        mailbox when None) wrote to it.
 
         Answered from memory: this store's own training and `record_sent` show at once, another
         process's (the `gatewayd learn` CLI) once noticed, within RELOAD_CHECK_SECONDS, as for Bayes.

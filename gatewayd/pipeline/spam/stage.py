@@ -51,6 +51,11 @@ class Learning(Protocol):
         ...
 
 
+# The learning store of a mailbox's tenant (None: no mailbox, as in `check-message`), so that no
+# tenant's reports score another's mail (TenantLearning.for_mailbox); may raise for an unknown one.
+LearningFor = Callable[[str | None], Learning]
+
+
 @dataclass(frozen=True, slots=True)
 class SpamOptions:
     suspect_threshold: float = 5.0
@@ -82,7 +87,7 @@ class SpamStage:
     name = "spam"
     provides: tuple[str, ...] = ("spam", "sender_reputation")
 
-    def __init__(self, options: SpamOptions, learning: Learning | None = None) -> None:
+    def __init__(self, options: SpamOptions, learning: LearningFor | None = None) -> None:
         self.options = options
         self.learning = learning
         self._allow = _SenderList(options.allow)
@@ -112,8 +117,9 @@ class SpamStage:
         header_signals(scorer, message, heads, sender, mailbox_address)
         content_signals(scorer, message, heads, sender)
         reputation = {"ham": 0, "spam": 0, "sent_to": False}
-        if self.learning is not None:
-            reputation = _learning_signals(scorer, self.learning, message, sender, mailbox_id)
+        learning = _ask(self.learning, mailbox_id) if self.learning is not None else None
+        if learning is not None:
+            reputation = _learning_signals(scorer, learning, message, sender, mailbox_id)
 
         findings = combine(scorer)
         total = sum(f.score for f in findings)
