@@ -284,14 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="DIR",
-        help="a folder of spam (repeatable)",
+        help="a folder (or Maildir) of spam, any depth (repeatable)",
     )
     learn.add_argument(
         "--ham",
         action="append",
         default=[],
         metavar="DIR",
-        help="a folder of ham (repeatable)",
+        help="a folder (or Maildir) of ham, any depth (repeatable)",
     )
     learn.set_defaults(func=cmd_learn)
 

@@ -308,6 +308,26 @@ def test_learn_from_dirs(store: LearningStore, tmp_path: Path) -> None:
     assert store.counts()["spam"] == 0 and store.counts()["ham"] == 5
 
 
+def test_learn_from_dirs_reads_nested_folders_and_only_cur_and_new_of_a_maildir(
+    store: LearningStore, tmp_path: Path
+) -> None:
+    ham, spam = corpus(3, seed=5)
+    maildir = tmp_path / "Junk"
+    for folder in ("cur", "new", "tmp", ".Archive/cur"):
+        (maildir / folder).mkdir(parents=True)
+    (maildir / "cur" / "1.M1P1.host:2,S").write_bytes(spam[0].raw)
+    (maildir / "new" / "2.M2P2.host").write_bytes(spam[1].raw)
+    (maildir / "tmp" / "3.M3P3.host").write_bytes(spam[2].raw)  # a delivery in progress
+    (maildir / ".Archive" / "cur" / "4.M4P4.host:2,S").write_bytes(ham[2].raw)  # another folder
+    (maildir / "dovecot-uidlist").write_bytes(b"3 V1 N3\n")  # the server's index, no message
+    nested = tmp_path / "ham" / "2026" / "01"
+    nested.mkdir(parents=True)
+    (nested / "a.eml").write_bytes(ham[0].raw)
+    (tmp_path / "ham" / "b.eml").write_bytes(ham[1].raw)
+    (tmp_path / "ham" / "loop").symlink_to(tmp_path / "ham")
+    assert learn_from_dirs(store, [maildir], [tmp_path / "ham"]) == {"spam": 2, "ham": 2, "skipped": 0}
+
+
 def test_concurrent_training_keeps_counts_consistent(tmp_path: Path) -> None:
     path = tmp_path / "learning.sqlite"
     ham, spam = corpus(40, seed=5)

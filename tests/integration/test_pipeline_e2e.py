@@ -11,9 +11,10 @@ from typing import Any
 import aiohttp
 
 from gatewayd.config import hash_token, parse_config
+from gatewayd.pipeline.learning import LearningStore
 from gatewayd.sandbox.dovecot import PASSWORD, Dovecot
 from tests.conftest import TOKEN, gateway_config
-from tests.daemon import REPO_ROOT, child_env, gatewayd_command
+from tests.daemon import REPO_ROOT, child_env, gatewayd_command, run_cli, write_config
 from tests.sse import SseReader, mail
 from tests.waiting import idle, wait_for
 
@@ -156,6 +157,42 @@ async def test_a_report_teaches_only_the_reporting_tenant(
     assert acme["data"]["sender_reputation"]["spam"] == 1 and "REPUTATION_SPAM" in symbols["acme"]
     # Another tenant's event tells nothing of acme's report: not in its scores, not in its data.
     assert globex["data"]["sender_reputation"]["spam"] == 0 and "REPUTATION_SPAM" not in symbols["globex"]
+
+
+def test_learn_cli_trains_one_tenant_from_nested_folders_and_maildirs(tmp_path: Path) -> None:
+    data = {
+        "store": {"path": str(tmp_path / "events.db")},
+        "pipeline": {"learning": {"path": str(tmp_path / "learning.db")}},
+        "agents": [{"id": "acme", "tenant": "acme"}, {"id": "plain"}],
+    }
+    config = str(write_config(tmp_path / "gatewayd.yaml", data))
+    junk = tmp_path / "Junk"  # a Maildir, as Dovecot keeps one
+    for folder in ("cur", "new", "tmp"):
+        (junk / folder).mkdir(parents=True)
+    (junk / "cur" / "1.M1P1.host:2,S").write_bytes(mail("pills", sender="Pills <pills@pharma.example>"))
+    (junk / "cur" / "2.M2P2.host:2,S").write_bytes(mail("more pills", sender="Pills <pills@pharma.example>"))
+    (junk / "new" / "3.M3P3.host").write_bytes(mail("even more pills"))
+    (junk / "tmp" / "4.M4P4.host").write_bytes(mail("still being delivered"))
+    (junk / "dovecot-uidlist").write_bytes(b"3 V1 N4\n")
+    (tmp_path / "ham" / "2026").mkdir(parents=True)
+    (tmp_path / "ham" / "2026" / "note.eml").write_bytes(mail("an ordinary note"))
+
+    result = run_cli(
+        "learn", "-c", config, "--tenant", "acme", "--spam", str(junk), "--ham", str(tmp_path / "ham")
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "spam: 3, ham: 1, skipped: 0"
+    with LearningStore(tmp_path / "learning.acme.db") as acme:
+        assert (acme.counts()["spam"], acme.counts()["ham"]) == (3, 1)
+        assert acme.reputation("pills@pharma.example", None)["spam"] == 2
+    with LearningStore(tmp_path / "learning.db") as default_tenant:
+        assert (default_tenant.counts()["spam"], default_tenant.counts()["ham"]) == (0, 0)
+
+    unknown = run_cli("learn", "-c", config, "--tenant", "globex", "--spam", str(junk))
+    assert unknown.returncode == 2
+    assert 'unknown tenant "globex"' in unknown.stderr and "Traceback" not in unknown.stderr
+    # Without -c it reads the same default file as the token commands (absent here).
+    assert "/etc/gatewayd/gatewayd.yaml" in run_cli("learn", "--spam", str(junk)).stderr
 
 
 def test_check_message_cli_prints_verdicts_and_json(tmp_path: Path) -> None:

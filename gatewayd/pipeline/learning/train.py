@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from gatewayd.message import FetchedMessage, parse
@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 def learn_from_dirs(
     store: LearningStore, spam_dirs: Sequence[Path], ham_dirs: Sequence[Path]
 ) -> dict[str, int]:
-    """Train on every file (one RFC 5322 message each, e.g. `*.eml`) in the given directories.
+    """Train on every message file (one RFC 5322 message each, e.g. `*.eml`) under the given
+    directories, at any depth (see `message_files`).
 
     `skipped` counts files that were empty, unreadable, or already trained under that label.
     """
@@ -23,9 +24,7 @@ def learn_from_dirs(
     uid = 0
     for label, dirs in ((SPAM, spam_dirs), (HAM, ham_dirs)):
         for directory in dirs:
-            for path in sorted(Path(directory).iterdir()):
-                if not path.is_file() or path.name.startswith("."):
-                    continue
+            for path in message_files(Path(directory)):
                 try:
                     raw = path.read_bytes()
                 except OSError as exc:
@@ -47,3 +46,25 @@ def learn_from_dirs(
                 else:
                     result["skipped"] += 1
     return result
+
+
+def message_files(directory: Path) -> Iterator[Path]:
+    """The files under `directory`, any depth, in name order, hidden ones and symlinked folders left
+    out. In a Maildir (a folder with `cur/` and `new/`) only those two: `tmp/` holds deliveries in
+    progress, and the folder itself the server's index files."""
+    if (directory / "cur").is_dir() and (directory / "new").is_dir():
+        entries = [directory / "cur", directory / "new"]
+    else:
+        try:
+            entries = sorted(directory.iterdir())
+        except OSError as exc:  # an unreadable subfolder: the others still count
+            log.warning("cannot read %s: %s", directory, exc)
+            return
+    for path in entries:
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            if not path.is_symlink():  # a link to a parent folder would never end
+                yield from message_files(path)
+        elif path.is_file():
+            yield path
