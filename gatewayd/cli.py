@@ -136,6 +136,14 @@ def cmd_check_message(args: argparse.Namespace) -> int:
     from gatewayd.rules.dry_run import with_rules
 
     learning = open_learning(config) if args.config and config.pipeline else None
+    if args.config and args.mailbox is None and config.mailboxes():
+        # Not an error (the global verdicts are still worth seeing), but not what a mailbox gets.
+        print(
+            "check-message: without --mailbox, the global rules only and no per-mailbox checks"
+            " (its trusted_authserv_ids, its own address, whom it has written to, its tenant's"
+            " learning); pass --mailbox ID to see what that mailbox would get",
+            file=sys.stderr,
+        )
     try:
         pipeline, mailbox = with_rules(config, build_pipeline(config, learning), args.mailbox)
         return asyncio.run(_check_messages(pipeline, args.paths, args.json, mailbox))

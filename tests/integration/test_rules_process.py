@@ -164,6 +164,11 @@ def test_check_message_is_a_dry_run_showing_matching_rules(
     (line,) = [json.loads(text) for text in result.stdout.splitlines()]
     assert line["data"]["folder"] == "Urgent" and line["data"]["labels"] == ["urgent"]
     assert {a["outcome"] for a in line["data"]["rules_applied"][0]["actions"]} == {"dry_run"}
+    assert "without --mailbox" not in result.stderr
+    # Without --mailbox: the global rules only, and stderr says what that leaves out.
+    bare = run_cli("check-message", "-c", str(config), "--json", str(eml))
+    assert bare.returncode == 0 and json.loads(bare.stdout)["data"]["rules_applied"] == []
+    assert "without --mailbox, the global rules only and no per-mailbox checks" in bare.stderr
     # Nothing was done: the message never reached the server, and no mail went anywhere.
     assert Imap(dovecot, user).uids("Urgent") == []
 
