@@ -82,14 +82,17 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
     async def create(config: Config, store: TokenStore) -> int:
-        if not any(agent.id == args.agent for agent in config.agents):
+        try:
+            agent = config.agent(args.agent)
+        except KeyError:
             print(f"gatewayd token create: no agent {args.agent!r} in {args.config}", file=sys.stderr)
             return EXIT_CONFIG
-        issued = await store.create(args.agent, scopes, expires_in)
+        issued = await store.create(agent.id, agent.tenant, scopes, expires_in)
         record = issued.record
         print(f"token: {issued.token}")
         print(f"id: {record.id}")
         print(f"agent: {record.agent_id}")
+        print(f"tenant: {record.tenant}")
         print(f"scopes: {','.join(record.scopes)}")
         print(f"expires: {record.expires_at or 'never'}")
         print("# shown once: only its SHA-256 is stored. Revoke with: gatewayd token revoke " + record.id)
@@ -105,9 +108,17 @@ def cmd_token_list(args: argparse.Namespace) -> int:
             for record in records:
                 print(json.dumps(record.as_dict()))
             return 0
-        rows = [("ID", "AGENT", "SCOPES", "CREATED", "EXPIRES", "REVOKED")]
+        rows = [("ID", "AGENT", "TENANT", "SCOPES", "CREATED", "EXPIRES", "REVOKED")]
         rows += [
-            (r.id, r.agent_id, ",".join(r.scopes), r.created_at, r.expires_at or "-", r.revoked_at or "-")
+            (
+                r.id,
+                r.agent_id,
+                r.tenant or "-",
+                ",".join(r.scopes),
+                r.created_at,
+                r.expires_at or "-",
+                r.revoked_at or "-",
+            )
             for r in records
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

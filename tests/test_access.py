@@ -167,12 +167,12 @@ class Env:
         cases = [TokenCase(f"config-{a}", a, frozenset({"read", "send", "admin"}), True) for a in PARENTS]
         made = [("acme-support", ["read"]), ("globex-ops", ["read", "admin"]), ("acme", ["send"])]
         for agent, scopes in made:
-            issued = await tokens.create(agent, scopes)
+            issued = await tokens.create(agent, TENANTS[root_of(agent)], scopes)
             cases.append(TokenCase(issued.token, agent, frozenset(scopes), True))
-        revoked = await tokens.create("acme-sales", ["read"])
+        revoked = await tokens.create("acme-sales", "acme", ["read"])
         await tokens.revoke(revoked.record.id)
         cases.append(TokenCase(revoked.token, "acme-sales", frozenset({"read"}), False))
-        expired = await tokens.create("globex", ["read", "admin"])
+        expired = await tokens.create("globex", "globex", ["read", "admin"])
         with sqlite3.connect(cfg.store.path) as db:
             past = "2001-01-01T00:00:00.000Z"
             db.execute("UPDATE tokens SET expires_at = ? WHERE id = ?", (past, expired.record.id))

@@ -36,10 +36,10 @@ async def tokens(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 
 async def test_create_shows_the_token_once_and_stores_only_its_hash(tokens: TokenStore) -> None:
-    issued = await tokens.create("agent-1", ["send", "read"], timedelta(days=30))
+    issued = await tokens.create("agent-1", "acme", ["send", "read"], timedelta(days=30))
     record = issued.record
     assert issued.token.startswith("gwd_") and len(issued.token) > 40
-    assert record.id.startswith("tok_") and record.agent_id == "agent-1"
+    assert record.id.startswith("tok_") and (record.agent_id, record.tenant) == ("agent-1", "acme")
     assert record.scopes == ("read", "send")  # canonical order
     assert record.expires_at is not None and record.created_at < record.expires_at
     assert record.revoked_at is None and record.problem() is None
@@ -55,7 +55,7 @@ async def test_create_shows_the_token_once_and_stores_only_its_hash(tokens: Toke
 
 
 async def test_tokens_are_distinct_and_listed_oldest_first(tokens: TokenStore) -> None:
-    made = [await tokens.create(agent, ["read"]) for agent in ("a", "b", "a")]
+    made = [await tokens.create(agent, "default", ["read"]) for agent in ("a", "b", "a")]
     assert len({m.token for m in made}) == 3 and len({m.record.id for m in made}) == 3
     assert [r.id for r in await tokens.records()] == [m.record.id for m in made]
     assert [r.id for r in await tokens.records(["a"])] == [made[0].record.id, made[2].record.id]
@@ -66,7 +66,7 @@ async def test_tokens_are_distinct_and_listed_oldest_first(tokens: TokenStore) -
 
 
 async def test_revocation_is_immediate_and_keeps_its_first_time(tokens: TokenStore) -> None:
-    issued = await tokens.create("a", ["read"])
+    issued = await tokens.create("a", "default", ["read"])
     revoked = await tokens.revoke(issued.record.id)
     assert revoked is not None and revoked.revoked_at is not None
     assert revoked.problem() == "revoked"
@@ -79,12 +79,12 @@ async def test_revocation_is_immediate_and_keeps_its_first_time(tokens: TokenSto
 
 
 async def test_expiry(tokens: TokenStore) -> None:
-    issued = await tokens.create("a", ["read"], timedelta(seconds=60))
+    issued = await tokens.create("a", "default", ["read"], timedelta(seconds=60))
     record = issued.record
     assert record.problem() is None
     assert record.expires_at is not None
     assert record.problem(now=record.expires_at) == "expired"
-    old = TokenRecord("tok_x", "a", ("read",), rfc3339(), expires_at="2000-01-01T00:00:00.000Z")
+    old = TokenRecord("tok_x", "a", "default", ("read",), rfc3339(), expires_at="2000-01-01T00:00:00.000Z")
     assert old.problem() == "expired"
 
 
@@ -94,7 +94,7 @@ async def test_shares_the_event_log_file(tmp_path: Path) -> None:
     store = SqliteTokenStore(tmp_path / "events.db")
     await store.open()
     try:
-        issued = await store.create("a", ["admin"])
+        issued = await store.create("a", "default", ["admin"])
         assert await events.ping()
     finally:
         await store.close()
@@ -105,6 +105,43 @@ async def test_shares_the_event_log_file(tmp_path: Path) -> None:
         assert await reopened.lookup(hash_token(issued.token)) == issued.record
     finally:
         await reopened.close()
+
+
+# The table as gatewayd made it before tokens recorded their tenant.
+_OLD_TABLE = """
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY, sha256 TEXT NOT NULL UNIQUE, agent_id TEXT NOT NULL, scopes TEXT NOT NULL,
+    created_at TEXT NOT NULL, expires_at TEXT, revoked_at TEXT
+)
+"""
+
+
+async def test_an_older_table_gains_the_tenant_and_keeps_its_tokens(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    with sqlite3.connect(path) as db:
+        db.execute(_OLD_TABLE)
+        db.execute(
+            "INSERT INTO tokens VALUES ('tok_0123456789ab', ?, 'a', 'read', '2026-01-01T00:00:00.000Z',"
+            " NULL, NULL)",
+            (hash_token("old-token"),),
+        )
+    db.close()
+    store = SqliteTokenStore(path)
+    await store.open()
+    try:
+        old = await store.lookup(hash_token("old-token"))
+        assert old is not None and (old.agent_id, old.tenant, old.scopes) == ("a", None, ("read",))
+        assert old.as_dict()["tenant"] is None
+        new = await store.create("a", "acme", ["read"])
+        assert await store.lookup(hash_token(new.token)) == new.record
+    finally:
+        await store.close()
+    again = SqliteTokenStore(path)  # a second open finds the column and leaves it alone
+    await again.open()
+    try:
+        assert [r.tenant for r in await again.records()] == [None, "acme"]
+    finally:
+        await again.close()
 
 
 @pytest.mark.parametrize(
@@ -150,7 +187,7 @@ def test_cli_create_list_revoke(config_file: Path, capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     fields = dict(line.split(": ", 1) for line in out.splitlines() if not line.startswith("#"))
     token, token_id = fields["token"], fields["id"]
-    assert (fields["agent"], fields["scopes"]) == ("bot-1", "read,send")
+    assert (fields["agent"], fields["tenant"], fields["scopes"]) == ("bot-1", "default", "read,send")
     assert fields["expires"] != "never"
 
     assert main(["token", "create", "-c", c, "--agent", "fleet"]) == 0
@@ -159,7 +196,15 @@ def test_cli_create_list_revoke(config_file: Path, capsys: pytest.CaptureFixture
 
     assert main(["token", "list", "-c", c]) == 0
     listing = capsys.readouterr().out
-    assert listing.splitlines()[0].split() == ["ID", "AGENT", "SCOPES", "CREATED", "EXPIRES", "REVOKED"]
+    assert listing.splitlines()[0].split() == [
+        "ID",
+        "AGENT",
+        "TENANT",
+        "SCOPES",
+        "CREATED",
+        "EXPIRES",
+        "REVOKED",
+    ]
     assert token_id in listing and second["id"] in listing
     assert token not in listing and hash_token(token) not in listing
 
@@ -171,7 +216,8 @@ def test_cli_create_list_revoke(config_file: Path, capsys: pytest.CaptureFixture
     [line] = capsys.readouterr().out.splitlines()
     record = json.loads(line)
     assert record["id"] == token_id and record["revoked_at"] and record["scopes"] == ["read", "send"]
-    assert set(record) == {"id", "agent_id", "scopes", "created_at", "expires_at", "revoked_at"}
+    assert set(record) == {"id", "agent_id", "tenant", "scopes", "created_at", "expires_at", "revoked_at"}
+    assert record["tenant"] == "default"
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@ A token belongs to one agent and reaches that agent's subtree: its own mailboxes
 every descendant (`parent:`), never beyond, and so never another tenant (a parent and its
 sub-agents always share one). Tokens come from the configuration (`token_sha256`, with every
 scope) or from the token store (`gatewayd token create`, with the scopes they were made with,
-until they expire or are revoked).
+until they expire or are revoked). A run-time token outlives configuration edits, so it also
+records its agent's tenant and is refused once that agent id belongs to another tenant.
 
 The token travels in `Authorization: Bearer TOKEN`, or, only when `server.allow_query_token` is
 on (for browsers' EventSource, which cannot send headers), as `?access_token=`. It is never
@@ -19,7 +20,7 @@ from aiohttp import web
 
 from gatewayd.api.errors import ApiError
 from gatewayd.config import AgentConfig, Config, MailboxConfig, hash_token
-from gatewayd.store.tokens import SCOPES, TokenStore
+from gatewayd.store.tokens import SCOPES, TokenRecord, TokenStore
 
 QUERY_TOKEN = "access_token"
 # Principal.key of a token from the configuration: this prefix and the token's SHA-256 digest.
@@ -91,6 +92,29 @@ async def authenticate(request: web.Request, config: Config, tokens: TokenStore 
         agent = config.agent(record.agent_id)
     except KeyError:
         raise ApiError(401, "the token's agent is no longer configured", code="invalid_token") from None
+    problem = tenant_problem(record, agent, config)
+    if problem is not None:
+        raise ApiError(401, problem, code="invalid_token")
     return Principal(
         agent, config.subtree(agent.id), frozenset(record.scopes), key=record.id, token_id=record.id
     )
+
+
+def tenant_problem(record: TokenRecord, agent: AgentConfig, config: Config) -> str | None:
+    """Why this run-time token may not reach `agent` (its agent id now) across tenants, or None.
+
+    Agent ids can be reused or moved to another tenant by editing the configuration. A token made
+    before tokens recorded their tenant cannot tell which one it was made for: it is accepted
+    only while the configuration has a single tenant, where there is no other to reach.
+    """
+    if record.tenant is None:
+        if len({a.tenant for a in config.agents}) > 1:
+            return (
+                "token made before tokens recorded their tenant, and this server has several tenants:"
+                " make a new one (gatewayd token create)"
+            )
+        return None
+    if record.tenant != agent.tenant:
+        # Not naming the agent's tenant now: that is another tenant's business.
+        return "token made for another tenant than its agent's now: make a new one (gatewayd token create)"
+    return None

@@ -11,10 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
-from gatewayd.api.auth import Principal, authenticate
+from gatewayd.api.auth import Principal, authenticate, tenant_problem
 from gatewayd.api.context import Gateway
 from gatewayd.api.errors import ApiError
-from gatewayd.store.tokens import ADMIN, READ, TokenStore, parse_duration, parse_scopes
+from gatewayd.store.tokens import ADMIN, READ, TokenRecord, TokenStore, parse_duration, parse_scopes
 
 REVOKED = "token_revoked"
 
@@ -47,13 +47,13 @@ async def create_token(request: web.Request) -> web.Response:
     if beyond:
         lacking = ", ".join(beyond)
         raise ApiError(403, f"cannot grant a scope this token lacks: {lacking}", "insufficient_scope")
-    issued = await tokens.create(agent_id, scopes, expires_in)
+    issued = await tokens.create(agent_id, principal.agent.tenant, scopes, expires_in)
     return web.json_response({"token": issued.token, **issued.record.as_dict()}, status=201)
 
 
 async def list_tokens(request: web.Request) -> web.Response:
-    _, principal, tokens = await _admin(request)
-    records = await tokens.records(principal.agents)
+    gateway, principal, tokens = await _admin(request)
+    records = [r for r in await tokens.records(principal.agents) if _reaches(principal, r, gateway)]
     return web.json_response({"tokens": [record.as_dict() for record in records]})
 
 
@@ -61,11 +61,20 @@ async def revoke_token(request: web.Request) -> web.Response:
     gateway, principal, tokens = await _admin(request)
     token_id = request.match_info["token_id"]
     found = (await tokens.get([token_id])).get(token_id)
-    if found is None or found.agent_id not in principal.agents:
+    if found is None or not _reaches(principal, found, gateway):
         raise ApiError(404, f"no token {token_id[:40]!r} for this token")
     record = await tokens.revoke(token_id)
     gateway.end_streams(token_id, REVOKED)  # this process's streams at once; others at their check
     return web.json_response((record or found).as_dict())
+
+
+def _reaches(principal: Principal, record: TokenRecord, gateway: Gateway) -> bool:
+    """The record is of the principal's subtree and tenant (an agent id reused in another tenant
+    keeps the tokens made there out of reach)."""
+    return (
+        record.agent_id in principal.agents
+        and tenant_problem(record, principal.agent, gateway.config) is None
+    )
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Bearer tokens made at run time (`gatewayd token create`), kept hashed beside the event log.
 
 Tokens in the configuration (`token_sha256`) never come here. A run-time token has an id, one
-agent, scopes, an optional expiry and a revocation time; only its SHA-256 is stored, so the
-token itself is shown once, when it is made. The daemon reads this table on every request and
-re-checks it while a stream is open, so a token revoked by another process (the CLI) is refused
-at once and its streams are closed within `server.token_check_seconds`.
+agent and the tenant that agent had when the token was made, scopes, an optional expiry and a
+revocation time; only its SHA-256 is stored, so the token itself is shown once, when it is made.
+The daemon reads this table on every request and re-checks it while a stream is open, so a token
+revoked by another process (the CLI) is refused at once and its streams are closed within
+`server.token_check_seconds`.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class TokenRecord:
 
     id: str
     agent_id: str
+    # The agent's tenant when the token was made; None: made before tenants were recorded.
+    tenant: str | None
     scopes: tuple[str, ...]
     created_at: str
     expires_at: str | None = None
@@ -77,6 +80,7 @@ class TokenRecord:
         return {
             "id": self.id,
             "agent_id": self.agent_id,
+            "tenant": self.tenant,
             "scopes": list(self.scopes),
             "created_at": self.created_at,
             "expires_at": self.expires_at,
@@ -94,6 +98,7 @@ class TokenStore(Protocol):
     """Guarantees every implementation keeps:
 
     - Only the SHA-256 of a token is stored; `create` is the one place the token exists.
+    - A token keeps the tenant it was made for: a record never changes tenant.
     - `lookup` finds a token by its hash whatever its state: callers check `problem()`.
     - A revocation is durable and visible to every process sharing the store at once.
     - `revoke` of a revoked token keeps its first revocation time.
@@ -104,8 +109,10 @@ class TokenStore(Protocol):
     async def close(self) -> None: ...
 
     async def create(
-        self, agent_id: str, scopes: Sequence[str], expires_in: timedelta | None = None
-    ) -> IssuedToken: ...
+        self, agent_id: str, tenant: str, scopes: Sequence[str], expires_in: timedelta | None = None
+    ) -> IssuedToken:
+        """A new token for this agent, bound to `tenant` (the agent's tenant now)."""
+        ...
 
     async def lookup(self, token_sha256: str) -> TokenRecord | None: ...
 
@@ -127,13 +134,16 @@ CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY,
     sha256 TEXT NOT NULL UNIQUE,
     agent_id TEXT NOT NULL,
+    tenant TEXT,
     scopes TEXT NOT NULL,
     created_at TEXT NOT NULL,
     expires_at TEXT,
     revoked_at TEXT
 )
 """
-_COLUMNS = "id, agent_id, scopes, created_at, expires_at, revoked_at"
+# Stores made before tokens recorded their tenant get the column, NULL for the tokens they hold.
+_ADD_TENANT = "ALTER TABLE tokens ADD COLUMN tenant TEXT"
+_COLUMNS = "id, agent_id, tenant, scopes, created_at, expires_at, revoked_at"
 
 
 class SqliteTokenStore:
@@ -149,7 +159,7 @@ class SqliteTokenStore:
             # Autocommit: every statement here is its own transaction.
             conn = await open_beside(self.path, self._busy_timeout_ms)
             try:
-                await conn.execute(_SCHEMA)
+                await _migrate(conn)
             except BaseException:
                 await conn.close()
                 raise
@@ -167,23 +177,25 @@ class SqliteTokenStore:
         return self._conn
 
     async def create(
-        self, agent_id: str, scopes: Sequence[str], expires_in: timedelta | None = None
+        self, agent_id: str, tenant: str, scopes: Sequence[str], expires_in: timedelta | None = None
     ) -> IssuedToken:
         token = new_token()
         now = datetime.now(UTC)
         record = TokenRecord(
             id="tok_" + secrets.token_hex(6),
             agent_id=agent_id,
+            tenant=tenant,
             scopes=parse_scopes(scopes),
             created_at=rfc3339(now),
             expires_at=rfc3339(now + expires_in) if expires_in is not None else None,
         )
         await self._c.execute(
-            f"INSERT INTO tokens (sha256, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO tokens (sha256, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 hash_token(token),
                 record.id,
                 record.agent_id,
+                record.tenant,
                 ",".join(record.scopes),
                 record.created_at,
                 record.expires_at,
@@ -223,11 +235,27 @@ class SqliteTokenStore:
         return (await self.get([token_id])).get(token_id)
 
 
+async def _migrate(conn: aiosqlite.Connection) -> None:
+    """Create the table, or add what an older one lacks; under a write lock, since the daemon and
+    a `gatewayd token` command may open the same file at once."""
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        await conn.execute(_SCHEMA)
+        columns = {str(row[1]) for row in await conn.execute_fetchall("PRAGMA table_info(tokens)")}
+        if "tenant" not in columns:
+            await conn.execute(_ADD_TENANT)
+        await conn.execute("COMMIT")
+    except BaseException:
+        await conn.rollback()
+        raise
+
+
 def _record(row: Sequence[object]) -> TokenRecord:
-    token_id, agent_id, scopes, created_at, expires_at, revoked_at = row
+    token_id, agent_id, tenant, scopes, created_at, expires_at, revoked_at = row
     return TokenRecord(
         id=str(token_id),
         agent_id=str(agent_id),
+        tenant=None if tenant is None else str(tenant),
         scopes=tuple(str(scopes).split(",")) if scopes else (),
         created_at=str(created_at),
         expires_at=None if expires_at is None else str(expires_at),

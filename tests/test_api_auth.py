@@ -1,0 +1,176 @@
+"""Who a request is: run-time tokens stay in the tenant they were made for, through HTTP too.
+
+Against the real HTTP application and SQLite stores; the configuration is edited between making
+a token and using it, as an operator reusing or moving an agent id would.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestServer
+
+from gatewayd.api.app import create_app
+from gatewayd.api.auth import tenant_problem
+from gatewayd.api.context import Gateway
+from gatewayd.bus import Bus
+from gatewayd.config import Config, hash_token, parse_config
+from gatewayd.events import NewEvent
+from gatewayd.imap.pool import WatcherPool
+from gatewayd.store.sqlite import SqliteEventStore
+from gatewayd.store.tokens import SqliteTokenStore, TokenRecord
+
+ACME_ADMIN = "config-acme"
+GLOBEX_ADMIN = "config-globex"
+
+
+def fleet(tmp: Path, bot_parent: str, **server: Any) -> Config:
+    """acme and globex, two tenants, each with a mailbox; `bot` (no mailbox) under `bot_parent`."""
+    agents: list[dict[str, Any]] = [
+        {
+            "id": name,
+            "tenant": name,
+            "token_sha256": [hash_token(f"config-{name}")],
+            "mailboxes": [
+                {
+                    "id": f"{name}-in",
+                    "imap": {"host": "127.0.0.1", "port": 1, "tls": "none", "username": "u", "password": "p"},
+                }
+            ],
+        }
+        for name in ("acme", "globex")
+    ]
+    agents.append({"id": "bot", "parent": bot_parent})
+    data = {"store": {"path": str(tmp / "events.db")}, "server": server, "agents": agents}
+    return parse_config(data, env={}, base_dir=tmp)
+
+
+def one_tenant(tmp: Path) -> Config:
+    data = {
+        "store": {"path": str(tmp / "events.db")},
+        "agents": [{"id": "acme"}, {"id": "bot", "parent": "acme"}],
+    }
+    return parse_config(data, env={}, base_dir=tmp)
+
+
+class Api:
+    def __init__(self, url: str, session: aiohttp.ClientSession, tokens: SqliteTokenStore) -> None:
+        self.url = url
+        self.session = session
+        self.tokens = tokens
+
+    async def call(self, method: str, path: str, token: str, **kwargs: Any) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with self.session.request(method, self.url + path, headers=headers, **kwargs) as response:
+            return response.status, await response.json()
+
+
+@asynccontextmanager
+async def serving(config: Config) -> AsyncIterator[Api]:
+    """gatewayd's HTTP application on `config` (its watchers are never started)."""
+    store = SqliteEventStore(config.store.path)
+    await store.open()
+    tokens = SqliteTokenStore(config.store.path)
+    await tokens.open()
+    bus = Bus()
+    pool = WatcherPool(config, store, None, bus.publish)  # type: ignore[arg-type]
+    server = TestServer(create_app(Gateway(config, store, bus, pool, tokens=tokens)))
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Api(str(server.make_url("")), session, tokens)
+    finally:
+        await server.close()
+        await tokens.close()
+        await store.close()
+
+
+async def make_token(config: Config, agent_id: str, scopes: list[str]) -> str:
+    """`gatewayd token create --agent AGENT_ID` under this configuration."""
+    store = SqliteTokenStore(config.store.path)
+    await store.open()
+    try:
+        return (await store.create(agent_id, config.agent(agent_id).tenant, scopes)).token
+    finally:
+        await store.close()
+
+
+async def test_a_token_whose_agent_moved_to_another_tenant_is_refused(tmp_path: Path) -> None:
+    before = fleet(tmp_path, bot_parent="acme")
+    token = await make_token(before, "bot", ["read", "admin"])
+    async with serving(before) as api:
+        assert (await api.call("GET", "/v1/events", token))[0] == 200
+    # The operator moves `bot` into globex: the token was acme's, and reaches nothing of globex.
+    after = fleet(tmp_path, bot_parent="globex")
+    store = SqliteEventStore(after.store.path)
+    await store.open()
+    await store.append([NewEvent("message.received", "bot", "globex-in", {"n": 1})])
+    await store.close()
+    async with serving(after) as api:
+        for method, path in [("GET", "/v1/events"), ("GET", "/v1/tokens"), ("POST", "/v1/tokens")]:
+            status, body = await api.call(method, path, token)
+            assert status == 401, (method, path, body)
+            assert body["error"]["code"] == "invalid_token"
+            assert "another tenant" in body["error"]["message"] and "globex" not in body["error"]["message"]
+        async with api.session.get(
+            f"{api.url}/events", headers={"Authorization": f"Bearer {token}"}
+        ) as stream:
+            assert stream.status == 401
+        # globex's admin neither sees nor revokes the token acme made for its `bot`.
+        status, listing = await api.call("GET", "/v1/tokens", GLOBEX_ADMIN)
+        assert status == 200 and listing["tokens"] == []
+        (record,) = await api.tokens.records()
+        assert record.tenant == "acme"
+        assert (await api.call("DELETE", f"/v1/tokens/{record.id}", GLOBEX_ADMIN))[0] == 404
+    # Moved back, it works again: the token was never revoked.
+    async with serving(before) as api:
+        assert (await api.call("GET", "/v1/events", token))[0] == 200
+        status, listing = await api.call("GET", "/v1/tokens", ACME_ADMIN)
+        assert [t["tenant"] for t in listing["tokens"]] == ["acme"]
+
+
+async def test_tokens_made_over_http_record_the_tenant(tmp_path: Path) -> None:
+    async with serving(fleet(tmp_path, bot_parent="globex")) as api:
+        status, made = await api.call("POST", "/v1/tokens", GLOBEX_ADMIN, json={"agent": "bot"})
+        assert status == 201 and made["tenant"] == "globex"
+        assert (await api.call("GET", "/v1/events", made["token"]))[0] == 200
+
+
+def _store_old_token(path: Path, token: str) -> None:
+    """A token as stored before tokens recorded their tenant (the column stays NULL)."""
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO tokens (id, sha256, agent_id, scopes, created_at) VALUES (?, ?, 'bot', 'read', ?)",
+            ("tok_00000000beef", hash_token(token), "2026-01-01T00:00:00.000Z"),
+        )
+    db.close()
+
+
+async def test_a_token_without_a_tenant_works_only_while_there_is_one_tenant(tmp_path: Path) -> None:
+    async with serving(one_tenant(tmp_path)) as api:
+        _store_old_token(tmp_path / "events.db", "old-token")
+        assert (await api.call("GET", "/v1/events", "old-token"))[0] == 200
+    async with serving(fleet(tmp_path, bot_parent="acme")) as api:
+        status, body = await api.call("GET", "/v1/events", "old-token")
+        assert status == 401 and body["error"]["code"] == "invalid_token"
+        assert "several tenants" in body["error"]["message"]
+
+
+def test_tenant_problem(tmp_path: Path) -> None:
+    config = fleet(tmp_path, bot_parent="globex")
+    bot = config.agent("bot")
+
+    def record(tenant: str | None) -> TokenRecord:
+        return TokenRecord("tok_0123456789ab", "bot", tenant, ("read",), "2026-01-01T00:00:00.000Z")
+
+    assert tenant_problem(record("globex"), bot, config) is None
+    assert tenant_problem(record("acme"), bot, config) is not None
+    assert tenant_problem(record(None), bot, config) is not None
+    single = one_tenant(tmp_path)
+    assert tenant_problem(record(None), single.agent("bot"), single) is None
+    assert tenant_problem(record("acme"), single.agent("bot"), single) is not None  # "default" now
