@@ -174,3 +174,30 @@ def test_tenant_problem(tmp_path: Path) -> None:
     single = one_tenant(tmp_path)
     assert tenant_problem(record(None), single.agent("bot"), single) is None
     assert tenant_problem(record("acme"), single.agent("bot"), single) is not None  # "default" now
+
+
+STREAMS = [("/events", {}), ("/v1/events/stream", {}), ("/v1/events", {"Accept": "text/event-stream"})]
+NOT_STREAMS = [
+    ("GET", "/v1/events"),
+    ("POST", "/v1/messages/1/report"),
+    ("GET", "/v1/tokens"),
+    ("POST", "/v1/tokens"),
+    ("DELETE", "/v1/tokens/tok_0123456789ab"),
+]
+
+
+async def test_query_token_is_accepted_on_the_event_stream_only(tmp_path: Path) -> None:
+    async with serving(fleet(tmp_path, bot_parent="acme", allow_query_token=True)) as api:
+        query = {"access_token": ACME_ADMIN, "max_seconds": "1"}
+        for path, headers in STREAMS:
+            async with api.session.get(api.url + path, params=query, headers=headers) as response:
+                assert response.status == 200, path
+                assert response.content_type == "text/event-stream"
+        for method, path in NOT_STREAMS:
+            async with api.session.request(method, api.url + path, params=query, json={}) as response:
+                assert response.status == 401, (method, path)
+                assert response.headers["WWW-Authenticate"].startswith("Bearer")
+                message = (await response.json())["error"]["message"]
+                assert "event stream only" in message and ACME_ADMIN not in message
+            # The same request with the header is served: only the way the token came is refused.
+            assert (await api.call(method, path, ACME_ADMIN, json={}))[0] != 401

@@ -8,8 +8,8 @@ until they expire or are revoked). A run-time token outlives configuration edits
 records its agent's tenant and is refused once that agent id belongs to another tenant.
 
 The token travels in `Authorization: Bearer TOKEN`, or, only when `server.allow_query_token` is
-on (for browsers' EventSource, which cannot send headers), as `?access_token=`. It is never
-logged: the access log is off and no log line of gatewayd carries a query string.
+on and only on the event stream (browsers' EventSource cannot send headers), as `?access_token=`.
+It is never logged: the access log is off and no log line of gatewayd carries a query string.
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ class Principal:
         return {m.id: m for m in config.mailboxes() if m.agent_id in self.agents}
 
 
-def bearer_token(request: web.Request, config: Config) -> str:
+def bearer_token(request: web.Request, config: Config, query_token: bool = False) -> str:
+    """The request's token. `query_token`: the endpoint is the event stream, where browsers'
+    EventSource may send it as ?access_token= (when the server allows it); nowhere else."""
     header = request.headers.get("Authorization")
     in_query = request.query.getall(QUERY_TOKEN, [])
     if in_query:
@@ -62,6 +64,12 @@ def bearer_token(request: web.Request, config: Config) -> str:
         if not config.server.allow_query_token:
             raise ApiError(
                 401, f"{QUERY_TOKEN} in the URL is disabled on this server; send Authorization: Bearer TOKEN"
+            )
+        if not query_token:
+            raise ApiError(
+                401,
+                f"{QUERY_TOKEN} in the URL is accepted on the event stream only (for EventSource);"
+                " send Authorization: Bearer TOKEN",
             )
         if header is not None or len(in_query) > 1:
             raise ApiError(400, f"give the token once: the Authorization header or one {QUERY_TOKEN}")
@@ -76,8 +84,11 @@ def bearer_token(request: web.Request, config: Config) -> str:
     return token.strip()
 
 
-async def authenticate(request: web.Request, config: Config, tokens: TokenStore | None) -> Principal:
-    digest = hash_token(bearer_token(request, config))
+async def authenticate(
+    request: web.Request, config: Config, tokens: TokenStore | None, query_token: bool = False
+) -> Principal:
+    """The request's principal, or ApiError 401; `query_token` as for bearer_token."""
+    digest = hash_token(bearer_token(request, config, query_token))
     agent = config.agent_for_token_hash(digest)
     if agent is not None:
         key = CONFIGURED_KEY_PREFIX + digest

@@ -84,7 +84,7 @@ def _unnumbered(event_type: str, data: dict[str, object]) -> bytes:
 async def stream_events(request: web.Request) -> web.StreamResponse:
     gateway = Gateway.of(request)
     config = gateway.config
-    principal = await authenticate(request, config, gateway.tokens)
+    principal = await authenticate(request, config, gateway.tokens, query_token=True)
     principal.require(READ)
     query = event_query(request, principal, config)
     ping = number(request, "ping", 15.0, 1.0, config.server.max_ping_seconds)
