@@ -24,6 +24,10 @@ _CODES = {
 }
 
 
+# What aiohttp's own HTTP errors say that the JSON error keeps.
+_KEPT_HEADERS = ("Retry-After", "Allow")
+
+
 class ApiError(Exception):
     def __init__(
         self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None
@@ -53,7 +57,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        kept = {name: value for name, value in exc.headers.items() if name == "Retry-After"}
+        # HTTP requires Allow on a 405 (RFC 9110 15.5.6); aiohttp's exception carries it.
+        kept = {name: value for name, value in exc.headers.items() if name in _KEPT_HEADERS}
         return error_response(exc.status, _CODES.get(exc.status, "error"), exc.reason, kept)
     except Exception:
         # A bug of ours, not bad input: log it (without the request's secrets) and say so.
