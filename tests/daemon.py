@@ -159,10 +159,13 @@ class GatewayProcess:
         """stdout and stderr of every run so far."""
         return self.stdout() + self.stderr()
 
-    async def health(self, session: aiohttp.ClientSession) -> dict[str, Any] | None:
-        """The /healthz body, or None while nothing answers on the port."""
+    async def health(self, session: aiohttp.ClientSession, token: str | None = None) -> dict[str, Any] | None:
+        """The /healthz body, or None while nothing answers on the port. With `token`, the details
+        of that token's watchers too (`last_uid`, `reconnects`, `last_error`, ...)."""
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        timeout = aiohttp.ClientTimeout(total=5)
         try:
-            async with session.get(f"{self.url}/healthz", timeout=aiohttp.ClientTimeout(total=5)) as response:
+            async with session.get(f"{self.url}/healthz", headers=headers, timeout=timeout) as response:
                 return dict(await response.json())
         except (aiohttp.ClientConnectionError, TimeoutError):
             return None
@@ -172,29 +175,31 @@ class GatewayProcess:
         predicate: Callable[[dict[str, Any]], bool],
         timeout: float = 20.0,
         what: str = "healthz condition",
+        token: str | None = None,
     ) -> dict[str, Any]:
-        """Poll /healthz until `predicate(body)`; fail at once if gatewayd exits."""
+        """Poll /healthz (with `token`, as health() does) until `predicate(body)`; fail at once if
+        gatewayd exits."""
         deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as session:
             while True:
                 if not self.running:
                     code = self.process.poll() if self.process else None
                     raise AssertionError(f"gatewayd exited ({code}) before {what}\n{self.output()}")
-                body = await self.health(session)
+                body = await self.health(session, token)
                 if body is not None and predicate(body):
                     return body
                 if time.monotonic() > deadline:
                     raise AssertionError(f"timed out waiting for {what}; last healthz: {body}")
                 await asyncio.sleep(0.05)
 
-    async def wait_idle(self, timeout: float = 20.0) -> dict[str, Any]:
-        """Until every watcher reports state "idle" (its first sync is done)."""
+    async def wait_idle(self, timeout: float = 20.0, token: str | None = None) -> dict[str, Any]:
+        """Until every watcher reports state "idle" (its first sync is done); `token` as for health()."""
 
         def idle(body: dict[str, Any]) -> bool:
             watchers = body.get("watchers") or []
             return bool(watchers) and all(w.get("state") == "idle" for w in watchers)
 
-        return await self.wait_health(idle, timeout, "every watcher idle")
+        return await self.wait_health(idle, timeout, "every watcher idle", token)
 
     def stop_now(self) -> None:
         """Teardown: SIGKILL whatever still runs and reap it."""

@@ -1,4 +1,4 @@
-"""The HTTP application: routes, error handling, health."""
+"""The HTTP application: its routes and error handling."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from aiohttp import web
 from gatewayd.api.context import GATEWAY, Gateway
 from gatewayd.api.errors import json_errors
 from gatewayd.api.events import list_events
+from gatewayd.api.health import healthz
 from gatewayd.api.report import report_message
 from gatewayd.api.stream import stream_events
 from gatewayd.api.tokens import create_token, list_tokens, revoke_token
@@ -17,21 +18,6 @@ async def events(request: web.Request) -> web.StreamResponse:
     if "text/event-stream" in request.headers.get("Accept", ""):
         return await stream_events(request)
     return await list_events(request)
-
-
-async def healthz(request: web.Request) -> web.Response:
-    gateway = Gateway.of(request)
-    store_ok = await gateway.store.ping()
-    body: dict[str, object] = {
-        "status": "ok" if store_ok and not gateway.closing else "unavailable",
-        "store": "ok" if store_ok else "error",
-        "closing": gateway.closing,
-        "subscribers": len(gateway.bus),
-        "watchers": gateway.pool.health(),
-    }
-    if gateway.rules is not None:
-        body["rules"] = gateway.rules.health()
-    return web.json_response(body, status=200 if body["status"] == "ok" else 503)
 
 
 def create_app(gateway: Gateway) -> web.Application:

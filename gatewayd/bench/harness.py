@@ -306,7 +306,9 @@ class GatewayProcess:
     async def health(self, session: aiohttp.ClientSession) -> dict[str, Any] | None:
         try:
             timeout = aiohttp.ClientTimeout(total=10)
-            async with session.get(f"{self.url}/healthz", timeout=timeout) as response:
+            # With the token: the watchers' details (push_to_event_ms) are for their agent's eyes.
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            async with session.get(f"{self.url}/healthz", headers=headers, timeout=timeout) as response:
                 return dict(await response.json())
         except (aiohttp.ClientError, TimeoutError):
             return None

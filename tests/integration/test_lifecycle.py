@@ -21,6 +21,7 @@ import yaml
 
 from gatewayd.config import parse_config
 from gatewayd.sandbox.dovecot import Dovecot, free_port
+from tests.conftest import TOKEN
 from tests.daemon import AUTH, GatewayProcess, config_data, run_cli, write_config
 from tests.sse import Frame, SseReader, mail
 
@@ -229,7 +230,7 @@ async def test_a_second_daemon_on_the_same_store_is_refused_until_the_first_is_g
         second.stderr
     )
     assert "Traceback" not in second.stderr
-    after = await first.wait_idle()  # untouched, still watching
+    after = await first.wait_idle(token=TOKEN)  # untouched, still watching
     assert after["status"] == "ok" and [w["reconnects"] for w in after["watchers"]] == [0]
     # The kernel drops the lock with the process, however it ends.
     first.kill()
@@ -357,7 +358,7 @@ async def test_kill_9_mid_burst_loses_and_duplicates_nothing(
         while True:
             events = await list_events(session, gw.url, "message.received")
             newest_uid = max((e["data"]["uid"] for e in events), default=None)
-            health = await gw.health(session)
+            health = await gw.health(session, TOKEN)
             watcher = (health or {}).get("watchers", [{}])[0]
             caught_up = (
                 {e["data"]["subject"] for e in events} == set(subjects)
@@ -523,6 +524,7 @@ async def test_wrong_password_never_reaches_logs_or_healthz(gatewayd: Any, user:
     body = await gw.wait_health(
         lambda b: any(w.get("state") == "backoff" for w in b.get("watchers", [])),
         what="the watcher backing off after the refused login",
+        token=TOKEN,
     )
     async with aiohttp.ClientSession() as session:
         (error,) = await poll_events(session, gw.url, "mailbox.error", 1)

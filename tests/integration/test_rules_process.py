@@ -17,6 +17,7 @@ import yaml
 
 from gatewayd.rules.execute import CRASH_ENV
 from gatewayd.sandbox.dovecot import Dovecot, free_port
+from tests.conftest import TOKEN
 from tests.daemon import AUTH, GatewayProcess, config_data, run_cli, write_config
 from tests.integration.test_rules import Imap
 from tests.sse import SseReader, mail
@@ -124,7 +125,7 @@ async def test_sighup_reloads_rules_and_a_bad_file_keeps_the_old_ones(
         await dovecot.deliver_async(user, mail("three"))
         (third,) = await reader.messages(1)
         # The same SSE connection carried all three; the IMAP connection was never dropped.
-        health = await process.wait_idle()
+        health = await process.wait_idle(token=TOKEN)
     assert [f.json["data"]["labels"] for f in (first, second, third)] == [["v1"], ["v2"], ["v2"]]
     assert 'rules[0] "tagger".then[0]: unknown action "mvoe" (did you mean "move"?)' in process.output()
     assert [w["reconnects"] for w in health["watchers"]] == [0]

@@ -329,18 +329,3 @@ async def test_bad_listing_parameters_are_400(
         response = await session.post(f"{gw.url}/events", headers=AUTH)
         assert response.status == 405
         assert (await response.json())["error"]["code"] == "method_not_allowed"
-
-
-async def test_healthz_needs_no_token_and_shows_no_secret(
-    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
-) -> None:
-    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
-    await wait_for(lambda: idle(gw), what="watcher idle")
-    async with aiohttp.ClientSession() as session:
-        response = await session.get(f"{gw.url}/healthz")
-        text = await response.text()
-        body = await response.json()
-    assert response.status == 200
-    assert body["store"] == "ok"
-    assert body["watchers"][0]["state"] == "idle"
-    assert "secret" not in text

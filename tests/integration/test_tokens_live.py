@@ -235,7 +235,7 @@ async def test_sighup_takes_the_configured_tokens_and_ends_the_streams_of_remove
             (frame,) = await renewed.messages(1)
             assert frame.json["data"]["subject"] == "after the reload"
             assert not other.response.content.at_eof()  # the other agent's stream stays open
-            health = await gw.wait_idle()
+            health = await gw.wait_idle(token=replacement)
         assert [w["reconnects"] for w in health["watchers"]] == [0]
         assert replacement not in gw.output() and TOKEN not in gw.output()
     finally:
