@@ -234,6 +234,27 @@ async def test_known_message_ids_follow_the_newest_announcement(store: EventStor
     assert await store.known_message_ids("m1", "INBOX", ["<a@x>"]) == set()
 
 
+async def test_last_synced_at(store: EventStore) -> None:
+    assert await store.last_synced_at("m1", "INBOX", 7) is None
+    [connected] = await store.append([ev(type_="mailbox.connected", folder="INBOX", uidvalidity=5)])
+    assert await store.last_synced_at("m1", "INBOX", 7) == parse_rfc3339(connected.created_at)
+    [received] = await store.append([ev(key="k1", folder="INBOX", uidvalidity=5)])
+    await store.append(
+        [
+            ev(type_="mailbox.disconnected", folder="INBOX", reason="lost"),  # not a sync
+            ev(key="k2", folder="Archive", uidvalidity=5),  # another folder
+            ev(key="k3", mailbox="m2", folder="INBOX", uidvalidity=5),  # another mailbox
+        ]
+    )
+    assert await store.last_synced_at("m1", "INBOX", 7) == parse_rfc3339(received.created_at)
+    # Under the UIDVALIDITY asked about: not an earlier sync.
+    unauthenticated = "message.received.unauthenticated"
+    await store.append([ev(key="k4", type_=unauthenticated, folder="INBOX", uidvalidity=7)])
+    assert await store.last_synced_at("m1", "INBOX", 7) == parse_rfc3339(received.created_at)
+    assert await store.last_synced_at("m1", "INBOX", 5) is not None  # the event under 7 counts for 5
+    assert await store.last_synced_at("m1", "Lists", 7) is None
+
+
 async def test_known_message_ids_many(store: EventStore) -> None:
     ids = [f"<{i}@x>" for i in range(1200)]
     await store.append([ev(key=m, message_id=m, folder="INBOX") for m in ids[::2]])

@@ -20,20 +20,24 @@ Commits: a message a push brought is stored and published on its own as soon as 
 burst larger than one batch, a poll) are stored in group commits of up to GROUP_COMMIT_MESSAGES,
 or whatever was processed within GROUP_COMMIT_SECONDS: one transaction instead of one per message
 is about a tenth of the store's CPU per message, and a backlog is late already.
+
+Shutdown (`drain`): what the watcher holds is stored and published before subscribers are told
+`closing`, and no more mail is processed; the connection stays open until the pool logs out
+after the SSE connections are closed, announcing each deliberate end as `mailbox.disconnected`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import random
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from gatewayd.config import MailboxConfig
 from gatewayd.events import (
@@ -45,6 +49,7 @@ from gatewayd.events import (
     rfc3339,
 )
 from gatewayd.imap.act import MailActions, SessionActions
+from gatewayd.imap.resync import new_uids
 from gatewayd.imap.session import ImapError, ImapSession, Selected
 from gatewayd.message import FetchedMessage
 from gatewayd.store import Checkpoint, EventStore
@@ -98,6 +103,25 @@ CONNECTED_STATES = ("connected", "idle", "polling")
 PUSH_SAMPLES = 200
 
 
+class StopReason(enum.StrEnum):
+    """Why a watcher left its server on purpose: the `reason` of its `mailbox.disconnected`."""
+
+    ON_DEMAND_IDLE = "on_demand_idle"  # the last subscriber left, and the linger passed
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(slots=True)
+class _Held:
+    """Processed messages whose events are not stored yet: a group commit in the making."""
+
+    events: list[NewEvent] = field(default_factory=list)
+    # One per message: what its rules wait for once its event is stored (the rules journal).
+    settle: list[SessionActions] = field(default_factory=list)
+    # Stored with them (None: nothing to store).
+    checkpoint: Checkpoint | None = None
+    since: float = 0.0
+
+
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
     """Capped exponential back-off with full jitter (never below half the step)."""
     step = min(cap, base * 2 ** min(attempt, 20))
@@ -126,6 +150,12 @@ class FolderWatcher:
         # The last complete sync: the SELECT it ran on and the session's `arrived` count before it.
         # Every message above the checkpoint since then was reported by an EXISTS counted after.
         self._synced: tuple[Selected, int] | None = None
+        self._held = _Held()
+        # Held while a group is stored and published: `drain` waits for one in progress.
+        self._committing = asyncio.Lock()
+        self._draining = False
+        # The reason of the next deliberate stop (the pool sets it before cancelling).
+        self.stop_reason = StopReason.SHUTDOWN
 
     @property
     def key(self) -> tuple[str, str]:
@@ -160,9 +190,33 @@ class FolderWatcher:
                     reason = f"internal error: {type(exc).__name__}"
                     attempt = await self._back_off(reason, "internal", attempt)
         finally:
-            self.set_state("stopped")
-            if self._session is not None:
-                await asyncio.shield(self._session.logout())
+            await asyncio.shield(self._leave(self._session))
+
+    async def _leave(self, session: ImapSession | None) -> None:
+        await self.announce_stop()
+        if session is not None:
+            await session.logout()
+
+    async def announce_stop(self) -> None:
+        """A deliberate end (before LOGOUT): `mailbox.disconnected` with `stop_reason` when the
+        watcher was connected (a lost connection was reported already), then state `stopped`."""
+        if self.status.state in CONNECTED_STATES:
+            with contextlib.suppress(Exception):  # the store may be what failed
+                await self._emit(MAILBOX_DISCONNECTED, reason=str(self.stop_reason), retry_in_ms=None)
+        self.set_state("stopped")
+
+    async def drain(self) -> None:
+        """Shutdown, before subscribers are told: store and publish what is held (waiting for a
+        commit in progress), and process no more mail. A message being processed now is stored
+        when it is done."""
+        self._draining = True
+        await self._commit()
+
+    @staticmethod
+    async def _park() -> NoReturn:
+        """Drained: wait for the cancellation that ends the watcher (and then LOGOUT)."""
+        await asyncio.get_running_loop().create_future()
+        raise AssertionError("unreachable: the future is never resolved")
 
     async def _back_off(self, reason: str, kind: str, attempt: int) -> int:
         """Report the failure, wait, and return the next attempt number."""
@@ -267,6 +321,8 @@ class FolderWatcher:
 
     async def _sync(self, session: ImapSession, initial: bool = False) -> bool:
         """Announce every UID above the checkpoint. Returns True when UIDVALIDITY had changed."""
+        if self._draining:
+            await self._park()
         session.exists_seen = False
         selected = session.selected
         assert selected is not None
@@ -301,14 +357,16 @@ class FolderWatcher:
         self._synced = (selected, arrived)
         return resynced
 
-    async def _announce(self, session: ImapSession, uids: list[int], uidvalidity: int) -> None:
+    async def _announce(
+        self, session: ImapSession, uids: list[int], uidvalidity: int, keep: Checkpoint | None = None
+    ) -> None:
         """Fetch a batch found by UID SEARCH, then store and publish each message (`_deliver`).
 
         The last one's checkpoint covers the whole batch: a UID expunged before FETCH is skipped
-        for good.
+        for good. `keep`: the checkpoint to store instead (a resync moves it only at its end).
         """
         messages = sorted(await session.fetch(uids, self.mailbox.fetch_max_bytes), key=lambda m: m.uid)
-        await self._deliver(session, messages, max(uids), uidvalidity, group=True)
+        await self._deliver(session, messages, max(uids), uidvalidity, group=True, keep=keep)
 
     async def _announce_new(self, session: ImapSession, checkpoint: Checkpoint, new: int) -> None:
         """After a push: every message above the checkpoint, as the push brought them or in one
@@ -329,52 +387,68 @@ class FolderWatcher:
         last_uid: int,
         uidvalidity: int,
         group: bool = False,
+        keep: Checkpoint | None = None,
     ) -> None:
         """Store and publish each message (ascending UIDs): at once, or in group commits.
 
         Each append carries the checkpoint up to its last message, in the same transaction (so a
         crash never loses or repeats one), and the rules journal of its messages is settled right
-        after it; the last one's carries `last_uid`. A failure stores what was processed before it.
+        after it; the last one's carries `last_uid` (`keep`: that checkpoint on every append). A
+        failure stores what was processed before it. Once drained, it stores what it holds and
+        processes nothing more.
         """
         process = self._process.process
-        events: list[NewEvent] = []
-        # One per processed message not stored yet: what its rules wait for once it is.
-        held: list[SessionActions] = []
-        held_since = 0.0
-        done = last_uid
         try:
             for index, message in enumerate(messages):
+                if self._draining:
+                    break
                 # The rules act on the message over this very connection (selected; IDLE ends at need).
                 actions = SessionActions(session)
                 event = await process(self.mailbox, message, actions)
-                if not held:
-                    held_since = time.monotonic()
-                held.append(actions)
-                if event is not None:
-                    events.append(event)
                 done = last_uid if index == len(messages) - 1 else message.uid
+                self._hold(event, actions, keep or self._checkpoint_at(uidvalidity, done))
+                held = self._held
                 if (
                     not group
-                    or len(held) >= GROUP_COMMIT_MESSAGES
-                    or time.monotonic() - held_since >= GROUP_COMMIT_SECONDS
+                    or len(held.settle) >= GROUP_COMMIT_MESSAGES
+                    or time.monotonic() - held.since >= GROUP_COMMIT_SECONDS
                 ):
-                    await self._store_and_publish(events, done, uidvalidity, held)
-                    events, held = [], []
+                    await self._commit()
                 # A small message is checked and stored without leaving the loop: let the streams
                 # and the other mailboxes have it between two messages of a batch.
                 await asyncio.sleep(0)
+            if not messages:
+                self._held.checkpoint = keep or self._checkpoint_at(uidvalidity, last_uid)
         except BaseException:
-            if held:
-                with contextlib.suppress(Exception):  # the store may be what failed
-                    await self._store_and_publish(events, done, uidvalidity, held)
+            with contextlib.suppress(Exception):  # the store may be what failed
+                await self._commit()
             raise
-        if held or not messages:
-            await self._store_and_publish(events, done, uidvalidity, held)
+        await self._commit()
+        if self._draining:
+            await self._park()
+
+    def _checkpoint_at(self, uidvalidity: int, last_uid: int) -> Checkpoint:
+        return Checkpoint(self.mailbox.id, self.folder, uidvalidity, last_uid)
+
+    def _hold(self, event: NewEvent | None, actions: SessionActions, checkpoint: Checkpoint) -> None:
+        held = self._held
+        if not held.settle:
+            held.since = time.monotonic()
+        held.settle.append(actions)
+        if event is not None:
+            held.events.append(event)
+        held.checkpoint = checkpoint
+
+    async def _commit(self) -> None:
+        """Store and publish what is held, if anything; one commit at a time (see `drain`)."""
+        async with self._committing:
+            held, self._held = self._held, _Held()
+            if held.checkpoint is not None:
+                await self._store_and_publish(held.events, held.checkpoint, held.settle)
 
     async def _store_and_publish(
-        self, events: list[NewEvent], last_uid: int, uidvalidity: int, settle: list[SessionActions]
+        self, events: list[NewEvent], checkpoint: Checkpoint, settle: list[SessionActions]
     ) -> None:
-        checkpoint = Checkpoint(self.mailbox.id, self.folder, uidvalidity, last_uid)
         self._checkpoint = None  # unknown until the append is known to have committed
         stored = await self._store.append(events, checkpoint)
         self._checkpoint = checkpoint
@@ -404,10 +478,10 @@ class FolderWatcher:
         return checkpoint
 
     async def _resync_after_uidvalidity_change(self, session: ImapSession, old: Checkpoint) -> Checkpoint:
-        """UIDs were renumbered: keep mail already announced (by Message-ID) quiet.
+        """UIDs were renumbered: announce only the messages `gatewayd.imap.resync` finds new.
 
-        A message counts as new when its Message-ID was never announced for this folder and it
-        arrived after the newest message that was. Everything else is marked done.
+        They are stored with the old checkpoint, moved past the folder only at the end: a crash
+        in between repeats the resync, and the store's dedupe keys skip what was announced.
         """
         selected = session.selected
         assert selected is not None
@@ -424,30 +498,13 @@ class FolderWatcher:
             headers.update(await session.message_ids(uids[start : start + 500]))
         ids = [mid for mid, _ in headers.values() if mid]
         known = await self._store.known_message_ids(self.mailbox.id, self.folder, ids)
-        known_dates = [_internaldate(date) for mid, date in headers.values() if mid in known]
-        newest_known = max((d for d in known_dates if d is not None), default=None)
-        last_uid = 0
-        for uid in uids:
-            message_id, date = headers.get(uid, (None, None))
-            arrived = _internaldate(date)
-            is_new = (
-                message_id not in known
-                and newest_known is not None
-                and arrived is not None
-                and arrived > newest_known
-            )
-            if is_new:
-                break
-            last_uid = uid
-        checkpoint = Checkpoint(self.mailbox.id, self.folder, selected.uidvalidity, last_uid)
+        synced_at = await self._store.last_synced_at(self.mailbox.id, self.folder, selected.uidvalidity)
+        if synced_at is None:
+            log.warning("%s/%s: no earlier sync stored; announcing none of it", self.mailbox.id, self.folder)
+        fresh = new_uids(headers, known, synced_at)
+        for start in range(0, len(fresh), FETCH_BATCH):
+            await self._announce(session, fresh[start : start + FETCH_BATCH], selected.uidvalidity, keep=old)
+        last_uid = uids[-1] if uids else max(0, (selected.uidnext or 1) - 1)
+        checkpoint = self._checkpoint_at(selected.uidvalidity, last_uid)
         await self._store.append([], checkpoint)
         return checkpoint
-
-
-def _internaldate(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return parsedate_to_datetime(text.replace("-", " ", 2)).timestamp()
-    except (TypeError, ValueError):
-        return None

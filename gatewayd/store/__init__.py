@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -85,6 +86,12 @@ class EventStore(Protocol):
 
     async def known_message_ids(self, mailbox_id: str, folder: str, message_ids: Sequence[str]) -> set[str]:
         """Which of these Message-IDs were already announced for this folder (UIDVALIDITY resync)."""
+        ...
+
+    async def last_synced_at(self, mailbox_id: str, folder: str, uidvalidity: int) -> datetime | None:
+        """When the folder was last known synced under a UIDVALIDITY other than this one: the
+        `created_at` of its newest `message.received*` or `mailbox.connected` event (UIDVALIDITY
+        resync; None when none is stored)."""
         ...
 
     async def read_after(self, query: EventQuery, after_seq: int, limit: int) -> list[Event]:

@@ -32,7 +32,15 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from gatewayd.events import Event, NewEvent, compact_json, parse_rfc3339, rfc3339
+from gatewayd.events import (
+    MAILBOX_CONNECTED,
+    MESSAGE_RECEIVED,
+    Event,
+    NewEvent,
+    compact_json,
+    parse_rfc3339,
+    rfc3339,
+)
 from gatewayd.store import Checkpoint, EventQuery, InvalidEventId, opening, spam_score
 
 log = logging.getLogger(__name__)
@@ -501,6 +509,20 @@ class SqliteEventStore:
             )
             known.update(row[0] for row in rows)
         return known
+
+    async def last_synced_at(self, mailbox_id: str, folder: str, uidvalidity: int) -> datetime | None:
+        """When the folder was last known synced under a UIDVALIDITY other than this one: the
+        `created_at` of its newest `message.received*` or `mailbox.connected` event."""
+        # Walks the mailbox's events backwards by seq; the newest usually matches.
+        async with self._r.execute(
+            "SELECT created_at FROM events WHERE mailbox_id = ?"
+            " AND (type IN (?, ?) OR type GLOB ?)"
+            " AND json_extract(data, '$.folder') = ? AND json_extract(data, '$.uidvalidity') != ?"
+            " ORDER BY seq DESC LIMIT 1",
+            (mailbox_id, MESSAGE_RECEIVED, MAILBOX_CONNECTED, f"{MESSAGE_RECEIVED}.*", folder, uidvalidity),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else parse_rfc3339(row[0])
 
     async def read_after(self, query: EventQuery, after_seq: int, limit: int) -> list[Event]:
         """Events with seq > after_seq matching query, oldest first, at most limit."""

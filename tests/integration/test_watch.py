@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import imaplib
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -138,6 +141,65 @@ async def test_uidvalidity_change_does_not_reannounce_old_mail(
     assert events[2]["data"]["uidvalidity"] != old_validity
     connected = [e for e in await listing(gw, types="mailbox.connected")]
     assert connected[-1]["data"]["uidvalidity_changed"] is True
+
+
+def rebuild_with(dovecot: Dovecot, user: str, arrived: list[bytes]) -> None:
+    """A mailbox rebuild (new UIDVALIDITY) with `arrived` put into the Maildir meanwhile, in
+    this order after the old mail: they are in the folder before any watcher can reconnect."""
+    dovecot.stop()
+    dovecot.reset_uidvalidity(user)
+    stamp = int(time.time())
+    for n, raw in enumerate(arrived):
+        (dovecot.maildir(user) / "new" / f"{stamp}.M{n}P1.rebuild").write_bytes(raw)
+    dovecot.start()
+
+
+async def resync_after(gw: Any, dovecot: Dovecot, user: str, old_validity: int, arrived: list[bytes]) -> None:
+    await asyncio.sleep(1.1)  # UIDVALIDITY and INTERNALDATE have one-second steps: make them differ
+    await asyncio.to_thread(rebuild_with, dovecot, user, arrived)
+    await wait_for(lambda: gw.daemon.pool.health()[0]["uidvalidity"] != old_validity, what="new UIDVALIDITY")
+    await wait_for(lambda: idle(gw), what="watcher idle again")
+
+
+async def test_uidvalidity_change_announces_exactly_the_mail_not_announced_before(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    old_one = mail("old one")
+    await dovecot.deliver_async(user, old_one)
+    await dovecot.deliver_async(user, b"From: bob@example.org\r\nSubject: old without id\r\n\r\nHi.\r\n")
+    await dovecot.deliver_async(user, mail("old three"))
+    first = await wait_events(gw, 3)
+    # New mail interleaved with a copy of old mail (the same Message-ID, arrived later), and new
+    # mail without a Message-ID.
+    arrived = [
+        mail("new one"),
+        old_one.replace(b"Subject: old one", b"Subject: old one again"),
+        b"From: bob@example.org\r\nSubject: new without id\r\n\r\nHi.\r\n",
+    ]
+    await resync_after(gw, dovecot, user, first[0]["data"]["uidvalidity"], arrived)
+    events = await wait_events(gw, 5)
+    subjects = [e["data"]["subject"] for e in events]
+    assert subjects == ["old one", "old without id", "old three", "new one", "new without id"]
+    assert {e["data"]["uidvalidity"] for e in events[3:]} == {gw.daemon.pool.health()[0]["uidvalidity"]}
+
+
+async def test_uidvalidity_change_with_no_message_id_known_announces_what_arrived_after(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    config = gateway_config(tmp_path, dovecot, [user])
+    gw = await start_gateway(config)
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    await dovecot.deliver_async(user, mail("old one"))
+    await dovecot.deliver_async(user, mail("old two"))
+    first = await wait_events(gw, 2)
+    # As when retention pruned the announced Message-IDs (the events of the folder's last sync stay).
+    with contextlib.closing(sqlite3.connect(config.store.path)) as db, db:
+        db.execute("DELETE FROM message_ids")
+    await resync_after(gw, dovecot, user, first[0]["data"]["uidvalidity"], [mail("new one")])
+    events = await wait_events(gw, 3)
+    assert [e["data"]["subject"] for e in events] == ["old one", "old two", "new one"]
 
 
 async def test_expunged_before_fetch_is_skipped(dovecot: Dovecot, user: str, tmp_path: Path) -> None:
