@@ -84,10 +84,13 @@ class AccountWatcher:
                     reason = f"internal error: {type(exc).__name__}"
                     attempt = await self._back_off(reason, "internal", attempt)
         finally:
-            for watcher in self.folders:
-                watcher.set_state("stopped")
-            if self._session is not None:
-                await asyncio.shield(self._session.logout())
+            await asyncio.shield(self._leave(self._session))
+
+    async def _leave(self, session: ImapSession | None) -> None:
+        for watcher in self.folders:
+            await watcher.announce_stop()
+        if session is not None:
+            await session.logout()
 
     async def _per_folder(self, session: ImapSession | None) -> None:
         """The fall-back: every folder its own IDLE connection (the first may reuse `session`).

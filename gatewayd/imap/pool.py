@@ -19,7 +19,7 @@ from collections.abc import Collection, Iterable
 
 from gatewayd.config import WATCH_ALWAYS, Config, MailboxConfig
 from gatewayd.imap.notify import AccountWatcher
-from gatewayd.imap.watch import FolderWatcher, MessageProcessor, Publisher
+from gatewayd.imap.watch import FolderWatcher, MessageProcessor, Publisher, StopReason
 from gatewayd.store import EventStore
 
 log = logging.getLogger(__name__)
@@ -87,13 +87,14 @@ class WatcherPool:
 
     def _stop_later(self, mailbox_id: str) -> None:
         self._linger.pop(mailbox_id, None)
-        task = asyncio.create_task(self._stop(mailbox_id))
+        task = asyncio.create_task(self._stop(mailbox_id, StopReason.ON_DEMAND_IDLE))
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
 
-    async def _stop(self, mailbox_id: str) -> None:
+    async def _stop(self, mailbox_id: str, reason: StopReason) -> None:
         tasks = self._tasks.pop(mailbox_id, [])
-        self._watchers.pop(mailbox_id, None)
+        for watcher in self._watchers.pop(mailbox_id, []):
+            watcher.stop_reason = reason
         pending = set(tasks)
         while pending:
             # Python 3.11's wait_for can swallow a cancellation that races with its inner
@@ -107,13 +108,20 @@ class WatcherPool:
     def is_watching(self, mailbox_id: str) -> bool:
         return mailbox_id in self._tasks
 
+    async def drain(self) -> None:
+        """Shutdown, before subscribers are told: every watcher stores and publishes what it
+        holds and processes no more mail; the connections stay open until `close`."""
+        watchers = [watcher for folders in self._watchers.values() for watcher in folders]
+        await asyncio.gather(*(watcher.drain() for watcher in watchers))
+
     async def close(self) -> None:
         """Log out of every server (after the SSE connections are gone)."""
         self._closed = True
         for handle in self._linger.values():
             handle.cancel()
         self._linger.clear()
-        await asyncio.gather(*(self._stop(mailbox_id) for mailbox_id in list(self._tasks)), *self._stopping)
+        stops = (self._stop(mailbox_id, StopReason.SHUTDOWN) for mailbox_id in list(self._tasks))
+        await asyncio.gather(*stops, *self._stopping)
 
     def health(self) -> list[dict[str, object]]:
         report: list[dict[str, object]] = []

@@ -86,6 +86,41 @@ async def test_two_subscribers_share_one_on_demand_connection(
     assert frame.json["data"]["subject"] == "while unwatched"
 
 
+async def test_an_on_demand_logout_is_announced_as_disconnected(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    config = gateway_config(tmp_path, dovecot, [user], watch="on_demand", on_demand_linger_seconds=0.3)
+    gw = await start_gateway(config)
+    mailbox_id = f"{user}-inbox"
+    async with aiohttp.ClientSession() as session:
+        reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH))
+        await wait_for(lambda: idle(gw, mailbox_id), what="on-demand watcher idle")
+        reader.response.close()
+    await wait_for(lambda: not gw.daemon.pool.is_watching(mailbox_id), timeout=10, what="watcher to log out")
+    last = (await listing(gw, types="mailbox.*"))[-1]
+    assert last["type"] == "mailbox.disconnected"
+    assert last["data"] == {"folder": "INBOX", "reason": "on_demand_idle", "retry_in_ms": None}
+
+
+async def test_a_shutdown_logout_is_announced_as_disconnected(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    config = gateway_config(tmp_path, dovecot, [user])
+    gw = await start_gateway(config)
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    await gw.daemon.stop()
+    # The log's last state event for the mailbox is not `mailbox.connected`.
+    store = SqliteEventStore(Path(config.store.path))
+    await store.open()
+    try:
+        query = EventQuery(agent_ids=("support",), type_patterns=("mailbox.*",))
+        [last] = await store.read_before(query, None, 1)
+    finally:
+        await store.close()
+    assert last.type == "mailbox.disconnected"
+    assert last.data == {"folder": "INBOX", "reason": "shutdown", "retry_in_ms": None}
+
+
 async def test_backfill_announces_the_last_n_on_first_connect(
     dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
 ) -> None:
