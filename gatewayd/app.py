@@ -120,6 +120,8 @@ class Daemon:
         for task in (self._pruner, self._guard):
             if task is not None:
                 task.cancel()
+        # Flush: what the watchers hold is stored and published before `closing` (IMAP stays up).
+        await self.pool.drain()
         gateway.begin_closing()
         # Every open stream now writes its closing event; give clients the grace period to go.
         grace = self.config.server.shutdown_grace_seconds

@@ -1,4 +1,5 @@
-"""The real `gatewayd` command as a subprocess: shutdown, restart, kill -9, CLI, secrets in logs."""
+"""The real `gatewayd` command as a subprocess: shutdown, restart, kill -9, CLI, secrets in logs
+(and, in process, the shutdown's flush of what the watchers hold)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,14 @@ import aiohttp
 import pytest
 import yaml
 
-from gatewayd.config import parse_config
+from gatewayd.config import MailboxConfig, parse_config
+from gatewayd.events import NewEvent
+from gatewayd.imap import watch
+from gatewayd.imap.act import MailActions
+from gatewayd.message import FetchedMessage
+from gatewayd.pipeline import Pipeline
 from gatewayd.sandbox.dovecot import Dovecot, free_port
-from tests.conftest import TOKEN
+from tests.conftest import TOKEN, gateway_config
 from tests.daemon import AUTH, GatewayProcess, config_data, run_cli, write_config
 from tests.sse import Frame, SseReader, mail
 
@@ -162,6 +168,43 @@ async def test_sigterm_sends_closing_event_and_exits_zero(gatewayd: Any, dovecot
         assert await gw.wait_exit(20) == 0
         assert await gw.health(session) is None, "healthz still answers after exit"
     assert "Traceback" not in gw.stderr(), gw.stderr()
+
+
+async def test_shutdown_publishes_what_the_watchers_hold_before_closing(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A catch-up's group commit still held at shutdown reaches subscribers before `closing`.
+
+    In process, with one injected delay: checking the third message of the backlog never ends,
+    so the first two stay held (no real server makes a message take forever to check)."""
+    monkeypatch.setattr(watch, "GROUP_COMMIT_SECONDS", 3600.0)
+    stalled = asyncio.Event()
+    process = Pipeline.process
+
+    async def stall_on_third(
+        self: Pipeline, mailbox: MailboxConfig, message: FetchedMessage, actions: MailActions | None = None
+    ) -> NewEvent | None:
+        if b"Subject: third" in message.raw:
+            stalled.set()
+            await asyncio.Event().wait()  # until the watcher is cancelled, after the SSE connections
+        return await process(self, mailbox, message, actions)
+
+    monkeypatch.setattr(Pipeline, "process", stall_on_third)
+    for subject in ("first", "second", "third"):
+        await dovecot.deliver_async(user, mail(subject))
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], backfill=3))
+    await asyncio.wait_for(stalled.wait(), 20)
+    async with aiohttp.ClientSession() as session:
+        response = await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"})
+        reader = SseReader(response)
+        stopping = asyncio.create_task(gw.daemon.stop())
+        frames: list[Frame] = []
+        while (frame := await reader.next(15)).event != "closing":
+            frames.append(frame)
+        response.close()
+        await stopping
+    assert [frame.json["data"]["subject"] for frame in frames] == ["first", "second"]
+    assert frame.json["last_event_id"] == frames[-1].id
 
 
 # --- 2. restart: a subscriber resuming by Last-Event-ID gets what arrived while it was down ------
