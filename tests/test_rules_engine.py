@@ -20,6 +20,7 @@ from gatewayd.send.outbox import Outbox
 from gatewayd.store.journal import SENDING, UNKNOWN
 from gatewayd.store.sqlite import SqliteEventStore
 from gatewayd.store.sqlite_journal import SqliteRuleJournal
+from tests.stalling_smtp import StallingSmtp
 
 RAW = b"From: Bob <bob@example.org>\r\nSubject: hello\r\nMessage-ID: <m1@example.org>\r\n\r\nHi.\r\n"
 
@@ -108,8 +109,14 @@ def setup(parts: dict[str, Any], then: list[Any], **mailbox: Any) -> tuple[Pipel
     return Pipeline([StageSpec(stage, 60)]), mailbox_config
 
 
-def fetched(uid: int = 7) -> FetchedMessage:
-    return FetchedMessage("INBOX", uid, 1, RAW, len(RAW), (), None)
+def fetched(uid: int = 7, raw: bytes = RAW) -> FetchedMessage:
+    return FetchedMessage("INBOX", uid, 1, raw, len(raw), (), None)
+
+
+def from_(sender: str, uid: int, return_path: str | None = None) -> FetchedMessage:
+    envelope = f"Return-Path: <{return_path}>\r\n" if return_path else ""
+    raw = f"{envelope}From: {sender}\r\nSubject: hello\r\nMessage-ID: <m{uid}@example.org>\r\n\r\nHi.\r\n"
+    return fetched(uid, raw.encode())
 
 
 async def test_a_message_seen_again_is_never_acted_on_twice(parts: dict[str, Any]) -> None:
@@ -255,3 +262,17 @@ async def test_recovery_after_a_restart_finds_what_was_left_open_then_costs_no_q
         assert reads == [] and len(parts["published"]) == 1
     finally:
         await journal.close()
+
+
+async def test_a_server_that_stalls_at_the_data_holds_up_only_one_message(parts: dict[str, Any]) -> None:
+    async with StallingSmtp(stall_after_data=True) as hung:
+        smtp = {"host": "127.0.0.1", "port": hung.port, "tls": "none", "timeout_seconds": 1}
+        pipeline, mailbox = setup(parts, [{"auto_reply": "Thanks."}], smtp=smtp, address="me@gw.example")
+        first = await pipeline.process(mailbox, from_("bob@example.org", 7), FakeActions())
+        second = await pipeline.process(mailbox, from_("carol@example.org", 8), FakeActions())
+    assert first is not None and second is not None
+    stalled = first.data["rules_applied"][0]["actions"][0]
+    assert stalled["outcome"] == "error" and stalled["error"].startswith("data:")
+    # It may have been delivered: the server counts as down, the next mail waits in the queue.
+    queued = second.data["rules_applied"][0]["actions"][0]
+    assert queued["outcome"] == "pending" and hung.connections == 1

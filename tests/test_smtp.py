@@ -14,6 +14,7 @@ from aiosmtpd.controller import Controller
 from gatewayd.config import SmtpConfig, parse_config
 from gatewayd.sandbox.dovecot import free_port
 from gatewayd.send.smtp import send
+from tests.stalling_smtp import StallingSmtp
 
 MESSAGE = b"From: me@gw.example\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\nHello.\r\n"
 
@@ -76,6 +77,16 @@ async def test_verdicts(server: tuple[Handler, int], tmp_path: Path) -> None:
     # Nobody listening: certainly not delivered, worth retrying.
     down = await send(smtp_config(free_port(), tmp_path), "me@gw.example", ["bob@example.org"], MESSAGE)
     assert down.status == "retry" and down.error and down.error.startswith("connect:")
+
+
+async def test_the_whole_attempt_is_bounded_by_timeout_seconds(tmp_path: Path) -> None:
+    # Every reply is well within the per-command timeout, but the data would come only after
+    # about two timeouts' worth of replies: the attempt gives up before, not at a multiple of it.
+    async with StallingSmtp(reply_delay=0.4) as slow:
+        config = smtp_config(slow.port, tmp_path, timeout_seconds=1)
+        result = await send(config, "me@gw.example", ["bob@example.org"], MESSAGE)
+    assert result.status == "retry" and not slow.got_data
+    assert "DATA" not in slow.commands and "QUIT" not in slow.commands  # a stalled peer: no QUIT
 
 
 async def test_starttls_with_the_configured_ca(tmp_path: Path) -> None:

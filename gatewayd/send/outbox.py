@@ -5,8 +5,9 @@ The rules make the first attempt while the message is processed, bounded by the 
 A failure that may pass (`retry`) is then retried by `run()`, a background task, with exponential
 back-off and jitter from `smtp.retry_initial_seconds` up to `smtp.retry_max_seconds`, at most
 `smtp.retry_attempts` attempts in all; when it finally goes out or is given up, a `message.action`
-event says so. The watcher never waits for a retry: after a failure the mailbox's SMTP server
-counts as down, and later mail goes straight to the queue until a background attempt gets through.
+event says so. The watcher never waits for a retry: after a failure that may pass, or a connection
+lost or timed out at the data (`unknown`), the mailbox's SMTP server counts as down, and later mail
+goes straight to the queue until a background attempt gets through.
 
 Mail is never sent twice: an attempt is recorded (`sending`) before it starts, and one that a
 crash interrupted is `unknown` afterwards, never resent.
@@ -79,7 +80,8 @@ class Outbox:
         result = await send(mailbox.smtp, item.envelope_from, item.recipients, item.message)
         if result.status == SENT:
             self._down_until.pop(item.mailbox_id, None)
-        elif result.status == RETRY:
+        elif result.status in (RETRY, UNKNOWN):
+            # A server that broke off or stalled at the data would hold the watcher up again.
             self._down_until[item.mailbox_id] = time.monotonic() + mailbox.smtp.retry_initial_seconds
         return result
 

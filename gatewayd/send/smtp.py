@@ -46,7 +46,7 @@ async def send(
 ) -> SendResult:
     """Deliver `message` to `recipients`; never raises (see the module docstring for the verdicts).
 
-    `timeout` bounds the whole delivery (default: three times `config.timeout_seconds`).
+    `timeout` bounds the whole delivery, QUIT included (default: `config.timeout_seconds`).
     """
     smtp = aiosmtplib.SMTP(
         hostname=config.host,
@@ -58,8 +58,9 @@ async def send(
         timeout=config.timeout_seconds,
     )
     phase = ["connect"]
+    deadline = asyncio.get_running_loop().time() + (timeout or config.timeout_seconds)
     try:
-        async with asyncio.timeout(timeout or config.timeout_seconds * 3):
+        async with asyncio.timeout_at(deadline):
             return await _deliver(smtp, config, envelope_from, recipients, message, phase)
     except aiosmtplib.SMTPAuthenticationError as exc:
         return SendResult(FAILED, f"login refused: {exc.code} {exc.message}"[:300])
@@ -74,11 +75,18 @@ async def send(
         status = UNKNOWN if phase[0] == "data" else RETRY
         return SendResult(status, f"{phase[0]}: {detail}"[:300])
     finally:
-        if smtp.is_connected:
-            try:
-                await asyncio.wait_for(smtp.quit(), 2)
-            except Exception:
-                smtp.close()
+        await _hang_up(smtp, deadline)
+
+
+async def _hang_up(smtp: aiosmtplib.SMTP, deadline: float) -> None:
+    """QUIT politely if time is left; a stalled server is simply disconnected."""
+    if not smtp.is_connected:
+        return
+    try:
+        async with asyncio.timeout_at(min(deadline, asyncio.get_running_loop().time() + 2)):
+            await smtp.quit()
+    except Exception:
+        smtp.close()
 
 
 async def _deliver(
