@@ -33,9 +33,12 @@ async def journal(tmp_path: Path) -> AsyncIterator[SqliteRuleJournal]:
     await store.close()
 
 
-def reply(step: int, to: str = "bob@example.org", period: float = 3600) -> OutgoingMail:
+def reply(
+    step: int, to: str = "bob@example.org", period: float = 3600, sender: str | None = None
+) -> OutgoingMail:
+    limited = (to, sender) if sender else (to,)
     return OutgoingMail(
-        step, "auto_reply", "me@gw.example", (to,), b"raw", f"<r{step}@gw>", Reservation(to, period)
+        step, "auto_reply", "me@gw.example", (to,), b"raw", f"<r{step}@gw>", Reservation(limited, period)
     )
 
 
@@ -83,12 +86,28 @@ async def test_one_auto_reply_per_sender_per_period(journal: SqliteRuleJournal) 
     await begin(journal, "k4", reply(0, "bob@example.org", period=0), uid=4)
     assert await journal.outbox_get("k4", 0) is not None
     # A reply that failed for good gives the sender back (only the reservation it took).
-    await journal.release_reservation("box", "bob@example.org", "k1")  # k4 holds it now: kept
+    await journal.release_reservation("box", "k1")  # k4 holds it now: kept
     denied = await begin(journal, "k5", reply(0), uid=5)
     assert denied.steps[0]["outcome"] == "skipped"
-    await journal.release_reservation("box", "bob@example.org", "k4")
+    await journal.release_reservation("box", "k4")
     allowed = await begin(journal, "k6", reply(0), uid=6)
     assert allowed.steps == {} and await journal.outbox_get("k6", 0) is not None
+
+
+async def test_a_reply_counts_against_the_sender_and_the_reply_target(journal: SqliteRuleJournal) -> None:
+    alice = "alice@example.com"
+    await begin(journal, "k1", reply(0, "srs0=ab12=alice@fwd.example", sender=alice), uid=1)
+    # Another SRS/VERP Return-Path for the same sender: denied, naming the address already used.
+    second = await begin(journal, "k2", reply(0, "srs0=cd34=alice@fwd.example", sender=alice), uid=2)
+    assert second.steps[0]["outcome"] == "skipped" and alice in second.steps[0]["reason"]
+    # Someone else whose replies go to that same target: denied too.
+    third = await begin(journal, "k3", reply(0, "srs0=ab12=alice@fwd.example", sender="eve@x.org"), uid=3)
+    assert third.steps[0]["outcome"] == "skipped"
+    assert await journal.outbox_get("k2", 0) is None and await journal.outbox_get("k3", 0) is None
+    # A denied reservation took nothing; a reply that failed for good gives back all it took.
+    await journal.release_reservation("box", "k1")
+    allowed = await begin(journal, "k4", reply(0, "srs0=ef56=alice@fwd.example", sender=alice), uid=4)
+    assert allowed.steps == {} and await journal.outbox_get("k4", 0) is not None
 
 
 async def test_outbox_retries_and_orphans(journal: SqliteRuleJournal) -> None:

@@ -276,3 +276,20 @@ async def test_a_server_that_stalls_at_the_data_holds_up_only_one_message(parts:
     # It may have been delivered: the server counts as down, the next mail waits in the queue.
     queued = second.data["rules_applied"][0]["actions"][0]
     assert queued["outcome"] == "pending" and hung.connections == 1
+
+
+async def test_one_auto_reply_per_sender_whatever_the_return_path(parts: dict[str, Any]) -> None:
+    smtp = {"host": "127.0.0.1", "port": 9, "tls": "none"}
+    pipeline, mailbox = setup(parts, [{"auto_reply": "Thanks."}], smtp=smtp, address="me@gw.example")
+    pipeline.stages[0].stage._outbox = None  # type: ignore[attr-defined]  # composed and journaled only
+    alice = "Alice <alice@example.com>"
+    first = await pipeline.process(
+        mailbox, from_(alice, 7, "bounce-1-alice=example.com@lists.example"), FakeActions()
+    )
+    second = await pipeline.process(
+        mailbox, from_(alice, 8, "bounce-2-alice=example.com@lists.example"), FakeActions()
+    )
+    assert first is not None and second is not None
+    assert first.data["rules_applied"][0]["actions"][0]["to"] == ["bounce-1-alice=example.com@lists.example"]
+    skipped = second.data["rules_applied"][0]["actions"][0]
+    assert skipped["outcome"] == "skipped" and "alice@example.com" in skipped["reason"]

@@ -33,7 +33,7 @@ from gatewayd.rules.load import RuleBook
 from gatewayd.rules.match import InlineBudget, NeedsMoreTime
 from gatewayd.rules.model import Rule
 from gatewayd.rules.plan import DRY_RUN, ERROR, SKIPPED, build, evaluate, has_effects, result
-from gatewayd.rules.safety import refuse_automatic, refuse_reply, reply_target
+from gatewayd.rules.safety import refuse_automatic, refuse_reply, reply_limited, reply_target
 from gatewayd.rules.template import context_for
 from gatewayd.send.outbox import Outbox
 from gatewayd.store import EventStore
@@ -191,7 +191,7 @@ class RulesStage:
                             (target,),
                             composed.message,
                             composed.message_id,
-                            Reservation(target, period),
+                            Reservation(reply_limited(facts, target), period),
                             info,
                         )
                     )

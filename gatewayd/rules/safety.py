@@ -11,7 +11,8 @@ An auto-reply is refused, with the reason in the event, to a message that is:
 - given a spam verdict (`spam` or `suspect`), or failed authentication (auth verdict `fail`).
 
 The reply goes to the Return-Path (the envelope sender, RFC 3834 section 4), else the Reply-To,
-else the From address.
+else the From address. "One auto-reply per sender per period" counts against both the From address
+and that target: an SRS or VERP Return-Path differs for every message from the same sender.
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ def reply_target(facts: Facts) -> str | None:
     if reply_to:
         return reply_to[0]
     return _address(facts.data.get("from"))
+
+
+def reply_limited(facts: Facts, target: str) -> tuple[str, ...]:
+    """The addresses a reply to `target` counts against: the target, and the sender (From)."""
+    sender = _address(facts.data.get("from"))
+    if sender is None or sender.lower() == target.lower():
+        return (target,)
+    return (target, sender)
 
 
 def refuse_automatic(facts: Facts, own_address: str | None) -> str | None:

@@ -106,7 +106,7 @@ class Outbox:
                 await asyncio.to_thread(self._learning.record_sent, item.mailbox_id, recipient)
         if state == FAILED and item.kind == "auto_reply":
             # It never went out: a later message from the same sender may be answered.
-            await self._journal.release_reservation(item.mailbox_id, item.recipients[0], item.key)
+            await self._journal.release_reservation(item.mailbox_id, item.key)
         if state == RETRY:
             self.wake()
         if not inline and state in (SENT, FAILED, UNKNOWN):

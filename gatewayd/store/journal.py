@@ -14,7 +14,9 @@ A message that a rule moved or copied into another watched folder gets a `placed
 key it has there, so that folder's watcher neither announces it again nor runs rules on it.
 
 The auto-reply reservations give "at most one auto-reply per sender per period": `begin` takes a
-reservation only when none younger than the period exists, atomically with the rest.
+reservation only when none younger than the period exists for any of its addresses (the sender and
+the reply target, which an SRS or VERP Return-Path makes differ per message), atomically with the
+rest.
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ REPLY_MEMORY_SECONDS = 366 * 86400
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """At most one auto-reply to `address` from `mailbox_id` per `period_seconds`."""
+    """At most one auto-reply from a mailbox per `period_seconds` counted against each of
+    `addresses` (compared without case): one reply uses them all up."""
 
-    address: str
+    addresses: tuple[str, ...]
     period_seconds: float
 
 
@@ -104,8 +107,9 @@ class RuleJournal(Protocol):
 
     - Every method is atomic and durable when it returns (a kill -9 right after keeps it).
     - `begin` of a key already journaled changes nothing and returns the existing entry.
-    - A reservation is granted only when the mailbox has none for that address younger than its
-      period; `begin` records a denied reservation's step as skipped, in the same transaction.
+    - A reservation is granted only when the mailbox has none for any of its addresses younger
+      than its period, and then for all of them; `begin` records a denied reservation's step as
+      skipped, in the same transaction.
     - `place` never overwrites an entry of the rules' own (a message is processed once per key).
     """
 
@@ -167,8 +171,8 @@ class RuleJournal(Protocol):
         """`sending` items whose message is finished: a background attempt a crash interrupted."""
         ...
 
-    async def release_reservation(self, mailbox_id: str, address: str, key: str) -> None:
-        """Forget the reservation `key` took (its mail failed for good), if it is still that one."""
+    async def release_reservation(self, mailbox_id: str, key: str) -> None:
+        """Forget the reservations `key` took (its mail failed for good), where they are still its."""
         ...
 
     async def prune(self, max_age_seconds: float) -> int: ...

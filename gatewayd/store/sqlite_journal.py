@@ -273,25 +273,30 @@ class SqliteRuleJournal:
         now: float,
     ) -> None:
         if mail.reservation is not None:
-            reservation = mail.reservation
+            addresses = sorted({address.lower() for address in mail.reservation.addresses})
+            cutoff = now - mail.reservation.period_seconds
+            marks = ", ".join("?" * len(addresses))
             cursor = await conn.execute(
-                "INSERT INTO auto_replies (mailbox_id, address, replied_at, key) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (mailbox_id, address) DO UPDATE"
-                " SET replied_at = excluded.replied_at, key = excluded.key"
-                " WHERE auto_replies.replied_at <= ?",
-                (mailbox_id, reservation.address.lower(), now, key, now - reservation.period_seconds),
+                f"SELECT address FROM auto_replies WHERE mailbox_id = ? AND address IN ({marks})"
+                " AND replied_at > ? LIMIT 1",
+                (mailbox_id, *addresses, cutoff),
             )
-            if cursor.rowcount != 1:
+            if taken := await cursor.fetchone():
                 skipped = {
                     "state": "done",
                     "outcome": "skipped",
-                    "reason": f"already auto-replied to {reservation.address} within the period",
+                    "reason": f"already auto-replied to {taken[0]} within the period",
                 }
                 await conn.execute(
                     "INSERT OR REPLACE INTO rule_steps (key, step, record) VALUES (?, ?, ?)",
                     (key, mail.step, _dumps(skipped)),
                 )
                 return
+            await conn.executemany(
+                "INSERT OR REPLACE INTO auto_replies (mailbox_id, address, replied_at, key)"
+                " VALUES (?, ?, ?, ?)",
+                [(mailbox_id, address, now, key) for address in addresses],
+            )
         await conn.execute(
             "INSERT INTO outbox (key, step, mailbox_id, agent_id, kind, envelope_from, recipients, message,"
             " message_id, state, info, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -426,15 +431,8 @@ class SqliteRuleJournal:
         )
         return [_item(row) for row in rows]
 
-    async def release_reservation(self, mailbox_id: str, address: str, key: str) -> None:
-        await self._write(
-            [
-                (
-                    "DELETE FROM auto_replies WHERE mailbox_id = ? AND address = ? AND key = ?",
-                    (mailbox_id, address.lower(), key),
-                )
-            ]
-        )
+    async def release_reservation(self, mailbox_id: str, key: str) -> None:
+        await self._write([("DELETE FROM auto_replies WHERE mailbox_id = ? AND key = ?", (mailbox_id, key))])
 
     async def prune(self, max_age_seconds: float) -> int:
         """Forget finished messages and final mail older than max_age_seconds; never open ones."""
