@@ -297,6 +297,17 @@ def test_errors_name_the_rule_and_the_key() -> None:
     ]
 
 
+def test_system_flags_in_any_case_take_their_canonical_spelling() -> None:
+    # IMAP system flags are case-insensitive (RFC 3501).
+    then = [{"add_flags": ["\\seen", "\\FLAGGED"]}, {"remove_flags": "\\answered"}]
+    (rule,), errors = parse_rules([{"name": "r", "then": then}], "rules")
+    assert errors == []
+    assert [a.get("flags") for a in rule.actions] == [["\\Seen", "\\Flagged"], ["\\Answered"]]
+    assert errors_of([{"name": "r", "then": [{"add_flags": "\\deleted"}]}]) == [
+        'rules[0] "r".then[0].add_flags: \\Deleted is not allowed: use move (to Trash) instead'
+    ]
+
+
 def test_rules_files_global_and_per_mailbox(tmp_path: Path) -> None:
     (tmp_path / "global.yaml").write_text("rules:\n  - {name: g2, then: [{tag: g2}]}\n")
     (tmp_path / "box.yaml").write_text("- {name: m2, then: [{tag: m2}]}\n")

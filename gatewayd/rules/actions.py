@@ -18,6 +18,7 @@ from gatewayd.rules.syntax import Invalid, _bool, _strings, _unknown
 from gatewayd.rules.template import Template
 
 SYSTEM_FLAGS = ("\\Seen", "\\Answered", "\\Flagged", "\\Draft")
+_SYSTEM_FLAG_SPELLING = {flag.lower(): flag for flag in SYSTEM_FLAGS}
 # RFC 3501 atom: no space, control, ( ) { % * " \ ].
 _KEYWORD = re.compile(r'[^\x00-\x20\x7f(){%*"\\\]]{1,200}')
 _ADDRESS = re.compile(r"[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+")
@@ -64,10 +65,13 @@ def _only(value: dict[str, Any], keys: tuple[str, ...]) -> None:
 
 def _flags(value: Any) -> tuple[str, ...]:
     flags = _strings(value, "a flag or a list of flags")
+    canonical: list[str] = []
     for flag in flags:
-        if flag == "\\Deleted":
+        # System flags are case-insensitive (RFC 3501): `\seen` is `\Seen`.
+        if flag.lower() == "\\deleted":
             raise Invalid(("", "\\Deleted is not allowed: use move (to Trash) instead"))
-        if flag.capitalize() not in SYSTEM_FLAGS and flag not in SYSTEM_FLAGS:
+        spelling = _SYSTEM_FLAG_SPELLING.get(flag.lower())
+        if spelling is None:
             raise Invalid(
                 (
                     "",
@@ -75,7 +79,8 @@ def _flags(value: Any) -> tuple[str, ...]:
                     " (keywords go in add_keywords)",
                 )
             )
-    return tuple(f if f in SYSTEM_FLAGS else f.capitalize() for f in flags)
+        canonical.append(spelling)
+    return tuple(canonical)
 
 
 def _keywords(value: Any) -> tuple[str, ...]:
