@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gatewayd.config import ImapConfig, MailboxConfig, Secret
+from gatewayd.config import MailboxConfig, parse_config
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline import StageContext
 from gatewayd.pipeline.spam import CORROBORATING, SOFT, SOFT_CAP, SYMBOLS, SpamOptions, SpamStage, content
@@ -590,31 +590,14 @@ def test_a_failing_learning_store_costs_only_its_findings() -> None:
     assert spam_data(fixture("phishing.eml"), learning=broken) == spam_data(fixture("phishing.eml"))
 
 
-def mailbox(username: str) -> MailboxConfig:
-    imap = ImapConfig(
-        host="imap.example.com",
-        port=993,
-        tls="implicit",
-        username=username,
-        password=Secret("x"),
-        folders=("INBOX",),
-        allow_insecure=False,
-        verify_cert=True,
-        ca_file=None,
-        idle_renew_seconds=1500,
-        read_timeout_seconds=60,
-        poll_interval_seconds=60,
-        connect_timeout_seconds=10,
-    )
-    return MailboxConfig(
-        id="support",
-        agent_id="agent",
-        watch="always",
-        imap=imap,
-        backfill=0,
-        fetch_max_bytes=262144,
-        on_demand_linger_seconds=30,
-    )
+def mailbox(username: str, address: str | None = None) -> MailboxConfig:
+    box = {
+        "id": "support",
+        "imap": {"host": "imap.example.com", "username": username, "password": "x"},
+        "address": address,
+    }
+    config = parse_config({"agents": [{"id": "agent", "mailboxes": [box]}]}, env={}, base_dir=Path("."))
+    return config.mailboxes()[0]
 
 
 def test_check_takes_the_receiving_address_from_the_mailbox() -> None:
@@ -625,6 +608,8 @@ def test_check_takes_the_receiving_address_from_the_mailbox() -> None:
         return symbols(asyncio.run(stage.check(message, context)).data["spam"])
 
     assert "FROM_NAME_IMPERSONATES_RCPT" in run(StageContext(mailbox("agent@example.com"), {}))
+    # A username that is no address: the configured `address` names the receiving domain.
+    assert "FROM_NAME_IMPERSONATES_RCPT" in run(StageContext(mailbox("support", "support@example.com"), {}))
     assert "FROM_NAME_IMPERSONATES_RCPT" not in run(StageContext(mailbox("agent"), {}))
     assert "FROM_NAME_IMPERSONATES_RCPT" not in run(StageContext(None, {}))
 

@@ -282,8 +282,8 @@ class ExternalScoring:
         self._down: set[str] = set()  # log when a scorer goes down or comes back, not per message
 
     async def check(self, message: ParsedMessage, context: StageContext) -> StageResult:
-        username = context.mailbox.imap.username if context.mailbox else None
-        rcpt = username if username and "@" in username and username.isascii() else None
+        address = context.mailbox.address if context.mailbox else None
+        rcpt = address if address and address.isascii() else None
         return_path = _ENVELOPE_ADDRESS.search((message.data.get("headers") or {}).get("return-path") or "")
         mail_from = return_path[1] if return_path and return_path[1].isascii() else None
         asks = [asyncio.create_task(self._ask(w, message.raw, rcpt, mail_from)) for w in self.scorers]

@@ -98,8 +98,8 @@ class SpamStage:
 
     def check_sync(self, message: ParsedMessage, context: StageContext) -> StageResult:
         mailbox = context.mailbox
-        username = mailbox.imap.username if mailbox else None
-        address = username if username and "@" in username else None
+        # The configured `address` (which defaults to the IMAP username when that is an address).
+        address = mailbox.address if mailbox else None
         return self.score(message, address, mailbox.id if mailbox else None)
 
     def score(
