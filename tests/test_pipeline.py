@@ -91,13 +91,6 @@ async def test_on_error_suspect_raises_the_spam_verdict() -> None:
     assert outcome.data["spam"]["verdict"] == "suspect"
 
 
-async def test_on_error_skip_rest_stops_the_pipeline() -> None:
-    later = Recorder("injection")
-    outcome = await Pipeline([StageSpec(Raises("spam"), 1, "skip_rest"), StageSpec(later)]).run(parsed())
-    assert "injection" not in outcome.data and "injection" not in outcome.data["pipeline_ms"]
-    assert outcome.data["pipeline_errors"][0]["on_error"] == "skip_rest"
-
-
 async def test_malformed_mail_still_goes_through() -> None:
     outcome = await Pipeline([StageSpec(Recorder("spam"))]).run(parsed(b"\xff\xfe garbage \x00 no headers"))
     assert outcome.data["spam"] == {"ok": True}
@@ -139,6 +132,25 @@ class SyncRecorder(Recorder):
         if self.fail:
             raise ValueError("bad input")
         return StageResult({self.name: {"ok": True}})
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+async def test_on_error_skip_rest_stops_the_pipeline_and_reports_what_it_skipped(size: str) -> None:
+    later, rules = SyncRecorder("injection"), Recorder("rules", ("rules_applied", "labels"))
+    stages = [StageSpec(Recorder("spam")), StageSpec(Raises("auth"), 1, "skip_rest"), StageSpec(later)]
+    outcome = await Pipeline([*stages, StageSpec(rules)]).run(parsed() if size == "small" else large())
+    assert later.seen == rules.seen == []  # never ran
+    assert outcome.data["spam"] == {"ok": True} and outcome.data["auth"] is None
+    # The event has the same shape as without the failure: every skipped key is there, null.
+    assert outcome.data["injection"] is None
+    assert outcome.data["rules_applied"] is None and outcome.data["labels"] is None
+    errors = [(e["stage"], e["error"], e["detail"]) for e in outcome.data["pipeline_errors"]]
+    skipped = "not run: auth failed (on_error: skip_rest)"
+    assert errors == [
+        ("auth", "RuntimeError", "boom"),
+        ("injection", "skipped", skipped),
+        ("rules", "skipped", skipped),
+    ]
 
 
 @pytest.mark.parametrize("size", ["small", "large"])

@@ -7,7 +7,8 @@ the pipeline has run, so the first event an agent sees already carries every ver
 A stage that raises or overruns its time budget never loses the message: its keys in the event
 data are null, `pipeline_errors` names it, and its `on_error` decides the rest:
 `continue` (the default), `suspect` (the spam verdict becomes at least `suspect`), or
-`skip_rest` (no later stage runs).
+`skip_rest` (no later stage runs, the rules included: each is reported in `pipeline_errors` as
+`skipped`, its keys null).
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ class _Run:
         self.event_type = MESSAGE_RECEIVED
         self.force_suspect = False
         self.drop = False
-        self.stopped = False
+        self.stopped_by: str | None = None  # the stage whose failure (on_error: skip_rest) ended the run
         # Guards the state against a worker thread still running after its batch timed out; each
         # thread's batch is an attempt, and only the current attempt may change the state.
         self.lock = threading.Lock()
@@ -171,8 +172,8 @@ class _Run:
         self.data.update(dict.fromkeys(stage.provides))
         if spec.on_error == ON_ERROR_SUSPECT:
             self.force_suspect = True
-        elif spec.on_error == ON_ERROR_SKIP_REST:
-            self.stopped = True
+        elif spec.on_error == ON_ERROR_SKIP_REST and self.stopped_by is None:
+            self.stopped_by = stage.name
 
     def timeout(self, spec: StageSpec, elapsed_ms: float) -> None:
         self.fail(spec, "timeout", f"over {spec.timeout_seconds * 1000:g} ms", elapsed_ms)
@@ -188,7 +189,7 @@ class Pipeline:
         """Run every stage on a parsed message; used live and by `gatewayd check-message`."""
         run = _Run(parsed, mailbox, actions)
         position = 0
-        while position < len(self.stages) and not run.stopped:
+        while position < len(self.stages) and run.stopped_by is None:
             batch: list[StageSpec] = []
             while position + len(batch) < len(self.stages) and hasattr(
                 self.stages[position + len(batch)].stage, "check_sync"
@@ -200,6 +201,11 @@ class Pipeline:
             else:
                 await self._run_async(run, self.stages[position])
                 position += 1
+        if run.stopped_by is not None:
+            # Skipped, not silently missing: the event keeps its shape and says why.
+            for spec in self.stages:
+                if spec.stage.name not in run.timings:
+                    run.fail(spec, "skipped", f"not run: {run.stopped_by} failed (on_error: skip_rest)", 0.0)
         data = run.data
         if run.force_suspect:
             _raise_to_suspect(data)
@@ -233,7 +239,7 @@ class Pipeline:
 
         def work() -> None:
             for index, spec in enumerate(batch):
-                if run.stopped:
+                if run.stopped_by is not None:
                     return
                 started = time.perf_counter()
                 with run.lock:
@@ -265,12 +271,12 @@ class Pipeline:
             work()
         else:
             rest = await self._in_thread(run, batch, work, current)
-            if rest and not run.stopped:
+            if rest and run.stopped_by is None:
                 # The hung stage keeps its thread; the ones after it get a thread and budgets of
                 # their own, as its on_error (not skip_rest) says they should run.
                 await self._run_sync(run, rest)
         for spec in pending:
-            if run.stopped:
+            if run.stopped_by is not None:
                 return
             await self._run_async(run, spec)
 
