@@ -256,6 +256,8 @@ def test_headers_kept_by_the_parser_are_used_when_present() -> None:
         ("spf=neutral smtp.mailfrom=example.com; dkim=fail header.d=example.com; dmarc=fail", False, "fail"),
         ("spf=fail smtp.mailfrom=example.com; dkim=temperror header.d=example.com", False, "none"),
         ("spf=hardfail smtp.mailfrom=example.com; dkim=fail header.d=example.com", True, "fail"),
+        # A DMARC pass beside failing SPF and DKIM contradicts them: the verdict agrees with the type.
+        ("spf=fail smtp.mailfrom=example.com; dkim=fail header.d=example.com; dmarc=pass", True, "fail"),
     ],
 )
 def test_unauthenticated_rule(results: str, unauthenticated: bool, verdict: str) -> None:

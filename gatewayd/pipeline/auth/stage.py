@@ -253,9 +253,11 @@ class AuthStage:
         )
         if not trusted:
             verdict = "unknown"
+        elif unauthenticated:  # before DMARC: a "pass" beside failing SPF and DKIM contradicts them
+            verdict = "fail"
         elif dmarc["result"] == "pass":
             verdict = "pass"
-        elif dmarc["result"] == "fail" or unauthenticated:
+        elif dmarc["result"] == "fail":
             verdict = "fail"
         else:
             verdict = "pass" if aligned_pass else "none"
