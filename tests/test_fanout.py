@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import socket
 import sqlite3
 from collections.abc import AsyncIterator
@@ -336,6 +337,46 @@ async def test_a_client_that_stops_reading_is_cut_off_and_resumes_without_loss(e
     response, reader = await env.open(ping="30", since="0")
     assert [(await reader.next()).id for _ in range(len(stored))] == [e.id for e in stored]
     response.close()
+
+
+async def test_shutdown_first_writes_what_a_slow_client_has_queued_then_closing(env: Env) -> None:
+    # A raw client that stops reading: once the socket buffers are full, events queue for it
+    # (fewer than subscriber_queue_size, so it is not cut off); then shutdown begins.
+    loop = asyncio.get_running_loop()
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.setblocking(False)
+    url = env.server.make_url("/events")
+    await loop.sock_connect(client, (url.host, url.port))
+    await loop.sock_sendall(
+        client, f"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+    )
+    try:
+        await env.streams(1)
+        (stream,) = env.gateway.streams
+        stored: list[Event] = []
+        while not stream._subscription or not stream._subscription.pending():  # type: ignore[attr-defined]
+            published = await env.gateway.store.append(
+                [NewEvent("message.received", "a", "m1", {"pad": "x" * 50_000})]
+            )
+            env.gateway.bus.publish(published)
+            stored += published
+            await asyncio.sleep(0.01)
+            assert len(stored) < 500, "events never queued"
+        queued = stream._subscription.pending()  # type: ignore[attr-defined]
+        assert 0 < queued < 20
+        env.gateway.begin_closing()
+        received = b""
+        while b"event: closing" not in received:
+            chunk = await asyncio.wait_for(loop.sock_recv(client, 1 << 16), 10)
+            assert chunk, "the stream ended without closing"
+            received += chunk
+    finally:
+        client.close()
+    ids = re.findall(rb"(?m)^id: (\S+)$", received)
+    assert [i.decode() for i in ids] == [e.id for e in stored]  # every event, queued ones included
+    closing = json.loads(re.search(rb"event: closing\r?\ndata: (.*)", received).group(1))  # type: ignore[union-attr]
+    assert closing["last_event_id"] == stored[-1].id
 
 
 async def test_replay_in_pages_then_live_without_gap_or_duplicate(env: Env) -> None:

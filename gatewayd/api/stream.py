@@ -230,6 +230,8 @@ class _Stream:
         try:
             while True:
                 if gateway.closing:
+                    if not subscription.overflowed:  # what was published before the shutdown first
+                        await self._write_events(subscription.take())
                     await self.send_closing("shutdown")
                     # Hold the connection through the grace period, so clients close first.
                     await gateway.grace_over.wait()
@@ -242,14 +244,7 @@ class _Stream:
                     return
                 events = subscription.take()
                 if events:
-                    frames = []
-                    for event in events:
-                        if event.seq > self.last_seq:
-                            frames.append(_frame(event))
-                            self.last_seq, self.last_id = event.seq, event.id
-                    if frames:
-                        await self.response.write(b"".join(frames))
-                        self._wrote_at = loop.time()
+                    await self._write_events(events)
                     continue
                 now = loop.time()
                 if deadline is not None and now >= deadline:
@@ -270,6 +265,16 @@ class _Stream:
             self._subscription = None
             if timer is not None:
                 timer.cancel()
+
+    async def _write_events(self, events: list[Event]) -> None:
+        frames = []
+        for event in events:
+            if event.seq > self.last_seq:  # not replayed already
+                frames.append(_frame(event))
+                self.last_seq, self.last_id = event.seq, event.id
+        if frames:
+            await self.response.write(b"".join(frames))
+            self._wrote_at = asyncio.get_running_loop().time()
 
     def _sink(self, event: Event) -> bool:
         """Write one live event to the client now, from the publisher; False: queue it instead.
