@@ -205,4 +205,9 @@ async def test_a_hung_cpu_stage_with_skip_rest_stops_the_stages_after_it() -> No
     outcome = await asyncio.wait_for(pipeline.run(large()), 10)
     first_error = outcome.data["pipeline_errors"][0]
     assert (first_error["stage"], first_error["error"]) == ("spam", "timeout")
-    assert not after.threads and outcome.data.get("injection") is None
+    assert not after.threads
+    assert "injection" in outcome.data and outcome.data["injection"] is None  # the shape is kept
+    assert [(e["stage"], e["error"]) for e in outcome.data["pipeline_errors"]] == [
+        ("spam", "timeout"),
+        ("injection", "skipped"),
+    ]

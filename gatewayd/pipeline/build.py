@@ -13,6 +13,7 @@ from gatewayd.pipeline.auth import AuthOptions, AuthStage
 from gatewayd.pipeline.external import ExternalScoring, RspamdClient, SpamdClient, Weighted
 from gatewayd.pipeline.injection import SYMBOLS as INJECTION_SYMBOLS
 from gatewayd.pipeline.injection import InjectionOptions, InjectionStage
+from gatewayd.pipeline.injection.symbols import level_bounds
 from gatewayd.pipeline.learning import LearningStore, TenantLearning, tenant_path
 from gatewayd.pipeline.spam import SYMBOLS as SPAM_SYMBOLS
 from gatewayd.pipeline.spam import SpamOptions, SpamStage
@@ -85,9 +86,7 @@ def _stage(config: Config, stage: StageConfig, learning: TenantLearning | None) 
             InjectionOptions(
                 weights=options["weights"],
                 excerpt_chars=options["excerpt_chars"],
-                levels=tuple(
-                    sorted(((bound, name) for name, bound in options["levels"].items()), reverse=True)
-                ),
+                levels=level_bounds(options["levels"]),
             )
         )
     raise ValueError(f"unknown stage {stage.name!r}")

@@ -3,6 +3,10 @@ a score falls in."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from gatewayd.config import INJECTION_LEVELS
+
 # Symbol -> (default weight in [0, 1], what it means). A finding scores weight x factor, the factor
 # in (0, 1] for the graded ones.
 SYMBOLS: dict[str, tuple[float, str]] = {
@@ -56,4 +60,10 @@ SYMBOLS: dict[str, tuple[float, str]] = {
     "INJ_SCAN_ERROR": (0.3, "part of the scan failed on this message: treat it with care"),
 }
 
-LEVELS = ((0.8, "high"), (0.5, "medium"), (0.2, "low"))  # else "none"
+
+def level_bounds(levels: Mapping[str, float]) -> tuple[tuple[float, str], ...]:
+    """(lowest score, level) pairs, highest first, from the config's level -> lowest score."""
+    return tuple(sorted(((bound, level) for level, bound in levels.items()), reverse=True))
+
+
+LEVELS = level_bounds(INJECTION_LEVELS)  # the defaults; a score below every bound is "none"
