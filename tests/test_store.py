@@ -25,7 +25,7 @@ import pytest
 
 import gatewayd.store.sqlite as sqlite_backend
 from gatewayd.events import Event, NewEvent, parse_rfc3339, rfc3339
-from gatewayd.store import Checkpoint, EventQuery, EventStore, InvalidEventId, matches
+from gatewayd.store import Checkpoint, EventQuery, EventStore, FolderHistory, InvalidEventId, matches
 from gatewayd.store.instance_lock import InstanceLock, StoreInUse
 from gatewayd.store.sqlite import SqliteEventStore
 from tests.waiting import hold_loop_until
@@ -234,25 +234,39 @@ async def test_known_message_ids_follow_the_newest_announcement(store: EventStor
     assert await store.known_message_ids("m1", "INBOX", ["<a@x>"]) == set()
 
 
-async def test_last_synced_at(store: EventStore) -> None:
-    assert await store.last_synced_at("m1", "INBOX", 7) is None
-    [connected] = await store.append([ev(type_="mailbox.connected", folder="INBOX", uidvalidity=5)])
-    assert await store.last_synced_at("m1", "INBOX", 7) == parse_rfc3339(connected.created_at)
-    [received] = await store.append([ev(key="k1", folder="INBOX", uidvalidity=5)])
-    await store.append(
+async def test_folder_history(store: EventStore) -> None:
+    nothing = FolderHistory(newest_arrival=None, first_watched=None)
+    assert await store.folder_history("m1", "INBOX", 7) == nothing
+    [first, _] = await store.append(
         [
-            ev(type_="mailbox.disconnected", folder="INBOX", reason="lost"),  # not a sync
-            ev(key="k2", folder="Archive", uidvalidity=5),  # another folder
-            ev(key="k3", mailbox="m2", folder="INBOX", uidvalidity=5),  # another mailbox
+            ev(type_="mailbox.connected", folder="INBOX", uidvalidity=5),
+            ev(type_="mailbox.connected", folder="INBOX", uidvalidity=5),  # a reconnect: not the first
         ]
     )
-    assert await store.last_synced_at("m1", "INBOX", 7) == parse_rfc3339(received.created_at)
-    # Under the UIDVALIDITY asked about: not an earlier sync.
+    watched = parse_rfc3339(first.created_at)
+    assert await store.folder_history("m1", "INBOX", 7) == FolderHistory(None, watched)
+    await store.append([ev(key="k1", folder="INBOX", uidvalidity=5, received_at="2026-11-21T10:00:00Z")])
+    await store.append(
+        [
+            ev(key="k0", folder="INBOX", uidvalidity=5, received_at=None),  # no arrival known
+            ev(type_="mailbox.disconnected", folder="INBOX", reason="lost"),  # not a sync
+            ev(
+                key="k2", folder="Archive", uidvalidity=5, received_at="2026-11-21T11:00:00Z"
+            ),  # another folder
+            ev(key="k3", mailbox="m2", folder="INBOX", uidvalidity=5, received_at="2026-11-21T11:00:00Z"),
+        ]
+    )
+    arrival = parse_rfc3339("2026-11-21T10:00:00Z")
+    assert await store.folder_history("m1", "INBOX", 7) == FolderHistory(arrival, watched)
+    # Under the UIDVALIDITY asked about: not the folder's past.
     unauthenticated = "message.received.unauthenticated"
-    await store.append([ev(key="k4", type_=unauthenticated, folder="INBOX", uidvalidity=7)])
-    assert await store.last_synced_at("m1", "INBOX", 7) == parse_rfc3339(received.created_at)
-    assert await store.last_synced_at("m1", "INBOX", 5) is not None  # the event under 7 counts for 5
-    assert await store.last_synced_at("m1", "Lists", 7) is None
+    later = "2026-11-21T12:00:00Z"
+    await store.append(
+        [ev(key="k4", type_=unauthenticated, folder="INBOX", uidvalidity=7, received_at=later)]
+    )
+    assert await store.folder_history("m1", "INBOX", 7) == FolderHistory(arrival, watched)
+    assert (await store.folder_history("m1", "INBOX", 5)).newest_arrival == parse_rfc3339(later)
+    assert await store.folder_history("m1", "Lists", 7) == nothing
 
 
 async def test_known_message_ids_many(store: EventStore) -> None:

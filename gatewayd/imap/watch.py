@@ -498,10 +498,10 @@ class FolderWatcher:
             headers.update(await session.message_ids(uids[start : start + 500]))
         ids = [mid for mid, _ in headers.values() if mid]
         known = await self._store.known_message_ids(self.mailbox.id, self.folder, ids)
-        synced_at = await self._store.last_synced_at(self.mailbox.id, self.folder, selected.uidvalidity)
-        if synced_at is None:
+        history = await self._store.folder_history(self.mailbox.id, self.folder, selected.uidvalidity)
+        if history.newest_arrival is None and history.first_watched is None:
             log.warning("%s/%s: no earlier sync stored; announcing none of it", self.mailbox.id, self.folder)
-        fresh = new_uids(headers, known, synced_at)
+        fresh = new_uids(headers, known, history)
         for start in range(0, len(fresh), FETCH_BATCH):
             await self._announce(session, fresh[start : start + FETCH_BATCH], selected.uidvalidity, keep=old)
         last_uid = uids[-1] if uids else max(0, (selected.uidnext or 1) - 1)

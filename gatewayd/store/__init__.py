@@ -34,6 +34,16 @@ def opening(what: str, path: object) -> Iterator[None]:
 
 
 @dataclass(frozen=True, slots=True)
+class FolderHistory:
+    """A folder's past as its stored events tell it, for a UIDVALIDITY resync (imap/resync.py)."""
+
+    # The arrival (`received_at`: INTERNALDATE, the server's clock) of the newest message announced.
+    newest_arrival: datetime | None
+    # When a watcher first connected to the folder (`mailbox.connected`, gatewayd's clock).
+    first_watched: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Checkpoint:
     """How far a (mailbox, folder) has been processed: every UID <= last_uid is done."""
 
@@ -88,10 +98,9 @@ class EventStore(Protocol):
         """Which of these Message-IDs were already announced for this folder (UIDVALIDITY resync)."""
         ...
 
-    async def last_synced_at(self, mailbox_id: str, folder: str, uidvalidity: int) -> datetime | None:
-        """When the folder was last known synced under a UIDVALIDITY other than this one: the
-        `created_at` of its newest `message.received*` or `mailbox.connected` event (UIDVALIDITY
-        resync; None when none is stored)."""
+    async def folder_history(self, mailbox_id: str, folder: str, uidvalidity: int) -> FolderHistory:
+        """What the stored events say of the folder under UIDVALIDITYs other than this one (for a
+        UIDVALIDITY resync)."""
         ...
 
     async def read_after(self, query: EventQuery, after_seq: int, limit: int) -> list[Event]:

@@ -41,7 +41,7 @@ from gatewayd.events import (
     parse_rfc3339,
     rfc3339,
 )
-from gatewayd.store import Checkpoint, EventQuery, InvalidEventId, opening, spam_score
+from gatewayd.store import Checkpoint, EventQuery, FolderHistory, InvalidEventId, opening, spam_score
 
 log = logging.getLogger(__name__)
 
@@ -510,19 +510,29 @@ class SqliteEventStore:
             known.update(row[0] for row in rows)
         return known
 
-    async def last_synced_at(self, mailbox_id: str, folder: str, uidvalidity: int) -> datetime | None:
-        """When the folder was last known synced under a UIDVALIDITY other than this one: the
-        `created_at` of its newest `message.received*` or `mailbox.connected` event."""
-        # Walks the mailbox's events backwards by seq; the newest usually matches.
+    async def folder_history(self, mailbox_id: str, folder: str, uidvalidity: int) -> FolderHistory:
+        """The newest announced message's arrival and the first connect, from the events of the
+        folder under a UIDVALIDITY other than this one (walked by seq: the newest, the oldest)."""
+        where = (
+            "mailbox_id = ? AND json_extract(data, '$.folder') = ?"
+            " AND json_extract(data, '$.uidvalidity') != ?"
+        )
         async with self._r.execute(
-            "SELECT created_at FROM events WHERE mailbox_id = ?"
-            " AND (type IN (?, ?) OR type GLOB ?)"
-            " AND json_extract(data, '$.folder') = ? AND json_extract(data, '$.uidvalidity') != ?"
+            f"SELECT json_extract(data, '$.received_at') FROM events WHERE {where}"
+            " AND (type = ? OR type GLOB ?) AND json_extract(data, '$.received_at') IS NOT NULL"
             " ORDER BY seq DESC LIMIT 1",
-            (mailbox_id, MESSAGE_RECEIVED, MAILBOX_CONNECTED, f"{MESSAGE_RECEIVED}.*", folder, uidvalidity),
+            (mailbox_id, folder, uidvalidity, MESSAGE_RECEIVED, f"{MESSAGE_RECEIVED}.*"),
         ) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else parse_rfc3339(row[0])
+            arrival = await cursor.fetchone()
+        async with self._r.execute(
+            f"SELECT created_at FROM events WHERE {where} AND type = ? ORDER BY seq ASC LIMIT 1",
+            (mailbox_id, folder, uidvalidity, MAILBOX_CONNECTED),
+        ) as cursor:
+            connected = await cursor.fetchone()
+        return FolderHistory(
+            newest_arrival=_moment(arrival[0]) if arrival else None,
+            first_watched=_moment(connected[0]) if connected else None,
+        )
 
     async def read_after(self, query: EventQuery, after_seq: int, limit: int) -> list[Event]:
         """Events with seq > after_seq matching query, oldest first, at most limit."""
@@ -655,3 +665,11 @@ def _events(rows: Iterable[Any]) -> list[Event]:
         Event(seq, str(seq), type_, created_at, agent_id, mailbox_id, None, from_address, data_json=data)
         for seq, type_, created_at, agent_id, mailbox_id, data, from_address in rows
     ]
+
+
+def _moment(text: object) -> datetime | None:
+    """An RFC 3339 time from the store, or None if it is not one (data written by hand, say)."""
+    try:
+        return parse_rfc3339(str(text))
+    except (ValueError, OverflowError):
+        return None
