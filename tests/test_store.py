@@ -112,6 +112,16 @@ async def test_append_assigns_increasing_ids_and_round_trips(store: EventStore) 
     assert await store.last_seq() == more[0].seq
 
 
+async def test_a_lone_surrogate_in_event_data_is_stored_as_a_replacement_character(store: EventStore) -> None:
+    # No UTF-8 can carry one; whatever put it there, the event must still be stored.
+    data: dict[str, Any] = {"subject": "a\ud800b", "odd\udfff": ["\udc80"]}
+    [stored] = await store.append([NewEvent("message.received", "a1", "m1", data)])
+    [read] = await read_all(store)
+    sanitized = {"subject": "a\ufffdb", "odd\ufffd": ["\ufffd"]}
+    assert read.data == sanitized
+    assert stored.sse_frame == read.sse_frame  # what live subscribers get is what replay gives
+
+
 async def test_append_nothing_returns_empty(store: EventStore) -> None:
     assert await store.append([]) == []
     assert await store.last_seq() == 0

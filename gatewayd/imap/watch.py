@@ -154,6 +154,10 @@ class FolderWatcher:
         # Held while a group is stored and published: `drain` waits for one in progress.
         self._committing = asyncio.Lock()
         self._draining = False
+        # The connection got as far as a complete first sync: a failure after that is a lost
+        # connection (retry at once), before it a failed attempt (back off further each time, or
+        # a message that fails every sync would have the watcher reconnect every second).
+        self._established = False
         # The reason of the next deliberate stop (the pool sets it before cancelling).
         self.stop_reason = StopReason.SHUTDOWN
 
@@ -230,9 +234,9 @@ class FolderWatcher:
 
     def next_delay(self, kind: str, attempt: int) -> tuple[float, int]:
         """How long to wait before reconnecting, and the attempt number after that."""
-        connected = self.status.state in CONNECTED_STATES
+        established, self._established = self._established, False
         base, cap = AUTH_BACKOFF if kind == "auth" else NETWORK_BACKOFF
-        return backoff_delay(0 if connected else attempt, base, cap), 1 if connected else attempt + 1
+        return backoff_delay(0 if established else attempt, base, cap), 1 if established else attempt + 1
 
     async def report_failure(self, reason: str, kind: str, delay: float) -> None:
         """State, log line and event of a failed or lost connection (the caller waits `delay`)."""
@@ -258,6 +262,7 @@ class FolderWatcher:
         self.set_state("connected")
         self.status.last_error = None
         resynced = await self._sync(session, initial=True)
+        self._established = True
         await self._emit(
             MAILBOX_CONNECTED,
             host=self.mailbox.imap.host,

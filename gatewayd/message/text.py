@@ -50,18 +50,31 @@ def decode_bytes(data: bytes, charset: str | None, final: bool = True) -> str:
     codec = _codec(charset)
     for encoding in dict.fromkeys(e for e in (codec, "utf-8") if e):
         try:
-            return codecs.getincrementaldecoder(encoding)("strict").decode(data, final=final)
+            text = codecs.getincrementaldecoder(encoding)("strict").decode(data, final=final)
         except Exception:
             continue
+        return text if encoding == "utf-8" else without_lone_surrogates(text)
     if codec:
         try:
-            return codecs.getincrementaldecoder(codec)("replace").decode(data, final=final)
+            text = codecs.getincrementaldecoder(codec)("replace").decode(data, final=final)
+            return without_lone_surrogates(text)
         except Exception:
             pass
     try:
         return data.decode("cp1252")
     except UnicodeDecodeError:
         return data.decode("latin-1")
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_lone_surrogates(text: str) -> str:
+    """`text` with U+FFFD for any surrogate code point: UTF-7, UTF-16 and the escape codecs decode
+    them from hostile input, and no UTF-8 (the event's JSON) can carry one."""
+    if text.isascii() or not _LONE_SURROGATE.search(text):
+        return text
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def fix_surrogates(text: str) -> str:

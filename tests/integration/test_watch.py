@@ -871,3 +871,44 @@ async def test_an_event_is_published_once_stored_before_its_rules_settle(
     finally:
         pipeline.settle.set()
         await pushing
+
+
+async def test_mail_whose_text_decodes_to_lone_surrogates_is_announced_and_blocks_nothing(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    # UTF-7 (and UTF-16) decode "+2AA-" to a lone surrogate, which no UTF-8 (the event's JSON) can
+    # carry: the event used to be unstorable, and the folder stuck behind it for good.
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    await dovecot.deliver_async(
+        user, mail("=?utf-7?q?+2AA-?=", body="+2AA- +2AA-", Content_Type="text/plain; charset=utf-7")
+    )
+    await dovecot.deliver_async(user, mail("after it"))
+    events = await wait_events(gw, 2)
+    assert [e["data"]["subject"] for e in events] == ["\ufffd", "after it"]
+    assert events[0]["data"]["body_text_excerpt"] == "\ufffd \ufffd"
+    assert await listing(gw, types="mailbox.disconnected,mailbox.error") == []
+
+
+async def test_a_message_that_fails_every_sync_backs_off_further_each_time(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Failure injection: a bug that raises on one message, at every sync that meets it. The
+    # watcher had counted each reconnect as established (state "connected" came before the
+    # sync) and retried at the base delay forever.
+    monkeypatch.setattr(watch, "NETWORK_BACKOFF", (0.2, 60.0))
+    process = Pipeline.process
+
+    async def failing(self: Pipeline, mailbox: Any, message: FetchedMessage, *args: Any) -> Any:
+        if b"Subject: poison" in message.raw:
+            raise RuntimeError("a bug")
+        return await process(self, mailbox, message, *args)
+
+    monkeypatch.setattr(Pipeline, "process", failing)
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    await dovecot.deliver_async(user, mail("poison"))
+    found = await wait_events(gw, 3, types="mailbox.disconnected", timeout=30)
+    delays = [e["data"]["retry_in_ms"] for e in found[:3]]
+    # Steps of 0.2, 0.4 and 0.8 s, each jittered down to no less than half.
+    assert delays[0] <= 200 and 200 <= delays[1] <= 400 and delays[2] >= 400, delays
