@@ -310,9 +310,22 @@ def _is_number(v: Any) -> bool:  # the bound also keeps out inf, nan and ints to
     return isinstance(v, int | float) and not isinstance(v, bool) and abs(v) < 1e18
 
 
+# No setting needs more, and SQLite cannot store more (a retention count, say).
+_MAX_INTEGER = 2**63 - 1
+
+
 def _integer(lo: int, hi: int | None = None) -> Check:
-    want = f"an integer {lo}-{hi}" if hi is not None else f"an integer >= {lo}"
-    return _check(lambda v: _is_int(v) and lo <= v and (hi is None or v <= hi), want, int)
+    if hi is not None:
+        return _check(lambda v: _is_int(v) and lo <= v <= hi, f"an integer {lo}-{hi}", int)
+    at_least = _check(lambda v: _is_int(v) and lo <= v, f"an integer >= {lo}", int)
+
+    def check(value: Any) -> int:
+        number: int = at_least(value)
+        if number > _MAX_INTEGER:
+            raise _fail(f"expected an integer below 2^63, got {_describe(value)}")
+        return number
+
+    return check
 
 
 def _number(lo: float, hi: float | None = None, *, above: bool = False) -> Check:
@@ -900,9 +913,9 @@ def _pipeline_stages(pipeline: dict[str, Any], ctx: _Context) -> tuple[StageConf
     if checked["spam"] is not None:
         _external_scorers(checked["spam"], ctx)
     stages = []
-    for name in pipeline["stages"]:
+    for name in pipeline.get("stages", ()):  # absent when it failed its check (reported)
         values = checked[name]
-        if values is None:
+        if values is None or len(values) < len(_STAGES[name]):  # a key failed its check (reported)
             continue
         timeout_ms, on_error = values.pop("timeout_ms"), values.pop("on_error")
         if (
@@ -978,4 +991,6 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         raise ConfigError([f"{where}: {prefix}{exc.problem or exc.context or 'syntax error'}"]) from None
     except yaml.YAMLError:
         raise ConfigError([f"{source}: invalid YAML"]) from None
+    except RecursionError:
+        raise ConfigError([f"{source}: invalid YAML: nested too deeply"]) from None
     return replace(parse_config(data, env, source.parent), source=source)

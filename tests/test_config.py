@@ -477,3 +477,46 @@ def test_injection_levels_default_to_the_stage_and_a_partial_mapping_keeps_the_r
 )
 def test_injection_level_errors_name_the_key(levels: object, message: str) -> None:
     assert errors_of(minimal() | {"pipeline": {"injection": {"levels": levels}}}) == [message]
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "message"),
+    [
+        ({"stages": "spam"}, 'pipeline.stages: expected a list, got "spam"'),
+        ({"stages": ["spam", "bogus"]}, 'pipeline.stages[1]: expected one of "spam", "auth", "injection"'),
+        ({"auth": {"on_error": "bogus"}}, 'pipeline.auth.on_error: expected one of "continue"'),
+        ({"spam": {"timeout_ms": -1}}, "pipeline.spam.timeout_ms: expected an integer 1-60000, got -1"),
+        (
+            {"injection": {"timeout_ms": "x"}},
+            'pipeline.injection.timeout_ms: expected an integer 1-60000, got "x"',
+        ),
+        ({"auth": {"dkim_verify": 5}}, "pipeline.auth.dkim_verify: expected true or false, got 5"),
+    ],
+)
+def test_a_bad_stage_key_is_reported_not_a_crash(pipeline: dict[str, Any], message: str) -> None:
+    errors = errors_of(minimal() | {"pipeline": pipeline})
+    assert len(errors) == 1 and errors[0].startswith(message), errors
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        (
+            {"store": {"retention_max_events": 10**23}},
+            "store.retention_max_events: expected an integer below 2^63, got 100000000000000000000000",
+        ),
+        (
+            {"server": {"subscriber_queue_size": 1e300}},
+            "server.subscriber_queue_size: expected an integer below 2^63",
+        ),
+    ],
+)
+def test_integers_past_what_sqlite_stores_are_refused(section: dict[str, Any], message: str) -> None:
+    errors = errors_of(minimal() | section)
+    assert len(errors) == 1 and errors[0].startswith(message), errors
+
+
+def test_yaml_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, "agents: " + "[" * 5000))
+    assert caught.value.errors == [f"{tmp_path / 'gatewayd.yaml'}: invalid YAML: nested too deeply"]
