@@ -84,8 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    secrets = [m.imap.password.reveal() for m in config.mailboxes()]
-    setup_logging(config.log_level, secrets)
+    setup_logging(config.log_level, config.secrets())
     from gatewayd.app import ListenError, serve
 
     try:

@@ -197,6 +197,18 @@ class Config:
         """Every mailbox of every agent, in file order."""
         return [mailbox for agent in self.agents for mailbox in agent.mailboxes]
 
+    def secrets(self) -> list[str]:
+        """Every password the file gives (IMAP, SMTP, external scorers): what logs must never show."""
+        found: list[object] = [mailbox.imap.password for mailbox in self.mailboxes()]
+        found += [mailbox.smtp.password for mailbox in self.mailboxes() if mailbox.smtp is not None]
+        for stage in self.pipeline.stages if self.pipeline is not None else ():
+            found += [
+                scorer.get("password")
+                for scorer in (stage.options.get("rspamd"), stage.options.get("spamd"))
+                if scorer
+            ]
+        return [secret.reveal() for secret in found if isinstance(secret, Secret)]
+
     def agent(self, agent_id: str) -> AgentConfig:
         """The agent with this id; KeyError if there is none."""
         for agent in self.agents:

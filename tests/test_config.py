@@ -520,3 +520,16 @@ def test_yaml_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, "agents: " + "[" * 5000))
     assert caught.value.errors == [f"{tmp_path / 'gatewayd.yaml'}: invalid YAML: nested too deeply"]
+
+
+def test_secrets_lists_every_password_the_logs_are_scrubbed_of() -> None:
+    data = minimal()
+    data["agents"][0]["mailboxes"][0]["smtp"] = {
+        "host": "smtp.example.com",
+        "username": "u",
+        "password": "smtp-pw",
+    }
+    data["pipeline"] = {
+        "spam": {"rspamd": {"url": "http://127.0.0.1:11333", "password": "rspamd-pw", "timeout_ms": 100}}
+    }
+    assert sorted(parse_config(data, env={}).secrets()) == sorted([SECRET, "smtp-pw", "rspamd-pw"])

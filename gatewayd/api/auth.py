@@ -75,13 +75,21 @@ def bearer_token(request: web.Request, config: Config, query_token: bool = False
             raise ApiError(400, f"give the token once: the Authorization header or one {QUERY_TOKEN}")
         if not in_query[0].strip():
             raise ApiError(401, f"empty {QUERY_TOKEN}")
-        return in_query[0].strip()
+        return _printable(in_query[0].strip())
     if not header:
         raise ApiError(401, "missing bearer token: send Authorization: Bearer TOKEN")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "malformed Authorization header: expected Bearer TOKEN")
-    return token.strip()
+    return _printable(token.strip())
+
+
+def _printable(token: str) -> str:
+    # Tokens are printable ASCII (gatewayd's and any a config names); other bytes in a header
+    # reach us as surrogate escapes, which could not even be hashed.
+    if not (token.isascii() and token.isprintable()):
+        raise ApiError(401, "invalid token", code="invalid_token")
+    return token
 
 
 async def authenticate(

@@ -100,11 +100,14 @@ def number(request: web.Request, name: str, default: float | None, low: float, h
     return value
 
 
+_DIGITS = re.compile(r"[0-9]{1,18}")
+
+
 def integer(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:  # not isdigit(): "²" is a digit
         raise ApiError(400, f"{name}: expected an integer {low}-{high}, got {raw[:40]!r}")
     return int(raw)
 

@@ -73,7 +73,7 @@ async def _label(request: web.Request) -> str:
     if label is None and request.can_read_body:
         try:
             body = json.loads(await request.text())
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             raise ApiError(400, 'body: expected JSON like {"label": "spam"}') from None
         label = body.get("label") if isinstance(body, dict) else None
     if label not in LABELS:

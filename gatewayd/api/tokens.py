@@ -82,7 +82,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         body = json.loads(await request.text())
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         raise ApiError(400, "body: expected a JSON object") from None
     if not isinstance(body, dict):
         raise ApiError(400, "body: expected a JSON object")
