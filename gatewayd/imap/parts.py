@@ -15,6 +15,7 @@ it is never lost. Only a lost connection is raised, for the watcher to fetch aga
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -47,7 +48,11 @@ async def fetch_parts(
     fetch: RawFetch, messages: list[FetchedMessage], max_bytes: int
 ) -> list[FetchedMessage]:
     """`messages` with the parts their prefixes missed (see the module docstring)."""
-    prefixes = {m.uid: types for m in messages if (types := safe(None, _whole_leaf_types, m)) is not None}
+    cut = [m for m in messages if len(m.raw) < m.size]  # the common case: none, and no thread hop
+    if not cut:
+        return messages
+    # Parsing a prefix of up to fetch_max_bytes takes milliseconds: not on the loop.
+    prefixes = await asyncio.to_thread(_prefixes, cut)
     if not prefixes:
         return messages
     structures = await _fetch_items(fetch, sorted(prefixes), "(UID BODYSTRUCTURE)")
@@ -77,6 +82,11 @@ async def fetch_parts(
             else:
                 parts[uid] = fetched
     return [dataclasses.replace(m, parts=parts[m.uid]) if m.uid in parts else m for m in messages]
+
+
+def _prefixes(messages: list[FetchedMessage]) -> dict[int, list[str]]:
+    """UID -> the types of the leaf parts each prefix holds whole, for the messages to complete."""
+    return {m.uid: types for m in messages if (types := safe(None, _whole_leaf_types, m)) is not None}
 
 
 def _whole_leaf_types(message: FetchedMessage) -> list[str] | None:

@@ -112,7 +112,12 @@ class WatcherPool:
         """Shutdown, before subscribers are told: every watcher stores and publishes what it
         holds and processes no more mail; the connections stay open until `close`."""
         watchers = [watcher for folders in self._watchers.values() for watcher in folders]
-        await asyncio.gather(*(watcher.drain() for watcher in watchers))
+        results = await asyncio.gather(*(watcher.drain() for watcher in watchers), return_exceptions=True)
+        for watcher, result in zip(watchers, results, strict=True):
+            # Shutdown goes on (closing, LOGOUT, the stores closed): what could not be stored is
+            # fetched again after the restart, its checkpoint never having moved past it.
+            if isinstance(result, Exception):
+                log.error("%s/%s: could not store what it held at shutdown: %s", *watcher.key, result)
 
     async def close(self) -> None:
         """Log out of every server (after the SSE connections are gone)."""
