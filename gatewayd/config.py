@@ -39,6 +39,8 @@ DEFAULT_TENANT = "default"
 DEFAULT_STORE_PATH = "/var/lib/gatewayd/events.db"
 # RFC 2177: a server may drop an IDLE after 30 minutes, so it must be renewed before that.
 MAX_IDLE_RENEW_SECONDS = 1740
+# `imap.sent_folder`: the folder whose special-use attribute is \Sent (RFC 6154).
+SENT_AUTO = "auto"
 
 T = TypeVar("T", bound="DataclassInstance")
 
@@ -74,6 +76,9 @@ class ImapConfig:
     read_timeout_seconds: float
     poll_interval_seconds: float
     connect_timeout_seconds: float
+    # Where the recipients of the account's own mail are learnt (gatewayd.imap.sent): SENT_AUTO,
+    # a folder name, or None (off).
+    sent_folder: str | None = SENT_AUTO
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +386,14 @@ def _hex_digest(value: Any) -> str:  # not echoed: it may be the token itself, p
     return value.lower()
 
 
+def _sent_folder(value: Any) -> str | None:
+    if value is None or value is False:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _fail(f'expected "{SENT_AUTO}", a folder name, or null/false for off, got {_describe(value)}')
+    return value
+
+
 def _listen(value: Any) -> tuple[str, int]:
     match = _LISTEN.fullmatch(value) if isinstance(value, str) else None
     if match is None or int(match["port"]) > 65535:
@@ -602,6 +615,7 @@ _IMAP = {
     "read_timeout_seconds": _Key(_positive, 60.0),
     "poll_interval_seconds": _Key(_positive, 60.0),
     "connect_timeout_seconds": _Key(_positive, 15.0),
+    "sent_folder": _Key(_sent_folder, SENT_AUTO),
 }
 _SMTP = {
     "host": _Key(_string),

@@ -11,6 +11,7 @@ import pytest
 
 from gatewayd import config as config_module
 from gatewayd.config import (
+    SENT_AUTO,
     TLS_STARTTLS,
     WATCH_ALWAYS,
     WATCH_ON_DEMAND,
@@ -183,10 +184,34 @@ IMAP = "agents[0].mailboxes[0].imap"
         (minimal(idle_renew_seconds=1741), f"{IMAP}.idle_renew_seconds: expected a number 1-1740, got 1741"),
         (minimal(folders=[]), f"{IMAP}.folders: expected a non-empty list, got an empty list"),
         (minimal(folders=["INBOX", "INBOX"]), f'{IMAP}.folders[1]: duplicate "INBOX"'),
+        (
+            minimal(sent_folder=True),
+            f'{IMAP}.sent_folder: expected "auto", a folder name, or null/false for off, got true',
+        ),
+        (
+            minimal(sent_folder=""),
+            f'{IMAP}.sent_folder: expected "auto", a folder name, or null/false for off, got ""',
+        ),
+        (
+            minimal(sent_folder=["Sent"]),
+            f'{IMAP}.sent_folder: expected "auto", a folder name, or null/false for off, got a list',
+        ),
     ],
 )
 def test_wrong_type_or_range(data: dict[str, Any], message: str) -> None:
     assert errors_of(minimal() | data) == [message]
+
+
+@pytest.mark.parametrize(
+    ("value", "folder"),
+    [("auto", SENT_AUTO), ("Sent Items", "Sent Items"), (None, None), (False, None)],
+)
+def test_sent_folder_is_found_named_or_off(value: object, folder: str | None) -> None:
+    default = parse_config(minimal(), env={}).mailboxes()[0].imap
+    assert default.sent_folder == SENT_AUTO
+    data = minimal()
+    data["agents"][0]["mailboxes"][0]["imap"]["sent_folder"] = value
+    assert parse_config(data, env={}).mailboxes()[0].imap.sent_folder == folder
 
 
 def test_missing_required_keys() -> None:

@@ -16,7 +16,7 @@ import tlsh
 
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline import learning
-from gatewayd.pipeline.learning import LearningStore, chi2_combine, learn_from_dirs, tokenize
+from gatewayd.pipeline.learning import LearningStore, SentMark, chi2_combine, learn_from_dirs, tokenize
 from gatewayd.pipeline.learning import store as learning_store
 from gatewayd.pipeline.learning.combine import robinson
 from gatewayd.pipeline.learning.signatures import header_end
@@ -189,6 +189,20 @@ def test_reputation_and_sent_to(store: LearningStore) -> None:
     assert store.reputation("carol@example.com", "mb1")["sent_to"] is True
     assert store.reputation("carol@example.com", "mb2")["sent_to"] is False
     assert store.reputation("carol@example.com", None)["sent_to"] is True  # some mailbox wrote to her
+
+
+def test_sent_recipients_and_how_far_the_folder_was_read_are_kept_together(tmp_path: Path) -> None:
+    path = tmp_path / "learning.db"
+    with LearningStore(path) as store:
+        assert store.sent_mark("mb1") is None
+        store.learn_sent("mb1", ["Erin@Example.com", "erin@example.com"], SentMark("Sent", 7, 42))
+        store.learn_sent("mb1", [], SentMark("Sent", 7, 43))  # read on, no one new
+        assert store.reputation("erin@example.com", "mb1")["sent_to"] is True
+    with LearningStore(path) as store:  # after a restart
+        assert store.sent_mark("mb1") == SentMark("Sent", 7, 43)
+        assert store.sent_mark("mb2") is None
+        assert store.reputation("erin@example.com", "mb1")["sent_to"] is True
+        assert store.reputation("erin@example.com", "mb2")["sent_to"] is False
 
 
 def test_reputation_shows_own_writes_at_once(store: LearningStore, monkeypatch: pytest.MonkeyPatch) -> None:

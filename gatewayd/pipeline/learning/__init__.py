@@ -15,7 +15,8 @@ mailboxes (`TenantLearning` picks the store by mailbox). `LearningStore` is what
   far, so those match only when nearly identical (a missed match, never a false one). A ham report
   removes every signature it matches: someone wants that text after all.
 - Reputation: ham/spam reports per lower-cased From address (over the tenant's mailboxes and per
-  mailbox), and whether a mailbox has written to the address.
+  mailbox), and whether a mailbox has written to the address (its auto-replies and forwards, and
+  the mail in its Sent folder: gatewayd.imap.sent, with how far that folder was read).
 
 Training is rare and scoring is hot: token counts, signatures and sender reports live in memory
 (senders: about 15 MB per 100,000), loaded at open, and every `train` writes through to SQLite in
@@ -42,7 +43,7 @@ train.py       learn_from_dirs: training from folders of labelled messages (`gat
 
 from gatewayd.pipeline.learning.combine import MAX_CLUES, MIN_TOKEN_STRENGTH, chi2_combine
 from gatewayd.pipeline.learning.signatures import message_digest, normalise_body, signature
-from gatewayd.pipeline.learning.store import HAM, LABELS, SPAM, LearningStore
+from gatewayd.pipeline.learning.store import HAM, LABELS, SPAM, LearningStore, SentMark
 from gatewayd.pipeline.learning.tenants import TenantLearning, tenant_path
 from gatewayd.pipeline.learning.tokens import ARTEFACTS, MAX_TOKENS, tokenize
 from gatewayd.pipeline.learning.train import learn_from_dirs
@@ -56,6 +57,7 @@ __all__ = [
     "MIN_TOKEN_STRENGTH",
     "SPAM",
     "LearningStore",
+    "SentMark",
     "TenantLearning",
     "chi2_combine",
     "learn_from_dirs",

@@ -45,10 +45,22 @@ CREATE TABLE IF NOT EXISTS learn_senders (
     address TEXT NOT NULL, mailbox TEXT NOT NULL, ham INTEGER NOT NULL DEFAULT 0,
     spam INTEGER NOT NULL DEFAULT 0, sent_to INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (address, mailbox)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS learn_sent_marks (
+    mailbox TEXT PRIMARY KEY, folder TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
+    last_uid INTEGER NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO learn_meta VALUES ('nspam', 0), ('nham', 0);
 """
 _ALL_MAILBOXES = ""  # the mailbox column of a sender's row over all mailboxes of this file (one tenant)
 _SenderRow = tuple[int, int, int]  # a learn_senders row's ham, spam, sent_to
+
+
+@dataclass(frozen=True, slots=True)
+class SentMark:
+    """How far a mailbox's Sent folder has been learnt from (gatewayd.imap.sent)."""
+
+    folder: str
+    uidvalidity: int
+    last_uid: int
 
 
 class LearningStore:
@@ -240,19 +252,44 @@ class LearningStore:
         return True
 
     def record_sent(self, mailbox_id: str, address: str) -> None:
-        """`mailbox_id` wrote to `address` (from the send path or the Sent folder)."""
-        address = address.lower()
+        """`mailbox_id` wrote to `address` (the send path)."""
+        self.learn_sent(mailbox_id, [address])
+
+    def learn_sent(self, mailbox_id: str, addresses: Iterable[str], mark: SentMark | None = None) -> None:
+        """`mailbox_id` wrote to each of `addresses`, and (with `mark`) its Sent folder is learnt up
+        to there: both in one transaction, so a crash neither loses nor repeats a message."""
+        addresses = sorted({address.lower() for address in addresses})
         with self._lock:
-            # Each row commits on its own: memory follows each one that did.
-            for mailbox in (mailbox_id, _ALL_MAILBOXES):
-                self._db.execute(
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
                     "INSERT INTO learn_senders (address, mailbox, sent_to) VALUES (?, ?, 1) "
                     "ON CONFLICT (address, mailbox) DO UPDATE SET sent_to = 1",
-                    (address, mailbox),
+                    [(address, mailbox) for address in addresses for mailbox in (mailbox_id, _ALL_MAILBOXES)],
                 )
-                ham, spam, _ = self._sender(address, mailbox)
-                self._set_sender(address, mailbox, (ham, spam, 1))
-                self._generation += 1
+                if mark is not None:
+                    db.execute(
+                        "INSERT OR REPLACE INTO learn_sent_marks VALUES (?, ?, ?, ?)",
+                        (mailbox_id, mark.folder, mark.uidvalidity, mark.last_uid),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            for address in addresses:
+                for mailbox in (mailbox_id, _ALL_MAILBOXES):
+                    ham, spam, _ = self._sender(address, mailbox)
+                    self._set_sender(address, mailbox, (ham, spam, 1))
+            self._generation += 1
+
+    def sent_mark(self, mailbox_id: str) -> SentMark | None:
+        """Where `learn_sent` last left the mailbox's Sent folder; None: never learnt from."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT folder, uidvalidity, last_uid FROM learn_sent_marks WHERE mailbox = ?", (mailbox_id,)
+            ).fetchone()
+        return SentMark(*row) if row is not None else None
 
     def counts(self) -> dict[str, int]:
         """Messages trained per label, and distinct tokens and signatures known."""

@@ -9,12 +9,12 @@ and a store from before tenants is the default tenant's unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from gatewayd.config import DEFAULT_TENANT
 from gatewayd.message import ParsedMessage
-from gatewayd.pipeline.learning.store import LearningStore
+from gatewayd.pipeline.learning.store import LearningStore, SentMark
 
 
 def tenant_path(path: Path, tenant: str) -> Path:
@@ -50,6 +50,13 @@ class TenantLearning:
     def record_sent(self, mailbox_id: str, address: str) -> None:
         """`mailbox_id` wrote to `address`, in its tenant's store (see LearningStore.record_sent)."""
         self.for_mailbox(mailbox_id).record_sent(mailbox_id, address)
+
+    def learn_sent(self, mailbox_id: str, addresses: Iterable[str], mark: SentMark | None = None) -> None:
+        """See LearningStore.learn_sent, in the mailbox's tenant's store."""
+        self.for_mailbox(mailbox_id).learn_sent(mailbox_id, addresses, mark)
+
+    def sent_mark(self, mailbox_id: str) -> SentMark | None:
+        return self.for_mailbox(mailbox_id).sent_mark(mailbox_id)
 
     def close(self) -> None:
         for store in self._stores.values():
