@@ -49,7 +49,7 @@ class Daemon:
         # The user's rules: the pipeline's last stage, acting on the server (ConfigError when bad).
         self.rules = RulesService(config, self.store, self.bus.publish, self.learning)
         pipeline = self.rules.extend(pipeline)
-        self.pool = WatcherPool(config, self.store, pipeline, self.bus.publish)
+        self.pool = WatcherPool(config, self.store, pipeline, self.bus.publish, sent_log=self.learning)
         self.gateway = Gateway(
             config, self.store, self.bus, self.pool, self.learning, tokens=self.tokens, rules=self.rules
         )

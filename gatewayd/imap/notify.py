@@ -18,6 +18,7 @@ import logging
 import time
 
 from gatewayd.config import MailboxConfig
+from gatewayd.imap.sent import SentLearner
 from gatewayd.imap.session import ImapConnectionLost, ImapError, ImapSession
 from gatewayd.imap.watch import FolderWatcher, MessageProcessor, Publisher
 from gatewayd.store import EventStore
@@ -52,10 +53,13 @@ class AccountWatcher:
         store: EventStore,
         process: MessageProcessor,
         publish: Publisher,
+        sent: SentLearner | None = None,
     ) -> None:
         self.mailbox = mailbox
+        # The first folder's watcher checks the Sent folder, on this connection or its own.
         self.folders = [
-            FolderWatcher(mailbox, folder, store, process, publish) for folder in mailbox.imap.folders
+            FolderWatcher(mailbox, folder, store, process, publish, sent if i == 0 else None)
+            for i, folder in enumerate(mailbox.imap.folders)
         ]
         self._session: ImapSession | None = None
 
@@ -184,6 +188,8 @@ class AccountWatcher:
                     pending |= pushed
                     break
             await session.idle_done()
+            if probing:
+                await self.folders[0].check_sent(session)
 
     @staticmethod
     async def _changed(

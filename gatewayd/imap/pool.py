@@ -19,6 +19,7 @@ from collections.abc import Collection, Iterable
 
 from gatewayd.config import WATCH_ALWAYS, Config, MailboxConfig
 from gatewayd.imap.notify import AccountWatcher
+from gatewayd.imap.sent import SentLearner, SentLog
 from gatewayd.imap.watch import FolderWatcher, MessageProcessor, Publisher, StopReason
 from gatewayd.store import EventStore
 
@@ -27,14 +28,22 @@ log = logging.getLogger(__name__)
 
 class WatcherPool:
     def __init__(
-        self, config: Config, store: EventStore, process: MessageProcessor, publish: Publisher
+        self,
+        config: Config,
+        store: EventStore,
+        process: MessageProcessor,
+        publish: Publisher,
+        sent_log: SentLog | None = None,
     ) -> None:
+        """`sent_log`: where the recipients of each mailbox's Sent folder are learnt (None: not)."""
         self._mailboxes = {mailbox.id: mailbox for mailbox in config.mailboxes()}
         self._store = store
         self._process = process
         self._publish = publish
+        self._sent_log = sent_log
         self._tasks: dict[str, list[asyncio.Task[None]]] = {}
         self._watchers: dict[str, list[FolderWatcher]] = {}
+        self._learners: dict[str, SentLearner] = {}
         self._subscribers: Counter[str] = Counter()
         self._linger: dict[str, asyncio.TimerHandle] = {}
         self._closed = False
@@ -48,13 +57,16 @@ class WatcherPool:
     def _start(self, mailbox: MailboxConfig) -> None:
         if mailbox.id in self._tasks or self._closed:
             return
+        sent = None
+        if self._sent_log is not None and mailbox.imap.sent_folder is not None:
+            sent = self._learners[mailbox.id] = SentLearner(mailbox, self._sent_log)
         if len(mailbox.imap.folders) > 1:
-            account = AccountWatcher(mailbox, self._store, self._process, self._publish)
+            account = AccountWatcher(mailbox, self._store, self._process, self._publish, sent)
             self._watchers[mailbox.id] = account.folders
             self._tasks[mailbox.id] = [asyncio.create_task(account.run(), name=f"watch:{mailbox.id}")]
         else:
             folder = mailbox.imap.folders[0]
-            watcher = FolderWatcher(mailbox, folder, self._store, self._process, self._publish)
+            watcher = FolderWatcher(mailbox, folder, self._store, self._process, self._publish, sent)
             self._watchers[mailbox.id] = [watcher]
             self._tasks[mailbox.id] = [
                 asyncio.create_task(watcher.run(), name=f"watch:{mailbox.id}/{watcher.folder}")
@@ -102,6 +114,8 @@ class WatcherPool:
             for task in pending:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.5)
+        if learner := self._learners.pop(mailbox_id, None):
+            await learner.close()
         if tasks:
             log.info("stopped watching %s", mailbox_id)
 

@@ -247,6 +247,18 @@ class ImapSession:
                 )
         return None, None
 
+    async def list_special_use(self) -> list[bytes]:
+        """The `LIST` lines (after `LIST `) of the special-use folders (RFC 6154): asked for alone
+        where the server offers the selection option, else every folder, whose lines may carry
+        the attributes all the same."""
+        caps = self.capabilities
+        if "SPECIAL-USE" in caps and "LIST-EXTENDED" in caps:
+            request = self._client.protocol.simple_command("LIST", "(SPECIAL-USE)", '""', '"*"')
+        else:
+            request = self._client.list('""', '"*"')
+        response = await self._call("LIST", request)
+        return [bytes(line) for line in response.lines[:-1] if isinstance(line, bytes)]
+
     def take_left(self) -> set[str]:
         """The folders this session SELECTed away from since the last call."""
         left, self._left = self._left, set()
@@ -289,14 +301,20 @@ class ImapSession:
             raise ImapConnectionLost(f"{what} failed: {_describe(exc)}") from None
         return self._check(response, what)
 
-    async def select(self, folder: str) -> Selected:
+    async def select(self, folder: str, read_only: bool = False) -> Selected:
+        """SELECT the folder (`read_only`: EXAMINE it, which changes no flag, not even \\Recent)."""
         if self.selected is not None and self.selected.folder != folder:
             # A push the server held back for the folder we leave is lost with it (see notify.py).
             self._left.add(self.selected.folder)
         # The EXISTS in the answer is the new folder's count, not new mail.
         self.exists = None
         self._pushed.clear()
-        response = await self._call("SELECT", self._client.select(_quote(folder)))
+        command = "EXAMINE" if read_only else "SELECT"
+        opening = self._client.examine if read_only else self._client.select
+        response = await self._call(command, opening(_quote(folder)))
+        if read_only:
+            # aioimaplib only knows that SELECT selects; UID commands need the SELECTED state.
+            self._client.protocol.state = aioimaplib.SELECTED
         uidvalidity = uidnext = None
         for line in response.lines:
             if isinstance(line, bytes):
@@ -305,7 +323,7 @@ class ImapSession:
                 if match := _UIDNEXT.search(line):
                     uidnext = int(match.group(1))
         if uidvalidity is None:
-            raise ImapError(f"SELECT {folder}: server sent no UIDVALIDITY")
+            raise ImapError(f"{command} {folder}: server sent no UIDVALIDITY")
         self.selected = Selected(folder, uidvalidity, uidnext)
         return self.selected
 

@@ -50,6 +50,7 @@ from gatewayd.events import (
 )
 from gatewayd.imap.act import MailActions, SessionActions
 from gatewayd.imap.resync import new_uids
+from gatewayd.imap.sent import SentLearner
 from gatewayd.imap.session import ImapError, ImapSession, Selected
 from gatewayd.message import FetchedMessage
 from gatewayd.store import Checkpoint, EventStore
@@ -136,9 +137,13 @@ class FolderWatcher:
         store: EventStore,
         process: MessageProcessor,
         publish: Publisher,
+        sent: SentLearner | None = None,
     ) -> None:
+        """`sent`: the mailbox's Sent folder learner, checked on this watcher's connection (one
+        watcher per mailbox has it)."""
         self.mailbox = mailbox
         self.folder = folder
+        self.sent = sent
         self._store = store
         self._process = process
         self._publish = publish
@@ -271,6 +276,12 @@ class FolderWatcher:
             notify=notify,
             uidvalidity_changed=resynced,
         )
+        await self.check_sent(session)
+
+    async def check_sent(self, session: ImapSession) -> None:
+        """Out of IDLE on `session`: learn from the Sent folder if it changed (gatewayd.imap.sent)."""
+        if self.sent is not None:
+            await self.sent.check(session)
 
     async def catch_up(self, session: ImapSession, pushed_at: float | None = None) -> None:
         """On a session shared with other folders: SELECT this one if needed, then sync.
@@ -304,6 +315,7 @@ class FolderWatcher:
                 self.set_state("polling")
                 await asyncio.sleep(self.mailbox.imap.poll_interval_seconds)
                 await session.noop()
+                await self.check_sent(session)
                 await self._sync(session)
                 continue
             if not session.idling:
@@ -320,6 +332,8 @@ class FolderWatcher:
                     break
             if not lines:
                 await session.idle_done()
+                # Out of IDLE anyway: the Sent folder's STATUS costs the pushes nothing.
+                await self.check_sent(session)
             # New mail is synced still in IDLE: when its push brought it whole, no command is
             # needed unless a rule acts (the first command ends IDLE; see ImapSession._call).
             await self._sync_pushed(session, time.monotonic() if lines else None)
