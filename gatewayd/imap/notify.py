@@ -149,6 +149,8 @@ class AccountWatcher:
         renew = self.mailbox.imap.idle_renew_seconds
         probe = self.mailbox.imap.read_timeout_seconds
         while True:
+            # Out of IDLE here: the Sent folder's check costs no push (its notifications count).
+            await self.folders[0].check_sent(session)
             selected = session.selected.folder if session.selected else None
             pending |= _reported(session, folders, selected)
             left |= session.take_left()
@@ -188,8 +190,6 @@ class AccountWatcher:
                     pending |= pushed
                     break
             await session.idle_done()
-            if probing:
-                await self.folders[0].check_sent(session)
 
     @staticmethod
     async def _changed(

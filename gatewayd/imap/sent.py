@@ -1,11 +1,12 @@
 """Learning from the Sent folder: whoever the account writes to is a correspondent, whose mail the
 spam stage then scores with REPUTATION_SENT_TO (`LearningStore.learn_sent`).
 
-The watcher calls `SentLearner.check` on its own connection where it is out of IDLE anyway (on
-connect, and on the periodic probe after `read_timeout_seconds` of silence or at the IDLE renewal)
-and never in between, so a push is never held up. A check is one `STATUS (UIDNEXT UIDVALIDITY)` of
-the Sent folder (and once, with `sent_folder: auto`, a `LIST` for its `\\Sent` attribute): the
-watcher's connection never leaves its folder, so nothing it must see can be lost. Only when the
+The watcher calls `SentLearner.check` on its own connection whenever it is out of IDLE anyway
+(after connecting, a silence probe, a command), never leaving IDLE for it, so a push is never
+held up; at most once per `read_timeout_seconds` (the probe's period) it sends one `STATUS
+(UIDNEXT UIDVALIDITY)` of the Sent folder (and once, with `sent_folder: auto`, a `LIST` for its
+`\\Sent` attribute). An EXISTS answered to it is synced next, like any other; the watcher's
+connection never leaves its folder, so nothing it must see can be lost. Only when the
 Sent folder holds mail not learnt yet does a short-lived connection of its own, in the background,
 EXAMINE it and fetch `BODY.PEEK[HEADER.FIELDS (TO CC BCC)]` of the new messages (never a body),
 then log out: no connection is held open for it.
@@ -27,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Iterable, Sequence
 from email.parser import HeaderParser
 from email.policy import compat32
@@ -76,15 +78,23 @@ class SentLearner:
         self._off = configured is None
         self._failing = False  # a background failure was logged: not again until one succeeds
         self._task: asyncio.Task[None] | None = None
+        # A STATUS at most this often: as often as the watcher probes a silent connection.
+        self._interval = mailbox.imap.read_timeout_seconds
+        self._checked_at: float | None = None
         own = (mailbox.address, mailbox.imap.username)
         self._own = {address.lower() for address in own if address}
 
     async def check(self, session: ImapSession) -> None:
         """On the watcher's session, out of IDLE: start learning what is new in the Sent folder.
+        Called whenever the watcher is out of IDLE; does something at most once per interval.
 
         Raises only ImapConnectionLost (the session is gone)."""
+        now = time.monotonic()
         if self._off or (self._task is not None and not self._task.done()):
             return
+        if self._checked_at is not None and now - self._checked_at < self._interval:
+            return
+        self._checked_at = now
         try:
             folder = self._folder or await self._find_folder(session)
             if folder is None:

@@ -276,7 +276,6 @@ class FolderWatcher:
             notify=notify,
             uidvalidity_changed=resynced,
         )
-        await self.check_sent(session)
 
     async def check_sent(self, session: ImapSession) -> None:
         """Out of IDLE on `session`: learn from the Sent folder if it changed (gatewayd.imap.sent)."""
@@ -306,6 +305,10 @@ class FolderWatcher:
         probe = self.mailbox.imap.read_timeout_seconds
         idle_until = 0.0
         while True:
+            if not session.idling:
+                # Out of IDLE anyway (after connecting, a probe, a command): no push waits on it;
+                # new mail reported to it is synced next.
+                await self.check_sent(session)
             if session.exists_seen and not session.idling:
                 # New mail was reported during the last sync's commands. (In IDLE, its push is
                 # still queued: read below, with the message it may carry.)
@@ -315,7 +318,6 @@ class FolderWatcher:
                 self.set_state("polling")
                 await asyncio.sleep(self.mailbox.imap.poll_interval_seconds)
                 await session.noop()
-                await self.check_sent(session)
                 await self._sync(session)
                 continue
             if not session.idling:
@@ -332,8 +334,6 @@ class FolderWatcher:
                     break
             if not lines:
                 await session.idle_done()
-                # Out of IDLE anyway: the Sent folder's STATUS costs the pushes nothing.
-                await self.check_sent(session)
             # New mail is synced still in IDLE: when its push brought it whole, no command is
             # needed unless a rule acts (the first command ends IDLE; see ImapSession._call).
             await self._sync_pushed(session, time.monotonic() if lines else None)

@@ -197,7 +197,9 @@ async def test_a_failed_read_is_logged_once_and_tried_again(
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]
     with LearningStore(tmp_path / "learning.db") as store:
-        learner = SentLearner(replace(mailbox, imap=replace(mailbox.imap, port=closed)), store)
+        # Checked as often as called (a watcher's checks are read_timeout_seconds apart).
+        unreachable = replace(mailbox.imap, port=closed, read_timeout_seconds=0.001)
+        learner = SentLearner(replace(mailbox, imap=unreachable), store)
         session = await ImapSession.open(mailbox.imap)
         try:
             for _ in range(2):
