@@ -84,6 +84,18 @@ async def test_mail_sent_while_watching_is_learnt_at_the_next_probe(
     assert gw.daemon.pool.health()[0]["reconnects"] == reconnects
 
 
+async def test_several_folders_over_notify_learn_too(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    imap = {"folders": ["INBOX", "Archive"], "read_timeout_seconds": 3}
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], imap=imap))
+    await wait_for(lambda: idle(gw), what="watchers idle")
+    assert all(watcher["notify"] for watcher in gw.daemon.pool.health())
+    await asyncio.to_thread(append, dovecot, user, "Sent", sent_mail("ivan@partner.example"))
+    await wait_for(lambda: sent_to(gw, user, "ivan@partner.example"), what="the new sent mail learnt")
+    assert all(watcher["reconnects"] == 0 for watcher in gw.daemon.pool.health())
+
+
 class Recorded:
     """A real LearningStore, with what it was asked to learn written down."""
 
