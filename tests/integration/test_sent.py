@@ -215,10 +215,12 @@ async def test_a_failed_read_is_logged_once_and_tried_again(
         session = await ImapSession.open(mailbox.imap)
         try:
             for _ in range(2):
+                await asyncio.sleep(0.01)  # past the 1 ms between checks: each one is made
                 await learner.check(session)
                 await read_started(learner)
             assert store.reputation("heidi@partner.example", mailbox.id)["sent_to"] is False
             learner.mailbox = mailbox  # the server is reachable again
+            await asyncio.sleep(0.01)
             await learner.check(session)
             await read_started(learner)
             assert store.reputation("heidi@partner.example", mailbox.id)["sent_to"] is True
