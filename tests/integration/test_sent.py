@@ -183,10 +183,12 @@ async def test_a_refused_folder_is_logged_once_and_the_session_goes_on(
     caplog.set_level(logging.WARNING, logger="gatewayd.imap.sent")
     (mailbox,) = gateway_config(tmp_path, dovecot, [user], imap={"sent_folder": "No Such"}).mailboxes()
     with LearningStore(tmp_path / "learning.db") as store:
-        learner = SentLearner(mailbox, store)
+        # Checked as often as called (a watcher's checks are read_timeout_seconds apart).
+        learner = SentLearner(replace(mailbox, imap=replace(mailbox.imap, read_timeout_seconds=0.001)), store)
         session = await ImapSession.open(mailbox.imap)
         try:
             for _ in range(3):  # a watcher's connect and probes
+                await asyncio.sleep(0.01)
                 await learner.check(session)
             assert (await session.select("INBOX")).folder == "INBOX"
         finally:
