@@ -61,12 +61,20 @@ def compact_json(value: Any) -> str:
         return orjson.dumps(_without_surrogates(value), option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_lone_surrogates(text: str) -> str:
+    """`text` with U+FFFD for any surrogate code point: UTF-7, UTF-16 and the escape codecs decode
+    them from hostile input, and no UTF-8 (an event's JSON) can carry one."""
+    if text.isascii() or not _LONE_SURROGATE.search(text):
+        return text
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def _without_surrogates(value: Any) -> Any:
     if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
+        return without_lone_surrogates(value)
     if isinstance(value, dict):
         return {_without_surrogates(key): _without_surrogates(item) for key, item in value.items()}
     if isinstance(value, list | tuple):

@@ -20,7 +20,7 @@ import time
 from gatewayd.config import MailboxConfig
 from gatewayd.imap.sent import SentLearner
 from gatewayd.imap.session import ImapConnectionLost, ImapError, ImapSession
-from gatewayd.imap.watch import FolderWatcher, MessageProcessor, Publisher
+from gatewayd.imap.watch import FolderWatcher, MessageProcessor, Publisher, retry_delay
 from gatewayd.store import EventStore
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,10 @@ class AccountWatcher:
 
     async def _back_off(self, reason: str, kind: str, attempt: int) -> int:
         self._drop_session()
-        delay, next_attempt = self.folders[0].next_delay(kind, attempt)
+        # Established only when every folder completed its first sync: one failing in its own
+        # must back off further each time, as for a single folder.
+        established = all([watcher.take_established() for watcher in self.folders])
+        delay, next_attempt = retry_delay(kind, attempt, established)
         for watcher in self.folders:
             await watcher.report_failure(reason, kind, delay)
         await asyncio.sleep(delay)

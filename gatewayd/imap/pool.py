@@ -25,6 +25,8 @@ from gatewayd.store import EventStore
 
 log = logging.getLogger(__name__)
 
+SENT_READS_AT_ONCE = 4
+
 
 class WatcherPool:
     def __init__(
@@ -44,6 +46,9 @@ class WatcherPool:
         self._tasks: dict[str, list[asyncio.Task[None]]] = {}
         self._watchers: dict[str, list[FolderWatcher]] = {}
         self._learners: dict[str, SentLearner] = {}
+        # Sent folder reads open a connection each and list the folder's UIDs: a few at a time
+        # (a first start with 1,000 mailboxes would otherwise open 1,000 at once).
+        self._sent_reads = asyncio.Semaphore(SENT_READS_AT_ONCE)
         self._subscribers: Counter[str] = Counter()
         self._linger: dict[str, asyncio.TimerHandle] = {}
         self._closed = False
@@ -59,7 +64,7 @@ class WatcherPool:
             return
         sent = None
         if self._sent_log is not None and mailbox.imap.sent_folder is not None:
-            sent = self._learners[mailbox.id] = SentLearner(mailbox, self._sent_log)
+            sent = self._learners[mailbox.id] = SentLearner(mailbox, self._sent_log, self._sent_reads)
         if len(mailbox.imap.folders) > 1:
             account = AccountWatcher(mailbox, self._store, self._process, self._publish, sent)
             self._watchers[mailbox.id] = account.folders
@@ -105,6 +110,8 @@ class WatcherPool:
 
     async def _stop(self, mailbox_id: str, reason: StopReason) -> None:
         tasks = self._tasks.pop(mailbox_id, [])
+        # Taken with the tasks: a subscriber back while they log out starts a learner of its own.
+        learner = self._learners.pop(mailbox_id, None)
         for watcher in self._watchers.pop(mailbox_id, []):
             watcher.stop_reason = reason
         pending = set(tasks)
@@ -114,7 +121,7 @@ class WatcherPool:
             for task in pending:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.5)
-        if learner := self._learners.pop(mailbox_id, None):
+        if learner is not None:
             await learner.close()
         if tasks:
             log.info("stopped watching %s", mailbox_id)

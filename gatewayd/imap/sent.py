@@ -69,9 +69,13 @@ class SentLog(Protocol):
 class SentLearner:
     """One mailbox's Sent folder; `check` from its watcher, `close` when the watcher ends."""
 
-    def __init__(self, mailbox: MailboxConfig, sent_log: SentLog) -> None:
+    def __init__(
+        self, mailbox: MailboxConfig, sent_log: SentLog, reads: asyncio.Semaphore | None = None
+    ) -> None:
+        """`reads`: shared by the learners of a pool, how many may read at once."""
         self.mailbox = mailbox
         self._log = sent_log
+        self._reads = reads or asyncio.Semaphore(1)
         configured = mailbox.imap.sent_folder
         self._folder = None if configured == SENT_AUTO else configured
         self._mark: SentMark | None = None  # as last stored (None: not read yet, or never stored)
@@ -169,7 +173,8 @@ class SentLearner:
             mark = None  # another folder, or renumbered: read it afresh
         elif uidnext - 1 <= mark.last_uid:
             return 0
-        return await self._read(folder, mark)
+        async with self._reads:
+            return await self._read(folder, mark)
 
     async def _read(self, folder: str, mark: SentMark | None) -> int:
         """Learn the recipients of the messages above `mark` (None: the last SENT_BACKFILL);
@@ -181,8 +186,12 @@ class SentLearner:
                 uids = await session.uids_from(mark.last_uid + 1)
             else:
                 uids = (await session.uids_from(1))[-SENT_BACKFILL:]
-            # Below UIDNEXT, whatever the search did not find is gone: learnt up to there.
-            end = max([*uids[-1:], (selected.uidnext or 1) - 1])
+            # Below UIDNEXT, whatever the search did not find is gone: learnt up to there (and
+            # never below the mark: a server that does not say UIDNEXT must not send it back).
+            same = mark is not None and mark.uidvalidity == selected.uidvalidity
+            end = max(
+                [mark.last_uid if mark is not None and same else 0, *uids[-1:], (selected.uidnext or 1) - 1]
+            )
             if not uids:
                 await self._save([], SentMark(folder, selected.uidvalidity, end))
             for start in range(0, len(uids), FETCH_BATCH):

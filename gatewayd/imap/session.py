@@ -296,6 +296,8 @@ class ImapSession:
         except (TimeoutError, aioimaplib.CommandTimeout):
             raise ImapConnectionLost(f"no answer to {what} in time") from None
         except aioimaplib.AioImapException as exc:
+            if self._lost:  # the connection-lost callback failed it (aioimaplib's Abort)
+                raise ImapConnectionLost(f"{what} failed: connection lost") from None
             raise ImapError(f"{what} failed: {type(exc).__name__}") from None
         except OSError as exc:
             raise ImapConnectionLost(f"{what} failed: {_describe(exc)}") from None

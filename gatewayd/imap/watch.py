@@ -129,6 +129,13 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     return step / 2 + random.random() * step / 2
 
 
+def retry_delay(kind: str, attempt: int, established: bool) -> tuple[float, int]:
+    """How long to wait before reconnecting, and the attempt number after that: from the start
+    after a connection that was `established` (lost), else one step further (failed again)."""
+    base, cap = AUTH_BACKOFF if kind == "auth" else NETWORK_BACKOFF
+    return backoff_delay(0 if established else attempt, base, cap), 1 if established else attempt + 1
+
+
 class FolderWatcher:
     def __init__(
         self,
@@ -239,9 +246,12 @@ class FolderWatcher:
 
     def next_delay(self, kind: str, attempt: int) -> tuple[float, int]:
         """How long to wait before reconnecting, and the attempt number after that."""
+        return retry_delay(kind, attempt, self.take_established())
+
+    def take_established(self) -> bool:
+        """Whether the connection that just failed had completed its first sync here; forgotten."""
         established, self._established = self._established, False
-        base, cap = AUTH_BACKOFF if kind == "auth" else NETWORK_BACKOFF
-        return backoff_delay(0 if established else attempt, base, cap), 1 if established else attempt + 1
+        return established
 
     async def report_failure(self, reason: str, kind: str, delay: float) -> None:
         """State, log line and event of a failed or lost connection (the caller waits `delay`)."""
@@ -279,7 +289,7 @@ class FolderWatcher:
 
     async def check_sent(self, session: ImapSession) -> None:
         """Out of IDLE on `session`: learn from the Sent folder if it changed (gatewayd.imap.sent)."""
-        if self.sent is not None:
+        if self.sent is not None and not self._draining:  # no new read during a shutdown
             await self.sent.check(session)
 
     async def catch_up(self, session: ImapSession, pushed_at: float | None = None) -> None:

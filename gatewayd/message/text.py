@@ -7,6 +7,7 @@ import codecs
 import functools
 import re
 
+from gatewayd.events import without_lone_surrogates
 from gatewayd.message.limits import MAX_HEADER_CHARS
 
 # Labels mail uses for a charset Python reads more narrowly than the senders meant (as browsers do).
@@ -64,17 +65,6 @@ def decode_bytes(data: bytes, charset: str | None, final: bool = True) -> str:
         return data.decode("cp1252")
     except UnicodeDecodeError:
         return data.decode("latin-1")
-
-
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def without_lone_surrogates(text: str) -> str:
-    """`text` with U+FFFD for any surrogate code point: UTF-7, UTF-16 and the escape codecs decode
-    them from hostile input, and no UTF-8 (the event's JSON) can carry one."""
-    if text.isascii() or not _LONE_SURROGATE.search(text):
-        return text
-    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def fix_surrogates(text: str) -> str:

@@ -27,6 +27,7 @@ from gatewayd.sandbox.dovecot import Dovecot
 from gatewayd.store import Checkpoint, EventQuery
 from gatewayd.store.sqlite import SqliteEventStore
 from tests.conftest import TOKEN, gateway_config
+from tests.integration.test_fleet import append
 from tests.sse import SseReader, mail
 from tests.waiting import idle, wait_for, watcher_states
 
@@ -890,8 +891,14 @@ async def test_mail_whose_text_decodes_to_lone_surrogates_is_announced_and_block
     assert await listing(gw, types="mailbox.disconnected,mailbox.error") == []
 
 
+@pytest.mark.parametrize("folder", ["INBOX", "Archive"])
 async def test_a_message_that_fails_every_sync_backs_off_further_each_time(
-    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, monkeypatch: pytest.MonkeyPatch
+    dovecot: Dovecot,
+    user: str,
+    tmp_path: Path,
+    start_gateway: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    folder: str,
 ) -> None:
     # Failure injection: a bug that raises on one message, at every sync that meets it. The
     # watcher had counted each reconnect as established (state "connected" came before the
@@ -905,10 +912,20 @@ async def test_a_message_that_fails_every_sync_backs_off_further_each_time(
         return await process(self, mailbox, message, *args)
 
     monkeypatch.setattr(Pipeline, "process", failing)
-    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
+    # Archive: two folders on one NOTIFY connection, the poison in the second one's first sync.
+    folders = ["INBOX"] if folder == "INBOX" else ["INBOX", "Archive"]
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], imap={"folders": folders}))
     await wait_for(lambda: idle(gw), what="watcher idle")
-    await dovecot.deliver_async(user, mail("poison"))
-    found = await wait_events(gw, 3, types="mailbox.disconnected", timeout=30)
+    if folder == "INBOX":
+        await dovecot.deliver_async(user, mail("poison"))
+    else:
+        await asyncio.to_thread(append, dovecot, user, folder, mail("poison"))
+    found: list[dict[str, Any]] = []
+    deadline = asyncio.get_running_loop().time() + 30
+    while len(found) < 3:  # each failure: one event per folder of the connection; INBOX's
+        assert asyncio.get_running_loop().time() < deadline, f"only {len(found)} failures: {found}"
+        await asyncio.sleep(0.1)
+        found = [e for e in await listing(gw, types="mailbox.disconnected") if e["data"]["folder"] == "INBOX"]
     delays = [e["data"]["retry_in_ms"] for e in found[:3]]
     # Steps of 0.2, 0.4 and 0.8 s, each jittered down to no less than half.
     assert delays[0] <= 200 and 200 <= delays[1] <= 400 and delays[2] >= 400, delays

@@ -281,7 +281,8 @@ class LearningStore:
                 for mailbox in (mailbox_id, _ALL_MAILBOXES):
                     ham, spam, _ = self._sender(address, mailbox)
                     self._set_sender(address, mailbox, (ham, spam, 1))
-            self._generation += 1
+            if addresses:  # the mark alone is not in memory: a background load in progress stays good
+                self._generation += 1
 
     def sent_mark(self, mailbox_id: str) -> SentMark | None:
         """Where `learn_sent` last left the mailbox's Sent folder; None: never learnt from."""
