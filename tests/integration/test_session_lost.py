@@ -1,0 +1,49 @@
+"""A connection lost while a command waits for its answer, through a loopback relay to the real
+Dovecot that cuts the connection when the command goes by (a failure the server cannot produce)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from gatewayd.imap.session import ImapConnectionLost, ImapSession
+from gatewayd.sandbox.dovecot import Dovecot
+from tests.conftest import gateway_config
+
+
+async def test_a_command_whose_connection_is_lost_raises_connection_lost(
+    dovecot: Dovecot, user: str, tmp_path: Path
+) -> None:
+    async def relay(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(dovecot.host, dovecot.imap_port)
+
+        async def upstream() -> None:
+            while line := await client_reader.readline():
+                if b" STATUS " in line:  # the command is sent: cut both ways before any answer
+                    client_writer.transport.abort()
+                    server_writer.transport.abort()
+                    return
+                server_writer.write(line)
+
+        async def downstream() -> None:
+            while data := await server_reader.read(65536):
+                client_writer.write(data)
+
+        with contextlib.suppress(ConnectionError):
+            await asyncio.gather(upstream(), downstream())
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    (mailbox,) = gateway_config(tmp_path, dovecot, [user]).mailboxes()
+    session = await ImapSession.open(dataclasses.replace(mailbox.imap, port=port))
+    try:
+        with pytest.raises(ImapConnectionLost):
+            await session.status("INBOX")
+    finally:
+        session.abort()
+        server.close()
+        await server.wait_closed()
