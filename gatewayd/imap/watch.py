@@ -19,7 +19,7 @@ Commits: a message a push brought is stored and published on its own as soon as 
 (latency first). Messages a search found (a backlog: the catch-up after a reconnect or restart, a
 burst larger than one batch, a poll) are stored in group commits of up to GROUP_COMMIT_MESSAGES,
 or whatever was processed within GROUP_COMMIT_SECONDS: one transaction instead of one per message
-is about a tenth of the store's CPU per message, and a backlog is late already.
+costs about a quarter of the store's CPU per message, and a backlog is late already.
 
 Shutdown (`drain`): what the watcher holds is stored and published before subscribers are told
 `closing`, and no more mail is processed; the connection stays open until the pool logs out

@@ -11,4 +11,7 @@ plan.py        matching rules -> ordered steps -> the event's rules_applied, lab
 execute.py     steps through the journal: intent, action, outcome; crash resolution
 engine.py      RulesStage (the pipeline's last stage) and recover()
 load.py        RuleBook: every rule of the configuration, checked; reload
+syntax.py      rules as written in YAML, checked: each problem with its key path
+service.py     the rules in the daemon: journal, outbox task, the stage, SIGHUP reload
+dry_run.py     `gatewayd check-message`'s view: which rules would match, and what they would do
 """
