@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import imaplib
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from gatewayd.app import Daemon
 from gatewayd.config import Config, hash_token, parse_config
-from gatewayd.sandbox.dovecot import Dovecot, SandboxUnavailable
+from gatewayd.sandbox.dovecot import PASSWORD, Dovecot, SandboxUnavailable
 
 # Imported here, at start-up, on purpose: otherwise hypothesis's pytest plugin imports it at the
 # very end of a run that used no hypothesis test, from deep in pytest's hooks, where CPython
@@ -110,3 +111,14 @@ async def start_gateway() -> AsyncIterator[Any]:
     for daemon in started:
         if not daemon.gateway.grace_over.is_set():
             await daemon.stop()
+
+
+def append(dovecot: Dovecot, user: str, folder: str, *messages: bytes) -> None:
+    """Put messages straight into a folder with IMAP APPEND (as a mail client saving sent mail)."""
+    client = imaplib.IMAP4(dovecot.host, dovecot.imap_port)
+    try:
+        client.login(user, PASSWORD)
+        for message in messages:
+            client.append(folder, None, None, message)
+    finally:
+        client.logout()

@@ -9,7 +9,6 @@ and with NOTIFY one connection per account however many folders it watches.
 from __future__ import annotations
 
 import asyncio
-import imaplib
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from gatewayd.config import Config, hash_token, parse_config
 from gatewayd.sandbox.dovecot import PASSWORD, Dovecot
 from gatewayd.store import EventQuery
+from tests.conftest import append
 from tests.sse import Frame, SseReader, mail
 from tests.waiting import idle, wait_for
 
@@ -232,15 +232,6 @@ def imap_connections(port: int) -> int:
         if fields[2].endswith(f":{port:04X}") and fields[3] == "01":
             count += 1
     return count
-
-
-def append(dovecot: Dovecot, user: str, folder: str, message: bytes) -> None:
-    client = imaplib.IMAP4(dovecot.host, dovecot.imap_port)
-    try:
-        client.login(user, PASSWORD)
-        client.append(folder, None, None, message)
-    finally:
-        client.logout()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import imaplib
 import logging
 import socket
 from collections.abc import Iterable
@@ -17,22 +16,12 @@ import pytest
 from gatewayd.imap.sent import SENT_BACKFILL, SentLearner
 from gatewayd.imap.session import ImapSession
 from gatewayd.pipeline.learning import LearningStore, SentMark
-from gatewayd.sandbox.dovecot import PASSWORD, Dovecot
-from tests.conftest import TOKEN, gateway_config
+from gatewayd.sandbox.dovecot import Dovecot
+from tests.conftest import TOKEN, append, gateway_config
 from tests.sse import SseReader, mail
 from tests.waiting import idle, wait_for
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def append(dovecot: Dovecot, user: str, folder: str, *messages: bytes) -> None:
-    client = imaplib.IMAP4(dovecot.host, dovecot.imap_port)
-    try:
-        client.login(user, PASSWORD)
-        for message in messages:
-            client.append(folder, None, None, message)
-    finally:
-        client.logout()
 
 
 def sent_mail(to: str, **headers: str) -> bytes:

@@ -26,8 +26,7 @@ from gatewayd.pipeline import Pipeline
 from gatewayd.sandbox.dovecot import Dovecot
 from gatewayd.store import Checkpoint, EventQuery
 from gatewayd.store.sqlite import SqliteEventStore
-from tests.conftest import TOKEN, gateway_config
-from tests.integration.test_fleet import append
+from tests.conftest import TOKEN, append, gateway_config
 from tests.sse import SseReader, mail
 from tests.waiting import idle, wait_for, watcher_states
 
