@@ -16,12 +16,33 @@ _MAX_RECEIVED = 30
 
 # The top-level headers read from the raw bytes (`message.headers` keeps only those the event
 # needs): Received, MIME structure, priority, list headers, and Subject/From for 8-bit checks.
+_RAW_NAMES = (
+    *("Received", "Content-Type", "Content-Transfer-Encoding", "Subject", "From", "X-Priority"),
+    *("X-MSMail-Priority", "List-Id", "List-Post", "MIME-Version", "X-Mailer", "X-MimeOLE"),
+)
+# The names as mail spells them, to their lower-cased keys: one lookup instead of two calls.
+_NAME_KEYS = {
+    spelling.encode(): name.lower()
+    for name in _RAW_NAMES
+    for spelling in (name, name.lower(), name.title(), name.upper())
+}
+
+
+def _caseless_names(names: tuple[str, ...]) -> bytes:
+    """The names as one case-insensitive alternation, grouped by first letter, which is a class
+    ("[Rr](?i:eceived)"): the regex engine passes over a line's wrong groups by that class alone,
+    where it would enter every "(?i:...)" alternative in turn (-13 % of the search's instructions)."""
+    groups: dict[str, list[str]] = {}
+    for name in map(str.lower, names):
+        groups.setdefault(name[0], []).append(re.escape(name[1:]))
+    return b"|".join(
+        f"[{first.upper()}{first}](?i:{'|'.join(rests)})".encode() for first, rests in groups.items()
+    )
+
+
 # Matched in the unfolded block after a newline (one is prepended): with a literal first character
 # the regex engine skips from line to line, where re.M's "^" has it try every position.
-_RAW_HEADER = re.compile(
-    rb"\n((?i:received|content-type|content-transfer-encoding|subject|from|x-priority|x-msmail-priority"
-    rb"|list-id|list-post|mime-version|x-mailer|x-mimeole))[ \t]*:([^\n]*)"
-)
+_RAW_HEADER = re.compile(rb"\n(" + _caseless_names(_RAW_NAMES) + rb")[ \t]*:([^\n]*)")
 # The end of the header block, the first empty line; the CR of a CRLF before it is left to the
 # last value, whose whitespace is stripped anyway. (Not "\r?\n\r?\n", for the literal first
 # character.)
@@ -39,9 +60,11 @@ def raw_headers(raw: bytes) -> dict[str, list[bytes]]:
         head = head[: end.start()]
     # Unfolded all at once: a substitution per value costs more than the scan.
     head = _FOLD.sub(b" ", b"\n" + head.replace(b"\r\n", b"\n"))
+    stray_cr = b"\r" in head  # rare once CRLFs are LFs: most values need no replace then
     found: dict[str, list[bytes]] = {}
     for name, value in _RAW_HEADER.findall(head):
-        found.setdefault(name.lower().decode("ascii"), []).append(value.replace(b"\r", b" ").strip())
+        key = _NAME_KEYS.get(name) or name.lower().decode("ascii")
+        found.setdefault(key, []).append((value.replace(b"\r", b" ") if stray_cr else value).strip())
     return found
 
 
@@ -228,18 +251,20 @@ def header_signals(
         if not match:
             continue
         claimed, seen = match.group(1).lower(), match.group(2)
-        helo = _IPV4.fullmatch(claimed)
-        relay = _IP_IN_PARENS.search(seen)
-        # "from 192.0.2.7 (HELO name)" names the peer, not its HELO; webmail and proxies write
-        # their HTTP client's address there.
-        if helo and claimed[0] != "[" and public_ip(helo.group(1)) and not _NOT_A_HELO.search(text, 0, 300):
-            lies.setdefault("RCVD_NUMERIC_HELO", f"HELO {claimed[:40]}")
-        # A private HELO behind NAT is normal; a public one that is not the peer is a lie.
-        if helo and relay and helo.group(1) != relay.group(1) and public_ip(helo.group(1)):
-            lies.setdefault("RCVD_HELO_IP_MISMATCH", f"HELO {helo.group(1)} from {relay.group(1)}")
-        rdns = _RDNS.match(seen)
+        # Most HELOs are names, and name no big provider: the other searches are made only when
+        # their finding is possible.
+        if helo := _IPV4.fullmatch(claimed):
+            # "from 192.0.2.7 (HELO name)" names the peer, not its HELO; webmail and proxies write
+            # their HTTP client's address there.
+            if claimed[0] != "[" and public_ip(helo.group(1)) and not _NOT_A_HELO.search(text, 0, 300):
+                lies.setdefault("RCVD_NUMERIC_HELO", f"HELO {claimed[:40]}")
+            # A private HELO behind NAT is normal; a public one that is not the peer is a lie.
+            relay = _IP_IN_PARENS.search(seen)
+            if relay and helo.group(1) != relay.group(1) and public_ip(helo.group(1)):
+                lies.setdefault("RCVD_HELO_IP_MISMATCH", f"HELO {helo.group(1)} from {relay.group(1)}")
         # The big providers' own relays resolve into their own domains.
-        if rdns and site_of(claimed) in _FREEMAIL and site_of(rdns.group(1).lower()) != site_of(claimed):
+        rdns = _RDNS.match(seen) if site_of(claimed) in _FREEMAIL else None
+        if rdns and site_of(rdns.group(1).lower()) != site_of(claimed):
             lies.setdefault("RCVD_HELO_FORGED", f"HELO {claimed[:60]} from {rdns.group(1)[:60]}")
     for symbol, detail in lies.items():
         scorer.add(symbol, detail)
