@@ -89,15 +89,16 @@ _string = encode_basestring
 class Event:
     """A stored event. `seq` orders events; `id` is its opaque public form.
 
-    Built for the hot paths: a replayed event keeps its data as the stored JSON text and is only
-    decoded if someone reads `data`; the SSE frame is encoded once, however many subscribers
-    the event goes to.
+    Built for the hot paths: a replayed event keeps its data as the stored JSON, as UTF-8 bytes
+    (`data_utf8`), copied into its SSE frame as they are and only decoded if someone reads `data`
+    or `data_json`; the SSE frame is encoded once, however many subscribers the event goes to.
     """
 
     __slots__ = (
         "_chunk",
         "_data",
         "_data_json",
+        "_data_utf8",
         "_frame",
         "agent_id",
         "created_at",
@@ -120,25 +121,29 @@ class Event:
         from_address: str | None = None,
         *,
         data_json: str | None = None,
+        data_utf8: bytes | None = None,
     ) -> None:
-        if data is None and data_json is None:
+        if data is None and data_json is None and data_utf8 is None:
             data = {}
         self.seq, self.id, self.type, self.created_at = seq, id, type, created_at
         self.agent_id, self.mailbox_id, self.from_address = agent_id, mailbox_id, from_address
-        self._data, self._data_json = data, data_json
+        self._data, self._data_json, self._data_utf8 = data, data_json, data_utf8
         self._frame: bytes | None = None
         self._chunk: bytes | None = None
 
     @property
     def data(self) -> dict[str, Any]:
         if self._data is None:
-            self._data = json.loads(self._data_json or "{}")
+            self._data = json.loads(self._data_json or self._data_utf8 or "{}")
         return self._data
 
     @property
     def data_json(self) -> str:
         if self._data_json is None:
-            self._data_json = compact_json(self._data)
+            if self._data_utf8 is not None:
+                self._data_json = self._data_utf8.decode()
+            else:
+                self._data_json = compact_json(self._data)
         return self._data_json
 
     def envelope(self) -> dict[str, Any]:
@@ -155,17 +160,26 @@ class Event:
         """The envelope as one line of JSON, byte for byte what json.dumps would give
         (`ensure_ascii=False`, compact separators), built by formatting: a replay frames
         thousands of events a second."""
+        return f"{self._envelope_head()}{self.data_json}}}"
+
+    def _envelope_head(self) -> str:
+        """to_json up to the data's value."""
         mailbox = "null" if self.mailbox_id is None else _string(self.mailbox_id)
         return (
             f'{{"id":{_string(self.id)},"type":{_string(self.type)},"created_at":{_string(self.created_at)},'
-            f'"agent_id":{_string(self.agent_id)},"mailbox_id":{mailbox},"data":{self.data_json}}}'
+            f'"agent_id":{_string(self.agent_id)},"mailbox_id":{mailbox},"data":'
         )
 
     @property
     def sse_frame(self) -> bytes:
         """`id:`, `event:` and `data:` lines, encoded once and shared by every subscriber."""
         if self._frame is None:
-            self._frame = f"id: {self.id}\nevent: {self.type}\ndata: {self.to_json()}\n\n".encode()
+            head = f"id: {self.id}\nevent: {self.type}\ndata: {self._envelope_head()}"
+            if self._data_utf8 is not None:
+                # A replayed event's data goes in as the store's bytes: no decode, no re-encode.
+                self._frame = b"%b%b}\n\n" % (head.encode(), self._data_utf8)
+            else:
+                self._frame = f"{head}{self.data_json}}}\n\n".encode()
         return self._frame
 
     @property
