@@ -128,3 +128,42 @@ def test_shared_clues_follow_every_change_of_the_totals(
             other.train(_message("o", text()), label)  # another connection's, found on reload
         for probe in probes:
             assert store.bayes(probe) == _reference_bayes(store, probe)
+
+
+def test_nearest_signature_follows_every_change_of_the_signatures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # _nearest skips signatures by their length and quartile ratios, from lists made per bucket
+    # when first scanned: they must follow spam reports, ham reports and another process's training.
+    rng = random.Random(5)
+    vocabulary = [f"w{chr(97 + i % 26)}{chr(97 + i // 26 % 26)}x" for i in range(300)]
+    letters = [" ".join(rng.choice(vocabulary) for _ in range(rng.randrange(40, 400))) for _ in range(6)]
+
+    def text() -> str:
+        words = rng.choice(letters).split()
+        for _ in range(rng.randrange(12)):
+            words[rng.randrange(len(words))] = rng.choice(vocabulary)
+        return " ".join(words)
+
+    def expected(probe: ParsedMessage) -> str | None:
+        known = [s for bucket in store._signatures.values() for s in bucket.values()]
+        probe_signature = learning_store.signature(probe)
+        if probe_signature is None or not known:
+            return None
+        nearest = min(learning_store._tlsh(probe_signature).diff(s) for s in known)
+        if nearest > store.signature_distance:
+            return None
+        return f"tlsh distance {nearest} to a message reported as spam"
+
+    monkeypatch.setattr(learning_store, "RELOAD_CHECK_SECONDS", 0.0)
+    path = tmp_path / "learning.sqlite"
+    with LearningStore(path) as store, LearningStore(path) as other:
+        probes = [_message("p", text()) for _ in range(30)]
+        for step in range(16):
+            trainer = other if step % 2 else store
+            trained = text()
+            trainer.train(_message("t", trained), "ham" if step % 5 == 4 else "spam")
+            probes.append(_message("p", trained))  # at distance 0 from a spam just reported
+            results = [store.signature_match(probe) for probe in probes]
+            assert results == [expected(probe) for probe in probes]
+        assert any(results)
