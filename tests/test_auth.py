@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import random
+import re
 import threading
 import time
 from types import SimpleNamespace
@@ -27,7 +28,7 @@ from gatewayd.pipeline.auth import (
     organizational_domain,
     parse_authentication_results,
 )
-from gatewayd.pipeline.auth.results import _tokenize, _tokenize_slowly
+from gatewayd.pipeline.auth.results import _AR_HEADER, _tokenize, _tokenize_slowly, header_lines
 
 MX = "mx.gatewayd.test"
 FOLD = "\r\n       "  # how servers fold their long Authentication-Results
@@ -230,6 +231,21 @@ def test_headers_kept_by_the_parser_are_used_when_present() -> None:
         raw=b"",
     )
     assert auth(AuthStage(AuthOptions((MX,))).evaluate(parsed, None))["verdict"] == "pass"
+
+
+def test_raw_header_lines_are_found_as_a_multi_line_caret_finds_them() -> None:
+    # _AR_HEADER looks for the "\n" that header_lines puts before each line; "^" under re.M is the
+    # reference (slower: the engine tries it at every byte), on the header block up to its empty line.
+    reference = re.compile(rb"^authentication-results[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
+    pieces = [b"\n", b"\r\n", b"\r", b" ", b"\t", b"\n\t", b":", b"x; spf=pass", b"\xff"]
+    pieces += [b"Authentication-Results", b"AUTHENTICATION-RESULTS :", b"authentication-result"]
+    rnd = random.Random(5)
+    for _ in range(20000):
+        raw = b"".join(rnd.choice(pieces) for _ in range(rnd.randrange(14)))
+        ends = [end for end in (raw.find(b"\n\n"), raw.find(b"\n\r\n")) if end >= 0]
+        block = raw[: min(ends)] if ends else raw
+        found = [match.group(1) for match in _AR_HEADER.finditer(header_lines(raw))]
+        assert found == [match.group(1) for match in reference.finditer(block)], raw
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from gatewayd.pipeline.auth.results import (
     AuthResultsHeader,
     UnparsableHeader,
     authentication_results,
-    header_block,
+    header_lines,
     leading_id,
     parse_authentication_results,
 )
@@ -112,7 +112,7 @@ class AuthStage:
         return bool(
             self.options.dkim_verify
             and not message.data.get("truncated")  # a cut body can only fail its hash
-            and DKIM_SIGNATURE.search(header_block(message.raw))
+            and DKIM_SIGNATURE.search(header_lines(message.raw))
         )
 
     async def verify_dkim(self, raw: bytes) -> list[dict[str, Any]]:
