@@ -30,6 +30,10 @@ _HEADER_SETS: list[list[tuple[str, str]]] = [
     [("Content-Disposition", 'inline; filename="a\\"b.txt"'), ("Content-Type", "image/png; name=x.png")],
     # Raw 8-bit bytes: compat32 hands the value out as a Header object, which is not cached.
     [("Content-Type", 'text/plain; name="Gr\udcc3\udcb6\udcc3\udc9fe.txt"; charset=utf-8')],
+    # Content types the stdlib reads as text/plain, and one with parameters only.
+    [("Content-Type", "text")],
+    [("Content-Type", "text/plain/extra; charset=utf-8")],
+    [("Content-Type", " ; charset=utf-8")],
     # Longer than the cache takes.
     [("Content-Type", "text/plain; charset=utf-8; " + "x=" + "y" * _MAX_CACHED_PARAMS_CHARS)],
 ]
@@ -59,7 +63,9 @@ def _queries(msg: Message) -> list[Any]:
         for param in ("charset", "NAME", "filename", "boundary", "flag", "x", "absent"):
             results.append(_outcome(msg.get_param, param, "fail", header))
             results.append(_outcome(msg.get_param, param, None, header, unquote=False))
-    for call in (msg.get_content_charset, msg.get_filename, msg.get_boundary, msg.get_content_type):
+    results.append(_outcome(msg.get, "content-type"))
+    calls = (msg.get_content_charset, msg.get_filename, msg.get_boundary, msg.get_content_type)
+    for call in (*calls, msg.get_content_maintype, msg.get_content_subtype, msg.get_default_type):
         results.append(_outcome(call))
     return results
 
@@ -98,3 +104,12 @@ def test_cached_parameters_follow_header_changes() -> None:
         del msg["content-type"]
         msg.del_param("filename", "content-disposition")
     assert _queries(guarded) == _queries(plain)
+
+
+def test_cached_content_type_keeps_the_default_type() -> None:
+    # A part of a multipart/digest without its own Content-Type is message/rfc822 (RFC 2046).
+    plain, guarded = _messages([("Subject", "no type")])
+    for msg in (plain, guarded):
+        msg.set_default_type("message/rfc822")
+    assert _queries(guarded) == _queries(plain)
+    assert guarded.get_content_type() == "message/rfc822"

@@ -76,7 +76,19 @@ class _GuardedMessage(Message):
         if position is None:
             return failobj
         key, value = self._headers[position]
+        if type(value) is str and value.isascii() and self.policy is compat32:
+            return value  # what compat32's header_fetch_parse gives an ASCII value, for a method call less
         return self.policy.header_fetch_parse(key, value)
+
+    def get_content_type(self) -> str:
+        """What Message.get_content_type gives, from a cache keyed by the field's value: a message
+        asks for its type (or its main or subtype) half a dozen times."""
+        value = self.get("content-type", _MISSING)
+        if value is _MISSING:
+            return self.get_default_type()
+        if type(value) is not str or len(value) > _MAX_CACHED_PARAMS_CHARS:
+            return super().get_content_type()
+        return _content_type(value)
 
     def __contains__(self, name: str) -> bool:
         return name.lower() in self._gw_first()
@@ -105,6 +117,14 @@ def _params(value: str) -> tuple[tuple[str, Any], ...]:
     stub = Message()
     stub.set_raw("Content-Type", value)
     return tuple(Message._get_params_preserve(stub, None, "content-type"))  # type: ignore[attr-defined]
+
+
+@functools.lru_cache(maxsize=1024)
+def _content_type(value: str) -> str:
+    """Message.get_content_type of a part whose Content-Type field has this value."""
+    stub = Message()
+    stub.set_raw("Content-Type", value)
+    return stub.get_content_type()
 
 
 _PARSER = Parser(_class=_GuardedMessage, policy=compat32)
@@ -156,8 +176,7 @@ def _plain_single_part(text: str) -> Message | None:
         return None
     fields, end = plain
     root = _GuardedMessage(policy=compat32)
-    for name, value in fields:
-        root.set_raw(name, value)
+    root._headers = fields  # what set_raw of each field builds under compat32, without a call per field
     if root.get_content_maintype() in ("multipart", "message"):
         return None
     root.set_payload(text[end:])
@@ -179,7 +198,7 @@ def collect_headers(root: Message) -> dict[str, list[str]]:
     """Lower-cased name -> unfolded, cleaned values of the top-level headers we use, in order."""
     found: dict[str, list[str]] = {}
     for name, value in root.raw_items():
-        key = str(name).lower()
+        key = name.lower()  # a str: the parser never stores another kind of name
         if key in _WANTED:
             found.setdefault(key, []).append(clean_header(str(value)))
     return found
