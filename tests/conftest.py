@@ -14,6 +14,7 @@ import pytest
 from gatewayd.app import Daemon
 from gatewayd.config import Config, hash_token, parse_config
 from gatewayd.sandbox.dovecot import PASSWORD, Dovecot, SandboxUnavailable
+from tests.waiting import idle, wait_for
 
 # Imported here, at start-up, on purpose: otherwise hypothesis's pytest plugin imports it at the
 # very end of a run that used no hypothesis test, from deep in pytest's hooks, where CPython
@@ -111,6 +112,15 @@ async def start_gateway() -> AsyncIterator[Any]:
     for daemon in started:
         if not daemon.gateway.grace_over.is_set():
             await daemon.stop()
+
+
+@pytest.fixture
+async def idle_gateway(dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any) -> RunningGateway:
+    """The suite's default gateway (the test's user's INBOX, watched always), once its watcher idles:
+    mail delivered from then on is announced."""
+    gateway: RunningGateway = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
+    await wait_for(lambda: idle(gateway), what="watcher idle")
+    return gateway
 
 
 def append(dovecot: Dovecot, user: str, folder: str, *messages: bytes) -> None:

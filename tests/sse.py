@@ -12,6 +12,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.conftest import TOKEN
+
 
 @dataclass
 class Frame:
@@ -85,6 +87,20 @@ class SseReader:
 
         await asyncio.wait_for(collect(), timeout)
         return frames
+
+
+async def open_stream(
+    session: aiohttp.ClientSession,
+    url: str,
+    params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> SseReader:
+    """`/events` as the suite's support agent, with `headers` added to its token."""
+    response = await session.get(
+        f"{url}/events", params=params or {}, headers={"Authorization": f"Bearer {TOKEN}", **(headers or {})}
+    )
+    assert response.status == 200, await response.text()
+    return SseReader(response)
 
 
 def mail(

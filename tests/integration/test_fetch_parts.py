@@ -16,8 +16,7 @@ from gatewayd.imap.session import ImapError, ImapSession
 from gatewayd.message import parse_message
 from gatewayd.sandbox.dovecot import Dovecot
 from tests.conftest import TOKEN, gateway_config
-from tests.sse import INJECTION, SseReader, late_text_mail, mail
-from tests.waiting import idle, wait_for
+from tests.sse import INJECTION, late_text_mail, mail, open_stream
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CAP = 262144
@@ -25,12 +24,10 @@ REPORT = {"filename": "report.pdf", "content_type": "application/pdf", "size": 3
 
 
 async def test_text_after_a_large_attachment_reaches_every_stage(
-    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+    dovecot: Dovecot, user: str, idle_gateway: Any
 ) -> None:
-    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
-    await wait_for(lambda: idle(gw), what="watcher idle")
     async with aiohttp.ClientSession() as session:
-        reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+        reader = await open_stream(session, idle_gateway.url, {"types": "message.*"})
         await dovecot.deliver_async(user, late_text_mail("quarterly report"))
         (event,) = await reader.messages(1)
     data = event.json["data"]

@@ -15,7 +15,7 @@ from gatewayd.pipeline.learning import LearningStore
 from gatewayd.sandbox.dovecot import PASSWORD, Dovecot
 from tests.conftest import TOKEN, gateway_config
 from tests.daemon import REPO_ROOT, child_env, gatewayd_command, run_cli, write_config
-from tests.sse import SseReader, mail
+from tests.sse import SseReader, mail, open_stream
 from tests.waiting import idle, wait_for
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -69,16 +69,12 @@ async def test_first_event_of_a_spam_message_already_carries_every_verdict(
     assert second.json["data"]["spam"]["verdict"] == "ham"
 
 
-async def test_report_feeds_learning_and_is_an_event(
-    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
-) -> None:
-    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
-    await wait_for(lambda: idle(gw), what="watcher idle")
+async def test_report_feeds_learning_and_is_an_event(dovecot: Dovecot, user: str, idle_gateway: Any) -> None:
     async with aiohttp.ClientSession() as session:
-        reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+        reader = await open_stream(session, idle_gateway.url, {"types": "message.*"})
         await dovecot.deliver_async(user, mail("cheap pills", sender="Pills <pills@pharma.example>"))
         (event,) = await reader.messages(1)
-        url = f"{gw.url}/v1/messages/{event.id}/report"
+        url = f"{idle_gateway.url}/v1/messages/{event.id}/report"
         response = await session.post(url, headers=AUTH, json={"label": "spam"})
         assert response.status == 200, await response.text()
         assert (await response.json()) == {"event_id": event.id, "label": "spam", "learned": True}
@@ -90,12 +86,16 @@ async def test_report_feeds_learning_and_is_an_event(
         assert (await session.post(url, headers=AUTH, json={"label": "maybe"})).status == 400
         assert (await session.post(url, headers=AUTH, data="{not json")).status == 400
         assert (
-            await session.post(f"{gw.url}/v1/messages/999999/report", headers=AUTH, json={"label": "ham"})
+            await session.post(
+                f"{idle_gateway.url}/v1/messages/999999/report", headers=AUTH, json={"label": "ham"}
+            )
         ).status == 404
         assert (
-            await session.post(f"{gw.url}/v1/messages/abc/report", headers=AUTH, json={"label": "ham"})
+            await session.post(
+                f"{idle_gateway.url}/v1/messages/abc/report", headers=AUTH, json={"label": "ham"}
+            )
         ).status == 400
-    reputation = gw.daemon.learning.for_mailbox(f"{user}-inbox").reputation(
+    reputation = idle_gateway.daemon.learning.for_mailbox(f"{user}-inbox").reputation(
         "pills@pharma.example", f"{user}-inbox"
     )
     assert reputation["spam"] == 1

@@ -14,31 +14,17 @@ from httpx_sse import aconnect_sse
 
 from gatewayd.sandbox.dovecot import Dovecot
 from tests.conftest import OTHER_TOKEN, TOKEN, gateway_config
-from tests.sse import SseReader, mail
+from tests.sse import SseReader, mail, open_stream
 from tests.waiting import idle, wait_for
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-async def open_stream(
-    session: aiohttp.ClientSession,
-    url: str,
-    params: dict[str, str] | None = None,
-    headers: dict[str, str] | None = None,
-) -> SseReader:
-    response = await session.get(f"{url}/events", params=params or {}, headers={**AUTH, **(headers or {})})
-    assert response.status == 200, await response.text()
-    reader = SseReader(response)
-    return reader
-
-
 async def test_delivered_message_reaches_stream_with_metadata(
-    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+    dovecot: Dovecot, user: str, idle_gateway: Any
 ) -> None:
-    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
-    await wait_for(lambda: idle(gw), what="watcher idle")
     async with aiohttp.ClientSession() as session:
-        reader = await open_stream(session, gw.url)
+        reader = await open_stream(session, idle_gateway.url)
         assert reader.response.headers["Content-Type"].startswith("text/event-stream")
         assert reader.response.headers["Cache-Control"] == "no-cache"
         assert reader.response.headers["X-Accel-Buffering"] == "no"
@@ -68,11 +54,7 @@ async def test_delivered_message_reaches_stream_with_metadata(
     assert "\\Seen" not in data["flags"]
 
 
-async def test_message_is_not_marked_seen(
-    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
-) -> None:
-    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
-    await wait_for(lambda: idle(gw), what="watcher idle")
+async def test_message_is_not_marked_seen(dovecot: Dovecot, user: str, idle_gateway: Any) -> None:
     await dovecot.deliver_async(user, mail("unread"))
     await wait_for(
         lambda: (
@@ -82,7 +64,9 @@ async def test_message_is_not_marked_seen(
     async with aiohttp.ClientSession() as session:
         for _ in range(300):
             listing = await (
-                await session.get(f"{gw.url}/v1/events", headers=AUTH, params={"types": "message.*"})
+                await session.get(
+                    f"{idle_gateway.url}/v1/events", headers=AUTH, params={"types": "message.*"}
+                )
             ).json()
             if listing["events"]:
                 break
@@ -96,10 +80,8 @@ async def test_message_is_not_marked_seen(
 
 
 async def test_resume_by_last_event_id_and_since_while_mail_keeps_arriving(
-    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+    dovecot: Dovecot, user: str, idle_gateway: Any
 ) -> None:
-    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
-    await wait_for(lambda: idle(gw), what="watcher idle")
     subjects = [f"burst {i}" for i in range(12)]
 
     async def deliver_all() -> None:
@@ -109,12 +91,12 @@ async def test_resume_by_last_event_id_and_since_while_mail_keeps_arriving(
 
     delivery = asyncio.create_task(deliver_all())
     async with aiohttp.ClientSession() as session:
-        reader = await open_stream(session, gw.url, {"types": "message.received"})
+        reader = await open_stream(session, idle_gateway.url, {"types": "message.received"})
         seen = await reader.messages(3, timeout=20)
         reader.response.close()  # the client drops mid-burst
         await asyncio.sleep(0.4)
         reader = await open_stream(
-            session, gw.url, {"types": "message.received"}, {"Last-Event-ID": seen[-1].event_id}
+            session, idle_gateway.url, {"types": "message.received"}, {"Last-Event-ID": seen[-1].event_id}
         )
         seen += await reader.messages(len(subjects) - 3, timeout=30)
         await delivery
@@ -124,20 +106,22 @@ async def test_resume_by_last_event_id_and_since_while_mail_keeps_arriving(
         assert [int(i) for i in ids] == sorted(int(i) for i in ids)
 
         # since= an id replays exactly what follows it
-        reader = await open_stream(session, gw.url, {"types": "message.received", "since": seen[5].event_id})
+        reader = await open_stream(
+            session, idle_gateway.url, {"types": "message.received", "since": seen[5].event_id}
+        )
         again = await reader.messages(len(subjects) - 6)
         assert [f.id for f in again] == ids[6:]
         # Last-Event-ID wins over since=
         reader = await open_stream(
             session,
-            gw.url,
+            idle_gateway.url,
             {"types": "message.received", "since": seen[0].event_id},
             {"Last-Event-ID": seen[9].event_id},
         )
         assert [f.id for f in await reader.messages(2)] == ids[10:]
         # since= a timestamp replays from that moment on
         moment = seen[4].json["created_at"]
-        reader = await open_stream(session, gw.url, {"types": "message.received", "since": moment})
+        reader = await open_stream(session, idle_gateway.url, {"types": "message.received", "since": moment})
         frames = await reader.messages(len(subjects) - 4)
         assert frames[0].id == ids[4]
 
@@ -174,18 +158,14 @@ async def test_filters_types_wildcards_mailbox_from(
             await only_second.messages(1, timeout=1.5)
 
 
-async def test_json_listing_newest_first_with_cursor(
-    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
-) -> None:
-    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
-    await wait_for(lambda: idle(gw), what="watcher idle")
+async def test_json_listing_newest_first_with_cursor(dovecot: Dovecot, user: str, idle_gateway: Any) -> None:
     for i in range(5):
         await dovecot.deliver_async(user, mail(f"list {i}"))
     async with aiohttp.ClientSession() as session:
 
         async def page(**params: str) -> Any:
             response = await session.get(
-                f"{gw.url}/v1/events", headers=AUTH, params={"types": "message.received", **params}
+                f"{idle_gateway.url}/v1/events", headers=AUTH, params={"types": "message.received", **params}
             )
             assert response.status == 200
             return await response.json()
@@ -203,17 +183,15 @@ async def test_json_listing_newest_first_with_cursor(
         assert third["next_cursor"] is None
         # The stream is also reachable at /v1/events with Accept: text/event-stream.
         response = await session.get(
-            f"{gw.url}/v1/events", headers={**AUTH, "Accept": "text/event-stream"}, params={"since": "0"}
+            f"{idle_gateway.url}/v1/events",
+            headers={**AUTH, "Accept": "text/event-stream"},
+            params={"since": "0"},
         )
         frames = await SseReader(response).messages(5)
         assert [f.json["data"]["subject"] for f in frames] == [f"list {i}" for i in range(5)]
 
 
-async def test_third_party_client_httpx_sse_resumes(
-    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
-) -> None:
-    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
-    await wait_for(lambda: idle(gw), what="watcher idle")
+async def test_third_party_client_httpx_sse_resumes(dovecot: Dovecot, user: str, idle_gateway: Any) -> None:
     await dovecot.deliver_async(user, mail("first"))
     await dovecot.deliver_async(user, mail("second"))
     received: list[str] = []
@@ -224,7 +202,7 @@ async def test_third_party_client_httpx_sse_resumes(
             async with aconnect_sse(
                 client,
                 "GET",
-                f"{gw.url}/v1/events/stream",
+                f"{idle_gateway.url}/v1/events/stream",
                 headers=headers,
                 params={"types": "message.received"},
             ) as source:
@@ -264,29 +242,31 @@ async def test_bad_tokens_are_refused(
 
 
 async def test_another_agents_mailbox_and_events_stay_hidden(
-    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+    dovecot: Dovecot, user: str, idle_gateway: Any
 ) -> None:
-    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
-    await wait_for(lambda: idle(gw), what="watcher idle")
     await dovecot.deliver_async(user, mail("private"))
     other = {"Authorization": f"Bearer {OTHER_TOKEN}"}
     async with aiohttp.ClientSession() as session:
         for _ in range(300):
             mine = await (
-                await session.get(f"{gw.url}/v1/events", headers=AUTH, params={"types": "message.*"})
+                await session.get(
+                    f"{idle_gateway.url}/v1/events", headers=AUTH, params={"types": "message.*"}
+                )
             ).json()
             if mine["events"]:
                 break
             await asyncio.sleep(0.05)
         assert mine["events"]
-        response = await session.get(f"{gw.url}/events", headers=other, params={"mailbox": f"{user}-inbox"})
+        response = await session.get(
+            f"{idle_gateway.url}/events", headers=other, params={"mailbox": f"{user}-inbox"}
+        )
         assert response.status == 403
         assert (await response.json())["error"]["code"] == "forbidden"
-        theirs = await (await session.get(f"{gw.url}/v1/events", headers=other)).json()
+        theirs = await (await session.get(f"{idle_gateway.url}/v1/events", headers=other)).json()
         assert theirs["events"] == []
         # Replaying everything from the start with the other token yields nothing of ours.
         response = await session.get(
-            f"{gw.url}/events", headers=other, params={"since": "0", "max_seconds": "1"}
+            f"{idle_gateway.url}/events", headers=other, params={"since": "0", "max_seconds": "1"}
         )
         assert "private" not in await response.text()
 

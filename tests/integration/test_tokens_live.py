@@ -23,7 +23,6 @@ from gatewayd.sandbox.dovecot import Dovecot, free_port
 from tests.conftest import OTHER_TOKEN, TOKEN, gateway_config
 from tests.daemon import GatewayProcess, config_data, run_cli, write_config
 from tests.sse import SseReader, mail
-from tests.waiting import idle, wait_for
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 OTHER_AUTH = {"Authorization": f"Bearer {OTHER_TOKEN}"}
@@ -158,15 +157,13 @@ async def test_query_token_and_header_together_are_refused(
         assert ok.status == 200
 
 
-async def test_admin_tokens_over_http(
-    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
-) -> None:
-    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
-    await wait_for(lambda: idle(gw), what="watcher idle")
+async def test_admin_tokens_over_http(idle_gateway: Any) -> None:
     async with aiohttp.ClientSession() as session:
         # A configured token has every scope, so it may make tokens for its own agent.
         response = await session.post(
-            f"{gw.url}/v1/tokens", headers=AUTH, json={"scopes": ["read", "admin"], "expires_in": "1h"}
+            f"{idle_gateway.url}/v1/tokens",
+            headers=AUTH,
+            json={"scopes": ["read", "admin"], "expires_in": "1h"},
         )
         assert response.status == 201
         made = await response.json()
@@ -174,33 +171,45 @@ async def test_admin_tokens_over_http(
         child_auth = {"Authorization": f"Bearer {made['token']}"}
         # ...but never for another agent's subtree, and never beyond its own scopes.
         assert (
-            await session.post(f"{gw.url}/v1/tokens", headers=AUTH, json={"agent": "other"})
+            await session.post(f"{idle_gateway.url}/v1/tokens", headers=AUTH, json={"agent": "other"})
         ).status == 403
-        response = await session.post(f"{gw.url}/v1/tokens", headers=child_auth, json={"scopes": ["send"]})
+        response = await session.post(
+            f"{idle_gateway.url}/v1/tokens", headers=child_auth, json={"scopes": ["send"]}
+        )
         assert response.status == 403 and (await response.json())["error"]["code"] == "insufficient_scope"
-        response = await session.post(f"{gw.url}/v1/tokens", headers=AUTH, json={"expires_in": "tomorrow"})
+        response = await session.post(
+            f"{idle_gateway.url}/v1/tokens", headers=AUTH, json={"expires_in": "tomorrow"}
+        )
         assert response.status == 400
-        reader_only = await (await session.post(f"{gw.url}/v1/tokens", headers=AUTH, json={})).json()
+        reader_only = await (
+            await session.post(f"{idle_gateway.url}/v1/tokens", headers=AUTH, json={})
+        ).json()
         assert reader_only["scopes"] == ["read"]
         response = await session.get(
-            f"{gw.url}/v1/tokens", headers={"Authorization": f"Bearer {reader_only['token']}"}
+            f"{idle_gateway.url}/v1/tokens", headers={"Authorization": f"Bearer {reader_only['token']}"}
         )
         assert response.status == 403
 
-        listed = (await (await session.get(f"{gw.url}/v1/tokens", headers=child_auth)).json())["tokens"]
+        listed = (await (await session.get(f"{idle_gateway.url}/v1/tokens", headers=child_auth)).json())[
+            "tokens"
+        ]
         assert {t["id"] for t in listed} == {made["id"], reader_only["id"]}
         assert not any("token" in t for t in listed)
         other = {"Authorization": "Bearer test-token-other"}
-        assert (await (await session.get(f"{gw.url}/v1/tokens", headers=other)).json())["tokens"] == []
-        assert (await session.delete(f"{gw.url}/v1/tokens/{made['id']}", headers=other)).status == 404
+        assert (await (await session.get(f"{idle_gateway.url}/v1/tokens", headers=other)).json())[
+            "tokens"
+        ] == []
+        assert (
+            await session.delete(f"{idle_gateway.url}/v1/tokens/{made['id']}", headers=other)
+        ).status == 404
 
         # Revoked over HTTP: the stream closes at once (same process), and the token is refused.
-        stream = SseReader(await session.get(f"{gw.url}/events", headers=child_auth))
+        stream = SseReader(await session.get(f"{idle_gateway.url}/events", headers=child_auth))
         await stream.response.content.readline()
-        response = await session.delete(f"{gw.url}/v1/tokens/{made['id']}", headers=AUTH)
+        response = await session.delete(f"{idle_gateway.url}/v1/tokens/{made['id']}", headers=AUTH)
         assert response.status == 200 and (await response.json())["revoked_at"]
         assert await closing_reason(stream, 2) == "token_revoked"
-        assert (await session.get(f"{gw.url}/v1/events", headers=child_auth)).status == 401
+        assert (await session.get(f"{idle_gateway.url}/v1/events", headers=child_auth)).status == 401
 
 
 async def test_sighup_takes_the_configured_tokens_and_ends_the_streams_of_removed_ones(

@@ -133,32 +133,26 @@ async def test_backfill_announces_the_last_n_on_first_connect(
     assert len(events) == 2
 
 
-async def test_dovecot_restart_under_a_live_watcher(
-    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
-) -> None:
-    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
-    await wait_for(lambda: idle(gw), what="watcher idle")
+async def test_dovecot_restart_under_a_live_watcher(dovecot: Dovecot, user: str, idle_gateway: Any) -> None:
     await dovecot.deliver_async(user, mail("before restart"))
-    await wait_events(gw, 1)
+    await wait_events(idle_gateway, 1)
     await asyncio.to_thread(dovecot.restart)
     await dovecot.deliver_async(user, mail("after restart"))
-    events = await wait_events(gw, 2)
+    events = await wait_events(idle_gateway, 2)
     assert [e["data"]["subject"] for e in events] == ["before restart", "after restart"]
-    types = [e["type"] for e in await listing(gw, types="mailbox.*")]
+    types = [e["type"] for e in await listing(idle_gateway, types="mailbox.*")]
     assert types.count("mailbox.connected") >= 2
     assert "mailbox.disconnected" in types or "mailbox.error" in types
-    await wait_for(lambda: idle(gw), what="watcher idle again")
-    assert gw.daemon.pool.health()[0]["reconnects"] >= 1
+    await wait_for(lambda: idle(idle_gateway), what="watcher idle again")
+    assert idle_gateway.daemon.pool.health()[0]["reconnects"] >= 1
 
 
 async def test_uidvalidity_change_does_not_reannounce_old_mail(
-    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+    dovecot: Dovecot, user: str, idle_gateway: Any
 ) -> None:
-    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
-    await wait_for(lambda: idle(gw), what="watcher idle")
     await dovecot.deliver_async(user, mail("old one"))
     await dovecot.deliver_async(user, mail("old two"))
-    first = await wait_events(gw, 2)
+    first = await wait_events(idle_gateway, 2)
     old_validity = first[0]["data"]["uidvalidity"]
 
     def rebuild() -> None:
@@ -168,13 +162,15 @@ async def test_uidvalidity_change_does_not_reannounce_old_mail(
 
     await asyncio.sleep(1.1)  # Dovecot derives UIDVALIDITY from the clock: make it differ
     await asyncio.to_thread(rebuild)
-    await wait_for(lambda: gw.daemon.pool.health()[0]["uidvalidity"] != old_validity, what="new UIDVALIDITY")
-    await wait_for(lambda: idle(gw), what="watcher idle again")
+    await wait_for(
+        lambda: idle_gateway.daemon.pool.health()[0]["uidvalidity"] != old_validity, what="new UIDVALIDITY"
+    )
+    await wait_for(lambda: idle(idle_gateway), what="watcher idle again")
     await dovecot.deliver_async(user, mail("new one"))
-    events = await wait_events(gw, 3)
+    events = await wait_events(idle_gateway, 3)
     assert [e["data"]["subject"] for e in events] == ["old one", "old two", "new one"]
     assert events[2]["data"]["uidvalidity"] != old_validity
-    connected = [e for e in await listing(gw, types="mailbox.connected")]
+    connected = [e for e in await listing(idle_gateway, types="mailbox.connected")]
     assert connected[-1]["data"]["uidvalidity_changed"] is True
 
 
@@ -197,15 +193,13 @@ async def resync_after(gw: Any, dovecot: Dovecot, user: str, old_validity: int, 
 
 
 async def test_uidvalidity_change_announces_exactly_the_mail_not_announced_before(
-    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+    dovecot: Dovecot, user: str, idle_gateway: Any
 ) -> None:
-    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
-    await wait_for(lambda: idle(gw), what="watcher idle")
     old_one = mail("old one")
     await dovecot.deliver_async(user, old_one)
     await dovecot.deliver_async(user, b"From: bob@example.org\r\nSubject: old without id\r\n\r\nHi.\r\n")
     await dovecot.deliver_async(user, mail("old three"))
-    first = await wait_events(gw, 3)
+    first = await wait_events(idle_gateway, 3)
     # New mail interleaved with a copy of old mail (the same Message-ID, arrived later), and new
     # mail without a Message-ID.
     arrived = [
@@ -213,11 +207,13 @@ async def test_uidvalidity_change_announces_exactly_the_mail_not_announced_befor
         old_one.replace(b"Subject: old one", b"Subject: old one again"),
         b"From: bob@example.org\r\nSubject: new without id\r\n\r\nHi.\r\n",
     ]
-    await resync_after(gw, dovecot, user, first[0]["data"]["uidvalidity"], arrived)
-    events = await wait_events(gw, 5)
+    await resync_after(idle_gateway, dovecot, user, first[0]["data"]["uidvalidity"], arrived)
+    events = await wait_events(idle_gateway, 5)
     subjects = [e["data"]["subject"] for e in events]
     assert subjects == ["old one", "old without id", "old three", "new one", "new without id"]
-    assert {e["data"]["uidvalidity"] for e in events[3:]} == {gw.daemon.pool.health()[0]["uidvalidity"]}
+    assert {e["data"]["uidvalidity"] for e in events[3:]} == {
+        idle_gateway.daemon.pool.health()[0]["uidvalidity"]
+    }
 
 
 async def test_uidvalidity_change_with_no_message_id_known_announces_what_arrived_after(
@@ -257,11 +253,7 @@ async def test_expunged_before_fetch_is_skipped(dovecot: Dovecot, user: str, tmp
     assert b"Subject: kept" in fetched[0].raw
 
 
-async def test_malformed_mime_still_yields_an_event(
-    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
-) -> None:
-    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
-    await wait_for(lambda: idle(gw), what="watcher idle")
+async def test_malformed_mime_still_yields_an_event(dovecot: Dovecot, user: str, idle_gateway: Any) -> None:
     garbage = (
         b"From: <<<@@@>>>\r\nSubject: =?bogus-charset?q?=ZZ?=\r\nDate: yesterday-ish\r\n"
         b"Content-Type: multipart/mixed\r\n\r\n--nobound\r\n\xff\xfe\x00 not mime at all\r\n"
@@ -269,7 +261,7 @@ async def test_malformed_mime_still_yields_an_event(
     await dovecot.deliver_async(user, garbage)
     good = mail("after the garbage")
     await dovecot.deliver_async(user, good)
-    events = await wait_events(gw, 2)
+    events = await wait_events(idle_gateway, 2)
     broken = events[0]["data"]
     assert broken["date"] is None
     assert broken["uid"] >= 1 and broken["size"] > 0
@@ -874,20 +866,18 @@ async def test_an_event_is_published_once_stored_before_its_rules_settle(
 
 
 async def test_mail_whose_text_decodes_to_lone_surrogates_is_announced_and_blocks_nothing(
-    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+    dovecot: Dovecot, user: str, idle_gateway: Any
 ) -> None:
     # UTF-7 (and UTF-16) decode "+2AA-" to a lone surrogate, which no UTF-8 (the event's JSON) can
     # carry: the event used to be unstorable, and the folder stuck behind it for good.
-    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user]))
-    await wait_for(lambda: idle(gw), what="watcher idle")
     await dovecot.deliver_async(
         user, mail("=?utf-7?q?+2AA-?=", body="+2AA- +2AA-", Content_Type="text/plain; charset=utf-7")
     )
     await dovecot.deliver_async(user, mail("after it"))
-    events = await wait_events(gw, 2)
+    events = await wait_events(idle_gateway, 2)
     assert [e["data"]["subject"] for e in events] == ["\ufffd", "after it"]
     assert events[0]["data"]["body_text_excerpt"] == "\ufffd \ufffd"
-    assert await listing(gw, types="mailbox.disconnected,mailbox.error") == []
+    assert await listing(idle_gateway, types="mailbox.disconnected,mailbox.error") == []
 
 
 @pytest.mark.parametrize("folder", ["INBOX", "Archive"])
