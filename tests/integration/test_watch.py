@@ -102,15 +102,10 @@ async def test_an_on_demand_logout_is_announced_as_disconnected(
     assert last["data"] == {"folder": "INBOX", "reason": "on_demand_idle", "retry_in_ms": None}
 
 
-async def test_a_shutdown_logout_is_announced_as_disconnected(
-    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
-) -> None:
-    config = gateway_config(tmp_path, dovecot, [user])
-    gw = await start_gateway(config)
-    await wait_for(lambda: idle(gw), what="watcher idle")
-    await gw.daemon.stop()
+async def test_a_shutdown_logout_is_announced_as_disconnected(idle_gateway: Any) -> None:
+    await idle_gateway.daemon.stop()
     # The log's last state event for the mailbox is not `mailbox.connected`.
-    store = SqliteEventStore(Path(config.store.path))
+    store = SqliteEventStore(Path(idle_gateway.daemon.config.store.path))
     await store.open()
     try:
         query = EventQuery(agent_ids=("support",), type_patterns=("mailbox.*",))
@@ -217,11 +212,9 @@ async def test_uidvalidity_change_announces_exactly_the_mail_not_announced_befor
 
 
 async def test_uidvalidity_change_with_no_message_id_known_announces_what_arrived_after(
-    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+    dovecot: Dovecot, user: str, idle_gateway: Any
 ) -> None:
-    config = gateway_config(tmp_path, dovecot, [user])
-    gw = await start_gateway(config)
-    await wait_for(lambda: idle(gw), what="watcher idle")
+    gw = idle_gateway
     await dovecot.deliver_async(user, mail("old one"))
     await wait_events(gw, 1)
     await asyncio.sleep(1.1)  # INTERNALDATE has whole seconds: "old two" arrives in a later one
@@ -231,7 +224,7 @@ async def test_uidvalidity_change_with_no_message_id_known_announces_what_arrive
     # server's arrival times alone decide. Mail that arrived before the newest announced one's
     # second stays quiet; in that second it cannot be told from mail never fetched, and is
     # announced again (a duplicate rather than a loss); later mail is new.
-    with contextlib.closing(sqlite3.connect(config.store.path)) as db, db:
+    with contextlib.closing(sqlite3.connect(gw.daemon.config.store.path)) as db, db:
         db.execute("DELETE FROM message_ids")
     await resync_after(gw, dovecot, user, first[0]["data"]["uidvalidity"], [mail("new one")])
     events = await wait_events(gw, 4)
