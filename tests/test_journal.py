@@ -184,8 +184,11 @@ async def test_a_folder_without_open_entries_is_answered_without_a_query(
     assert await journal.open_entries("box", "Archive") == []
     assert await journal.open_entries("other", "INBOX") == []
     assert reads == []
+    assert await journal.open_entries("other") == []
+    assert reads == []
     assert [e.key for e in await journal.open_entries("box", "INBOX")] == ["k1"]
     assert reads  # the folder of an open entry is read
+    assert [e.key for e in await journal.open_entries("box")] == ["k1"]  # every folder of the mailbox
     await journal.finish(["k1"])
     await begin(journal, "k1")  # journaled before and finished: begin changes nothing
     reads.clear()

@@ -226,6 +226,7 @@ class RulesStage:
         """Finish the journaled messages of this folder whose event is not stored yet."""
         if self._journal is None or self._store is None:
             return
+        await self._claim_arrivals(mailbox, actions)
         for entry in await self._journal.open_entries(mailbox.id, actions.folder):
             log.warning(
                 "%s/%s: finishing UID %s after an interruption", mailbox.id, actions.folder, entry.uid
@@ -252,6 +253,23 @@ class RulesStage:
                 if self._publish is not None:
                     self._publish(stored)
             await self._journal.finish([entry.key])
+
+    async def _claim_arrivals(self, mailbox: MailboxConfig, actions: MailActions) -> None:
+        """Mark as placed here what another folder's interrupted move or copy (an intent without
+        an outcome) already put in this folder: else this folder's sync, when it runs before that
+        folder's recovery, would announce it as new mail, and the recovery announce it again."""
+        assert self._journal is not None
+        for entry in await self._journal.open_entries(mailbox.id):
+            message_id = entry.record["event"]["data"].get("message_id")
+            if entry.folder == actions.folder or not message_id:
+                continue  # without a Message-ID it cannot be found (nor is it by the recovery)
+            for step in entry.record["plan"]["steps"]:
+                interrupted = entry.steps.get(step["index"], {}).get("state") == "started"
+                if interrupted and step["kind"] in ("move", "copy") and step["folder"] == actions.folder:
+                    found = await actions.locate(actions.folder, message_id)
+                    if found is not None and found.uid is not None and found.uidvalidity is not None:
+                        key = message_key(mailbox.id, found.folder, found.uidvalidity, found.uid)
+                        await self._journal.place(key, mailbox.id, found.folder, found.uidvalidity, found.uid)
 
 
 async def evaluate_bounded(rules: Sequence[Rule], facts: Facts) -> list[Rule]:

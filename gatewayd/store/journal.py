@@ -143,10 +143,11 @@ class RuleJournal(Protocol):
 
     async def place(self, key: str, mailbox_id: str, folder: str, uidvalidity: int, uid: int) -> None: ...
 
-    async def open_entries(self, mailbox_id: str, folder: str) -> list[JournalEntry]:
-        """The folder's `open` entries, oldest first: every one, those a previous (crashed)
-        process left included. Asked before every sync of the folder and almost always empty,
-        so an implementation should answer that case without I/O."""
+    async def open_entries(self, mailbox_id: str, folder: str | None = None) -> list[JournalEntry]:
+        """The folder's `open` entries (None: those of every folder of the mailbox), oldest first:
+        every one, those a previous (crashed) process left included. Asked before every sync of
+        the folder and almost always empty, so an implementation should answer that case without
+        I/O."""
         ...
 
     async def outbox_get(self, key: str, step: int) -> OutboxItem | None: ...

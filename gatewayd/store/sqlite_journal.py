@@ -367,23 +367,28 @@ class SqliteRuleJournal:
             adds=key,
         )
 
-    async def open_entries(self, mailbox_id: str, folder: str) -> list[JournalEntry]:
-        pair = (mailbox_id, folder)
-        if pair not in self._open_keys:
+    async def open_entries(self, mailbox_id: str, folder: str | None = None) -> list[JournalEntry]:
+        pairs = [p for p in self._open_keys if p[0] == mailbox_id and folder in (None, p[1])]
+        if not pairs:
             return []  # the common case: no entry of this folder is open, nothing to read
+        where, params = (
+            ("", (mailbox_id, OPEN)) if folder is None else (" AND folder = ?", (mailbox_id, OPEN, folder))
+        )
         async with self._lock:
             rows = list(
                 await self._c.execute_fetchall(
-                    f"SELECT {_ENTRY} FROM rule_journal WHERE mailbox_id = ? AND folder = ? AND state = ?"
+                    f"SELECT {_ENTRY} FROM rule_journal WHERE mailbox_id = ? AND state = ?{where}"
                     " ORDER BY created_at",
-                    (mailbox_id, folder, OPEN),
+                    params,
                 )
             )
             # Under the lock no transaction is half done: exactly these are open.
-            found = {row[0] for row in rows}
-            self._mark_closed([key for key in self._open_keys.get(pair, ()) if key not in found])
-            for key in found:
-                self._mark_open(key, mailbox_id, folder)
+            found = {row[0]: row[2] for row in rows}
+            self._mark_closed(
+                [key for pair in pairs for key in self._open_keys.get(pair, ()) if key not in found]
+            )
+            for key, key_folder in found.items():
+                self._mark_open(key, mailbox_id, key_folder)
         return await self._entries(rows)
 
     # -- outbox --------------------------------------------------------------------------------

@@ -92,6 +92,34 @@ async def test_kill_9_between_move_and_publish_neither_moves_twice_nor_loses_the
         await asyncio.to_thread(imap.close)
 
 
+async def test_kill_9_after_a_move_into_a_folder_synced_first_announces_it_once(
+    gatewayd: Any, dovecot: Dovecot, user: str
+) -> None:
+    # Archive is watched too, and synced before INBOX after the restart: it used to announce the
+    # moved message as new mail, before INBOX's recovery announced it again.
+    rules = [{"name": "archive", "if": {"folder": "INBOX"}, "then": [{"move": "Archive"}]}]
+    process = gatewayd([user], rules=rules)
+    data = yaml.safe_load(process.config_path.read_text(encoding="utf-8"))
+    data["agents"][0]["mailboxes"][0]["imap"]["folders"] = ["Archive", "INBOX"]
+    process.config_path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    imap = await asyncio.to_thread(Imap, dovecot, user)
+    try:
+        await asyncio.to_thread(imap.client.create, "Archive")
+        process.start(env={CRASH_ENV: "after_move"})
+        await process.wait_idle()
+        await dovecot.deliver_async(user, mail("file me"))
+        assert await process.wait_exit() == 99
+        (archived,) = await asyncio.to_thread(imap.uids, "Archive")
+        process.start()
+        await process.wait_idle()
+        (event,) = await message_events(process.url)
+        data = event["data"]
+        assert (data["folder"], data["uid"], data["recovered"]) == ("Archive", archived, True)
+        assert await asyncio.to_thread(imap.uids, "Archive") == [archived]
+    finally:
+        await asyncio.to_thread(imap.close)
+
+
 async def test_sighup_reloads_rules_and_a_bad_file_keeps_the_old_ones(
     gatewayd: Any, dovecot: Dovecot, user: str, tmp_path: Path
 ) -> None:
