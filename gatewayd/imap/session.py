@@ -473,9 +473,24 @@ class ImapSession:
             self.abort()
 
     def abort(self) -> None:
+        """Close the connection at once, and let go of everything of it."""
         transport = self._client.protocol.transport
         if transport is not None:
             transport.close()
+        # The IDLE timer aioimaplib's `idle_start` scheduled (`idle_done` cancels it, a lost
+        # connection never does) would hold the client, and this session, until it fires.
+        waiter = self._client._idle_waiter
+        if waiter is not None:
+            waiter.cancel()
+        task, self._idle_task = self._idle_task, None
+        if task is not None:
+            # A connection lost in IDLE fails its task; the watcher knew from `wait_push` already.
+            task.add_done_callback(_read_outcome)
+
+
+def _read_outcome(task: asyncio.Future[aioimaplib.Response]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _abandon(session: ImapSession | None) -> None:

@@ -1,18 +1,27 @@
 """A connection lost while a command waits for its answer, through a loopback relay to the real
-Dovecot that cuts the connection when the command goes by (a failure the server cannot produce)."""
+Dovecot that cuts the connection when the command goes by (a failure the server cannot produce);
+one the server closes in IDLE (`doveadm kick`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
+import gc
+import shutil
+import subprocess
+import weakref
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gatewayd.imap.session import ImapConnectionLost, ImapSession
 from gatewayd.sandbox.dovecot import Dovecot
 from tests.conftest import gateway_config
+from tests.waiting import idle, wait_for
+
+DOVEADM = shutil.which("doveadm") or "/usr/bin/doveadm"
 
 
 async def test_a_command_whose_connection_is_lost_raises_connection_lost(
@@ -47,3 +56,20 @@ async def test_a_command_whose_connection_is_lost_raises_connection_lost(
         session.abort()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_session_lost_in_idle_is_let_go_of(dovecot: Dovecot, user: str, idle_gateway: Any) -> None:
+    # aioimaplib's IDLE timer (set for days) kept every session whose connection was lost in IDLE,
+    # with its buffers, until the process ended; then asyncio logged each one's IDLE task as
+    # "Task exception was never retrieved".
+    unhandled: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, context: unhandled.append(context))
+    (watcher,) = idle_gateway.daemon.pool._watchers[f"{user}-inbox"]
+    lost = weakref.ref(watcher._session)
+    kick = [DOVEADM, "-c", str(dovecot.config_path), "kick", user]
+    await asyncio.to_thread(subprocess.run, kick, check=True, capture_output=True)
+    await wait_for(lambda: idle_gateway.daemon.pool.health()[0]["reconnects"] == 1, what="a reconnect")
+    await wait_for(lambda: idle(idle_gateway), what="the watcher idle again")
+    gc.collect()
+    assert lost() is None
+    assert [context["message"] for context in unhandled] == []
