@@ -310,6 +310,40 @@ async def test_shutdown_stops_a_replay_and_sends_closing_with_the_last_id_writte
     response.close()
 
 
+async def test_shutdown_mid_replay_never_sends_live_events_past_the_unreplayed_ones(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Live events queue during a replay; a shutdown stops the replay at a page: sending them
+    then would move the client's resume point past the events the replay never sent."""
+    stored = await env.publish(REPLAY_FIRST_PAGE + 10)
+    second_page = asyncio.Event()
+    read_after = env.gateway.store.read_after
+
+    async def read_after_gated(query: EventQuery, after_seq: int, limit: int) -> list[Event]:
+        if after_seq:
+            await second_page.wait()
+        return await read_after(query, after_seq, limit)
+
+    monkeypatch.setattr(env.gateway.store, "read_after", read_after_gated)
+    response, reader = await env.open(since="0", ping="30")
+    first_page = [(await reader.next()).id for _ in range(REPLAY_FIRST_PAGE)]
+    live = await env.publish(3)  # queued for the stream while its replay waits
+    env.gateway.begin_closing()
+    second_page.set()
+    closing = await reader.next()
+    assert closing.event == "closing", f"{closing.event} {closing.id} sent after a partial replay"
+    assert closing.json["last_event_id"] == first_page[-1]
+    env.gateway.grace_over.set()
+    response.close()
+    # Resuming from it misses nothing and repeats nothing.
+    env.gateway.closing_event.clear()
+    env.gateway.grace_over.clear()
+    again = await env.session.get(env.url, headers={**AUTH, "Last-Event-ID": closing.json["last_event_id"]})
+    rest = SseReader(again)
+    assert [(await rest.next()).id for _ in range(13)] == [e.id for e in [*stored[REPLAY_FIRST_PAGE:], *live]]
+    again.close()
+
+
 async def test_a_client_that_stops_reading_is_cut_off_and_resumes_without_loss(env: Env) -> None:
     # A raw client that sends its request and never reads: once the socket buffers are full,
     # events queue, and past subscriber_queue_size (20) the stream is cut off.

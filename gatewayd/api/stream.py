@@ -7,8 +7,10 @@ reads and `matches`), so a stream over a whole fleet resumes exactly like one ov
 
 A stream ends with a `closing` event (no `id:`) when the server shuts down or when its token is
 revoked or expires (`Gateway.end_streams`, or the periodic check in `gatewayd.api.guard`); a
-replay stops for it at the next page. Its `last_event_id` is the client's resume point: the last
-event sent, or, before any, where the stream started (so a reconnect misses and repeats nothing).
+replay stops for it at the next page, and then sends none of the live events queued meanwhile
+(they lie beyond the events it did not replay). Its `last_event_id` is the client's resume point:
+the last event sent, or, before any, where the stream started (so a reconnect misses and repeats
+nothing).
 
 Fan-out to thousands of streams costs no task, timer or copy per event and stream: an idle
 stream's event is written to its socket by the publisher itself (the frame is encoded once per
@@ -53,10 +55,11 @@ async def replay_pages(
     query: EventQuery,
     after_seq: int,
     write: Callable[[bytes, Event], Awaitable[bool]],
-) -> None:
+) -> bool:
     """Every stored event after `after_seq` that matches the query, oldest first, framed for SSE.
 
-    `write(frames, last_event)` gets one page at a time and returns False to stop early.
+    `write(frames, last_event)` gets one page at a time and returns False to stop early; the
+    result is False when it did, True once every page was written.
     """
     limit = REPLAY_FIRST_PAGE
     reading = asyncio.ensure_future(store.read_after(query, after_seq, limit))
@@ -68,9 +71,9 @@ async def replay_pages(
                 limit = REPLAY_PAGE
                 reading = asyncio.ensure_future(store.read_after(query, events[-1].seq, limit))
             if events and not await write(b"".join([_frame(event) for event in events]), events[-1]):
-                return
+                return False
             if not more:
-                return
+                return True
     finally:
         reading.cancel()  # a page read ahead and never written (stopped, or the client left)
 
@@ -167,6 +170,9 @@ class _Stream:
         self.last_seq = start_seq
         self.last_id = str(start_seq)
         self.end_reason: str | None = None
+        # False once a replay stopped short (an end, a shutdown): live events queued meanwhile lie
+        # beyond the stored ones it never sent.
+        self.caught_up = True
         self._subscription: Subscription | None = None  # while live
         # How `_sink` frames a write to the socket: "chunked", "plain", or None (it does not).
         self._direct: str | None = None
@@ -203,7 +209,7 @@ class _Stream:
             self.last_seq, self.last_id = last.seq, last.id
             return not self.ending
 
-        await replay_pages(store, self.query, after_seq, write)
+        self.caught_up = await replay_pages(store, self.query, after_seq, write)
 
     async def live(self, subscription: Subscription, ping: float, deadline: float | None) -> None:
         """Live events until the deadline, a shutdown, an end (token revoked) or an overflow.
@@ -230,7 +236,9 @@ class _Stream:
         try:
             while True:
                 if gateway.closing:
-                    if not subscription.overflowed:  # what was published before the shutdown first
+                    # What was published before the shutdown first, unless a replay stopped short of
+                    # it: the client's resume point must stay before the events it was never sent.
+                    if self.caught_up and not subscription.overflowed:
                         await self._write_events(subscription.take())
                     await self.send_closing("shutdown")
                     # Hold the connection through the grace period, so clients close first.
