@@ -29,13 +29,20 @@ from gatewayd.store import StoreUnavailable
 
 EXIT_CONFIG = 2
 EXIT_CANNOT_START = 3  # a store cannot be opened or is another daemon's; the listen address
-# A token given in a URL (server.allow_query_token): nothing logs URLs, and this makes sure.
-_QUERY_TOKEN = re.compile(r"(access_token=)[^&\s\"'#]*", re.IGNORECASE)
+# Credentials in a request: aiohttp logs a request it cannot parse (a header too long, a bare LF)
+# quoting the offending bytes. A token in the URL (server.allow_query_token), its name in any
+# percent-encoding (aiohttp decodes `access%5Ftoken` too); an Authorization header's value; and
+# a quoted value that starts with its scheme (an over-long header is quoted without its name).
+_QUERY_NAME = "".join(f"(?:{re.escape(c)}|%{ord(c):02x})" for c in "access_token")
+_CREDENTIALS = re.compile(
+    rf"({_QUERY_NAME}=)[^&\s\"'#]*|(authorization:[ \t]*)[^'\"\r\n]*|(['\"](?:bearer|basic)[ \t]+)[^\s'\"]+",
+    re.IGNORECASE,
+)
 
 
 class _RedactSecrets(logging.Filter):
-    """Defence in depth: no configured password, and no token given in a URL, can reach a log line,
-    whatever logged it."""
+    """Defence in depth: no configured password, and no token a request carried, can reach a log
+    line, whatever logged it."""
 
     def __init__(self, secrets: Sequence[str]) -> None:
         super().__init__()
@@ -44,7 +51,7 @@ class _RedactSecrets(logging.Filter):
     def _redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        return _QUERY_TOKEN.sub(r"\1***", text)
+        return _CREDENTIALS.sub(_masked, text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg, record.args = self._redact(record.getMessage()), None
@@ -53,6 +60,10 @@ class _RedactSecrets(logging.Filter):
             record.exc_text = self._redact(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
         return True
+
+
+def _masked(found: re.Match[str]) -> str:
+    return "".join(part for part in found.groups() if part) + "***"
 
 
 def setup_logging(level: str, secrets: Sequence[str] = ()) -> None:

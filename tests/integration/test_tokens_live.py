@@ -129,6 +129,35 @@ async def test_cli_tokens_against_the_running_daemon(
     assert "access_token" not in output
 
 
+async def test_a_token_in_a_request_too_malformed_to_parse_never_reaches_the_log(
+    gatewayd_process: GatewayProcess,
+) -> None:
+    """aiohttp logs a request it cannot parse, quoting the offending bytes: however the token was
+    sent, and whatever is wrong with the request, it never reaches the log."""
+    gw = gatewayd_process
+    await gw.wait_idle()
+    token = TOKEN.encode()
+    pad = b"x" * 9000  # past aiohttp's 8190-byte line limit
+    requests = [
+        b"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ab\n" + token + b"\r\n\r\n",
+        b"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token + pad + b"\r\n\r\n",
+        b"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: " + token + b"\n\r\n\r\n",
+        b"GET /events?access%5Ftoken=" + token + b"&pad=" + pad + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /events?%61ccess_token=" + token + b" HTTP/1.1 x\r\nHost: x\r\n\r\n",
+    ]
+    for request in requests:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(request)
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        assert status_line.split()[1] == b"400", (request[:60], status_line)
+    gw.terminate()
+    assert await gw.wait_exit() == 0
+    output = gw.output()
+    assert "Error handling request" in output  # aiohttp did log them
+    assert [line for line in output.splitlines() if TOKEN in line] == []
+
+
 async def test_query_token_is_refused_unless_allowed(
     dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
