@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from multidict import MultiDict
 from yarl import URL
 
 from tests.api_server import ACME_ADMIN, fleet, serving
@@ -45,3 +46,40 @@ async def test_hostile_client_input_gets_a_json_4xx_never_a_500(tmp_path: Path) 
         status_line = await reader.readline()
         writer.close()
         assert status_line.split()[1] == b"401", status_line
+
+
+async def test_a_parameter_given_twice_or_empty_is_a_400_naming_it(tmp_path: Path) -> None:
+    """Taking the first of two values would silently drop the rest (`mailbox=a&mailbox=b` streamed
+    `a` alone, even with `b` beyond the token's reach): the client hears which parameter is wrong."""
+    auth = {"Authorization": f"Bearer {ACME_ADMIN}"}
+    async with serving(fleet(tmp_path, bot_parent="acme")) as api:
+        for path, name in [
+            ("/events?mailbox=acme-in&mailbox=globex-in", "mailbox"),
+            ("/events?types=message.*&types=mailbox.*", "types"),
+            ("/events?eventTypes=a&eventTypes=b", "eventTypes"),
+            ("/events?agent=acme&agent=bot", "agent"),
+            ("/events?from=a@example.org&from=b@example.org", "from"),
+            ("/events?min_spam=1&min_spam=9", "min_spam"),
+            ("/events?ping=5&ping=10", "ping"),
+            ("/events?max_seconds=5&max_seconds=10", "max_seconds"),
+            ("/events?since=0&since=1", "since"),
+            ("/v1/events?limit=2&limit=3", "limit"),
+            ("/v1/events?cursor=5&cursor=6", "cursor"),
+            ("/v1/messages/1/report?label=spam&label=ham", "label"),
+            ("/events?types=", "types"),
+            ("/events?types=,%20,", "types"),
+        ]:
+            method = "POST" if "report" in path else "GET"
+            # Not api.call: a stream opened by mistake must fail the test, not hang it.
+            async with api.session.request(method, api.url + path, headers=auth) as response:
+                assert response.status == 400, path
+                message = (await response.json())["error"]["message"]
+            assert message.startswith(f"{name}: "), (path, message)
+        headers = MultiDict([*auth.items(), *[("Last-Event-ID", "1")] * 2])
+        async with api.session.get(api.url + "/events", headers=headers) as response:
+            assert response.status == 400
+            assert (await response.json())["error"]["message"].startswith("Last-Event-ID: ")
+        two_tokens = MultiDict([("Authorization", f"Bearer {ACME_ADMIN}"), ("Authorization", "Bearer x")])
+        async with api.session.get(api.url + "/v1/events", headers=two_tokens) as response:
+            assert response.status == 400
+            assert "Authorization" in (await response.json())["error"]["message"]

@@ -57,7 +57,10 @@ class Principal:
 def bearer_token(request: web.Request, config: Config, query_token: bool = False) -> str:
     """The request's token. `query_token`: the endpoint is the event stream, where browsers'
     EventSource may send it as ?access_token= (when the server allows it); nowhere else."""
-    header = request.headers.get("Authorization")
+    headers = request.headers.getall("Authorization", [])
+    if len(headers) > 1:
+        raise ApiError(400, "give the token once: one Authorization header")
+    header = headers[0] if headers else None
     in_query = request.query.getall(QUERY_TOKEN, [])
     if in_query:
         # Nothing here may echo the value: it is a credential.

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from gatewayd.api.auth import authenticate
 from gatewayd.api.context import Gateway
-from gatewayd.api.params import event_query, event_seq, integer
+from gatewayd.api.params import event_query, event_seq, integer, single
 from gatewayd.store.tokens import READ
 
 
@@ -16,7 +16,7 @@ async def list_events(request: web.Request) -> web.Response:
     principal.require(READ)
     query = event_query(request, principal, gateway.config)
     limit = integer(request, "limit", 50, 1, 500)
-    cursor = request.query.get("cursor")
+    cursor = single(request, "cursor")
     before = event_seq(gateway.store, "cursor", cursor) if cursor else None
     events = await gateway.store.read_before(query, before, limit + 1)
     page = events[:limit]

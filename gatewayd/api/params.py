@@ -22,6 +22,15 @@ TYPE_PARAMS = ("types", "event_types", "eventTypes")
 _SPAM_LIMIT = 1e6
 
 
+def single(request: web.Request, name: str) -> str | None:
+    """The query parameter `name`, or None; given twice it is a 400: taking one value would
+    silently drop the other (a filter the client believes in force)."""
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise ApiError(400, f"{name}: given {len(values)} times; give it once (a list is comma-separated)")
+    return values[0] if values else None
+
+
 def event_query(request: web.Request, principal: Principal, config: Config) -> EventQuery:
     """The filters of a request, checked against what the token may see (403 beyond its subtree)."""
     query = request.query
@@ -30,22 +39,26 @@ def event_query(request: web.Request, principal: Principal, config: Config) -> E
         raise ApiError(400, f"give the type filter once, not as {' and '.join(spelled)}")
     patterns: tuple[str, ...] = ()
     if spelled:
-        patterns = tuple(p.strip() for p in query[spelled[0]].split(",") if p.strip())
+        patterns = tuple(p.strip() for p in (single(request, spelled[0]) or "").split(",") if p.strip())
+        if not patterns:
+            raise ApiError(400, f"{spelled[0]}: empty value")
         for pattern in patterns:
             if not _TYPE_PATTERN.match(pattern):
                 raise ApiError(400, f"{spelled[0]}: invalid event type pattern {pattern!r}")
     own = principal.mailboxes(config)
     mailboxes: tuple[str, ...] = ()
-    if "mailbox" in query:
-        mailboxes = tuple(m.strip() for m in query["mailbox"].split(",") if m.strip())
+    raw_mailboxes = single(request, "mailbox")
+    if raw_mailboxes is not None:
+        mailboxes = tuple(m.strip() for m in raw_mailboxes.split(",") if m.strip())
         if not mailboxes:
             raise ApiError(400, "mailbox: empty value")
         for mailbox in mailboxes:
             if mailbox not in own:
                 raise ApiError(403, f"mailbox {mailbox!r} is not accessible with this token")
     sender = None
-    if "from" in query:
-        sender = query["from"].strip().lower()
+    raw_sender = single(request, "from")
+    if raw_sender is not None:
+        sender = raw_sender.strip().lower()
         if not (_ADDRESS.match(sender) or _DOMAIN.match(sender)):
             raise ApiError(400, "from: expected an address (bob@example.org) or a domain (@example.org)")
     min_spam = number(request, "min_spam", None, -_SPAM_LIMIT, _SPAM_LIMIT)
@@ -68,7 +81,7 @@ def agent_selection(request: web.Request, principal: Principal) -> tuple[str, ..
     A plain id outside the subtree is a 403 (whether or not such an agent exists); a glob only
     ever expands within the subtree, and may select nothing.
     """
-    raw = request.query.get("agent")
+    raw = single(request, "agent")
     if raw is None:
         return principal.agents
     patterns = [p.strip() for p in raw.split(",") if p.strip()]
@@ -88,7 +101,7 @@ def agent_selection(request: web.Request, principal: Principal) -> tuple[str, ..
 
 
 def number(request: web.Request, name: str, default: float | None, low: float, high: float) -> float | None:
-    raw = request.query.get(name)
+    raw = single(request, name)
     if raw is None:
         return default
     try:
@@ -104,7 +117,7 @@ _DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def integer(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
+    raw = single(request, name)
     if raw is None:
         return default
     if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:  # not isdigit(): "²" is a digit
@@ -128,10 +141,13 @@ class ResumePoint:
 
 async def resume_point(request: web.Request, store: EventStore) -> ResumePoint | None:
     """Last-Event-ID (it wins) or since= (an event id or an RFC 3339 timestamp)."""
-    last_id = request.headers.get("Last-Event-ID")
+    last_ids = request.headers.getall("Last-Event-ID", [])
+    if len(last_ids) > 1:
+        raise ApiError(400, f"Last-Event-ID: given {len(last_ids)} times; give it once")
+    last_id = last_ids[0] if last_ids else None
     if last_id is not None and last_id.strip():
         return ResumePoint(event_seq(store, "Last-Event-ID", last_id.strip()), last_id.strip())
-    since = request.query.get("since")
+    since = single(request, "since")
     if since is None:
         return None
     since = since.strip()

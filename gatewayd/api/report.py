@@ -10,7 +10,7 @@ from aiohttp import web
 from gatewayd.api.auth import authenticate
 from gatewayd.api.context import Gateway
 from gatewayd.api.errors import ApiError
-from gatewayd.api.params import event_seq
+from gatewayd.api.params import event_seq, single
 from gatewayd.events import NewEvent
 from gatewayd.imap.session import ImapError, ImapSession
 from gatewayd.message import parse
@@ -69,7 +69,7 @@ async def report_message(request: web.Request) -> web.Response:
 
 
 async def _label(request: web.Request) -> str:
-    label = request.query.get("label")
+    label = single(request, "label")
     if label is None and request.can_read_body:
         try:
             body = json.loads(await request.text())
