@@ -83,3 +83,22 @@ async def test_a_parameter_given_twice_or_empty_is_a_400_naming_it(tmp_path: Pat
         async with api.session.get(api.url + "/v1/events", headers=two_tokens) as response:
             assert response.status == 400
             assert "Authorization" in (await response.json())["error"]["message"]
+
+
+async def test_numbers_are_plain_ascii_decimals(tmp_path: Path) -> None:
+    """float() reads "1_0" as 10 and a fullwidth "１" as 1: what the client meant is anyone's guess."""
+    auth = {"Authorization": f"Bearer {ACME_ADMIN}"}
+    async with serving(fleet(tmp_path, bot_parent="acme")) as api:
+        for query, name in [
+            ("min_spam=1_0", "min_spam"),
+            ("max_spam=%EF%BC%91", "max_spam"),
+            ("ping=%205", "ping"),
+            ("max_seconds=0x10", "max_seconds"),
+        ]:
+            async with api.session.get(f"{api.url}/events?{query}", headers=auth) as response:
+                assert response.status == 400, query
+                message = (await response.json())["error"]["message"]
+            assert message.startswith(f"{name}: expected a number"), (query, message)
+        for query in ("min_spam=-2.5", "max_spam=1e1", "min_spam=.5", "min_spam=%2B3"):
+            status, answer = await api.call("GET", f"/v1/events?{query}", ACME_ADMIN)
+            assert status == 200, (query, answer)

@@ -100,15 +100,18 @@ def agent_selection(request: web.Request, principal: Principal) -> tuple[str, ..
     return tuple(a for a in principal.agents if a in chosen)
 
 
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def number(request: web.Request, name: str, default: float | None, low: float, high: float) -> float | None:
     raw = single(request, name)
     if raw is None:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ApiError(400, f"{name}: expected a number, got {raw[:40]!r}") from None
-    if not low <= value <= high:  # also refuses nan
+    # Not float() alone: it also reads "1_0", " 1", "nan" and non-ASCII digits such as "１".
+    if not _DECIMAL.fullmatch(raw):
+        raise ApiError(400, f"{name}: expected a number, got {raw[:40]!r}")
+    value = float(raw)
+    if not low <= value <= high:  # also refuses 1e999, which reads as inf
         raise ApiError(400, f"{name}: must be between {low:g} and {high:g}")
     return value
 
