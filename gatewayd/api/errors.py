@@ -17,6 +17,7 @@ _CODES = {
     403: "forbidden",
     404: "not_found",
     409: "conflict",
+    413: "payload_too_large",
     405: "method_not_allowed",
     406: "not_acceptable",
     429: "too_many_requests",

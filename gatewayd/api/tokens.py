@@ -17,6 +17,7 @@ from gatewayd.api.errors import ApiError
 from gatewayd.store.tokens import ADMIN, READ, TokenRecord, TokenStore, parse_duration, parse_scopes
 
 REVOKED = "token_revoked"
+_CREATE_KEYS = frozenset({"agent", "scopes", "expires_in"})
 
 
 async def _admin(request: web.Request) -> tuple[Gateway, Principal, TokenStore]:
@@ -32,17 +33,29 @@ async def create_token(request: web.Request) -> web.Response:
     """POST /v1/tokens {"agent": ID, "scopes": ["read"], "expires_in": "30d"} -> 201 with the token."""
     _, principal, tokens = await _admin(request)
     body = await _body(request)
+    unknown = sorted(set(body) - _CREATE_KEYS)
+    if unknown:
+        # A misspelt key must not make a token other than the one asked for (one never expiring).
+        raise ApiError(400, f"{unknown[0]}: unknown key; expected {', '.join(sorted(_CREATE_KEYS))}")
     agent_id = body.get("agent", principal.agent.id)
-    if not isinstance(agent_id, str) or agent_id not in principal.agents:
-        raise ApiError(403, f"agent {str(agent_id)[:64]!r} is not accessible with this token")
+    if not isinstance(agent_id, str):
+        raise ApiError(400, "agent: expected an agent id")
+    if agent_id not in principal.agents:
+        raise ApiError(403, f"agent {agent_id[:64]!r} is not accessible with this token")
+    scopes_given = body.get("scopes", [READ])
+    if not isinstance(scopes_given, str | list):
+        raise ApiError(400, 'scopes: expected a list like ["read"]')
+    expires = body.get("expires_in")
+    if expires is not None and not isinstance(expires, str):
+        raise ApiError(400, "expires_in: expected a duration like 30d")
     try:
-        scopes = parse_scopes(body.get("scopes", [READ]))
-        expires = body.get("expires_in")
-        if expires is not None and not isinstance(expires, str):
-            raise ValueError("expires_in: expected a duration like 30d")
+        scopes = parse_scopes(scopes_given)
+    except ValueError as exc:
+        raise ApiError(400, f"scopes: {exc}") from None
+    try:
         expires_in = parse_duration(expires) if expires is not None else None
-    except (ValueError, TypeError) as exc:
-        raise ApiError(400, str(exc)) from None
+    except ValueError as exc:
+        raise ApiError(400, f"expires_in: {exc}") from None
     beyond = [scope for scope in scopes if scope not in principal.scopes]
     if beyond:
         lacking = ", ".join(beyond)
