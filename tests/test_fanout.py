@@ -25,6 +25,7 @@ from gatewayd.config import hash_token, parse_config
 from gatewayd.events import Event, NewEvent
 from gatewayd.store import EventQuery, matches
 from gatewayd.store.sqlite import SqliteEventStore
+from tests.api_server import ACME_ADMIN, fleet, serving
 from tests.sse import SseReader
 from tests.waiting import hold_loop_until
 
@@ -205,6 +206,23 @@ async def test_live_events_then_a_ping_after_quiet(env: Env) -> None:
     assert reader.comments[comments:] == ["ping"]
     assert loop.time() - started >= 0.9
     response.close()
+
+
+async def test_the_default_ping_interval_never_exceeds_the_servers_maximum(tmp_path: Path) -> None:
+    """An operator lowers server.max_ping_seconds for a proxy that cuts idle connections sooner
+    than the default 15 s: streams that ask for no interval must ping within it too."""
+    async with serving(fleet(tmp_path, bot_parent="acme", max_ping_seconds=1)) as api:
+        headers = {"Authorization": f"Bearer {ACME_ADMIN}"}
+        response = await api.session.get(f"{api.url}/events", headers=headers, params={"types": "message.*"})
+        assert response.status == 200
+        reader = SseReader(response)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while "ping" not in reader.comments:
+            with pytest.raises(TimeoutError):
+                await reader.next(timeout=0.5)
+            assert loop.time() - started < 10, "no ping within 10 s (the default 15 s interval)"
+        response.close()
 
 
 async def test_max_seconds_ends_the_stream_without_a_closing_event(env: Env) -> None:

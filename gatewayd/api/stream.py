@@ -44,6 +44,8 @@ REPLAY_PAGE = 2000
 # A live event is written straight from the publisher only while the client's socket buffer holds
 # less than this (bytes); above it the event queues, and a client that stays behind is cut off.
 DIRECT_WRITE_MAX_BUFFER = 64 * 1024
+# Seconds between `: ping` comments when the client names no `ping`: well inside nginx's 60 s.
+DEFAULT_PING_SECONDS = 15.0
 
 
 def _frame(event: Event) -> bytes:
@@ -90,7 +92,9 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     principal = await authenticate(request, config, gateway.tokens, query_token=True)
     principal.require(READ)
     query = event_query(request, principal, config)
-    ping = number(request, "ping", 15.0, 1.0, config.server.max_ping_seconds)
+    max_ping = config.server.max_ping_seconds
+    # The default too stays within the server's maximum (set low for a proxy's idle timeout).
+    ping = number(request, "ping", min(DEFAULT_PING_SECONDS, max_ping), 1.0, max_ping)
     assert ping is not None
     max_seconds = number(request, "max_seconds", None, 1.0, 7 * 86400.0)
     resume = await resume_point(request, gateway.store)
