@@ -102,3 +102,19 @@ async def test_numbers_are_plain_ascii_decimals(tmp_path: Path) -> None:
         for query in ("min_spam=-2.5", "max_spam=1e1", "min_spam=.5", "min_spam=%2B3"):
             status, answer = await api.call("GET", f"/v1/events?{query}", ACME_ADMIN)
             assert status == 200, (query, answer)
+
+
+async def test_too_many_type_patterns_is_a_400_not_a_500(tmp_path: Path) -> None:
+    """Each pattern is an OR in the store's SQL: past SQLite's expression depth of 1000 the read
+    failed, a 500 for the listing and a dead stream for a replay."""
+    auth = {"Authorization": f"Bearer {ACME_ADMIN}"}
+    many = ",".join(f"t{n}.*" for n in range(1000))
+    async with serving(fleet(tmp_path, bot_parent="acme")) as api:
+        for path in ("/v1/events", "/events"):
+            async with api.session.get(f"{api.url}{path}?since=0&types={many}", headers=auth) as response:
+                assert response.status == 400, path
+                message = (await response.json())["error"]["message"]
+            assert message.startswith("types: at most 100 patterns"), message
+        most = ",".join(f"t{n}.*" for n in range(100))
+        status, answer = await api.call("GET", f"/v1/events?agent=acme,bot&types={most}", ACME_ADMIN)
+        assert status == 200, answer

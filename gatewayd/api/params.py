@@ -18,6 +18,9 @@ _AGENT_PATTERN = re.compile(r"\A[A-Za-z0-9._*-]{1,100}\Z")
 _ADDRESS = re.compile(r"\A[^@\s,]+@[^@\s,]+\Z")
 _DOMAIN = re.compile(r"\A@[^@\s,]+\Z")
 TYPE_PARAMS = ("types", "event_types", "eventTypes")
+# Each pattern is one OR in the store's read (SQLite refuses an expression deeper than 1000) and
+# one test per live event; there are not a dozen event types.
+MAX_TYPE_PATTERNS = 100
 # Far beyond any score the pipeline gives; keeps the bounds ordinary floats.
 _SPAM_LIMIT = 1e6
 
@@ -42,6 +45,8 @@ def event_query(request: web.Request, principal: Principal, config: Config) -> E
         patterns = tuple(p.strip() for p in (single(request, spelled[0]) or "").split(",") if p.strip())
         if not patterns:
             raise ApiError(400, f"{spelled[0]}: empty value")
+        if len(patterns) > MAX_TYPE_PATTERNS:
+            raise ApiError(400, f"{spelled[0]}: at most {MAX_TYPE_PATTERNS} patterns, got {len(patterns)}")
         for pattern in patterns:
             if not _TYPE_PATTERN.match(pattern):
                 raise ApiError(400, f"{spelled[0]}: invalid event type pattern {pattern!r}")
