@@ -34,6 +34,13 @@ def single(request: web.Request, name: str) -> str | None:
     return values[0] if values else None
 
 
+def listed(request: web.Request, name: str) -> str | None:
+    """The list parameter `name` (comma-separated), or None; given more than once, its values are
+    one list, as clients that spell a list `a=x&a=y` mean."""
+    values = request.query.getall(name, [])
+    return ",".join(values) if values else None
+
+
 def event_query(request: web.Request, principal: Principal, config: Config) -> EventQuery:
     """The filters of a request, checked against what the token may see (403 beyond its subtree)."""
     query = request.query
@@ -42,9 +49,8 @@ def event_query(request: web.Request, principal: Principal, config: Config) -> E
         raise ApiError(400, f"give the type filter once, not as {' and '.join(spelled)}")
     patterns: tuple[str, ...] = ()
     if spelled:
-        patterns = tuple(p.strip() for p in (single(request, spelled[0]) or "").split(",") if p.strip())
-        if not patterns:
-            raise ApiError(400, f"{spelled[0]}: empty value")
+        # Empty (`types=`): no type filter, as it always was.
+        patterns = tuple(p.strip() for p in (listed(request, spelled[0]) or "").split(",") if p.strip())
         if len(patterns) > MAX_TYPE_PATTERNS:
             raise ApiError(400, f"{spelled[0]}: at most {MAX_TYPE_PATTERNS} patterns, got {len(patterns)}")
         for pattern in patterns:
@@ -52,7 +58,7 @@ def event_query(request: web.Request, principal: Principal, config: Config) -> E
                 raise ApiError(400, f"{spelled[0]}: invalid event type pattern {pattern!r}")
     own = principal.mailboxes(config)
     mailboxes: tuple[str, ...] = ()
-    raw_mailboxes = single(request, "mailbox")
+    raw_mailboxes = listed(request, "mailbox")
     if raw_mailboxes is not None:
         mailboxes = tuple(m.strip() for m in raw_mailboxes.split(",") if m.strip())
         if not mailboxes:
@@ -86,7 +92,7 @@ def agent_selection(request: web.Request, principal: Principal) -> tuple[str, ..
     A plain id outside the subtree is a 403 (whether or not such an agent exists); a glob only
     ever expands within the subtree, and may select nothing.
     """
-    raw = single(request, "agent")
+    raw = listed(request, "agent")
     if raw is None:
         return principal.agents
     patterns = [p.strip() for p in raw.split(",") if p.strip()]
