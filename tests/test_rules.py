@@ -467,3 +467,11 @@ async def test_dry_run_reports_what_would_happen() -> None:
     assert (
         data["folder"] == "Reports" and "\\Seen" in data["flags"] and data["moved_from"]["folder"] == "INBOX"
     )
+
+
+def test_rules_file_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text("- " + "[" * 5000)
+    data = {"rules_file": "rules.yaml", "agents": [{"id": "a"}]}
+    with pytest.raises(ConfigError) as caught:
+        load_rules(parse_config(data, env={}, base_dir=tmp_path))
+    assert caught.value.errors == [f"{tmp_path / 'rules.yaml'}: invalid YAML: nested too deeply"]

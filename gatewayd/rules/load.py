@@ -60,6 +60,8 @@ def _read_file(file: Path) -> tuple[Any, list[str]]:
         return None, [f"{file}: {where}: {exc.problem or exc.context or 'invalid YAML'}"]
     except yaml.YAMLError:
         return None, [f"{file}: invalid YAML"]
+    except RecursionError:
+        return None, [f"{file}: invalid YAML: nested too deeply"]
     if data is None:
         return [], []
     if isinstance(data, dict):
