@@ -644,11 +644,7 @@ def _section(data: Any, path: str, schema: Mapping[str, _Key], errors: list[str]
     if not isinstance(data, dict):
         errors.append(f"{path or '(top level)'}: expected a mapping, got {_kind(data)}")
         return None
-    for key in data:
-        if key not in schema:
-            close = difflib.get_close_matches(str(key), schema, n=1)
-            hint = f' (did you mean "{close[0]}"?)' if close else ""
-            errors.append(f"{_join(path, key)}: unknown key{hint}")
+    errors += [_unknown_key(path, key, schema) for key in data if key not in schema]
     values: dict[str, Any] = {}
     for key, spec in schema.items():
         if key not in data:
@@ -662,6 +658,25 @@ def _section(data: Any, path: str, schema: Mapping[str, _Key], errors: list[str]
         except _Invalid as bad:
             errors += [f"{_join(path, key)}{at}: {message}" for at, message in bad.problems]
     return values
+
+
+# A key with its value glued on (`password hunter2`, `password:hunter2`, `password=hunter2` in a flow
+# mapping): only the part before the value may be shown.
+_GLUED_VALUE = re.compile(r"\s*([^\s:=]+)\s*[\s:=]\s*\S")
+
+
+def _unknown_key(path: str, key: object, schema: Mapping[str, _Key]) -> str:
+    glued = _GLUED_VALUE.match(str(key))
+    name = glued[1] if glued else str(key)
+    close = difflib.get_close_matches(name, schema, n=1)
+    if glued:
+        fix = f'write "{close[0]}: VALUE"' if close else 'a key and its value need ": " between them'
+        return (
+            f'{path or "(top level)"}: unknown key "{name}" followed by more, not shown as it may be a secret'
+            f" ({fix})"
+        )
+    hint = f' (did you mean "{close[0]}"?)' if close else ""
+    return f"{_join(path, key)}: unknown key{hint}"
 
 
 def _build(cls: type[T], values: Mapping[str, Any], **overrides: Any) -> T:

@@ -159,6 +159,15 @@ def test_unknown_key_suggests_the_close_match() -> None:
     assert errors_of(data) == ["bogus: unknown key", 'server.lisen: unknown key (did you mean "listen"?)']
 
 
+@pytest.mark.parametrize("glued", [f"password {SECRET}", f"password:{SECRET}", f"pasword = {SECRET}"])
+def test_unknown_key_with_its_value_glued_on_is_not_echoed(glued: str) -> None:
+    data = minimal()
+    data["agents"][0]["mailboxes"][0]["imap"][glued] = None  # what `{..., password hunter2}` parses to
+    (error,) = errors_of(data)
+    assert SECRET not in error
+    assert error.startswith(f'{IMAP}: unknown key "pas') and 'write "password: VALUE"' in error
+
+
 IMAP = "agents[0].mailboxes[0].imap"
 
 
