@@ -371,11 +371,21 @@ _boolean = _check(lambda v: isinstance(v, bool), "true or false")
 _string = _check(lambda v: isinstance(v, str) and v != "", "a non-empty string")
 _address = _check(lambda v: isinstance(v, str) and _ADDRESS.fullmatch(v), "an address like name@example.com")
 _ident = _check(lambda v: isinstance(v, str) and _ID.fullmatch(v), "1-64 characters from A-Z a-z 0-9 . _ -")
+# A login name or password goes into one IMAP or SMTP command line: a CR or LF in it would end that
+# command and send the rest as another (aioimaplib quotes only quotes and backslashes), NUL separates
+# AUTH PLAIN's fields.
+_LINE_BREAK = re.compile(r"[\r\n\0]")
+_login_name = _check(
+    lambda v: isinstance(v, str) and v != "" and not _LINE_BREAK.search(v),
+    "a non-empty string without line breaks",
+)
 
 
 def _secret(value: Any) -> str:  # never echoed
     if not isinstance(value, str) or not value:
         raise _fail("expected a string" if not isinstance(value, str) else "must not be empty")
+    if _LINE_BREAK.search(value):
+        raise _fail("must not contain a line break or NUL")
     return value
 
 
@@ -606,7 +616,7 @@ _IMAP = {
     "allow_insecure": _Key(_boolean, False),
     "verify_cert": _Key(_boolean, True),
     "ca_file": _Key(_nullable(_string), None),
-    "username": _Key(_string),
+    "username": _Key(_login_name),
     "password": _Key(_secret, None),
     "password_file": _Key(_string, None),
     "password_env": _Key(_string, None),
@@ -624,7 +634,7 @@ _SMTP = {
     "allow_insecure": _Key(_boolean, False),
     "verify_cert": _Key(_boolean, True),
     "ca_file": _Key(_nullable(_string), None),
-    "username": _Key(_nullable(_string), None),
+    "username": _Key(_nullable(_login_name), None),
     "password": _Key(_secret, None),
     "password_file": _Key(_string, None),
     "password_env": _Key(_string, None),
@@ -724,23 +734,42 @@ def _password(data: dict[str, Any], v: dict[str, Any], path: str, ctx: _Context)
         return None
     if key == "password":
         return Secret(v[key])
-    value: str | None = None
     if key == "password_env":
         value = ctx.env.get(v[key])
-        problem = f"environment variable {v[key]} is {'not set' if value is None else 'empty'}"
+        where = f"environment variable {v[key]}"
+        problem = "is not set" if value is None else "is empty" if not value else None
     else:
-        file = ctx.path(v[key])
-        try:
-            value = file.read_bytes().decode("utf-8").rstrip("\r\n")
-            problem = f"{file} is empty"
-        except OSError as exc:
-            problem = f"cannot read {file}: {exc.strerror or type(exc).__name__}"
-        except UnicodeDecodeError:
-            problem = f"{file} is not valid UTF-8"
-    if not value:
-        ctx.errors.append(f"{path}.{key}: {problem}")
+        value, where, problem = _read_password_file(ctx.path(v[key]))
+    if problem is None and value is not None and _LINE_BREAK.search(value):
+        problem = (
+            "contains a line break or NUL"
+            if key == "password_env"
+            else "has more than one line; it must hold the password alone"
+        )
+    if problem is not None or value is None:
+        ctx.errors.append(f"{path}.{key}: {where} {problem}")
         return None
     return Secret(value)
+
+
+# Far more than any password: a larger file is the wrong one (or /dev/urandom, which never ends).
+_MAX_PASSWORD_FILE_BYTES = 64 * 1024
+
+
+def _read_password_file(file: Path) -> tuple[str | None, str, str | None]:
+    """(the password without its final newline, what to call the file, the problem or None)."""
+    try:
+        with file.open("rb") as handle:
+            raw = handle.read(_MAX_PASSWORD_FILE_BYTES + 1)
+    except OSError as exc:
+        return None, f"cannot read {file}:", exc.strerror or type(exc).__name__
+    if len(raw) > _MAX_PASSWORD_FILE_BYTES:
+        return None, str(file), "is larger than 64 KiB: not a password file"
+    try:
+        value = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        return None, str(file), "is not valid UTF-8"
+    return value, str(file), None if value else "is empty"
 
 
 def _imap(data: Any, path: str, ctx: _Context) -> ImapConfig | None:

@@ -341,6 +341,28 @@ def test_password_file_unusable_is_reported_without_content(tmp_path: Path) -> N
     assert errors_of(data, base_dir=tmp_path) == [where + f"{tmp_path / 'pw'} is not valid UTF-8"]
 
 
+def test_a_password_with_a_line_break_is_refused_whatever_its_source(tmp_path: Path) -> None:
+    # It would end the IMAP LOGIN (or SMTP AUTH) line and send the rest as a command of its own.
+    (tmp_path / "pw").write_text(f"{SECRET}\nA1 DELETE INBOX\n")
+    errors = errors_of(minimal(password=None, password_file="pw"), base_dir=tmp_path)
+    assert errors == [
+        f"{IMAP}.password_file: {tmp_path / 'pw'} has more than one line; it must hold the password alone"
+    ]
+    errors = errors_of(minimal(password=None, password_env="PW"), env={"PW": f"{SECRET}\r\nA1 LOGOUT"})
+    assert errors == [f"{IMAP}.password_env: environment variable PW contains a line break or NUL"]
+    assert errors_of(minimal(password=f"{SECRET}\n")) == [
+        f"{IMAP}.password: must not contain a line break or NUL"
+    ]
+    assert errors_of(minimal(username="u\r\nA1 LOGOUT")) == [
+        f'{IMAP}.username: expected a non-empty string without line breaks, got "u\\r\\nA1 LOGOUT"'
+    ]
+
+
+def test_a_password_file_that_never_ends_is_refused() -> None:
+    errors = errors_of(minimal(password=None, password_file="/dev/zero"))
+    assert errors == [f"{IMAP}.password_file: /dev/zero is larger than 64 KiB: not a password file"]
+
+
 def test_exactly_one_password_source() -> None:
     assert errors_of(minimal(password=None)) == [
         f"{IMAP}: one of password, password_file, password_env is required"
