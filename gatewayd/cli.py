@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -245,10 +246,30 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from gatewayd.app import ListenError
     from gatewayd.demo import run_demo
 
     setup_logging("warning")
-    return asyncio.run(run_demo(port=args.port, messages=args.messages, interval=args.interval))
+    try:
+        return asyncio.run(run_demo(port=args.port, messages=args.messages, interval=args.interval))
+    except ListenError as exc:
+        print(f"gatewayd: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
+
+
+def _bounded(convert: Callable[[str], float], ok: Callable[[float], bool], want: str) -> Callable[[str], Any]:
+    """An argparse type: a number that `ok` accepts, else a usage error saying what is expected."""
+
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = math.nan
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,11 +339,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     demo = commands.add_parser("demo", help="try gatewayd against a throwaway Dovecot")
-    demo.add_argument("--port", type=int, default=8025, help="HTTP port (default 8025)")
     demo.add_argument(
-        "--messages", type=int, default=0, help="stop after N messages (default: run until Ctrl-C)"
+        "--port",
+        type=_bounded(int, lambda port: 0 <= port <= 65535, "a port 0-65535"),
+        default=8025,
+        help="HTTP port (default 8025; 0: any free port)",
     )
-    demo.add_argument("--interval", type=float, default=2.0, help="seconds between sample messages")
+    demo.add_argument(
+        "--messages",
+        type=_bounded(int, lambda n: n >= 0, "a number of messages >= 0"),
+        default=0,
+        help="stop after N messages (default: run until Ctrl-C)",
+    )
+    demo.add_argument(
+        "--interval",
+        type=_bounded(float, lambda seconds: 0 < seconds < 86400, "seconds above 0 and below a day"),
+        default=2.0,
+        help="seconds between sample messages",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -31,6 +31,7 @@ def _sample(n: int) -> bytes:
 
 
 async def run_demo(port: int, messages: int, interval: float) -> int:
+    """ListenError: the port cannot be bound (the sandbox is gone by then)."""
     try:
         dovecot = Dovecot.create()
         dovecot.add_user("demo")
@@ -38,6 +39,14 @@ async def run_demo(port: int, messages: int, interval: float) -> int:
     except SandboxUnavailable as exc:
         print(f"demo: {exc}")
         return 1
+    print(f"Dovecot sandbox: imap://127.0.0.1:{dovecot.imap_port} (user demo / secret), in {dovecot.root}")
+    try:
+        return await _demo(dovecot, port, messages, interval)
+    finally:
+        dovecot.destroy()  # also when gatewayd could not start: no Dovecot is left running
+
+
+async def _demo(dovecot: Dovecot, port: int, messages: int, interval: float) -> int:
     token = new_token()
     workdir = Path(tempfile.mkdtemp(prefix="gatewayd-demo-"))
     config = parse_config(
@@ -70,7 +79,6 @@ async def run_demo(port: int, messages: int, interval: float) -> int:
     daemon = Daemon(config)
     connected = daemon.bus.subscribe(lambda event: event.type == "mailbox.connected", 10)
     await daemon.start()
-    print(f"Dovecot sandbox: imap://127.0.0.1:{dovecot.imap_port} (user demo / secret), in {dovecot.root}")
     print(f"gatewayd listening on http://127.0.0.1:{daemon.port}")
     print("Watch the stream from another terminal:")
     print(
@@ -110,5 +118,4 @@ async def run_demo(port: int, messages: int, interval: float) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await daemon.stop()
-    dovecot.destroy()
     return 0

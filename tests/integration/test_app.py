@@ -83,3 +83,37 @@ def test_demo_runs_end_to_end() -> None:
         r"curl -N -H 'Authorization: Bearer gwd_[\w-]+' 'http://127\.0\.0\.1:\d+/events", result.stdout
     )
     assert len(re.findall(r"^event \d+: message\.received from ", result.stdout, re.M)) == 2
+
+
+def test_demo_on_a_busy_port_says_so_and_leaves_no_dovecot() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            gatewayd_command("demo", "--messages", "1", "--port", str(port)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO_ROOT,
+            env=child_env(),
+        )
+    assert result.returncode == 3, result.stderr
+    assert result.stderr == f"gatewayd: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    sandbox = re.search(r"^Dovecot sandbox: .* in (\S+)$", result.stdout, re.M)
+    assert sandbox is not None, result.stdout
+    assert not Path(sandbox[1]).exists()  # destroyed, its Dovecot stopped
+
+
+def test_demo_refuses_out_of_range_options_before_starting_anything() -> None:
+    for option, value in [("--port", "99999"), ("--interval", "-1"), ("--messages", "-3")]:
+        result = subprocess.run(
+            gatewayd_command("demo", option, value),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=child_env(),
+        )
+        assert result.returncode == 2, result.stderr
+        assert f"gatewayd demo: error: argument {option}: expected " in result.stderr
+        assert "Traceback" not in result.stderr and result.stdout == ""
