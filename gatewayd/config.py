@@ -505,11 +505,25 @@ _PIPELINE = {
     "injection": _Key(None, {}),
     "learning": _Key(None, {}),
 }
-_weights = _check(
-    lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_number(w) for k, w in v.items()),
-    "a mapping of SYMBOL: score",
-    lambda v: {k: float(w) for k, w in v.items()},
-)
+
+
+def _weights(value: Any) -> dict[str, float]:
+    """SYMBOL: score; each bad entry is reported under its own symbol."""
+    if not isinstance(value, dict):
+        raise _fail(f"expected a mapping of SYMBOL: score, got {_describe(value)}")
+    problems = [
+        (
+            f".{symbol}",
+            "expected a symbol name"
+            if not isinstance(symbol, str)
+            else f"expected a number, got {_describe(score)}",
+        )
+        for symbol, score in value.items()
+        if not isinstance(symbol, str) or not _is_number(score)
+    ]
+    if problems:
+        raise _Invalid(*problems)
+    return {symbol: float(score) for symbol, score in value.items()}
 
 
 # The injection score from which each `injection.level` starts; below the lowest: "none".
@@ -988,6 +1002,12 @@ def _pipeline_stages(pipeline: dict[str, Any], ctx: _Context) -> tuple[StageConf
         if values is None or len(values) < len(_STAGES[name]):  # a key failed its check (reported)
             continue
         timeout_ms, on_error = values.pop("timeout_ms"), values.pop("on_error")
+        if name == "spam" and values["suspect_threshold"] > values["spam_threshold"]:
+            # Swapped, most likely: no score could be "suspect".
+            suspect, spam = values["suspect_threshold"], values["spam_threshold"]
+            ctx.errors.append(
+                f"pipeline.spam.suspect_threshold: must not exceed spam_threshold ({spam:g}), got {suspect:g}"
+            )
         if (
             name == "auth"
             and values["dkim_verify"]

@@ -205,6 +205,14 @@ IMAP = "agents[0].mailboxes[0].imap"
             minimal(sent_folder=["Sent"]),
             f'{IMAP}.sent_folder: expected "auto", a folder name, or null/false for off, got a list',
         ),
+        (
+            {"pipeline": {"spam": {"weights": {"SPAM_URL": 2, "MISSING_DATE": "high"}}}},
+            'pipeline.spam.weights.MISSING_DATE: expected a number, got "high"',
+        ),
+        (
+            {"pipeline": {"spam": {"suspect_threshold": 12, "spam_threshold": 8}}},
+            "pipeline.spam.suspect_threshold: must not exceed spam_threshold (8), got 12",
+        ),
     ],
 )
 def test_wrong_type_or_range(data: dict[str, Any], message: str) -> None:
