@@ -147,6 +147,10 @@ async def open_beside(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
     """An aiosqlite connection to the event log's file in WAL mode, for the tables that live beside
     the events (run-time tokens, the rules journal); autocommit: each opener runs its own schema."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A file SQLite cannot open fails here, not in aiosqlite.connect: that one stops its worker
+    # thread without waiting for it, and the thread then reports to an event loop already closed
+    # (a traceback after the command's own one-line error).
+    await asyncio.to_thread(lambda: sqlite3.connect(path).close())
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         await conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")

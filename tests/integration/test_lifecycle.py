@@ -351,6 +351,22 @@ def test_other_commands_exit_3_on_a_store_that_cannot_be_opened(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", [["token", "list"], ["token", "create", "--agent", "support"]])
+def test_token_commands_on_a_store_sqlite_cannot_open_say_one_line(
+    tmp_path: Path, command: list[str]
+) -> None:
+    # SQLite fails in connect here (not at the first statement, as for a junk file): aiosqlite's
+    # worker thread then printed a traceback after the one-line error.
+    (tmp_path / "events.db").mkdir()
+    data = {"store": {"path": str(tmp_path / "events.db")}, "agents": [{"id": "support"}]}
+    result = run_cli(*command, "-c", str(write_config(tmp_path / "gatewayd.yaml", data)))
+    assert result.returncode == 3, result.stderr
+    assert (
+        result.stderr
+        == f"gatewayd: cannot open the event store {tmp_path / 'events.db'}: unable to open database file\n"
+    )
+
+
 # --- 3. kill -9 in the middle of a burst: nothing lost, nothing twice ---------------------------
 
 BURST = 40
