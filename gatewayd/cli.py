@@ -77,13 +77,21 @@ def setup_logging(level: str, secrets: Sequence[str] = ()) -> None:
 
 
 def _load(path: str) -> Config | None:
+    """The configuration, its weights and its rules checked; None, with every problem on stderr."""
+    from gatewayd.pipeline.build import check_weights
+    from gatewayd.rules.load import load_rules
+
     try:
         config = load_config(path)
-        from gatewayd.pipeline.build import check_weights
-        from gatewayd.rules.load import load_rules
-
-        check_weights(config)
-        load_rules(config)  # the rules and rules files, with errors naming the rule and key
+        errors: list[str] = []
+        # Each check lists all its own problems; run both so that one run shows everything.
+        for check in (check_weights, load_rules):  # load_rules: errors naming the rule and the key
+            try:
+                check(config)
+            except ConfigError as exc:
+                errors += exc.errors
+        if errors:
+            raise ConfigError(errors)
         return config
     except ConfigError as exc:
         print(f"{path}: invalid configuration:", file=sys.stderr)

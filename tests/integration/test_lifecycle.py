@@ -540,6 +540,19 @@ def test_good_config_passes_check(tmp_path: Path) -> None:
     assert PASSWORD not in result.stdout + result.stderr
 
 
+def test_check_config_lists_weight_and_rule_problems_together(tmp_path: Path) -> None:
+    data = good_config(tmp_path) | {
+        "pipeline": {"spam": {"weights": {"MISING_DATE": 1}}},
+        "rules": [{"name": "a", "then": ["explode"]}],
+    }
+    result = run_cli("check-config", "-c", str(write_config(tmp_path / "both.yaml", data)))
+    assert result.returncode == 2
+    assert [line.strip() for line in result.stderr.splitlines()[1:]] == [
+        'pipeline.spam.weights.MISING_DATE: unknown symbol (did you mean "MISSING_DATE"?)',
+        'rules[0] "a".then[0]: unknown action "explode"',
+    ]
+
+
 # --- 5. token new ------------------------------------------------------------------------------
 
 
