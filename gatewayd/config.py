@@ -415,13 +415,23 @@ def _nullable(check: Check) -> Check:
     return lambda value: None if value is None else check(value)
 
 
-def _list_of(item: Check, *, single_ok: bool = False, nonempty: bool = False, unique: bool = False) -> Check:
+def _list_of(
+    item: Check,
+    *,
+    single_ok: bool = False,
+    nonempty: bool = False,
+    unique: bool = False,
+    same: Callable[[Any], Hashable] = lambda clean: clean,
+) -> Check:
+    """`same` gives what two elements are compared by, with `unique`."""
+
     def check(value: Any) -> tuple[Any, ...]:
         if single_ok and isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or (nonempty and not value):
             raise _fail(f"expected a {'non-empty ' if nonempty else ''}list, got {_describe(value)}")
         out: list[Any] = []
+        first_of: dict[Hashable, Any] = {}
         problems: list[tuple[str, str]] = []
         for i, element in enumerate(value):
             try:
@@ -429,8 +439,11 @@ def _list_of(item: Check, *, single_ok: bool = False, nonempty: bool = False, un
             except _Invalid as bad:
                 problems += [(f"[{i}]{at}", message) for at, message in bad.problems]
                 continue
-            if unique and clean in out:
-                problems.append((f"[{i}]", f"duplicate {_describe(clean)}"))
+            known = len(first_of)
+            first = first_of.setdefault(same(clean), clean)
+            if unique and len(first_of) == known:  # nothing new: a duplicate
+                also = "" if first == clean else f" (the same as {_describe(first)})"
+                problems.append((f"[{i}]", f"duplicate {_describe(clean)}{also}"))
             out.append(clean)
         if problems:
             raise _Invalid(*problems)
@@ -623,6 +636,13 @@ _LEARNING = {
     "signature_distance": _Key(_integer(0, 1000), 50),
 }
 _PASSWORD_KEYS = ("password", "password_file", "password_env")
+
+
+def _imap_folder(name: str) -> str:
+    """The folder a name means: INBOX in any case is INBOX (RFC 3501), other names are exact."""
+    return "INBOX" if name.upper() == "INBOX" else name
+
+
 _IMAP = {
     "host": _Key(_string),
     "port": _Key(_integer(1, 65535), None),  # None: 993 for implicit TLS, 143 otherwise
@@ -634,7 +654,7 @@ _IMAP = {
     "password": _Key(_secret, None),
     "password_file": _Key(_string, None),
     "password_env": _Key(_string, None),
-    "folders": _Key(_list_of(_string, nonempty=True, unique=True), ("INBOX",)),
+    "folders": _Key(_list_of(_string, nonempty=True, unique=True, same=_imap_folder), ("INBOX",)),
     "idle_renew_seconds": _Key(_number(1, MAX_IDLE_RENEW_SECONDS), 1500.0),
     "read_timeout_seconds": _Key(_positive, 60.0),
     "poll_interval_seconds": _Key(_positive, 60.0),

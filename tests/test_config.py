@@ -193,6 +193,11 @@ IMAP = "agents[0].mailboxes[0].imap"
         (minimal(idle_renew_seconds=1741), f"{IMAP}.idle_renew_seconds: expected a number 1-1740, got 1741"),
         (minimal(folders=[]), f"{IMAP}.folders: expected a non-empty list, got an empty list"),
         (minimal(folders=["INBOX", "INBOX"]), f'{IMAP}.folders[1]: duplicate "INBOX"'),
+        # INBOX is case-insensitive: two watchers on one folder would process each message twice.
+        (
+            minimal(folders=["INBOX", "Sent", "Archive", "inbox"]),
+            f'{IMAP}.folders[3]: duplicate "inbox" (the same as "INBOX")',
+        ),
         (
             minimal(sent_folder=True),
             f'{IMAP}.sent_folder: expected "auto", a folder name, or null/false for off, got true',
