@@ -1063,6 +1063,16 @@ def _external_scorers(spam: dict[str, Any], ctx: _Context) -> None:
         spam[key] = values
 
 
+def unprintable(text: str, exc: yaml.reader.ReaderError) -> str:
+    """Where YAML found a character it does not allow (NUL, most control characters), and which."""
+    line = text.count("\n", 0, exc.position) + 1
+    column = exc.position - text.rfind("\n", 0, exc.position)
+    code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+    return (
+        f"line {line}, column {column}: invalid YAML: character U+{code:04X} is not allowed (a binary file?)"
+    )
+
+
 class _DuplicateKey(yaml.MarkedYAMLError):
     pass
 
@@ -1088,7 +1098,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     """Read, parse and validate a configuration file; ConfigError lists every problem found."""
     source = Path(path).expanduser().resolve()
     try:
-        data = yaml.load(source.read_text(encoding="utf-8"), Loader=_Loader)  # a SafeLoader
+        text = source.read_text(encoding="utf-8")
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader
     except OSError as exc:
         raise ConfigError([f"{source}: cannot read the configuration file: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError:
@@ -1099,6 +1110,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else str(source)
         prefix = "" if isinstance(exc, _DuplicateKey) else "invalid YAML: "
         raise ConfigError([f"{where}: {prefix}{exc.problem or exc.context or 'syntax error'}"]) from None
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError([unprintable(text, exc)]) from None
     except yaml.YAMLError:
         raise ConfigError([f"{source}: invalid YAML"]) from None
     except RecursionError:

@@ -305,6 +305,14 @@ def test_yaml_syntax_error_names_line_and_column(tmp_path: Path) -> None:
     assert SECRET not in message
 
 
+def test_a_control_character_in_the_yaml_names_its_line_and_column(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, 'agents:\n  - id: "sup\x00port"\n'), env={})
+    assert caught.value.errors == [
+        "line 2, column 13: invalid YAML: character U+0000 is not allowed (a binary file?)"
+    ]
+
+
 def test_duplicate_yaml_key_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, "server: {}\nlogging: {}\nserver: {}\n"), env={})

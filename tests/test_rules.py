@@ -475,3 +475,12 @@ def test_rules_file_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_rules(parse_config(data, env={}, base_dir=tmp_path))
     assert caught.value.errors == [f"{tmp_path / 'rules.yaml'}: invalid YAML: nested too deeply"]
+
+
+def test_rules_file_with_a_control_character_names_its_line_and_column(tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text("- name: a\n  then: [tag\x07]\n")
+    data = {"rules_file": "rules.yaml", "agents": [{"id": "a"}]}
+    with pytest.raises(ConfigError) as caught:
+        load_rules(parse_config(data, env={}, base_dir=tmp_path))
+    where = f"{tmp_path / 'rules.yaml'}: line 2, column 13"
+    assert caught.value.errors == [f"{where}: invalid YAML: character U+0007 is not allowed (a binary file?)"]

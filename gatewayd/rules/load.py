@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from gatewayd.config import Config, ConfigError, MailboxConfig, RulesConfig, _Loader
+from gatewayd.config import Config, ConfigError, MailboxConfig, RulesConfig, _Loader, unprintable
 from gatewayd.rules.actions import SENDS
 from gatewayd.rules.model import Rule, parse_rules, uses_regex
 
@@ -49,7 +49,8 @@ class RuleBook:
 
 def _read_file(file: Path) -> tuple[Any, list[str]]:
     try:
-        data = yaml.load(file.read_text(encoding="utf-8"), Loader=_Loader)  # a SafeLoader
+        text = file.read_text(encoding="utf-8")
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader
     except OSError as exc:
         return None, [f"{file}: cannot read the rules file: {exc.strerror or exc}"]
     except UnicodeDecodeError:
@@ -58,6 +59,8 @@ def _read_file(file: Path) -> tuple[Any, list[str]]:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
         return None, [f"{file}: {where}: {exc.problem or exc.context or 'invalid YAML'}"]
+    except yaml.reader.ReaderError as exc:
+        return None, [f"{file}: {unprintable(text, exc)}"]
     except yaml.YAMLError:
         return None, [f"{file}: invalid YAML"]
     except RecursionError:
