@@ -433,6 +433,12 @@ def test_templates_are_sandboxed_and_bounded() -> None:
         Template("{% for i in range(10**9) %}{% endfor %}")
 
 
+def test_an_unknown_filter_is_a_template_error_at_load() -> None:
+    # Jinja finds it when compiling, not when parsing: it escaped as a TemplateAssertionError.
+    with pytest.raises(ValueError, match="template syntax error on line 2: No filter named 'shout'"):
+        Template("Hello,\n{{ subject|shout }}")
+
+
 def test_plan_orders_steps_and_keeps_one_move() -> None:
     rules, _ = parse_rules(
         [

@@ -68,9 +68,11 @@ class Template:
             raise ValueError("expected the template text (a string)")
         try:
             tree = _ENV.parse(source)
+            # Compiling finds what parsing does not: an unknown filter or test (TemplateAssertionError).
+            undeclared = meta.find_undeclared_variables(tree)
         except TemplateSyntaxError as exc:
             raise ValueError(f"template syntax error on line {exc.lineno}: {exc.message}") from None
-        for name in sorted(meta.find_undeclared_variables(tree)):
+        for name in sorted(undeclared):
             if name not in FIELDS and not _assigned(tree, name):
                 close = difflib.get_close_matches(name, FIELDS, n=1)
                 hint = f' (did you mean "{close[0]}"?)' if close else ""
