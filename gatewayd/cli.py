@@ -147,6 +147,9 @@ def _message_files(paths: Sequence[str]) -> list[Path]:
 
 
 def cmd_check_message(args: argparse.Namespace) -> int:
+    if args.mailbox is not None and args.config is None:
+        print("check-message: --mailbox needs the configuration that has it: -c CONFIG", file=sys.stderr)
+        return EXIT_CONFIG
     config = _pipeline_config(args.config)
     if config is None:
         return EXIT_CONFIG

@@ -195,6 +195,13 @@ def test_learn_cli_trains_one_tenant_from_nested_folders_and_maildirs(tmp_path: 
     assert "/etc/gatewayd/gatewayd.yaml" in run_cli("learn", "--spam", str(junk)).stderr
 
 
+def test_check_message_mailbox_without_a_configuration_says_what_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "note.eml").write_bytes(mail("an ordinary note"))
+    result = run_cli("check-message", "--mailbox", "support-inbox", str(tmp_path / "note.eml"))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == "check-message: --mailbox needs the configuration that has it: -c CONFIG\n"
+
+
 def test_check_message_cli_prints_verdicts_and_json(tmp_path: Path) -> None:
     (tmp_path / "phish.eml").write_bytes(PHISH)
     (tmp_path / "note.eml").write_bytes(mail("an ordinary note"))
