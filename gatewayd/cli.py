@@ -233,6 +233,9 @@ def _finding(finding: dict[str, Any]) -> str:
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
+    if not args.spam and not args.ham:
+        print("learn: nothing to learn: give --spam DIR and/or --ham DIR", file=sys.stderr)
+        return EXIT_CONFIG
     config = _load(args.config)
     if config is None or config.pipeline is None:
         return EXIT_CONFIG

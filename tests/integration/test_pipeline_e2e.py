@@ -195,6 +195,13 @@ def test_learn_cli_trains_one_tenant_from_nested_folders_and_maildirs(tmp_path: 
     assert "/etc/gatewayd/gatewayd.yaml" in run_cli("learn", "--spam", str(junk)).stderr
 
 
+def test_learn_without_a_folder_is_a_usage_error(tmp_path: Path) -> None:
+    data = {"store": {"path": str(tmp_path / "events.db")}, "agents": [{"id": "support"}]}
+    result = run_cli("learn", "-c", str(write_config(tmp_path / "gatewayd.yaml", data)))
+    assert result.returncode == 2 and result.stdout == ""  # it printed "spam: 0, ham: 0" and exited 0
+    assert result.stderr == "learn: nothing to learn: give --spam DIR and/or --ham DIR\n"
+
+
 def test_check_message_mailbox_without_a_configuration_says_what_is_missing(tmp_path: Path) -> None:
     (tmp_path / "note.eml").write_bytes(mail("an ordinary note"))
     result = run_cli("check-message", "--mailbox", "support-inbox", str(tmp_path / "note.eml"))
