@@ -151,7 +151,7 @@ def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["", "0d", "30", "d", "1y", "-1d", "1.5h", "9999999d"])
+@pytest.mark.parametrize("text", ["", "0d", "30", "d", "1y", "-1d", "1.5h", "9999999d", "999999w", "36526d"])
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)

@@ -32,6 +32,7 @@ SCOPES = (READ, SEND, ADMIN)
 
 _DURATION = re.compile(r"\A([0-9]{1,6})([smhdw])\Z")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_MAX_DURATION = timedelta(days=36525)
 _TOKEN_ID = re.compile(r"\Atok_[0-9a-f]{12}\Z")
 
 
@@ -40,7 +41,10 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text.strip())
     if match is None or int(match[1]) == 0:
         raise ValueError(f"expected a duration like 30d, 12h, 90m (got {text[:20]!r})")
-    return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    duration = timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    if duration > _MAX_DURATION:  # 999999w would end past year 9999, which no datetime can hold
+        raise ValueError(f"expected a duration of at most 100 years (got {text[:20]!r})")
+    return duration
 
 
 def parse_scopes(text: str | Iterable[str]) -> tuple[str, ...]:
