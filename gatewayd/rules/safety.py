@@ -6,8 +6,11 @@ An auto-reply is refused, with the reason in the event, to a message that is:
   OOF), a delivery or disposition report (`multipart/report`), or a null Return-Path (a bounce);
 - bulk, junk or from a list: `Precedence: bulk|list|junk`, `List-Id` / `List-Post` /
   `List-Unsubscribe` / `List-Help`, the `$Junk` keyword, or a folder named like a junk folder;
-- from mailer-daemon, postmaster, no-reply style and list-robot addresses;
-- from, or to be answered at, the mailbox's own address, or already looped through it (`X-Loop`);
+- from mailer-daemon, postmaster, no-reply style and list-robot addresses, whether the From or the
+  reply target is one (a no-reply From often comes with a VERP bounce Return-Path), sub-address
+  (`+tag`) aside; or with a reply target that is no address at all (`<MAILER-DAEMON>`);
+- from, or to be answered at, the mailbox's own address (sub-address aside), or already looped
+  through it (`X-Loop`);
 - given a spam verdict (`spam` or `suspect`), or failed authentication (auth verdict `fail`).
 
 The reply goes to the Return-Path (the envelope sender, RFC 3834 section 4), else the Reply-To,
@@ -24,8 +27,8 @@ from typing import Any
 from gatewayd.rules.conditions import Facts, is_auto_submitted, is_bulk
 
 _ROBOTS = re.compile(
-    r"(?i)^(mailer-daemon|postmaster|no[-_.]?reply|do[-_.]?not[-_.]?reply|bounces?|listserv|majordomo"
-    r"|mailman|owner-.*|.*-(request|bounces?|owner)|abuse|root|daemon|nobody)$"
+    r"(?i)^(mailer-daemon|postmaster|.*no[-_.]?reply.*|.*do[-_.]?not[-_.]?reply.*|bounces?([-=_.].*)?|listserv"
+    r"|majordomo|mailman|owner-.*|.*-(request|bounces?|owner)|abuse|root|daemon|nobody)$"
 )
 _ANGLE = re.compile(r"<([^<>]*)>")
 _LIST_HEADERS = ("list-id", "list-post", "list-unsubscribe", "list-help")
@@ -97,12 +100,14 @@ def refuse_reply(facts: Facts, own_address: str | None, target: str | None) -> s
     folder = str(facts.data.get("folder") or "").lower().rpartition("/")[2]
     if "$junk" in flags or "junk" in flags or folder in _JUNK_FOLDERS:
         return "the message is in junk"
-    local = target.rpartition("@")[0]
-    if _ROBOTS.match(local):
-        return f"{target} is a robot address (mailer-daemon, postmaster, no-reply, list robots)"
+    if "@" not in target:
+        return f"{target} is not an address to reply to"
     sender = _address(facts.data.get("from"))
-    own = (own_address or "").lower()
-    if own and (target.lower() == own or (sender or "").lower() == own):
+    for address in (target, sender):
+        if address is not None and _ROBOTS.match(_base(address).rpartition("@")[0]):
+            return f"{address} is a robot address (mailer-daemon, postmaster, no-reply, list robots)"
+    own = _base(own_address or "")
+    if own and own in (_base(target), _base(sender or "")):
         return "the message is from this mailbox's own address"
     spam = _section(facts.data, "spam")
     if spam.get("verdict") in ("spam", "suspect"):
@@ -110,6 +115,12 @@ def refuse_reply(facts: Facts, own_address: str | None, target: str | None) -> s
     if _section(facts.data, "auth").get("verdict") == "fail":
         return "the message failed authentication"
     return None
+
+
+def _base(address: str) -> str:
+    """The address without its sub-address, lower-cased: `Bounces+x=y.org@Z.net` -> `bounces@z.net`."""
+    local, at, domain = address.lower().rpartition("@")
+    return local.partition("+")[0] + at + domain if at else address.lower()
 
 
 def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
