@@ -27,7 +27,7 @@ from typing import Any
 from gatewayd.rules.conditions import Facts, is_auto_submitted, is_bulk
 
 _ROBOTS = re.compile(
-    r"(?i)^(mailer-daemon|postmaster|.*no[-_.]?reply.*|.*do[-_.]?not[-_.]?reply.*|bounces?([-=_.].*)?|listserv"
+    r"(?i)^(mailer-daemon|postmaster|.*no[-_.]?reply.*|.*do[-_.]?not[-_.]?reply.*|bounces?|listserv"
     r"|majordomo|mailman|owner-.*|.*-(request|bounces?|owner)|abuse|root|daemon|nobody)$"
 )
 _ANGLE = re.compile(r"<([^<>]*)>")
