@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import tracemalloc
 from collections.abc import Iterable
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -427,18 +428,57 @@ def test_reply_goes_to_the_return_path_then_reply_to_then_from() -> None:
 # -- templates and plans ----------------------------------------------------------------------------
 
 
-def test_templates_are_sandboxed_and_bounded() -> None:
-    text = Template("Hi {{ sender_name }}{% for a in to %} [{{ a }}]{% endfor %}").render(
-        {"sender_name": "Bob", "to": ["a@x", "b@x"]}
-    )
-    assert text == "Hi Bob [a@x] [b@x]"
+async def test_templates_are_sandboxed_and_bounded() -> None:
+    template = Template("Hi {{ sender_name }}{% for a in to %} [{{ a }}]{% endfor %}")
+    assert await template.render({"sender_name": "Bob", "to": ["a@x", "b@x"]}) == "Hi Bob [a@x] [b@x]"
     with pytest.raises(ValueError, match="unsafe"):
-        Template("{{ subject.__class__.__mro__ }}").render({"subject": "s"})
+        await Template("{{ subject.__class__.__mro__ }}").render({"subject": "s"})
     for source in ('{{ "x" * 10**9 }}', "{{ 9 ** 9 ** 9 }}"):
         with pytest.raises(ValueError, match="template failed"):
-            Template(source).render({})
-    with pytest.raises(ValueError, match='unknown field "range"'):
-        Template("{% for i in range(10**9) %}{% endfor %}")
+            await Template(source).render({})
+    for name in ("range", "lipsum"):
+        with pytest.raises(ValueError, match=f'unknown field "{name}"'):
+            Template(f"{{% for i in {name}(10**9) %}}{{% endfor %}}")
+
+
+async def test_a_template_that_computes_is_rendered_apart_within_limits() -> None:
+    """Loops, filters and operators run in a child process: running out of its CPU or memory
+    fails the action; the daemon neither stalls nor grows."""
+    assert Template("Hi {{ sender_name }}{% if subject %}: {{ subject[:5] }}{% endif %}").plain
+    assert not Template("{{ subject|upper }}").plain
+    excerpt = {"excerpt": "e" * 500}
+    nested = "{% for a in excerpt %}" * 4 + "{% endfor %}" * 4 + "done"
+    with pytest.raises(ValueError, match="CPU"):
+        await Template(nested).render(excerpt)
+    for source in (
+        "{{ excerpt|center(900000000)|length }}",
+        "{{ '%900000000s' % excerpt }}",
+        "{% macro double(s) %}{{ double(s ~ s) }}{% endmacro %}{{ double(excerpt) }}",
+    ):
+        with pytest.raises(ValueError, match="MemoryError"):
+            await Template(source).render(excerpt)
+    assert (
+        await Template("{{ excerpt|upper|truncate(8, leeway=0) }}").render({"excerpt": "hello world"})
+        == "HELLO..."
+    )
+
+
+def test_compiling_a_template_evaluates_nothing() -> None:
+    """Jinja folds constant expressions while compiling; these would take 300 MB at load."""
+    tracemalloc.start()
+    try:
+        Template("{{ ''|center(100000000) }}{{ '%100000000s' % '' }}{{ 'x'|replace('x', 'y' * 100000) }}")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 1024 * 1024
+
+
+def test_a_template_with_an_unknown_filter_is_a_configuration_error() -> None:
+    (error,) = errors_of([{"name": "r", "then": [{"auto_reply": "Hi {{ sender_name|captalize }}"}]}])
+    assert error == 'rules[0] "r".then[0].auto_reply.body: template syntax error on line 1: ' + (
+        "No filter named 'captalize'."
+    )
 
 
 def test_an_unknown_filter_is_a_template_error_at_load() -> None:

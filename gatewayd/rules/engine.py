@@ -177,7 +177,7 @@ class RulesStage:
                         step["preset"] = {"outcome": SKIPPED, "reason": reason}
                         continue
                     assert target is not None and action.template is not None
-                    body = action.template.render(context)
+                    body = await action.template.render(context)
                     step["dry"] = {"to": [target]}
                     if actions is None or own is None:
                         continue
@@ -199,7 +199,9 @@ class RulesStage:
                     if reason := refuse_automatic(facts, own):
                         step["preset"] = {"outcome": SKIPPED, "reason": reason}
                         continue
-                    note = action.template.render(context) if action.template else _default_note(rule.name)
+                    note = (
+                        await action.template.render(context) if action.template else _default_note(rule.name)
+                    )
                     recipients = tuple(action.get("to"))
                     step["dry"] = {"to": list(recipients)}
                     if actions is None or own is None:

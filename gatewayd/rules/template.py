@@ -1,25 +1,66 @@
 """Auto-reply and forward texts: Jinja templates in a sandbox, filled with the message's fields.
 
 Jinja's `ImmutableSandboxedEnvironment` keeps a template away from Python internals (no attribute
-walks to `__class__`, no mutation of the values passed in). On top of it: no `range` (a loop can
-only walk the message's own short lists), `*` and `**` that refuse huge results, and a cap on the
-rendered size. Templates are compiled at load, and a name that is not one of `FIELDS` is an error
-then, not when the first message arrives.
+walks to `__class__`, no mutation of the values passed in). On top of it: no `range` or `lipsum`
+(a loop can only walk the message's own short lists), `*` and `**` that refuse huge results, and a
+cap on the rendered size. Templates are compiled at load, and a name that is not one of `FIELDS`, or
+a filter that does not exist, is an error then, not when the first message arrives. Compiling folds
+no constant filter or `%` (Jinja would evaluate `{{ ''|center(10**9) }}` right then).
+
+The sandbox bounds what a template may touch, not what it costs: nested loops over the excerpt, a
+filter asked for a gigabyte, a macro that doubles a string at each call. So a template of plain
+fields (`{{ sender_name }}`, `{% if subject %}`) is filled here, its output bounded by the fields,
+and one that computes (loops, filters, calls, operators, macros) in a child process
+(`gatewayd.rules.template_worker`) with limits on memory, CPU and wall time: one that runs out of
+them fails its action, and never holds up the event loop or grows the daemon.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import difflib
+import json
 import operator
-from collections.abc import Mapping
+import signal
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes, pass_context
 from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 MAX_OUTPUT = 64 * 1024
 _MAX_PRODUCT = 100_000
+# The child process that renders a computing template: address space, CPU seconds, wall seconds.
+RENDER_MEMORY = 512 * 1024 * 1024
+RENDER_CPU_SECONDS = 2
+RENDER_TIMEOUT = 10.0
+# Run with -I (no environment variables, no user site): gatewayd from where this module was imported.
+_WORKER = (
+    f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r}); "
+    "from gatewayd.rules.template_worker import main; main()"
+)
+# The nodes of a template whose output is bounded by the fields it shows.
+_PLAIN = (
+    nodes.Output,
+    nodes.TemplateData,
+    nodes.Name,
+    nodes.Getattr,
+    nodes.Getitem,
+    nodes.Slice,
+    nodes.Const,
+    nodes.If,
+    nodes.Not,
+    nodes.And,
+    nodes.Or,
+    nodes.Compare,
+    nodes.Operand,
+    nodes.CondExpr,
+)
 
 FIELDS = {
     "subject": "the message's subject (decoded)",
@@ -37,7 +78,8 @@ FIELDS = {
 
 
 class _Environment(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
+    # Intercepted operators are not folded at compile time: `"%900000000s" % ""` would be.
+    intercepted_binops = frozenset({"*", "**", "%"})
 
     def call_binop(self, context: Any, operator_name: str, left: Any, right: Any) -> Any:
         if operator_name == "**":
@@ -49,6 +91,8 @@ class _Environment(ImmutableSandboxedEnvironment):
             times = right if sequence is left else left
             if isinstance(times, int) and len(sequence) * times > _MAX_PRODUCT:
                 raise SecurityError("that repetition would be too large")
+        if operator_name == "%":
+            return operator.mod(left, right)
         return operator.mul(left, right)
 
 
@@ -56,8 +100,22 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _unfolded(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The filter as one that takes the context, which Jinja never evaluates at compile time."""
+    takes = getattr(getattr(function, "jinja_pass_arg", None), "name", None)
+
+    @pass_context
+    def call(context: Context, *args: Any, **kwargs: Any) -> Any:
+        first = {"context": context, "eval_context": context.eval_ctx, "environment": context.environment}
+        return function(*([first[takes]] if takes in first else []), *args, **kwargs)
+
+    return call
+
+
 _ENV = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
-_ENV.globals.pop("range", None)
+for _name in ("range", "lipsum"):  # lipsum(10**6) writes for minutes
+    _ENV.globals.pop(_name, None)
+_ENV.filters = {name: _unfolded(function) for name, function in _ENV.filters.items()}
 
 
 class Template:
@@ -70,6 +128,7 @@ class Template:
             tree = _ENV.parse(source)
             # Compiling finds what parsing does not: an unknown filter or test (TemplateAssertionError).
             undeclared = meta.find_undeclared_variables(tree)
+            self._template = _ENV.from_string(source)
         except TemplateSyntaxError as exc:
             raise ValueError(f"template syntax error on line {exc.lineno}: {exc.message}") from None
         for name in sorted(undeclared):
@@ -78,9 +137,14 @@ class Template:
                 hint = f' (did you mean "{close[0]}"?)' if close else ""
                 raise ValueError(f'unknown field "{name}"{hint}; fields: {", ".join(FIELDS)}')
         self.source = source
-        self._template = _ENV.from_string(source)
+        self.plain = all(isinstance(node, _PLAIN) for node in tree.find_all(nodes.Node))
 
-    def render(self, context: Mapping[str, Any]) -> str:
+    async def render(self, context: Mapping[str, Any]) -> str:
+        """The text: here for a plain template, else in a bounded child process."""
+        return self.render_here(context) if self.plain else await _render_apart(self.source, context)
+
+    def render_here(self, context: Mapping[str, Any]) -> str:
+        """The text, rendered in this process (unbounded in time and memory but for the output)."""
         out: list[str] = []
         size = 0
         try:
@@ -91,9 +155,42 @@ class Template:
                     raise ValueError(f"template output over {MAX_OUTPUT} characters")
         except ValueError:
             raise
-        except Exception as exc:  # undefined names, sandbox refusals, filter errors
-            raise ValueError(f"template failed: {type(exc).__name__}: {str(exc)[:200]}") from None
+        except Exception as exc:  # undefined names, sandbox refusals, filter errors, MemoryError
+            detail = f": {str(exc)[:200]}" if str(exc) else ""  # a MemoryError has none
+            raise ValueError(f"template failed: {type(exc).__name__}{detail}") from None
         return "".join(out)
+
+
+async def _render_apart(source: str, context: Mapping[str, Any]) -> str:
+    request = json.dumps({"source": source, "context": context}, default=str).encode()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-I",
+        "-c",
+        _WORKER,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={},
+    )
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(request), RENDER_TIMEOUT)
+    except TimeoutError:
+        raise ValueError(f"template failed: not done within {RENDER_TIMEOUT:.0f} s") from None
+    finally:
+        if process.returncode is None:  # timed out or cancelled
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+    if process.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        raise ValueError(f"template failed: over {RENDER_CPU_SECONDS} s of CPU")
+    try:
+        reply = json.loads(out)
+    except ValueError:
+        raise ValueError(f"template failed: the renderer ended with status {process.returncode}") from None
+    if "error" in reply:
+        raise ValueError(str(reply["error"]))
+    return str(reply["text"])
 
 
 def _assigned(tree: nodes.Template, name: str) -> bool:

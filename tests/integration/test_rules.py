@@ -221,6 +221,37 @@ async def test_auto_reply_arrives_once_with_rfc3834_headers(
         await asyncio.to_thread(alice_imap.close)
 
 
+async def test_a_runaway_template_fails_its_auto_reply_and_holds_nothing_up(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, sink: SmtpSink
+) -> None:
+    # 500 ** 4 turns over the excerpt: rendered on the event loop, it would stop the daemon for hours.
+    runaway = "{% for a in excerpt %}{% for b in excerpt %}{% for c in excerpt %}{% for d in excerpt %}"
+    runaway += "{% endfor %}{% endfor %}{% endfor %}{% endfor %}Hello"
+    rules = [
+        {"name": "runaway", "if": {"subject": "runaway"}, "then": [{"auto_reply": runaway}], "stop": True},
+        {"name": "shout", "then": [{"auto_reply": "WE GOT: {{ subject|upper }}"}]},
+    ]
+    config = gateway_config(
+        tmp_path, dovecot, [user], rules=rules, smtp=sink.smtp_config(), address=f"{user}@{LOCAL_DOMAIN}"
+    )
+    gw = await start_gateway(config)
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    async with aiohttp.ClientSession() as session:
+        reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+        carol, dave = f"carol@{LOCAL_DOMAIN}", f"dave@{LOCAL_DOMAIN}"
+        await dovecot.deliver_async(user, mail("runaway", sender=carol, body="x " * 400), sender=carol)
+        await dovecot.deliver_async(user, mail("thanks", sender=dave), sender=dave)
+        failed, answered = await reader.messages(2, timeout=60)
+        async with session.get(f"{gw.url}/healthz") as health:
+            assert health.status == 200
+    reply = actions_of(failed)["auto_reply"]
+    assert reply["outcome"] == "error" and "template failed" in reply["error"], reply
+    assert failed.json["data"]["auto_reply"]["outcome"] == "error"
+    assert actions_of(answered)["auto_reply"]["outcome"] == "ok"
+    (sent,) = sink.received
+    assert sent.recipients == [dave] and b"WE GOT: THANKS" in sent.data
+
+
 async def test_smtp_failure_is_reported_then_retried_in_the_background(
     dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, sink: SmtpSink
 ) -> None:
