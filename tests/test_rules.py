@@ -109,6 +109,11 @@ def test_verdict_conditions_read_the_earlier_stages() -> None:
         has_attachments=True,
     )
     assert matches({"list_id": "*.lists.example>"}, parsed)
+    assert matches({"list_id": "users.lists.example"}, parsed)
+    assert matches({"list_id": "*.LISTS.example"}, parsed)
+    named = message(headers="List-Id: Users of X <users.lists.example>\r\n")
+    assert matches({"list_id": "users.lists.example"}, named) and matches({"list_id": "users of x *"}, named)
+    assert not matches({"list_id": "lists.example"}, named)
     assert matches({"list_id": True, "bulk": True, "auto_submitted": True}, parsed)
     assert matches({"spam_verdict": ["suspect", "spam"], "spam_score": {"at_least": 6.5, "under": 7}}, parsed)
     assert matches({"auth": "fail"}, parsed) and matches(

@@ -251,6 +251,18 @@ def is_list(facts: Facts) -> bool:
     return any(facts.has(name) for name in ("list-id", "list-post", "list-unsubscribe"))
 
 
+def list_ids(facts: Facts) -> list[str]:
+    """Each List-Id value as written, and the id in its angle brackets (RFC 2919: `Users
+    <users.lists.example>` is the list `users.lists.example`)."""
+    found = []
+    for value in facts.header("list-id"):
+        found.append(value.strip())
+        start, end = value.rfind("<"), value.rfind(">")
+        if 0 <= start < end:
+            found.append(value[start + 1 : end].strip())
+    return found
+
+
 def is_bulk(facts: Facts) -> bool:
     return any(v.strip().lower() in BULK_PRECEDENCE for v in facts.header("precedence"))
 

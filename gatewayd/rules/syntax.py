@@ -34,6 +34,7 @@ from gatewayd.rules.conditions import (
     is_auto_submitted,
     is_bulk,
     is_list,
+    list_ids,
     nested,
     spam_score,
 )
@@ -191,7 +192,7 @@ def _addresses(field_name: str, value: Any) -> Addresses:
 def _list_id(value: Any) -> Condition:
     if isinstance(value, bool):
         return Predicate(is_list, value)
-    return Globs(lambda facts: [v.strip() for v in facts.header("list-id")], _strings(value))
+    return Globs(list_ids, _strings(value))
 
 
 def _auth(value: Any) -> Condition:
