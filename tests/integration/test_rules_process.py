@@ -150,6 +150,10 @@ async def test_sighup_reloads_rules_and_a_bad_file_keeps_the_old_ones(
         write_rules("Archive", action="mvoe")
         process.signal(signal.SIGHUP)
         await wait_output(process, "rules reload failed")
+        # A template's typo is a rule's problem too, not an exception out of the signal handler.
+        write_rules("Hello {{ sender_name|captalize }}", action="auto_reply")
+        process.signal(signal.SIGHUP)
+        await wait_output(process, "auto_reply.body: template syntax error on line 1: No filter named")
         await dovecot.deliver_async(user, mail("three"))
         (third,) = await reader.messages(1)
         # The same SSE connection carried all three; the IMAP connection was never dropped.
