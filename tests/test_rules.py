@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from gatewayd.config import ConfigError, load_config, parse_config
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline import Pipeline, StageSpec
-from gatewayd.rules import conditions
+from gatewayd.rules import compose, conditions
 from gatewayd.rules.conditions import MAX_HEADER_BYTES, Facts
 from gatewayd.rules.engine import RulesStage
 from gatewayd.rules.load import RuleBook, load_rules
@@ -486,10 +486,14 @@ def test_a_template_with_an_unknown_filter_is_a_configuration_error() -> None:
     )
 
 
-def test_an_unknown_filter_is_a_template_error_at_load() -> None:
-    # Jinja finds it when compiling, not when parsing: it escaped as a TemplateAssertionError.
-    with pytest.raises(ValueError, match="template syntax error on line 2: No filter named 'shout'"):
-        Template("Hello,\n{{ subject|shout }}")
+def test_an_auto_reply_from_name_is_one_printable_line() -> None:
+    """A CR passed the old check (LF only), and then every reply failed to compose."""
+    for name in ("Desk\rBcc: x@y.example", "Desk\nBcc: x@y.example", "Desk\x00"):
+        (error,) = errors_of([{"name": "r", "then": [{"auto_reply": {"body": "Hi", "from_name": name}}]}])
+        assert error.startswith('rules[0] "r".then[0].auto_reply.from_name: expected a display name'), error
+    composed = compose.reply({"subject": "Grüße"}, "me@gw.example", "bob@example.org", "Hi", "Désk")
+    assert b"From: =?utf-8?q?D=C3=A9sk?= <me@gw.example>\r\n" in composed.message
+    assert b"Subject: Re: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n" in composed.message
 
 
 def test_plan_orders_steps_and_keeps_one_move() -> None:

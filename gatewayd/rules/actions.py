@@ -121,8 +121,9 @@ def _auto_reply(value: Any) -> Action:
     if isinstance(period, bool) or not isinstance(period, int | float) or not 0 <= period <= MAX_PERIOD_DAYS:
         raise Invalid((".period_days", f"expected a number of days 0-{MAX_PERIOD_DAYS}"))
     from_name = value.get("from_name")
-    if from_name is not None and (not isinstance(from_name, str) or "\n" in from_name):
-        raise Invalid((".from_name", "expected a display name"))
+    if from_name is not None and (not isinstance(from_name, str) or not from_name.isprintable()):
+        # A CR alone is no more allowed in a header than a LF: every reply would fail to compose.
+        raise Invalid((".from_name", "expected a display name (one line, no control characters)"))
     return Action("auto_reply", (("period_days", float(period)), ("from_name", from_name)), template)
 
 
