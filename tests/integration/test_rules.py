@@ -252,6 +252,42 @@ async def test_a_runaway_template_fails_its_auto_reply_and_holds_nothing_up(
     assert sent.recipients == [dave] and b"WE GOT: THANKS" in sent.data
 
 
+async def test_two_gateways_answering_everything_do_not_answer_each_other(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, sink: SmtpSink
+) -> None:
+    """RFC 3834's loop guard between two mailboxes that auto-reply to all mail, with no period."""
+    other = f"peer-{uuid.uuid4().hex[:8]}"
+    dovecot.add_user(other)
+    rules = [{"name": "ack", "then": [{"auto_reply": {"body": "Got it.", "period_days": 0}}]}]
+    gateways = []
+    for name in (user, other):
+        (tmp_path / name).mkdir()
+        config = gateway_config(
+            tmp_path / name,
+            dovecot,
+            [name],
+            rules=rules,
+            smtp=sink.smtp_config(),
+            address=f"{name}@{LOCAL_DOMAIN}",
+        )
+        gateways.append(gw := await start_gateway(config))
+        await wait_for(lambda gw=gw: idle(gw), what="watcher idle")
+    async with aiohttp.ClientSession() as session:
+        first, second = [
+            SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+            for gw in gateways
+        ]
+        peer = f"{other}@{LOCAL_DOMAIN}"
+        await dovecot.deliver_async(user, mail("hello", sender=f"Peer <{peer}>"), sender=peer)
+        (asked,) = await first.messages(1)
+        (answered,) = await second.messages(1)  # the first gateway's reply, in the peer's INBOX
+    assert asked.json["data"]["auto_reply"]["outcome"] == "ok"
+    assert answered.json["data"]["message_id"] == asked.json["data"]["auto_reply"]["message_id"]
+    refused = actions_of(answered)["auto_reply"]
+    assert refused["outcome"] == "skipped" and "automatic" in refused["reason"], refused
+    assert [r.recipients for r in sink.received] == [[peer]]
+
+
 async def test_smtp_failure_is_reported_then_retried_in_the_background(
     dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, sink: SmtpSink
 ) -> None:
