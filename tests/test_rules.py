@@ -289,7 +289,7 @@ def test_errors_name_the_rule_and_the_key() -> None:
         " fields: subject, sender, sender_address, sender_name, to, date, message_id, excerpt, folder,"
         " mailbox, rule",
         'rules[1] "b".then[3].add_keywords: "two words" is not a valid IMAP keyword'
-        ' (no spaces, \\ ( ) { % * " ]; at most 200)',
+        ' (ASCII, no spaces, \\ ( ) { % * " ]; at most 200)',
         'rules[1] "b".then[4].forward.to: "not-an-address" is not an address like name@example.com',
         'rules[1] "b".then[5].report: expected "spam" or "ham"',
         'rules[1] "b".then[6]: move needs an argument, e.g. `move: ...`',
@@ -494,6 +494,18 @@ def test_an_auto_reply_from_name_is_one_printable_line() -> None:
     composed = compose.reply({"subject": "Grüße"}, "me@gw.example", "bob@example.org", "Hi", "Désk")
     assert b"From: =?utf-8?q?D=C3=A9sk?= <me@gw.example>\r\n" in composed.message
     assert b"Subject: Re: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n" in composed.message
+
+
+def test_keywords_are_ascii_atoms_and_inbox_is_one_folder_whatever_its_case() -> None:
+    """Dovecot answers a STORE of `Ünï` with BAD (8-bit data in an atom), losing the whole STORE;
+    `move: inbox` of a message in INBOX moved it onto itself, again and again (see the
+    integration test)."""
+    (error,) = errors_of([{"name": "r", "then": [{"add_keywords": ["$Label1", "Ünï"]}]}])
+    assert error.startswith('rules[0] "r".then[0].add_keywords: "Ünï" is not a valid IMAP keyword'), error
+    rules, errors = parse_rules(
+        [{"name": "r", "then": [{"move": " inbox "}, {"copy": {"folder": "Inbox", "create": True}}]}], "rules"
+    )
+    assert errors == [] and [a.get("folder") for a in rules[0].actions] == ["INBOX", "INBOX"]
 
 
 def test_plan_orders_steps_and_keeps_one_move() -> None:

@@ -19,8 +19,8 @@ from gatewayd.rules.template import Template
 
 SYSTEM_FLAGS = ("\\Seen", "\\Answered", "\\Flagged", "\\Draft")
 _SYSTEM_FLAG_SPELLING = {flag.lower(): flag for flag in SYSTEM_FLAGS}
-# RFC 3501 atom: no space, control, ( ) { % * " \ ].
-_KEYWORD = re.compile(r'[^\x00-\x20\x7f(){%*"\\\]]{1,200}')
+# RFC 3501 atom: ASCII, no space, control, ( ) { % * " \ ] (a server answers 8-bit data with BAD).
+_KEYWORD = re.compile(r'[^\x00-\x20\x7f-\U0010ffff(){%*"\\\]]{1,200}')
 _ADDRESS = re.compile(r"[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+")
 MAX_PERIOD_DAYS = 365
 DEFAULT_FORWARD_MAX_BYTES = 10 * 1024 * 1024
@@ -41,9 +41,16 @@ class Action:
         return {"action": self.kind, **dict(self.params)}
 
 
+def _canonical(folder: str) -> str:
+    """INBOX is case-insensitive (RFC 3501 5.1): `move: inbox` is a move to INBOX, which the rules
+    must know is where the message already is."""
+    folder = folder.strip()
+    return "INBOX" if folder.upper() == "INBOX" else folder
+
+
 def _folder(value: Any) -> tuple[tuple[str, Any], ...]:
     if isinstance(value, str) and value.strip():
-        return (("folder", value.strip()), ("create", False))
+        return (("folder", _canonical(value)), ("create", False))
     if isinstance(value, dict):
         _only(value, ("folder", "create"))
         folder = value.get("folder")
@@ -53,7 +60,7 @@ def _folder(value: Any) -> tuple[tuple[str, Any], ...]:
             create = _bool(value.get("create", False))
         except Invalid:
             raise Invalid((".create", "expected true or false")) from None
-        return (("folder", folder.strip()), ("create", create))
+        return (("folder", _canonical(folder)), ("create", create))
     raise Invalid(("", "expected a folder name or {folder, create}"))
 
 
@@ -88,7 +95,11 @@ def _keywords(value: Any) -> tuple[str, ...]:
     for keyword in keywords:
         if not _KEYWORD.fullmatch(keyword):
             raise Invalid(
-                ("", f'"{keyword}" is not a valid IMAP keyword (no spaces, \\ ( ) {{ % * " ]; at most 200)')
+                (
+                    "",
+                    f'"{keyword}" is not a valid IMAP keyword'
+                    ' (ASCII, no spaces, \\ ( ) { % * " ]; at most 200)',
+                )
             )
     return keywords
 

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from gatewayd.config import MailboxConfig
 from gatewayd.events import rfc3339
 from gatewayd.imap.act import MailActions, Placement
-from gatewayd.imap.session import ImapConnectionLost, ImapError
+from gatewayd.imap.session import ImapConnectionLost, ImapError, _folder_key
 from gatewayd.message import ParsedMessage, parse
 from gatewayd.pipeline import StageAbort
 from gatewayd.rules.plan import ERROR, OK, PENDING, SKIPPED
@@ -125,7 +125,7 @@ class Executor:
             await self._actions.store_labels(uid, step["add"], step["flags"])
             return {"outcome": OK}
         if kind in ("copy", "move"):
-            if step["folder"] == self._entry.folder:
+            if _folder_key(step["folder"]) == _folder_key(self._entry.folder):
                 return {"outcome": SKIPPED, "reason": "the message is already in that folder"}
             do = self._actions.move if kind == "move" else self._actions.copy
             placement = await do(uid, step["folder"], step["create"])

@@ -156,6 +156,32 @@ async def test_move_without_the_move_capability_copies_and_expunges(
         await asyncio.to_thread(imap.close)
 
 
+async def test_a_move_to_inbox_in_any_case_leaves_a_message_in_inbox_alone(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    """`move: inbox` once moved the message onto INBOX itself: a new UID, announced and moved
+    again, for ever."""
+    rules = [{"name": "home", "if": {"subject": "home"}, "then": [{"move": "inbox"}]}]
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], rules=rules))
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    async with aiohttp.ClientSession() as session:
+        reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+        await dovecot.deliver_async(user, mail("home"))
+        (home,) = await reader.messages(1)
+        await dovecot.deliver_async(user, mail("next"))
+        (following,) = await reader.messages(1)
+    data = home.json["data"]
+    move = actions_of(home)["move"]
+    assert move["outcome"] == "skipped" and move["folder"] == "INBOX", move
+    assert (data["folder"], data["moved_from"]) == ("INBOX", None)
+    assert following.json["data"]["subject"] == "next"
+    imap = await asyncio.to_thread(Imap, dovecot, user)
+    try:
+        assert await asyncio.to_thread(imap.uids, "INBOX") == [data["uid"], following.json["data"]["uid"]]
+    finally:
+        await asyncio.to_thread(imap.close)
+
+
 async def test_auto_reply_arrives_once_with_rfc3834_headers(
     dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, sink: SmtpSink
 ) -> None:
