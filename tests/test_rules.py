@@ -29,7 +29,7 @@ from gatewayd.rules.match import RegexBudget
 from gatewayd.rules.model import parse_rules
 from gatewayd.rules.plan import build, evaluate
 from gatewayd.rules.safety import refuse_reply, reply_target
-from gatewayd.rules.template import Template
+from gatewayd.rules.template import Template, context_for
 from tests.test_message import _FAST_PATH_SETTINGS, _FLAWED_MESSAGES, _LINES, _PLAIN_MESSAGES
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "gatewayd.example.yaml"
@@ -466,6 +466,14 @@ async def test_a_template_that_computes_is_rendered_apart_within_limits() -> Non
         await Template("{{ excerpt|upper|truncate(8, leeway=0) }}").render({"excerpt": "hello world"})
         == "HELLO..."
     )
+
+
+async def test_a_field_the_message_lacks_is_empty_in_a_template() -> None:
+    raw = b"From: bob@example.org\r\nSubject: hi\r\n\r\nHello.\r\n"  # no name, Date or Message-ID
+    parsed = parse(FetchedMessage("INBOX", 7, 1, raw, len(raw), (), None))
+    context = context_for(parsed.data, "box", None, "r")
+    text = "{{ sender.name|upper }}|{{ date }}|{{ message_id }}|{{ mailbox.address }}|{{ sender_name }}"
+    assert await Template(text).render(context) == "||||bob@example.org"
 
 
 def test_compiling_a_template_evaluates_nothing() -> None:

@@ -201,21 +201,21 @@ def _assigned(tree: nodes.Template, name: str) -> bool:
 
 
 def context_for(data: Mapping[str, Any], mailbox_id: str, address: str | None, rule: str) -> dict[str, Any]:
-    """The template fields of a message's event data."""
+    """The template fields of a message's event data; one the message lacks is empty (not "None")."""
     sender = data.get("from")
     if not isinstance(sender, dict):
         sender = {}
     sender_address = str(sender.get("address") or "")
     return {
         "subject": str(data.get("subject") or ""),
-        "sender": {"address": sender_address, "name": sender.get("name")},
+        "sender": {"address": sender_address, "name": str(sender.get("name") or "")},
         "sender_address": sender_address,
         "sender_name": str(sender.get("name") or sender_address),
         "to": [str(e.get("address")) for e in data.get("to") or [] if isinstance(e, dict)],
-        "date": data.get("date"),
-        "message_id": data.get("message_id"),
+        "date": str(data.get("date") or ""),
+        "message_id": str(data.get("message_id") or ""),
         "excerpt": str(data.get("sanitized_excerpt") or data.get("body_text_excerpt") or ""),
-        "folder": data.get("folder"),
-        "mailbox": {"id": mailbox_id, "address": address},
+        "folder": str(data.get("folder") or ""),
+        "mailbox": {"id": mailbox_id, "address": address or ""},
         "rule": rule,
     }
