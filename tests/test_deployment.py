@@ -1,5 +1,5 @@
 """The ways gatewayd is deployed (systemd unit, container image) run it under the CPU policy the
-benchmarks measure: SCHED_BATCH."""
+benchmarks measure: SCHED_BATCH; the unit's system call filter leaves what gatewayd needs."""
 
 from __future__ import annotations
 
@@ -16,6 +16,18 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_systemd_unit_sets_the_batch_policy() -> None:
     unit = (ROOT / "systemd" / "gatewayd.service").read_text()
     assert re.search(r"^CPUSchedulingPolicy=batch$", unit, re.M)
+
+
+def test_the_systemd_unit_lets_the_template_renderer_set_its_limits() -> None:
+    """`~@resources` takes setrlimit away (a filtered call kills the process), which the template
+    renderer (gatewayd/rules/template_worker.py) needs: it is allowed again after the deny, with
+    prlimit64 (what glibc calls) named too."""
+    filters = re.findall(
+        r"^SystemCallFilter=(.*)$", (ROOT / "systemd" / "gatewayd.service").read_text(), re.M
+    )
+    denied = next(i for i, f in enumerate(filters) if f.startswith("~") and "@resources" in f)
+    allowed = [set(f.split()) for f in filters[denied + 1 :] if not f.startswith("~")]
+    assert any({"setrlimit", "prlimit64"} <= names for names in allowed), filters
 
 
 def test_the_container_entrypoint_runs_gatewayd_under_the_batch_policy() -> None:

@@ -184,6 +184,8 @@ async def _render_apart(source: str, context: Mapping[str, Any]) -> str:
             await process.wait()
     if process.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
         raise ValueError(f"template failed: over {RENDER_CPU_SECONDS} s of CPU")
+    if process.returncode == -signal.SIGSYS:  # a seccomp filter (systemd's SystemCallFilter)
+        raise ValueError("template failed: the renderer may not set its limits (setrlimit is filtered)")
     try:
         reply = json.loads(out)
     except ValueError:
