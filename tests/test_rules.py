@@ -7,7 +7,7 @@ import asyncio
 import re
 import time
 import tracemalloc
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from pathlib import Path
@@ -28,6 +28,7 @@ from gatewayd.rules.load import RuleBook, load_rules
 from gatewayd.rules.match import RegexBudget
 from gatewayd.rules.model import parse_rules
 from gatewayd.rules.plan import build, evaluate
+from gatewayd.rules.renderer import TemplateRenderer
 from gatewayd.rules.safety import refuse_reply, reply_target
 from gatewayd.rules.template import Template, context_for
 from tests.test_message import _FAST_PATH_SETTINGS, _FLAWED_MESSAGES, _LINES, _PLAIN_MESSAGES
@@ -433,20 +434,29 @@ def test_reply_goes_to_the_return_path_then_reply_to_then_from() -> None:
 # -- templates and plans ----------------------------------------------------------------------------
 
 
-async def test_templates_are_sandboxed_and_bounded() -> None:
+@pytest.fixture
+async def renderer() -> AsyncIterator[TemplateRenderer]:
+    renderer = TemplateRenderer()
+    yield renderer
+    await renderer.close()
+
+
+async def test_templates_are_sandboxed_and_bounded(renderer: TemplateRenderer) -> None:
     template = Template("Hi {{ sender_name }}{% for a in to %} [{{ a }}]{% endfor %}")
-    assert await template.render({"sender_name": "Bob", "to": ["a@x", "b@x"]}) == "Hi Bob [a@x] [b@x]"
+    assert (
+        await renderer.render(template, {"sender_name": "Bob", "to": ["a@x", "b@x"]}) == "Hi Bob [a@x] [b@x]"
+    )
     with pytest.raises(ValueError, match="unsafe"):
-        await Template("{{ subject.__class__.__mro__ }}").render({"subject": "s"})
+        await renderer.render(Template("{{ subject.__class__.__mro__ }}"), {"subject": "s"})
     for source in ('{{ "x" * 10**9 }}', "{{ 9 ** 9 ** 9 }}"):
         with pytest.raises(ValueError, match="template failed"):
-            await Template(source).render({})
+            await renderer.render(Template(source), {})
     for name in ("range", "lipsum"):
         with pytest.raises(ValueError, match=f'unknown field "{name}"'):
             Template(f"{{% for i in {name}(10**9) %}}{{% endfor %}}")
 
 
-async def test_a_template_that_computes_is_rendered_apart_within_limits() -> None:
+async def test_a_template_that_computes_is_rendered_apart_within_limits(renderer: TemplateRenderer) -> None:
     """Loops, filters and operators run in a child process: running out of its CPU or memory
     fails the action; the daemon neither stalls nor grows."""
     assert Template("Hi {{ sender_name }}{% if subject %}: {{ subject[:5] }}{% endif %}").plain
@@ -454,26 +464,49 @@ async def test_a_template_that_computes_is_rendered_apart_within_limits() -> Non
     excerpt = {"excerpt": "e" * 500}
     nested = "{% for a in excerpt %}" * 4 + "{% endfor %}" * 4 + "done"
     with pytest.raises(ValueError, match="CPU"):
-        await Template(nested).render(excerpt)
+        await renderer.render(Template(nested), excerpt)
     for source in (
         "{{ excerpt|center(900000000)|length }}",
         "{{ '%900000000s' % excerpt }}",
         "{% macro double(s) %}{{ double(s ~ s) }}{% endmacro %}{{ double(excerpt) }}",
     ):
         with pytest.raises(ValueError, match="MemoryError"):
-            await Template(source).render(excerpt)
+            await renderer.render(Template(source), excerpt)
     assert (
-        await Template("{{ excerpt|upper|truncate(8, leeway=0) }}").render({"excerpt": "hello world"})
+        await renderer.render(
+            Template("{{ excerpt|upper|truncate(8, leeway=0) }}"), {"excerpt": "hello world"}
+        )
         == "HELLO..."
     )
 
 
-async def test_a_field_the_message_lacks_is_empty_in_a_template() -> None:
+async def test_the_render_child_is_kept_and_replaced_after_a_runaway_or_a_cancel(
+    renderer: TemplateRenderer,
+) -> None:
+    """One child serves template after template (a start costs ~0.1 s of CPU); one that ran away,
+    or whose caller gave up, is replaced, and its late answer never answers the next template."""
+    shout = Template("{{ subject|upper }}")
+    assert await renderer.render(shout, {"subject": "a"}) == "A"
+    first = renderer._worker  # the child itself: the test is about its life
+    assert first is not None
+    assert await renderer.render(shout, {"subject": "b"}) == "B"
+    assert renderer._worker is first
+    runaway = Template("{% for a in excerpt %}" * 4 + "{% endfor %}" * 4 + "{{ subject }}")
+    with pytest.raises(ValueError, match="CPU"):
+        await renderer.render(runaway, {"excerpt": "e" * 500, "subject": "never"})
+    assert await renderer.render(shout, {"subject": "c"}) == "C"
+    assert renderer._worker not in (None, first)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(renderer.render(runaway, {"excerpt": "e" * 500, "subject": "late"}), 0.2)
+    assert await renderer.render(shout, {"subject": "d"}) == "D"
+
+
+async def test_a_field_the_message_lacks_is_empty_in_a_template(renderer: TemplateRenderer) -> None:
     raw = b"From: bob@example.org\r\nSubject: hi\r\n\r\nHello.\r\n"  # no name, Date or Message-ID
     parsed = parse(FetchedMessage("INBOX", 7, 1, raw, len(raw), (), None))
     context = context_for(parsed.data, "box", None, "r")
     text = "{{ sender.name|upper }}|{{ date }}|{{ message_id }}|{{ mailbox.address }}|{{ sender_name }}"
-    assert await Template(text).render(context) == "||||bob@example.org"
+    assert await renderer.render(Template(text), context) == "||||bob@example.org"
 
 
 def test_compiling_a_template_evaluates_nothing() -> None:

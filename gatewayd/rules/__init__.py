@@ -5,7 +5,8 @@ conditions.py  the tests (from, subject, header, spam_verdict, ...) and all / an
 actions.py     the actions (move, copy, flags, keywords, mark_read, auto_reply, forward, ...)
 match.py       address patterns, globs, time-bounded regular expressions
 template.py    sandboxed Jinja templates for auto-replies and forwards
-template_worker.py  the child process that renders a template that computes, under limits
+renderer.py    TemplateRenderer: a plain template here, one that computes in a child process
+template_worker.py  that child process: renders one template at a time, under limits
 safety.py      RFC 3834: when no automatic reply may be sent, and to whom one goes
 compose.py     the auto-reply and forward messages
 plan.py        matching rules -> ordered steps -> the event's rules_applied, labels, ...

@@ -33,6 +33,7 @@ from gatewayd.rules.load import RuleBook
 from gatewayd.rules.match import InlineBudget, NeedsMoreTime
 from gatewayd.rules.model import Rule
 from gatewayd.rules.plan import DRY_RUN, ERROR, SKIPPED, build, evaluate, has_effects, result
+from gatewayd.rules.renderer import TemplateRenderer
 from gatewayd.rules.safety import refuse_automatic, refuse_reply, reply_limited, reply_target
 from gatewayd.rules.template import context_for
 from gatewayd.send.outbox import Outbox
@@ -66,6 +67,7 @@ class RulesStage:
         self._learning = learning
         self._store = store
         self._publish = publish
+        self.renderer = TemplateRenderer()
 
     async def check(self, message: ParsedMessage, context: StageContext) -> StageResult:
         mailbox, data, actions = context.mailbox, context.data, context.actions
@@ -177,7 +179,7 @@ class RulesStage:
                         step["preset"] = {"outcome": SKIPPED, "reason": reason}
                         continue
                     assert target is not None and action.template is not None
-                    body = await action.template.render(context)
+                    body = await self.renderer.render(action.template, context)
                     step["dry"] = {"to": [target]}
                     if actions is None or own is None:
                         continue
@@ -200,7 +202,9 @@ class RulesStage:
                         step["preset"] = {"outcome": SKIPPED, "reason": reason}
                         continue
                     note = (
-                        await action.template.render(context) if action.template else _default_note(rule.name)
+                        await self.renderer.render(action.template, context)
+                        if action.template
+                        else _default_note(rule.name)
                     )
                     recipients = tuple(action.get("to"))
                     step["dry"] = {"to": list(recipients)}

@@ -72,6 +72,7 @@ class RulesService:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.stage.renderer.close()
         await self.journal.close()
 
     def reload(self) -> Config | None:

@@ -10,22 +10,16 @@ no constant filter or `%` (Jinja would evaluate `{{ ''|center(10**9) }}` right t
 The sandbox bounds what a template may touch, not what it costs: nested loops over the excerpt, a
 filter asked for a gigabyte, a macro that doubles a string at each call. So a template of plain
 fields (`{{ sender_name }}`, `{% if subject %}`) is filled here, its output bounded by the fields,
-and one that computes (loops, filters, calls, operators, macros) in a child process
-(`gatewayd.rules.template_worker`) with limits on memory, CPU and wall time: one that runs out of
-them fails its action, and never holds up the event loop or grows the daemon.
+and one that computes (loops, filters, calls, operators, macros) in a child process with limits on
+memory, CPU and wall time (`gatewayd.rules.renderer`): one that runs out of them fails its action,
+and never holds up the event loop or grows the daemon.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import difflib
-import json
 import operator
-import signal
-import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes, pass_context
@@ -39,11 +33,6 @@ _MAX_PRODUCT = 100_000
 RENDER_MEMORY = 512 * 1024 * 1024
 RENDER_CPU_SECONDS = 2
 RENDER_TIMEOUT = 10.0
-# Run with -I (no environment variables, no user site): gatewayd from where this module was imported.
-_WORKER = (
-    f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r}); "
-    "from gatewayd.rules.template_worker import main; main()"
-)
 # The nodes of a template whose output is bounded by the fields it shows.
 _PLAIN = (
     nodes.Output,
@@ -139,12 +128,9 @@ class Template:
         self.source = source
         self.plain = all(isinstance(node, _PLAIN) for node in tree.find_all(nodes.Node))
 
-    async def render(self, context: Mapping[str, Any]) -> str:
-        """The text: here for a plain template, else in a bounded child process."""
-        return self.render_here(context) if self.plain else await _render_apart(self.source, context)
-
     def render_here(self, context: Mapping[str, Any]) -> str:
-        """The text, rendered in this process (unbounded in time and memory but for the output)."""
+        """The text, rendered in this process (unbounded in time and memory but for the output):
+        for a plain template; one that computes goes through `TemplateRenderer`."""
         out: list[str] = []
         size = 0
         try:
@@ -159,40 +145,6 @@ class Template:
             detail = f": {str(exc)[:200]}" if str(exc) else ""  # a MemoryError has none
             raise ValueError(f"template failed: {type(exc).__name__}{detail}") from None
         return "".join(out)
-
-
-async def _render_apart(source: str, context: Mapping[str, Any]) -> str:
-    request = json.dumps({"source": source, "context": context}, default=str).encode()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-I",
-        "-c",
-        _WORKER,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env={},
-    )
-    try:
-        out, _ = await asyncio.wait_for(process.communicate(request), RENDER_TIMEOUT)
-    except TimeoutError:
-        raise ValueError(f"template failed: not done within {RENDER_TIMEOUT:.0f} s") from None
-    finally:
-        if process.returncode is None:  # timed out or cancelled
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-    if process.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
-        raise ValueError(f"template failed: over {RENDER_CPU_SECONDS} s of CPU")
-    if process.returncode == -signal.SIGSYS:  # a seccomp filter (systemd's SystemCallFilter)
-        raise ValueError("template failed: the renderer may not set its limits (setrlimit is filtered)")
-    try:
-        reply = json.loads(out)
-    except ValueError:
-        raise ValueError(f"template failed: the renderer ended with status {process.returncode}") from None
-    if "error" in reply:
-        raise ValueError(str(reply["error"]))
-    return str(reply["text"])
 
 
 def _assigned(tree: nodes.Template, name: str) -> bool:
