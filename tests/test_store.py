@@ -804,6 +804,26 @@ async def test_sqlite_append_waits_for_a_lock_held_elsewhere_off_the_loop(tmp_pa
         await store.close()
 
 
+async def test_sqlite_ping_fails_while_appends_fail(tmp_path: Path) -> None:
+    """Reads still work while another process holds the write lock past the busy timeout, but the
+    store is failing: ping says so until an append succeeds again."""
+    store = SqliteEventStore(tmp_path / "events.db", busy_timeout_ms=50)
+    await store.open()
+    other = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            await store.append([ev(n=1)])
+        assert await store.ping() is False
+        other.execute("ROLLBACK")
+        assert await store.ping() is False  # nothing written since
+        await store.append([ev(n=2)])
+        assert await store.ping() is True
+    finally:
+        other.close()
+        await store.close()
+
+
 async def test_sqlite_appends_return_in_seq_order_when_one_went_to_the_writer(tmp_path: Path) -> None:
     """An append waiting for a lock held elsewhere commits on the writer's thread; one made after
     that commit but before its result reaches the loop must not return (and be published) first,

@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from gatewayd.store import is_store_failure
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -24,6 +26,9 @@ _CODES = {
     503: "unavailable",
 }
 
+
+# Long enough for another process's transaction or a prune batch to end.
+STORE_RETRY_AFTER_SECONDS = 5
 
 # What aiohttp's own HTTP errors say that the JSON error keeps.
 _KEPT_HEADERS = ("Retry-After", "Allow")
@@ -61,7 +66,16 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         # HTTP requires Allow on a 405 (RFC 9110 15.5.6); aiohttp's exception carries it.
         kept = {name: value for name, value in exc.headers.items() if name in _KEPT_HEADERS}
         return error_response(exc.status, _CODES.get(exc.status, "error"), exc.reason, kept)
-    except Exception:
+    except Exception as exc:
+        if is_store_failure(exc):
+            # Not the client's fault nor a bug: the store is locked, full or read-only for now.
+            log.warning("%s %s: the store failed: %s", request.method, request.path, exc)
+            return error_response(
+                503,
+                "store_unavailable",
+                f"the event store is unavailable ({exc}); try again later",
+                {"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
+            )
         # A bug of ours, not bad input: log it (without the request's secrets) and say so.
         log.exception("internal error on %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error")

@@ -24,6 +24,12 @@ class StoreUnavailable(Exception):
     SQLite): the message names the store, its path and why, for the one line the CLI prints."""
 
 
+def is_store_failure(exc: BaseException) -> bool:
+    """A failure of the store itself (locked by another process past the busy timeout, disk full,
+    read-only, I/O error, a damaged file), as opposed to a bug in a query: worth a retry later."""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
 @contextmanager
 def opening(what: str, path: object) -> Iterator[None]:
     """The OS's and SQLite's errors while opening `path` as StoreUnavailable."""
@@ -132,7 +138,8 @@ class EventStore(Protocol):
         ...
 
     async def ping(self) -> bool:
-        """True when the store answers."""
+        """True when the store answers and its last append did not fail (a store that can be
+        read but not written, being locked, full or read-only, is failing too)."""
         ...
 
 

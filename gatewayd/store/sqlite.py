@@ -41,7 +41,15 @@ from gatewayd.events import (
     parse_rfc3339,
     rfc3339,
 )
-from gatewayd.store import Checkpoint, EventQuery, FolderHistory, InvalidEventId, opening, spam_score
+from gatewayd.store import (
+    Checkpoint,
+    EventQuery,
+    FolderHistory,
+    InvalidEventId,
+    is_store_failure,
+    opening,
+    spam_score,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +195,9 @@ class SqliteEventStore:
         # append on the loop could commit a later seq and be published before it.
         self._appends_on_writer = 0
         self._reader: aiosqlite.Connection | None = None
+        # The last append failed (locked past the busy timeout, disk full, read-only), until one
+        # succeeds: reads still work then, and /healthz must not say the store is fine.
+        self._append_failed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -321,9 +332,14 @@ class SqliteEventStore:
             )
             for event, data in zip(events, encoded, strict=True)
         ]
-        created_at, seqs = await self._write(
-            self._append_now, rows, checkpoint, pages=APPEND_PAGES + len(rows)
-        )
+        try:
+            created_at, seqs = await self._write(
+                self._append_now, rows, checkpoint, pages=APPEND_PAGES + len(rows)
+            )
+        except sqlite3.Error as exc:
+            self._append_failed = is_store_failure(exc)
+            raise
+        self._append_failed = False
         stored: list[Event] = []
         for (type_, agent_id, mailbox_id, from_address, _, data, _, _), event, seq in zip(
             rows, events, seqs, strict=True
@@ -664,6 +680,8 @@ class SqliteEventStore:
         return int(row[0]) if row else 0
 
     async def ping(self) -> bool:
+        if self._append_failed:
+            return False
         try:
             async with self._r.execute("SELECT 1") as cursor:
                 row = await cursor.fetchone()
