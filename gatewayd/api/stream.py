@@ -57,21 +57,34 @@ async def replay_pages(
     query: EventQuery,
     after_seq: int,
     write: Callable[[bytes, Event], Awaitable[bool]],
+    gap: Callable[[int, int], Awaitable[None]] | None = None,
 ) -> bool:
     """Every stored event after `after_seq` that matches the query, oldest first, framed for SSE.
 
     `write(frames, last_event)` gets one page at a time and returns False to stop early; the
     result is False when it did, True once every page was written.
+    `gap(after, first_available)` is awaited before a page when events after seq `after` were
+    pruned before that page was read: at the start (a resume point older than retention), or
+    during the replay, when retention overtook a long one.
     """
     limit = REPLAY_FIRST_PAGE
-    reading = asyncio.ensure_future(store.read_after(query, after_seq, limit))
+    after = after_seq
+    reading = asyncio.ensure_future(store.read_after(query, after, limit))
     try:
         while True:
             events = await reading
+            if gap is not None:
+                # Read after the page: pruning only ever removes the oldest events, so when the
+                # oldest left is not above `after` now, nothing after it was gone for the read.
+                first = await store.first_seq()
+                contiguous = bool(events) and events[0].seq == after + 1
+                if after + 1 < first and not contiguous:
+                    await gap(after, first)
             more = len(events) >= limit
             if more:
                 limit = REPLAY_PAGE
-                reading = asyncio.ensure_future(store.read_after(query, events[-1].seq, limit))
+                after = events[-1].seq
+                reading = asyncio.ensure_future(store.read_after(query, after, limit))
             if events and not await write(b"".join([_frame(event) for event in events]), events[-1]):
                 return False
             if not more:
@@ -196,15 +209,18 @@ class _Stream:
 
     async def replay(self, requested: str) -> None:
         """Every stored event after the start, until a shutdown or an end (checked between pages)."""
-        store = self.gateway.store
-        after_seq = self.last_seq
-        first = await store.first_seq()
-        if first and after_seq + 1 < first:
-            await self.response.write(
-                _unnumbered(
-                    STREAM_GAP, {"requested": requested, "first_available_id": str(first), "at": rfc3339()}
-                )
-            )
+        start = self.last_seq
+
+        async def gap(after: int, first_available: int) -> None:
+            if self.ending:
+                return
+            # Past the start, the hole is after the last event sent, not after the resume point.
+            hole: dict[str, object] = {
+                "requested": requested if after == start else str(after),
+                "first_available_id": str(first_available),
+                "at": rfc3339(),
+            }
+            await self.response.write(_unnumbered(STREAM_GAP, hole))
 
         async def write(frames: bytes, last: Event) -> bool:
             if self.ending:
@@ -213,7 +229,7 @@ class _Stream:
             self.last_seq, self.last_id = last.seq, last.id
             return not self.ending
 
-        self.caught_up = await replay_pages(store, self.query, after_seq, write)
+        self.caught_up = await replay_pages(self.gateway.store, self.query, start, write, gap)
 
     async def live(self, subscription: Subscription, ping: float, deadline: float | None) -> None:
         """Live events until the deadline, a shutdown, an end (token revoked) or an overflow.

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
+from gatewayd.events import NewEvent
 from gatewayd.sandbox.dovecot import Dovecot
 from tests.conftest import OTHER_TOKEN, TOKEN, gateway_config
 from tests.sse import SseReader, mail, open_stream
@@ -309,3 +313,71 @@ async def test_bad_listing_parameters_are_400(
         response = await session.post(f"{gw.url}/events", headers=AUTH)
         assert response.status == 405
         assert (await response.json())["error"]["code"] == "method_not_allowed"
+
+
+def _slow_stream(port: int, path: str) -> http.client.HTTPResponse:
+    """A stream whose client reads nothing until told: a receive buffer too small to hold more
+    than a few events, so the server's replay waits on its writes (blocking; run it in a thread)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: no autotuning
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    return response
+
+
+def _frames_until(response: http.client.HTTPResponse, last: Any) -> list[tuple[str, str | None, Any]]:
+    """(event, id, data) of each frame, until the one `last` accepts (blocking)."""
+    frames: list[tuple[str, str | None, Any]] = []
+    event, event_id, data = "message", None, None
+    while True:
+        line = response.readline().decode().rstrip("\n")
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("id: "):
+            event_id = line[4:]
+        elif line.startswith("data: "):
+            data = json.loads(line[6:])
+        elif not line and data is not None:
+            frames.append((event, event_id, data))
+            if last(frames[-1]):
+                return frames
+            event, event_id, data = "message", None, None
+
+
+async def test_retention_overtaking_a_replay_is_a_gap_event_not_a_silent_loss(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], watch="on_demand"))
+    store = gw.daemon.store
+    total, kept, pad = 4600, 300, "x" * 5000  # the second page alone is far more than the buffers
+    for start in range(0, total, 200):
+        await store.append(
+            [
+                NewEvent("bulk.test", "support", f"{user}-inbox", {"n": n, "pad": pad})
+                for n in range(start, start + 200)
+            ]
+        )
+    response = await asyncio.to_thread(_slow_stream, gw.daemon.port, "/events?since=0&types=bulk.*")
+    try:
+        streams = gw.daemon.gateway.streams
+        # The first page is out; the replay now waits for the client to take the second.
+        await wait_for(lambda: any(getattr(s, "last_seq", 0) >= 100 for s in streams), what="first page sent")
+        await store.prune(None, kept)
+        frames = await asyncio.to_thread(
+            _frames_until, response, lambda f: f[0] == "bulk.test" and f[2]["data"]["n"] == total - 1
+        )
+    finally:
+        response.close()
+    gaps = [index for index, frame in enumerate(frames) if frame[0] == "stream.gap"]
+    assert len(gaps) == 1, "the hole the prune made in the replay was not signalled"
+    before, (_, gap_id, gap), after = frames[: gaps[0]], frames[gaps[0]], frames[gaps[0] + 1 :]
+    assert gap_id is None
+    numbers = [data["data"]["n"] for _, _, data in before]
+    assert numbers == list(range(len(numbers)))  # in order, nothing missing up to the hole
+    assert gap["requested"] == (before[-1][1] if before else "0")
+    assert gap["first_available_id"] == after[0][1]
+    rest = [data["data"]["n"] for _, _, data in after]
+    # What was kept (less the watcher's mailbox.connected, if it came before the prune).
+    assert rest == list(range(rest[0], total)) and rest[0] >= total - kept
