@@ -25,7 +25,15 @@ import pytest
 
 import gatewayd.store.sqlite as sqlite_backend
 from gatewayd.events import Event, NewEvent, parse_rfc3339, rfc3339
-from gatewayd.store import Checkpoint, EventQuery, EventStore, FolderHistory, InvalidEventId, matches
+from gatewayd.store import (
+    Checkpoint,
+    EventQuery,
+    EventStore,
+    FolderHistory,
+    InvalidEventId,
+    StoreUnavailable,
+    matches,
+)
 from gatewayd.store.instance_lock import InstanceLock, StoreInUse
 from gatewayd.store.sqlite import SqliteEventStore
 from tests.waiting import hold_loop_until
@@ -746,7 +754,7 @@ async def test_sqlite_refuses_newer_schema(tmp_path: Path) -> None:
     db.execute(f"PRAGMA user_version={sqlite_backend.SCHEMA_VERSION + 1}")
     db.close()
     store = SqliteEventStore(path)
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(StoreUnavailable, match="schema version 3 is newer than this gatewayd's"):
         await store.open()
 
 

@@ -46,6 +46,7 @@ from gatewayd.store import (
     EventQuery,
     FolderHistory,
     InvalidEventId,
+    StoreUnavailable,
     is_store_failure,
     opening,
     spam_score,
@@ -258,8 +259,10 @@ class SqliteEventStore:
             row = conn.execute("PRAGMA user_version").fetchone()
             version = int(row[0]) if row else 0
             if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{self.path}: schema version {version} is newer than this gatewayd ({SCHEMA_VERSION})"
+                # The one line the CLI prints, as for any store that cannot be opened.
+                raise StoreUnavailable(
+                    f"cannot open the event store {self.path}: schema version {version} is newer than"
+                    f" this gatewayd's ({SCHEMA_VERSION}); run the gatewayd that wrote it, or a later one"
                 )
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 # executescript() would COMMIT first; run the statements one by one instead

@@ -9,6 +9,7 @@ import json
 import re
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -305,6 +306,7 @@ def test_a_listen_address_in_use_exits_3_at_once(tmp_path: Path) -> None:
         ("file/events.db", "learning.db", "cannot open the event store {tmp}/file/events.db: "),
         ("junk.db", "learning.db", "cannot open the event store {tmp}/junk.db: file is not a database"),
         ("events.db", "file/learning.db", "cannot open the learning store {tmp}/file/learning.db: "),
+        ("newer.db", "learning.db", "cannot open the event store {tmp}/newer.db: schema version 99 is newer"),
     ],
 )
 def test_a_store_that_cannot_be_opened_exits_3_with_its_path(
@@ -312,6 +314,9 @@ def test_a_store_that_cannot_be_opened_exits_3_with_its_path(
 ) -> None:
     (tmp_path / "file").write_text("a file where a directory should be\n")
     (tmp_path / "junk.db").write_bytes(b"not SQLite at all\n" * 20)
+    newer = sqlite3.connect(tmp_path / "newer.db")  # a store a later gatewayd wrote
+    newer.execute("PRAGMA user_version=99")
+    newer.close()
     data = {
         "server": {"listen": f"127.0.0.1:{free_port()}"},
         "store": {"path": str(tmp_path / store)},
