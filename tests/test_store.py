@@ -36,6 +36,7 @@ from gatewayd.store import (
 )
 from gatewayd.store.instance_lock import InstanceLock, StoreInUse
 from gatewayd.store.sqlite import SqliteEventStore
+from gatewayd.store.tokens import SqliteTokenStore
 from tests.waiting import hold_loop_until
 
 BACKENDS = ["sqlite"]
@@ -746,6 +747,43 @@ async def test_sqlite_migrates_version_1_and_fills_spam_scores(tmp_path: Path) -
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == sqlite_backend.SCHEMA_VERSION == 2
     db.close()
+
+
+async def test_sqlite_opens_a_file_holding_only_tokens_made_before_the_first_run(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    tokens = SqliteTokenStore(path)
+    await tokens.open()  # `gatewayd token create` before `gatewayd run` ever did
+    issued = await tokens.create("support", "default", ["read"])
+    await tokens.close()
+    store = SqliteEventStore(path)
+    await store.open()
+    try:
+        assert await store.append([ev(n=1)])
+    finally:
+        await store.close()
+    tokens = SqliteTokenStore(path)
+    await tokens.open()
+    try:
+        assert await tokens.get([issued.record.id]) == {issued.record.id: issued.record}
+    finally:
+        await tokens.close()
+
+
+async def test_sqlite_stamps_its_file_and_refuses_another_programs(tmp_path: Path) -> None:
+    ours, theirs = tmp_path / "events.db", tmp_path / "theirs.db"
+    store = SqliteEventStore(ours)
+    await store.open()
+    await store.close()
+    db = sqlite3.connect(ours)
+    assert db.execute("PRAGMA application_id").fetchone() == (sqlite_backend.APPLICATION_ID,)
+    db.close()
+    db = sqlite3.connect(theirs)
+    db.execute("PRAGMA application_id=1")  # another program's format, no table yet
+    db.close()
+    with pytest.raises(StoreUnavailable, match="not a gatewayd store"):
+        await SqliteEventStore(theirs).open()
+    with pytest.raises(StoreUnavailable, match="not a gatewayd store"):
+        await SqliteTokenStore(theirs).open()
 
 
 async def test_sqlite_refuses_newer_schema(tmp_path: Path) -> None:

@@ -152,9 +152,36 @@ _UPSERT_CHECKPOINT = (
 )
 
 
+# Every SQLite file gatewayd writes carries this in its header (`PRAGMA application_id`, "gwdd").
+APPLICATION_ID = 0x67776464
+# The tables of gatewayd's files from before that stamp; a file without it holding any other
+# table is another program's.
+_UNSTAMPED_TABLES = frozenset(
+    {"events", "checkpoints", "message_ids", "tokens", "rule_journal", "rule_steps", "outbox", "auto_replies"}
+)
+_APPLICATION_ID = "PRAGMA application_id"
+_TABLES = "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite%'"
+
+
+def refuse_foreign(path: Path, application_id: int, tables: Iterable[str]) -> None:
+    """StoreUnavailable when the file at `path` is another program's SQLite database: gatewayd must
+    not add its tables to it (nor switch it to WAL, nor alter a table that merely shares a name)."""
+    if application_id == APPLICATION_ID:
+        return
+    others = sorted(set(tables) - _UNSTAMPED_TABLES)
+    if application_id != 0 or others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        why = f"it holds tables gatewayd did not make: {shown}" if others else "another program's file"
+        raise StoreUnavailable(
+            f"cannot open the event store {path}: not a gatewayd store ({why}); give store.path a file"
+            " of its own"
+        )
+
+
 async def open_beside(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
     """An aiosqlite connection to the event log's file in WAL mode, for the tables that live beside
-    the events (run-time tokens, the rules journal); autocommit: each opener runs its own schema."""
+    the events (run-time tokens, the rules journal); autocommit: each opener runs its own schema.
+    StoreUnavailable when the file is another program's database."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # A file SQLite cannot open fails here, not in aiosqlite.connect: that one stops its worker
     # thread without waiting for it, and the thread then reports to an event loop already closed
@@ -163,6 +190,9 @@ async def open_beside(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         await conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        (application_id,) = next(iter(await conn.execute_fetchall(_APPLICATION_ID)))
+        tables = [str(row[0]) for row in await conn.execute_fetchall(_TABLES)]
+        refuse_foreign(path, int(application_id), tables)
         await conn.execute("PRAGMA journal_mode=WAL")
     except BaseException:
         await conn.close()
@@ -226,6 +256,8 @@ class SqliteEventStore:
     def _open_writer(self) -> sqlite3.Connection:
         conn = self._connect(self._busy_timeout_ms)
         try:
+            (application_id,) = conn.execute(_APPLICATION_ID).fetchone()
+            refuse_foreign(self.path, int(application_id), (str(row[0]) for row in conn.execute(_TABLES)))
             # journal_mode is persistent in the file and cannot change inside a transaction.
             conn.execute("PRAGMA journal_mode=WAL")
             self._migrate(conn)
@@ -271,6 +303,7 @@ class SqliteEventStore:
                     if statement.strip():
                         conn.execute(statement)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             conn.execute("COMMIT")
         except BaseException:
             conn.rollback()

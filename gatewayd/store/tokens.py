@@ -23,7 +23,7 @@ import aiosqlite
 from gatewayd.config import hash_token, new_token
 from gatewayd.events import rfc3339
 from gatewayd.store import opening
-from gatewayd.store.sqlite import open_beside
+from gatewayd.store.sqlite import APPLICATION_ID, open_beside
 
 READ = "read"
 SEND = "send"
@@ -248,6 +248,8 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
         columns = {str(row[1]) for row in await conn.execute_fetchall("PRAGMA table_info(tokens)")}
         if "tenant" not in columns:
             await conn.execute(_ADD_TENANT)
+        # Made before the event store's first run, the file is gatewayd's from here on.
+        await conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
         await conn.execute("COMMIT")
     except BaseException:
         await conn.rollback()

@@ -307,6 +307,7 @@ def test_a_listen_address_in_use_exits_3_at_once(tmp_path: Path) -> None:
         ("junk.db", "learning.db", "cannot open the event store {tmp}/junk.db: file is not a database"),
         ("events.db", "file/learning.db", "cannot open the learning store {tmp}/file/learning.db: "),
         ("newer.db", "learning.db", "cannot open the event store {tmp}/newer.db: schema version 99 is newer"),
+        ("foreign.db", "learning.db", "cannot open the event store {tmp}/foreign.db: not a gatewayd store"),
     ],
 )
 def test_a_store_that_cannot_be_opened_exits_3_with_its_path(
@@ -317,6 +318,9 @@ def test_a_store_that_cannot_be_opened_exits_3_with_its_path(
     newer = sqlite3.connect(tmp_path / "newer.db")  # a store a later gatewayd wrote
     newer.execute("PRAGMA user_version=99")
     newer.close()
+    foreign = sqlite3.connect(tmp_path / "foreign.db")  # another program's database
+    foreign.execute("CREATE TABLE photos (path TEXT)")
+    foreign.close()
     data = {
         "server": {"listen": f"127.0.0.1:{free_port()}"},
         "store": {"path": str(tmp_path / store)},
@@ -370,6 +374,23 @@ def test_token_commands_on_a_store_sqlite_cannot_open_say_one_line(
         result.stderr
         == f"gatewayd: cannot open the event store {tmp_path / 'events.db'}: unable to open database file\n"
     )
+
+
+def test_token_commands_leave_another_programs_database_untouched(tmp_path: Path) -> None:
+    foreign = tmp_path / "photos.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE photos (path TEXT)")
+    conn.execute("CREATE TABLE tokens (id TEXT, owner TEXT)")  # a table that merely shares a name
+    conn.commit()
+    conn.close()
+    before = foreign.read_bytes()
+    data = {"store": {"path": str(foreign)}, "agents": [{"id": "support", "token_sha256": ["0" * 64]}]}
+    path = write_config(tmp_path / "gatewayd.yaml", data)
+    result = run_cli("token", "create", "--agent", "support", "-c", str(path))
+    assert result.returncode == 3, result.stderr
+    assert f"gatewayd: cannot open the event store {foreign}: not a gatewayd store" in result.stderr
+    assert "Traceback" not in result.stderr and "token:" not in result.stdout
+    assert foreign.read_bytes() == before  # no table added or altered, no switch to WAL
 
 
 # --- 3. kill -9 in the middle of a burst: nothing lost, nothing twice ---------------------------
