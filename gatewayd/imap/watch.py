@@ -278,12 +278,15 @@ class FolderWatcher:
         self.status.last_error = None
         resynced = await self._sync(session, initial=True)
         self._established = True
+        await self._announce_connected(session, selected.uidvalidity, resynced)
+
+    async def _announce_connected(self, session: ImapSession, uidvalidity: int, resynced: bool) -> None:
         await self._emit(
             MAILBOX_CONNECTED,
             host=self.mailbox.imap.host,
-            uidvalidity=selected.uidvalidity,
+            uidvalidity=uidvalidity,
             idle=session.supports_idle,
-            notify=notify,
+            notify=self.status.notify,
             uidvalidity_changed=resynced,
         )
 
@@ -299,13 +302,17 @@ class FolderWatcher:
         if selected is None or selected.folder != self.folder:
             selected = await session.select(self.folder)
             self.status.uidvalidity = selected.uidvalidity
-        await self._sync_pushed(session, pushed_at)
+        if await self._sync_pushed(session, pushed_at):
+            # The folder was recreated or rebuilt under a connection that stayed up: say so as a
+            # reconnect would (its agent may hold UIDs of the old one).
+            await self._announce_connected(session, selected.uidvalidity, resynced=True)
 
-    async def _sync_pushed(self, session: ImapSession, pushed_at: float | None) -> None:
-        """A sync whose events, with `pushed_at`, are timed from that push (`push_to_event_ms`)."""
+    async def _sync_pushed(self, session: ImapSession, pushed_at: float | None) -> bool:
+        """A sync whose events, with `pushed_at`, are timed from that push (`push_to_event_ms`).
+        Returns True when UIDVALIDITY had changed."""
         self._pushed_at = pushed_at
         try:
-            await self._sync(session)
+            return await self._sync(session)
         finally:
             self._pushed_at = None
 

@@ -23,7 +23,7 @@ from gatewayd.imap.session import ImapError, ImapSession
 from gatewayd.imap.watch import FETCH_BATCH, FolderWatcher
 from gatewayd.message import FetchedMessage
 from gatewayd.pipeline import Pipeline
-from gatewayd.sandbox.dovecot import Dovecot
+from gatewayd.sandbox.dovecot import PASSWORD, Dovecot
 from gatewayd.store import Checkpoint, EventQuery
 from gatewayd.store.sqlite import SqliteEventStore
 from tests.conftest import TOKEN, append, gateway_config
@@ -911,3 +911,42 @@ async def test_a_message_that_fails_every_sync_backs_off_further_each_time(
     delays = [e["data"]["retry_in_ms"] for e in found[:3]]
     # Steps of 0.2, 0.4 and 0.8 s, each jittered down to no less than half.
     assert delays[0] <= 200 and 200 <= delays[1] <= 400 and delays[2] >= 400, delays
+
+
+async def test_a_folder_recreated_under_a_notify_connection_is_announced_as_changed(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    """On its own connection a watcher meets a new UIDVALIDITY when it reconnects, and says so in
+    `mailbox.connected`; on a NOTIFY connection shared by folders it meets it at a SELECT, with
+    the connection up: the event must come all the same."""
+    await asyncio.to_thread(_imap, dovecot, user, lambda c: c.create("Archive"))
+    gw = await start_gateway(
+        gateway_config(tmp_path, dovecot, [user], imap={"folders": ["INBOX", "Archive"]})
+    )
+    await wait_for(lambda: idle(gw), what="watchers idle")
+    await asyncio.to_thread(append, dovecot, user, "Archive", mail("old archived"))
+    await wait_events(gw, 1)
+    await dovecot.deliver_async(user, mail("inbox"))  # INBOX selected again: Archive is not
+    await wait_events(gw, 2)
+    old_validity = next(w["uidvalidity"] for w in gw.daemon.pool.health() if w["folder"] == "Archive")
+    await asyncio.sleep(1.1)  # Dovecot derives UIDVALIDITY from the clock: make it differ
+    await asyncio.to_thread(_imap, dovecot, user, lambda c: (c.delete("Archive"), c.create("Archive")))
+    await asyncio.to_thread(append, dovecot, user, "Archive", mail("new archived"))
+    events = await wait_events(gw, 3)
+    assert [e["data"]["subject"] for e in events] == ["old archived", "inbox", "new archived"]
+    archive = [
+        e["data"] for e in await listing(gw, types="mailbox.connected") if e["data"]["folder"] == "Archive"
+    ]
+    assert archive[-1]["uidvalidity"] != old_validity
+    assert archive[-1]["uidvalidity_changed"] is True and archive[-1]["notify"] is True
+    disconnected = await listing(gw, types="mailbox.disconnected")
+    assert disconnected == [], "the connection stayed up"
+
+
+def _imap(dovecot: Dovecot, user: str, command: Any) -> None:
+    client = imaplib.IMAP4(dovecot.host, dovecot.imap_port)
+    try:
+        client.login(user, PASSWORD)
+        command(client)
+    finally:
+        client.logout()
