@@ -300,6 +300,61 @@ def test_dmarc_fail_with_an_unaligned_spf_pass() -> None:
     assert result.findings[3].detail == "From domain example.com; passed only for spf=bounce.mailer.test"
 
 
+# A server that checked DMARC on another From (a second header or address) than the one shown.
+PASS_FOR_EVIL = (
+    f"{MX}; spf=pass smtp.mailfrom=evil.example; dkim=pass header.d=evil.example;"
+    " dmarc=pass header.from=evil.example"
+)
+
+
+def test_dmarc_pass_for_another_domain_than_the_from_is_no_pass() -> None:
+    result = evaluate(PASS_FOR_EVIL, sender="PayPal <service@paypal.com>")
+    data = auth(result)
+    assert data["dmarc"] == {"result": "pass", "policy": None, "domain": "evil.example"}
+    assert data["verdict"] == "none"
+    assert symbols(result) == ["SPF_PASS", "DKIM_PASS", "DMARC_NONE", "NOT_ALIGNED"]
+    assert result.findings[2].detail == "none for the From domain; pass for evil.example"
+    assert result.findings[3].detail == (
+        "From domain paypal.com; passed only for spf=evil.example, dkim=evil.example, dmarc=evil.example"
+    )
+
+
+@pytest.mark.parametrize(
+    ("sender", "extra"),
+    [
+        ("service@paypal.com, x@evil.example", ""),  # DMARC on the second address
+        ("x@evil.example, service@paypal.com", ""),  # on the first: a client may show the other
+        ("x@evil.example", "From: service@paypal.com\r\n"),  # two From headers
+        ("PayPal: service@paypal.com;, x@evil.example", ""),  # a group
+    ],
+)
+def test_a_from_naming_two_domains_never_passes(sender: str, extra: str) -> None:
+    result = evaluate(PASS_FOR_EVIL, sender=sender, extra=extra)
+    assert auth(result)["verdict"] == "none"
+    (finding,) = [f for f in result.findings if f.symbol == "FROM_MULTIPLE_DOMAINS"]
+    assert "paypal.com" in finding.detail and "evil.example" in finding.detail and finding.score == 1.0
+
+
+def test_a_from_without_an_address_gets_no_pass_from_dmarc_for_some_domain() -> None:
+    result = evaluate(PASS_FOR_EVIL, sender="=?utf-8?b?c2VydmljZUBwYXlwYWwuY29t?=")  # "service@paypal.com"
+    assert auth(result)["from_domain"] is None and auth(result)["verdict"] == "none"
+
+
+def test_an_internationalised_from_domain_aligns_with_its_ascii_form() -> None:
+    lookalike = "xn--pypal-4ve.com"  # pаypal.com, with a Cyrillic а
+    header = f"{MX}; dkim=pass header.d={lookalike}; dmarc=pass header.from={lookalike}"
+    data = auth(evaluate(header, sender="PayPal <service@p\u0430ypal.com>"))
+    # Authenticated, but for the lookalike, which the agent now sees as such.
+    assert data["from_domain"] == lookalike and data["dkim"][0]["aligned"] is True
+    assert data["verdict"] == "pass"
+
+
+def test_one_from_address_in_each_of_several_headers_of_one_domain_is_not_ambiguous() -> None:
+    header = f"{MX}; dkim=pass header.d=example.com; dmarc=pass header.from=example.com"
+    result = evaluate(header, sender="Alice <alice@example.com>, Bob <bob@Example.com>")
+    assert auth(result)["verdict"] == "pass" and "FROM_MULTIPLE_DOMAINS" not in symbols(result)
+
+
 def test_none_result_is_trusted_but_proves_nothing() -> None:
     result = evaluate(f"{MX}; none")
     data = auth(result)

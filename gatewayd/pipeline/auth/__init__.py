@@ -12,7 +12,8 @@ writes them so) is trusted only where the trusted list holds the literal `(none)
 
 Verdict: `unknown` without a trusted header; else `pass` on DMARC pass, `fail` on DMARC fail or when
 the message is unauthenticated (below), `pass` when an aligned SPF or DKIM identifier passed, `none`
-otherwise.
+otherwise. A DMARC result whose `header.from` is not the From domain shown is left out of the verdict
+(the server read another From header or address), and a From naming two domains is `none` at best.
 
 Unauthenticated (the event becomes `message.received.unauthenticated`), from the trusted header plus
 any local DKIM results: SPF is `fail` or `softfail`, no DKIM result is `pass`, and either some DKIM

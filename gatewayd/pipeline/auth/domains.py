@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from gatewayd.message.fields import addresses
 
 # Second-level labels under which registrants get the third level (see the package doc in __init__.py).
 _TWO_LEVEL_SUFFIX_LIST = """
@@ -21,11 +23,21 @@ _TWO_LEVEL_SUFFIXES = frozenset(_TWO_LEVEL_SUFFIX_LIST.split())
 
 
 def domain_of(value: str | None) -> str | None:
-    """The lower-cased domain of an address, `@domain` or bare domain."""
+    """The lower-cased domain of an address, `@domain` or bare domain; an internationalised one in its
+    ASCII form (`xn--...`), as DKIM and DMARC results name it, so a lookalike shows as what it is."""
     if not value:
         return None
     domain = value.strip().strip("<>").rsplit("@", 1)[-1].strip().rstrip(".").lower()
+    if not domain.isascii():
+        domain = _ascii_domain(domain)
     return domain if domain and domain != "none" else None  # Microsoft writes `header.d=none`
+
+
+def _ascii_domain(domain: str) -> str:
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain  # not a valid IDN: compared as written, so it aligns with nothing else
 
 
 def organizational_domain(domain: str) -> str:
@@ -46,6 +58,12 @@ def alignment(domain: str | None, from_domain: str | None) -> str | None:
 
 def aligned(mode: str | None) -> bool | None:
     return None if mode is None else bool(mode)
+
+
+def from_domains(values: Sequence[str]) -> list[str]:
+    """The distinct domains of every address in the From header values, in order."""
+    found = (domain_of(entry["address"]) for entry in addresses(values) if entry["address"])
+    return list(dict.fromkeys(domain for domain in found if domain))
 
 
 def from_domain_of(data: Mapping[str, Any]) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any
 from gatewayd.message import ParsedMessage
 from gatewayd.pipeline import Finding, StageContext, StageResult
 from gatewayd.pipeline.auth.dkim import DnsFunc, local_entry, resolve_txt, verify_local
-from gatewayd.pipeline.auth.domains import aligned, alignment, domain_of, from_domain_of
+from gatewayd.pipeline.auth.domains import aligned, alignment, domain_of, from_domain_of, from_domains
 from gatewayd.pipeline.auth.results import (
     DKIM_SIGNATURE,
     NO_AUTHSERV_ID,
@@ -41,6 +41,7 @@ DEFAULT_SCORES: Mapping[str, float] = {
     "DMARC_PASS": -0.5,
     "DMARC_FAIL": 2.0,
     "NOT_ALIGNED": 0.5,
+    "FROM_MULTIPLE_DOMAINS": 1.0,
 }
 _RESULTS = {
     "spf": frozenset({"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"}),
@@ -50,7 +51,7 @@ _RESULTS = {
 # Every symbol this stage can report, for validating `weights` in the config.
 SYMBOLS = frozenset(
     {f"{method.upper()}_{result.upper()}" for method, results in _RESULTS.items() for result in results}
-    | {"NOT_ALIGNED", "AUTH_RESULTS_UNTRUSTED", "AUTH_RESULTS_UNPARSABLE"}
+    | {"NOT_ALIGNED", "FROM_MULTIPLE_DOMAINS", "AUTH_RESULTS_UNTRUSTED", "AUTH_RESULTS_UNPARSABLE"}
 )
 # Older or vendor spellings; Gmail's and Microsoft's `bestguesspass` means no DMARC record was found.
 _ALIASES = {
@@ -164,6 +165,13 @@ class AuthStage:
             )
         from_domain = from_domain_of(message.data)
         data, findings, unauthenticated = self._report(chosen, from_domain, local_dkim)
+        # Two From domains (two addresses, or two From headers): the receiving server authenticated
+        # one of them at most, and which one the agent's mail client shows is anyone's guess.
+        domains = from_domains(message.headers.get("from", []))
+        if len(domains) > 1:
+            if data["verdict"] == "pass":
+                data["verdict"] = "none"
+            notes.insert(0, self._finding("FROM_MULTIPLE_DOMAINS", f"From names {', '.join(domains[:4])}"))
         findings += notes
         data["findings"] = [finding.as_dict() for finding in findings]
         return StageResult(
@@ -227,6 +235,7 @@ class AuthStage:
             dkim.append({**entry, "aligned": aligned(mode), "alignment": mode or None})
 
         dmarc: dict[str, Any] = {"result": None, "policy": None, "domain": None}
+        dmarc_result: str | None = None  # the result when it is about the From domain (see below)
         if "dmarc" in by_method:
             result, normalized = by_method["dmarc"][0]
             props = result.properties
@@ -235,6 +244,10 @@ class AuthStage:
                 "policy": _dmarc_policy(result),
                 "domain": domain_of(props.get("header.from")),
             }
+            # A result for another domain than the From shown (a second From header or address the
+            # server looked at instead) says nothing about this sender.
+            if dmarc["domain"] is None or dmarc["domain"] == from_domain:
+                dmarc_result = normalized
 
         trusted = header is not None
         spf_failed = spf["result"] in ("fail", "softfail")
@@ -255,18 +268,19 @@ class AuthStage:
             verdict = "unknown"
         elif unauthenticated:  # before DMARC: a "pass" beside failing SPF and DKIM contradicts them
             verdict = "fail"
-        elif dmarc["result"] == "pass":
+        elif dmarc_result == "pass":
             verdict = "pass"
-        elif dmarc["result"] == "fail":
+        elif dmarc_result == "fail":
             verdict = "fail"
         else:
             verdict = "pass" if aligned_pass else "none"
 
         if trusted:
-            findings += self._method_findings(spf, dkim, dmarc)
-            if not aligned_pass and dmarc["result"] != "pass" and from_domain:
+            findings += self._method_findings(spf, dkim, dmarc, dmarc_result)
+            if not aligned_pass and dmarc_result != "pass" and from_domain:
                 passed = [f"spf={spf['domain']}"] if spf["result"] == "pass" else []
                 passed += [f"dkim={e['domain']}" for e in dkim if e["result"] == "pass"]
+                passed += [f"dmarc={dmarc['domain']}"] if dmarc["result"] == "pass" else []
                 if passed:
                     detail = f"From domain {from_domain}; passed only for {', '.join(passed)}"
                     findings.append(self._finding("NOT_ALIGNED", detail))
@@ -284,19 +298,24 @@ class AuthStage:
         return data, findings, unauthenticated
 
     def _method_findings(
-        self, spf: Mapping[str, Any], dkim: Sequence[Mapping[str, Any]], dmarc: Mapping[str, Any]
+        self,
+        spf: Mapping[str, Any],
+        dkim: Sequence[Mapping[str, Any]],
+        dmarc: Mapping[str, Any],
+        dmarc_result: str | None,
     ) -> list[Finding]:
         spf_result = spf["result"] or "none"
         spf_detail = f"{spf['domain'] or 'no domain'}{_align_note(spf)}" if spf["result"] else "no SPF result"
         findings = [self._finding(f"SPF_{spf_result.upper()}", spf_detail)]
         findings += self._dkim_findings(dkim) or [self._finding("DKIM_NONE", "no DKIM result")]
-        dmarc_result = dmarc["result"] or "none"
-        if dmarc["result"]:
+        if dmarc_result:
             policy = f", p={dmarc['policy']}" if dmarc["policy"] else ""
             dmarc_detail = f"{dmarc['domain'] or 'no domain'}{policy}"
+        elif dmarc["result"]:
+            dmarc_detail = f"none for the From domain; {dmarc['result']} for {dmarc['domain']}"
         else:
             dmarc_detail = "no DMARC result"
-        findings.append(self._finding(f"DMARC_{dmarc_result.upper()}", dmarc_detail))
+        findings.append(self._finding(f"DMARC_{(dmarc_result or 'none').upper()}", dmarc_detail))
         return findings
 
     def _dkim_findings(self, dkim: Sequence[Mapping[str, Any]]) -> list[Finding]:
