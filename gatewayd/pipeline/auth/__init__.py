@@ -28,7 +28,9 @@ the last two labels, or the last three when the last two are a common two-level 
 aligned; the receiving server's own DMARC result, which takes precedence, uses the real list.
 
 Optionally (`dkim_verify`) the DKIM signatures are verified here too with dkimpy, in a worker thread
-under a DNS budget; these entries carry `"source": "local"`.
+under a DNS budget; these entries carry `"source": "local"`. A verified signature that leaves unsigned
+part of what the agent is shown (body past `l=`, a shown header added above the signed copy) is
+`policy`: the sender can write anything there.
 
 results.py    Authentication-Results (RFC 8601): the parser, its tokenizer, finding the headers
 domains.py    organisational domains and alignment with the From domain

@@ -12,6 +12,14 @@ from gatewayd.pipeline.auth.domains import domain_of
 
 # Signatures verified locally per message: a flood of them is no honest mail.
 MAX_LOCAL_SIGNATURES = 5
+# Headers the event shows or the parser reads the body by. A signature covers the bottom-most copies
+# of what it lists, while readers take the topmost: a copy added above a signed one is what they see.
+_SHOWN_HEADERS = frozenset(
+    {
+        b"from", b"to", b"cc", b"reply-to", b"subject", b"date", b"message-id", b"in-reply-to",
+        b"references", b"mime-version", b"content-type", b"content-transfer-encoding",
+    }
+)  # fmt: skip
 
 DnsFunc = Callable[..., bytes | None]
 
@@ -97,9 +105,11 @@ def verify_local(raw: bytes, dnsfunc: DnsFunc, budget: float) -> list[dict[str, 
         tags = {key.decode(): value.decode("ascii", "replace") for key, value in _TAG.findall(signature)}
         lookup = _KeyLookup(dnsfunc, deadline)
         try:
-            verifier.verify_headerprep(index)  # raises on a malformed signature: no lookup for it
+            # Raises on a malformed signature: no lookup for it.
+            fields, signed, _ = verifier.verify_headerprep(index)
             if verifier.verify(index, dnsfunc=lookup):
-                result, detail = "pass", "signature verified"
+                unsigned = _unsigned_content(verifier, fields, signed)
+                result, detail = ("policy", unsigned) if unsigned else ("pass", "signature verified")
             else:
                 result, detail = lookup.failure or ("fail", "signature does not verify")
         except dkim.ValidationError as exc:
@@ -112,3 +122,22 @@ def verify_local(raw: bytes, dnsfunc: DnsFunc, budget: float) -> list[dict[str, 
             result, detail = "permerror", f"{type(exc).__name__}: {str(exc)[:80]}"
         entries.append(local_entry(domain_of(tags.get("d")), tags.get("s"), result, detail))
     return entries
+
+
+def _unsigned_content(verifier: Any, fields: dict[bytes, bytes], signed: list[bytes]) -> str | None:
+    """What a verified signature leaves unsigned of what the agent is shown, if anything: body past
+    its `l=` (a sender can append any text), or a shown header added above the signed copy."""
+    import dkim.canonicalization
+
+    if b"l" in fields:
+        policy = dkim.canonicalization.CanonicalizationPolicy.from_c_value(fields.get(b"c", b"simple/simple"))
+        length, total = int(fields[b"l"]), len(policy.canonicalize_body(verifier.body))
+        if length < total:
+            return f"l={length} signs {length} of {total} body bytes; the rest is unsigned"
+    present: dict[bytes, int] = {}
+    for name, _ in verifier.headers:
+        present[name.lower()] = present.get(name.lower(), 0) + 1
+    for name in dict.fromkeys(signed):
+        if name in _SHOWN_HEADERS and present.get(name, 0) > signed.count(name):
+            return f"an unsigned {name.decode()} header above the signed one"
+    return None

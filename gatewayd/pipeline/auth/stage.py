@@ -38,6 +38,7 @@ DEFAULT_SCORES: Mapping[str, float] = {
     "DKIM_PASS": -0.2,
     "DKIM_FAIL": 1.0,
     "DKIM_PERMERROR": 0.5,
+    "DKIM_POLICY": 0.5,
     "DMARC_PASS": -0.5,
     "DMARC_FAIL": 2.0,
     "NOT_ALIGNED": 0.5,
