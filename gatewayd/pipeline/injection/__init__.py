@@ -16,7 +16,8 @@ text, alt/title attributes, Unicode tag characters), HTML comments, and decoded 
 instruction rules run on every channel; a hit outside the visible one adds the channel's own
 symbol. Before matching, text is folded: invisible characters dropped, NFKD without accents,
 Cyrillic/Greek lookalikes mapped to Latin, lower case; a second, letters-only form with light
-leetspeak undone catches "i g n o r e", "ign.ore" and "1gn0re". HTML visibility follows inline
+leetspeak undone catches "i g n o r e", "ign.ore" and "1gn0re"; text a right-to-left override
+shows reversed is also read in the order it appears on screen. HTML visibility follows inline
 styles, `hidden`, <template>, and stylesheet rules for plain tag, .class and #id selectors.
 
 Precision matters as in the spam stage: a sysadmin's "System:" log line, code, newsletters and a

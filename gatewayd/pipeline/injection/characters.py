@@ -162,6 +162,24 @@ def shown(text: str) -> str:
     return collapse(strip_invisible(text))
 
 
+# A right-to-left override (RLO) shows what follows it, up to its pop (PDF) or the end of the line,
+# in reverse: "\u202esnoitcurtsni\u202c" reads "instructions" on screen.
+_OVERRIDDEN_RUN = re.compile("\u202e([^\u202c\n]*)")
+
+
+def visual_order(text: str) -> str:
+    """`text` with the runs a right-to-left override reverses written in the order a human reads
+    them. A run holding right-to-left letters is left alone: reversing it would not show it."""
+    if "\u202e" not in text:
+        return text
+    return _OVERRIDDEN_RUN.sub(_reversed_run, text)
+
+
+def _reversed_run(match: re.Match[str]) -> str:
+    run = match.group(1)
+    return run if RTL_LETTER.search(run) else run[::-1]
+
+
 def snippet(text: str) -> str:
     text = shown(text)
     return text if len(text) <= SNIPPET else text[: SNIPPET - 1] + "…"

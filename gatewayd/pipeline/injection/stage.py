@@ -30,6 +30,7 @@ from gatewayd.pipeline.injection.characters import (
     latin1,
     shown,
     snippet,
+    visual_order,
 )
 from gatewayd.pipeline.injection.html import STRIP_TAGS, HtmlView
 from gatewayd.pipeline.injection.instructions import instructions
@@ -173,6 +174,7 @@ class _Scan:
         comments = "\n".join(view.comments) if view else ""
         guard("characters", None, self._characters, visible, hidden, seen)
         guard("visible", None, self._channel, visible, None, None)
+        guard("bidi", None, self._overridden, visible)
         if view is not None:
             guard("html-hidden", None, self._hidden_html, view)
             if comments.strip():
@@ -250,6 +252,17 @@ class _Scan:
         if mixed:
             around = visible[max(mixed.start() - 12, 0) : mixed.end() + 12]
             self.scorer.add("INJ_MIXED_SCRIPT", repr(snippet(around)))
+
+    def _overridden(self, visible: str) -> None:
+        """Text a right-to-left override shows reversed: scanned as it reads on screen."""
+        reordered = visual_order(visible)
+        if reordered == visible:
+            return
+        before = instructions(visible)
+        hits = self._channel(reordered, None, "bidi override")
+        masked = [s for s in hits if s in INSTRUCTION_SYMBOLS and s not in before]
+        if masked:
+            self.scorer.add("INJ_OBFUSCATED", f"bidi override: {hits[masked[0]]!r}")
 
     def _tag_characters(self, text: str) -> None:
         """Unicode tag characters spell invisible ASCII: decode it and scan it as hidden text."""
@@ -350,4 +363,4 @@ class _Scan:
         source = self.view.visible_text if self.view is not None else ""
         if source.isspace() or not source:
             source = self.text
-        return excerpt_of(source, limit, shown)
+        return excerpt_of(visual_order(source), limit, shown)
