@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import re
 from collections.abc import Mapping
 
@@ -29,6 +30,10 @@ _NAMED_COLOURS: dict[str, Rgb] = {
 _HEX_COLOUR = re.compile(r"#?([0-9a-f]{8}|[0-9a-f]{6}|[0-9a-f]{3,4})(?![0-9a-z])")
 _RGB_COLOUR = re.compile(
     r"rgba?\(\s*(\d{1,3})%?\s*[, ]\s*(\d{1,3})%?\s*[, ]\s*(\d{1,3})%?\s*(?:[,/]\s*([\d.]{1,8})(%?))?"
+)
+_HSL_COLOUR = re.compile(
+    r"hsla?\(\s*(-?\d{1,3}(?:\.\d{1,6})?)(?:deg)?\s*[, ]\s*(\d{1,3}(?:\.\d{1,6})?)%\s*[, ]\s*"
+    r"(\d{1,3}(?:\.\d{1,6})?)%\s*(?:[,/]\s*([\d.]{1,8})(%?))?"
 )
 _LENGTH = re.compile(r"\s*(-?\d{0,6}\.?\d{1,6})\s*(px|pt|em|rem|%|ex|ch|vw|vh|cm|mm|in|pc)?")
 _PX_PER = {"px": 1.0, "pt": 4 / 3, "em": 16.0, "rem": 16.0, "%": 0.16, "ex": 8.0, "ch": 8.0, "vw": 10.0,
@@ -60,10 +65,25 @@ def colour(value: str | None) -> Rgb | str | None:
             except ValueError:
                 pass
         return (min(int(red), 255), min(int(green), 255), min(int(blue), 255))
+    match = _HSL_COLOUR.match(value)
+    if match:
+        return _hsl(*match.groups())
     return _NAMED_COLOURS.get(value.split()[0] if value.split() else "")
 
 
-_COLOUR_IN_VALUE = re.compile(r"#[0-9a-f]{3,8}(?![0-9a-z])|rgba?\(")
+def _hsl(hue: str, saturation: str, lightness: str, alpha: str | None, percent: str) -> Rgb | str | None:
+    try:
+        if alpha and float(alpha) / (100 if percent else 1) <= 0.05:
+            return TRANSPARENT
+        rgb = colorsys.hls_to_rgb(
+            float(hue) % 360 / 360, min(float(lightness), 100) / 100, min(float(saturation), 100) / 100
+        )
+    except ValueError:
+        return None
+    return (round(rgb[0] * 255), round(rgb[1] * 255), round(rgb[2] * 255))
+
+
+_COLOUR_IN_VALUE = re.compile(r"#[0-9a-f]{3,8}(?![0-9a-z])|rgba?\(|hsla?\(")
 
 
 def background(value: str) -> Rgb | str | None:
@@ -131,8 +151,10 @@ def sticky_reason(css: Mapping[str, str]) -> str | None:
         number = _px(opacity.rstrip("%"))
         if number is not None and number / (100 if opacity.endswith("%") else 1) <= 0.05:
             return "opacity:0"
+    # A box of a pixel or less ("visually hidden" in CSS frameworks) shows no readable text.
     if css.get("overflow", "").startswith(("hidden", "clip")) and any(
-        _px(css.get(prop)) == 0 for prop in ("height", "max-height", "width", "max-width")
+        (size := _px(css.get(prop))) is not None and size <= 1
+        for prop in ("height", "max-height", "width", "max-width")
     ):
         return "zero size"
     offsets = ("left", "top", "right", "bottom", "margin-left", "margin-top")
