@@ -11,14 +11,15 @@ is near 1 and many weak ones add up. The stage also provides `sanitized_excerpt`
 body as a human sees it (the visible HTML text when there is HTML, else the text body), without
 invisible characters and hidden HTML text; None when nothing is visible.
 
-Text is scanned in channels: visible (subject, text body, visible HTML text), hidden (hidden HTML
-text, alt/title attributes, Unicode tag characters), HTML comments, and decoded payloads. The
-instruction rules run on every channel; a hit outside the visible one adds the channel's own
-symbol. Before matching, text is folded: invisible characters dropped, NFKD without accents,
-Cyrillic/Greek lookalikes mapped to Latin, lower case; a second, letters-only form with light
-leetspeak undone catches "i g n o r e", "ign.ore" and "1gn0re"; text a right-to-left override
-shows reversed is also read in the order it appears on screen. HTML visibility follows inline
-styles, `hidden`, <template>, and stylesheet rules for plain tag, .class and #id selectors.
+Text is scanned in channels: visible (subject, display names and attachment file names, which the
+event carries too, text body, visible HTML text), hidden (hidden HTML text, alt/title attributes,
+Unicode tag characters), HTML comments, and decoded payloads. The instruction rules run on every
+channel; a hit outside the visible one adds the channel's own symbol. Before matching, text is
+folded: invisible characters dropped, NFKD without accents, Cyrillic/Greek lookalikes mapped to
+Latin, lower case; a second, letters-only form with light leetspeak undone catches "i g n o r e",
+"ign.ore" and "1gn0re"; text a right-to-left override shows reversed is also read in the order it
+appears on screen. HTML visibility follows inline styles, `hidden`, <template>, and stylesheet rules
+for plain tag, .class and #id selectors.
 
 Precision matters as in the spam stage: a sysadmin's "System:" log line, code, newsletters and a
 password-reset notice stay none. Mail that quotes "ignore previous instructions" (a security

@@ -38,6 +38,7 @@ from gatewayd.pipeline.injection.limits import (
     MAX_BLOB_CHARS,
     MAX_BLOBS,
     MAX_HTML_CHARS,
+    MAX_NAMES,
     MAX_SUBJECT_CHARS,
     MAX_TEXT_CHARS,
     MAX_URLS,
@@ -147,6 +148,20 @@ def _guard(scorer: _Scorer, part: str, fallback: Any, run: Callable[..., Any], *
         return fallback
 
 
+def _names(data: Mapping[str, Any]) -> str:
+    """Display names and attachment file names: text the sender wrote that the event hands the agent
+    (and a mail client shows), one per line."""
+    entries: list[Any] = [data.get("from")]
+    for key in ("reply_to", "to", "cc"):
+        value = data.get(key)
+        entries += value[:MAX_NAMES] if isinstance(value, list) else []
+    names = [entry.get("name") for entry in entries if isinstance(entry, dict)]
+    attachments = data.get("attachments")
+    if isinstance(attachments, list):
+        names += [item.get("filename") for item in attachments[:MAX_NAMES] if isinstance(item, dict)]
+    return "\n".join(name[:MAX_SUBJECT_CHARS] for name in names if isinstance(name, str) and name)
+
+
 # ---------------------------------------------------------------------------------------------
 # The scan of one message
 
@@ -156,6 +171,7 @@ class _Scan:
         self.scorer = scorer
         subject = message.data.get("subject") if isinstance(message.data, dict) else None
         self.subject = subject[:MAX_SUBJECT_CHARS] if isinstance(subject, str) else ""
+        self.names = _names(message.data) if isinstance(message.data, dict) else ""
         self.text = message.text[:MAX_TEXT_CHARS] if isinstance(message.text, str) else ""
         self.html = message.html[:MAX_HTML_CHARS] if isinstance(message.html, str) else None
         self.view: HtmlView | None = None
@@ -165,7 +181,7 @@ class _Scan:
         if self.html:
             self.view = guard("html", None, HtmlView, self.html)
         view = self.view
-        visible = "\n".join([self.subject, self.text, view.visible_text if view else ""])
+        visible = "\n".join([self.subject, self.names, self.text, view.visible_text if view else ""])
         # What a human sees: the text body may be the HTML's text with its hidden parts included
         # (the gatewayd/message/ package, where body.py chooses text versus HTML), and preview lines
         # there are padded with zero-width joiners.
