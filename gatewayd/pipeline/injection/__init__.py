@@ -38,8 +38,8 @@ limits.py        the caps on the work done per message
 stage.py         InjectionStage, InjectionOptions; the scorer, and the scan of one message by channel
 characters.py    invisible, zero-width, bidi and tag characters, lookalikes; folding, collapsing, snippets
 rules.py         the rule machinery: patterns and their literal starts, gates, the rule index
-phrases.py       the rule tables: word rules in several languages, letters-only and markup rules, urgency,
-                 role lines
+phrases.py       the rule tables: word rules in several languages, rules for other scripts (Cyrillic,
+                 CJK, Arabic), letters-only and markup rules, urgency, role lines
 instructions.py  the rules run on one text: its lower-cased, folded and letters-only forms
 html.py          one walk over the HTML: visible and hidden text, comments, attributes, URLs
 css.py           colours, lengths, declarations, and what a style hides

@@ -3,7 +3,7 @@ the word rules on its folded form, the letters-only form for spaced and leetspea
 
 from __future__ import annotations
 
-from gatewayd.pipeline.injection.characters import collapse, fold, lower, snippet, squash, unaccent
+from gatewayd.pipeline.injection.characters import collapse, fold, latin1, lower, snippet, squash, unaccent
 from gatewayd.pipeline.injection.limits import MAX_TEXT_CHARS
 from gatewayd.pipeline.injection.phrases import (
     INSTRUCTION_SYMBOLS,
@@ -11,6 +11,7 @@ from gatewayd.pipeline.injection.phrases import (
     ROLE_DIRECTIVE,
     ROLE_LINE,
     RULE_WORDS,
+    SCRIPT_RULES,
     SQUASHED_RULES,
     WORD_INDEX,
     WORD_RULES,
@@ -47,12 +48,16 @@ def instructions(text: str) -> dict[str, str]:
     folded = collapse(lowered if text.isascii() else fold(text))
     words, start_words = _words(folded)
     run_rules(WORD_INDEX.candidates(words), folded, words, hits, start_words=start_words)
+    if not text.isascii() and not latin1(text):
+        run_rules(SCRIPT_RULES, collapse(lowered), frozenset(), hits, boundary=False)
     found = [s for s in hits if s in INSTRUCTION_SYMBOLS]
     if found and not text.isascii():
         plain = collapse(unaccent(lowered))
         if plain != folded:  # lookalikes, compatibility forms or invisible characters changed something
             clear: dict[str, str] = {}
             run_rules([rule for rule in WORD_RULES if rule.symbol in found], plain, _words(plain)[0], clear)
+            scripts = [rule for rule in SCRIPT_RULES if rule.symbol in found]
+            run_rules(scripts, plain, frozenset(), clear, boundary=False)
             masked = [s for s in found if s not in clear]
             if masked:
                 hits.setdefault("INJ_OBFUSCATED", f"lookalike or invisible characters: {hits[masked[0]]}")

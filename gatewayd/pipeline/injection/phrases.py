@@ -45,8 +45,9 @@ WORD_RULES = (
         r"(?:anweisungen|instruktionen|befehle) (?:[a-z]+ ){0,2}?(?:ignorieren|vergessen|missachten)",
     ),
     rule(
-        "INJ_IGNORE_INSTRUCTIONS",  # fr, es, it, pt, nl
-        "instructions instruction instrucciones istruzioni instrucoes instructies opdrachten",
+        "INJ_IGNORE_INSTRUCTIONS",  # fr, es, it, pt, nl, pl
+        "instructions instruction instrucciones istruzioni instrucoes instructies opdrachten instrukcje "
+        "polecenia",
         r"(?:ignore[rsz]?|ignorez|oublie[rsz]?|negligez?)\b (?:[a-z']+ ){0,3}?instructions? "
         r"(?:[a-z']+ )?(?:precedentes?|anterieures?|ci-dessus|precedemment|d'avant|du systeme|initiales?)",
         r"(?:ignora[rn]?|ignore[n]?|olvida[rn]?|olvide[n]?|omite|omitir|descarta[r]?)\b (?:[a-z]+ ){0,3}?"
@@ -57,6 +58,8 @@ WORD_RULES = (
         r"(?:anteriores|previas|acima|do sistema)",
         r"(?:negeer|vergeet)\b (?:[a-z]+ ){0,3}?(?:vorige|eerdere|voorgaande|bovenstaande) "
         r"(?:instructies|opdrachten)",
+        r"(?:zignoruj|ignoruj|zapomnij)(?:cie)?\b (?:[a-z]+ ){0,2}?(?:poprzednie|wczesniejsze|powyzsze|"
+        r"dotychczasowe|systemowe) (?:instrukcje|polecenia)",
     ),
     rule(
         "INJ_DISREGARD_ABOVE",
@@ -308,6 +311,40 @@ SQUASHED_RULES = (
         "INJ_PROMPT_LEAK",
         "~systemprompt",
         r"(?:reveal|print|show|output|repeat|leak)(?:me)?(?:your|the)(?:full|entire)?systemprompt",
+    ),
+)
+
+# Scripts the folding maps to nothing useful (Cyrillic letters become Latin lookalikes) or that write
+# no spaces between words: run on the lower-cased text, whitespace collapsed, not only at word starts.
+SCRIPT_RULES = (
+    rule(
+        "INJ_IGNORE_INSTRUCTIONS",  # ru
+        "~игнорир ~проигнорир ~забудь ~забыть",
+        r"(?:проигнорир|игнорир|забудь|забыть)[а-яё]{0,6} (?:[а-яё]+ ){0,3}?(?:предыдущие|прежние|"
+        r"предшествующие|вышеуказанные|системные|все|свои) (?:[а-яё]+ )?(?:инструкции|указания|команды|"
+        r"правила)",
+    ),
+    rule(
+        "INJ_IGNORE_INSTRUCTIONS",  # zh
+        "~忽略 ~无视 ~無視 ~忘记 ~忘記",
+        r"(?:忽略|无视|無視|忘记|忘記)[^。.!！\n]{0,12}?(?:之前|以前|先前|上面|前面|上述|此前|原来|原來|系统|系統)"
+        r"[^。.!！\n]{0,8}?(?:指令|指示|说明|說明|提示|规则|規則)",
+    ),
+    rule(
+        "INJ_IGNORE_INSTRUCTIONS",  # ja
+        "~無視 ~忘れ",
+        r"(?:以前|前|これまで|上記|先|システム)の[^。\n]{0,8}?(?:指示|命令|プロンプト|ルール)を[^。\n]{0,6}?"
+        r"(?:無視|忘れ)",
+    ),
+    rule(
+        "INJ_IGNORE_INSTRUCTIONS",  # ko
+        "~무시 ~잊",
+        r"(?:이전|앞|위|기존|시스템)[^.\n]{0,12}?(?:지시|명령|지침|프롬프트)[^.\n]{0,8}?(?:무시|잊)",
+    ),
+    rule(
+        "INJ_IGNORE_INSTRUCTIONS",  # ar
+        "~تجاهل ~انس",
+        r"(?:تجاهل|انس)[^.\n]{0,20}?(?:التعليمات|الأوامر|التوجيهات)[^.\n]{0,12}?(?:السابقة|الأصلية|الأولى)",
     ),
 )
 
