@@ -19,6 +19,7 @@ import aioimaplib
 from gatewayd.config import TLS_IMPLICIT, TLS_STARTTLS, ImapConfig
 from gatewayd.imap.errors import ImapAuthError, ImapConnectionLost, ImapError, ImapTlsError
 from gatewayd.imap.fetch import FETCH_ITEMS, PushedMessages, parse_fetch
+from gatewayd.imap.login import login
 from gatewayd.imap.parts import fetch_parts
 from gatewayd.message import FetchedMessage
 from gatewayd.tls import client_context
@@ -134,7 +135,9 @@ class ImapSession:
             await client.wait_hello_from_server()
             if config.tls == TLS_STARTTLS:
                 await session._starttls()
-            response = await client.login(config.username, config.password.reveal())
+            response = await asyncio.wait_for(
+                login(client.protocol, config.username, config.password.reveal()), timeout
+            )
             if response.result == "OK" and not any(b"CAPABILITY" in bytes(line) for line in response.lines):
                 # The server did not say what it offers once logged in (IDLE, NOTIFY): ask.
                 await asyncio.wait_for(client.protocol.capability(), timeout)
