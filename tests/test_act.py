@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gatewayd.imap.act import SessionActions, encode_mailbox
+from gatewayd.imap.act import SessionActions
+from gatewayd.imap.names import decode_mailbox, encode_mailbox
 from gatewayd.imap.session import Selected
 
 
@@ -64,3 +65,6 @@ def test_modified_utf7_folder_names() -> None:
     assert encode_mailbox("Entwürfe") == "Entw&APw-rfe"
     assert encode_mailbox("A&B") == "A&-B"
     assert encode_mailbox("日本語") == "&ZeVnLIqe-"
+    for name in ("Entwürfe", "A&B", "日本語", "R&D/Ünter Ordner", "plain"):
+        assert decode_mailbox(encode_mailbox(name)) == name
+    assert decode_mailbox("&bad") == "&bad" and decode_mailbox("&A-") == "&A-"  # kept as sent

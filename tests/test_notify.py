@@ -14,7 +14,7 @@ from gatewayd.imap.session import ImapSession, _status_folder
         (b"* STATUS INBOX (UIDNEXT 3 UIDVALIDITY 7)", "INBOX"),
         (b'* STATUS "Sent Items" (MESSAGES 1)', "Sent Items"),
         (b'* STATUS "a \\"quoted\\" \\\\ name" (MESSAGES 1)', 'a "quoted" \\ name'),
-        (b"* STATUS Entw&APw-rfe (UIDNEXT 4)", "Entw&APw-rfe"),
+        (b"* STATUS Entw&APw-rfe (UIDNEXT 4)", "Entwürfe"),  # modified UTF-7, decoded
         (b"* STATUS {5}", None),  # a literal: not parsed, so every folder gets checked
         (b"* STATUS", None),
     ],

@@ -13,7 +13,6 @@ the COPYUID response code (UIDPLUS); without it the new UID is unknown (None).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import re
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,7 +21,8 @@ from typing import Protocol
 
 import aioimaplib
 
-from gatewayd.imap.session import ImapError, ImapSession, _quote
+from gatewayd.imap.names import quote, quoted_mailbox
+from gatewayd.imap.session import ImapError, ImapSession
 from gatewayd.message import FetchedMessage
 
 _COPYUID = re.compile(rb"\[COPYUID (\d+) ([0-9:,]+) ([0-9:,]+)\]")
@@ -102,7 +102,7 @@ class SessionActions:
     async def store_labels(self, uid: int, add: bool, labels: Sequence[str]) -> None:
         if labels:
             item = ("+" if add else "-") + "X-GM-LABELS"
-            listed = " ".join(_quote(encode_mailbox(label)) for label in labels)
+            listed = " ".join(quoted_mailbox(label) for label in labels)
             await self._uid("UID STORE", "store", str(uid), item, f"({listed})")
 
     async def copy(self, uid: int, folder: str, create: bool) -> Placement:
@@ -121,7 +121,7 @@ class SessionActions:
         return _placement(folder, lines)
 
     async def _to_folder(self, what: str, command: str, uid: int, folder: str, create: bool) -> list[bytes]:
-        mailbox = _quote(encode_mailbox(folder))
+        mailbox = quoted_mailbox(folder)
         try:
             return await self._uid(what, command, str(uid), mailbox)
         except ImapError as exc:
@@ -142,8 +142,8 @@ class SessionActions:
     async def locate(self, folder: str, message_id: str) -> Placement | None:
         other = await ImapSession.open(self._session.config)
         try:
-            selected = await other.select(encode_mailbox(folder))
-            criteria = ("HEADER", "Message-ID", _quote(message_id))
+            selected = await other.select(folder)
+            criteria = ("HEADER", "Message-ID", quote(message_id))
             response = await other._call("UID SEARCH", other._client.uid_search(*criteria, charset=None))
             uids = [int(t) for line in response.lines[:-1] for t in bytes(line).split() if t.isdigit()]
         finally:
@@ -169,24 +169,3 @@ def _placement(folder: str, lines: Sequence[bytes]) -> Placement:
             uid = int(destination.split(",")[-1].split(":")[-1])
             return Placement(folder, int(match.group(1)), uid)
     return Placement(folder, None, None)
-
-
-def encode_mailbox(name: str) -> str:
-    """A folder name in IMAP's modified UTF-7 (RFC 3501 5.1.3): `&` and non-ASCII are encoded."""
-    out: list[str] = []
-    pending: list[str] = []
-
-    def flush() -> None:
-        if pending:
-            raw = "".join(pending).encode("utf-16-be")
-            out.append("&" + base64.b64encode(raw).decode().rstrip("=").replace("/", ",") + "-")
-            pending.clear()
-
-    for char in name:
-        if 0x20 <= ord(char) <= 0x7E:
-            flush()
-            out.append("&-" if char == "&" else char)
-        else:
-            pending.append(char)
-    flush()
-    return "".join(out)

@@ -15,6 +15,8 @@ import re
 
 import aioimaplib
 
+from gatewayd.imap.names import quote
+
 # `[CAPABILITY ...]` in the tagged answer, or an untagged CAPABILITY (whose `* ` aioimaplib strips).
 _CAPABILITY = re.compile(rb"(?:\A|\[)CAPABILITY ([^\]]*)")
 
@@ -64,8 +66,3 @@ async def _authenticate_plain(
         return await protocol.execute(command)
     finally:
         del protocol._continuation  # aioimaplib's own handler again
-
-
-def quote(text: str) -> str:
-    """An IMAP quoted string (RFC 3501 4.3); the caller keeps CR, LF and NUL out."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

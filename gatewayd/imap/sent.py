@@ -37,6 +37,7 @@ from typing import Protocol
 from gatewayd.config import SENT_AUTO, MailboxConfig
 from gatewayd.imap.errors import ImapConnectionLost, ImapError
 from gatewayd.imap.fetch import parse_fetch
+from gatewayd.imap.names import decode_mailbox
 from gatewayd.imap.session import ImapSession
 from gatewayd.message.fields import addresses
 from gatewayd.pipeline.learning import SentMark
@@ -131,7 +132,7 @@ class SentLearner:
             if match and _SENT_ATTRIBUTE.search(match.group(1)):
                 quoted, atom = match.group(2), match.group(3)
                 name = re.sub(rb"\\(.)", rb"\1", quoted) if quoted is not None else atom
-                self._folder = name.decode("utf-8", "replace")
+                self._folder = decode_mailbox(name.decode("utf-8", "replace"))
                 return self._folder
         self._stop("the server names no folder \\Sent (set imap.sent_folder to name it)")
         return None

@@ -20,6 +20,7 @@ from gatewayd.config import TLS_IMPLICIT, TLS_STARTTLS, ImapConfig
 from gatewayd.imap.errors import ImapAuthError, ImapConnectionLost, ImapError, ImapTlsError
 from gatewayd.imap.fetch import FETCH_ITEMS, PushedMessages, parse_fetch
 from gatewayd.imap.login import login
+from gatewayd.imap.names import decode_mailbox, quoted_mailbox
 from gatewayd.imap.parts import fetch_parts
 from gatewayd.message import FetchedMessage
 from gatewayd.tls import client_context
@@ -205,7 +206,7 @@ class ImapSession:
         Notifications come during IDLE and at the start of any command; take_notified() collects
         the STATUS ones whenever they came.
         """
-        mailboxes = " ".join(_quote(folder) for folder in folders)
+        mailboxes = " ".join(quoted_mailbox(folder) for folder in folders)
         await self._notify_set(
             _selected_events(max_bytes), f"(MAILBOXES ({mailboxes}) (MessageNew MessageExpunge))"
         )
@@ -234,7 +235,7 @@ class ImapSession:
         """(UIDNEXT, UIDVALIDITY) of a folder that is not selected, without selecting it."""
         self._status_query = _folder_key(folder)
         try:
-            request = self._client.status(_quote(folder), "(UIDNEXT UIDVALIDITY)")
+            request = self._client.status(quoted_mailbox(folder), "(UIDNEXT UIDVALIDITY)")
             response = await self._call("STATUS", request)
         finally:
             self._status_query = None
@@ -316,7 +317,7 @@ class ImapSession:
         self._pushed.clear()
         command = "EXAMINE" if read_only else "SELECT"
         opening = self._client.examine if read_only else self._client.select
-        response = await self._call(command, opening(_quote(folder)))
+        response = await self._call(command, opening(quoted_mailbox(folder)))
         if read_only:
             # aioimaplib only knows that SELECT selects; UID commands need the SELECTED state.
             self._client.protocol.state = aioimaplib.SELECTED
@@ -523,18 +524,14 @@ def _status_folder(line: bytes) -> str | None:
     match = _STATUS.match(line)
     if match is None:
         return None
-    if match.group(1) is not None:
-        return re.sub(rb"\\(.)", rb"\1", match.group(1)).decode("utf-8", "replace")
-    return match.group(2).decode("utf-8", "replace")
+    quoted, atom = match.groups()
+    name = re.sub(rb"\\(.)", rb"\1", quoted) if quoted is not None else atom
+    return decode_mailbox(name.decode("utf-8", "replace"))
 
 
 def _folder_key(folder: str) -> str:
     # INBOX is case-insensitive (RFC 3501 5.1); every other name is compared as it is.
     return "INBOX" if folder.upper() == "INBOX" else folder
-
-
-def _quote(folder: str) -> str:
-    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _text(lines: Sequence[bytes | bytearray]) -> str:

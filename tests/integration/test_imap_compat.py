@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import imaplib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gatewayd.config import ImapConfig, parse_config
+from gatewayd.imap.names import encode_mailbox
 from gatewayd.imap.session import ImapSession
-from gatewayd.sandbox.dovecot import Dovecot
+from gatewayd.sandbox.dovecot import PASSWORD, Dovecot
+from tests.conftest import gateway_config
+from tests.integration.test_watch import wait_events
+from tests.sse import mail
+from tests.waiting import idle, wait_for
 
 # Username -> password: a space, quotes and backslashes, what looks like a literal, UTF-8.
 ACCOUNTS = {
@@ -62,3 +69,41 @@ async def test_any_username_and_password_log_in(
         assert selected.uidvalidity > 0
     finally:
         await session.logout()
+
+
+# Non-ASCII (modified UTF-7 on the wire), `&` (which modified UTF-7 escapes), a space, a subfolder.
+FOLDERS = ["INBOX", "Entwürfe", "R&D", "Team/Ünter Ordner"]
+
+
+@pytest.fixture(scope="module", params=["notify", "no-notify"])
+def folders_dovecot(request: pytest.FixtureRequest, dovecot: Dovecot) -> Iterator[Dovecot]:
+    """The suite's Dovecot, and one without NOTIFY (one connection per folder)."""
+    if request.param == "notify":
+        yield dovecot
+        return
+    server = Dovecot.create(extra_config="imap_capability = IMAP4rev1 IDLE UIDPLUS\n")
+    server.start()
+    yield server
+    server.destroy()
+
+
+async def test_folders_with_any_name_are_watched(
+    folders_dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    server = folders_dovecot
+    client = imaplib.IMAP4(server.host, server.imap_port)
+    client.login(user, PASSWORD)
+    for folder in FOLDERS[1:]:
+        client.create(f'"{encode_mailbox(folder)}"')
+    config = gateway_config(tmp_path, server, [user], imap={"folders": FOLDERS})
+    gw = await start_gateway(config)
+    await wait_for(lambda: idle(gw), what="every folder watched")
+    try:
+        for folder in FOLDERS:
+            client.append(f'"{encode_mailbox(folder)}"', None, None, mail(f"in {folder}"))
+    finally:
+        client.logout()
+    events = await wait_events(gw, len(FOLDERS))
+    assert sorted((e["data"]["folder"], e["data"]["subject"]) for e in events) == sorted(
+        (folder, f"in {folder}") for folder in FOLDERS
+    )
