@@ -49,7 +49,11 @@ def instructions(text: str) -> dict[str, str]:
     words, start_words = _words(folded)
     run_rules(WORD_INDEX.candidates(words), folded, words, hits, start_words=start_words)
     if not text.isascii() and not latin1(text):
-        run_rules(SCRIPT_RULES, collapse(lowered), frozenset(), hits, boundary=False)
+        # Their gates have no spaces: tried on the text as it is, most texts (a curly quote is
+        # enough to get here) need no collapsed copy.
+        scripts = [rule for rule in SCRIPT_RULES if rule.opens(frozenset(), lowered)]
+        if scripts:
+            run_rules(scripts, collapse(lowered), frozenset(), hits, boundary=False)
     found = [s for s in hits if s in INSTRUCTION_SYMBOLS]
     if found and not text.isascii():
         plain = collapse(unaccent(lowered))
