@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 from pathlib import Path
 
 from aiohttp import web
@@ -24,6 +23,7 @@ from gatewayd.imap.pool import WatcherPool
 from gatewayd.pipeline import Pipeline
 from gatewayd.pipeline.build import build_pipeline, open_learning
 from gatewayd.rules.service import RulesService
+from gatewayd.signals import RunSignals
 from gatewayd.store.instance_lock import InstanceLock
 from gatewayd.store.sqlite import SqliteEventStore
 from gatewayd.store.tokens import SqliteTokenStore
@@ -160,22 +160,18 @@ class Daemon:
             await asyncio.sleep(store_config.prune_interval_seconds)
 
 
-async def serve(config: Config) -> int:
+async def serve(config: Config, signals: RunSignals) -> int:
     """Run until SIGTERM or SIGINT; exit status 0 after a clean shutdown."""
+    signals.attach(asyncio.get_running_loop())
+    if signals.stop.is_set():
+        return 0  # stopped before anything was opened
     daemon = Daemon(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    # kill -HUP (systemctl reload): the rules and the configured tokens are read again.
-    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     await daemon.start()
+    # kill -HUP (systemctl reload): the rules and the configured tokens are read again.
+    signals.started(daemon.reload)
     try:
-        await stop.wait()
+        await signals.stop.wait()
     finally:
         log.info("shutting down")
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(signum)
         await daemon.stop()
     return 0

@@ -101,6 +101,10 @@ def _load(path: str) -> Config | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from gatewayd.signals import RunSignals
+
+    signals = RunSignals()
+    signals.catch()  # before anything slow: loading the rules, importing aiohttp
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
@@ -108,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gatewayd.app import ListenError, serve
 
     try:
-        return asyncio.run(serve(config))
+        return asyncio.run(serve(config, signals))
     except ListenError as exc:
         print(f"gatewayd: {exc}", file=sys.stderr)
         return EXIT_CANNOT_START

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import re
 import signal
 import socket
@@ -31,6 +32,7 @@ from gatewayd.sandbox.dovecot import Dovecot, free_port
 from tests.conftest import TOKEN, gateway_config
 from tests.daemon import AUTH, GatewayProcess, config_data, run_cli, write_config
 from tests.sse import Frame, SseReader, mail
+from tests.waiting import wait_for
 
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
 
@@ -168,6 +170,83 @@ async def test_sigterm_sends_closing_event_and_exits_zero(gatewayd: Any, dovecot
 
         assert await gw.wait_exit(20) == 0
         assert await gw.health(session) is None, "healthz still answers after exit"
+    assert "Traceback" not in gw.stderr(), gw.stderr()
+
+
+@pytest.mark.parametrize("again", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+async def test_a_signal_during_the_shutdown_changes_nothing(
+    gatewayd: Any, user: str, tmp_path: Path, again: signal.Signals
+) -> None:
+    """A second SIGTERM, a Ctrl-C or a SIGHUP (a log rotation) while gatewayd shuts down: the
+    shutdown goes on as if it had not come (their default actions would kill it, or raise
+    KeyboardInterrupt inside it), and ends with exit 0 and the LOGOUT stored."""
+    gw = gatewayd([user])
+    gw.start()
+    await gw.wait_idle()
+    async with aiohttp.ClientSession() as session:
+        response = await session.get(f"{gw.url}/events", headers=AUTH)
+        reader = SseReader(response)
+        gw.terminate()
+        while (await reader.next(15)).event != "closing":
+            pass
+        gw.signal(again)  # within the grace period: the shutdown is under way
+        assert await gw.wait_exit(20) == 0
+        response.close()
+    assert "stopped" in gw.stderr() and "Traceback" not in gw.stderr(), gw.stderr()
+    with sqlite3.connect(tmp_path / "events.db") as db:
+        reasons = [
+            json.loads(data)["reason"]
+            for (data,) in db.execute("SELECT data FROM events WHERE type = 'mailbox.disconnected'")
+        ]
+    assert reasons == ["shutdown"]
+
+
+class PasswordPipe:
+    """A FIFO as the mailbox's password_file: `gatewayd run` blocks reading it while it loads its
+    configuration, so a test knows it is there (and not yet in its event loop) until it answers."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        os.mkfifo(path)
+
+    async def wait_reader(self) -> int:
+        """Once gatewayd has opened the FIFO (and waits for the password): the writing end."""
+        return await asyncio.to_thread(os.open, self.path, os.O_WRONLY)
+
+    def answer(self, fd: int) -> None:
+        """The password, and a plain file with it in the FIFO's place for any later read (a reload)."""
+        os.write(fd, b"secret\n")
+        os.close(fd)
+        plain = self.path.with_name("password.plain")
+        plain.write_text("secret\n")
+        plain.replace(self.path)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM], ids=lambda s: s.name)
+async def test_a_signal_while_gatewayd_run_loads_its_configuration(
+    gatewayd: Any, user: str, tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Before gatewayd's event loop runs, a signal is not its default action either: SIGHUP is
+    a reload once gatewayd is up, SIGTERM a clean exit 0 without starting anything."""
+    gw = gatewayd([user])
+    data = yaml.safe_load(gw.config_path.read_text())
+    imap = data["agents"][0]["mailboxes"][0]["imap"]
+    del imap["password"]
+    imap["password_file"] = str(tmp_path / "password")
+    gw.config_path.write_text(yaml.safe_dump(data))
+    pipe = PasswordPipe(tmp_path / "password")
+    gw.start()
+    fd = await pipe.wait_reader()
+    gw.signal(signum)
+    pipe.answer(fd)
+    if signum == signal.SIGTERM:
+        assert await gw.wait_exit(20) == 0
+        assert "listening" not in gw.stderr(), gw.stderr()
+    else:
+        await gw.wait_idle()
+        await wait_for(lambda: "rules reloaded" in gw.stderr(), what="the reload after start-up")
+        gw.terminate()
+        assert await gw.wait_exit(20) == 0
     assert "Traceback" not in gw.stderr(), gw.stderr()
 
 
