@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
+log = logging.getLogger(__name__)
+
 
 def notify(state: str) -> bool:
-    """Send e.g. "READY=1" to systemd; a no-op (False) when not run under Type=notify."""
+    """Send e.g. "READY=1" to systemd; a no-op (False) when not run under Type=notify. As with
+    sd_notify(3), a socket that cannot take it (gone, refused: a NOTIFY_SOCKET inherited from
+    elsewhere) is logged and returns False: the daemon runs and shuts down all the same."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]  # abstract socket namespace
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.connect(address)
-        sock.sendall(state.encode())
+    target = "\0" + address[1:] if address.startswith("@") else address  # abstract socket namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(target)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd at NOTIFY_SOCKET %s: %s", address, exc.strerror or exc)
+        return False
     return True

@@ -16,7 +16,7 @@ import aiohttp
 from gatewayd.events import NewEvent
 from gatewayd.sandbox.dovecot import Dovecot, free_port
 from tests.conftest import gateway_config
-from tests.daemon import REPO_ROOT, child_env, config_data, gatewayd_command, write_config
+from tests.daemon import REPO_ROOT, GatewayProcess, child_env, config_data, gatewayd_command, write_config
 from tests.waiting import wait_for
 
 
@@ -47,6 +47,24 @@ async def test_ready_is_notified_to_systemd_once_listening(
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+async def test_a_notify_socket_that_is_gone_neither_stops_start_up_nor_shutdown(
+    dovecot: Dovecot, user: str, tmp_path: Path
+) -> None:
+    """A NOTIFY_SOCKET inherited from elsewhere (no systemd listening there): READY=1 and
+    STOPPING=1 cannot be sent, and gatewayd serves and shuts down cleanly all the same."""
+    port = free_port()
+    config = write_config(tmp_path / "gatewayd.yaml", config_data(tmp_path, dovecot, [user], port))
+    gw = GatewayProcess(config, port)
+    gw.start(env={"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
+    try:
+        await gw.wait_idle()
+        gw.terminate()
+        assert await gw.wait_exit(20) == 0
+    finally:
+        gw.stop_now()
+    assert "cannot notify systemd" in gw.stderr() and "Traceback" not in gw.stderr(), gw.stderr()
 
 
 async def test_retention_prunes_in_the_background(

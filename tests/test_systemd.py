@@ -1,0 +1,34 @@
+"""sd_notify: the datagram systemd reads, and a socket that cannot take it."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import pytest
+
+from gatewayd.systemd import notify
+
+
+def test_the_state_reaches_the_notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        assert notify("READY=1\nSTATUS=listening") is True
+        assert systemd.recv(1024) == b"READY=1\nSTATUS=listening"
+
+
+def test_without_a_notify_socket_nothing_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert notify("READY=1") is False
+
+
+def test_a_notify_socket_that_is_gone_is_logged_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone.sock"))
+    with caplog.at_level(logging.WARNING, logger="gatewayd.systemd"):
+        assert notify("STOPPING=1") is False
+    assert "gone.sock" in caplog.text and "No such file" in caplog.text
