@@ -22,8 +22,9 @@ VOLUME ["/var/lib/gatewayd"]
 EXPOSE 8025
 # Mount the config at /etc/gatewayd/gatewayd.yaml with server.listen: "0.0.0.0:8025"
 # and store.path: /var/lib/gatewayd/events.db.
+# Straight to gatewayd: no HTTP(S)_PROXY of the environment in between (urllib would use it).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8025/healthz', timeout=4).status != 200)"]
+  CMD ["python", "-c", "import sys, urllib.request as u; sys.exit(u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:8025/healthz', timeout=4).status != 200)"]
 STOPSIGNAL SIGTERM
 # SCHED_BATCH, as the systemd unit sets it: woken by new mail, gatewayd does not preempt a
 # Dovecot on the same host mid-sync (docs/benchmarks.md, ninth pass). chrt (util-linux) execs

@@ -1,14 +1,20 @@
 """The ways gatewayd is deployed (systemd unit, container image) run it under the CPU policy the
-benchmarks measure: SCHED_BATCH; the unit's system call filter leaves what gatewayd needs."""
+benchmarks measure: SCHED_BATCH; the unit's system call filter leaves what gatewayd needs; the
+image's health check reaches gatewayd."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+from gatewayd.app import Daemon
+from gatewayd.config import parse_config
+from gatewayd.sandbox.dovecot import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,3 +50,36 @@ def test_the_container_entrypoint_runs_gatewayd_under_the_batch_policy() -> None
     )
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) == os.SCHED_BATCH
+
+
+async def test_the_container_healthcheck_asks_gatewayd_itself_whatever_proxy_is_set(tmp_path: Path) -> None:
+    """The image's HEALTHCHECK command against a real gatewayd: healthy with no token, and not
+    sent to an HTTP proxy of the environment (which would make a working container unhealthy)."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    match = re.search(r"^\s+CMD (\[.*\])$", dockerfile, re.M)
+    assert match, "no exec-form HEALTHCHECK CMD in the Dockerfile"
+    command = json.loads(match.group(1))
+    assert command[0] == "python" and ":8025/" in command[-1]
+    config = parse_config(
+        {
+            "server": {"listen": "127.0.0.1:0"},
+            "store": {"path": str(tmp_path / "events.db")},
+            "agents": [{"id": "a"}],
+        },
+        env={},
+    )
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        dead_proxy = f"http://127.0.0.1:{free_port()}"
+        check = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *command[1:-1],
+            command[-1].replace(":8025/", f":{daemon.port}/"),
+            env={**os.environ, "http_proxy": dead_proxy, "HTTP_PROXY": dead_proxy},
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await check.communicate()
+        assert check.returncode == 0, stderr.decode()
+    finally:
+        await daemon.stop()
