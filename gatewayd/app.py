@@ -27,7 +27,7 @@ from gatewayd.signals import RunSignals
 from gatewayd.store.instance_lock import InstanceLock
 from gatewayd.store.sqlite import SqliteEventStore
 from gatewayd.store.tokens import SqliteTokenStore
-from gatewayd.systemd import notify
+from gatewayd.systemd import keep_watchdog_fed, notify, watchdog_interval
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class Daemon:
         self._site: web.TCPSite | None = None
         self._pruner: asyncio.Task[None] | None = None
         self._guard: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -99,6 +100,8 @@ class Daemon:
         self._guard = asyncio.create_task(guard_tokens(self.gateway), name="token-guard")
         log.info("listening on %s:%s", server.host, self.port)
         notify("READY=1\nSTATUS=listening")
+        if (interval := watchdog_interval()) is not None:
+            self._watchdog = asyncio.create_task(keep_watchdog_fed(interval), name="watchdog")
 
     def reload(self) -> None:
         """SIGHUP: the configuration file read again for its rules and the agents' configured
@@ -137,6 +140,8 @@ class Daemon:
 
     async def _close(self) -> None:
         """What start() opened, each part safe to close when it never was."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()  # fed through the shutdown, which TimeoutStopSec bounds
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

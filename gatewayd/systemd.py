@@ -1,7 +1,8 @@
-"""sd_notify(3) without a dependency: one datagram to $NOTIFY_SOCKET."""
+"""sd_notify(3) without a dependency: one datagram to $NOTIFY_SOCKET; the watchdog's keep-alive."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -25,3 +26,20 @@ def notify(state: str) -> bool:
         log.warning("cannot notify systemd at NOTIFY_SOCKET %s: %s", address, exc.strerror or exc)
         return False
     return True
+
+
+def watchdog_interval() -> float | None:
+    """How often to send WATCHDOG=1: half the unit's WatchdogSec=, as sd_watchdog_enabled(3)
+    reads it from the environment; None when systemd expects no keep-alive from this process."""
+    usec, pid = os.environ.get("WATCHDOG_USEC", ""), os.environ.get("WATCHDOG_PID")
+    if not usec.isdigit() or int(usec) == 0 or (pid is not None and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000
+
+
+async def keep_watchdog_fed(interval: float) -> None:
+    """WATCHDOG=1 every `interval` seconds from the event loop: a loop stuck for WatchdogSec gets
+    the daemon restarted (Restart=on-failure)."""
+    while True:
+        notify("WATCHDOG=1")
+        await asyncio.sleep(interval)

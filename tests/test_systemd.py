@@ -1,14 +1,15 @@
-"""sd_notify: the datagram systemd reads, and a socket that cannot take it."""
+"""sd_notify: the datagram systemd reads, a socket that cannot take it, the watchdog's interval."""
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from pathlib import Path
 
 import pytest
 
-from gatewayd.systemd import notify
+from gatewayd.systemd import notify, watchdog_interval
 
 
 def test_the_state_reaches_the_notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,3 +33,25 @@ def test_a_notify_socket_that_is_gone_is_logged_not_raised(
     with caplog.at_level(logging.WARNING, logger="gatewayd.systemd"):
         assert notify("STOPPING=1") is False
     assert "gone.sock" in caplog.text and "No such file" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("usec", "pid", "interval"),
+    [
+        ("30000000", None, 15.0),  # WatchdogSec=30: a keep-alive every 15 s
+        ("30000000", "self", 15.0),
+        ("30000000", "1", None),  # meant for another process
+        ("0", None, None),
+        ("", None, None),
+        ("soon", None, None),
+    ],
+)
+def test_the_watchdog_interval_is_half_of_watchdog_sec(
+    monkeypatch: pytest.MonkeyPatch, usec: str, pid: str | None, interval: float | None
+) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", usec)
+    if pid is None:
+        monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    else:
+        monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()) if pid == "self" else pid)
+    assert watchdog_interval() == interval

@@ -49,6 +49,29 @@ async def test_ready_is_notified_to_systemd_once_listening(
                 process.wait()
 
 
+async def test_the_watchdog_is_fed_from_the_event_loop_once_ready(
+    dovecot: Dovecot, user: str, tmp_path: Path
+) -> None:
+    """Under WatchdogSec= (WATCHDOG_USEC), WATCHDOG=1 keeps coming after READY=1: without it
+    systemd would kill a healthy gatewayd after WatchdogSec."""
+    notify_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(20)
+        port = free_port()
+        config = write_config(tmp_path / "gatewayd.yaml", config_data(tmp_path, dovecot, [user], port))
+        gw = GatewayProcess(config, port)
+        gw.start(env={"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"})  # every 0.2 s
+        try:
+            states = [await asyncio.to_thread(notify.recv, 1024) for _ in range(4)]
+            assert states[0].startswith(b"READY=1"), states
+            assert states[1:] == [b"WATCHDOG=1"] * 3, states
+            gw.terminate()
+            assert await gw.wait_exit(20) == 0
+        finally:
+            gw.stop_now()
+
+
 async def test_a_notify_socket_that_is_gone_neither_stops_start_up_nor_shutdown(
     dovecot: Dovecot, user: str, tmp_path: Path
 ) -> None:
