@@ -13,7 +13,8 @@ log = logging.getLogger(__name__)
 def notify(state: str) -> bool:
     """Send e.g. "READY=1" to systemd; a no-op (False) when not run under Type=notify. As with
     sd_notify(3), a socket that cannot take it (gone, refused: a NOTIFY_SOCKET inherited from
-    elsewhere) is logged and returns False: the daemon runs and shuts down all the same."""
+    elsewhere; full: systemd busy) is logged and returns False, never blocking the event loop:
+    the daemon runs and shuts down all the same."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
@@ -21,7 +22,7 @@ def notify(state: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.connect(target)
-            sock.sendall(state.encode())
+            sock.send(state.encode(), socket.MSG_DONTWAIT)
     except OSError as exc:
         log.warning("cannot notify systemd at NOTIFY_SOCKET %s: %s", address, exc.strerror or exc)
         return False

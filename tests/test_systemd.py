@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,25 @@ def test_the_watchdog_interval_is_half_of_watchdog_sec(
     else:
         monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()) if pid == "self" else pid)
     assert watchdog_interval() == interval
+
+
+def test_a_full_notify_socket_does_not_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """systemd busy (its queue full): the event loop that notifies must not wait for it."""
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(str(path))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as other:
+            other.connect(str(path))
+            other.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    other.send(b"WATCHDOG=1")
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        with caplog.at_level(logging.WARNING, logger="gatewayd.systemd"):
+            sent = threading.Thread(target=notify, args=("WATCHDOG=1",), daemon=True)
+            sent.start()
+            sent.join(10)
+            assert not sent.is_alive(), "notify() blocked on a full socket"
+        assert "cannot notify systemd" in caplog.text
