@@ -1,6 +1,6 @@
 """The ways gatewayd is deployed (systemd unit, container image) run it under the CPU policy the
 benchmarks measure: SCHED_BATCH; the unit's system call filter leaves what gatewayd needs; the
-image's health check reaches gatewayd."""
+image's health check reaches gatewayd; the package builds with the backend it asks for."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from gatewayd.app import Daemon
@@ -83,3 +84,14 @@ async def test_the_container_healthcheck_asks_gatewayd_itself_whatever_proxy_is_
         assert check.returncode == 0, stderr.decode()
     finally:
         await daemon.stop()
+
+
+def test_the_build_backend_floor_reads_the_licence_expression() -> None:
+    """`license = "GPL-3.0-or-later"` (PEP 639) is refused by setuptools before 77 ("must be valid
+    exactly by one definition"): a build without isolation, on an older setuptools that the floor
+    allowed, failed."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert isinstance(pyproject["project"]["license"], str)
+    (requirement,) = pyproject["build-system"]["requires"]
+    match = re.fullmatch(r"setuptools>=(\d+)(?:\.\d+)*", requirement)
+    assert match and int(match.group(1)) >= 77, requirement
