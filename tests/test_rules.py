@@ -4,7 +4,9 @@ the plan's order, and the dry run through the pipeline."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Iterable
@@ -478,6 +480,22 @@ async def test_a_template_that_computes_is_rendered_apart_within_limits(renderer
         )
         == "HELLO..."
     )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+async def test_the_render_child_leaves_the_daemons_stop_signals_to_the_daemon(
+    renderer: TemplateRenderer, signum: signal.Signals
+) -> None:
+    """systemd's stop sends SIGTERM to every process of the unit, Ctrl-C SIGINT to the whole
+    process group: the child outlives them, so a template the shutdown still renders renders."""
+    shout = Template("{{ subject|upper }}")
+    assert await renderer.render(shout, {"subject": "a"}) == "A"
+    worker = renderer._worker  # the child itself: the test is about its life
+    assert worker is not None
+    os.kill(worker.pid, signum)
+    # No await in between: the signal reaches the child before the next template does.
+    assert await renderer.render(shout, {"subject": "b"}) == "B"
+    assert renderer._worker is worker
 
 
 async def test_the_render_child_is_kept_and_replaced_after_a_runaway_or_a_cancel(

@@ -4,6 +4,11 @@ It reads one `{"source", "context"}` JSON line at a time on stdin and answers ea
 `{"text"}` or `{"error"}` line on stdout, under an address space of `RENDER_MEMORY` (a template
 that builds a huge string gets a MemoryError) and, per template, `RENDER_CPU_SECONDS` of CPU
 (past them the kernel ends it). It exits when stdin closes, as it does with the daemon.
+
+SIGTERM and SIGINT are the daemon's: systemd's stop sends SIGTERM to every process of the unit,
+and a terminal's Ctrl-C sends SIGINT to the whole process group. The child ignores them, so a
+template rendered during the daemon's shutdown still renders; the daemon ends it (closing its
+stdin, or SIGKILL) when it is done with it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import functools
 import json
 import math
 import resource
+import signal
 import sys
 
 from gatewayd.rules.template import RENDER_CPU_SECONDS, RENDER_MEMORY, Template
@@ -20,6 +26,8 @@ _compiled = functools.lru_cache(maxsize=64)(Template)  # the same few templates,
 
 
 def main() -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_AS, (RENDER_MEMORY, RENDER_MEMORY))
     for line in sys.stdin.buffer:
         request = json.loads(line)
