@@ -13,11 +13,14 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 COPY --from=build /wheels /wheels
 RUN pip install --no-index --find-links /wheels gatewayd && rm -rf /wheels \
- && useradd --system --uid 10001 --home-dir /var/lib/gatewayd --shell /usr/sbin/nologin gatewayd \
+ && groupadd --system --gid 10001 gatewayd \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/gatewayd --shell /usr/sbin/nologin gatewayd \
  && mkdir -p /var/lib/gatewayd /etc/gatewayd \
  && chown gatewayd:gatewayd /var/lib/gatewayd
 
-USER gatewayd
+# Numeric, so that a runtime can tell it is not root without the image's /etc/passwd
+# (Kubernetes' runAsNonRoot refuses a user given by name).
+USER 10001:10001
 VOLUME ["/var/lib/gatewayd"]
 EXPOSE 8025
 # Mount the config at /etc/gatewayd/gatewayd.yaml with server.listen: "0.0.0.0:8025"

@@ -95,3 +95,14 @@ def test_the_build_backend_floor_reads_the_licence_expression() -> None:
     (requirement,) = pyproject["build-system"]["requires"]
     match = re.fullmatch(r"setuptools>=(\d+)(?:\.\d+)*", requirement)
     assert match and int(match.group(1)) >= 77, requirement
+
+
+def test_the_container_user_is_numeric_and_the_one_the_image_creates() -> None:
+    """A runtime checks that the image does not run as root from USER alone: Kubernetes'
+    runAsNonRoot refuses a user given by name ("cannot verify user is non-root")."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    (user,) = re.findall(r"^USER (\S+)$", dockerfile, re.M)
+    assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", user), user
+    uid, gid = user.split(":")
+    assert re.search(rf"useradd [^\n]*--uid {uid} --gid {gid} ", dockerfile)
+    assert re.search(rf"groupadd [^\n]*--gid {gid} gatewayd", dockerfile)
