@@ -1,12 +1,11 @@
 """What `gatewayd run` is asked by signal, from its first moments to its exit: stop (SIGTERM,
 SIGINT) and reload (SIGHUP).
 
-Each signal's default action would end the process on the spot: before the daemon is up (SIGHUP
-from a `systemctl reload` or a log rotation) and, once asyncio has let go of it, in the middle of
-the shutdown (a second SIGTERM, SIGHUP; a second Ctrl-C raised KeyboardInterrupt inside the
-shutdown and could leave the process hanging). So they are caught from the start and for the
-whole run: a stop is acted on once, a repeat is logged and ignored; a reload waits until the
-daemon is up and is ignored once it is shutting down.
+Left to their default actions, they would end the process on the spot before the daemon is up
+(a SIGHUP from a log rotation) or in the middle of its shutdown (a second SIGTERM; a second
+Ctrl-C raises KeyboardInterrupt wherever the shutdown is, which can leave it hanging). So they
+are caught for the whole run: a stop is acted on once and a repeat is logged and ignored; a
+reload waits until the daemon is up, and is ignored once it is shutting down.
 """
 
 from __future__ import annotations
