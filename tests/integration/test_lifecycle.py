@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import os
@@ -209,9 +210,18 @@ class PasswordPipe:
         self.path = path
         os.mkfifo(path)
 
-    async def wait_reader(self) -> int:
+    async def wait_reader(self, gw: GatewayProcess, timeout: float = 20.0) -> int:
         """Once gatewayd has opened the FIFO (and waits for the password): the writing end."""
-        return await asyncio.to_thread(os.open, self.path, os.O_WRONLY)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                    raise
+            assert gw.running, f"gatewayd exited before reading its password file\n{gw.output()}"
+            assert time.monotonic() < deadline, "gatewayd never opened its password file"
+            await asyncio.sleep(0.01)
 
     def answer(self, fd: int) -> None:
         """The password, and a plain file with it in the FIFO's place for any later read (a reload)."""
@@ -236,7 +246,7 @@ async def test_a_signal_while_gatewayd_run_loads_its_configuration(
     gw.config_path.write_text(yaml.safe_dump(data))
     pipe = PasswordPipe(tmp_path / "password")
     gw.start()
-    fd = await pipe.wait_reader()
+    fd = await pipe.wait_reader(gw)
     gw.signal(signum)
     pipe.answer(fd)
     if signum == signal.SIGTERM:
