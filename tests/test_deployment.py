@@ -106,3 +106,27 @@ def test_the_container_user_is_numeric_and_the_one_the_image_creates() -> None:
     uid, gid = user.split(":")
     assert re.search(rf"useradd [^\n]*--uid {uid} --gid {gid} ", dockerfile)
     assert re.search(rf"groupadd [^\n]*--gid {gid} gatewayd", dockerfile)
+
+
+def _unit_values(key: str) -> list[str]:
+    return re.findall(rf"^{key}=(.*)$", (ROOT / "systemd" / "gatewayd.service").read_text(), re.M)
+
+
+def test_the_systemd_unit_does_not_restart_on_a_bad_configuration(tmp_path: Path) -> None:
+    """A bad file stays bad: the status `gatewayd run` exits with on one is a status the unit does
+    not restart on, and no ExecStartPre= checks the file (RestartPreventExitStatus= does not apply
+    to it, so its failure would be restarted every RestartSec for ever)."""
+    config = tmp_path / "gatewayd.yaml"
+    config.write_text("server:\n  listen: 127.0.0.1:abc\nagents: []\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gatewayd", "run", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 2, result.stderr
+    prevented = {status for line in _unit_values("RestartPreventExitStatus") for status in line.split()}
+    assert str(result.returncode) in prevented
+    assert "3" not in prevented, "a locked store or a held address clears by itself"
+    assert _unit_values("ExecStartPre") == []
