@@ -100,7 +100,6 @@ class WatcherState:
     push_to_event_ms: deque[float] = field(default_factory=lambda: deque(maxlen=PUSH_SAMPLES))
 
 
-CONNECTED_STATES = ("connected", "idle", "polling")
 PUSH_SAMPLES = 200
 
 
@@ -170,6 +169,9 @@ class FolderWatcher:
         # connection (retry at once), before it a failed attempt (back off further each time, or
         # a message that fails every sync would have the watcher reconnect every second).
         self._established = False
+        # `mailbox.connected` is the last connection event stored: a `mailbox.disconnected` follows
+        # only then. (State "connected" starts before the first sync, which a stop may interrupt.)
+        self._announced = False
         # The reason of the next deliberate stop (the pool sets it before cancelling).
         self.stop_reason = StopReason.SHUTDOWN
 
@@ -214,9 +216,11 @@ class FolderWatcher:
             await session.logout()
 
     async def announce_stop(self) -> None:
-        """A deliberate end (before LOGOUT): `mailbox.disconnected` with `stop_reason` when the
-        watcher was connected (a lost connection was reported already), then state `stopped`."""
-        if self.status.state in CONNECTED_STATES:
+        """A deliberate end (before LOGOUT): `mailbox.disconnected` with `stop_reason` if
+        `mailbox.connected` was the last event (a lost connection was reported already), then
+        state `stopped`."""
+        if self._announced:
+            self._announced = False
             with contextlib.suppress(Exception):  # the store may be what failed
                 await self._emit(MAILBOX_DISCONNECTED, reason=str(self.stop_reason), retry_in_ms=None)
         self.set_state("stopped")
@@ -255,7 +259,7 @@ class FolderWatcher:
 
     async def report_failure(self, reason: str, kind: str, delay: float) -> None:
         """State, log line and event of a failed or lost connection (the caller waits `delay`)."""
-        connected = self.status.state in CONNECTED_STATES
+        connected, self._announced = self._announced, False
         self.status.last_error = reason
         self.status.reconnects += 1
         self.set_state("backoff")
@@ -289,6 +293,7 @@ class FolderWatcher:
             notify=self.status.notify,
             uidvalidity_changed=resynced,
         )
+        self._announced = True
 
     async def check_sent(self, session: ImapSession) -> None:
         """Out of IDLE on `session`: learn from the Sent folder if it changed (gatewayd.imap.sent)."""

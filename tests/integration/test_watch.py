@@ -116,6 +116,33 @@ async def test_a_shutdown_logout_is_announced_as_disconnected(idle_gateway: Any)
     assert last.data == {"folder": "INBOX", "reason": "shutdown", "retry_in_ms": None}
 
 
+async def test_a_shutdown_during_the_first_sync_stores_no_disconnect_without_a_connect(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mailbox.connected` comes after the first sync: a stop before it ends leaves no
+    `mailbox.disconnected` in the log. (Injected: checking the backlog's message never ends.)"""
+    stalled = asyncio.Event()
+
+    async def stall(self: Pipeline, *args: Any, **kwargs: Any) -> NewEvent | None:
+        stalled.set()
+        await asyncio.Event().wait()  # until the watcher is cancelled
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(Pipeline, "process", stall)
+    await dovecot.deliver_async(user, mail("in the backlog"))
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], backfill=1))
+    await asyncio.wait_for(stalled.wait(), 20)
+    await gw.daemon.stop()
+    store = SqliteEventStore(Path(gw.daemon.config.store.path))
+    await store.open()
+    try:
+        query = EventQuery(agent_ids=("support",), type_patterns=("mailbox.*",))
+        types = [event.type for event in await store.read_before(query, None, 10)]
+    finally:
+        await store.close()
+    assert "mailbox.disconnected" not in types, types
+
+
 async def test_backfill_announces_the_last_n_on_first_connect(
     dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
 ) -> None:
@@ -907,7 +934,12 @@ async def test_a_message_that_fails_every_sync_backs_off_further_each_time(
     while len(found) < 3:  # each failure: one event per folder of the connection; INBOX's
         assert asyncio.get_running_loop().time() < deadline, f"only {len(found)} failures: {found}"
         await asyncio.sleep(0.1)
-        found = [e for e in await listing(gw, types="mailbox.disconnected") if e["data"]["folder"] == "INBOX"]
+        # The first failure loses an established connection; the next ones fail a first sync.
+        found = [
+            e
+            for e in await listing(gw, types="mailbox.*")
+            if e["type"] in ("mailbox.disconnected", "mailbox.error") and e["data"]["folder"] == "INBOX"
+        ]
     delays = [e["data"]["retry_in_ms"] for e in found[:3]]
     # Steps of 0.2, 0.4 and 0.8 s, each jittered down to no less than half.
     assert delays[0] <= 200 and 200 <= delays[1] <= 400 and delays[2] >= 400, delays
