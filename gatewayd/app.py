@@ -118,6 +118,7 @@ class Daemon:
     async def stop(self) -> None:
         notify("STOPPING=1")
         gateway = self.gateway
+        gateway.stopping = True
         if self._site is not None:
             await self._site.stop()  # no new connections; existing ones stay
         for task in (self._pruner, self._guard):

@@ -53,6 +53,9 @@ class Gateway:
     tokens: TokenStore | None = None
     # The rules in force, for /healthz; None: not reported.
     rules: RulesHealth | None = None
+    # From the shutdown's first step (SIGTERM) on: /healthz answers 503 while the watchers' held
+    # events are still being stored, before `closing`.
+    stopping: bool = False
     # Set at shutdown: streams send their closing event, then wait for grace_over.
     closing_event: asyncio.Event = field(default_factory=asyncio.Event)
     grace_over: asyncio.Event = field(default_factory=asyncio.Event)

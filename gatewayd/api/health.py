@@ -27,8 +27,9 @@ async def healthz(request: web.Request) -> web.Response:
         detailed = set(principal.mailboxes(gateway.config))
     store_ok = await gateway.store.ping()
     body: dict[str, object] = {
-        "status": "ok" if store_ok and not gateway.closing else "unavailable",
+        "status": "ok" if store_ok and not gateway.stopping else "unavailable",
         "store": "ok" if store_ok else "error",
+        "stopping": gateway.stopping,
         "closing": gateway.closing,
         "subscribers": len(gateway.bus),
         "watchers": [

@@ -3,6 +3,7 @@ for a token of their own subtree, never another tenant's."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import aiohttp
 
 from gatewayd.api.health import PUBLIC_WATCHER_FIELDS
+from gatewayd.app import Daemon
 from gatewayd.config import Config, hash_token, parse_config
 from gatewayd.sandbox.dovecot import PASSWORD, Dovecot
 from tests.sse import mail
@@ -106,3 +108,46 @@ async def test_healthz_shows_mail_activity_to_the_mailboxes_own_tenant_only(
             assert (await response.json())["error"]["code"] == "invalid_token"
         async with session.get(f"{gw.url}/healthz", params={"access_token": "token-acme"}) as response:
             assert response.status == 401
+
+
+async def test_healthz_says_stopping_from_the_shutdowns_first_step(tmp_path: Path, monkeypatch: Any) -> None:
+    """A load balancer keeping its connection open sees 503 while the shutdown still stores what
+    the watchers hold, before the streams are told `closing`. (Injected: that step is held.)"""
+    config = parse_config(
+        {
+            "server": {"listen": "127.0.0.1:0"},
+            "store": {"path": str(tmp_path / "events.db")},
+            "agents": [{"id": "a"}],
+        },
+        env={},
+    )
+    daemon = Daemon(config)
+    await daemon.start()
+    draining, release = asyncio.Event(), asyncio.Event()
+    drain = daemon.pool.drain
+
+    async def held_drain() -> None:
+        draining.set()
+        await release.wait()
+        await drain()
+
+    monkeypatch.setattr(daemon.pool, "drain", held_drain)
+    stopping: asyncio.Task[None] | None = None
+    try:
+        async with aiohttp.ClientSession() as session:  # one kept-alive connection, as a balancer's
+            url = f"http://127.0.0.1:{daemon.port}/healthz"
+            async with session.get(url) as response:
+                assert response.status == 200
+                assert (await response.json())["stopping"] is False
+            stopping = asyncio.create_task(daemon.stop())
+            await asyncio.wait_for(draining.wait(), 20)
+            async with session.get(url) as response:
+                body = await response.json()
+                assert response.status == 503, body
+            assert body["status"] == "unavailable" and body["stopping"] is True and body["closing"] is False
+    finally:
+        release.set()
+        if stopping is None:
+            await daemon.stop()
+        else:
+            await stopping
