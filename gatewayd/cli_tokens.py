@@ -73,6 +73,16 @@ def _with_store(args: argparse.Namespace, work: Callable[[Config, TokenStore], A
     return asyncio.run(run())
 
 
+def _unknown_agent(command: str, agent_id: str, config_path: str, config: Config) -> bool:
+    """Whether `agent_id` is not in the configuration (a usage error, said in one line)."""
+    try:
+        config.agent(agent_id)
+    except KeyError:
+        print(f"gatewayd token {command}: no agent {agent_id!r} in {config_path}", file=sys.stderr)
+        return True
+    return False
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     try:
         scopes = parse_scopes(args.scope)
@@ -82,11 +92,9 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
     async def create(config: Config, store: TokenStore) -> int:
-        try:
-            agent = config.agent(args.agent)
-        except KeyError:
-            print(f"gatewayd token create: no agent {args.agent!r} in {args.config}", file=sys.stderr)
+        if _unknown_agent("create", args.agent, args.config, config):
             return EXIT_CONFIG
+        agent = config.agent(args.agent)
         issued = await store.create(agent.id, agent.tenant, scopes, expires_in)
         record = issued.record
         print(f"token: {issued.token}")
@@ -102,7 +110,9 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
-    async def listing(_config: Config, store: TokenStore) -> int:
+    async def listing(config: Config, store: TokenStore) -> int:
+        if args.agent and _unknown_agent("list", args.agent, args.config, config):
+            return EXIT_CONFIG
         records = await store.records([args.agent] if args.agent else None)
         if args.json:
             for record in records:

@@ -224,6 +224,7 @@ def test_cli_create_list_revoke(config_file: Path, capsys: pytest.CaptureFixture
     ("args", "status", "message"),
     [
         (["create", "--agent", "nobody"], 2, "no agent 'nobody'"),
+        (["list", "--agent", "nobody"], 2, "no agent 'nobody'"),
         (["create", "--agent", "fleet", "--scope", "root"], 2, "unknown scope root"),
         (["create", "--agent", "fleet", "--expires", "soon"], 2, "expected a duration"),
         (["revoke", "tok_123456789abc"], 1, "no token"),
