@@ -807,6 +807,8 @@ def test_malformed_input(raw: bytes, check: Check) -> None:
         ("2002-08-22T10:00:00+02:00", "2002-08-22T08:00:00.000Z"),  # ISO 8601
         ("Thu, 22 Aug 2002 10:00:00 +9999", "2002-08-22T10:00:00.000Z"),  # nonsense zone ignored
         ("Thu, 31 Feb 2002 10:00:00 +0000", None),
+        ("Mon, 1 Jan 0001 00:00:00 +0000", None),  # four digits: year 1, not 2001
+        ("Mon, 1 Jan 0099 00:00:00 +0000", None),
         ("2002/09/14 Sat 02:29:32 CDT", None),
         ("yesterday", None),
         ("", None),

@@ -119,6 +119,10 @@ def _to_rfc3339(moment: datetime) -> str | None:
     return rfc3339(moment) if 1000 <= moment.year <= 9999 else None
 
 
+# A number of 3+ digits outside the time and the zone: the year as the header wrote it.
+_LONG_NUMBER = re.compile(r"(?<![\d:+-])\d{3,}(?![\d:])")
+
+
 def date(value: str | None) -> str | None:
     if not value:
         return None
@@ -126,6 +130,8 @@ def date(value: str | None) -> str | None:
     if parts is None:
         # Some senders write ISO 8601.
         return _to_rfc3339(datetime.fromisoformat(value.strip()))
+    if any(int(written) < 100 for written in _LONG_NUMBER.findall(value)):
+        return None  # a year written with 3+ digits ("0001") is as written, not parsedate's 2001
     year, month, day, hour, minute, second = parts[:6]
     if 100 <= year < 200:
         year += 1900  # "0102": years since 1900 printed as four digits, an old mailer bug
