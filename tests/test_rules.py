@@ -102,6 +102,23 @@ def test_conditions(condition: dict[str, Any], expected: bool) -> None:
     assert matches(condition) is expected
 
 
+def test_text_tests_are_caseless_in_unicode() -> None:
+    # Case folding, not lower(): "STRASSE" is "straße" caselessly, as users of a
+    # case-insensitive match expect; an ASCII-only lower() would miss it.
+    parsed = message(headers="X-Ort: GROSSE STRASSE 1\r\n", body="Lieferung an die Straße")
+    assert matches({"body": "STRASSE"}, parsed)
+    assert matches({"body": {"contains": "strasse"}}, parsed)
+    assert matches({"header": {"name": "X-Ort", "contains": "große straße"}}, parsed)
+    assert matches({"header": {"name": "X-Ort", "equals": "Große Straße 1"}}, parsed)
+    assert matches({"body": {"equals": "LIEFERUNG AN DIE STRASSE"}}, parsed)
+    assert not matches({"body": "strassen"}, parsed)
+
+
+def test_bulk_condition_reads_the_first_word_of_precedence() -> None:
+    assert matches({"bulk": True}, message(headers="Precedence: BULK; reason=newsletter\r\n"))
+    assert matches({"bulk": False}, message(headers="Precedence: first-class\r\n"))
+
+
 def test_verdict_conditions_read_the_earlier_stages() -> None:
     parsed = message(
         headers="List-Id: <users.lists.example>\r\nPrecedence: bulk\r\nAuto-Submitted: auto-generated\r\n",
@@ -398,6 +415,13 @@ def test_smtp_section_is_checked_like_imap() -> None:
         ("Auto-Submitted: no\r\n", {}, None),
         ("X-Auto-Response-Suppress: OOF, AutoReply\r\n", {}, "X-Auto-Response-Suppress"),
         ("Precedence: junk\r\n", {}, "bulk or junk"),
+        # A parameter or a comment after the value, any case, folded: still bulk.
+        ("Precedence: bulk; x\r\n", {}, "bulk or junk"),
+        ("Precedence:   BULK  \r\n", {}, "bulk or junk"),
+        ("Precedence: List (newsletter)\r\n", {}, "bulk or junk"),
+        ("Precedence:\r\n junk;x=1\r\n", {}, "bulk or junk"),
+        ("Precedence: first-class\r\n", {}, None),
+        ("Precedence: bulky\r\n", {}, None),
         ("List-Unsubscribe: <mailto:u@lists.example>\r\n", {}, "mailing list"),
         ("Return-Path: <>\r\n", {}, "bounce"),
         ("Return-Path: <MAILER-DAEMON@mx.example>\r\n", {}, "robot"),

@@ -9,6 +9,7 @@ whose stage did not run (or failed) is false.
 from __future__ import annotations
 
 import email.header
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
@@ -27,6 +28,7 @@ INJECTION_LEVELS = ("none", "low", "medium", "high")
 BULK_PRECEDENCE = ("bulk", "list", "junk")
 MAX_HEADER_BYTES = 256 * 1024
 _HEADERS = BytesHeaderParser(policy=compat32)
+_WORD_END = re.compile(r"[\s;(]")
 
 
 @dataclass(slots=True)
@@ -134,7 +136,8 @@ class Addresses:
 
 @dataclass(frozen=True, slots=True)
 class Text:
-    """contains (case-insensitive), equals (case-insensitive), regex, exists: all given must hold."""
+    """contains, equals (both caseless: Unicode case folding, so "ss" matches "ß"), regex, exists: all
+    given must hold. `contains` and `equals` are given folded (gatewayd.rules.syntax folds them)."""
 
     what: str  # subject | body | header <name>
     get: Callable[[Facts], list[str]]
@@ -147,9 +150,9 @@ class Text:
         values = self.get(facts)
         if self.exists is not None and bool(values) != self.exists:
             return False
-        if self.contains and not any(c in v.lower() for v in values for c in self.contains):
+        if self.contains and not any(c in v.casefold() for v in values for c in self.contains):
             return False
-        if self.equals and not any(v.strip().lower() in self.equals for v in values):
+        if self.equals and not any(v.strip().casefold() in self.equals for v in values):
             return False
         if self.regexes:
             try:
@@ -264,7 +267,14 @@ def list_ids(facts: Facts) -> list[str]:
 
 
 def is_bulk(facts: Facts) -> bool:
-    return any(v.strip().lower() in BULK_PRECEDENCE for v in facts.header("precedence"))
+    """`Precedence: bulk`, `list` or `junk`, in any case: its first word, as senders append
+    parameters (`bulk; x`) or comments (`bulk (newsletter)`)."""
+    return any(_first_word(v) in BULK_PRECEDENCE for v in facts.header("precedence"))
+
+
+def _first_word(value: str) -> str:
+    words = _WORD_END.split(value.strip(), maxsplit=1)
+    return words[0].lower()
 
 
 def is_auto_submitted(facts: Facts) -> bool:

@@ -114,7 +114,7 @@ def _unknown(key: object, known: Sequence[str]) -> str:
 def _text(what: str, get: Callable[[Facts], list[str]], value: Any, header: bool = False) -> Text:
     """A plain string means `contains`."""
     if isinstance(value, str):
-        return Text(what, get, contains=(value.lower(),))
+        return Text(what, get, contains=(value.casefold(),))
     keys = ("contains", "equals", "regex", *(("exists",) if header else ()))
     if not isinstance(value, dict) or not value:
         raise Invalid(("", f"expected a string (contains) or a mapping with {', '.join(keys)}"))
@@ -139,7 +139,7 @@ def _text(what: str, get: Callable[[Facts], list[str]], value: Any, header: bool
                 parts["exists"] = _bool(item)
             else:
                 parts[key] = tuple(
-                    s.lower().strip() if key == "equals" else s.lower() for s in _strings(item)
+                    s.casefold().strip() if key == "equals" else s.casefold() for s in _strings(item)
                 )
         except Invalid as bad:
             problems += [(f".{key}{at}", message) for at, message in bad.problems]
