@@ -1077,8 +1077,24 @@ class _DuplicateKey(yaml.MarkedYAMLError):
     pass
 
 
+# Nodes a document may expand to through aliases. PyYAML builds an alias as a shared reference, so
+# loading stays cheap, but whatever walks the data (the rules parser) meets every copy: ten levels of
+# ten aliases ("billion laughs") are 10**10 conditions, a reload that never ends on the event loop.
+MAX_EXPANDED_NODES = 100_000
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses a key repeated in one mapping (plain PyYAML silently keeps the last)."""
+    """SafeLoader that refuses a key repeated in one mapping (plain PyYAML silently keeps the last)
+    and aliases that expand the document past MAX_EXPANDED_NODES nodes."""
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_EXPANDED_NODES:
+            raise yaml.MarkedYAMLError(
+                problem=f"aliases expand the document past {MAX_EXPANDED_NODES} nodes",
+                problem_mark=node.start_mark,
+            )
+        return node
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         seen: set[Any] = set()
@@ -1092,6 +1108,28 @@ class _Loader(yaml.SafeLoader):
                     raise _DuplicateKey(problem=problem, problem_mark=key_node.start_mark)
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many nodes `node` is with every alias copied out; each distinct node is counted once
+    (`sizes`), so this costs the document's size, not the expansion's. An alias of a node that
+    contains it (a recursive one) is counted as too many."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    sizes[id(node)] = MAX_EXPANDED_NODES + 1  # until counted: an alias met inside it recurses
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [child for pair in node.value for child in pair]
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes)
+        if total > MAX_EXPANDED_NODES:
+            break
+    sizes[id(node)] = total
+    return total
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:

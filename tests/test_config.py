@@ -599,6 +599,17 @@ def test_yaml_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
     assert caught.value.errors == [f"{tmp_path / 'gatewayd.yaml'}: invalid YAML: nested too deeply"]
 
 
+def test_yaml_aliases_expanding_past_the_limit_are_a_config_error(tmp_path: Path) -> None:
+    # Loading shares an alias's value, but the rules parser would walk all 10**9 copies.
+    levels = ["a0: &a0 [lol]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    text = "agents: [{id: a}]\nrules: [{name: r, if: {subject: {contains: *a9}}, then: [tag]}]\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, "x-anchors:\n" + "".join(f"  {line}\n" for line in levels) + text))
+    assert caught.value.errors == [
+        "line 1, column 1: invalid YAML: aliases expand the document past 100000 nodes"
+    ]
+
+
 def test_secrets_lists_every_password_the_logs_are_scrubbed_of() -> None:
     data = minimal()
     data["agents"][0]["mailboxes"][0]["smtp"] = {

@@ -635,6 +635,38 @@ def test_rules_file_nested_too_deeply_is_a_config_error(tmp_path: Path) -> None:
     assert caught.value.errors == [f"{tmp_path / 'rules.yaml'}: invalid YAML: nested too deeply"]
 
 
+def alias_bomb(levels: int) -> str:
+    """A rule whose condition is `levels` nested `all:` of ten aliases each: 10**levels conditions."""
+    lines = ["- name: laughs", "  if:", "    all:", "      - &c0 {subject: lol}"]
+    lines += [f"      - &c{i} {{all: [{', '.join([f'*c{i - 1}'] * 10)}]}}" for i in range(1, levels + 1)]
+    return "\n".join([*lines, "  then: [mark_read]", ""])
+
+
+def test_rules_file_with_aliases_expanding_past_the_limit_is_a_config_error(tmp_path: Path) -> None:
+    # Five levels (about 3*10**5 nodes) is past the limit but still parses on code without it, where
+    # this fails rather than hangs; nine would stall a reload for hours.
+    (tmp_path / "rules.yaml").write_text(alias_bomb(5))
+    data = {"rules_file": "rules.yaml", "agents": [{"id": "a"}]}
+    with pytest.raises(ConfigError) as caught:
+        load_rules(parse_config(data, env={}, base_dir=tmp_path))
+    where = f"{tmp_path / 'rules.yaml'}: line 1, column 1"
+    assert caught.value.errors == [f"{where}: aliases expand the document past 100000 nodes"]
+    (tmp_path / "rules.yaml").write_text(
+        "- {name: a, if: &c {subject: x}, then: [mark_read]}\n- {name: b, if: *c, then: [mark_read]}\n"
+    )
+    assert load_rules(parse_config(data, env={}, base_dir=tmp_path)).count == 2  # aliases themselves are fine
+
+
+def test_rules_file_with_a_recursive_alias_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text("- name: a\n  if: &c {all: [*c]}\n  then: [mark_read]\n")
+    data = {"rules_file": "rules.yaml", "agents": [{"id": "a"}]}
+    with pytest.raises(ConfigError) as caught:
+        load_rules(parse_config(data, env={}, base_dir=tmp_path))
+    assert caught.value.errors == [
+        f"{tmp_path / 'rules.yaml'}: line 1, column 1: aliases expand the document past 100000 nodes"
+    ]
+
+
 def test_rules_file_with_a_control_character_names_its_line_and_column(tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text("- name: a\n  then: [tag\x07]\n")
     data = {"rules_file": "rules.yaml", "agents": [{"id": "a"}]}
