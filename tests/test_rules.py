@@ -114,6 +114,15 @@ def test_text_tests_are_caseless_in_unicode() -> None:
     assert not matches({"body": "strassen"}, parsed)
 
 
+def test_a_list_of_header_tests_needs_every_entry() -> None:
+    parsed = message(headers="X-Team: ops\r\nX-Ticket: 42\r\n")
+    both = [{"name": "X-Team", "equals": "ops"}, {"name": "X-Ticket"}]
+    assert matches({"header": both}, parsed)
+    one_missing = [{"name": "X-Team", "equals": "ops"}, {"name": "X-Urgent"}]
+    assert not matches({"header": one_missing}, parsed)
+    assert matches({"any": [{"header": entry} for entry in one_missing]}, parsed)
+
+
 def test_bulk_condition_reads_the_first_word_of_precedence() -> None:
     assert matches({"bulk": True}, message(headers="Precedence: BULK; reason=newsletter\r\n"))
     assert matches({"bulk": False}, message(headers="Precedence: first-class\r\n"))
