@@ -127,15 +127,36 @@ def strip_css_comments(css: str) -> str:
     return "".join(kept)
 
 
-def declarations(style: str) -> dict[str, str]:
-    """The CSS declarations we look at, comments and !important dropped."""
-    style = strip_css_comments(style[:4000])
+_ESCAPE = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\r\n\f]?|(.))", re.S)
+
+
+def unescape_css(css: str) -> str:
+    """CSS with its escapes read: `\\64 isplay` is `display`, `\\.` is `.`."""
+    if "\\" not in css:
+        return css
+    return _ESCAPE.sub(_unescape_one, css)
+
+
+def _unescape_one(match: re.Match[str]) -> str:
+    code = int(match.group(1), 16) if match.group(1) else None
+    if code is None:
+        return match.group(2)
+    return chr(code) if 0 < code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF else "\ufffd"
+
+
+def declarations(style: str, important: dict[str, str] | None = None) -> dict[str, str]:
+    """The CSS declarations we look at, comments dropped and escapes read; those marked
+    `!important` are also put in `important`, when given (a stylesheet's beat an inline style)."""
+    style = unescape_css(strip_css_comments(style[:4000]))
     found = {}
     for declaration in style.split(";"):
         prop, colon, value = declaration.partition(":")
         prop = prop.strip().lower()
         if colon and prop in _STYLE_PROPS:
-            found[prop] = value.lower().replace("!important", "").strip()
+            value = value.lower()
+            found[prop] = value.replace("!important", "").strip()
+            if important is not None and "!important" in value:
+                important[prop] = found[prop]
     return found
 
 
@@ -182,3 +203,33 @@ def tiny(css: Mapping[str, str]) -> bool | None:
         return None
     px = _px(size)
     return px is not None and px <= 2
+
+
+# The screen a rule inside @media is judged on: a desktop mail reader's pane. Mail hides its
+# desktop or mobile copy by width; hidden text that shows on no screen at all is what matters.
+_VIEWPORT_PX = 800.0
+_MEDIA_FEATURE = re.compile(r"\(\s*(min|max)-(?:device-)?width\s*:\s*([^)]*)\)")
+
+
+def media_applies(at_rule: str) -> bool:
+    """Whether an `@media` block's rules hold on that screen: any query of its list whose media
+    type is screen or all and whose features are all widths the screen meets. Other features
+    (dark mode, resolution), `not` and other at-rules: no, as before they were read."""
+    query_list = at_rule.removeprefix("@media")
+    if query_list == at_rule:
+        return False
+    return any(_query_applies(query) for query in query_list.split(",")[:20])
+
+
+def _query_applies(query: str) -> bool:
+    features = _MEDIA_FEATURE.findall(query)
+    media_type = _MEDIA_FEATURE.sub(" ", query).replace(" and ", " ").split()
+    if media_type[:1] == ["only"]:
+        media_type = media_type[1:]
+    if media_type not in ([], ["screen"], ["all"]) or "(" in _MEDIA_FEATURE.sub(" ", query):
+        return False
+    for bound, value in features:
+        px = _px(value)
+        if px is None or (bound == "min" and px > _VIEWPORT_PX) or (bound == "max" and px < _VIEWPORT_PX):
+            return False
+    return True

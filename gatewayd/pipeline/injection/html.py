@@ -16,9 +16,11 @@ from gatewayd.pipeline.injection.css import (
     background,
     colour,
     declarations,
+    media_applies,
     sticky_reason,
     strip_css_comments,
     tiny,
+    unescape_css,
 )
 from gatewayd.pipeline.injection.limits import (
     MAX_HTML_TOKENS,
@@ -48,7 +50,7 @@ _BLOCK = frozenset(
         *("address", "article", "aside", "blockquote", "body", "br", "dd", "div", "dl", "dt", "fieldset"),
         *("figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr"),
         *("li", "main", "nav", "ol", "p", "pre", "section", "table", "tbody", "td", "tfoot", "th", "thead"),
-        *("tr", "ul", "option", "center"),
+        *("tr", "ul", "option", "center", "details", "summary"),
     }
 )
 # Opening one of these closes an open <p> (the HTML parsing rule, simplified to the innermost one).
@@ -82,6 +84,7 @@ class _Box:
 # What an element says of its box (see _Box), None for what it leaves to its parent.
 _Own = tuple[str | None, bool | None, bool | None, Rgb | str | None, Rgb | str | None]
 _SAYS_NOTHING: _Own = (None, None, None, None, None)
+_CLOSED_DETAILS = "closed <details>"  # all but its <summary>, which _walk shows
 _DEFAULT_BG = "default"  # white, unless the stylesheet sets backgrounds we cannot attribute
 _ROOT = ("#root", _Box(None, False, False, None, _DEFAULT_BG, None))
 _Open = tuple[str, _Box]  # an open element's name and box
@@ -99,6 +102,7 @@ class HtmlView:
         self.fake_tags: list[str] = []
         self.rest = ""  # markup beyond the token cap, tags stripped
         self.rules: dict[str, dict[str, str]] = {}  # ".class", "#id", "tag" -> declarations
+        self.important: dict[str, dict[str, str]] = {}  # the same, for those marked !important
         # A stylesheet colouring things by selectors we do not follow ("td.x a"): white text
         # on the default background may then sit on a dark one.
         self.colours_unsure = False
@@ -181,7 +185,10 @@ class HtmlView:
             if name == "tr" and stack[-1][0] == "tr":
                 self._pop(stack, open_names)
             if len(stack) < MAX_STACK:
-                stack.append((name, self._box(name, inside, attrs, stack[-1][1])))
+                parent = stack[-1][1]
+                if name == "summary" and parent.sticky == _CLOSED_DETAILS and stack[-1][0] == "details":
+                    parent = stack[-2][1]  # what a closed <details> shows: its summary
+                stack.append((name, self._box(name, inside, attrs, parent)))
                 open_names[name] = open_names.get(name, 0) + 1
         self.rest = STRIP_TAGS.sub(" ", html[position : position + MAX_TEXT_CHARS * 2])
 
@@ -258,46 +265,62 @@ class HtmlView:
         return _Box(sticky, invisible, is_tiny, fg, bg, reason)
 
     def _own(self, name: str, attrs: Mapping[str, str]) -> tuple[bool, _Own | None]:
-        return _own_of(name, attrs, self.rules, self.unknown_bg)
+        return _own_of(name, attrs, self.rules, self.unknown_bg, self.important)
 
     def _stylesheet(self, css: str) -> None:
-        """Rules for plain tag, .class and #id selectors at top level (not inside @media)."""
+        """Rules for plain tag, .class and #id selectors, at top level or in an @media block that
+        applies on a desktop screen (css.media_applies)."""
         self._owns.clear()  # new rules change what elements say
         css = strip_css_comments(css[:MAX_TEXT_CHARS]).replace("<!--", " ").replace("-->", " ")
-        depth, start, selector, in_at_rule = 0, 0, "", False
+        css = unescape_css(css)
+        depth, start, selector, in_at_rule, in_media = 0, 0, "", False, False
         for brace in re.finditer(r"[{}]", css):
             if brace.group(0) == "{":
                 if depth == 0:
                     selector = css[start : brace.start()].strip().lower()
                     in_at_rule = selector.startswith("@")
+                    in_media = in_at_rule and media_applies(selector)
+                elif depth == 1 and in_media:
+                    selector = css[start : brace.start()].strip().lower()
                 depth += 1
                 start = brace.end()
                 continue
             depth = max(depth - 1, 0)
-            if depth == 0 and not in_at_rule:
-                css_decls = declarations(css[start : brace.start()])
-                backgrounds = css_decls.keys() & {"background", "background-color", "background-image"}
-                for part in selector.split(",")[:50]:
-                    key = _simple_selector(part.strip()[:200])
-                    if key is not None and css_decls:
-                        self.rules.setdefault(key, {}).update(css_decls)
-                    elif backgrounds:
-                        # ".wrap td.dark": whatever has class "dark" may sit on a background we do
-                        # not know, so no colour verdict there (over-approximating is the safe side).
-                        subject = re.split(r"[\s>+~]+", part.strip()[:200])[-1].split(":")[0]
-                        subject_key = _simple_selector(subject)
-                        if subject_key is None:
-                            self.colours_unsure = True
-                        else:
-                            self.unknown_bg.add(subject_key)
+            if (depth == 0 and not in_at_rule) or (depth == 1 and in_media and not selector.startswith("@")):
+                self._rule(selector, css[start : brace.start()])
             start = brace.end()
+
+    def _rule(self, selector: str, body: str) -> None:
+        important: dict[str, str] = {}
+        css_decls = declarations(body, important)
+        backgrounds = css_decls.keys() & {"background", "background-color", "background-image"}
+        for part in selector.split(",")[:50]:
+            key = _simple_selector(part.strip()[:200])
+            if key is not None and css_decls:
+                self.rules.setdefault(key, {}).update(css_decls)
+                if important:
+                    self.important.setdefault(key, {}).update(important)
+            elif backgrounds:
+                # ".wrap td.dark": whatever has class "dark" may sit on a background we do
+                # not know, so no colour verdict there (over-approximating is the safe side).
+                subject = re.split(r"[\s>+~]+", part.strip()[:200])[-1].split(":")[0]
+                subject_key = _simple_selector(subject)
+                if subject_key is None:
+                    self.colours_unsure = True
+                else:
+                    self.unknown_bg.add(subject_key)
 
 
 def _own_of(
-    name: str, attrs: Mapping[str, str], rules: Mapping[str, Mapping[str, str]], unknown_bg: set[str]
+    name: str,
+    attrs: Mapping[str, str],
+    rules: Mapping[str, Mapping[str, str]],
+    unknown_bg: set[str],
+    important: Mapping[str, Mapping[str, str]] | None = None,
 ) -> tuple[bool, _Own | None]:
     """Whether the element has neither attributes nor CSS, and what its name, attributes and
-    the stylesheet say of its box before its parent counts (None: nothing)."""
+    the stylesheet (`important`: its !important declarations) say of its box before its parent
+    counts (None: nothing)."""
     css: dict[str, str] = {}
     if rules or unknown_bg:  # a stylesheet
         keys = [name, *("." + cls.lower() for cls in attrs.get("class", "").split()[:20])]
@@ -309,10 +332,14 @@ def _own_of(
             css.setdefault("background-image", "url()")
     if attrs.get("style"):
         css.update(declarations(attrs["style"]))
+        if important:  # a stylesheet's !important beats the inline style
+            for key in keys:
+                css.update(important.get(key, {}))
     sticky = (
         (sticky_reason(css) if css else None)
         or ("hidden attribute" if "hidden" in attrs else None)
         or ("<template>" if name == "template" else None)
+        or (_CLOSED_DETAILS if name == "details" and "open" not in attrs else None)
     )
     visibility = css.get("visibility")
     invisible = None if visibility is None else visibility.startswith(("hidden", "collapse"))
