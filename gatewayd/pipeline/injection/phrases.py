@@ -70,8 +70,8 @@ WORD_RULES = (
     ),
     rule(
         "INJ_NEW_INSTRUCTIONS",
-        "instruction instructions task goal objective purpose mission directive anweisungen instruktionen "
-        "befehle consignes consigne instrucciones ordenes",
+        "instruction instructions task goal objective purpose mission directive directives anweisungen "
+        "instruktionen befehle consignes consigne instrucciones ordenes",
         r"(?:new|updated|revised|real|actual|true|secret|hidden|override|admin|system|priority) "
         r"instructions? ?:",
         r"your (?:new|real|actual|true|only|next|primary|updated) (?:task|goal|objective|instructions?|"
@@ -79,6 +79,9 @@ WORD_RULES = (
         r"neue (?:anweisungen|instruktionen|befehle) ?:",
         r"nouvelles? (?:instructions?|consignes) ?:",
         r"nuevas? (?:instrucciones|ordenes) ?:",
+        # An opener that claims authority over the agent: "New instructions from your administrator:".
+        r"(?:instructions?|directives?) from (?:your |the )?(?:system |site |mail )?"
+        r"(?:administrator|admin|sysadmin|developer|operator)s? ?:",
     ),
     rule(
         "INJ_ROLE_HIJACK",

@@ -16,7 +16,10 @@ SYMBOLS: dict[str, tuple[float, str]] = {
         "ignore/override previous or system instructions (en, de, fr, es, it, pt, nl)",
     ),
     "INJ_DISREGARD_ABOVE": (0.35, "'disregard the above': people write it about their own mail too"),
-    "INJ_NEW_INSTRUCTIONS": (0.35, "'new instructions:', 'your new task is'"),
+    "INJ_NEW_INSTRUCTIONS": (
+        0.35,
+        "'new instructions:', 'your new task is', 'instructions from your administrator:'",
+    ),
     "INJ_ROLE_HIJACK": (0.5, "'you are now DAN', 'act as an unrestricted AI'"),
     "INJ_JAILBREAK": (0.45, "'do anything now', 'developer mode enabled', 'jailbreak mode'"),
     "INJ_PROMPT_LEAK": (0.5, "asks for the system prompt or the agent's instructions"),
