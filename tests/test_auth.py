@@ -186,6 +186,16 @@ def test_topmost_trusted_header_wins_over_a_forged_copy_below_it() -> None:
     assert result.event_type == UNAUTHENTICATED and data["verdict"] == "fail"
 
 
+def test_a_forged_header_with_the_trusted_id_counts_unless_no_id_is_trusted() -> None:
+    # What the README warns of: an MTA that neither strips such headers (RFC 8601 section 5) nor
+    # adds its own above lets a sender's copy through; trusting no authserv-id is the fallback.
+    forged = f"{MX}; spf=pass smtp.mailfrom=paypal.com; dkim=pass header.d=paypal.com; dmarc=pass"
+    sender = "PayPal <service@paypal.com>"
+    assert auth(evaluate(forged, sender=sender))["verdict"] == "pass"
+    untrusting = evaluate(forged, sender=sender, trusted=())
+    assert auth(untrusting)["verdict"] == "unknown" and "AUTH_RESULTS_UNTRUSTED" in symbols(untrusting)
+
+
 @pytest.mark.parametrize(
     ("trusted", "broken", "forged"),
     [
