@@ -300,11 +300,8 @@ async def test_closing_before_any_event_names_where_the_stream_started(env: Env,
     again.close()
 
 
-async def test_shutdown_stops_a_replay_and_sends_closing_with_the_last_id_written(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    stored = await env.publish(REPLAY_FIRST_PAGE + 10)
-    # The second page's read waits until the test lets it finish: shutdown begins meanwhile.
+def hold_second_page(env: Env, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """A replay's reads after its first page wait until the returned event is set."""
     second_page = asyncio.Event()
     read_after = env.gateway.store.read_after
 
@@ -314,6 +311,14 @@ async def test_shutdown_stops_a_replay_and_sends_closing_with_the_last_id_writte
         return await read_after(query, after_seq, limit)
 
     monkeypatch.setattr(env.gateway.store, "read_after", read_after_gated)
+    return second_page
+
+
+async def test_shutdown_stops_a_replay_and_sends_closing_with_the_last_id_written(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = await env.publish(REPLAY_FIRST_PAGE + 10)
+    second_page = hold_second_page(env, monkeypatch)  # shutdown begins while it is read
     response, reader = await env.open(since="0", ping="30")
     first_page = [(await reader.next()).id for _ in range(REPLAY_FIRST_PAGE)]
     assert first_page == [e.id for e in stored[:REPLAY_FIRST_PAGE]]
@@ -334,15 +339,7 @@ async def test_shutdown_mid_replay_never_sends_live_events_past_the_unreplayed_o
     """Live events queue during a replay; a shutdown stops the replay at a page: sending them
     then would move the client's resume point past the events the replay never sent."""
     stored = await env.publish(REPLAY_FIRST_PAGE + 10)
-    second_page = asyncio.Event()
-    read_after = env.gateway.store.read_after
-
-    async def read_after_gated(query: EventQuery, after_seq: int, limit: int) -> list[Event]:
-        if after_seq:
-            await second_page.wait()
-        return await read_after(query, after_seq, limit)
-
-    monkeypatch.setattr(env.gateway.store, "read_after", read_after_gated)
+    second_page = hold_second_page(env, monkeypatch)
     response, reader = await env.open(since="0", ping="30")
     first_page = [(await reader.next()).id for _ in range(REPLAY_FIRST_PAGE)]
     live = await env.publish(3)  # queued for the stream while its replay waits
