@@ -824,7 +824,9 @@ def _imap(data: Any, path: str, ctx: _Context) -> ImapConfig | None:
     if len(ctx.errors) > before or password is None:
         return None
     port = v["port"] if v["port"] is not None else 993 if v["tls"] == TLS_IMPLICIT else 143
-    return _build(ImapConfig, v, port=port, password=password, ca_file=ca_file)
+    # `inbox` is INBOX: one spelling everywhere (events, checkpoints, a rule's move into INBOX).
+    folders = tuple(map(_imap_folder, v["folders"]))
+    return _build(ImapConfig, v, port=port, password=password, ca_file=ca_file, folders=folders)
 
 
 def _smtp(data: Any, path: str, ctx: _Context) -> SmtpConfig | None:

@@ -145,6 +145,13 @@ def test_port_defaults_by_tls_and_seconds_accept_floats() -> None:
     assert imap.folders == ("INBOX", "Sent")
 
 
+def test_inbox_in_any_case_is_inbox() -> None:
+    """RFC 3501: INBOX is case-insensitive. One spelling everywhere, so a rule moving mail into
+    INBOX recognises the watched folder, and events and checkpoints name it alike."""
+    imap = parse_config(minimal(folders=["inbox", "Sent", "sent"]), env={}).mailboxes()[0].imap
+    assert imap.folders == ("INBOX", "Sent", "sent")
+
+
 # --- errors: one per class, with its exact path ---------------------------------------------------------
 
 

@@ -578,6 +578,19 @@ def test_a_template_with_an_unknown_filter_is_a_configuration_error() -> None:
     )
 
 
+def test_an_unknown_filter_or_test_in_a_branch_is_a_configuration_error() -> None:
+    """Jinja looks up what an `{% if %}` branch uses only when it runs: the first message taking it
+    would fail its auto-reply."""
+    for body, unknown in [
+        ("{% if subject %}{{ subject|shout }}{% endif %}", "filter named 'shout'"),
+        ("Hi{% if sender_name is shouty %}!{% endif %}", "test named 'shouty'"),
+    ]:
+        (error,) = errors_of([{"name": "r", "then": [{"auto_reply": body}]}])
+        where = 'rules[0] "r".then[0].auto_reply.body'
+        assert error == f"{where}: template syntax error on line 1: No {unknown}."
+    Template("{% if sender_name is defined %}{{ sender_name|title }}{% endif %}")  # known ones load
+
+
 def test_an_auto_reply_from_name_is_one_printable_line() -> None:
     """A CR passed the old check (LF only), and then every reply failed to compose."""
     for name in ("Desk\rBcc: x@y.example", "Desk\nBcc: x@y.example", "Desk\x00"):

@@ -120,6 +120,13 @@ class Template:
             self._template = _ENV.from_string(source)
         except TemplateSyntaxError as exc:
             raise ValueError(f"template syntax error on line {exc.lineno}: {exc.message}") from None
+        # Jinja checks the filters and tests inside an `{% if %}` only when that branch runs: an
+        # unknown one there would fail the action at the first message that takes it.
+        for node in tree.find_all((nodes.Filter, nodes.Test)):
+            kind, known = ("filter", _ENV.filters) if isinstance(node, nodes.Filter) else ("test", _ENV.tests)
+            if node.name not in known:
+                line = node.lineno
+                raise ValueError(f"template syntax error on line {line}: No {kind} named '{node.name}'.")
         for name in sorted(undeclared):
             if name not in FIELDS and not _assigned(tree, name):
                 close = difflib.get_close_matches(name, FIELDS, n=1)
