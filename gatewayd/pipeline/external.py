@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -110,12 +111,17 @@ def _ranked(symbols: list[tuple[str, float | None]]) -> tuple[tuple[str, float |
 
 
 def _number(value: Any) -> float | None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite JSON number, else None: Python's json reads NaN, Infinity and 1e400, which would
+    poison the stage's total (a NaN total is no verdict at all)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     return float(value) if ok else None
 
 
 def _float(text: str) -> float:
-    return float(text) + 0.0  # spamd writes "-0.0" for rules worth nothing: make it 0
+    number = float(text) + 0.0  # spamd writes "-0.0" for rules worth nothing: make it 0
+    if not math.isfinite(number):  # 400 digits read as inf
+        raise ScorerProtocolError(f"spamd sent a number out of range: {text[:20]}...")
+    return number
 
 
 # --- rspamd ---------------------------------------------------------------------------------------

@@ -279,8 +279,15 @@ async def test_a_silent_scorer_times_out_within_the_stage_budget(fake_server: An
             "spamd reply without a valid Spam header",
         ),
         (b"garbage\r\n\r\n", b"garbage\r\n\r\n", "bad reply from rspamd", "not a spamd reply"),
+        (
+            # Python's json reads NaN; and 400 digits are a float's inf: either would poison the total.
+            b'HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n{"score": NaN}',
+            b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; " + b"9" * 400 + b" / 5.0\r\n\r\n",
+            "rspamd reply without a score",
+            "spamd sent a number out of range",
+        ),
     ],
-    ids=["error-reply", "no-score", "not-the-protocol"],
+    ids=["error-reply", "no-score", "not-the-protocol", "not-finite"],
 )
 async def test_a_garbled_reply_falls_back_with_the_reason(
     fake_server: Any, rspamd_reply: bytes, spamd_reply: bytes, rspamd_reason: str, spamd_reason: str
