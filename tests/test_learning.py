@@ -690,3 +690,25 @@ def test_empty_and_huge_messages(store: LearningStore) -> None:
     assert len(tokenize(huge)) == learning.MAX_TOKENS
     assert store.train(huge, "spam") is True
     assert store.signature_match(huge) is not None  # hashed from its first 16 KB
+
+
+def test_learn_from_dirs_splits_an_mbox_and_skips_files_that_are_not_mail(
+    store: LearningStore, tmp_path: Path
+) -> None:
+    ham, spam = corpus(3, seed=6)
+    (tmp_path / "spam").mkdir()
+    (tmp_path / "ham").mkdir()
+    envelope = b"From sender@example.com  Thu Aug 22 13:17:22 2002\n"
+    mbox = b"".join(envelope + item.raw + b"\n" for item in spam)
+    (tmp_path / "spam" / "junk.mbox").write_bytes(mbox)
+    (tmp_path / "spam" / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF" + bytes(range(256)) * 40)
+    (tmp_path / "spam" / "notes.txt").write_bytes(b"remember to buy milk\n")
+    # A single message with its envelope line and an unquoted body line "From ": one message.
+    single = b"From someone@example.org  Mon Jan  1 00:00:00 2024\n" + ham[0].raw + b"\nFrom the team\n"
+    (tmp_path / "ham" / "1.eml").write_bytes(single)
+    assert learn_from_dirs(store, [tmp_path / "spam"], [tmp_path / "ham"]) == {
+        "spam": 3,
+        "ham": 1,
+        "skipped": 2,
+    }
+    assert store.counts()["spam"] == 3 and store.counts()["ham"] == 1
