@@ -602,14 +602,19 @@ def _http_url(value: Any) -> str:
     want = 'an http:// or https:// URL such as "http://127.0.0.1:11333"'
     if not isinstance(value, str):
         raise _fail(f"expected {want}, got {_describe(value)}")
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # "http://[::1": an unclosed IPv6 bracket
+        raise _fail(f"expected {want}, got {_describe(value)}") from None
     if "@" in parts.netloc:  # not echoed: it may hold a password
         raise _fail("credentials in the URL are not supported; use `password`")
     try:
         port_ok = parts.port != 0
     except ValueError:  # not a number, or out of range
         port_ok = False
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+    # A space or control character in the host is no host: aiohttp would refuse it on every message.
+    host_ok = bool(parts.hostname) and parts.hostname.isprintable() and " " not in parts.hostname
+    if parts.scheme not in ("http", "https") or not host_ok or not port_ok:
         raise _fail(f"expected {want}, got {_describe(value)}")
     if parts.query or parts.fragment:
         raise _fail(f"expected {want}, without a query or fragment, got {_describe(value)}")

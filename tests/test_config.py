@@ -492,6 +492,8 @@ def test_external_scorers_are_off_by_default_and_an_empty_mapping_takes_every_de
         ),
         ({"rspamd": {"url": "http://host:99999"}}, "pipeline.spam.rspamd.url: expected an http://"),
         ({"rspamd": {"url": "http://h/?a=1"}}, "pipeline.spam.rspamd.url: expected an http://"),
+        ({"rspamd": {"url": "http://[::1:11333"}}, "pipeline.spam.rspamd.url: expected an http://"),
+        ({"rspamd": {"url": "http://rspamd host:11333"}}, "pipeline.spam.rspamd.url: expected an http://"),
         (
             {"rspamd": {"url": f"http://u:{SECRET}@h"}},
             "pipeline.spam.rspamd.url: credentials in the URL are not supported; use `password`",
