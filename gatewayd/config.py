@@ -613,7 +613,8 @@ def _http_url(value: Any) -> str:
     except ValueError:  # not a number, or out of range
         port_ok = False
     # A space or control character in the host is no host: aiohttp would refuse it on every message.
-    host_ok = bool(parts.hostname) and parts.hostname.isprintable() and " " not in parts.hostname
+    host = parts.hostname or ""
+    host_ok = bool(host) and host.isprintable() and " " not in host
     if parts.scheme not in ("http", "https") or not host_ok or not port_ok:
         raise _fail(f"expected {want}, got {_describe(value)}")
     if parts.query or parts.fragment:
