@@ -179,7 +179,26 @@ def _processes_naming(path: Path) -> dict[int, str]:
     return found
 
 
-def test_a_terminated_run_leaves_no_sandbox_behind() -> None:
+def _scratch_created(scratch: Path) -> bool:
+    return any(scratch.iterdir())
+
+
+def _sandbox_and_gateway_up(scratch: Path) -> bool:
+    commands = _processes_naming(scratch).values()
+    return all(any(name in command for command in commands) for name in ("dovecot", "gatewayd run"))
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        # The bench's root exists and its Dovecot is starting, in a thread the signal cannot stop.
+        _scratch_created,
+        # Both the sandbox Dovecot and a gatewayd are up: what a cancelled CI job would orphan.
+        _sandbox_and_gateway_up,
+    ],
+    ids=["dovecot-starting", "scenario-running"],
+)
+def test_a_terminated_run_leaves_no_sandbox_behind(moment: Callable[[Path], bool]) -> None:
     # A short directory of its own: Dovecot's socket paths must stay under the kernel's limit.
     scratch = Path(tempfile.mkdtemp(prefix="gwb-", dir="/tmp"))
     env = {**os.environ, "TMPDIR": str(scratch)}
@@ -192,13 +211,9 @@ def test_a_terminated_run_leaves_no_sandbox_behind() -> None:
     )
     try:
         deadline = time.monotonic() + 60
-        # Both the sandbox Dovecot and a gatewayd are up: what a cancelled CI job would orphan.
-        while not all(
-            any(name in command for command in _processes_naming(scratch).values())
-            for name in ("dovecot", "gatewayd run")
-        ):
+        while not moment(scratch):
             assert process.poll() is None and time.monotonic() < deadline, "the bench never got going"
-            time.sleep(0.1)
+            time.sleep(0.002)
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=60)
         assert process.returncode == 130, err.decode(errors="replace")

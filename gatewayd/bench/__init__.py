@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -102,6 +103,21 @@ async def run_scenario(module: ModuleType, bench: Bench, size: dict[str, float])
     return result
 
 
+async def _open_bench(quick: bool, profile: Path | None, cpu_policy: str) -> Bench:
+    """Bench.open in a thread; interrupted meanwhile, the thread still starts the Dovecot, so wait
+    for it and stop that Dovecot before the interruption goes on."""
+    opening = asyncio.ensure_future(asyncio.to_thread(Bench.open, quick, None, profile, cpu_policy))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        while not opening.done():
+            with contextlib.suppress(asyncio.CancelledError):  # a second signal changes nothing
+                await asyncio.shield(opening)
+        if not opening.cancelled() and opening.exception() is None:
+            await asyncio.to_thread(opening.result().close)
+        raise
+
+
 async def run(
     modules: Sequence[ModuleType],
     quick: bool,
@@ -114,7 +130,7 @@ async def run(
     main_task = asyncio.current_task()
     assert main_task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
-    bench = await asyncio.to_thread(Bench.open, quick, None, profile, cpu_policy)
+    bench = await _open_bench(quick, profile, cpu_policy)
     try:
         return [await run_scenario(module, bench, sizes[module.NAME]) for module in modules]
     finally:

@@ -67,8 +67,13 @@ class Bench:
     ) -> Bench:
         owns = root is None
         root = Path(tempfile.mkdtemp(prefix="gatewayd-bench-")) if root is None else root
-        dovecot = Dovecot.create(root / "dovecot", extra_config=PRODUCTION_LIKE)
-        dovecot.start()
+        try:
+            dovecot = Dovecot.create(root / "dovecot", extra_config=PRODUCTION_LIKE)
+            dovecot.start()
+        except BaseException:
+            if owns:  # a Dovecot that did not start leaves no scratch directory behind
+                shutil.rmtree(root, ignore_errors=True)
+            raise
         return cls(
             root=root,
             dovecot=dovecot,
