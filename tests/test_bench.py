@@ -129,6 +129,44 @@ def test_main_refuses_unknown_scenario() -> None:
     assert main(["nonsense"]) == 2
 
 
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        (["--set", "nope.x=1"], "nope is not a scenario"),
+        (["replay", "--set", "fanout.subscribers=3"], "fanout is not among the scenarios to run"),
+        (["--set", "replay.nope=1"], "replay has no size nope; choose from events"),
+        (["--set", "replay.events"], "expected SCENARIO.KEY=VALUE"),
+        (["--set", "replay.events=many"], "not a number"),
+        (["--set", "replay.events=-5"], "must be a finite number above 0"),
+        (["--set", "replay.events=0"], "must be a finite number above 0"),
+        (["--set", "replay.events=nan"], "must be a finite number above 0"),
+        (["--set", "replay.events=2.5"], "must be a whole number"),
+        (["--set", "restart.passive=-1"], "must be a finite number, 0 or more"),
+        (["--json", "{tmp}/missing/results.json"], "missing does not exist"),
+        (["--markdown", "{tmp}"], "is a directory"),
+        (["--plot", "{tmp}/missing/latency.png"], "missing does not exist"),
+        (["--profile", "{tmp}/file"], "not a directory"),
+    ],
+)
+def test_main_refuses_bad_arguments_before_starting_anything(
+    arguments: list[str], error: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").touch()
+    assert main(["--quick", *(a.replace("{tmp}", str(tmp_path)) for a in arguments)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # not even the machine's line: no Dovecot, no gatewayd, no scratch directory
+    assert len(err.splitlines()) == 1 and error in err, err
+
+
+def test_main_refuses_profile_without_py_spy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("gatewayd.bench.py_spy", lambda: None)  # py-spy not installed
+    assert main(["--quick", "--profile", str(tmp_path / "profiles")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "--profile needs py-spy" in err
+
+
 def test_dechunker_across_split_reads() -> None:
     body = b"5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n"
     dechunker = _Dechunker()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 
 from gatewayd.bench import fanout, latency, mailboxes, replay, restart, throughput
-from gatewayd.bench.harness import CPU_POLICIES, Bench, machine
+from gatewayd.bench.harness import CPU_POLICIES, Bench, machine, py_spy
 from gatewayd.bench.stats import Result, markdown_table, plot, table, write_json
 
 # In the issue's order; each module has NAME, TITLE, QUICK, FULL and `async run(bench, size)`.
@@ -66,19 +67,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class UsageError(Exception):
+    """Bad arguments, found before anything starts: one line for the user, exit status 2."""
+
+
+# Sizes that may be 0: a warm-up and two switches. Every other size counts or paces what is measured.
+MAY_BE_ZERO = frozenset({"latency.warmup", "throughput.train", "restart.passive"})
+
+
+def _size(name: str, field: str, text: str, default: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"--set {name}.{field}={text}: not a number") from None
+    if f"{name}.{field}" in MAY_BE_ZERO:
+        if not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"--set {name}.{field}={text}: must be a finite number, 0 or more")
+    elif not (math.isfinite(value) and value > 0):
+        raise UsageError(f"--set {name}.{field}={text}: must be a finite number above 0")
+    if isinstance(default, int) and not value.is_integer():
+        raise UsageError(f"--set {name}.{field}={text}: must be a whole number")
+    return value
+
+
 def _sizes(
     modules: Sequence[ModuleType], quick: bool, overrides: Sequence[str]
 ) -> dict[str, dict[str, float]]:
     sizes = {m.NAME: dict(m.QUICK if quick else m.FULL) for m in modules}
     for item in overrides:
-        key, _, value = item.partition("=")
-        name, _, field = key.partition(".")
-        if name not in sizes or field not in sizes[name] or not value:
-            raise SystemExit(
-                f"--set {item}: expected SCENARIO.KEY=VALUE with a key of {sizes.get(name, sizes)}"
-            )
-        sizes[name][field] = float(value)
+        key, equals, value = item.partition("=")
+        name, dot, field = key.partition(".")
+        if not (equals and dot and value):
+            raise UsageError(f"--set {item}: expected SCENARIO.KEY=VALUE, e.g. --set fanout.subscribers=2000")
+        if name not in sizes:
+            known = name in {m.NAME for m in SCENARIOS}
+            why = "is not among the scenarios to run" if known else "is not a scenario"
+            raise UsageError(f"--set {item}: {name} {why}; choose from {', '.join(sizes)}")
+        if field not in sizes[name]:
+            keys = ", ".join(sizes[name])
+            raise UsageError(f"--set {item}: {name} has no size {field}; choose from {keys}")
+        sizes[name][field] = _size(name, field, value, sizes[name][field])
     return sizes
+
+
+def _check_writable(option: str, path: Path | None, directory: bool = False) -> None:
+    """Refuse, before the run, an output the end of a run of minutes could not write."""
+    if path is None:
+        return
+    if path.is_dir() != directory and path.exists():
+        raise UsageError(f"{option} {path}: {'not a directory' if directory else 'is a directory'}")
+    parent = path if directory and path.exists() else path.parent
+    while directory and not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # --profile makes its directory and any missing parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{option} {path}: not writable")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    _check_writable("--json", args.json)
+    _check_writable("--markdown", args.markdown)
+    _check_writable("--plot", args.plot)
+    _check_writable("--profile", args.profile, directory=True)
+    if args.profile is not None and py_spy() is None:
+        raise UsageError("--profile needs py-spy (pip install py-spy)")
 
 
 async def run_scenario(module: ModuleType, bench: Bench, size: dict[str, float]) -> Result:
@@ -146,7 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(BY_NAME)}", file=sys.stderr)
         return 2
     modules = list(dict.fromkeys(BY_NAME[name] for name in args.scenarios)) or list(SCENARIOS)
-    sizes = _sizes(modules, args.quick, args.set)
+    try:
+        sizes = _sizes(modules, args.quick, args.set)
+        _check_outputs(args)
+    except UsageError as exc:
+        print(f"gatewayd bench: {exc}", file=sys.stderr)
+        return 2
     info = machine()
     mode = "quick" if args.quick else "full"
     print(

@@ -89,7 +89,7 @@ class Bench:
         if self.profile_dir is None:
             yield
             return
-        spy = _py_spy()
+        spy = py_spy()
         if spy is None:
             print("  note: --profile needs py-spy (pip install py-spy): not profiling", flush=True)
             yield
@@ -463,7 +463,8 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def _py_spy() -> str | None:
+def py_spy() -> str | None:
+    """The py-spy executable, on the PATH or beside this interpreter; None when not installed."""
     found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     return found if Path(found).exists() else None
 
