@@ -26,7 +26,7 @@ from gatewayd.bench import SCENARIOS, main, run_scenario
 from gatewayd.bench.clients import _Dechunker
 from gatewayd.bench.harness import Bench, GatewayProcess
 from gatewayd.bench.latency import median_gap, window_starts
-from gatewayd.bench.stats import Result, percentile
+from gatewayd.bench.stats import Result, latency_rows, percentile
 from gatewayd.sandbox.dovecot import SandboxUnavailable
 
 
@@ -106,12 +106,22 @@ CHECKS: dict[str, Callable[[Result], None]] = {
 
 
 @pytest.mark.parametrize("module", SCENARIOS, ids=lambda module: module.NAME)
-async def test_scenario_runs_at_quick_size(bench: Bench, module: ModuleType) -> None:
+async def test_scenario_runs_at_quick_size(
+    bench: Bench, module: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
     result = await run_scenario(module, bench, dict(module.QUICK))
     assert result.error is None
     assert result.rows
     for row in result.rows:
         assert row.value is not None and math.isfinite(row.value), row
+        assert row.floor is None or math.isfinite(row.floor), row
+        assert (row.met is None) == (not row.target), row  # every target gets its verdict
+    # Issue 6: each scenario prints its own floor, measured in the same run.
+    floors = [row for row in result.rows if row.floor is not None]
+    assert floors, f"{module.NAME}: no row with a floor"
+    printed = capsys.readouterr().out
+    for row in floors:
+        assert f"  {row.metric}: " in printed and "(floor " in printed
     CHECKS[module.NAME](result)
 
 
@@ -172,6 +182,20 @@ def test_dechunker_across_split_reads() -> None:
     dechunker = _Dechunker()
     out = b"".join(dechunker.feed(body[i : i + 3]) for i in range(0, len(body), 3))
     assert out == b"hello, world" and dechunker.finished
+
+
+def test_latency_targets_are_the_issues_slack_over_the_floor() -> None:
+    """Issue 6: p50 within 5 ms of the floor's p50, p99 within 25 ms of the floor's p99."""
+    result = Result("latency", "latency")
+    latency_rows(result, "at the limit", [505.0] * 10, [500.0] * 10)
+    latency_rows(result, "past it", [530.1] * 10, [505.0] * 10)
+    verdicts = {row.metric: row.met for row in result.rows if row.target}
+    assert verdicts == {
+        "at the limit p50 - floor p50": True,
+        "at the limit p99 - floor p99": True,
+        "past it p50 - floor p50": False,
+        "past it p99 - floor p99": False,
+    }
 
 
 def test_percentile_interpolates() -> None:
