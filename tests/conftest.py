@@ -46,6 +46,12 @@ def user(dovecot: Dovecot) -> str:
     return name
 
 
+def mailless_config(tmp_path: Path) -> Config:
+    """A daemon with one agent and no mailbox, on a free loopback port: its HTTP side alone."""
+    data = {"server": {"listen": "127.0.0.1:0"}, "store": {"path": str(tmp_path / "events.db")}}
+    return parse_config(data | {"agents": [{"id": "a"}]}, env={})
+
+
 def gateway_config(
     tmp_path: Path,
     dovecot: Dovecot,

@@ -14,8 +14,8 @@ import tomllib
 from pathlib import Path
 
 from gatewayd.app import Daemon
-from gatewayd.config import parse_config
 from gatewayd.sandbox.dovecot import free_port
+from tests.conftest import mailless_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,15 +61,7 @@ async def test_the_container_healthcheck_asks_gatewayd_itself_whatever_proxy_is_
     assert match, "no exec-form HEALTHCHECK CMD in the Dockerfile"
     command = json.loads(match.group(1))
     assert command[0] == "python" and ":8025/" in command[-1]
-    config = parse_config(
-        {
-            "server": {"listen": "127.0.0.1:0"},
-            "store": {"path": str(tmp_path / "events.db")},
-            "agents": [{"id": "a"}],
-        },
-        env={},
-    )
-    daemon = Daemon(config)
+    daemon = Daemon(mailless_config(tmp_path))
     await daemon.start()
     try:
         dead_proxy = f"http://127.0.0.1:{free_port()}"

@@ -110,15 +110,14 @@ def store_size(store: Any) -> int:
         return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
 
 
+def demo(*options: str) -> subprocess.CompletedProcess[str]:
+    """`gatewayd demo OPTIONS` run to its end, from the repository's root."""
+    command = gatewayd_command("demo", *options)
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=child_env())
+
+
 def test_demo_runs_end_to_end() -> None:
-    result = subprocess.run(
-        gatewayd_command("demo", "--messages", "2", "--interval", "0.2", "--port", "0"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO_ROOT,
-        env=child_env(),
-    )
+    result = demo("--messages", "2", "--interval", "0.2", "--port", "0")
     assert result.returncode == 0, result.stderr
     assert re.search(
         r"curl -N -H 'Authorization: Bearer gwd_[\w-]+' 'http://127\.0\.0\.1:\d+/events", result.stdout
@@ -131,14 +130,7 @@ def test_demo_on_a_busy_port_says_so_and_leaves_no_dovecot() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = subprocess.run(
-            gatewayd_command("demo", "--messages", "1", "--port", str(port)),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO_ROOT,
-            env=child_env(),
-        )
+        result = demo("--messages", "1", "--port", str(port))
     assert result.returncode == 3, result.stderr
     assert result.stderr == f"gatewayd: cannot listen on 127.0.0.1:{port}: Address already in use\n"
     sandbox = re.search(r"^Dovecot sandbox: .* in (\S+)$", result.stdout, re.M)
@@ -148,13 +140,7 @@ def test_demo_on_a_busy_port_says_so_and_leaves_no_dovecot() -> None:
 
 def test_demo_refuses_out_of_range_options_before_starting_anything() -> None:
     for option, value in [("--port", "99999"), ("--interval", "-1"), ("--messages", "-3")]:
-        result = subprocess.run(
-            gatewayd_command("demo", option, value),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=child_env(),
-        )
+        result = demo(option, value)
         assert result.returncode == 2, result.stderr
         assert f"gatewayd demo: error: argument {option}: expected " in result.stderr
         assert "Traceback" not in result.stderr and result.stdout == ""

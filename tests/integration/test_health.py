@@ -14,6 +14,7 @@ from gatewayd.api.health import PUBLIC_WATCHER_FIELDS
 from gatewayd.app import Daemon
 from gatewayd.config import Config, hash_token, parse_config
 from gatewayd.sandbox.dovecot import PASSWORD, Dovecot
+from tests.conftest import mailless_config
 from tests.sse import mail
 from tests.waiting import idle, wait_for
 
@@ -113,15 +114,7 @@ async def test_healthz_shows_mail_activity_to_the_mailboxes_own_tenant_only(
 async def test_healthz_says_stopping_from_the_shutdowns_first_step(tmp_path: Path, monkeypatch: Any) -> None:
     """A load balancer keeping its connection open sees 503 while the shutdown still stores what
     the watchers hold, before the streams are told `closing`. (Injected: that step is held.)"""
-    config = parse_config(
-        {
-            "server": {"listen": "127.0.0.1:0"},
-            "store": {"path": str(tmp_path / "events.db")},
-            "agents": [{"id": "a"}],
-        },
-        env={},
-    )
-    daemon = Daemon(config)
+    daemon = Daemon(mailless_config(tmp_path))
     await daemon.start()
     draining, release = asyncio.Event(), asyncio.Event()
     drain = daemon.pool.drain
