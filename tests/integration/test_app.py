@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 import socket
 import sqlite3
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +22,20 @@ from tests.daemon import REPO_ROOT, GatewayProcess, child_env, config_data, gate
 from tests.waiting import wait_for
 
 
+@contextlib.contextmanager
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, Path]]:
+    """Where a child sends its sd_notify states, as systemd's NOTIFY_SOCKET (and its path)."""
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(path))
+        notify.settimeout(20)
+        yield notify, path
+
+
 async def test_ready_is_notified_to_systemd_once_listening(
     dovecot: Dovecot, user: str, tmp_path: Path
 ) -> None:
-    notify_path = tmp_path / "notify.sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-        notify.bind(str(notify_path))
-        notify.settimeout(20)
+    with notify_socket(tmp_path) as (notify, notify_path):
         port = free_port()
         config = write_config(tmp_path / "gatewayd.yaml", config_data(tmp_path, dovecot, [user], port))
         env = {**child_env(), "NOTIFY_SOCKET": str(notify_path)}
@@ -54,10 +63,7 @@ async def test_the_watchdog_is_fed_from_the_event_loop_once_ready(
 ) -> None:
     """Under WatchdogSec= (WATCHDOG_USEC), WATCHDOG=1 keeps coming after READY=1: without it
     systemd would kill a healthy gatewayd after WatchdogSec."""
-    notify_path = tmp_path / "notify.sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
-        notify.bind(str(notify_path))
-        notify.settimeout(20)
+    with notify_socket(tmp_path) as (notify, notify_path):
         port = free_port()
         config = write_config(tmp_path / "gatewayd.yaml", config_data(tmp_path, dovecot, [user], port))
         gw = GatewayProcess(config, port)
