@@ -212,6 +212,78 @@ async def test_a_slow_regex_is_evaluated_again_off_the_event_loop_and_lands_in_r
     )
 
 
+SLOW = {"body": {"regex": "(x+x+)+y"}}  # catastrophic backtracking on a run of x's without a y
+
+
+async def test_a_condition_that_cannot_be_decided_fails_closed_whatever_wraps_it() -> None:
+    """A regex out of time once counted as no match: under `not:` the rule fired, so a message
+    that makes a regex slow triggered what was meant for "everything that is not X"."""
+    rules, errors = parse_rules(
+        [
+            {"name": "not-slow", "if": {"not": SLOW}, "then": [{"tag": "a"}]},
+            {"name": "any-not", "if": {"any": [{"not": SLOW}, {"subject": "nope"}]}, "then": [{"tag": "b"}]},
+            {
+                "name": "all-not",
+                "if": {"all": [{"not": SLOW}, {"from": "@example.org"}]},
+                "then": [{"tag": "c"}],
+            },
+            # Decided whatever the regex would have said: true (any) or false (all).
+            {"name": "any-true", "if": {"any": [SLOW, {"from": "@example.org"}]}, "then": [{"tag": "d"}]},
+            {
+                "name": "all-false",
+                "if": {"not": {"all": [SLOW, {"subject": "nope"}]}},
+                "then": [{"tag": "e"}],
+            },
+        ],
+        "rules",
+    )
+    assert errors == []
+    pipeline = Pipeline([StageSpec(RulesStage(RuleBook(tuple(rules))), 5)])
+    outcome = await pipeline.run(message(body="x" * 5000))
+    assert [r["rule"] for r in outcome.data["rules_applied"]] == ["any-true", "all-false"]
+    not_applied = [e for e in outcome.data["rules_errors"] if "not applied" in e]
+    assert [e.split('"')[1] for e in not_applied] == ["not-slow", "any-not", "all-not"]
+    assert all("body: regex '(x+x+)+y'" in e for e in not_applied), not_applied
+    assert all("timed out" in e or "used up" in e for e in not_applied), not_applied
+
+
+def test_an_undecided_rule_with_stop_stops_the_rules_after_it() -> None:
+    rules, _ = parse_rules(
+        [
+            {"name": "junk", "if": SLOW, "then": [{"move": "Junk"}], "stop": True},
+            {"name": "reply", "then": [{"tag": "would-be-answered"}]},
+        ],
+        "rules",
+    )
+    found = facts(message(body="x" * 5000))
+    assert evaluate(rules, found) == []
+    assert found.errors[0].startswith('rule "junk" not applied: body: regex')
+    assert found.errors[0].endswith("no later rule is evaluated (it has stop)")
+
+
+def test_a_verdict_test_on_a_stage_that_failed_is_undecided() -> None:
+    """A stage that failed on the message (its keys null) says nothing: `not: {spam_verdict: spam}`
+    must not let a message that breaks the spam stage through; a stage not configured is false."""
+    failed = message(spam=None, auth=None, injection=None)
+    for test in (
+        {"spam_verdict": "spam"},
+        {"spam_score": {"over": 5}},
+        {"auth": "fail"},
+        {"auth": {"dkim": "fail"}},
+        {"injection_level": "high"},
+        {"injection_score": {"over": 0.5}},
+    ):
+        assert not matches({"not": test}, failed), test
+        assert matches({"not": test})  # the stage is not configured
+    found = facts(failed)
+    (rule,), _ = parse_rules(
+        [{"name": "r", "if": {"not": {"spam_verdict": "spam"}}, "then": ["mark_read"]}], "x"
+    )
+    assert evaluate([rule], found) == [] and found.errors == [
+        'rule "r" not applied: the spam stage failed on this message'
+    ]
+
+
 async def test_ordinary_regex_rules_are_evaluated_on_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     rules, _ = parse_rules(
         [

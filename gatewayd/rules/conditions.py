@@ -3,7 +3,13 @@
 A condition is a mapping; each key is one test and all of them must hold. `all`, `any` and `not`
 combine conditions. The tests read the event data the pipeline built (so the spam, auth and
 injection verdicts are there) plus the message's headers and decoded body text. A test on a verdict
-whose stage did not run (or failed) is false.
+whose stage is not configured is false.
+
+A test that cannot be decided for this message (a regex out of time, a verdict whose stage failed
+on it) raises `Undecided`, and conditions fail closed: `all` and `any` decide without it when their
+other children do (a false one, a true one), `not` of it is undecided too, and a rule whose `if` is
+undecided does not match. So a message that makes a test fail can never make a rule fire that
+would not fire whatever the test said (`not: {subject: {regex: ...}}` against a slow regex).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class Facts:
     # Tests that could not be decided (a regex out of time), for the event's `rules_errors`.
     errors: list[str] = field(default_factory=list)
     raw: bytes = b""
+    rule: str = ""  # the rule being evaluated, to name it in `errors`
     # Conditions ask for a few names of a block of dozens: the block is read once, when a name may
     # be in it, and only the values asked for are unfolded (per name, once).
     _block: bytes | None = field(default=None, init=False, repr=False)
@@ -82,15 +89,30 @@ class Facts:
         return [_unfold(value) for value in raw_values] if raw_values else self.known.get(name, [])
 
     def section(self, name: str) -> Mapping[str, Any]:
+        """A stage's part of the event data: empty when the stage is not configured; a stage that
+        failed on this message left its key null, and nothing can be decided on it."""
         value = self.data.get(name)
+        if value is None and name in self.data:
+            raise Undecided(f"the {name} stage failed on this message")
         return value if isinstance(value, dict) else {}
 
 
+class Undecided(Exception):
+    """A test that cannot be decided for this message; the message is the test and the reason."""
+
+
 class Condition(Protocol):
-    def test(self, facts: Facts) -> bool: ...
+    def test(self, facts: Facts) -> bool:
+        """Whether the condition holds; raises Undecided when that cannot be known."""
+        ...
 
 
 # -- combinators ----------------------------------------------------------------------------------
+
+
+def _moot(facts: Facts, undecided: Undecided) -> None:
+    """An undecided test whose combinator was decided by another child: reported all the same."""
+    facts.errors.append(f'rule "{facts.rule}": {undecided} (decided without it)')
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +120,21 @@ class All:
     children: tuple[Condition, ...]
 
     def test(self, facts: Facts) -> bool:
-        return all(child.test(facts) for child in self.children)
+        undecided: Undecided | None = None
+        for child in self.children:
+            try:
+                if not child.test(facts):
+                    if undecided is not None:
+                        _moot(facts, undecided)
+                    return False
+            except Undecided as exc:
+                if undecided is not None:
+                    _moot(facts, exc)
+                else:
+                    undecided = exc
+        if undecided is not None:
+            raise undecided
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +142,21 @@ class AnyOf:
     children: tuple[Condition, ...]
 
     def test(self, facts: Facts) -> bool:
-        return any(child.test(facts) for child in self.children)
+        undecided: Undecided | None = None
+        for child in self.children:
+            try:
+                if child.test(facts):
+                    if undecided is not None:
+                        _moot(facts, undecided)
+                    return True
+            except Undecided as exc:
+                if undecided is not None:
+                    _moot(facts, exc)
+                else:
+                    undecided = exc
+        if undecided is not None:
+            raise undecided
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +206,11 @@ class Text:
             return False
         if self.regexes:
             try:
-                return any(facts.budget.search(p, v) for p in self.regexes for v in values)
+                if any(facts.budget.search(p, v) for p in self.regexes for v in values):
+                    return True
             except RegexTimeout as exc:
-                facts.errors.append(f"{self.what}: {exc}")
-                return False
+                raise Undecided(f"{self.what}: {exc}") from None
+            return False
         return True
 
 
@@ -296,9 +347,11 @@ def dkim_results(facts: Facts) -> list[str]:
     return [str(d.get("result")) for d in facts.section("auth").get("dkim") or [] if isinstance(d, dict)]
 
 
-def nested(*keys: str) -> Callable[[Facts], list[str]]:
+def nested(stage: str, *keys: str) -> Callable[[Facts], list[str]]:
+    """A string in a stage's part of the event data."""
+
     def get(facts: Facts) -> list[str]:
-        value: Any = facts.data
+        value: Any = facts.section(stage)
         for key in keys:
             value = value.get(key) if isinstance(value, dict) else None
         return [value] if isinstance(value, str) else []

@@ -281,12 +281,12 @@ class RulesStage:
 async def evaluate_bounded(rules: Sequence[Rule], facts: Facts) -> list[Rule]:
     """`evaluate` for rules with regular expressions: on the loop while they keep within the
     short inline budget, else again from the start in a worker thread with the full one."""
-    budget = facts.budget
-    facts.budget = InlineBudget()  # its timeouts raise instead of being recorded in facts.errors
+    budget, reported = facts.budget, len(facts.errors)
+    facts.budget = InlineBudget()  # its timeouts raise NeedsMoreTime instead of being undecided
     try:
         return evaluate(rules, facts)
     except NeedsMoreTime:
-        pass
+        del facts.errors[reported:]  # the full evaluation reports them again
     finally:
         facts.budget = budget
     return await asyncio.to_thread(evaluate, rules, facts)

@@ -4,7 +4,8 @@ A user's regular expression must not hang the gateway: patterns are compiled wit
 package, whose matcher takes a timeout (Python's `re` has none, and a catastrophic pattern such as
 `(x+x+)+y` runs for hours on a few kilobytes). Every search gets at most `REGEX_TIMEOUT` seconds and
 the whole message at most `REGEX_BUDGET`; the text searched is cut to `MAX_TEXT` characters. A
-search that runs out of time counts as "no match" and is reported in the event's `rules_errors`.
+search that runs out of time raises `RegexTimeout`: its condition is undecided (see
+gatewayd.rules.conditions), and the event's `rules_errors` says so.
 
 The rules stage first evaluates on the event loop under an `InlineBudget` of `INLINE_BUDGET`:
 running out of that is no verdict but `NeedsMoreTime`, and the message is evaluated again, from

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gatewayd.rules.actions import Action
-from gatewayd.rules.conditions import Facts
+from gatewayd.rules.conditions import Facts, Undecided
 from gatewayd.rules.model import Rule
 
 OK = "ok"
@@ -30,9 +30,20 @@ _PHASE = {"report": 0, "store": 1, "store_labels": 1, "copy": 2, "move": 3, "sen
 
 
 def evaluate(rules: Sequence[Rule], facts: Facts) -> list[Rule]:
+    """The matching rules. One whose condition is undecided does not match, and when it would
+    have stopped evaluation, no later rule is evaluated either: it fails closed both ways."""
     matched = []
     for rule in rules:
-        if rule.condition is None or rule.condition.test(facts):
+        facts.rule = rule.name
+        try:
+            holds = rule.condition is None or rule.condition.test(facts)
+        except Undecided as exc:
+            later = "; no later rule is evaluated (it has stop)" if rule.stop else ""
+            facts.errors.append(f'rule "{rule.name}" not applied: {exc}{later}')
+            if rule.stop:
+                break
+            continue
+        if holds:
             matched.append(rule)
             if rule.stop:
                 break

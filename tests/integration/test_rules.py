@@ -372,3 +372,31 @@ async def test_a_message_moved_into_a_watched_folder_is_announced_once(
         # ... and announced neither again.
         with pytest.raises(TimeoutError):
             await reader.messages(1, timeout=0.5)
+
+
+async def test_a_regex_a_message_makes_slow_does_not_fire_a_rule_under_not(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    """A regex out of time is undecided, not "no match": `not:` of it must not move the message."""
+    rules = [
+        {
+            "name": "not-x",
+            "if": {"not": {"body": {"regex": "(x+x+)+y"}}},
+            "then": [{"move": {"folder": "Elsewhere", "create": True}}],
+        }
+    ]
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], rules=rules))
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    async with aiohttp.ClientSession() as session:
+        reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+        await dovecot.deliver_async(user, mail("hostile", body="x" * 5000))
+        (event,) = await reader.messages(1)
+    data = event.json["data"]
+    assert data["rules_applied"] == [] and (data["folder"], data["moved_from"]) == ("INBOX", None)
+    (error,) = data["rules_errors"]
+    assert error.startswith("rule \"not-x\" not applied: body: regex '(x+x+)+y' timed out"), error
+    imap = await asyncio.to_thread(Imap, dovecot, user)
+    try:
+        assert await asyncio.to_thread(imap.uids, "INBOX") == [data["uid"]]
+    finally:
+        await asyncio.to_thread(imap.close)
