@@ -27,7 +27,7 @@ from gatewayd.rules import compose, conditions
 from gatewayd.rules.conditions import MAX_HEADER_BYTES, Facts
 from gatewayd.rules.engine import RulesStage
 from gatewayd.rules.load import RuleBook, load_rules
-from gatewayd.rules.match import RegexBudget
+from gatewayd.rules.match import AddressPattern, RegexBudget
 from gatewayd.rules.model import parse_rules
 from gatewayd.rules.plan import build, evaluate
 from gatewayd.rules.renderer import TemplateRenderer
@@ -112,6 +112,37 @@ def test_text_tests_are_caseless_in_unicode() -> None:
     assert matches({"header": {"name": "X-Ort", "equals": "Große Straße 1"}}, parsed)
     assert matches({"body": {"equals": "LIEFERUNG AN DIE STRASSE"}}, parsed)
     assert not matches({"body": "strassen"}, parsed)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "address"),
+    [
+        ("straße@example.de", "STRASSE@example.de"),  # lower() leaves ß, and "SS" never equals it
+        ("*strasse*@*", "Straße@example.de"),
+        ("@bücher.example", "info@xn--bcher-kva.example"),  # Unicode vs ASCII form, as auth has it
+        ("xn--bcher-kva.example", "info@BÜCHER.example"),
+        ("*@*.bücher.example", "info@mail.xn--bcher-kva.example"),
+        ("info@Bücher.example", "INFO@xn--bcher-kva.example"),
+    ],
+)
+def test_addresses_compare_caseless_in_unicode_with_domains_in_ascii_form(pattern: str, address: str) -> None:
+    parsed = message(headers=f"Reply-To: {address}\r\n")
+    assert matches({"reply_to": pattern}, parsed)
+    key = "glob" if "*" in pattern else "address" if "@" in pattern[1:] else "domain"
+    assert matches({"reply_to": {key: pattern}}, parsed)
+    assert matches({"reply_to": {key: pattern.upper()}}, parsed)
+
+
+def test_a_domain_pattern_matches_only_its_own_domain_in_either_form() -> None:
+    assert not AddressPattern.parse("@bücher.example").matches("info@bucher.example")
+    assert not AddressPattern.parse("@bucher.example").matches("info@xn--bcher-kva.example")
+    assert not AddressPattern.parse("*@bücher.example").matches("info@bucher.example")
+
+
+def test_globs_on_folders_and_list_ids_are_caseless_in_unicode() -> None:
+    parsed = message(headers="List-Id: <STRASSE.lists.example>\r\n", folder="Archiv/Große Post")
+    assert matches({"folder": "archiv/grosse*"}, parsed)
+    assert matches({"list_id": "straße.lists.*"}, parsed)
 
 
 def test_a_list_of_header_tests_needs_every_entry() -> None:

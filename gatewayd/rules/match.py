@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import regex
 
+from gatewayd.pipeline.auth.domains import ascii_domain
+
 REGEX_TIMEOUT = 0.05
 REGEX_BUDGET = 0.25
 INLINE_BUDGET = 0.002
@@ -39,24 +41,26 @@ class NeedsMoreTime(Exception):
 @dataclass(frozen=True, slots=True)
 class AddressPattern:
     """`bob@example.org` (exact), `@example.org` or `example.org` (the domain), or a glob with
-    `*`/`?`/`[...]` (`*@*.example.org`). Case-insensitive."""
+    `*`/`?`/`[...]` (`*@*.example.org`). Caseless as `contains` is (Unicode case folding), with
+    domains compared in their ASCII form, as the auth stage compares them (`bücher.de` is
+    `xn--bcher-kva.de`). `value` is given folded (`parse` and gatewayd.rules.syntax fold it)."""
 
     kind: str  # address | domain | glob
     value: str
 
     @classmethod
     def parse(cls, text: str) -> AddressPattern:
-        text = text.strip().lower()
+        text = text.strip()
         if any(c in text for c in "*?["):
-            return cls("glob", text)
+            return cls("glob", fold_address(text))
         if text.startswith("@"):
-            return cls("domain", text[1:])
+            return cls("domain", ascii_domain(text[1:]))
         if "@" not in text:
-            return cls("domain", text)
-        return cls("address", text)
+            return cls("domain", ascii_domain(text))
+        return cls("address", fold_address(text))
 
     def matches(self, address: str) -> bool:
-        address = address.lower()
+        address = fold_address(address)
         if self.kind == "address":
             return address == self.value
         if self.kind == "domain":
@@ -64,10 +68,16 @@ class AddressPattern:
         return fnmatch.fnmatchcase(address, self.value)
 
 
+def fold_address(address: str) -> str:
+    """The local part case-folded, the domain in ASCII form (a glob's `*` labels stay as they are)."""
+    local, at, domain = address.strip().rpartition("@")
+    return f"{local.casefold()}@{ascii_domain(domain)}" if at else address.strip().casefold()
+
+
 def glob_any(patterns: Iterable[str], text: str) -> bool:
-    """Case-insensitive fnmatch of text against any pattern."""
-    lowered = text.lower()
-    return any(fnmatch.fnmatchcase(lowered, pattern.lower()) for pattern in patterns)
+    """Caseless (case-folded) fnmatch of text against any pattern."""
+    folded = text.casefold()
+    return any(fnmatch.fnmatchcase(folded, pattern.casefold()) for pattern in patterns)
 
 
 class RegexBudget:

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from gatewayd.pipeline.auth.domains import ascii_domain
 from gatewayd.rules.conditions import (
     AUTH_RESULTS,
     AUTH_VERDICTS,
@@ -38,7 +39,7 @@ from gatewayd.rules.conditions import (
     nested,
     spam_score,
 )
-from gatewayd.rules.match import AddressPattern, compile_regex
+from gatewayd.rules.match import AddressPattern, compile_regex, fold_address
 
 _SIZE = re.compile(r"(?i)\s*([0-9]+(?:\.[0-9]+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*")
 _UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -178,11 +179,10 @@ def _addresses(field_name: str, value: Any) -> Addresses:
             except Invalid as bad:
                 raise Invalid(*[(f".{key}{at}", m) for at, m in bad.problems]) from None
             for text in texts:
-                text = text.strip().lower()
                 if key == "domain":
-                    patterns.append(AddressPattern("domain", text.lstrip("@")))
+                    patterns.append(AddressPattern("domain", ascii_domain(text.strip().lstrip("@"))))
                 else:
-                    patterns.append(AddressPattern(key, text))
+                    patterns.append(AddressPattern(key, fold_address(text)))
         if not patterns:
             raise Invalid(("", "expected address, domain and/or glob"))
         return Addresses(field_name, tuple(patterns))
@@ -233,7 +233,7 @@ _TESTS: dict[str, Callable[[Any], Condition]] = {
     "bulk": lambda v: Predicate(is_bulk, _bool(v)),
     "auto_submitted": lambda v: Predicate(is_auto_submitted, _bool(v)),
     "has_attachments": lambda v: Predicate(lambda f: bool(f.data.get("has_attachments")), _bool(v)),
-    "attachment_type": lambda v: Globs(attachment_types, tuple(p.lower() for p in _strings(v))),
+    "attachment_type": lambda v: Globs(attachment_types, _strings(v)),
     "size": lambda v: _range(lambda f: as_number(f.data.get("size")), v, size=True),
     "spam_verdict": lambda v: OneOf(nested("spam", "verdict"), _choices(VERDICTS)(v)),
     "spam_score": lambda v: _range(spam_score, v),

@@ -27,13 +27,16 @@ def domain_of(value: str | None) -> str | None:
     ASCII form (`xn--...`), as DKIM and DMARC results name it, so a lookalike shows as what it is."""
     if not value:
         return None
-    domain = value.strip().strip("<>").rsplit("@", 1)[-1].strip().rstrip(".").lower()
-    if not domain.isascii():
-        domain = _ascii_domain(domain)
+    domain = ascii_domain(value.strip().strip("<>").rsplit("@", 1)[-1].strip().rstrip("."))
     return domain if domain and domain != "none" else None  # Microsoft writes `header.d=none`
 
 
-def _ascii_domain(domain: str) -> str:
+def ascii_domain(domain: str) -> str:
+    """A domain lower-cased, an internationalised one in its ASCII form (`xn--...`, IDNA 2003 as
+    Python's codec does it: `Bücher.de` is `xn--bcher-kva.de`). The rules compare domains so too."""
+    domain = domain.lower()
+    if domain.isascii():
+        return domain
     try:
         return domain.encode("idna").decode("ascii")
     except UnicodeError:
