@@ -28,6 +28,7 @@ from gatewayd.message import FetchedMessage, parse
 from gatewayd.pipeline import Pipeline
 from gatewayd.store import StoreUnavailable
 
+EXIT_FAILED = 1  # what was asked failed: e.g. `learn` trained nothing
 EXIT_CONFIG = 2
 EXIT_CANNOT_START = 3  # a store cannot be opened or is another daemon's; the listen address
 # Credentials in a request: aiohttp logs a request it cannot parse (a header too long, a bare LF)
@@ -244,7 +245,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if config is None or config.pipeline is None:
         return EXIT_CONFIG
     from gatewayd.pipeline.build import learning_tenants, open_tenant_store
-    from gatewayd.pipeline.learning import learn_from_dirs
+    from gatewayd.pipeline.learning import HAM, SPAM, learn_from_dirs
 
     tenants = learning_tenants(config)
     if args.tenant not in tenants:
@@ -256,11 +257,24 @@ def cmd_learn(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     learning = open_tenant_store(config.pipeline, args.tenant)
     try:
-        counts = learn_from_dirs(learning, [Path(d) for d in args.spam], [Path(d) for d in args.ham])
+        counts = learn_from_dirs(
+            learning, [Path(d) for d in args.spam], [Path(d) for d in args.ham], _learn_progress
+        )
     finally:
         learning.close()
     print(", ".join(f"{name}: {count}" for name, count in counts.items()))
+    if counts[SPAM] + counts[HAM] == 0:
+        print(
+            f"learn: nothing trained: {counts['skipped']} skipped"
+            " (not mail, unreadable, or already trained under that label)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return 0
+
+
+def _learn_progress(line: str) -> None:
+    print(f"learn: {line}", file=sys.stderr, flush=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

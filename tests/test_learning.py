@@ -8,6 +8,7 @@ import random
 import sqlite3
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -712,3 +713,32 @@ def test_learn_from_dirs_splits_an_mbox_and_skips_files_that_are_not_mail(
         "skipped": 2,
     }
     assert store.counts()["spam"] == 3 and store.counts()["ham"] == 1
+
+
+def test_learn_from_dirs_streams_a_large_mbox_one_message_at_a_time(
+    store: LearningStore, tmp_path: Path
+) -> None:
+    # 300 messages of about 20 KB each: a 6 MB mbox. Read whole, it would be in memory at once.
+    (tmp_path / "spam").mkdir()
+    mbox = tmp_path / "spam" / "junk.mbox"
+    envelope = b"From sender@example.com  Thu Aug 22 13:17:22 2002\n"
+    with mbox.open("wb") as out:
+        for n in range(300):
+            body = "\r\n".join([SPAM_LETTER.format(n=n)] * 14)
+            out.write(envelope + message(f"offer {n}", body).raw + b"\n")
+    size = mbox.stat().st_size
+    lines: list[str] = []
+    tracemalloc.start()
+    try:
+        counts = learn_from_dirs(store, [tmp_path / "spam"], [], progress=lines.append, every=100)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert counts == {"spam": 300, "ham": 0, "skipped": 0}
+    assert peak < size / 3, f"peak {peak} bytes for a {size}-byte mbox"
+    assert lines == [
+        "100 messages: spam: 100, ham: 0, skipped: 0",
+        "200 messages: spam: 200, ham: 0, skipped: 0",
+        "300 messages: spam: 300, ham: 0, skipped: 0",
+        f"{mbox}: 300 messages (spam)",
+    ]

@@ -195,6 +195,31 @@ def test_learn_cli_trains_one_tenant_from_nested_folders_and_maildirs(tmp_path: 
     assert "/etc/gatewayd/gatewayd.yaml" in run_cli("learn", "--spam", str(junk)).stderr
 
 
+def test_learn_that_trains_nothing_fails_and_an_mbox_shows_progress(tmp_path: Path) -> None:
+    data = {"store": {"path": str(tmp_path / "events.db")}, "agents": [{"id": "support"}]}
+    config = str(write_config(tmp_path / "gatewayd.yaml", data))
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF" + bytes(range(256)))
+    (junk / "empty.eml").write_bytes(b"")
+    skipped_only = run_cli("learn", "-c", config, "--spam", str(junk))
+    assert skipped_only.returncode == 1  # it exited 0, as if it had learnt
+    assert skipped_only.stdout == "spam: 0, ham: 0, skipped: 2\n"
+    assert skipped_only.stderr == (
+        "learn: nothing trained: 2 skipped (not mail, unreadable, or already trained under that label)\n"
+    )
+
+    envelope = b"From sender@example.com  Thu Aug 22 13:17:22 2002\n"
+    (junk / "junk.mbox").write_bytes(b"".join(envelope + mail(f"pills {n}") + b"\n" for n in range(3)))
+    trained = run_cli("learn", "-c", config, "--spam", str(junk))
+    assert trained.returncode == 0, trained.stderr
+    assert trained.stdout == "spam: 3, ham: 0, skipped: 2\n"
+    assert trained.stderr == f"learn: {junk / 'junk.mbox'}: 3 messages (spam)\n"
+    # Nothing new the second time: every message was already trained under that label.
+    again = run_cli("learn", "-c", config, "--spam", str(junk))
+    assert again.returncode == 1 and "nothing trained: 5 skipped" in again.stderr
+
+
 def test_learn_without_a_folder_is_a_usage_error(tmp_path: Path) -> None:
     data = {"store": {"path": str(tmp_path / "events.db")}, "agents": [{"id": "support"}]}
     result = run_cli("learn", "-c", str(write_config(tmp_path / "gatewayd.yaml", data)))
