@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 from aiohttp import web
 
 from gatewayd.api.auth import authenticate
 from gatewayd.api.context import Gateway
-from gatewayd.api.errors import ApiError
+from gatewayd.api.errors import STORE_RETRY_AFTER_SECONDS, ApiError
 from gatewayd.api.params import event_seq, single
 from gatewayd.events import NewEvent
-from gatewayd.imap.session import ImapError, ImapSession
+from gatewayd.imap.session import ImapError, ImapSession, Selected
 from gatewayd.message import parse
-from gatewayd.store import EventQuery
+from gatewayd.store import EventQuery, is_store_failure
 from gatewayd.store.tokens import READ
 
 LABELS = ("spam", "ham")
 MESSAGE_REPORTED = "message.reported"
+
+log = logging.getLogger(__name__)
 
 
 async def report_message(request: web.Request) -> web.Response:
@@ -44,7 +47,7 @@ async def report_message(request: web.Request) -> web.Response:
     try:
         session = await ImapSession.open(mailbox.imap)
         try:
-            selected = await session.select(data["folder"])
+            selected = await _select(session, data["folder"])
             if selected.uidvalidity != data["uidvalidity"]:
                 raise ApiError(
                     409, "the folder was renumbered since; the message cannot be found", "message_gone"
@@ -56,7 +59,19 @@ async def report_message(request: web.Request) -> web.Response:
         raise ApiError(503, f"mailbox unavailable: {exc}", "mailbox_unavailable") from None
     if not fetched:
         raise ApiError(409, "the message is no longer in its folder", "message_gone")
-    changed = await asyncio.to_thread(gateway.learning.train, parse(fetched[0]), label, mailbox.id)
+    try:
+        changed = await asyncio.to_thread(gateway.learning.train, parse(fetched[0]), label, mailbox.id)
+    except Exception as exc:
+        if not is_store_failure(exc):
+            raise
+        # Not the event store's failure, which the generic 503 would name.
+        log.warning("report of %s: the learning store failed: %s", event_id, exc)
+        raise ApiError(
+            503,
+            f"the learning store is unavailable ({exc}); try again later",
+            "learning_unavailable",
+            {"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
+        ) from None
     # Recorded for the mailbox's own agent, so everyone above it in the fleet sees it too.
     report = NewEvent(
         MESSAGE_REPORTED,
@@ -66,6 +81,19 @@ async def report_message(request: web.Request) -> web.Response:
     )
     gateway.bus.publish(await gateway.store.append([report]))
     return web.json_response({"event_id": event_id, "label": label, "learned": changed})
+
+
+async def _select(session: ImapSession, folder: str) -> Selected:
+    """SELECT the event's folder; ApiError 409 when it was deleted since (a refused SELECT of a
+    folder LIST no longer shows), so that only a server failing is a 503."""
+    try:
+        return await session.select(folder)
+    except ImapError as exc:
+        if type(exc) is not ImapError or await session.folder_exists(folder):
+            raise  # the connection, not the folder: try again later
+        raise ApiError(
+            409, f"the folder {folder!r} no longer exists; the message is gone", "message_gone"
+        ) from None
 
 
 async def _label(request: web.Request) -> str:

@@ -251,6 +251,11 @@ class ImapSession:
                 )
         return None, None
 
+    async def folder_exists(self, folder: str) -> bool:
+        """Whether LIST shows the folder (a name with a wildcard may match others: then True)."""
+        response = await self._call("LIST", self._client.list('""', quoted_mailbox(folder)))
+        return any(isinstance(line, bytes) and line.strip() for line in response.lines[:-1])
+
     async def list_special_use(self) -> list[bytes]:
         """The `LIST` lines (after `LIST `) of the special-use folders (RFC 6154): asked for alone
         where the server offers the selection option, else every folder, whose lines may carry
