@@ -78,9 +78,20 @@ def _unknown_agent(command: str, agent_id: str, config_path: str, config: Config
     try:
         config.agent(agent_id)
     except KeyError:
-        print(f"gatewayd token {command}: no agent {agent_id!r} in {config_path}", file=sys.stderr)
+        nor = ", nor any token of it" if command == "list" else ""
+        print(f"gatewayd token {command}: no agent {agent_id!r} in {config_path}{nor}", file=sys.stderr)
         return True
     return False
+
+
+def _note_unconfigured(agent_ids: list[str], config_path: str, config: Config) -> None:
+    """Say on stderr which of these agents the configuration no longer has: their tokens are
+    refused already, and are listed so that they can be revoked."""
+    configured = {agent.id for agent in config.agents}
+    gone = [agent_id for agent_id in agent_ids if agent_id not in configured]
+    if gone:
+        names = ", ".join(repr(agent_id) for agent_id in gone)
+        print(f"note: no agent {names} in {config_path} any more: their tokens are refused", file=sys.stderr)
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
@@ -111,9 +122,12 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 def cmd_token_list(args: argparse.Namespace) -> int:
     async def listing(config: Config, store: TokenStore) -> int:
-        if args.agent and _unknown_agent("list", args.agent, args.config, config):
-            return EXIT_CONFIG
         records = await store.records([args.agent] if args.agent else None)
+        # An agent gone from the configuration may have tokens left to find and revoke; with
+        # none, the id is most likely a typo.
+        if args.agent and not records and _unknown_agent("list", args.agent, args.config, config):
+            return EXIT_CONFIG
+        _note_unconfigured(sorted({r.agent_id for r in records}), args.config, config)
         if args.json:
             for record in records:
                 print(json.dumps(record.as_dict()))
@@ -140,7 +154,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    async def revoke(_config: Config, store: TokenStore) -> int:
+    async def revoke(config: Config, store: TokenStore) -> int:
         before = (await store.get([args.token_id])).get(args.token_id)
         if before is None:
             print(f"gatewayd token revoke: no token {args.token_id!r}", file=sys.stderr)
@@ -151,6 +165,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
             print(f"{args.token_id} was already revoked at {before.revoked_at}")
         else:
             print(f"revoked {args.token_id} ({before.agent_id}) at {revoked_at}")
+        _note_unconfigured([before.agent_id], args.config, config)
         return 0
 
     return _with_store(args, revoke)

@@ -240,3 +240,31 @@ def test_cli_refuses(
 def test_cli_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["token", "list", "-c", str(tmp_path / "missing.yaml")]) == 2
     assert "invalid configuration" in capsys.readouterr().err
+
+
+def test_cli_lists_and_revokes_the_tokens_of_an_agent_gone_from_the_config(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    c = str(config_file)
+    assert main(["token", "create", "-c", c, "--agent", "bot-1"]) == 0
+    created = capsys.readouterr().out.splitlines()
+    token_id = dict(line.split(": ", 1) for line in created if ": " in line)["id"]
+    # bot-1 leaves the configuration; its token is still in the store.
+    data = yaml.safe_load(config_file.read_text())
+    data["agents"] = [{"id": "fleet"}]
+    config_file.write_text(yaml.safe_dump(data))
+
+    assert main(["token", "list", "-c", c, "--agent", "bot-1"]) == 0  # it was 2: "no agent 'bot-1'"
+    listed = capsys.readouterr()
+    assert token_id in listed.out and "bot-1" in listed.out
+    assert listed.err == f"note: no agent 'bot-1' in {c} any more: their tokens are refused\n"
+
+    assert main(["token", "revoke", "-c", c, token_id]) == 0
+    revoked = capsys.readouterr()
+    assert f"revoked {token_id} (bot-1)" in revoked.out
+    assert revoked.err == f"note: no agent 'bot-1' in {c} any more: their tokens are refused\n"
+    assert main(["token", "list", "-c", c, "--json", "--agent", "bot-1"]) == 0
+    assert json.loads(capsys.readouterr().out)["revoked_at"]
+    # An id neither configured nor in the store is still a usage error: most likely a typo.
+    assert main(["token", "list", "-c", c, "--agent", "bot-2"]) == 2
+    assert capsys.readouterr().err == f"gatewayd token list: no agent 'bot-2' in {c}, nor any token of it\n"
