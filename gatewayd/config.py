@@ -125,6 +125,7 @@ class MailboxConfig:
     address: str | None = None
     smtp: SmtpConfig | None = None
     rules: RulesConfig = field(default=RulesConfig(), compare=False)
+    tenant: str = DEFAULT_TENANT  # its agent's
 
 
 @dataclass(frozen=True, slots=True)
@@ -894,6 +895,7 @@ def _mailbox(data: Any, path: str, agent_id: str, ctx: _Context) -> MailboxConfi
         address=address,
         smtp=smtp,
         rules=rules,
+        tenant=DEFAULT_TENANT,  # resolved with the agent's (see _fleets)
     )
 
 
@@ -972,7 +974,9 @@ def _fleets(agents: list[tuple[str, AgentConfig]], ctx: _Context) -> list[AgentC
                     f' "{member.parent}"; a parent and its sub-agents share one tenant'
                 )
             tenants[agent_id] = member.tenant or inherited
-        resolved.append(replace(agent, tenant=tenants[agent.id] or DEFAULT_TENANT))
+        tenant = tenants[agent.id] or DEFAULT_TENANT
+        mailboxes = tuple(replace(mailbox, tenant=tenant) for mailbox in agent.mailboxes)
+        resolved.append(replace(agent, tenant=tenant, mailboxes=mailboxes))
     return resolved
 
 

@@ -44,6 +44,15 @@ async def report_message(request: web.Request) -> web.Response:
     if mailbox is None:
         raise ApiError(409, f"mailbox {event.mailbox_id!r} is no longer configured", "message_gone")
     data = event.data
+    # Events from before gatewayd recorded it have no tenant: their mailbox's is the best guess.
+    if data.get("tenant", mailbox.tenant) != mailbox.tenant:
+        # Training the tenant the mailbox has now would teach it another tenant's mail; not naming
+        # either: the other is not this token's business.
+        raise ApiError(
+            409,
+            "the message was received while its mailbox belonged to another tenant: it cannot teach this one",
+            "tenant_changed",
+        )
     try:
         session = await ImapSession.open(mailbox.imap)
         try:

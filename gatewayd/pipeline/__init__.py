@@ -310,7 +310,8 @@ class Pipeline:
             type=outcome.type,
             agent_id=mailbox.agent_id,
             mailbox_id=mailbox.id,
-            data=outcome.data,
+            # The tenant whose learning the message belongs to, should the mailbox move to another.
+            data={**outcome.data, "tenant": mailbox.tenant},
             dedupe_key=dedupe_key(mailbox.id, message),
             from_address=from_address(outcome.data),
         )

@@ -9,6 +9,8 @@ from typing import Any
 
 import aiohttp
 
+from gatewayd.config import hash_token, parse_config
+from gatewayd.pipeline.learning import LearningStore
 from gatewayd.sandbox.dovecot import PASSWORD, Dovecot
 from tests.conftest import TOKEN, append, gateway_config
 from tests.sse import mail, open_stream
@@ -74,3 +76,41 @@ async def test_a_report_after_its_folder_was_deleted_is_a_conflict(
         "code": "message_gone",
         "message": "the folder 'Lists' no longer exists; the message is gone",
     }
+
+
+async def test_a_report_after_the_mailbox_moved_to_another_tenant_is_refused(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    imap_config = {"host": dovecot.host, "port": dovecot.imap_port, "tls": "none", "username": user}
+    imap_config |= {"password": PASSWORD, "read_timeout_seconds": 5, "connect_timeout_seconds": 5}
+    agent = {
+        "id": "support",
+        "tenant": "acme",
+        "token_sha256": [hash_token(TOKEN)],
+        "mailboxes": [{"id": "inbox", "watch": "always", "imap": imap_config}],
+    }
+    data: dict[str, Any] = {
+        "server": {"listen": "127.0.0.1:0", "shutdown_grace_seconds": 1},
+        "store": {"path": str(tmp_path / "events.db")},
+        "agents": [agent],
+    }
+    acme = await start_gateway(parse_config(data, env={}, base_dir=tmp_path))
+    await wait_for(lambda: idle(acme), what="watcher idle")
+    async with aiohttp.ClientSession() as session:
+        reader = await open_stream(session, acme.url, {"types": "message.*"})
+        await dovecot.deliver_async(user, mail("cheap pills", sender="Eve <eve@evil.test>"))
+        (event,) = await reader.messages(1)
+    assert event.json["data"]["tenant"] == "acme"
+    await acme.daemon.stop()
+
+    # The configuration moves the agent, its mailbox and token, to tenant globex.
+    agent["tenant"] = "globex"
+    globex = await start_gateway(parse_config(data, env={}, base_dir=tmp_path))
+    async with aiohttp.ClientSession() as session:
+        url = f"{globex.url}/v1/messages/{event.id}/report"
+        response = await session.post(url, headers=AUTH, json={"label": "spam"})
+        error = (await response.json())["error"]
+    assert response.status == 409  # it was a 200, and globex learnt acme's mail
+    assert error["code"] == "tenant_changed" and "acme" not in error["message"]
+    with LearningStore(tmp_path / "learning.globex.db") as learnt:
+        assert learnt.counts()["spam"] == 0 and learnt.reputation("eve@evil.test", None)["spam"] == 0
