@@ -28,7 +28,7 @@ from gatewayd.message import FetchedMessage, parse
 from gatewayd.pipeline import Pipeline
 from gatewayd.store import StoreUnavailable
 
-EXIT_FAILED = 1  # what was asked failed: e.g. `learn` trained nothing
+EXIT_FAILED = 1  # what was asked failed: e.g. `learn` found no mail
 EXIT_CONFIG = 2
 EXIT_CANNOT_START = 3  # a store cannot be opened or is another daemon's; the listen address
 # Credentials in a request: aiohttp logs a request it cannot parse (a header too long, a bare LF)
@@ -262,11 +262,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
         )
     finally:
         learning.close()
-    print(", ".join(f"{name}: {count}" for name, count in counts.items()))
-    if counts[SPAM] + counts[HAM] == 0:
+    print(f"spam: {counts[SPAM]}, ham: {counts[HAM]}, skipped: {counts['skipped']}")
+    if counts["messages"] == 0:  # no mail at all; mail already trained is a success, as a re-run
         print(
-            f"learn: nothing trained: {counts['skipped']} skipped"
-            " (not mail, unreadable, or already trained under that label)",
+            f"learn: no mail found: {counts['skipped']} files skipped (not mail, or unreadable)",
             file=sys.stderr,
         )
         return EXIT_FAILED

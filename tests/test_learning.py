@@ -315,11 +315,11 @@ def test_learn_from_dirs(store: LearningStore, tmp_path: Path) -> None:
     (ham_dir / "empty.eml").write_bytes(b"")
     (ham_dir / ".hidden").write_bytes(ham[2].raw)
     (ham_dir / "subdir").mkdir()
-    assert learn_from_dirs(store, [spam_dir], [ham_dir]) == {"spam": 3, "ham": 2, "skipped": 1}
+    assert learn_from_dirs(store, [spam_dir], [ham_dir]) == {"spam": 3, "ham": 2, "skipped": 1, "messages": 5}
     assert store.counts()["spam"] == 3 and store.counts()["ham"] == 2
-    assert learn_from_dirs(store, [spam_dir], [ham_dir]) == {"spam": 0, "ham": 0, "skipped": 6}
+    assert learn_from_dirs(store, [spam_dir], [ham_dir]) == {"spam": 0, "ham": 0, "skipped": 6, "messages": 5}
     # The spam folder moved to ham: every message moves.
-    assert learn_from_dirs(store, [], [spam_dir]) == {"spam": 0, "ham": 3, "skipped": 0}
+    assert learn_from_dirs(store, [], [spam_dir]) == {"spam": 0, "ham": 3, "skipped": 0, "messages": 3}
     assert store.counts()["spam"] == 0 and store.counts()["ham"] == 5
 
 
@@ -340,7 +340,12 @@ def test_learn_from_dirs_reads_nested_folders_and_only_cur_and_new_of_a_maildir(
     (nested / "a.eml").write_bytes(ham[0].raw)
     (tmp_path / "ham" / "b.eml").write_bytes(ham[1].raw)
     (tmp_path / "ham" / "loop").symlink_to(tmp_path / "ham")
-    assert learn_from_dirs(store, [maildir], [tmp_path / "ham"]) == {"spam": 2, "ham": 2, "skipped": 0}
+    assert learn_from_dirs(store, [maildir], [tmp_path / "ham"]) == {
+        "spam": 2,
+        "ham": 2,
+        "skipped": 0,
+        "messages": 4,
+    }
 
 
 def test_concurrent_training_keeps_counts_consistent(tmp_path: Path) -> None:
@@ -711,6 +716,7 @@ def test_learn_from_dirs_splits_an_mbox_and_skips_files_that_are_not_mail(
         "spam": 3,
         "ham": 1,
         "skipped": 2,
+        "messages": 4,
     }
     assert store.counts()["spam"] == 3 and store.counts()["ham"] == 1
 
@@ -734,7 +740,7 @@ def test_learn_from_dirs_streams_a_large_mbox_one_message_at_a_time(
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert counts == {"spam": 300, "ham": 0, "skipped": 0}
+    assert counts == {"spam": 300, "ham": 0, "skipped": 0, "messages": 300}
     assert peak < size / 3, f"peak {peak} bytes for a {size}-byte mbox"
     assert lines == [
         "100 messages: spam: 100, ham: 0, skipped: 0",

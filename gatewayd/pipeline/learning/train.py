@@ -30,10 +30,11 @@ def learn_from_dirs(
 
     An mbox file (its first line `From `) counts as each of its messages, read one at a time.
     `skipped` counts files that were empty, unreadable or no mail, and messages already trained
-    under that label. `progress` is told of each mbox file read and, every `every` messages, the
-    counts so far: a line each, with no line end.
+    under that label; `messages` counts every message found (trained or not). `progress` is told
+    of each mbox file read and, every `every` messages, the counts so far: a line each, with no
+    line end.
     """
-    result = {SPAM: 0, HAM: 0, "skipped": 0}
+    result = {SPAM: 0, HAM: 0, "skipped": 0, "messages": 0}
     uid = 0
     for label, dirs in ((SPAM, spam_dirs), (HAM, ham_dirs)):
         for directory in dirs:
@@ -43,9 +44,13 @@ def learn_from_dirs(
                     for raw in file_messages(path):
                         uid += 1
                         in_file += 1
+                        result["messages"] += 1
                         result[label if store.train(parse(_fetched(raw, uid)), label) else "skipped"] += 1
                         if progress is not None and uid % every == 0:
-                            progress(f"{uid} messages: " + ", ".join(f"{k}: {v}" for k, v in result.items()))
+                            progress(
+                                f"{uid} messages: "
+                                + ", ".join(f"{k}: {result[k]}" for k in (SPAM, HAM, "skipped"))
+                            )
                 except OSError as exc:
                     log.warning("cannot read %s: %s", path, exc)
                     result["skipped"] += 1
