@@ -17,6 +17,7 @@ from aiohttp import web
 from gatewayd.api.app import create_app
 from gatewayd.api.context import Gateway
 from gatewayd.api.guard import guard_tokens
+from gatewayd.api.server import ApiRunner
 from gatewayd.bus import Bus
 from gatewayd.config import Config
 from gatewayd.imap.pool import WatcherPool
@@ -53,7 +54,7 @@ class Daemon:
         self.gateway = Gateway(
             config, self.store, self.bus, self.pool, self.learning, tokens=self.tokens, rules=self.rules
         )
-        self._runner: web.AppRunner | None = None
+        self._runner: ApiRunner | None = None
         self._site: web.TCPSite | None = None
         self._pruner: asyncio.Task[None] | None = None
         self._guard: asyncio.Task[None] | None = None
@@ -75,7 +76,7 @@ class Daemon:
         await self.store.open()
         await self.tokens.open()
         await self.rules.open()
-        self._runner = web.AppRunner(
+        self._runner = ApiRunner(
             create_app(self.gateway),
             access_log=None,
             handle_signals=False,

@@ -23,6 +23,7 @@ _CODES = {
     405: "method_not_allowed",
     406: "not_acceptable",
     429: "too_many_requests",
+    500: "internal",
     503: "unavailable",
 }
 
@@ -40,9 +41,13 @@ class ApiError(Exception):
     ) -> None:
         super().__init__(message)
         self.status = status
-        self.code = code or _CODES.get(status, "error")
+        self.code = code or error_code(status)
         self.message = message
         self.headers = headers or {}
+
+
+def error_code(status: int) -> str:
+    return _CODES.get(status, "error")
 
 
 def error_response(
@@ -65,7 +70,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         # HTTP requires Allow on a 405 (RFC 9110 15.5.6); aiohttp's exception carries it.
         kept = {name: value for name, value in exc.headers.items() if name in _KEPT_HEADERS}
-        return error_response(exc.status, _CODES.get(exc.status, "error"), exc.reason, kept)
+        return error_response(exc.status, error_code(exc.status), exc.reason, kept)
     except Exception as exc:
         if is_store_failure(exc):
             # Not the client's fault nor a bug: the store is locked, full or read-only for now.
