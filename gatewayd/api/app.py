@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gatewayd.api.accept import EVENT_STREAM, accept_header, quality
 from gatewayd.api.context import GATEWAY, Gateway
 from gatewayd.api.errors import json_errors
 from gatewayd.api.events import list_events
@@ -14,8 +15,9 @@ from gatewayd.api.tokens import create_token, list_tokens, revoke_token
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    """GET /v1/events: the stream when the client asks for text/event-stream, else JSON."""
-    if "text/event-stream" in request.headers.get("Accept", ""):
+    """GET /v1/events: the stream when the client names text/event-stream (with q > 0), else JSON."""
+    wanted, named = quality(accept_header(request), EVENT_STREAM)
+    if named and wanted > 0:
         return await stream_events(request)
     return await list_events(request)
 

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
+from gatewayd.api.accept import EVENT_STREAM, accept_header, quality
 from gatewayd.api.auth import Principal, authenticate
 from gatewayd.api.context import Gateway
 from gatewayd.api.errors import ApiError
@@ -100,6 +101,9 @@ def _unnumbered(event_type: str, data: dict[str, object]) -> bytes:
 
 
 async def stream_events(request: web.Request) -> web.StreamResponse:
+    wanted, _ = quality(accept_header(request), EVENT_STREAM)
+    if wanted == 0:
+        raise ApiError(406, f"this endpoint serves {EVENT_STREAM} only, and the Accept header refuses it")
     gateway = Gateway.of(request)
     config = gateway.config
     principal = await authenticate(request, config, gateway.tokens, query_token=True)
