@@ -18,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gatewayd.api.app import create_app
-from gatewayd.api.context import Gateway
+from gatewayd.api.context import Gateway, SlowClient
 from gatewayd.api.stream import REPLAY_FIRST_PAGE, REPLAY_PAGE
 from gatewayd.bus import Bus
 from gatewayd.config import hash_token, parse_config
@@ -381,6 +381,7 @@ async def test_a_client_that_stops_reading_is_cut_off_and_resumes_without_loss(e
             if len(env.gateway.bus) == 0:
                 break
         assert len(env.gateway.bus) == 0, "the stalled client was never cut off"
+        assert env.gateway.slow_clients == {SlowClient.OVERFLOW: 1}
     finally:
         client.close()
     response, reader = await env.open(ping="30", since="0")
@@ -477,6 +478,60 @@ async def test_many_subscribers_each_get_every_event_once(env: Env) -> None:
         assert [f.id for f in frames] == [e.id for e in stored]
         assert json.loads(frames[0].data)["data"]["text"] == 'é\n"x"'
         response.close()
+
+
+async def test_a_client_that_stops_reading_a_quiet_stream_is_cut_off_and_frees_its_slot(
+    tmp_path: Path,
+) -> None:
+    """Once its replay is written nothing more matches, so only pings follow: a client that stopped
+    reading used to keep its stream (and subscriber) until TCP gave up, hours later; a vanished one
+    too. It is cut off after a few pings find what was written still untaken. A reading one stays.
+
+    One big replayed event fills the stalled client's buffers at once; pings alone would take
+    about 70 of them even with the smallest receive buffer the kernel allows."""
+    config = fleet(tmp_path, bot_parent="acme", max_ping_seconds=1)
+    store = SqliteEventStore(config.store.path)
+    await store.open()
+    await store.append([NewEvent("bulk.big", "acme", "acme-in", {"pad": "x" * 30_000})])
+    await store.close()
+    auth = {"Authorization": f"Bearer {ACME_ADMIN}"}
+    quiet = "/events?since=0&types=bulk.*"
+    async with serving(config) as api:
+        loop = asyncio.get_running_loop()
+
+        async def health() -> dict[str, Any]:
+            async with api.session.get(api.url + "/healthz") as response:
+                body: dict[str, Any] = await response.json()
+                return body
+
+        reading = SseReader(await api.session.get(api.url + quiet, headers=auth))
+        assert (await reading.next()).event == "bulk.big"
+        stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # the least the kernel allows
+        stalled.setblocking(False)
+        try:
+            host, port = api.url.removeprefix("http://").rstrip("/").split(":")
+            await loop.sock_connect(stalled, (host, int(port)))
+            request = f"GET {quiet} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ACME_ADMIN}\r\n\r\n"
+            await loop.sock_sendall(stalled, request.encode())
+            deadline = loop.time() + 60  # a few pings; generous for a busy machine
+            body = await health()
+            seen_both = body["subscribers"] == 2
+            while body["subscribers"] != 1 or not seen_both:
+                assert loop.time() < deadline, f"the stalled stream was never cut off: {body}"
+                await asyncio.sleep(0.1)
+                body = await health()
+                seen_both = seen_both or body["subscribers"] == 2
+        finally:
+            stalled.close()
+        assert body["streams_cut_off"] == {"overflow": 0, "stalled": 1}
+        # The reading client kept its stream: its pings still come.
+        pings, deadline = reading.comments.count("ping"), loop.time() + 30
+        while reading.comments.count("ping") == pings:
+            with pytest.raises(TimeoutError):
+                await reading.next(timeout=0.5)
+            assert loop.time() < deadline, "the reading client got no more pings"
+        assert (await health())["subscribers"] == 1
 
 
 def test_the_frame_is_what_json_dumps_would_write() -> None:

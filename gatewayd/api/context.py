@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 from aiohttp import web
@@ -26,6 +27,13 @@ class Learner(Protocol):
 
 class RulesHealth(Protocol):
     def health(self) -> dict[str, object]: ...
+
+
+class SlowClient(StrEnum):
+    """Why a stream was cut off for a client that does not keep up (counted for /healthz)."""
+
+    OVERFLOW = "overflow"  # its queue of live events filled (server.subscriber_queue_size)
+    STALLED = "stalled"  # what was written stayed untaken for several pings in a row
 
 
 class OpenStream(Protocol):
@@ -63,6 +71,8 @@ class Gateway:
     no_streams: asyncio.Event = field(default_factory=asyncio.Event)
     # Open streams per token (Principal.key), for server.max_streams_per_token.
     streams_per_token: Counter[str] = field(default_factory=Counter)
+    # Streams cut off since start, by why.
+    slow_clients: Counter[SlowClient] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self.no_streams.set()

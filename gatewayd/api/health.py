@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gatewayd.api.auth import QUERY_TOKEN, authenticate
-from gatewayd.api.context import Gateway
+from gatewayd.api.context import Gateway, SlowClient
 from gatewayd.store.tokens import READ
 
 # What anyone may see of a watcher: which one it is and its connection state.
@@ -32,6 +32,7 @@ async def healthz(request: web.Request) -> web.Response:
         "stopping": gateway.stopping,
         "closing": gateway.closing,
         "subscribers": len(gateway.bus),
+        "streams_cut_off": {why.value: gateway.slow_clients[why] for why in SlowClient},
         "watchers": [
             watcher if watcher["mailbox_id"] in detailed else _public(watcher)
             for watcher in gateway.pool.health()

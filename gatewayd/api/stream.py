@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from collections.abc import Awaitable, Callable
 
@@ -29,13 +30,16 @@ from aiohttp import hdrs, web
 
 from gatewayd.api.accept import EVENT_STREAM, accept_header, quality
 from gatewayd.api.auth import Principal, authenticate
-from gatewayd.api.context import Gateway
+from gatewayd.api.backlog import undelivered_bytes
+from gatewayd.api.context import Gateway, SlowClient
 from gatewayd.api.errors import ApiError
 from gatewayd.api.params import event_query, number, resume_point
 from gatewayd.bus import Subscription
 from gatewayd.events import CLOSING, STREAM_GAP, Event, rfc3339
 from gatewayd.store import EventQuery, EventStore
 from gatewayd.store.tokens import READ
+
+log = logging.getLogger(__name__)
 
 # A replay reads the store in pages: a small first one, so the first events are on the wire within
 # milliseconds, then bigger ones (fewer round trips to the reader thread and fewer, larger
@@ -47,6 +51,14 @@ REPLAY_PAGE = 2000
 DIRECT_WRITE_MAX_BUFFER = 64 * 1024
 # Seconds between `: ping` comments when the client names no `ping`: well inside nginx's 60 s.
 DEFAULT_PING_SECONDS = 15.0
+# A stream whose client has not taken what was written by this many pings in a row is cut off
+# (it resumes from its last id): a ping-only stream would otherwise keep a client that stopped
+# reading, or vanished, until TCP gives up.
+STALLED_PINGS = 3
+_CUT_OFF_BECAUSE = {
+    SlowClient.OVERFLOW: "its queue of live events filled (server.subscriber_queue_size)",
+    SlowClient.STALLED: f"it left what was written untaken at {STALLED_PINGS} pings in a row",
+}
 
 
 def _frame(event: Event) -> bytes:
@@ -138,12 +150,6 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         m.id for m in config.mailboxes() if m.agent_id in query.agent_ids
     )
 
-    def cut_off() -> None:
-        if request.transport is not None:
-            request.transport.abort()
-
-    subscription = gateway.bus.subscribe_query(query, gateway.config.server.subscriber_queue_size, cut_off)
-    gateway.pool.acquire(mailbox_ids)
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream; charset=utf-8",
@@ -152,7 +158,11 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             "Connection": "keep-alive",
         }
     )
-    stream = _Stream(gateway, principal, query, response, start)
+    stream = _Stream(gateway, principal, query, response, start, request.transport)
+    subscription = gateway.bus.subscribe_query(
+        query, gateway.config.server.subscriber_queue_size, lambda: stream.cut_off(SlowClient.OVERFLOW)
+    )
+    gateway.pool.acquire(mailbox_ids)
     gateway.add_stream(stream)
     try:
         await response.prepare(request)
@@ -182,6 +192,7 @@ class _Stream:
         query: EventQuery,
         response: web.StreamResponse,
         start_seq: int,
+        connection: asyncio.Transport | None,
     ) -> None:
         self.gateway = gateway
         self.principal = principal
@@ -201,6 +212,8 @@ class _Stream:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wrote_at = 0.0
         self._deadline: float | None = None
+        self._connection = connection
+        self._undrained_pings = 0  # pings in a row that found earlier writes not taken yet
 
     def end(self, reason: str) -> None:
         if self.end_reason is None:
@@ -236,7 +249,8 @@ class _Stream:
         self.caught_up = await replay_pages(self.gateway.store, self.query, start, write, gap)
 
     async def live(self, subscription: Subscription, ping: float, deadline: float | None) -> None:
-        """Live events until the deadline, a shutdown, an end (token revoked) or an overflow.
+        """Live events until the deadline, a shutdown, an end (token revoked), an overflow, or a
+        client that leaves what was written untaken (checked at each ping: `_stalled`).
 
         While it waits, the stream lets the bus write each event straight to its client (`_sink`:
         the frame every subscriber shares, no task wake-up, no copy when the socket takes it).
@@ -283,6 +297,9 @@ class _Stream:
                     return
                 ping_at = self._wrote_at + ping
                 if now >= ping_at:
+                    if self._stalled():
+                        self.cut_off(SlowClient.STALLED)
+                        return
                     await self.response.write(b": ping\n\n")
                     self._wrote_at = loop.time()
                     continue
@@ -346,6 +363,22 @@ class _Stream:
         self._transport = request.transport
         self._loop = asyncio.get_running_loop()
         self._direct = "chunked" if chunked else "plain"
+
+    def _stalled(self) -> bool:
+        """At a ping, `ping` seconds or more after the last write: whether the client has left
+        what was written untaken at STALLED_PINGS pings in a row."""
+        if self._connection is None or undelivered_bytes(self._connection) == 0:
+            self._undrained_pings = 0
+            return False
+        self._undrained_pings += 1
+        return self._undrained_pings >= STALLED_PINGS
+
+    def cut_off(self, why: SlowClient) -> None:
+        """Close the connection of a client that does not keep up; it resumes from its last id."""
+        self.gateway.slow_clients[why] += 1
+        log.info("cut off a stream of agent %s: %s", self.principal.agent.id, _CUT_OFF_BECAUSE[why])
+        if self._connection is not None:
+            self._connection.abort()
 
     def wake(self) -> None:
         """Look at the gateway's state (shutdown) and this stream's end soon."""
