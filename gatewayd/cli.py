@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gatewayd import startup_signals
 from gatewayd.cli_tokens import DEFAULT_CONFIG, add_token_commands
 from gatewayd.config import (
     DEFAULT_TENANT,
@@ -106,6 +107,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signals = RunSignals()
     signals.catch()  # before anything slow: loading the rules, importing aiohttp
+    if (held := startup_signals.take()) is not None:
+        signals.received(held)  # it came while gatewayd was being imported
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
@@ -395,12 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
-        # The benchmarks parse their own options (scenarios, --quick, --json, ...).
+        # The benchmarks parse their own options (scenarios, --quick, --json, ...) and take over
+        # the stop signals held since start-up.
         from gatewayd.bench import main as bench_main
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
+        if args.func is not cmd_run:
+            startup_signals.release()  # `run` takes them over; the other commands keep the defaults
         return int(args.func(args))
     except StoreUnavailable as exc:  # any command: a store's file cannot be opened, or is in use
         print(f"gatewayd: {exc}", file=sys.stderr)

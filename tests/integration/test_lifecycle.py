@@ -12,6 +12,8 @@ import re
 import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +33,16 @@ from gatewayd.message import FetchedMessage
 from gatewayd.pipeline import Pipeline
 from gatewayd.sandbox.dovecot import Dovecot, free_port
 from tests.conftest import TOKEN, gateway_config
-from tests.daemon import AUTH, GatewayProcess, config_data, run_cli, write_config
+from tests.daemon import (
+    AUTH,
+    REPO_ROOT,
+    GatewayProcess,
+    child_env,
+    config_data,
+    gatewayd_command,
+    run_cli,
+    write_config,
+)
 from tests.sse import Frame, SseReader, mail
 from tests.waiting import wait_for
 
@@ -258,6 +269,49 @@ async def test_a_signal_while_gatewayd_run_loads_its_configuration(
         gw.terminate()
         assert await gw.wait_exit(20) == 0
     assert "Traceback" not in gw.stderr(), gw.stderr()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_stop_signal_while_gatewayd_is_being_imported_exits_cleanly(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """A SIGTERM or SIGINT right after the start, while the command's modules are still being
+    imported: the clean exit 0 of a stop before gatewayd is up, not the signal's default action
+    (killed, or a KeyboardInterrupt traceback)."""
+    data = {"server": {"listen": "127.0.0.1:0"}, "store": {"path": str(tmp_path / "events.db")}}
+    config = write_config(tmp_path / "gatewayd.yaml", data | {"agents": [{"id": "support"}]})
+    # -X importtime reports each module once imported: asyncio comes first among gatewayd's own
+    # imports, so the signal lands in them, long before `run` can install its handlers.
+    command = [sys.executable, "-X", "importtime", *gatewayd_command("run", "-c", str(config))[1:]]
+    for _ in range(3):
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        deadline = threading.Timer(60, process.kill)  # a daemon that missed the signal runs on
+        deadline.start()
+        try:
+            assert process.stderr is not None
+            for line in iter(process.stderr.readline, ""):
+                if re.search(r"\|\s+asyncio$", line):
+                    process.send_signal(signum)
+                    break
+            else:
+                raise AssertionError(f"asyncio was never imported (exit {process.wait()})")
+            _, err = process.communicate(timeout=30)
+            assert process.returncode == 0, err
+            assert "Traceback" not in err, err
+        finally:
+            deadline.cancel()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
 
 
 async def test_shutdown_publishes_what_the_watchers_hold_before_closing(
