@@ -32,6 +32,10 @@ from gatewayd.systemd import keep_watchdog_fed, notify, watchdog_interval
 
 log = logging.getLogger(__name__)
 
+# How long each shutdown step systemd is told about may take before the next tells it more: the
+# grace period reports every second; logging out of IMAP takes at most 2 s, all connections at once.
+STOP_STEP_USEC = 10_000_000
+
 
 class ListenError(Exception):
     """The HTTP address cannot be bound (in use, not allowed): one line for the operator."""
@@ -117,7 +121,7 @@ class Daemon:
         log.info("configured tokens reloaded: %d in force, %d streams of removed ones ended", in_force, ended)
 
     async def stop(self) -> None:
-        notify("STOPPING=1")
+        notify("STOPPING=1\nSTATUS=stopping: finishing the pipeline")
         gateway = self.gateway
         gateway.stopping = True
         if self._site is not None:
@@ -129,16 +133,28 @@ class Daemon:
         await self.pool.drain()
         gateway.begin_closing()
         # Every open stream now writes its closing event; give clients the grace period to go.
-        grace = self.config.server.shutdown_grace_seconds
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(gateway.no_streams.wait(), grace)
+        await self._grace(self.config.server.shutdown_grace_seconds)
         gateway.grace_over.set()
         if self._runner is not None:
             await self._runner.cleanup()  # the SSE connections before the IMAP ones
             self._runner = None
+        notify(f"STATUS=stopping: closing IMAP\nEXTEND_TIMEOUT_USEC={STOP_STEP_USEC}")
         await self.pool.close()
         await self._close()
         log.info("stopped")
+
+    async def _grace(self, grace: float) -> None:
+        """Until every stream is gone or `grace` is over; systemd is told each second how many are
+        left, and its stop timeout extended from this event loop, so that a grace above the unit's
+        TimeoutStopSec is not cut short by SIGKILL (a stuck loop extends nothing)."""
+        streams = self.gateway.streams
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + grace
+        while streams and (left := ends - loop.time()) > 0:
+            waiting_for = f"{len(streams)} stream{'' if len(streams) == 1 else 's'}"
+            notify(f"STATUS=stopping: closing {waiting_for}\nEXTEND_TIMEOUT_USEC={STOP_STEP_USEC}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.gateway.no_streams.wait(), min(left, 1.0))
 
     async def _close(self) -> None:
         """What start() opened, each part safe to close when it never was."""

@@ -18,7 +18,15 @@ import aiohttp
 from gatewayd.events import NewEvent
 from gatewayd.sandbox.dovecot import Dovecot, free_port
 from tests.conftest import gateway_config
-from tests.daemon import REPO_ROOT, GatewayProcess, child_env, config_data, gatewayd_command, write_config
+from tests.daemon import (
+    AUTH,
+    REPO_ROOT,
+    GatewayProcess,
+    child_env,
+    config_data,
+    gatewayd_command,
+    write_config,
+)
 from tests.waiting import wait_for
 
 
@@ -50,12 +58,48 @@ async def test_ready_is_notified_to_systemd_once_listening(
                 response = await session.get(f"http://127.0.0.1:{port}/healthz")
                 assert response.status == 200
             process.terminate()
-            assert await asyncio.to_thread(notify.recv, 1024) == b"STOPPING=1"
+            assert (await asyncio.to_thread(notify.recv, 1024)).startswith(b"STOPPING=1\n")
             assert await asyncio.to_thread(process.wait, 20) == 0
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+async def test_the_shutdown_tells_systemd_what_it_waits_for(
+    dovecot: Dovecot, user: str, tmp_path: Path
+) -> None:
+    """STOPPING=1, then a STATUS= for each step, and EXTEND_TIMEOUT_USEC= while the grace period
+    runs, so a shutdown_grace_seconds above the unit's TimeoutStopSec is not cut short."""
+    with notify_socket(tmp_path) as (notify, notify_path):
+        port = free_port()
+        data = config_data(tmp_path, dovecot, [user], port)
+        data["server"]["shutdown_grace_seconds"] = 2
+        gw = GatewayProcess(write_config(tmp_path / "gatewayd.yaml", data), port)
+        gw.start(env={"NOTIFY_SOCKET": str(notify_path)})
+        try:
+            assert (await asyncio.to_thread(notify.recv, 1024)).startswith(b"READY=1")
+            await gw.wait_idle()
+            async with aiohttp.ClientSession() as session:
+                # A subscriber that stays: gatewayd waits the whole grace period for it.
+                stream = await session.get(f"{gw.url}/events", headers=AUTH)
+                assert stream.status == 200
+                await stream.content.readuntil(b": connected\n")
+                gw.terminate()
+                states = [(await asyncio.to_thread(notify.recv, 1024)).decode()]
+                while "closing IMAP" not in states[-1]:
+                    states.append((await asyncio.to_thread(notify.recv, 1024)).decode())
+            assert await gw.wait_exit(20) == 0
+        finally:
+            gw.stop_now()
+    assert states[0] == "STOPPING=1\nSTATUS=stopping: finishing the pipeline", states
+    waiting = states[1:-1]
+    assert waiting, states
+    for state in waiting:
+        status, extend = state.split("\n")
+        assert status == "STATUS=stopping: closing 1 stream"
+        assert extend.startswith("EXTEND_TIMEOUT_USEC=") and int(extend.partition("=")[2]) > 0
+    assert states[-1].startswith("STATUS=stopping: closing IMAP\nEXTEND_TIMEOUT_USEC="), states
 
 
 async def test_the_watchdog_is_fed_from_the_event_loop_once_ready(
