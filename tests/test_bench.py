@@ -10,11 +10,13 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -152,6 +154,14 @@ def test_main_refuses_unknown_scenario() -> None:
         (["--set", "replay.events=nan"], "must be a finite number above 0"),
         (["--set", "replay.events=2.5"], "must be a whole number"),
         (["--set", "restart.passive=-1"], "must be a finite number, 0 or more"),
+        (
+            ["mailboxes", "--set", "mailboxes.probes=50", "--set", "mailboxes.mailboxes=10"],
+            "mailboxes.probes=50 is more than mailboxes.mailboxes=10",
+        ),
+        (
+            ["mailboxes", "--set", "mailboxes.mailboxes=2"],
+            "mailboxes.probes=3 is more than mailboxes.mailboxes=2",
+        ),
         (["--json", "{tmp}/missing/results.json"], "missing does not exist"),
         (["--markdown", "{tmp}"], "is a directory"),
         (["--plot", "{tmp}/missing/latency.png"], "missing does not exist"),
@@ -286,4 +296,81 @@ def test_a_terminated_run_leaves_no_sandbox_behind(moment: Callable[[Path], bool
         for pid in [process.pid, *_processes_naming(scratch)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _bench_process(*arguments: str, scratch: Path) -> subprocess.Popen[str]:
+    """`gatewayd bench ARGUMENTS` as a subprocess, its sandbox in `scratch`."""
+    return subprocess.Popen(
+        [sys.executable, *arguments],
+        env={**os.environ, "TMPDIR": str(scratch)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_a_sigterm_while_the_bench_is_being_imported_exits_130(tmp_path: Path) -> None:
+    # -X importtime reports each module once imported: asyncio comes first among gatewayd's own
+    # imports, so the signal lands in them, long before the run's handler is installed.
+    process = _bench_process(
+        "-X", "importtime", "-m", "gatewayd", "bench", "--quick", "throughput", scratch=tmp_path
+    )
+    deadline = threading.Timer(60, process.kill)  # a bench that missed the signal runs on
+    deadline.start()
+    try:
+        assert process.stderr is not None
+        for line in iter(process.stderr.readline, ""):
+            if re.search(r"\|\s+asyncio$", line):
+                process.send_signal(signal.SIGTERM)
+                break
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 130, err
+        assert "interrupted" in err and "Traceback" not in err, err
+    finally:
+        deadline.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_a_sigterm_while_the_results_are_written_exits_130(tmp_path: Path) -> None:
+    # FIFOs: opening one waits for its other end, so the bench waits in its results for the test.
+    results, table = tmp_path / "results.json", tmp_path / "table.md"
+    os.mkfifo(results)
+    os.mkfifo(table)
+    command = [
+        "-m",
+        "gatewayd",
+        "bench",
+        "throughput",
+        "--quick",
+        "--json",
+        str(results),
+        "--markdown",
+        str(table),
+    ]
+    # A short directory of its own: Dovecot's socket paths must stay under the kernel's limit.
+    scratch = Path(tempfile.mkdtemp(prefix="gwb-", dir="/tmp"))
+    process = _bench_process(*command, scratch=scratch)
+
+    def release_the_reader() -> None:  # a bench that ended before its results: no writer would come
+        process.wait()
+        with contextlib.suppress(OSError):
+            os.close(os.open(results, os.O_WRONLY | os.O_NONBLOCK))
+
+    threading.Thread(target=release_the_reader, daemon=True).start()
+    try:
+        with results.open(encoding="utf-8") as written:
+            assert json.loads(written.read())["results"], "no results written"
+        # The JSON is written; the bench now waits to write the Markdown table.
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 130, err
+        assert "interrupted" in err and "Traceback" not in err, err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
         shutil.rmtree(scratch, ignore_errors=True)

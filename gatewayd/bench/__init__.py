@@ -19,8 +19,9 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from types import ModuleType
+from types import FrameType, ModuleType
 
+from gatewayd import startup_signals
 from gatewayd.bench import fanout, latency, mailboxes, replay, restart, throughput
 from gatewayd.bench.harness import CPU_POLICIES, Bench, machine, py_spy
 from gatewayd.bench.stats import Result, markdown_table, plot, table, write_json
@@ -73,6 +74,8 @@ class UsageError(Exception):
 
 # Sizes that may be 0: a warm-up and two switches. Every other size counts or paces what is measured.
 MAY_BE_ZERO = frozenset({"latency.warmup", "throughput.train", "restart.passive"})
+# A size that samples another cannot exceed it: (scenario, sample) -> what it samples.
+SAMPLES = {("mailboxes", "probes"): "mailboxes"}
 
 
 def _size(name: str, field: str, text: str, default: float) -> float:
@@ -107,6 +110,12 @@ def _sizes(
             keys = ", ".join(sizes[name])
             raise UsageError(f"--set {item}: {name} has no size {field}; choose from {keys}")
         sizes[name][field] = _size(name, field, value, sizes[name][field])
+    for (name, sample), whole in SAMPLES.items():
+        if name in sizes and sizes[name][sample] > sizes[name][whole]:
+            raise UsageError(
+                f"{name}.{sample}={sizes[name][sample]:g} is more than {name}.{whole}={sizes[name][whole]:g}:"
+                f" the {sample} are a sample of the {whole}"
+            )
     return sizes
 
 
@@ -190,9 +199,32 @@ async def run(
         await asyncio.to_thread(bench.close)
 
 
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 when every scenario ran (targets missed or not), 1 when one failed, 2 on bad usage,
     130 when interrupted (Ctrl-C or SIGTERM)."""
+    # SIGTERM interrupts as Ctrl-C does from the first moment to the last, not only while the
+    # scenarios run (the event loop's own handler then).
+    previous = (
+        signal.signal(signal.SIGTERM, _interrupt),
+        signal.signal(signal.SIGINT, signal.default_int_handler),
+    )
+    try:
+        if startup_signals.take() is not None:
+            raise KeyboardInterrupt  # it came while `gatewayd bench` was being imported
+        return _bench(argv)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("\ninterrupted: the sandbox is stopped and removed", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+
+
+def _bench(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     unknown = [name for name in args.scenarios if name not in BY_NAME]
     if unknown:
@@ -216,9 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     info["gatewayd_cpu_policy"] = args.cpu_policy
     try:
         results = asyncio.run(run(modules, args.quick, sizes, args.profile, args.cpu_policy))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("\ninterrupted: the sandbox is stopped and removed", file=sys.stderr)
-        return 130
+    finally:
+        signal.signal(signal.SIGTERM, _interrupt)  # closing, the event loop reset it to the default
     info["loadavg_after"] = os.getloadavg()
     print("\n" + table(results))
     failed = [r.scenario for r in results if r.error]
