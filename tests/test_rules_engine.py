@@ -12,6 +12,7 @@ from gatewayd.config import parse_config
 from gatewayd.imap.act import Placement
 from gatewayd.imap.session import ImapConnectionLost, ImapError
 from gatewayd.message import FetchedMessage
+from gatewayd.message.identity import Identity
 from gatewayd.pipeline import Pipeline, StageSpec
 from gatewayd.rules.engine import RulesStage
 from gatewayd.rules.execute import ActionInterrupted
@@ -68,8 +69,8 @@ class FakeActions:
     async def fetch(self, uid: int, max_bytes: int) -> FetchedMessage | None:
         return FetchedMessage("INBOX", uid, 1, RAW, len(RAW), (), None) if uid in self.present_uids else None
 
-    async def locate(self, folder: str, message_id: str) -> Placement | None:
-        self.calls.append(("locate", folder, message_id))
+    async def locate(self, folder: str, identity: Identity) -> Placement | None:
+        self.calls.append(("locate", folder, identity.message_id))
         return self.located
 
     def after_store(self, callback: Callable[[], Awaitable[None]]) -> None:

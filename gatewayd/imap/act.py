@@ -8,7 +8,8 @@ message). `MailActions` is what the rules engine needs; `SessionActions` impleme
 MOVE (RFC 6851) is used where the server has it; elsewhere UID COPY, then `\\Deleted`, then UID
 EXPUNGE of that one UID (UIDPLUS; without it the message is left marked `\\Deleted`, since a plain
 EXPUNGE would also remove whatever else the user had marked). Where the message lands comes from
-the COPYUID response code (UIDPLUS); without it the new UID is unknown (None).
+the COPYUID response code (UIDPLUS); without it the new UID is unknown (None), and `locate` finds
+the message there by its identity (`gatewayd.message.identity`).
 """
 
 from __future__ import annotations
@@ -23,10 +24,15 @@ import aioimaplib
 
 from gatewayd.imap.names import quote, quoted_mailbox
 from gatewayd.imap.session import ImapError, ImapSession
-from gatewayd.message import FetchedMessage
+from gatewayd.message import FetchedMessage, parse
+from gatewayd.message.identity import Identity, header_digest
 
 _COPYUID = re.compile(rb"\[COPYUID (\d+) ([0-9:,]+) ([0-9:,]+)\]")
 GMAIL_CAPABILITY = "X-GM-EXT-1"
+# `locate` compares at most this many candidates (the newest: a message moved there just now), of
+# which it fetches this much: a header block longer than that is never matched by its digest.
+LOCATE_CANDIDATES = 20
+LOCATE_BYTES = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +70,9 @@ class MailActions(Protocol):
 
     async def fetch(self, uid: int, max_bytes: int) -> FetchedMessage | None: ...
 
-    async def locate(self, folder: str, message_id: str) -> Placement | None:
-        """Find a message by Message-ID in another folder (over a second connection)."""
+    async def locate(self, folder: str, identity: Identity) -> Placement | None:
+        """Find a message by its identity in another folder (over a second connection); None when
+        it is not there or has no identity that can be looked for."""
         ...
 
     def after_store(self, callback: Callable[[], Awaitable[None]]) -> None: ...
@@ -139,18 +146,26 @@ class SessionActions:
         found = await self._session.fetch([uid], max_bytes)
         return found[0] if found else None
 
-    async def locate(self, folder: str, message_id: str) -> Placement | None:
+    async def locate(self, folder: str, identity: Identity) -> Placement | None:
+        if identity.message_id:
+            criteria: tuple[str, ...] = ("HEADER", "Message-ID", quote(identity.message_id))
+        elif identity.header_sha256 and identity.size is not None:
+            criteria = ("LARGER", str(identity.size - 1), "SMALLER", str(identity.size + 1))
+        else:
+            return None
         other = await ImapSession.open(self._session.config)
         try:
             selected = await other.select(folder)
-            criteria = ("HEADER", "Message-ID", quote(message_id))
             response = await other._call("UID SEARCH", other._client.uid_search(*criteria, charset=None))
             uids = [int(t) for line in response.lines[:-1] for t in bytes(line).split() if t.isdigit()]
+            candidates = sorted(uids)[-LOCATE_CANDIDATES:]
+            fetched = await other.fetch(candidates, LOCATE_BYTES)
         finally:
             await other.logout()
-        if not uids:
-            return None
-        return Placement(folder, selected.uidvalidity, max(uids))
+        for message in sorted(fetched, key=lambda m: m.uid, reverse=True):
+            if identity.matches(Identity.of(parse(message).data, header_digest(message.raw))):
+                return Placement(folder, selected.uidvalidity, message.uid)
+        return None
 
     def after_store(self, callback: Callable[[], Awaitable[None]]) -> None:
         self._callbacks.append(callback)

@@ -10,6 +10,11 @@ action is reported as `dry_run`, after the same safety checks.
 mail: it finishes the journaled messages of that folder that have no stored event yet (the crash
 came between acting and publishing), including messages already moved away, which the folder's UID
 sync would never see again.
+
+A message a rule moves or copies into another watched folder of the mailbox is announced once, from
+where it was: the destination's watcher drops it when the journal has it `placed` there, waits for
+a move still in flight into its folder (`gatewayd.rules.arrivals`), and claims what an interrupted
+move put there before it syncs (`recover`).
 """
 
 from __future__ import annotations
@@ -25,14 +30,16 @@ from gatewayd.events import Event, NewEvent
 from gatewayd.imap.act import MailActions
 from gatewayd.imap.session import ImapConnectionLost
 from gatewayd.message import ParsedMessage, from_address
+from gatewayd.message.identity import Identity, header_digest
 from gatewayd.pipeline import StageContext, StageResult
 from gatewayd.rules import compose
+from gatewayd.rules.arrivals import Arrivals
 from gatewayd.rules.conditions import Facts
-from gatewayd.rules.execute import ActionInterrupted, Executor, Trainer, message_key
+from gatewayd.rules.execute import ActionInterrupted, Executor, Trainer, identity_of, message_key
 from gatewayd.rules.load import RuleBook
 from gatewayd.rules.match import InlineBudget, NeedsMoreTime
 from gatewayd.rules.model import Rule
-from gatewayd.rules.plan import DRY_RUN, ERROR, SKIPPED, build, evaluate, has_effects, result
+from gatewayd.rules.plan import DRY_RUN, ERROR, OK, SKIPPED, build, evaluate, has_effects, result
 from gatewayd.rules.renderer import TemplateRenderer
 from gatewayd.rules.safety import refuse_automatic, refuse_reply, reply_limited, reply_target
 from gatewayd.rules.template import context_for
@@ -45,6 +52,9 @@ log = logging.getLogger(__name__)
 # The stage bounds each action itself (IMAP read timeout, SMTP timeout); the pipeline must never
 # cancel it in the middle of one.
 RULES_TIMEOUT_SECONDS = 3600.0
+# How long a watcher waits for a move in flight into its folder, in IMAP read timeouts: the MOVE's
+# answer, and the search for the message when it came without COPYUID (a login, a SELECT, ...).
+IN_FLIGHT_READ_TIMEOUTS = 4
 _NO_PLAN = build(())
 
 
@@ -68,6 +78,7 @@ class RulesStage:
         self._store = store
         self._publish = publish
         self.renderer = TemplateRenderer()
+        self.arrivals = Arrivals()
 
     async def check(self, message: ParsedMessage, context: StageContext) -> StageResult:
         mailbox, data, actions = context.mailbox, context.data, context.actions
@@ -81,6 +92,8 @@ class RulesStage:
                 # Seen before: placed here by a rule (announced already), or re-fetched after a
                 # crash or reconnect (its actions are never repeated).
                 return await self._finish(entry, mailbox, actions, message)
+            if await self._moved_here(key, data, message, mailbox):
+                return StageResult(drop=True)
         book = self.book  # one version for the whole message, whatever a reload does meanwhile
         mailbox_id = mailbox.id if mailbox is not None else ""
         rules = book.for_mailbox(mailbox_id)
@@ -110,6 +123,7 @@ class RulesStage:
             "event": {"type": context.event_type, "agent_id": mailbox.agent_id, "data": dict(data)},
             "plan": plan,
             "errors": facts.errors,
+            "header_sha256": header_digest(message.raw),
         }
         entry = await self._journal.begin(
             key,
@@ -122,6 +136,30 @@ class RulesStage:
             mails=mails,
         )
         return await self._finish(entry, mailbox, actions, message)
+
+    async def _moved_here(
+        self, key: str, data: Mapping[str, Any], message: ParsedMessage, mailbox: MailboxConfig
+    ) -> bool:
+        """Whether this new message is one a move or copy in flight is putting here (see
+        gatewayd.rules.arrivals): then it is noted as placed here, and not announced."""
+        folder, uid = str(data["folder"]), int(data["uid"])
+        flights = self.arrivals.into(mailbox.id, folder, Identity.of(data, header_digest(message.raw)))
+        if not flights:
+            return False  # the usual case, without I/O
+        assert self._journal is not None
+        timeout = IN_FLIGHT_READ_TIMEOUTS * mailbox.imap.read_timeout_seconds
+        for flight in flights:
+            try:
+                outcome = await asyncio.wait_for(asyncio.shield(flight.outcome), timeout)
+            except TimeoutError:
+                outcome = None  # still open: its recovery will find the message here
+            entry = await self._journal.get(key)
+            if entry is not None and entry.state == PLACED:
+                return True
+            if outcome is None or (outcome.get("outcome") == OK and outcome.get("uid") in (None, uid)):
+                await self._journal.place(key, mailbox.id, folder, int(data["uidvalidity"]), uid)
+                return True
+        return False
 
     async def _finish(
         self, entry: JournalEntry, mailbox: MailboxConfig, actions: MailActions, message: ParsedMessage | None
@@ -142,7 +180,7 @@ class RulesStage:
             return entry.result
         assert self._journal is not None
         outcomes = await Executor(
-            self._journal, entry, mailbox, actions, self._outbox, self._learning, message
+            self._journal, entry, mailbox, actions, self._outbox, self._learning, message, self.arrivals
         ).run()
         record = entry.record
         done = {
@@ -266,13 +304,13 @@ class RulesStage:
         folder's recovery, would announce it as new mail, and the recovery announce it again."""
         assert self._journal is not None
         for entry in await self._journal.open_entries(mailbox.id):
-            message_id = entry.record["event"]["data"].get("message_id")
-            if entry.folder == actions.folder or not message_id:
-                continue  # without a Message-ID it cannot be found (nor is it by the recovery)
+            identity = identity_of(entry)
+            if entry.folder == actions.folder or not identity.findable:
+                continue  # without an identity it cannot be found (nor is it by the recovery)
             for step in entry.record["plan"]["steps"]:
                 interrupted = entry.steps.get(step["index"], {}).get("state") == "started"
                 if interrupted and step["kind"] in ("move", "copy") and step["folder"] == actions.folder:
-                    found = await actions.locate(actions.folder, message_id)
+                    found = await actions.locate(actions.folder, identity)
                     if found is not None and found.uid is not None and found.uidvalidity is not None:
                         key = message_key(mailbox.id, found.folder, found.uidvalidity, found.uid)
                         await self._journal.place(key, mailbox.id, found.folder, found.uidvalidity, found.uid)

@@ -5,9 +5,9 @@ is resolved by looking, never by guessing:
 
 - a flag or keyword change, a report: harmless to repeat, so repeated (if the message is there);
 - a move: the message still in the folder means it did not happen (do it); gone means it did
-  (find where by Message-ID, over a second connection);
-- a copy: done when the destination has the Message-ID, else done now; without a Message-ID it
-  cannot be told, and is not repeated;
+  (find where by its identity, `gatewayd.message.identity`, over a second connection);
+- a copy: done when the destination has the message, else done now; a message without an identity
+  (no Message-ID, a header block past the fetch cap) cannot be told, and is not repeated;
 - a mail: interrupted while sending, it may have gone out: it is never sent again (`unknown`).
 
 A broken connection in the middle of an action leaves its outcome unknown too: the step stays
@@ -27,7 +27,9 @@ from gatewayd.events import rfc3339
 from gatewayd.imap.act import MailActions, Placement
 from gatewayd.imap.session import ImapConnectionLost, ImapError, _folder_key
 from gatewayd.message import ParsedMessage, parse
+from gatewayd.message.identity import Identity
 from gatewayd.pipeline import StageAbort
+from gatewayd.rules.arrivals import Arrivals, InFlight
 from gatewayd.rules.plan import ERROR, OK, PENDING, SKIPPED
 from gatewayd.send.outbox import Outbox
 from gatewayd.store.journal import HELD, RETRY, SENDING, SENT, UNKNOWN, JournalEntry, RuleJournal
@@ -50,6 +52,11 @@ def message_key(mailbox_id: str, folder: str, uidvalidity: int, uid: int) -> str
     return f"{mailbox_id}\x1f{folder}\x1f{uidvalidity}\x1f{uid}"
 
 
+def identity_of(entry: JournalEntry) -> Identity:
+    """The identity of a journaled message (entries of older versions have no header digest)."""
+    return Identity.of(entry.record["event"]["data"], entry.record.get("header_sha256"))
+
+
 def _fault(point: str) -> None:
     if os.environ.get(CRASH_ENV) == point:
         os._exit(99)
@@ -65,6 +72,7 @@ class Executor:
         outbox: Outbox | None,
         learning: Trainer | None,
         parsed: ParsedMessage | None = None,
+        arrivals: Arrivals | None = None,
     ) -> None:
         self._journal = journal
         self._entry = entry
@@ -73,7 +81,9 @@ class Executor:
         self._outbox = outbox
         self._learning = learning
         self._parsed = parsed
+        self._arrivals = arrivals
         self._data: Mapping[str, Any] = entry.record["event"]["data"]
+        self._identity = identity_of(entry)
 
     async def run(self) -> dict[int, dict[str, Any]]:
         entry = self._entry
@@ -95,11 +105,28 @@ class Executor:
                 outcome = await self._guarded(self._resolve, step)
             else:
                 await self._journal.step(entry.key, index, {"state": "started"})
-                outcome = await self._guarded(self._perform, step)
+                outcomes[index] = await self._act(step)
+                continue
             outcome = {"state": "done", **outcome}
             await self._journal.step(entry.key, index, outcome)
             outcomes[index] = outcome
         return outcomes
+
+    async def _act(self, step: dict[str, Any]) -> dict[str, Any]:
+        """Do a step and journal its outcome; a move or copy is in flight (`Arrivals`) meanwhile,
+        so the destination's watcher waits for that outcome rather than announce the message."""
+        flight: InFlight | None = None
+        if self._arrivals is not None and step["kind"] in ("move", "copy"):
+            flight = self._arrivals.start(self._mailbox.id, step["folder"], self._identity)
+        outcome: dict[str, Any] | None = None
+        try:
+            outcome = {"state": "done", **await self._guarded(self._perform, step)}
+            await self._journal.step(self._entry.key, step["index"], outcome)
+            return outcome
+        finally:
+            if flight is not None:
+                assert self._arrivals is not None
+                self._arrivals.settle(self._mailbox.id, step["folder"], flight, outcome)
 
     async def _guarded(self, run: Any, step: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -150,6 +177,8 @@ class Executor:
 
     async def _placed(self, placement: Placement, recovered: bool = False) -> Mapping[str, Any]:
         """Note where the message landed, so that folder's watcher does not announce it again."""
+        if placement.uid is None:  # no COPYUID (no UIDPLUS): look for it there
+            placement = await self._actions.locate(placement.folder, self._identity) or placement
         if placement.uid is not None and placement.uidvalidity is not None:
             key = message_key(self._mailbox.id, placement.folder, placement.uidvalidity, placement.uid)
             await self._journal.place(
@@ -193,7 +222,6 @@ class Executor:
     async def _resolve(self, step: dict[str, Any]) -> Mapping[str, Any]:
         kind = step["kind"]
         uid = self._entry.uid
-        message_id = self._data.get("message_id")
         if kind in ("report", "store", "store_labels"):
             if not await self._actions.present(uid):
                 return {"outcome": ERROR, "error": "interrupted, and the message is no longer in the folder"}
@@ -201,12 +229,11 @@ class Executor:
         if kind == "move":
             if await self._actions.present(uid):
                 return await self._perform(step)
-            found = await self._actions.locate(step["folder"], message_id) if message_id else None
-            return await self._placed(found or Placement(step["folder"], None, None), recovered=True)
+            return await self._placed(Placement(step["folder"], None, None), recovered=True)
         if kind == "copy":
-            if not message_id:
+            if not self._identity.findable:
                 return {"outcome": ERROR, "error": "interrupted; without a Message-ID not repeated"}
-            found = await self._actions.locate(step["folder"], message_id)
+            found = await self._actions.locate(step["folder"], self._identity)
             if found is not None:
                 return await self._placed(found, recovered=True)
             return await self._perform(step)

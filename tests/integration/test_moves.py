@@ -1,0 +1,109 @@
+"""Exactly once around moves, against the real Dovecot: a message a rule moves into another watched
+folder is announced once, from the folder it was moved from, whatever the timing, with or without a
+Message-ID, with or without COPYUID (UIDPLUS)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gatewayd.config import MailboxConfig
+from gatewayd.imap.act import MailActions, Placement, SessionActions
+from gatewayd.message import ParsedMessage
+from gatewayd.pipeline import StageContext, StageResult
+from gatewayd.rules.engine import RulesStage
+from gatewayd.sandbox.dovecot import Dovecot
+from tests.conftest import TOKEN, append, gateway_config
+from tests.sse import SseReader, mail
+from tests.waiting import idle, wait_for
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MOVE_RULES = [{"name": "archive", "if": {"folder": "INBOX"}, "then": [{"move": "Archive"}]}]
+FOLDERS = {"folders": ["INBOX", "Archive"]}
+
+
+def without_notify(tmp_path_factory: pytest.TempPathFactory, capabilities: str) -> Iterator[Dovecot]:
+    """One IDLE connection per folder: the mover and the destination's watcher run side by side."""
+    config = f"imap_capability = IMAP4rev1 IDLE {capabilities}\n"
+    server = Dovecot.create(tmp_path_factory.mktemp("dovecot-moves"), extra_config=config)
+    server.start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="module")
+def dovecot_idle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
+    yield from without_notify(tmp_path_factory, "UIDPLUS MOVE")
+
+
+def without_message_id(raw: bytes) -> bytes:
+    return b"".join(line for line in raw.splitlines(keepends=True) if not line.startswith(b"Message-ID:"))
+
+
+def fresh_user(server: Dovecot) -> str:
+    user = f"mover{uuid.uuid4().hex[:8]}"
+    server.add_user(user)
+    return user
+
+
+@pytest.mark.parametrize("message_id", [True, False], ids=["message-id", "no-message-id"])
+async def test_a_move_the_destination_sees_before_its_copyuid_is_announced_once(
+    dovecot_idle: Dovecot,
+    tmp_path: Path,
+    start_gateway: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    message_id: bool,
+) -> None:
+    # Archive's watcher has looked for moves into it (none) and lists its new mail when the MOVE
+    # lands: the server tells it of the message before INBOX's watcher has read the MOVE's answer
+    # and noted where it landed. (With a Message-ID the sync that follows that EXISTS found it by
+    # its Message-ID already; without one it was announced twice.)
+    server, user = dovecot_idle, fresh_user(dovecot_idle)
+    armed, archive_listing, moved, archive_has_it = (asyncio.Event() for _ in range(4))
+    recover, move, check = RulesStage.recover, SessionActions.move, RulesStage.check
+
+    async def slow_recover(self: RulesStage, mailbox: MailboxConfig, actions: MailActions) -> None:
+        await recover(self, mailbox, actions)
+        if armed.is_set() and actions.folder == "Archive":
+            archive_listing.set()
+            await asyncio.wait_for(moved.wait(), 10)
+
+    async def late_answer(self: SessionActions, uid: int, folder: str, create: bool) -> Placement:
+        placement = await move(self, uid, folder, create)
+        moved.set()
+        with contextlib.suppress(TimeoutError):  # the fixed code waits for this answer instead
+            await asyncio.wait_for(archive_has_it.wait(), 2)
+        return placement
+
+    async def seeing(self: RulesStage, message: ParsedMessage, context: StageContext) -> StageResult:
+        if context.data["folder"] == "Archive" and context.data["subject"] == "file me":
+            archive_has_it.set()
+        return await check(self, message, context)
+
+    monkeypatch.setattr(RulesStage, "recover", slow_recover)
+    monkeypatch.setattr(SessionActions, "move", late_answer)
+    monkeypatch.setattr(RulesStage, "check", seeing)
+    gw = await start_gateway(gateway_config(tmp_path, server, [user], rules=MOVE_RULES, imap=FOLDERS))
+    await wait_for(lambda: idle(gw), what="watchers idle")
+    assert [w["notify"] for w in gw.daemon.pool.health()] == [False, False]
+    async with aiohttp.ClientSession() as session:
+        reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+        armed.set()
+        await asyncio.to_thread(append, server, user, "Archive", mail("filed by hand"))
+        await asyncio.wait_for(archive_listing.wait(), 10)
+        moving = mail("file me")
+        await server.deliver_async(user, moving if message_id else without_message_id(moving))
+        events = await reader.messages(2)
+        with pytest.raises(TimeoutError):
+            events += await reader.messages(1, timeout=1.0)
+    by_subject = {e.json["data"]["subject"]: e.json["data"] for e in events}
+    assert sorted(by_subject) == ["file me", "filed by hand"]
+    assert by_subject["file me"]["folder"] == "Archive"
+    assert by_subject["file me"]["moved_from"]["folder"] == "INBOX"
