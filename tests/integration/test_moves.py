@@ -21,7 +21,7 @@ from gatewayd.pipeline import StageContext, StageResult
 from gatewayd.rules.engine import RulesStage
 from gatewayd.sandbox.dovecot import Dovecot
 from tests.conftest import TOKEN, append, gateway_config
-from tests.sse import SseReader, mail
+from tests.sse import SseReader, mail, without_message_id
 from tests.waiting import idle, wait_for
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -41,10 +41,6 @@ def without_notify(tmp_path_factory: pytest.TempPathFactory, capabilities: str) 
 @pytest.fixture(scope="module")
 def dovecot_idle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
     yield from without_notify(tmp_path_factory, "UIDPLUS MOVE")
-
-
-def without_message_id(raw: bytes) -> bytes:
-    return b"".join(line for line in raw.splitlines(keepends=True) if not line.startswith(b"Message-ID:"))
 
 
 def fresh_user(server: Dovecot) -> str:

@@ -20,7 +20,7 @@ from gatewayd.sandbox.dovecot import Dovecot, free_port
 from tests.conftest import TOKEN
 from tests.daemon import AUTH, GatewayProcess, config_data, run_cli, write_config
 from tests.integration.test_rules import Imap
-from tests.sse import SseReader, mail
+from tests.sse import SseReader, mail, without_message_id
 
 
 @pytest.fixture
@@ -92,11 +92,13 @@ async def test_kill_9_between_move_and_publish_neither_moves_twice_nor_loses_the
         await asyncio.to_thread(imap.close)
 
 
+@pytest.mark.parametrize("message_id", [True, False], ids=["message-id", "no-message-id"])
 async def test_kill_9_after_a_move_into_a_folder_synced_first_announces_it_once(
-    gatewayd: Any, dovecot: Dovecot, user: str
+    gatewayd: Any, dovecot: Dovecot, user: str, message_id: bool
 ) -> None:
     # Archive is watched too, and synced before INBOX after the restart: it used to announce the
-    # moved message as new mail, before INBOX's recovery announced it again.
+    # moved message as new mail, before INBOX's recovery announced it again (without a
+    # Message-ID, until the message was recognised by its identity: size, date, header digest).
     rules = [{"name": "archive", "if": {"folder": "INBOX"}, "then": [{"move": "Archive"}]}]
     process = gatewayd([user], rules=rules)
     data = yaml.safe_load(process.config_path.read_text(encoding="utf-8"))
@@ -107,7 +109,8 @@ async def test_kill_9_after_a_move_into_a_folder_synced_first_announces_it_once(
         await asyncio.to_thread(imap.client.create, "Archive")
         process.start(env={CRASH_ENV: "after_move"})
         await process.wait_idle()
-        await dovecot.deliver_async(user, mail("file me"))
+        message = mail("file me")
+        await dovecot.deliver_async(user, message if message_id else without_message_id(message))
         assert await process.wait_exit() == 99
         (archived,) = await asyncio.to_thread(imap.uids, "Archive")
         process.start()
