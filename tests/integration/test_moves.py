@@ -15,12 +15,14 @@ import aiohttp
 import pytest
 
 from gatewayd.config import MailboxConfig
+from gatewayd.imap import act
 from gatewayd.imap.act import MailActions, Placement, SessionActions
 from gatewayd.message import ParsedMessage
 from gatewayd.pipeline import StageContext, StageResult
 from gatewayd.rules.engine import RulesStage
 from gatewayd.sandbox.dovecot import Dovecot
 from tests.conftest import TOKEN, append, gateway_config
+from tests.integration.test_rules import Imap
 from tests.sse import SseReader, mail, without_message_id
 from tests.waiting import idle, wait_for
 
@@ -29,18 +31,14 @@ MOVE_RULES = [{"name": "archive", "if": {"folder": "INBOX"}, "then": [{"move": "
 FOLDERS = {"folders": ["INBOX", "Archive"]}
 
 
-def without_notify(tmp_path_factory: pytest.TempPathFactory, capabilities: str) -> Iterator[Dovecot]:
-    """One IDLE connection per folder: the mover and the destination's watcher run side by side."""
-    config = f"imap_capability = IMAP4rev1 IDLE {capabilities}\n"
-    server = Dovecot.create(tmp_path_factory.mktemp("dovecot-moves"), extra_config=config)
+@pytest.fixture(scope="module")
+def dovecot_idle() -> Iterator[Dovecot]:
+    """Without NOTIFY: one IDLE connection per folder, the mover and the destination's watcher side
+    by side. (Its own temp dir, as in conftest: pytest makes its basetemp 0700 at every start.)"""
+    server = Dovecot.create(extra_config="imap_capability = IMAP4rev1 IDLE UIDPLUS MOVE\n")
     server.start()
     yield server
     server.destroy()
-
-
-@pytest.fixture(scope="module")
-def dovecot_idle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dovecot]:
-    yield from without_notify(tmp_path_factory, "UIDPLUS MOVE")
 
 
 def fresh_user(server: Dovecot) -> str:
@@ -103,3 +101,35 @@ async def test_a_move_the_destination_sees_before_its_copyuid_is_announced_once(
     assert sorted(by_subject) == ["file me", "filed by hand"]
     assert by_subject["file me"]["folder"] == "Archive"
     assert by_subject["file me"]["moved_from"]["folder"] == "INBOX"
+
+
+@pytest.mark.parametrize("message_id", [True, False], ids=["message-id", "no-message-id"])
+async def test_a_move_without_copyuid_into_a_watched_folder_is_announced_once_with_its_uid(
+    dovecot: Dovecot,
+    user: str,
+    tmp_path: Path,
+    start_gateway: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    message_id: bool,
+) -> None:
+    # Dovecot answers with COPYUID even when told to hide UIDPLUS: drop it, as a server without
+    # UIDPLUS answers. The Archive watcher used to announce the message as new mail.
+    monkeypatch.setattr(act, "_placement", lambda folder, lines: Placement(folder, None, None))
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], rules=MOVE_RULES, imap=FOLDERS))
+    await wait_for(lambda: idle(gw), what="watchers idle")
+    imap = await asyncio.to_thread(Imap, dovecot, user)
+    try:
+        async with aiohttp.ClientSession() as session:
+            params = {"types": "message.*"}
+            reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params=params))
+            moving = mail("file me")
+            await dovecot.deliver_async(user, moving if message_id else without_message_id(moving))
+            (event,) = await reader.messages(1)
+            (archived,) = await asyncio.to_thread(imap.uids, "Archive")
+            data = event.json["data"]
+            assert (data["folder"], data["uid"]) == ("Archive", archived)
+            assert data["moved_from"]["folder"] == "INBOX"
+            with pytest.raises(TimeoutError):
+                await reader.messages(1, timeout=1.5)
+    finally:
+        await asyncio.to_thread(imap.close)
