@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,10 @@ from gatewayd.message import FetchedMessage
 from gatewayd.message.identity import Identity
 from gatewayd.pipeline import Pipeline, StageSpec
 from gatewayd.rules.engine import RulesStage
-from gatewayd.rules.execute import ActionInterrupted
+from gatewayd.rules.execute import ActionInterrupted, message_key
 from gatewayd.rules.load import load_rules
 from gatewayd.send.outbox import Outbox
-from gatewayd.store.journal import SENDING, UNKNOWN
+from gatewayd.store.journal import PLACED, SENDING, UNKNOWN
 from gatewayd.store.sqlite import SqliteEventStore
 from gatewayd.store.sqlite_journal import SqliteRuleJournal
 from tests.stalling_smtp import StallingSmtp
@@ -294,3 +296,51 @@ async def test_one_auto_reply_per_sender_whatever_the_return_path(parts: dict[st
     assert first.data["rules_applied"][0]["actions"][0]["to"] == ["bounce-1-alice=example.com@lists.example"]
     skipped = second.data["rules_applied"][0]["actions"][0]
     assert skipped["outcome"] == "skipped" and "alice@example.com" in skipped["reason"]
+
+
+class GatedMove(FakeActions):
+    """A MOVE whose answer comes when the test says, as `outcome` (a placement or an error)."""
+
+    def __init__(self, outcome: Placement | BaseException) -> None:
+        super().__init__()
+        self.landed = asyncio.Event()
+        self.answer = asyncio.Event()
+        self.outcome = outcome
+
+    async def move(self, uid: int, folder: str, create: bool) -> Placement:
+        self.landed.set()
+        await self.answer.wait()
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+
+@pytest.mark.parametrize(
+    ("outcome", "announced"),
+    [
+        (Placement("Archive", 9, 101), False),  # moved there: the mover's event is the one
+        (Placement("Archive", 9, 55), True),  # moved, but that is another message
+        (ImapError("NO [OVERQUOTA] no room"), True),  # the move failed: it is another message
+        (ImapConnectionLost("connection lost"), False),  # unknown: the intent's recovery finds it
+    ],
+    ids=["moved", "moved-elsewhere", "failed", "interrupted"],
+)
+async def test_a_message_arriving_while_a_move_of_it_is_in_flight_waits_for_its_outcome(
+    parts: dict[str, Any], outcome: Placement | BaseException, announced: bool
+) -> None:
+    pipeline, mailbox = setup(parts, [{"move": "Archive"}])
+    mover = GatedMove(outcome)
+    moving = asyncio.create_task(pipeline.process(mailbox, fetched(), mover))
+    await mover.landed.wait()
+    # The destination's watcher fetches the same message in Archive before the MOVE's answer.
+    arrived = FetchedMessage("Archive", 101, 9, RAW, len(RAW), (), None)
+    destination = asyncio.create_task(pipeline.process(mailbox, arrived, FakeActions()))
+    await asyncio.sleep(0.05)
+    assert not destination.done()  # it waits for the mover
+    mover.answer.set()
+    with contextlib.suppress(ActionInterrupted):
+        await moving
+    event = await destination
+    assert (event is not None) is announced
+    entry = await parts["journal"].get(message_key("box", "Archive", 9, 101))
+    assert (entry is not None and entry.state == PLACED) is not announced
