@@ -232,7 +232,8 @@ class Executor:
             return await self._placed(Placement(step["folder"], None, None), recovered=True)
         if kind == "copy":
             if not self._identity.findable:
-                return {"outcome": ERROR, "error": "interrupted; without a Message-ID not repeated"}
+                error = "interrupted; no Message-ID nor whole header to tell it by; not repeated"
+                return {"outcome": ERROR, "error": error}
             found = await self._actions.locate(step["folder"], self._identity)
             if found is not None:
                 return await self._placed(found, recovered=True)
