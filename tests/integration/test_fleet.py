@@ -235,10 +235,10 @@ def imap_connections(port: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def dovecot_without_notify(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    server = Dovecot.create(
-        tmp_path_factory.mktemp("dovecot-nonotify"), extra_config="imap_capability = IMAP4rev1 IDLE UIDPLUS\n"
-    )
+def dovecot_without_notify() -> Any:
+    # Its own temporary root, as conftest's: pytest's basetemp is made 0700 again by any other
+    # pytest run starting on the machine, and Dovecot's helpers (another user) then cannot enter it.
+    server = Dovecot.create(extra_config="imap_capability = IMAP4rev1 IDLE UIDPLUS\n")
     server.start()
     yield server
     server.destroy()
