@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gatewayd.imap.names import folder_key
+
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -645,11 +647,6 @@ _LEARNING = {
 _PASSWORD_KEYS = ("password", "password_file", "password_env")
 
 
-def _imap_folder(name: str) -> str:
-    """The folder a name means: INBOX in any case is INBOX (RFC 3501), other names are exact."""
-    return "INBOX" if name.upper() == "INBOX" else name
-
-
 _IMAP = {
     "host": _Key(_string),
     "port": _Key(_integer(1, 65535), None),  # None: 993 for implicit TLS, 143 otherwise
@@ -661,7 +658,7 @@ _IMAP = {
     "password": _Key(_secret, None),
     "password_file": _Key(_string, None),
     "password_env": _Key(_string, None),
-    "folders": _Key(_list_of(_string, nonempty=True, unique=True, same=_imap_folder), ("INBOX",)),
+    "folders": _Key(_list_of(_string, nonempty=True, unique=True, same=folder_key), ("INBOX",)),
     "idle_renew_seconds": _Key(_number(1, MAX_IDLE_RENEW_SECONDS), 1500.0),
     "read_timeout_seconds": _Key(_positive, 60.0),
     "poll_interval_seconds": _Key(_positive, 60.0),
@@ -741,6 +738,8 @@ class _Context:
     base_dir: Path
     errors: list[str] = field(default_factory=list)
     first_use: dict[tuple[str, str], str] = field(default_factory=dict)
+    # (host, port, username, folder) -> the mailbox that watches it
+    watched: dict[tuple[str, int, str, str], str] = field(default_factory=dict)
 
     def unique(self, key: tuple[str, str], label: str, path: str) -> None:
         if key in self.first_use:
@@ -832,7 +831,7 @@ def _imap(data: Any, path: str, ctx: _Context) -> ImapConfig | None:
         return None
     port = v["port"] if v["port"] is not None else 993 if v["tls"] == TLS_IMPLICIT else 143
     # `inbox` is INBOX: one spelling everywhere (events, checkpoints, a rule's move into INBOX).
-    folders = tuple(map(_imap_folder, v["folders"]))
+    folders = tuple(map(folder_key, v["folders"]))
     return _build(ImapConfig, v, port=port, password=password, ca_file=ca_file, folders=folders)
 
 
@@ -884,6 +883,7 @@ def _mailbox(data: Any, path: str, agent_id: str, ctx: _Context) -> MailboxConfi
     rules = _rules(v["rules"], v.get("rules_file"), f"{path}.", ctx)
     if len(ctx.errors) > before:
         return None
+    _watch_once(imap, path, ctx)
     trusted = v["trusted_authserv_ids"]
     address = v["address"] or (imap.username if _ADDRESS.fullmatch(imap.username) else None)
     return _build(
@@ -897,6 +897,20 @@ def _mailbox(data: Any, path: str, agent_id: str, ctx: _Context) -> MailboxConfi
         rules=rules,
         tenant=DEFAULT_TENANT,  # resolved with the agent's (see _fleets)
     )
+
+
+def _watch_once(imap: ImapConfig, path: str, ctx: _Context) -> None:
+    """Refuse a folder of an account that another mailbox watches already: both watchers would act
+    on every message (rules twice, auto-replies twice). Host names and usernames are compared
+    without case, as servers (and DNS) compare them."""
+    account = (imap.host.lower().rstrip("."), imap.port, imap.username.casefold())
+    for folder in imap.folders:  # already normalised by folder_key
+        first = ctx.watched.setdefault((*account, folder), path)
+        if first != path:
+            ctx.errors.append(
+                f"{path}: watches the same folder as {first} ({imap.username} on {imap.host}:{imap.port},"
+                f" {json.dumps(folder, ensure_ascii=False)})"
+            )
 
 
 def _agent(data: Any, path: str, ctx: _Context) -> AgentConfig | None:
@@ -951,6 +965,7 @@ def _fleets(agents: list[tuple[str, AgentConfig]], ctx: _Context) -> list[AgentC
     for cycle in sorted(cycles, key=lambda c: index[c[0]]):
         ctx.errors.append(f"{agents[index[cycle[0]]][0]}.parent: cycle {' → '.join([*cycle, cycle[0]])}")
         ok = False
+    _tenant_spellings(agents, ctx)
     if not ok:
         return []
     by_id = {agent.id: (path, agent) for path, agent in agents}
@@ -978,6 +993,21 @@ def _fleets(agents: list[tuple[str, AgentConfig]], ctx: _Context) -> list[AgentC
         mailboxes = tuple(replace(mailbox, tenant=tenant) for mailbox in agent.mailboxes)
         resolved.append(replace(agent, tenant=tenant, mailboxes=mailboxes))
     return resolved
+
+
+def _tenant_spellings(agents: list[tuple[str, AgentConfig]], ctx: _Context) -> None:
+    """Refuse tenant ids that differ only in case: each tenant has files named after it
+    (`learning.acme.db`), and on a case-insensitive filesystem two such tenants would share them."""
+    first: dict[str, tuple[str, str]] = {}  # casefolded id -> (the id as first written, its key)
+    for path, agent in agents:
+        if not agent.tenant:
+            continue
+        spelling, where = first.setdefault(agent.tenant.casefold(), (agent.tenant, f"{path}.tenant"))
+        if spelling != agent.tenant:
+            ctx.errors.append(
+                f'{path}.tenant: "{agent.tenant}" differs only in case from the tenant "{spelling}" of'
+                f" {where}; tenants name files, which would collide on a case-insensitive filesystem"
+            )
 
 
 def parse_config(

@@ -37,7 +37,13 @@ def fleet(tmp: Path, bot_parent: str, **server: Any) -> Config:
             "mailboxes": [
                 {
                     "id": f"{name}-in",
-                    "imap": {"host": "127.0.0.1", "port": 1, "tls": "none", "username": "u", "password": "p"},
+                    "imap": {
+                        "host": "127.0.0.1",
+                        "port": 1,
+                        "tls": "none",
+                        "username": name,
+                        "password": "p",
+                    },
                 }
             ],
         }

@@ -98,7 +98,13 @@ def config(tmp: Path) -> Config:
             "mailboxes": [
                 {
                     "id": mailbox,
-                    "imap": {"host": "127.0.0.1", "port": 1, "tls": "none", "username": "u", "password": "p"},
+                    "imap": {
+                        "host": "127.0.0.1",
+                        "port": 1,
+                        "tls": "none",
+                        "username": mailbox,
+                        "password": "p",
+                    },
                 }
                 for mailbox in MAILBOXES[agent]
             ],

@@ -266,6 +266,32 @@ def test_duplicate_ids_and_token_hashes() -> None:
     ]
 
 
+def test_one_folder_of_one_account_is_watched_by_one_mailbox_only() -> None:
+    # Two watchers of one folder would both act on every message: rules and auto-replies twice.
+    data = minimal(folders=["Support", "INBOX"])
+    data["agents"][0]["mailboxes"].append(mailbox("same-agent", folders=["inbox"]))
+    data["agents"].append(
+        {"id": "other", "mailboxes": [mailbox("other-agent", host="IMAP.example.com.", folders=["Support"])]}
+    )
+    assert errors_of(data) == [
+        "agents[0].mailboxes[1]: watches the same folder as agents[0].mailboxes[0]"
+        ' (u on imap.example.com:993, "INBOX")',
+        "agents[1].mailboxes[0]: watches the same folder as agents[0].mailboxes[0]"
+        ' (u on IMAP.example.com.:993, "Support")',
+    ]
+
+
+def test_other_folders_ports_or_users_of_one_server_may_be_watched() -> None:
+    data = minimal()
+    data["agents"][0]["mailboxes"] += [
+        mailbox("sent", folders=["Sent"]),  # the first mailbox learns from Sent, but only reads it
+        mailbox("another-user", username="v"),
+        mailbox("another-port", port=994),
+        mailbox("inbox-lookalike", folders=["INBOX.Support"]),
+    ]
+    assert len(parse_config(data, env={}).mailboxes()) == 5
+
+
 def test_bad_ids_and_token_pasted_instead_of_its_hash() -> None:
     data = minimal()
     data["agents"][0].update(id="has space", token_sha256=[SECRET])
@@ -404,8 +430,8 @@ def test_secrets_never_appear_in_repr_or_errors(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text(SECRET)
     good = minimal()
     good["agents"][0]["mailboxes"] += [
-        mailbox("b", password=None, password_file="pw"),
-        mailbox("c", password=None, password_env="PW"),
+        mailbox("b", password=None, password_file="pw", username="b"),
+        mailbox("c", password=None, password_env="PW", username="c"),
     ]
     config = parse_config(good, env={"PW": SECRET}, base_dir=tmp_path)
     assert [m.imap.password.reveal() for m in config.mailboxes()] == [SECRET] * 3

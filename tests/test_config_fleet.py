@@ -99,6 +99,24 @@ def test_a_sub_agent_cannot_leave_its_parents_tenant() -> None:
     ]
 
 
+def test_tenants_differing_only_in_case_are_refused() -> None:
+    # Each tenant has files named after it: learning.Acme.db and learning.acme.db are one file on
+    # a case-insensitive filesystem.
+    assert errors_of(
+        {"id": "a", "tenant": "Acme"},
+        {"id": "b", "tenant": "acme"},
+        {"id": "c", "parent": "a", "tenant": "ACME"},
+        {"id": "d", "tenant": "Acme"},
+    ) == [
+        'agents[1].tenant: "acme" differs only in case from the tenant "Acme" of agents[0].tenant;'
+        " tenants name files, which would collide on a case-insensitive filesystem",
+        'agents[2].tenant: "ACME" differs only in case from the tenant "Acme" of agents[0].tenant;'
+        " tenants name files, which would collide on a case-insensitive filesystem",
+        'agents[2].tenant: "ACME" differs from the tenant "Acme" of its parent "a";'
+        " a parent and its sub-agents share one tenant",
+    ]
+
+
 def test_a_broken_parent_is_reported_once_not_as_unknown() -> None:
     # The parent's own mistake is the only error: its children do not add "unknown agent".
     assert errors_of({"id": "p", "mailboxes": 3}, {"id": "c", "parent": "p", "tenant": "x"}) == [

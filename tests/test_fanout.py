@@ -31,7 +31,7 @@ from tests.waiting import hold_loop_until
 
 TOKEN = "fanout-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-IMAP = {"host": "127.0.0.1", "port": 1, "tls": "none", "username": "u", "password": "p"}  # never used
+IMAP = {"host": "127.0.0.1", "port": 1, "tls": "none", "password": "p"}  # never used
 
 
 def event(seq: int, agent: str, mailbox: str | None, type_: str = "message.received", **data: Any) -> Event:
@@ -164,7 +164,9 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
             {
                 "id": "a",
                 "token_sha256": [hash_token(TOKEN)],
-                "mailboxes": [{"id": mailbox, "imap": IMAP} for mailbox in ("m1", "m2")],
+                "mailboxes": [
+                    {"id": mailbox, "imap": IMAP | {"username": mailbox}} for mailbox in ("m1", "m2")
+                ],
             }
         ],
     }

@@ -464,7 +464,7 @@ def test_rules_files_global_and_per_mailbox(tmp_path: Path) -> None:
                     },
                     {
                         "id": "other",
-                        "imap": {"host": "localhost", "tls": "none", "username": "u", "password": "p"},
+                        "imap": {"host": "localhost", "tls": "none", "username": "v", "password": "p"},
                     },
                 ],
             }

@@ -15,6 +15,12 @@ import re
 _SHIFTED = re.compile(r"&([A-Za-z0-9+,]*)-")
 
 
+def folder_key(name: str) -> str:
+    """The folder a name means, for comparing two names: INBOX in any case is INBOX (RFC 3501 5.1),
+    every other name is exact."""
+    return "INBOX" if name.upper() == "INBOX" else name
+
+
 def quote(text: str) -> str:
     """An IMAP quoted string (RFC 3501 4.3); the caller keeps CR, LF and NUL out."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -20,7 +20,7 @@ from gatewayd.config import TLS_IMPLICIT, TLS_STARTTLS, ImapConfig
 from gatewayd.imap.errors import ImapAuthError, ImapConnectionLost, ImapError, ImapTlsError
 from gatewayd.imap.fetch import FETCH_ITEMS, PushedMessages, parse_fetch
 from gatewayd.imap.login import login
-from gatewayd.imap.names import decode_mailbox, quoted_mailbox
+from gatewayd.imap.names import decode_mailbox, folder_key, quoted_mailbox
 from gatewayd.imap.parts import fetch_parts
 from gatewayd.message import FetchedMessage
 from gatewayd.tls import client_context
@@ -98,7 +98,7 @@ class ImapSession:
                     self.exists -= 1
             elif line.startswith(b"* STATUS "):
                 folder = _status_folder(line)
-                if folder is None or self._status_query is None or _folder_key(folder) != self._status_query:
+                if folder is None or self._status_query is None or folder_key(folder) != self._status_query:
                     self._notified.add(folder)
             return untagged(line)
 
@@ -233,7 +233,7 @@ class ImapSession:
 
     async def status(self, folder: str) -> tuple[int | None, int | None]:
         """(UIDNEXT, UIDVALIDITY) of a folder that is not selected, without selecting it."""
-        self._status_query = _folder_key(folder)
+        self._status_query = folder_key(folder)
         try:
             request = self._client.status(quoted_mailbox(folder), "(UIDNEXT UIDVALIDITY)")
             response = await self._call("STATUS", request)
@@ -243,7 +243,7 @@ class ImapSession:
             # aioimaplib kept only what follows `* STATUS `; a notification about another folder
             # may sit here too.
             name = _status_folder(b"* STATUS " + bytes(line))
-            if name is not None and _folder_key(name) == _folder_key(folder):
+            if name is not None and folder_key(name) == folder_key(folder):
                 uidnext, uidvalidity = _STATUS_UIDNEXT.search(line), _STATUS_UIDVALIDITY.search(line)
                 return (
                     int(uidnext.group(1)) if uidnext else None,
@@ -277,8 +277,8 @@ class ImapSession:
         """Which of these folders a STATUS reported since the last call (all of them when a
         STATUS named a folder that cannot be matched, so nothing is ever missed)."""
         notified, self._notified = self._notified, set()
-        by_name = {_folder_key(folder): folder for folder in folders}
-        found = {by_name.get(_folder_key(name)) if name is not None else None for name in notified}
+        by_name = {folder_key(folder): folder for folder in folders}
+        found = {by_name.get(folder_key(name)) if name is not None else None for name in notified}
         return set(folders) if None in found else {folder for folder in found if folder is not None}
 
     def _check(self, response: aioimaplib.Response, what: str) -> aioimaplib.Response:
@@ -532,11 +532,6 @@ def _status_folder(line: bytes) -> str | None:
     quoted, atom = match.groups()
     name = re.sub(rb"\\(.)", rb"\1", quoted) if quoted is not None else atom
     return decode_mailbox(name.decode("utf-8", "replace"))
-
-
-def _folder_key(folder: str) -> str:
-    # INBOX is case-insensitive (RFC 3501 5.1); every other name is compared as it is.
-    return "INBOX" if folder.upper() == "INBOX" else folder
 
 
 def _text(lines: Sequence[bytes | bytearray]) -> str:

@@ -25,7 +25,8 @@ from typing import Any, Protocol
 from gatewayd.config import MailboxConfig
 from gatewayd.events import rfc3339
 from gatewayd.imap.act import MailActions, Placement
-from gatewayd.imap.session import ImapConnectionLost, ImapError, _folder_key
+from gatewayd.imap.names import folder_key
+from gatewayd.imap.session import ImapConnectionLost, ImapError
 from gatewayd.message import ParsedMessage, parse
 from gatewayd.message.identity import Identity
 from gatewayd.pipeline import StageAbort
@@ -152,7 +153,7 @@ class Executor:
             await self._actions.store_labels(uid, step["add"], step["flags"])
             return {"outcome": OK}
         if kind in ("copy", "move"):
-            if _folder_key(step["folder"]) == _folder_key(self._entry.folder):
+            if folder_key(step["folder"]) == folder_key(self._entry.folder):
                 return {"outcome": SKIPPED, "reason": "the message is already in that folder"}
             do = self._actions.move if kind == "move" else self._actions.copy
             placement = await do(uid, step["folder"], step["create"])
