@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from gatewayd import config as config_module
 from gatewayd.config import (
     SENT_AUTO,
     TLS_STARTTLS,
@@ -23,6 +22,7 @@ from gatewayd.config import (
     new_token,
     parse_config,
 )
+from gatewayd.config import schema as config_module
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "gatewayd.example.yaml"
 SECRET = "Zq9-very-distinctive-secret-7Xw"

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from gatewayd.config import Config, ConfigError, MailboxConfig, RulesConfig, _Loader, unprintable
+from gatewayd.config import Config, ConfigError, MailboxConfig, RulesConfig
+from gatewayd.config.safe_yaml import YamlFileError, read_yaml
 from gatewayd.rules.actions import SENDS
 from gatewayd.rules.model import Rule, parse_rules, uses_regex
 
@@ -49,22 +48,11 @@ class RuleBook:
 
 def _read_file(file: Path) -> tuple[Any, list[str]]:
     try:
-        text = file.read_text(encoding="utf-8")
-        data = yaml.load(text, Loader=_Loader)  # a SafeLoader
-    except OSError as exc:
-        return None, [f"{file}: cannot read the rules file: {exc.strerror or exc}"]
-    except UnicodeDecodeError:
-        return None, [f"{file}: the rules file is not valid UTF-8"]
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
-        return None, [f"{file}: {where}: {exc.problem or exc.context or 'invalid YAML'}"]
-    except yaml.reader.ReaderError as exc:
-        return None, [f"{file}: {unprintable(text, exc)}"]
-    except yaml.YAMLError:
-        return None, [f"{file}: invalid YAML"]
-    except RecursionError:
-        return None, [f"{file}: invalid YAML: nested too deeply"]
+        data = read_yaml(file, "rules file")
+    except YamlFileError as exc:
+        if exc.syntax:
+            return None, [f"{file}: {exc.where or 'somewhere'}: {exc.problem or 'invalid YAML'}"]
+        return None, [f"{file}: {exc.where}: {exc.problem}" if exc.where else f"{file}: {exc.problem}"]
     if data is None:
         return [], []
     if isinstance(data, dict):
