@@ -73,20 +73,27 @@ def _read_password_file(file: Path) -> tuple[str | None, str, str | None]:
     return value, str(file), None if value else "is empty"
 
 
-def _imap(data: Any, path: str, ctx: _Context) -> ImapConfig | None:
-    before = len(ctx.errors)
-    v = _section(data, path, _IMAP, ctx.errors)
-    if v is None:
-        return None
+def _transport(v: dict[str, Any], path: str, ctx: _Context, in_clear: str) -> Path | None:
+    """The checks `imap:` and `smtp:` share: `tls: none` only to loopback (else `in_clear` would
+    cross the network unencrypted) unless allow_insecure, and the ca_file, which must exist."""
     insecure = v.get("tls") == TLS_NONE and v.get("allow_insecure") is False
     if insecure and "host" in v and not _is_loopback(v["host"]):
         ctx.errors.append(
-            f'{path}.tls: "none" sends the password in clear to a non-loopback host;'
+            f'{path}.tls: "none" sends {in_clear} in clear to a non-loopback host;'
             " set allow_insecure: true to allow it"
         )
     ca_file = ctx.path(v["ca_file"]) if v.get("ca_file") else None
     if ca_file is not None and not ca_file.is_file():
         ctx.errors.append(f"{path}.ca_file: no such file: {ca_file}")
+    return ca_file
+
+
+def _imap(data: Any, path: str, ctx: _Context) -> ImapConfig | None:
+    before = len(ctx.errors)
+    v = _section(data, path, _IMAP, ctx.errors)
+    if v is None:
+        return None
+    ca_file = _transport(v, path, ctx, "the password")
     password = _password(data, v, path, ctx)
     if len(ctx.errors) > before or password is None:
         return None
@@ -102,15 +109,7 @@ def _smtp(data: Any, path: str, ctx: _Context) -> SmtpConfig | None:
     v = _section(data, path, _SMTP, ctx.errors)
     if v is None:
         return None
-    insecure = v.get("tls") == TLS_NONE and v.get("allow_insecure") is False
-    if insecure and "host" in v and not _is_loopback(v["host"]):
-        ctx.errors.append(
-            f'{path}.tls: "none" sends mail in clear to a non-loopback host;'
-            " set allow_insecure: true to allow it"
-        )
-    ca_file = ctx.path(v["ca_file"]) if v.get("ca_file") else None
-    if ca_file is not None and not ca_file.is_file():
-        ctx.errors.append(f"{path}.ca_file: no such file: {ca_file}")
+    ca_file = _transport(v, path, ctx, "mail")
     password = None
     if v.get("username") is not None:
         password = _password(data, v, path, ctx)
