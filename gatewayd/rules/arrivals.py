@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gatewayd.imap.session import _folder_key
+from gatewayd.imap.names import folder_key
 from gatewayd.message.identity import Identity
 
 
@@ -39,13 +39,13 @@ class Arrivals:
 
     def start(self, mailbox_id: str, folder: str, identity: Identity) -> InFlight:
         flight = InFlight(identity)
-        self._flying.setdefault((mailbox_id, _folder_key(folder)), []).append(flight)
+        self._flying.setdefault((mailbox_id, folder_key(folder)), []).append(flight)
         return flight
 
     def settle(
         self, mailbox_id: str, folder: str, flight: InFlight, outcome: Mapping[str, Any] | None
     ) -> None:
-        where = (mailbox_id, _folder_key(folder))
+        where = (mailbox_id, folder_key(folder))
         flights = self._flying.get(where, [])
         if flight in flights:
             flights.remove(flight)
@@ -56,5 +56,5 @@ class Arrivals:
 
     def into(self, mailbox_id: str, folder: str, identity: Identity) -> list[InFlight]:
         """The moves and copies in flight into `folder` of the message `identity` names."""
-        flights = self._flying.get((mailbox_id, _folder_key(folder)))
+        flights = self._flying.get((mailbox_id, folder_key(folder)))
         return [f for f in flights if f.identity.matches(identity)] if flights else []
