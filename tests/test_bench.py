@@ -25,9 +25,10 @@ from types import ModuleType
 import pytest
 
 from gatewayd.bench import SCENARIOS, main, run_scenario
-from gatewayd.bench.clients import _Dechunker
-from gatewayd.bench.harness import Bench, GatewayProcess
+from gatewayd.bench.gateway import GatewayProcess
+from gatewayd.bench.harness import Bench
 from gatewayd.bench.latency import median_gap, window_starts
+from gatewayd.bench.sse_client import _Dechunker
 from gatewayd.bench.stats import Result, latency_rows, percentile
 from gatewayd.sandbox.dovecot import SandboxUnavailable
 

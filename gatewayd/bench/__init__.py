@@ -4,6 +4,18 @@ One sandbox Dovecot serves the whole run; gatewayd runs as a real `gatewayd run`
 (except for the in-process pipeline throughput). Each scenario prints its floor as it goes, and
 a table at the end; `--json FILE` keeps every number and the raw latency samples. Absolute times
 on a shared machine drift: compare each number with the floor next to it.
+
+The scenarios: latency.py, mailboxes.py, fanout.py, throughput.py, replay.py, restart.py. What they share:
+  harness.py         Bench: the run's sandbox Dovecot, scratch directory and fresh names; pacing
+  gateway.py         GatewayProcess: `gatewayd run` as a subprocess, READY=1, /healthz, SIGTERM
+  gateway_config.py  the configuration every scenario's gatewayd runs: its token, the rules
+  sse_client.py      the raw-socket SSE subscriber      swarm.py   thousands of them in a process
+  imap_floor.py      bare IMAP clients in IDLE: the latency floors
+  sse_floor.py       a bare SSE server: the fan-out floor
+  lmtp.py            delivery over LMTP, and the benchmark mail
+  machine.py         the machine's facts and its inotify limit
+  profiling.py       --profile: py-spy on a measured phase
+  stats.py           results, percentiles, the table, JSON and plot
 """
 
 from __future__ import annotations
@@ -23,7 +35,10 @@ from types import FrameType, ModuleType
 
 from gatewayd import startup_signals
 from gatewayd.bench import fanout, latency, mailboxes, replay, restart, throughput
-from gatewayd.bench.harness import CPU_POLICIES, Bench, machine, py_spy
+from gatewayd.bench.gateway import CPU_POLICIES
+from gatewayd.bench.harness import Bench
+from gatewayd.bench.machine import machine
+from gatewayd.bench.profiling import py_spy
 from gatewayd.bench.stats import Result, markdown_table, plot, table, write_json
 
 # In the issue's order; each module has NAME, TITLE, QUICK, FULL and `async run(bench, size)`.

@@ -19,8 +19,11 @@ import time
 from datetime import datetime
 from typing import Any
 
-from gatewayd.bench.clients import FloorSseServer, LmtpClient, bench_mail
-from gatewayd.bench.harness import TOKEN, Bench, GatewayProcess, sleep_until
+from gatewayd.bench.gateway import GatewayProcess
+from gatewayd.bench.gateway_config import TOKEN
+from gatewayd.bench.harness import Bench, sleep_until
+from gatewayd.bench.lmtp import LmtpClient, bench_mail
+from gatewayd.bench.sse_floor import FloorSseServer
 from gatewayd.bench.stats import Result, percentile, summary
 from gatewayd.bench.swarm import Swarm
 

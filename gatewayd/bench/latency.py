@@ -43,15 +43,13 @@ from typing import Any
 
 import aiohttp
 
-from gatewayd.bench.clients import (
-    ImapFetchingClient,
-    ImapIdleClient,
-    LmtpClient,
-    SseConnection,
-    bench_mail,
-    open_sse,
-)
-from gatewayd.bench.harness import TOKEN, Bench, GatewayProcess, ensure_inotify, sleep_until, wait_until
+from gatewayd.bench.gateway import GatewayProcess
+from gatewayd.bench.gateway_config import TOKEN
+from gatewayd.bench.harness import Bench, sleep_until, wait_until
+from gatewayd.bench.imap_floor import ImapFetchingClient, ImapIdleClient
+from gatewayd.bench.lmtp import LmtpClient, bench_mail
+from gatewayd.bench.machine import ensure_inotify
+from gatewayd.bench.sse_client import SseConnection, open_sse
 from gatewayd.bench.stats import Result, latency_rows, percentile, summary
 from gatewayd.sandbox.dovecot import PASSWORD
 

@@ -16,9 +16,13 @@ import asyncio
 import time
 from typing import Any
 
-from gatewayd.bench.clients import ImapIdleClient, LmtpClient
-from gatewayd.bench.harness import TOKEN, Bench, GatewayProcess, ensure_inotify
+from gatewayd.bench.gateway import GatewayProcess
+from gatewayd.bench.gateway_config import TOKEN
+from gatewayd.bench.harness import Bench
+from gatewayd.bench.imap_floor import ImapIdleClient
 from gatewayd.bench.latency import Arrival, latency_result, spread_phase
+from gatewayd.bench.lmtp import LmtpClient
+from gatewayd.bench.machine import ensure_inotify
 from gatewayd.bench.stats import Result
 from gatewayd.bench.swarm import Swarm
 from gatewayd.sandbox.dovecot import PASSWORD

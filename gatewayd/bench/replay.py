@@ -19,8 +19,10 @@ import time
 from typing import Any
 
 from gatewayd.api.stream import replay_pages
-from gatewayd.bench.clients import open_sse
-from gatewayd.bench.harness import TOKEN, Bench, GatewayProcess, gateway_config, wait_until
+from gatewayd.bench.gateway import GatewayProcess
+from gatewayd.bench.gateway_config import TOKEN, gateway_config
+from gatewayd.bench.harness import Bench, wait_until
+from gatewayd.bench.sse_client import open_sse
 from gatewayd.bench.stats import Result
 from gatewayd.bench.throughput import configured_pipeline, fetched, load_corpus
 from gatewayd.config import parse_config

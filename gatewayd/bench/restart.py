@@ -17,7 +17,9 @@ import subprocess
 import sys
 import time
 
-from gatewayd.bench.harness import TOKEN, Bench, GatewayProcess
+from gatewayd.bench.gateway import GatewayProcess
+from gatewayd.bench.gateway_config import TOKEN
+from gatewayd.bench.harness import Bench
 from gatewayd.bench.stats import Result
 from gatewayd.bench.swarm import Swarm
 

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gatewayd.bench.clients import SseConnection, open_sse
+from gatewayd.bench.sse_client import SseConnection, open_sse
 
 
 @dataclass

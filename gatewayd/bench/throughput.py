@@ -2,7 +2,7 @@
 
 Messages go through `Pipeline.process` (parsing, then the stages `build_pipeline` makes from the
 default configuration, with a learning store trained on part of the corpus, then the rules stage
-with the benchmark configuration's rules (harness.RULES), their conditions evaluated and their
+with the benchmark configuration's rules (gateway_config.RULES), their conditions evaluated and their
 actions planned, not carried out, since there is no IMAP session in process) and each is appended with its
 checkpoint as a watcher stores them, in both of its ways: one commit per message (mail a push
 brought, latency first) and group commits (a catch-up's backlog: GROUP_COMMIT_MESSAGES or
@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gatewayd.bench.clients import bench_mail
-from gatewayd.bench.harness import Bench, gateway_config
+from gatewayd.bench.gateway_config import gateway_config
+from gatewayd.bench.harness import Bench
+from gatewayd.bench.lmtp import bench_mail
 from gatewayd.bench.stats import Result, percentile
 from gatewayd.config import Config, MailboxConfig, parse_config
 from gatewayd.events import NewEvent
