@@ -30,7 +30,8 @@ from gatewayd.bench.harness import Bench
 from gatewayd.bench.latency import median_gap, window_starts
 from gatewayd.bench.sse_client import _Dechunker
 from gatewayd.bench.stats import Result, latency_rows, percentile
-from gatewayd.sandbox.dovecot import SandboxUnavailable
+from gatewayd.bench.swarm import Swarm
+from gatewayd.sandbox.dovecot import SandboxUnavailable, free_port
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +194,17 @@ def test_dechunker_across_split_reads() -> None:
     dechunker = _Dechunker()
     out = b"".join(dechunker.feed(body[i : i + 3]) for i in range(0, len(body), 3))
     assert out == b"hello, world" and dechunker.finished
+
+
+async def test_a_swarm_with_a_subscriber_that_could_not_connect_is_refused() -> None:
+    # Nothing listens on a free port: every connection is refused.
+    swarm = await Swarm.start("127.0.0.1", free_port(), "token", ["/events"] * 2)
+    try:
+        assert swarm.ready["failed"] == 2
+        with pytest.raises(RuntimeError, match=r"2 subscribers could not connect: .*ConnectionRefusedError"):
+            swarm.require_all_connected()
+    finally:
+        await swarm.close()
 
 
 def test_latency_targets_are_the_issues_slack_over_the_floor() -> None:

@@ -78,10 +78,7 @@ async def run(bench: Bench, size: dict[str, float]) -> Result:
         rss_before = gateway.rss_kib()
         swarm = await Swarm.start(gateway.host, gateway.port, TOKEN, [path] * count)
         swarms.append(swarm)
-        if swarm.ready["failed"]:
-            raise RuntimeError(
-                f"{swarm.ready['failed']} subscribers could not connect: {swarm.ready['errors']}"
-            )
+        swarm.require_all_connected()
         await asyncio.sleep(0.5)  # let the last handlers reach their wait
         rss_connected = gateway.rss_kib()
         async with bench.profile(NAME, gateway.pid):

@@ -58,9 +58,7 @@ async def run(bench: Bench, size: dict[str, float]) -> Result:
             started = time.monotonic()
             paths = [_path(u) for u in users[1:]]
             swarms.append(await Swarm.start(gateway.host, gateway.port, TOKEN, paths, close_on_closing=True))
-            ready = swarms[-1].ready
-            if ready["failed"]:
-                raise RuntimeError(f"{ready['failed']} subscribers could not connect: {ready['errors']}")
+            swarms[-1].require_all_connected()
             subscribed = time.monotonic() - started
             up = await gateway.wait_watchers(count, timeout=300) - started
         rss_after = gateway.rss_kib()

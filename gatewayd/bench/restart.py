@@ -53,10 +53,7 @@ async def _cycle(bench: Bench, user: str, count: int, cooperative: bool) -> dict
         swarm = await Swarm.start(
             gateway.host, gateway.port, TOKEN, [path] * count, close_on_closing=cooperative
         )
-        if swarm.ready["failed"]:
-            raise RuntimeError(
-                f"{swarm.ready['failed']} subscribers could not connect: {swarm.ready['errors']}"
-            )
+        swarm.require_all_connected()
         async with bench.profile(f"{NAME}-stop-{'leave' if cooperative else 'stay'}", gateway.pid):
             stop = await gateway.terminate()
         dump = await swarm.ask("dump")

@@ -182,6 +182,13 @@ class Swarm:
             raise
         return swarm
 
+    def require_all_connected(self) -> None:
+        """RuntimeError when any subscriber could not connect: a partial swarm measures nothing."""
+        if self.ready["failed"]:
+            raise RuntimeError(
+                f"{self.ready['failed']} subscribers could not connect: {self.ready['errors']}"
+            )
+
     async def _read(self, timeout: float) -> dict[str, Any]:
         assert self._process.stdout is not None
         line = await asyncio.wait_for(self._process.stdout.readline(), timeout)
