@@ -29,6 +29,7 @@ from gatewayd.message import (
     from_address,
     parse_message,
 )
+from gatewayd.message import parse as parse_parsed
 from gatewayd.message.fields import _getaddresses
 from gatewayd.message.structure import (
     _GuardedMessage,
@@ -553,6 +554,22 @@ def test_parts_fetched_after_the_prefix_give_what_the_whole_message_gives() -> N
     assert joined["body_text_excerpt"] == whole["body_text_excerpt"] == INJECTION
     assert joined["attachments"] == whole["attachments"]
     assert joined["truncated"] is True and whole["truncated"] is False
+
+
+def test_the_parsed_message_says_when_its_text_or_parts_were_not_all_read() -> None:
+    """Rules must not take "not found" in a cut text for "not there" (gatewayd.rules.conditions)."""
+    full = late_text_mail("late")
+    whole = parse_parsed(FetchedMessage("INBOX", 1, 1, full, len(full), (), None))
+    joined = parse_parsed(_prefix_and_parts(full, 262144))
+    # The parts past the prefix were not fetched (the server refused them): neither text nor list is all.
+    prefix = parse_parsed(FetchedMessage("INBOX", 1, 1, full[:262144], len(full), (), None))
+    assert (whole.text_cut, whole.parts_unseen) == (joined.text_cut, joined.parts_unseen) == (False, False)
+    assert (prefix.text, prefix.text_cut, prefix.parts_unseen) == ("", True, True)
+    long_text = crlf("From: a@example.org\n\n") + b"word " * 60_000
+    capped = parse_parsed(FetchedMessage("INBOX", 1, 1, long_text, len(long_text), (), None))
+    assert (len(capped.text), capped.text_cut, capped.parts_unseen) == (262144, True, False)
+    cut = parse_parsed(FetchedMessage("INBOX", 1, 1, long_text[:1000], len(long_text), (), None))
+    assert (cut.text_cut, cut.parts_unseen) == (True, False)
 
 
 def test_truncated_single_part_attachment() -> None:

@@ -102,10 +102,15 @@ def _payload_bytes(part: Message) -> bytes | None:
 
 
 def bodies(
-    leaves: list[tuple[Message, tuple[Message, ...]]], root: Message, cut: Collection[Message]
-) -> tuple[str, str | None]:
-    """(text, html): the first non-empty text/plain body, else the HTML's visible text; and the
-    decoded source of the first text/html body part."""
+    leaves: list[tuple[Message, tuple[Message, ...]]],
+    root: Message,
+    cut: Collection[Message],
+    unseen: bool = False,
+) -> tuple[str, str | None, bool]:
+    """(text, html, text_cut): the first non-empty text/plain body, else the HTML's visible text;
+    the decoded source of the first text/html body part; and whether the text may be only part of
+    what the whole message holds: its part, or one looked at before it, was cut (by the fetch or
+    the size caps), or, with leaf parts never read (`unseen`), it is not from a text/plain part."""
     plain: list[Message] = []
     html_parts: list[Message] = []
     for part, _ in leaves:
@@ -113,26 +118,31 @@ def bodies(
         if ctype not in ("text/plain", "text/html") or safe(True, _is_attachment, part, root):
             continue
         (plain if ctype == "text/plain" else html_parts).append(part)
-    html = None
+    html, html_cut = None, False
     for part in html_parts[:8]:
-        html = safe(None, _part_source, part, part in cut)
+        html, part_cut = safe((None, part in cut), _part_source, part, part in cut)
+        html_cut = html_cut or part_cut
         if html:
             break
+    text_cut = False
     for part in plain[:8]:
-        text = safe(None, _part_source, part, part in cut)
+        text, part_cut = safe((None, part in cut), _part_source, part, part in cut)
+        text_cut = text_cut or part_cut
         if text and text.strip():
-            return text, html
-    return (html_to_text(html, enough=MAX_HTML_CHARS) if html else ""), html
+            return text, html, text_cut
+    text = html_to_text(html, enough=MAX_HTML_CHARS) if html else ""
+    return text, html, text_cut or html_cut or unseen
 
 
 _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9._:-]{1,40})""", re.I)
 
 
-def _part_source(part: Message, cut: bool) -> str | None:
-    """The decoded content of a text part (for HTML, the markup), up to the size caps."""
+def _part_source(part: Message, cut: bool) -> tuple[str | None, bool]:
+    """The decoded content of a text part (for HTML, the markup), up to the size caps; and whether
+    that is only part of it (`cut`: the fetch cap cut into it)."""
     data = _payload_bytes(part)
     if not data:
-        return None
+        return None, cut
     html = part.get_content_subtype() == "html"
     charset = safe(None, part.get_content_charset)
     if charset is None and html:
@@ -140,7 +150,7 @@ def _part_source(part: Message, cut: bool) -> str | None:
         charset = match.group(1).decode("ascii") if match else None
     cut = cut or len(data) > MAX_TEXT_BYTES
     text = decode_bytes(data[:MAX_TEXT_BYTES], charset, final=not cut)
-    return text[:MAX_HTML_CHARS] if html else text
+    return (text[:MAX_HTML_CHARS], cut or len(text) > MAX_HTML_CHARS) if html else (text, cut)
 
 
 def excerpt(text: str, limit: int, collapse: Callable[[str], str] | None = None) -> str | None:

@@ -51,6 +51,10 @@ class ParsedMessage:
     # Decoded source of the first text/html body part, if any.
     html: str | None
     raw: bytes
+    # The text may be only part of the body text (a cap, or the fetch, cut it), and leaf parts
+    # exist past those read (the attachment list may lack some): see body.bodies.
+    text_cut: bool = False
+    parts_unseen: bool = False
 
 
 def parse_message(msg: FetchedMessage, excerpt_chars: int = 500) -> dict[str, Any]:
@@ -76,8 +80,11 @@ def parse(msg: FetchedMessage, excerpt_chars: int = 500) -> ParsedMessage:
     sizes: dict[Message, int | None] = {}
     if msg.parts:
         leaves, cut, sizes = safe((leaves, cut, sizes), joined.join, leaves, msg.parts)
+    # More parts than are walked, or a multipart the fetch cut short whose other parts were never
+    # fetched (imap/parts.py gave up on them).
+    unseen = not walked_all or (truncated and not msg.parts and safe(True, structure.unclosed, root))
     attachments = safe([], body.attachments, leaves, root, cut, sizes)
-    text, html = safe(("", None), body.bodies, leaves, root, cut)
+    text, html, text_cut = safe(("", None, True), body.bodies, leaves, root, cut, unseen)
     data = {
         "folder": msg.folder,
         "uid": msg.uid,
@@ -100,7 +107,9 @@ def parse(msg: FetchedMessage, excerpt_chars: int = 500) -> ParsedMessage:
         "truncated": truncated,
         "headers": {name: safe(None, raw_header, first(name)) for name in structure.RAW_HEADERS},
     }
-    return ParsedMessage(data=data, headers=headers, text=text, html=html, raw=raw)
+    return ParsedMessage(
+        data=data, headers=headers, text=text, html=html, raw=raw, text_cut=text_cut, parts_unseen=unseen
+    )
 
 
 def from_address(data: dict[str, Any]) -> str | None:

@@ -242,6 +242,13 @@ def _repair_headers(part: Message) -> None:
             part.replace_header(name, fix_surrogates(str(value)))
 
 
+def unclosed(root: Message) -> bool:
+    """Whether a multipart ended before its closing boundary: parts may follow that were not read."""
+    return root.is_multipart() and any(
+        isinstance(d, errors.CloseBoundaryNotFoundDefect) for d in root.defects
+    )
+
+
 def cut_part(leaves: list[tuple[Message, tuple[Message, ...]]], walked_all: bool) -> Message | None:
     """The part the fetch cap cut into, for a truncated message.
 
