@@ -10,6 +10,11 @@ on it) raises `Undecided`, and conditions fail closed: `all` and `any` decide wi
 other children do (a false one, a true one), `not` of it is undecided too, and a rule whose `if` is
 undecided does not match. So a message that makes a test fail can never make a rule fire that
 would not fire whatever the test said (`not: {subject: {regex: ...}}` against a slow regex).
+
+The same holds for a test that found nothing in what was read of a message only partly read: the
+body text (cut at 256 KiB, or by the fetch), the headers (longer than `MAX_HEADER_BYTES`, cut by the
+fetch, or beyond the parser), the parts (an attachment past them). Not finding is no proof of
+absence there, so the test is undecided; a match found is still a match.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any, Protocol
 
 import regex
 
+from gatewayd.message import ParsedMessage
 from gatewayd.message.structure import plain_header_fields
 from gatewayd.rules.match import AddressPattern, RegexBudget, RegexTimeout, glob_any
 
@@ -50,12 +56,27 @@ class Facts:
     errors: list[str] = field(default_factory=list)
     raw: bytes = b""
     rule: str = ""  # the rule being evaluated, to name it in `errors`
+    text_cut: bool = False  # `text` may be only part of the body text
+    parts_unseen: bool = False  # the message has parts that were not read (attachments among them)
     # Conditions ask for a few names of a block of dozens: the block is read once, when a name may
     # be in it, and only the values asked for are unfolded (per name, once).
     _block: bytes | None = field(default=None, init=False, repr=False)
+    _partial: str | None = field(default=None, init=False, repr=False)  # why the headers are not all read
     _lowered: bytes = field(default=b"", init=False, repr=False)
     _fields: dict[str, list[str]] | None = field(default=None, init=False, repr=False)
     _values: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False)
+
+    @classmethod
+    def of(cls, message: ParsedMessage, data: Mapping[str, Any]) -> Facts:
+        """The facts of a parsed message, with `data` as the pipeline built it so far."""
+        return cls(
+            data,
+            message.headers,
+            message.text,
+            raw=message.raw,
+            text_cut=message.text_cut,
+            parts_unseen=message.parts_unseen,
+        )
 
     def values(self, name: str) -> list[str]:
         """A top-level header's values as written (unfolded, not decoded), in order; `name` in
@@ -73,18 +94,32 @@ class Facts:
     def header(self, name: str) -> list[str]:
         return [_decode(value) for value in self.values(name.lower())]
 
+    def headers_partial(self) -> str | None:
+        """Why the message's headers may hold more than was read (then a header not found may be
+        there all the same), or None. A parser failure is known once a header in the block is read."""
+        if self.raw and self._block is None:
+            self._block, self._partial = _header_block(self.raw, self.data.get("truncated") is True)
+            self._lowered = self._block.lower()
+        return self._partial
+
+    def text_partial(self) -> str | None:
+        return "the body text was not all read (cut at 256 KiB, or by the fetch)" if self.text_cut else None
+
+    def parts_partial(self) -> str | None:
+        return "the message's parts were not all read" if self.parts_unseen else None
+
     def _read(self, name: str) -> list[str]:
         if self._fields is None and self.raw:
-            if self._block is None:
-                self._block = _header_block(self.raw)
-                self._lowered = self._block.lower()
+            self.headers_partial()
             try:
                 # A field's name is in the block as written: when it is not there, no need to read.
                 absent = name.encode("ascii", "surrogateescape") not in self._lowered
             except UnicodeEncodeError:  # no field name read as ASCII (or escaped bytes) can equal it
                 absent = True
             if not absent:
-                self._fields = _header_fields(self._block)
+                self._fields, parsed = _header_fields(self._block or b"")
+                if not parsed:
+                    self._partial = self._partial or "the header parser failed on them"
         raw_values = self._fields.get(name) if self._fields is not None else None
         return [_unfold(value) for value in raw_values] if raw_values else self.known.get(name, [])
 
@@ -181,7 +216,9 @@ class Addresses:
         addresses = [
             e["address"] for e in entries if isinstance(e, dict) and isinstance(e.get("address"), str)
         ]
-        return any(p.matches(a) for a in addresses for p in self.patterns)
+        if any(p.matches(a) for a in addresses for p in self.patterns):
+            return True
+        return _not_found(self.field, facts.headers_partial())
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +232,16 @@ class Text:
     equals: tuple[str, ...] = ()
     regexes: tuple[regex.Pattern[str], ...] = ()
     exists: bool | None = None
+    # Why the values may be only part of the message's (a cut text, headers not all read), or None.
+    partial: Callable[[Facts], str | None] | None = None
 
     def test(self, facts: Facts) -> bool:
+        held = self._holds(facts)
+        if self.partial is None or held == (self.exists is not False):
+            return held  # a match found (or, for `exists: false`, a value found) is decided
+        return _not_found(self.what, self.partial(facts), held)
+
+    def _holds(self, facts: Facts) -> bool:
         values = self.get(facts)
         if self.exists is not None and bool(values) != self.exists:
             return False
@@ -220,18 +265,26 @@ class Predicate:
 
     get: Callable[[Facts], bool]
     expected: bool
+    what: str = ""
+    partial: Callable[[Facts], str | None] | None = None  # as for Text: then "no" is not decided
 
     def test(self, facts: Facts) -> bool:
-        return self.get(facts) == self.expected
+        if self.get(facts):
+            return self.expected
+        return _not_found(self.what, self.partial(facts) if self.partial else None, not self.expected)
 
 
 @dataclass(frozen=True, slots=True)
 class Globs:
     get: Callable[[Facts], list[str]]
     patterns: tuple[str, ...]
+    what: str = ""
+    partial: Callable[[Facts], str | None] | None = None  # as for Text
 
     def test(self, facts: Facts) -> bool:
-        return any(glob_any(self.patterns, value) for value in self.get(facts))
+        if any(glob_any(self.patterns, value) for value in self.get(facts)):
+            return True
+        return _not_found(self.what, self.partial(facts) if self.partial else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,17 +316,32 @@ class OneOf:
         return any(value in self.values for value in self.get(facts))
 
 
+def _not_found(what: str, partial: str | None, result: bool = False) -> bool:
+    """`result` of a test that found nothing, unless what it looked in was not all read."""
+    if partial is not None:
+        raise Undecided(f"{what}: not found, but {partial}")
+    return result
+
+
 # -- reading the message ----------------------------------------------------------------------------
 
 
-def _header_block(raw: bytes) -> bytes:
+def _header_block(raw: bytes, truncated: bool) -> tuple[bytes, str | None]:
+    """The header block (ended by an empty line), and why it may not be all of it, or None."""
     end = raw.find(b"\r\n\r\n")
     end = raw.find(b"\n\n") if end < 0 else end
-    return raw[: end if 0 <= end < MAX_HEADER_BYTES else MAX_HEADER_BYTES] + b"\r\n\r\n"
+    if 0 <= end < MAX_HEADER_BYTES:
+        return raw[:end] + b"\r\n\r\n", None
+    if end >= MAX_HEADER_BYTES or len(raw) > MAX_HEADER_BYTES:
+        block = raw[:MAX_HEADER_BYTES] + b"\r\n\r\n"
+        return block, f"the headers are longer than {MAX_HEADER_BYTES // 1024} KiB"
+    # No empty line: a message of headers alone, unless the fetch cut it before the end of them.
+    return raw + b"\r\n\r\n", "the fetch cut the headers short" if truncated else None
 
 
-def _header_fields(block: bytes) -> dict[str, list[str]]:
-    """Lower-cased name -> raw values, in order, of the fields in a header block."""
+def _header_fields(block: bytes) -> tuple[dict[str, list[str]], bool]:
+    """Lower-cased name -> raw values, in order, of the fields in a header block; and whether the
+    block was read to its end."""
     found: dict[str, list[str]] = {}
     try:
         # A plain block is read as the parser reads it, without the parser (0.15 ms a message).
@@ -282,8 +350,8 @@ def _header_fields(block: bytes) -> dict[str, list[str]]:
         for name, value in fields:
             found.setdefault(name.lower(), []).append(value)
     except Exception:  # hostile headers: the conditions see what the parser kept
-        pass
-    return found
+        return found, False
+    return found, True
 
 
 def _unfold(value: str) -> str:

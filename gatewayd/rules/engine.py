@@ -97,7 +97,7 @@ class RulesStage:
         book = self.book  # one version for the whole message, whatever a reload does meanwhile
         mailbox_id = mailbox.id if mailbox is not None else ""
         rules = book.for_mailbox(mailbox_id)
-        facts = Facts(data, message.headers, message.text, raw=message.raw)
+        facts = Facts.of(message, data)
         if rules and book.uses_regex(mailbox_id):
             matched = await evaluate_bounded(rules, facts)
         else:

@@ -112,10 +112,16 @@ def _unknown(key: object, known: Sequence[str]) -> str:
     return "unknown key" + (f' (did you mean "{close[0]}"?)' if close else "")
 
 
-def _text(what: str, get: Callable[[Facts], list[str]], value: Any, header: bool = False) -> Text:
-    """A plain string means `contains`."""
+def _text(
+    what: str,
+    get: Callable[[Facts], list[str]],
+    value: Any,
+    partial: Callable[[Facts], str | None],
+    header: bool = False,
+) -> Text:
+    """A plain string means `contains`. `partial`: why the values may not be all of them."""
     if isinstance(value, str):
-        return Text(what, get, contains=(value.casefold(),))
+        return Text(what, get, contains=(value.casefold(),), partial=partial)
     keys = ("contains", "equals", "regex", *(("exists",) if header else ()))
     if not isinstance(value, dict) or not value:
         raise Invalid(("", f"expected a string (contains) or a mapping with {', '.join(keys)}"))
@@ -146,7 +152,7 @@ def _text(what: str, get: Callable[[Facts], list[str]], value: Any, header: bool
             problems += [(f".{key}{at}", message) for at, message in bad.problems]
     if problems:
         raise Invalid(*problems)
-    return Text(what, get, **parts)
+    return Text(what, get, partial=partial, **parts)
 
 
 def _header(value: Any) -> Condition:
@@ -164,7 +170,7 @@ def _header(value: Any) -> Condition:
         raise Invalid(("", "expected a mapping with name and contains, equals, regex or exists"))
     name = value["name"].strip().lower()
     rest = {k: v for k, v in value.items() if k != "name"} or {"exists": True}
-    return _text(f"header {name}", lambda facts: facts.header(name), rest, header=True)
+    return _text(f"header {name}", lambda facts: facts.header(name), rest, Facts.headers_partial, header=True)
 
 
 def _addresses(field_name: str, value: Any) -> Addresses:
@@ -191,8 +197,8 @@ def _addresses(field_name: str, value: Any) -> Addresses:
 
 def _list_id(value: Any) -> Condition:
     if isinstance(value, bool):
-        return Predicate(is_list, value)
-    return Globs(list_ids, _strings(value))
+        return Predicate(is_list, value, "list_id", Facts.headers_partial)
+    return Globs(list_ids, _strings(value), "list_id", Facts.headers_partial)
 
 
 def _auth(value: Any) -> Condition:
@@ -226,14 +232,20 @@ _TESTS: dict[str, Callable[[Any], Condition]] = {
     "to": lambda v: _addresses("to", v),
     "cc": lambda v: _addresses("cc", v),
     "reply_to": lambda v: _addresses("reply_to", v),
-    "subject": lambda v: _text("subject", lambda f: [str(f.data.get("subject") or "")], v),
-    "body": lambda v: _text("body", lambda f: [f.text], v),
+    "subject": lambda v: _text(
+        "subject", lambda f: [str(f.data.get("subject") or "")], v, Facts.headers_partial
+    ),
+    "body": lambda v: _text("body", lambda f: [f.text], v, Facts.text_partial),
     "header": _header,
     "list_id": _list_id,
-    "bulk": lambda v: Predicate(is_bulk, _bool(v)),
-    "auto_submitted": lambda v: Predicate(is_auto_submitted, _bool(v)),
-    "has_attachments": lambda v: Predicate(lambda f: bool(f.data.get("has_attachments")), _bool(v)),
-    "attachment_type": lambda v: Globs(attachment_types, _strings(v)),
+    "bulk": lambda v: Predicate(is_bulk, _bool(v), "bulk", Facts.headers_partial),
+    "auto_submitted": lambda v: Predicate(
+        is_auto_submitted, _bool(v), "auto_submitted", Facts.headers_partial
+    ),
+    "has_attachments": lambda v: Predicate(
+        lambda f: bool(f.data.get("has_attachments")), _bool(v), "has_attachments", Facts.parts_partial
+    ),
+    "attachment_type": lambda v: Globs(attachment_types, _strings(v), "attachment_type", Facts.parts_partial),
     "size": lambda v: _range(lambda f: as_number(f.data.get("size")), v, size=True),
     "spam_verdict": lambda v: OneOf(nested("spam", "verdict"), _choices(VERDICTS)(v)),
     "spam_score": lambda v: _range(spam_score, v),

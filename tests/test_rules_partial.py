@@ -1,0 +1,156 @@
+"""Rules on messages only partly read: a test that finds nothing in a cut body text, in headers not
+all read, or among parts not all read is undecided (fails closed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gatewayd.message import FetchedMessage, FetchedPart, ParsedMessage, parse
+from gatewayd.pipeline import Pipeline, StageSpec
+from gatewayd.rules import conditions
+from gatewayd.rules.conditions import MAX_HEADER_BYTES, Facts
+from gatewayd.rules.engine import RulesStage
+from gatewayd.rules.load import RuleBook
+from gatewayd.rules.model import parse_rules
+from gatewayd.rules.plan import evaluate
+from tests.sse import late_text_mail
+
+HEAD = "From: Bob Sender <bob@example.org>\r\nTo: agent@example.com\r\nSubject: Quarterly report\r\n"
+# A body whose last words lie past the 256 KiB the parser keeps of a text.
+LONG_BODY = "Dear customer, " + "filler text " * 25_000 + "please unsubscribe me"
+# Over 256 KiB of header block before the headers that matter.
+PADDING = "".join(f"X-Pad-{i}: {'p' * 990}\r\n" for i in range(MAX_HEADER_BYTES // 990 + 10))
+
+
+def fetched(raw: bytes, size: int | None = None, parts: tuple[FetchedPart, ...] = ()) -> ParsedMessage:
+    return parse(FetchedMessage("INBOX", 7, 1, raw, len(raw) if size is None else size, (), None, parts))
+
+
+def mail(headers: str = "", body: str = "Hello there.") -> ParsedMessage:
+    return fetched((HEAD + headers + "\r\n" + body + "\r\n").encode())
+
+
+def rulebook(conditions_by_name: dict[str, Any], then: list[Any] | None = None) -> RuleBook:
+    rules, errors = parse_rules(
+        [
+            {"name": name, "if": cond, "then": then or [{"tag": name}]}
+            for name, cond in conditions_by_name.items()
+        ],
+        "rules",
+    )
+    assert errors == []
+    return RuleBook(tuple(rules))
+
+
+def outcome_of(book: RuleBook, message: ParsedMessage) -> tuple[list[str], list[str]]:
+    """Through the rules stage: the rules applied, and the rules not applied with their reason."""
+    found = Facts.of(message, message.data)
+    applied = [rule.name for rule in evaluate(book.for_mailbox(""), found)]
+    return applied, [e for e in found.errors if "not applied" in e]
+
+
+async def test_a_body_test_that_finds_nothing_in_a_cut_text_is_undecided() -> None:
+    """The text is cut at 256 KiB: `not: {body: X}` fired when X lay past the cut."""
+    book = rulebook(
+        {
+            "not-unsubscribe": {"not": {"body": "unsubscribe"}},
+            "not-regex": {"not": {"body": {"regex": r"unsub\w+"}}},
+            "found": {"body": "dear customer"},
+            "not-found": {"not": {"body": "dear customer"}},
+        }
+    )
+    pipeline = Pipeline([StageSpec(RulesStage(book), 5)])
+    cut = (await pipeline.run(mail(body=LONG_BODY))).data
+    # A match found is still a match; not finding is no proof of absence.
+    assert [r["rule"] for r in cut["rules_applied"]] == ["found"]
+    reason = "body: not found, but the body text was not all read (cut at 256 KiB, or by the fetch)"
+    assert cut["rules_errors"] == [
+        f'rule "not-unsubscribe" not applied: {reason}',
+        f'rule "not-regex" not applied: {reason}',
+    ]
+    whole = (await pipeline.run(mail(body="Dear customer, " + LONG_BODY[-2000:]))).data
+    assert [r["rule"] for r in whole["rules_applied"]] == ["found"] and whole["rules_errors"] == []
+
+
+def test_tests_on_text_and_parts_the_fetch_did_not_bring_are_undecided() -> None:
+    """The parts past the fetched prefix could not be fetched: the text and an .exe may be there."""
+    book = rulebook(
+        {
+            "not-instructions": {"not": {"body": "instructions"}},
+            "no-exe": {"not": {"attachment_type": ".exe"}},
+            "no-attachments": {"has_attachments": False},
+            "pdf": {"attachment_type": ".pdf"},
+        }
+    )
+    full = late_text_mail("late")
+    applied, not_applied = outcome_of(book, fetched(full[:262144], size=len(full)))
+    assert applied == ["pdf"]
+    assert [e.split('"')[1] for e in not_applied] == ["not-instructions", "no-exe"]
+    assert "attachment_type: not found, but the message's parts were not all read" in not_applied[1]
+    # The same message read whole: decided.
+    assert outcome_of(book, fetched(full)) == (["no-exe", "pdf"], [])
+
+
+def test_a_header_test_that_finds_nothing_in_headers_not_all_read_is_undecided() -> None:
+    """Headers are read from their first 256 KiB: `X-Spam-Flag` or `List-Unsubscribe` past that
+    made `not: {header: ...}`, `list_id: false` and `exists: false` hold."""
+    book = rulebook(
+        {
+            "no-flag": {"not": {"header": {"name": "x-spam-flag"}}},
+            "no-mailer": {"header": {"name": "x-mailer", "exists": False}},
+            "not-bulk": {"bulk": False},
+            "not-a-list": {"list_id": False},
+            "not-that-list": {"not": {"list_id": "*.lists.example"}},
+            "not-auto": {"not": {"auto_submitted": True}},
+            "not-from-x": {"not": {"from": "@x.example"}},
+            "not-subject": {"not": {"subject": "invoice"}},
+            "padded": {"header": {"name": "x-pad-0", "contains": "ppp"}},
+            "from-bob": {"from": "bob@example.org"},
+            "has-pad": {"not": {"header": {"name": "x-pad-1", "exists": False}}},
+        }
+    )
+    # (List-Id, Precedence and Auto-Submitted are among the headers the message parser keeps, read
+    # in full: they are found wherever they are.)
+    hidden = "X-Spam-Flag: YES\r\nList-Unsubscribe: <mailto:leave@lists.example>\r\nX-Mailer: m\r\n"
+    applied, not_applied = outcome_of(book, mail(PADDING + hidden))
+    assert applied == ["padded", "from-bob", "has-pad"]
+    assert [e.split('"')[1] for e in not_applied] == [
+        "no-flag",
+        "no-mailer",
+        "not-bulk",
+        "not-a-list",
+        "not-that-list",
+        "not-auto",
+        "not-from-x",
+        "not-subject",
+    ]
+    assert not_applied[0] == (
+        'rule "no-flag" not applied: header x-spam-flag: not found, but the headers are longer than 256 KiB'
+    )
+    # The same without the padding past 256 KiB: every test is decided, and every rule holds.
+    every = [rule.name for rule in book.for_mailbox("")]
+    assert outcome_of(book, mail(PADDING[:5000])) == (every, [])
+
+
+def test_headers_cut_by_the_fetch_or_beyond_the_parser_are_not_all_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    book = rulebook({"no-flag": {"not": {"header": {"name": "x-spam-flag"}}}})
+    whole = (HEAD + PADDING[:20_000] + "X-Spam-Flag: YES\r\n\r\nHello.\r\n").encode()
+    _, (error,) = outcome_of(book, fetched(whole[:4096], size=len(whole)))
+    assert error.endswith("header x-spam-flag: not found, but the fetch cut the headers short"), error
+    # A block the header parser fails on (an envelope From line keeps it off the fast path): it
+    # falls back to the few headers the message parser kept, X-Spam-Flag not among them.
+    odd = (
+        "From bob@example.org Sat Nov 21 10:00:00 2026\r\n" + HEAD + "X-Spam-Flag: YES\r\n\r\nHi.\r\n"
+    ).encode()
+    assert outcome_of(book, fetched(odd)) == ([], [])
+    monkeypatch.setattr(conditions._HEADERS, "parsebytes", _failing_parse)
+    _, (error,) = outcome_of(book, fetched(odd))
+    assert error.endswith("header x-spam-flag: not found, but the header parser failed on them"), error
+
+
+def _failing_parse(*_: Any, **__: Any) -> Any:
+    raise ValueError("a header the parser cannot take")
