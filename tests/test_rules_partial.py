@@ -1,5 +1,6 @@
 """Rules on messages only partly read: a test that finds nothing in a cut body text, in headers not
-all read, or among parts not all read is undecided (fails closed)."""
+all read, or among parts not all read is undecided (fails closed); and no auto-reply where its
+safety checks cannot be made (headers not all read, a spam or auth stage that failed)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import pytest
 
 from gatewayd.message import FetchedMessage, FetchedPart, ParsedMessage, parse
 from gatewayd.pipeline import Pipeline, StageSpec
+from gatewayd.pipeline.spam.stage import SpamOptions, SpamStage
 from gatewayd.rules import conditions
 from gatewayd.rules.conditions import MAX_HEADER_BYTES, Facts
 from gatewayd.rules.engine import RulesStage
 from gatewayd.rules.load import RuleBook
 from gatewayd.rules.model import parse_rules
 from gatewayd.rules.plan import evaluate
+from gatewayd.rules.safety import refuse_reply, reply_target
 from tests.sse import late_text_mail
 
 HEAD = "From: Bob Sender <bob@example.org>\r\nTo: agent@example.com\r\nSubject: Quarterly report\r\n"
@@ -154,3 +157,43 @@ def test_headers_cut_by_the_fetch_or_beyond_the_parser_are_not_all_read(
 
 def _failing_parse(*_: Any, **__: Any) -> Any:
     raise ValueError("a header the parser cannot take")
+
+
+@pytest.mark.parametrize(
+    ("message", "data", "reason"),
+    [
+        (
+            mail(PADDING + "List-Unsubscribe: <mailto:leave@lists.example>\r\n"),
+            {},
+            "headers were not all read (the headers are longer than 256 KiB)",
+        ),
+        (mail(), {"spam": None}, "the spam stage failed on this message: its verdict is unknown"),
+        (mail(), {"auth": None}, "the auth stage failed on this message: its verdict is unknown"),
+        (mail(), {}, None),  # no spam or auth stage configured: nothing to refuse on
+    ],
+)
+def test_no_auto_reply_where_its_safety_checks_cannot_be_made(
+    message: ParsedMessage, data: dict[str, Any], reason: str | None
+) -> None:
+    message.data.update(data)
+    found = Facts.of(message, message.data)
+    refusal = refuse_reply(found, "me@gw.example", reply_target(found))
+    assert (refusal is None) if reason is None else (reason in (refusal or "")), refusal
+
+
+async def test_a_spam_stage_that_failed_on_a_message_stops_its_auto_reply() -> None:
+    """Backscatter: a message that broke the spam stage may be spam, and its sender forged."""
+    rules, _ = parse_rules([{"name": "ack", "then": [{"auto_reply": "We got it."}]}], "rules")
+    rules_stage = StageSpec(RulesStage(RuleBook(tuple(rules))), 5)
+    spam = SpamStage(SpamOptions())
+    # A budget no run of the stage keeps within: it overruns, its keys are null.
+    failed = (await Pipeline([StageSpec(spam, 1e-9), rules_stage]).run(mail())).data
+    assert failed["spam"] is None and failed["pipeline_errors"][0]["stage"] == "spam"
+    (action,) = failed["rules_applied"][0]["actions"]
+    assert (action["outcome"], action["reason"]) == (
+        "skipped",
+        "the spam stage failed on this message: its verdict is unknown",
+    )
+    for stages in ([StageSpec(spam, 5), rules_stage], [rules_stage]):  # ham, or no spam stage
+        data = (await Pipeline(stages).run(mail())).data
+        assert data["rules_applied"][0]["actions"][0]["outcome"] == "dry_run", data["rules_applied"]

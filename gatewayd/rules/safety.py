@@ -11,7 +11,11 @@ An auto-reply is refused, with the reason in the event, to a message that is:
   (`+tag`) aside; or with a reply target that is no address at all (`<MAILER-DAEMON>`);
 - from, or to be answered at, the mailbox's own address (sub-address aside), or already looped
   through it (`X-Loop`);
-- given a spam verdict (`spam` or `suspect`), or failed authentication (auth verdict `fail`).
+- given a spam verdict (`spam` or `suspect`), or failed authentication (auth verdict `fail`);
+- one on which these checks cannot be made: headers not all read (longer than 256 KiB, cut by the fetch,
+  or beyond the parser: a header that would refuse the reply may be in the rest), or a spam or
+  authentication stage that failed on the message (its keys null: it may be spam, or forged).
+  A stage that is not configured gives no verdict, and refuses nothing.
 
 The reply goes to the Return-Path (the envelope sender, RFC 3834 section 4), else the Reply-To,
 else the From address. "One auto-reply per sender per period" counts against both the From address
@@ -81,7 +85,13 @@ def refuse_automatic(facts: Facts, own_address: str | None) -> str | None:
         return "the message is a delivery or disposition report"
     if own_address and any(own_address.lower() in v.lower() for v in facts.header("x-loop")):
         return "the message already passed through this mailbox (X-Loop)"
-    return None
+    return _unread_headers(facts)
+
+
+def _unread_headers(facts: Facts) -> str | None:
+    """Checked after the headers were looked up: a parser failure is known only then."""
+    partial = facts.headers_partial()
+    return f"the message's headers were not all read ({partial})" if partial else None
 
 
 def refuse_reply(facts: Facts, own_address: str | None, target: str | None) -> str | None:
@@ -109,6 +119,11 @@ def refuse_reply(facts: Facts, own_address: str | None, target: str | None) -> s
     own = _base(own_address or "")
     if own and own in (_base(target), _base(sender or "")):
         return "the message is from this mailbox's own address"
+    if reason := _unread_headers(facts):  # the lookups above may have met a parser failure
+        return reason
+    for stage in ("spam", "auth"):
+        if stage in facts.data and facts.data[stage] is None:
+            return f"the {stage} stage failed on this message: its verdict is unknown"
     spam = _section(facts.data, "spam")
     if spam.get("verdict") in ("spam", "suspect"):
         return f"the spam verdict is {spam.get('verdict')}"
