@@ -400,3 +400,42 @@ async def test_a_regex_a_message_makes_slow_does_not_fire_a_rule_under_not(
         assert await asyncio.to_thread(imap.uids, "INBOX") == [data["uid"]]
     finally:
         await asyncio.to_thread(imap.close)
+
+
+async def test_a_body_test_that_finds_nothing_past_the_fetch_cap_answers_nothing(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, sink: SmtpSink
+) -> None:
+    """The fetch and the parser read the first 256 KiB of a text: `not: {body: X}` answered a
+    message whose X lay past them."""
+    rules = [
+        {
+            "name": "ack-unless-unsubscribe",
+            "if": {"not": {"body": "unsubscribe"}},
+            "then": [{"auto_reply": {"body": "We got it.", "period_days": 0}}],
+        }
+    ]
+    config = gateway_config(
+        tmp_path, dovecot, [user], rules=rules, smtp=sink.smtp_config(), address=f"{user}@{LOCAL_DOMAIN}"
+    )
+    gw = await start_gateway(config)
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    long_body = (
+        "Dear support,\r\n" + "filler text that goes on and on\r\n" * 10_000 + "Please unsubscribe me."
+    )
+    async with aiohttp.ClientSession() as session:
+        reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+        sender = f"carol@{LOCAL_DOMAIN}"
+        await dovecot.deliver_async(user, mail("long", sender=sender, body=long_body), sender=sender)
+        await dovecot.deliver_async(
+            user, mail("short", sender=sender, body="Dear support, hello."), sender=sender
+        )
+        cut, whole = await reader.messages(2)
+    data = cut.json["data"]
+    assert data["truncated"] is True and data["rules_applied"] == [] and data["auto_reply"] is None
+    assert data["rules_errors"] == [
+        'rule "ack-unless-unsubscribe" not applied: body: not found, but the body text was not all read'
+        " (cut at 256 KiB, or by the fetch)"
+    ]
+    # The short message, all read, is answered: the one reply the sink got.
+    assert whole.json["data"]["auto_reply"]["outcome"] == "ok", whole.json["data"]
+    assert [r.recipients for r in sink.received] == [[sender]]
