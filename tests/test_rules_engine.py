@@ -344,3 +344,32 @@ async def test_a_message_arriving_while_a_move_of_it_is_in_flight_waits_for_its_
     assert (event is not None) is announced
     entry = await parts["journal"].get(message_key("box", "Archive", 9, 101))
     assert (entry is not None and entry.state == PLACED) is not announced
+
+
+class ArchiveActions(FakeActions):
+    folder = "Archive"
+    uidvalidity = 9
+
+
+async def test_the_destination_looks_for_an_interrupted_move_but_not_for_one_in_flight(
+    parts: dict[str, Any],
+) -> None:
+    pipeline, mailbox = setup(parts, [{"move": "Archive"}])
+    mover = GatedMove(ImapConnectionLost("connection lost"))
+    moving = asyncio.create_task(pipeline.process(mailbox, fetched(), mover))
+    await mover.landed.wait()
+    # In flight: the intent is open, but the sync that fetches the message here waits for its
+    # outcome; no second connection to look for it.
+    in_flight = ArchiveActions()
+    await pipeline.recover(mailbox, in_flight)
+    assert in_flight.calls == []
+    mover.answer.set()
+    with pytest.raises(ActionInterrupted):
+        await moving
+    # Interrupted (as after a crash): the intent stays open, and Archive looks for the message.
+    after = ArchiveActions()
+    after.located = Placement("Archive", 9, 101)
+    await pipeline.recover(mailbox, after)
+    assert after.calls == [("locate", "Archive", "<m1@example.org>")]
+    entry = await parts["journal"].get(message_key("box", "Archive", 9, 101))
+    assert entry is not None and entry.state == PLACED

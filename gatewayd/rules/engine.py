@@ -301,12 +301,19 @@ class RulesStage:
     async def _claim_arrivals(self, mailbox: MailboxConfig, actions: MailActions) -> None:
         """Mark as placed here what another folder's interrupted move or copy (an intent without
         an outcome) already put in this folder: else this folder's sync, when it runs before that
-        folder's recovery, would announce it as new mail, and the recovery announce it again."""
+        folder's recovery, would announce it as new mail, and the recovery announce it again.
+
+        A move still in flight (its intent is open while its MOVE awaits the answer) needs no
+        search: the sync that fetches the message here waits for its outcome (`_moved_here`).
+        Only an intent a crash or a lost connection left open is looked for, over a second
+        connection."""
         assert self._journal is not None
         for entry in await self._journal.open_entries(mailbox.id):
             identity = identity_of(entry)
             if entry.folder == actions.folder or not identity.findable:
                 continue  # without an identity it cannot be found (nor is it by the recovery)
+            if self.arrivals.into(mailbox.id, actions.folder, identity):
+                continue
             for step in entry.record["plan"]["steps"]:
                 interrupted = entry.steps.get(step["index"], {}).get("state") == "started"
                 if interrupted and step["kind"] in ("move", "copy") and step["folder"] == actions.folder:

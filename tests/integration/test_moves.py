@@ -133,3 +133,47 @@ async def test_a_move_without_copyuid_into_a_watched_folder_is_announced_once_wi
                 await reader.messages(1, timeout=1.5)
     finally:
         await asyncio.to_thread(imap.close)
+
+
+def logins(server: Dovecot, user: str) -> int:
+    """IMAP connections the user opened so far, as Dovecot logged them (short-lived ones too)."""
+    log = (server.root / "dovecot.log").read_text(errors="replace")
+    return log.count(f"Login: user=<{user}>")
+
+
+async def test_a_move_in_flight_costs_the_destination_no_connection_of_its_own(
+    dovecot_idle: Dovecot, tmp_path: Path, start_gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Archive's watcher syncs (and recovers) while INBOX's MOVE into it awaits its answer: the move's
+    # intent is open, but it is in flight, not interrupted. It used to log in a second time to look
+    # for the message; the sync waits for the move's outcome instead.
+    server, user = dovecot_idle, fresh_user(dovecot_idle)
+    moved, archive_recovered = asyncio.Event(), asyncio.Event()
+    recover, move = RulesStage.recover, SessionActions.move
+
+    async def watched_recover(self: RulesStage, mailbox: MailboxConfig, actions: MailActions) -> None:
+        await recover(self, mailbox, actions)
+        if moved.is_set() and actions.folder == "Archive":
+            archive_recovered.set()
+
+    async def late_answer(self: SessionActions, uid: int, folder: str, create: bool) -> Placement:
+        placement = await move(self, uid, folder, create)
+        moved.set()
+        await asyncio.wait_for(archive_recovered.wait(), 10)
+        return placement
+
+    monkeypatch.setattr(RulesStage, "recover", watched_recover)
+    monkeypatch.setattr(SessionActions, "move", late_answer)
+    imap = {**FOLDERS, "sent_folder": None}
+    gw = await start_gateway(gateway_config(tmp_path, server, [user], rules=MOVE_RULES, imap=imap))
+    await wait_for(lambda: idle(gw), what="watchers idle")
+    async with aiohttp.ClientSession() as session:
+        reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+        before = logins(server, user)
+        await server.deliver_async(user, mail("file me"))
+        (event,) = await reader.messages(1)
+        with pytest.raises(TimeoutError):
+            await reader.messages(1, timeout=1.0)
+    assert archive_recovered.is_set()
+    assert (event.json["data"]["folder"], event.json["data"]["moved_from"]["folder"]) == ("Archive", "INBOX")
+    assert before > 0 and logins(server, user) == before
