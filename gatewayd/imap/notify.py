@@ -35,15 +35,6 @@ def _is_change(line: bytes) -> bool:
     return line.endswith(b"EXISTS") or line.startswith(b"STATUS ")
 
 
-def _reported(session: ImapSession, folders: list[str], selected: str | None) -> set[str]:
-    """The folders new mail was reported in since the last call: STATUS notifications for the
-    others, EXISTS for the selected one."""
-    reported = session.take_notified(folders)
-    if session.exists_seen and selected in folders:
-        reported.add(selected)
-    return reported
-
-
 class AccountWatcher:
     """All the folders of one mailbox, over one NOTIFY connection when the server allows it."""
 
@@ -62,6 +53,8 @@ class AccountWatcher:
             for i, folder in enumerate(mailbox.imap.folders)
         ]
         self._session: ImapSession | None = None
+        # The Sent folder whose new mail NOTIFY reports too (None: none, or one watched here).
+        self._sent: str | None = None
 
     async def run(self) -> None:
         """Watch until cancelled; on cancellation leave the server politely (LOGOUT)."""
@@ -129,8 +122,13 @@ class AccountWatcher:
         # UIDNEXT as of the last SELECT of each folder: everything below it has been synced.
         synced_below: dict[str, int | None] = {}
         try:
+            # The first Sent check finds the folder, so that NOTIFY can report its new mail too.
+            await self.folders[0].check_sent(session)
+            sent = self.folders[0].sent_folder()
+            self._sent = sent if sent not in folders else None
             # NOTIFY first: mail arriving from now on is reported, even during the syncs below.
-            await session.notify(folders, self.mailbox.fetch_max_bytes)
+            also = [self._sent] if self._sent is not None else []
+            await session.notify(folders, self.mailbox.fetch_max_bytes, also)
             for watcher in self.folders:
                 await watcher.attach(session, notify=True)
                 synced_below[watcher.folder] = session.selected.uidnext if session.selected else None
@@ -155,7 +153,7 @@ class AccountWatcher:
             # Out of IDLE here: the Sent folder's check costs no push (its notifications count).
             await self.folders[0].check_sent(session)
             selected = session.selected.folder if session.selected else None
-            pending |= _reported(session, folders, selected)
+            pending |= self._reported(session, folders, selected)
             left |= session.take_left()
             if pending:
                 # The selected folder first (no SELECT needed), then in configured order.
@@ -189,10 +187,24 @@ class AccountWatcher:
                     probing = True
                     break
                 if any(_is_change(line) for line in lines):
-                    pushed, pushed_at = _reported(session, folders, selected), time.monotonic()
-                    pending |= pushed
-                    break
+                    reported = self._reported(session, folders, selected)
+                    if reported:  # else only the Sent folder's: learnt in the background, still in IDLE
+                        pushed, pushed_at = reported, time.monotonic()
+                        pending |= pushed
+                        break
             await session.idle_done()
+
+    def _reported(self, session: ImapSession, folders: list[str], selected: str | None) -> set[str]:
+        """The folders new mail was reported in since the last call: STATUS notifications for the
+        others, EXISTS for the selected one. New mail in the Sent folder starts its learning."""
+        sent = self._sent
+        reported = session.take_notified([*folders, sent] if sent is not None else folders)
+        if sent is not None and sent in reported:
+            reported.discard(sent)
+            self.folders[0].sent_notified()
+        if session.exists_seen and selected in folders:
+            reported.add(selected)
+        return reported
 
     @staticmethod
     async def _changed(

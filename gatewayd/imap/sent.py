@@ -2,14 +2,16 @@
 spam stage then scores with REPUTATION_SENT_TO (`LearningStore.learn_sent`).
 
 The watcher calls `SentLearner.check` on its own connection whenever it is out of IDLE anyway
-(after connecting, a silence probe, a command), never leaving IDLE for it, so a push is never
-held up; at most once per `read_timeout_seconds` (the probe's period) it sends one `STATUS
-(UIDNEXT UIDVALIDITY)` of the Sent folder (and once, with `sent_folder: auto`, a `LIST` for its
-`\\Sent` attribute). An EXISTS answered to it is synced next, like any other; the watcher's
-connection never leaves its folder, so nothing it must see can be lost. Only when the
-Sent folder holds mail not learnt yet does a short-lived connection of its own, in the background,
-EXAMINE it and fetch `BODY.PEEK[HEADER.FIELDS (TO CC BCC)]` of the new messages (never a body),
-then log out: no connection is held open for it.
+(after connecting, a silence probe, a command); at most once per `read_timeout_seconds` (the
+probe's period) it sends one `STATUS (UIDNEXT UIDVALIDITY)` of the Sent folder (and once, with
+`sent_folder: auto`, a `LIST` for its `\\Sent` attribute). An EXISTS answered to it is synced
+next, like any other; the watcher's connection never leaves its folder, so nothing it must see can
+be lost. Where the server has NOTIFY, the watcher also asks for the Sent folder's new mail as
+`* STATUS` and calls `notified` on it, still in IDLE: the read starts at once, without a command.
+Elsewhere a busy connection, never silent for a probe, leaves IDLE between two pushes when `due_in`
+says a check is due. Only when the Sent folder holds mail not learnt yet does a short-lived
+connection of its own, in the background, EXAMINE it and fetch `BODY.PEEK[HEADER.FIELDS (TO CC
+BCC)]` of the new messages (never a body), then log out: no connection is held open for it.
 
 How far the folder was learnt (UIDVALIDITY and last UID) is stored with the addresses in one
 transaction, so a restart carries on from there. The first time (or after a UIDVALIDITY change)
@@ -83,6 +85,7 @@ class SentLearner:
         self._off = configured is None
         self._failing = False  # a background failure was logged: not again until one succeeds
         self._task: asyncio.Task[None] | None = None
+        self._again = False  # a notification came during a read: read once more after it
         # A STATUS at most this often: as often as the watcher probes a silent connection.
         self._interval = mailbox.imap.read_timeout_seconds
         self._checked_at: float | None = None
@@ -94,12 +97,10 @@ class SentLearner:
         Called whenever the watcher is out of IDLE; does something at most once per interval.
 
         Raises only ImapConnectionLost (the session is gone)."""
-        now = time.monotonic()
-        if self._off or (self._task is not None and not self._task.done()):
+        due_in = self.due_in()
+        if due_in is None or due_in > 0:
             return
-        if self._checked_at is not None and now - self._checked_at < self._interval:
-            return
-        self._checked_at = now
+        self._checked_at = time.monotonic()
         try:
             folder = self._folder or await self._find_folder(session)
             if folder is None:
@@ -115,12 +116,43 @@ class SentLearner:
             return
         if self._mark == SentMark(folder, uidvalidity, uidnext - 1):
             return  # the common case: nothing sent since
+        self._start(folder, uidnext, uidvalidity)
+
+    @property
+    def folder(self) -> str | None:
+        """The Sent folder once a check found it (None: not yet, or not learning)."""
+        return None if self._off else self._folder
+
+    def due_in(self) -> float | None:
+        """Seconds until `check` would look at the folder again (0 or less: now); None while it
+        would not (learning is off, or a read is running)."""
+        if self._off or self._reading:
+            return None
+        if self._checked_at is None:
+            return 0.0
+        return self._checked_at + self._interval - time.monotonic()
+
+    def notified(self) -> None:
+        """The server reported new mail in the Sent folder (NOTIFY): read it now, in the background."""
+        if self._off or self._folder is None:
+            return
+        if self._reading:
+            self._again = True
+        else:
+            self._start(self._folder, None, None)
+
+    @property
+    def _reading(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def _start(self, folder: str, uidnext: int | None, uidvalidity: int | None) -> None:
         name = f"sent:{self.mailbox.id}"
         self._task = asyncio.create_task(self._learn(folder, uidnext, uidvalidity), name=name)
 
     async def close(self) -> None:
         """Stop a background read (what it learnt so far stays learnt)."""
         task, self._task = self._task, None
+        self._again = False
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -141,8 +173,16 @@ class SentLearner:
         self._off = True
         log.warning("%s: not learning from sent mail: %s", self.mailbox.id, reason)
 
-    async def _learn(self, folder: str, uidnext: int, uidvalidity: int) -> None:
-        """In the background: whatever fails is logged (once while it keeps failing), never raised."""
+    async def _learn(self, folder: str, uidnext: int | None, uidvalidity: int | None) -> None:
+        """In the background, again while notifications came meanwhile: whatever fails is logged
+        (once while it keeps failing), never raised. Without `uidnext` and `uidvalidity` (a
+        notification), what the folder holds above the mark is read without a check first."""
+        await self._learn_once(folder, uidnext, uidvalidity)
+        while self._again:
+            self._again = False
+            await self._learn_once(folder, None, None)
+
+    async def _learn_once(self, folder: str, uidnext: int | None, uidvalidity: int | None) -> None:
         try:
             read = await self._learn_new(folder, uidnext, uidvalidity)
         except Exception as exc:
@@ -162,12 +202,15 @@ class SentLearner:
                 log.info("%s: learnt the recipients of %d sent messages", self.mailbox.id, read)
             self._failing = False
 
-    async def _learn_new(self, folder: str, uidnext: int, uidvalidity: int) -> int:
+    async def _learn_new(self, folder: str, uidnext: int | None, uidvalidity: int | None) -> int:
         """Read what the folder holds above the stored mark; returns how many messages were read."""
         if self._mark is None:
             self._mark = await asyncio.to_thread(self._log.sent_mark, self.mailbox.id)
         mark = self._mark
-        if mark is None or (mark.folder, mark.uidvalidity) != (folder, uidvalidity):
+        if uidnext is None or uidvalidity is None:
+            if mark is not None and mark.folder != folder:
+                mark = None  # another folder: read it afresh (`_read` sees a renumbering itself)
+        elif mark is None or (mark.folder, mark.uidvalidity) != (folder, uidvalidity):
             if mark is None and uidnext <= 1:  # a folder never used: nothing to read, now or before
                 await self._save([], SentMark(folder, uidvalidity, 0))
                 return 0

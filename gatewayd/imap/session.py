@@ -199,26 +199,29 @@ class ImapSession:
     def supports_notify(self) -> bool:
         return "NOTIFY" in self._client.protocol.capabilities and self.supports_idle
 
-    async def notify(self, folders: Sequence[str], max_bytes: int) -> None:
+    async def notify(self, folders: Sequence[str], max_bytes: int, also: Sequence[str] = ()) -> None:
         """NOTIFY SET: new mail in the selected folder comes as EXISTS with the message itself (as
-        `push_new_mail`), in the others as STATUS.
+        `push_new_mail`), in the others as STATUS; so does new mail (only) in the folders `also`.
 
         Notifications come during IDLE and at the start of any command; take_notified() collects
         the STATUS ones whenever they came.
         """
         mailboxes = " ".join(quoted_mailbox(folder) for folder in folders)
         await self._notify_set(
-            _selected_events(max_bytes), f"(MAILBOXES ({mailboxes}) (MessageNew MessageExpunge))"
+            _selected_events(max_bytes),
+            f"(MAILBOXES ({mailboxes}) (MessageNew MessageExpunge))",
+            *_new_mail_events(also),
         )
 
-    async def push_new_mail(self, max_bytes: int) -> bool:
+    async def push_new_mail(self, max_bytes: int, also: Sequence[str] = ()) -> bool:
         """Ask the server to send each new message of the selected folder with its EXISTS push
         (NOTIFY MessageNew with FETCH attributes, RFC 5465 5.2), so that `fetch_from` after a push
-        needs no round trip. False when the server has no NOTIFY or refuses this use of it."""
+        needs no round trip, and new mail in the folders `also` as STATUS (take_notified). False
+        when the server has no NOTIFY or refuses this use of it."""
         if not self.supports_notify:
             return False
         try:
-            await self._notify_set(_selected_events(max_bytes))
+            await self._notify_set(_selected_events(max_bytes), *_new_mail_events(also))
         except ImapConnectionLost:
             raise
         except ImapError as exc:
@@ -438,6 +441,11 @@ class ImapSession:
             self._pushed.add(lines, self.selected.folder, self.selected.uidvalidity)
 
     @property
+    def push_pending(self) -> bool:
+        """A push came during IDLE that `wait_push` has not returned yet."""
+        return not self._client.protocol.idle_queue.empty()
+
+    @property
     def idling(self) -> bool:
         """In IDLE: pushes arrive; the next command ends it first (see `_call`)."""
         return self._idle_task is not None
@@ -523,6 +531,12 @@ def _uid_set(uids: Sequence[int]) -> str:
 
 def _selected_events(max_bytes: int) -> str:
     return f"(SELECTED (MessageNew {FETCH_ITEMS.format(max_bytes=max_bytes)} MessageExpunge))"
+
+
+def _new_mail_events(folders: Sequence[str]) -> list[str]:
+    if not folders:
+        return []
+    return [f"(MAILBOXES ({' '.join(quoted_mailbox(folder) for folder in folders)}) (MessageNew))"]
 
 
 def _status_folder(line: bytes) -> str | None:

@@ -155,6 +155,8 @@ class FolderWatcher:
         self._publish = publish
         self.status = WatcherState(since=rfc3339())
         self._session: ImapSession | None = None
+        # This connection's NOTIFY reports new mail in the Sent folder (see `sent_folder`).
+        self._sent_notify = False
         self._pushed_at: float | None = None  # when the push the current sync answers came
         # The folder's checkpoint as this watcher last stored it (None: read it from the store).
         self._checkpoint: Checkpoint | None = None
@@ -274,8 +276,13 @@ class FolderWatcher:
     async def attach(self, session: ImapSession, notify: bool = False) -> None:
         """SELECT the folder on this session, catch up, and announce the connection."""
         selected = await session.select(self.folder)
+        self._sent_notify = False
         if not notify:
-            await session.push_new_mail(self.mailbox.fetch_max_bytes)
+            # The first Sent check finds the folder, so that NOTIFY can report its new mail too.
+            await self.check_sent(session)
+            sent = self.sent_folder()
+            pushed = await session.push_new_mail(self.mailbox.fetch_max_bytes, [sent] if sent else [])
+            self._sent_notify = pushed and sent is not None
         self.status.uidvalidity = selected.uidvalidity
         self.status.notify = notify
         self.set_state("connected")
@@ -299,6 +306,28 @@ class FolderWatcher:
         """Out of IDLE on `session`: learn from the Sent folder if it changed (gatewayd.imap.sent)."""
         if self.sent is not None and not self._draining:  # no new read during a shutdown
             await self.sent.check(session)
+
+    def sent_folder(self) -> str | None:
+        """The Sent folder to learn from, if known and not one this connection watches anyway."""
+        folder = self.sent.folder if self.sent is not None else None
+        return folder if folder is not None and folder != self.folder else None
+
+    def sent_notified(self) -> None:
+        """NOTIFY reported new mail in the Sent folder: learn it now, in the background."""
+        if self.sent is not None and not self._draining:
+            self.sent.notified()
+
+    def _take_sent_notified(self, session: ImapSession) -> None:
+        sent = self.sent_folder()
+        if self._sent_notify and sent is not None and session.take_notified([sent]):
+            self.sent_notified()
+
+    def _sent_due_in(self) -> float | None:
+        """Seconds until the Sent folder's check is due on this connection (None: never; its
+        NOTIFY reports the folder's new mail instead)."""
+        if self.sent is None or self._sent_notify or self._draining:
+            return None
+        return self.sent.due_in()
 
     async def catch_up(self, session: ImapSession, pushed_at: float | None = None) -> None:
         """On a session shared with other folders: SELECT this one if needed, then sync.
@@ -327,6 +356,13 @@ class FolderWatcher:
         probe = self.mailbox.imap.read_timeout_seconds
         idle_until = 0.0
         while True:
+            self._take_sent_notified(session)
+            due_in = self._sent_due_in()
+            if session.idling and due_in is not None and due_in <= 0 and not session.push_pending:
+                # Pushes processed in IDLE keep a busy connection from ever falling silent for the
+                # probe: leave IDLE for the Sent folder's check between two of them, never with
+                # one waiting.
+                await session.idle_done()
             if not session.idling:
                 # Out of IDLE anyway (after connecting, a probe, a command): no push waits on it;
                 # new mail reported to it is synced next.
@@ -346,12 +382,15 @@ class FolderWatcher:
                 await session.idle_start()
                 self.set_state("idle")
                 idle_until = time.monotonic() + renew
-            # Wait for EXISTS; every `probe` seconds of silence (and at the renew time) leave
-            # IDLE: the DONE round trip proves the connection alive, and the sync catches
-            # pushes a server failed to send.
+            # Wait for EXISTS; every `probe` seconds of silence (and at the renew time, or when the
+            # Sent folder's check is due) leave IDLE: the DONE round trip proves the connection
+            # alive, and the sync catches pushes a server failed to send.
             while True:
                 remaining = idle_until - time.monotonic()
-                lines = await session.wait_push(max(0.0, min(probe, remaining)))
+                sent_due_in = self._sent_due_in()
+                timeout = min(probe, remaining, probe if sent_due_in is None else sent_due_in)
+                lines = await session.wait_push(max(0.0, timeout))
+                self._take_sent_notified(session)
                 if any(line.endswith(b"EXISTS") for line in lines) or not lines:
                     break
             if not lines:

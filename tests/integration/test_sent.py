@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,106 @@ async def test_several_folders_over_notify_learn_too(
     await asyncio.to_thread(append, dovecot, user, "Sent", sent_mail("ivan@partner.example"))
     await wait_for(lambda: sent_to(gw, user, "ivan@partner.example"), what="the new sent mail learnt")
     assert all(watcher["reconnects"] == 0 for watcher in gw.daemon.pool.health())
+
+
+@pytest.fixture(scope="module")
+def dovecot_without_notify() -> Iterator[Dovecot]:
+    # Its own temporary root, as conftest's: pytest's basetemp is made 0700 again by any other
+    # pytest run starting on the machine, and Dovecot's helpers (another user) then cannot enter it.
+    server = Dovecot.create(extra_config="imap_capability = IMAP4rev1 IDLE UIDPLUS\n")
+    server.start()
+    yield server
+    server.destroy()
+
+
+@pytest.mark.parametrize("notify", [True, False], ids=["notify", "without-notify"])
+async def test_a_busy_mailbox_learns_its_sent_mail_promptly(
+    dovecot: Dovecot, dovecot_without_notify: Dovecot, tmp_path: Path, start_gateway: Any, notify: bool
+) -> None:
+    # Mail every few hundred ms: the connection is never silent for a read timeout, and with NOTIFY
+    # each message is processed without leaving IDLE, so the Sent folder was checked only at the
+    # IDLE renewal (29 minutes). A reply to what the mailbox sent came scored as a stranger's.
+    server = dovecot if notify else dovecot_without_notify
+    user = f"busy{uuid.uuid4().hex[:8]}"
+    server.add_user(user)
+    gw = await start_gateway(gateway_config(tmp_path, server, [user], imap={"read_timeout_seconds": 3}))
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    busy = asyncio.Event()
+    delivered = 0
+
+    async def keep_busy() -> None:
+        nonlocal delivered
+        while True:
+            await server.deliver_async(user, mail(f"busy {delivered}"))
+            delivered += 1
+            if delivered == 10:
+                busy.set()
+            await asyncio.sleep(0.3)
+
+    async with aiohttp.ClientSession() as session:
+        reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+        mail_flow = asyncio.create_task(keep_busy())
+        try:
+            await asyncio.wait_for(busy.wait(), 15)
+            await asyncio.to_thread(append, server, user, "Sent", sent_mail("grace@partner.example"))
+            # Far below the IDLE renewal: a few read timeouts and a login, on a busy machine.
+            await wait_for(lambda: sent_to(gw, user, "grace@partner.example"), 20, "the sent mail learnt")
+            await server.deliver_async(user, mail("re: our reply", sender="Grace <grace@partner.example>"))
+            reply = None
+            while reply is None:
+                (frame,) = await reader.messages(1)
+                if frame.json["data"]["subject"] == "re: our reply":
+                    reply = frame.json["data"]
+        finally:
+            mail_flow.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await mail_flow
+    assert reply["sender_reputation"]["sent_to"] is True
+    assert "REPUTATION_SENT_TO" in {f["symbol"] for f in reply["spam"]["findings"]}
+    assert gw.daemon.pool.health()[0]["reconnects"] == 0
+
+
+@pytest.mark.parametrize("folders", [["INBOX"], ["INBOX", "Archive"]], ids=["one-folder", "several-folders"])
+async def test_notify_reports_new_sent_mail_without_waiting_for_a_probe(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, folders: list[str]
+) -> None:
+    # A long read timeout: no probe comes within the test; the server's STATUS for the Sent folder
+    # starts the read while the watcher stays in IDLE.
+    imap = {"folders": folders, "read_timeout_seconds": 60}
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], imap=imap))
+    await wait_for(lambda: idle(gw), what="watchers idle")
+    await asyncio.to_thread(append, dovecot, user, "Sent", sent_mail("heidi@partner.example"))
+    await wait_for(lambda: sent_to(gw, user, "heidi@partner.example"), 20, "the new sent mail learnt")
+    await asyncio.to_thread(append, dovecot, user, "Sent", sent_mail("judy@partner.example"))
+    await wait_for(lambda: sent_to(gw, user, "judy@partner.example"), 20, "the next sent mail learnt")
+    assert all(watcher["reconnects"] == 0 for watcher in gw.daemon.pool.health())
+
+
+async def test_a_busy_watched_sent_folder_is_learnt_too(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    # The Sent folder is the watched one: its new mail comes pushed whole and is processed in IDLE,
+    # never silent for a probe; the check leaves IDLE between two pushes once it is due.
+    imap = {"folders": ["Sent"], "read_timeout_seconds": 3}
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], imap=imap))
+    await wait_for(lambda: idle(gw), what="watcher idle")
+
+    async def keep_sending() -> None:
+        count = 0
+        while True:
+            await asyncio.to_thread(append, dovecot, user, "Sent", sent_mail(f"peer{count}@partner.example"))
+            count += 1
+            await asyncio.sleep(0.2)
+
+    sending = asyncio.create_task(keep_sending())
+    try:
+        await asyncio.sleep(4)  # longer than the read timeout: past the check made at connect
+        await asyncio.to_thread(append, dovecot, user, "Sent", sent_mail("ken@partner.example"))
+        await wait_for(lambda: sent_to(gw, user, "ken@partner.example"), 20, "the sent mail learnt")
+    finally:
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sending
 
 
 class Recorded:
