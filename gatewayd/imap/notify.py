@@ -3,7 +3,8 @@
 Where the server advertises NOTIFY (Dovecot does), a mailbox that watches several folders uses
 one connection instead of one per folder: `NOTIFY SET` asks for new mail in the selected folder
 as EXISTS and in the others as `* STATUS`; the watcher idles on whichever folder it synced last,
-and on a notification leaves IDLE, SELECTs the folder that changed and syncs it.
+and on a notification leaves IDLE, SELECTs the folder that changed and syncs it. New mail in the
+Sent folder, asked for too, only starts its learning (`gatewayd.imap.sent`), still in IDLE.
 
 The per-folder work (checkpoints in the same transaction as the events, UIDVALIDITY changes,
 state events) is the `FolderWatcher`'s, unchanged: this module only drives the connection.

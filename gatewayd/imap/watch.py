@@ -318,8 +318,10 @@ class FolderWatcher:
             self.sent.notified()
 
     def _take_sent_notified(self, session: ImapSession) -> None:
+        if not self._sent_notify:
+            return
         sent = self.sent_folder()
-        if self._sent_notify and sent is not None and session.take_notified([sent]):
+        if sent is not None and session.take_notified([sent]):
             self.sent_notified()
 
     def _sent_due_in(self) -> float | None:
