@@ -25,8 +25,8 @@ from gatewayd.config import hash_token, parse_config
 from gatewayd.events import Event, NewEvent
 from gatewayd.store import EventQuery, matches
 from gatewayd.store.sqlite import SqliteEventStore
-from tests.api_server import ACME_ADMIN, fleet, serving
-from tests.sse import SseReader
+from tests.api_server import ACME_ADMIN, GLOBEX_ADMIN, fleet, serving
+from tests.sse import Frame, SseReader
 from tests.waiting import hold_loop_until
 
 TOKEN = "fanout-token-0123456789"
@@ -441,6 +441,40 @@ async def test_replay_in_pages_then_live_without_gap_or_duplicate(env: Env) -> N
     live = await env.publish(2)
     assert [(await reader.next()).id for _ in range(2)] == [e.id for e in live]
     response.close()
+
+
+async def test_a_gap_names_the_first_event_of_the_tokens_own_tenant(tmp_path: Path) -> None:
+    """Retention left another tenant's event oldest: the gap must point at the first event this
+    token can be sent (the next one issued when none is left), not at one it can never see."""
+    config = fleet(tmp_path, bot_parent="acme")
+    store = SqliteEventStore(config.store.path)
+    await store.open()
+    # No watchers: none of their events may land between the replay's reads.
+    server = TestServer(create_app(Gateway(config, store, Bus(), _NoWatchers())))  # type: ignore[arg-type]
+    await server.start_server()
+    try:
+        # `gone` is an agent no longer configured: nobody is sent its events.
+        agents = ["acme", "globex", "gone", "acme"]
+        stored = await store.append([NewEvent("note.test", a, f"{a}-in", {}) for a in agents])
+        assert await store.prune(None, 2) == 2  # gone's event is the oldest left, then acme's
+        async with aiohttp.ClientSession() as session:
+
+            async def first_frames(token: str, count: int) -> list[Frame]:
+                auth = {"Authorization": f"Bearer {token}"}
+                url = server.make_url("/events")
+                async with session.get(url, headers=auth, params={"since": "1"}) as response:
+                    reader = SseReader(response)
+                    return [await reader.next() for _ in range(count)]
+
+            acme_gap, acme_first = await first_frames(ACME_ADMIN, 2)
+            [globex_gap] = await first_frames(GLOBEX_ADMIN, 1)
+    finally:
+        await server.close()
+        await store.close()
+    assert acme_gap.event == "stream.gap" and acme_gap.json["requested"] == "1"
+    assert acme_gap.json["first_available_id"] == acme_first.id == stored[3].id
+    assert globex_gap.event == "stream.gap"
+    assert globex_gap.json["first_available_id"] == str(stored[-1].seq + 1)
 
 
 async def test_a_live_stream_misses_no_event_when_an_append_went_to_the_writer(env: Env) -> None:

@@ -78,7 +78,8 @@ async def replay_pages(
     result is False when it did, True once every page was written.
     `gap(after, first_available)` is awaited before a page when events after seq `after` were
     pruned before that page was read: at the start (a resume point older than retention), or
-    during the replay, when retention overtook a long one.
+    during the replay, when retention overtook a long one. `first_available` is the first seq
+    this query can still be sent: the page's first event, or the next seq issued when none is left.
     """
     limit = REPLAY_FIRST_PAGE
     after = after_seq
@@ -92,7 +93,8 @@ async def replay_pages(
                 first = await store.first_seq()
                 contiguous = bool(events) and events[0].seq == after + 1
                 if after + 1 < first and not contiguous:
-                    await gap(after, first)
+                    # Not `first`: the oldest event left may be another tenant's, never sent here.
+                    await gap(after, events[0].seq if events else await store.last_seq() + 1)
             more = len(events) >= limit
             if more:
                 limit = REPLAY_PAGE
