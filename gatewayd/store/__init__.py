@@ -126,7 +126,8 @@ class EventStore(Protocol):
         ...
 
     async def first_seq(self) -> int:
-        """The oldest seq still stored (0 when empty): a resume point below it lost events."""
+        """The oldest seq still stored, of any agent (0 when empty): a resume point below it lost
+        events."""
         ...
 
     async def last_seq(self) -> int:

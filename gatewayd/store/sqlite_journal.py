@@ -13,7 +13,6 @@ entries to its file while open, as it is in the daemon (one journal per store).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,6 @@ from gatewayd.store import opening
 from gatewayd.store.journal import (
     DONE,
     FINAL,
-    HELD,
     OPEN,
     PLACED,
     REPLY_MEMORY_SECONDS,
@@ -35,72 +33,23 @@ from gatewayd.store.journal import (
     OutboxItem,
     OutgoingMail,
 )
-from gatewayd.store.sqlite import open_beside
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS rule_journal (
-    key TEXT PRIMARY KEY,
-    agent_id TEXT NOT NULL,
-    mailbox_id TEXT NOT NULL,
-    folder TEXT NOT NULL,
-    uidvalidity INTEGER NOT NULL,
-    uid INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    record TEXT NOT NULL,
-    result TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS rule_journal_open ON rule_journal (mailbox_id, folder, state);
-CREATE INDEX IF NOT EXISTS rule_journal_updated ON rule_journal (updated_at);
-CREATE TABLE IF NOT EXISTS rule_steps (
-    key TEXT NOT NULL,
-    step INTEGER NOT NULL,
-    record TEXT NOT NULL,
-    PRIMARY KEY (key, step)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL,
-    step INTEGER NOT NULL,
-    mailbox_id TEXT NOT NULL,
-    agent_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    envelope_from TEXT NOT NULL,
-    recipients TEXT NOT NULL,
-    message BLOB NOT NULL,
-    message_id TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL,
-    last_error TEXT,
-    info TEXT NOT NULL,
-    updated_at REAL NOT NULL,
-    UNIQUE (key, step)
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_attempt_at);
-CREATE TABLE IF NOT EXISTS auto_replies (
-    mailbox_id TEXT NOT NULL,
-    address TEXT NOT NULL,
-    replied_at REAL NOT NULL,
-    key TEXT NOT NULL,
-    PRIMARY KEY (mailbox_id, address)
-) WITHOUT ROWID
-"""
-
-_ENTRY = "key, mailbox_id, folder, uidvalidity, uid, state, record, result, created_at"
-_OUTBOX = (
-    "id, key, step, mailbox_id, agent_id, kind, envelope_from, recipients, message, message_id,"
-    " state, attempts, next_attempt_at, last_error, info"
+from gatewayd.store.sqlite_journal_tables import (
+    ENTRY_COLUMNS,
+    OUTBOX_COLUMNS,
+    SCHEMA,
+    add_mail,
+    dumps,
+    journal_entry,
+    outbox_item,
 )
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+from gatewayd.store.sqlite_schema import open_beside
 
 
 class SqliteRuleJournal:
     """`RuleJournal` on SQLite (WAL), by default in the event log's file, with its own connection."""
+
+    # Looked up on the journal, where a test can make it fail inside begin's transaction.
+    _add_mail = staticmethod(add_mail)
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
         self.path = Path(path)
@@ -120,7 +69,7 @@ class SqliteRuleJournal:
             try:
                 await conn.execute("PRAGMA synchronous=NORMAL")
                 await conn.execute("BEGIN IMMEDIATE")
-                for statement in _SCHEMA.split(";"):
+                for statement in SCHEMA.split(";"):
                     if statement.strip():
                         await conn.execute(statement)
                 await conn.execute("COMMIT")
@@ -197,29 +146,16 @@ class SqliteRuleJournal:
     async def get(self, key: str) -> JournalEntry | None:
         if key not in self._keys:
             return None  # the common case: a message no rule acted on nor placed, nothing to read
-        rows = await self._read(f"SELECT {_ENTRY} FROM rule_journal WHERE key = ?", (key,))
+        rows = await self._read(f"SELECT {ENTRY_COLUMNS} FROM rule_journal WHERE key = ?", (key,))
         return (await self._entries(rows))[0] if rows else None
 
     async def _entries(self, rows: Any) -> list[JournalEntry]:
         entries = []
-        for key, mailbox_id, folder, uidvalidity, uid, state, record, result, created_at in rows:
+        for row in rows:
             steps = await self._read(
-                "SELECT step, record FROM rule_steps WHERE key = ? ORDER BY step", (key,)
+                "SELECT step, record FROM rule_steps WHERE key = ? ORDER BY step", (row[0],)
             )
-            entries.append(
-                JournalEntry(
-                    key,
-                    mailbox_id,
-                    folder,
-                    int(uidvalidity),
-                    int(uid),
-                    state,
-                    json.loads(record),
-                    {int(step): json.loads(data) for step, data in steps},
-                    json.loads(result) if result is not None else None,
-                    float(created_at),
-                )
-            )
+            entries.append(journal_entry(row, steps))
         return entries
 
     async def begin(
@@ -247,7 +183,7 @@ class SqliteRuleJournal:
                     "INSERT INTO rule_journal (key, agent_id, mailbox_id, folder, uidvalidity, uid, state,"
                     " record, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (key) DO NOTHING",
-                    (key, agent_id, mailbox_id, folder, uidvalidity, uid, OPEN, _dumps(record), now, now),
+                    (key, agent_id, mailbox_id, folder, uidvalidity, uid, OPEN, dumps(record), now, now),
                 )
                 if cursor.rowcount == 1:
                     for mail in mails:
@@ -263,67 +199,13 @@ class SqliteRuleJournal:
         assert entry is not None
         return entry
 
-    async def _add_mail(
-        self,
-        conn: aiosqlite.Connection,
-        key: str,
-        agent_id: str,
-        mailbox_id: str,
-        mail: OutgoingMail,
-        now: float,
-    ) -> None:
-        if mail.reservation is not None:
-            addresses = sorted({address.lower() for address in mail.reservation.addresses})
-            cutoff = now - mail.reservation.period_seconds
-            marks = ", ".join("?" * len(addresses))
-            cursor = await conn.execute(
-                f"SELECT address FROM auto_replies WHERE mailbox_id = ? AND address IN ({marks})"
-                " AND replied_at > ? LIMIT 1",
-                (mailbox_id, *addresses, cutoff),
-            )
-            if taken := await cursor.fetchone():
-                skipped = {
-                    "state": "done",
-                    "outcome": "skipped",
-                    "reason": f"already auto-replied to {taken[0]} within the period",
-                }
-                await conn.execute(
-                    "INSERT OR REPLACE INTO rule_steps (key, step, record) VALUES (?, ?, ?)",
-                    (key, mail.step, _dumps(skipped)),
-                )
-                return
-            await conn.executemany(
-                "INSERT OR REPLACE INTO auto_replies (mailbox_id, address, replied_at, key)"
-                " VALUES (?, ?, ?, ?)",
-                [(mailbox_id, address, now, key) for address in addresses],
-            )
-        await conn.execute(
-            "INSERT INTO outbox (key, step, mailbox_id, agent_id, kind, envelope_from, recipients, message,"
-            " message_id, state, info, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (key, step) DO NOTHING",
-            (
-                key,
-                mail.step,
-                mailbox_id,
-                agent_id,
-                mail.kind,
-                mail.envelope_from,
-                _dumps(list(mail.recipients)),
-                mail.message,
-                mail.message_id,
-                HELD,
-                _dumps(mail.info),
-                now,
-            ),
-        )
-
     async def step(self, key: str, index: int, record: dict[str, Any]) -> None:
         await self._write(
             [
                 (
                     "INSERT INTO rule_steps (key, step, record) VALUES (?, ?, ?)"
                     " ON CONFLICT (key, step) DO UPDATE SET record = excluded.record",
-                    (key, index, _dumps(record)),
+                    (key, index, dumps(record)),
                 ),
                 ("UPDATE rule_journal SET updated_at = ? WHERE key = ?", (time.time(), key)),
             ]
@@ -334,7 +216,7 @@ class SqliteRuleJournal:
             [
                 (
                     "UPDATE rule_journal SET result = ?, updated_at = ? WHERE key = ?",
-                    (_dumps(result), time.time(), key),
+                    (dumps(result), time.time(), key),
                 )
             ]
         )
@@ -377,7 +259,7 @@ class SqliteRuleJournal:
         async with self._lock:
             rows = list(
                 await self._c.execute_fetchall(
-                    f"SELECT {_ENTRY} FROM rule_journal WHERE mailbox_id = ? AND state = ?{where}"
+                    f"SELECT {ENTRY_COLUMNS} FROM rule_journal WHERE mailbox_id = ? AND state = ?{where}"
                     " ORDER BY created_at",
                     params,
                 )
@@ -394,8 +276,10 @@ class SqliteRuleJournal:
     # -- outbox --------------------------------------------------------------------------------
 
     async def outbox_get(self, key: str, step: int) -> OutboxItem | None:
-        rows = await self._read(f"SELECT {_OUTBOX} FROM outbox WHERE key = ? AND step = ?", (key, step))
-        return _item(rows[0]) if rows else None
+        rows = await self._read(
+            f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE key = ? AND step = ?", (key, step)
+        )
+        return outbox_item(rows[0]) if rows else None
 
     async def outbox_update(
         self,
@@ -418,11 +302,11 @@ class SqliteRuleJournal:
 
     async def outbox_due(self, now: float, limit: int = 20) -> list[OutboxItem]:
         rows = await self._read(
-            f"SELECT {_OUTBOX} FROM outbox WHERE state = ? AND next_attempt_at <= ?"
+            f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = ? AND next_attempt_at <= ?"
             " ORDER BY next_attempt_at LIMIT ?",
             (RETRY, now, limit),
         )
-        return [_item(row) for row in rows]
+        return [outbox_item(row) for row in rows]
 
     async def outbox_next_due(self) -> float | None:
         rows = await self._read("SELECT min(next_attempt_at) FROM outbox WHERE state = ?", (RETRY,))
@@ -430,11 +314,11 @@ class SqliteRuleJournal:
 
     async def outbox_orphans(self) -> list[OutboxItem]:
         rows = await self._read(
-            f"SELECT {_OUTBOX} FROM outbox WHERE state = ? AND NOT EXISTS"
+            f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = ? AND NOT EXISTS"
             " (SELECT 1 FROM rule_journal j WHERE j.key = outbox.key AND j.state = ?)",
             (SENDING, OPEN),
         )
-        return [_item(row) for row in rows]
+        return [outbox_item(row) for row in rows]
 
     async def release_reservation(self, mailbox_id: str, key: str) -> None:
         await self._write([("DELETE FROM auto_replies WHERE mailbox_id = ? AND key = ?", (mailbox_id, key))])
@@ -464,40 +348,3 @@ class SqliteRuleJournal:
                     key for (key,) in await self._c.execute_fetchall("SELECT key FROM rule_journal")
                 }
         return counts[1]
-
-
-def _item(row: Any) -> OutboxItem:
-    (
-        item_id,
-        key,
-        step,
-        mailbox_id,
-        agent_id,
-        kind,
-        envelope_from,
-        recipients,
-        message,
-        message_id,
-        state,
-        attempts,
-        next_attempt_at,
-        last_error,
-        info,
-    ) = row
-    return OutboxItem(
-        int(item_id),
-        key,
-        int(step),
-        mailbox_id,
-        agent_id,
-        kind,
-        envelope_from,
-        tuple(json.loads(recipients)),
-        bytes(message),
-        message_id,
-        state,
-        int(attempts),
-        float(next_attempt_at) if next_attempt_at is not None else None,
-        last_error,
-        json.loads(info),
-    )

@@ -23,7 +23,7 @@ import aiosqlite
 from gatewayd.config import hash_token, new_token
 from gatewayd.events import rfc3339
 from gatewayd.store import opening
-from gatewayd.store.sqlite import APPLICATION_ID, open_beside
+from gatewayd.store.sqlite_schema import APPLICATION_ID, open_beside
 
 READ = "read"
 SEND = "send"
