@@ -222,7 +222,8 @@ async def test_per_mailbox_list_replaces_the_global_one() -> None:
     parsed = message(f"{MX}; spf=pass smtp.mailfrom=example.com", "mx.other.test; spf=fail")
 
     def context(mailbox_id: str | None) -> StageContext:
-        mailbox = cast(MailboxConfig, SimpleNamespace(id=mailbox_id)) if mailbox_id else None
+        fake = SimpleNamespace(id=mailbox_id, address=None, imap=SimpleNamespace(username=mailbox_id))
+        mailbox = cast(MailboxConfig, fake) if mailbox_id else None
         return StageContext(mailbox, {})
 
     support = auth(await stage.check(parsed, context("support")))

@@ -225,6 +225,11 @@ IMAP = "agents[0].mailboxes[0].imap"
             {"pipeline": {"spam": {"suspect_threshold": 12, "spam_threshold": 8}}},
             "pipeline.spam.suspect_threshold: must not exceed spam_threshold (8), got 12",
         ),
+        (
+            {"pipeline": {"auth": {"protected_domains": ["example.com", "billing@example.com"]}}},
+            "pipeline.auth.protected_domains[1]: expected a domain like example.com,"
+            ' got "billing@example.com"',
+        ),
     ],
 )
 def test_wrong_type_or_range(data: dict[str, Any], message: str) -> None:

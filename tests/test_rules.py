@@ -180,6 +180,11 @@ def test_verdict_conditions_read_the_earlier_stages() -> None:
         {"auth": {"spf": "softfail", "dkim": "pass"}}, parsed
     )
     assert not matches({"auth": {"dmarc": "fail"}}, parsed)
+    lookalike = message(auth={"verdict": "pass", "findings": [{"symbol": "FROM_LOOKALIKE_DOMAIN"}]})
+    assert matches({"auth": {"verdict": "pass", "findings": "FROM_LOOKALIKE_DOMAIN"}}, lookalike)
+    assert matches({"auth": {"findings": ["NOT_ALIGNED", "FROM_LOOKALIKE_DOMAIN"]}}, lookalike)
+    assert not matches({"auth": {"findings": "FROM_DISPLAY_NAME_ADDRESS"}}, lookalike)
+    assert not matches({"auth": {"findings": "FROM_LOOKALIKE_DOMAIN"}}, parsed)
     assert matches({"injection_score": {"over": 0.5}, "injection_level": "high"}, parsed)
     assert matches({"attachment_type": ".pdf"}, parsed) and matches(
         {"attachment_type": "application/*"}, parsed
@@ -389,7 +394,14 @@ def test_errors_name_the_rule_and_the_key() -> None:
             {"name": "a", "if": {"from": "@x.org", "subject": {"regex": "(unclosed"}}, "then": ["mark_read"]},
             {
                 "name": "b",
-                "if": {"frm": "x", "any": [{"size": {"over": "big"}}, {"spam_verdict": "spamm"}]},
+                "if": {
+                    "frm": "x",
+                    "any": [
+                        {"size": {"over": "big"}},
+                        {"spam_verdict": "spamm"},
+                        {"auth": {"findings": "FROM_LOOKALIKE"}},
+                    ],
+                },
                 "then": [
                     {"mvoe": "x"},
                     {"add_flags": "\\Deleted"},
@@ -415,6 +427,8 @@ def test_errors_name_the_rule_and_the_key() -> None:
         'rules[1] "b".if.any[0].size.over: expected a size: bytes, or a number with K, M or G (1024-based)'
         ' like "10M"',
         'rules[1] "b".if.any[1].spam_verdict: unknown value "spamm": expected one of ham, suspect, spam',
+        'rules[1] "b".if.any[2].auth.findings: unknown auth finding "FROM_LOOKALIKE"'
+        ' (did you mean "FROM_LOOKALIKE_DOMAIN"?)',
         'rules[1] "b".then[0]: unknown action "mvoe" (did you mean "move"?)',
         'rules[1] "b".then[1].add_flags: \\Deleted is not allowed: use move (to Trash) instead',
         'rules[1] "b".then[2].auto_reply.body: unknown field "sbject" (did you mean "subject"?);'

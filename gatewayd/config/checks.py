@@ -108,6 +108,8 @@ _positive = _number(0, above=True)
 _boolean = _check(lambda v: isinstance(v, bool), "true or false")
 _string = _check(lambda v: isinstance(v, str) and v != "", "a non-empty string")
 _address = _check(lambda v: isinstance(v, str) and _ADDRESS.fullmatch(v), "an address like name@example.com")
+_DOMAIN = re.compile(r"@?[^@\s<>.]+(?:\.[^@\s<>.]+)+\.?")
+_domain = _check(lambda v: isinstance(v, str) and _DOMAIN.fullmatch(v), "a domain like example.com")
 _ident = _check(lambda v: isinstance(v, str) and _ID.fullmatch(v), "1-64 characters from A-Z a-z 0-9 . _ -")
 # A login name or password goes into one IMAP or SMTP command line: a CR or LF in it would end that
 # command and send the rest as another (aioimaplib quotes only quotes and backslashes), NUL separates

@@ -15,6 +15,7 @@ from gatewayd.config.checks import (
     _address,
     _boolean,
     _choice,
+    _domain,
     _hex_digest,
     _http_url,
     _ident,
@@ -142,6 +143,7 @@ _STAGES = {
         weights=_Key(_weights, {}),
         dkim_verify=_Key(_boolean, False),
         dns_timeout_seconds=_Key(_positive, 2.0),
+        protected_domains=_Key(_list_of(_domain), ()),
     ),
     "injection": _stage_keys(
         250,

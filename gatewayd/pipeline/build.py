@@ -79,7 +79,9 @@ def _stage(config: Config, stage: StageConfig, learning: TenantLearning | None) 
                 dkim_verify=options["dkim_verify"],
                 dns_timeout_seconds=options["dns_timeout_seconds"],
                 scores=options["weights"],
-            )
+                protected_domains=tuple(options["protected_domains"]),
+            ),
+            learning=learning.for_mailbox if learning is not None else None,
         )
     if stage.name == "injection":
         return InjectionStage(

@@ -31,11 +31,13 @@ import regex
 
 from gatewayd.message import ParsedMessage
 from gatewayd.message.structure import plain_header_fields
+from gatewayd.pipeline.auth.stage import SYMBOLS as AUTH_STAGE_SYMBOLS
 from gatewayd.rules.match import AddressPattern, RegexBudget, RegexTimeout, glob_any
 
 VERDICTS = ("ham", "suspect", "spam")
 AUTH_VERDICTS = ("pass", "fail", "none", "unknown")
 AUTH_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy")
+AUTH_SYMBOLS = tuple(sorted(AUTH_STAGE_SYMBOLS))
 INJECTION_LEVELS = ("none", "low", "medium", "high")
 BULK_PRECEDENCE = ("bulk", "list", "junk")
 MAX_HEADER_BYTES = 256 * 1024
@@ -413,6 +415,12 @@ def attachment_types(facts: Facts) -> list[str]:
 
 def dkim_results(facts: Facts) -> list[str]:
     return [str(d.get("result")) for d in facts.section("auth").get("dkim") or [] if isinstance(d, dict)]
+
+
+def auth_symbols(facts: Facts) -> list[str]:
+    """The symbols of the auth stage's findings (FROM_LOOKALIKE_DOMAIN, NOT_ALIGNED, ...)."""
+    findings = facts.section("auth").get("findings") or []
+    return [str(f.get("symbol")) for f in findings if isinstance(f, dict)]
 
 
 def nested(stage: str, *keys: str) -> Callable[[Facts], list[str]]:

@@ -14,6 +14,7 @@ from typing import Any
 from gatewayd.pipeline.auth.domains import ascii_domain
 from gatewayd.rules.conditions import (
     AUTH_RESULTS,
+    AUTH_SYMBOLS,
     AUTH_VERDICTS,
     INJECTION_LEVELS,
     VERDICTS,
@@ -30,6 +31,7 @@ from gatewayd.rules.conditions import (
     Text,
     as_number,
     attachment_types,
+    auth_symbols,
     dkim_results,
     injection_score,
     is_auto_submitted,
@@ -75,6 +77,17 @@ def _choices(options: Sequence[str]) -> Callable[[Any], tuple[str, ...]]:
         return values
 
     return parse
+
+
+def _auth_symbols(value: Any) -> tuple[str, ...]:
+    """Symbols of the auth stage's findings; there are too many to list them all in an error."""
+    values = _strings(value, "auth finding symbols like FROM_LOOKALIKE_DOMAIN (or a list of them)")
+    for symbol in values:
+        if symbol not in AUTH_SYMBOLS:
+            close = difflib.get_close_matches(symbol, AUTH_SYMBOLS, n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            raise Invalid(("", f'unknown auth finding "{symbol}"{hint}'))
+    return values
 
 
 def parse_size(value: Any) -> float:
@@ -204,17 +217,27 @@ def _list_id(value: Any) -> Condition:
 def _auth(value: Any) -> Condition:
     if isinstance(value, str | list):
         return OneOf(nested("auth", "verdict"), _choices(AUTH_VERDICTS)(value))
-    keys = {"verdict": AUTH_VERDICTS, "spf": AUTH_RESULTS, "dkim": AUTH_RESULTS, "dmarc": AUTH_RESULTS}
+    keys = {
+        "verdict": AUTH_VERDICTS,
+        "spf": AUTH_RESULTS,
+        "dkim": AUTH_RESULTS,
+        "dmarc": AUTH_RESULTS,
+        "findings": AUTH_SYMBOLS,
+    }
     if not isinstance(value, dict) or not value:
         raise Invalid(
-            ("", "expected a verdict (pass, fail, none, unknown) or a mapping of verdict, spf, dkim, dmarc")
+            (
+                "",
+                "expected a verdict (pass, fail, none, unknown)"
+                " or a mapping of verdict, spf, dkim, dmarc, findings",
+            )
         )
     tests: list[Condition] = []
     for key, item in value.items():
         if key not in keys:
             raise Invalid((f".{key}", _unknown(key, tuple(keys))))
         try:
-            values = _choices(keys[key])(item)
+            values = _auth_symbols(item) if key == "findings" else _choices(keys[key])(item)
         except Invalid as bad:
             raise Invalid(*[(f".{key}{at}", m) for at, m in bad.problems]) from None
         get = {
@@ -222,6 +245,7 @@ def _auth(value: Any) -> Condition:
             "spf": nested("auth", "spf", "result"),
             "dmarc": nested("auth", "dmarc", "result"),
             "dkim": dkim_results,
+            "findings": auth_symbols,
         }[key]
         tests.append(OneOf(get, values))
     return All(tuple(tests))

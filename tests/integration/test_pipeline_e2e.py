@@ -69,6 +69,48 @@ async def test_first_event_of_a_spam_message_already_carries_every_verdict(
     assert second.json["data"]["spam"]["verdict"] == "ham"
 
 
+async def test_a_lookalike_sender_that_authenticates_for_itself_is_reported_and_a_rule_acts_on_it(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    rules = [
+        {
+            "name": "impersonation",
+            "if": {"auth": {"findings": ["FROM_LOOKALIKE_DOMAIN", "FROM_DISPLAY_NAME_ADDRESS"]}},
+            "then": [{"tag": "impersonation"}],
+        }
+    ]
+    config = gateway_config(
+        tmp_path, dovecot, [user], pipeline=PIPELINE, address="agent@example.com", rules=rules
+    )
+    gw = await start_gateway(config)
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    passing = (
+        "mx.gatewayd.test; spf=pass smtp.mailfrom={0}; dkim=pass header.d={0}; dmarc=pass header.from={0}"
+    )
+    async with aiohttp.ClientSession() as session:
+        stream = SseReader(await session.get(f"{gw.url}/events", headers=AUTH))
+        sender = "Billing <billing@examp1e.com>"
+        await dovecot.deliver_async(
+            user, mail("invoice", sender, Authentication_Results=passing.format("examp1e.com"))
+        )
+        spoof = '"support@example.com" <help@evil.test>'
+        await dovecot.deliver_async(
+            user, mail("reset", spoof, Authentication_Results=passing.format("evil.test"))
+        )
+        await dovecot.deliver_async(user, mail("lunch", "Boss <boss@example.com>"))
+        lookalike, display_name, own = [frame.json["data"] for frame in await stream.messages(3)]
+    # It authenticated, for examp1e.com: the verdict says so, the finding says what it looks like.
+    assert lookalike["auth"]["verdict"] == "pass"
+    assert lookalike["auth"]["impersonation"] == [
+        {"symbol": "FROM_LOOKALIKE_DOMAIN", "domain": "examp1e.com", "resembles": "example.com"}
+    ]
+    assert display_name["auth"]["impersonation"] == [
+        {"symbol": "FROM_DISPLAY_NAME_ADDRESS", "domain": "evil.test", "resembles": "example.com"}
+    ]
+    assert "impersonation" in lookalike["labels"] and "impersonation" in display_name["labels"]
+    assert own["auth"]["impersonation"] == [] and "impersonation" not in own["labels"]
+
+
 async def test_report_feeds_learning_and_is_an_event(dovecot: Dovecot, user: str, idle_gateway: Any) -> None:
     async with aiohttp.ClientSession() as session:
         reader = await open_stream(session, idle_gateway.url, {"types": "message.*"})

@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from gatewayd.config import MailboxConfig
 from gatewayd.message import ParsedMessage
 from gatewayd.pipeline import Finding, StageContext, StageResult
 from gatewayd.pipeline.auth.dkim import DnsFunc, local_entry, resolve_txt, verify_local
 from gatewayd.pipeline.auth.domains import aligned, alignment, domain_of, from_domain_of, from_domains
+from gatewayd.pipeline.auth.lookalike import NO_PROTECTED, ProtectedDomains, display_name_domain
 from gatewayd.pipeline.auth.results import (
     DKIM_SIGNATURE,
     NO_AUTHSERV_ID,
@@ -43,6 +45,8 @@ DEFAULT_SCORES: Mapping[str, float] = {
     "DMARC_FAIL": 2.0,
     "NOT_ALIGNED": 0.5,
     "FROM_MULTIPLE_DOMAINS": 1.0,
+    "FROM_LOOKALIKE_DOMAIN": 2.0,
+    "FROM_DISPLAY_NAME_ADDRESS": 1.0,
 }
 _RESULTS = {
     "spf": frozenset({"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"}),
@@ -53,6 +57,7 @@ _RESULTS = {
 SYMBOLS = frozenset(
     {f"{method.upper()}_{result.upper()}" for method, results in _RESULTS.items() for result in results}
     | {"NOT_ALIGNED", "FROM_MULTIPLE_DOMAINS", "AUTH_RESULTS_UNTRUSTED", "AUTH_RESULTS_UNPARSABLE"}
+    | {"FROM_LOOKALIKE_DOMAIN", "FROM_DISPLAY_NAME_ADDRESS"}
 )
 # Older or vendor spellings; Gmail's and Microsoft's `bestguesspass` means no DMARC record was found.
 _ALIASES = {
@@ -74,14 +79,36 @@ class AuthOptions:
     # Budget for all key lookups of one message together.
     dns_timeout_seconds: float = 2.0
     scores: Mapping[str, float] = field(default_factory=dict)
+    # Domains no From may look like, for every mailbox (besides each one's own and correspondents').
+    protected_domains: tuple[str, ...] = ()
+
+
+class Correspondents(Protocol):
+    """What the auth stage asks a learning store (gatewayd.pipeline.learning.LearningStore)."""
+
+    def correspondent_domains(self, mailbox_id: str | None) -> frozenset[str]:
+        """Domains the mailbox wrote to or got ham from; the same object while unchanged, and fast
+        then (it is asked for every message)."""
+        ...
+
+
+# The learning store of a mailbox's tenant (see spam.stage.LearningFor); may raise for an unknown one.
+CorrespondentsFor = Callable[[str | None], Correspondents]
 
 
 class AuthStage:
     name = "auth"
     provides: tuple[str, ...] = ("auth",)
 
-    def __init__(self, options: AuthOptions, *, dnsfunc: DnsFunc | None = None) -> None:
-        """`dnsfunc(name: bytes, timeout=seconds) -> TXT bytes | None`, as dkimpy calls it; None: DNS."""
+    def __init__(
+        self,
+        options: AuthOptions,
+        *,
+        dnsfunc: DnsFunc | None = None,
+        learning: CorrespondentsFor | None = None,
+    ) -> None:
+        """`dnsfunc(name: bytes, timeout=seconds) -> TXT bytes | None`, as dkimpy calls it; None: DNS.
+        `learning`: whom each mailbox corresponds with, for lookalike domains; None: nobody."""
         self.options = options
         self._global = frozenset(_normalize(options.trusted_authserv_ids))
         self._per_mailbox = {
@@ -91,24 +118,51 @@ class AuthStage:
         self._dnsfunc = dnsfunc or resolve_txt
         if options.dkim_verify:
             import dkim  # noqa: F401 - fail at startup, not on the first message
+        self._learning = learning
+        # Mailbox id -> (its config and correspondents it was prepared from, its protected domains).
+        self._protected: dict[str | None, tuple[MailboxConfig | None, frozenset[str], ProtectedDomains]] = {}
 
     def trusted_ids(self, mailbox_id: str | None) -> frozenset[str]:
         if mailbox_id is not None and mailbox_id in self._per_mailbox:
             return self._per_mailbox[mailbox_id]
         return self._global
 
+    def protected_domains(self, mailbox: MailboxConfig | None) -> ProtectedDomains:
+        """The mailbox's own domains, the configured ones and its correspondents', prepared again
+        only when the learning store's answer changed."""
+        mailbox_id = mailbox.id if mailbox is not None else None
+        learnt: frozenset[str] = frozenset()
+        if self._learning is not None:
+            try:
+                learnt = self._learning(mailbox_id).correspondent_domains(mailbox_id)
+            except Exception:  # the own and configured domains are still protected
+                log.warning("reading the correspondents of %s failed", mailbox_id, exc_info=True)
+        cached = self._protected.get(mailbox_id)
+        if cached is not None and cached[0] is mailbox and cached[1] is learnt:
+            return cached[2]
+        own = (mailbox.address, mailbox.imap.username) if mailbox is not None else ()
+        domains = (*own, *self.options.protected_domains, *learnt)
+        protected = ProtectedDomains(domains) if domains else NO_PROTECTED
+        self._protected[mailbox_id] = (mailbox, learnt, protected)
+        return protected
+
     async def check(self, message: ParsedMessage, context: StageContext) -> StageResult:
         mailbox_id = context.mailbox.id if context.mailbox is not None else None
         local: list[dict[str, Any]] = []
         if self._wants_local_dkim(message):
             local = await self.verify_dkim(message.raw)
-        return await asyncio.to_thread(self.evaluate, message, mailbox_id, local_dkim=local)
+        protected = self.protected_domains(context.mailbox)
+        return await asyncio.to_thread(
+            self.evaluate, message, mailbox_id, local_dkim=local, protected=protected
+        )
 
     def check_sync(self, message: ParsedMessage, context: StageContext) -> StageResult | None:
         """Without local DKIM work the stage is pure CPU; with it, the async path does DNS."""
         if self._wants_local_dkim(message):
             return None
-        return self.evaluate(message, context.mailbox.id if context.mailbox is not None else None)
+        mailbox = context.mailbox
+        protected = self.protected_domains(mailbox)
+        return self.evaluate(message, mailbox.id if mailbox is not None else None, protected=protected)
 
     def _wants_local_dkim(self, message: ParsedMessage) -> bool:
         return bool(
@@ -137,6 +191,7 @@ class AuthStage:
         mailbox_id: str | None,
         *,
         local_dkim: Sequence[Mapping[str, Any]] = (),
+        protected: ProtectedDomains = NO_PROTECTED,
     ) -> StageResult:
         trusted_ids = self.trusted_ids(mailbox_id)
         notes: list[Finding] = []
@@ -176,6 +231,7 @@ class AuthStage:
             if data["verdict"] == "pass":
                 data["verdict"] = "none"
             notes.insert(0, self._finding("FROM_MULTIPLE_DOMAINS", f"From names {', '.join(domains[:4])}"))
+        data["impersonation"] = self._impersonation(message, from_domain, protected, notes)
         findings += notes
         data["findings"] = [finding.as_dict() for finding in findings]
         return StageResult(
@@ -183,6 +239,31 @@ class AuthStage:
             findings=tuple(findings),
             event_type=UNAUTHENTICATED if unauthenticated else None,
         )
+
+    def _impersonation(
+        self,
+        message: ParsedMessage,
+        from_domain: str | None,
+        protected: ProtectedDomains,
+        notes: list[Finding],
+    ) -> list[dict[str, str]]:
+        """Lookalike From domains and display names naming another domain, whatever SPF, DKIM and
+        DMARC said: they authenticate the domain, not the reader's reading of it. The verdict
+        stays; rules act on these findings (`auth: {findings: ...}`)."""
+        found: list[dict[str, str]] = []
+        lookalike = protected.resembled(from_domain)
+        if lookalike is not None:
+            detail = f"{lookalike.domain} resembles {lookalike.resembles}"
+            notes.append(self._finding("FROM_LOOKALIKE_DOMAIN", detail))
+            found.append({"symbol": "FROM_LOOKALIKE_DOMAIN", **lookalike.as_dict()})
+        sender = message.data.get("from")
+        name = sender.get("name") if isinstance(sender, dict) else None
+        named = display_name_domain(name, from_domain) if isinstance(name, str) else None
+        if named is not None:
+            detail = f"display name names {named.resembles}, the From is at {named.domain}"
+            notes.append(self._finding("FROM_DISPLAY_NAME_ADDRESS", detail))
+            found.append({"symbol": "FROM_DISPLAY_NAME_ADDRESS", **named.as_dict()})
+        return found
 
     def _report(
         self,

@@ -7,6 +7,7 @@ import math
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,6 +35,9 @@ LABELS = (SPAM, HAM)
 MAX_UNSEEN_CACHED = 50_000
 # Another process's training is looked for at most this often (a PRAGMA per check).
 RELOAD_CHECK_SECONDS = 1.0
+# The most domains `correspondent_domains` gives (the most frequent): what the auth stage protects
+# from lookalikes stays cheap to prepare, whatever a tenant has learnt.
+MAX_CORRESPONDENT_DOMAINS = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS learn_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -116,6 +120,8 @@ class LearningStore:
         self._senders: dict[str, dict[str, _SenderRow]] = {}
         # Equal rows share one tuple (most are (0, 0, 1), (1, 0, 0) and the like): half the memory.
         self._sender_rows: dict[_SenderRow, _SenderRow] = {}
+        # Per mailbox: the generation its correspondent domains were counted at, and them.
+        self._correspondents: dict[str | None, tuple[int, frozenset[str]]] = {}
         self._data_version = -1
         self._checked_at = 0.0
         # Bumped by every change to memory made here: a background load started before one may
@@ -205,6 +211,26 @@ class LearningStore:
         if mailbox is not None:
             result.update(mailbox_ham=mailbox[0], mailbox_spam=mailbox[1], sent_to=bool(mailbox[2]))
         return result
+
+    def correspondent_domains(self, mailbox_id: str | None) -> frozenset[str]:
+        """The domains `mailbox_id` (any mailbox when None) wrote to, and those of senders reported
+        as ham more often than as spam (in any mailbox of this store, as `gatewayd learn` trains
+        none in particular): up to MAX_CORRESPONDENT_DOMAINS, the most addresses first. The same
+        object until the senders change, so a caller may keep what it derives from it."""
+        with self._lock:
+            self._reload_if_changed()
+            cached = self._correspondents.get(mailbox_id)
+            if cached is not None and cached[0] == self._generation:
+                return cached[1]
+            addresses = [
+                a for a, (ham, spam, _) in self._senders.get(_ALL_MAILBOXES, {}).items() if ham > spam
+            ]
+            written = self._senders.get(mailbox_id if mailbox_id else _ALL_MAILBOXES, {})
+            addresses += [address for address, (_, _, sent_to) in written.items() if sent_to]
+            counts = Counter(address.rpartition("@")[2] for address in addresses)
+            domains = frozenset(d for d, _ in counts.most_common(MAX_CORRESPONDENT_DOMAINS) if d)
+            self._correspondents[mailbox_id] = (self._generation, domains)
+            return domains
 
     # -----------------------------------------------------------------------------------------
     # Learning

@@ -1,0 +1,144 @@
+"""Impersonation: a From domain that looks like one the mailbox knows, and display names that name
+another address or domain than the From's.
+
+SPF, DKIM and DMARC say that mail came from the domain it names, not that the domain is the one a
+reader takes it for: `examp1e.com` authenticates perfectly for itself. So the From's organisational
+domain is compared with the mailbox's protected domains (its own, the configured ones, and those it
+wrote to or was reported as ham from): it resembles one when their confusable skeletons (UTS #39
+style: Unicode lookalikes and accents folded, `1` as `l`, `0` as `o`, `rn` as `m`, `vv` as `w`) are
+equal, or, for names of six characters or more, one edit apart (a letter added, dropped, replaced
+or two swapped). A domain with the same organisational domain as a protected one (`mail.example.com`
+for `example.com`) resembles nothing: it is that organisation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gatewayd.pipeline.auth.domains import domain_of, organizational_domain
+from gatewayd.pipeline.injection.characters import fold
+
+# Shorter names are one edit away from too many real ones (gmail, ymail, email): skeletons only.
+MIN_EDIT_LABEL = 6
+# Characters or pairs read as another on screen, in the folded (lower-case, Latin) form.
+_ASCII_CONFUSABLES = (("rn", "m"), ("vv", "w"), ("1", "l"), ("0", "o"))
+# An address anywhere in a display name, or a display name that is a domain as a whole.
+_NAMED_ADDRESS = re.compile(r"[\w.%+-]+@([\w-]+(?:\.[\w-]+)+)")
+_NAMED_DOMAIN = re.compile(r"(?:[\w-]+\.)+([^\W\d_]{2,24})")
+# Top-level domains a display name that is a bare domain may end in: "J.Smith" names no domain.
+_NAMED_TLDS = frozenset(["com", "net", "org", "edu", "gov", "mil", "int", "info", "biz", "io", "co", "app"])
+# "jane@example.com via Help Center": help desks and forms relay for the person they name.
+_VIA = re.compile(r"\bvia\b", re.I)
+
+
+@dataclass(frozen=True, slots=True)
+class Resemblance:
+    """`domain` (the From's) is taken for `resembles`."""
+
+    domain: str
+    resembles: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"domain": self.domain, "resembles": self.resembles}
+
+
+def skeleton(domain: str) -> str:
+    """What `domain` (ASCII or `xn--` form) looks like: labels decoded, lookalikes folded."""
+    shown = ".".join(_decoded(label) for label in domain.split("."))
+    text = fold(shown)
+    for confusable, reads_as in _ASCII_CONFUSABLES:
+        text = text.replace(confusable, reads_as)
+    return text
+
+
+def _decoded(label: str) -> str:
+    if not label.startswith("xn--"):
+        return label
+    try:
+        return label[4:].encode("ascii").decode("punycode")
+    except UnicodeError:
+        return label
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """Whether `a` and `b` (different) are one insertion, deletion, substitution or swap apart."""
+    if abs(len(a) - len(b)) > 1:
+        return False
+    start = 0
+    while start < min(len(a), len(b)) and a[start] == b[start]:
+        start += 1
+    if len(a) == len(b):
+        rest_a, rest_b = a[start + 1 :], b[start + 1 :]
+        swapped = a[start : start + 2] == b[start : start + 2][::-1] and a[start + 2 :] == b[start + 2 :]
+        return rest_a == rest_b or swapped
+    longer, shorter = (a, b) if len(a) > len(b) else (b, a)
+    return longer[start + 1 :] == shorter[start:]
+
+
+def _deletions(text: str) -> Iterable[str]:
+    return (text[:i] + text[i + 1 :] for i in range(len(text)))
+
+
+class ProtectedDomains:
+    """The domains a mailbox's mail must not be mistaken for, prepared once so that checking a
+    From domain costs a few dictionary lookups (a neighbourhood of one-character deletions stands
+    in for the edit distance to every protected domain)."""
+
+    def __init__(self, domains: Iterable[str | None]) -> None:
+        orgs = {organizational_domain(d) for d in map(domain_of, domains) if d and "." in d}
+        self.orgs = frozenset(orgs)
+        self._by_skeleton: dict[str, str] = {}
+        self._near: dict[str, list[tuple[str, str]]] = {}  # deletion -> (skeleton, org)
+        for org in sorted(orgs):
+            shape = skeleton(org)
+            self._by_skeleton.setdefault(shape, org)
+            if len(shape.partition(".")[0]) >= MIN_EDIT_LABEL:
+                for key in (shape, *_deletions(shape)):
+                    self._near.setdefault(key, []).append((shape, org))
+
+    def resembled(self, domain: str | None) -> Resemblance | None:
+        """The protected domain that `domain` (the From's, ASCII form) is a lookalike of, if any."""
+        if not domain or not self.orgs:
+            return None
+        org = organizational_domain(domain)
+        if org in self.orgs:
+            return None
+        shape = skeleton(org)
+        found = self._by_skeleton.get(shape)
+        if found is None and len(shape.partition(".")[0]) >= MIN_EDIT_LABEL:
+            for key in (shape, *_deletions(shape)):
+                near = [o for s, o in self._near.get(key, ()) if _one_edit(shape, s)]
+                if near:
+                    found = near[0]
+                    break
+        return Resemblance(org, found) if found else None
+
+
+NO_PROTECTED = ProtectedDomains(())
+
+
+def _named_tld(domain: str) -> bool:
+    """Whether a display name that reads as `domain` ends like one: a common top-level domain, or
+    a country's under a name of three characters or more ("Dr.No" is a name)."""
+    tld = domain.rpartition(".")[2]
+    return tld in _NAMED_TLDS or (len(tld) == 2 and len(organizational_domain(domain).split(".")[0]) >= 3)
+
+
+def display_name_domain(name: str | None, from_domain: str | None) -> Resemblance | None:
+    """The display name names an address (or is a domain) of another organisation than the From's:
+    `"support@example.com" <x@evil.test>`."""
+    if not name or not from_domain or _VIA.search(name):
+        return None
+    address = _NAMED_ADDRESS.search(name)
+    named = address.group(1) if address else None
+    if named is None:
+        bare = _NAMED_DOMAIN.fullmatch(name.strip().strip("'\"").rstrip("."))
+        if bare is None or not _named_tld(bare.group(0).lower()):
+            return None
+        named = bare.group(0)
+    shown = domain_of(named)
+    if not shown or organizational_domain(shown) == organizational_domain(from_domain):
+        return None
+    return Resemblance(from_domain, shown)
