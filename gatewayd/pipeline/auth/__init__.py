@@ -32,8 +32,12 @@ under a DNS budget; these entries carry `"source": "local"`. A verified signatur
 part of what the agent is shown (body past `l=`, a shown header added above the signed copy) is
 `policy`: the sender can write anything there.
 
+Impersonation (FROM_LOOKALIKE_DOMAIN, FROM_DISPLAY_NAME_ADDRESS) is reported whatever the results
+say, and leaves the verdict alone: the results prove the domain, not the reader's reading of it.
+
 results.py    Authentication-Results (RFC 8601): the parser, its tokenizer, finding the headers
 domains.py    organisational domains and alignment with the From domain
+lookalike.py  lookalikes of a mailbox's protected domains, display names naming another domain
 stage.py      AuthStage, AuthOptions, the symbols and their scores; trust, verdict and findings
 dkim.py       the optional local DKIM verification (dkimpy, DNS lookups under a budget)
 """
