@@ -22,6 +22,8 @@ from gatewayd.pipeline.injection.characters import fold
 
 # Shorter names are one edit away from too many real ones (gmail, ymail, email): skeletons only.
 MIN_EDIT_LABEL = 6
+# Organisational domains whose answer each ProtectedDomains keeps: most mail comes from senders met before.
+MAX_REMEMBERED = 4096
 # Characters or pairs read as another on screen, in the folded (lower-case, Latin) form.
 _ASCII_CONFUSABLES = (("rn", "m"), ("vv", "w"), ("1", "l"), ("0", "o"))
 # An address anywhere in a display name, or a display name that is a domain as a whole.
@@ -84,13 +86,14 @@ def _deletions(text: str) -> Iterable[str]:
 class ProtectedDomains:
     """The domains a mailbox's mail must not be mistaken for, prepared once so that checking a
     From domain costs a few dictionary lookups (a neighbourhood of one-character deletions stands
-    in for the edit distance to every protected domain)."""
+    in for the edit distance to every protected domain), and one for a sender met before."""
 
     def __init__(self, domains: Iterable[str | None]) -> None:
         orgs = {organizational_domain(d) for d in map(domain_of, domains) if d and "." in d}
         self.orgs = frozenset(orgs)
         self._by_skeleton: dict[str, str] = {}
         self._near: dict[str, list[tuple[str, str]]] = {}  # deletion -> (skeleton, org)
+        self._remembered: dict[str, Resemblance | None] = {}
         for org in sorted(orgs):
             shape = skeleton(org)
             self._by_skeleton.setdefault(shape, org)
@@ -105,6 +108,15 @@ class ProtectedDomains:
         org = organizational_domain(domain)
         if org in self.orgs:
             return None
+        if org in self._remembered:
+            return self._remembered[org]
+        if len(self._remembered) >= MAX_REMEMBERED:
+            self._remembered.clear()
+        found = self._resembled(org)
+        self._remembered[org] = found
+        return found
+
+    def _resembled(self, org: str) -> Resemblance | None:
         shape = skeleton(org)
         found = self._by_skeleton.get(shape)
         if found is None and len(shape.partition(".")[0]) >= MIN_EDIT_LABEL:
