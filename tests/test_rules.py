@@ -4,6 +4,7 @@ the plan's order, and the dry run through the pipeline."""
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import os
 import re
 import signal
@@ -561,6 +562,11 @@ def test_smtp_section_is_checked_like_imap() -> None:
         ("Return-Path: <noreply+orders@shop.example>\r\n", {}, "robot"),
         ("Return-Path: <shop-no-reply@shop.example>\r\n", {}, "robot"),
         ("Return-Path: <MAILER-DAEMON>\r\n", {}, "not an address"),
+        # One plain ASCII recipient or none: no second address, ESMTP parameter or line break.
+        ("Return-Path: <a@x.example,victim@y.example>\r\n", {}, "not an address"),
+        ("Return-Path: a@x.example NOTIFY=SUCCESS\r\n", {}, "not an address"),
+        ("Return-Path: =?utf-8?q?a@x.example=0D=0ARCPT_TO:v@y.example?=\r\n", {}, "not an address"),
+        ("Return-Path: <b\u00fccher@x.example>\r\n", {}, "not an address"),
         ("Return-Path: <bob@example.org>\r\n", {"from": {"address": "ME@gw.example"}}, "own address"),
         ("X-Loop: me@gw.example\r\n", {}, "X-Loop"),
         ("Content-Type: multipart/report; report-type=delivery-status\r\n", {}, "report"),
@@ -579,6 +585,9 @@ def test_when_no_auto_reply_is_sent(headers: str, data: dict[str, Any], reason: 
 
 def test_reply_goes_to_the_return_path_then_reply_to_then_from() -> None:
     assert reply_target(facts(message("Return-Path: <env@example.org>\r\n"))) == "env@example.org"
+    # The delivering server's, on top; not one the sender wrote further down.
+    forged = "Return-Path: <env@example.org>\r\nX-A: b\r\nReturn-Path: <victim@example.net>\r\n"
+    assert reply_target(facts(message(forged))) == "env@example.org"
     assert reply_target(facts(message("Reply-To: Desk <desk@example.org>\r\n"))) == "desk@example.org"
     assert reply_target(facts(message())) == "bob@example.org"
 
@@ -716,6 +725,31 @@ def test_an_auto_reply_from_name_is_one_printable_line() -> None:
     composed = compose.reply({"subject": "Grüße"}, "me@gw.example", "bob@example.org", "Hi", "Désk")
     assert b"From: =?utf-8?q?D=C3=A9sk?= <me@gw.example>\r\n" in composed.message
     assert b"Subject: Re: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n" in composed.message
+
+
+def test_nothing_from_the_mail_adds_a_header_to_an_auto_reply() -> None:
+    """The email package decodes encoded words in what it is given and wrote a decoded CR LF as
+    is: a subject or Message-ID spelling one added a Bcc (or a whole body) to the reply."""
+    inject = "=?utf-8?q?x=0D=0ABcc:_victim@y.example=0D=0A=0D=0Aspam?="
+    data = {
+        "subject": f"Hello {inject}\u2028X-Sep: 1",
+        "message_id": f"{inject}<id@x.example>",
+        "references": ["<r1@x.example>", "Bcc:victim@y.example", "<=?utf-8?q?=0D=0A?=@x>"],
+    }
+    composed = compose.reply(data, "me@gw.example", "bob@example.org", "Hi")
+    head, _, body = composed.message.partition(b"\r\n\r\n")
+    names = [line.split(b":")[0] for line in head.split(b"\r\n") if not line.startswith((b" ", b"\t"))]
+    assert names == [
+        *(b"From", b"To", b"Subject", b"Date", b"Message-ID", b"In-Reply-To", b"References"),
+        *(b"Auto-Submitted", b"X-Auto-Response-Suppress", b"X-Loop"),
+        *(b"Content-Type", b"Content-Transfer-Encoding", b"MIME-Version"),
+    ], head
+    assert b"victim" not in composed.message.replace(inject.encode(), b"")
+    assert body == b"Hi\r\n"
+    parsed = email.message_from_bytes(composed.message, policy=email.policy.default)
+    assert parsed["In-Reply-To"] == "<id@x.example>"
+    assert parsed["References"] == "<r1@x.example> <id@x.example>"
+    assert parsed["Bcc"] is None and parsed.get_content().strip() == "Hi"
 
 
 def test_keywords_are_ascii_atoms_and_inbox_is_one_folder_whatever_its_case() -> None:

@@ -9,17 +9,22 @@ as `message/rfc822`, `Auto-Submitted: auto-generated` and the same `X-Loop`.
 
 from __future__ import annotations
 
+import re
 import secrets
-from collections.abc import Mapping, Sequence
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
+from email.header import Header
 from email.message import EmailMessage, MIMEPart
 from email.utils import format_datetime, formataddr, make_msgid
 from typing import Any
 
 _RE = ("re:", "aw:", "sv:", "antw:")
 MAX_REFERENCES = 20
+# A msg-id as it may go into In-Reply-To and References: printable ASCII in angle brackets.
+_MSG_ID = re.compile(r"<[\x21-\x3b=\x3f-\x7e]+>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +42,7 @@ def _headers(own: str, from_name: str | None, to: Sequence[str], subject: str) -
     message_id = make_msgid(domain=_domain(own))
     message["From"] = formataddr((from_name, own)) if from_name else own
     message["To"] = ", ".join(to)
-    message["Subject"] = subject
+    message["Subject"] = _text(subject)
     message["Date"] = format_datetime(_now())
     message["Message-ID"] = message_id
     return message, message_id
@@ -47,16 +52,35 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _text(value: str) -> str:
+    """Text from the mail (a subject) as a header value that stays one header.
+
+    The email package decodes any `=?charset?q?...?=` it is given, and writes what it decoded,
+    line breaks included: a subject spelling an encoded CR LF would add headers (or a body) to
+    the reply. So controls become spaces, and text holding an encoded word is encoded as a whole,
+    which the package decodes back to that very text.
+    """
+    text = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in value)
+    return Header(text, "utf-8").encode(maxlinelen=0) if "=?" in text else text
+
+
+def _msg_ids(values: Iterable[Any]) -> list[str]:
+    """The msg-id in each value, when it holds a plain one: nothing else a sender wrote (prose,
+    encoded words, line breaks) reaches our headers."""
+    found = (_MSG_ID.search(v) for v in values if isinstance(v, str))
+    return [m.group(0) for m in found if m is not None and "=?" not in m.group(0)]
+
+
 def reply(data: Mapping[str, Any], own: str, to: str, body: str, from_name: str | None = None) -> Composed:
     subject = str(data.get("subject") or "").strip()
     if not subject.lower().startswith(_RE):
         subject = f"Re: {subject}" if subject else "Re: your message"
     message, message_id = _headers(own, from_name, [to], subject)
-    original = data.get("message_id")
-    if isinstance(original, str) and original:
-        references = [r for r in data.get("references") or [] if isinstance(r, str)]
-        if not references and isinstance(data.get("in_reply_to"), str):
-            references = [data["in_reply_to"]]
+    if originals := _msg_ids([data.get("message_id")]):
+        original = originals[0]
+        references = _msg_ids(data.get("references") or [])
+        if not references:
+            references = _msg_ids([data.get("in_reply_to")])
         message["In-Reply-To"] = original
         message["References"] = " ".join([*references[-(MAX_REFERENCES - 1) :], original])
     message["Auto-Submitted"] = "auto-replied"

@@ -8,7 +8,8 @@ An auto-reply is refused, with the reason in the event, to a message that is:
   `List-Unsubscribe` / `List-Help`, the `$Junk` keyword, or a folder named like a junk folder;
 - from mailer-daemon, postmaster, no-reply style and list-robot addresses, whether the From or the
   reply target is one (a no-reply From often comes with a VERP bounce Return-Path), sub-address
-  (`+tag`) aside; or with a reply target that is no address at all (`<MAILER-DAEMON>`);
+  (`+tag`) aside; or with a reply target that is not one plain ASCII address (`<MAILER-DAEMON>`,
+  `a@x.org,b@y.org`, ESMTP parameters, line breaks);
 - from, or to be answered at, the mailbox's own address (sub-address aside), or already looped
   through it (`X-Loop`);
 - given a spam verdict (`spam` or `suspect`), or failed authentication (auth verdict `fail`);
@@ -17,7 +18,7 @@ An auto-reply is refused, with the reason in the event, to a message that is:
   authentication stage that failed on the message (its keys null: it may be spam, or forged).
   A stage that is not configured gives no verdict, and refuses nothing.
 
-The reply goes to the Return-Path (the envelope sender, RFC 3834 section 4), else the Reply-To,
+The reply goes to the (topmost) Return-Path (the envelope sender, RFC 3834 section 4), else the Reply-To,
 else the From address. "One auto-reply per sender per period" counts against both the From address
 and that target: an SRS or VERP Return-Path differs for every message from the same sender.
 """
@@ -35,17 +36,24 @@ _ROBOTS = re.compile(
     r"|majordomo|mailman|owner-.*|.*-(request|bounces?|owner)|abuse|root|daemon|nobody)$"
 )
 _ANGLE = re.compile(r"<([^<>]*)>")
+# What a reply may go to: one plain ASCII address (dot-atom @ host name), since it becomes both the
+# SMTP recipient, sent without SMTPUTF8, and the To header. Anything else a sender wrote there (a
+# second address after a comma, ESMTP parameters, line breaks) would not be one recipient.
+_REPLY_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 _LIST_HEADERS = ("list-id", "list-post", "list-unsubscribe", "list-help")
 _JUNK_FOLDERS = ("junk", "spam", "junk e-mail", "junk email", "bulk mail")
 
 
 def _return_path(facts: Facts) -> str | None:
-    """The envelope sender: "" for a null one (`<>`), None when the header is missing."""
+    """The envelope sender: "" for a null one (`<>`), None when the header is missing.
+
+    The delivering server puts it on top; one further down came with the message, from its sender.
+    """
     values = facts.header("return-path")
     if not values:
         return None
-    match = _ANGLE.search(values[-1])
-    return (match.group(1) if match else values[-1]).strip()
+    match = _ANGLE.search(values[0])
+    return (match.group(1) if match else values[0]).strip()
 
 
 def _address(entry: Any) -> str | None:
@@ -110,8 +118,8 @@ def refuse_reply(facts: Facts, own_address: str | None, target: str | None) -> s
     folder = str(facts.data.get("folder") or "").lower().rpartition("/")[2]
     if "$junk" in flags or "junk" in flags or folder in _JUNK_FOLDERS:
         return "the message is in junk"
-    if "@" not in target:
-        return f"{target} is not an address to reply to"
+    if not _REPLY_ADDRESS.fullmatch(target):
+        return f"{target!r} is not an address to reply to"
     sender = _address(facts.data.get("from"))
     for address in (target, sender):
         if address is not None and _ROBOTS.match(_base(address).rpartition("@")[0]):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import email
 import imaplib
 import uuid
@@ -276,6 +277,44 @@ async def test_a_runaway_template_fails_its_auto_reply_and_holds_nothing_up(
     assert actions_of(answered)["auto_reply"]["outcome"] == "ok"
     (sent,) = sink.received
     assert sent.recipients == [dave] and b"WE GOT: THANKS" in sent.data
+
+
+async def test_an_auto_reply_has_its_own_headers_and_one_recipient_whatever_the_mail_says(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, sink: SmtpSink
+) -> None:
+    """A subject or Message-ID spelling an encoded CR LF added headers and a body of the sender's
+    choosing to the reply; a Return-Path the sender wrote below the server's chose the recipient."""
+    rules = [{"name": "ack", "then": [{"auto_reply": {"body": "Got it.", "period_days": 0}}]}]
+    config = gateway_config(
+        tmp_path, dovecot, [user], rules=rules, smtp=sink.smtp_config(), address=f"{user}@{LOCAL_DOMAIN}"
+    )
+    gw = await start_gateway(config)
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    victim, erin = f"victim@{LOCAL_DOMAIN}", f"erin@{LOCAL_DOMAIN}"
+    inject = f"=?utf-8?q?x=0D=0ABcc:_{victim}=0D=0A=0D=0ABuy_now?="
+    hostile = mail(
+        # Decoded once by gatewayd, the subject is itself an encoded word.
+        "=?utf-8?b?" + base64.b64encode(inject.encode()).decode() + "?=",
+        sender=f"Erin <{erin}>",
+        Message_ID=f"{inject}<{uuid.uuid4().hex}@x.example>",
+        Return_Path=f"<{erin},{victim}>",
+    )
+    async with aiohttp.ClientSession() as session:
+        reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+        await dovecot.deliver_async(user, hostile, sender=erin)
+        (event,) = await reader.messages(1)
+    assert event.json["data"]["auto_reply"]["to"] == [erin], event.json["data"]
+    (sent,) = sink.received
+    assert sent.recipients == [erin]
+    head = sent.data.partition(b"\r\n\r\n")[0]
+    names = [line.split(b":")[0] for line in head.split(b"\r\n") if not line.startswith((b" ", b"\t"))]
+    assert names == [
+        *(b"From", b"To", b"Subject", b"Date", b"Message-ID", b"In-Reply-To", b"References"),
+        *(b"Auto-Submitted", b"X-Auto-Response-Suppress", b"X-Loop"),
+        *(b"Content-Type", b"Content-Transfer-Encoding", b"MIME-Version"),
+    ], head
+    got = email.message_from_bytes(sent.data, policy=policy.default)
+    assert got["To"] == erin and got.get_content().strip() == "Got it."
 
 
 async def test_two_gateways_answering_everything_do_not_answer_each_other(
