@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import math
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +23,7 @@ from gatewayd.config import (
     new_token,
     parse_config,
 )
+from gatewayd.logs import setup_logging
 from gatewayd.message import FetchedMessage, parse
 from gatewayd.pipeline import Pipeline
 from gatewayd.store import StoreUnavailable
@@ -32,50 +31,6 @@ from gatewayd.store import StoreUnavailable
 EXIT_FAILED = 1  # what was asked failed: e.g. `learn` found no mail
 EXIT_CONFIG = 2
 EXIT_CANNOT_START = 3  # a store cannot be opened or is another daemon's; the listen address
-# Credentials in a request: aiohttp logs a request it cannot parse (a header too long, a bare LF)
-# quoting the offending bytes. A token in the URL (server.allow_query_token), its name in any
-# percent-encoding (aiohttp decodes `access%5Ftoken` too); an Authorization header's value; and
-# a quoted value that starts with its scheme (an over-long header is quoted without its name).
-_QUERY_NAME = "".join(f"(?:{re.escape(c)}|%{ord(c):02x})" for c in "access_token")
-_CREDENTIALS = re.compile(
-    rf"({_QUERY_NAME}=)[^&\s\"'#]*|(authorization:[ \t]*)[^'\"\r\n]*|(['\"](?:bearer|basic)[ \t]+)[^\s'\"]+",
-    re.IGNORECASE,
-)
-
-
-class _RedactSecrets(logging.Filter):
-    """Defence in depth: no configured password, and no token a request carried, can reach a log
-    line, whatever logged it."""
-
-    def __init__(self, secrets: Sequence[str]) -> None:
-        super().__init__()
-        self._secrets = [s for s in secrets if len(s) >= 4]
-
-    def _redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return _CREDENTIALS.sub(_masked, text)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = self._redact(record.getMessage()), None
-        if record.exc_info:
-            # Tracebacks are rendered here, once, so they pass through the redaction too.
-            record.exc_text = self._redact(logging.Formatter().formatException(record.exc_info))
-            record.exc_info = None
-        return True
-
-
-def _masked(found: re.Match[str]) -> str:
-    return "".join(part for part in found.groups() if part) + "***"
-
-
-def setup_logging(level: str, secrets: Sequence[str] = ()) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_RedactSecrets(secrets))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def _load(path: str) -> Config | None:

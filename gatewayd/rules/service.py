@@ -84,11 +84,9 @@ class RulesService:
             config = self._with_new_rules(fresh)
             book = load_rules(config)
         except ConfigError as exc:
-            log.error(
-                "rules reload failed; the %d rules in force stay:\n  %s",
-                self.book.count,
-                "\n  ".join(exc.errors),
-            )
+            log.error("rules reload failed; the %d rules in force stay", self.book.count)
+            for error in exc.errors:  # a record each: the log keeps one line per record
+                log.error("rules reload failed: %s", error)
             self._last_reload = {"at": rfc3339(), "outcome": "failed", "problems": len(exc.errors)}
             return None
         self.stage.book = book
