@@ -87,6 +87,9 @@ class Daemon:
             shutdown_timeout=1.0,
             # A client that disconnects cancels its stream at once, releasing its watchers.
             handler_cancellation=True,
+            # aiohttp's default, an hour from connecting or from the last answer, let idle and
+            # header-trickling connections pile up until no file descriptor was left.
+            keepalive_timeout=self.config.server.request_timeout_seconds,
         )
         await self._runner.setup()
         server = self.config.server

@@ -31,7 +31,7 @@ async def test_405_is_json_and_says_which_methods_are_allowed(tmp_path: Path) ->
 
 async def test_hostile_client_input_gets_a_json_4xx_never_a_500(tmp_path: Path) -> None:
     async with serving(fleet(tmp_path, bot_parent="acme")) as api:
-        nested = "[" * 100_000 + "]" * 100_000
+        nested = "[" * 8_000 + "]" * 8_000  # within the 16 KiB a body may have
         for method, path, body, status in [
             ("GET", "/v1/events?limit=%C2%B2", None, 400),  # "²" passes str.isdigit()
             ("GET", "/v1/events/stream?since=0001-01-01T00:00:00%2B01:00", None, 400),  # before year 1 in UTC

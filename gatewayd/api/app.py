@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gatewayd.api.accept import EVENT_STREAM, accept_header, quality
+from gatewayd.api.body import MAX_BODY_BYTES
 from gatewayd.api.context import GATEWAY, Gateway
 from gatewayd.api.errors import json_errors
 from gatewayd.api.events import list_events
@@ -23,7 +24,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(gateway: Gateway) -> web.Application:
-    app = web.Application(middlewares=[json_errors])
+    app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
     app[GATEWAY] = gateway
     app.router.add_get("/events", stream_events, allow_head=False)
     app.router.add_get("/v1/events/stream", stream_events, allow_head=False)

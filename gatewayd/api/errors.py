@@ -22,6 +22,7 @@ _CODES = {
     413: "payload_too_large",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     429: "too_many_requests",
     500: "internal",
     503: "unavailable",

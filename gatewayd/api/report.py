@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 from aiohttp import web
 
 from gatewayd.api.auth import authenticate
+from gatewayd.api.body import read_json
 from gatewayd.api.context import Gateway
 from gatewayd.api.errors import STORE_RETRY_AFTER_SECONDS, ApiError
 from gatewayd.api.params import event_seq, single
@@ -108,10 +108,7 @@ async def _select(session: ImapSession, folder: str) -> Selected:
 async def _label(request: web.Request) -> str:
     label = single(request, "label")
     if label is None and request.can_read_body:
-        try:
-            body = json.loads(await request.text())
-        except (ValueError, RecursionError):  # RecursionError: nested too deeply
-            raise ApiError(400, 'body: expected JSON like {"label": "spam"}') from None
+        body = await read_json(request, 'JSON like {"label": "spam"}')
         label = body.get("label") if isinstance(body, dict) else None
     if label not in LABELS:
         raise ApiError(400, 'label: expected "spam" or "ham"')

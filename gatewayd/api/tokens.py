@@ -6,12 +6,12 @@ it does not hold itself. `gatewayd token create|list|revoke` does the same from 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from gatewayd.api.auth import Principal, authenticate, tenant_problem
+from gatewayd.api.body import read_json
 from gatewayd.api.context import Gateway
 from gatewayd.api.errors import ApiError
 from gatewayd.store.tokens import ADMIN, READ, TokenRecord, TokenStore, parse_duration, parse_scopes
@@ -93,10 +93,7 @@ def _reaches(principal: Principal, record: TokenRecord, gateway: Gateway) -> boo
 async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
-    try:
-        body = json.loads(await request.text())
-    except (ValueError, RecursionError):  # RecursionError: nested too deeply
-        raise ApiError(400, "body: expected a JSON object") from None
+    body = await read_json(request, "a JSON object")
     if not isinstance(body, dict):
         raise ApiError(400, "body: expected a JSON object")
     return body

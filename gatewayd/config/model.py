@@ -133,6 +133,9 @@ class ServerConfig:
     max_streams_per_token: int | None = 100
     # How often open streams of run-time tokens are checked against revocation and expiry.
     token_check_seconds: float = 2.0
+    # How long a connection may take to send a whole request (its headers; a body: again as long)
+    # from when it opened or got its last answer: idle and trickling clients are cut off.
+    request_timeout_seconds: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

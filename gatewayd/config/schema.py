@@ -79,6 +79,7 @@ _SERVER = {
     "allow_query_token": _Key(_boolean, False),
     "max_streams_per_token": _Key(_nullable(_integer(1)), 100),
     "token_check_seconds": _Key(_positive, 2.0),
+    "request_timeout_seconds": _Key(_positive, 60.0),
 }
 _STORE = {
     "path": _Key(_string, DEFAULT_STORE_PATH),

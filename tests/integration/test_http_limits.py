@@ -1,0 +1,93 @@
+"""The HTTP server against clients that hold resources: idle or trickling connections, bodies
+too large or too slow. Raw sockets against a real daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from gatewayd.config import hash_token, parse_config
+from tests.conftest import TOKEN
+
+# Generous: the machine may be busy; old code held such connections for an hour.
+CUT_OFF_WITHIN = 30.0
+
+
+async def _daemon(tmp_path: Path, start_gateway: Any) -> int:
+    data = {
+        "server": {"listen": "127.0.0.1:0", "request_timeout_seconds": 1},
+        "store": {"path": str(tmp_path / "events.db")},
+        "agents": [{"id": "a", "token_sha256": [hash_token(TOKEN)]}],
+    }
+    gateway = await start_gateway(parse_config(data, env={}))
+    port: int = gateway.daemon.port
+    return port
+
+
+async def _trickle(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Send a byte at a time, as a slowloris client does, until the server hangs up."""
+    try:
+        for byte in data:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.2)
+    except ConnectionError:
+        pass
+
+
+async def test_idle_and_trickling_connections_are_cut_off(tmp_path: Path, start_gateway: Any) -> None:
+    port = await _daemon(tmp_path, start_gateway)
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+    slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", port)
+    headers = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 1000
+    trickling = asyncio.create_task(_trickle(slow_writer, headers))
+    try:
+        for reader in (idle_reader, slow_reader):
+            # EOF: the server closed the connection, having answered nothing.
+            assert await asyncio.wait_for(reader.read(), CUT_OFF_WITHIN) == b""
+    finally:
+        trickling.cancel()
+        for writer in (idle_writer, slow_writer):
+            writer.close()
+    # A client that asks in time is answered as ever.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert (await asyncio.wait_for(reader.read(), CUT_OFF_WITHIN)).startswith(b"HTTP/1.1 200 ")
+    writer.close()
+
+
+async def _post(port: int, body: bytes, declared: int | None = None) -> tuple[int, dict[str, Any]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (
+        f"POST /v1/tokens HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {declared or len(body)}\r\n\r\n"
+    )
+    writer.write(head.encode() + body)
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), CUT_OFF_WITHIN)
+        response_headers = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CUT_OFF_WITHIN)
+        length = next(
+            int(line.split(b":")[1])
+            for line in response_headers.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        payload = json.loads(await asyncio.wait_for(reader.readexactly(length), CUT_OFF_WITHIN))
+    finally:
+        writer.close()
+    return int(status_line.split()[1]), payload
+
+
+async def test_a_body_too_large_or_too_slow_is_refused(tmp_path: Path, start_gateway: Any) -> None:
+    port = await _daemon(tmp_path, start_gateway)
+    large = json.dumps({"agent": "a", "padding": "x" * 100_000}).encode()
+    assert await _post(port, large) == (
+        413,
+        {"error": {"code": "payload_too_large", "message": "Request Entity Too Large"}},
+    )
+    # Ten bytes of the hundred announced, then nothing: the handler does not wait for ever.
+    status, payload = await _post(port, b'{"agent": ', declared=100)
+    assert (status, payload["error"]["code"]) == (408, "request_timeout"), payload
+    status, payload = await _post(port, b'{"scopes": ["read"]}')
+    assert status == 201 and payload["token"], payload
