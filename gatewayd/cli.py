@@ -181,6 +181,8 @@ def _explain(path: Path, event_type: str, data: dict[str, Any]) -> str:
     if isinstance(injection, dict):
         lines.append(f"  injection: {injection.get('level')} (score {injection.get('score')})")
         lines += [_finding(f) for f in injection.get("findings", [])]
+        unread = injection.get("not_scanned", [])
+        lines += [f"    not scanned: {part['location']} ({part['reason']})" for part in unread]
     for error in data.get("pipeline_errors", []):
         lines.append(f"  error in {error['stage']}: {error['error']} {error['detail']}")
     from gatewayd.rules.dry_run import explain
@@ -192,7 +194,8 @@ def _explain(path: Path, event_type: str, data: dict[str, Any]) -> str:
 
 
 def _finding(finding: dict[str, Any]) -> str:
-    return f"    {finding['score']:+7.2f} {finding['symbol']}: {finding.get('detail', '')}"
+    where = f" (in {finding['location']})" if finding.get("location") else ""
+    return f"    {finding['score']:+7.2f} {finding['symbol']}: {finding.get('detail', '')}{where}"
 
 
 def cmd_learn(args: argparse.Namespace) -> int:

@@ -56,7 +56,7 @@ def evaluate(msg: ParsedMessage, **options: Any) -> dict[str, Any]:
     assert set(data) == {"injection", "sanitized_excerpt"}
     json.dumps(data, ensure_ascii=False).encode("utf-8")
     injection = data["injection"]
-    assert set(injection) == {"score", "findings", "level"}
+    assert set(injection) == {"score", "findings", "level", "not_scanned"}
     assert 0.0 <= injection["score"] <= 1.0 and injection["score"] == round(injection["score"], 3)
     assert injection["level"] == level_of(injection["score"], options.get("levels", BOUNDS))
     for finding in injection["findings"]:
@@ -655,7 +655,7 @@ def test_never_raises_on_odd_messages() -> None:
     ]
     for msg in odd:
         data = stage.evaluate(msg).data
-        assert data["injection"] == {"score": 0.0, "findings": [], "level": "none"}
+        assert data["injection"] == {"score": 0.0, "findings": [], "level": "none", "not_scanned": []}
         assert data["sanitized_excerpt"] is None
     # Lone surrogates never reach the event (it is stored and sent as UTF-8 JSON).
     data = stage.evaluate(message("ok \udcff", html="<p>fine \ud800</p>")).data
@@ -818,7 +818,7 @@ def test_weights_override() -> None:
     raised = evaluate(message(text), weights={"INJ_IGNORE_INSTRUCTIONS": 0.95})
     assert raised["injection"]["score"] == 0.95 and raised["injection"]["level"] == "high"
     disabled = evaluate(message(text), weights={"INJ_IGNORE_INSTRUCTIONS": 0})
-    assert disabled["injection"] == {"score": 0.0, "findings": [], "level": "none"}
+    assert disabled["injection"] == {"score": 0.0, "findings": [], "level": "none", "not_scanned": []}
     clamped = evaluate(message(text), weights={"INJ_IGNORE_INSTRUCTIONS": 7})
     assert clamped["injection"]["score"] == 1.0
 

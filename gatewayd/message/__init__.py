@@ -24,11 +24,13 @@ structure.py  the MIME structure: the guarded compat32 parse, the plain single-p
               headers we keep, the leaf parts, the part the fetch cap cut into
 joined.py     a message larger than its prefix, joined from the prefix and the parts fetched after it
 body.py       attachments, the body text and HTML, excerpt
+attached.py   the text of attached text files and forwarded messages, and the parts left unread
 html.py       the HTML-to-text converter (one linear scan)
 text.py       charsets, decoding bytes, surrogate escapes, header cleaning, RFC 2047 encoded words
 fields.py     Message-ID, In-Reply-To, References, addresses (with the fast address-list path), dates
 """
 
+from gatewayd.message.attached import AttachedText, Skipped, SkipReason
 from gatewayd.message.body import excerpt
 from gatewayd.message.joined import whole_leaf_types
 from gatewayd.message.limits import MAX_DEPTH, MAX_HEADER_CHARS, MAX_HTML_CHARS, MAX_PARTS, MAX_TEXT_BYTES
@@ -49,9 +51,12 @@ __all__ = [
     "MAX_PARTS",
     "MAX_TEXT_BYTES",
     "RAW_HEADERS",
+    "AttachedText",
     "FetchedMessage",
     "FetchedPart",
     "ParsedMessage",
+    "SkipReason",
+    "Skipped",
     "excerpt",
     "from_address",
     "parse",

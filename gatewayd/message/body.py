@@ -13,7 +13,7 @@ from gatewayd.message.text import clean_header, decode_bytes, decode_words
 from gatewayd.message.text import collapse as _collapse  # excerpt has a parameter named collapse
 
 
-def _is_attachment(part: Message, root: Message | None = None) -> bool:
+def is_attachment(part: Message, root: Message | None = None) -> bool:
     disposition = part.get_content_disposition()
     maintype = part.get_content_maintype()
     if part is root and maintype == "text" and disposition != "attachment":
@@ -34,11 +34,11 @@ def attachments(
     """Metadata of the attachments: a part in `cut` has no trustworthy size unless `sizes` has it."""
     found = []
     for part, _ in leaves:
-        if not safe(False, _is_attachment, part, root):
+        if not safe(False, is_attachment, part, root):
             continue
         found.append(
             {
-                "filename": safe(None, _filename, part),
+                "filename": safe(None, filename, part),
                 "content_type": safe("application/octet-stream", part.get_content_type),
                 "size": sizes.get(part) if part in sizes or part in cut else safe(None, _decoded_size, part),
             }
@@ -46,7 +46,7 @@ def attachments(
     return found
 
 
-def _filename(part: Message) -> str | None:
+def filename(part: Message) -> str | None:
     name = part.get_filename()  # RFC 2231 (filename*=utf-8''...) and the Content-Type name
     if not name:
         return None
@@ -69,7 +69,7 @@ def _decoded_size(part: Message) -> int | None:
         chars = len(payload) - sum(payload.count(c) for c in " \t\r\n")
         padding = len(payload.rstrip()) - len(payload.rstrip().rstrip("="))
         return max(chars * 3 // 4 - min(padding, 2), 0)
-    data = _payload_bytes(part)  # quoted-printable decodes in C; 7bit/8bit are a plain copy
+    data = payload_bytes(part)  # quoted-printable decodes in C; 7bit/8bit are a plain copy
     return len(data) if data is not None else None
 
 
@@ -91,7 +91,7 @@ def _approx_message_size(msg: Message) -> int:
     return size
 
 
-def _payload_bytes(part: Message) -> bytes | None:
+def payload_bytes(part: Message) -> bytes | None:
     """The transfer-decoded payload (lenient about bad base64 and quoted-printable)."""
     raw_cte = part.get("content-transfer-encoding")
     if raw_cte is not None and str(raw_cte) != _cte(part):
@@ -115,7 +115,7 @@ def bodies(
     html_parts: list[Message] = []
     for part, _ in leaves:
         ctype = safe("", part.get_content_type)
-        if ctype not in ("text/plain", "text/html") or safe(True, _is_attachment, part, root):
+        if ctype not in ("text/plain", "text/html") or safe(True, is_attachment, part, root):
             continue
         (plain if ctype == "text/plain" else html_parts).append(part)
     html, html_cut = None, False
@@ -140,7 +140,7 @@ _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0
 def _part_source(part: Message, cut: bool) -> tuple[str | None, bool]:
     """The decoded content of a text part (for HTML, the markup), up to the size caps; and whether
     that is only part of it (`cut`: the fetch cap cut into it)."""
-    data = _payload_bytes(part)
+    data = payload_bytes(part)
     if not data:
         return None, cut
     html = part.get_content_subtype() == "html"

@@ -23,6 +23,10 @@ MAX_DEPTH = 20
 # HTML fed to the HTML-to-text converter at most, and decoded text bytes looked at at most.
 MAX_HTML_CHARS = 256 * 1024
 MAX_TEXT_BYTES = 256 * 1024
+# Attached text files and forwarded messages read (attached.py): parts, decoded bytes of each, in all.
+MAX_ATTACHED_PARTS = 8
+MAX_ATTACHED_BYTES = 64 * 1024
+MAX_ATTACHED_TOTAL = 256 * 1024
 
 
 def safe(fallback: F, extract: Callable[..., T], *args: Any) -> T | F:

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from email.message import Message
 from typing import Any
 
-from gatewayd.message import body, fields, joined, structure
+from gatewayd.message import attached, body, fields, joined, structure
+from gatewayd.message.attached import AttachedText, Skipped, SkipReason
 from gatewayd.message.limits import safe
 from gatewayd.message.text import raw_header, text_header
 
@@ -55,6 +56,9 @@ class ParsedMessage:
     # exist past those read (the attachment list may lack some): see body.bodies.
     text_cut: bool = False
     parts_unseen: bool = False
+    # Text of attached text files and forwarded messages (attached.py), and the parts not read.
+    attached: tuple[AttachedText, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
 
 
 def parse_message(msg: FetchedMessage, excerpt_chars: int = 500) -> dict[str, Any]:
@@ -85,6 +89,11 @@ def parse(msg: FetchedMessage, excerpt_chars: int = 500) -> ParsedMessage:
     unseen = not walked_all or (truncated and not msg.parts and safe(True, structure.unclosed, root))
     attachments = safe([], body.attachments, leaves, root, cut, sizes)
     text, html, text_cut = safe(("", None, True), body.bodies, leaves, root, cut, unseen)
+    attached_texts, skipped = safe(((), ()), attached.texts, leaves, root, cut)
+    multipart = root.get_content_maintype() == "multipart"
+    if truncated and multipart and not msg.parts and (cut_part is not None or not walked_all):
+        # The parts past the prefix were not fetched (imap/parts.py gave up): nothing read them.
+        skipped = (*skipped, Skipped("rest of message", SkipReason.NOT_FETCHED))
     data = {
         "folder": msg.folder,
         "uid": msg.uid,
@@ -108,7 +117,15 @@ def parse(msg: FetchedMessage, excerpt_chars: int = 500) -> ParsedMessage:
         "headers": {name: safe(None, raw_header, first(name)) for name in structure.RAW_HEADERS},
     }
     return ParsedMessage(
-        data=data, headers=headers, text=text, html=html, raw=raw, text_cut=text_cut, parts_unseen=unseen
+        data=data,
+        headers=headers,
+        text=text,
+        html=html,
+        raw=raw,
+        text_cut=text_cut,
+        parts_unseen=unseen,
+        attached=attached_texts,
+        skipped=skipped,
     )
 
 

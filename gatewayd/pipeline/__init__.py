@@ -40,9 +40,14 @@ class Finding:
     symbol: str
     score: float
     detail: str = ""
+    # Where the stage found it, when not in the message itself: "attachment:notes.txt", "forwarded:1".
+    location: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"symbol": self.symbol, "score": round(self.score, 3), "detail": self.detail}
+        found = {"symbol": self.symbol, "score": round(self.score, 3), "detail": self.detail}
+        if self.location is not None:
+            found["location"] = self.location
+        return found
 
 
 @dataclass(frozen=True, slots=True)

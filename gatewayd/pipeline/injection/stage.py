@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from gatewayd.message import ParsedMessage
+from gatewayd.message import AttachedText, ParsedMessage
 from gatewayd.message import excerpt as excerpt_of
 from gatewayd.pipeline import Finding, StageContext, StageResult
 from gatewayd.pipeline.injection.characters import (
@@ -92,12 +92,16 @@ class InjectionStage:
         scorer = _Scorer(self.options.weights)
         excerpt: str | None = None
         try:
-            view = _Scan(scorer, message)
+            view = _Scan.of(scorer, message)
             view.run()
             excerpt = _guard(scorer, "excerpt", None, view.excerpt, self.options.excerpt_chars)
         except Exception as exc:  # a bug here must not hide a hostile message
             log.warning("injection scan failed", exc_info=True)
             scorer.add("INJ_SCAN_ERROR", f"scan: {type(exc).__name__}")
+        for part in message.attached:  # attached text files and forwarded messages: usually none
+            scorer.location = part.location
+            _guard(scorer, "attached", None, _Scan.of_attached(scorer, part).run)
+        scorer.location = None
         findings = tuple(sorted(scorer.findings.values(), key=lambda f: -f.score))
         remaining = 1.0
         for finding in findings:
@@ -105,7 +109,12 @@ class InjectionStage:
         score = round(1.0 - remaining, 3)
         level = next((name for bound, name in self.options.levels if score >= bound), "none")
         data = {
-            "injection": {"score": score, "findings": [f.as_dict() for f in findings], "level": level},
+            "injection": {
+                "score": score,
+                "findings": [f.as_dict() for f in findings],
+                "level": level,
+                "not_scanned": [{"location": s.location, "reason": str(s.reason)} for s in message.skipped],
+            },
             "sanitized_excerpt": excerpt,
         }
         return StageResult(data=data, findings=findings)
@@ -115,6 +124,7 @@ class _Scorer:
     def __init__(self, weights: Mapping[str, float]) -> None:
         self.weights = weights
         self.findings: dict[str, Finding] = {}
+        self.location: str | None = None  # of the part being scanned, when not the message itself
 
     def add(self, symbol: str, detail: str, factor: float = 1.0) -> None:
         """One finding per symbol: the strongest factor wins, its detail is kept."""
@@ -122,7 +132,7 @@ class _Scorer:
         score = weight * min(max(factor, 0.0), 1.0)
         current = self.findings.get(symbol)
         if score > 0 and (current is None or score > current.score):
-            self.findings[symbol] = Finding(symbol, score, detail[:160])
+            self.findings[symbol] = Finding(symbol, score, detail[:160], self.location)
 
 
 def _url_signals(url: str) -> tuple[str, bool, bool]:
@@ -167,14 +177,31 @@ def _names(data: Mapping[str, Any]) -> str:
 
 
 class _Scan:
-    def __init__(self, scorer: _Scorer, message: ParsedMessage) -> None:
+    def __init__(self, scorer: _Scorer, subject: str, names: str, text: str, html: str | None) -> None:
         self.scorer = scorer
-        subject = message.data.get("subject") if isinstance(message.data, dict) else None
-        self.subject = subject[:MAX_SUBJECT_CHARS] if isinstance(subject, str) else ""
-        self.names = _names(message.data) if isinstance(message.data, dict) else ""
-        self.text = message.text[:MAX_TEXT_CHARS] if isinstance(message.text, str) else ""
-        self.html = message.html[:MAX_HTML_CHARS] if isinstance(message.html, str) else None
+        self.subject = subject
+        self.names = names
+        self.text = text[:MAX_TEXT_CHARS]
+        self.html = html[:MAX_HTML_CHARS] if html is not None else None
         self.view: HtmlView | None = None
+
+    @classmethod
+    def of(cls, scorer: _Scorer, message: ParsedMessage) -> _Scan:
+        """The scan of the message itself: its subject, names, text body and HTML."""
+        data = message.data if isinstance(message.data, dict) else None
+        subject = data.get("subject") if data is not None else None
+        return cls(
+            scorer,
+            subject[:MAX_SUBJECT_CHARS] if isinstance(subject, str) else "",
+            _names(data) if data is not None else "",
+            message.text if isinstance(message.text, str) else "",
+            message.html if isinstance(message.html, str) else None,
+        )
+
+    @classmethod
+    def of_attached(cls, scorer: _Scorer, part: AttachedText) -> _Scan:
+        """The scan of an attached text file or forwarded message (its headers read as a subject)."""
+        return cls(scorer, part.headers[: 2 * MAX_SUBJECT_CHARS], "", part.text, part.html)
 
     def run(self) -> None:
         add, guard = self.scorer.add, self._guard

@@ -1,0 +1,155 @@
+"""Text inside attachments and forwarded messages, for the stages that read what an agent may read.
+
+An agent that opens a .txt attachment or a forwarded message reads text the top-level body does not
+hold. `texts` decodes it: attached text files (text/plain, text/markdown, text/csv, text/html, and
+application/octet-stream named .txt, .md, .csv or .html), and each message/rfc822 part's Subject,
+From display name and body, with the text files attached to it in turn. The work is bounded by
+MAX_ATTACHED_PARTS, MAX_ATTACHED_BYTES (per part) and MAX_ATTACHED_TOTAL; a part left out, or whose
+content the fetch did not bring (a message over `fetch_max_bytes`: attachments past its prefix are
+never fetched), is listed with the reason, never passed over in silence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from email.message import Message
+from enum import StrEnum
+
+from gatewayd.message import body, fields, structure
+from gatewayd.message.limits import (
+    MAX_ATTACHED_BYTES,
+    MAX_ATTACHED_PARTS,
+    MAX_ATTACHED_TOTAL,
+    MAX_DEPTH,
+    safe,
+)
+from gatewayd.message.text import decode_bytes, text_header
+
+Leaves = list[tuple[Message, tuple[Message, ...]]]
+
+_TEXT_TYPES = frozenset({"text/plain", "text/markdown", "text/x-markdown", "text/csv", "text/html"})
+_TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".csv", ".html", ".htm")
+_FORWARDED = "message/rfc822"
+
+
+class SkipReason(StrEnum):
+    NOT_FETCHED = "not fetched"  # the content lies past what the fetch brought
+    PARTLY_FETCHED = "partly fetched"  # only its start was fetched, and read
+    OVER_BUDGET = "over budget"  # past MAX_ATTACHED_PARTS or MAX_ATTACHED_TOTAL
+
+
+@dataclass(frozen=True, slots=True)
+class AttachedText:
+    """What one attached text file or forwarded message says."""
+
+    location: str  # "attachment:notes.txt", "forwarded:1", "forwarded:1/attachment:2"
+    headers: str  # of a forwarded message: its Subject and From display name, one per line
+    text: str
+    html: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    location: str
+    reason: SkipReason
+
+
+def texts(
+    leaves: Leaves, root: Message, cut: Collection[Message]
+) -> tuple[tuple[AttachedText, ...], tuple[Skipped, ...]]:
+    """The attached texts among `leaves`, and the parts left unread or read in part (`cut`: the
+    parts whose content the fetch cut short or left out)."""
+    if not any(_candidate(part) and safe(False, body.is_attachment, part, root) for part, _ in leaves):
+        return (), ()  # most mail: nothing more to decode
+    walk = _Walk(cut)
+    walk.leaves(leaves, root, "", 0)
+    return tuple(walk.found), tuple(walk.skipped)
+
+
+def _candidate(part: Message) -> bool:
+    ctype = part.get_content_type()
+    if ctype in _TEXT_TYPES or ctype == _FORWARDED:
+        return True
+    return ctype == "application/octet-stream" and _named_as_text(part)
+
+
+def _named_as_text(part: Message) -> bool:
+    name = safe(None, part.get_filename)
+    return isinstance(name, str) and name.strip().lower().endswith(_TEXT_SUFFIXES)
+
+
+class _Walk:
+    def __init__(self, cut: Collection[Message]) -> None:
+        self.cut = cut
+        self.budget = MAX_ATTACHED_TOTAL
+        self.found: list[AttachedText] = []
+        self.skipped: list[Skipped] = []
+
+    def leaves(self, leaves: Leaves, root: Message, prefix: str, depth: int) -> None:
+        forwarded = attachments = 0
+        for part, _ in leaves:
+            if not _candidate(part) or not safe(False, body.is_attachment, part, root):
+                continue
+            if part.get_content_type() == _FORWARDED:
+                forwarded += 1
+                location = f"{prefix}forwarded:{forwarded}"
+            else:
+                attachments += 1
+                name = safe(None, body.filename, part)
+                location = f"{prefix}attachment:{name or attachments}"
+            if part in self.cut and _empty(part):
+                self.skipped.append(Skipped(location, SkipReason.NOT_FETCHED))
+                continue
+            if len(self.found) >= MAX_ATTACHED_PARTS or self.budget <= 0:
+                self.skipped.append(Skipped(location, SkipReason.OVER_BUDGET))
+                continue
+            if part in self.cut:
+                self.skipped.append(Skipped(location, SkipReason.PARTLY_FETCHED))
+            if part.get_content_type() == _FORWARDED:
+                self._forwarded(part, location, depth)
+            else:
+                self._file(part, location)
+
+    def _file(self, part: Message, location: str) -> None:
+        data = safe(None, body.payload_bytes, part)
+        if not data:
+            return
+        limit = min(MAX_ATTACHED_BYTES, self.budget)
+        text = decode_bytes(data[:limit], safe(None, part.get_content_charset), final=len(data) <= limit)
+        self.budget -= min(len(data), limit)
+        html = part.get_content_subtype() == "html" or _named_as_html(part)
+        self.found.append(AttachedText(location, "", "" if html else text, text if html else None))
+
+    def _forwarded(self, part: Message, location: str, depth: int) -> None:
+        payload = part.get_payload()
+        inner = payload[0] if isinstance(payload, list) and payload else None
+        if not isinstance(inner, Message):
+            return
+        headers = safe({}, structure.collect_headers, inner)
+        subjects = headers.get("subject")
+        subject = safe(None, text_header, subjects[0]) if subjects else None
+        sender = safe(None, fields.first_address, headers.get("from", []))
+        name = sender.get("name") if isinstance(sender, dict) else None
+        inner_leaves, _ = safe(([], False), structure.leaves, inner)
+        text, html = safe(("", None), body.bodies, inner_leaves, inner, ())
+        limit = min(MAX_ATTACHED_BYTES, self.budget)
+        text, html = text[:limit], html[:limit] if html else None
+        self.budget -= max(len(text), len(html or ""))
+        header_lines = "\n".join(value for value in (subject, name) if value)
+        self.found.append(AttachedText(location, header_lines, text, html))
+        if depth + 1 < MAX_DEPTH:
+            self.leaves(inner_leaves, inner, f"{location}/", depth + 1)
+
+
+def _named_as_html(part: Message) -> bool:
+    name = safe(None, part.get_filename)
+    return isinstance(name, str) and name.strip().lower().endswith((".html", ".htm"))
+
+
+def _empty(part: Message) -> bool:
+    """Nothing of the content was fetched: only the part's MIME header."""
+    payload = part.get_payload()
+    if isinstance(payload, list):  # message/rfc822: an empty message inside
+        return all(isinstance(p, Message) and not p.keys() and not p.get_payload() for p in payload)
+    return not (isinstance(payload, str) and payload.strip())

@@ -1,0 +1,55 @@
+"""Injection inside attachments and forwarded messages, end to end: mail delivered through the real
+Dovecot, fetched by the watcher, scanned, and announced with where the injection was found."""
+
+from __future__ import annotations
+
+import base64
+import random
+from typing import Any
+
+import aiohttp
+
+from gatewayd.sandbox.dovecot import Dovecot
+from tests.sse import open_stream
+from tests.test_attached import ATTACK, BENIGN, attachment, forwarded, message
+
+
+async def test_injection_in_a_text_file_or_a_forwarded_message_is_found_and_located(
+    dovecot: Dovecot, user: str, idle_gateway: Any
+) -> None:
+    sent = {
+        "attachment:notes.txt": message(attachment(ATTACK)),
+        "forwarded:1": message(forwarded(ATTACK)),
+        "benign": message(attachment(BENIGN), forwarded(BENIGN)),
+    }
+    async with aiohttp.ClientSession() as session:
+        reader = await open_stream(session, idle_gateway.url, {"types": "message.*"})
+        for raw in sent.values():
+            await dovecot.deliver_async(user, raw)
+        events = await reader.messages(len(sent))
+    by_location = dict(zip(sent, (event.json["data"] for event in events), strict=True))
+    for location in ("attachment:notes.txt", "forwarded:1"):
+        injection = by_location[location]["injection"]
+        assert injection["level"] == "high", location
+        assert {finding["location"] for finding in injection["findings"]} == {location}
+        assert injection["not_scanned"] == []
+    benign = by_location["benign"]
+    assert benign["injection"] == {"score": 0.0, "findings": [], "level": "none", "not_scanned": []}
+    assert [item["filename"] for item in benign["attachments"]] == ["notes.txt", None]
+
+
+async def test_a_text_file_past_the_fetch_cap_is_reported_not_scanned(
+    dovecot: Dovecot, user: str, idle_gateway: Any
+) -> None:
+    """Past fetch_max_bytes only an attachment's MIME header is fetched: the event says the file was
+    not read, rather than passing it as clean."""
+    filler = base64.b64encode(random.Random(1).randbytes(300_000)).decode()
+    pdf = attachment("", "report.pdf", "application/pdf").replace("\r\n\r\n", f"\r\n\r\n{filler}", 1)
+    async with aiohttp.ClientSession() as session:
+        reader = await open_stream(session, idle_gateway.url, {"types": "message.*"})
+        await dovecot.deliver_async(user, message(pdf, attachment(ATTACK)))
+        (event,) = await reader.messages(1)
+    data = event.json["data"]
+    assert data["truncated"] is True
+    assert data["injection"]["level"] == "none"
+    assert data["injection"]["not_scanned"] == [{"location": "attachment:notes.txt", "reason": "not fetched"}]
