@@ -15,6 +15,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from email.message import Message
 from enum import StrEnum
+from typing import Any
 
 from gatewayd.message import body, fields, structure
 from gatewayd.message.limits import (
@@ -29,8 +30,10 @@ from gatewayd.message.text import decode_bytes, text_header
 Leaves = list[tuple[Message, tuple[Message, ...]]]
 
 _TEXT_TYPES = frozenset({"text/plain", "text/markdown", "text/x-markdown", "text/csv", "text/html"})
-_TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".csv", ".html", ".htm")
+_TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".csv", ".html", ".htm"})
 _FORWARDED = "message/rfc822"
+_OCTET_STREAM = "application/octet-stream"
+_HTML_SUFFIXES = (".html", ".htm")
 
 
 class SkipReason(StrEnum):
@@ -55,28 +58,36 @@ class Skipped:
     reason: SkipReason
 
 
+def readable(attachments: list[dict[str, Any]]) -> bool:
+    """Whether any of the message's attachments (body.attachments) is one `texts` reads: the
+    check that keeps the cost of most mail, which has none, at a look at that list."""
+    return any(_readable(item["content_type"], item["filename"]) for item in attachments)
+
+
 def texts(
     leaves: Leaves, root: Message, cut: Collection[Message]
 ) -> tuple[tuple[AttachedText, ...], tuple[Skipped, ...]]:
     """The attached texts among `leaves`, and the parts left unread or read in part (`cut`: the
     parts whose content the fetch cut short or left out)."""
-    if not any(_candidate(part) and safe(False, body.is_attachment, part, root) for part, _ in leaves):
-        return (), ()  # most mail: nothing more to decode
     walk = _Walk(cut)
     walk.leaves(leaves, root, "", 0)
     return tuple(walk.found), tuple(walk.skipped)
 
 
+def _readable(content_type: str, filename: str | None) -> bool:
+    if content_type in _TEXT_TYPES or content_type == _FORWARDED:
+        return True
+    return content_type == _OCTET_STREAM and bool(filename) and _suffix(filename) in _TEXT_SUFFIXES
+
+
 def _candidate(part: Message) -> bool:
     ctype = part.get_content_type()
-    if ctype in _TEXT_TYPES or ctype == _FORWARDED:
-        return True
-    return ctype == "application/octet-stream" and _named_as_text(part)
+    return _readable(ctype, safe(None, body.filename, part) if ctype == _OCTET_STREAM else None)
 
 
-def _named_as_text(part: Message) -> bool:
-    name = safe(None, part.get_filename)
-    return isinstance(name, str) and name.strip().lower().endswith(_TEXT_SUFFIXES)
+def _suffix(filename: str | None) -> str:
+    name = (filename or "").strip().lower()
+    return name[name.rfind(".") :] if "." in name else ""
 
 
 class _Walk:
@@ -118,7 +129,9 @@ class _Walk:
         limit = min(MAX_ATTACHED_BYTES, self.budget)
         text = decode_bytes(data[:limit], safe(None, part.get_content_charset), final=len(data) <= limit)
         self.budget -= min(len(data), limit)
-        html = part.get_content_subtype() == "html" or _named_as_html(part)
+        html = (
+            part.get_content_subtype() == "html" or _suffix(safe(None, body.filename, part)) in _HTML_SUFFIXES
+        )
         self.found.append(AttachedText(location, "", "" if html else text, text if html else None))
 
     def _forwarded(self, part: Message, location: str, depth: int) -> None:
@@ -140,11 +153,6 @@ class _Walk:
         self.found.append(AttachedText(location, header_lines, text, html))
         if depth + 1 < MAX_DEPTH:
             self.leaves(inner_leaves, inner, f"{location}/", depth + 1)
-
-
-def _named_as_html(part: Message) -> bool:
-    name = safe(None, part.get_filename)
-    return isinstance(name, str) and name.strip().lower().endswith((".html", ".htm"))
 
 
 def _empty(part: Message) -> bool:

@@ -89,9 +89,11 @@ def parse(msg: FetchedMessage, excerpt_chars: int = 500) -> ParsedMessage:
     unseen = not walked_all or (truncated and not msg.parts and safe(True, structure.unclosed, root))
     attachments = safe([], body.attachments, leaves, root, cut, sizes)
     text, html, text_cut = safe(("", None, True), body.bodies, leaves, root, cut, unseen)
-    attached_texts, skipped = safe(((), ()), attached.texts, leaves, root, cut)
-    multipart = root.get_content_maintype() == "multipart"
-    if truncated and multipart and not msg.parts and (cut_part is not None or not walked_all):
+    attached_texts: tuple[AttachedText, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
+    if attachments and attached.readable(attachments):  # most mail: no such attachment
+        attached_texts, skipped = safe(((), ()), attached.texts, leaves, root, cut)
+    if truncated and not msg.parts and (cut_part is not None or not walked_all) and root.is_multipart():
         # The parts past the prefix were not fetched (imap/parts.py gave up): nothing read them.
         skipped = (*skipped, Skipped("rest of message", SkipReason.NOT_FETCHED))
     data = {
