@@ -145,7 +145,7 @@ class _Walk:
         sender = safe(None, fields.first_address, headers.get("from", []))
         name = sender.get("name") if isinstance(sender, dict) else None
         inner_leaves, _ = safe(([], False), structure.leaves, inner)
-        text, html = safe(("", None), body.bodies, inner_leaves, inner, ())
+        text, html, _ = safe(("", None, False), body.bodies, inner_leaves, inner, ())
         limit = min(MAX_ATTACHED_BYTES, self.budget)
         text, html = text[:limit], html[:limit] if html else None
         self.budget -= max(len(text), len(html or ""))
