@@ -1,10 +1,10 @@
-"""NOTIFY bookkeeping of the IMAP session: which folder a `* STATUS` names, and what to sync."""
+"""NOTIFY bookkeeping of an IMAP connection: which folder a `* STATUS` names, and what to sync."""
 
 from __future__ import annotations
 
 import pytest
 
-from gatewayd.imap.session import ImapSession, _status_folder
+from gatewayd.imap.untagged import Untagged, status_folder
 
 
 @pytest.mark.parametrize(
@@ -20,13 +20,17 @@ from gatewayd.imap.session import ImapSession, _status_folder
     ],
 )
 def test_status_folder(line: bytes, folder: str | None) -> None:
-    assert _status_folder(line) == folder
+    assert status_folder(line) == folder
 
 
-def session_with(notified: set[str | None]) -> ImapSession:
-    session = object.__new__(ImapSession)
-    session._notified = set(notified)
-    return session
+def session_with(notified: set[str | None]) -> Untagged:
+    """Bookkeeping that saw a `* STATUS` for each of these folders (None: one it cannot read)."""
+    forwarded: list[bytes] = []
+    untagged = Untagged(forwarded.append)
+    for folder in notified:
+        untagged.note(b"* STATUS {5}" if folder is None else f"* STATUS {folder} (UIDNEXT 3)".encode())
+    assert len(forwarded) == len(notified)  # every line goes on to aioimaplib
+    return untagged
 
 
 def test_take_notified_maps_names_and_clears() -> None:

@@ -2,9 +2,9 @@
 
 aioimaplib keeps a response as a list: each `N FETCH (...` line (its `* ` stripped), the literal
 after it as a bytearray, what follows the literal as further lines. `parse_fetch` reads a FETCH
-command's answer; `PushedMessages` collects the new messages a server sends unasked, with its
-push (NOTIFY MessageNew with fetch attributes, RFC 5465 5.2), so that the sync after the push
-needs no FETCH round trip.
+command's answer (`uid_set` writes its UIDs); `PushedMessages` collects the new messages a server
+sends unasked, with its push (NOTIFY MessageNew with fetch attributes, RFC 5465 5.2), so that the
+sync after the push needs no FETCH round trip.
 """
 
 from __future__ import annotations
@@ -25,6 +25,20 @@ _FETCH_DATE = re.compile(rb'INTERNALDATE "([^"]*)"')
 # What Dovecot sends for a message another session expunged while this one still counts it: no
 # body (NIL), with `[EXPUNGEISSUED]` (RFC 5530) on the tagged OK.
 _FETCH_NO_BODY = re.compile(rb"BODY\[\](?:<\d+>)? NIL")
+
+
+def uid_set(uids: Sequence[int]) -> str:
+    """Compress UIDs into sorted ranges: 1,2,3,7 -> 1:3,7."""
+    ordered = sorted(set(uids))
+    parts: list[str] = []
+    start = prev = ordered[0]
+    for uid in ordered[1:]:
+        if uid != prev + 1:
+            parts.append(f"{start}:{prev}" if start != prev else str(start))
+            start = uid
+        prev = uid
+    parts.append(f"{start}:{prev}" if start != prev else str(start))
+    return ",".join(parts)
 
 
 def parse_fetch(

@@ -199,11 +199,11 @@ class AccountWatcher:
         """The folders new mail was reported in since the last call: STATUS notifications for the
         others, EXISTS for the selected one. New mail in the Sent folder starts its learning."""
         sent = self._sent
-        reported = session.take_notified([*folders, sent] if sent is not None else folders)
+        reported = session.untagged.take_notified([*folders, sent] if sent is not None else folders)
         if sent is not None and sent in reported:
             reported.discard(sent)
             self.folders[0].sent_notified()
-        if session.exists_seen and selected in folders:
+        if session.untagged.exists_seen and selected in folders:
             reported.add(selected)
         return reported
 

@@ -1,54 +1,38 @@
 """One authenticated IMAP connection with a folder selected, over aioimaplib.
 
 This module hides aioimaplib's rough edges (see docs in the README): it detects a lost
-connection while idling, upgrades STARTTLS by hand, reads literals instead of ENVELOPE, and
-never lets the password reach an exception message or a log line.
+connection while idling, reads literals instead of ENVELOPE, and never lets the password reach
+an exception message or a log line. Connecting and logging in: `gatewayd.imap.connect`; what
+the server says unasked (EXISTS, NOTIFY's STATUS): `gatewayd.imap.untagged`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
-import ssl
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 import aioimaplib
 
-from gatewayd.config import TLS_IMPLICIT, TLS_STARTTLS, ImapConfig
-from gatewayd.imap.errors import ImapAuthError, ImapConnectionLost, ImapError, ImapTlsError
-from gatewayd.imap.fetch import FETCH_ITEMS, PushedMessages, parse_fetch
-from gatewayd.imap.login import login
-from gatewayd.imap.names import decode_mailbox, folder_key, quoted_mailbox
+from gatewayd.config import ImapConfig
+from gatewayd.imap.connect import connect
+from gatewayd.imap.errors import ImapConnectionLost, ImapError, describe, response_text
+from gatewayd.imap.fetch import FETCH_ITEMS, PushedMessages, parse_fetch, uid_set
+from gatewayd.imap.names import folder_key, quoted_mailbox
 from gatewayd.imap.parts import fetch_parts
+from gatewayd.imap.untagged import Untagged, new_mail_events, selected_events, status_answer
 from gatewayd.message import FetchedMessage
-from gatewayd.tls import client_context
 
 log = logging.getLogger(__name__)
-# aioimaplib logs every line at debug and stray responses at info: never let it near our logs.
-logging.getLogger("aioimaplib").setLevel(logging.WARNING)
-logging.getLogger("aioimaplib.aioimaplib").setLevel(logging.WARNING)
-# aioimaplib knows no NOTIFY (RFC 5465): register it as a command that runs alone, like SELECT.
-aioimaplib.Commands.setdefault(
-    "NOTIFY", aioimaplib.Cmd("NOTIFY", (aioimaplib.AUTH, aioimaplib.SELECTED), aioimaplib.Exec.is_sync)
-)
 
 _LOST = [b"gatewayd: connection lost"]
 # Pushed messages kept for the next sync at most (the watcher fetches at most 50 after a push).
 _PUSHED_MAX = 50
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
-_EXISTS = re.compile(rb"\A\* (\d+) EXISTS\Z")
-_EXPUNGE = re.compile(rb"\A\* \d+ EXPUNGE\Z")
-_STATUS_UIDNEXT = re.compile(rb"UIDNEXT (\d+)")
-_STATUS_UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
-# `* STATUS name (...)`, the name an atom or a quoted string (a literal is left unparsed).
-_STATUS = re.compile(rb'\A\* STATUS (?:"((?:[^"\\]|\\.)*)"|([^\s(){"]+)) \(')
-
-
-def tls_context(config: ImapConfig) -> ssl.SSLContext:
-    return client_context(config.ca_file, config.verify_cert)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,115 +51,22 @@ class ImapSession:
         self._lost = False
         self._idle_task: asyncio.Future[aioimaplib.Response] | None = None
         self.selected: Selected | None = None
-        # Set whenever the server reports EXISTS, in IDLE or not: aioimaplib drops an EXISTS
-        # that arrives during another command, so the watcher checks this after each sync.
-        self.exists_seen = False
-        # The selected folder's message count as the server last reported it (EXISTS, less one per
-        # EXPUNGE since), and a running total of the messages it reported added (each EXISTS above
-        # the count: new mail). `arrived` never goes down; the watcher compares it between two
-        # syncs of the same `selected` to know how many messages at most are new.
-        self.exists: int | None = None
-        self.arrived = 0
-        # With NOTIFY: the folders a `* STATUS` reported changed, whenever it came (None: a
-        # STATUS whose folder name could not be read). Read and cleared by take_notified().
-        self._notified: set[str | None] = set()
-        # The folder of a STATUS command in flight: its answer is not a notification.
-        self._status_query: str | None = None
+        # EXISTS counts and NOTIFY's STATUS notifications, whenever they came: every untagged
+        # line goes through it.
+        self.untagged = Untagged(client.protocol._untagged_response)
+        client.protocol._untagged_response = self.untagged.note
         # Folders SELECTed away from since take_left() was last called.
         self._left: set[str] = set()
         # New messages the server pushed whole (after `push_new_mail`), for fetch_from.
         self._pushed = PushedMessages(_PUSHED_MAX)
-        protocol = client.protocol
-        untagged = protocol._untagged_response
-
-        def note(line: bytes) -> object:
-            # Sees every untagged line first, before aioimaplib strips its `* ` markers.
-            if line.endswith(b" EXISTS"):
-                self.exists_seen = True
-                self._count_exists(line)
-            elif line.endswith(b" EXPUNGE"):
-                if self.exists and _EXPUNGE.match(line):
-                    self.exists -= 1
-            elif line.startswith(b"* STATUS "):
-                folder = _status_folder(line)
-                if folder is None or self._status_query is None or folder_key(folder) != self._status_query:
-                    self._notified.add(folder)
-            return untagged(line)
-
-        protocol._untagged_response = note
-
-    def _count_exists(self, line: bytes) -> None:
-        match = _EXISTS.match(line)
-        if match is None:
-            return
-        count = int(match.group(1))
-        if self.exists is not None and count > self.exists:
-            self.arrived += count - self.exists
-        self.exists = count
 
     @classmethod
     async def open(cls, config: ImapConfig) -> ImapSession:
-        session: ImapSession | None = None
+        """Connect and log in (`gatewayd.imap.connect`); nothing is selected yet."""
+        return await connect(config, functools.partial(cls, config))
 
-        def connection_lost(_exc: Exception | None) -> None:
-            if session is not None:
-                session._on_lost()
-
-        timeout = config.connect_timeout_seconds
-        try:
-            if config.tls == TLS_IMPLICIT:
-                client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
-                    config.host, config.port, timeout=timeout, ssl_context=tls_context(config)
-                )
-                client.protocol.conn_lost_cb = connection_lost
-            else:
-                client = aioimaplib.IMAP4(
-                    config.host, config.port, timeout=timeout, conn_lost_cb=connection_lost
-                )
-            session = cls(config, client)
-            await client.wait_hello_from_server()
-            if config.tls == TLS_STARTTLS:
-                await session._starttls()
-            response = await asyncio.wait_for(
-                login(client.protocol, config.username, config.password.reveal()), timeout
-            )
-            if response.result == "OK" and not any(b"CAPABILITY" in bytes(line) for line in response.lines):
-                # The server did not say what it offers once logged in (IDLE, NOTIFY): ask.
-                await asyncio.wait_for(client.protocol.capability(), timeout)
-        except ImapError:
-            await _abandon(session)
-            raise
-        except ssl.SSLError as exc:
-            await _abandon(session)
-            raise ImapTlsError(f"TLS failed: {exc.reason or type(exc).__name__}") from None
-        except (OSError, TimeoutError, aioimaplib.AioImapException) as exc:
-            await _abandon(session)
-            raise ImapConnectionLost(
-                f"cannot connect to {config.host}:{config.port}: {_describe(exc)}"
-            ) from None
-        if response.result != "OK":
-            await _abandon(session)
-            text = _text(response.lines[-1:]) if response.lines else response.result
-            raise ImapAuthError(f"login refused for {config.username}: {text}")
-        return session
-
-    async def _starttls(self) -> None:
-        protocol = self._client.protocol
-        if "STARTTLS" not in protocol.capabilities:
-            raise ImapTlsError("server does not offer STARTTLS")
-        command = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
-        response = await asyncio.wait_for(protocol.execute(command), self.config.connect_timeout_seconds)
-        if response.result != "OK":
-            raise ImapTlsError(f"STARTTLS refused: {_text(response.lines)}")
-        loop = asyncio.get_running_loop()
-        transport = await loop.start_tls(
-            protocol.transport, protocol, tls_context(self.config), server_hostname=self.config.host
-        )
-        protocol.transport = transport
-        # Capabilities announced before TLS must not be trusted (RFC 3501 6.2.1).
-        await asyncio.wait_for(protocol.capability(), self.config.connect_timeout_seconds)
-
-    def _on_lost(self) -> None:
+    def connection_lost(self) -> None:
+        """aioimaplib's connection-lost callback (see `connect`)."""
         self._lost = True
         protocol = self._client.protocol
         # Wakes a pending wait_server_push at once instead of at the read timeout.
@@ -208,9 +99,9 @@ class ImapSession:
         """
         mailboxes = " ".join(quoted_mailbox(folder) for folder in folders)
         await self._notify_set(
-            _selected_events(max_bytes),
+            selected_events(max_bytes),
             f"(MAILBOXES ({mailboxes}) (MessageNew MessageExpunge))",
-            *_new_mail_events(also),
+            *new_mail_events(also),
         )
 
     async def push_new_mail(self, max_bytes: int, also: Sequence[str] = ()) -> bool:
@@ -221,7 +112,7 @@ class ImapSession:
         if not self.supports_notify:
             return False
         try:
-            await self._notify_set(_selected_events(max_bytes), *_new_mail_events(also))
+            await self._notify_set(selected_events(max_bytes), *new_mail_events(also))
         except ImapConnectionLost:
             raise
         except ImapError as exc:
@@ -236,23 +127,13 @@ class ImapSession:
 
     async def status(self, folder: str) -> tuple[int | None, int | None]:
         """(UIDNEXT, UIDVALIDITY) of a folder that is not selected, without selecting it."""
-        self._status_query = folder_key(folder)
+        self.untagged.status_query = folder_key(folder)
         try:
             request = self._client.status(quoted_mailbox(folder), "(UIDNEXT UIDVALIDITY)")
             response = await self._call("STATUS", request)
         finally:
-            self._status_query = None
-        for line in response.lines:
-            # aioimaplib kept only what follows `* STATUS `; a notification about another folder
-            # may sit here too.
-            name = _status_folder(b"* STATUS " + bytes(line))
-            if name is not None and folder_key(name) == folder_key(folder):
-                uidnext, uidvalidity = _STATUS_UIDNEXT.search(line), _STATUS_UIDVALIDITY.search(line)
-                return (
-                    int(uidnext.group(1)) if uidnext else None,
-                    int(uidvalidity.group(1)) if uidvalidity else None,
-                )
-        return None, None
+            self.untagged.status_query = None
+        return status_answer(response.lines, folder)
 
     async def folder_exists(self, folder: str) -> bool:
         """Whether LIST shows the folder (a name with a wildcard may match others: then True)."""
@@ -276,19 +157,11 @@ class ImapSession:
         left, self._left = self._left, set()
         return left
 
-    def take_notified(self, folders: Sequence[str]) -> set[str]:
-        """Which of these folders a STATUS reported since the last call (all of them when a
-        STATUS named a folder that cannot be matched, so nothing is ever missed)."""
-        notified, self._notified = self._notified, set()
-        by_name = {folder_key(folder): folder for folder in folders}
-        found = {by_name.get(folder_key(name)) if name is not None else None for name in notified}
-        return set(folders) if None in found else {folder for folder in found if folder is not None}
-
     def _check(self, response: aioimaplib.Response, what: str) -> aioimaplib.Response:
         if self._lost:
             raise ImapConnectionLost("connection lost")
         if response.result != "OK":
-            raise ImapError(f"{what} failed: {response.result} {_text(response.lines[-1:])}")
+            raise ImapError(f"{what} failed: {response.result} {response_text(response.lines[-1:])}")
         return response
 
     async def _call(
@@ -312,7 +185,7 @@ class ImapSession:
                 raise ImapConnectionLost(f"{what} failed: connection lost") from None
             raise ImapError(f"{what} failed: {type(exc).__name__}") from None
         except OSError as exc:
-            raise ImapConnectionLost(f"{what} failed: {_describe(exc)}") from None
+            raise ImapConnectionLost(f"{what} failed: {describe(exc)}") from None
         return self._check(response, what)
 
     async def select(self, folder: str, read_only: bool = False) -> Selected:
@@ -321,7 +194,7 @@ class ImapSession:
             # A push the server held back for the folder we leave is lost with it (see notify.py).
             self._left.add(self.selected.folder)
         # The EXISTS in the answer is the new folder's count, not new mail.
-        self.exists = None
+        self.untagged.exists = None
         self._pushed.clear()
         command = "EXAMINE" if read_only else "SELECT"
         opening = self._client.examine if read_only else self._client.select
@@ -361,13 +234,13 @@ class ImapSession:
             return []
         wanted = set(uids)
         items = FETCH_ITEMS.format(max_bytes=max_bytes)
-        response = await self._call("UID FETCH", self._client.uid("fetch", _uid_set(uids), items))
+        response = await self._call("UID FETCH", self._client.uid("fetch", uid_set(uids), items))
         fetched = parse_fetch(response.lines, self.selected.folder, self.selected.uidvalidity, present=True)
         return await fetch_parts(self.fetch_raw, [m for m in fetched if m.uid in wanted], max_bytes)
 
     async def fetch_raw(self, uids: Sequence[int], items: str) -> Sequence[bytes | bytearray]:
         """The lines of the answer to `UID FETCH <uids> <items>`, as aioimaplib hands them over."""
-        response = await self._call("UID FETCH", self._client.uid("fetch", _uid_set(uids), items))
+        response = await self._call("UID FETCH", self._client.uid("fetch", uid_set(uids), items))
         return response.lines
 
     async def fetch_from(
@@ -401,7 +274,7 @@ class ImapSession:
         if not uids or self.selected is None:
             return {}
         items = "(UID INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])"
-        response = await self._call("UID FETCH", self._client.uid("fetch", _uid_set(uids), items))
+        response = await self._call("UID FETCH", self._client.uid("fetch", uid_set(uids), items))
         result: dict[int, tuple[str | None, str | None]] = {}
         for message in parse_fetch(response.lines, self.selected.folder, self.selected.uidvalidity):
             header = message.raw.decode("latin-1").partition(":")[2].strip() or None
@@ -414,7 +287,7 @@ class ImapSession:
                 self._client.idle_start(timeout=10**6), self.config.read_timeout_seconds
             )
         except (TimeoutError, aioimaplib.AioImapException) as exc:
-            raise ImapConnectionLost(f"IDLE not accepted: {_describe(exc)}") from None
+            raise ImapConnectionLost(f"IDLE not accepted: {describe(exc)}") from None
 
     async def wait_push(self, timeout: float) -> list[bytes]:
         """Untagged lines pushed during IDLE, all that came so far; [] when nothing came within
@@ -508,54 +381,3 @@ class ImapSession:
 def _read_outcome(task: asyncio.Future[aioimaplib.Response]) -> None:
     if not task.cancelled():
         task.exception()
-
-
-async def _abandon(session: ImapSession | None) -> None:
-    if session is not None:
-        session.abort()
-
-
-def _uid_set(uids: Sequence[int]) -> str:
-    """Compress sorted UIDs into ranges: 1,2,3,7 -> 1:3,7."""
-    ordered = sorted(set(uids))
-    parts: list[str] = []
-    start = prev = ordered[0]
-    for uid in ordered[1:]:
-        if uid != prev + 1:
-            parts.append(f"{start}:{prev}" if start != prev else str(start))
-            start = uid
-        prev = uid
-    parts.append(f"{start}:{prev}" if start != prev else str(start))
-    return ",".join(parts)
-
-
-def _selected_events(max_bytes: int) -> str:
-    return f"(SELECTED (MessageNew {FETCH_ITEMS.format(max_bytes=max_bytes)} MessageExpunge))"
-
-
-def _new_mail_events(folders: Sequence[str]) -> list[str]:
-    if not folders:
-        return []
-    return [f"(MAILBOXES ({' '.join(quoted_mailbox(folder) for folder in folders)}) (MessageNew))"]
-
-
-def _status_folder(line: bytes) -> str | None:
-    match = _STATUS.match(line)
-    if match is None:
-        return None
-    quoted, atom = match.groups()
-    name = re.sub(rb"\\(.)", rb"\1", quoted) if quoted is not None else atom
-    return decode_mailbox(name.decode("utf-8", "replace"))
-
-
-def _text(lines: Sequence[bytes | bytearray]) -> str:
-    return " ".join(bytes(line).decode("utf-8", "replace") for line in lines)[:200]
-
-
-def _describe(exc: BaseException) -> str:
-    # Never str() an aioimaplib command error: a Command's repr includes its arguments.
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return type(exc).__name__

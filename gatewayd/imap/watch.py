@@ -321,7 +321,7 @@ class FolderWatcher:
         if not self._sent_notify:
             return
         sent = self.sent_folder()
-        if sent is not None and session.take_notified([sent]):
+        if sent is not None and session.untagged.take_notified([sent]):
             self.sent_notified()
 
     def _sent_due_in(self) -> float | None:
@@ -369,7 +369,7 @@ class FolderWatcher:
                 # Out of IDLE anyway (after connecting, a probe, a command): no push waits on it;
                 # new mail reported to it is synced next.
                 await self.check_sent(session)
-            if session.exists_seen and not session.idling:
+            if session.untagged.exists_seen and not session.idling:
                 # New mail was reported during the last sync's commands. (In IDLE, its push is
                 # still queued: read below, with the message it may carry.)
                 await self._sync(session)
@@ -405,11 +405,11 @@ class FolderWatcher:
         """Announce every UID above the checkpoint. Returns True when UIDVALIDITY had changed."""
         if self._draining:
             await self._park()
-        session.exists_seen = False
+        session.untagged.exists_seen = False
         selected = session.selected
         assert selected is not None
         # Before any command: an EXISTS answered to one of this sync's commands counts for the next.
-        arrived = session.arrived
+        arrived = session.untagged.arrived
         synced, self._synced = self._synced, None
         # First what a crash interrupted (a message moved away before its event was stored).
         await self._process.recover(self.mailbox, SessionActions(session))
@@ -429,7 +429,7 @@ class FolderWatcher:
         # How many messages at most are new: those the server reported since the last sync of
         # this very SELECT (None: unknown).
         new = arrived - synced[1] if synced is not None and synced[0] is selected and not initial else None
-        if not fresh and new is not None and 0 < new <= FETCH_BATCH and session.exists:
+        if not fresh and new is not None and 0 < new <= FETCH_BATCH and session.untagged.exists:
             await self._announce_new(session, checkpoint, new)
         else:
             uids = await session.uids_from(checkpoint.last_uid + 1)
