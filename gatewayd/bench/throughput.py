@@ -6,7 +6,7 @@ with the benchmark configuration's rules (gateway_config.RULES), their condition
 actions planned, not carried out, since there is no IMAP session in process) and each is appended with its
 checkpoint as a watcher stores them, in both of its ways: one commit per message (mail a push
 brought, latency first) and group commits (a catch-up's backlog: GROUP_COMMIT_MESSAGES or
-GROUP_COMMIT_SECONDS of gatewayd.imap.watch). Throughput per core is messages per CPU-second of
+GROUP_COMMIT_SECONDS of gatewayd.imap.sync). Throughput per core is messages per CPU-second of
 this process (all its threads: aiosqlite's, and any stage's `to_thread`). The share of each stage
 comes from the events' own `pipeline_ms`. Issue 3's budget, at most 2 ms at the median for a typical
 message (under 50 KB), is checked on the same pass's `Pipeline.process` times.
@@ -34,7 +34,7 @@ from gatewayd.bench.lmtp import bench_mail
 from gatewayd.bench.stats import Result, percentile
 from gatewayd.config import Config, MailboxConfig, parse_config
 from gatewayd.events import NewEvent
-from gatewayd.imap.watch import GROUP_COMMIT_MESSAGES, GROUP_COMMIT_SECONDS
+from gatewayd.imap.sync import GROUP_COMMIT_MESSAGES, GROUP_COMMIT_SECONDS
 from gatewayd.message import FetchedMessage, parse
 from gatewayd.pipeline import Pipeline
 from gatewayd.store import Checkpoint

@@ -21,7 +21,8 @@ import time
 from gatewayd.config import MailboxConfig
 from gatewayd.imap.sent import SentLearner
 from gatewayd.imap.session import ImapConnectionLost, ImapError, ImapSession
-from gatewayd.imap.watch import FolderWatcher, MessageProcessor, Publisher, retry_delay
+from gatewayd.imap.sync import MessageProcessor, Publisher
+from gatewayd.imap.watch import FolderWatcher, retry_delay
 from gatewayd.store import EventStore
 
 log = logging.getLogger(__name__)

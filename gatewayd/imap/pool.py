@@ -20,7 +20,8 @@ from collections.abc import Collection, Iterable
 from gatewayd.config import WATCH_ALWAYS, Config, MailboxConfig
 from gatewayd.imap.notify import AccountWatcher
 from gatewayd.imap.sent import SentLearner, SentLog
-from gatewayd.imap.watch import FolderWatcher, MessageProcessor, Publisher, StopReason
+from gatewayd.imap.sync import MessageProcessor, Publisher
+from gatewayd.imap.watch import FolderWatcher, StopReason
 from gatewayd.store import EventStore
 
 log = logging.getLogger(__name__)

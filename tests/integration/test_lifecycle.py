@@ -27,7 +27,7 @@ import yaml
 
 from gatewayd.config import MailboxConfig, parse_config
 from gatewayd.events import NewEvent
-from gatewayd.imap import watch
+from gatewayd.imap import sync
 from gatewayd.imap.act import MailActions
 from gatewayd.message import FetchedMessage
 from gatewayd.pipeline import Pipeline
@@ -321,7 +321,7 @@ async def test_shutdown_publishes_what_the_watchers_hold_before_closing(
 
     In process, with one injected delay: checking the third message of the backlog never ends,
     so the first two stay held (no real server makes a message take forever to check)."""
-    monkeypatch.setattr(watch, "GROUP_COMMIT_SECONDS", 3600.0)
+    monkeypatch.setattr(sync, "GROUP_COMMIT_SECONDS", 3600.0)
     stalled = asyncio.Event()
     process = Pipeline.process
 

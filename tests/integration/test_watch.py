@@ -18,9 +18,10 @@ import trustme
 
 from gatewayd.config import Config
 from gatewayd.events import Event, NewEvent
-from gatewayd.imap import watch
+from gatewayd.imap import sync, watch
 from gatewayd.imap.session import ImapError, ImapSession
-from gatewayd.imap.watch import FETCH_BATCH, FolderWatcher
+from gatewayd.imap.sync import FETCH_BATCH
+from gatewayd.imap.watch import FolderWatcher
 from gatewayd.message import FetchedMessage
 from gatewayd.pipeline import Pipeline
 from gatewayd.sandbox.dovecot import PASSWORD, Dovecot
@@ -793,8 +794,8 @@ def count_appends(monkeypatch: pytest.MonkeyPatch, store: SqliteEventStore) -> l
 async def test_a_catch_up_is_stored_in_group_commits_and_a_push_message_by_message(
     driven: Driven, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(watch, "GROUP_COMMIT_MESSAGES", 4)
-    monkeypatch.setattr(watch, "GROUP_COMMIT_SECONDS", 3600.0)
+    monkeypatch.setattr(sync, "GROUP_COMMIT_MESSAGES", 4)
+    monkeypatch.setattr(sync, "GROUP_COMMIT_SECONDS", 3600.0)
     await driven.connect(monkeypatch)
     await driven.disconnect()
     backlog = [f"backlog {i}" for i in range(10)]
@@ -815,7 +816,7 @@ async def test_a_catch_up_is_stored_in_group_commits_and_a_push_message_by_messa
 async def test_a_group_is_held_no_longer_than_its_time_bound(
     driven: Driven, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(watch, "GROUP_COMMIT_SECONDS", 0.0)
+    monkeypatch.setattr(sync, "GROUP_COMMIT_SECONDS", 0.0)
     await driven.connect(monkeypatch)
     await driven.disconnect()
     await driven.deliver("a", "b", "c")
@@ -827,7 +828,7 @@ async def test_a_group_is_held_no_longer_than_its_time_bound(
 async def test_a_failure_in_the_middle_of_a_catch_up_stores_what_came_before(
     driven: Driven, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(watch, "GROUP_COMMIT_SECONDS", 3600.0)
+    monkeypatch.setattr(sync, "GROUP_COMMIT_SECONDS", 3600.0)
     seen: list[str] = []
     await driven.connect(monkeypatch)
     await driven.disconnect()
