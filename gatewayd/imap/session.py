@@ -94,8 +94,8 @@ class ImapSession:
         """NOTIFY SET: new mail in the selected folder comes as EXISTS with the message itself (as
         `push_new_mail`), in the others as STATUS; so does new mail (only) in the folders `also`.
 
-        Notifications come during IDLE and at the start of any command; take_notified() collects
-        the STATUS ones whenever they came.
+        Notifications come during IDLE and at the start of any command; `untagged.take_notified`
+        collects the STATUS ones whenever they came.
         """
         mailboxes = " ".join(quoted_mailbox(folder) for folder in folders)
         await self._notify_set(
@@ -107,7 +107,7 @@ class ImapSession:
     async def push_new_mail(self, max_bytes: int, also: Sequence[str] = ()) -> bool:
         """Ask the server to send each new message of the selected folder with its EXISTS push
         (NOTIFY MessageNew with FETCH attributes, RFC 5465 5.2), so that `fetch_from` after a push
-        needs no round trip, and new mail in the folders `also` as STATUS (take_notified). False
+        needs no round trip, and new mail in the folders `also` as STATUS (`untagged`). False
         when the server has no NOTIFY or refuses this use of it."""
         if not self.supports_notify:
             return False
