@@ -43,7 +43,7 @@ class Selected:
 
 
 class ImapSession:
-    """Use `await ImapSession.open(config, folder)`; every call raises an ImapError subclass."""
+    """Use `await ImapSession.open(config)`, then select a folder; every call raises an ImapError subclass."""
 
     def __init__(self, config: ImapConfig, client: aioimaplib.IMAP4) -> None:
         self.config = config
