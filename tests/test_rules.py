@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import functools
 import os
 import re
 import signal
@@ -25,10 +26,12 @@ from gatewayd.config import ConfigError, load_config, parse_config
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline import Pipeline, StageSpec
 from gatewayd.rules import compose, conditions
+from gatewayd.rules import engine as rules_engine
+from gatewayd.rules import renderer as renderer_module
 from gatewayd.rules.conditions import MAX_HEADER_BYTES, Facts
 from gatewayd.rules.engine import RulesStage
 from gatewayd.rules.load import RuleBook, load_rules
-from gatewayd.rules.match import AddressPattern, RegexBudget
+from gatewayd.rules.match import AddressPattern, InlineBudget, RegexBudget
 from gatewayd.rules.model import parse_rules
 from gatewayd.rules.plan import build, evaluate
 from gatewayd.rules.renderer import TemplateRenderer
@@ -330,6 +333,9 @@ async def test_ordinary_regex_rules_are_evaluated_on_the_event_loop(monkeypatch:
         "r",
     )
     threads = count_threads(monkeypatch)
+    # The inline budget is wall time: a loaded machine that descheduled the test must not send it
+    # to a thread. Ordinary patterns stay on the loop whatever the budget; a slow one is tested above.
+    monkeypatch.setattr(rules_engine, "InlineBudget", functools.partial(InlineBudget, 1.0))
     pipeline = Pipeline([StageSpec(RulesStage(RuleBook(tuple(rules))), 5)])
     outcome = await pipeline.run(message(subject="Need HELP now", body="lorem " * 20000))
     assert threads == []
@@ -617,9 +623,25 @@ async def test_templates_are_sandboxed_and_bounded(renderer: TemplateRenderer) -
             Template(f"{{% for i in {name}(10**9) %}}{{% endfor %}}")
 
 
-async def test_a_template_that_computes_is_rendered_apart_within_limits(renderer: TemplateRenderer) -> None:
+async def test_a_template_not_done_in_time_fails_and_its_child_is_replaced(
+    renderer: TemplateRenderer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(renderer_module, "RENDER_TIMEOUT", 0.3)  # far below the CPU limit
+    busy = Template("{% for a in excerpt %}" * 4 + "{% endfor %}" * 4 + "done")
+    with pytest.raises(ValueError, match=r"not done within 0.3 s"):
+        await renderer.render(busy, {"excerpt": "e" * 500})
+    monkeypatch.setattr(renderer_module, "RENDER_TIMEOUT", 60.0)
+    assert await renderer.render(Template("{{ subject|upper }}"), {"subject": "next"}) == "NEXT"
+
+
+async def test_a_template_that_computes_is_rendered_apart_within_limits(
+    renderer: TemplateRenderer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Loops, filters and operators run in a child process: running out of its CPU or memory
     fails the action; the daemon neither stalls nor grows."""
+    # The CPU limit is what is tested: on a loaded machine 2 s of CPU can take more than the 10 s
+    # wall-clock limit (tested on its own below).
+    monkeypatch.setattr(renderer_module, "RENDER_TIMEOUT", 120.0)
     assert Template("Hi {{ sender_name }}{% if subject %}: {{ subject[:5] }}{% endif %}").plain
     assert not Template("{{ subject|upper }}").plain
     excerpt = {"excerpt": "e" * 500}

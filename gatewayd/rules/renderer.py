@@ -65,7 +65,7 @@ class TemplateRenderer:
             line = await asyncio.wait_for(worker.stdout.readline(), RENDER_TIMEOUT)
         except TimeoutError:
             await self.close()
-            raise ValueError(f"template failed: not done within {RENDER_TIMEOUT:.0f} s") from None
+            raise ValueError(f"template failed: not done within {RENDER_TIMEOUT:g} s") from None
         except ConnectionError:
             line = b""  # it had died: its status says why
         except BaseException:
