@@ -128,3 +128,30 @@ async def test_implicit_tls_with_the_configured_ca(tmp_path: Path) -> None:
         assert result.status == "retry" and len(handler.received) == 1
     finally:
         controller.stop()
+
+
+async def test_a_non_ascii_address_goes_out_with_smtputf8_or_fails_clearly(
+    server: tuple[Handler, int], tmp_path: Path
+) -> None:
+    """aiosmtplib raised UnicodeEncodeError out of send() for such an address, even to a server
+    offering SMTPUTF8 (aiosmtpd does by default); to one that does not, no MAIL is sent."""
+    handler, port = server
+    config = smtp_config(port, tmp_path)
+    result = await send(config, "me@gw.example", ["jörg@exämple.org"], MESSAGE)
+    assert (result.status, result.error) == ("sent", None)
+    (envelope,) = handler.received
+    assert envelope.rcpt_tos == ["jörg@exämple.org"] and "SMTPUTF8" in envelope.mail_options
+    # An address from a header that was not valid UTF-8 holds surrogate escapes of its bytes.
+    garbled = await send(config, "me@gw.example", ["j\udcc3\udcb6rg@example.org"], MESSAGE)
+    assert garbled.status == "failed" and "not an address" in (garbled.error or "")
+
+    ascii_handler, ascii_port = Handler(), free_port()
+    controller = Controller(ascii_handler, hostname="127.0.0.1", port=ascii_port, enable_SMTPUTF8=False)
+    controller.start()
+    try:
+        ascii_config = smtp_config(ascii_port, tmp_path)
+        refused = await send(ascii_config, "me@gw.example", ["jörg@exämple.org"], MESSAGE)
+    finally:
+        controller.stop()
+    assert refused.status == "failed" and "does not offer SMTPUTF8" in (refused.error or "")
+    assert not ascii_handler.received

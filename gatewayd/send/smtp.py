@@ -8,6 +8,9 @@ What matters after a failure is whether the mail may have been delivered anyway:
 - `failed`: it was not delivered and will not be (a 5xx reply, a refused login);
 - `unknown`: the connection broke or timed out while the server had the data: it may have been
   delivered, so it is never sent again (an auto-reply must not go out twice).
+
+An address that is not ASCII goes out with SMTPUTF8 (RFC 6531) when the server offers it; to one
+that does not, or an address that is not even valid text, it is `failed` before any MAIL.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ async def send(
         return SendResult(status, f"{phase[0]}: {exc.code} {exc.message}"[:300])
     except aiosmtplib.SMTPNotSupported as exc:
         return SendResult(FAILED, f"{phase[0]}: {exc}"[:300])
+    except UnicodeError as exc:  # a name aiosmtplib sends as ASCII (the local host name in EHLO)
+        return SendResult(FAILED, f"{phase[0]}: cannot encode: {exc}"[:300])
     except (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError) as exc:
         detail = str(exc) or type(exc).__name__
         # Cut off while the server had the data: it may have been delivered.
@@ -102,12 +107,24 @@ async def _deliver(
         phase[0] = "login"
         await smtp.login(config.username, config.password.reveal())
     phase[0] = "mail"
-    await smtp.mail(envelope_from)
+    addresses = [envelope_from, *recipients]
+    if unencodable := [a for a in addresses if not _valid_text(a)]:
+        return SendResult(FAILED, f"mail: {unencodable[0]!r} is not an address SMTP can carry"[:300])
+    options: list[str] = []
+    encoding = "ascii"
+    if not all(a.isascii() for a in addresses):
+        if smtp.is_ehlo_or_helo_needed:
+            await smtp.ehlo()  # what the server offers is known only after it
+        if not smtp.supports_extension("smtputf8"):
+            wide = next(a for a in addresses if not a.isascii())
+            return SendResult(FAILED, f"mail: the server does not offer SMTPUTF8, needed for {wide}"[:300])
+        options, encoding = ["SMTPUTF8"], "utf-8"
+    await smtp.mail(envelope_from, options=options, encoding=encoding)
     phase[0] = "rcpt"
     refused: list[tuple[str, int, str]] = []
     for recipient in recipients:
         try:
-            await smtp.rcpt(recipient)
+            await smtp.rcpt(recipient, encoding=encoding)
         except aiosmtplib.SMTPRecipientRefused as exc:
             refused.append((recipient, exc.code, exc.message))
     if len(refused) == len(recipients):
@@ -121,3 +138,13 @@ async def _deliver(
         text = "; ".join(f"{rcpt}: {code} {why}" for rcpt, code, why in refused)
         return SendResult(SENT, f"refused: {text}"[:300])
     return SendResult(SENT)
+
+
+def _valid_text(address: str) -> bool:
+    """Whether the address is text UTF-8 can carry: one from an undecodable header holds
+    surrogate escapes of its raw bytes."""
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
