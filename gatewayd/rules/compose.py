@@ -48,6 +48,16 @@ def _headers(own: str, from_name: str | None, to: Sequence[str], subject: str) -
     return message, message_id
 
 
+def text_address(address: str) -> str:
+    """The address, when it is text: one from an undecodable header holds surrogate escapes of
+    its raw bytes, which neither the journal, the event nor SMTP can carry."""
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{address!r} is not an address: it holds bytes that are not text") from None
+    return address
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 

@@ -35,7 +35,15 @@ from gatewayd.pipeline import StageContext, StageResult
 from gatewayd.rules import compose
 from gatewayd.rules.arrivals import Arrivals
 from gatewayd.rules.conditions import Facts
-from gatewayd.rules.execute import ActionInterrupted, Executor, Trainer, identity_of, message_key
+from gatewayd.rules.execute import (
+    ActionInterrupted,
+    Executor,
+    Trainer,
+    describe,
+    identity_of,
+    message_key,
+    unexpected_outcome,
+)
 from gatewayd.rules.load import RuleBook
 from gatewayd.rules.match import InlineBudget, NeedsMoreTime
 from gatewayd.rules.model import Rule
@@ -125,16 +133,27 @@ class RulesStage:
             "errors": facts.errors,
             "header_sha256": header_digest(message.raw),
         }
-        entry = await self._journal.begin(
-            key,
-            agent_id=mailbox.agent_id,
-            mailbox_id=mailbox.id,
-            folder=str(data["folder"]),
-            uidvalidity=int(data["uidvalidity"]),
-            uid=int(data["uid"]),
-            record=record,
-            mails=mails,
-        )
+        try:
+            entry = await self._journal.begin(
+                key,
+                agent_id=mailbox.agent_id,
+                mailbox_id=mailbox.id,
+                folder=str(data["folder"]),
+                uidvalidity=int(data["uidvalidity"]),
+                uid=int(data["uid"]),
+                record=record,
+                mails=mails,
+            )
+        except Exception as exc:  # nothing was done: the event says so, rather than losing the rules' part
+            log.error("%s: the rules' plan could not be journaled; nothing done", mailbox.id, exc_info=exc)
+            undone = "not done: the plan could not be journaled"
+            outcomes = {
+                step["index"]: {"outcome": ERROR, "error": undone}
+                for step in plan["steps"]
+                if "preset" not in step
+            }
+            errors = [*facts.errors, f"the rules' actions were not done: {describe(exc)}"]
+            return _stage_result(result(data, plan, outcomes, errors), plan["drop"])
         return await self._finish(entry, mailbox, actions, message)
 
     async def _moved_here(
@@ -217,8 +236,8 @@ class RulesStage:
                         step["preset"] = {"outcome": SKIPPED, "reason": reason}
                         continue
                     assert target is not None and action.template is not None
+                    step["dry"] = {"to": [compose.text_address(target)]}
                     body = await self.renderer.render(action.template, context)
-                    step["dry"] = {"to": [target]}
                     if actions is None or own is None:
                         continue
                     composed = compose.reply(data, own, target, body, action.get("from_name"))
@@ -264,6 +283,10 @@ class RulesStage:
                     )
             except ValueError as exc:
                 step["preset"] = {"outcome": ERROR, "error": str(exc)[:300]}
+            except ImapConnectionLost:
+                raise
+            except Exception as exc:  # a bug or a surprise in one mail must not cost the others
+                step["preset"] = unexpected_outcome(plan, step, exc)
         return mails
 
     async def recover(self, mailbox: MailboxConfig, actions: MailActions) -> None:

@@ -17,6 +17,7 @@ A broken connection in the middle of an action leaves its outcome unknown too: t
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -31,9 +32,11 @@ from gatewayd.message import ParsedMessage, parse
 from gatewayd.message.identity import Identity
 from gatewayd.pipeline import StageAbort
 from gatewayd.rules.arrivals import Arrivals, InFlight
-from gatewayd.rules.plan import ERROR, OK, PENDING, SKIPPED
+from gatewayd.rules.plan import ERROR, OK, PENDING, RULES_ERROR, SKIPPED
 from gatewayd.send.outbox import Outbox
 from gatewayd.store.journal import HELD, RETRY, SENDING, SENT, UNKNOWN, JournalEntry, RuleJournal
+
+log = logging.getLogger(__name__)
 
 # Test-only failure injection: the process dies right after this point (see tests/integration).
 CRASH_ENV = "GATEWAYD_TEST_CRASH"
@@ -138,6 +141,8 @@ class Executor:
             return {"outcome": ERROR, "error": str(exc)[:300]}
         except ValueError as exc:
             return {"outcome": ERROR, "error": str(exc)[:300]}
+        except Exception as exc:  # a bug or a surprise in one action must not cost the others, nor the event
+            return unexpected_outcome(self._entry.record["plan"], step, exc)
 
     # -- doing --------------------------------------------------------------------------------
 
@@ -246,6 +251,22 @@ class Executor:
                 await self._journal.outbox_update(item.id, UNKNOWN, last_error=error)
             return await self._send(step)
         raise ValueError(f"unknown step {kind}")
+
+
+def unexpected_outcome(plan: Mapping[str, Any], step: Mapping[str, Any], exc: Exception) -> dict[str, Any]:
+    """A step's `error` outcome for an exception nothing expected, named in rules_errors too."""
+    rule = plan["applied"][step["rule"]]
+    action = rule["actions"][step["action"]]["action"]
+    log.error('rule "%s", %s: unexpected error', rule["rule"], action, exc_info=exc)
+    error = f"unexpected error: {describe(exc)}"
+    return {"outcome": ERROR, "error": error, RULES_ERROR: f'rule "{rule["rule"]}", {action}: {error}'}
+
+
+def describe(exc: Exception) -> str:
+    """The exception for the event and the journal: text that stores as UTF-8 whatever it quotes
+    (undecodable header bytes are surrogate escapes, which would fail the write)."""
+    text = f"{type(exc).__name__}: {exc}".encode("utf-8", "backslashreplace").decode("utf-8")
+    return text[:280]
 
 
 def rfc3339_at(timestamp: float | None) -> str | None:

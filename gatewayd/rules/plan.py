@@ -25,6 +25,8 @@ ERROR = "error"
 SKIPPED = "skipped"
 PENDING = "pending"
 DRY_RUN = "dry_run"
+# In a step's outcome: what an unexpected failure of the action adds to the event's rules_errors.
+RULES_ERROR = "rules_error"
 
 _PHASE = {"report": 0, "store": 1, "store_labels": 1, "copy": 2, "move": 3, "send": 4}
 
@@ -127,9 +129,12 @@ def result(
     removed_labels: set[str] = set()
     location: dict[str, Any] = {}
     auto_reply: dict[str, Any] | None = None
+    errors = list(errors)
     for step in plan["steps"]:
         outcome = dict(outcomes.get(step["index"]) or step.get("preset") or {"outcome": PENDING})
         outcome.pop("state", None)
+        if unexpected := outcome.pop(RULES_ERROR, None):
+            errors.append(unexpected)
         entry = applied[step["rule"]]["actions"][step["action"]]
         entry.update(outcome)
         if outcome.get("outcome") not in (OK, DRY_RUN):
