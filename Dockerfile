@@ -29,6 +29,8 @@ EXPOSE 8025
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request as u; sys.exit(u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:8025/healthz', timeout=4).status != 200)"]
 STOPSIGNAL SIGTERM
+# The file-descriptor limit is the runtime's: give it as the systemd unit does (docker run
+# --ulimit nofile=65536:65536); server.max_connections defaults to half of it.
 # SCHED_BATCH, as the systemd unit sets it: woken by new mail, gatewayd does not preempt a
 # Dovecot on the same host mid-sync (docs/benchmarks.md, ninth pass). chrt (util-linux) execs
 # gatewayd, so it stays PID 1; no privilege or seccomp exception is needed for this policy.

@@ -15,6 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gatewayd.api.app import create_app
+from gatewayd.api.connections import default_max_connections
 from gatewayd.api.context import Gateway
 from gatewayd.api.guard import guard_tokens
 from gatewayd.api.server import ApiRunner
@@ -64,6 +65,7 @@ class Daemon:
         self._guard: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self.port: int | None = None
+        self.max_connections = config.server.max_connections or default_max_connections()
 
     async def start(self) -> None:
         """StoreUnavailable: a store cannot be opened, or another daemon runs on it (StoreInUse);
@@ -90,6 +92,7 @@ class Daemon:
             # aiohttp's default, an hour from connecting or from the last answer, let idle and
             # header-trickling connections pile up until no file descriptor was left.
             keepalive_timeout=self.config.server.request_timeout_seconds,
+            max_connections=self.max_connections,
         )
         await self._runner.setup()
         server = self.config.server
@@ -106,7 +109,7 @@ class Daemon:
         self.pool.start()
         self._pruner = asyncio.create_task(self._prune_forever(), name="prune")
         self._guard = asyncio.create_task(guard_tokens(self.gateway), name="token-guard")
-        log.info("listening on %s:%s", server.host, self.port)
+        log.info("listening on %s:%s (at most %d connections)", server.host, self.port, self.max_connections)
         notify("READY=1\nSTATUS=listening")
         if (interval := watchdog_interval()) is not None:
             self._watchdog = asyncio.create_task(keep_watchdog_fed(interval), name="watchdog")

@@ -186,6 +186,7 @@ IMAP = "agents[0].mailboxes[0].imap"
             "server.subscriber_queue_size: expected an integer >= 1, got true",
         ),
         ({"server": {"retry_ms": 1.5}}, "server.retry_ms: expected an integer >= 0, got 1.5"),
+        ({"server": {"max_connections": 0}}, "server.max_connections: expected an integer >= 1, got 0"),
         (
             {"server": {"listen": "::1:80"}},
             'server.listen: expected "host:port" or "[ipv6]:port" with a port 0-65535, got "::1:80"',

@@ -6,23 +6,46 @@ offending bytes, and logs them with a traceback: a bearer token in the bad line 
 Here that answer is `errors.error_response` instead, and the log names the error's kind alone.
 
 aiohttp builds the server and its per-connection handlers itself and offers no hook for this; the
-one seam is the `RequestHandler.handle_error` method, stable from aiohttp 3.9 on.
+one seam is the `RequestHandler.handle_error` method, stable from aiohttp 3.9 on. The same
+protocol class refuses a connection over `server.max_connections` (gatewayd.api.connections) as
+soon as it is made.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_request import BaseRequest
 
+from gatewayd.api.connections import BUSY_RESPONSE, ConnectionLimit
 from gatewayd.api.errors import error_code, error_response
 
 log = logging.getLogger(__name__)
 
 
 class _JsonErrorHandler(web.RequestHandler):
-    __slots__ = ()
+    __slots__ = ("_limit",)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        limit = cast("_JsonErrorServer", self._manager).connection_limit
+        self._limit: ConnectionLimit | None = None
+        if not limit.admit():
+            # Answered before anything is read, and closed: its descriptor is free again at once.
+            cast(asyncio.Transport, transport).write(BUSY_RESPONSE)
+            transport.close()
+            return
+        self._limit = limit
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._limit is None:
+            return  # refused: aiohttp never knew of it
+        self._limit.release()
+        self._limit = None
+        super().connection_lost(exc)
 
     def handle_error(
         self,
@@ -46,15 +69,23 @@ class _JsonErrorHandler(web.RequestHandler):
 
 
 class _JsonErrorServer(web.Server):
+    connection_limit: ConnectionLimit
+
     def __call__(self) -> web.RequestHandler:
         return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
 
 
 class ApiRunner(web.AppRunner):
-    """`web.AppRunner` whose connections answer an unparseable request with a JSON error."""
+    """`web.AppRunner` whose connections answer an unparseable request with a JSON error, and
+    which keeps at most `max_connections` open."""
+
+    def __init__(self, app: web.Application, *, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._connection_limit = ConnectionLimit(max_connections)
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         # aiohttp's Application constructs a plain Server; ours differs only in its protocol class.
         server.__class__ = _JsonErrorServer
+        cast(_JsonErrorServer, server).connection_limit = self._connection_limit
         return server

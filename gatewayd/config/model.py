@@ -136,6 +136,9 @@ class ServerConfig:
     # How long a connection may take to send a whole request (its headers; a body: again as long)
     # from when it opened or got its last answer: idle and trickling clients are cut off.
     request_timeout_seconds: float = 60.0
+    # HTTP connections open at once; one more is answered 503 and closed. None: half the
+    # file-descriptor limit (gatewayd.api.connections).
+    max_connections: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

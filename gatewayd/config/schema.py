@@ -80,6 +80,7 @@ _SERVER = {
     "max_streams_per_token": _Key(_nullable(_integer(1)), 100),
     "token_check_seconds": _Key(_positive, 2.0),
     "request_timeout_seconds": _Key(_positive, 60.0),
+    "max_connections": _Key(_nullable(_integer(1)), None),
 }
 _STORE = {
     "path": _Key(_string, DEFAULT_STORE_PATH),

@@ -15,9 +15,9 @@ from tests.conftest import TOKEN
 CUT_OFF_WITHIN = 30.0
 
 
-async def _daemon(tmp_path: Path, start_gateway: Any) -> int:
+async def _daemon(tmp_path: Path, start_gateway: Any, **server: Any) -> int:
     data = {
-        "server": {"listen": "127.0.0.1:0", "request_timeout_seconds": 1},
+        "server": {"listen": "127.0.0.1:0", "request_timeout_seconds": 1, **server},
         "store": {"path": str(tmp_path / "events.db")},
         "agents": [{"id": "a", "token_sha256": [hash_token(TOKEN)]}],
     }
@@ -91,3 +91,59 @@ async def test_a_body_too_large_or_too_slow_is_refused(tmp_path: Path, start_gat
     assert (status, payload["error"]["code"]) == (408, "request_timeout"), payload
     status, payload = await _post(port, b'{"scopes": ["read"]}')
     assert status == 201 and payload["token"], payload
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 answer with a Content-Length: its head and body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CUT_OFF_WITHIN)
+    length = next(
+        int(line[15:]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
+    return head, await asyncio.wait_for(reader.readexactly(length), CUT_OFF_WITHIN)
+
+
+async def test_connections_over_max_connections_are_refused_and_the_rest_go_on(
+    tmp_path: Path, start_gateway: Any
+) -> None:
+    """Nothing bounded the connections a client could open, up to the last file descriptor."""
+    port = await _daemon(tmp_path, start_gateway, max_connections=3, request_timeout_seconds=30)
+    stream_reader, stream_writer = await asyncio.open_connection("127.0.0.1", port)
+    stream_writer.write(
+        b"GET /v1/events/stream?ping=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Authorization: Bearer " + TOKEN.encode() + b"\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    assert (await asyncio.wait_for(stream_reader.readuntil(b"\r\n\r\n"), CUT_OFF_WITHIN)).startswith(
+        b"HTTP/1.1 200 "
+    )
+    idle = []
+    for _ in range(2):  # kept alive after an answer: counted, whatever the order of accepts
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        head, _ = await _answer(reader)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        idle.append((reader, writer))
+    try:
+        refused_reader, refused_writer = await asyncio.open_connection("127.0.0.1", port)
+        answer = await asyncio.wait_for(refused_reader.read(), CUT_OFF_WITHIN)  # then closed
+        refused_writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 5" in head, answer
+        assert json.loads(body)["error"] == {"code": "unavailable", "message": "too many connections"}
+        # The stream goes on: its pings keep coming.
+        pings = await asyncio.wait_for(stream_reader.readuntil(b": ping"), CUT_OFF_WITHIN)
+        assert b": ping" in pings
+        # One closed, one more is welcome again.
+        idle.pop()[1].close()
+        for _ in range(100):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            again = await asyncio.wait_for(reader.read(), CUT_OFF_WITHIN)
+            writer.close()
+            if not again.startswith(b"HTTP/1.1 503 "):  # the server may not have seen the close yet
+                break
+            await asyncio.sleep(0.05)
+        assert again.startswith(b"HTTP/1.1 200 "), again
+    finally:
+        stream_writer.close()
+        for _, writer in idle:
+            writer.close()
