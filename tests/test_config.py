@@ -188,6 +188,10 @@ IMAP = "agents[0].mailboxes[0].imap"
         ({"server": {"retry_ms": 1.5}}, "server.retry_ms: expected an integer >= 0, got 1.5"),
         ({"server": {"max_connections": 0}}, "server.max_connections: expected an integer >= 1, got 0"),
         (
+            {"server": {"allowed_hosts": ["localhost", "http://x.example/"]}},
+            'server.allowed_hosts[1]: expected a host name or "host:port", got "http://x.example/"',
+        ),
+        (
             {"server": {"listen": "::1:80"}},
             'server.listen: expected "host:port" or "[ipv6]:port" with a port 0-65535, got "::1:80"',
         ),

@@ -10,6 +10,7 @@ from gatewayd.api.context import GATEWAY, Gateway
 from gatewayd.api.errors import json_errors
 from gatewayd.api.events import list_events
 from gatewayd.api.health import healthz
+from gatewayd.api.hosts import allowed_hosts
 from gatewayd.api.report import report_message
 from gatewayd.api.stream import stream_events
 from gatewayd.api.tokens import create_token, list_tokens, revoke_token
@@ -24,7 +25,9 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(gateway: Gateway) -> web.Application:
-    app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
+    hosts = gateway.config.server.allowed_hosts
+    middlewares = [json_errors, allowed_hosts(hosts)] if hosts else [json_errors]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[GATEWAY] = gateway
     app.router.add_get("/events", stream_events, allow_head=False)
     app.router.add_get("/v1/events/stream", stream_events, allow_head=False)

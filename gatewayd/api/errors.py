@@ -20,6 +20,7 @@ _CODES = {
     404: "not_found",
     409: "conflict",
     413: "payload_too_large",
+    421: "misdirected_request",
     405: "method_not_allowed",
     406: "not_acceptable",
     408: "request_timeout",

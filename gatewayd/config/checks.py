@@ -110,6 +110,9 @@ _string = _check(lambda v: isinstance(v, str) and v != "", "a non-empty string")
 _address = _check(lambda v: isinstance(v, str) and _ADDRESS.fullmatch(v), "an address like name@example.com")
 _DOMAIN = re.compile(r"@?[^@\s<>.]+(?:\.[^@\s<>.]+)+\.?")
 _domain = _check(lambda v: isinstance(v, str) and _DOMAIN.fullmatch(v), "a domain like example.com")
+# What a Host header may name: a host name or address, an IPv6 one in brackets, with a port or not.
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]@]+)(?::[0-9]{1,5})?")
+_host = _check(lambda v: isinstance(v, str) and _HOST.fullmatch(v), 'a host name or "host:port"')
 _ident = _check(lambda v: isinstance(v, str) and _ID.fullmatch(v), "1-64 characters from A-Z a-z 0-9 . _ -")
 # A login name or password goes into one IMAP or SMTP command line: a CR or LF in it would end that
 # command and send the rest as another (aioimaplib quotes only quotes and backslashes), NUL separates

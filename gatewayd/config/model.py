@@ -139,6 +139,8 @@ class ServerConfig:
     # HTTP connections open at once; one more is answered 503 and closed. None: half the
     # file-descriptor limit (gatewayd.api.connections).
     max_connections: int | None = None
+    # The names (host or host:port) a request's Host header may give; empty: any (gatewayd.api.hosts).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

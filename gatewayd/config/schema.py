@@ -17,6 +17,7 @@ from gatewayd.config.checks import (
     _choice,
     _domain,
     _hex_digest,
+    _host,
     _http_url,
     _ident,
     _injection_levels,
@@ -81,6 +82,7 @@ _SERVER = {
     "token_check_seconds": _Key(_positive, 2.0),
     "request_timeout_seconds": _Key(_positive, 60.0),
     "max_connections": _Key(_nullable(_integer(1)), None),
+    "allowed_hosts": _Key(_list_of(_host, single_ok=True), ()),
 }
 _STORE = {
     "path": _Key(_string, DEFAULT_STORE_PATH),

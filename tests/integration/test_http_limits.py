@@ -147,3 +147,31 @@ async def test_connections_over_max_connections_are_refused_and_the_rest_go_on(
         stream_writer.close()
         for _, writer in idle:
             writer.close()
+
+
+async def _get(port: int, head: bytes) -> tuple[bytes, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head + b"Connection: close\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), CUT_OFF_WITHIN)
+    writer.close()
+    status, _, body = answer.partition(b"\r\n\r\n")
+    return status.split(b"\r\n")[0], body
+
+
+async def test_allowed_hosts_refuses_a_request_naming_another_host(
+    tmp_path: Path, start_gateway: Any
+) -> None:
+    """A page whose name was rebound to 127.0.0.1 reached gatewayd as its own origin."""
+    port = await _daemon(tmp_path, start_gateway, allowed_hosts=["localhost", "Gatewayd.Example.:8443"])
+    auth = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+    for host in (b"rebound.attacker.example", b"gatewayd.example", b"127.0.0.1:%d" % port):
+        status, body = await _get(port, b"GET /v1/events HTTP/1.1\r\nHost: " + host + b"\r\n" + auth)
+        assert status == b"HTTP/1.1 421 Misdirected Request", (host, status)
+        error = json.loads(body)["error"]
+        assert error["code"] == "misdirected_request" and "allowed_hosts" in error["message"]
+        assert b"attacker" not in body
+    status, _ = await _get(port, b"GET /healthz HTTP/1.0\r\n")  # no Host at all
+    assert status.endswith(b" 421 Misdirected Request")
+    for host in (b"localhost", b"LOCALHOST:8025", b"gatewayd.example:8443", b"gatewayd.example.:8443"):
+        status, body = await _get(port, b"GET /v1/events HTTP/1.1\r\nHost: " + host + b"\r\n" + auth)
+        assert status == b"HTTP/1.1 200 OK", (host, status, body)
