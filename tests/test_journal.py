@@ -22,7 +22,11 @@ from gatewayd.store.journal import (
     OutgoingMail,
     Reservation,
 )
+from gatewayd.store.sqlite import SqliteEventStore
 from gatewayd.store.sqlite_journal import SqliteRuleJournal
+
+# PRAGMA synchronous's values.
+NORMAL, FULL = 1, 2
 
 
 @pytest.fixture
@@ -156,6 +160,29 @@ async def test_committed_records_survive_a_reopen(tmp_path: Path) -> None:
         assert (await second.outbox_get("k1", 0)).message == b"raw"  # type: ignore[union-attr]
     finally:
         await second.close()
+
+
+async def test_its_commits_are_synced_to_disk_and_the_event_logs_are_not(tmp_path: Path) -> None:
+    # An intent (a begin, a step's `started`, an outbox item's `sending`) must be on disk before
+    # its action, across a power loss too: FULL syncs the WAL at every commit of the journal's
+    # connection. The event log's appends, in the same file, stay NORMAL (no fsync per event).
+    store = SqliteEventStore(tmp_path / "events.db")
+    await store.open()
+    journal = SqliteRuleJournal(tmp_path / "events.db")
+    await journal.open()
+    try:
+        await begin(journal, "k1", reply(0))
+        await journal.step("k1", 0, {"state": "started"})
+        assert journal._conn is not None
+        assert list(await journal._conn.execute_fetchall("PRAGMA synchronous")) == [(FULL,)]
+        writer = store._writer
+        assert writer._on_loop is not None
+        assert writer._on_loop.execute("PRAGMA synchronous").fetchone() == (NORMAL,)
+        on_thread = await writer.run(lambda: writer.thread_conn.execute("PRAGMA synchronous").fetchone())
+        assert on_thread == (NORMAL,)
+    finally:
+        await journal.close()
+        await store.close()
 
 
 def count_reads(journal: SqliteRuleJournal, monkeypatch: pytest.MonkeyPatch) -> list[str]:
