@@ -80,6 +80,14 @@ class Daemon:
 
     async def _start(self) -> None:
         await self.store.open()
+        if self.instance.may_have_lost_commits:
+            skipped = await self.store.skip_lost_seqs()
+            log.warning(
+                "the last run ended without a clean stop and the machine went down since: the store's"
+                " newest events may be lost, their messages are processed again; event ids skip %d so"
+                " that none a client saw is reused",
+                skipped,
+            )
         await self.tokens.open()
         await self.rules.open()
         self._runner = ApiRunner(

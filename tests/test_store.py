@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 import gatewayd.store.sqlite as sqlite_backend
+import gatewayd.store.sqlite_schema as sqlite_schema
 from gatewayd.events import Event, NewEvent, parse_rfc3339, rfc3339
 from gatewayd.store import (
     Checkpoint,
@@ -570,6 +571,19 @@ async def test_first_and_last_seq_across_pruning(store: EventStore) -> None:
     assert (await store.first_seq(), await store.last_seq()) == (new[0].seq, new[0].seq)
 
 
+async def test_skipped_seqs_are_never_issued_nor_taken_for_pruned_ones(store: EventStore) -> None:
+    stored = await store.append([ev(n=i) for i in range(3)])
+    skipped = await store.skip_lost_seqs()
+    assert skipped > 0 and await store.last_seq() >= stored[-1].seq + skipped
+    [new] = await store.append([ev(n=3)])
+    assert new.seq > stored[-1].seq + skipped
+    assert await store.pruned_through() == 0
+    # Retention takes everything before the skip: a resume point at its last event lost nothing.
+    assert await store.prune(None, 1) == 3
+    assert await store.pruned_through() == stored[-1].seq
+    assert await store.first_seq() == new.seq
+
+
 async def test_prune_by_count(store: EventStore) -> None:
     stored = await store.append([ev(n=i) for i in range(10)])
     assert await store.prune(None, None) == 0
@@ -745,8 +759,32 @@ async def test_sqlite_migrates_version_1_and_fills_spam_scores(tmp_path: Path) -
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == sqlite_backend.SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == sqlite_backend.SCHEMA_VERSION == 3
     db.close()
+
+
+async def test_sqlite_migrating_to_version_3_counts_every_seq_below_the_oldest_as_pruned(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "events.db"
+    db = sqlite3.connect(path)
+    for script in sqlite_schema._MIGRATIONS[:2]:
+        for statement in script.split(";"):
+            db.execute(statement)
+    db.executemany(
+        "INSERT INTO events (type, created_at, agent_id, data) VALUES ('note', ?, 'a1', '{}')",
+        [(rfc3339(),)] * 5,
+    )
+    db.execute("DELETE FROM events WHERE seq <= 2")  # pruned by a gatewayd of version 2
+    db.execute("PRAGMA user_version=2")
+    db.commit()
+    db.close()
+    store = SqliteEventStore(path)
+    await store.open()
+    try:
+        assert (await store.pruned_through(), await store.first_seq(), await store.last_seq()) == (2, 3, 5)
+    finally:
+        await store.close()
 
 
 async def test_sqlite_opens_a_file_holding_only_tokens_made_before_the_first_run(tmp_path: Path) -> None:
@@ -792,7 +830,7 @@ async def test_sqlite_refuses_newer_schema(tmp_path: Path) -> None:
     db.execute(f"PRAGMA user_version={sqlite_backend.SCHEMA_VERSION + 1}")
     db.close()
     store = SqliteEventStore(path)
-    with pytest.raises(StoreUnavailable, match="schema version 3 is newer than this gatewayd's"):
+    with pytest.raises(StoreUnavailable, match="schema version 4 is newer than this gatewayd's"):
         await store.open()
 
 
@@ -1015,7 +1053,8 @@ def test_one_instance_lock_per_store(tmp_path: Path) -> None:
     store = tmp_path / "state" / "events.db"
     first, second = InstanceLock(store), InstanceLock(store)
     first.acquire()
-    assert (tmp_path / "state" / "events.db.lock").read_text() == f"{os.getpid()}\n"
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert (tmp_path / "state" / "events.db.lock").read_text() == f"{os.getpid()}\n{boot}\n"
     held_by_us = rf"another gatewayd \(pid {os.getpid()}\) is running with the event store"
     with pytest.raises(StoreInUse, match=held_by_us):
         second.acquire()
@@ -1023,3 +1062,21 @@ def test_one_instance_lock_per_store(tmp_path: Path) -> None:
     first.release()  # twice is harmless
     second.acquire()  # free again
     second.release()
+
+
+def test_the_instance_lock_tells_a_stop_without_release_in_an_earlier_boot(tmp_path: Path) -> None:
+    lock = InstanceLock(tmp_path / "events.db")
+    lock.acquire()
+    assert not lock.may_have_lost_commits  # a new store
+    held = lock.path.read_text()
+    lock.release()
+    lock.acquire()
+    assert not lock.may_have_lost_commits  # released: a clean stop
+    lock.release()
+    # Ended without release (the kernel drops the flock, the file keeps its text): in this boot
+    # (kill -9) SQLite lost nothing; in an earlier one, or before the boot was recorded, it may have.
+    for left, lost in ((held, False), (f"{os.getpid()}\nan-earlier-boot\n", True), ("4242\n", True)):
+        lock.path.write_text(left)
+        lock.acquire()
+        assert lock.may_have_lost_commits is lost, left
+        lock.release()

@@ -88,12 +88,12 @@ async def replay_pages(
         while True:
             events = await reading
             if gap is not None:
-                # Read after the page: pruning only ever removes the oldest events, so when the
-                # oldest left is not above `after` now, nothing after it was gone for the read.
-                first = await store.first_seq()
+                # Read after the page: pruning only ever removes the oldest events, so when it never
+                # removed one after `after`, nothing after it was gone for the read. Not the oldest
+                # seq left: seqs are not dense (a start after a power loss skips some).
                 contiguous = bool(events) and events[0].seq == after + 1
-                if after + 1 < first and not contiguous:
-                    # Not `first`: the oldest event left may be another tenant's, never sent here.
+                if not contiguous and after < await store.pruned_through():
+                    # Not the oldest event left: it may be another tenant's, never sent here.
                     await gap(after, events[0].seq if events else await store.last_seq() + 1)
             more = len(events) >= limit
             if more:

@@ -84,7 +84,9 @@ class EventStore(Protocol):
     """Guarantees every implementation keeps (tests/test_store.py is the contract suite):
 
     - `append` is atomic: the events and the checkpoint are written together or not at all.
-    - Events get strictly increasing `seq` in append order; `id` is an opaque ASCII string.
+    - Events get strictly increasing `seq` in append order; `id` is an opaque ASCII string. Seqs
+      need not be dense, and none is issued twice, not even after a power loss took the newest
+      events (`skip_lost_seqs`).
     - An event whose `dedupe_key` is already stored is skipped silently (exactly once).
     - Reads never return events outside `query.agent_ids`, and apply every filter of the query
       exactly as `matches` does (replay and live must agree).
@@ -131,7 +133,19 @@ class EventStore(Protocol):
         ...
 
     async def last_seq(self) -> int:
-        """The newest seq ever issued (0 when none)."""
+        """The newest seq ever issued or skipped (0 when none)."""
+        ...
+
+    async def pruned_through(self) -> int:
+        """The newest seq retention deleted (0 when none): a resume point below it lost events
+        (seqs are not dense, so `first_seq` cannot tell)."""
+        ...
+
+    async def skip_lost_seqs(self) -> int:
+        """After a start that found the store may have lost its newest commits (an OS crash or a
+        power loss under a running daemon: see gatewayd.store.instance_lock), before any append:
+        skip more seqs than the loss can have taken, so none it issued (and the stream sent) is
+        issued again to another event. Returns how many were skipped."""
         ...
 
     async def prune(self, max_age_seconds: float | None, max_events: int | None) -> int:

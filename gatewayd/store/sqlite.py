@@ -8,7 +8,11 @@ sqlite_append, the pages of events in sqlite_read, a resync's questions in sqlit
 module ties them together, with retention.
 
 Durability: WAL with `synchronous=NORMAL` keeps every committed transaction across a crash of
-the process (kill -9); only an OS crash or power loss can drop the last few commits.
+the process (kill -9); only an OS crash or power loss can drop the last few commits (those since
+the WAL was last synced: by a checkpoint, or by a commit of the rules journal, which syncs each).
+Their events were already published, so a start after such a loss skips ids (`skip_lost_seqs`):
+a client never gets an id it saw for another event, nor misses a re-processed message under an
+id below its resume point.
 """
 
 from __future__ import annotations
@@ -50,6 +54,15 @@ _MAX_SEQ = 2**63 - 1  # SQLite INTEGER range; larger ids cannot have been issued
 
 # Rows deleted per prune transaction: short enough that appends waiting on the lock stay fast.
 PRUNE_BATCH = 5000
+
+# Seqs skipped on a start after the machine went down under a running gatewayd: more than a power
+# loss can take. It takes what was committed since the WAL was last synced, and a checkpoint syncs
+# it (before copying) at least every CHECKPOINT_AFTER_PAGES (sqlite_writer) pages the loop's
+# appends count (each event counts one: at most 900 events) and every 1,000 pages the writer's
+# appends write (each append at least one page: at most 1,000 appends of at most a group commit's
+# events); every commit of the rules journal syncs it too. A million covers that many times over and still
+# leaves 2**63 room for 9 * 10**12 such starts.
+LOST_SEQS_BOUND = 1_000_000
 
 
 class SqliteEventStore:
@@ -149,6 +162,12 @@ class SqliteEventStore:
                 )
         return stored
 
+    async def skip_lost_seqs(self) -> int:
+        """Move the sequence LOST_SEQS_BOUND seqs on (see there): call it after a power loss may
+        have taken the log's tail, before the first append."""
+        await self._writer.write(_skip_seqs, LOST_SEQS_BOUND, pages=1)
+        return LOST_SEQS_BOUND
+
     # -- retention ---------------------------------------------------------------------------
 
     async def prune(self, max_age_seconds: float | None, max_events: int | None) -> int:
@@ -199,6 +218,8 @@ class SqliteEventStore:
                 for table in ("message_ids", "events"):
                     sql = f"DELETE FROM {table} WHERE seq IN (SELECT value FROM json_each(?))"
                     conn.execute(sql, (batch,))
+                newest = max(row[0] for row in rows)
+                conn.execute("UPDATE retention SET pruned_through = max(pruned_through, ?)", (newest,))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -268,8 +289,14 @@ class SqliteEventStore:
         last = await self.last_seq()
         return last + 1 if last else 0
 
+    async def pruned_through(self) -> int:
+        """The newest seq retention deleted (0 when none)."""
+        async with self._r.execute("SELECT pruned_through FROM retention") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
     async def last_seq(self) -> int:
-        """The newest seq ever issued (0 when none); sqlite_sequence survives pruning."""
+        """The newest seq ever issued or skipped (0 when none); sqlite_sequence survives pruning."""
         async with self._r.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'") as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
@@ -283,3 +310,20 @@ class SqliteEventStore:
         except Exception:
             return False
         return row is not None and row[0] == 1
+
+
+def _skip_seqs(conn: sqlite3.Connection, count: int) -> None:
+    """skip_lost_seqs's transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # The row is gone too when the loss took every event a new store ever had.
+        conn.execute(
+            "INSERT INTO sqlite_sequence (name, seq) SELECT 'events', 0"
+            " WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'events')"
+        )
+        conn.execute("UPDATE sqlite_sequence SET seq = seq + ? WHERE name = 'events'", (count,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise

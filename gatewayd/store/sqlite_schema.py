@@ -15,7 +15,7 @@ import aiosqlite
 
 from gatewayd.store import StoreUnavailable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS events (
@@ -62,8 +62,23 @@ UPDATE events SET spam_score = json_extract(data, '$.spam.score')
     WHERE json_type(data, '$.spam.score') IN ('integer', 'real')
 """
 
+# The newest seq retention deleted: a resume point below it lost events. Seqs are not dense (a
+# start after a power loss skips some), so the oldest seq left cannot tell. Before this table,
+# everything below the oldest event counts as pruned.
+_V3_PRUNED_THROUGH = """
+CREATE TABLE retention (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    pruned_through INTEGER NOT NULL
+);
+INSERT INTO retention (one, pruned_through) VALUES (1, coalesce(
+    (SELECT min(seq) - 1 FROM events),
+    (SELECT seq FROM sqlite_sequence WHERE name = 'events'),
+    0
+))
+"""
+
 # Migrations from version N-1 to N, applied in order on open(); index 0 creates the schema.
-_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _V2_SPAM_SCORE)
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _V2_SPAM_SCORE, _V3_PRUNED_THROUGH)
 
 # Every SQLite file gatewayd writes carries this in its header (`PRAGMA application_id`, "gwdd").
 APPLICATION_ID = 0x67776464

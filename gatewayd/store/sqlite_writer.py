@@ -90,6 +90,14 @@ class SqliteWriter:
         return conn
 
     async def close(self) -> None:
+        if self._thread_conn is not None and self._executor is not None:
+            # Under NORMAL only a checkpoint syncs the WAL: the last commits must be on disk
+            # before the instance lock marks the stop clean (SQLite checkpoints when the last
+            # connection closes too, but not while another process holds the file open).
+            try:
+                await self.run(lambda: self.thread_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoint before closing failed: %s", exc)
         on_loop, self._on_loop = self._on_loop, None
         if on_loop is not None:
             on_loop.close()

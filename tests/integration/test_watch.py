@@ -430,6 +430,28 @@ async def test_resume_older_than_retention_gets_a_gap_event(
     assert gap.json["first_available_id"] == rest[0].id
 
 
+async def test_ids_skipped_after_a_power_loss_are_no_gap_once_retention_passed_them(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], watch="on_demand"))
+    store = gw.daemon.store
+    before = [
+        (await store.append([NewEvent("note.test", "support", f"{user}-inbox", {"n": i})]))[0]
+        for i in range(3)
+    ]
+    await store.skip_lost_seqs()
+    for i in (3, 4):
+        await store.append([NewEvent("note.test", "support", f"{user}-inbox", {"n": i})])
+    assert await store.prune(None, 2) == 3  # everything before the skipped ids
+    async with aiohttp.ClientSession() as session:
+        for since, gap in ((before[-1].id, False), (before[0].id, True)):
+            params = {"since": since, "types": "note.*", "max_seconds": "1"}
+            reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params=params))
+            frames = [await reader.next() for _ in range(3 if gap else 2)]
+            assert [f.event for f in frames] == ["stream.gap"] * gap + ["note.test"] * 2, since
+            assert [f.json["data"]["n"] for f in frames[gap:]] == [3, 4]
+
+
 # -- after a push: one UID FETCH n:*, no UID SEARCH ----------------------------------------------
 
 
