@@ -55,6 +55,9 @@ DEFAULT_PING_SECONDS = 15.0
 # (it resumes from its last id): a ping-only stream would otherwise keep a client that stopped
 # reading, or vanished, until TCP gives up.
 STALLED_PINGS = 3
+# stream.gap's `reason`: events after the resume point were pruned, or the store never issued it.
+GAP_RETENTION = "retention"
+GAP_UNKNOWN_ID = "unknown_id"
 _CUT_OFF_BECAUSE = {
     SlowClient.OVERFLOW: "its queue of live events filled (server.subscriber_queue_size)",
     SlowClient.STALLED: f"it left what was written untaken at {STALLED_PINGS} pings in a row",
@@ -171,7 +174,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         await response.write(f"retry: {config.server.retry_ms}\n: connected\n\n".encode())
         stream.allow_direct_writes(request)
         if resume is not None:
-            await stream.replay(resume.requested)
+            await stream.replay(resume.requested, unknown=resume.after_seq > start)
         deadline = asyncio.get_running_loop().time() + max_seconds if max_seconds else None
         if stream.end_reason is not None:
             await stream.send_closing(stream.end_reason)
@@ -226,11 +229,13 @@ class _Stream:
     def ending(self) -> bool:
         return self.end_reason is not None or self.gateway.closing
 
-    async def replay(self, requested: str) -> None:
-        """Every stored event after the start, until a shutdown or an end (checked between pages)."""
+    async def replay(self, requested: str, unknown: bool) -> None:
+        """Every stored event after the start, until a shutdown or an end (checked between pages).
+        `unknown`: the resume point lies beyond every id the store issued (a store restored from a
+        backup, say), so the ids the client saw may be issued again: a gap event says so first."""
         start = self.last_seq
 
-        async def gap(after: int, first_available: int) -> None:
+        async def gap(after: int, first_available: int, reason: str = GAP_RETENTION) -> None:
             if self.ending:
                 return
             # Past the start, the hole is after the last event sent, not after the resume point.
@@ -238,6 +243,7 @@ class _Stream:
                 "requested": requested if after == start else str(after),
                 "first_available_id": str(first_available),
                 "at": rfc3339(),
+                "reason": reason,
             }
             await self.response.write(_unnumbered(STREAM_GAP, hole))
 
@@ -247,6 +253,11 @@ class _Stream:
             await self.response.write(frames)
             self.last_seq, self.last_id = last.seq, last.id
             return not self.ending
+
+        if unknown:
+            store = self.gateway.store
+            oldest = await store.read_after(self.query, 0, 1)  # of this stream's, not the store's
+            await gap(start, oldest[0].seq if oldest else await store.last_seq() + 1, GAP_UNKNOWN_ID)
 
         self.caught_up = await replay_pages(self.gateway.store, self.query, start, write, gap)
 

@@ -424,7 +424,7 @@ async def test_resume_older_than_retention_gets_a_gap_event(
         reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"since": "1"}))
         gap = await reader.next()
         assert gap.event == "stream.gap" and gap.id is None
-        assert gap.json["requested"] == "1"
+        assert (gap.json["requested"], gap.json["reason"]) == ("1", "retention")
         rest = [await reader.until(lambda f: f.event == "note.test") for _ in range(2)]
     assert [f.json["data"]["n"] for f in rest] == [3, 4]
     assert gap.json["first_available_id"] == rest[0].id
@@ -450,6 +450,32 @@ async def test_ids_skipped_after_a_power_loss_are_no_gap_once_retention_passed_t
             frames = [await reader.next() for _ in range(3 if gap else 2)]
             assert [f.event for f in frames] == ["stream.gap"] * gap + ["note.test"] * 2, since
             assert [f.json["data"]["n"] for f in frames[gap:]] == [3, 4]
+
+
+async def test_a_resume_point_beyond_every_stored_id_gets_a_gap_event_then_what_comes(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    # A store restored from a backup, say: the client's ids will be issued again, to other events.
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], watch="on_demand"))
+    store = gw.daemon.store
+    [first] = await store.append([NewEvent("note.test", "support", f"{user}-inbox", {"n": 0})])
+    requested = str(await store.last_seq() + 5)
+    async with aiohttp.ClientSession() as session:
+        reader = SseReader(
+            await session.get(
+                f"{gw.url}/events", headers=AUTH, params={"since": requested, "types": "note.*"}
+            )
+        )
+        gap = await reader.next()
+        assert gap.event == "stream.gap" and gap.id is None
+        assert (gap.json["requested"], gap.json["reason"]) == (requested, "unknown_id")
+        assert gap.json["first_available_id"] == first.id
+        # Then live from the newest stored event, as the pipeline stores and publishes them.
+        gw.daemon.bus.publish(
+            await store.append([NewEvent("note.test", "support", f"{user}-inbox", {"n": 1})])
+        )
+        after = await reader.until(lambda f: f.event == "note.test")
+    assert after.json["data"]["n"] == 1
 
 
 # -- after a push: one UID FETCH n:*, no UID SEARCH ----------------------------------------------
