@@ -17,7 +17,15 @@ import tlsh
 
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline import learning
-from gatewayd.pipeline.learning import LearningStore, SentMark, chi2_combine, learn_from_dirs, tokenize
+from gatewayd.pipeline.learning import (
+    LearningStore,
+    SentMark,
+    bayes,
+    chi2_combine,
+    learn_from_dirs,
+    persistence,
+    tokenize,
+)
 from gatewayd.pipeline.learning import store as learning_store
 from gatewayd.pipeline.learning.combine import robinson
 from gatewayd.pipeline.learning.signatures import header_end
@@ -395,7 +403,7 @@ class _HeldLoad:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.read, self.release = threading.Event(), threading.Event()
-        real = learning_store._load
+        real = persistence.load
 
         def held(db: object) -> object:
             snapshot = real(db)  # type: ignore[arg-type]
@@ -404,7 +412,7 @@ class _HeldLoad:
                 assert self.release.wait(10)
             return snapshot
 
-        monkeypatch.setattr(learning_store, "_load", held)
+        monkeypatch.setattr(persistence, "load", held)
         monkeypatch.setattr(learning_store, "RELOAD_CHECK_SECONDS", 0.0)
 
 
@@ -472,7 +480,7 @@ class _WatchedLoads:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, store: LearningStore) -> None:
         self.locked: list[bool] = []
         self.during: Callable[[], object] | None = None
-        real = learning_store._load
+        real = persistence.load
 
         def watched(db: sqlite3.Connection) -> object:
             self.locked.append(store._lock.locked())
@@ -481,7 +489,7 @@ class _WatchedLoads:
                 self.during()
             return snapshot
 
-        monkeypatch.setattr(learning_store, "_load", watched)
+        monkeypatch.setattr(persistence, "load", watched)
 
 
 def test_training_reads_another_process_training_without_the_lock(
@@ -646,7 +654,7 @@ def test_unseen_tokens_are_cached_within_bounds(
     expected = [store.bayes(probe) for probe in probes]
     assert expected == [store.bayes(probe) for probe in probes]  # from the cache
     # Only a token not yet cached grows the cache, and that is when it is cleared if too large.
-    monkeypatch.setattr(learning_store, "MAX_UNSEEN_CACHED", 10)
+    monkeypatch.setattr(bayes, "MAX_UNSEEN_CACHED", 10)
     store.bayes(message("Other", "unheardof"))
     assert len(store._clues) <= len(tokenize(message("Other", "unheardof")))
     for _ in range(2):

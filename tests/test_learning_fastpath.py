@@ -13,6 +13,8 @@ from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline.learning import LearningStore, chi2_combine, tokenize
 from gatewayd.pipeline.learning import store as learning_store
 from gatewayd.pipeline.learning.combine import MAX_CLUES, MIN_TOKEN_STRENGTH, clue, combine_clues, robinson
+from gatewayd.pipeline.learning.nearest import parse_tlsh
+from gatewayd.pipeline.learning.signatures import signature
 from gatewayd.pipeline.learning.tokens import _words
 
 _STRIP = ".,;:!?()[]{}<>\"'*`|=_-~/\\#^"
@@ -133,7 +135,7 @@ def test_shared_clues_follow_every_change_of_the_totals(
 def test_nearest_signature_follows_every_change_of_the_signatures(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # _nearest skips signatures by their length and quartile ratios, from lists made per bucket
+    # nearest_distance skips signatures by their length and quartile ratios, from lists made per bucket
     # when first scanned: they must follow spam reports, ham reports and another process's training.
     rng = random.Random(5)
     vocabulary = [f"w{chr(97 + i % 26)}{chr(97 + i // 26 % 26)}x" for i in range(300)]
@@ -147,10 +149,10 @@ def test_nearest_signature_follows_every_change_of_the_signatures(
 
     def expected(probe: ParsedMessage) -> str | None:
         known = [s for bucket in store._signatures.values() for s in bucket.values()]
-        probe_signature = learning_store.signature(probe)
+        probe_signature = signature(probe)
         if probe_signature is None or not known:
             return None
-        nearest = min(learning_store._tlsh(probe_signature).diff(s) for s in known)
+        nearest = min(parse_tlsh(probe_signature).diff(s) for s in known)
         if nearest > store.signature_distance:
             return None
         return f"tlsh distance {nearest} to a message reported as spam"

@@ -33,17 +33,22 @@ The corpus of 2002 munged its owner's addresses to spamassassin.taint.org and ca
 and sender addresses naming those artefacts are not learned (657 of its ham come "from"
 rssfeeds@spamassassin.taint.org). A deployment's own relays cannot become spam evidence either.
 
-store.py       LearningStore: the SQLite schema, training, scoring, the in-memory counts and caches
+store.py       LearningStore: scoring from memory, training, reloading another process's training
+persistence.py the SQLite file: schema, training's writes, a snapshot of it all; SentMark
 tokens.py      tokenize: header features, subject words, link and address domains, body words
+bayes.py       the token counts in memory and the cache of what each token says
 combine.py     Robinson's token probabilities, Fisher's chi-square combining
 signatures.py  normalise_body, the TLSH signature of a body, message_digest, header_end
+nearest.py     the spam signatures in memory, bucketed by TLSH length, and the nearest search
+senders.py     sender reputation in memory, by mailbox and address
 tenants.py     TenantLearning: one store per tenant, chosen by mailbox; tenant_path
 train.py       learn_from_dirs: training from folders of labelled messages (`gatewayd learn`)
 """
 
 from gatewayd.pipeline.learning.combine import MAX_CLUES, MIN_TOKEN_STRENGTH, chi2_combine
+from gatewayd.pipeline.learning.persistence import SentMark
 from gatewayd.pipeline.learning.signatures import message_digest, normalise_body, signature
-from gatewayd.pipeline.learning.store import HAM, LABELS, SPAM, LearningStore, SentMark
+from gatewayd.pipeline.learning.store import HAM, LABELS, SPAM, LearningStore
 from gatewayd.pipeline.learning.tenants import TenantLearning, tenant_path
 from gatewayd.pipeline.learning.tokens import ARTEFACTS, MAX_TOKENS, tokenize
 from gatewayd.pipeline.learning.train import learn_from_dirs

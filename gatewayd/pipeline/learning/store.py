@@ -1,27 +1,47 @@
-"""LearningStore: the SQLite file, training, and the Bayes counts and signatures held in memory."""
+"""LearningStore: scoring from memory, training written through to the file, and reloading memory
+when another process trained it.
+
+The memory (token counts and clues, signature buckets, sender rows) is this object's own
+attributes, read by its scoring methods directly: they run for every message, and the concept
+modules' functions (bayes.py, nearest.py, senders.py) are given what they need rather than an
+object to look it up in.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
 import sqlite3
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from functools import lru_cache
-from itertools import compress
+from collections.abc import Iterable
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-import tlsh
-
-from gatewayd.message import ParsedMessage, from_address
-from gatewayd.pipeline.learning.combine import MAX_CLUES, Clue, clue, combine_clues, robinson
+from gatewayd.message import ParsedMessage
+from gatewayd.pipeline.learning import persistence
+from gatewayd.pipeline.learning.bayes import TokenCounts, apply_deltas, count_tokens, find_clues
+from gatewayd.pipeline.learning.combine import MAX_CLUES, Clue, combine_clues
+from gatewayd.pipeline.learning.nearest import (
+    Buckets,
+    Scans,
+    add_signature,
+    matching,
+    nearest_distance,
+    remove_signatures,
+)
+from gatewayd.pipeline.learning.persistence import SentMark, Snapshot
+from gatewayd.pipeline.learning.senders import (
+    ALL_MAILBOXES,
+    SenderRow,
+    Senders,
+    correspondent_domains,
+    reputation_address,
+    sender_row,
+    set_sender_row,
+)
 from gatewayd.pipeline.learning.signatures import message_digest, signature
-from gatewayd.pipeline.learning.tokens import ARTEFACTS, tokenize
+from gatewayd.pipeline.learning.tokens import tokenize
 from gatewayd.store import opening
 
 log = logging.getLogger(__name__)
@@ -30,43 +50,11 @@ SPAM = "spam"
 HAM = "ham"
 LABELS = (SPAM, HAM)
 
-# Tokens no message was trained with are cached as such too, so that scoring them again costs no
-# Python work; up to this many (about 5 MB) beyond the known tokens.
-MAX_UNSEEN_CACHED = 50_000
 # Another process's training is looked for at most this often (a PRAGMA per check).
 RELOAD_CHECK_SECONDS = 1.0
 # The most domains `correspondent_domains` gives (the most frequent): what the auth stage protects
 # from lookalikes stays cheap to prepare, whatever a tenant has learnt.
 MAX_CORRESPONDENT_DOMAINS = 500
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS learn_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS learn_tokens (
-    token TEXT PRIMARY KEY, spam INTEGER NOT NULL, ham INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS learn_messages (
-    digest TEXT PRIMARY KEY, label TEXT NOT NULL, address TEXT, mailbox TEXT,
-    trained_at REAL NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS learn_signatures (digest TEXT PRIMARY KEY, tlsh TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS learn_senders (
-    address TEXT NOT NULL, mailbox TEXT NOT NULL, ham INTEGER NOT NULL DEFAULT 0,
-    spam INTEGER NOT NULL DEFAULT 0, sent_to INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (address, mailbox)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS learn_sent_marks (
-    mailbox TEXT PRIMARY KEY, folder TEXT NOT NULL, uidvalidity INTEGER NOT NULL,
-    last_uid INTEGER NOT NULL) WITHOUT ROWID;
-INSERT OR IGNORE INTO learn_meta VALUES ('nspam', 0), ('nham', 0);
-"""
-_ALL_MAILBOXES = ""  # the mailbox column of a sender's row over all mailboxes of this file (one tenant)
-_SenderRow = tuple[int, int, int]  # a learn_senders row's ham, spam, sent_to
-
-
-@dataclass(frozen=True, slots=True)
-class SentMark:
-    """How far a mailbox's Sent folder has been learnt from (gatewayd.imap.sent)."""
-
-    folder: str
-    uidvalidity: int
-    last_uid: int
 
 
 class LearningStore:
@@ -90,36 +78,17 @@ class LearningStore:
         self._lock = threading.Lock()
         with opening("learning store", self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                self._db.execute("PRAGMA busy_timeout=5000")
-                self._db.executescript(_SCHEMA)
-            except BaseException:
-                self._db.close()
-                raise
-        self._tokens: dict[str, tuple[int, int]] = {}  # token -> (spam, ham) messages
-        # What tokens scored since the counts last changed say (see combine.clue): most tokens of a message
-        # were met in earlier ones, so scoring rarely computes one.
+            self._db = persistence.connect(self.path)
+        self._tokens: TokenCounts = {}
+        # What tokens scored since the counts last changed say, and the clue of each (spam, ham)
+        # count met (see bayes.py).
         self._clues: dict[str, Clue] = {}
-        # The clue of each (spam, ham) count met, which is all a clue depends on besides the totals:
-        # tokens with equal counts (most are seen once or twice) share one tuple of floats, a few
-        # thousand in all rather than one per token, which scoring then mostly finds in the CPU cache.
         self._clue_of_counts: dict[tuple[int, int], Clue] = {}
         self._nspam = self._nham = 0
-        # Signatures bucketed by TLSH length value: a length value more than distance/12 apart
-        # alone puts a pair beyond the distance, so only neighbouring buckets are scanned.
-        self._signatures: dict[int, dict[str, tlsh.Tlsh]] = {}
-        # Each bucket's signatures as a list with their quartile-ratio pairs beside it (see
-        # _nearest), made when first scanned and dropped whenever the signatures change.
-        self._scans: dict[int, tuple[list[tlsh.Tlsh], list[int]]] = {}
-        # learn_senders by mailbox, then address: reputation() is asked for every message, mostly
-        # about senders never reported. Keyed by mailbox first, so a sender's address is one string
-        # and its rows cost no dict of their own.
-        self._senders: dict[str, dict[str, _SenderRow]] = {}
-        # Equal rows share one tuple (most are (0, 0, 1), (1, 0, 0) and the like): half the memory.
-        self._sender_rows: dict[_SenderRow, _SenderRow] = {}
+        self._signatures: Buckets = {}
+        self._scans: Scans = {}
+        self._senders: Senders = {}
+        self._sender_rows: dict[SenderRow, SenderRow] = {}
         # Per mailbox: the generation its correspondent domains were counted at, and them.
         self._correspondents: dict[str | None, tuple[int, frozenset[str]]] = {}
         self._data_version = -1
@@ -162,7 +131,7 @@ class LearningStore:
             # Looked up in C; only tokens not met since the counts last changed cost Python work.
             found = list(map(cache.get, tokens))
             if None in found:
-                self._find_clues(tokens, found)
+                find_clues(tokens, found, cache, self._clue_of_counts, self._tokens, self._nspam, self._nham)
         clues = list(filter(None, found))  # a token that is no clue is cached as ()
         if len(clues) > MAX_CLUES:
             # What heapq.nlargest(MAX_CLUES, ...) by strength gives: sort() is stable with
@@ -182,7 +151,7 @@ class LearningStore:
             return None
         with self._lock:
             self._reload_if_changed()
-            best = self._nearest(digest)
+            best = nearest_distance(digest, self._signatures, self._scans, self.signature_distance)
         if best is None:
             return None
         return f"tlsh distance {best} to a message reported as spam"
@@ -201,7 +170,7 @@ class LearningStore:
         address = address.lower()
         with self._lock:
             self._reload_if_changed()
-            overall = self._senders.get(_ALL_MAILBOXES, {}).get(address)
+            overall = self._senders.get(ALL_MAILBOXES, {}).get(address)
             # An empty mailbox_id is the overall row, which gives no `sent_to` then (as the SQL did).
             mailbox = self._senders.get(mailbox_id, {}).get(address) if mailbox_id else None
         if overall is not None:
@@ -222,13 +191,7 @@ class LearningStore:
             cached = self._correspondents.get(mailbox_id)
             if cached is not None and cached[0] == self._generation:
                 return cached[1]
-            addresses = [
-                a for a, (ham, spam, _) in self._senders.get(_ALL_MAILBOXES, {}).items() if ham > spam
-            ]
-            written = self._senders.get(mailbox_id if mailbox_id else _ALL_MAILBOXES, {})
-            addresses += [address for address, (_, _, sent_to) in written.items() if sent_to]
-            counts = Counter(address.rpartition("@")[2] for address in addresses)
-            domains = frozenset(d for d, _ in counts.most_common(MAX_CORRESPONDENT_DOMAINS) if d)
+            domains = correspondent_domains(self._senders, mailbox_id, MAX_CORRESPONDENT_DOMAINS)
             self._correspondents[mailbox_id] = (self._generation, domains)
             return domains
 
@@ -246,7 +209,7 @@ class LearningStore:
         digest = message_digest(message)
         tokens = tokenize(message)
         body_signature = signature(message)
-        address = _reputation_address(message)
+        address = reputation_address(message)
         fresh = self._snapshot_if_stale()
         with self._lock:
             db = self._db
@@ -255,25 +218,20 @@ class LearningStore:
                 if fresh is not None:
                     self._install_if_current(*fresh)
                 self._reload_if_changed(force=True)  # memory plus this call's deltas must equal disk
-                row = db.execute(
-                    "SELECT label, address, mailbox FROM learn_messages WHERE digest = ?", (digest,)
-                ).fetchone()
-                if row is not None and row[0] == label:
+                earlier = persistence.trained_as(db, digest)
+                if earlier is not None and earlier[0] == label:
                     db.execute("ROLLBACK")
                     return False
                 deltas: dict[str, list[int]] = {}
                 totals = [0, 0]  # messages: spam, ham
                 senders: list[tuple[str, str, int, int]] = []  # applied to memory once committed
-                if row is not None:  # re-labelled: take the earlier report back
-                    _count(deltas, totals, tokens, row[0], -1)
-                    self._count_sender(senders, row[1], row[2], row[0], -1)
-                _count(deltas, totals, tokens, label, +1)
+                if earlier is not None:  # re-labelled: take the earlier report back
+                    count_tokens(deltas, totals, tokens, _column(earlier[0]), -1)
+                    self._count_sender(senders, earlier[1], earlier[2], earlier[0], -1)
+                count_tokens(deltas, totals, tokens, _column(label), +1)
                 self._count_sender(senders, address, mailbox_id, label, +1)
-                self._write_tokens(deltas, totals)
-                db.execute(
-                    "INSERT OR REPLACE INTO learn_messages VALUES (?, ?, ?, ?, ?)",
-                    (digest, label, address, mailbox_id, time.time()),
-                )
+                persistence.write_tokens(db, deltas, totals)
+                persistence.write_message(db, digest, label, address, mailbox_id, time.time())
                 added, removed = self._change_signatures(digest, body_signature, label)
                 db.execute("COMMIT")
             except BaseException:
@@ -294,34 +252,22 @@ class LearningStore:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany(
-                    "INSERT INTO learn_senders (address, mailbox, sent_to) VALUES (?, ?, 1) "
-                    "ON CONFLICT (address, mailbox) DO UPDATE SET sent_to = 1",
-                    [(address, mailbox) for address in addresses for mailbox in (mailbox_id, _ALL_MAILBOXES)],
-                )
-                if mark is not None:
-                    db.execute(
-                        "INSERT OR REPLACE INTO learn_sent_marks VALUES (?, ?, ?, ?)",
-                        (mailbox_id, mark.folder, mark.uidvalidity, mark.last_uid),
-                    )
+                persistence.write_sent(db, mailbox_id, addresses, mark)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             for address in addresses:
-                for mailbox in (mailbox_id, _ALL_MAILBOXES):
-                    ham, spam, _ = self._sender(address, mailbox)
-                    self._set_sender(address, mailbox, (ham, spam, 1))
+                for mailbox in (mailbox_id, ALL_MAILBOXES):
+                    ham, spam, _ = sender_row(self._senders, address, mailbox)
+                    set_sender_row(self._senders, self._sender_rows, address, mailbox, (ham, spam, 1))
             if addresses:  # the mark alone is not in memory: a background load in progress stays good
                 self._generation += 1
 
     def sent_mark(self, mailbox_id: str) -> SentMark | None:
         """Where `learn_sent` last left the mailbox's Sent folder; None: never learnt from."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT folder, uidvalidity, last_uid FROM learn_sent_marks WHERE mailbox = ?", (mailbox_id,)
-            ).fetchone()
-        return SentMark(*row) if row is not None else None
+            return persistence.read_sent_mark(self._db, mailbox_id)
 
     def counts(self) -> dict[str, int]:
         """Messages trained per label, and distinct tokens and signatures known."""
@@ -343,40 +289,8 @@ class LearningStore:
     # -----------------------------------------------------------------------------------------
     # Internals; all called with the lock held
 
-    def _find_clues(self, tokens: list[str], found: list[Clue | None]) -> None:
-        """Fill in `found` where it is None, and cache what was filled in."""
-        cache, counts, nspam, nham = self._clues, self._tokens, self._nspam, self._nham
-        of_counts = self._clue_of_counts
-        if len(cache) > len(counts) + MAX_UNSEEN_CACHED:
-            cache.clear()  # unseen tokens are cached too: bound what a stream of new words can add
-        for i, token in enumerate(tokens):
-            if found[i] is None:
-                counted = counts.get(token)
-                if counted is None:
-                    token_clue: Clue = ()  # an unseen token scores exactly the prior: never a clue
-                elif (shared := of_counts.get(counted)) is not None:
-                    token_clue = shared
-                else:
-                    token_clue = of_counts[counted] = clue(robinson(*counted, nspam, nham))
-                found[i] = cache[token] = token_clue
-
     def _forget_clues(self) -> None:
         self._clues, self._clue_of_counts = {}, {}
-
-    def _write_tokens(self, deltas: dict[str, list[int]], totals: list[int]) -> None:
-        self._db.executemany(
-            "UPDATE learn_meta SET value = MAX(0, value + ?) WHERE key = ?",
-            [(totals[0], "nspam"), (totals[1], "nham")],
-        )
-        self._db.executemany(
-            "INSERT INTO learn_tokens VALUES (?1, MAX(0, ?2), MAX(0, ?3)) ON CONFLICT (token) DO UPDATE "
-            "SET spam = MAX(0, spam + ?2), ham = MAX(0, ham + ?3)",
-            [(token, s, h) for token, (s, h) in deltas.items() if s or h],
-        )
-        self._db.executemany(  # only an un-learn can bring a token to zero
-            "DELETE FROM learn_tokens WHERE token = ? AND spam = 0 AND ham = 0",
-            [(token,) for token, (s, h) in deltas.items() if s < 0 or h < 0],
-        )
 
     def _count_sender(
         self,
@@ -390,19 +304,9 @@ class LearningStore:
         if not address:
             return
         column = "spam" if label == SPAM else "ham"
-        for mailbox in {_ALL_MAILBOXES, mailbox_id or _ALL_MAILBOXES}:
-            self._db.execute(
-                f"INSERT INTO learn_senders (address, mailbox, {column}) VALUES (?1, ?2, MAX(0, ?3)) "
-                f"ON CONFLICT (address, mailbox) DO UPDATE SET {column} = MAX(0, {column} + ?3)",
-                (address, mailbox, sign),
-            )
+        for mailbox in {ALL_MAILBOXES, mailbox_id or ALL_MAILBOXES}:
+            persistence.count_sender(self._db, address, mailbox, column, sign)
             changes.append((address, mailbox, 1 if label == SPAM else 0, sign))
-
-    def _sender(self, address: str, mailbox: str) -> _SenderRow:
-        return self._senders.get(mailbox, {}).get(address, (0, 0, 0))
-
-    def _set_sender(self, address: str, mailbox: str, row: _SenderRow) -> None:
-        self._senders.setdefault(mailbox, {})[address] = self._sender_rows.setdefault(row, row)
 
     def _change_signatures(
         self, digest: str, body_signature: str | None, label: str
@@ -413,14 +317,12 @@ class LearningStore:
         if label == SPAM:
             if body_signature is not None:
                 added[digest] = body_signature
-                self._db.execute(
-                    "INSERT OR REPLACE INTO learn_signatures VALUES (?, ?)", (digest, body_signature)
-                )
+                persistence.write_signature(self._db, digest, body_signature)
             return added, removed
         removed.add(digest)  # a message once reported as spam, now as ham
         if body_signature is not None:
-            removed |= {known for known, _ in self._within(_tlsh(body_signature))}
-        self._db.executemany("DELETE FROM learn_signatures WHERE digest = ?", [(d,) for d in removed])
+            removed |= matching(body_signature, self._signatures, self.signature_distance)
+        persistence.delete_signatures(self._db, removed)
         return added, removed
 
     def _apply(
@@ -433,90 +335,18 @@ class LearningStore:
     ) -> None:
         """Bring memory in line with a committed training."""
         for address, mailbox, column, sign in senders:  # as _count_sender's SQL: a row even at zero
-            row = list(self._sender(address, mailbox))
+            row = list(sender_row(self._senders, address, mailbox))
             row[column] = max(0, row[column] + sign)
-            self._set_sender(address, mailbox, (row[0], row[1], row[2]))
+            set_sender_row(self._senders, self._sender_rows, address, mailbox, (row[0], row[1], row[2]))
         self._forget_clues()  # every probability depends on the message totals
         self._generation += 1
         self._nspam, self._nham = max(0, self._nspam + totals[0]), max(0, self._nham + totals[1])
-        tokens = self._tokens
-        for token, (s, h) in deltas.items():
-            old = tokens.get(token, (0, 0))
-            new = (max(0, old[0] + s), max(0, old[1] + h))
-            if new == (0, 0):
-                tokens.pop(token, None)
-            else:
-                tokens[token] = new
-        for bucket in self._signatures.values():
-            for digest in removed:
-                bucket.pop(digest, None)
+        apply_deltas(self._tokens, deltas)
+        remove_signatures(self._signatures, removed)
         for digest, text in added.items():
-            parsed = _tlsh(text)
-            self._signatures.setdefault(parsed.lvalue, {})[digest] = parsed
+            add_signature(self._signatures, digest, text)
         if added or removed:
             self._scans = {}
-
-    def _within(self, probe: tlsh.Tlsh) -> Iterable[tuple[str, int]]:
-        """(digest, distance) of known signatures within `signature_distance` of `probe`."""
-        for bucket in self._neighbours(probe):
-            for digest, known in bucket.items():
-                distance = probe.diff(known)
-                if distance <= self.signature_distance:
-                    yield digest, distance
-
-    def _nearest(self, text: str) -> int | None:
-        """The distance to the nearest known signature if within `signature_distance`.
-
-        A linear scan of the neighbouring length buckets (the loop runs in C): fine up to some
-        tens of thousands of reported spam. A diff costs several hundred instructions; the length
-        and quartile ratios alone bound the distance from below, so the signatures they put beyond
-        `signature_distance` (three in four on the corpus) are skipped by a list lookup instead.
-        """
-        probe = _tlsh(text)
-        nearest: float = math.inf
-        scanned = False
-        # Nearest lengths first: every distance to a bucket k length values away is at least
-        # _length_distance(k), so once that is no less than the nearest found, farther buckets
-        # cannot hold a nearer signature (a near duplicate mostly has the same length value).
-        for k in range(self._reach() + 1):
-            length_distance = _length_distance(k)
-            if length_distance >= nearest:
-                break
-            # By _ratio_pair: whether the ratios may still keep a signature within the distance.
-            left = self.signature_distance - length_distance
-            reachable = _ratios_within(probe.q1ratio, probe.q2ratio, left)
-            for step in {k, -k}:
-                scan = self._scan((probe.lvalue + step) % 256)
-                if scan is not None:
-                    scanned = True
-                    known, ratio_pairs = scan
-                    near = compress(known, map(reachable.__getitem__, ratio_pairs))
-                    nearest = min(nearest, min(map(probe.diff, near), default=nearest))
-        if not scanned:  # not `nearest == inf`: signatures all skipped are beyond the distance too
-            nearest = 999  # no signature of a length within reach
-        return int(nearest) if nearest <= self.signature_distance else None
-
-    def _scan(self, lvalue: int) -> tuple[list[tlsh.Tlsh], list[int]] | None:
-        """The signatures of a length bucket and their quartile-ratio pairs; None: no signature."""
-        scan = self._scans.get(lvalue)
-        if scan is None:
-            bucket = self._signatures.get(lvalue)
-            if not bucket:
-                return None
-            known = list(bucket.values())
-            scan = self._scans[lvalue] = (known, [_ratio_pair(signature) for signature in known])
-        return scan
-
-    def _reach(self) -> int:
-        # Each length step beyond the first adds 12 to the distance: farther buckets cannot match.
-        return max(1, self.signature_distance // 12)
-
-    def _neighbours(self, probe: tlsh.Tlsh) -> Iterator[dict[str, tlsh.Tlsh]]:
-        reach = self._reach()
-        for step in range(-reach, reach + 1):
-            bucket = self._signatures.get((probe.lvalue + step) % 256)
-            if bucket:
-                yield bucket
 
     def _reload_if_changed(self, force: bool = False) -> None:
         """Bring memory in line with another connection's commits (the CLI's training, say): at
@@ -526,11 +356,11 @@ class LearningStore:
         if not force and now - self._checked_at < RELOAD_CHECK_SECONDS:
             return
         self._checked_at = now
-        version = self._file_version()
+        version = persistence.file_version(self._db)
         if version == self._data_version:
             return
         if force or not self.reload_in_background:
-            self._install(_load(self._db), version)
+            self._install(persistence.load(self._db), version)
         elif self._loading is None:
             self._loading = threading.Thread(
                 target=self._load_in_background,
@@ -543,7 +373,7 @@ class LearningStore:
     def _load_in_background(self, version: int, generation: int) -> None:
         snapshot = None
         try:
-            snapshot = self._read_snapshot()
+            snapshot = persistence.read_snapshot(self.path)
         except Exception as exc:  # memory stays as it was; the next check tries again
             log.warning("reloading the learning store failed: %s", exc)
         with self._lock:
@@ -551,47 +381,29 @@ class LearningStore:
             if snapshot is not None and generation == self._generation and not self._closed:
                 self._install(snapshot, version)
 
-    def _read_snapshot(self) -> _Snapshot:
-        """The file as it is, read on a connection of its own in one read transaction: a
-        consistent snapshot, and the lock stays free for scoring meanwhile."""
-        db = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            db.execute("PRAGMA query_only=ON")
-            db.execute("BEGIN")
-            snapshot = _load(db)
-            db.execute("COMMIT")
-        finally:
-            db.close()
-        return snapshot
-
-    def _snapshot_if_stale(self) -> tuple[_Snapshot, int, int] | None:
+    def _snapshot_if_stale(self) -> tuple[Snapshot, int, int] | None:
         """For training: when another connection committed since memory was loaded, the file read
         without the lock (a load under it would hold up scoring on the event loop for as long),
         with the data_version and generation it was read after; None when memory is current or
         the read failed (training then loads under the lock, as it always may)."""
         with self._lock:
-            version = self._file_version()
+            version = persistence.file_version(self._db)
             if version == self._data_version:
                 return None
             generation = self._generation
         try:
-            return self._read_snapshot(), version, generation
+            return persistence.read_snapshot(self.path), version, generation
         except sqlite3.Error:
             return None
 
-    def _install_if_current(self, snapshot: _Snapshot, version: int, generation: int) -> None:
+    def _install_if_current(self, snapshot: Snapshot, version: int, generation: int) -> None:
         """Install a snapshot from `_snapshot_if_stale` inside training's write transaction if it
         is exactly the file: nothing committed elsewhere since `version` (BEGIN IMMEDIATE keeps
         it so from now on) and nothing changed memory here since `generation`."""
-        if generation == self._generation and self._file_version() == version:
+        if generation == self._generation and persistence.file_version(self._db) == version:
             self._install(snapshot, version)
 
-    def _file_version(self) -> int:
-        """SQLite's data_version on this store's connection: it changes when another connection
-        commits (never for this connection's own commits)."""
-        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
-
-    def _install(self, snapshot: _Snapshot, version: int) -> None:
+    def _install(self, snapshot: Snapshot, version: int) -> None:
         self._forget_clues()
         self._generation += 1
         self._nspam, self._nham = snapshot.nspam, snapshot.nham
@@ -600,82 +412,6 @@ class LearningStore:
         self._data_version = version  # only now: a load that failed is tried again
 
 
-@dataclass(frozen=True, slots=True)
-class _Snapshot:
-    """What scoring reads, as loaded from the file."""
-
-    nspam: int
-    nham: int
-    tokens: dict[str, tuple[int, int]]
-    signatures: dict[int, dict[str, tlsh.Tlsh]]
-    senders: dict[str, dict[str, _SenderRow]]
-    sender_rows: dict[_SenderRow, _SenderRow]
-
-
-def _load(db: sqlite3.Connection) -> _Snapshot:
-    meta = dict(db.execute("SELECT key, value FROM learn_meta").fetchall())
-    tokens = {token: (s, h) for token, s, h in db.execute("SELECT token, spam, ham FROM learn_tokens")}
-    signatures: dict[int, dict[str, tlsh.Tlsh]] = {}
-    for digest, text in db.execute("SELECT digest, tlsh FROM learn_signatures"):
-        parsed = _tlsh(text)
-        signatures.setdefault(parsed.lvalue, {})[digest] = parsed
-    senders: dict[str, dict[str, _SenderRow]] = {}
-    rows: dict[_SenderRow, _SenderRow] = {}  # equal rows share one tuple, as in _set_sender
-    previous = ""
-    query = "SELECT address, mailbox, ham, spam, sent_to FROM learn_senders"
-    for address, mailbox, ham, spam, sent_to in db.execute(query):
-        if address == previous:  # rows come by address: its mailboxes share one string
-            address = previous
-        previous = address
-        row = (ham, spam, sent_to)
-        senders.setdefault(mailbox, {})[address] = rows.setdefault(row, row)
-    return _Snapshot(meta.get("nspam", 0), meta.get("nham", 0), tokens, signatures, senders, rows)
-
-
-def _count(
-    deltas: dict[str, list[int]], totals: list[int], tokens: Iterable[str], label: str, sign: int
-) -> None:
-    column = 0 if label == SPAM else 1
-    totals[column] += sign
-    for token in tokens:
-        deltas.setdefault(token, [0, 0])[column] += sign
-
-
-def _length_distance(steps: int) -> int:
-    """The part of a TLSH distance that comes from length values `steps` apart (as in TLSH)."""
-    return steps if steps <= 1 else 12 * steps
-
-
-def _ratio_pair(signature: tlsh.Tlsh) -> int:
-    """A signature's two quartile ratios (4 bits each) as one index into `_ratio_distances`."""
-    return signature.q1ratio * 16 + signature.q2ratio
-
-
-@lru_cache(maxsize=1024)  # 256 ratio pairs times the few distances left for them
-def _ratios_within(q1ratio: int, q2ratio: int, distance: int) -> list[bool]:
-    """Whether the quartile ratios of a signature with these ratios and one of each `_ratio_pair`
-    alone keep the pair within `distance` (see `_ratio_distances`)."""
-    return [bound <= distance for bound in _ratio_distances(q1ratio, q2ratio)]
-
-
-def _ratio_distances(q1ratio: int, q2ratio: int) -> list[int]:
-    """The part of a TLSH distance that comes from the quartile ratios (as in TLSH), from a
-    signature with these ratios to one of each `_ratio_pair`."""
-    pairs = [(q1, q2) for q1 in range(16) for q2 in range(16)]
-    return [_ratio_distance(q1ratio, q1) + _ratio_distance(q2ratio, q2) for q1, q2 in pairs]
-
-
-def _ratio_distance(a: int, b: int) -> int:
-    steps = min((a - b) % 16, (b - a) % 16)  # ratios wrap around, as in TLSH
-    return steps if steps <= 1 else 12 * (steps - 1)
-
-
-def _reputation_address(message: ParsedMessage) -> str | None:
-    address = from_address(message.data)
-    return None if address is None or any(a in address for a in ARTEFACTS) else address
-
-
-def _tlsh(text: str) -> tlsh.Tlsh:
-    parsed = tlsh.Tlsh()
-    parsed.fromTlshStr(text)
-    return parsed
+def _column(label: str) -> int:
+    """The column of `label` in token counts and message totals: spam, ham."""
+    return 0 if label == SPAM else 1

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from gatewayd.config import DEFAULT_TENANT
 from gatewayd.message import ParsedMessage
-from gatewayd.pipeline.learning.store import LearningStore, SentMark
+from gatewayd.pipeline.learning.persistence import SentMark
+from gatewayd.pipeline.learning.store import LearningStore
 
 
 def tenant_path(path: Path, tenant: str) -> Path:
