@@ -20,12 +20,12 @@ from gatewayd.pipeline import learning
 from gatewayd.pipeline.learning import (
     LearningStore,
     SentMark,
-    bayes,
     chi2_combine,
     learn_from_dirs,
     persistence,
     tokenize,
 )
+from gatewayd.pipeline.learning import bayes as learning_bayes
 from gatewayd.pipeline.learning import store as learning_store
 from gatewayd.pipeline.learning.combine import robinson
 from gatewayd.pipeline.learning.signatures import header_end
@@ -654,7 +654,7 @@ def test_unseen_tokens_are_cached_within_bounds(
     expected = [store.bayes(probe) for probe in probes]
     assert expected == [store.bayes(probe) for probe in probes]  # from the cache
     # Only a token not yet cached grows the cache, and that is when it is cleared if too large.
-    monkeypatch.setattr(bayes, "MAX_UNSEEN_CACHED", 10)
+    monkeypatch.setattr(learning_bayes, "MAX_UNSEEN_CACHED", 10)
     store.bayes(message("Other", "unheardof"))
     assert len(store._clues) <= len(tokenize(message("Other", "unheardof")))
     for _ in range(2):
