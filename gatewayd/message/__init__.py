@@ -28,6 +28,7 @@ attached.py   the text of attached text files and forwarded messages, and the pa
 html.py       the HTML-to-text converter (one linear scan)
 text.py       charsets, decoding bytes, surrogate escapes, header cleaning, RFC 2047 encoded words
 fields.py     Message-ID, In-Reply-To, References, addresses (with the fast address-list path), dates
+identity.py   how a message a rule moved or copied is recognised in its destination
 """
 
 from gatewayd.message.attached import AttachedText, Skipped, SkipReason

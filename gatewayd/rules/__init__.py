@@ -11,6 +11,7 @@ safety.py      RFC 3834: when no automatic reply may be sent, and to whom one go
 compose.py     the auto-reply and forward messages
 plan.py        matching rules -> ordered steps -> the event's rules_applied, labels, ...
 execute.py     steps through the journal: intent, action, outcome; crash resolution
+arrivals.py    moves and copies in flight, so the destination's watcher announces none twice
 engine.py      RulesStage (the pipeline's last stage) and recover()
 load.py        RuleBook: every rule of the configuration, checked; reload
 syntax.py      rules as written in YAML, checked: each problem with its key path
