@@ -357,6 +357,10 @@ async def check_stream(
         if status != 200:
             return
         reader = SseReader(response)
+        if point is not None and point > env.events[-1].seq:
+            # Beyond every id issued (a store restored from a backup, say): a gap says so first.
+            gap = await reader.next(5)
+            assert gap.event == "stream.gap" and gap.json["reason"] == "unknown_id", gap
         after = min(point, env.events[-1].seq) if point is not None else None
         replayed = [
             e for e in env.events if after is not None and e.seq > after and selected(case, params, e)
