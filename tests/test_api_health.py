@@ -25,3 +25,15 @@ async def test_healthz_answers_anyone_and_refuses_a_token_that_may_not_read(tmp_
         assert status == 403 and refused["error"]["code"] == "insufficient_scope"
         status, refused = await api.call("GET", "/healthz", "not-a-token")
         assert status == 401 and refused["error"]["code"] == "invalid_token"
+
+
+async def test_healthz_counts_the_event_loops_tasks(tmp_path: Path) -> None:
+    """`tasks` lets a long run (bench/soak.py) see a task leak: it follows the streams open."""
+    config = fleet(tmp_path, bot_parent="acme")
+    async with serving(config) as api:
+        _, before = await api.call("GET", "/healthz", ACME_ADMIN)
+        headers = {"Authorization": f"Bearer {ACME_ADMIN}"}
+        async with api.session.get(f"{api.url}/events", headers=headers) as stream:
+            assert await stream.content.readline() == b"retry: 3000\n"
+            _, during = await api.call("GET", "/healthz", ACME_ADMIN)
+        assert isinstance(before["tasks"], int) and during["tasks"] > before["tasks"] > 0

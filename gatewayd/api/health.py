@@ -8,6 +8,8 @@ watchers of its own subtree (`last_uid`, `push_to_event_ms`, `last_error`, ...),
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from gatewayd.api.auth import QUERY_TOKEN, authenticate
@@ -33,6 +35,8 @@ async def healthz(request: web.Request) -> web.Response:
         "closing": gateway.closing,
         "subscribers": len(gateway.bus),
         "streams_cut_off": {why.value: gateway.slow_clients[why] for why in SlowClient},
+        # The event loop's tasks: a count that keeps rising over a long run is a leak.
+        "tasks": len(asyncio.all_tasks()),
         "watchers": [
             watcher if watcher["mailbox_id"] in detailed else _public(watcher)
             for watcher in gateway.pool.health()
