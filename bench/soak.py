@@ -204,7 +204,9 @@ class Gatewayd:
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
 
-    async def wait_up(self, session: aiohttp.ClientSession, timeout: float = 60) -> None:
+    async def wait_up(
+        self, session: aiohttp.ClientSession, timeout: float = 60, every_watcher_idle: bool = False
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process is not None
@@ -212,7 +214,9 @@ class Gatewayd:
                 raise RuntimeError(f"gatewayd exited with {self.process.returncode}; see {self.work}")
             body = await self.health(session)
             if body is not None and body.get("status") == "ok":
-                return
+                states = {watcher["state"] for watcher in body["watchers"]}
+                if not every_watcher_idle or states == {"idle"}:
+                    return
             await asyncio.sleep(0.2)
         raise RuntimeError("gatewayd did not come up")
 
@@ -659,7 +663,8 @@ async def soak_run(args: argparse.Namespace, work: Path) -> bool:
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=60)) as session:
             gateway.start()
-            await gateway.wait_up(session)
+            # Idle first: mail delivered before a watcher's first connection is never announced.
+            await gateway.wait_up(session, every_watcher_idle=True)
             log(f"gatewayd up on {gateway.url}; work directory {work}")
             clients = [
                 SseClient("steady", "steady", gateway.url),
@@ -672,8 +677,7 @@ async def soak_run(args: argparse.Namespace, work: Path) -> bool:
                 sampler = group.create_task(soak.sampler(stop, session))
                 await asyncio.gather(soak.deliveries(end), soak.chaos_loop(end, session))
                 log(f"{len(soak.mails)} messages sent; settling")
-                async with soak.daemon_lock:
-                    events = await settle(soak, session, clients)
+                events = await settle(soak, session, clients)
                 stop.set()
                 for task in followers:
                     task.cancel()
