@@ -683,7 +683,13 @@ async def soak_run(args: argparse.Namespace, work: Path) -> bool:
                     task.cancel()
                 await sampler
             server_ids = await asyncio.to_thread(maildir_message_ids, dovecot, users)
-            return report(soak, events, clients, server_ids)
+            health = await gateway.health(session) or {}
+            per_folder = sorted({w["mailbox_id"] for w in health.get("watchers", []) if not w.get("notify")})
+            ok = report(soak, events, clients, server_ids)
+            # Not a failure, but a cost the chaos can leave behind: the account's folders on a
+            # connection each instead of its one NOTIFY connection.
+            print(f"mailboxes on one connection per folder at the end: {len(per_folder)} {per_folder}")
+            return ok
     finally:
         status = gateway.stop()
         log(f"gatewayd stopped: exit status {status}")
