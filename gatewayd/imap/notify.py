@@ -9,7 +9,8 @@ Sent folder, asked for too, only starts its learning (`gatewayd.imap.sent`), sti
 The per-folder work (checkpoints in the same transaction as the events, UIDVALIDITY changes,
 state events) is the `FolderWatcher`'s, unchanged: this module only drives the connection.
 NOTIFY is an optimisation: a server without it, one that refuses the NOTIFY command, or a
-folder that cannot be selected falls back to one IDLE connection per folder.
+folder that cannot be selected falls back to one IDLE connection per folder; after the last,
+for `notify_retry_seconds` only, since the folder may be created again.
 """
 
 from __future__ import annotations
@@ -22,14 +23,19 @@ from gatewayd.config import MailboxConfig
 from gatewayd.imap.sent import SentLearner
 from gatewayd.imap.session import ImapConnectionLost, ImapError, ImapSession
 from gatewayd.imap.sync import MessageProcessor, Publisher
-from gatewayd.imap.watch import FolderWatcher, retry_delay
+from gatewayd.imap.watch import FolderWatcher, StopReason, retry_delay
 from gatewayd.store import EventStore
 
 log = logging.getLogger(__name__)
 
 
 class _NotifyUnusable(Exception):
-    """The server took the connection but not our use of NOTIFY on it."""
+    """The server took the connection but not our use of NOTIFY on it. `transient`: a folder
+    could not be selected (it may be created again), not NOTIFY itself refused."""
+
+    def __init__(self, reason: str, transient: bool) -> None:
+        super().__init__(reason)
+        self.transient = transient
 
 
 def _is_change(line: bytes) -> bool:
@@ -37,8 +43,16 @@ def _is_change(line: bytes) -> bool:
     return line.endswith(b"EXISTS") or line.startswith(b"STATUS ")
 
 
+class _FallBackOver(Exception):
+    """Time to try NOTIFY again."""
+
+
 class AccountWatcher:
     """All the folders of one mailbox, over one NOTIFY connection when the server allows it."""
+
+    # A folder that could not be selected (deleted, then created again) ends the fall-back after
+    # this long: the account goes back to its one NOTIFY connection instead of one per folder for good.
+    notify_retry_seconds = 600.0
 
     def __init__(
         self,
@@ -74,7 +88,8 @@ class AccountWatcher:
                 except _NotifyUnusable as exc:
                     log.warning("%s: NOTIFY unusable (%s); one connection per folder", self.mailbox.id, exc)
                     self._drop_session()
-                    await self._per_folder(None)
+                    await self._per_folder(None, self.notify_retry_seconds if exc.transient else None)
+                    log.info("%s: trying NOTIFY again", self.mailbox.id)
                 except ImapError as exc:
                     attempt = await self._back_off(str(exc), exc.kind, attempt)
                 except Exception as exc:
@@ -91,16 +106,31 @@ class AccountWatcher:
         if session is not None:
             await session.logout()
 
-    async def _per_folder(self, session: ImapSession | None) -> None:
+    async def _per_folder(self, session: ImapSession | None, for_seconds: float | None = None) -> None:
         """The fall-back: every folder its own IDLE connection (the first may reuse `session`).
 
-        Returns only by cancellation (FolderWatcher.run never ends otherwise)."""
+        Returns after `for_seconds`, each folder's connection logged out (`mailbox.disconnected`,
+        reason `notify_retry`); without it only by cancellation (FolderWatcher.run never ends)."""
         for watcher in self.folders:
             watcher.status.notify = False
-        async with asyncio.TaskGroup() as group:
-            for i, watcher in enumerate(self.folders):
-                name = f"watch:{self.mailbox.id}/{watcher.folder}"
-                group.create_task(watcher.run(session if i == 0 else None), name=name)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for i, watcher in enumerate(self.folders):
+                    name = f"watch:{self.mailbox.id}/{watcher.folder}"
+                    group.create_task(watcher.run(session if i == 0 else None), name=name)
+                if for_seconds is not None:
+                    group.create_task(self._end_fall_back(for_seconds))
+        except* _FallBackOver:
+            pass
+        finally:
+            for watcher in self.folders:
+                watcher.stop_reason = StopReason.SHUTDOWN
+
+    async def _end_fall_back(self, after: float) -> None:
+        await asyncio.sleep(after)
+        for watcher in self.folders:
+            watcher.stop_reason = StopReason.NOTIFY_RETRY
+        raise _FallBackOver  # the task group cancels the folders' watchers: each logs out
 
     def _drop_session(self) -> None:
         if self._session is not None:
@@ -131,13 +161,18 @@ class AccountWatcher:
             # NOTIFY first: mail arriving from now on is reported, even during the syncs below.
             also = [self._sent] if self._sent is not None else []
             await session.notify(folders, self.mailbox.fetch_max_bytes, also)
+        except ImapConnectionLost:
+            raise
+        except ImapError as exc:
+            raise _NotifyUnusable(str(exc), transient=False) from None
+        try:
             for watcher in self.folders:
                 await watcher.attach(session, notify=True)
                 synced_below[watcher.folder] = session.selected.uidnext if session.selected else None
         except ImapConnectionLost:
             raise
         except ImapError as exc:
-            raise _NotifyUnusable(str(exc)) from None
+            raise _NotifyUnusable(str(exc), transient=True) from None
         pending: set[str] = set()
         # Folders SELECTed away from (by us, or by a rule acting on the session) are checked
         # with STATUS before idling: mail that reached one just before was due as an EXISTS

@@ -42,6 +42,7 @@ class StopReason(enum.StrEnum):
 
     ON_DEMAND_IDLE = "on_demand_idle"  # the last subscriber left, and the linger passed
     SHUTDOWN = "shutdown"
+    NOTIFY_RETRY = "notify_retry"  # a folder's own connection, ended to share NOTIFY's again
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:

@@ -9,6 +9,7 @@ and with NOTIFY one connection per account however many folders it watches.
 from __future__ import annotations
 
 import asyncio
+import imaplib
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -18,6 +19,7 @@ import aiohttp
 import pytest
 
 from gatewayd.config import Config, hash_token, parse_config
+from gatewayd.imap.notify import AccountWatcher
 from gatewayd.sandbox.dovecot import PASSWORD, Dovecot
 from gatewayd.store import EventQuery
 from tests.conftest import append
@@ -313,3 +315,48 @@ async def test_folders_sharing_a_notify_connection_time_their_pushes(
         await exactly(reader, 1)
     archive = spreads()["Archive"]
     assert archive["count"] == 1 and 0 < archive["p50"] < 10_000 and spreads()["INBOX"] == inbox
+
+
+async def test_a_folder_missing_for_a_while_costs_notify_only_for_a_while(
+    dovecot: Dovecot, tmp_path: Path, start_gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watched folder deleted and created again (bench/soak.py found it) once demoted its
+    account to one connection per folder until a restart; now NOTIFY is tried again."""
+    monkeypatch.setattr(AccountWatcher, "notify_retry_seconds", 1.0, raising=False)
+    user = f"gone{uuid.uuid4().hex[:6]}"
+    folders = ["INBOX", "Later"]  # Later does not exist yet: SELECT fails, NOTIFY is given up
+    before = imap_connections(dovecot.imap_port)
+    gw = await start_gateway(
+        fleet_config(tmp_path, [agent("support", [mailbox(dovecot, user, folders=folders)])])
+    )
+    await wait_for(
+        lambda: any(w["folder"] == "INBOX" and w["state"] == "idle" for w in gw.daemon.pool.health())
+    )
+    assert not any(w["notify"] for w in gw.daemon.pool.health())
+    await asyncio.to_thread(create_folder, dovecot, user, "Later")
+
+    def shared() -> bool:
+        health = gw.daemon.pool.health()
+        return all(w["notify"] and w["state"] == "idle" for w in health)
+
+    await wait_for(shared, timeout=20, what="both folders back on one NOTIFY connection")
+    assert imap_connections(dovecot.imap_port) - before == 1
+    async with aiohttp.ClientSession() as session:
+        reader = await open_stream(session, gw.url, "support", types="message.*")
+        await dovecot.deliver_async(user, mail("to INBOX"))
+        await asyncio.to_thread(append, dovecot, user, "Later", mail("to Later"))
+        frames = await reader.messages(2, timeout=20)
+        assert await drain(reader, 0.5) == []
+    assert sorted(f.json["data"]["subject"] for f in frames) == ["to INBOX", "to Later"]
+    query = EventQuery(("support",), type_patterns=("mailbox.disconnected",))
+    reasons = {e.data["reason"] for e in await gw.daemon.store.read_after(query, 0, 100)}
+    assert "notify_retry" in reasons and "shutdown" not in reasons
+
+
+def create_folder(dovecot: Dovecot, user: str, folder: str) -> None:
+    client = imaplib.IMAP4(dovecot.host, dovecot.imap_port)
+    try:
+        client.login(user, PASSWORD)
+        client.create(folder)
+    finally:
+        client.logout()
