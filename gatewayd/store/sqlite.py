@@ -86,7 +86,7 @@ class SqliteEventStore:
             try:
                 reader = await aiosqlite.connect(self.path, isolation_level=None)
                 try:
-                    await reader.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+                    await reader.execute_fetchall(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
                     await reader.execute("PRAGMA synchronous=NORMAL")
                     await reader.execute("PRAGMA query_only=ON")  # reads can never write by mistake
                 except BaseException:

@@ -117,11 +117,14 @@ async def open_beside(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
     await asyncio.to_thread(lambda: sqlite3.connect(path).close())
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
-        await conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        # Pragmas that answer a row are read to the end: a statement left half-read stays active
+        # until its cursor is freed, whenever that is, and a COMMIT meanwhile fails ("SQL
+        # statements in progress").
+        await conn.execute_fetchall(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         (application_id,) = next(iter(await conn.execute_fetchall(_APPLICATION_ID)))
         tables = [str(row[0]) for row in await conn.execute_fetchall(_TABLES)]
         refuse_foreign(path, int(application_id), tables)
-        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute_fetchall("PRAGMA journal_mode=WAL")
     except BaseException:
         await conn.close()
         raise
