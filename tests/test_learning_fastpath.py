@@ -14,7 +14,8 @@ from gatewayd.pipeline.learning import LearningStore, chi2_combine, tokenize
 from gatewayd.pipeline.learning import store as learning_store
 from gatewayd.pipeline.learning.combine import MAX_CLUES, MIN_TOKEN_STRENGTH, clue, combine_clues, robinson
 from gatewayd.pipeline.learning.nearest import parse_tlsh
-from gatewayd.pipeline.learning.signatures import signature
+from gatewayd.pipeline.learning.signatures import _URL_QUERY as URL_QUERY
+from gatewayd.pipeline.learning.signatures import MAX_SIGNATURE_TEXT, normalise_body, signature
 from gatewayd.pipeline.learning.tokens import _words
 
 _STRIP = ".,;:!?()[]{}<>\"'*`|=_-~/\\#^"
@@ -69,6 +70,31 @@ def test_words_match_on_random_text() -> None:
     for _ in range(2000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120)))
         assert _words(text) == _reference_words(text), repr(text)
+
+
+def _reference_normalised(text: str) -> bytes:
+    """normalise_body as it was first written: digits dropped, then split and joined by spaces."""
+    data = text[: MAX_SIGNATURE_TEXT * 2].encode("utf-8", "replace").lower()
+    if b"://" in data:
+        data = URL_QUERY.sub(rb"://\1", data)
+    return b" ".join(data.translate(None, b"0123456789").split())[:MAX_SIGNATURE_TEXT]
+
+
+@pytest.mark.parametrize("text", TRICKY_TEXTS)
+def test_normalised_body_matches_split_and_join(text: str) -> None:
+    # A TLSH signature is stored at training and compared later: its input must not move.
+    for variant in (text, f"\r\n  {text}\t\x0b\x0c 12 \n\n\x1c"):  # every whitespace bytes.split() knows
+        assert normalise_body(variant) == _reference_normalised(variant)
+
+
+def test_normalised_body_matches_split_and_join_on_random_text() -> None:
+    rng = random.Random(8)
+    alphabet = "ab1 9\t\n\r\x0b\x0c\x1c\x85\xa0\u2003é http://x.y/p?q=1#f "
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120)))
+        assert normalise_body(text) == _reference_normalised(text), repr(text)
+    long_text = ("word  \r\n" * 5000) + " " * 40000 + "end"  # beyond the caps
+    assert normalise_body(long_text) == _reference_normalised(long_text)
 
 
 def test_combine_clues_is_chi2_combine_bit_for_bit() -> None:
