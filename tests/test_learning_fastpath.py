@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import inspect
 import random
 import re
 from pathlib import Path
@@ -13,7 +14,7 @@ from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline.learning import LearningStore, chi2_combine, tokenize
 from gatewayd.pipeline.learning import store as learning_store
 from gatewayd.pipeline.learning.combine import MAX_CLUES, MIN_TOKEN_STRENGTH, clue, combine_clues, robinson
-from gatewayd.pipeline.learning.nearest import parse_tlsh
+from gatewayd.pipeline.learning.nearest import _length_distance, _ratios_within, _reach, parse_tlsh
 from gatewayd.pipeline.learning.signatures import _URL_QUERY as URL_QUERY
 from gatewayd.pipeline.learning.signatures import MAX_SIGNATURE_TEXT, normalise_body, signature
 from gatewayd.pipeline.learning.tokens import _words
@@ -95,6 +96,20 @@ def test_normalised_body_matches_split_and_join_on_random_text() -> None:
         assert normalise_body(text) == _reference_normalised(text), repr(text)
     long_text = ("word  \r\n" * 5000) + " " * 40000 + "end"  # beyond the caps
     assert normalise_body(long_text) == _reference_normalised(long_text)
+
+
+def test_ratio_bounds_stay_cached_at_the_default_distance() -> None:
+    # nearest_distance asks for every ratio pair at each distance left at the default
+    # signature_distance: a cache too small for them all cycles on a stream of mail and misses.
+    distance = inspect.signature(LearningStore).parameters["signature_distance"].default
+    lefts = [distance - _length_distance(steps) for steps in range(_reach(distance) + 1)]
+    keys = [(q1, q2, left) for q1 in range(16) for q2 in range(16) for left in lefts]
+    for key in keys:
+        _ratios_within(*key)
+    misses = _ratios_within.cache_info().misses
+    for key in keys:
+        _ratios_within(*key)
+    assert _ratios_within.cache_info().misses == misses
 
 
 def test_combine_clues_is_chi2_combine_bit_for_bit() -> None:

@@ -111,7 +111,10 @@ def _ratio_pair(signature: tlsh.Tlsh) -> int:
     return signature.q1ratio * 16 + signature.q2ratio
 
 
-@lru_cache(maxsize=1024)  # 256 ratio pairs times the few distances left for them
+# 256 ratio pairs times the distances left for them: 5 at the default signature_distance (50), so
+# 1,280 keys. A cache smaller than that cycles through them on a stream of mail and misses again
+# and again, each miss 512 _ratio_distance calls; 2,048 lists of 256 are about 4 MB.
+@lru_cache(maxsize=2048)
 def _ratios_within(q1ratio: int, q2ratio: int, distance: int) -> list[bool]:
     """Whether the quartile ratios of a signature with these ratios and one of each `_ratio_pair`
     alone keep the pair within `distance` (see `_ratio_distances`)."""
