@@ -17,7 +17,7 @@ from gatewayd.pipeline.learning.combine import MAX_CLUES, MIN_TOKEN_STRENGTH, cl
 from gatewayd.pipeline.learning.nearest import _length_distance, _ratios_within, _reach, parse_tlsh
 from gatewayd.pipeline.learning.signatures import _URL_QUERY as URL_QUERY
 from gatewayd.pipeline.learning.signatures import MAX_SIGNATURE_TEXT, normalise_body, signature
-from gatewayd.pipeline.learning.tokens import _words
+from gatewayd.pipeline.learning.tokens import _URL, _cut_links, _words
 
 _STRIP = ".,;:!?()[]{}<>\"'*`|=_-~/\\#^"
 
@@ -110,6 +110,35 @@ def test_ratio_bounds_stay_cached_at_the_default_distance() -> None:
     for key in keys:
         _ratios_within(*key)
     assert _ratios_within.cache_info().misses == misses
+
+
+def _reference_cut_links(text: str) -> tuple[list[str], str]:
+    parts = _URL.split(text)
+    return parts[1::2], " ".join(parts[::2])
+
+
+LINK_TEXTS = [
+    "see http://a.example/x?y=1 and https://b.example, ftp://c.example/f www.d.example/p",
+    "hhttp://x.example wwww.y.example https://www.z.example http://www.",
+    "http://x.example:// www.www.example ://no.scheme http:// https:/x.example",
+    "www.a.example/path'quoted' <http://b.example/>, (www.c.example)",
+    "xhttps://a.example yftp://b.example http://http://c.example",
+    "https://ünï.example http://a.example\nwww.b.example\twww.",
+]
+
+
+@pytest.mark.parametrize("text", LINK_TEXTS)
+def test_cut_links_is_url_split(text: str) -> None:
+    assert _cut_links(text) == _reference_cut_links(text)
+
+
+def test_cut_links_is_url_split_on_random_text() -> None:
+    rng = random.Random(9)
+    pieces = ["http://", "https://", "ftp://", "www.", "://", "wwww.", "a.b", "x-y", " ", "\n", "/p?q"]
+    pieces += ["'", "é", "h", "w", "s", "p", "t", "f"]
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 16)))
+        assert _cut_links(text) == _reference_cut_links(text), repr(text)
 
 
 def test_combine_clues_is_chi2_combine_bit_for_bit() -> None:
