@@ -152,26 +152,32 @@ def _moot(facts: Facts, undecided: Undecided) -> None:
     facts.errors.append(f'rule "{facts.rule}": {undecided} (decided without it)')
 
 
+def _decide(children: tuple[Condition, ...], facts: Facts, decisive: bool) -> bool:
+    """`decisive` as soon as a child says it (False for `all`, True for `any`), whatever others
+    left undecided (those are noted as moot); else undecided if a child was, else `not decisive`."""
+    undecided: Undecided | None = None
+    for child in children:
+        try:
+            if bool(child.test(facts)) is decisive:
+                if undecided is not None:
+                    _moot(facts, undecided)
+                return decisive
+        except Undecided as exc:
+            if undecided is not None:
+                _moot(facts, exc)
+            else:
+                undecided = exc
+    if undecided is not None:
+        raise undecided
+    return not decisive
+
+
 @dataclass(frozen=True, slots=True)
 class All:
     children: tuple[Condition, ...]
 
     def test(self, facts: Facts) -> bool:
-        undecided: Undecided | None = None
-        for child in self.children:
-            try:
-                if not child.test(facts):
-                    if undecided is not None:
-                        _moot(facts, undecided)
-                    return False
-            except Undecided as exc:
-                if undecided is not None:
-                    _moot(facts, exc)
-                else:
-                    undecided = exc
-        if undecided is not None:
-            raise undecided
-        return True
+        return _decide(self.children, facts, decisive=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,21 +185,7 @@ class AnyOf:
     children: tuple[Condition, ...]
 
     def test(self, facts: Facts) -> bool:
-        undecided: Undecided | None = None
-        for child in self.children:
-            try:
-                if child.test(facts):
-                    if undecided is not None:
-                        _moot(facts, undecided)
-                    return True
-            except Undecided as exc:
-                if undecided is not None:
-                    _moot(facts, exc)
-                else:
-                    undecided = exc
-        if undecided is not None:
-            raise undecided
-        return False
+        return _decide(self.children, facts, decisive=True)
 
 
 @dataclass(frozen=True, slots=True)
