@@ -39,6 +39,18 @@ def dovecot() -> Iterator[Dovecot]:
     server.destroy()
 
 
+@pytest.fixture(scope="session")
+def dovecot_without_notify() -> Iterator[Dovecot]:
+    """A second Dovecot whose capabilities leave NOTIFY out: the one-IDLE-per-folder path."""
+    try:
+        server = Dovecot.create(extra_config="imap_capability = IMAP4rev1 IDLE UIDPLUS\n")
+        server.start()
+    except SandboxUnavailable as exc:
+        pytest.fail(f"the real Dovecot these tests need is unavailable: {exc}", pytrace=False)
+    yield server
+    server.destroy()
+
+
 @pytest.fixture
 def user(dovecot: Dovecot) -> str:
     name = f"user{next(_users)}"

@@ -236,16 +236,6 @@ def imap_connections(port: int) -> int:
     return count
 
 
-@pytest.fixture(scope="module")
-def dovecot_without_notify() -> Any:
-    # Its own temporary root, as conftest's: pytest's basetemp is made 0700 again by any other
-    # pytest run starting on the machine, and Dovecot's helpers (another user) then cannot enter it.
-    server = Dovecot.create(extra_config="imap_capability = IMAP4rev1 IDLE UIDPLUS\n")
-    server.start()
-    yield server
-    server.destroy()
-
-
 @pytest.mark.parametrize("notify", [True, False], ids=["notify", "one-idle-per-folder"])
 async def test_several_folders_deliver_exactly_once_with_notify_or_without(
     dovecot: Dovecot, dovecot_without_notify: Dovecot, tmp_path: Path, start_gateway: Any, notify: bool

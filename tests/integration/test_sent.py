@@ -7,7 +7,7 @@ import contextlib
 import logging
 import socket
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -85,16 +85,6 @@ async def test_several_folders_over_notify_learn_too(
     await asyncio.to_thread(append, dovecot, user, "Sent", sent_mail("ivan@partner.example"))
     await wait_for(lambda: sent_to(gw, user, "ivan@partner.example"), what="the new sent mail learnt")
     assert all(watcher["reconnects"] == 0 for watcher in gw.daemon.pool.health())
-
-
-@pytest.fixture(scope="module")
-def dovecot_without_notify() -> Iterator[Dovecot]:
-    # Its own temporary root, as conftest's: pytest's basetemp is made 0700 again by any other
-    # pytest run starting on the machine, and Dovecot's helpers (another user) then cannot enter it.
-    server = Dovecot.create(extra_config="imap_capability = IMAP4rev1 IDLE UIDPLUS\n")
-    server.start()
-    yield server
-    server.destroy()
 
 
 @pytest.mark.parametrize("notify", [True, False], ids=["notify", "without-notify"])
