@@ -51,7 +51,8 @@ def tls_context(config: ImapConfig) -> ssl.SSLContext:
 async def connect(config: ImapConfig, connection_of: Callable[[aioimaplib.IMAP4], C]) -> C:
     """Connect, upgrade to TLS as configured, log in, and know the server's capabilities once
     logged in. `connection_of` wraps the client before the greeting, so that a connection lost
-    at any time is reported to it. Raises an ImapError subclass, the connection aborted."""
+    at any time is reported to it. Raises an ImapError subclass, the connection aborted; so is
+    it when cancelled."""
     connection: C | None = None
 
     def connection_lost(_exc: Exception | None) -> None:
@@ -78,6 +79,11 @@ async def connect(config: ImapConfig, connection_of: Callable[[aioimaplib.IMAP4]
             # The server did not say what it offers once logged in (IDLE, NOTIFY): ask.
             await asyncio.wait_for(client.protocol.capability(), timeout)
     except ImapError:
+        _abandon(connection)
+        raise
+    except asyncio.CancelledError:
+        # The watcher stopped while this connected: the socket must not outlive it.
+        client._client_task.cancel()  # still connecting: asyncio closes the socket
         _abandon(connection)
         raise
     except ssl.SSLError as exc:

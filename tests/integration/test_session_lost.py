@@ -73,3 +73,49 @@ async def test_a_session_lost_in_idle_is_let_go_of(dovecot: Dovecot, user: str, 
     gc.collect()
     assert lost() is None
     assert [context["message"] for context in unhandled] == []
+
+
+@pytest.mark.parametrize("held", [b"", b" LOGIN "], ids=["before-the-greeting", "during-login"])
+async def test_a_connection_cancelled_while_it_opens_is_closed(
+    dovecot: Dovecot, user: str, tmp_path: Path, held: bytes
+) -> None:
+    """A watcher stopped while it connects (the NOTIFY retry ending an account's fall-back) once
+    left its half-open connection established for good: CancelledError passed every except."""
+    reached = asyncio.Event()
+    closed = asyncio.Event()
+
+    async def relay(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_connection(dovecot.host, dovecot.imap_port)
+
+        async def upstream() -> None:
+            while line := await client_reader.readline():
+                if held in line:
+                    reached.set()
+                    continue  # held: the server never answers
+                server_writer.write(line)
+            closed.set()
+
+        async def downstream() -> None:
+            if not held:
+                reached.set()
+                return  # the greeting is held back
+            while data := await server_reader.read(65536):
+                client_writer.write(data)
+
+        with contextlib.suppress(ConnectionError):
+            await asyncio.gather(upstream(), downstream())
+        server_writer.close()
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    (mailbox,) = gateway_config(tmp_path, dovecot, [user]).mailboxes()
+    opening = asyncio.create_task(ImapSession.open(dataclasses.replace(mailbox.imap, port=port)))
+    try:
+        await asyncio.wait_for(reached.wait(), 10)
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        await asyncio.wait_for(closed.wait(), 10)  # the client closed its end
+    finally:
+        server.close()
+        await server.wait_closed()
