@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 
-from gatewayd.message import FetchedMessage, FetchedPart, ParsedMessage, parse
+from gatewayd.message import (
+    MAX_DEPTH,
+    MAX_PARTS,
+    FetchedMessage,
+    FetchedPart,
+    ParsedMessage,
+    Skipped,
+    SkipReason,
+    parse,
+)
 from gatewayd.pipeline import Pipeline, StageSpec
 from gatewayd.pipeline.spam.stage import SpamOptions, SpamStage
 from gatewayd.rules import conditions
@@ -197,3 +206,62 @@ async def test_a_spam_stage_that_failed_on_a_message_stops_its_auto_reply() -> N
     for stages in ([StageSpec(spam, 5), rules_stage], [rules_stage]):  # ham, or no spam stage
         data = (await Pipeline(stages).run(mail())).data
         assert data["rules_applied"][0]["actions"][0]["outcome"] == "dry_run", data["rules_applied"]
+
+
+def many_parts(count: int) -> bytes:
+    """`count` empty inline HTML parts (neither attachments nor text), then an .exe and a text part."""
+    inline = "--B\r\nContent-Type: text/html\r\n\r\n\r\n" * count
+    return (
+        HEAD + 'Content-Type: multipart/mixed; boundary="B"\r\n\r\n' + inline + "--B\r\n"
+        'Content-Type: application/octet-stream; name="setup.exe"\r\n'
+        "Content-Disposition: attachment\r\n\r\nMZ\r\n"
+        "--B\r\nContent-Type: text/plain\r\n\r\nPlease unsubscribe me.\r\n--B--\r\n"
+    ).encode()
+
+
+def nested(depth: int) -> bytes:
+    """An .exe and a text part `depth` multiparts deep."""
+    opening = "".join(
+        f'--B{i}\r\nContent-Type: multipart/mixed; boundary="B{i + 1}"\r\n\r\n' for i in range(depth)
+    )
+    closing = "".join(f"--B{i}--\r\n" for i in reversed(range(depth + 1)))
+    return (
+        HEAD + 'Content-Type: multipart/mixed; boundary="B0"\r\n\r\n' + opening + f"--B{depth}\r\n"
+        'Content-Type: application/octet-stream; name="setup.exe"\r\n'
+        "Content-Disposition: attachment\r\n\r\nMZ\r\n"
+        f"--B{depth}\r\nContent-Type: text/plain\r\n\r\nPlease unsubscribe me.\r\n" + closing
+    ).encode()
+
+
+PARTS_RULES = {
+    "no-exe": {"not": {"attachment_type": ".exe"}},
+    "no-attachments": {"has_attachments": False},
+    "not-unsubscribe": {"not": {"body": "unsubscribe"}},
+}
+
+
+@pytest.mark.parametrize(
+    ("over", "under"),
+    [
+        (many_parts(MAX_PARTS + 10), many_parts(MAX_PARTS - 10)),
+        (nested(MAX_DEPTH + 5), nested(MAX_DEPTH - 5)),
+    ],
+    ids=["parts", "depth"],
+)
+def test_tests_on_parts_past_the_parsers_limits_are_undecided(over: bytes, under: bytes) -> None:
+    """The MIME parse stops at MAX_PARTS parts or MAX_DEPTH levels: the .exe and the text past
+    them were taken for absent, and `not: {attachment_type: .exe}` held."""
+    book = rulebook(PARTS_RULES)
+    message = fetched(over)
+    applied, not_applied = outcome_of(book, message)
+    assert (applied, [e.split('"')[1] for e in not_applied]) == ([], list(PARTS_RULES))
+    assert not_applied[0].endswith("attachment_type: not found, but the message's parts were not all read"), (
+        not_applied
+    )
+    assert "body: not found, but the body text was not all read" in not_applied[2]
+    # The injection stage is told that it did not read them either.
+    assert Skipped("rest of message", SkipReason.OVER_BUDGET) in message.skipped
+    # Under the limits, every part is read and the tests are decided.
+    whole = fetched(under)
+    assert outcome_of(book, whole) == ([], []) and whole.data["attachments"][0]["filename"] == "setup.exe"
+    assert whole.skipped == ()

@@ -84,8 +84,8 @@ def parse(msg: FetchedMessage, excerpt_chars: int = 500) -> ParsedMessage:
     sizes: dict[Message, int | None] = {}
     if msg.parts:
         leaves, cut, sizes = safe((leaves, cut, sizes), joined.join, leaves, msg.parts)
-    # More parts than are walked, or a multipart the fetch cut short whose other parts were never
-    # fetched (imap/parts.py gave up on them).
+    # More parts than are walked (or than the parse kept: MAX_PARTS, MAX_DEPTH), or a multipart
+    # the fetch cut short whose other parts were never fetched (imap/parts.py gave up on them).
     unseen = not walked_all or (truncated and not msg.parts and safe(True, structure.unclosed, root))
     attachments = safe([], body.attachments, leaves, root, cut, sizes)
     text, html, text_cut = safe(("", None, True), body.bodies, leaves, root, cut, unseen)
@@ -96,6 +96,9 @@ def parse(msg: FetchedMessage, excerpt_chars: int = 500) -> ParsedMessage:
     if truncated and not msg.parts and (cut_part is not None or not walked_all) and root.is_multipart():
         # The parts past the prefix were not fetched (imap/parts.py gave up): nothing read them.
         skipped = (*skipped, Skipped("rest of message", SkipReason.NOT_FETCHED))
+    elif not walked_all:
+        # The parse stopped at MAX_PARTS or MAX_DEPTH: the parts after those it kept were never read.
+        skipped = (*skipped, Skipped("rest of message", SkipReason.OVER_BUDGET))
     data = {
         "folder": msg.folder,
         "uid": msg.uid,

@@ -25,7 +25,7 @@ _WANTED = frozenset(
 
 
 class _TooManyPartsError(Exception):
-    def __init__(self, root: Message) -> None:
+    def __init__(self, root: _GuardedMessage) -> None:
         super().__init__("MIME structure too deep or too large")
         self.root = root
 
@@ -35,12 +35,14 @@ class _GuardedMessage(Message):
 
     The feed parser attaches each new part to its parent as soon as the part starts, so this is
     where depth and count are known. Raising aborts the parse; the tree built so far holds only
-    whole parts (the one refused had not begun), and the caller keeps it.
+    whole parts (the one refused had not begun), and the caller keeps it, marked `_gw_stopped`:
+    parts may follow that were never read.
     """
 
     _gw_depth = 0
     _gw_parts = 1
     _gw_root: _GuardedMessage | None = None
+    _gw_stopped = False
     # (the header list, its length, lower-cased name -> position of its first field): the
     # stages look a part's headers up a dozen times, and Message.get lower-cases every field
     # name on each call. Valid while the list is the same object of the same length: the stdlib
@@ -143,6 +145,7 @@ def parse(raw: bytes) -> Message:
         return _parse_structure(raw)
     except _TooManyPartsError as exc:
         log.debug("MIME deeper than %d or over %d parts; keeping the first", MAX_DEPTH, MAX_PARTS)
+        exc.root._gw_stopped = True
         return exc.root
     except Exception:
         log.debug("MIME parse failed; falling back to the headers alone", exc_info=True)
@@ -205,7 +208,8 @@ def collect_headers(root: Message) -> dict[str, list[str]]:
 
 
 def leaves(root: Message) -> tuple[list[tuple[Message, tuple[Message, ...]]], bool]:
-    """Leaf parts in document order with their multipart ancestors, and whether all were walked.
+    """Leaf parts in document order with their multipart ancestors, and whether all were walked
+    (not when the parse itself stopped before the end: see _GuardedMessage).
 
     message/* parts (forwarded mail, delivery reports) are leaves: they are attachments of this
     message, and their insides are not its body.
@@ -228,7 +232,8 @@ def leaves(root: Message) -> tuple[list[tuple[Message, tuple[Message, ...]]], bo
         else:
             safe(None, _repair_headers, part)
             leaves.append((part, ancestors))
-    return leaves, True
+    # A parse stopped at MAX_DEPTH or MAX_PARTS kept only the parts before the one it refused.
+    return leaves, not (isinstance(root, _GuardedMessage) and root._gw_stopped)
 
 
 def _repair_headers(part: Message) -> None:

@@ -13,8 +13,9 @@ would not fire whatever the test said (`not: {subject: {regex: ...}}` against a 
 
 The same holds for a test that found nothing in what was read of a message only partly read: the
 body text (cut at 256 KiB, or by the fetch), the headers (longer than `MAX_HEADER_BYTES`, cut by the
-fetch, or beyond the parser), the parts (an attachment past them). Not finding is no proof of
-absence there, so the test is undecided; a match found is still a match.
+fetch, or beyond the parser), the parts (an attachment past them, or past the MIME parser's limits
+on parts and nesting). Not finding is no proof of absence there, so the test is undecided; a match
+found is still a match.
 """
 
 from __future__ import annotations
