@@ -1,6 +1,7 @@
 """Rules on messages only partly read: a test that finds nothing in a cut body text, in headers not
-all read, or among parts not all read is undecided (fails closed); and no auto-reply where its
-safety checks cannot be made (headers not all read, a spam or auth stage that failed)."""
+all read, or among parts not all read is undecided (fails closed), as is `equals`, a regex or a glob
+on a header value cut short; and no auto-reply where its safety checks cannot be made (headers not
+all read, a From or Reply-To cut short, a spam or auth stage that failed)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from gatewayd.message import (
     MAX_DEPTH,
+    MAX_HEADER_CHARS,
     MAX_PARTS,
     FetchedMessage,
     FetchedPart,
@@ -34,6 +36,9 @@ HEAD = "From: Bob Sender <bob@example.org>\r\nTo: agent@example.com\r\nSubject: 
 LONG_BODY = "Dear customer, " + "filler text " * 25_000 + "please unsubscribe me"
 # Over 256 KiB of header block before the headers that matter.
 PADDING = "".join(f"X-Pad-{i}: {'p' * 990}\r\n" for i in range(MAX_HEADER_BYTES // 990 + 10))
+# A folded Subject and a To list longer than the message parser keeps of a header (MAX_HEADER_CHARS).
+LONG_SUBJECT = "Invoice " + "\r\n ".join(["x" * 70] * (MAX_HEADER_CHARS // 70 + 10)) + " urgent"
+LONG_TO = ", ".join(f"user{i}@example.net" for i in range(MAX_HEADER_CHARS // 20 + 10)) + ", last@example.net"
 
 
 def fetched(raw: bytes, size: int | None = None, parts: tuple[FetchedPart, ...] = ()) -> ParsedMessage:
@@ -176,6 +181,17 @@ def _failing_parse(*_: Any, **__: Any) -> Any:
             {},
             "headers were not all read (the headers are longer than 256 KiB)",
         ),
+        (
+            fetched((HEAD + "\r\nHi.\r\n").encode()[:60], size=200),
+            {},
+            "headers were not all read (the fetch cut the headers short)",
+        ),
+        (
+            # Where the reply goes may be the address lost past the cut.
+            mail("Reply-To: " + LONG_TO + "\r\n"),
+            {},
+            f"reply-to header was not all read (longer than {MAX_HEADER_CHARS} characters",
+        ),
         (mail(), {"spam": None}, "the spam stage failed on this message: its verdict is unknown"),
         (mail(), {"auth": None}, "the auth stage failed on this message: its verdict is unknown"),
         (mail(), {}, None),  # no spam or auth stage configured: nothing to refuse on
@@ -265,3 +281,84 @@ def test_tests_on_parts_past_the_parsers_limits_are_undecided(over: bytes, under
     whole = fetched(under)
     assert outcome_of(book, whole) == ([], []) and whole.data["attachments"][0]["filename"] == "setup.exe"
     assert whole.skipped == ()
+
+
+def test_tests_on_subject_and_addresses_cut_by_the_message_parser_are_undecided() -> None:
+    """The parser keeps 8192 characters of a header: a regex anchored to the end matched the start
+    of the Subject, and `not:` of a word or an address past the cut held."""
+    book = rulebook(
+        {
+            "not-urgent": {"not": {"subject": "urgent"}},
+            "all-x": {"subject": {"regex": r"^Invoice[x ]+$"}},
+            "is-invoice": {"subject": {"equals": "invoice"}},
+            "invoice": {"subject": "invoice"},
+            "not-to-last": {"not": {"to": "last@example.net"}},
+            "to-first": {"to": "user0@example.net"},
+        }
+    )
+    head = f"From: bob@example.org\r\nTo: {LONG_TO}\r\nSubject: {LONG_SUBJECT}\r\n"
+    message = fetched((head + "\r\nHello.\r\n").encode())
+    applied, not_applied = outcome_of(book, message)
+    assert applied == ["invoice", "to-first"] and message.headers_cut == {"subject", "to"}
+    why = f"its value was not all read (longer than {MAX_HEADER_CHARS} characters, or cut by the fetch)"
+    assert not_applied == [
+        f'rule "not-urgent" not applied: subject: not found, but {why}',
+        f'rule "all-x" not applied: subject: equals and regex undecided, as {why}',
+        f'rule "is-invoice" not applied: subject: equals and regex undecided, as {why}',
+        f'rule "not-to-last" not applied: to: not found, but {why}',
+    ]
+    # Short enough to be read whole, the same values decide every test.
+    short = fetched(b"From: bob@example.org\r\nTo: user0@example.net\r\nSubject: Invoice xx\r\n\r\nHi.\r\n")
+    assert short.headers_cut == frozenset()
+    assert outcome_of(book, short) == (["not-urgent", "all-x", "invoice", "not-to-last", "to-first"], [])
+
+
+def test_tests_on_the_header_the_256_kib_cut_fell_in_are_undecided() -> None:
+    """The headers are read from their first 256 KiB: the value of the header across that line
+    was taken for the whole value, and a regex or glob matched its start."""
+    book = rulebook(
+        {
+            "tag-all-a": {"header": {"name": "x-tag", "regex": "^a+$"}},
+            "not-tag-b": {"not": {"header": {"name": "x-tag", "contains": "b"}}},
+            "tag-a": {"header": {"name": "x-tag", "contains": "aaa"}},
+            "pad": {"header": {"name": "x-pad-0", "equals": "p" * 990}},
+            "list-a": {"list_id": "*aaa"},  # matches the start of the List-Id only
+        }
+    )
+    padding = PADDING[: MAX_HEADER_BYTES - 2000]
+    padding = padding[: padding.rindex("\r\n") + 2]
+    applied, not_applied = outcome_of(book, mail(padding + "X-Tag: " + "a" * 5000 + "b\r\n"))
+    assert applied == ["tag-a", "pad"]
+    why = f"its value was not all read (the headers are longer than {MAX_HEADER_BYTES // 1024} KiB)"
+    assert not_applied == [
+        f'rule "tag-all-a" not applied: header x-tag: equals and regex undecided, as {why}',
+        f'rule "not-tag-b" not applied: header x-tag: not found, but {why}',
+        'rule "list-a" not applied: list_id: not found, but the headers are longer than 256 KiB',
+    ]
+    applied, not_applied = outcome_of(book, mail(padding + "List-Id: " + "a" * 5000 + "-list\r\n"))
+    assert (
+        applied == ["pad"]
+        and not_applied[-1] == f'rule "list-a" not applied: list_id: globs undecided, as {why}'
+    )
+
+
+def test_tests_on_the_header_the_fetch_cut_into_are_undecided() -> None:
+    """A fetch that ends inside the headers cuts the last one read: "Quarterly" equalled the
+    Subject "Quarterly report"."""
+    book = rulebook(
+        {
+            "subject-is": {"subject": {"equals": "quarterly"}},
+            "header-is": {"header": {"name": "subject", "equals": "quarterly"}},
+            "from-bob": {"from": "bob@example.org"},
+        }
+    )
+    whole = (HEAD + "\r\nHello.\r\n").encode()
+    message = fetched(whole[: whole.index(b" report")], size=len(whole))
+    applied, not_applied = outcome_of(book, message)
+    assert applied == ["from-bob"] and message.data["subject"] == "Quarterly"
+    assert not_applied == [
+        'rule "subject-is" not applied: subject: equals and regex undecided, as its value was not all read'
+        f" (longer than {MAX_HEADER_CHARS} characters, or cut by the fetch)",
+        'rule "header-is" not applied: header subject: equals and regex undecided, as its value was not all'
+        " read (the fetch cut the headers short)",
+    ]

@@ -139,7 +139,7 @@ class _Walk:
         inner = payload[0] if isinstance(payload, list) and payload else None
         if not isinstance(inner, Message):
             return
-        headers = safe({}, structure.collect_headers, inner)
+        headers, _ = safe(({}, frozenset()), structure.collect_headers, inner)
         subjects = headers.get("subject")
         subject = safe(None, text_header, subjects[0]) if subjects else None
         sender = safe(None, fields.first_address, headers.get("from", []))

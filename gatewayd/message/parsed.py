@@ -56,6 +56,8 @@ class ParsedMessage:
     # exist past those read (the attachment list may lack some): see body.bodies.
     text_cut: bool = False
     parts_unseen: bool = False
+    # Names (lower-cased) in `headers` with a value cut short: see structure.collect_headers.
+    headers_cut: frozenset[str] = frozenset()
     # Text of attached text files and forwarded messages (attached.py), and the parts not read.
     attached: tuple[AttachedText, ...] = ()
     skipped: tuple[Skipped, ...] = ()
@@ -70,13 +72,14 @@ def parse(msg: FetchedMessage, excerpt_chars: int = 500) -> ParsedMessage:
     """Parse once for the event and for every pipeline stage. Never raises on malformed mail."""
     raw = bytes(msg.raw or b"")
     root = structure.parse(raw)
-    headers = safe({}, structure.collect_headers, root)
+    truncated = isinstance(msg.size, int) and len(raw) < msg.size
+    block_cut = truncated and not structure.header_block_ended(raw)
+    headers, headers_cut = safe(({}, frozenset()), structure.collect_headers, root, block_cut)
 
     def first(name: str) -> str | None:
         values = headers.get(name)
         return values[0] if values else None
 
-    truncated = isinstance(msg.size, int) and len(raw) < msg.size
     leaves, walked_all = safe(([], False), structure.leaves, root)
     # The part the fetch cap cut into has no trustworthy size.
     cut_part = safe(None, structure.cut_part, leaves, walked_all) if truncated else None
@@ -129,6 +132,7 @@ def parse(msg: FetchedMessage, excerpt_chars: int = 500) -> ParsedMessage:
         raw=raw,
         text_cut=text_cut,
         parts_unseen=unseen,
+        headers_cut=headers_cut,
         attached=attached_texts,
         skipped=skipped,
     )

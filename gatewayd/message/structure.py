@@ -12,7 +12,7 @@ from email.parser import BytesHeaderParser, Parser
 from email.policy import compat32
 from typing import Any, cast
 
-from gatewayd.message.limits import MAX_DEPTH, MAX_PARTS, safe
+from gatewayd.message.limits import MAX_DEPTH, MAX_HEADER_CHARS, MAX_PARTS, safe
 from gatewayd.message.text import clean_header, fix_surrogates
 
 log = logging.getLogger(__name__)
@@ -197,14 +197,31 @@ def plain_header_fields(text: str) -> tuple[list[tuple[str, str]], int] | None:
     return fields, block.end()
 
 
-def collect_headers(root: Message) -> dict[str, list[str]]:
-    """Lower-cased name -> unfolded, cleaned values of the top-level headers we use, in order."""
+def collect_headers(root: Message, block_cut: bool = False) -> tuple[dict[str, list[str]], frozenset[str]]:
+    """Lower-cased name -> unfolded, cleaned values of the top-level headers we use, in order; and
+    the names of those with a value not all there: longer than MAX_HEADER_CHARS, or the last
+    header of a block the fetch cut (`block_cut`)."""
     found: dict[str, list[str]] = {}
+    cut: set[str] = set()
     for name, value in root.raw_items():
         key = name.lower()  # a str: the parser never stores another kind of name
         if key in _WANTED:
-            found.setdefault(key, []).append(clean_header(str(value)))
-    return found
+            text = str(value)
+            if len(text) > MAX_HEADER_CHARS:  # clean_header keeps only the start
+                cut.add(key)
+            found.setdefault(key, []).append(clean_header(text))
+    names = root.keys() if block_cut else ()
+    if names and names[-1].lower() in _WANTED:
+        cut.add(names[-1].lower())
+    return found, frozenset(cut)
+
+
+_HEADER_BLOCK_END = re.compile(rb"\n\r?\n")
+
+
+def header_block_ended(raw: bytes) -> bool:
+    """Whether `raw` holds the empty line that ends the top-level header block."""
+    return _HEADER_BLOCK_END.search(raw) is not None
 
 
 def leaves(root: Message) -> tuple[list[tuple[Message, tuple[Message, ...]]], bool]:

@@ -15,7 +15,9 @@ The same holds for a test that found nothing in what was read of a message only 
 body text (cut at 256 KiB, or by the fetch), the headers (longer than `MAX_HEADER_BYTES`, cut by the
 fetch, or beyond the parser), the parts (an attachment past them, or past the MIME parser's limits
 on parts and nesting). Not finding is no proof of absence there, so the test is undecided; a match
-found is still a match.
+found is still a match. A header value itself cut short (longer than the message parser keeps, or
+the last of headers cut) is only part of the value: `equals`, a regex and a glob on it are
+undecided, whether they match or not, since the end they may anchor to is not the value's end.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, Protocol
 
 import regex
 
-from gatewayd.message import ParsedMessage
+from gatewayd.message import MAX_HEADER_CHARS, ParsedMessage
 from gatewayd.message.structure import plain_header_fields
 from gatewayd.pipeline.auth.stage import SYMBOLS as AUTH_STAGE_SYMBOLS
 from gatewayd.rules.match import AddressPattern, RegexBudget, RegexTimeout, glob_any
@@ -42,6 +44,7 @@ AUTH_SYMBOLS = tuple(sorted(AUTH_STAGE_SYMBOLS))
 INJECTION_LEVELS = ("none", "low", "medium", "high")
 BULK_PRECEDENCE = ("bulk", "list", "junk")
 MAX_HEADER_BYTES = 256 * 1024
+_PARSER_CUT = f"longer than {MAX_HEADER_CHARS} characters, or cut by the fetch"
 _HEADERS = BytesHeaderParser(policy=compat32)
 _WORD_END = re.compile(r"[\s;(]")
 
@@ -61,10 +64,13 @@ class Facts:
     rule: str = ""  # the rule being evaluated, to name it in `errors`
     text_cut: bool = False  # `text` may be only part of the body text
     parts_unseen: bool = False  # the message has parts that were not read (attachments among them)
+    headers_cut: frozenset[str] = frozenset()  # headers whose values the message parser cut short
     # Conditions ask for a few names of a block of dozens: the block is read once, when a name may
     # be in it, and only the values asked for are unfolded (per name, once).
     _block: bytes | None = field(default=None, init=False, repr=False)
     _partial: str | None = field(default=None, init=False, repr=False)  # why the headers are not all read
+    _last_field: str | None = field(default=None, init=False, repr=False)  # of a block cut short
+    _cut: dict[str, str] = field(default_factory=dict, init=False, repr=False)  # name -> why values are cut
     _lowered: bytes = field(default=b"", init=False, repr=False)
     _fields: dict[str, list[str]] | None = field(default=None, init=False, repr=False)
     _values: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False)
@@ -79,6 +85,7 @@ class Facts:
             raw=message.raw,
             text_cut=message.text_cut,
             parts_unseen=message.parts_unseen,
+            headers_cut=message.headers_cut,
         )
 
     def values(self, name: str) -> list[str]:
@@ -103,7 +110,19 @@ class Facts:
         if self.raw and self._block is None:
             self._block, self._partial = _header_block(self.raw, self.data.get("truncated") is True)
             self._lowered = self._block.lower()
+            if self._partial is not None:
+                self._last_field = _last_field(self._block)
         return self._partial
+
+    def value_cut(self, name: str) -> str | None:
+        """Why a value `header(name)` gives may be only the start of the header's, or None."""
+        self.values(name)
+        return self._cut.get(name)
+
+    def parsed_cut(self, name: str) -> str | None:
+        """Why a value of header `name` in the event data (subject, addresses) may be only the start
+        of the header's, or None."""
+        return _PARSER_CUT if name in self.headers_cut else None
 
     def text_partial(self) -> str | None:
         return "the body text was not all read (cut at 256 KiB, or by the fetch)" if self.text_cut else None
@@ -124,7 +143,13 @@ class Facts:
                 if not parsed:
                     self._partial = self._partial or "the header parser failed on them"
         raw_values = self._fields.get(name) if self._fields is not None else None
-        return [_unfold(value) for value in raw_values] if raw_values else self.known.get(name, [])
+        if raw_values:
+            if name == self._last_field and self._partial:  # the block was cut in it, or right after it
+                self._cut[name] = self._partial
+            return [_unfold(value) for value in raw_values]
+        if name in self.headers_cut:
+            self._cut[name] = _PARSER_CUT
+        return self.known.get(name, [])
 
     def section(self, name: str) -> Mapping[str, Any]:
         """A stage's part of the event data: empty when the stage is not configured; a stage that
@@ -212,8 +237,9 @@ class Addresses:
             e["address"] for e in entries if isinstance(e, dict) and isinstance(e.get("address"), str)
         ]
         if any(p.matches(a) for a in addresses for p in self.patterns):
-            return True
-        return _not_found(self.field, facts.headers_partial())
+            return True  # a list cut at MAX_HEADER_CHARS drops its last, partial, address (fields.addresses)
+        cut = facts.parsed_cut(self.field.replace("_", "-"))
+        return _not_found(self.field, facts.headers_partial() or (_value_not_all_read(cut) if cut else None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,12 +255,19 @@ class Text:
     exists: bool | None = None
     # Why the values may be only part of the message's (a cut text, headers not all read), or None.
     partial: Callable[[Facts], str | None] | None = None
+    # Why a value may be only the start of a header's, or None.
+    cut: Callable[[Facts], str | None] | None = None
 
     def test(self, facts: Facts) -> bool:
+        cut = self.cut(facts) if self.cut is not None else None
+        if cut is not None and (self.equals or self.regexes) and self.exists is not False:
+            raise Undecided(f"{self.what}: equals and regex undecided, as {_value_not_all_read(cut)}")
         held = self._holds(facts)
-        if self.partial is None or held == (self.exists is not False):
+        if held == (self.exists is not False):
             return held  # a match found (or, for `exists: false`, a value found) is decided
-        return _not_found(self.what, self.partial(facts), held)
+        if cut is not None:
+            return _not_found(self.what, _value_not_all_read(cut), held)
+        return _not_found(self.what, self.partial(facts) if self.partial else None, held)
 
     def _holds(self, facts: Facts) -> bool:
         values = self.get(facts)
@@ -275,9 +308,14 @@ class Globs:
     patterns: tuple[str, ...]
     what: str = ""
     partial: Callable[[Facts], str | None] | None = None  # as for Text
+    cut: Callable[[Facts], str | None] | None = None  # as for Text: then no glob is decided
 
     def test(self, facts: Facts) -> bool:
-        if any(glob_any(self.patterns, value) for value in self.get(facts)):
+        values = self.get(facts)
+        cut = self.cut(facts) if self.cut is not None else None
+        if cut is not None:
+            raise Undecided(f"{self.what}: globs undecided, as {_value_not_all_read(cut)}")
+        if any(glob_any(self.patterns, value) for value in values):
             return True
         return _not_found(self.what, self.partial(facts) if self.partial else None)
 
@@ -311,6 +349,10 @@ class OneOf:
         return any(value in self.values for value in self.get(facts))
 
 
+def _value_not_all_read(why: str) -> str:
+    return f"its value was not all read ({why})"
+
+
 def _not_found(what: str, partial: str | None, result: bool = False) -> bool:
     """`result` of a test that found nothing, unless what it looked in was not all read."""
     if partial is not None:
@@ -332,6 +374,14 @@ def _header_block(raw: bytes, truncated: bool) -> tuple[bytes, str | None]:
         return block, f"the headers are longer than {MAX_HEADER_BYTES // 1024} KiB"
     # No empty line: a message of headers alone, unless the fetch cut it before the end of them.
     return raw + b"\r\n\r\n", "the fetch cut the headers short" if truncated else None
+
+
+def _last_field(block: bytes) -> str:
+    """The lower-cased name of the last field of a header block: the one a cut may have cut into."""
+    for line in reversed(block.rstrip(b"\r\n").split(b"\n")):
+        if line[:1] not in (b" ", b"\t"):  # not a continuation line
+            return line.partition(b":")[0].strip().lower().decode("ascii", "surrogateescape")
+    return ""
 
 
 def _header_fields(block: bytes) -> tuple[dict[str, list[str]], bool]:

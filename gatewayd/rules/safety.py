@@ -14,7 +14,8 @@ An auto-reply is refused, with the reason in the event, to a message that is:
   through it (`X-Loop`);
 - given a spam verdict (`spam` or `suspect`), or failed authentication (auth verdict `fail`);
 - one on which these checks cannot be made: headers not all read (longer than 256 KiB, cut by the fetch,
-  or beyond the parser: a header that would refuse the reply may be in the rest), or a spam or
+  or beyond the parser: a header that would refuse the reply may be in the rest), a From or Reply-To
+  cut short (the address the reply goes to may be the one lost), or a spam or
   authentication stage that failed on the message (its keys null: it may be spam, or forged).
   A stage that is not configured gives no verdict, and refuses nothing.
 
@@ -106,6 +107,9 @@ def refuse_reply(facts: Facts, own_address: str | None, target: str | None) -> s
     """Why an auto-reply to this message is not allowed (RFC 3834), or None when it is."""
     if reason := refuse_automatic(facts, own_address):
         return reason
+    for name in ("reply-to", "from"):  # where the reply may go, and the sender it is counted against
+        if why := facts.parsed_cut(name):
+            return f"the message's {name} header was not all read ({why})"
     if _return_path(facts) == "":
         return "the message is a bounce (null Return-Path)"
     if target is None:

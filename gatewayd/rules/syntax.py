@@ -131,10 +131,12 @@ def _text(
     value: Any,
     partial: Callable[[Facts], str | None],
     header: bool = False,
+    cut: Callable[[Facts], str | None] | None = None,
 ) -> Text:
-    """A plain string means `contains`. `partial`: why the values may not be all of them."""
+    """A plain string means `contains`. `partial`: why the values may not be all of them; `cut`:
+    why a value may be only the start of one."""
     if isinstance(value, str):
-        return Text(what, get, contains=(value.casefold(),), partial=partial)
+        return Text(what, get, contains=(value.casefold(),), partial=partial, cut=cut)
     keys = ("contains", "equals", "regex", *(("exists",) if header else ()))
     if not isinstance(value, dict) or not value:
         raise Invalid(("", f"expected a string (contains) or a mapping with {', '.join(keys)}"))
@@ -165,7 +167,7 @@ def _text(
             problems += [(f".{key}{at}", message) for at, message in bad.problems]
     if problems:
         raise Invalid(*problems)
-    return Text(what, get, partial=partial, **parts)
+    return Text(what, get, partial=partial, cut=cut, **parts)
 
 
 def _header(value: Any) -> Condition:
@@ -183,7 +185,14 @@ def _header(value: Any) -> Condition:
         raise Invalid(("", "expected a mapping with name and contains, equals, regex or exists"))
     name = value["name"].strip().lower()
     rest = {k: v for k, v in value.items() if k != "name"} or {"exists": True}
-    return _text(f"header {name}", lambda facts: facts.header(name), rest, Facts.headers_partial, header=True)
+    return _text(
+        f"header {name}",
+        lambda facts: facts.header(name),
+        rest,
+        Facts.headers_partial,
+        header=True,
+        cut=lambda facts: facts.value_cut(name),
+    )
 
 
 def _addresses(field_name: str, value: Any) -> Addresses:
@@ -211,7 +220,9 @@ def _addresses(field_name: str, value: Any) -> Addresses:
 def _list_id(value: Any) -> Condition:
     if isinstance(value, bool):
         return Predicate(is_list, value, "list_id", Facts.headers_partial)
-    return Globs(list_ids, _strings(value), "list_id", Facts.headers_partial)
+    return Globs(
+        list_ids, _strings(value), "list_id", Facts.headers_partial, lambda f: f.value_cut("list-id")
+    )
 
 
 def _auth(value: Any) -> Condition:
@@ -257,7 +268,11 @@ _TESTS: dict[str, Callable[[Any], Condition]] = {
     "cc": lambda v: _addresses("cc", v),
     "reply_to": lambda v: _addresses("reply_to", v),
     "subject": lambda v: _text(
-        "subject", lambda f: [str(f.data.get("subject") or "")], v, Facts.headers_partial
+        "subject",
+        lambda f: [str(f.data.get("subject") or "")],
+        v,
+        Facts.headers_partial,
+        cut=lambda f: f.parsed_cut("subject"),
     ),
     "body": lambda v: _text("body", lambda f: [f.text], v, Facts.text_partial),
     "header": _header,
