@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gatewayd.message import MAX_HEADER_CHARS, MAX_PARTS
 from gatewayd.sandbox.dovecot import Dovecot
 from tests.conftest import TOKEN, gateway_config
 from tests.smtp_sink import LOCAL_DOMAIN, SmtpSink
@@ -478,3 +479,51 @@ async def test_a_body_test_that_finds_nothing_past_the_fetch_cap_answers_nothing
     # The short message, all read, is answered: the one reply the sink got.
     assert whole.json["data"]["auto_reply"]["outcome"] == "ok", whole.json["data"]
     assert [r.recipients for r in sink.received] == [[sender]]
+
+
+async def test_tests_on_what_the_parser_cut_or_left_unread_move_nothing(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    """A Subject longer than the parser keeps, and an .exe past the parser's limit on parts: the
+    tests took the start of the one for the whole and the rest of the other for absent, and moved
+    the messages to Clean."""
+    rules = [
+        {
+            "name": "clean",
+            "if": {"not": {"any": [{"subject": {"regex": "(?i)urgent"}}, {"attachment_type": ".exe"}]}},
+            "then": [{"move": {"folder": "Clean", "create": True}}],
+        }
+    ]
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], rules=rules))
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    long_subject = "Invoice " + "\r\n ".join(["x" * 70] * (MAX_HEADER_CHARS // 70 + 10)) + " URGENT"
+    inline = "--B\r\nContent-Type: text/html\r\n\r\n<p></p>\r\n" * (MAX_PARTS + 10)
+    many_parts = (
+        'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n' + inline + "--B\r\n"
+        'Content-Type: application/octet-stream; name="setup.exe"\r\n'
+        "Content-Disposition: attachment\r\n\r\nMZ\r\n--B--\r\n"
+    )
+    async with aiohttp.ClientSession() as session:
+        reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+        await dovecot.deliver_async(user, mail(long_subject))
+        head = mail("many parts").decode().partition("\r\n\r\n")[0]
+        await dovecot.deliver_async(user, (head + "\r\n" + many_parts).encode())
+        await dovecot.deliver_async(user, mail("Invoice, all read"))
+        cut, unseen, whole = [event.json["data"] for event in await reader.messages(3)]
+    why = f"its value was not all read (longer than {MAX_HEADER_CHARS} characters, or cut by the fetch)"
+    assert (cut["folder"], cut["rules_applied"], cut["rules_errors"]) == (
+        "INBOX",
+        [],
+        [f'rule "clean" not applied: subject: equals and regex undecided, as {why}'],
+    )
+    assert (unseen["folder"], unseen["has_attachments"], unseen["rules_errors"]) == (
+        "INBOX",
+        False,
+        ['rule "clean" not applied: attachment_type: not found, but the message\'s parts were not all read'],
+    )
+    assert whole["folder"] == "Clean" and whole["rules_errors"] == [], whole
+    imap = await asyncio.to_thread(Imap, dovecot, user)
+    try:
+        assert await asyncio.to_thread(imap.uids, "INBOX") == [cut["uid"], unseen["uid"]]
+    finally:
+        await asyncio.to_thread(imap.close)
