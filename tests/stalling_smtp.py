@@ -19,6 +19,7 @@ class StallingSmtp:
         self.connections = 0
         self.commands: list[str] = []
         self.got_data = False  # the message itself arrived (up to its final dot)
+        self.hung_up = 0  # connections the client closed (or the peer ended)
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
 
@@ -56,12 +57,15 @@ class StallingSmtp:
                         pass
                     self.got_data = True
                     if self.stall_after_data:
-                        await reader.read()  # silent until the client hangs up
+                        # Silent until the client hangs up; what it still says (QUIT) is noted.
+                        while line := await reader.readline():
+                            self.commands.append(line.decode("ascii", "replace").strip().upper())
                         return
                 await self._reply(writer, "250 stall.test" if verb in ("EHLO", "HELO") else "250 OK")
         except ConnectionError:
             pass
         finally:
+            self.hung_up += 1
             writer.close()
 
     async def _reply(self, writer: asyncio.StreamWriter, line: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from gatewayd.config import SmtpConfig, parse_config
 from gatewayd.sandbox.dovecot import free_port
 from gatewayd.send.smtp import send
 from tests.stalling_smtp import StallingSmtp
+from tests.waiting import wait_for
 
 MESSAGE = b"From: me@gw.example\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\nHello.\r\n"
 
@@ -155,3 +157,19 @@ async def test_a_non_ascii_address_goes_out_with_smtputf8_or_fails_clearly(
         controller.stop()
     assert refused.status == "failed" and "does not offer SMTPUTF8" in (refused.error or "")
     assert not ascii_handler.received
+
+
+async def test_a_delivery_cancelled_while_it_hangs_up_closes_its_connection(tmp_path: Path) -> None:
+    """A watcher stopped during an auto-reply is cancelled more than once (the pool cancels until
+    it ends): the second cancellation, while QUIT waited for a stalled server, once left the
+    connection established for good."""
+    async with StallingSmtp(stall_after_data=True) as hung:
+        config = smtp_config(hung.port, tmp_path, timeout_seconds=30)
+        sending = asyncio.create_task(send(config, "me@gw.example", ["bob@example.org"], MESSAGE))
+        await wait_for(lambda: hung.got_data, what="the data")
+        sending.cancel()  # stopped while the server holds the data: QUIT next, unanswered
+        await wait_for(lambda: "QUIT" in hung.commands, what="QUIT")
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        await wait_for(lambda: hung.hung_up == 1, timeout=10, what="the client to close its end")

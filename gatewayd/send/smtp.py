@@ -84,14 +84,17 @@ async def send(
 
 
 async def _hang_up(smtp: aiosmtplib.SMTP, deadline: float) -> None:
-    """QUIT politely if time is left; a stalled server is simply disconnected."""
+    """QUIT politely if time is left; a stalled server is simply disconnected, and so is it when
+    cancelled meanwhile (a watcher stopped is cancelled again until it ends)."""
     if not smtp.is_connected:
         return
     try:
         async with asyncio.timeout_at(min(deadline, asyncio.get_running_loop().time() + 2)):
             await smtp.quit()
     except Exception:
-        smtp.close()
+        pass
+    finally:
+        smtp.close()  # after a QUIT answered, closed already
 
 
 async def _deliver(
