@@ -15,5 +15,6 @@ resync.py      after a UIDVALIDITY change: which messages are new
 notify.py      AccountWatcher: several folders over one NOTIFY connection, or the fall-back
 sent.py        SentLearner: the Sent folder's recipients learnt as correspondents
 pool.py        WatcherPool: one watcher per (mailbox, folder), on-demand lifetimes
+cancel.py      watcher tasks cancelled again until they end (3.11's wait_for may miss one)
 act.py         the rules' IMAP actions over the watcher's connection (MOVE, COPY, STORE)
 """

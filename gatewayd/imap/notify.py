@@ -20,6 +20,7 @@ import logging
 import time
 
 from gatewayd.config import MailboxConfig
+from gatewayd.imap.cancel import cancel_until_done
 from gatewayd.imap.sent import SentLearner
 from gatewayd.imap.session import ImapConnectionLost, ImapError, ImapSession
 from gatewayd.imap.sync import MessageProcessor, Publisher
@@ -41,10 +42,6 @@ class _NotifyUnusable(Exception):
 def _is_change(line: bytes) -> bool:
     """A push that can mean new mail: EXISTS of the selected folder, STATUS of another."""
     return line.endswith(b"EXISTS") or line.startswith(b"STATUS ")
-
-
-class _FallBackOver(Exception):
-    """Time to try NOTIFY again."""
 
 
 class AccountWatcher:
@@ -113,24 +110,23 @@ class AccountWatcher:
         reason `notify_retry`); without it only by cancellation (FolderWatcher.run never ends)."""
         for watcher in self.folders:
             watcher.status.notify = False
+        tasks = [
+            asyncio.create_task(
+                watcher.run(session if i == 0 else None), name=f"watch:{self.mailbox.id}/{watcher.folder}"
+            )
+            for i, watcher in enumerate(self.folders)
+        ]
         try:
-            async with asyncio.TaskGroup() as group:
-                for i, watcher in enumerate(self.folders):
-                    name = f"watch:{self.mailbox.id}/{watcher.folder}"
-                    group.create_task(watcher.run(session if i == 0 else None), name=name)
-                if for_seconds is not None:
-                    group.create_task(self._end_fall_back(for_seconds))
-        except* _FallBackOver:
-            pass
+            done, _ = await asyncio.wait(tasks, timeout=for_seconds, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a watcher never ends by itself: what ended it goes up
+            for watcher in self.folders:
+                watcher.stop_reason = StopReason.NOTIFY_RETRY
         finally:
+            # Not a task group: it cancels once, and a watcher that missed it would never end.
+            await cancel_until_done(tasks)  # each logs out
             for watcher in self.folders:
                 watcher.stop_reason = StopReason.SHUTDOWN
-
-    async def _end_fall_back(self, after: float) -> None:
-        await asyncio.sleep(after)
-        for watcher in self.folders:
-            watcher.stop_reason = StopReason.NOTIFY_RETRY
-        raise _FallBackOver  # the task group cancels the folders' watchers: each logs out
 
     def _drop_session(self) -> None:
         if self._session is not None:

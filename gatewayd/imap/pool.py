@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable
 
 from gatewayd.config import WATCH_ALWAYS, Config, MailboxConfig
+from gatewayd.imap.cancel import cancel_until_done
 from gatewayd.imap.notify import AccountWatcher
 from gatewayd.imap.sent import SentLearner, SentLog
 from gatewayd.imap.sync import MessageProcessor, Publisher
@@ -115,13 +116,7 @@ class WatcherPool:
         learner = self._learners.pop(mailbox_id, None)
         for watcher in self._watchers.pop(mailbox_id, []):
             watcher.stop_reason = reason
-        pending = set(tasks)
-        while pending:
-            # Python 3.11's wait_for can swallow a cancellation that races with its inner
-            # future finishing: cancel again until every watcher has really stopped.
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=0.5)
+        await cancel_until_done(tasks)
         if learner is not None:
             await learner.close()
         if tasks:

@@ -20,6 +20,7 @@ import pytest
 
 from gatewayd.config import Config, hash_token, parse_config
 from gatewayd.imap.notify import AccountWatcher
+from gatewayd.imap.session import ImapSession
 from gatewayd.sandbox.dovecot import PASSWORD, Dovecot
 from gatewayd.store import EventQuery
 from tests.conftest import append
@@ -234,6 +235,37 @@ def imap_connections(port: int) -> int:
         if fields[2].endswith(f":{port:04X}") and fields[3] == "01":
             count += 1
     return count
+
+
+async def test_a_folder_watcher_that_missed_its_cancellation_does_not_hold_up_the_stop(
+    dovecot_without_notify: Dovecot, tmp_path: Path, start_gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11's wait_for returns the answer instead of raising when a cancellation comes with
+    it, so the pool cancels a watcher again until it ends. An account's folders (one connection
+    each, without NOTIFY) were cancelled by a task group, once: one that missed it held up the stop
+    for good."""
+    server = dovecot_without_notify
+    user = f"missed{uuid.uuid4().hex[:6]}"
+    agents = [agent("support", [mailbox(server, user, folders=["INBOX", "Archive"])])]
+    waiting = ImapSession.wait_push
+    missed: list[str] = []
+
+    async def wait_push(session: ImapSession, timeout: float) -> list[bytes]:
+        try:
+            return await waiting(session, timeout)
+        except asyncio.CancelledError:
+            if missed:
+                raise
+            # A race no server can be made to produce: the answer came with the cancellation.
+            missed.append(session.selected.folder if session.selected else "")
+            return []
+
+    monkeypatch.setattr(ImapSession, "wait_push", wait_push)
+    gw = await start_gateway(fleet_config(tmp_path, agents))
+    await wait_for(lambda: idle(gw), what="every folder idle")
+    await asyncio.wait_for(gw.daemon.stop(), 60)
+    assert len(missed) == 1
+    assert [w["state"] for w in gw.daemon.pool.health()] == ["not_watching"]
 
 
 @pytest.mark.parametrize("notify", [True, False], ids=["notify", "one-idle-per-folder"])
