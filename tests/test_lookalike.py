@@ -59,6 +59,57 @@ def test_other_domains_resemble_nothing(domain: str | None) -> None:
     assert PROTECTED.resembled(domain) is None
 
 
+@pytest.mark.parametrize(
+    ("domain", "embeds"),
+    [
+        ("example.com.evil.test", "example.com"),  # the whole domain as labels of a longer one
+        ("www.example.com.evil.test", "example.com"),
+        ("example-com.evil.test", "example.com"),  # hyphens for dots
+        ("login.example-com.evil.test", "example.com"),
+        ("example.com-secure.test", "example.com"),  # a hyphenated word after the suffix
+        ("secure-example.net", "example.com"),  # the name as a hyphenated part of the registered name
+        ("example-login.com", "example.com"),
+        ("secure-paypal.com", "paypal.com"),
+        ("paypa1.com.evil.test", "paypal.com"),  # lookalikes fold first
+        ("gmail-com.evil.test", "gmail.com"),  # a short name counts with its suffix
+        ("acme.co.uk.evil.test", "acme.co.uk"),
+        ("acme-co-uk.evil.test", "acme.co.uk"),
+    ],
+)
+def test_a_protected_domain_embedded_in_a_longer_one_is_reported_as_such(domain: str, embeds: str) -> None:
+    found = PROTECTED.resembled(domain)
+    assert found is not None and found.embedded
+    assert found.as_dict() == {"domain": domain, "resembles": embeds}  # the whole From domain
+
+
+@pytest.mark.parametrize(
+    "domain",
+    [
+        "example.com.au",  # the same name in a country, not hidden in a longer domain
+        "paypal.com.br",
+        "example.net",  # the same name under another suffix
+        "mail.example.com",  # the protected organisation itself
+        "example.zendesk.com",  # a name alone as a label: how services host their customers
+        "example.evil.test",
+        "gmail-backup.net",  # a short name without its suffix is a common word
+        "acme-tools.co.uk",
+        "examples-store.com",  # parts count whole, never as substrings
+        "myexample-com.evil.test",
+        "com.example.test",  # the parts in another order
+    ],
+)
+def test_domains_merely_sharing_a_name_embed_nothing(domain: str) -> None:
+    assert PROTECTED.resembled(domain) is None
+
+
+def test_the_answer_is_remembered_per_domain_not_per_organisational_domain() -> None:
+    protected = ProtectedDomains(["example.com"])
+    assert protected.resembled("news.evil.test") is None
+    found = protected.resembled("example.com.evil.test")
+    assert found is not None and found.embedded
+    assert protected.resembled("news.evil.test") is None
+
+
 def test_nothing_resembles_an_empty_protected_set() -> None:
     assert ProtectedDomains([None, "", "localhost"]).resembled("examp1e.com") is None
 
@@ -181,6 +232,16 @@ def test_domains_the_mailbox_wrote_to_or_got_ham_from_are_protected(tmp_path: Pa
         assert store.correspondent_domains("inbox") is domains  # unchanged: the same object, kept
     finally:
         store.close()
+
+
+def test_an_embedded_protected_domain_is_a_lookalike_whose_detail_says_so() -> None:
+    results = "spf=pass smtp.mailfrom=example.com.evil.test; dmarc=pass header.from=example.com.evil.test"
+    auth = check(AuthStage(AuthOptions((MX,))), message("IT <it@example.com.evil.test>", results), mailbox())
+    assert auth["impersonation"] == [
+        {"symbol": "FROM_LOOKALIKE_DOMAIN", "domain": "example.com.evil.test", "resembles": "example.com"}
+    ]
+    finding = next(f for f in auth["findings"] if f["symbol"] == "FROM_LOOKALIKE_DOMAIN")
+    assert finding["detail"] == "example.com.evil.test embeds example.com"
 
 
 def test_a_display_name_naming_another_address_is_reported_with_both_domains() -> None:

@@ -111,6 +111,36 @@ async def test_a_lookalike_sender_that_authenticates_for_itself_is_reported_and_
     assert own["auth"]["impersonation"] == [] and "impersonation" not in own["labels"]
 
 
+async def test_a_sender_hiding_a_protected_domain_in_a_longer_one_is_a_lookalike_a_rule_acts_on(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    rules = [
+        {
+            "name": "impersonation",
+            "if": {"auth": {"findings": ["FROM_LOOKALIKE_DOMAIN"]}},
+            "then": [{"tag": "impersonation"}],
+        }
+    ]
+    pipeline = {"auth": {**PIPELINE["auth"], "protected_domains": ["northbank.test"]}}
+    config = gateway_config(tmp_path, dovecot, [user], pipeline=pipeline, rules=rules)
+    gw = await start_gateway(config)
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    async with aiohttp.ClientSession() as session:
+        stream = SseReader(await session.get(f"{gw.url}/events", headers=AUTH))
+        await dovecot.deliver_async(user, mail("verify", "Security <alerts@northbank.test-verify.example>"))
+        await dovecot.deliver_async(user, mail("statement", "Statements <info@mail.northbank.test>"))
+        embedded, own = [frame.json["data"] for frame in await stream.messages(2)]
+    assert embedded["auth"]["impersonation"] == [
+        {
+            "symbol": "FROM_LOOKALIKE_DOMAIN",
+            "domain": "northbank.test-verify.example",
+            "resembles": "northbank.test",
+        }
+    ]
+    assert "impersonation" in embedded["labels"]
+    assert own["auth"]["impersonation"] == [] and "impersonation" not in own["labels"]
+
+
 async def test_report_feeds_learning_and_is_an_event(dovecot: Dovecot, user: str, idle_gateway: Any) -> None:
     async with aiohttp.ClientSession() as session:
         reader = await open_stream(session, idle_gateway.url, {"types": "message.*"})

@@ -37,7 +37,8 @@ say, and leaves the verdict alone: the results prove the domain, not the reader'
 
 results.py    Authentication-Results (RFC 8601): the parser, its tokenizer, finding the headers
 domains.py    organisational domains and alignment with the From domain
-lookalike.py  lookalikes of a mailbox's protected domains, display names naming another domain
+lookalike.py  lookalikes of a mailbox's protected domains or hidden in a longer one, display names naming
+              another domain
 stage.py      AuthStage, AuthOptions, the symbols and their scores; trust, verdict and findings
 dkim.py       the optional local DKIM verification (dkimpy, DNS lookups under a budget)
 """

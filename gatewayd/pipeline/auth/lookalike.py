@@ -9,6 +9,13 @@ style: Unicode lookalikes and accents folded, `1` as `l`, `0` as `o`, `rn` as `m
 equal, or, for names of six characters or more, one edit apart (a letter added, dropped, replaced
 or two swapped). A domain with the same organisational domain as a protected one (`mail.example.com`
 for `example.com`) resembles nothing: it is that organisation.
+
+A From domain also resembles a protected one it embeds, as phishing writes brands into a domain of
+its own: the whole protected domain in its labels or hyphenated parts, followed by more
+(`example.com.evil.test`, `example-com.evil.test`, `example.com-secure.test`; but not
+`example.com.au`, the same name in a country), or its name of six characters or more as a hyphenated
+part of the registered name (`secure-example.net`, `example-login.com`). A name alone as a label is
+not enough: `acme.zendesk.com` is how help desks and shops host their customers.
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ from gatewayd.pipeline.injection.characters import fold
 
 # Shorter names are one edit away from too many real ones (gmail, ymail, email): skeletons only.
 MIN_EDIT_LABEL = 6
-# Organisational domains whose answer each ProtectedDomains keeps: most mail comes from senders met before.
+# Shorter names are words that other names are made of too (apple-pie, linux-magazine): such a name
+# counts as embedded only with its suffix (`apple-com`).
+MIN_EMBEDDED_NAME = 6
+# From domains whose answer each ProtectedDomains keeps: most mail comes from senders met before.
 MAX_REMEMBERED = 4096
 # Characters or pairs read as another on screen, in the folded (lower-case, Latin) form.
 _ASCII_CONFUSABLES = (("rn", "m"), ("vv", "w"), ("1", "l"), ("0", "o"))
@@ -33,6 +43,8 @@ _NAMED_DOMAIN = re.compile(r"(?:[\w-]+\.)+([^\W\d_]{2,24})")
 _NAMED_TLDS = frozenset(["com", "net", "org", "edu", "gov", "mil", "int", "info", "biz", "io", "co", "app"])
 # "jane@example.com via Help Center": help desks and forms relay for the person they name.
 _VIA = re.compile(r"\bvia\b", re.I)
+# What separates the parts of a domain a reader takes for words.
+_PARTS = re.compile(r"[.-]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +53,8 @@ class Resemblance:
 
     domain: str
     resembles: str
+    # `domain` holds `resembles` (or its name) in a longer domain rather than looking like it.
+    embedded: bool = False
 
     def as_dict(self) -> dict[str, str]:
         return {"domain": self.domain, "resembles": self.resembles}
@@ -86,34 +100,43 @@ def _deletions(text: str) -> Iterable[str]:
 class ProtectedDomains:
     """The domains a mailbox's mail must not be mistaken for, prepared once so that checking a
     From domain costs a few dictionary lookups (a neighbourhood of one-character deletions stands
-    in for the edit distance to every protected domain), and one for a sender met before."""
+    in for the edit distance to every protected domain, an index by first part for the embedded
+    ones), and one for a sender met before."""
 
     def __init__(self, domains: Iterable[str | None]) -> None:
         orgs = {organizational_domain(d) for d in map(domain_of, domains) if d and "." in d}
         self.orgs = frozenset(orgs)
         self._by_skeleton: dict[str, str] = {}
         self._near: dict[str, list[tuple[str, str]]] = {}  # deletion -> (skeleton, org)
+        self._by_first_part: dict[str, list[tuple[list[str], str]]] = {}  # -> (parts, org)
+        self._by_name: dict[str, str] = {}  # name (the skeleton's first label) -> org
         self._remembered: dict[str, Resemblance | None] = {}
         for org in sorted(orgs):
             shape = skeleton(org)
             self._by_skeleton.setdefault(shape, org)
-            if len(shape.partition(".")[0]) >= MIN_EDIT_LABEL:
+            name = shape.partition(".")[0]
+            if len(name) >= MIN_EDIT_LABEL:
                 for key in (shape, *_deletions(shape)):
                     self._near.setdefault(key, []).append((shape, org))
+            parts = _PARTS.split(shape)
+            self._by_first_part.setdefault(parts[0], []).append((parts, org))
+            if len(name) >= MIN_EMBEDDED_NAME:
+                self._by_name.setdefault(name, org)
 
     def resembled(self, domain: str | None) -> Resemblance | None:
-        """The protected domain that `domain` (the From's, ASCII form) is a lookalike of, if any."""
+        """The protected domain that `domain` (the From's, ASCII form) is a lookalike of or embeds,
+        if any."""
         if not domain or not self.orgs:
             return None
         org = organizational_domain(domain)
         if org in self.orgs:
             return None
-        if org in self._remembered:
-            return self._remembered[org]
+        if domain in self._remembered:
+            return self._remembered[domain]
         if len(self._remembered) >= MAX_REMEMBERED:
             self._remembered.clear()
-        found = self._resembled(org)
-        self._remembered[org] = found
+        found = self._resembled(org) or self._embedded(domain, org)
+        self._remembered[domain] = found
         return found
 
     def _resembled(self, org: str) -> Resemblance | None:
@@ -126,6 +149,30 @@ class ProtectedDomains:
                     found = near[0]
                     break
         return Resemblance(org, found) if found else None
+
+    def _embedded(self, domain: str, org: str) -> Resemblance | None:
+        """A protected domain whose parts (`example`, `com`) run together in `domain`'s, with more
+        after them, or a protected name that is a hyphenated part of `domain`'s registered name."""
+        shape = skeleton(domain)
+        parts = _PARTS.split(shape)
+        for start, part in enumerate(parts):
+            for wanted, protected in self._by_first_part.get(part, ()):
+                end = start + len(wanted)
+                if parts[start:end] == wanted and _longer(shape, parts, end):
+                    return Resemblance(domain, protected, embedded=True)
+        name = skeleton(org).partition(".")[0]
+        if "-" in name:  # else the same name under another suffix: not embedded, and one edit at most
+            for part in name.split("-"):
+                if part in self._by_name:
+                    return Resemblance(domain, self._by_name[part], embedded=True)
+        return None
+
+
+def _longer(shape: str, parts: list[str], end: int) -> bool:
+    """Whether more than a country's top-level label follows `parts[:end]` in `shape`:
+    `example.com.evil.test` is a longer domain, `example.com.au` the same name in a country."""
+    rest = len(parts) - end
+    return rest > 1 or (rest == 1 and not (len(parts[-1]) == 2 and shape[-3] == "."))
 
 
 NO_PROTECTED = ProtectedDomains(())

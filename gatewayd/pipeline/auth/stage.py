@@ -253,7 +253,8 @@ class AuthStage:
         found: list[dict[str, str]] = []
         lookalike = protected.resembled(from_domain)
         if lookalike is not None:
-            detail = f"{lookalike.domain} resembles {lookalike.resembles}"
+            how = "embeds" if lookalike.embedded else "resembles"
+            detail = f"{lookalike.domain} {how} {lookalike.resembles}"
             notes.append(self._finding("FROM_LOOKALIKE_DOMAIN", detail))
             found.append({"symbol": "FROM_LOOKALIKE_DOMAIN", **lookalike.as_dict()})
         sender = message.data.get("from")
