@@ -1,5 +1,5 @@
-"""Attached text files and forwarded messages: read within a budget, scanned by the injection stage,
-their findings located; what was not read is said so in the event."""
+"""Attached text files, forwarded messages and inline text parts past the body: read within a budget,
+scanned by the injection stage, their findings located; what was not read is said so in the event."""
 
 from __future__ import annotations
 
@@ -35,6 +35,19 @@ def forwarded(body: str, subject: str = "Re: budget", sender: str = "Carol <caro
         "Content-Type: message/rfc822\r\nContent-Disposition: attachment\r\n\r\n"
         f"From: {sender}\r\nTo: bob@example.org\r\nSubject: {subject}\r\n"
         f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
+    )
+
+
+def inline(content: str, ctype: str = "text/plain", disposition: str | None = "inline") -> str:
+    """An inline text part: no file name, no attachment disposition."""
+    header = f"Content-Disposition: {disposition}\r\n" if disposition else ""
+    return f"Content-Type: {ctype}; charset=utf-8\r\n{header}\r\n{content}"
+
+
+def alternative(plain: str, html: str) -> str:
+    return (
+        'Content-Type: multipart/alternative; boundary="A"\r\n\r\n'
+        f"--A\r\n{inline(plain, disposition=None)}\r\n--A\r\n{inline(html, 'text/html', None)}\r\n--A--\r\n"
     )
 
 
@@ -159,6 +172,64 @@ def test_a_multipart_message_cut_without_its_later_parts_says_so() -> None:
 def test_mail_without_such_parts_reads_nothing_more() -> None:
     parsed = parse(FetchedMessage("INBOX", 1, 1, message(), 10_000, (), None))
     assert parsed.attached == () and parsed.skipped == ()
+
+
+def test_instructions_in_a_second_inline_text_part_are_high_and_located() -> None:
+    for disposition in ("inline", None):
+        data = injection(message(inline(ATTACK, disposition=disposition), body=BENIGN))
+        assert data["level"] == "high", disposition
+        assert locations(data) == {"inline:2"}, disposition
+        assert data["not_scanned"] == []
+
+
+def test_inline_parts_are_numbered_among_all_inline_text_parts_in_order() -> None:
+    """The text and HTML alternatives are inline:1 and inline:2, attachments do not count; an HTML
+    part after them is read too, its hidden text as in the body."""
+    hidden_html = f"<p>Thanks!</p><div style='display:none'>{ATTACK}</div>"
+    raw = message(attachment(BENIGN), inline(hidden_html, "text/html"), body=BENIGN)
+    raw = raw.replace(
+        b"Content-Type: text/plain\r\n\r\n" + BENIGN.encode(), alternative(BENIGN, BENIGN).encode()
+    )
+    data = injection(raw)
+    assert data["level"] == "high"
+    assert locations(data) == {"inline:3"}
+
+
+def test_an_inline_part_of_a_forwarded_message_is_read() -> None:
+    inner = (
+        "Content-Type: message/rfc822\r\n\r\nFrom: Carol <carol@example.net>\r\nSubject: fwd\r\n"
+        'Content-Type: multipart/mixed; boundary="C"\r\n\r\n--C\r\nContent-Type: text/plain\r\n\r\n'
+        f"{BENIGN}\r\n--C\r\n{inline(ATTACK)}\r\n--C--\r\n"
+    )
+    assert locations(injection(message(inner))) == {"forwarded:1/inline:2"}
+
+
+def test_benign_inline_parts_stay_none_and_the_common_bodies_read_nothing_more() -> None:
+    footer = (
+        "_______________________________________________\r\nlist mailing list\r\nhttps://lists.example.org/"
+    )
+    data = injection(message(inline(BENIGN), inline(footer, disposition=None)))
+    assert data == {"score": 0.0, "findings": [], "level": "none", "not_scanned": []}
+    single = message().replace(b"multipart/mixed", b"multipart/alternative")
+    both = message(inline("<p>See the attached file.</p>", "text/html", None))
+    for raw in (single, both.replace(b"multipart/mixed", b"multipart/alternative")):
+        parsed = parse(FetchedMessage("INBOX", 1, 1, raw, len(raw), (), None))
+        assert parsed.attached == () and parsed.skipped == ()
+
+
+def test_an_inline_part_past_the_budget_or_the_fetch_is_reported_not_scanned() -> None:
+    files = [attachment(BENIGN, f"{n}.txt") for n in range(MAX_ATTACHED_PARTS)]
+    data = injection(message(*files, inline(ATTACK)))
+    assert data["level"] == "none"
+    assert data["not_scanned"] == [{"location": "inline:2", "reason": "over budget"}]
+    # Past fetch_max_bytes, with what was left of the text budget spent: its header alone.
+    raw = message(inline(ATTACK))
+    prefix = raw[: raw.index(b"--B", raw.index(b"--B") + 3)]
+    header = inline(ATTACK).split("\r\n\r\n")[0].encode() + b"\r\n\r\n"
+    part = FetchedPart(index=1, section="2", header=header, content=b"", size=len(ATTACK), cut=True)
+    data = injection(prefix, size=len(raw), parts=(part,))
+    assert data["level"] == "none"
+    assert data["not_scanned"] == [{"location": "inline:2", "reason": "not fetched"}]
 
 
 def test_check_message_output_names_the_location_and_what_was_not_scanned() -> None:

@@ -26,8 +26,10 @@ from gatewayd.message import (
     MAX_PARTS,
     FetchedMessage,
     FetchedPart,
+    body,
     from_address,
     parse_message,
+    structure,
 )
 from gatewayd.message import parse as parse_parsed
 from gatewayd.message.fields import _getaddresses
@@ -216,6 +218,42 @@ def test_multipart_alternative_prefers_text_plain() -> None:
 def test_empty_text_plain_falls_back_to_html() -> None:
     data = parse(ALTERNATIVE.replace(b"{plain}", b"  \r\n"))
     assert data["body_text_excerpt"] == "HTML version"
+
+
+def test_the_body_leaves_only_the_further_inline_text_parts_unread() -> None:
+    """body.bodies reads the first text/plain and text/html parts; the other inline ones (not
+    attachments) are handed on, in order, for the stages that read what an agent reads."""
+    alternative = ALTERNATIVE.replace(b"{plain}", b"Plain version")
+    mixed = crlf(
+        """Content-Type: multipart/mixed; boundary="MIX"
+
+--MIX
+Content-Type: text/plain
+
+first
+--MIX
+Content-Type: text/plain; name="notes.txt"
+
+an attachment: it has a name
+--MIX
+Content-Type: text/html
+Content-Disposition: inline
+
+<p>second</p>
+--MIX
+Content-Type: text/plain
+Content-Disposition: inline
+
+third
+--MIX--
+"""
+    )
+    unread = {}
+    for name, raw in (("plain", PLAIN), ("alternative", alternative), ("mixed", mixed)):
+        root = structure.parse(raw)
+        leaves, _ = structure.leaves(root)
+        unread[name] = [str(part.get_payload()).strip() for part in body.bodies(leaves, root, ()).unread]
+    assert unread == {"plain": [], "alternative": [], "mixed": ["third"]}
 
 
 HTML_ONLY = crlf(

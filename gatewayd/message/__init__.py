@@ -23,8 +23,9 @@ parsed.py     FetchedMessage, ParsedMessage; parse, the event data field by fiel
 structure.py  the MIME structure: the guarded compat32 parse, the plain single-part fast path, the
               headers we keep, the leaf parts, the part the fetch cap cut into
 joined.py     a message larger than its prefix, joined from the prefix and the parts fetched after it
-body.py       attachments, the body text and HTML, excerpt
-attached.py   the text of attached text files and forwarded messages, and the parts left unread
+body.py       attachments, the body text and HTML (and the inline text parts past them), excerpt
+attached.py   the text of attached text files, forwarded messages and inline text parts past the
+              body, and the parts left unread
 html.py       the HTML-to-text converter (one linear scan)
 text.py       charsets, decoding bytes, surrogate escapes, header cleaning, RFC 2047 encoded words
 fields.py     Message-ID, In-Reply-To, References, addresses (with the fast address-list path), dates

@@ -1,12 +1,15 @@
-"""Text inside attachments and forwarded messages, for the stages that read what an agent may read.
+"""Text outside the body: attachments, forwarded messages, further inline text parts, for the stages
+that read what an agent may read.
 
-An agent that opens a .txt attachment or a forwarded message reads text the top-level body does not
-hold. `texts` decodes it: attached text files (text/plain, text/markdown, text/csv, text/html, and
-application/octet-stream named .txt, .md, .csv or .html), and each message/rfc822 part's Subject,
-From display name and body, with the text files attached to it in turn. The work is bounded by
-MAX_ATTACHED_PARTS, MAX_ATTACHED_BYTES (per part) and MAX_ATTACHED_TOTAL; a part left out, or whose
-content the fetch did not bring (a message over `fetch_max_bytes`: attachments past its prefix are
-never fetched), is listed with the reason, never passed over in silence.
+An agent that opens a .txt attachment or a forwarded message, or reads a message to its end, reads
+text the body (body.bodies: the first text/plain and text/html parts) does not hold. `texts`
+decodes it: attached text files (text/plain, text/markdown, text/csv, text/html, and
+application/octet-stream named .txt, .md, .csv or .html), the inline text/plain and text/html parts
+the body left unread, and each message/rfc822 part's Subject, From display name and body, with its
+own such parts in turn. The work is bounded by MAX_ATTACHED_PARTS, MAX_ATTACHED_BYTES (per part)
+and MAX_ATTACHED_TOTAL; a part left out, or whose content the fetch did not bring (a message over
+`fetch_max_bytes`: attachments past its prefix are never fetched), is listed with the reason, never
+passed over in silence.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ Leaves = list[tuple[Message, tuple[Message, ...]]]
 
 _TEXT_TYPES = frozenset({"text/plain", "text/markdown", "text/x-markdown", "text/csv", "text/html"})
 _TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".csv", ".html", ".htm"})
+_INLINE_TYPES = ("text/plain", "text/html")  # as body.bodies reads them
 _FORWARDED = "message/rfc822"
 _OCTET_STREAM = "application/octet-stream"
 _HTML_SUFFIXES = (".html", ".htm")
@@ -46,7 +50,7 @@ class SkipReason(StrEnum):
 class AttachedText:
     """What one attached text file or forwarded message says."""
 
-    location: str  # "attachment:notes.txt", "forwarded:1", "forwarded:1/attachment:2"
+    location: str  # "attachment:notes.txt", "inline:2", "forwarded:1", "forwarded:1/attachment:2"
     headers: str  # of a forwarded message: its Subject and From display name, one per line
     text: str
     html: str | None
@@ -65,12 +69,13 @@ def readable(attachments: list[dict[str, Any]]) -> bool:
 
 
 def texts(
-    leaves: Leaves, root: Message, cut: Collection[Message]
+    leaves: Leaves, root: Message, cut: Collection[Message], unread: Collection[Message] = ()
 ) -> tuple[tuple[AttachedText, ...], tuple[Skipped, ...]]:
-    """The attached texts among `leaves`, and the parts left unread or read in part (`cut`: the
-    parts whose content the fetch cut short or left out)."""
+    """The attached texts among `leaves` and the text of the inline parts in `unread` (body.bodies),
+    and the parts left unread or read in part (`cut`: the parts whose content the fetch cut short
+    or left out)."""
     walk = _Walk(cut)
-    walk.leaves(leaves, root, "", 0)
+    walk.leaves(leaves, root, "", 0, unread)
     return tuple(walk.found), tuple(walk.skipped)
 
 
@@ -97,12 +102,21 @@ class _Walk:
         self.found: list[AttachedText] = []
         self.skipped: list[Skipped] = []
 
-    def leaves(self, leaves: Leaves, root: Message, prefix: str, depth: int) -> None:
-        forwarded = attachments = 0
+    def leaves(
+        self, leaves: Leaves, root: Message, prefix: str, depth: int, unread: Collection[Message]
+    ) -> None:
+        forwarded = attachments = inline = 0
         for part, _ in leaves:
-            if not _candidate(part) or not safe(False, body.is_attachment, part, root):
+            if not _candidate(part):
                 continue
-            if part.get_content_type() == _FORWARDED:
+            if not safe(False, body.is_attachment, part, root):
+                if part.get_content_type() not in _INLINE_TYPES:
+                    continue
+                inline += 1  # numbered among all inline text parts, the body's included
+                if part not in unread:
+                    continue
+                location = f"{prefix}inline:{inline}"
+            elif part.get_content_type() == _FORWARDED:
                 forwarded += 1
                 location = f"{prefix}forwarded:{forwarded}"
             else:
@@ -145,14 +159,14 @@ class _Walk:
         sender = safe(None, fields.first_address, headers.get("from", []))
         name = sender.get("name") if isinstance(sender, dict) else None
         inner_leaves, _ = safe(([], False), structure.leaves, inner)
-        text, html, _ = safe(("", None, False), body.bodies, inner_leaves, inner, ())
+        text, html, _, unread = safe(body.Bodies("", None, False, ()), body.bodies, inner_leaves, inner, ())
         limit = min(MAX_ATTACHED_BYTES, self.budget)
         text, html = text[:limit], html[:limit] if html else None
         self.budget -= max(len(text), len(html or ""))
         header_lines = "\n".join(value for value in (subject, name) if value)
         self.found.append(AttachedText(location, header_lines, text, html))
         if depth + 1 < MAX_DEPTH:
-            self.leaves(inner_leaves, inner, f"{location}/", depth + 1)
+            self.leaves(inner_leaves, inner, f"{location}/", depth + 1, unread)
 
 
 def _empty(part: Message) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection, Mapping
 from email.message import Message
-from typing import Any
+from typing import Any, NamedTuple
 
 from gatewayd.message.html import html_to_text
 from gatewayd.message.limits import MAX_HTML_CHARS, MAX_PARTS, MAX_TEXT_BYTES, safe
@@ -101,37 +101,59 @@ def payload_bytes(part: Message) -> bytes | None:
     return data if isinstance(data, bytes) else None
 
 
+class Bodies(NamedTuple):
+    text: str
+    html: str | None
+    text_cut: bool
+    # The other text/plain and text/html parts shown inline (a second text part after the first,
+    # a mailing list's footer): not read here, but an agent reading the message reads them.
+    unread: tuple[Message, ...]
+
+
 def bodies(
     leaves: list[tuple[Message, tuple[Message, ...]]],
     root: Message,
     cut: Collection[Message],
     unseen: bool = False,
-) -> tuple[str, str | None, bool]:
-    """(text, html, text_cut): the first non-empty text/plain body, else the HTML's visible text;
-    the decoded source of the first text/html body part; and whether the text may be only part of
-    what the whole message holds: its part, or one looked at before it, was cut (by the fetch or
-    the size caps), or, with leaf parts never read (`unseen`), it is not from a text/plain part."""
+) -> Bodies:
+    """The first non-empty text/plain body, else the HTML's visible text; the decoded source of the
+    first text/html body part; whether the text may be only part of what the whole message holds:
+    its part, or one looked at before it, was cut (by the fetch or the size caps), or, with leaf
+    parts never read (`unseen`), it is not from a text/plain part; and the inline text parts not
+    looked at, in document order."""
+    inline: list[Message] = []
     plain: list[Message] = []
     html_parts: list[Message] = []
     for part, _ in leaves:
         ctype = safe("", part.get_content_type)
         if ctype not in ("text/plain", "text/html") or safe(True, is_attachment, part, root):
             continue
+        inline.append(part)
         (plain if ctype == "text/plain" else html_parts).append(part)
     html, html_cut = None, False
+    looked_at: list[Message] = []
     for part in html_parts[:8]:
+        looked_at.append(part)
         html, part_cut = safe((None, part in cut), _part_source, part, part in cut)
         html_cut = html_cut or part_cut
         if html:
             break
     text_cut = False
     for part in plain[:8]:
+        looked_at.append(part)
         text, part_cut = safe((None, part in cut), _part_source, part, part in cut)
         text_cut = text_cut or part_cut
         if text and text.strip():
-            return text, html, text_cut
+            return Bodies(text, html, text_cut, _unread(inline, looked_at))
     text = html_to_text(html, enough=MAX_HTML_CHARS) if html else ""
-    return text, html, text_cut or html_cut or unseen
+    return Bodies(text, html, text_cut or html_cut or unseen, _unread(inline, looked_at))
+
+
+def _unread(inline: list[Message], looked_at: list[Message]) -> tuple[Message, ...]:
+    if len(looked_at) == len(inline):  # most mail: one body part, or a text and an HTML alternative
+        return ()
+    looked = set(looked_at)
+    return tuple(part for part in inline if part not in looked)
 
 
 _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9._:-]{1,40})""", re.I)

@@ -58,7 +58,8 @@ class ParsedMessage:
     parts_unseen: bool = False
     # Names (lower-cased) in `headers` with a value cut short: see structure.collect_headers.
     headers_cut: frozenset[str] = frozenset()
-    # Text of attached text files and forwarded messages (attached.py), and the parts not read.
+    # Text of attached text files, forwarded messages and the inline text parts past the text and
+    # html (attached.py), and the parts not read.
     attached: tuple[AttachedText, ...] = ()
     skipped: tuple[Skipped, ...] = ()
 
@@ -91,11 +92,13 @@ def parse(msg: FetchedMessage, excerpt_chars: int = 500) -> ParsedMessage:
     # the fetch cut short whose other parts were never fetched (imap/parts.py gave up on them).
     unseen = not walked_all or (truncated and not msg.parts and safe(True, structure.unclosed, root))
     attachments = safe([], body.attachments, leaves, root, cut, sizes)
-    text, html, text_cut = safe(("", None, True), body.bodies, leaves, root, cut, unseen)
+    text, html, text_cut, unread = safe(
+        body.Bodies("", None, True, ()), body.bodies, leaves, root, cut, unseen
+    )
     attached_texts: tuple[AttachedText, ...] = ()
     skipped: tuple[Skipped, ...] = ()
-    if attachments and attached.readable(attachments):  # most mail: no such attachment
-        attached_texts, skipped = safe(((), ()), attached.texts, leaves, root, cut)
+    if unread or (attachments and attached.readable(attachments)):  # most mail: neither
+        attached_texts, skipped = safe(((), ()), attached.texts, leaves, root, cut, unread)
     if truncated and not msg.parts and (cut_part is not None or not walked_all) and root.is_multipart():
         # The parts past the prefix were not fetched (imap/parts.py gave up): nothing read them.
         skipped = (*skipped, Skipped("rest of message", SkipReason.NOT_FETCHED))

@@ -1,5 +1,6 @@
-"""Injection inside attachments and forwarded messages, end to end: mail delivered through the real
-Dovecot, fetched by the watcher, scanned, and announced with where the injection was found."""
+"""Injection inside attachments, forwarded messages and inline text parts past the body, end to end:
+mail delivered through the real Dovecot, fetched by the watcher, scanned, and announced with where
+the injection was found."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import aiohttp
 
 from gatewayd.sandbox.dovecot import Dovecot
 from tests.sse import open_stream
-from tests.test_attached import ATTACK, BENIGN, attachment, forwarded, message
+from tests.test_attached import ATTACK, BENIGN, attachment, forwarded, inline, message
 
 
 async def test_injection_in_a_text_file_or_a_forwarded_message_is_found_and_located(
@@ -53,3 +54,32 @@ async def test_a_text_file_past_the_fetch_cap_is_reported_not_scanned(
     assert data["truncated"] is True
     assert data["injection"]["level"] == "none"
     assert data["injection"]["not_scanned"] == [{"location": "attachment:notes.txt", "reason": "not fetched"}]
+
+
+async def test_injection_in_a_second_inline_text_part_is_found_and_located(
+    dovecot: Dovecot, user: str, idle_gateway: Any
+) -> None:
+    """A harmless first text part, instructions in the next inline one: also past the fetch cap,
+    where the part is fetched on its own after a large attachment."""
+    filler = base64.b64encode(random.Random(2).randbytes(300_000)).decode()
+    pdf = attachment("", "report.pdf", "application/pdf").replace("\r\n\r\n", f"\r\n\r\n{filler}", 1)
+    sent = {
+        "inline": message(inline(ATTACK), body=BENIGN),
+        "past the cap": message(pdf, inline(ATTACK), body=BENIGN),
+        "benign": message(inline(BENIGN), body=BENIGN),
+    }
+    async with aiohttp.ClientSession() as session:
+        reader = await open_stream(session, idle_gateway.url, {"types": "message.*"})
+        for raw in sent.values():
+            await dovecot.deliver_async(user, raw)
+        events = await reader.messages(len(sent))
+    by_name = dict(zip(sent, (event.json["data"] for event in events), strict=True))
+    for name in ("inline", "past the cap"):
+        injection = by_name[name]["injection"]
+        assert injection["level"] == "high", name
+        assert {finding["location"] for finding in injection["findings"]} == {"inline:2"}, name
+        assert injection["not_scanned"] == [], name
+    assert by_name["past the cap"]["truncated"] is True
+    benign = by_name["benign"]
+    assert benign["injection"] == {"score": 0.0, "findings": [], "level": "none", "not_scanned": []}
+    assert benign["body_text_excerpt"] == BENIGN

@@ -36,7 +36,7 @@ finding, never an exception.
 symbols.py       the symbols, their default weights and meanings; the levels
 limits.py        the caps on the work done per message
 stage.py         InjectionStage, InjectionOptions; the scorer, and the scan of one message (and of each
-                 attached text file and forwarded message) by channel
+                 attached text file, forwarded message and inline text part past the body) by channel
 characters.py    invisible, zero-width, bidi and tag characters, lookalikes; folding, collapsing, snippets
 rules.py         the rule machinery: patterns and their literal starts, gates, the rule index
 phrases.py       the rule tables: word rules in several languages, rules for other scripts (Cyrillic,

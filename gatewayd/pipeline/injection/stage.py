@@ -98,7 +98,7 @@ class InjectionStage:
         except Exception as exc:  # a bug here must not hide a hostile message
             log.warning("injection scan failed", exc_info=True)
             scorer.add("INJ_SCAN_ERROR", f"scan: {type(exc).__name__}")
-        for part in message.attached:  # attached text files and forwarded messages: usually none
+        for part in message.attached:  # attached files, forwarded messages, more inline text: usually none
             scorer.location = part.location
             _guard(scorer, "attached", None, _Scan.of_attached(scorer, part).run)
         scorer.location = None
