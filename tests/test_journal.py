@@ -123,13 +123,20 @@ async def test_outbox_retries_and_orphans(journal: SqliteRuleJournal) -> None:
     now = time.time()
     await journal.outbox_update(first.id, RETRY, attempts=1, next_attempt_at=now - 1, last_error="451")
     await journal.outbox_update(second.id, RETRY, attempts=1, next_attempt_at=now + 60)
+    # The mail of a message still open (a shutdown cut its attempt short) is its recovery's first.
+    assert await journal.outbox_due(now) == [] and await journal.outbox_next_due() is None
+    await journal.finish(["k2"])
+    assert await journal.outbox_due(now) == [] and await journal.outbox_next_due() == pytest.approx(now + 60)
+    await journal.finish(["k1"])
     assert [i.id for i in await journal.outbox_due(now)] == [first.id]
     assert await journal.outbox_next_due() == pytest.approx(now - 1)
     # A `sending` item of a finished message was a background attempt cut short; of an open
     # message it belongs to the recovery of that message.
     await journal.outbox_update(first.id, SENDING, attempts=2)
-    assert await journal.outbox_orphans() == []
-    await journal.finish(["k1"])
+    await begin(journal, "k3", reply(0, "dave@example.net"), uid=3)
+    third = await journal.outbox_get("k3", 0)
+    assert third is not None
+    await journal.outbox_update(third.id, SENDING, attempts=1)
     assert [i.id for i in await journal.outbox_orphans()] == [first.id]
     await journal.outbox_update(first.id, SENT)
     assert (await journal.outbox_get("k1", 0)).state == SENT  # type: ignore[union-attr]

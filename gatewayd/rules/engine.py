@@ -188,8 +188,15 @@ class RulesStage:
         done = await self._complete(entry, mailbox, actions, message)
         if entry.state == OPEN:
             assert self._journal is not None
-            actions.after_store(functools.partial(self._journal.finish, [entry.key]))
+            actions.after_store(functools.partial(self._finished, entry))
         return _stage_result(done["data"], done["drop"])
+
+    async def _finished(self, entry: JournalEntry) -> None:
+        """Finish the entry: its mail left to retry is the outbox's from now on."""
+        assert self._journal is not None
+        await self._journal.finish([entry.key])
+        if self._outbox is not None and any(step["kind"] == "send" for step in entry.record["plan"]["steps"]):
+            self._outbox.wake()
 
     async def _complete(
         self, entry: JournalEntry, mailbox: MailboxConfig, actions: MailActions, message: ParsedMessage | None
@@ -319,7 +326,7 @@ class RulesStage:
                 stored = await self._store.append([new])
                 if self._publish is not None:
                     self._publish(stored)
-            await self._journal.finish([entry.key])
+            await self._finished(entry)
 
     async def _claim_arrivals(self, mailbox: MailboxConfig, actions: MailActions) -> None:
         """Mark as placed here what another folder's interrupted move or copy (an intent without

@@ -163,10 +163,13 @@ class RuleJournal(Protocol):
     ) -> None: ...
 
     async def outbox_due(self, now: float, limit: int = 20) -> list[OutboxItem]:
-        """`retry` items whose time has come, oldest first."""
+        """`retry` items whose time has come and whose message is finished, oldest first (the mail
+        of an open message, which a shutdown interrupted, is the rules engine's to settle first)."""
         ...
 
-    async def outbox_next_due(self) -> float | None: ...
+    async def outbox_next_due(self) -> float | None:
+        """When the first of the items `outbox_due` would give is due."""
+        ...
 
     async def outbox_orphans(self) -> list[OutboxItem]:
         """`sending` items whose message is finished: a background attempt a crash interrupted."""

@@ -50,6 +50,9 @@ from gatewayd.store.sqlite_journal_tables import (
 )
 from gatewayd.store.sqlite_schema import open_beside
 
+# An outbox item whose message's entry is open belongs to the rules engine finishing that message.
+_MESSAGE_FINISHED = "NOT EXISTS (SELECT 1 FROM rule_journal j WHERE j.key = outbox.key AND j.state = ?)"
+
 
 class SqliteRuleJournal:
     """`RuleJournal` on SQLite (WAL), by default in the event log's file, with its own connection."""
@@ -311,20 +314,20 @@ class SqliteRuleJournal:
     async def outbox_due(self, now: float, limit: int = 20) -> list[OutboxItem]:
         rows = await self._read(
             f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = ? AND next_attempt_at <= ?"
-            " ORDER BY next_attempt_at LIMIT ?",
-            (RETRY, now, limit),
+            f" AND {_MESSAGE_FINISHED} ORDER BY next_attempt_at LIMIT ?",
+            (RETRY, now, OPEN, limit),
         )
         return [outbox_item(row) for row in rows]
 
     async def outbox_next_due(self) -> float | None:
-        rows = await self._read("SELECT min(next_attempt_at) FROM outbox WHERE state = ?", (RETRY,))
+        rows = await self._read(
+            f"SELECT min(next_attempt_at) FROM outbox WHERE state = ? AND {_MESSAGE_FINISHED}", (RETRY, OPEN)
+        )
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
     async def outbox_orphans(self) -> list[OutboxItem]:
         rows = await self._read(
-            f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = ? AND NOT EXISTS"
-            " (SELECT 1 FROM rule_journal j WHERE j.key = outbox.key AND j.state = ?)",
-            (SENDING, OPEN),
+            f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = ? AND {_MESSAGE_FINISHED}", (SENDING, OPEN)
         )
         return [outbox_item(row) for row in rows]
 
