@@ -1,8 +1,9 @@
-"""An SMTP peer on a loopback socket that answers slowly, or not at all once it has the data.
+"""An SMTP peer on a loopback socket that answers slowly, or not at all at a chosen step.
 
 aiosmtpd answers promptly; this one exists for what it cannot be made to do: a server that takes
-`reply_delay` seconds over every reply, and one that holds the connection open without answering
-the end of the data (`stall_after_data`), as a hung submission server does.
+`reply_delay` seconds over every reply, one that holds the connection open without answering
+the end of the data (`stall_after_data`), as a hung submission server does, and one that never
+answers a given command (`stall_at`, such as "RCPT": before the data).
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from types import TracebackType
 
 
 class StallingSmtp:
-    def __init__(self, reply_delay: float = 0.0, stall_after_data: bool = False) -> None:
+    def __init__(
+        self, reply_delay: float = 0.0, stall_after_data: bool = False, stall_at: str | None = None
+    ) -> None:
         self.reply_delay = reply_delay
         self.stall_after_data = stall_after_data
+        self.stall_at = stall_at
         self.port = 0
         self.connections = 0
         self.commands: list[str] = []
@@ -51,15 +55,16 @@ class StallingSmtp:
                 if verb == "QUIT":
                     await self._reply(writer, "221 bye")
                     return
+                if verb == self.stall_at:
+                    await self._silent(reader)
+                    return
                 if verb == "DATA":
                     await self._reply(writer, "354 go ahead")
                     while (await reader.readline()) not in (b".\r\n", b""):
                         pass
                     self.got_data = True
                     if self.stall_after_data:
-                        # Silent until the client hangs up; what it still says (QUIT) is noted.
-                        while line := await reader.readline():
-                            self.commands.append(line.decode("ascii", "replace").strip().upper())
+                        await self._silent(reader)
                         return
                 await self._reply(writer, "250 stall.test" if verb in ("EHLO", "HELO") else "250 OK")
         except ConnectionError:
@@ -67,6 +72,11 @@ class StallingSmtp:
         finally:
             self.hung_up += 1
             writer.close()
+
+    async def _silent(self, reader: asyncio.StreamReader) -> None:
+        """Silent until the client hangs up; what it still says (QUIT) is noted."""
+        while line := await reader.readline():
+            self.commands.append(line.decode("ascii", "replace").strip().upper())
 
     async def _reply(self, writer: asyncio.StreamWriter, line: str) -> None:
         await asyncio.sleep(self.reply_delay)

@@ -8,7 +8,8 @@ is resolved by looking, never by guessing:
   (find where by its identity, `gatewayd.message.identity`, over a second connection);
 - a copy: done when the destination has the message, else done now; a message without an identity
   (no Message-ID, a header block past the fetch cap) cannot be told, and is not repeated;
-- a mail: interrupted while sending, it may have gone out: it is never sent again (`unknown`).
+- a mail: interrupted while sending by a crash, it may have gone out: it is never sent again
+  (`unknown`); one a stop cut off the outbox settled before it ended (`pending` before the data).
 
 A broken connection in the middle of an action leaves its outcome unknown too: the step stays
 `started`, `ActionInterrupted` ends the batch, and the watcher resolves it after reconnecting.

@@ -10,13 +10,13 @@ touched: the stage swaps its rule book, and the next message uses the new one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
 
 from gatewayd.config import Config, ConfigError, load_config
 from gatewayd.events import Event, rfc3339
+from gatewayd.imap.cancel import cancel_until_done
 from gatewayd.pipeline import Pipeline, StageSpec
 from gatewayd.rules.engine import RULES_TIMEOUT_SECONDS, RulesStage
 from gatewayd.rules.execute import Trainer
@@ -67,11 +67,9 @@ class RulesService:
         ]
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Cancelled until they end: a single cancellation can be lost in a wait_for, and the
+        # outbox settles an attempt it cuts off before it ends.
+        await cancel_until_done(self._tasks)
         await self.stage.renderer.close()
         await self.journal.close()
 

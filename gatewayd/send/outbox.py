@@ -10,7 +10,9 @@ lost or timed out at the data (`unknown`), the mailbox's SMTP server counts as d
 goes straight to the queue until a background attempt gets through.
 
 Mail is never sent twice: an attempt is recorded (`sending`) before it starts, and one that a
-crash interrupted is `unknown` afterwards, never resent.
+crash interrupted is `unknown` afterwards, never resent. One cancelled (a shutdown) is settled
+before it ends, by how far it got: cut off before the data it is `retry`, its reservation kept,
+and retried after the restart; after, `unknown`.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
 from gatewayd.config import MailboxConfig
 from gatewayd.events import Event, NewEvent
-from gatewayd.send.smtp import SendResult, send
+from gatewayd.send.smtp import Progress, SendResult, send
 from gatewayd.store import EventStore
 from gatewayd.store.journal import FAILED, RETRY, SENDING, SENT, UNKNOWN, OutboxItem, RuleJournal
 
@@ -65,24 +67,39 @@ class Outbox:
         mailbox = self._mailboxes.get(item.mailbox_id)
         if mailbox is None or mailbox.smtp is None:
             result = SendResult(FAILED, "the mailbox has no smtp: section")
-        elif self._down_until.get(item.mailbox_id, 0) > time.monotonic():
+            await self._settle(item, result, attempts=item.attempts + 1, inline=True)
+            return result
+        if self._down_until.get(item.mailbox_id, 0) > time.monotonic():
             result = SendResult(RETRY, "the SMTP server failed recently; queued for the next attempt")
             await self._settle(item, result, attempts=item.attempts, inline=True)
             return result
-        else:
-            result = await self._attempt(item, mailbox)
-        await self._settle(item, result, attempts=item.attempts + 1, inline=True)
-        return result
+        return await self._attempt(item, mailbox, inline=True)
 
-    async def _attempt(self, item: OutboxItem, mailbox: MailboxConfig) -> SendResult:
+    async def _attempt(self, item: OutboxItem, mailbox: MailboxConfig, inline: bool) -> SendResult:
+        """One attempt, settled. One cancelled (gatewayd or the watcher stopping) is settled by how
+        far it got before the cancellation goes on, so that mail cut off before the data is retried
+        after a restart rather than taken for `unknown`."""
         assert mailbox.smtp is not None
-        await self._journal.outbox_update(item.id, SENDING, attempts=item.attempts + 1)
-        result = await send(mailbox.smtp, item.envelope_from, item.recipients, item.message)
+        attempts = item.attempts + 1
+        progress = Progress()
+        try:
+            await self._journal.outbox_update(item.id, SENDING, attempts=attempts)
+            result = await send(
+                mailbox.smtp, item.envelope_from, item.recipients, item.message, progress=progress
+            )
+        except asyncio.CancelledError:
+            cut_off = progress.cut_off("cancelled by a stop")
+            try:
+                await _despite_cancellation(self._settle(item, cut_off, attempts, inline))
+            except Exception:  # left `sending`: `unknown` after the restart, the safe side
+                log.exception("outbox: could not record an attempt a stop cut off")
+            raise
         if result.status == SENT:
             self._down_until.pop(item.mailbox_id, None)
         elif result.status in (RETRY, UNKNOWN):
             # A server that broke off or stalled at the data would hold the watcher up again.
             self._down_until[item.mailbox_id] = time.monotonic() + mailbox.smtp.retry_initial_seconds
+        await self._settle(item, result, attempts, inline)
         return result
 
     def next_attempt_at(self, item: OutboxItem, attempts: int) -> float:
@@ -145,8 +162,7 @@ class Outbox:
                             item, SendResult(FAILED, "the mailbox is gone"), item.attempts, False
                         )
                         continue
-                    result = await self._attempt(item, mailbox)
-                    await self._settle(item, result, item.attempts + 1, inline=False)
+                    await self._attempt(item, mailbox, inline=False)
                 next_due = await self._journal.outbox_next_due()
             except Exception:
                 log.exception("outbox: retrying failed")
@@ -154,3 +170,17 @@ class Outbox:
             delay = _IDLE_WAKE_SECONDS if next_due is None else max(0.0, next_due - time.time())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(delay, _IDLE_WAKE_SECONDS))
+
+
+async def _despite_cancellation(work: Coroutine[Any, Any, Any]) -> None:
+    """Run `work` to its end even when cancelled meanwhile (the pool cancels a stopping watcher
+    again until it ends): a settlement cut short would leave the mail `sending`. Bounded by the
+    journal's busy timeout; the cancellation is the caller's to raise, `work`'s exception is raised."""
+    task = asyncio.create_task(work)
+    while True:
+        try:
+            await asyncio.shield(task)
+            return
+        except asyncio.CancelledError:
+            if task.done():
+                raise

@@ -9,6 +9,11 @@ What matters after a failure is whether the mail may have been delivered anyway:
 - `unknown`: the connection broke or timed out while the server had the data: it may have been
   delivered, so it is never sent again (an auto-reply must not go out twice).
 
+A delivery cancelled (a shutdown) raises CancelledError; its `Progress` tells the caller which of
+`retry` and `unknown` it is. The server may have the mail from the DATA command on: RFC 5321 has
+it take the mail at the final dot and drop a transaction cut off before (section 3.8), and
+aiosmtplib sends the message with its dot the moment the 354 arrives, a moment it does not show.
+
 An address that is not ASCII goes out with SMTPUTF8 (RFC 6531) when the server offers it; to one
 that does not, or an address that is not even valid text, it is `failed` before any MAIL.
 """
@@ -36,6 +41,29 @@ class SendResult:
     error: str | None = None
 
 
+# Phases of a delivery: from DATA on the server may have the mail; at DONE it took it.
+DATA = "data"
+DONE = "done"
+
+
+@dataclass(slots=True)
+class Progress:
+    """How far a delivery got: the command it is at, or DONE."""
+
+    phase: str = "connect"
+
+    def cut_off(self, why: str) -> SendResult:
+        """The verdict on a delivery that ended here without its answer (lost, timed out,
+        cancelled): cancelled while saying QUIT, it was sent."""
+        if self.phase == DONE:
+            return SendResult(SENT)
+        if self.phase == DATA:
+            return SendResult(
+                UNKNOWN, f"{self.phase}: {why}; not sent again (it may have been delivered)"[:300]
+            )
+        return SendResult(RETRY, f"{self.phase}: {why}"[:300])
+
+
 def tls_context(config: SmtpConfig) -> ssl.SSLContext:
     return client_context(config.ca_file, config.verify_cert)
 
@@ -46,8 +74,10 @@ async def send(
     recipients: Sequence[str],
     message: bytes,
     timeout: float | None = None,
+    progress: Progress | None = None,
 ) -> SendResult:
-    """Deliver `message` to `recipients`; never raises (see the module docstring for the verdicts).
+    """Deliver `message` to `recipients`; never raises but CancelledError, after which `progress`
+    says how far it got (see the module docstring for the verdicts).
 
     `timeout` bounds the whole delivery, QUIT included (default: `config.timeout_seconds`).
     """
@@ -60,25 +90,23 @@ async def send(
         tls_context=tls_context(config) if config.tls != "none" else None,
         timeout=config.timeout_seconds,
     )
-    phase = ["connect"]
+    progress = progress if progress is not None else Progress()
     deadline = asyncio.get_running_loop().time() + (timeout or config.timeout_seconds)
     try:
         async with asyncio.timeout_at(deadline):
-            return await _deliver(smtp, config, envelope_from, recipients, message, phase)
+            return await _deliver(smtp, config, envelope_from, recipients, message, progress)
     except aiosmtplib.SMTPAuthenticationError as exc:
         return SendResult(FAILED, f"login refused: {exc.code} {exc.message}"[:300])
     except aiosmtplib.SMTPResponseException as exc:
         status = RETRY if 400 <= exc.code < 500 else FAILED
-        return SendResult(status, f"{phase[0]}: {exc.code} {exc.message}"[:300])
+        return SendResult(status, f"{progress.phase}: {exc.code} {exc.message}"[:300])
     except aiosmtplib.SMTPNotSupported as exc:
-        return SendResult(FAILED, f"{phase[0]}: {exc}"[:300])
+        return SendResult(FAILED, f"{progress.phase}: {exc}"[:300])
     except UnicodeError as exc:  # a name aiosmtplib sends as ASCII (the local host name in EHLO)
-        return SendResult(FAILED, f"{phase[0]}: cannot encode: {exc}"[:300])
+        return SendResult(FAILED, f"{progress.phase}: cannot encode: {exc}"[:300])
     except (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError) as exc:
-        detail = str(exc) or type(exc).__name__
         # Cut off while the server had the data: it may have been delivered.
-        status = UNKNOWN if phase[0] == "data" else RETRY
-        return SendResult(status, f"{phase[0]}: {detail}"[:300])
+        return progress.cut_off(str(exc) or type(exc).__name__)
     finally:
         await _hang_up(smtp, deadline)
 
@@ -103,13 +131,13 @@ async def _deliver(
     envelope_from: str,
     recipients: Sequence[str],
     message: bytes,
-    phase: list[str],
+    progress: Progress,
 ) -> SendResult:
     await smtp.connect()
     if config.username is not None and config.password is not None:
-        phase[0] = "login"
+        progress.phase = "login"
         await smtp.login(config.username, config.password.reveal())
-    phase[0] = "mail"
+    progress.phase = "mail"
     addresses = [envelope_from, *recipients]
     if unencodable := [a for a in addresses if not _valid_text(a)]:
         return SendResult(FAILED, f"mail: {unencodable[0]!r} is not an address SMTP can carry"[:300])
@@ -123,7 +151,7 @@ async def _deliver(
             return SendResult(FAILED, f"mail: the server does not offer SMTPUTF8, needed for {wide}"[:300])
         options, encoding = ["SMTPUTF8"], "utf-8"
     await smtp.mail(envelope_from, options=options, encoding=encoding)
-    phase[0] = "rcpt"
+    progress.phase = "rcpt"
     refused: list[tuple[str, int, str]] = []
     for recipient in recipients:
         try:
@@ -134,9 +162,9 @@ async def _deliver(
         temporary = all(400 <= code < 500 for _, code, _ in refused)
         text = "; ".join(f"{rcpt}: {code} {why}" for rcpt, code, why in refused)
         return SendResult(RETRY if temporary else FAILED, f"rcpt: {text}"[:300])
-    phase[0] = "data"
+    progress.phase = DATA
     await smtp.data(message)
-    phase[0] = "done"
+    progress.phase = DONE
     if refused:
         text = "; ".join(f"{rcpt}: {code} {why}" for rcpt, code, why in refused)
         return SendResult(SENT, f"refused: {text}"[:300])
