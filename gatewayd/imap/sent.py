@@ -27,7 +27,6 @@ command on it would.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -37,6 +36,7 @@ from email.policy import compat32
 from typing import Protocol
 
 from gatewayd.config import SENT_AUTO, MailboxConfig
+from gatewayd.imap.cancel import cancel_until_done
 from gatewayd.imap.errors import ImapConnectionLost, ImapError
 from gatewayd.imap.fetch import parse_fetch
 from gatewayd.imap.names import decode_mailbox
@@ -154,9 +154,7 @@ class SentLearner:
         task, self._task = self._task, None
         self._again = False
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_until_done([task])  # cancelled once, an IMAP wait_for may swallow it
 
     async def _find_folder(self, session: ImapSession) -> str | None:
         for line in await session.list_special_use():

@@ -311,3 +311,36 @@ async def test_a_failed_read_is_logged_once_and_tried_again(
             await session.logout()
     (record,) = caplog.records
     assert "cannot learn from sent mail" in record.getMessage() and not record.exc_info
+
+
+async def test_close_ends_a_read_that_outlives_one_cancellation(
+    dovecot: Dovecot, user: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11's wait_for can swallow a cancellation that comes as its IMAP read ends, and the
+    read goes on; injected here (no server can time it) as a read that ignores the first one."""
+    (mailbox,) = gateway_config(tmp_path, dovecot, [user]).mailboxes()
+    recorded = Recorded(LearningStore(tmp_path / "learning.db"))
+    learner = SentLearner(mailbox, recorded)
+    cancellations = 0
+
+    async def stubborn_read(folder: str, uidnext: int | None, uidvalidity: int | None) -> None:
+        nonlocal cancellations
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancellations += 1
+                if cancellations > 1:
+                    raise
+
+    monkeypatch.setattr(learner, "_learn", stubborn_read)
+    learner._start("Sent", None, None)
+    await asyncio.sleep(0)  # the read is running
+    closing = asyncio.create_task(learner.close())
+    try:
+        done, _ = await asyncio.wait([closing], timeout=10)
+        assert done, "close() still waits for a read that outlived its one cancellation"
+        assert cancellations == 2
+    finally:
+        closing.cancel()
+        recorded.store.close()
