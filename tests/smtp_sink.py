@@ -24,6 +24,7 @@ class Received:
     sender: str
     recipients: list[str]
     data: bytes
+    mail_options: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -38,7 +39,9 @@ class _Handler:
             if self.failures:
                 return self.failures.pop(0)
         data = envelope.original_content or envelope.content
-        self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(data)))
+        self.received.append(
+            Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(data), list(envelope.mail_options))
+        )
         local = [r.partition("@")[0] for r in envelope.rcpt_tos if r.lower().endswith("@" + LOCAL_DOMAIN)]
         if local:
             with smtplib.LMTP(self.dovecot.host, self.dovecot.lmtp_port) as lmtp:

@@ -749,6 +749,18 @@ def test_an_auto_reply_from_name_is_one_printable_line() -> None:
     assert b"Subject: Re: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n" in composed.message
 
 
+def test_an_address_that_is_not_ascii_is_written_as_utf8_never_as_an_encoded_word() -> None:
+    """`To: =?utf-8?q?j=C3=B6rg?=@...` is no address (RFC 2047, section 5): RFC 6532 writes it as
+    UTF-8, and the Message-ID keeps the domain's ASCII form, since replies quote it."""
+    to = ["jörg@bücher.example", "b@x.org"]
+    forwarded = compose.forward({"subject": "x"}, "me@gw.example", to, "", b"")
+    assert "To: jörg@bücher.example, b@x.org\r\n".encode() in forwarded.message
+    replied = compose.reply({"subject": "Grüße"}, "jörg@bücher.example", "bob@example.org", "Hi", "Désk")
+    head = replied.message.partition(b"\r\n\r\n")[0].decode()
+    assert "From: Désk <jörg@bücher.example>\r\n" in head and "X-Loop: jörg@bücher.example\r\n" in head
+    assert replied.message_id.endswith("@xn--bcher-kva.example>") and "=?" not in head
+
+
 def test_nothing_from_the_mail_adds_a_header_to_an_auto_reply() -> None:
     """The email package decodes encoded words in what it is given and wrote a decoded CR LF as
     is: a subject or Message-ID spelling one added a Bcc (or a whole body) to the reply."""

@@ -5,6 +5,10 @@ message, `Auto-Submitted: auto-replied`, `X-Auto-Response-Suppress: All` (so Exc
 responders stay quiet) and `X-Loop` with the mailbox's address (so a reply that comes back is
 recognised). A forward: `Fwd:` subject, the note as text, the original message attached verbatim
 as `message/rfc822`, `Auto-Submitted: auto-generated` and the same `X-Loop`.
+
+An address that is not ASCII is written as UTF-8 (RFC 6532): an encoded word is no address
+(RFC 2047, section 5). Such mail needs SMTPUTF8, which `gatewayd.send.smtp` uses for the same
+addresses in the envelope, or fails the mail when the server does not offer it.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy
 from email.header import Header
+from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
-from email.utils import format_datetime, formataddr, make_msgid
+from email.utils import format_datetime, make_msgid
 from typing import Any
+
+from gatewayd.pipeline.auth.domains import ascii_domain
 
 _RE = ("re:", "aw:", "sv:", "antw:")
 MAX_REFERENCES = 20
@@ -33,14 +40,20 @@ class Composed:
     message_id: str
 
 
-def _domain(address: str) -> str:
-    return address.rpartition("@")[2] or "gatewayd.invalid"
+def _msgid_domain(address: str) -> str:
+    """The address's domain in its ASCII form: a Message-ID is quoted back in In-Reply-To and
+    References by mail that may not be SMTPUTF8."""
+    domain = ascii_domain(address.rpartition("@")[2])
+    return domain if domain and domain.isascii() else "gatewayd.invalid"
 
 
 def _headers(own: str, from_name: str | None, to: Sequence[str], subject: str) -> tuple[EmailMessage, str]:
-    message = EmailMessage(policy=policy.SMTP)
-    message_id = make_msgid(domain=_domain(own))
-    message["From"] = formataddr((from_name, own)) if from_name else own
+    international = not all(address.isascii() for address in (own, *to))
+    message = EmailMessage(policy=policy.SMTPUTF8 if international else policy.SMTP)
+    message_id = make_msgid(domain=_msgid_domain(own))
+    local, _, domain = own.rpartition("@")
+    # Address's own parser refuses a local part that is not ASCII, so it is given in its parts.
+    message["From"] = Address(from_name, local, domain) if from_name else own
     message["To"] = ", ".join(to)
     message["Subject"] = _text(subject)
     message["Date"] = format_datetime(_now())

@@ -387,6 +387,28 @@ async def test_smtp_failure_is_reported_then_retried_in_the_background(
     assert original["Subject"] == "quarterly numbers"
 
 
+async def test_a_forward_to_an_address_that_is_not_ascii_has_it_in_utf8_on_the_wire(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, sink: SmtpSink
+) -> None:
+    """The To header held the address as RFC 2047 encoded words, which no reader takes for an
+    address: it goes out as UTF-8 (RFC 6532), in a transaction with SMTPUTF8."""
+    rules = [{"name": "fwd", "then": [{"forward": "jörg@bücher.example"}]}]
+    config = gateway_config(
+        tmp_path, dovecot, [user], rules=rules, smtp=sink.smtp_config(), address="agent@gateway.test"
+    )
+    gw = await start_gateway(config)
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    async with aiohttp.ClientSession() as session:
+        reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+        await dovecot.deliver_async(user, mail("for jörg"))
+        (event,) = await reader.messages(1)
+    assert actions_of(event)["forward"]["outcome"] == "ok", actions_of(event)
+    (sent,) = sink.received
+    assert sent.recipients == ["jörg@bücher.example"] and "SMTPUTF8" in sent.mail_options
+    head = sent.data.partition(b"\r\n\r\n")[0]
+    assert "\r\nTo: jörg@bücher.example\r\n".encode() in head and b"=?" not in head, head
+
+
 async def test_a_message_moved_into_a_watched_folder_is_announced_once(
     dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
 ) -> None:
