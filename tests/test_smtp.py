@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
@@ -173,3 +174,37 @@ async def test_a_delivery_cancelled_while_it_hangs_up_closes_its_connection(tmp_
         with pytest.raises(asyncio.CancelledError):
             await sending
         await wait_for(lambda: hung.hung_up == 1, timeout=10, what="the client to close its end")
+
+
+async def test_an_unexpected_error_is_a_verdict_failed_before_the_data_unknown_from_it(
+    server: tuple[Handler, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """send() promised never to raise, but an exception that was no SMTP error escaped it."""
+    handler, port = server
+    config = smtp_config(port, tmp_path)
+
+    async def surprise(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a surprise")
+
+    monkeypatch.setattr(aiosmtplib.SMTP, "rcpt", surprise)
+    before = await send(config, "me@gw.example", ["bob@example.org"], MESSAGE)
+    assert (before.status, before.error) == ("failed", "rcpt: unexpected error: RuntimeError: a surprise")
+    monkeypatch.undo()
+    monkeypatch.setattr(aiosmtplib.SMTP, "data", surprise)
+    at_data = await send(config, "me@gw.example", ["bob@example.org"], MESSAGE)
+    assert (at_data.status, at_data.error) == ("unknown", "data: unexpected error: RuntimeError: a surprise")
+    assert not handler.received
+
+
+async def test_a_ca_file_gone_since_start_up_fails_the_attempt_without_raising(
+    server: tuple[Handler, int], tmp_path: Path
+) -> None:
+    """The TLS context was made outside send()'s guard: the FileNotFoundError escaped it."""
+    handler, port = server
+    ca_file = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_file))
+    config = smtp_config(port, tmp_path, tls="starttls", ca_file=str(ca_file))
+    ca_file.unlink()
+    result = await send(config, "me@gw.example", ["bob@example.org"], MESSAGE)
+    assert result.status == "retry" and "No such file" in (result.error or ""), result
+    assert not handler.received

@@ -16,6 +16,10 @@ aiosmtplib sends the message with its dot the moment the 354 arrives, a moment i
 
 An address that is not ASCII goes out with SMTPUTF8 (RFC 6531) when the server offers it; to one
 that does not, or an address that is not even valid text, it is `failed` before any MAIL.
+
+Anything else that goes wrong (a bug, a surprise from the library) is `failed` before the data, or
+`unknown` from the data on, and logged with its traceback: an exception escaping would leave the
+outbox's item `sending`, neither retried nor reported.
 """
 
 from __future__ import annotations
@@ -81,18 +85,20 @@ async def send(
 
     `timeout` bounds the whole delivery, QUIT included (default: `config.timeout_seconds`).
     """
-    smtp = aiosmtplib.SMTP(
-        hostname=config.host,
-        port=config.port,
-        use_tls=config.tls == TLS_IMPLICIT,
-        # Never the automatic upgrade: "none" means none, "starttls" means it is required.
-        start_tls=config.tls == TLS_STARTTLS,
-        tls_context=tls_context(config) if config.tls != "none" else None,
-        timeout=config.timeout_seconds,
-    )
+    smtp: aiosmtplib.SMTP | None = None
     progress = progress if progress is not None else Progress()
     deadline = asyncio.get_running_loop().time() + (timeout or config.timeout_seconds)
     try:
+        smtp = aiosmtplib.SMTP(
+            hostname=config.host,
+            port=config.port,
+            use_tls=config.tls == TLS_IMPLICIT,
+            # Never the automatic upgrade: "none" means none, "starttls" means it is required.
+            start_tls=config.tls == TLS_STARTTLS,
+            # Read at every attempt: a CA file gone or broken since start-up fails this one (OSError).
+            tls_context=tls_context(config) if config.tls != "none" else None,
+            timeout=config.timeout_seconds,
+        )
         async with asyncio.timeout_at(deadline):
             return await _deliver(smtp, config, envelope_from, recipients, message, progress)
     except aiosmtplib.SMTPAuthenticationError as exc:
@@ -107,8 +113,16 @@ async def send(
     except (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError) as exc:
         # Cut off while the server had the data: it may have been delivered.
         return progress.cut_off(str(exc) or type(exc).__name__)
+    except Exception as exc:
+        log.error("smtp: unexpected error at %s", progress.phase, exc_info=exc)
+        # A surprise repeats when retried; from the data on, the mail may have gone out.
+        status = UNKNOWN if progress.phase in (DATA, DONE) else FAILED
+        # As text the journal stores whatever it quotes (undecodable header bytes are surrogates).
+        detail = f"{type(exc).__name__}: {exc}".encode("utf-8", "backslashreplace").decode("utf-8")
+        return SendResult(status, f"{progress.phase}: unexpected error: {detail}"[:300])
     finally:
-        await _hang_up(smtp, deadline)
+        if smtp is not None:
+            await _hang_up(smtp, deadline)
 
 
 async def _hang_up(smtp: aiosmtplib.SMTP, deadline: float) -> None:
