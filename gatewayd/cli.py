@@ -23,6 +23,7 @@ from gatewayd.config import (
     new_token,
     parse_config,
 )
+from gatewayd.fdlimit import raise_open_file_limit
 from gatewayd.logs import setup_logging
 from gatewayd.message import FetchedMessage, parse
 from gatewayd.pipeline import Pipeline
@@ -68,6 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     setup_logging(config.log_level, config.secrets())
+    raise_open_file_limit(config)  # before server.max_connections defaults to half of it
     from gatewayd.app import ListenError, serve
 
     try:
