@@ -29,7 +29,7 @@ from gatewayd.bench.gateway import GatewayProcess
 from gatewayd.bench.harness import Bench
 from gatewayd.bench.latency import median_gap, window_starts
 from gatewayd.bench.sse_client import _Dechunker
-from gatewayd.bench.stats import Result, latency_rows, percentile
+from gatewayd.bench.stats import Result, latency_rows, percentile, write_atomically
 from gatewayd.bench.swarm import Swarm
 from gatewayd.sandbox.dovecot import SandboxUnavailable, free_port
 
@@ -137,6 +137,58 @@ def test_main_writes_json_and_markdown(tmp_path: Path) -> None:
     (result,) = body["results"]
     assert result["scenario"] == "throughput" and result["error"] is None
     assert "| throughput |" in table.read_text()
+
+
+# A child whose write stops midway, as SIGTERM stops the bench's: past RLIMIT_FSIZE (SIGXFSZ
+# ignored) the write fails with EFBIG after its first 4 KiB.
+_INTERRUPTED_WRITE = """
+import resource, signal, sys
+from pathlib import Path
+from gatewayd.bench.stats import Result, markdown_table, write_atomically, write_json
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+result = Result("latency", "latency", samples={"gateway_ms": [0.25] * 10000})
+for n in range(1000):
+    result.add(f"metric {n}", 1.0)
+if sys.argv[2] == "json":
+    write_json(Path(sys.argv[1]), [result], {})
+else:
+    write_atomically(Path(sys.argv[1]), markdown_table([result]))
+"""
+
+
+@pytest.mark.parametrize("kind", ["json", "markdown"])
+def test_results_interrupted_while_written_leave_the_previous_file_whole(tmp_path: Path, kind: str) -> None:
+    """`--json` and `--markdown` were written in place: SIGTERM (exit 130) in the middle of it left
+    the first bytes of the new results in place of the old ones."""
+    target = tmp_path / f"results.{kind}"
+    target.write_text("the previous run\n")
+    child = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_WRITE, str(target), kind],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "File too large" in child.stderr, child.stderr
+    assert target.read_text() == "the previous run\n"
+    assert list(tmp_path.iterdir()) == [target]  # no temporary file left behind
+
+
+def test_results_replace_the_file_a_symlink_names_and_a_fifo_is_written_directly(tmp_path: Path) -> None:
+    real, link = tmp_path / "real.md", tmp_path / "link.md"
+    real.write_text("old\n")
+    link.symlink_to(real)
+    write_atomically(link, "new\n")
+    assert link.is_symlink() and real.read_text() == "new\n"
+    fifo = tmp_path / "fifo.md"
+    os.mkfifo(fifo)
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    received: list[str] = []
+    reader.start()
+    write_atomically(fifo, "through the pipe\n")
+    reader.join(timeout=30)
+    assert received == ["through the pipe\n"] and fifo.is_fifo()
 
 
 def test_main_refuses_unknown_scenario() -> None:

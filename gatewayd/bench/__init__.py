@@ -39,7 +39,7 @@ from gatewayd.bench.gateway import CPU_POLICIES
 from gatewayd.bench.harness import Bench
 from gatewayd.bench.machine import machine
 from gatewayd.bench.profiling import py_spy
-from gatewayd.bench.stats import Result, markdown_table, plot, table, write_json
+from gatewayd.bench.stats import Result, markdown_table, plot, table, write_atomically, write_json
 
 # In the order; each module has NAME, TITLE, QUICK, FULL and `async run(bench, size)`.
 SCENARIOS: tuple[ModuleType, ...] = (latency, mailboxes, fanout, throughput, replay, restart)
@@ -278,7 +278,7 @@ def _bench(argv: list[str] | None) -> int:
         write_json(args.json, results, info)
         print(f"results: {args.json}")
     if args.markdown:
-        args.markdown.write_text(markdown_table(results) + "\n", encoding="utf-8")
+        write_atomically(args.markdown, markdown_table(results) + "\n")
     if args.plot:
         why_not = plot(args.plot, results)
         print(f"plot: {why_not}" if why_not else f"plot: {args.plot}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -177,7 +179,29 @@ def write_json(path: Path, results: Sequence[Result], machine: dict[str, Any]) -
         return value
 
     body = {"machine": machine, "results": [clean(asdict(result)) for result in results]}
-    path.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+    write_atomically(path, json.dumps(body, indent=1) + "\n")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` so that an interruption (SIGTERM, Ctrl-C) leaves the previous file or
+    none, never half of one: into a temporary file beside it, then renamed over it. A FIFO or a
+    device is written directly: there is no file to replace, and renaming would replace it."""
+    target = path.resolve()  # through a symlink: the file it names is replaced, the link stays
+    if target.exists() and not target.is_file():
+        target.write_text(text, encoding="utf-8")
+        return
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(
+            os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8"
+        ) as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def plot(path: Path, results: Sequence[Result]) -> str | None:
