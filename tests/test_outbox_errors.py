@@ -1,4 +1,5 @@
-"""The outbox against an unexpected error in one attempt: a real aiosmtpd server, the real journal and store."""
+"""The outbox against an unexpected error in one attempt: a real aiosmtpd server, the real journal
+and store."""
 
 from __future__ import annotations
 
