@@ -6,10 +6,11 @@ text the body (body.bodies: the first text/plain and text/html parts) does not h
 decodes it: attached text files (text/plain, text/markdown, text/csv, text/html, and
 application/octet-stream named .txt, .md, .csv or .html), the inline text/plain and text/html parts
 the body left unread, and each message/rfc822 part's Subject, From display name and body, with its
-own such parts in turn. The work is bounded by MAX_ATTACHED_PARTS, MAX_ATTACHED_BYTES (per part)
-and MAX_ATTACHED_TOTAL; a part left out, or whose content the fetch did not bring (a message over
-`fetch_max_bytes`: attachments past its prefix are never fetched), is listed with the reason, never
-passed over in silence.
+own such parts in turn; HTML in the charset its Content-Type or its <meta> declares, as the body's.
+The work is bounded by MAX_ATTACHED_PARTS, MAX_ATTACHED_BYTES (per part) and MAX_ATTACHED_TOTAL; a
+part left out, or whose content the fetch did not bring (a message over `fetch_max_bytes`:
+attachments past its prefix are never fetched), is listed with the reason, never passed over in
+silence.
 """
 
 from __future__ import annotations
@@ -141,11 +142,12 @@ class _Walk:
         if not data:
             return
         limit = min(MAX_ATTACHED_BYTES, self.budget)
-        text = decode_bytes(data[:limit], safe(None, part.get_content_charset), final=len(data) <= limit)
-        self.budget -= min(len(data), limit)
         html = (
             part.get_content_subtype() == "html" or _suffix(safe(None, body.filename, part)) in _HTML_SUFFIXES
         )
+        charset = body.declared_charset(part, data, html)
+        text = decode_bytes(data[:limit], charset, final=len(data) <= limit)
+        self.budget -= min(len(data), limit)
         self.found.append(AttachedText(location, "", "" if html else text, text if html else None))
 
     def _forwarded(self, part: Message, location: str, depth: int) -> None:

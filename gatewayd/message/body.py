@@ -159,6 +159,15 @@ def _unread(inline: list[Message], looked_at: list[Message]) -> tuple[Message, .
 _META_CHARSET = re.compile(rb"""<meta[^>]{0,200}?charset\s*=\s*["']?\s*([A-Za-z0-9._:-]{1,40})""", re.I)
 
 
+def declared_charset(part: Message, data: bytes, html: bool) -> str | None:
+    """The charset of a text part's content `data`: its Content-Type's, else for HTML its <meta>'s."""
+    charset = safe(None, part.get_content_charset)
+    if charset is None and html:
+        match = _META_CHARSET.search(data, 0, 4096)
+        charset = match.group(1).decode("ascii") if match else None
+    return charset
+
+
 def _part_source(part: Message, cut: bool) -> tuple[str | None, bool]:
     """The decoded content of a text part (for HTML, the markup), up to the size caps; and whether
     that is only part of it (`cut`: the fetch cap cut into it)."""
@@ -166,10 +175,7 @@ def _part_source(part: Message, cut: bool) -> tuple[str | None, bool]:
     if not data:
         return None, cut
     html = part.get_content_subtype() == "html"
-    charset = safe(None, part.get_content_charset)
-    if charset is None and html:
-        match = _META_CHARSET.search(data, 0, 4096)
-        charset = match.group(1).decode("ascii") if match else None
+    charset = declared_charset(part, data, html)
     cut = cut or len(data) > MAX_TEXT_BYTES
     text = decode_bytes(data[:MAX_TEXT_BYTES], charset, final=not cut)
     return (text[:MAX_HTML_CHARS], cut or len(text) > MAX_HTML_CHARS) if html else (text, cut)
