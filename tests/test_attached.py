@@ -1,5 +1,6 @@
-"""Attached text files, forwarded messages and inline text parts past the body: read within a budget,
-scanned by the injection stage, their findings located; what was not read is said so in the event."""
+"""Attached text files, forwarded messages and inline text parts past the body (of any text/* type):
+read within a budget, scanned by the injection stage, their findings located; what was not read is
+said so in the event."""
 
 from __future__ import annotations
 
@@ -193,6 +194,16 @@ def test_inline_parts_are_numbered_among_all_inline_text_parts_in_order() -> Non
     data = injection(raw)
     assert data["level"] == "high"
     assert locations(data) == {"inline:3"}
+
+
+def test_inline_parts_of_any_text_type_are_read() -> None:
+    """Markdown, enriched text, RTF and unregistered text/x-* types shown inline; numbered with the
+    body's text and HTML parts."""
+    for ctype in ("text/markdown", "text/enriched", "text/rtf", "text/x-log"):
+        html = inline(f"<p>{BENIGN}</p>", "text/html", None)
+        data = injection(message(html, inline(ATTACK, ctype, None), body=BENIGN))
+        assert data["level"] == "high", ctype
+        assert locations(data) == {"inline:3"}, ctype
 
 
 def test_an_inline_html_part_is_decoded_in_the_charset_its_meta_declares() -> None:

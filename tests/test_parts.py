@@ -107,15 +107,18 @@ def test_the_parts_after_the_prefix_and_a_text_budget() -> None:
         LeafPart("2", "application/zip", attachment=True, size=300_000, encoded_size=410_000),
         LeafPart("3", "text/html", attachment=False, size=900, encoded_size=900),
         LeafPart("4", "text/plain", attachment=True, size=50, encoded_size=50),
-        LeafPart("5", "text/plain", attachment=False, size=900, encoded_size=900),
+        LeafPart("5", "text/calendar", attachment=False, size=60, encoded_size=60),
+        LeafPart("6", "text/plain", attachment=False, size=900, encoded_size=900),
     ]
-    # The prefix holds the first part whole: from the second on, text bodies within 1,000 bytes.
+    # The prefix holds the first part whole: from the second on, inline text parts (an invite's
+    # too) within 1,000 bytes.
     wanted = _wanted(leaves, ["text/plain"], max_bytes=1000)
     assert [(part.index, part.leaf.section, part.length) for part in wanted] == [
         (1, "2", 0),
         (2, "3", 900),
         (3, "4", 0),
-        (4, "5", 100),
+        (4, "5", 60),
+        (5, "6", 40),
     ]
     # A prefix that does not match the BODYSTRUCTURE (a malformed message): every part again.
-    assert [part.index for part in _wanted(leaves, ["text/html"], max_bytes=1000)] == [0, 1, 2, 3, 4]
+    assert [part.index for part in _wanted(leaves, ["text/html"], max_bytes=1000)] == [0, 1, 2, 3, 4, 5]

@@ -4,9 +4,10 @@ The first FETCH brings the first `max_bytes` of each message (`BODY.PEEK[]<0.N>`
 after a large attachment lies beyond that prefix, out of sight of every stage. So for each message
 larger than its prefix whose prefix is multipart, `fetch_parts` asks for the BODYSTRUCTURE (one
 `UID FETCH` for the batch), then for each leaf part the prefix lacks (or holds cut) its MIME header
-and, for a text/plain or text/html body part, its content up to what is left of `max_bytes` (the
-text fetched per message stays within the cap); attachments are never fetched, their size comes
-from the BODYSTRUCTURE. Messages that need the same items share one `UID FETCH`.
+and, for an inline text part (the body, a further text part, a calendar invite), its content up to
+what is left of `max_bytes` (the text fetched per message stays within the cap); attachments are
+never fetched, their size comes from the BODYSTRUCTURE. Messages that need the same items share one
+`UID FETCH`.
 
 A message within the cap costs nothing more. Whatever goes wrong here (a BODYSTRUCTURE that cannot
 be read, a part the server refuses or leaves out) leaves the message as its prefix alone, logged:
@@ -31,8 +32,6 @@ log = logging.getLogger(__name__)
 
 # `UID FETCH` of these items for these UIDs, the answer's lines as aioimaplib hands them over.
 RawFetch = Callable[[Sequence[int], str], Awaitable[Sequence[bytes | bytearray]]]
-
-_TEXT_BODIES = ("text/plain", "text/html")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +116,7 @@ def _wanted(leaves: list[LeafPart], prefix_types: list[str], max_bytes: int) -> 
     wanted: list[_Wanted] = []
     for index, leaf in enumerate(leaves[first:], start=first):
         length = 0
-        if leaf.content_type in _TEXT_BODIES and not leaf.attachment:
+        if leaf.content_type.startswith("text/") and not leaf.attachment:  # as body.bodies reads them
             length = min(leaf.encoded_size, budget)
             budget -= length
         wanted.append(_Wanted(index, leaf, length))

@@ -3,14 +3,15 @@ that read what an agent may read.
 
 An agent that opens a .txt attachment or a forwarded message, or reads a message to its end, reads
 text the body (body.bodies: the first text/plain and text/html parts) does not hold. `texts`
-decodes it: attached text files (text/plain, text/markdown, text/csv, text/html, and
-application/octet-stream named .txt, .md, .csv or .html), the inline text/plain and text/html parts
-the body left unread, and each message/rfc822 part's Subject, From display name and body, with its
-own such parts in turn; HTML in the charset its Content-Type or its <meta> declares, as the body's.
-The work is bounded by MAX_ATTACHED_PARTS, MAX_ATTACHED_BYTES (per part) and MAX_ATTACHED_TOTAL; a
-part left out, or whose content the fetch did not bring (a message over `fetch_max_bytes`:
-attachments past its prefix are never fetched), is listed with the reason, never passed over in
-silence.
+decodes it: attached text files (text/plain, text/markdown, text/csv, text/html, calendar invites
+as text/calendar or application/ics, and application/octet-stream named .txt, .md, .csv, .html or
+.ics), the inline text parts of any text/* type the body left unread, and each message/rfc822
+part's Subject, From display name and body, with its own such parts in turn. An invite is read as
+the words a calendar app shows (calendar.py); HTML in the charset its Content-Type or its <meta>
+declares, as the body's. The work is bounded by MAX_ATTACHED_PARTS, MAX_ATTACHED_BYTES (per part)
+and MAX_ATTACHED_TOTAL; a part left out, or whose content the fetch did not bring (a message over
+`fetch_max_bytes`: attachments past its prefix are never fetched), is listed with the reason, never
+passed over in silence.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from email.message import Message
 from enum import StrEnum
 from typing import Any
 
-from gatewayd.message import body, fields, structure
+from gatewayd.message import body, calendar, fields, structure
 from gatewayd.message.limits import (
     MAX_ATTACHED_BYTES,
     MAX_ATTACHED_PARTS,
@@ -33,9 +34,11 @@ from gatewayd.message.text import decode_bytes, text_header
 
 Leaves = list[tuple[Message, tuple[Message, ...]]]
 
-_TEXT_TYPES = frozenset({"text/plain", "text/markdown", "text/x-markdown", "text/csv", "text/html"})
-_TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".csv", ".html", ".htm"})
-_INLINE_TYPES = ("text/plain", "text/html")  # as body.bodies reads them
+_CALENDAR_TYPES = frozenset({"text/calendar", "application/ics"})
+_TEXT_TYPES = (
+    frozenset({"text/plain", "text/markdown", "text/x-markdown", "text/csv", "text/html"}) | _CALENDAR_TYPES
+)
+_TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".csv", ".html", ".htm", ".ics"})
 _FORWARDED = "message/rfc822"
 _OCTET_STREAM = "application/octet-stream"
 _HTML_SUFFIXES = (".html", ".htm")
@@ -108,15 +111,15 @@ class _Walk:
     ) -> None:
         forwarded = attachments = inline = 0
         for part, _ in leaves:
-            if not _candidate(part):
-                continue
             if not safe(False, body.is_attachment, part, root):
-                if part.get_content_type() not in _INLINE_TYPES:
+                if part.get_content_maintype() != "text":  # as body.bodies reads them
                     continue
                 inline += 1  # numbered among all inline text parts, the body's included
                 if part not in unread:
                     continue
                 location = f"{prefix}inline:{inline}"
+            elif not _candidate(part):
+                continue
             elif part.get_content_type() == _FORWARDED:
                 forwarded += 1
                 location = f"{prefix}forwarded:{forwarded}"
@@ -142,13 +145,15 @@ class _Walk:
         if not data:
             return
         limit = min(MAX_ATTACHED_BYTES, self.budget)
-        html = (
-            part.get_content_subtype() == "html" or _suffix(safe(None, body.filename, part)) in _HTML_SUFFIXES
-        )
+        ctype, suffix = part.get_content_type(), _suffix(safe(None, body.filename, part))
+        html = part.get_content_subtype() == "html" or suffix in _HTML_SUFFIXES
         charset = body.declared_charset(part, data, html)
         text = decode_bytes(data[:limit], charset, final=len(data) <= limit)
         self.budget -= min(len(data), limit)
-        self.found.append(AttachedText(location, "", "" if html else text, text if html else None))
+        if ctype in _CALENDAR_TYPES or suffix == ".ics":
+            self.found.append(AttachedText(location, "", *calendar.shown(text)))
+        else:
+            self.found.append(AttachedText(location, "", "" if html else text, text if html else None))
 
     def _forwarded(self, part: Message, location: str, depth: int) -> None:
         payload = part.get_payload()

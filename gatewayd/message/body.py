@@ -105,8 +105,8 @@ class Bodies(NamedTuple):
     text: str
     html: str | None
     text_cut: bool
-    # The other text/plain and text/html parts shown inline (a second text part after the first,
-    # a mailing list's footer): not read here, but an agent reading the message reads them.
+    # The other inline text parts (a second text part after the first, a mailing list's footer, a
+    # calendar invite): not read here, but an agent reading the message reads them.
     unread: tuple[Message, ...]
 
 
@@ -119,17 +119,18 @@ def bodies(
     """The first non-empty text/plain body, else the HTML's visible text; the decoded source of the
     first text/html body part; whether the text may be only part of what the whole message holds:
     its part, or one looked at before it, was cut (by the fetch or the size caps), or, with leaf
-    parts never read (`unseen`), it is not from a text/plain part; and the inline text parts not
-    looked at, in document order."""
+    parts never read (`unseen`), it is not from a text/plain part; and the inline text parts (of any
+    text/* type) not looked at, in document order."""
     inline: list[Message] = []
     plain: list[Message] = []
     html_parts: list[Message] = []
     for part, _ in leaves:
         ctype = safe("", part.get_content_type)
-        if ctype not in ("text/plain", "text/html") or safe(True, is_attachment, part, root):
+        if not ctype.startswith("text/") or safe(True, is_attachment, part, root):
             continue
         inline.append(part)
-        (plain if ctype == "text/plain" else html_parts).append(part)
+        if ctype in ("text/plain", "text/html"):
+            (plain if ctype == "text/plain" else html_parts).append(part)
     html, html_cut = None, False
     looked_at: list[Message] = []
     for part in html_parts[:8]:

@@ -1,6 +1,6 @@
-"""Injection inside attachments, forwarded messages and inline text parts past the body, end to end:
-mail delivered through the real Dovecot, fetched by the watcher, scanned, and announced with where
-the injection was found."""
+"""Injection inside attachments, forwarded messages, inline text parts past the body and calendar
+invites, end to end: mail delivered through the real Dovecot, fetched by the watcher, scanned, and
+announced with where the injection was found."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import aiohttp
 from gatewayd.sandbox.dovecot import Dovecot
 from tests.sse import open_stream
 from tests.test_attached import ATTACK, BENIGN, attachment, forwarded, inline, message
+from tests.test_calendar import invite
 
 
 async def test_injection_in_a_text_file_or_a_forwarded_message_is_found_and_located(
@@ -83,3 +84,39 @@ async def test_injection_in_a_second_inline_text_part_is_found_and_located(
     benign = by_name["benign"]
     assert benign["injection"] == {"score": 0.0, "findings": [], "level": "none", "not_scanned": []}
     assert benign["body_text_excerpt"] == BENIGN
+
+
+async def test_injection_in_a_calendar_invite_is_found_and_located(
+    dovecot: Dovecot, user: str, idle_gateway: Any
+) -> None:
+    """A meeting invite whose DESCRIPTION carries instructions, folded and escaped, sent inline beside
+    the body as mailers do (also past the fetch cap, behind a large attachment) and attached as
+    invite.ics."""
+    filler = base64.b64encode(random.Random(3).randbytes(300_000)).decode()
+    pdf = attachment("", "report.pdf", "application/pdf").replace("\r\n\r\n", f"\r\n\r\n{filler}", 1)
+    calendar = inline(invite(ATTACK), "text/calendar; method=REQUEST", None)
+    sent = {
+        "inline:2": message(calendar, body=BENIGN),
+        "past the cap": message(pdf, calendar, body=BENIGN),
+        "attachment:invite.ics": message(attachment(invite(ATTACK), "invite.ics", "application/ics")),
+        "benign": message(inline(invite(BENIGN), "text/calendar; method=REQUEST", None), body=BENIGN),
+    }
+    async with aiohttp.ClientSession() as session:
+        reader = await open_stream(session, idle_gateway.url, {"types": "message.*"})
+        for raw in sent.values():
+            await dovecot.deliver_async(user, raw)
+        events = await reader.messages(len(sent))
+    by_location = dict(zip(sent, (event.json["data"] for event in events), strict=True))
+    located = {
+        "inline:2": "inline:2",
+        "past the cap": "inline:2",
+        "attachment:invite.ics": "attachment:invite.ics",
+    }
+    for name, location in located.items():
+        injection = by_location[name]["injection"]
+        assert injection["level"] == "high", name
+        assert {finding["location"] for finding in injection["findings"]} == {location}, name
+        assert injection["not_scanned"] == [], name
+    assert by_location["past the cap"]["truncated"] is True
+    benign = by_location["benign"]
+    assert benign["injection"] == {"score": 0.0, "findings": [], "level": "none", "not_scanned": []}
