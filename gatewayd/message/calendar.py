@@ -17,8 +17,9 @@ import re
 
 # RFC 5545 3.1: a line break followed by one space or tab continues the line.
 _FOLD = re.compile(r"\r?\n[ \t]")
-# A content line: the name, its parameters (quoted values may hold ":" and ";"), the value.
-_LINE = re.compile(r'([A-Za-z0-9-]+)((?:;[^:";]*(?:"[^"]*"[^:";]*)*)*):(.*)')
+# A content line is its name, its parameters (quoted values may hold ":" and ";"), ":" and its value.
+_NAME = re.compile(r"[A-Za-z0-9-]+(?=[;:])")
+_QUOTED_OR_COLON = re.compile(r'"[^"]*"|:')  # a scan, not one pattern for the line: that backtracks
 _COMMON_NAME = re.compile(r';CN=(?:"([^"]*)"|([^;:]*))', re.I)
 _HTML_TYPE = re.compile(r";FMTTYPE=\"?text/html", re.I)
 _ESCAPE = re.compile(r"\\(.)")
@@ -44,11 +45,11 @@ def shown(source: str) -> tuple[str, str | None]:
     lines: list[str] = []
     html: list[str] = []
     for line in _FOLD.sub("", source).splitlines():
-        match = _LINE.match(line)
-        if match is None:  # not a content line: no app shows it, but an agent reading the part does
+        content = _content_line(line)
+        if content is None:  # not a content line: no app shows it, but an agent reading the part does
             lines.append(line)
             continue
-        name, parameters, value = match.group(1).upper(), match.group(2), match.group(3)
+        name, parameters, value = content
         if name in _CODES or name.startswith("X-MS-OLK-") or name.startswith("X-MICROSOFT-"):
             continue
         if name in _PEOPLE:
@@ -60,6 +61,17 @@ def shown(source: str) -> tuple[str, str | None]:
         else:
             lines.append(_unescape(value))
     return "\n".join(line for line in lines if line), "\n".join(html) if html else None
+
+
+def _content_line(line: str) -> tuple[str, str, str] | None:
+    """The name (upper-cased), parameters and value of a content line; None if it is not one."""
+    name = _NAME.match(line)
+    if name is None:
+        return None
+    for token in _QUOTED_OR_COLON.finditer(line, name.end()):
+        if token.group() == ":":
+            return name.group().upper(), line[name.end() : token.start()], line[token.end() :]
+    return None
 
 
 def _unescape(value: str) -> str:
