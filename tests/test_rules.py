@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import email.policy
 import functools
+import hashlib
 import os
 import re
 import signal
+import threading
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Iterable
@@ -25,13 +27,13 @@ from hypothesis import strategies as st
 from gatewayd.config import ConfigError, load_config, parse_config
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline import Pipeline, StageSpec
-from gatewayd.rules import compose, conditions
+from gatewayd.rules import compose, conditions, match
 from gatewayd.rules import engine as rules_engine
 from gatewayd.rules import renderer as renderer_module
 from gatewayd.rules.conditions import MAX_HEADER_BYTES, Facts
 from gatewayd.rules.engine import RulesStage
 from gatewayd.rules.load import RuleBook, load_rules
-from gatewayd.rules.match import AddressPattern, InlineBudget, RegexBudget
+from gatewayd.rules.match import AddressPattern, InlineBudget, RegexBudget, compile_regex
 from gatewayd.rules.model import parse_rules
 from gatewayd.rules.plan import build, evaluate
 from gatewayd.rules.renderer import TemplateRenderer
@@ -216,6 +218,35 @@ def test_a_catastrophic_regex_is_bounded_and_reported() -> None:
     budget = RegexBudget(0.0)
     exhausted = Facts(parsed.data, parsed.headers, parsed.text, budget, raw=parsed.raw)
     assert evaluate(rules, exhausted) == [] and "used up" in exhausted.errors[0]
+
+
+def test_a_regex_is_timed_by_its_own_cpu_not_the_other_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`regex` times a search by the whole process's CPU: with threads hashing beside it, an
+    ordinary search timed out at a fraction of its timeout, and its rule was undecided."""
+    pattern, text = compile_regex(r"(?:invoice|receipt)\s+#?\d+"), "hello world " * 20000
+    started = time.thread_time()
+    for _ in range(5):
+        RegexBudget().search(pattern, text)
+    own = (time.thread_time() - started) / 5
+    monkeypatch.setattr(match, "REGEX_TIMEOUT", own * 4)  # the search needs a quarter of it
+    stop = threading.Event()
+
+    def hash_beside() -> None:
+        data = b"x" * (1 << 22)
+        while not stop.is_set():
+            hashlib.sha256(data).digest()  # in C, without the GIL: CPU of the process meanwhile
+
+    # Four beside one search: the process spends its CPU at five times the search's rate.
+    threads = [threading.Thread(target=hash_beside) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        results = [RegexBudget(60.0).search(pattern, text) for _ in range(20)]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert results == [False] * 20
 
 
 def count_threads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
