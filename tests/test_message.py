@@ -828,6 +828,11 @@ MALFORMED: list[tuple[str, bytes, Check]] = [
         lambda d: d["from"]["address"] == "a@example.org" and "no header here" in d["body_text_excerpt"],
     ),
     (
+        "address headers of long runs without an @",
+        b"From: " + b"a" * 9000 + b"\r\n" + (b"To: " + b"b" * 8000 + b" x@y.org\r\n") * 20 + b"\r\nbody",
+        lambda d: d["from"] is None and d["to"] == [{"address": "x@y.org", "name": None}] * 20,
+    ),
+    (
         "html that never closes its constructs",
         b"From: a@example.org\r\nContent-Type: text/html\r\n\r\nVisible<!--" + b"<a b='" * 50000,
         lambda d: d["body_text_excerpt"] == "Visible",

@@ -35,7 +35,9 @@ def references(value: str | None) -> list[str]:
     return [token for word in value.split() for token in re.split(r"(?<=>)(?=<)", word) if token]
 
 
-_ADDRESS = re.compile(r'(?:[^\s@<>()\[\],;:"]+|"[^"]*")@[^\s@<>(),;:"]+')
+# A local part starts where its atom does (the lookbehind): tried from every character of a long run
+# without an "@", findall would cost the square of the header's length (8 KiB of "a": 0.4 s).
+_ADDRESS = re.compile(r'(?:(?<![^\s@<>()\[\],;:"])[^\s@<>()\[\],;:"]++|"[^"]*")@[^\s@<>(),;:"]+')
 
 
 def addresses(values: Iterable[str]) -> list[dict[str, str | None]]:
