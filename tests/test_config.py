@@ -655,6 +655,21 @@ def test_yaml_aliases_expanding_past_the_limit_are_a_config_error(tmp_path: Path
     ]
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("store: {retention_days: 2026-02-30}", "line 2, column 25: invalid YAML: not a valid timestamp"),
+        ("store: {retention_days: !!int 0x}", "line 2, column 25: invalid YAML: not a valid int"),
+        ("store: {retention_days: !!float x}", "line 2, column 25: invalid YAML: not a valid float"),
+    ],
+)
+def test_a_value_yaml_cannot_construct_is_a_config_error(tmp_path: Path, text: str, message: str) -> None:
+    # PyYAML reads "2026-02-30" as a timestamp and raises a bare ValueError: once a traceback.
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, "agents: [{id: a}]\n" + text))
+    assert caught.value.errors == [message + " (quote it to make it a string)"]
+
+
 def test_secrets_lists_every_password_the_logs_are_scrubbed_of() -> None:
     data = minimal()
     data["agents"][0]["mailboxes"][0]["smtp"] = {

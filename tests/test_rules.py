@@ -905,6 +905,16 @@ def test_rules_file_with_a_recursive_alias_is_a_config_error(tmp_path: Path) -> 
     ]
 
 
+def test_rules_file_with_a_date_that_does_not_exist_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "rules.yaml").write_text("- name: a\n  if: {subject: 2026-02-30}\n  then: [mark_read]\n")
+    data = {"rules_file": "rules.yaml", "agents": [{"id": "a"}]}
+    with pytest.raises(ConfigError) as caught:
+        load_rules(parse_config(data, env={}, base_dir=tmp_path))
+    assert caught.value.errors == [
+        f"{tmp_path / 'rules.yaml'}: line 2, column 17: not a valid timestamp (quote it to make it a string)"
+    ]
+
+
 def test_rules_file_with_a_control_character_names_its_line_and_column(tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text("- name: a\n  then: [tag\x07]\n")
     data = {"rules_file": "rules.yaml", "agents": [{"id": "a"}]}

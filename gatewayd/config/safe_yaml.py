@@ -82,6 +82,17 @@ class _Loader(yaml.SafeLoader):
             )
         return node
 
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        # A plain scalar YAML reads as a timestamp, int or float may still be none ("2026-02-30",
+        # "!!float x"): PyYAML raises a bare ValueError, which has no position and would escape.
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError):
+            kind = str(node.tag).rsplit(":", 1)[-1]
+            raise yaml.constructor.ConstructorError(
+                problem=f"not a valid {kind} (quote it to make it a string)", problem_mark=node.start_mark
+            ) from None
+
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         seen: set[Any] = set()
         for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
