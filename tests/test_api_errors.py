@@ -50,6 +50,23 @@ async def test_hostile_client_input_gets_a_json_4xx_never_a_500(tmp_path: Path) 
         assert status_line.split()[1] == b"401", status_line
 
 
+async def test_a_body_is_read_as_utf8_whatever_charset_it_names(tmp_path: Path) -> None:
+    """JSON is UTF-8: decoding by the Content-Type's charset raised past the handler (a 500) for
+    bytes that are not UTF-8 and for a charset Python does not know."""
+    async with serving(fleet(tmp_path, bot_parent="acme")) as api:
+        for path, body, content_type, status in [
+            ("/v1/tokens", b"\xff\xfe", "application/json", 400),
+            ("/v1/messages/1/report", b'{"label": "\xe9"}', "application/json", 400),
+            ("/v1/tokens", b'{"scopes": ["read"]}', "application/json; charset=no-such-charset", 201),
+        ]:
+            headers = {"Authorization": f"Bearer {ACME_ADMIN}", "Content-Type": content_type}
+            async with api.session.post(api.url + path, data=body, headers=headers) as response:
+                answer = await response.json()
+                assert response.status == status, (path, body, content_type, answer)
+                if status == 400:
+                    assert answer["error"]["message"].startswith("body: expected"), answer
+
+
 async def test_a_parameter_given_twice_is_a_400_naming_it_unless_it_is_a_list(tmp_path: Path) -> None:
     """Taking the first of two values would silently drop the rest (`mailbox=a&mailbox=b` streamed
     `a` alone, even with `b` beyond the token's reach): a list takes every value, any other

@@ -21,10 +21,12 @@ async def read_json(request: web.Request, expected: str) -> Any:
     arrive within `server.request_timeout_seconds` (a client trickling it would hold its handler)."""
     try:
         async with asyncio.timeout(Gateway.of(request).config.server.request_timeout_seconds):
-            text = await request.text()
+            body = await request.read()
     except TimeoutError:
         raise ApiError(408, "the request body did not arrive in time") from None
     try:
-        return json.loads(text)
+        # JSON is UTF-8 (RFC 8259), whatever charset the Content-Type names: decoding by that name
+        # raised LookupError for an unknown one. UnicodeDecodeError is a ValueError.
+        return json.loads(body.decode("utf-8"))
     except (ValueError, RecursionError):  # RecursionError: nested too deeply
         raise ApiError(400, f"body: expected {expected}") from None
