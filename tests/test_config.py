@@ -670,6 +670,18 @@ def test_a_value_yaml_cannot_construct_is_a_config_error(tmp_path: Path, text: s
     assert caught.value.errors == [message + " (quote it to make it a string)"]
 
 
+def test_a_ca_file_that_cannot_be_looked_at_is_a_config_error(tmp_path: Path) -> None:
+    # Path.is_file() raises, rather than answers False, for a name too long (and a directory it
+    # may not search): once a traceback out of check-config.
+    name = "c" * 300
+    assert errors_of(minimal(ca_file=name), base_dir=tmp_path) == [
+        f"agents[0].mailboxes[0].imap.ca_file: cannot read {tmp_path / name}: File name too long"
+    ]
+    assert errors_of(minimal(ca_file="missing.pem"), base_dir=tmp_path) == [
+        f"agents[0].mailboxes[0].imap.ca_file: no such file: {tmp_path / 'missing.pem'}"
+    ]
+
+
 def test_secrets_lists_every_password_the_logs_are_scrubbed_of() -> None:
     data = minimal()
     data["agents"][0]["mailboxes"][0]["smtp"] = {

@@ -83,8 +83,11 @@ def _transport(v: dict[str, Any], path: str, ctx: _Context, in_clear: str) -> Pa
             " set allow_insecure: true to allow it"
         )
     ca_file = ctx.path(v["ca_file"]) if v.get("ca_file") else None
-    if ca_file is not None and not ca_file.is_file():
-        ctx.errors.append(f"{path}.ca_file: no such file: {ca_file}")
+    try:
+        if ca_file is not None and not ca_file.is_file():
+            ctx.errors.append(f"{path}.ca_file: no such file: {ca_file}")
+    except OSError as exc:  # is_file() passes on a name too long, a directory it may not search
+        ctx.errors.append(f"{path}.ca_file: cannot read {ca_file}: {exc.strerror or type(exc).__name__}")
     return ca_file
 
 
