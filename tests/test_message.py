@@ -833,6 +833,11 @@ MALFORMED: list[tuple[str, bytes, Check]] = [
         lambda d: d["from"] is None and d["to"] == [{"address": "x@y.org", "name": None}] * 20,
     ),
     (
+        "a Content-Type of 250 KB of parameters after an open quote",
+        b'From: a@example.org\r\nContent-Type: text/plain; x="; ' + b"a=b; " * 50000 + b"\r\n\r\nbody",
+        lambda d: d["from"]["address"] == "a@example.org" and d["body_text_excerpt"] == "body",
+    ),
+    (
         "html that never closes its constructs",
         b"From: a@example.org\r\nContent-Type: text/html\r\n\r\nVisible<!--" + b"<a b='" * 50000,
         lambda d: d["body_text_excerpt"] == "Visible",
