@@ -315,6 +315,15 @@ def test_loud_fonts_are_soft() -> None:
     assert "HTML_LOUD_FONTS" not in symbols(spam_data(parsed(simple(quiet, content_type="text/html"))))
 
 
+def test_sizes_in_digits_int_cannot_read_are_no_size() -> None:
+    # "³" and "²" are digits to str.isdigit() but not to int(): the stage raised ValueError.
+    for odd in (
+        '<p>Minutes attached.</p><font size="+³">Anna</font>',
+        '<img src="https://t.example/p" width="²">',
+    ):
+        assert "HTML_LOUD_FONTS" not in symbols(spam_data(parsed(simple(odd, content_type="text/html"))))
+
+
 def test_quoted_remove_instructions() -> None:
     body = 'To be taken off our list, reply with "REMOVE" in the subject line.\n'
     assert "SCAM_PHRASES" in symbols(spam_data(parsed(simple(body))))

@@ -152,7 +152,13 @@ def _loud_size(size: str | None) -> bool:
     """A <font size> of +2 or more, or 5 to 7 (the scale's 3 is normal text)."""
     value = (size or "").strip()
     digits = value.lstrip("+")
-    return digits.isdigit() and len(digits) <= 2 and int(digits) >= (2 if value.startswith("+") else 5)
+    # ASCII digits only: "³".isdigit(), but int("³") raises.
+    return (
+        digits.isascii()
+        and digits.isdigit()
+        and len(digits) <= 2
+        and int(digits) >= (2 if value.startswith("+") else 5)
+    )
 
 
 def _tiny(size: str | None) -> bool:
@@ -160,7 +166,7 @@ def _tiny(size: str | None) -> bool:
     if not size:
         return False
     digits = size.strip().removesuffix("px")
-    return digits.isdigit() and int(digits) <= 3
+    return digits.isascii() and digits.isdigit() and int(digits) <= 3
 
 
 # Searched in the lower-cased raw message (the first _MIME_SCAN_BYTES): a case-sensitive pattern
