@@ -8,7 +8,7 @@ bad and repeated query parameters, huge values, invalid UTF-8 and percent-encodi
 and query, odd Last-Event-ID and Authorization headers (two of them too), bodies on GET, JSON
 that is not an object or is nested deeply, bodies that are not UTF-8 or name odd charsets. A
 finding is a 5xx other than 503, a token echoed back, no answer within 10 s, the daemon exiting,
-or a traceback in its log.
+or a traceback or the token in its (debug) log.
 """
 
 from __future__ import annotations
@@ -56,13 +56,13 @@ METHODS = [
 ]
 PARAMS = [
     *("types", "event_types", "eventTypes", "agent", "mailbox", "from", "min_spam", "max_spam"),
-    *("max_seconds", "ping", "since", "limit", "cursor", "access_token", "x", ""),
+    *("max_seconds", "ping", "since", "limit", "cursor", "access_token", "access_token", "x", ""),
 ]
 VALUES = [
     *("", "0", "-1", "1e309", "nan", "inf", "-inf", "1" * 5000, "9" * 30, "%00", "%ff%fe", "%", "%zz"),
     *("a,b,,c", "*", "**", "message.*", "\u202e", "%C0%80", "2026-13-45T99:99:99Z", "2026-11-21T13:25:53Z"),
     *("1970-01-01T00:00:00+25:00", "0x10", " 1", "1 ", "+1", "1.5", "true", "null", "[", "{}", "@", "a@b"),
-    *("support", "support-inbox", "x" * 70000, "%E2%80%AE", "é", "\\", "'\"", ";--", "%C2%B2", "١"),
+    *(TOKEN, "support", "support-inbox", "x" * 70000, "%E2%80%AE", "é", "\\", "'\"", ";--", "%C2%B2", "١"),
 ]
 LAST_EVENT_IDS = [
     *("-1", "0", "1", "9" * 30, "abc", "1\x00", "", " ", "1.0", "1e5", "-0", "１", "\xff", "9" * 5000),
@@ -156,9 +156,9 @@ async def fuzz(args: argparse.Namespace, work: Path) -> int:
     user = "fuzz"
     dovecot.add_user(user)
     port = free_port()
-    gateway = GatewayProcess(
-        write_config(work / "gatewayd.yaml", config_data(work, dovecot, [user], port)), port
-    )
+    data = config_data(work, dovecot, [user], port, log_level="debug")
+    data["server"]["allow_query_token"] = True  # ?access_token= too, which must never be logged
+    gateway = GatewayProcess(write_config(work / "gatewayd.yaml", data), port)
     gateway.start()
     findings: list[str] = []
     statuses: Counter[int] = Counter()
@@ -186,8 +186,11 @@ async def fuzz(args: argparse.Namespace, work: Path) -> int:
         gateway.terminate()
         await gateway.wait_exit()
         dovecot.stop()
-    if "Traceback" in gateway.stderr():
+    log = gateway.stderr()
+    if "Traceback" in log:
         findings.append(f"a traceback in the log: {work / 'gatewayd.yaml'} (stderr beside it)")
+    if TOKEN in log:
+        findings.append(f"the token in the log: {work / 'gatewayd.yaml'} (stderr beside it)")
     print(f"{args.count} requests, seed {args.seed}: {dict(sorted(statuses.items()))}")
     for finding in findings[:50]:
         print("  " + finding)
