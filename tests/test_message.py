@@ -838,6 +838,12 @@ MALFORMED: list[tuple[str, bytes, Check]] = [
         lambda d: d["from"]["address"] == "a@example.org" and d["body_text_excerpt"] == "body",
     ),
     (
+        "control characters in addresses",
+        b'From:\x00a@b.example\r\nTo: x@y.example\x00Subject\r\nCc: "Jo" <j\x00o@x.org>\r\n\r\nbody',
+        # Neither the NUL kept nor the part beside it taken for the address.
+        lambda d: d["from"] is None and d["to"] == [] and d["cc"] == [{"address": None, "name": "Jo"}],
+    ),
+    (
         "html that never closes its constructs",
         b"From: a@example.org\r\nContent-Type: text/html\r\n\r\nVisible<!--" + b"<a b='" * 50000,
         lambda d: d["body_text_excerpt"] == "Visible",

@@ -37,7 +37,13 @@ def references(value: str | None) -> list[str]:
 
 # A local part starts where its atom does (the lookbehind): tried from every character of a long run
 # without an "@", findall would cost the square of the header's length (8 KiB of "a": 0.4 s).
-_ADDRESS = re.compile(r'(?:(?<![^\s@<>()\[\],;:"])[^\s@<>()\[\],;:"]++|"[^"]*")@[^\s@<>(),;:"]+')
+# Nothing with a control character in it or beside it is an address: a NUL would reach the rules
+# and an auto-reply's RCPT TO, and the part beside it would be another address.
+_CONTROLS = r"\x00-\x08\x0e-\x1b\x7f-\x9f"  # C0 and C1, not white space
+_ADDRESS = re.compile(
+    rf'(?:(?<![^\s@<>()\[\],;:"])[^\s@<>()\[\],;:"{_CONTROLS}]++|"[^"{_CONTROLS}]*")'
+    rf'@[^\s@<>(),;:"{_CONTROLS}]++(?![{_CONTROLS}])'
+)
 
 
 def addresses(values: Iterable[str]) -> list[dict[str, str | None]]:
