@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import sys
 import tempfile
 import time
@@ -24,6 +25,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -260,6 +262,46 @@ MUTATIONS: list[Mutation] = [
 ]
 
 
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+_VERDICTS = {"spam": {"ham", "suspect", "spam"}, "injection": {"none", "low", "medium", "high"}}
+
+
+def nonsense(data: dict[str, Any]) -> str | None:
+    """What in an event's data no input should give: a value of the wrong shape or out of range."""
+    for key in ("from", "to", "cc", "reply_to"):
+        entries = data[key] if key != "from" else [data[key]] if data[key] is not None else []
+        for entry in entries:
+            if not isinstance(entry, dict) or set(entry) != {"address", "name"}:
+                return f"{key}: {entry!r}"
+            if entry["address"] is not None and (
+                "@" not in entry["address"] or _CONTROL.search(entry["address"])
+            ):
+                return f"{key}: address {entry['address']!r}"
+    for key in ("date", "received_at"):
+        if data[key] is not None and not _RFC3339.fullmatch(data[key]):
+            return f"{key}: {data[key]!r}"
+    if not isinstance(data["size"], int) or data["size"] < 0:
+        return f"size: {data['size']!r}"
+    for attachment in data["attachments"]:
+        if attachment["size"] is not None and (
+            not isinstance(attachment["size"], int) or attachment["size"] < 0
+        ):
+            return f"attachment size: {attachment!r}"
+    if data["has_attachments"] != bool(data["attachments"]):
+        return f"has_attachments {data['has_attachments']} with {len(data['attachments'])} attachments"
+    for key in ("subject", "body_text_excerpt", "sanitized_excerpt", "message_id"):
+        if data.get(key) is not None and (not isinstance(data[key], str) or _CONTROL.search(data[key])):
+            return f"{key}: {str(data[key])[:80]!r}"
+    spam = data.get("spam")
+    if spam is not None and spam["verdict"] not in _VERDICTS["spam"]:
+        return f"spam verdict {spam['verdict']!r}"
+    injection = data.get("injection")
+    if injection is not None and not 0.0 <= injection["score"] <= 1.0:
+        return f"injection score {injection['score']!r}"
+    return None
+
+
 def seeds(corpus: Path, limit: int) -> list[bytes]:
     paths = sorted((ROOT / "tests" / "data").rglob("*.eml"))
     for label in ("ham", "spam"):
@@ -315,6 +357,8 @@ async def main() -> int:
                     errors = [e for e in event.data.get("pipeline_errors", []) if e.get("error") != "timeout"]
                     if errors:
                         kind = "pipeline_errors " + json.dumps(errors)[:300]
+                    elif (odd := nonsense(event.data)) is not None:
+                        kind = "nonsense: " + odd[:300]
                     await store.append([event], Checkpoint(mailbox.id, "INBOX", 1, uid))
             except Exception as exc:
                 kind = f"{type(exc).__name__}: {exc}"[:300] + "\n" + traceback.format_exc()[-1500:]
