@@ -22,7 +22,9 @@ def _trie_pattern(phrases: Iterable[str]) -> str:
     trie: dict[str, Any] = {}
     for phrase in phrases:
         node = trie
-        for char in phrase:
+        # A run of spaces is one \s+: "\s+\s+\s+" ("dear sir / madam" spaced) backtracks through a
+        # run of white space in cubic time (64 KB of it after "dear sir": minutes in a worker thread).
+        for char in re.sub(" {2,}", " ", phrase):
             node = node.setdefault(char, {})
         node[""] = {}
 
