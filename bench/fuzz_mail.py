@@ -240,6 +240,20 @@ def html_attributes(rng: random.Random, raw: bytes) -> bytes:
     return b"From: a@b.example\nContent-Type: text/html; charset=utf-8\n\n" + body.encode()
 
 
+def long_runs(rng: random.Random, raw: bytes) -> bytes:
+    """A word a pattern may start at, then a long run of one character: regex backtracking."""
+    word = rng.choice(
+        [b"dear sir", b"100", b"$", b"us$1", b"http://", b"www.", b"ignore", b"you", b"a@", b"-"]
+    )
+    run = rng.choice([b" ", b"\n", b"\t", b" \n", b".", b"-", b"=", b"0", b"a", b"$", b",", b"!", b"/", b"<"])
+    where = rng.choice(["body", "subject", "html"])
+    filler = word + run * rng.randint(2000, 60000) + b"x"
+    if where == "subject":
+        return b"Subject: " + filler.replace(b"\n", b" ") + b"\n" + raw
+    content_type = b"text/html" if where == "html" else b"text/plain"
+    return b"From: a@b.example\nContent-Type: " + content_type + b"; charset=utf-8\n\n" + filler
+
+
 MUTATIONS: list[Mutation] = [
     truncate,
     flip_bytes,
@@ -259,6 +273,8 @@ MUTATIONS: list[Mutation] = [
     rfc822_loop,
     html_garbage,
     html_attributes,
+    long_runs,
+    long_runs,
 ]
 
 
