@@ -39,6 +39,8 @@ from gatewayd.rules.plan import build, evaluate
 from gatewayd.rules.renderer import TemplateRenderer
 from gatewayd.rules.safety import refuse_reply, reply_target
 from gatewayd.rules.template import Template, context_for
+from tests.test_attached import alternative, attachment, inline
+from tests.test_attached import message as attached_message
 from tests.test_message import _FAST_PATH_SETTINGS, _FLAWED_MESSAGES, _LINES, _PLAIN_MESSAGES
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "gatewayd.example.yaml"
@@ -118,6 +120,47 @@ def test_text_tests_are_caseless_in_unicode() -> None:
     assert matches({"header": {"name": "X-Ort", "equals": "Große Straße 1"}}, parsed)
     assert matches({"body": {"equals": "LIEFERUNG AN DIE STRASSE"}}, parsed)
     assert not matches({"body": "strassen"}, parsed)
+
+
+LIST_FOOTER = "To unsubscribe from this list, write to leave@lists.example.org"
+
+
+@pytest.mark.parametrize(
+    ("condition", "expected"),
+    [
+        ({"body": "unsubscribe"}, True),
+        ({"not": {"body": "unsubscribe"}}, False),
+        ({"body": {"regex": "^To unsubscribe"}}, True),  # each part is a text of its own
+        ({"body": "manage your subscription"}, True),  # an inline HTML part: its visible text
+        ({"body": {"regex": "^Budget review$"}}, True),  # an invite: the words it shows
+        ({"body": {"equals": "meeting at noon."}}, True),  # the body, as before
+        ({"body": "in the attached file"}, False),  # an attached file is not shown inline
+        ({"not": {"body": "in the attached file"}}, True),
+    ],
+)
+def test_the_body_test_reads_every_inline_text_part_as_a_reader_does(
+    condition: dict[str, Any], expected: bool
+) -> None:
+    """A list's footer in an inline text part after the body (a text and HTML alternative):
+    `body` missed it, and `not: {body: ...}` held."""
+    raw = attached_message(
+        inline(LIST_FOOTER, disposition=None),
+        inline("<p>Manage your <b>subscription</b> here.</p>", "text/html"),
+        inline(
+            "BEGIN:VCALENDAR\r\nBEGIN:VEVENT\r\nSUMMARY:Budget review\r\nEND:VEVENT\r\nEND:VCALENDAR",
+            "text/calendar",
+        ),
+        attachment("Said in the attached file."),
+        body="Meeting at noon.",
+    )
+    body = alternative("Meeting at noon.", "<p>Meeting at noon.</p>")
+    raw = raw.replace(b"Content-Type: text/plain\r\n\r\nMeeting at noon.", body.encode())
+    parsed = parse(FetchedMessage("INBOX", 7, 1, raw, len(raw), (), None))
+    (rule,), _ = parse_rules([{"name": "r", "if": condition, "then": [{"tag": "x"}]}], "rules")
+    found = Facts.of(parsed, parsed.data)
+    assert bool(evaluate([rule], found)) is expected and found.errors == []
+    # The excerpt is of the body alone.
+    assert parsed.data["body_text_excerpt"] == "Meeting at noon."
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from gatewayd.message import (
     SkipReason,
     parse,
 )
+from gatewayd.message.limits import MAX_ATTACHED_BYTES, MAX_ATTACHED_PARTS
 from gatewayd.pipeline import Pipeline, StageSpec
 from gatewayd.pipeline.spam.stage import SpamOptions, SpamStage
 from gatewayd.rules import conditions
@@ -30,6 +31,8 @@ from gatewayd.rules.model import parse_rules
 from gatewayd.rules.plan import evaluate
 from gatewayd.rules.safety import refuse_reply, reply_target
 from tests.sse import late_text_mail
+from tests.test_attached import attachment, inline
+from tests.test_attached import message as multipart
 
 HEAD = "From: Bob Sender <bob@example.org>\r\nTo: agent@example.com\r\nSubject: Quarterly report\r\n"
 # A body whose last words lie past the 256 KiB the parser keeps of a text.
@@ -38,6 +41,7 @@ LONG_BODY = "Dear customer, " + "filler text " * 25_000 + "please unsubscribe me
 PADDING = "".join(f"X-Pad-{i}: {'p' * 990}\r\n" for i in range(MAX_HEADER_BYTES // 990 + 10))
 # A folded Subject and a To list longer than the message parser keeps of a header (MAX_HEADER_CHARS).
 LONG_SUBJECT = "Invoice " + "\r\n ".join(["x" * 70] * (MAX_HEADER_CHARS // 70 + 10)) + " urgent"
+FOOTER = "To unsubscribe from this list, write to leave@lists.example.org"
 LONG_TO = ", ".join(f"user{i}@example.net" for i in range(MAX_HEADER_CHARS // 20 + 10)) + ", last@example.net"
 
 
@@ -108,6 +112,35 @@ def test_tests_on_text_and_parts_the_fetch_did_not_bring_are_undecided() -> None
     assert "attachment_type: not found, but the message's parts were not all read" in not_applied[1]
     # The same message read whole: decided.
     assert outcome_of(book, fetched(full)) == (["no-exe", "pdf"], [])
+
+
+def test_a_body_test_that_finds_nothing_where_an_inline_text_part_was_not_read_is_undecided() -> None:
+    """The `body` test reads the inline text parts past the body: one the fetch did not bring, past
+    the budget they are read within, or read only in part may hold what `not: {body: X}` looks for."""
+    book = rulebook({"not-unsubscribe": {"not": {"body": "unsubscribe"}}, "body": {"body": "attached file"}})
+    why = 'rule "not-unsubscribe" not applied: body: not found, but the inline text part inline:2 was'
+    raw = multipart(inline(FOOTER))
+    prefix = raw[: raw.index(b"--B", raw.index(b"--B") + 3)]  # the body part, not the footer's
+    header = inline(FOOTER).split("\r\n\r\n")[0].encode() + b"\r\n\r\n"
+    unfetched = FetchedPart(index=1, section="2", header=header, content=b"", size=len(FOOTER), cut=True)
+    assert outcome_of(book, fetched(prefix, size=len(raw), parts=(unfetched,))) == (
+        ["body"],
+        [f"{why} not all read (not fetched)"],
+    )
+    files = [attachment("Notes.", f"{n}.txt") for n in range(MAX_ATTACHED_PARTS)]
+    assert outcome_of(book, fetched(multipart(*files, inline(FOOTER)))) == (
+        ["body"],
+        [f"{why} not all read (over budget)"],
+    )
+    long_footer = "x " * MAX_ATTACHED_BYTES + FOOTER
+    assert outcome_of(book, fetched(multipart(inline(long_footer)))) == (
+        ["body"],
+        [f"{why} not all read ({MAX_ATTACHED_BYTES // 1024} KiB of a part read, 256 KiB in all)"],
+    )
+    # Read whole, or read in part where the word is: decided.
+    whole = fetched(multipart(*files[:-1], inline("Bye.")))
+    assert outcome_of(book, whole) == (["not-unsubscribe", "body"], [])
+    assert outcome_of(book, fetched(multipart(inline(FOOTER + " x" * MAX_ATTACHED_BYTES)))) == (["body"], [])
 
 
 def test_a_header_test_that_finds_nothing_in_headers_not_all_read_is_undecided() -> None:

@@ -58,6 +58,7 @@ class AttachedText:
     headers: str  # of a forwarded message: its Subject and From display name, one per line
     text: str
     html: str | None
+    read_in_part: bool = False  # bytes past MAX_ATTACHED_BYTES, or past the budget left, were not read
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,15 +146,17 @@ class _Walk:
         if not data:
             return
         limit = min(MAX_ATTACHED_BYTES, self.budget)
+        read_in_part = len(data) > limit
         ctype, suffix = part.get_content_type(), _suffix(safe(None, body.filename, part))
         html = part.get_content_subtype() == "html" or suffix in _HTML_SUFFIXES
         charset = body.declared_charset(part, data, html)
-        text = decode_bytes(data[:limit], charset, final=len(data) <= limit)
+        text = decode_bytes(data[:limit], charset, final=not read_in_part)
         self.budget -= min(len(data), limit)
         if ctype in _CALENDAR_TYPES or suffix == ".ics":
-            self.found.append(AttachedText(location, "", *calendar.shown(text)))
+            self.found.append(AttachedText(location, "", *calendar.shown(text), read_in_part))
         else:
-            self.found.append(AttachedText(location, "", "" if html else text, text if html else None))
+            found = AttachedText(location, "", "" if html else text, text if html else None, read_in_part)
+            self.found.append(found)
 
     def _forwarded(self, part: Message, location: str, depth: int) -> None:
         payload = part.get_payload()

@@ -12,7 +12,8 @@ undecided does not match. So a message that makes a test fail can never make a r
 would not fire whatever the test said (`not: {subject: {regex: ...}}` against a slow regex).
 
 The same holds for a test that found nothing in what was read of a message only partly read: the
-body text (cut at 256 KiB, or by the fetch), the headers (longer than `MAX_HEADER_BYTES`, cut by the
+body text (cut at 256 KiB, or by the fetch) and the inline text parts past it (not fetched, or past
+the budget attached.py reads them within), the headers (longer than `MAX_HEADER_BYTES`, cut by the
 fetch, or beyond the parser), the parts (an attachment past them, or past the MIME parser's limits
 on parts and nesting). Not finding is no proof of absence there, so the test is undecided; a match
 found is still a match. A header value itself cut short (longer than the message parser keeps, or
@@ -32,7 +33,9 @@ from typing import Any, Protocol
 
 import regex
 
-from gatewayd.message import MAX_HEADER_CHARS, ParsedMessage
+from gatewayd.message import MAX_HEADER_CHARS, AttachedText, ParsedMessage, Skipped
+from gatewayd.message.html import html_to_text
+from gatewayd.message.limits import MAX_ATTACHED_BYTES, MAX_ATTACHED_TOTAL, MAX_HTML_CHARS
 from gatewayd.message.structure import plain_header_fields
 from gatewayd.pipeline.auth.stage import SYMBOLS as AUTH_STAGE_SYMBOLS
 from gatewayd.rules.match import AddressPattern, RegexBudget, RegexTimeout, glob_any
@@ -47,6 +50,9 @@ MAX_HEADER_BYTES = 256 * 1024
 _PARSER_CUT = f"longer than {MAX_HEADER_CHARS} characters, or cut by the fetch"
 _HEADERS = BytesHeaderParser(policy=compat32)
 _WORD_END = re.compile(r"[\s;(]")
+_ATTACHED_CAPS = f"{MAX_ATTACHED_BYTES // 1024} KiB of a part read, {MAX_ATTACHED_TOTAL // 1024} KiB in all"
+# attached.py's location of an inline text part past the body (not one in a forwarded message)
+_INLINE = "inline:"
 
 
 @dataclass(slots=True)
@@ -65,6 +71,10 @@ class Facts:
     text_cut: bool = False  # `text` may be only part of the body text
     parts_unseen: bool = False  # the message has parts that were not read (attachments among them)
     headers_cut: frozenset[str] = frozenset()  # headers whose values the message parser cut short
+    # Text outside the body (attached.py), among it the inline text parts past the body, and the
+    # parts left unread: the `body` test reads those parts too, as a mail client shows them.
+    attached: tuple[AttachedText, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
     # Conditions ask for a few names of a block of dozens: the block is read once, when a name may
     # be in it, and only the values asked for are unfolded (per name, once).
     _block: bytes | None = field(default=None, init=False, repr=False)
@@ -74,6 +84,7 @@ class Facts:
     _lowered: bytes = field(default=b"", init=False, repr=False)
     _fields: dict[str, list[str]] | None = field(default=None, init=False, repr=False)
     _values: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False)
+    _bodies: list[str] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def of(cls, message: ParsedMessage, data: Mapping[str, Any]) -> Facts:
@@ -86,6 +97,8 @@ class Facts:
             text_cut=message.text_cut,
             parts_unseen=message.parts_unseen,
             headers_cut=message.headers_cut,
+            attached=message.attached,
+            skipped=message.skipped,
         )
 
     def values(self, name: str) -> list[str]:
@@ -124,11 +137,34 @@ class Facts:
         of the header's, or None."""
         return _PARSER_CUT if name in self.headers_cut else None
 
-    def text_partial(self) -> str | None:
-        return "the body text was not all read (cut at 256 KiB, or by the fetch)" if self.text_cut else None
-
     def parts_partial(self) -> str | None:
         return "the message's parts were not all read" if self.parts_unseen else None
+
+    def bodies(self) -> list[str]:
+        """The body text, then the text of each inline text part past it: what a reader sees."""
+        if not self.attached:  # most mail: one body part, or a text and an HTML alternative
+            return [self.text]
+        if self._bodies is None:
+            self._bodies = [self.text]
+            for part in self.attached:
+                if part.location.startswith(_INLINE):  # HTML: its visible text; an invite: also its HTML
+                    if part.text:
+                        self._bodies.append(part.text)
+                    if part.html:
+                        self._bodies.append(html_to_text(part.html, enough=MAX_HTML_CHARS))
+        return self._bodies
+
+    def bodies_partial(self) -> str | None:
+        """Why `bodies()` may not be all the text a reader sees, or None."""
+        if self.text_cut:
+            return "the body text was not all read (cut at 256 KiB, or by the fetch)"
+        for part in self.attached:
+            if part.read_in_part and part.location.startswith(_INLINE):
+                return f"the inline text part {part.location} was not all read ({_ATTACHED_CAPS})"
+        for skipped in self.skipped:
+            if skipped.location.startswith(_INLINE):
+                return f"the inline text part {skipped.location} was not all read ({skipped.reason})"
+        return self.parts_partial()
 
     def _read(self, name: str) -> list[str]:
         if self._fields is None and self.raw:

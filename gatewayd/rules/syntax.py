@@ -274,7 +274,7 @@ _TESTS: dict[str, Callable[[Any], Condition]] = {
         Facts.headers_partial,
         cut=lambda f: f.parsed_cut("subject"),
     ),
-    "body": lambda v: _text("body", lambda f: [f.text], v, Facts.text_partial),
+    "body": lambda v: _text("body", Facts.bodies, v, Facts.bodies_partial),
     "header": _header,
     "list_id": _list_id,
     "bulk": lambda v: Predicate(is_bulk, _bool(v), "bulk", Facts.headers_partial),

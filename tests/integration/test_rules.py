@@ -6,6 +6,7 @@ import asyncio
 import base64
 import email
 import imaplib
+import random
 import uuid
 from collections.abc import Iterator
 from email import policy
@@ -16,10 +17,13 @@ import aiohttp
 import pytest
 
 from gatewayd.message import MAX_HEADER_CHARS, MAX_PARTS
+from gatewayd.message.limits import MAX_ATTACHED_PARTS
 from gatewayd.sandbox.dovecot import Dovecot
 from tests.conftest import TOKEN, gateway_config
 from tests.smtp_sink import LOCAL_DOMAIN, SmtpSink
 from tests.sse import Frame, SseReader, mail
+from tests.test_attached import attachment, inline
+from tests.test_attached import message as multipart
 from tests.waiting import idle, wait_for
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -547,5 +551,61 @@ async def test_tests_on_what_the_parser_cut_or_left_unread_move_nothing(
     imap = await asyncio.to_thread(Imap, dovecot, user)
     try:
         assert await asyncio.to_thread(imap.uids, "INBOX") == [cut["uid"], unseen["uid"]]
+    finally:
+        await asyncio.to_thread(imap.close)
+
+
+async def test_the_body_test_reads_a_list_footer_in_a_further_inline_part_and_fails_closed_past_it(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    """Mailing-list software adds its footer as a second inline text part: `body` missed it and
+    `not: {body: ...}` moved list mail to Personal, also when the footer lay past the parts read."""
+    rules = [
+        {
+            "name": "lists",
+            "if": {"body": "unsubscribe"},
+            "then": [{"move": {"folder": "Lists", "create": True}}],
+        },
+        {
+            "name": "personal",
+            "if": {"not": {"body": "unsubscribe"}},
+            "then": [{"move": {"folder": "Personal", "create": True}}],
+        },
+    ]
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], rules=rules))
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    footer = inline("To unsubscribe from this list, write to leave@lists.example.org")
+    filler = base64.b64encode(random.Random(3).randbytes(300_000)).decode()
+    pdf = attachment("", "report.pdf", "application/pdf").replace("\r\n\r\n", f"\r\n\r\n{filler}", 1)
+    files = [attachment("Notes.", f"{n}.txt") for n in range(MAX_ATTACHED_PARTS)]
+    sent = {
+        "footer": multipart(footer),
+        "past the cap": multipart(pdf, footer),  # the footer fetched on its own, after the prefix
+        "over budget": multipart(*files, footer),  # past the 8 parts read: not read
+        "personal": multipart(inline("See you on Friday.")),
+    }
+    async with aiohttp.ClientSession() as session:
+        reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+        for name, raw in sent.items():
+            message_id = f"<{name.replace(' ', '.')}@test.example>".encode()
+            await dovecot.deliver_async(user, raw.replace(b"<a@test.example>", message_id))
+        events = [event.json["data"] for event in await reader.messages(len(sent))]
+    by_name = dict(zip(sent, events, strict=True))
+    assert {name: data["folder"] for name, data in by_name.items()} == {
+        "footer": "Lists",
+        "past the cap": "Lists",
+        "over budget": "INBOX",
+        "personal": "Personal",
+    }
+    assert by_name["past the cap"]["truncated"] is True
+    why = "body: not found, but the inline text part inline:2 was not all read (over budget)"
+    assert by_name["over budget"]["rules_errors"] == [
+        f'rule "lists" not applied: {why}',
+        f'rule "personal" not applied: {why}',
+    ]
+    imap = await asyncio.to_thread(Imap, dovecot, user)
+    try:
+        assert await asyncio.to_thread(imap.uids, "INBOX") == [by_name["over budget"]["uid"]]
+        assert len(await asyncio.to_thread(imap.uids, "Lists")) == 2
     finally:
         await asyncio.to_thread(imap.close)
