@@ -27,11 +27,12 @@ from hypothesis import strategies as st
 from gatewayd.config import ConfigError, load_config, parse_config
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline import Pipeline, StageSpec
-from gatewayd.rules import compose, conditions, match
+from gatewayd.rules import compose, match
 from gatewayd.rules import engine as rules_engine
+from gatewayd.rules import facts as facts_module
 from gatewayd.rules import renderer as renderer_module
-from gatewayd.rules.conditions import MAX_HEADER_BYTES, Facts
 from gatewayd.rules.engine import RulesStage
+from gatewayd.rules.facts import MAX_HEADER_BYTES, Facts
 from gatewayd.rules.load import RuleBook, load_rules
 from gatewayd.rules.match import AddressPattern, InlineBudget, RegexBudget, compile_regex
 from gatewayd.rules.model import parse_rules
@@ -455,7 +456,7 @@ def read_by_conditions(raw: bytes, names: Iterable[str]) -> dict[str, list[str]]
 
 def test_a_plain_header_block_is_read_without_the_parser(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[bytes] = []
-    monkeypatch.setattr(conditions, "_HEADERS", SimpleNamespace(parsebytes=calls.append))
+    monkeypatch.setattr(facts_module, "_HEADERS", SimpleNamespace(parsebytes=calls.append))
     raw = b"From: a@example.org\r\nList-Post: <mailto:l@example.org>\r\n folded\r\n\r\nbody\r\n"
     assert read_by_conditions(raw, ["from", "list-post", "subject"]) == {
         "from": ["a@example.org"],

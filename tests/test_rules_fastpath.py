@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline import StageContext
 from gatewayd.rules import engine, plan
-from gatewayd.rules.conditions import MAX_HEADER_BYTES, Facts, is_auto_submitted, is_bulk, is_list
 from gatewayd.rules.engine import RulesStage
+from gatewayd.rules.facts import MAX_HEADER_BYTES, Facts, is_auto_submitted, is_bulk, is_list
 from gatewayd.rules.load import RuleBook
 from gatewayd.rules.model import parse_rules, uses_regex
 from gatewayd.rules.plan import build, evaluate, result

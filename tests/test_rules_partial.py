@@ -23,9 +23,9 @@ from gatewayd.message import (
 from gatewayd.message.limits import MAX_ATTACHED_BYTES, MAX_ATTACHED_PARTS
 from gatewayd.pipeline import Pipeline, StageSpec
 from gatewayd.pipeline.spam.stage import SpamOptions, SpamStage
-from gatewayd.rules import conditions
-from gatewayd.rules.conditions import MAX_HEADER_BYTES, Facts
+from gatewayd.rules import facts as facts_module
 from gatewayd.rules.engine import RulesStage
+from gatewayd.rules.facts import MAX_HEADER_BYTES, Facts
 from gatewayd.rules.load import RuleBook
 from gatewayd.rules.model import parse_rules
 from gatewayd.rules.plan import evaluate
@@ -197,7 +197,7 @@ def test_headers_cut_by_the_fetch_or_beyond_the_parser_are_not_all_read(
         "From bob@example.org Sat Nov 21 10:00:00 2026\r\n" + HEAD + "X-Spam-Flag: YES\r\n\r\nHi.\r\n"
     ).encode()
     assert outcome_of(book, fetched(odd)) == ([], [])
-    monkeypatch.setattr(conditions._HEADERS, "parsebytes", _failing_parse)
+    monkeypatch.setattr(facts_module._HEADERS, "parsebytes", _failing_parse)
     _, (error,) = outcome_of(book, fetched(odd))
     assert error.endswith("header x-spam-flag: not found, but the header parser failed on them"), error
 

@@ -2,6 +2,7 @@
 
 model.py       a rule (name, if, then, stop); parse_rules with errors naming rule and key
 conditions.py  the tests (from, subject, header, spam_verdict, ...) and all / any / not
+facts.py       what the tests read of a message, and why it may be only part of it
 actions.py     the actions (move, copy, flags, keywords, mark_read, auto_reply, forward, ...)
 match.py       address patterns, globs, time-bounded regular expressions
 template.py    sandboxed Jinja templates for auto-replies and forwards

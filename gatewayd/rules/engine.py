@@ -34,7 +34,6 @@ from gatewayd.message.identity import Identity, header_digest
 from gatewayd.pipeline import StageContext, StageResult
 from gatewayd.rules import compose
 from gatewayd.rules.arrivals import Arrivals
-from gatewayd.rules.conditions import Facts
 from gatewayd.rules.execute import (
     ActionInterrupted,
     Executor,
@@ -44,6 +43,7 @@ from gatewayd.rules.execute import (
     message_key,
     unexpected_outcome,
 )
+from gatewayd.rules.facts import Facts
 from gatewayd.rules.load import RuleBook
 from gatewayd.rules.match import InlineBudget, NeedsMoreTime
 from gatewayd.rules.model import Rule

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gatewayd.rules.actions import Action
-from gatewayd.rules.conditions import Facts, Undecided
+from gatewayd.rules.facts import Facts, Undecided
 from gatewayd.rules.model import Rule
 
 OK = "ok"

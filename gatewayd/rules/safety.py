@@ -30,7 +30,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from gatewayd.rules.conditions import Facts, is_auto_submitted, is_bulk
+from gatewayd.rules.facts import Facts, is_auto_submitted, is_bulk
 
 _ROBOTS = re.compile(
     r"(?i)^(mailer-daemon|postmaster|.*no[-_.]?reply.*|.*do[-_.]?not[-_.]?reply.*|bounces?|listserv"

@@ -22,13 +22,15 @@ from gatewayd.rules.conditions import (
     All,
     AnyOf,
     Condition,
-    Facts,
     Globs,
     Not,
     OneOf,
     Predicate,
     Range,
     Text,
+)
+from gatewayd.rules.facts import (
+    Facts,
     as_number,
     attachment_types,
     auth_symbols,
