@@ -33,7 +33,9 @@ def watchdog_interval() -> float | None:
     """How often to send WATCHDOG=1: half the unit's WatchdogSec=, as sd_watchdog_enabled(3)
     reads it from the environment; None when systemd expects no keep-alive from this process."""
     usec, pid = os.environ.get("WATCHDOG_USEC", ""), os.environ.get("WATCHDOG_PID")
-    if not usec.isdigit() or int(usec) == 0 or (pid is not None and pid != str(os.getpid())):
+    if not (usec.isascii() and usec.isdigit()) or int(usec) == 0:  # "²" passes isdigit(), not int()
+        return None
+    if pid is not None and pid != str(os.getpid()):
         return None
     return int(usec) / 2_000_000
 

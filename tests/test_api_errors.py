@@ -150,3 +150,14 @@ async def test_too_many_type_patterns_is_a_400_not_a_500(tmp_path: Path) -> None
         most = ",".join(f"t{n}.*" for n in range(100))
         status, answer = await api.call("GET", f"/v1/events?agent=acme,bot&types={most}", ACME_ADMIN)
         assert status == 200, answer
+
+
+async def test_an_error_quotes_at_most_40_characters_of_what_the_client_sent(tmp_path: Path) -> None:
+    """A bad type pattern or an unknown mailbox was quoted back whole (8 KiB from a long URL), as no
+    other parameter's error is."""
+    long = "x" * 4000
+    async with serving(fleet(tmp_path, bot_parent="acme")) as api:
+        for path, status in [(f"/v1/events?types={long}!", 400), (f"/v1/events?mailbox={long}", 403)]:
+            status_got, answer = await api.call("GET", path, ACME_ADMIN)
+            assert status_got == status, answer
+            assert repr("x" * 40) in answer["error"]["message"] and "x" * 41 not in answer["error"]["message"]

@@ -46,6 +46,7 @@ def test_a_notify_socket_that_is_gone_is_logged_not_raised(
         ("0", None, None),
         ("", None, None),
         ("soon", None, None),
+        ("\u00b2", None, None),  # "²" passes str.isdigit(), not int()
     ],
 )
 def test_the_watchdog_interval_is_half_of_watchdog_sec(

@@ -55,7 +55,7 @@ def event_query(request: web.Request, principal: Principal, config: Config) -> E
             raise ApiError(400, f"{spelled[0]}: at most {MAX_TYPE_PATTERNS} patterns, got {len(patterns)}")
         for pattern in patterns:
             if not _TYPE_PATTERN.match(pattern):
-                raise ApiError(400, f"{spelled[0]}: invalid event type pattern {pattern!r}")
+                raise ApiError(400, f"{spelled[0]}: invalid event type pattern {pattern[:40]!r}")
     own = principal.mailboxes(config)
     mailboxes: tuple[str, ...] = ()
     raw_mailboxes = listed(request, "mailbox")
@@ -65,7 +65,7 @@ def event_query(request: web.Request, principal: Principal, config: Config) -> E
             raise ApiError(400, "mailbox: empty value")
         for mailbox in mailboxes:
             if mailbox not in own:
-                raise ApiError(403, f"mailbox {mailbox!r} is not accessible with this token")
+                raise ApiError(403, f"mailbox {mailbox[:40]!r} is not accessible with this token")
     sender = None
     raw_sender = single(request, "from")
     if raw_sender is not None:
