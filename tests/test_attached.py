@@ -88,6 +88,34 @@ def test_a_text_file_sent_as_octet_stream_or_as_markdown_csv_or_html_is_read() -
         assert locations(data) == {f"attachment:{filename}"}
 
 
+def test_attached_files_of_any_text_type_or_a_text_like_application_type_are_read() -> None:
+    """Logs, source code, XML, JSON and YAML, as mailers label them or as application/octet-stream
+    named as such: an agent opens them as text."""
+    for filename, ctype in (
+        ("server.log", "text/x-log"),
+        ("script.py", "text/x-python"),
+        ("feed.xml", "text/xml"),
+        ("data.json", "application/json"),
+        ("config.xml", "application/xml"),
+        ("deploy.yaml", "application/x-yaml"),
+        ("event.jsonld", "application/ld+json"),
+        ("build.log", "application/octet-stream"),
+        ("settings.json", "application/octet-stream"),
+    ):
+        data = injection(message(attachment(f'{{"note": "{ATTACK}"}}', filename, ctype)))
+        assert data["level"] == "high", ctype
+        assert locations(data) == {f"attachment:{filename}"}, ctype
+    for filename, ctype in (("photo.jpg", "image/jpeg"), ("blob.bin", "application/octet-stream")):
+        assert injection(message(attachment(ATTACK, filename, ctype)))["level"] == "none", ctype
+
+
+def test_text_files_of_any_type_share_the_budget() -> None:
+    files = [attachment(BENIGN, f"{n}.log", "text/x-log") for n in range(MAX_ATTACHED_PARTS)]
+    data = injection(message(*files, attachment(ATTACK, "last.json", "application/json")))
+    assert data["level"] == "none"
+    assert data["not_scanned"] == [{"location": "attachment:last.json", "reason": "over budget"}]
+
+
 def test_a_forwarded_message_body_subject_and_sender_name_are_read() -> None:
     for part in (
         forwarded(ATTACK),

@@ -3,15 +3,14 @@ that read what an agent may read.
 
 An agent that opens a .txt attachment or a forwarded message, or reads a message to its end, reads
 text the body (body.bodies: the first text/plain and text/html parts) does not hold. `texts`
-decodes it: attached text files (text/plain, text/markdown, text/csv, text/html, calendar invites
-as text/calendar or application/ics, and application/octet-stream named .txt, .md, .csv, .html or
-.ics), the inline text parts of any text/* type the body left unread, and each message/rfc822
-part's Subject, From display name and body, with its own such parts in turn. An invite is read as
-the words a calendar app shows (calendar.py); HTML in the charset its Content-Type or its <meta>
-declares, as the body's. The work is bounded by MAX_ATTACHED_PARTS, MAX_ATTACHED_BYTES (per part)
-and MAX_ATTACHED_TOTAL; a part left out, or whose content the fetch did not bring (a message over
-`fetch_max_bytes`: attachments past its prefix are never fetched), is listed with the reason, never
-passed over in silence.
+decodes it: attached text files (of any text/* type, the text-like application/* types such as JSON,
+XML, YAML and calendar invites, and application/octet-stream named as a text file), the inline text
+parts of any text/* type the body left unread, and each message/rfc822 part's Subject, From display
+name and body, with its own such parts in turn. An invite is read as the words a calendar app shows
+(calendar.py); HTML in the charset its Content-Type or its <meta> declares, as the body's. The
+work is bounded by MAX_ATTACHED_PARTS, MAX_ATTACHED_BYTES (per part) and MAX_ATTACHED_TOTAL; a part
+left out, or whose content the fetch did not bring (a message over `fetch_max_bytes`: attachments
+past its prefix are never fetched), is listed with the reason, never passed over in silence.
 """
 
 from __future__ import annotations
@@ -35,10 +34,23 @@ from gatewayd.message.text import decode_bytes, text_header
 Leaves = list[tuple[Message, tuple[Message, ...]]]
 
 _CALENDAR_TYPES = frozenset({"text/calendar", "application/ics"})
-_TEXT_TYPES = (
-    frozenset({"text/plain", "text/markdown", "text/x-markdown", "text/csv", "text/html"}) | _CALENDAR_TYPES
-)
-_TEXT_SUFFIXES = frozenset({".txt", ".md", ".markdown", ".csv", ".html", ".htm", ".ics"})
+# Besides text/*: application/* types that are text an agent reads as such (RFC 6839's +json, +xml).
+_TEXT_APPLICATION_TYPES = frozenset(
+    {
+        "application/json", "application/xml", "application/yaml", "application/x-yaml",
+        "application/toml", "application/x-sh", "application/sql", "application/javascript",
+        "application/x-javascript", "application/ecmascript", "application/x-python",
+        "application/x-httpd-php", "application/csv", "application/x-subrip", "application/mbox",
+    }
+) | _CALENDAR_TYPES  # fmt: skip
+_TEXT_SYNTAX_SUFFIXES = ("+json", "+xml", "+yaml")
+_TEXT_SUFFIXES = frozenset(
+    {
+        ".txt", ".text", ".log", ".md", ".markdown", ".rst", ".csv", ".tsv", ".html", ".htm", ".xml",
+        ".json", ".yaml", ".yml", ".toml", ".ini", ".cfg", ".conf", ".py", ".js", ".sh", ".sql",
+        ".ics",
+    }
+)  # fmt: skip
 _FORWARDED = "message/rfc822"
 _OCTET_STREAM = "application/octet-stream"
 _HTML_SUFFIXES = (".html", ".htm")
@@ -85,7 +97,11 @@ def texts(
 
 
 def _readable(content_type: str, filename: str | None) -> bool:
-    if content_type in _TEXT_TYPES or content_type == _FORWARDED:
+    if content_type.startswith("text/") or content_type in _TEXT_APPLICATION_TYPES:
+        return True
+    if content_type == _FORWARDED:
+        return True
+    if content_type.startswith("application/") and content_type.endswith(_TEXT_SYNTAX_SUFFIXES):
         return True
     return content_type == _OCTET_STREAM and bool(filename) and _suffix(filename) in _TEXT_SUFFIXES
 
@@ -154,9 +170,9 @@ class _Walk:
         self.budget -= min(len(data), limit)
         if ctype in _CALENDAR_TYPES or suffix == ".ics":
             self.found.append(AttachedText(location, "", *calendar.shown(text), read_in_part))
-        else:
-            found = AttachedText(location, "", "" if html else text, text if html else None, read_in_part)
-            self.found.append(found)
+            return
+        found = AttachedText(location, "", "" if html else text, text if html else None, read_in_part)
+        self.found.append(found)
 
     def _forwarded(self, part: Message, location: str, depth: int) -> None:
         payload = part.get_payload()
