@@ -26,7 +26,7 @@ joined.py     a message larger than its prefix, joined from the prefix and the p
 body.py       attachments, the body text and HTML (and the inline text parts past them), excerpt
 attached.py   the text of attached text files, forwarded messages and inline text parts past the
               body, and the parts left unread
-calendar.py   a calendar invite as the words a calendar app shows (unfolded, unescaped)
+contentlines.py  a calendar invite or a contact card as the words an app shows (unfolded, unescaped)
 html.py       the HTML-to-text converter (one linear scan)
 text.py       charsets, decoding bytes, surrogate escapes, header cleaning, RFC 2047 encoded words
 fields.py     Message-ID, In-Reply-To, References, addresses (with the fast address-list path), dates

@@ -6,8 +6,8 @@ text the body (body.bodies: the first text/plain and text/html parts) does not h
 decodes it: attached text files (of any text/* type, the text-like application/* types such as JSON,
 XML, YAML and calendar invites, and application/octet-stream named as a text file), the inline text
 parts of any text/* type the body left unread, and each message/rfc822 part's Subject, From display
-name and body, with its own such parts in turn. An invite is read as the words a calendar app shows
-(calendar.py); HTML in the charset its Content-Type or its <meta> declares, as the body's. The
+name and body, with its own such parts in turn. An invite or a contact card is read as the words an
+app shows (contentlines.py); HTML in the charset its Content-Type or its <meta> declares, as the body's. The
 work is bounded by MAX_ATTACHED_PARTS, MAX_ATTACHED_BYTES (per part) and MAX_ATTACHED_TOTAL; a part
 left out, or whose content the fetch did not bring (a message over `fetch_max_bytes`: attachments
 past its prefix are never fetched), is listed with the reason, never passed over in silence.
@@ -21,7 +21,7 @@ from email.message import Message
 from enum import StrEnum
 from typing import Any
 
-from gatewayd.message import body, calendar, fields, structure
+from gatewayd.message import body, contentlines, fields, structure
 from gatewayd.message.limits import (
     MAX_ATTACHED_BYTES,
     MAX_ATTACHED_PARTS,
@@ -34,6 +34,7 @@ from gatewayd.message.text import decode_bytes, text_header
 Leaves = list[tuple[Message, tuple[Message, ...]]]
 
 _CALENDAR_TYPES = frozenset({"text/calendar", "application/ics"})
+_VCARD_TYPES = frozenset({"text/vcard", "text/x-vcard", "text/directory"})
 # Besides text/*: application/* types that are text an agent reads as such (RFC 6839's +json, +xml).
 _TEXT_APPLICATION_TYPES = frozenset(
     {
@@ -48,7 +49,7 @@ _TEXT_SUFFIXES = frozenset(
     {
         ".txt", ".text", ".log", ".md", ".markdown", ".rst", ".csv", ".tsv", ".html", ".htm", ".xml",
         ".json", ".yaml", ".yml", ".toml", ".ini", ".cfg", ".conf", ".py", ".js", ".sh", ".sql",
-        ".ics",
+        ".ics", ".vcf",
     }
 )  # fmt: skip
 _FORWARDED = "message/rfc822"
@@ -169,8 +170,10 @@ class _Walk:
         text = decode_bytes(data[:limit], charset, final=not read_in_part)
         self.budget -= min(len(data), limit)
         if ctype in _CALENDAR_TYPES or suffix == ".ics":
-            self.found.append(AttachedText(location, "", *calendar.shown(text), read_in_part))
+            self.found.append(AttachedText(location, "", *contentlines.calendar_shown(text), read_in_part))
             return
+        if ctype in _VCARD_TYPES or suffix == ".vcf":
+            text = contentlines.vcard_shown(text)
         found = AttachedText(location, "", "" if html else text, text if html else None, read_in_part)
         self.found.append(found)
 

@@ -13,7 +13,7 @@ import aiohttp
 from gatewayd.sandbox.dovecot import Dovecot
 from tests.sse import open_stream
 from tests.test_attached import ATTACK, BENIGN, attachment, forwarded, inline, message
-from tests.test_calendar import invite
+from tests.test_contentlines import invite
 
 
 async def test_injection_in_a_text_file_or_a_forwarded_message_is_found_and_located(

@@ -1,9 +1,11 @@
-"""Calendar invites: read as the words a calendar app shows (lines unfolded, text escapes decoded),
-scanned for injection inline and attached, located like any other text part."""
+"""Calendar invites and contact cards: read as the words a calendar or address-book app shows (lines
+unfolded, text escapes decoded), scanned for injection inline and attached, located like any other
+text part."""
 
 from __future__ import annotations
 
-from gatewayd.message.calendar import shown
+from gatewayd.message.contentlines import calendar_shown as shown
+from gatewayd.message.contentlines import vcard_shown
 from tests.test_attached import ATTACK, BENIGN, attachment, injection, inline, locations, message
 
 # The attack in DESCRIPTION, folded inside words (RFC 5545 3.1) and escaped (3.3.11), as Outlook and
@@ -81,4 +83,51 @@ def test_a_benign_invite_stays_none() -> None:
     calendar = inline(invite(BENIGN), "text/calendar; method=REQUEST", None)
     raw = message(calendar, attachment(invite(BENIGN), "invite.ics", "application/ics"), body=BENIGN)
     data = injection(raw)
+    assert data == {"score": 0.0, "findings": [], "level": "none", "not_scanned": []}
+
+
+# A card as Apple Contacts writes it: a grouped property, a structured name, a folded base64 photo;
+# the attack in NOTE, folded inside words (RFC 6350 3.2) and escaped (3.4).
+CARD = (
+    "BEGIN:VCARD\r\nVERSION:3.0\r\nPRODID:-//Apple Inc.//iOS 17.0//EN\r\nN:Doe;Jane;;Dr.;\r\n"
+    "FN:Jane Doe\r\nORG:Example\\, Inc.;Sales\r\nitem1.EMAIL;type=INTERNET;type=pref:jane@example.org\r\n"
+    "PHOTO;ENCODING=b;TYPE=JPEG:/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8U\r\n"
+    " HRofHh0aHBwgJC4nICIsIxwcKDcpLDAxNDQ0Hyc5PTgyPC4zNDL/2wBDAQkJCQwLDBgNDRgyIRwh\r\n"
+    "UID:urn:uuid:4fbe8971-0bc3-424c-9c26-36c3e1eff6b1\r\nNOTE:Met at the fair\\n{note}\r\nEND:VCARD\r\n"
+)
+
+
+def card(note: str) -> str:
+    return CARD.format(note=folded(note))
+
+
+def test_vcard_shown_unfolds_lines_decodes_escapes_and_leaves_out_codes() -> None:
+    assert vcard_shown(card("Call back; bring C:\\plans, please")).splitlines() == [
+        "Doe Jane  Dr.",
+        "Jane Doe",
+        "Example, Inc. Sales",
+        "jane@example.org",
+        "Met at the fair",
+        "Call back; bring C:\\plans, please",
+    ]
+
+
+def test_instructions_in_a_contact_card_folded_and_escaped_are_high_and_located() -> None:
+    """Attached, or inline after the body (inline:2), where any text/* part was read before, but
+    folded."""
+    data = injection(message(inline(card(ATTACK), "text/vcard", None), body=BENIGN))
+    assert data["level"] == "high"
+    assert locations(data) == {"inline:2"}
+    for filename, ctype in (
+        ("jane.vcf", "text/vcard"),
+        ("jane.vcf", "text/x-vcard"),
+        ("contact.vcf", "application/octet-stream"),
+    ):
+        data = injection(message(attachment(card(ATTACK), filename, ctype), body=BENIGN))
+        assert data["level"] == "high", ctype
+        assert locations(data) == {f"attachment:{filename}"}, ctype
+
+
+def test_a_benign_contact_card_stays_none() -> None:
+    data = injection(message(attachment(card(BENIGN), "jane.vcf", "text/vcard"), body=BENIGN))
     assert data == {"score": 0.0, "findings": [], "level": "none", "not_scanned": []}
