@@ -27,6 +27,7 @@ body.py       attachments, the body text and HTML (and the inline text parts pas
 attached.py   the text of attached text files, forwarded messages and inline text parts past the
               body, and the parts left unread
 contentlines.py  a calendar invite or a contact card as the words an app shows (unfolded, unescaped)
+richtext.py   an RTF document or a text/enriched part as the text an app shows (one linear pass)
 html.py       the HTML-to-text converter (one linear scan)
 text.py       charsets, decoding bytes, surrogate escapes, header cleaning, RFC 2047 encoded words
 fields.py     Message-ID, In-Reply-To, References, addresses (with the fast address-list path), dates

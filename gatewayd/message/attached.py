@@ -4,13 +4,15 @@ that read what an agent may read.
 An agent that opens a .txt attachment or a forwarded message, or reads a message to its end, reads
 text the body (body.bodies: the first text/plain and text/html parts) does not hold. `texts`
 decodes it: attached text files (of any text/* type, the text-like application/* types such as JSON,
-XML, YAML and calendar invites, and application/octet-stream named as a text file), the inline text
-parts of any text/* type the body left unread, and each message/rfc822 part's Subject, From display
-name and body, with its own such parts in turn. An invite or a contact card is read as the words an
-app shows (contentlines.py); HTML in the charset its Content-Type or its <meta> declares, as the body's. The
-work is bounded by MAX_ATTACHED_PARTS, MAX_ATTACHED_BYTES (per part) and MAX_ATTACHED_TOTAL; a part
-left out, or whose content the fetch did not bring (a message over `fetch_max_bytes`: attachments
-past its prefix are never fetched), is listed with the reason, never passed over in silence.
+XML, YAML, RTF and calendar invites, and application/octet-stream named as a text file), the inline
+text parts of any text/* type the body left unread, and each message/rfc822 part's Subject, From
+display name and body, with its own such parts in turn. A file is read as the app that opens it
+shows it: an invite or a contact card as its words (contentlines.py), RTF and text/enriched as
+their text (richtext.py), HTML in the charset its Content-Type or its <meta> declares, as the
+body's. The work is bounded by MAX_ATTACHED_PARTS, MAX_ATTACHED_BYTES (per part) and
+MAX_ATTACHED_TOTAL; a part left out, or whose content the fetch did not bring (a message over
+`fetch_max_bytes`: attachments past its prefix are never fetched), is listed with the reason, never
+passed over in silence.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from email.message import Message
 from enum import StrEnum
 from typing import Any
 
-from gatewayd.message import body, contentlines, fields, structure
+from gatewayd.message import body, contentlines, fields, richtext, structure
 from gatewayd.message.limits import (
     MAX_ATTACHED_BYTES,
     MAX_ATTACHED_PARTS,
@@ -35,6 +37,8 @@ Leaves = list[tuple[Message, tuple[Message, ...]]]
 
 _CALENDAR_TYPES = frozenset({"text/calendar", "application/ics"})
 _VCARD_TYPES = frozenset({"text/vcard", "text/x-vcard", "text/directory"})
+_RTF_TYPES = frozenset({"text/rtf", "application/rtf", "application/x-rtf"})
+_ENRICHED_TYPES = frozenset({"text/enriched", "text/richtext"})  # RFC 1896, RFC 1341's richtext
 # Besides text/*: application/* types that are text an agent reads as such (RFC 6839's +json, +xml).
 _TEXT_APPLICATION_TYPES = frozenset(
     {
@@ -42,6 +46,7 @@ _TEXT_APPLICATION_TYPES = frozenset(
         "application/toml", "application/x-sh", "application/sql", "application/javascript",
         "application/x-javascript", "application/ecmascript", "application/x-python",
         "application/x-httpd-php", "application/csv", "application/x-subrip", "application/mbox",
+        "application/rtf", "application/x-rtf",
     }
 ) | _CALENDAR_TYPES  # fmt: skip
 _TEXT_SYNTAX_SUFFIXES = ("+json", "+xml", "+yaml")
@@ -49,7 +54,7 @@ _TEXT_SUFFIXES = frozenset(
     {
         ".txt", ".text", ".log", ".md", ".markdown", ".rst", ".csv", ".tsv", ".html", ".htm", ".xml",
         ".json", ".yaml", ".yml", ".toml", ".ini", ".cfg", ".conf", ".py", ".js", ".sh", ".sql",
-        ".ics", ".vcf",
+        ".ics", ".vcf", ".rtf",
     }
 )  # fmt: skip
 _FORWARDED = "message/rfc822"
@@ -174,6 +179,10 @@ class _Walk:
             return
         if ctype in _VCARD_TYPES or suffix == ".vcf":
             text = contentlines.vcard_shown(text)
+        elif (ctype in _RTF_TYPES or suffix == ".rtf") and text.lstrip().startswith("{\\rtf"):
+            text = richtext.rtf_shown(text)  # a file named .rtf that is not RTF is read as it stands
+        elif ctype in _ENRICHED_TYPES:
+            text = richtext.enriched_shown(text)
         found = AttachedText(location, "", "" if html else text, text if html else None, read_in_part)
         self.found.append(found)
 
