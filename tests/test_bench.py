@@ -152,15 +152,17 @@ for n in range(1000):
     result.add(f"metric {n}", 1.0)
 if sys.argv[2] == "json":
     write_json(Path(sys.argv[1]), [result], {})
+elif sys.argv[2] == "png":  # --plot's image, as bytes
+    write_atomically(Path(sys.argv[1]), bytes(range(256)) * 1000)
 else:
     write_atomically(Path(sys.argv[1]), markdown_table([result]))
 """
 
 
-@pytest.mark.parametrize("kind", ["json", "markdown"])
+@pytest.mark.parametrize("kind", ["json", "markdown", "png"])
 def test_results_interrupted_while_written_leave_the_previous_file_whole(tmp_path: Path, kind: str) -> None:
-    """`--json` and `--markdown` were written in place: SIGTERM (exit 130) in the middle of it left
-    the first bytes of the new results in place of the old ones."""
+    """`--json`, `--markdown` and `--plot` were written in place: SIGTERM (exit 130) in the middle
+    of it left the first bytes of the new results in place of the old ones."""
     target = tmp_path / f"results.{kind}"
     target.write_text("the previous run\n")
     child = subprocess.run(

@@ -6,6 +6,7 @@ met?), free-text notes, and raw samples (latencies in ms) for the plot and the J
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -182,20 +183,20 @@ def write_json(path: Path, results: Sequence[Result], machine: dict[str, Any]) -
     write_atomically(path, json.dumps(body, indent=1) + "\n")
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` so that an interruption (SIGTERM, Ctrl-C) leaves the previous file or
-    none, never half of one: into a temporary file beside it, then renamed over it. A FIFO or a
-    device is written directly: there is no file to replace, and renaming would replace it."""
+def write_atomically(path: Path, content: str | bytes) -> None:
+    """Write `content` (text as UTF-8) to `path` so that an interruption (SIGTERM, Ctrl-C) leaves
+    the previous file or none, never half of one: into a temporary file beside it, then renamed over
+    it. A FIFO or a device is written directly: there is no file to replace, and renaming would
+    replace it."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
     target = path.resolve()  # through a symlink: the file it names is replaced, the link stays
     if target.exists() and not target.is_file():
-        target.write_text(text, encoding="utf-8")
+        target.write_bytes(data)
         return
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(
-            os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8"
-        ) as file:
-            file.write(text)
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, target)
@@ -238,6 +239,8 @@ def plot(path: Path, results: Sequence[Result]) -> str | None:
         axis.grid(alpha=0.3)
         axis.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
     plt.close(fig)
+    write_atomically(path, image.getvalue())
     return None
