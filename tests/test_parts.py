@@ -4,11 +4,14 @@ tests/integration/test_fetch_parts.py."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from gatewayd.imap.bodystructure import BodyStructureError, LeafPart, leaf_parts
 from gatewayd.imap.parts import _wanted
 from gatewayd.imap.response import fetch_items
+from gatewayd.message.limits import MAX_ATTACHED_BYTES, MAX_ATTACHED_PARTS
 
 # Dovecot's answer for tests.sse.late_text_mail: a 300,000-byte PDF in base64, then the text.
 LATE_TEXT = (
@@ -111,14 +114,43 @@ def test_the_parts_after_the_prefix_and_a_text_budget() -> None:
         LeafPart("6", "text/plain", attachment=False, size=900, encoded_size=900),
     ]
     # The prefix holds the first part whole: from the second on, inline text parts (an invite's
-    # too) within 1,000 bytes.
+    # too) within 1,000 bytes, and the attached text file whole.
     wanted = _wanted(leaves, ["text/plain"], max_bytes=1000)
     assert [(part.index, part.leaf.section, part.length) for part in wanted] == [
         (1, "2", 0),
         (2, "3", 900),
-        (3, "4", 0),
+        (3, "4", 50),
         (4, "5", 60),
         (5, "6", 40),
     ]
     # A prefix that does not match the BODYSTRUCTURE (a malformed message): every part again.
     assert [part.index for part in _wanted(leaves, ["text/html"], max_bytes=1000)] == [0, 1, 2, 3, 4, 5]
+
+
+def test_attached_text_files_past_the_prefix_within_the_scanners_budget() -> None:
+    """The start the injection stage reads of each text file: 64 KiB decoded (base64 fetched in
+    proportion), 256 KiB in all, the prefix's own file counted; never any other attachment."""
+    big = LeafPart("5", "text/plain", attachment=True, size=200_000, encoded_size=273_686)
+    leaves = [
+        LeafPart("1", "text/plain", attachment=True, size=10, encoded_size=14),  # whole in the prefix
+        LeafPart("2", "image/png", attachment=True, size=5_000_000, encoded_size=6_842_106),
+        LeafPart("3", "application/json", attachment=False, size=300, encoded_size=300),  # a file too
+        LeafPart("4", "application/octet-stream", attachment=True, size=300, encoded_size=300),
+        *(dataclasses.replace(big, section=str(n)) for n in range(5, 10)),
+    ]
+    lengths = {part.leaf.section: part.length for part in _wanted(leaves, ["text/plain"], max_bytes=1000)}
+    assert lengths["2"] == lengths["4"] == 0
+    assert lengths["3"] == 300
+    # Cut, but with all the scanner reads of it: base64 decodes 57 bytes of each 78.
+    assert lengths["5"] == lengths["6"] == lengths["7"] < 273_686
+    assert lengths["5"] // 78 * 57 >= MAX_ATTACHED_BYTES
+    # What is left of 256 KiB (after 10 + 300 + 3 x 64 Ki decoded bytes), then nothing.
+    assert 0 < lengths["8"] < lengths["7"]
+    assert lengths["9"] == 0
+
+
+def test_at_most_eight_attached_text_files_in_all() -> None:
+    small = LeafPart("1", "text/csv", attachment=True, size=100, encoded_size=100)
+    leaves = [dataclasses.replace(small, section=str(n)) for n in range(1, 13)]
+    wanted = _wanted(leaves, ["text/csv"] * 2, max_bytes=1000)  # two whole in the prefix
+    assert [part.length for part in wanted] == [100] * (MAX_ATTACHED_PARTS - 2) + [0] * 4

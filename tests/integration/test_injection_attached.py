@@ -41,21 +41,34 @@ async def test_injection_in_a_text_file_or_a_forwarded_message_is_found_and_loca
     assert [item["filename"] for item in benign["attachments"]] == ["notes.txt", None]
 
 
-async def test_a_text_file_past_the_fetch_cap_is_reported_not_scanned(
+async def test_a_text_file_past_the_fetch_cap_is_fetched_and_scanned(
     dovecot: Dovecot, user: str, idle_gateway: Any
 ) -> None:
-    """Past fetch_max_bytes only an attachment's MIME header is fetched: the event says the file was
-    not read, rather than passing it as clean."""
+    """Past fetch_max_bytes an attached text file is fetched on its own: instructions in notes.txt
+    behind a 300 KB attachment are found; of a 200 KB text file the first 64 KiB are read, and said."""
     filler = base64.b64encode(random.Random(1).randbytes(300_000)).decode()
     pdf = attachment("", "report.pdf", "application/pdf").replace("\r\n\r\n", f"\r\n\r\n{filler}", 1)
+    long_log = (BENIGN + "\n") * (200_000 // len(BENIGN)) + ATTACK  # instructions past the 64 KiB read
+    sent = {
+        "notes.txt": message(pdf, attachment(ATTACK)),
+        "server.log": message(pdf, attachment(long_log, "server.log", "text/x-log")),
+    }
     async with aiohttp.ClientSession() as session:
         reader = await open_stream(session, idle_gateway.url, {"types": "message.*"})
-        await dovecot.deliver_async(user, message(pdf, attachment(ATTACK)))
-        (event,) = await reader.messages(1)
-    data = event.json["data"]
-    assert data["truncated"] is True
-    assert data["injection"]["level"] == "none"
-    assert data["injection"]["not_scanned"] == [{"location": "attachment:notes.txt", "reason": "not fetched"}]
+        for raw in sent.values():
+            await dovecot.deliver_async(user, raw)
+        events = await reader.messages(len(sent))
+    notes, log = (event.json["data"] for event in events)
+    assert notes["truncated"] is True
+    assert notes["injection"]["level"] == "high"
+    assert {finding["location"] for finding in notes["injection"]["findings"]} == {"attachment:notes.txt"}
+    assert notes["injection"]["not_scanned"] == []
+    assert [item["filename"] for item in notes["attachments"]] == ["report.pdf", "notes.txt"]
+    assert log["truncated"] is True
+    assert log["injection"]["level"] == "none"
+    partly = {"location": "attachment:server.log", "reason": "partly fetched"}
+    assert log["injection"]["not_scanned"] == [partly]
+    assert log["attachments"][1]["size"] > 190_000  # the whole file's, from the BODYSTRUCTURE
 
 
 async def test_injection_in_a_second_inline_text_part_is_found_and_located(
