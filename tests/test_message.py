@@ -221,8 +221,9 @@ def test_empty_text_plain_falls_back_to_html() -> None:
 
 
 def test_the_body_leaves_only_the_further_inline_text_parts_unread() -> None:
-    """body.bodies reads the first text/plain and text/html parts; the other inline ones (not
-    attachments) are handed on, in order, for the stages that read what an agent reads."""
+    """body.bodies reads the first text/plain or text/html part and its alternative; the other
+    inline ones (not attachments) are handed on, in order, for the stages that read what an agent
+    reads: an HTML part after a plain body, no alternative of it, among them."""
     alternative = ALTERNATIVE.replace(b"{plain}", b"Plain version")
     mixed = crlf(
         """Content-Type: multipart/mixed; boundary="MIX"
@@ -253,7 +254,65 @@ third
         root = structure.parse(raw)
         leaves, _ = structure.leaves(root)
         unread[name] = [str(part.get_payload()).strip() for part in body.bodies(leaves, root, ()).unread]
-    assert unread == {"plain": [], "alternative": [], "mixed": ["third"]}
+    assert unread == {"plain": [], "alternative": [], "mixed": ["<p>second</p>", "third"]}
+
+
+def _mixed(*parts: tuple[str, str]) -> bytes:
+    """A multipart/mixed message of these (content type, content) parts, none an alternative of another."""
+    body = "".join(f"--MIX\nContent-Type: {ctype}; charset=utf-8\n\n{content}\n" for ctype, content in parts)
+    return crlf(f'From: list@example.org\nContent-Type: multipart/mixed; boundary="MIX"\n\n{body}--MIX--\n')
+
+
+def _parsed_body(raw: bytes) -> tuple[str, str | None, list[tuple[str, str, str | None]]]:
+    msg = FetchedMessage("INBOX", 1, 1, raw, len(raw), (), None)
+    parsed = parse_parsed(msg)
+    return parsed.text, parsed.html, [(part.location, part.text, part.html) for part in parsed.attached]
+
+
+def test_an_html_body_with_a_plain_footer_is_the_body() -> None:
+    # Mailman and disclaimers append a text/plain part to an HTML body: a reader sees the HTML first.
+    raw = _mixed(("text/html", "<p>Meet at <b>noon</b></p>"), ("text/plain", "-- \nlist footer"))
+    text, html, attached_texts = _parsed_body(raw)
+    assert (text.strip(), html) == ("Meet at noon", "<p>Meet at <b>noon</b></p>")
+    assert attached_texts == [("inline:2", "-- \r\nlist footer", None)]
+    assert parse(raw)["body_text_excerpt"] == "Meet at noon"
+
+
+def test_an_html_part_after_a_plain_body_is_its_own_part() -> None:
+    raw = _mixed(("text/plain", "Meet at noon"), ("text/html", "<p>list <b>footer</b></p>"))
+    text, html, attached_texts = _parsed_body(raw)
+    assert (text, html) == ("Meet at noon", None)
+    assert attached_texts == [("inline:2", "", "<p>list <b>footer</b></p>")]
+    assert parse(raw)["body_text_excerpt"] == "Meet at noon"
+
+
+def test_an_alternative_followed_by_a_footer_keeps_its_text_and_html() -> None:
+    # The plain alternative is empty: the body is the HTML, never the footer after it.
+    raw = crlf(
+        """Content-Type: multipart/mixed; boundary="MIX"
+
+--MIX
+Content-Type: multipart/alternative; boundary="ALT"
+
+--ALT
+Content-Type: text/plain
+
+
+--ALT
+Content-Type: text/html
+
+<p>Meet at noon</p>
+--ALT--
+--MIX
+Content-Type: text/plain
+
+list footer
+--MIX--
+"""
+    )
+    text, html, attached_texts = _parsed_body(raw)
+    assert (text.strip(), html) == ("Meet at noon", "<p>Meet at noon</p>")
+    assert attached_texts == [("inline:3", "list footer", None)]
 
 
 HTML_ONLY = crlf(

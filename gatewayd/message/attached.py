@@ -2,15 +2,15 @@
 that read what an agent may read.
 
 An agent that opens a .txt attachment or a forwarded message, or reads a message to its end, reads
-text the body (body.bodies: the first text/plain and text/html parts) does not hold. `texts`
-decodes it: attached text files (of any text/* type, the text-like application/* types such as JSON,
-XML, YAML, RTF and calendar invites, and application/octet-stream named as a text file), the inline
-text parts of any text/* type the body left unread, and each message/rfc822 part's Subject, From
-display name and body, with its own such parts in turn. A file is read as the app that opens it
-shows it: an invite or a contact card as its words (contentlines.py), RTF and text/enriched as
-their text (richtext.py), HTML in the charset its Content-Type or its <meta> declares, as the
-body's. The work is bounded by MAX_ATTACHED_PARTS, MAX_ATTACHED_BYTES (per part) and
-MAX_ATTACHED_TOTAL; a part left out, or whose content the fetch did not bring (a message over
+text the body (body.bodies: the first text/plain or text/html part, and its alternative) does not
+hold. `texts` decodes it: attached text files (of any text/* type, the text-like application/*
+types such as JSON, XML, YAML, RTF and calendar invites, and application/octet-stream named as a
+text file), the inline text parts of any text/* type the body left unread, and each message/rfc822
+part's Subject, From display name and body, with its own such parts in turn. A file is read as the
+app that opens it shows it: an invite or a contact card as its words (contentlines.py), RTF and
+text/enriched as their text (richtext.py), HTML in the charset its Content-Type or its <meta>
+declares, as the body's. The work is bounded by MAX_ATTACHED_PARTS, MAX_ATTACHED_BYTES (per part)
+and MAX_ATTACHED_TOTAL; a part left out, or whose content the fetch did not bring (a message over
 `fetch_max_bytes`: past its prefix, text files only within that budget, imap/parts.py), is listed
 with the reason, never passed over in silence.
 """

@@ -105,9 +105,14 @@ class Bodies(NamedTuple):
     text: str
     html: str | None
     text_cut: bool
-    # The other inline text parts (a second text part after the first, a mailing list's footer, a
-    # calendar invite): not read here, but an agent reading the message reads them.
+    # The other inline text parts (a second text part after the first, a mailing list's footer, an
+    # HTML part that is no alternative of the text, a calendar invite): not read here, but an agent
+    # reading the message reads them.
     unread: tuple[Message, ...]
+
+
+# The text/plain and the text/html parts looked at for the body, of each type.
+_MAX_BODY_CANDIDATES = 8
 
 
 def bodies(
@@ -116,38 +121,89 @@ def bodies(
     cut: Collection[Message],
     unseen: bool = False,
 ) -> Bodies:
-    """The first non-empty text/plain body, else the HTML's visible text; the decoded source of the
-    first text/html body part; whether the text may be only part of what the whole message holds:
-    its part, or one looked at before it, was cut (by the fetch or the size caps), or, with leaf
-    parts never read (`unseen`), it is not from a text/plain part; and the inline text parts (of any
-    text/* type) not looked at, in document order."""
+    """The body as a mail client shows it (RFC 2046): the first non-empty text/plain or text/html
+    part in document order, with its alternative of the other type (a multipart/alternative holds
+    both) if it has one. `text` is the text/plain one, else the HTML's visible text; `html` the
+    decoded source of the text/html one. Also whether the text may be only part of what the whole
+    message holds: its part, or one looked at before it, was cut (by the fetch or the size caps),
+    or, with leaf parts never read (`unseen`), it is not from a text/plain part; and the inline
+    text parts (of any text/* type) not looked at, in document order: an HTML body's plain-text
+    footer, or an HTML part after a plain-text body, is one of them."""
     inline: list[Message] = []
-    plain: list[Message] = []
-    html_parts: list[Message] = []
-    for part, _ in leaves:
+    candidates: list[tuple[Message, tuple[Message, ...]]] = []
+    counts = {"text/plain": 0, "text/html": 0}
+    for part, ancestors in leaves:
         ctype = safe("", part.get_content_type)
         if not ctype.startswith("text/") or safe(True, is_attachment, part, root):
             continue
         inline.append(part)
-        if ctype in ("text/plain", "text/html"):
-            (plain if ctype == "text/plain" else html_parts).append(part)
-    html, html_cut = None, False
-    looked_at: list[Message] = []
-    for part in html_parts[:8]:
-        looked_at.append(part)
-        html, part_cut = safe((None, part in cut), _part_source, part, part in cut)
-        html_cut = html_cut or part_cut
-        if html:
+        if counts.get(ctype, _MAX_BODY_CANDIDATES) < _MAX_BODY_CANDIDATES:
+            counts[ctype] += 1
+            candidates.append((part, ancestors))
+    read = _Reader(cut)
+    lead = next((c for c in candidates if read.shown(c[0])), None)
+    if lead is None:
+        return Bodies("", None, read.plain_cut or read.html_cut or unseen, _unread(inline, read.looked_at))
+    part, ancestors = lead
+    # The lead's alternatives of the other type, read until one shows something (one before the
+    # lead was empty, and is looked at already).
+    wanted = "text/html" if _is_plain(part) else "text/plain"
+    for other, other_ancestors in candidates:
+        if other in read.looked_at or not _is_type(other, wanted):
+            continue
+        if _alternatives(ancestors, other_ancestors) and read.shown(other):
             break
-    text_cut = False
-    for part in plain[:8]:
-        looked_at.append(part)
-        text, part_cut = safe((None, part in cut), _part_source, part, part in cut)
-        text_cut = text_cut or part_cut
-        if text and text.strip():
-            return Bodies(text, html, text_cut, _unread(inline, looked_at))
+    plain = next((p for p in read.shown_parts if _is_plain(p)), None)
+    html = next((read.source[p] for p in read.shown_parts if not _is_plain(p)), None)
+    if plain is not None:
+        return Bodies(read.source[plain], html, read.plain_cut, _unread(inline, read.looked_at))
     text = html_to_text(html, enough=MAX_HTML_CHARS) if html else ""
-    return Bodies(text, html, text_cut or html_cut or unseen, _unread(inline, looked_at))
+    return Bodies(text, html, read.plain_cut or read.html_cut or unseen, _unread(inline, read.looked_at))
+
+
+class _Reader:
+    """Reads body candidates, keeping what was looked at and whether any of it was cut."""
+
+    def __init__(self, cut: Collection[Message]) -> None:
+        self.cut = cut
+        self.looked_at: list[Message] = []
+        self.shown_parts: list[Message] = []
+        self.source: dict[Message, str] = {}
+        self.plain_cut = self.html_cut = False
+
+    def shown(self, part: Message) -> bool:
+        """Whether the part has something to show (plain text: not only whitespace)."""
+        self.looked_at.append(part)
+        source, part_cut = safe((None, part in self.cut), _part_source, part, part in self.cut)
+        plain = _is_plain(part)
+        if plain:
+            self.plain_cut = self.plain_cut or part_cut
+        else:
+            self.html_cut = self.html_cut or part_cut
+        if not source or (plain and not source.strip()):
+            return False
+        self.source[part] = source
+        self.shown_parts.append(part)
+        return True
+
+
+def _is_type(part: Message, ctype: str) -> bool:
+    return safe("", part.get_content_type) == ctype
+
+
+def _is_plain(part: Message) -> bool:
+    return _is_type(part, "text/plain")
+
+
+def _alternatives(first: tuple[Message, ...], second: tuple[Message, ...]) -> bool:
+    """Whether two leaves with these multipart ancestors are alternatives of each other: the
+    innermost multipart holding both is a multipart/alternative."""
+    common = None
+    for mine, theirs in zip(first, second, strict=False):
+        if mine is not theirs:
+            break
+        common = mine
+    return common is not None and safe("", common.get_content_type) == "multipart/alternative"
 
 
 def _unread(inline: list[Message], looked_at: list[Message]) -> tuple[Message, ...]:

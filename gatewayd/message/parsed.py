@@ -47,9 +47,9 @@ class ParsedMessage:
     data: dict[str, Any]
     # Lower-cased header names to their raw values, in order of appearance.
     headers: dict[str, list[str]]
-    # Decoded text of the first text/plain body part (else the visible text of the HTML part).
+    # Decoded text of the body's text/plain part (else the visible text of its HTML): see body.bodies.
     text: str
-    # Decoded source of the first text/html body part, if any.
+    # Decoded source of the body's text/html part (the body, or the text's alternative), if any.
     html: str | None
     raw: bytes
     # The text may be only part of the body text (a cap, or the fetch, cut it), and leaf parts

@@ -22,7 +22,7 @@ from gatewayd.sandbox.dovecot import Dovecot
 from tests.conftest import TOKEN, gateway_config
 from tests.smtp_sink import LOCAL_DOMAIN, SmtpSink
 from tests.sse import Frame, SseReader, mail
-from tests.test_attached import attachment, inline
+from tests.test_attached import TOP, attachment, inline
 from tests.test_attached import message as multipart
 from tests.waiting import idle, wait_for
 
@@ -609,3 +609,30 @@ async def test_the_body_test_reads_a_list_footer_in_a_further_inline_part_and_fa
         assert len(await asyncio.to_thread(imap.uids, "Lists")) == 2
     finally:
         await asyncio.to_thread(imap.close)
+
+
+async def test_the_body_test_reads_an_html_body_followed_by_a_plain_footer(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    """A multipart/mixed HTML body with a list's text/plain footer after it (no alternative): the
+    footer was taken for the body and the HTML's text was read by nothing, so `body` missed it."""
+    rules = [
+        {
+            "name": "invoices",
+            "if": {"body": "invoice 4711"},
+            "then": [{"move": {"folder": "Invoices", "create": True}}],
+        }
+    ]
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], rules=rules))
+    await wait_for(lambda: idle(gw), what="watcher idle")
+    html = inline("<p>Please pay <b>invoice 4711</b> by Friday.</p>", "text/html", None)
+    footer = inline("Reports mailing list\r\nhttps://lists.example.org/reports", disposition=None)
+    parts = f"--B\r\n{html}\r\n--B\r\n{footer}\r\n--B--\r\n"
+    raw = f'{TOP}Content-Type: multipart/mixed; boundary="B"\r\n\r\n{parts}'
+    async with aiohttp.ClientSession() as session:
+        reader = SseReader(await session.get(f"{gw.url}/events", headers=AUTH, params={"types": "message.*"}))
+        await dovecot.deliver_async(user, raw.encode())
+        (event,) = await reader.messages(1)
+    data = event.json["data"]
+    assert (data["folder"], data["rules_errors"]) == ("Invoices", []), data
+    assert data["body_text_excerpt"] == "Please pay invoice 4711 by Friday."
