@@ -114,6 +114,9 @@ class Bodies(NamedTuple):
 # The text/plain and the text/html parts looked at for the body, of each type.
 _MAX_BODY_CANDIDATES = 8
 
+# A leaf, its multipart ancestors, and whether it is text/plain (else text/html).
+_Candidate = tuple[Message, tuple[Message, ...], bool]
+
 
 def bodies(
     leaves: list[tuple[Message, tuple[Message, ...]]],
@@ -130,69 +133,64 @@ def bodies(
     text parts (of any text/* type) not looked at, in document order: an HTML body's plain-text
     footer, or an HTML part after a plain-text body, is one of them."""
     inline: list[Message] = []
-    candidates: list[tuple[Message, tuple[Message, ...]]] = []
-    counts = {"text/plain": 0, "text/html": 0}
+    candidates: list[_Candidate] = []
+    plain_count = html_count = 0
     for part, ancestors in leaves:
         ctype = safe("", part.get_content_type)
         if not ctype.startswith("text/") or safe(True, is_attachment, part, root):
             continue
         inline.append(part)
-        if counts.get(ctype, _MAX_BODY_CANDIDATES) < _MAX_BODY_CANDIDATES:
-            counts[ctype] += 1
-            candidates.append((part, ancestors))
+        if ctype == "text/plain" and plain_count < _MAX_BODY_CANDIDATES:
+            plain_count += 1
+            candidates.append((part, ancestors, True))
+        elif ctype == "text/html" and html_count < _MAX_BODY_CANDIDATES:
+            html_count += 1
+            candidates.append((part, ancestors, False))
     read = _Reader(cut)
-    lead = next((c for c in candidates if read.shown(c[0])), None)
-    if lead is None:
-        return Bodies("", None, read.plain_cut or read.html_cut or unseen, _unread(inline, read.looked_at))
-    part, ancestors = lead
-    # The lead's alternatives of the other type, read until one shows something (one before the
-    # lead was empty, and is looked at already).
-    wanted = "text/html" if _is_plain(part) else "text/plain"
-    for other, other_ancestors in candidates:
-        if other in read.looked_at or not _is_type(other, wanted):
-            continue
-        if _alternatives(ancestors, other_ancestors) and read.shown(other):
-            break
-    plain = next((p for p in read.shown_parts if _is_plain(p)), None)
-    html = next((read.source[p] for p in read.shown_parts if not _is_plain(p)), None)
-    if plain is not None:
-        return Bodies(read.source[plain], html, read.plain_cut, _unread(inline, read.looked_at))
-    text = html_to_text(html, enough=MAX_HTML_CHARS) if html else ""
-    return Bodies(text, html, read.plain_cut or read.html_cut or unseen, _unread(inline, read.looked_at))
+    lead = next((candidate for candidate in candidates if read.shown(candidate)), None)
+    if lead is not None and len(candidates) > 1:
+        # The lead's alternatives of the other type, read until one shows something (one before
+        # the lead was empty, and is looked at already).
+        _, ancestors, plain = lead
+        for other in candidates:
+            if other[2] == plain or other[0] in read.looked_at or not _alternatives(ancestors, other[1]):
+                continue
+            if read.shown(other):
+                break
+    unread = _unread(inline, read.looked_at)
+    if read.text is not None:
+        return Bodies(read.text, read.html, read.plain_cut, unread)
+    text = html_to_text(read.html, enough=MAX_HTML_CHARS) if read.html else ""
+    return Bodies(text, read.html, read.plain_cut or read.html_cut or unseen, unread)
 
 
 class _Reader:
-    """Reads body candidates, keeping what was looked at and whether any of it was cut."""
+    """Reads body candidates: what was looked at, the text and HTML found, and whether any of
+    the text/plain or the text/html parts read was cut."""
 
     def __init__(self, cut: Collection[Message]) -> None:
         self.cut = cut
         self.looked_at: list[Message] = []
-        self.shown_parts: list[Message] = []
-        self.source: dict[Message, str] = {}
+        self.text: str | None = None
+        self.html: str | None = None
         self.plain_cut = self.html_cut = False
 
-    def shown(self, part: Message) -> bool:
+    def shown(self, candidate: _Candidate) -> bool:
         """Whether the part has something to show (plain text: not only whitespace)."""
+        part, _, plain = candidate
         self.looked_at.append(part)
         source, part_cut = safe((None, part in self.cut), _part_source, part, part in self.cut)
-        plain = _is_plain(part)
         if plain:
             self.plain_cut = self.plain_cut or part_cut
+            if source and source.strip():
+                self.text = source
+                return True
         else:
             self.html_cut = self.html_cut or part_cut
-        if not source or (plain and not source.strip()):
-            return False
-        self.source[part] = source
-        self.shown_parts.append(part)
-        return True
-
-
-def _is_type(part: Message, ctype: str) -> bool:
-    return safe("", part.get_content_type) == ctype
-
-
-def _is_plain(part: Message) -> bool:
-    return _is_type(part, "text/plain")
+            if source:
+                self.html = source
+                return True
+        return False
 
 
 def _alternatives(first: tuple[Message, ...], second: tuple[Message, ...]) -> bool:
