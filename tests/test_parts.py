@@ -57,7 +57,7 @@ def test_an_unbalanced_or_garbled_answer_gives_what_it_can() -> None:
 
 def test_leaves_of_a_mixed_message() -> None:
     assert structure(LATE_TEXT) == [
-        LeafPart("1", "application/pdf", attachment=True, size=300_000, encoded_size=410526),
+        LeafPart("1", "application/pdf", True, size=300_000, encoded_size=410526, filename="report.pdf"),
         LeafPart("2", "text/plain", attachment=False, size=67, encoded_size=67),
     ]
 
@@ -77,12 +77,36 @@ def test_nested_parts_a_forwarded_message_and_a_literal_filename() -> None:
         b"OK",
     ]
     leaves = leaf_parts(fetch_items(lines)[7][b"BODYSTRUCTURE"])
-    assert [(leaf.section, leaf.content_type, leaf.attachment) for leaf in leaves] == [
-        ("1.1", "text/plain", False),
-        ("1.2", "text/html", False),
-        ("2", "message/rfc822", False),  # a leaf: its insides are not this message's body
-        ("3", "text/plain", True),  # a file name (RFC 2231 continuation): an attachment
+    assert [(leaf.section, leaf.content_type, leaf.attachment, leaf.filename) for leaf in leaves] == [
+        ("1.1", "text/plain", False, None),
+        ("1.2", "text/html", False, None),
+        ("2", "message/rfc822", False, None),  # a leaf: its insides are not this message's body
+        ("3", "text/plain", True, "notes.txt"),  # a file name (RFC 2231 continuation): an attachment
     ]
+
+
+@pytest.mark.parametrize(
+    ("type_parameters", "disposition", "filename"),
+    [
+        (b"NIL", b'("attachment" ("filename" "notes.txt"))', "notes.txt"),
+        (b'("name" "=?utf-8?q?r=C3=A9sum=C3=A9.txt?=")', b"NIL", "résumé.txt"),  # RFC 2047 words
+        (b"NIL", b'("attachment" ("filename*" "utf-8\'\'%E2%82%AC.log"))', "€.log"),  # RFC 2231
+        (  # continuations, before the type's name
+            b'("name" "other.bin")',
+            b'("attachment" ("filename*0*" "utf-8\'\'caf%C3%A9-" "filename*1" "notes.txt"))',
+            "café-notes.txt",
+        ),
+        (b"NIL", b'("inline" NIL)', None),
+    ],
+)
+def test_a_parts_file_name_from_its_parameters(
+    type_parameters: bytes, disposition: bytes, filename: str | None
+) -> None:
+    line = (
+        b'1 FETCH (UID 7 BODYSTRUCTURE ("application" "octet-stream" ' + type_parameters
+        + b' NIL NIL "base64" 1000 NIL ' + disposition + b" NIL NIL))"
+    )  # fmt: skip
+    assert structure(line)[0].filename == filename
 
 
 @pytest.mark.parametrize(
@@ -154,3 +178,23 @@ def test_at_most_eight_attached_text_files_in_all() -> None:
     leaves = [dataclasses.replace(small, section=str(n)) for n in range(1, 13)]
     wanted = _wanted(leaves, ["text/csv"] * 2, max_bytes=1000)  # two whole in the prefix
     assert [part.length for part in wanted] == [100] * (MAX_ATTACHED_PARTS - 2) + [0] * 4
+
+
+def test_octet_stream_named_as_text_and_forwarded_messages_past_the_prefix() -> None:
+    """application/octet-stream is read by its file name; a forwarded message, its own header and
+    body, up to 64 KiB like a text file, within the same budget."""
+    octets = LeafPart("2", "application/octet-stream", True, size=300, encoded_size=410, filename="notes.txt")
+    leaves = [
+        LeafPart("1", "application/pdf", True, size=300_000, encoded_size=410_526, filename="report.pdf"),
+        octets,
+        dataclasses.replace(octets, section="3", filename="setup.exe"),
+        dataclasses.replace(octets, section="4", filename=None),
+        LeafPart("5", "message/rfc822", attachment=True, size=2_000, encoded_size=2_000),
+        LeafPart("6", "message/rfc822", attachment=False, size=900_000, encoded_size=900_000),
+    ]
+    lengths = {part.leaf.section: part.length for part in _wanted(leaves, [], max_bytes=1000)}
+    assert lengths == {"1": 0, "2": 410, "3": 0, "4": 0, "5": 2_000, "6": MAX_ATTACHED_BYTES + 78}
+    # Eight forwarded messages already read in the prefix leave none to fetch.
+    held = [dataclasses.replace(leaves[4], section=str(n)) for n in range(1, 9)]
+    wanted = _wanted([*held, *leaves], ["message/rfc822"] * 8, max_bytes=1000)
+    assert [part.length for part in wanted] == [0] * len(leaves)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from gatewayd.imap.response import Value
 from gatewayd.message import MAX_DEPTH, MAX_PARTS
+from gatewayd.message.body import filename_of_parameters
 
 # Where the disposition sits in a single part's list: after the lines (text), after the
 # envelope, body and lines (message/rfc822), else after the MD5.
@@ -33,6 +34,7 @@ class LeafPart:
     attachment: bool  # a disposition of attachment, or a file name
     size: int  # decoded size in bytes (base64 estimated from its encoded size)
     encoded_size: int  # octets on the server
+    filename: str | None = None  # decoded, from the disposition's `filename` or the type's `name`
 
 
 def leaf_parts(structure: Value) -> list[LeafPart]:
@@ -74,7 +76,8 @@ def _leaf(fields: list[Value], section: str) -> LeafPart:
     at = _DISPOSITION_AT.get(content_type, _DISPOSITION_AT.get(_text(maintype), _DISPOSITION_AT_OTHERWISE))
     disposition = fields[at] if len(fields) > at else None
     kind, parameters = [*disposition, None, None][:2] if isinstance(disposition, list) else (None, None)
-    names = [*_parameter_names(fields[2]), *_parameter_names(parameters)]
+    type_parameters, disposition_parameters = _parameters(fields[2]), _parameters(parameters)
+    names = [name.split("*")[0].lower() for name, _ in (*type_parameters, *disposition_parameters)]
     return LeafPart(
         section=section,
         content_type=content_type,
@@ -82,14 +85,22 @@ def _leaf(fields: list[Value], section: str) -> LeafPart:
         or any(name in ("filename", "name") for name in names),
         size=_decoded_size(int(octets), _text(encoding) if isinstance(encoding, bytes) else "7bit"),
         encoded_size=int(octets),
+        filename=filename_of_parameters(disposition_parameters, type_parameters)
+        if any(name in ("filename", "name") for name in names)
+        else None,
     )
 
 
-def _parameter_names(parameters: Value) -> list[str]:
-    """The names of a parameter list, RFC 2231 continuations (`filename*0*`) by their base name."""
+def _parameters(parameters: Value) -> list[tuple[str, str]]:
+    """A parameter list's (name, value) pairs as sent; RFC 2231 names (`filename*0*`) left as they are."""
     if not isinstance(parameters, list):
         return []
-    return [_text(name).split("*")[0] for name in parameters[::2] if isinstance(name, bytes)]
+    pairs = zip(parameters[::2], parameters[1::2], strict=False)
+    return [
+        (name.decode("utf-8", "replace"), value.decode("utf-8", "replace"))
+        for name, value in pairs
+        if isinstance(name, bytes) and isinstance(value, bytes)
+    ]
 
 
 def _decoded_size(encoded: int, encoding: str) -> int:

@@ -6,11 +6,12 @@ larger than its prefix whose prefix is multipart, `fetch_parts` asks for the BOD
 `UID FETCH` for the batch), then for each leaf part the prefix lacks (or holds cut) its MIME header
 and, for an inline text part (the body, a further text part, a calendar invite), its content up to
 what is left of `max_bytes` (the text fetched per message stays within the cap). Of an attached
-text file (attached.text_file_type) the start the injection stage reads is fetched, within its
-budget: MAX_ATTACHED_BYTES decoded of each, MAX_ATTACHED_PARTS files and MAX_ATTACHED_TOTAL in
-all, counting those the prefix holds. Other attachments are never fetched, their size comes from
-the BODYSTRUCTURE. Messages that need the same items share one `UID FETCH`: the text files ride
-in the one that fetches the MIME headers.
+text file (by its type, or application/octet-stream by its file name) or a forwarded message (its
+own header and body) the start the injection stage reads is fetched (attached.read_attached),
+within its budget: MAX_ATTACHED_BYTES decoded of each, MAX_ATTACHED_PARTS parts and
+MAX_ATTACHED_TOTAL in all, counting those the prefix holds. Other attachments are never fetched,
+their size comes from the BODYSTRUCTURE. Messages that need the same items share one `UID FETCH`:
+the attached texts ride in the one that fetches the MIME headers.
 
 A message within the cap costs nothing more. Whatever goes wrong here (a BODYSTRUCTURE that cannot
 be read, a part the server refuses or leaves out) leaves the message as its prefix alone, logged:
@@ -29,14 +30,14 @@ from gatewayd.imap.bodystructure import BodyStructureError, LeafPart, leaf_parts
 from gatewayd.imap.errors import ImapConnectionLost, ImapError
 from gatewayd.imap.response import Value, fetch_items
 from gatewayd.message import MAX_HEADER_CHARS, FetchedMessage, FetchedPart, whole_leaf_types
-from gatewayd.message.attached import text_file_type
+from gatewayd.message.attached import read_attached
 from gatewayd.message.limits import MAX_ATTACHED_BYTES, MAX_ATTACHED_PARTS, MAX_ATTACHED_TOTAL, safe
 
 log = logging.getLogger(__name__)
 
 # `UID FETCH` of these items for these UIDs, the answer's lines as aioimaplib hands them over.
 RawFetch = Callable[[Sequence[int], str], Awaitable[Sequence[bytes | bytearray]]]
-# Encoded bytes fetched beyond a text file's share of the budget: one base64 line, so that the
+# Encoded bytes fetched beyond an attached text's share of the budget: one base64 line, so that the
 # decoded start the scanner reads is all there.
 _SLACK = 78
 
@@ -120,25 +121,25 @@ def _wanted(leaves: list[LeafPart], prefix_types: list[str], max_bytes: int) -> 
     if [leaf.content_type for leaf in leaves[:first]] != prefix_types:
         first = 0
     budget = max_bytes
-    files = _TextFileBudget(leaves[:first])
+    texts = _AttachedTextBudget(leaves[:first])
     wanted: list[_Wanted] = []
     for index, leaf in enumerate(leaves[first:], start=first):
         length = 0
         if leaf.content_type.startswith("text/") and not leaf.attachment:  # as body.bodies reads them
             length = min(leaf.encoded_size, budget)
             budget -= length
-        elif _text_file(leaf):
-            length = files.take(leaf)
+        elif _attached_text(leaf):
+            length = texts.take(leaf)
         wanted.append(_Wanted(index, leaf, length))
     return wanted
 
 
-class _TextFileBudget:
-    """What the injection stage reads of attached text files (attached.py), in encoded bytes to fetch:
-    the files the prefix holds whole count against it first."""
+class _AttachedTextBudget:
+    """What the injection stage reads of attached text files and forwarded messages (attached.py), in
+    encoded bytes to fetch: those the prefix holds whole count against it first."""
 
     def __init__(self, in_prefix: list[LeafPart]) -> None:
-        held = [leaf for leaf in in_prefix if _text_file(leaf)]
+        held = [leaf for leaf in in_prefix if _attached_text(leaf)]
         self.parts = MAX_ATTACHED_PARTS - len(held)
         self.total = MAX_ATTACHED_TOTAL - sum(min(leaf.size, MAX_ATTACHED_BYTES) for leaf in held)
 
@@ -153,11 +154,11 @@ class _TextFileBudget:
         return min(leaf.encoded_size, -(-decoded * leaf.encoded_size // leaf.size) + _SLACK)
 
 
-def _text_file(leaf: LeafPart) -> bool:
-    """An attached file the injection stage reads as text: with a file name or an attachment
-    disposition, or of a text-like application/* type, an attachment as body.is_attachment has it."""
+def _attached_text(leaf: LeafPart) -> bool:
+    """An attachment the injection stage reads (a text file, a forwarded message): one with a file
+    name or an attachment disposition, or of any type but text/*, as body.is_attachment has it."""
     is_file = leaf.attachment or not leaf.content_type.startswith("text/")
-    return is_file and text_file_type(leaf.content_type)
+    return is_file and read_attached(leaf.content_type, leaf.filename)
 
 
 def _items(wanted: list[_Wanted]) -> str:

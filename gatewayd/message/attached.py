@@ -11,8 +11,8 @@ app that opens it shows it: an invite or a contact card as its words (contentlin
 text/enriched as their text (richtext.py), HTML in the charset its Content-Type or its <meta>
 declares, as the body's. The work is bounded by MAX_ATTACHED_PARTS, MAX_ATTACHED_BYTES (per part)
 and MAX_ATTACHED_TOTAL; a part left out, or whose content the fetch did not bring (a message over
-`fetch_max_bytes`: past its prefix, text files only within that budget, imap/parts.py), is listed
-with the reason, never passed over in silence.
+`fetch_max_bytes`: past its prefix, text files and forwarded messages only within that budget,
+imap/parts.py), is listed with the reason, never passed over in silence.
 """
 
 from __future__ import annotations
@@ -91,10 +91,10 @@ def readable(attachments: list[dict[str, Any]]) -> bool:
     return any(_readable(item["content_type"], item["filename"]) for item in attachments)
 
 
-def text_file_type(content_type: str) -> bool:
-    """Whether an attached file of this type is one `texts` reads as text, whatever its name: the
-    files worth fetching past a message's prefix (imap/parts.py)."""
-    return content_type != _FORWARDED and _readable(content_type, None)
+def read_attached(content_type: str, filename: str | None) -> bool:
+    """Whether `texts` reads an attached part of this type and file name (a text file or a forwarded
+    message): the attachments worth fetching past a message's prefix (imap/parts.py)."""
+    return _readable(content_type, filename)
 
 
 def texts(

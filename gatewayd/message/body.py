@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from email.message import Message
+from email.utils import quote
 from typing import Any, NamedTuple
 
 from gatewayd.message.html import html_to_text
@@ -52,6 +53,25 @@ def filename(part: Message) -> str | None:
         return None
     # Many mailers put RFC 2047 words in filenames although the RFC says not to.
     return decode_words(clean_header(str(name))) or None
+
+
+def filename_of_parameters(
+    disposition: Sequence[tuple[str, str]], content_type: Sequence[tuple[str, str]]
+) -> str | None:
+    """The file name of a part known only by its Content-Disposition and Content-Type parameters
+    (IMAP's BODYSTRUCTURE lists them), decoded as `filename` decodes a part's."""
+    part = Message()
+    for header, value, parameters in (
+        ("Content-Disposition", "attachment", disposition),
+        ("Content-Type", "application/octet-stream", content_type),
+    ):
+        quoted = (f'; {name}="{quote(_one_line(text))}"' for name, text in parameters)
+        part[header] = value + "".join(quoted)
+    return filename(part)
+
+
+def _one_line(value: str) -> str:
+    return value.replace("\r", " ").replace("\n", " ")
 
 
 def _cte(part: Message) -> str:

@@ -3,8 +3,9 @@
 The prefix (`BODY.PEEK[]<0.N>`) holds the top-level headers and the leaf parts up to the cap; a
 text part after a large attachment lies beyond it. The IMAP layer asks `whole_leaf_types` which
 leaves the prefix holds whole, fetches the others on their own (each MIME header, and the content
-of the text body parts: imap/parts.py), and `join` puts them in place of what the prefix lacked,
-so that every stage sees the same text as a parse of the whole message would.
+of the text parts and of the attachments read as text: imap/parts.py), and `join` puts them in
+place of what the prefix lacked, so that every stage sees the same text as a parse of the whole
+message would.
 """
 
 from __future__ import annotations

@@ -15,12 +15,12 @@ from gatewayd.message.text import raw_header, text_header
 @dataclass(frozen=True, slots=True)
 class FetchedPart:
     """A leaf part of a message larger than its prefix, fetched on its own: its MIME header, and
-    for a text body part or an attached text file the start of its content."""
+    for a text body part, an attached text file or a forwarded message the start of its content."""
 
     index: int  # its place among the message's leaf parts, in document order (message/* are leaves)
     section: str  # the IMAP section number, e.g. "2" or "1.3"
     header: bytes  # its MIME header, up to its empty line
-    content: bytes  # its encoded content as fetched (b"" for an attachment other than a text file)
+    content: bytes  # its encoded content as fetched (b"" for an attachment the scanner does not read)
     size: int | None  # decoded size estimated from the server's BODYSTRUCTURE, for content not all here
     cut: bool  # content fetched only in part (the cap), or not at all
 

@@ -71,6 +71,31 @@ async def test_a_text_file_past_the_fetch_cap_is_fetched_and_scanned(
     assert log["attachments"][1]["size"] > 190_000  # the whole file's, from the BODYSTRUCTURE
 
 
+async def test_an_octet_stream_text_file_or_a_forwarded_message_past_the_fetch_cap_is_scanned(
+    dovecot: Dovecot, user: str, idle_gateway: Any
+) -> None:
+    """Past fetch_max_bytes, application/octet-stream named as a text file is fetched by its name,
+    and a forwarded message (its header and body): instructions behind a 300 KB PDF are found."""
+    filler = base64.b64encode(random.Random(4).randbytes(300_000)).decode()
+    pdf = attachment("", "report.pdf", "application/pdf").replace("\r\n\r\n", f"\r\n\r\n{filler}", 1)
+    octets = attachment(ATTACK, "notes.txt", "application/octet-stream")
+    sent = {
+        "attachment:notes.txt": message(pdf, octets),
+        "forwarded:1": message(pdf, forwarded(ATTACK, subject="Re: the plan")),
+    }
+    async with aiohttp.ClientSession() as session:
+        reader = await open_stream(session, idle_gateway.url, {"types": "message.*"})
+        for raw in sent.values():
+            await dovecot.deliver_async(user, raw)
+        events = await reader.messages(len(sent))
+    for location, event in zip(sent, events, strict=True):
+        data = event.json["data"]
+        assert data["truncated"] is True, location
+        assert data["injection"]["level"] == "high", location
+        assert {finding["location"] for finding in data["injection"]["findings"]} == {location}
+        assert data["injection"]["not_scanned"] == [], location
+
+
 async def test_injection_in_a_second_inline_text_part_is_found_and_located(
     dovecot: Dovecot, user: str, idle_gateway: Any
 ) -> None:
