@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from gatewayd.imap.response import Value
 from gatewayd.message import MAX_DEPTH, MAX_PARTS
 from gatewayd.message.body import filename_of_parameters
+from gatewayd.message.limits import safe
 
 # Where the disposition sits in a single part's list: after the lines (text), after the
 # envelope, body and lines (message/rfc822), else after the MD5.
@@ -78,16 +79,15 @@ def _leaf(fields: list[Value], section: str) -> LeafPart:
     kind, parameters = [*disposition, None, None][:2] if isinstance(disposition, list) else (None, None)
     type_parameters, disposition_parameters = _parameters(fields[2]), _parameters(parameters)
     names = [name.split("*")[0].lower() for name, _ in (*type_parameters, *disposition_parameters)]
+    named = any(name in ("filename", "name") for name in names)
+    filename = safe(None, filename_of_parameters, disposition_parameters, type_parameters) if named else None
     return LeafPart(
         section=section,
         content_type=content_type,
-        attachment=(isinstance(kind, bytes) and _text(kind) == "attachment")
-        or any(name in ("filename", "name") for name in names),
+        attachment=(isinstance(kind, bytes) and _text(kind) == "attachment") or named,
         size=_decoded_size(int(octets), _text(encoding) if isinstance(encoding, bytes) else "7bit"),
         encoded_size=int(octets),
-        filename=filename_of_parameters(disposition_parameters, type_parameters)
-        if any(name in ("filename", "name") for name in names)
-        else None,
+        filename=filename,
     )
 
 
