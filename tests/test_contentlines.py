@@ -4,6 +4,9 @@ text part."""
 
 from __future__ import annotations
 
+import quopri
+import re
+
 from gatewayd.message.contentlines import calendar_shown as shown
 from gatewayd.message.contentlines import vcard_shown
 from tests.test_attached import ATTACK, BENIGN, attachment, injection, inline, locations, message
@@ -130,4 +133,45 @@ def test_instructions_in_a_contact_card_folded_and_escaped_are_high_and_located(
 
 def test_a_benign_contact_card_stays_none() -> None:
     data = injection(message(attachment(card(BENIGN), "jane.vcf", "text/vcard"), body=BENIGN))
+    assert data == {"score": 0.0, "findings": [], "level": "none", "not_scanned": []}
+
+
+def quoted_printable(text: str, charset: str = "utf-8") -> str:
+    """`text` as Outlook writes a vCard 2.1 value: quoted-printable, a soft line break after every
+    20 characters or escapes of the encoded value, often inside a word."""
+    encoded = quopri.encodestring(text.encode(charset), quotetabs=True).decode().replace("=\n", "")
+    tokens = re.findall(r"=[0-9A-F]{2}|.", encoded.replace("\n", "=0D=0A"))
+    return "=\r\n".join("".join(tokens[i : i + 20]) for i in range(0, len(tokens), 20))
+
+
+# As Outlook exports a contact: vCard 2.1, the note in quoted-printable in Windows-1252.
+CARD_21 = (
+    "BEGIN:VCARD\r\nVERSION:2.1\r\nN;LANGUAGE=en-us:Doe;Jane\r\nFN:Jane Doe\r\n"
+    "NOTE;ENCODING=QUOTED-PRINTABLE;CHARSET=Windows-1252:{note}\r\n"
+    "EMAIL;PREF;INTERNET:jane@example.org\r\nEND:VCARD\r\n"
+)
+
+
+def test_vcard_shown_decodes_quoted_printable_values_across_soft_line_breaks() -> None:
+    note = "Café on Friday;\nbring the slides"
+    assert vcard_shown(CARD_21.format(note=quoted_printable(note, "cp1252"))).splitlines() == [
+        "Doe Jane",
+        "Jane Doe",
+        "Café on Friday;",
+        "bring the slides",
+        "jane@example.org",
+    ]
+    bare = "BEGIN:VCARD\r\nNOTE;QUOTED-PRINTABLE;CHARSET=UTF-8:Caf=C3=\r\n=A9\r\nEND:VCARD\r\n"
+    assert vcard_shown(bare) == "Café"
+    unknown = "NOTE;ENCODING=QUOTED-PRINTABLE;CHARSET=x-nonesuch:a=3Db=\r\n"  # a break at the end
+    assert vcard_shown(unknown) == "a=b"
+
+
+def test_instructions_in_a_quoted_printable_vcard_note_are_high() -> None:
+    source = CARD_21.format(note=quoted_printable(ATTACK, "cp1252"))
+    data = injection(message(attachment(source, "jane.vcf", "text/x-vcard"), body=BENIGN))
+    assert data["level"] == "high"
+    assert locations(data) == {"attachment:jane.vcf"}
+    benign = CARD_21.format(note=quoted_printable(BENIGN, "cp1252"))
+    data = injection(message(attachment(benign, "jane.vcf", "text/x-vcard"), body=BENIGN))
     assert data == {"score": 0.0, "findings": [], "level": "none", "not_scanned": []}

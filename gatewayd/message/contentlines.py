@@ -11,12 +11,17 @@ apart, as HTML; a card's structured values (N, ADR) with their components apart.
 a content line is kept as it stands: no app shows it, but an agent reading the part does. Properties
 whose values are codes (dates, ids, recurrence rules, time zones, photos and keys) are left out:
 they say nothing to a reader, and a long hex UID or a base64 photo would read as an encoded
-payload. Not a full parser: components, parameters other than CN and FMTTYPE, and value types are
-not interpreted.
+payload. A vCard 2.1 value in quoted-printable (`ENCODING=QUOTED-PRINTABLE`, as older phones and
+Outlook write them), continued by soft line breaks ("=" at a line's end), is decoded in its CHARSET.
+Not a full parser: components, parameters other than CN, FMTTYPE, ENCODING and CHARSET, and value
+types are not interpreted.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
+import quopri
 import re
 from collections.abc import Iterator
 
@@ -28,6 +33,10 @@ _NAME = re.compile(r"(?:[A-Za-z0-9-]+\.)?([A-Za-z0-9-]+)(?=[;:])")
 _QUOTED_OR_COLON = re.compile(r'"[^"]*"|:')  # a scan, not one pattern for the line: that backtracks
 _COMMON_NAME = re.compile(r';CN=(?:"([^"]*)"|([^;:]*))', re.I)
 _HTML_TYPE = re.compile(r";FMTTYPE=\"?text/html", re.I)
+# vCard 2.1 5.3: ENCODING=QUOTED-PRINTABLE, or the bare parameter value.
+_QUOTED_PRINTABLE = re.compile(r';(?:ENCODING=)?"?QUOTED-PRINTABLE\b', re.I)
+_CHARSET = re.compile(r';CHARSET="?([A-Za-z0-9_.:-]{1,40})', re.I)
+_DEFAULT_CHARSET = "utf-8"
 _ESCAPE = re.compile(r"\\(.)")
 _ESCAPE_OR_SEPARATOR = re.compile(r"\\(.)|;")
 _UNESCAPED = {"n": "\n", "N": "\n"}
@@ -92,9 +101,18 @@ def vcard_shown(source: str) -> str:
 
 
 def _content_lines(source: str) -> Iterator[tuple[str, tuple[str, str, str] | None]]:
-    """Each unfolded line, with its name, parameters and value if it is a content line."""
-    for line in _FOLD.sub("", source).splitlines():
-        yield line, _content_line(line)
+    """Each unfolded line, with its name, parameters and value if it is a content line; a
+    quoted-printable value with the lines its soft line breaks continue it on, decoded."""
+    lines = iter(_FOLD.sub("", source).splitlines())
+    for line in lines:
+        content = _content_line(line)
+        if content is not None and _QUOTED_PRINTABLE.search(content[1]):
+            name, parameters, value = content
+            continued = [value]
+            while continued[-1].endswith("="):
+                continued.append(next(lines, ""))
+            content = name, parameters, _quoted_printable("\n".join(continued), parameters)
+        yield line, content
 
 
 def _content_line(line: str) -> tuple[str, str, str] | None:
@@ -107,6 +125,18 @@ def _content_line(line: str) -> tuple[str, str, str] | None:
         if token.group() == ":":
             return name.group(1).upper(), line[name.end() : token.start()], line[token.end() :]
     return None
+
+
+def _quoted_printable(value: str, parameters: str) -> str:
+    """The value's bytes decoded from quoted-printable ("=" and a line break is no break), in its
+    CHARSET (UTF-8 if it names none or one Python does not know)."""
+    charset = _CHARSET.search(parameters)
+    encoding = _DEFAULT_CHARSET
+    if charset:
+        with contextlib.suppress(LookupError):
+            encoding = codecs.lookup(charset.group(1)).name
+    decoded = quopri.decodestring(value.encode("utf-8")).decode(encoding, errors="replace")
+    return decoded.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _unescape(value: str, structured: bool = False) -> str:
