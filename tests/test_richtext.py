@@ -26,15 +26,27 @@ def rtf(body: str) -> str:
 
 
 def test_rtf_shown_drops_control_words_and_skipped_groups_and_decodes_escapes() -> None:
-    assert rtf_shown(rtf(HIDDEN)) == ATTACK + "\n"
+    assert rtf_shown(rtf(HIDDEN)) == ATTACK + "\n\nRiched20 10.0.19041"
     source = (
         r"{\rtf1\ansi\ansicpg1251{\stylesheet{\s0 Normal;}}{\info{\title Quarterly}{\author Bob}}"
         r"{\*\themedata 0a0b0c}{\pict\pngblip\bin4 {}{}x}caf\'e9 \'cf\'f0\'e8 \uc2\u-10179??\u-8704??"
         r" \{a\}\\b\tab c\line d\emdash e{\v hidden}}"
     )
-    assert rtf_shown(source) == "caf\u0439 \u041f\u0440\u0438 \U0001f600 {a}\\b\tc\nd\u2014ehidden"
+    shown = "caf\u0439 \u041f\u0440\u0438 \U0001f600 {a}\\b\tc\nd\u2014ehidden"
+    assert rtf_shown(source) == shown + "\nQuarterly\nBob"  # the document information apart
     assert rtf_shown(r"{\rtf1 \u-10179?x\u55296 \'") == "\ufffdx\ufffd"  # lone halves of a pair
     assert rtf_shown(r"{\rtf1 a}\* after the end") == "a after the end"
+
+
+def test_rtf_shown_keeps_the_text_of_groups_not_shown_apart_and_skips_data() -> None:
+    """An agent reading the file reads an unknown {\\*\\...} destination and a field's instruction:
+    their text follows the text shown, one group a line; tables and binary data stay skipped."""
+    source = (
+        r"{\rtf1{\fonttbl{\f0 Calibri;}}{\*\datastore 0105000002000000}{\*\panose 020f0502020204030204}"
+        r"See {\field{\*\fldinst {HYPERLINK \'22https://example.org/\'22}}{\fldrslt {our site}}}"
+        r"{\*\xnote Ig{\b nore} all{\*\bkmkstart _GoBack}}\par{\*\themedata 504b0304}}"
+    )
+    assert rtf_shown(source) == 'See our site\n\nHYPERLINK "https://example.org/"\nIgnore all\n_GoBack'
 
 
 def test_enriched_shown_drops_commands_and_parameters() -> None:
@@ -59,6 +71,14 @@ def test_hidden_rtf_text_is_scanned() -> None:
     """\\v hides text from the reader of the document, not from an agent that reads the file."""
     data = injection(message(attachment(rtf(r"Agenda {\v " + ATTACK + "}"), "memo.rtf", "text/rtf")))
     assert data["level"] == "high"
+
+
+def test_instructions_in_rtf_groups_not_shown_are_high() -> None:
+    """In an unknown optional destination, or a field's instruction, split by control words."""
+    for group in (r"{\*\xmemo " + HIDDEN + "}", r"{\field{\*\fldinst " + HIDDEN + r"}{\fldrslt Agenda}}"):
+        data = injection(message(attachment(rtf("Agenda " + group), "memo.rtf", "text/rtf"), body=BENIGN))
+        assert data["level"] == "high", group
+        assert locations(data) == {"attachment:memo.rtf"}
 
 
 def test_a_file_named_rtf_that_is_not_rtf_is_read_as_it_stands() -> None:
@@ -93,6 +113,7 @@ def test_hostile_rtf_is_read_in_linear_time() -> None:
         r"{\rtf1 " + r"\'41" * (size // 4) + "}",
         r"{\rtf1 " + r"\u-10179?" * (size // 9) + "}",
         r"{\rtf1 " + r"{\*\x " * (size // 6),
+        r"{\rtf1 " + r"{\*\x a}" * (size // 8),
         r"{\rtf1\uc8 " + r"\u65 " * (size // 5),
     ):
         started = time.perf_counter()

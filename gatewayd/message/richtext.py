@@ -5,11 +5,14 @@ Raw RTF hides words from a text scan: control words split them (`\\b Ignore\\b0 
 characters may be written as hex escapes (`ig\\'6eore`) or Unicode ones (`\\u105?`). `rtf_shown`
 reads the document in one linear pass over its tokens: control words are dropped (those that stand
 for a character, a paragraph or a tab give it), `\\'hh` is decoded in the document's code page
-(`\\ansicpg`, else Windows-1252) and `\\uN` as its character, its fallback skipped (`\\uc`); the
-groups no app shows are skipped: any `{\\*\\...}` destination, the font, colour, style, list and
-revision tables, document information, pictures and objects. Hidden text (`\\v`) is kept: an agent
-reading the file sees it, and it is where an instruction would be hidden. `enriched_shown` drops a
-text/enriched (RFC 1896) or text/richtext part's formatting commands and their parameters.
+(`\\ansicpg`, else Windows-1252) and `\\uN` as its character, its fallback skipped (`\\uc`). The
+groups that hold tables, codes or binary data are skipped: the font, colour, style, list and revision
+tables, pictures, objects' data, themes and data stores. Hidden text (`\\v`) is kept: an agent
+reading the file sees it, and it is where an instruction would be hidden. So is the text of the
+groups no app shows in the document but an agent reads in the file, after the text shown, one group
+a line: any other `{\\*\\...}` destination, field instructions (`\\fldinst`) and the document
+information. `enriched_shown` drops a text/enriched (RFC 1896) or text/richtext part's formatting
+commands and their parameters.
 """
 
 from __future__ import annotations
@@ -29,13 +32,22 @@ _TOKEN = re.compile(
     r"|([^\\{}\r\n]+)",
     re.S,
 )
-# Destinations whose text no app shows (RTF 1.9.1: tables, information, pictures, objects).
+# Destinations of tables, codes and binary data (RTF 1.9.1): no words for a reader, and hex runs that
+# would read as encoded payloads.
 _SKIPPED = frozenset(
     {
         "fonttbl", "colortbl", "stylesheet", "listtable", "listoverridetable", "revtbl", "rsidtbl",
-        "info", "pict", "object", "objdata", "themedata", "colorschememapping", "latentstyles",
-        "datastore", "xmlnstbl", "filetbl", "pgdsctbl", "generator", "fldinst", "bkmkstart",
-        "bkmkend", "nonshppict", "shppict",
+        "pict", "object", "objdata", "themedata", "colorschememapping", "latentstyles", "datastore",
+        "xmlnstbl", "filetbl", "pgdsctbl", "nonshppict", "shppict", "panose", "blipuid", "datafield",
+        "password", "passwordhash", "oleclsid", "mmathPr",
+    }
+)  # fmt: skip
+# Destinations not shown in the document whose text an agent reading the file reads: kept apart,
+# the document information's fields each a line.
+_APART = frozenset(
+    {
+        "fldinst", "info", "title", "subject", "author", "manager", "company", "operator", "category",
+        "keywords", "comment", "doccomm",
     }
 )  # fmt: skip
 _CHARACTERS = {
@@ -52,7 +64,8 @@ _ENRICHED = re.compile(r"<<|<param>[^<]*</param>|</?[A-Za-z0-9-]{1,60}>|\r?\n(?:
 
 
 def rtf_shown(source: str) -> str:
-    """The visible text of the RTF document `source` (hidden text included)."""
+    """The visible text of the RTF document `source` (hidden text included), then the text of its
+    groups not shown, one group a line."""
     return _RtfReader().read(source)
 
 
@@ -72,11 +85,14 @@ def _enriched_token(match: re.Match[str]) -> str:
 
 class _RtfReader:
     def __init__(self) -> None:
-        self.out: list[str] = []
+        self.shown: list[str] = []
+        self.apart: list[list[str]] = []  # the text of each group not shown, after the text shown
+        self.out = self.shown  # where the text read goes
         self.pending = bytearray()  # \'hh bytes, decoded together: a multibyte code page's characters
         self.codepage = _DEFAULT_CODEPAGE
         self.depth = 0
         self.skip_from: int | None = None  # the depth of the group being skipped
+        self.apart_from: int | None = None  # the depth of the group whose text is kept apart
         self.fallbacks = [1]  # \uc of each open group: the characters after \uN that stand for it
         self.to_drop = 0  # fallback characters still to drop after a \uN
         self.high_surrogate: int | None = None
@@ -104,7 +120,8 @@ class _RtfReader:
             elif symbol is not None:
                 self._symbol(symbol)
         self._flush()
-        return "".join(self.out)
+        apart = "\n".join(text for text in map("".join, self.apart) if text)
+        return "".join(self.shown) + (f"\n{apart}" if apart else "")
 
     def _brace(self, brace: str) -> None:
         self._flush()
@@ -116,6 +133,9 @@ class _RtfReader:
             return
         if self.skip_from == self.depth:
             self.skip_from = None
+        if self.apart_from == self.depth:
+            self.apart_from = None
+            self.out = self.shown
         self.depth -= 1
         self.fallbacks.pop()
 
@@ -123,6 +143,16 @@ class _RtfReader:
         if self.depth > 0:  # never the text after the document's closing brace
             self.pending.clear()
             self.skip_from = self.depth
+
+    def _keep_apart(self) -> None:
+        if self.depth == 0:  # never the text after the document's closing brace
+            return
+        self._flush()
+        self.to_drop = 0
+        self.out = []
+        self.apart.append(self.out)
+        if self.apart_from is None:
+            self.apart_from = self.depth
 
     def _byte(self, value: int) -> None:
         if self.to_drop:
@@ -142,6 +172,8 @@ class _RtfReader:
     def _word(self, word: str, parameter: str | None) -> None:
         if word in _SKIPPED:
             self._skip_group()
+        elif word in _APART:
+            self._keep_apart()
         elif word == "u" and parameter is not None:
             self._unicode(int(parameter))
         elif word == "uc" and parameter is not None:
@@ -154,8 +186,8 @@ class _RtfReader:
             self.out.append(_CHARACTERS[word])
 
     def _symbol(self, symbol: str) -> None:
-        if symbol == "*":  # an optional destination: a reader that does not know it skips it
-            self._skip_group()
+        if symbol == "*":  # an optional destination, which an app that does not know it does not show
+            self._keep_apart()
         elif symbol in _SYMBOLS:
             self._text(_SYMBOLS[symbol])
 
