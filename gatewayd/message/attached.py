@@ -7,9 +7,9 @@ hold. `texts` decodes it: attached text files (of any text/* type, the text-like
 types such as JSON, XML, YAML, RTF and calendar invites, and application/octet-stream named as a
 text file), the inline text parts of any text/* type the body left unread, and each message/rfc822
 part's Subject, From display name and body, with its own such parts in turn. A file is read as the
-app that opens it shows it: an invite or a contact card as its words (contentlines.py), RTF and
-text/enriched as their text (richtext.py), HTML in the charset its Content-Type or its <meta>
-declares, as the body's. The work is bounded by MAX_ATTACHED_PARTS, MAX_ATTACHED_BYTES (per part)
+app that opens it shows it: an invite or a contact card as its words (contentlines.py), RTF,
+text/enriched and text/richtext as their text (richtext.py), HTML in the charset its Content-Type or
+its <meta> declares, as the body's. The work is bounded by MAX_ATTACHED_PARTS, MAX_ATTACHED_BYTES (per part)
 and MAX_ATTACHED_TOTAL; a part left out, or whose content the fetch did not bring (a message over
 `fetch_max_bytes`: past its prefix, text files and forwarded messages only within that budget,
 imap/parts.py), is listed with the reason, never passed over in silence.
@@ -38,7 +38,8 @@ Leaves = list[tuple[Message, tuple[Message, ...]]]
 _CALENDAR_TYPES = frozenset({"text/calendar", "application/ics"})
 _VCARD_TYPES = frozenset({"text/vcard", "text/x-vcard", "text/directory"})
 _RTF_TYPES = frozenset({"text/rtf", "application/rtf", "application/x-rtf"})
-_ENRICHED_TYPES = frozenset({"text/enriched", "text/richtext"})  # RFC 1896, RFC 1341's richtext
+_ENRICHED = "text/enriched"  # RFC 1896
+_RICHTEXT = "text/richtext"  # RFC 1341
 # Besides text/*: application/* types that are text an agent reads as such (RFC 6839's +json, +xml).
 _TEXT_APPLICATION_TYPES = frozenset(
     {
@@ -187,8 +188,10 @@ class _Walk:
             text = contentlines.vcard_shown(text)
         elif (ctype in _RTF_TYPES or suffix == ".rtf") and text.lstrip().startswith("{\\rtf"):
             text = richtext.rtf_shown(text)  # a file named .rtf that is not RTF is read as it stands
-        elif ctype in _ENRICHED_TYPES:
+        elif ctype == _ENRICHED:
             text = richtext.enriched_shown(text)
+        elif ctype == _RICHTEXT:
+            text = richtext.richtext_shown(text)
         found = AttachedText(location, "", "" if html else text, text if html else None, read_in_part)
         self.found.append(found)
 

@@ -11,8 +11,9 @@ tables, pictures, objects' data, themes and data stores. Hidden text (`\\v`) is 
 reading the file sees it, and it is where an instruction would be hidden. So is the text of the
 groups no app shows in the document but an agent reads in the file, after the text shown, one group
 a line: any other `{\\*\\...}` destination, field instructions (`\\fldinst`) and the document
-information. `enriched_shown` drops a text/enriched (RFC 1896) or text/richtext part's formatting
-commands and their parameters.
+information. `enriched_shown` drops a text/enriched (RFC 1896) part's formatting commands and their
+parameters; `richtext_shown` a text/richtext (RFC 1341) part's, its `<lt>` a "<" and `<nl>` a line
+break.
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ _DEFAULT_CODEPAGE = "cp1252"
 _MAX_FALLBACK = 8  # a \ucN larger than any real fallback would swallow the text after each \u
 
 _ENRICHED = re.compile(r"<<|<param>[^<]*</param>|</?[A-Za-z0-9-]{1,60}>|\r?\n(?:\r?\n)*", re.I)
+# RFC 1341 7.1.3: commands of at most 40 characters; "<" is written <lt>, a line break <nl> (or a
+# page's <np>); line breaks in the source are spaces.
+_RICHTEXT = re.compile(r"</?[A-Za-z0-9-]{1,40}>|[\r\n]+")
+_RICHTEXT_CHARACTERS = {"<lt>": "<", "<nl>": "\n", "<np>": "\n"}
 
 
 def rtf_shown(source: str) -> str:
@@ -72,6 +77,18 @@ def rtf_shown(source: str) -> str:
 def enriched_shown(source: str) -> str:
     """The text of a text/enriched part: "<<" is "<", a lone line break a space (RFC 1896)."""
     return _ENRICHED.sub(_enriched_token, source)
+
+
+def richtext_shown(source: str) -> str:
+    """The text of a text/richtext part."""
+    return _RICHTEXT.sub(_richtext_token, source)
+
+
+def _richtext_token(match: re.Match[str]) -> str:
+    token = match.group()
+    if token.startswith("<"):
+        return _RICHTEXT_CHARACTERS.get(token.lower(), "")
+    return " "
 
 
 def _enriched_token(match: re.Match[str]) -> str:
