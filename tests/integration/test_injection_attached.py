@@ -17,6 +17,24 @@ from tests.test_contentlines import card, invite
 from tests.test_richtext import HIDDEN, rtf
 
 
+async def delivered(
+    dovecot: Dovecot, user: str, gateway: Any, sent: dict[str, bytes]
+) -> dict[str, dict[str, Any]]:
+    """Deliver each message of `sent` through Dovecot, in order; each one's event data by its key."""
+    async with aiohttp.ClientSession() as session:
+        reader = await open_stream(session, gateway.url, {"types": "message.*"})
+        for raw in sent.values():
+            await dovecot.deliver_async(user, raw)
+        events = await reader.messages(len(sent))
+    return dict(zip(sent, (event.json["data"] for event in events), strict=True))
+
+
+def big_pdf(seed: int) -> str:
+    """A 300 KB attachment (400 KB in base64): what follows it lies past the fetch cap."""
+    filler = base64.b64encode(random.Random(seed).randbytes(300_000)).decode()
+    return attachment("", "report.pdf", "application/pdf").replace("\r\n\r\n", f"\r\n\r\n{filler}", 1)
+
+
 async def test_injection_in_a_text_file_or_a_forwarded_message_is_found_and_located(
     dovecot: Dovecot, user: str, idle_gateway: Any
 ) -> None:
@@ -25,12 +43,7 @@ async def test_injection_in_a_text_file_or_a_forwarded_message_is_found_and_loca
         "forwarded:1": message(forwarded(ATTACK)),
         "benign": message(attachment(BENIGN), forwarded(BENIGN)),
     }
-    async with aiohttp.ClientSession() as session:
-        reader = await open_stream(session, idle_gateway.url, {"types": "message.*"})
-        for raw in sent.values():
-            await dovecot.deliver_async(user, raw)
-        events = await reader.messages(len(sent))
-    by_location = dict(zip(sent, (event.json["data"] for event in events), strict=True))
+    by_location = await delivered(dovecot, user, idle_gateway, sent)
     for location in ("attachment:notes.txt", "forwarded:1"):
         injection = by_location[location]["injection"]
         assert injection["level"] == "high", location
@@ -46,19 +59,13 @@ async def test_a_text_file_past_the_fetch_cap_is_fetched_and_scanned(
 ) -> None:
     """Past fetch_max_bytes an attached text file is fetched on its own: instructions in notes.txt
     behind a 300 KB attachment are found; of a 200 KB text file the first 64 KiB are read, and said."""
-    filler = base64.b64encode(random.Random(1).randbytes(300_000)).decode()
-    pdf = attachment("", "report.pdf", "application/pdf").replace("\r\n\r\n", f"\r\n\r\n{filler}", 1)
+    pdf = big_pdf(seed=1)
     long_log = (BENIGN + "\n") * (200_000 // len(BENIGN)) + ATTACK  # instructions past the 64 KiB read
     sent = {
         "notes.txt": message(pdf, attachment(ATTACK)),
         "server.log": message(pdf, attachment(long_log, "server.log", "text/x-log")),
     }
-    async with aiohttp.ClientSession() as session:
-        reader = await open_stream(session, idle_gateway.url, {"types": "message.*"})
-        for raw in sent.values():
-            await dovecot.deliver_async(user, raw)
-        events = await reader.messages(len(sent))
-    notes, log = (event.json["data"] for event in events)
+    notes, log = (await delivered(dovecot, user, idle_gateway, sent)).values()
     assert notes["truncated"] is True
     assert notes["injection"]["level"] == "high"
     assert {finding["location"] for finding in notes["injection"]["findings"]} == {"attachment:notes.txt"}
@@ -76,20 +83,13 @@ async def test_an_octet_stream_text_file_or_a_forwarded_message_past_the_fetch_c
 ) -> None:
     """Past fetch_max_bytes, application/octet-stream named as a text file is fetched by its name,
     and a forwarded message (its header and body): instructions behind a 300 KB PDF are found."""
-    filler = base64.b64encode(random.Random(4).randbytes(300_000)).decode()
-    pdf = attachment("", "report.pdf", "application/pdf").replace("\r\n\r\n", f"\r\n\r\n{filler}", 1)
+    pdf = big_pdf(seed=4)
     octets = attachment(ATTACK, "notes.txt", "application/octet-stream")
     sent = {
         "attachment:notes.txt": message(pdf, octets),
         "forwarded:1": message(pdf, forwarded(ATTACK, subject="Re: the plan")),
     }
-    async with aiohttp.ClientSession() as session:
-        reader = await open_stream(session, idle_gateway.url, {"types": "message.*"})
-        for raw in sent.values():
-            await dovecot.deliver_async(user, raw)
-        events = await reader.messages(len(sent))
-    for location, event in zip(sent, events, strict=True):
-        data = event.json["data"]
+    for location, data in (await delivered(dovecot, user, idle_gateway, sent)).items():
         assert data["truncated"] is True, location
         assert data["injection"]["level"] == "high", location
         assert {finding["location"] for finding in data["injection"]["findings"]} == {location}
@@ -101,19 +101,13 @@ async def test_injection_in_a_second_inline_text_part_is_found_and_located(
 ) -> None:
     """A harmless first text part, instructions in the next inline one: also past the fetch cap,
     where the part is fetched on its own after a large attachment."""
-    filler = base64.b64encode(random.Random(2).randbytes(300_000)).decode()
-    pdf = attachment("", "report.pdf", "application/pdf").replace("\r\n\r\n", f"\r\n\r\n{filler}", 1)
+    pdf = big_pdf(seed=2)
     sent = {
         "inline": message(inline(ATTACK), body=BENIGN),
         "past the cap": message(pdf, inline(ATTACK), body=BENIGN),
         "benign": message(inline(BENIGN), body=BENIGN),
     }
-    async with aiohttp.ClientSession() as session:
-        reader = await open_stream(session, idle_gateway.url, {"types": "message.*"})
-        for raw in sent.values():
-            await dovecot.deliver_async(user, raw)
-        events = await reader.messages(len(sent))
-    by_name = dict(zip(sent, (event.json["data"] for event in events), strict=True))
+    by_name = await delivered(dovecot, user, idle_gateway, sent)
     for name in ("inline", "past the cap"):
         injection = by_name[name]["injection"]
         assert injection["level"] == "high", name
@@ -131,8 +125,7 @@ async def test_injection_in_a_calendar_invite_is_found_and_located(
     """A meeting invite whose DESCRIPTION carries instructions, folded and escaped, sent inline beside
     the body as mailers do (also past the fetch cap, behind a large attachment) and attached as
     invite.ics."""
-    filler = base64.b64encode(random.Random(3).randbytes(300_000)).decode()
-    pdf = attachment("", "report.pdf", "application/pdf").replace("\r\n\r\n", f"\r\n\r\n{filler}", 1)
+    pdf = big_pdf(seed=3)
     calendar = inline(invite(ATTACK), "text/calendar; method=REQUEST", None)
     sent = {
         "inline:2": message(calendar, body=BENIGN),
@@ -140,12 +133,7 @@ async def test_injection_in_a_calendar_invite_is_found_and_located(
         "attachment:invite.ics": message(attachment(invite(ATTACK), "invite.ics", "application/ics")),
         "benign": message(inline(invite(BENIGN), "text/calendar; method=REQUEST", None), body=BENIGN),
     }
-    async with aiohttp.ClientSession() as session:
-        reader = await open_stream(session, idle_gateway.url, {"types": "message.*"})
-        for raw in sent.values():
-            await dovecot.deliver_async(user, raw)
-        events = await reader.messages(len(sent))
-    by_location = dict(zip(sent, (event.json["data"] for event in events), strict=True))
+    by_location = await delivered(dovecot, user, idle_gateway, sent)
     located = {
         "inline:2": "inline:2",
         "past the cap": "inline:2",
@@ -183,12 +171,7 @@ async def test_injection_in_a_log_a_contact_card_or_rich_text_is_found_and_locat
             body=BENIGN,
         ),
     }
-    async with aiohttp.ClientSession() as session:
-        reader = await open_stream(session, idle_gateway.url, {"types": "message.*"})
-        for raw in sent.values():
-            await dovecot.deliver_async(user, raw)
-        events = await reader.messages(len(sent))
-    by_location = dict(zip(sent, (event.json["data"] for event in events), strict=True))
+    by_location = await delivered(dovecot, user, idle_gateway, sent)
     for location, data in by_location.items():
         if location == "benign":
             assert data["injection"] == {"score": 0.0, "findings": [], "level": "none", "not_scanned": []}
