@@ -14,6 +14,7 @@ import pytest
 from gatewayd.app import Daemon
 from gatewayd.config import Config, hash_token, parse_config
 from gatewayd.sandbox.dovecot import PASSWORD, Dovecot, SandboxUnavailable
+from tests.smtp_sink import SmtpSink
 from tests.waiting import idle, wait_for
 
 # Imported here, at start-up, on purpose: otherwise hypothesis's pytest plugin imports it at the
@@ -49,6 +50,15 @@ def dovecot_without_notify() -> Iterator[Dovecot]:
         pytest.fail(f"the real Dovecot these tests need is unavailable: {exc}", pytrace=False)
     yield server
     server.destroy()
+
+
+@pytest.fixture
+def sink(dovecot: Dovecot) -> Iterator[SmtpSink]:
+    """The SMTP peer on loopback (aiosmtpd), delivering what it accepts into the Dovecot over LMTP."""
+    server = SmtpSink(dovecot)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -4,12 +4,10 @@ off before the data is sent once after the restart; one cut off after the data n
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from gatewayd.config import Config
 from gatewayd.rules.execute import message_key
@@ -27,14 +25,6 @@ BOB = "bob@example.org"
 RULES = [{"name": "ack", "then": [{"auto_reply": {"body": "Got it.", "period_days": 1}}]}]
 # Longer than the test: only the shutdown ends an attempt the peer stalls.
 STALLED_SECONDS = 120
-
-
-@pytest.fixture
-def sink(dovecot: Dovecot) -> Iterator[SmtpSink]:
-    server = SmtpSink(dovecot)
-    server.start()
-    yield server
-    server.stop()
 
 
 def config(tmp_path: Path, dovecot: Dovecot, user: str, port: int) -> Config:

@@ -8,7 +8,6 @@ import email
 import imaplib
 import random
 import uuid
-from collections.abc import Iterator
 from email import policy
 from pathlib import Path
 from typing import Any
@@ -27,14 +26,6 @@ from tests.test_attached import message as multipart
 from tests.waiting import idle, wait_for
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def sink(dovecot: Dovecot) -> Iterator[SmtpSink]:
-    server = SmtpSink(dovecot)
-    server.start()
-    yield server
-    server.stop()
 
 
 class Imap:

@@ -3,12 +3,10 @@ part of the event (`rules_applied` null). Failures are injected: the real server
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from gatewayd.imap.act import SessionActions
 from gatewayd.rules import compose
@@ -30,14 +28,6 @@ RULES = [
         ],
     }
 ]
-
-
-@pytest.fixture
-def sink(dovecot: Dovecot) -> Iterator[SmtpSink]:
-    server = SmtpSink(dovecot)
-    server.start()
-    yield server
-    server.stop()
 
 
 async def one_event(dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, sink: SmtpSink) -> Any:
