@@ -161,6 +161,12 @@ async def resume_point(request: web.Request, store: EventStore) -> ResumePoint |
     last_id = last_ids[0] if last_ids else None
     if last_id is not None and last_id.strip():
         return ResumePoint(event_seq(store, "Last-Event-ID", last_id.strip()), last_id.strip())
+    return await since_point(request, store)
+
+
+async def since_point(request: web.Request, store: EventStore) -> ResumePoint | None:
+    """since= alone: an event id (the events after it) or an RFC 3339 timestamp (those at or
+    after it)."""
     since = single(request, "since")
     if since is None:
         return None
