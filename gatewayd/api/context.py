@@ -18,6 +18,10 @@ from gatewayd.message import ParsedMessage
 from gatewayd.store import EventStore
 from gatewayd.store.tokens import TokenStore
 
+# Each report opens an IMAP session of its own: a few at a time, the others wait, so that the
+# open-file budget (gatewayd.fdlimit) need not set one aside per HTTP connection.
+REPORT_SESSIONS_AT_ONCE = 4
+
 
 class Learner(Protocol):
     """What the report endpoint feeds (the pipeline's learning store)."""
@@ -73,6 +77,9 @@ class Gateway:
     streams_per_token: Counter[str] = field(default_factory=Counter)
     # Streams cut off since start, by why.
     slow_clients: Counter[SlowClient] = field(default_factory=Counter)
+    report_sessions: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(REPORT_SESSIONS_AT_ONCE)
+    )
 
     def __post_init__(self) -> None:
         self.no_streams.set()

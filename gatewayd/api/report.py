@@ -54,16 +54,17 @@ async def report_message(request: web.Request) -> web.Response:
             "tenant_changed",
         )
     try:
-        session = await ImapSession.open(mailbox.imap)
-        try:
-            selected = await _select(session, data["folder"])
-            if selected.uidvalidity != data["uidvalidity"]:
-                raise ApiError(
-                    409, "the folder was renumbered since; the message cannot be found", "message_gone"
-                )
-            fetched = await session.fetch([data["uid"]], mailbox.fetch_max_bytes)
-        finally:
-            await session.logout()
+        async with gateway.report_sessions:
+            session = await ImapSession.open(mailbox.imap)
+            try:
+                selected = await _select(session, data["folder"])
+                if selected.uidvalidity != data["uidvalidity"]:
+                    raise ApiError(
+                        409, "the folder was renumbered since; the message cannot be found", "message_gone"
+                    )
+                fetched = await session.fetch([data["uid"]], mailbox.fetch_max_bytes)
+            finally:
+                await session.logout()
     except ImapError as exc:
         raise ApiError(503, f"mailbox unavailable: {exc}", "mailbox_unavailable") from None
     if not fetched:
