@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gatewayd.app import Daemon
 from gatewayd.config import hash_token, new_token, parse_config
+from gatewayd.fdlimit import raise_open_file_limit
 from gatewayd.sandbox.dovecot import Dovecot, SandboxUnavailable
 
 SAMPLES = [
@@ -76,6 +77,7 @@ async def _demo(dovecot: Dovecot, port: int, messages: int, interval: float) -> 
         env={},
         base_dir=workdir,
     )
+    raise_open_file_limit(config)  # as `gatewayd run`: before server.max_connections defaults to half of it
     daemon = Daemon(config)
     connected = daemon.bus.subscribe(lambda event: event.type == "mailbox.connected", 10)
     await daemon.start()

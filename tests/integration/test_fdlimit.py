@@ -102,3 +102,10 @@ def test_a_limit_that_cannot_hold_the_mailboxes_and_connections_is_a_warning(
     ), log
     assert "raise it (LimitNOFILE= in the unit, ulimit -n) or lower server.max_connections" in log
 
+
+def test_the_demo_raises_the_soft_open_file_limit_too(run_with_limit: Any) -> None:
+    """`gatewayd demo` kept the soft limit it was started with, unlike `gatewayd run`."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert hard > 256, "this test needs a hard open-file limit above 256"
+    process, err = run_with_limit(["demo", "--port", "0", "--interval", "0.2"], 256, hard)
+    assert open_files_limit(process.pid) == (hard, hard), err.read_text()
