@@ -939,24 +939,26 @@ def test_rules_file_with_aliases_expanding_past_the_limit_is_a_config_error(tmp_
     assert load_rules(parse_config(data, env={}, base_dir=tmp_path)).count == 2  # aliases themselves are fine
 
 
-def test_rules_file_with_a_recursive_alias_is_a_config_error(tmp_path: Path) -> None:
-    (tmp_path / "rules.yaml").write_text("- name: a\n  if: &c {all: [*c]}\n  then: [mark_read]\n")
+@pytest.mark.parametrize(
+    ("rules", "error"),
+    [
+        (  # a recursive alias
+            "- name: a\n  if: &c {all: [*c]}\n  then: [mark_read]\n",
+            "line 1, column 1: aliases expand the document past 100000 nodes",
+        ),
+        (  # a date that does not exist
+            "- name: a\n  if: {subject: 2026-02-30}\n  then: [mark_read]\n",
+            "line 2, column 17: not a valid timestamp (quote it to make it a string)",
+        ),
+    ],
+    ids=["recursive-alias", "date-that-does-not-exist"],
+)
+def test_rules_file_yaml_cannot_build_is_a_config_error(tmp_path: Path, rules: str, error: str) -> None:
+    (tmp_path / "rules.yaml").write_text(rules)
     data = {"rules_file": "rules.yaml", "agents": [{"id": "a"}]}
     with pytest.raises(ConfigError) as caught:
         load_rules(parse_config(data, env={}, base_dir=tmp_path))
-    assert caught.value.errors == [
-        f"{tmp_path / 'rules.yaml'}: line 1, column 1: aliases expand the document past 100000 nodes"
-    ]
-
-
-def test_rules_file_with_a_date_that_does_not_exist_is_a_config_error(tmp_path: Path) -> None:
-    (tmp_path / "rules.yaml").write_text("- name: a\n  if: {subject: 2026-02-30}\n  then: [mark_read]\n")
-    data = {"rules_file": "rules.yaml", "agents": [{"id": "a"}]}
-    with pytest.raises(ConfigError) as caught:
-        load_rules(parse_config(data, env={}, base_dir=tmp_path))
-    assert caught.value.errors == [
-        f"{tmp_path / 'rules.yaml'}: line 2, column 17: not a valid timestamp (quote it to make it a string)"
-    ]
+    assert caught.value.errors == [f"{tmp_path / 'rules.yaml'}: {error}"]
 
 
 def test_rules_file_with_a_control_character_names_its_line_and_column(tmp_path: Path) -> None:
