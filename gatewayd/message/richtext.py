@@ -7,7 +7,8 @@ reads the document in one linear pass over its tokens: control words are dropped
 for a character, a paragraph or a tab give it), `\\'hh` is decoded in the document's code page
 (`\\ansicpg`, else Windows-1252) and `\\uN` as its character, its fallback skipped (`\\uc`). The
 groups that hold tables, codes or binary data are skipped: the font, colour, style, list and revision
-tables, pictures, objects' data, themes and data stores. Hidden text (`\\v`) is kept: an agent
+tables, pictures, objects (all but their `\\result`, the object as last rendered, which Word shows),
+themes and data stores. Hidden text (`\\v`) is kept: an agent
 reading the file sees it, and it is where an instruction would be hidden. So is the text of the
 groups no app shows in the document but an agent reads in the file, after the text shown, one group
 a line: any other `{\\*\\...}` destination, field instructions (`\\fldinst`) and the document
@@ -38,7 +39,7 @@ _TOKEN = re.compile(
 _SKIPPED = frozenset(
     {
         "fonttbl", "colortbl", "stylesheet", "listtable", "listoverridetable", "revtbl", "rsidtbl",
-        "pict", "object", "objdata", "themedata", "colorschememapping", "latentstyles", "datastore",
+        "pict", "objdata", "themedata", "colorschememapping", "latentstyles", "datastore",
         "xmlnstbl", "filetbl", "pgdsctbl", "nonshppict", "shppict", "panose", "blipuid", "datafield",
         "password", "passwordhash", "oleclsid", "mmathPr",
     }
@@ -109,6 +110,7 @@ class _RtfReader:
         self.codepage = _DEFAULT_CODEPAGE
         self.depth = 0
         self.skip_from: int | None = None  # the depth of the group being skipped
+        self.objects: list[int] = []  # the depths of the open \\object groups, innermost last
         self.apart_from: int | None = None  # the depth of the group whose text is kept apart
         self.fallbacks = [1]  # \uc of each open group: the characters after \uN that stand for it
         self.to_drop = 0  # fallback characters still to drop after a \uN
@@ -127,6 +129,8 @@ class _RtfReader:
             elif brace is not None:
                 self._brace(brace)
             elif self.skip_from is not None:
+                if word == "result" and self.objects and self.skip_from == self.objects[-1] == self.depth - 1:
+                    self.skip_from = None  # an object's {\\result ...}: its text is shown
                 continue
             elif byte is not None:
                 self._byte(int(byte, 16))
@@ -150,6 +154,10 @@ class _RtfReader:
             return
         if self.skip_from == self.depth:
             self.skip_from = None
+        if self.objects and self.objects[-1] == self.depth:
+            self.objects.pop()
+        elif self.objects and self.objects[-1] == self.depth - 1:  # the rest of the object stays skipped
+            self.skip_from = self.objects[-1]
         if self.apart_from == self.depth:
             self.apart_from = None
             self.out = self.shown
@@ -160,6 +168,12 @@ class _RtfReader:
         if self.depth > 0:  # never the text after the document's closing brace
             self.pending.clear()
             self.skip_from = self.depth
+
+    def _skip_object(self) -> None:
+        """Skip the object's group but for its result (`read` stops skipping at `\\result`)."""
+        if self.depth > 0:
+            self._skip_group()
+            self.objects.append(self.depth)
 
     def _keep_apart(self) -> None:
         if self.depth == 0:  # never the text after the document's closing brace
@@ -191,6 +205,8 @@ class _RtfReader:
             self._skip_group()
         elif word in _APART:
             self._keep_apart()
+        elif word == "object":
+            self._skip_object()
         elif word == "u" and parameter is not None:
             self._unicode(int(parameter))
         elif word == "uc" and parameter is not None:
