@@ -335,6 +335,9 @@ async def check_list(
     want = [e for e in reversed(env.events) if e.seq < before and selected(case, params, e)]
     assert got == [e.envelope() for e in want[:limit]]
     assert body["next_cursor"] == (want[limit - 1].id if len(want) > limit else None)
+    # A cursor beyond every id issued (a store restored from a backup, say): a gap says so.
+    unknown = point is not None and point > env.events[-1].seq
+    assert (body.get("gap") or {}).get("reason") == ("unknown_id" if unknown else None), body.get("gap")
 
 
 async def check_stream(

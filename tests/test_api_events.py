@@ -1,4 +1,5 @@
-"""GET /v1/events, the JSON listing, on a real store: its `since` bound with the filters and paging."""
+"""GET /v1/events, the JSON listing, on a real store: its `since` bound with the filters and paging, and
+the `gap` it adds for an id the store never issued."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from gatewayd.config import Config
 from gatewayd.events import NewEvent
 from gatewayd.store.sqlite import SqliteEventStore
 from tests.api_server import ACME_ADMIN, Api, fleet, serving
+from tests.sse import SseReader
 
 
 async def _store_events(config: Config, kinds: list[str]) -> None:
@@ -89,3 +91,42 @@ async def test_a_bad_since_is_the_streams_400(tmp_path: Path) -> None:
             for path in ("/v1/events", "/v1/events/stream"):
                 status, answer = await api.call("GET", f"{path}?since={since}", ACME_ADMIN)
                 assert (status, answer["error"]["message"]) == (400, message), (path, since)
+
+
+async def test_an_id_beyond_every_one_issued_gets_the_streams_unknown_id_gap(tmp_path: Path) -> None:
+    """A store replaced or restored from a backup: a client polling with since= its last id would
+    list nothing forever; the listing says why, with the data of the stream's stream.gap."""
+    config = fleet(tmp_path, bot_parent="acme")
+    await _store_events(config, ["a.one", "b.two", "a.three"])
+    async with serving(config) as api:
+        everything = [event for page in await _pages(api, "limit=50") for event in page]
+        beyond = str(int(everything[0]["id"]) + 100)
+        status, answer = await api.call("GET", f"/v1/events?since={beyond}", ACME_ADMIN)
+        assert status == 200, answer
+        gap = answer.pop("gap")
+        assert answer == {"events": [], "next_cursor": None}
+        # The oldest event still stored (of the listing's filters): since=0 lists from there.
+        first = everything[-1]["id"]
+        assert {**gap, "at": None} == {
+            "requested": beyond, "first_available_id": first, "at": None, "reason": "unknown_id"
+        }  # fmt: skip
+        headers = {"Authorization": f"Bearer {ACME_ADMIN}"}
+        async with api.session.get(f"{api.url}/v1/events/stream?since={beyond}", headers=headers) as stream:
+            frame = await SseReader(stream).next(5)
+        assert frame.event == "stream.gap"
+        assert {**frame.json, "at": None} == {**gap, "at": None}
+        # Of the filters: the oldest b.* event.
+        status, answer = await api.call("GET", f"/v1/events?since={beyond}&types=b.*", ACME_ADMIN)
+        assert answer["gap"]["first_available_id"] == everything[1]["id"]
+        # A cursor beyond them too: the page is what the store has below it, and the gap says why.
+        # (Of the stored types: the stream above started the mailbox's watcher, whose events come too.)
+        query = f"cursor={beyond}&limit=2&types=a.*,b.*"
+        status, answer = await api.call("GET", f"/v1/events?{query}", ACME_ADMIN)
+        assert answer["events"] == everything[:2]
+        assert (answer["gap"]["requested"], answer["gap"]["reason"]) == (beyond, "unknown_id")
+        # An id the store issued, the newest included, and a timestamp: no gap.
+        for query in (f"since={everything[0]['id']}", f"cursor={everything[0]['id']}", "since=0"):
+            status, answer = await api.call("GET", f"/v1/events?{query}", ACME_ADMIN)
+            assert status == 200 and "gap" not in answer, (query, answer)
+        status, answer = await api.call("GET", "/v1/events?since=2999-01-01T00:00:00Z", ACME_ADMIN)
+        assert answer == {"events": [], "next_cursor": None}

@@ -33,6 +33,7 @@ from gatewayd.api.auth import Principal, authenticate
 from gatewayd.api.backlog import undelivered_bytes
 from gatewayd.api.context import Gateway, SlowClient
 from gatewayd.api.errors import ApiError
+from gatewayd.api.gap import GAP_RETENTION, GAP_UNKNOWN_ID, first_available, gap_data
 from gatewayd.api.params import event_query, number, resume_point
 from gatewayd.bus import Subscription
 from gatewayd.events import CLOSING, STREAM_GAP, Event, rfc3339
@@ -55,9 +56,6 @@ DEFAULT_PING_SECONDS = 15.0
 # (it resumes from its last id): a ping-only stream would otherwise keep a client that stopped
 # reading, or vanished, until TCP gives up.
 STALLED_PINGS = 3
-# stream.gap's `reason`: events after the resume point were pruned, or the store never issued it.
-GAP_RETENTION = "retention"
-GAP_UNKNOWN_ID = "unknown_id"
 _CUT_OFF_BECAUSE = {
     SlowClient.OVERFLOW: "its queue of live events filled (server.subscriber_queue_size)",
     SlowClient.STALLED: f"it left what was written untaken at {STALLED_PINGS} pings in a row",
@@ -235,16 +233,11 @@ class _Stream:
         backup, say), so the ids the client saw may be issued again: a gap event says so first."""
         start = self.last_seq
 
-        async def gap(after: int, first_available: int, reason: str = GAP_RETENTION) -> None:
+        async def gap(after: int, first: int, reason: str = GAP_RETENTION) -> None:
             if self.ending:
                 return
             # Past the start, the hole is after the last event sent, not after the resume point.
-            hole: dict[str, object] = {
-                "requested": requested if after == start else str(after),
-                "first_available_id": str(first_available),
-                "at": rfc3339(),
-                "reason": reason,
-            }
+            hole = gap_data(requested if after == start else str(after), first, reason)
             await self.response.write(_unnumbered(STREAM_GAP, hole))
 
         async def write(frames: bytes, last: Event) -> bool:
@@ -255,9 +248,7 @@ class _Stream:
             return not self.ending
 
         if unknown:
-            store = self.gateway.store
-            oldest = await store.read_after(self.query, 0, 1)  # of this stream's, not the store's
-            await gap(start, oldest[0].seq if oldest else await store.last_seq() + 1, GAP_UNKNOWN_ID)
+            await gap(start, await first_available(self.gateway.store, self.query), GAP_UNKNOWN_ID)
 
         self.caught_up = await replay_pages(self.gateway.store, self.query, start, write, gap)
 
