@@ -38,6 +38,9 @@ def imap_connections_at_most(mailboxes: Sequence[MailboxConfig], learning: bool)
     watching = sum(len(mailbox.imap.folders) for mailbox in mailboxes)
     # Per watching connection, a second one while a rule (or the recovery of an interrupted move)
     # locates moved mail: a connection's messages go through the rules one at a time.
+    # Whatever the rules in force, even none that moves or copies: a reload (SIGHUP) may add one
+    # without a restart (this check runs at start only), and each folder's first sync finishes a
+    # move or copy a crash interrupted under earlier rules, locating its message (`RulesStage.recover`).
     locating = watching
     if not learning or not mailboxes:
         return watching + locating

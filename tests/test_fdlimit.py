@@ -25,7 +25,9 @@ def estimate(config: Config) -> int:
 
 
 def test_each_folder_counts_its_watching_connection_and_one_to_locate_moved_mail() -> None:
-    """NOTIFY shares one connection per mailbox, but may fall back to one per folder."""
+    """NOTIFY shares one connection per mailbox, but may fall back to one per folder. No rule moves
+    or copies here, yet each folder may locate: a reload may add such a rule, and the journal may
+    hold a move a crash interrupted under earlier rules."""
     mailboxes = config([["INBOX", "Support"], ["INBOX"]]).mailboxes()
     assert imap_connections_at_most(mailboxes, learning=False) == 2 * 3
 
