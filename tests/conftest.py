@@ -151,12 +151,16 @@ async def idle_gateway(dovecot: Dovecot, user: str, tmp_path: Path, start_gatewa
     return gateway
 
 
-def append(dovecot: Dovecot, user: str, folder: str, *messages: bytes) -> None:
-    """Put messages straight into a folder with IMAP APPEND (as a mail client saving sent mail)."""
+def imap_do(dovecot: Dovecot, user: str, command: Any) -> None:
+    """Run `command(client)` on a fresh imaplib connection, logged in as the user."""
     client = imaplib.IMAP4(dovecot.host, dovecot.imap_port)
     try:
         client.login(user, PASSWORD)
-        for message in messages:
-            client.append(folder, None, None, message)
+        command(client)
     finally:
         client.logout()
+
+
+def append(dovecot: Dovecot, user: str, folder: str, *messages: bytes) -> None:
+    """Put messages straight into a folder with IMAP APPEND (as a mail client saving sent mail)."""
+    imap_do(dovecot, user, lambda client: [client.append(folder, None, None, m) for m in messages])

@@ -24,10 +24,10 @@ from gatewayd.imap.sync import FETCH_BATCH
 from gatewayd.imap.watch import FolderWatcher
 from gatewayd.message import FetchedMessage
 from gatewayd.pipeline import Pipeline
-from gatewayd.sandbox.dovecot import PASSWORD, Dovecot
+from gatewayd.sandbox.dovecot import Dovecot
 from gatewayd.store import Checkpoint, EventQuery
 from gatewayd.store.sqlite import SqliteEventStore
-from tests.conftest import TOKEN, append, gateway_config
+from tests.conftest import TOKEN, append, gateway_config, imap_do
 from tests.sse import SseReader, mail
 from tests.waiting import idle, wait_for, watcher_states
 
@@ -1000,7 +1000,7 @@ async def test_a_folder_recreated_under_a_notify_connection_is_announced_as_chan
     """On its own connection a watcher meets a new UIDVALIDITY when it reconnects, and says so in
     `mailbox.connected`; on a NOTIFY connection shared by folders it meets it at a SELECT, with
     the connection up: the event must come all the same."""
-    await asyncio.to_thread(_imap, dovecot, user, lambda c: c.create("Archive"))
+    await asyncio.to_thread(imap_do, dovecot, user, lambda c: c.create("Archive"))
     gw = await start_gateway(
         gateway_config(tmp_path, dovecot, [user], imap={"folders": ["INBOX", "Archive"]})
     )
@@ -1011,7 +1011,7 @@ async def test_a_folder_recreated_under_a_notify_connection_is_announced_as_chan
     await wait_events(gw, 2)
     old_validity = next(w["uidvalidity"] for w in gw.daemon.pool.health() if w["folder"] == "Archive")
     await asyncio.sleep(1.1)  # Dovecot derives UIDVALIDITY from the clock: make it differ
-    await asyncio.to_thread(_imap, dovecot, user, lambda c: (c.delete("Archive"), c.create("Archive")))
+    await asyncio.to_thread(imap_do, dovecot, user, lambda c: (c.delete("Archive"), c.create("Archive")))
     await asyncio.to_thread(append, dovecot, user, "Archive", mail("new archived"))
     events = await wait_events(gw, 3)
     assert [e["data"]["subject"] for e in events] == ["old archived", "inbox", "new archived"]
@@ -1022,12 +1022,3 @@ async def test_a_folder_recreated_under_a_notify_connection_is_announced_as_chan
     assert archive[-1]["uidvalidity_changed"] is True and archive[-1]["notify"] is True
     disconnected = await listing(gw, types="mailbox.disconnected")
     assert disconnected == [], "the connection stayed up"
-
-
-def _imap(dovecot: Dovecot, user: str, command: Any) -> None:
-    client = imaplib.IMAP4(dovecot.host, dovecot.imap_port)
-    try:
-        client.login(user, PASSWORD)
-        command(client)
-    finally:
-        client.logout()
