@@ -10,7 +10,8 @@ The per-folder work (checkpoints in the same transaction as the events, UIDVALID
 state events) is the `FolderWatcher`'s, unchanged: this module only drives the connection.
 NOTIFY is an optimisation: a server without it, one that refuses the NOTIFY command, or a
 folder that cannot be selected falls back to one IDLE connection per folder; after the last,
-for `notify_retry_seconds` only, since the folder may be created again.
+for `notify_retry_seconds` only, since the folder may be created again (and longer while any
+folder's own connection is not up: NOTIFY would fail on it again).
 """
 
 from __future__ import annotations
@@ -106,8 +107,9 @@ class AccountWatcher:
     async def _per_folder(self, session: ImapSession | None, for_seconds: float | None = None) -> None:
         """The fall-back: every folder its own IDLE connection (the first may reuse `session`).
 
-        Returns after `for_seconds`, each folder's connection logged out (`mailbox.disconnected`,
-        reason `notify_retry`); without it only by cancellation (FolderWatcher.run never ends)."""
+        Returns after `for_seconds` (or the first multiple of it) at which every folder's own
+        connection is up, each then logged out (`mailbox.disconnected`, reason `notify_retry`);
+        without it only by cancellation (FolderWatcher.run never ends)."""
         for watcher in self.folders:
             watcher.status.notify = False
         tasks = [
@@ -117,9 +119,15 @@ class AccountWatcher:
             for i, watcher in enumerate(self.folders)
         ]
         try:
-            done, _ = await asyncio.wait(tasks, timeout=for_seconds, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()  # a watcher never ends by itself: what ended it goes up
+            while True:
+                done, _ = await asyncio.wait(tasks, timeout=for_seconds, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # a watcher never ends by itself: what ended it goes up
+                # A folder whose own connection is not up (still cannot be selected, most likely)
+                # would fail NOTIFY again, after every folder reconnected twice for nothing: its
+                # watcher keeps trying (and logging) on its own, the others stay as they are.
+                if done or all(watcher.connected for watcher in self.folders):
+                    break
             for watcher in self.folders:
                 watcher.stop_reason = StopReason.NOTIFY_RETRY
         finally:

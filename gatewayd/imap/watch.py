@@ -160,6 +160,11 @@ class FolderWatcher:
         """How long to wait before reconnecting, and the attempt number after that."""
         return retry_delay(kind, attempt, self.take_established())
 
+    @property
+    def connected(self) -> bool:
+        """Whether its connection is up past its first sync (`mailbox.connected` its last event)."""
+        return self._announced
+
     def take_established(self) -> bool:
         """Whether the connection that just failed had completed its first sync here; forgotten."""
         established, self._established = self._established, False

@@ -9,7 +9,6 @@ and with NOTIFY one connection per account however many folders it watches.
 from __future__ import annotations
 
 import asyncio
-import imaplib
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -23,7 +22,7 @@ from gatewayd.imap.notify import AccountWatcher
 from gatewayd.imap.session import ImapSession
 from gatewayd.sandbox.dovecot import PASSWORD, Dovecot
 from gatewayd.store import EventQuery
-from tests.conftest import append
+from tests.conftest import append, imap_do
 from tests.sse import Frame, SseReader, mail
 from tests.waiting import idle, wait_for
 
@@ -355,7 +354,7 @@ async def test_a_folder_missing_for_a_while_costs_notify_only_for_a_while(
         lambda: any(w["folder"] == "INBOX" and w["state"] == "idle" for w in gw.daemon.pool.health())
     )
     assert not any(w["notify"] for w in gw.daemon.pool.health())
-    await asyncio.to_thread(create_folder, dovecot, user, "Later")
+    await asyncio.to_thread(imap_do, dovecot, user, lambda c: c.create("Later"))
 
     def shared() -> bool:
         health = gw.daemon.pool.health()
@@ -375,10 +374,51 @@ async def test_a_folder_missing_for_a_while_costs_notify_only_for_a_while(
     assert "notify_retry" in reasons and "shutdown" not in reasons
 
 
-def create_folder(dovecot: Dovecot, user: str, folder: str) -> None:
-    client = imaplib.IMAP4(dovecot.host, dovecot.imap_port)
-    try:
-        client.login(user, PASSWORD)
-        client.create(folder)
-    finally:
-        client.logout()
+async def test_a_folder_that_stays_missing_leaves_the_fall_back_alone(
+    dovecot: Dovecot, tmp_path: Path, start_gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder deleted for good once had its account try NOTIFY again every
+    `notify_retry_seconds`, failing on it again: every folder reconnected twice, for nothing. Now
+    NOTIFY is tried again only once every folder's own connection is up."""
+    monkeypatch.setattr(AccountWatcher, "notify_retry_seconds", 0.5, raising=False)
+    user = f"deleted{uuid.uuid4().hex[:6]}"
+    folders = ["INBOX", "Later"]
+    await asyncio.to_thread(imap_do, dovecot, user, lambda c: c.create("Later"))
+    before = imap_connections(dovecot.imap_port)
+    gw = await start_gateway(
+        fleet_config(tmp_path, [agent("support", [mailbox(dovecot, user, folders=folders)])])
+    )
+
+    def shared() -> bool:
+        health = gw.daemon.pool.health()
+        return all(w["notify"] and w["state"] == "idle" for w in health)
+
+    async def disconnects() -> Counter[str]:
+        query = EventQuery(("support",), type_patterns=("mailbox.disconnected",))
+        return Counter(e.data["reason"] for e in await gw.daemon.store.read_after(query, 0, 1000))
+
+    await wait_for(shared, what="both folders on one NOTIFY connection")
+    await asyncio.to_thread(imap_do, dovecot, user, lambda c: c.delete("Later"))
+
+    def fallen_back() -> bool:
+        health = {w["folder"]: w for w in gw.daemon.pool.health()}
+        return health["INBOX"]["state"] == "idle" and not health["INBOX"]["notify"]
+
+    # The silence probe (read_timeout_seconds) finds the folder gone.
+    await wait_for(fallen_back, timeout=20, what="one connection per folder")
+    async with aiohttp.ClientSession() as session:
+        reader = await open_stream(session, gw.url, "support", types="message.*")
+        for round_ in range(3):
+            await asyncio.sleep(1.0)  # two retry periods each
+            await dovecot.deliver_async(user, mail(f"to INBOX {round_}"))
+            assert [f.json["data"]["subject"] for f in await exactly(reader, 1)] == [f"to INBOX {round_}"]
+        assert (await disconnects())["notify_retry"] == 0
+        assert fallen_back()
+
+        await asyncio.to_thread(imap_do, dovecot, user, lambda c: c.create("Later"))
+        await wait_for(shared, timeout=30, what="both folders back on one NOTIFY connection")
+        assert imap_connections(dovecot.imap_port) - before == 1
+        await asyncio.to_thread(append, dovecot, user, "Later", mail("to Later"))
+        assert [f.json["data"]["subject"] for f in await exactly(reader, 1)] == ["to Later"]
+    # Each folder's own connection logged out once, to share NOTIFY's again.
+    assert (await disconnects())["notify_retry"] == len(folders)
