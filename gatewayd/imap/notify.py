@@ -86,6 +86,9 @@ class AccountWatcher:
                 except _NotifyUnusable as exc:
                     log.warning("%s: NOTIFY unusable (%s); one connection per folder", self.mailbox.id, exc)
                     self._drop_session()
+                    for watcher in self.folders:
+                        if watcher.connected:  # announced on the shared connection just given up
+                            await watcher.report_failure(str(exc), "protocol", 0.0)
                     await self._per_folder(None, self.notify_retry_seconds if exc.transient else None)
                     log.info("%s: trying NOTIFY again", self.mailbox.id)
                 except ImapError as exc:

@@ -397,6 +397,11 @@ async def test_a_folder_that_stays_missing_leaves_the_fall_back_alone(
         query = EventQuery(("support",), type_patterns=("mailbox.disconnected",))
         return Counter(e.data["reason"] for e in await gw.daemon.store.read_after(query, 0, 1000))
 
+    async def connection_events(folder: str) -> list[str]:
+        query = EventQuery(("support",), type_patterns=("mailbox.connected", "mailbox.disconnected"))
+        events = await gw.daemon.store.read_after(query, 0, 1000)
+        return [e.type.removeprefix("mailbox.") for e in events if e.data["folder"] == folder]
+
     await wait_for(shared, what="both folders on one NOTIFY connection")
     await asyncio.to_thread(imap_do, dovecot, user, lambda c: c.delete("Later"))
 
@@ -422,3 +427,8 @@ async def test_a_folder_that_stays_missing_leaves_the_fall_back_alone(
         assert [f.json["data"]["subject"] for f in await exactly(reader, 1)] == ["to Later"]
     # Each folder's own connection logged out once, to share NOTIFY's again.
     assert (await disconnects())["notify_retry"] == len(folders)
+    # INBOX, announced on the shared connection that the missing folder then made the account
+    # give up, was said to be disconnected before it connected on its own.
+    for folder in folders:
+        events = await connection_events(folder)
+        assert events == ["connected", "disconnected"] * (len(events) // 2) + ["connected"], folder
