@@ -172,6 +172,9 @@ def test_the_body_test_reads_every_inline_text_part_as_a_reader_does(
         ("@bücher.example", "info@xn--bcher-kva.example"),  # Unicode vs ASCII form, as auth has it
         ("xn--bcher-kva.example", "info@BÜCHER.example"),
         ("*@*.bücher.example", "info@mail.xn--bcher-kva.example"),
+        ("*.bücher.example", "info@mail.xn--bcher-kva.example"),  # without `@`, as with it
+        ("*.Bücher.example", "info@mail.BÜCHER.example"),
+        ("jürgen*", "Jürgen@xn--bcher-kva.example"),  # a label with a wildcard: as written
         ("info@Bücher.example", "INFO@xn--bcher-kva.example"),
     ],
 )

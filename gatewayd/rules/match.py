@@ -28,6 +28,8 @@ REGEX_TIMEOUT = 0.05
 REGEX_BUDGET = 0.25
 INLINE_BUDGET = 0.002
 MAX_TEXT = 256 * 1024
+# What makes a pattern a glob (`]` too: a label is not cut out of a `[...]` holding a dot).
+_WILDCARDS = "*?[]"
 # A search timed out by other threads' CPU is tried again (see RegexBudget.search), up to this many
 # times in all, its timeout scaled by at most this much.
 _ATTEMPTS = 3
@@ -47,16 +49,20 @@ class AddressPattern:
     """`bob@example.org` (exact), `@example.org` or `example.org` (the domain), or a glob with
     `*`/`?`/`[...]` (`*@*.example.org`). Caseless as `contains` is (Unicode case folding), with
     domains compared in their ASCII form, as the auth stage compares them (`bücher.de` is
-    `xn--bcher-kva.de`). `value` is given folded (`parse` and gatewayd.rules.syntax fold it)."""
+    `xn--bcher-kva.de`). `value` is given folded (`parse`, `glob` and gatewayd.rules.syntax fold it)."""
 
     kind: str  # address | domain | glob
     value: str
+    # A glob without `@` (`*.bücher.example`) spans the local part and the domain, and cannot tell
+    # which of its labels are the domain's: it also matches in this form, its labels without a
+    # wildcard in ASCII form, as a glob with `@` has its domain; "" when that is `value`.
+    labels_in_ascii: str = ""
 
     @classmethod
     def parse(cls, text: str) -> AddressPattern:
         text = text.strip()
-        if any(c in text for c in "*?["):
-            return cls("glob", fold_address(text))
+        if any(c in text for c in _WILDCARDS):
+            return cls.glob(text)
         if text.startswith("@"):
             return cls("domain", ascii_domain(text[1:]))
         if "@" not in text:
@@ -69,7 +75,21 @@ class AddressPattern:
             return address == self.value
         if self.kind == "domain":
             return address.rpartition("@")[2] == self.value
-        return fnmatch.fnmatchcase(address, self.value)
+        return fnmatch.fnmatchcase(address, self.value) or bool(
+            self.labels_in_ascii and fnmatch.fnmatchcase(address, self.labels_in_ascii)
+        )
+
+    @classmethod
+    def glob(cls, text: str) -> AddressPattern:
+        folded = fold_address(text)
+        if "@" in folded:
+            return cls("glob", folded)
+        labels = [
+            label if any(c in label for c in _WILDCARDS) else ascii_domain(label)
+            for label in folded.split(".")
+        ]
+        in_ascii = ".".join(labels)
+        return cls("glob", folded, in_ascii if in_ascii != folded else "")
 
 
 def fold_address(address: str) -> str:

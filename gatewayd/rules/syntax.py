@@ -211,6 +211,8 @@ def _addresses(field_name: str, value: Any) -> Addresses:
             for text in texts:
                 if key == "domain":
                     patterns.append(AddressPattern("domain", ascii_domain(text.strip().lstrip("@"))))
+                elif key == "glob":
+                    patterns.append(AddressPattern.glob(text.strip()))
                 else:
                     patterns.append(AddressPattern(key, fold_address(text)))
         if not patterns:
