@@ -34,7 +34,7 @@ from gatewayd.rules import renderer as renderer_module
 from gatewayd.rules.engine import RulesStage
 from gatewayd.rules.facts import MAX_HEADER_BYTES, Facts
 from gatewayd.rules.load import RuleBook, load_rules
-from gatewayd.rules.match import AddressPattern, InlineBudget, RegexBudget, compile_regex
+from gatewayd.rules.match import AddressPattern, InlineBudget, RegexBudget, compile_regex, stands_past_cut
 from gatewayd.rules.model import parse_rules
 from gatewayd.rules.plan import build, evaluate
 from gatewayd.rules.renderer import TemplateRenderer
@@ -190,6 +190,36 @@ def test_a_domain_pattern_matches_only_its_own_domain_in_either_form() -> None:
     assert not AddressPattern.parse("@bücher.example").matches("info@bucher.example")
     assert not AddressPattern.parse("@bucher.example").matches("info@xn--bcher-kva.example")
     assert not AddressPattern.parse("*@bücher.example").matches("info@bucher.example")
+    assert not AddressPattern.parse("*.bücher.example").matches("info@mail.bucher.example")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "stands"),
+    [
+        (r"\bfoo\b", "a foo b", True),
+        (r"(?i:foo) \w+", "FOO bar. x", True),
+        (r"(?m)(?<=a )foo$", "a foo\nb", True),  # a newline read: the same in the whole
+        (r"\w+\.", "FOO bar.", False),  # at the cut: undecided, though no text could undo this one
+        ("foo$", "a foo", False),  # "a foo bar" makes it false
+        (r"foo\Z", "a foo", False),
+        ("foo$", "a foo\n", False),  # `$` before a final newline
+        (r"foo\b", "a foo", False),  # "a food"
+        ("fo+", "a fo", False),  # the whole would match more: "a foo" is still a match, but it is
+        ("foo(?=.*bar)", "foo, bar, baz", False),  # lookahead: past its match
+        ("foo(?!.*baz)", "foo, bar, ba", False),  # "... baz" undoes it
+        ("(?>fo|f)o", "foo and", False),  # atomic group
+        ("fo++", "foo and", False),  # possessive quantifier
+        ("(*PRUNE)foo", "foo and", False),
+        ("(?w)foo", "foo and", False),  # the WORD flag's boundaries
+        ("[(?=]foo", "=foo and", False),  # no lookahead, but read as one: never the other way
+    ],
+)
+def test_a_match_in_a_cut_text_stands_only_where_more_text_cannot_undo_it(
+    pattern: str, text: str, stands: bool
+) -> None:
+    compiled = compile_regex(pattern)
+    match = compiled.search(text)
+    assert match is not None and stands_past_cut(compiled, match, len(text)) is stands
 
 
 def test_globs_on_folders_and_list_ids_are_caseless_in_unicode() -> None:
@@ -288,7 +318,7 @@ def test_a_regex_is_timed_by_its_own_cpu_not_the_other_threads(monkeypatch: pyte
     for thread in threads:
         thread.start()
     try:
-        results = [RegexBudget(60.0).search(pattern, text) for _ in range(20)]
+        results = [RegexBudget(60.0).search(pattern, text) is not None for _ in range(20)]
     finally:
         stop.set()
         for thread in threads:

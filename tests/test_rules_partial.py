@@ -318,7 +318,9 @@ def test_tests_on_parts_past_the_parsers_limits_are_undecided(over: bytes, under
 
 def test_tests_on_subject_and_addresses_cut_by_the_message_parser_are_undecided() -> None:
     """The parser keeps 8192 characters of a header: a regex anchored to the end matched the start
-    of the Subject, and `not:` of a word or an address past the cut held."""
+    of the Subject, and `not:` of a word or an address past the cut held. Nor is a match in the
+    start decided: the cut may fall in an encoded word (its raw text is read), and a To list cut
+    at a comma inside a quoted name read that name's `ceo@example.com` for the address."""
     book = rulebook(
         {
             "not-urgent": {"not": {"subject": "urgent"}},
@@ -332,14 +334,24 @@ def test_tests_on_subject_and_addresses_cut_by_the_message_parser_are_undecided(
     head = f"From: bob@example.org\r\nTo: {LONG_TO}\r\nSubject: {LONG_SUBJECT}\r\n"
     message = fetched((head + "\r\nHello.\r\n").encode())
     applied, not_applied = outcome_of(book, message)
-    assert applied == ["invoice", "to-first"] and message.headers_cut == {"subject", "to"}
+    assert applied == [] and message.headers_cut == {"subject", "to"}
     why = f"its value was not all read (longer than {MAX_HEADER_CHARS} characters, or cut by the fetch)"
     assert not_applied == [
-        f'rule "not-urgent" not applied: subject: not found, but {why}',
-        f'rule "all-x" not applied: subject: equals and regex undecided, as {why}',
-        f'rule "is-invoice" not applied: subject: equals and regex undecided, as {why}',
-        f'rule "not-to-last" not applied: to: not found, but {why}',
+        f'rule "{name}" not applied: {what}: undecided, as {why}'
+        for name, what in [
+            ("not-urgent", "subject"),
+            ("all-x", "subject"),
+            ("is-invoice", "subject"),
+            ("invoice", "subject"),
+            ("not-to-last", "to"),
+            ("to-first", "to"),
+        ]
     ]
+    quoted = fetched(
+        f'From: bob@example.org\r\nTo: "ceo@example.com, {"x" * 8300}" <evil@evil.test>\r\n\r\n.'.encode()
+    )
+    assert quoted.data["to"] == [{"address": "ceo@example.com", "name": None}]
+    assert outcome_of(rulebook({"to-ceo": {"to": "ceo@example.com"}}), quoted)[0] == []
     # Short enough to be read whole, the same values decide every test.
     short = fetched(b"From: bob@example.org\r\nTo: user0@example.net\r\nSubject: Invoice xx\r\n\r\nHi.\r\n")
     assert short.headers_cut == frozenset()
@@ -361,17 +373,17 @@ def test_tests_on_the_header_the_256_kib_cut_fell_in_are_undecided() -> None:
     padding = PADDING[: MAX_HEADER_BYTES - 2000]
     padding = padding[: padding.rindex("\r\n") + 2]
     applied, not_applied = outcome_of(book, mail(padding + "X-Tag: " + "a" * 5000 + "b\r\n"))
-    assert applied == ["tag-a", "pad"]
+    assert applied == ["pad"]
     why = f"its value was not all read (the headers are longer than {MAX_HEADER_BYTES // 1024} KiB)"
     assert not_applied == [
-        f'rule "tag-all-a" not applied: header x-tag: equals and regex undecided, as {why}',
-        f'rule "not-tag-b" not applied: header x-tag: not found, but {why}',
+        f'rule "tag-all-a" not applied: header x-tag: undecided, as {why}',
+        f'rule "not-tag-b" not applied: header x-tag: undecided, as {why}',
+        f'rule "tag-a" not applied: header x-tag: undecided, as {why}',
         'rule "list-a" not applied: list_id: not found, but the headers are longer than 256 KiB',
     ]
     applied, not_applied = outcome_of(book, mail(padding + "List-Id: " + "a" * 5000 + "-list\r\n"))
     assert (
-        applied == ["pad"]
-        and not_applied[-1] == f'rule "list-a" not applied: list_id: globs undecided, as {why}'
+        applied == ["pad"] and not_applied[-1] == f'rule "list-a" not applied: list_id: undecided, as {why}'
     )
 
 
@@ -390,8 +402,81 @@ def test_tests_on_the_header_the_fetch_cut_into_are_undecided() -> None:
     applied, not_applied = outcome_of(book, message)
     assert applied == ["from-bob"] and message.data["subject"] == "Quarterly"
     assert not_applied == [
-        'rule "subject-is" not applied: subject: equals and regex undecided, as its value was not all read'
+        'rule "subject-is" not applied: subject: undecided, as its value was not all read'
         f" (longer than {MAX_HEADER_CHARS} characters, or cut by the fetch)",
-        'rule "header-is" not applied: header subject: equals and regex undecided, as its value was not all'
+        'rule "header-is" not applied: header subject: undecided, as its value was not all'
         " read (the fetch cut the headers short)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("last", "read", "condition"),
+    [
+        ("From: a@example.com.evil.test", "From: a@example.com", {"from": "@example.com"}),
+        ("From: a@example.com.evil.test", "From: a@example.com", {"from": {"glob": "*@example.com"}}),
+        ("Reply-To: a@example.com.evil.test", "Reply-To: a@example.com", {"reply_to": "a@example.com"}),
+        ("Subject: =?utf-8?b?cmVwb3J0IGRvbmU=?=", "Subject: =?utf-8?b?cmVwb3J0", {"subject": "utf"}),
+        (
+            "X-Mailer: =?utf-8?b?cmVwb3J0IGRvbmU=?=",
+            "X-Mailer: =?utf-8?b?cmVwb3J0",
+            {"header": {"name": "x-mailer", "contains": "utf"}},
+        ),
+        ("Precedence: bulky-but-personal", "Precedence: bulk", {"bulk": True}),
+        ("Auto-Submitted: no", "Auto-Submitted: n", {"auto_submitted": True}),
+    ],
+)
+def test_no_test_on_the_header_the_fetch_cut_into_is_decided(
+    last: str, read: str, condition: dict[str, Any]
+) -> None:
+    """The last header read, cut by the fetch, held a prefix: `a@example.com` of
+    `a@example.com.evil.test` matched `@example.com`, an encoded word cut short was read as its raw
+    text (`utf`), `Precedence: bulk` of `bulky-but-personal` was bulk, `Auto-Submitted: n` of `no`
+    was auto-submitted. The header is still there: `exists` is decided."""
+    head = HEAD.replace("From: Bob Sender <bob@example.org>\r\n", "")
+    whole = (head + last + "\r\n\r\nHello.\r\n").encode()
+    book = rulebook({"cut": condition, "exists": {"header": {"name": last.partition(":")[0]}}})
+    applied, not_applied = outcome_of(book, fetched((head + read).encode(), size=len(whole)))
+    assert applied == ["exists"] and len(not_applied) == 1, not_applied
+    assert ": undecided, as its value was not all read" in not_applied[0], not_applied
+    assert outcome_of(book, fetched(whole))[1] == []  # read whole, each is decided
+
+
+def test_parts_past_a_header_block_the_fetch_cut_are_not_all_read() -> None:
+    """Nothing past a cut header block was read, its Content-Type among it: `has_attachments: false`
+    held of a multipart with an attachment."""
+    body = (
+        'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\n'
+        + "--B\r\n\r\nHi.\r\n--B--\r\n"
+    )
+    whole = (HEAD + body).encode()
+    message = fetched(whole[: whole.index(b"MIME-Version")], size=len(whole))
+    applied, not_applied = outcome_of(rulebook({"plain": {"has_attachments": False}}), message)
+    assert (applied, message.parts_unseen) == ([], True)
+    assert not_applied == [
+        'rule "plain" not applied: has_attachments: not found, but the message\'s parts were not all read'
+    ]
+
+
+def test_equals_and_a_regex_match_at_the_end_of_a_cut_body_are_undecided() -> None:
+    """The fetch cut "status: okay, pending" at "status: ok": `equals` compared the start, and
+    `ok$` matched at the cut; a match more text cannot undo stands."""
+    whole = (HEAD + "\r\nstatus: okay, pending\r\n").encode()
+    message = fetched(whole[: whole.index(b"ay, pending")], size=len(whole))
+    book = rulebook(
+        {
+            "is-ok": {"body": {"equals": "status: ok"}},
+            "ends-ok": {"body": {"regex": "ok$"}},
+            "status": {"body": {"regex": r"^status\b"}},
+        }
+    )
+    applied, not_applied = outcome_of(book, message)
+    why = "the body text was not all read (cut at 256 KiB, or by the fetch)"
+    assert (applied, not_applied) == (
+        ["status"],
+        [
+            f'rule "is-ok" not applied: body: equals matched, but {why}',
+            f"rule \"ends-ok\" not applied: body: regex 'ok$' matched, but {why}, and more may undo it",
+        ],
+    )
+    read_whole = fetched((HEAD + "\r\nstatus: ok\n").encode())
+    assert outcome_of(book, read_whole) == (["is-ok", "ends-ok", "status"], [])

@@ -89,8 +89,11 @@ def parse(msg: FetchedMessage, excerpt_chars: int = 500) -> ParsedMessage:
     if msg.parts:
         leaves, cut, sizes = safe((leaves, cut, sizes), joined.join, leaves, msg.parts)
     # More parts than are walked (or than the parse kept: MAX_PARTS, MAX_DEPTH), or a multipart
-    # the fetch cut short whose other parts were never fetched (imap/parts.py gave up on them).
-    unseen = not walked_all or (truncated and not msg.parts and safe(True, structure.unclosed, root))
+    # the fetch cut short whose other parts were never fetched (imap/parts.py gave up on them), or
+    # a header block it cut, past which nothing was read (its Content-Type may be past the cut).
+    unseen = not walked_all or (
+        truncated and not msg.parts and (block_cut or safe(True, structure.unclosed, root))
+    )
     attachments = safe([], body.attachments, leaves, root, cut, sizes)
     text, html, text_cut, unread = safe(
         body.Bodies("", None, True, ()), body.bodies, leaves, root, cut, unseen

@@ -16,9 +16,14 @@ body text (cut at 256 KiB, or by the fetch) and the inline text parts past it (n
 the budget attached.py reads them within), the headers (longer than `MAX_HEADER_BYTES`, cut by the
 fetch, or beyond the parser), the parts (an attachment past them, or past the MIME parser's limits
 on parts and nesting). Not finding is no proof of absence there, so the test is undecided; a match
-found is still a match. A header value itself cut short (longer than the message parser keeps, or
-the last of headers cut) is only part of the value: `equals`, a regex and a glob on it are
-undecided, whether they match or not, since the end they may anchor to is not the value's end.
+found is still a match, unless more text could undo it: `equals` on a body text cut short, and a
+regex match that ends at its cut or whose pattern looks past the match (`stands_past_cut`).
+
+A header value itself cut short (longer than the message parser keeps, or the last of headers cut)
+is only part of the value, which may be cut inside an address (`a@example.com` of
+`a@example.com.evil.test`) or an RFC 2047 encoded word (then its raw text is what is read): every
+test on it, the addresses, `contains`, `bulk` and `auto_submitted` among them, is undecided, whether
+it matches or not; only `exists` is decided.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import regex
 
 from gatewayd.pipeline.auth.stage import SYMBOLS as AUTH_STAGE_SYMBOLS
 from gatewayd.rules.facts import Facts, Undecided
-from gatewayd.rules.match import AddressPattern, RegexTimeout, glob_any
+from gatewayd.rules.match import AddressPattern, RegexTimeout, glob_any, stands_past_cut
 
 VERDICTS = ("ham", "suspect", "spam")
 AUTH_VERDICTS = ("pass", "fail", "none", "unknown")
@@ -107,15 +112,16 @@ class Addresses:
     patterns: tuple[AddressPattern, ...]
 
     def test(self, facts: Facts) -> bool:
+        if cut := facts.parsed_cut(self.field.replace("_", "-")):
+            raise _value_undecided(self.field, cut)
         value = facts.data.get(self.field)
         entries = [value] if isinstance(value, dict) else value if isinstance(value, list) else []
         addresses = [
             e["address"] for e in entries if isinstance(e, dict) and isinstance(e.get("address"), str)
         ]
         if any(p.matches(a) for a in addresses for p in self.patterns):
-            return True  # a list cut at MAX_HEADER_CHARS drops its last, partial, address (fields.addresses)
-        cut = facts.parsed_cut(self.field.replace("_", "-"))
-        return _not_found(self.field, facts.headers_partial() or (_value_not_all_read(cut) if cut else None))
+            return True
+        return _not_found(self.field, facts.headers_partial())
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,18 +137,19 @@ class Text:
     exists: bool | None = None
     # Why the values may be only part of the message's (a cut text, headers not all read), or None.
     partial: Callable[[Facts], str | None] | None = None
-    # Why a value may be only the start of a header's, or None.
+    # Why a value may be only the start of a header's, or None: then only `exists` is decided.
     cut: Callable[[Facts], str | None] | None = None
+    # Why a text may end where it was cut (the body), or None: then a match more text could undo
+    # (`equals`, a regex match at the cut) is undecided.
+    ends_cut: Callable[[Facts], str | None] | None = None
 
     def test(self, facts: Facts) -> bool:
-        cut = self.cut(facts) if self.cut is not None else None
-        if cut is not None and (self.equals or self.regexes) and self.exists is not False:
-            raise Undecided(f"{self.what}: equals and regex undecided, as {_value_not_all_read(cut)}")
+        cut = self.cut(facts) if self.cut is not None and self.exists is not False else None
+        if cut is not None and (self.contains or self.equals or self.regexes):
+            raise _value_undecided(self.what, cut)
         held = self._holds(facts)
         if held == (self.exists is not False):
             return held  # a match found (or, for `exists: false`, a value found) is decided
-        if cut is not None:
-            return _not_found(self.what, _value_not_all_read(cut), held)
         return _not_found(self.what, self.partial(facts) if self.partial else None, held)
 
     def _holds(self, facts: Facts) -> bool:
@@ -153,14 +160,34 @@ class Text:
             return False
         if self.equals and not any(v.strip().casefold() in self.equals for v in values):
             return False
-        if self.regexes:
-            try:
-                if any(facts.budget.search(p, v) for p in self.regexes for v in values):
-                    return True
-            except RegexTimeout as exc:
-                raise Undecided(f"{self.what}: {exc}") from None
-            return False
-        return True
+        if self.equals and (why := self._ends_cut(facts)):
+            raise Undecided(f"{self.what}: equals matched, but {why}")
+        return self._searched(facts, values) if self.regexes else True
+
+    def _searched(self, facts: Facts, values: list[str]) -> bool:
+        """Whether a regex matches a value; undecided when the matches found may be undone by the
+        text past a cut (the first match of each pattern in each value is looked at)."""
+        undone: str | None = None
+        try:
+            for pattern in self.regexes:
+                for value in values:
+                    match = facts.budget.search(pattern, value)
+                    if match is None:
+                        continue
+                    why = self._ends_cut(facts)
+                    if why is None or stands_past_cut(pattern, match, len(value)):
+                        return True
+                    undone = (
+                        undone or f"regex {pattern.pattern[:60]!r} matched, but {why}, and more may undo it"
+                    )
+        except RegexTimeout as exc:
+            raise Undecided(f"{self.what}: {exc}") from None
+        if undone is not None:
+            raise Undecided(f"{self.what}: {undone}")
+        return False
+
+    def _ends_cut(self, facts: Facts) -> str | None:
+        return self.ends_cut(facts) if self.ends_cut is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +198,11 @@ class Predicate:
     expected: bool
     what: str = ""
     partial: Callable[[Facts], str | None] | None = None  # as for Text: then "no" is not decided
+    cut: Callable[[Facts], str | None] | None = None  # as for Text: then nothing is decided
 
     def test(self, facts: Facts) -> bool:
+        if self.cut is not None and (cut := self.cut(facts)):
+            raise _value_undecided(self.what, cut)
         if self.get(facts):
             return self.expected
         return _not_found(self.what, self.partial(facts) if self.partial else None, not self.expected)
@@ -190,7 +220,7 @@ class Globs:
         values = self.get(facts)
         cut = self.cut(facts) if self.cut is not None else None
         if cut is not None:
-            raise Undecided(f"{self.what}: globs undecided, as {_value_not_all_read(cut)}")
+            raise _value_undecided(self.what, cut)
         if any(glob_any(self.patterns, value) for value in values):
             return True
         return _not_found(self.what, self.partial(facts) if self.partial else None)
@@ -225,8 +255,8 @@ class OneOf:
         return any(value in self.values for value in self.get(facts))
 
 
-def _value_not_all_read(why: str) -> str:
-    return f"its value was not all read ({why})"
+def _value_undecided(what: str, cut: str) -> Undecided:
+    return Undecided(f"{what}: undecided, as its value was not all read ({cut})")
 
 
 def _not_found(what: str, partial: str | None, result: bool = False) -> bool:

@@ -133,13 +133,19 @@ class Facts:
                         self._bodies.append(html_to_text(part.html, enough=MAX_HTML_CHARS))
         return self._bodies
 
-    def bodies_partial(self) -> str | None:
-        """Why `bodies()` may not be all the text a reader sees, or None."""
+    def bodies_cut(self) -> str | None:
+        """Why a text of `bodies()` may end where it was cut, not where it ends, or None."""
         if self.text_cut:
             return "the body text was not all read (cut at 256 KiB, or by the fetch)"
         for part in self.attached:
             if part.read_in_part and part.location.startswith(_INLINE):
                 return f"the inline text part {part.location} was not all read ({_ATTACHED_CAPS})"
+        return None
+
+    def bodies_partial(self) -> str | None:
+        """Why `bodies()` may not be all the text a reader sees, or None."""
+        if cut := self.bodies_cut():
+            return cut
         for skipped in self.skipped:
             if skipped.location.startswith(_INLINE):
                 return f"the inline text part {skipped.location} was not all read ({skipped.reason})"

@@ -7,6 +7,9 @@ the whole message at most `REGEX_BUDGET`; the text searched is cut to `MAX_TEXT`
 search that runs out of time raises `RegexTimeout`: its condition is undecided (see
 gatewayd.rules.conditions), and the event's `rules_errors` says so.
 
+A match found in a text cut short (the body past 256 KiB) may not be one in the whole text: `foo$`
+matches at the cut. `stands_past_cut` tells the matches more text cannot undo (see there).
+
 The rules stage first evaluates on the event loop under an `InlineBudget` of `INLINE_BUDGET`:
 running out of that is no verdict but `NeedsMoreTime`, and the message is evaluated again, from
 the start, in a worker thread under the full budget. Ordinary patterns take microseconds, so the
@@ -16,6 +19,7 @@ thread hop (about as costly as a whole message's stages) is only paid for a slow
 from __future__ import annotations
 
 import fnmatch
+import functools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,6 +38,14 @@ _WILDCARDS = "*?[]"
 # times in all, its timeout scaled by at most this much.
 _ATTEMPTS = 3
 _MAX_SCALE = 8.0
+# Characters a match must end before the end of a cut text to stand: `$` matches before a final
+# newline, and `\b` looks at the character after the match.
+CUT_MARGIN = 2
+# The `(?` groups that decide on nothing past their position: non-capturing and named groups,
+# lookbehind, comments, flags Python's `re` has (not regex's WORD, whose boundaries look further).
+_PLAIN_GROUP = regex.compile(r"\(\?(?:[:#]|P?<(?:[=!]|\w+>)|[aiLmsux-]+[:)])")
+# Backtracking verbs and possessive quantifiers: they commit to a choice made on the text they saw.
+_COMMITS = regex.compile(r"\(\*|[*+?}]\+")
 
 
 class RegexTimeout(Exception):
@@ -110,8 +122,8 @@ class RegexBudget:
     def __init__(self, seconds: float = REGEX_BUDGET) -> None:
         self.deadline = time.monotonic() + seconds
 
-    def search(self, pattern: regex.Pattern[str], text: str) -> bool:
-        """Whether `pattern` is found in `text`; RegexTimeout when the search used its own
+    def search(self, pattern: regex.Pattern[str], text: str) -> regex.Match[str] | None:
+        """The first match of `pattern` in `text`, or None; RegexTimeout when the search used its own
         REGEX_TIMEOUT of CPU, or the message's budget is used up.
 
         `regex` times a search by the CPU time of the whole process, so other threads' work (the
@@ -128,7 +140,7 @@ class RegexBudget:
             timeout = min(REGEX_TIMEOUT, remaining)
             started = time.thread_time()
             try:
-                return pattern.search(text, timeout=timeout * scale) is not None
+                return pattern.search(text, timeout=timeout * scale)
             except TimeoutError:
                 own = time.thread_time() - started
                 if own >= timeout / 2:
@@ -143,11 +155,31 @@ class InlineBudget(RegexBudget):
     def __init__(self, seconds: float = INLINE_BUDGET) -> None:
         super().__init__(seconds)
 
-    def search(self, pattern: regex.Pattern[str], text: str) -> bool:
+    def search(self, pattern: regex.Pattern[str], text: str) -> regex.Match[str] | None:
         try:
             return super().search(pattern, text)
         except RegexTimeout:
             raise NeedsMoreTime from None
+
+
+def stands_past_cut(pattern: regex.Pattern[str], match: regex.Match[str], length: int) -> bool:
+    """Whether `match`, found in a text of `length` characters that may continue past its end, is
+    a match of the whole text too. It is when no step of the search's path to it looked past the
+    character after its end, and that character was read: the match ends `CUT_MARGIN` characters
+    before the cut, and the pattern has nothing that looks further or commits on what it saw there
+    (a lookahead, also in a conditional or a lookbehind; an atomic group, a possessive quantifier,
+    a backtracking verb, a subroutine call, a flag beyond Python's). The path's steps (`$`, `\\b`,
+    greedy quantifiers, backreferences, lookbehind) then go the same way in the whole text, so the
+    match is there too, if maybe not the first. Anything else: False, though it may be a match.
+    """
+    return length - match.end() >= CUT_MARGIN and _sees_its_match_alone(pattern.pattern)
+
+
+@functools.lru_cache(maxsize=256)
+def _sees_its_match_alone(source: str) -> bool:
+    """Read from the pattern's source, escapes and character classes included: a `(?=` in `[(?=]`
+    makes it False, never a lookahead True."""
+    return source.count("(?") == len(_PLAIN_GROUP.findall(source)) and _COMMITS.search(source) is None
 
 
 def compile_regex(pattern: str) -> regex.Pattern[str]:

@@ -134,11 +134,12 @@ def _text(
     partial: Callable[[Facts], str | None],
     header: bool = False,
     cut: Callable[[Facts], str | None] | None = None,
+    ends_cut: Callable[[Facts], str | None] | None = None,
 ) -> Text:
     """A plain string means `contains`. `partial`: why the values may not be all of them; `cut`:
-    why a value may be only the start of one."""
+    why a value may be only the start of a header's; `ends_cut`: why a text may end at a cut."""
     if isinstance(value, str):
-        return Text(what, get, contains=(value.casefold(),), partial=partial, cut=cut)
+        return Text(what, get, contains=(value.casefold(),), partial=partial, cut=cut, ends_cut=ends_cut)
     keys = ("contains", "equals", "regex", *(("exists",) if header else ()))
     if not isinstance(value, dict) or not value:
         raise Invalid(("", f"expected a string (contains) or a mapping with {', '.join(keys)}"))
@@ -169,7 +170,7 @@ def _text(
             problems += [(f".{key}{at}", message) for at, message in bad.problems]
     if problems:
         raise Invalid(*problems)
-    return Text(what, get, partial=partial, cut=cut, **parts)
+    return Text(what, get, partial=partial, cut=cut, ends_cut=ends_cut, **parts)
 
 
 def _header(value: Any) -> Condition:
@@ -278,12 +279,18 @@ _TESTS: dict[str, Callable[[Any], Condition]] = {
         Facts.headers_partial,
         cut=lambda f: f.parsed_cut("subject"),
     ),
-    "body": lambda v: _text("body", Facts.bodies, v, Facts.bodies_partial),
+    "body": lambda v: _text("body", Facts.bodies, v, Facts.bodies_partial, ends_cut=Facts.bodies_cut),
     "header": _header,
     "list_id": _list_id,
-    "bulk": lambda v: Predicate(is_bulk, _bool(v), "bulk", Facts.headers_partial),
+    "bulk": lambda v: Predicate(
+        is_bulk, _bool(v), "bulk", Facts.headers_partial, lambda f: f.value_cut("precedence")
+    ),
     "auto_submitted": lambda v: Predicate(
-        is_auto_submitted, _bool(v), "auto_submitted", Facts.headers_partial
+        is_auto_submitted,
+        _bool(v),
+        "auto_submitted",
+        Facts.headers_partial,
+        lambda f: f.value_cut("auto-submitted"),
     ),
     "has_attachments": lambda v: Predicate(
         lambda f: bool(f.data.get("has_attachments")), _bool(v), "has_attachments", Facts.parts_partial
