@@ -102,6 +102,67 @@ def test_domains_merely_sharing_a_name_embed_nothing(domain: str) -> None:
     assert PROTECTED.resembled(domain) is None
 
 
+# Names of five characters or fewer (apple, ups, ing), one a mail service's generic word (mail), one
+# a suffix (net.ph: `net`), one of two letters (hp), and names of six or more (paypal, google...).
+BRANDS = ProtectedDomains(
+    [
+        *("apple.com", "ups.com", "ing.com", "linux.org", "mail.com", "net.ph", "hp.com", "paypal.com"),
+        *("google.com", "facebook.com", "amazon.com", "washington.edu", "office.com"),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("domain", "embeds"),
+    [
+        ("secure-apple.net", "apple.com"),  # a short name beside a lure word
+        ("apple-support.com", "apple.com"),
+        ("apple-id-verify.com", "apple.com"),  # the lure word anywhere among the parts
+        ("login.app1e-support.com", "apple.com"),  # lookalikes fold first
+        ("ups-billing.net", "ups.com"),
+        ("paypalsecure.com", "paypal.com"),  # a name of six or more glued to a lure word
+        ("securepaypal.com", "paypal.com"),
+        ("verifypaypa1.co.uk", "paypal.com"),
+        ("paypalsecure-center.net", "paypal.com"),
+        ("accounts-googleupdate.com", "google.com"),
+    ],
+)
+def test_a_brand_beside_a_lure_word_is_embedded(domain: str, embeds: str) -> None:
+    found = BRANDS.resembled(domain)
+    assert found is not None and found.embedded
+    assert found.as_dict() == {"domain": domain, "resembles": embeds}
+
+
+@pytest.mark.parametrize(
+    "domain",
+    [
+        "snapple.com",  # short names count as whole parts only
+        "applebees.com",
+        "pineapple-farm.com",
+        "apple-pie-recipes.com",  # a short name beside an ordinary word
+        "big-apple-tours.com",
+        "linux-laptop.net",
+        "ups-store-hours.com",
+        "appleseed-support.org",  # beside a lure word, but not the name as a whole part
+        "apple-support.zendesk.com",  # a help desk's customer, named below its registered name
+        "applesupport.com",  # a short name glued: `accounting` is `account` and `ing`
+        "accounting-services.com",
+        "supporting-families.org",
+        "hp-support.net",  # two letters: initials everyone's names share
+        "secure-mail.biz",  # mail.com's name is what every mail service is called
+        "net-support.com",  # net.ph is named by its suffix
+        "googlemail.com",  # a name of six or more glued to an ordinary word: the brands' own, or others'
+        "facebookmail.com",
+        "amazonses.com",
+        "washingtonpost.com",
+        "openoffice.org",
+        "paypalsecurely.com",  # the lure word must be whole
+    ],
+)
+def test_brands_beside_ordinary_words_are_not_embedded(domain: str) -> None:
+    assert BRANDS.resembled(domain) is None
+
+
 def test_the_answer_is_remembered_per_domain_not_per_organisational_domain() -> None:
     protected = ProtectedDomains(["example.com"])
     assert protected.resembled("news.evil.test") is None

@@ -121,24 +121,29 @@ async def test_a_sender_hiding_a_protected_domain_in_a_longer_one_is_a_lookalike
             "then": [{"tag": "impersonation"}],
         }
     ]
-    pipeline = {"auth": {**PIPELINE["auth"], "protected_domains": ["northbank.test"]}}
+    pipeline = {"auth": {**PIPELINE["auth"], "protected_domains": ["northbank.test", "acme.test"]}}
     config = gateway_config(tmp_path, dovecot, [user], pipeline=pipeline, rules=rules)
     gw = await start_gateway(config)
     await wait_for(lambda: idle(gw), what="watcher idle")
+    lookalikes = {  # From domain -> the protected one it hides
+        "northbank.test-verify.example": "northbank.test",
+        "northbanksecure.example": "northbank.test",  # glued to a lure word
+        "acme-support.example": "acme.test",  # a short name beside a lure word
+    }
     async with aiohttp.ClientSession() as session:
         stream = SseReader(await session.get(f"{gw.url}/events", headers=AUTH))
-        await dovecot.deliver_async(user, mail("verify", "Security <alerts@northbank.test-verify.example>"))
+        for domain in lookalikes:
+            await dovecot.deliver_async(user, mail("verify", f"Security <alerts@{domain}>"))
         await dovecot.deliver_async(user, mail("statement", "Statements <info@mail.northbank.test>"))
-        embedded, own = [frame.json["data"] for frame in await stream.messages(2)]
-    assert embedded["auth"]["impersonation"] == [
-        {
-            "symbol": "FROM_LOOKALIKE_DOMAIN",
-            "domain": "northbank.test-verify.example",
-            "resembles": "northbank.test",
-        }
-    ]
-    assert "impersonation" in embedded["labels"]
-    assert own["auth"]["impersonation"] == [] and "impersonation" not in own["labels"]
+        await dovecot.deliver_async(user, mail("catalogue", "Sales <sales@acme-tools.example>"))
+        *embedded, own, ordinary = [frame.json["data"] for frame in await stream.messages(5)]
+    for data, (domain, protected) in zip(embedded, lookalikes.items(), strict=True):
+        assert data["auth"]["impersonation"] == [
+            {"symbol": "FROM_LOOKALIKE_DOMAIN", "domain": domain, "resembles": protected}
+        ]
+        assert "impersonation" in data["labels"]
+    for data in (own, ordinary):
+        assert data["auth"]["impersonation"] == [] and "impersonation" not in data["labels"]
 
 
 async def test_report_feeds_learning_and_is_an_event(dovecot: Dovecot, user: str, idle_gateway: Any) -> None:

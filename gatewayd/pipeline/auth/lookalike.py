@@ -14,8 +14,13 @@ A From domain also resembles a protected one it embeds, as phishing writes brand
 its own: the whole protected domain in its labels or hyphenated parts, followed by more
 (`example.com.evil.test`, `example-com.evil.test`, `example.com-secure.test`; but not
 `example.com.au`, the same name in a country), or its name of six characters or more as a hyphenated
-part of the registered name (`secure-example.net`, `example-login.com`). A name alone as a label is
-not enough: `acme.zendesk.com` is how help desks and shops host their customers.
+part of the registered name (`secure-example.net`, `example-login.com`). A shorter name is a word
+other names are made of too (`apple-pie`, `linux-laptop`): it counts as a hyphenated part only beside
+a lure word, one phishing adds to make a domain read as the brand's service (`apple-support.com`,
+`secure-apple.net`). A name of six characters or more also counts glued to a lure word
+(`securepaypal.com`, `paypalsecure.com`), not to any word: `googlemail.com` and `amazonses.com` are
+the brands' own, `washingtonpost.com` is no one's lookalike. A name alone as a label is not enough:
+`acme.zendesk.com` is how help desks and shops host their customers.
 """
 
 from __future__ import annotations
@@ -30,8 +35,22 @@ from gatewayd.pipeline.injection.characters import fold
 # Shorter names are one edit away from too many real ones (gmail, ymail, email): skeletons only.
 MIN_EDIT_LABEL = 6
 # Shorter names are words that other names are made of too (apple-pie, linux-magazine): such a name
-# counts as embedded only with its suffix (`apple-com`).
+# counts as embedded with its suffix (`apple-com`), or as a hyphenated part beside a lure word.
 MIN_EMBEDDED_NAME = 6
+# Two letters are initials and states that everyone's names share (`it-support`, `ca-login`).
+MIN_LURED_NAME = 3
+# Words phishing puts beside a brand to make a domain read as its service (`apple-support.com`,
+# `securepaypal.com`); not words that name ordinary services too (mail, web, online, shop, pay).
+_LURE_WORD_LIST = """
+    account accounts alert alerts auth billing confirm helpdesk login logon recovery refund secure
+    security signin support unlock update verify verification wallet
+"""
+LURE_WORDS = frozenset(_LURE_WORD_LIST.split())
+# Short names that are no one's in particular beside a lure word: suffix labels (`net.ph`, a
+# country's second level missing from the list of such, is named `net`) and the words mail and web
+# services are named by (`secure-mail.biz` is not mail.com's).
+_GENERIC_NAME_LIST = "com net org edu gov mil int biz info mail email inbox post web"
+_GENERIC_NAMES = frozenset(_GENERIC_NAME_LIST.split())
 # From domains whose answer each ProtectedDomains keeps: most mail comes from senders met before.
 MAX_REMEMBERED = 4096
 # Characters or pairs read as another on screen, in the folded (lower-case, Latin) form.
@@ -110,6 +129,7 @@ class ProtectedDomains:
         self._near: dict[str, list[tuple[str, str]]] = {}  # deletion -> (skeleton, org)
         self._by_first_part: dict[str, list[tuple[list[str], str]]] = {}  # -> (parts, org)
         self._by_name: dict[str, str] = {}  # name (the skeleton's first label) -> org
+        self._by_lured_name: dict[str, str] = {}  # the shorter names, embedded only beside a lure word
         self._remembered: dict[str, Resemblance | None] = {}
         for org in sorted(orgs):
             shape = skeleton(org)
@@ -122,6 +142,8 @@ class ProtectedDomains:
             self._by_first_part.setdefault(parts[0], []).append((parts, org))
             if len(name) >= MIN_EMBEDDED_NAME:
                 self._by_name.setdefault(name, org)
+            elif len(name) >= MIN_LURED_NAME and name not in _GENERIC_NAMES:
+                self._by_lured_name.setdefault(name, org)
 
     def resembled(self, domain: str | None) -> Resemblance | None:
         """The protected domain that `domain` (the From's, ASCII form) is a lookalike of or embeds,
@@ -160,11 +182,28 @@ class ProtectedDomains:
                 end = start + len(wanted)
                 if parts[start:end] == wanted and _longer(shape, parts, end):
                     return Resemblance(domain, protected, embedded=True)
-        name = skeleton(org).partition(".")[0]
-        if "-" in name:  # else the same name under another suffix: not embedded, and one edit at most
-            for part in name.split("-"):
-                if part in self._by_name:
-                    return Resemblance(domain, self._by_name[part], embedded=True)
+        found = self._named(skeleton(org).partition(".")[0])
+        return Resemblance(domain, found, embedded=True) if found else None
+
+    def _named(self, name: str) -> str | None:
+        """The protected domain named in `name` (the From's registered name): its name as a
+        hyphenated part, a shorter one only beside a lure word (`apple-support`), or its name of six
+        characters or more glued to a lure word (`securepaypal`, `paypalsecure`)."""
+        parts = name.split("-")
+        if len(parts) > 1:  # else the same name under another suffix: one edit at most
+            lured = not LURE_WORDS.isdisjoint(parts)
+            for part in parts:
+                found = self._by_name.get(part) or (self._by_lured_name.get(part) if lured else None)
+                if found:
+                    return found
+        for part in parts:
+            for lure in LURE_WORDS:
+                if len(part) < len(lure) + MIN_EMBEDDED_NAME:
+                    continue
+                if part.startswith(lure) and part[len(lure) :] in self._by_name:
+                    return self._by_name[part[len(lure) :]]
+                if part.endswith(lure) and part[: -len(lure)] in self._by_name:
+                    return self._by_name[part[: -len(lure)]]
         return None
 
 
