@@ -2,11 +2,14 @@
 
 Mail to `<user>@gateway.test` lands in that Dovecot user's INBOX, so a test can read an auto-reply
 with a separate IMAP client; every message is also kept in `received`. `fail_next` makes the next
-transactions answer DATA with a given reply (`451 ...` for a temporary failure).
+transactions answer DATA with a given reply (`451 ...` for a temporary failure); `hold_next` makes
+the next transaction's RCPT wait unanswered, before the data, until `stop` (the client cut off there
+has sent nothing that could be delivered).
 """
 
 from __future__ import annotations
 
+import asyncio
 import smtplib
 import threading
 from dataclasses import dataclass, field
@@ -32,7 +35,21 @@ class _Handler:
     dovecot: Dovecot
     received: list[Received] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    holds: int = 0
+    held: int = 0  # transactions held at RCPT so far
+    released: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        with self.lock:
+            hold, self.holds = self.holds > 0, max(0, self.holds - 1)
+            self.held += hold
+        if hold:
+            await asyncio.to_thread(self.released.wait)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:
@@ -63,10 +80,19 @@ class SmtpSink:
         with self.handler.lock:
             self.handler.failures.extend(replies)
 
+    def hold_next(self, count: int = 1) -> None:
+        with self.handler.lock:
+            self.handler.holds += count
+
+    @property
+    def held(self) -> int:
+        return self.handler.held
+
     def start(self) -> None:
         self._controller.start()
 
     def stop(self) -> None:
+        self.handler.released.set()
         self._controller.stop()
 
     def smtp_config(self) -> dict[str, Any]:

@@ -123,13 +123,13 @@ async def test_outbox_retries_and_orphans(journal: SqliteRuleJournal) -> None:
     now = time.time()
     await journal.outbox_update(first.id, RETRY, attempts=1, next_attempt_at=now - 1, last_error="451")
     await journal.outbox_update(second.id, RETRY, attempts=1, next_attempt_at=now + 60)
-    # The mail of a message still open (a shutdown cut its attempt short) is its recovery's first.
-    assert await journal.outbox_due(now) == [] and await journal.outbox_next_due() is None
-    await journal.finish(["k2"])
-    assert await journal.outbox_due(now) == [] and await journal.outbox_next_due() == pytest.approx(now + 60)
-    await journal.finish(["k1"])
+    # The mail of a message still open (a stop cut its attempt short) is due all the same: its
+    # delivery needs no watcher.
     assert [i.id for i in await journal.outbox_due(now)] == [first.id]
     assert await journal.outbox_next_due() == pytest.approx(now - 1)
+    await journal.finish(["k1"])
+    assert [i.id for i in await journal.outbox_due(now)] == [first.id]
+    assert [i.id for i in await journal.outbox_due(now + 61)] == [first.id, second.id]
     # A `sending` item of a finished message was a background attempt cut short; of an open
     # message it belongs to the recovery of that message.
     await journal.outbox_update(first.id, SENDING, attempts=2)
@@ -140,6 +140,15 @@ async def test_outbox_retries_and_orphans(journal: SqliteRuleJournal) -> None:
     assert [i.id for i in await journal.outbox_orphans()] == [first.id]
     await journal.outbox_update(first.id, SENT)
     assert (await journal.outbox_get("k1", 0)).state == SENT  # type: ignore[union-attr]
+
+
+async def test_open_mailboxes_are_those_with_open_entries(journal: SqliteRuleJournal) -> None:
+    assert await journal.open_mailboxes() == set()
+    await begin(journal, "k1")
+    await journal.place("other\x1fINBOX\x1f7\x1f1", "other", "INBOX", 7, 1)
+    assert await journal.open_mailboxes() == {"box"}
+    await journal.finish(["k1"])
+    assert await journal.open_mailboxes() == set()
 
 
 async def test_placed_never_overwrites_and_prune_keeps_open_entries(journal: SqliteRuleJournal) -> None:

@@ -9,7 +9,8 @@ is resolved by looking, never by guessing:
 - a copy: done when the destination has the message, else done now; a message without an identity
   (no Message-ID, a header block past the fetch cap) cannot be told, and is not repeated;
 - a mail: interrupted while sending by a crash, it may have gone out: it is never sent again
-  (`unknown`); one a stop cut off the outbox settled before it ended (`pending` before the data).
+  (`unknown`); one a stop cut off the outbox settled before it ended (`pending` before the data),
+  and may be retrying now, without the watcher (`pending` too).
 
 A broken connection in the middle of an action leaves its outcome unknown too: the step stays
 `started`, `ActionInterrupted` ends the batch, and the watcher resolves it after reconnecting.
@@ -34,7 +35,7 @@ from gatewayd.message.identity import Identity
 from gatewayd.pipeline import StageAbort
 from gatewayd.rules.arrivals import Arrivals, InFlight
 from gatewayd.rules.plan import ERROR, OK, PENDING, RULES_ERROR, SKIPPED
-from gatewayd.send.outbox import Outbox
+from gatewayd.send.outbox import INTERRUPTED, Outbox
 from gatewayd.store.journal import HELD, RETRY, SENDING, SENT, UNKNOWN, JournalEntry, RuleJournal
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,19 @@ def message_key(mailbox_id: str, folder: str, uidvalidity: int, uid: int) -> str
 def identity_of(entry: JournalEntry) -> Identity:
     """The identity of a journaled message (entries of older versions have no header digest)."""
     return Identity.of(entry.record["event"]["data"], entry.record.get("header_sha256"))
+
+
+def settled(entry: JournalEntry) -> tuple[dict[int, dict[str, Any]], list[dict[str, Any]]]:
+    """The outcomes of the entry's steps done, and the steps left (neither preset nor done), in order."""
+    done: dict[int, dict[str, Any]] = {}
+    left = []
+    for step in entry.record["plan"]["steps"]:
+        record = entry.steps.get(step["index"])
+        if record is not None and record.get("state") == "done":
+            done[step["index"]] = record
+        elif "preset" not in step:
+            left.append(step)
+    return done, left
 
 
 def _fault(point: str) -> None:
@@ -92,15 +106,10 @@ class Executor:
 
     async def run(self) -> dict[int, dict[str, Any]]:
         entry = self._entry
-        outcomes: dict[int, dict[str, Any]] = {}
-        for step in entry.record["plan"]["steps"]:
+        outcomes, left = settled(entry)
+        for step in left:
             index = step["index"]
-            if "preset" in step:
-                continue
             record = entry.steps.get(index)
-            if record is not None and record.get("state") == "done":
-                outcomes[index] = record
-                continue
             if step["kind"] != "send" and entry.uidvalidity != self._actions.uidvalidity:
                 outcome = {
                     "outcome": ERROR,
@@ -217,7 +226,7 @@ class Executor:
         _fault("after_send")
         if status == SENT:
             return {"outcome": OK, **described}
-        if status == RETRY:
+        if status in (RETRY, SENDING):  # sending: the outbox's retry in flight
             retry_at = rfc3339_at(item.next_attempt_at)
             return {"outcome": PENDING, "error": error, "next_attempt_at": retry_at, **described}
         if status == UNKNOWN:
@@ -225,6 +234,9 @@ class Executor:
         return {"outcome": ERROR, "error": error or status, **described}
 
     # -- resolving what a crash interrupted -----------------------------------------------------
+
+    def _outbox_attempting(self, item_id: int) -> bool:
+        return self._outbox is not None and self._outbox.attempting(item_id)
 
     async def _resolve(self, step: dict[str, Any]) -> Mapping[str, Any]:
         kind = step["kind"]
@@ -247,9 +259,10 @@ class Executor:
             return await self._perform(step)
         if kind == "send":
             item = await self._journal.outbox_get(self._entry.key, step["index"])
-            if item is not None and item.state == SENDING:
-                error = "interrupted while sending; not sent again (it may have been delivered)"
-                await self._journal.outbox_update(item.id, UNKNOWN, last_error=error)
+            # `sending` is an attempt a crash cut off, unless the outbox is retrying the mail now
+            # (cut off before the data, it waits for no watcher): asked at once after the read.
+            if item is not None and item.state == SENDING and not self._outbox_attempting(item.id):
+                await self._journal.outbox_update(item.id, UNKNOWN, last_error=INTERRUPTED)
             return await self._send(step)
         raise ValueError(f"unknown step {kind}")
 

@@ -21,6 +21,7 @@ from gatewayd.pipeline import Pipeline, StageSpec
 from gatewayd.rules.engine import RULES_TIMEOUT_SECONDS, RulesStage
 from gatewayd.rules.execute import Trainer
 from gatewayd.rules.load import RuleBook, load_rules
+from gatewayd.rules.removed import close_removed
 from gatewayd.send.outbox import Outbox
 from gatewayd.store import EventStore
 from gatewayd.store.sqlite_journal import SqliteRuleJournal
@@ -41,6 +42,8 @@ class RulesService:
     ) -> None:
         """Loads the rules: ConfigError when they are bad."""
         self.config = config
+        self._store = store
+        self._publish = publish
         self.journal = SqliteRuleJournal(config.store.path)
         mailboxes = {mailbox.id: mailbox for mailbox in config.mailboxes()}
         self.outbox = Outbox(self.journal, mailboxes, store, publish, learning)  # type: ignore[arg-type]
@@ -62,9 +65,19 @@ class RulesService:
 
     def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self.outbox.run(), name="outbox"),
+            asyncio.create_task(self._send_forever(), name="outbox"),
             asyncio.create_task(self._prune_forever(), name="rules-journal-prune"),
         ]
+
+    async def _send_forever(self) -> None:
+        """The outbox, once the entries removed mailboxes left open are closed (their mail given up
+        for that reason, not retried by the outbox meanwhile)."""
+        configured = [mailbox.id for mailbox in self.config.mailboxes()]
+        try:
+            await close_removed(self.journal, self.outbox, self._store, self._publish, configured)
+        except Exception:  # tried again at the next start; the outbox meanwhile gives their mail up
+            log.exception("rules journal: closing what removed mailboxes left open failed")
+        await self.outbox.run()
 
     async def close(self) -> None:
         # Cancelled until they end: a single cancellation can be lost in a wait_for, and the

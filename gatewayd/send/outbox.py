@@ -10,9 +10,11 @@ lost or timed out at the data (`unknown`), the mailbox's SMTP server counts as d
 goes straight to the queue until a background attempt gets through.
 
 Mail is never sent twice: an attempt is recorded (`sending`) before it starts, and one that a
-crash interrupted is `unknown` afterwards, never resent. One cancelled (a shutdown) is settled
-before it ends, by how far it got: cut off before the data it is `retry`, its reservation kept,
-and retried after the restart; after, `unknown`.
+crash interrupted is `unknown` afterwards, never resent. One cancelled (a shutdown, an on-demand
+watcher stopping) is settled before it ends, by how far it got: cut off before the data it is
+`retry`, its reservation kept, and retried (after the restart, or at once without waiting for the
+watcher: delivery needs none); after, `unknown`. An attempt in flight is `attempting`, so the
+rules engine, finishing the message meanwhile, never takes its `sending` for a crash's.
 """
 
 from __future__ import annotations
@@ -29,12 +31,18 @@ from gatewayd.config import MailboxConfig
 from gatewayd.events import Event, NewEvent
 from gatewayd.send.smtp import Progress, SendResult, send
 from gatewayd.store import EventStore
-from gatewayd.store.journal import FAILED, RETRY, SENDING, SENT, UNKNOWN, OutboxItem, RuleJournal
+from gatewayd.store.journal import FAILED, HELD, RETRY, SENDING, SENT, UNKNOWN, OutboxItem, RuleJournal
 
 log = logging.getLogger(__name__)
 
 MESSAGE_ACTION = "message.action"
+INTERRUPTED = "interrupted while sending; not sent again (it may have been delivered)"
 _IDLE_WAKE_SECONDS = 60.0
+
+
+def mailbox_removed(mailbox_id: str) -> str:
+    """Why what a mailbox no longer configured left to do is not done."""
+    return f'mailbox "{mailbox_id}" was removed from the configuration'
 
 
 class SentRecorder(Protocol):
@@ -58,9 +66,16 @@ class Outbox:
         self._wake = asyncio.Event()
         # mailbox id -> until when its SMTP server counts as down (no inline attempts).
         self._down_until: dict[str, float] = {}
+        # The items whose attempt is in flight, from before their `sending` to after its settlement.
+        self._attempting: set[int] = set()
 
     def wake(self) -> None:
         self._wake.set()
+
+    def attempting(self, item_id: int) -> bool:
+        """Whether an attempt of this process is sending the item now: its `sending` is no
+        crash's. True from before `sending` is written until after the attempt is settled."""
+        return item_id in self._attempting
 
     async def send_inline(self, item: OutboxItem) -> SendResult:
         """The first attempt, from the rules; a retry is left to `run` (the watcher never waits)."""
@@ -76,9 +91,16 @@ class Outbox:
         return await self._attempt(item, mailbox, inline=True)
 
     async def _attempt(self, item: OutboxItem, mailbox: MailboxConfig, inline: bool) -> SendResult:
+        self._attempting.add(item.id)
+        try:
+            return await self._send_and_settle(item, mailbox, inline)
+        finally:
+            self._attempting.discard(item.id)
+
+    async def _send_and_settle(self, item: OutboxItem, mailbox: MailboxConfig, inline: bool) -> SendResult:
         """One attempt, settled. One cancelled (gatewayd or the watcher stopping) is settled by how
         far it got before the cancellation goes on, so that mail cut off before the data is retried
-        after a restart rather than taken for `unknown`."""
+        rather than taken for `unknown`."""
         assert mailbox.smtp is not None
         attempts = item.attempts + 1
         progress = Progress()
@@ -130,6 +152,19 @@ class Outbox:
             await self._announce(item, state, attempts, result.error)
         return state
 
+    async def give_up(self, item: OutboxItem, reason: str) -> None:
+        """Settle the item for good without an attempt (its mailbox is gone) and announce it: mail
+        never attempted or waiting for a retry is `failed` for `reason`, an attempt a crash cut off
+        `unknown`; mail already settled is announced as it stands (the store skips it when it
+        was announced before)."""
+        if item.state in (HELD, RETRY):
+            await self._settle(item, SendResult(FAILED, reason), item.attempts, inline=False)
+        elif item.state == SENDING:
+            await self._journal.outbox_update(item.id, UNKNOWN, last_error=INTERRUPTED)
+            await self._announce(item, UNKNOWN, item.attempts, INTERRUPTED)
+        else:
+            await self._announce(item, item.state, item.attempts, item.last_error)
+
     async def _announce(self, item: OutboxItem, state: str, attempts: int, error: str | None) -> None:
         if self._store is None or self._publish is None:
             return
@@ -149,18 +184,20 @@ class Outbox:
     async def run(self) -> None:
         """Retry what is due, until cancelled. First: background attempts a crash interrupted."""
         for item in await self._journal.outbox_orphans():
-            error = "interrupted while sending; not sent again (it may have been delivered)"
-            await self._journal.outbox_update(item.id, UNKNOWN, last_error=error)
-            await self._announce(item, UNKNOWN, item.attempts, error)
+            await self._journal.outbox_update(item.id, UNKNOWN, last_error=INTERRUPTED)
+            await self._announce(item, UNKNOWN, item.attempts, INTERRUPTED)
         while True:
             self._wake.clear()  # before reading what is due: a wake from now on is not lost
             try:
                 for item in await self._journal.outbox_due(time.time()):
                     mailbox = self._mailboxes.get(item.mailbox_id)
                     if mailbox is None or mailbox.smtp is None:
-                        await self._settle(
-                            item, SendResult(FAILED, "the mailbox is gone"), item.attempts, False
+                        gone = (
+                            mailbox_removed(item.mailbox_id)
+                            if mailbox is None
+                            else "the mailbox has no smtp: section"
                         )
+                        await self._settle(item, SendResult(FAILED, gone), item.attempts, False)
                         continue
                     await self._attempt(item, mailbox, inline=False)
                 next_due = await self._journal.outbox_next_due()

@@ -150,6 +150,11 @@ class RuleJournal(Protocol):
         I/O."""
         ...
 
+    async def open_mailboxes(self) -> set[str]:
+        """The ids of the mailboxes that may have `open` entries (a superset: `open_entries` tells),
+        asked at start-up for mailboxes no longer configured; answered without I/O."""
+        ...
+
     async def outbox_get(self, key: str, step: int) -> OutboxItem | None: ...
 
     async def outbox_update(
@@ -163,8 +168,9 @@ class RuleJournal(Protocol):
     ) -> None: ...
 
     async def outbox_due(self, now: float, limit: int = 20) -> list[OutboxItem]:
-        """`retry` items whose time has come and whose message is finished, oldest first (the mail
-        of an open message, which a shutdown interrupted, is the rules engine's to settle first)."""
+        """`retry` items whose time has come, oldest first, whether their message is finished or
+        still open (a stop cut off its attempt before the data; the mail is the plan's last phase,
+        so the message's IMAP actions are settled, and its delivery needs no watcher)."""
         ...
 
     async def outbox_next_due(self) -> float | None:

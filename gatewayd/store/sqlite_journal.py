@@ -50,7 +50,7 @@ from gatewayd.store.sqlite_journal_tables import (
 )
 from gatewayd.store.sqlite_schema import open_beside
 
-# An outbox item whose message's entry is open belongs to the rules engine finishing that message.
+# A `sending` item whose message's entry is open belongs to the rules engine finishing that message.
 _MESSAGE_FINISHED = "NOT EXISTS (SELECT 1 FROM rule_journal j WHERE j.key = outbox.key AND j.state = ?)"
 
 
@@ -284,6 +284,9 @@ class SqliteRuleJournal:
                 self._mark_open(key, mailbox_id, key_folder)
         return await self._entries(rows)
 
+    async def open_mailboxes(self) -> set[str]:
+        return {mailbox_id for mailbox_id, _ in self._open_keys}
+
     # -- outbox --------------------------------------------------------------------------------
 
     async def outbox_get(self, key: str, step: int) -> OutboxItem | None:
@@ -314,15 +317,13 @@ class SqliteRuleJournal:
     async def outbox_due(self, now: float, limit: int = 20) -> list[OutboxItem]:
         rows = await self._read(
             f"SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = ? AND next_attempt_at <= ?"
-            f" AND {_MESSAGE_FINISHED} ORDER BY next_attempt_at LIMIT ?",
-            (RETRY, now, OPEN, limit),
+            " ORDER BY next_attempt_at LIMIT ?",
+            (RETRY, now, limit),
         )
         return [outbox_item(row) for row in rows]
 
     async def outbox_next_due(self) -> float | None:
-        rows = await self._read(
-            f"SELECT min(next_attempt_at) FROM outbox WHERE state = ? AND {_MESSAGE_FINISHED}", (RETRY, OPEN)
-        )
+        rows = await self._read("SELECT min(next_attempt_at) FROM outbox WHERE state = ?", (RETRY,))
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
     async def outbox_orphans(self) -> list[OutboxItem]:

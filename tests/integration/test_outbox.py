@@ -1,9 +1,12 @@
 """The outbox across a clean shutdown, against the real Dovecot and SMTP peers: an auto-reply cut
-off before the data is sent once after the restart; one cut off after the data never again."""
+off before the data is sent once after the restart; one cut off after the data never again. And
+across an on-demand watcher that stops while its reply is being sent: the reply goes out without
+the watcher, once; its mailbox removed from the configuration, the reply is given up, and said so."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +15,11 @@ import aiohttp
 from gatewayd.config import Config
 from gatewayd.rules.execute import message_key
 from gatewayd.sandbox.dovecot import Dovecot
-from gatewayd.store.journal import UNKNOWN, OutboxItem
+from gatewayd.store.journal import FAILED, UNKNOWN, OutboxItem
 from gatewayd.store.sqlite_journal import SqliteRuleJournal
 from tests.conftest import TOKEN, gateway_config
 from tests.smtp_sink import LOCAL_DOMAIN, SmtpSink
-from tests.sse import mail
+from tests.sse import mail, open_stream
 from tests.stalling_smtp import StallingSmtp
 from tests.waiting import idle, wait_for
 
@@ -37,6 +40,41 @@ def config(tmp_path: Path, dovecot: Dovecot, user: str, port: int) -> Config:
         "retry_max_seconds": 0.5,
     }
     return gateway_config(tmp_path, dovecot, [user], rules=RULES, smtp=smtp, address=f"{user}@{LOCAL_DOMAIN}")
+
+
+def on_demand_config(
+    tmp_path: Path, dovecot: Dovecot, users: list[str], sink: SmtpSink, retry_seconds: float
+) -> Config:
+    """Watched while a client streams the mailbox, and no longer the moment it leaves."""
+    smtp = sink.smtp_config() | {
+        "timeout_seconds": STALLED_SECONDS,
+        "retry_initial_seconds": retry_seconds,
+        "retry_max_seconds": retry_seconds,
+    }
+    return gateway_config(
+        tmp_path,
+        dovecot,
+        users,
+        watch="on_demand",
+        on_demand_linger_seconds=0,
+        rules=RULES,
+        smtp=smtp,
+        address=f"{users[0]}@{LOCAL_DOMAIN}" if users else None,
+    )
+
+
+async def leave_while_held(gw: Any, dovecot: Dovecot, user: str, sink: SmtpSink) -> None:
+    """A client streams the mailbox; Bob's mail comes, and the client leaves while the sink holds
+    the reply (before the data): the watcher stops, cutting the reply off."""
+    mailbox_id = f"{user}-inbox"
+    sink.hold_next()
+    async with aiohttp.ClientSession() as session:
+        stream = await open_stream(session, gw.url, {"mailbox": mailbox_id})
+        await wait_for(lambda: idle(gw, mailbox_id), what="watcher idle")
+        await dovecot.deliver_async(user, mail("question", sender=f"Bob <{BOB}>"), sender=BOB)
+        await wait_for(lambda: sink.held == 1, timeout=30, what="the sink to hold the reply")
+        stream.response.close()
+    await wait_for(lambda: not gw.daemon.pool.is_watching(mailbox_id), what="the watcher to stop")
 
 
 async def events(url: str, types: str) -> list[dict[str, Any]]:
@@ -121,3 +159,42 @@ async def test_a_reply_cut_off_after_the_data_by_a_shutdown_is_never_sent_again(
     item = await reply_in_outbox(tmp_path, received)
     assert (item.state, item.attempts) == (UNKNOWN, 1)
     assert sink.received == [] and stalled.connections == 1
+
+
+async def test_a_reply_cut_off_by_its_on_demand_watcher_stopping_goes_out_without_the_watcher(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, sink: SmtpSink
+) -> None:
+    gw = await start_gateway(on_demand_config(tmp_path, dovecot, [user], sink, retry_seconds=0.2))
+    await leave_while_held(gw, dovecot, user, sink)
+    # Nobody watches the mailbox: the outbox retries the reply all the same.
+    (action,) = await until_events(gw.url, "message.action", 1)
+    assert action["data"]["outcome"] == "ok" and action["data"]["attempts"] == 2, action["data"]
+    (sent,) = sink.received
+    assert sent.recipients == [BOB]
+    assert await events(gw.url, "message.received*") == []  # announced once watched again
+    async with aiohttp.ClientSession() as session:
+        await open_stream(session, gw.url, {"mailbox": f"{user}-inbox"})
+        (received,) = await until_events(gw.url, "message.received*", 1)
+    reply = received["data"]["auto_reply"]
+    assert reply["outcome"] == "ok" and reply["message_id"] == action["data"]["sent_message_id"], reply
+    assert len(sink.received) == 1 and len(await events(gw.url, "message.action")) == 1
+
+
+async def test_a_reply_cut_off_by_its_watcher_stopping_is_given_up_when_its_mailbox_is_removed(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, sink: SmtpSink
+) -> None:
+    gw = await start_gateway(on_demand_config(tmp_path, dovecot, [user], sink, retry_seconds=3600))
+    await leave_while_held(gw, dovecot, user, sink)
+    await gw.daemon.stop()  # before the reply's retry
+    gw = await start_gateway(on_demand_config(tmp_path, dovecot, [], sink, retry_seconds=0.2))
+    (action,) = await until_events(gw.url, "message.action", 1)
+    data = action["data"]
+    assert action["mailbox_id"] == f"{user}-inbox" and data["to"] == [BOB], action
+    assert data["outcome"] == "failed" and data["attempts"] == 1, data
+    assert f'mailbox "{user}-inbox" was removed from the configuration' in data["error"], data
+    await gw.daemon.stop()
+    with sqlite3.connect(tmp_path / "events.db") as db:  # closed, not left open forever
+        assert db.execute("SELECT state FROM rule_journal").fetchall() == [("done",)]
+        assert db.execute("SELECT state FROM outbox").fetchall() == [(FAILED,)]
+        assert db.execute("SELECT count(*) FROM auto_replies").fetchall() == [(0,)]  # Bob may be answered
+    assert sink.received == []
