@@ -133,7 +133,8 @@ async def test_a_reply_cut_off_before_the_data_by_a_shutdown_goes_out_once_after
     (action,) = await until_events(gw.url, "message.action", 1)
     (received,) = await events(gw.url, "message.received*")
     reply = received["data"]["auto_reply"]
-    assert reply["outcome"] == "pending" and received["data"]["recovered"] is True, received["data"]
+    # `ok` when the outbox's retry, which waits for no watcher, went out before the recovery looked.
+    assert reply["outcome"] in ("pending", "ok") and received["data"]["recovered"] is True, received["data"]
     assert action["data"]["outcome"] == "ok" and action["data"]["attempts"] == 2, action["data"]
     assert action["data"]["sent_message_id"] == reply["message_id"]
     (sent,) = sink.received
