@@ -12,8 +12,8 @@ goes straight to the queue until a background attempt gets through.
 Mail is never sent twice: an attempt is recorded (`sending`) before it starts, and one that a
 crash interrupted is `unknown` afterwards, never resent. One cancelled (a shutdown, an on-demand
 watcher stopping) is settled before it ends, by how far it got: cut off before the data it is
-`retry`, its reservation kept, and retried (after the restart, or at once without waiting for the
-watcher: delivery needs none); after, `unknown`. An attempt in flight is `attempting`, so the
+`retry`, its reservation kept, and retried as any other, without waiting for the message's watcher
+to come back (delivery needs none); after, `unknown`. An attempt in flight is `attempting`, so the
 rules engine, finishing the message meanwhile, never takes its `sending` for a crash's.
 """
 
