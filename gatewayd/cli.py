@@ -28,6 +28,7 @@ from gatewayd.logs import setup_logging
 from gatewayd.message import FetchedMessage, parse
 from gatewayd.pipeline import Pipeline
 from gatewayd.store import StoreUnavailable
+from gatewayd.store.ownership import OwnerMismatch, refuse_root_run
 
 EXIT_FAILED = 1  # what was asked failed: e.g. `learn` found no mail
 EXIT_CONFIG = 2
@@ -68,6 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
+    refuse_root_run(config.store.path)
     setup_logging(config.log_level, config.secrets())
     raise_open_file_limit(config)  # before server.max_connections defaults to half of it
     from gatewayd.app import ListenError, serve
@@ -371,6 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreUnavailable as exc:  # any command: a store's file cannot be opened, or is in use
         print(f"gatewayd: {exc}", file=sys.stderr)
         return EXIT_CANNOT_START
+    except OwnerMismatch as exc:  # run as root on another user's store: stays so until run otherwise
+        print(f"gatewayd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
 

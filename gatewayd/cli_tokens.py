@@ -2,7 +2,8 @@
 
 They open the store named by the configuration (`-c`), while the daemon runs or not: the daemon
 reads the same table on every request, so a revoked token is refused at once and its open
-streams are closed within `server.token_check_seconds`. Run them as the user gatewayd runs as.
+streams are closed within `server.token_check_seconds`. Run as root on a store in another user's
+directory (the service's), they leave every file there to that user (gatewayd.store.ownership).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gatewayd.config import Config, ConfigError, load_config
+from gatewayd.store.ownership import prepare_for_root
 from gatewayd.store.tokens import READ, SCOPES, SqliteTokenStore, TokenStore, parse_duration, parse_scopes
 
 DEFAULT_CONFIG = "/etc/gatewayd/gatewayd.yaml"
@@ -62,8 +64,10 @@ def _with_store(args: argparse.Namespace, work: Callable[[Config, TokenStore], A
             print(f"  {error}", file=sys.stderr)
         return EXIT_CONFIG
 
+    owners_path = prepare_for_root(config.store.path, f"token {args.token_command}")
+
     async def run() -> int:
-        store = SqliteTokenStore(config.store.path)
+        store = SqliteTokenStore(owners_path or config.store.path, create=owners_path is None)
         await store.open()
         try:
             return await work(config, store)

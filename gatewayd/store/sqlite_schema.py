@@ -10,6 +10,7 @@ import asyncio
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import quote
 
 import aiosqlite
 
@@ -106,21 +107,33 @@ def refuse_foreign(path: Path, application_id: int, tables: Iterable[str]) -> No
         )
 
 
-async def open_beside(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
+async def open_beside(path: Path, busy_timeout_ms: int, *, create: bool = True) -> aiosqlite.Connection:
     """An aiosqlite connection to the event log's file in WAL mode, for the tables that live beside
     the events (run-time tokens, the rules journal); autocommit: each opener runs its own schema.
-    StoreUnavailable when the file is another program's database."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    StoreUnavailable when the file is another program's database. `create=False`, for a path with
+    no symlink in it (gatewayd.store.ownership): the file must exist, SQLite never creates one, and
+    a symlink put in its place since is refused before anything is written where it leads."""
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    database, uri = (str(path), False) if create else (f"file:{quote(str(path))}?mode=rw", True)
     # A file SQLite cannot open fails here, not in aiosqlite.connect: that one stops its worker
     # thread without waiting for it, and the thread then reports to an event loop already closed
     # (a traceback after the command's own one-line error).
-    await asyncio.to_thread(lambda: sqlite3.connect(path).close())
-    conn = await aiosqlite.connect(path, isolation_level=None)
+    await asyncio.to_thread(lambda: sqlite3.connect(database, uri=uri).close())
+    conn = await aiosqlite.connect(database, uri=uri, isolation_level=None)
     try:
         # Pragmas that answer a row are read to the end: a statement left half-read stays active
         # until its cursor is freed, whenever that is, and a COMMIT meanwhile fails ("SQL
         # statements in progress").
         await conn.execute_fetchall(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        if not create:
+            # SQLite follows a symlink in the database's place (only its WAL and shared memory are
+            # opened with O_NOFOLLOW), and names the file it opened here.
+            opened = {str(row[1]): str(row[2]) for row in await conn.execute_fetchall("PRAGMA database_list")}
+            if opened.get("main") != str(path):
+                raise StoreUnavailable(
+                    f"cannot open the event store {path}: it leads to {opened.get('main')}"
+                )
         (application_id,) = next(iter(await conn.execute_fetchall(_APPLICATION_ID)))
         tables = [str(row[0]) for row in await conn.execute_fetchall(_TABLES)]
         refuse_foreign(path, int(application_id), tables)

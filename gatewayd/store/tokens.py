@@ -153,15 +153,17 @@ _COLUMNS = "id, agent_id, tenant, scopes, created_at, expires_at, revoked_at"
 class SqliteTokenStore:
     """`TokenStore` as a `tokens` table, by default in the event log's SQLite file."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000, create: bool = True) -> None:
         self.path = Path(path)
         self._busy_timeout_ms = busy_timeout_ms
+        # False: the file must exist (made for its owner by gatewayd.store.ownership).
+        self._create = create
         self._conn: aiosqlite.Connection | None = None
 
     async def open(self) -> None:
         with opening("event store", self.path):
             # Autocommit: every statement here is its own transaction.
-            conn = await open_beside(self.path, self._busy_timeout_ms)
+            conn = await open_beside(self.path, self._busy_timeout_ms, create=self._create)
             try:
                 await _migrate(conn)
             except BaseException:
