@@ -70,6 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     refuse_root_run(config.store.path)
+    if config.pipeline is not None:  # every tenant's learning file lies beside the default one's
+        refuse_root_run(config.pipeline.learning.path, "learning store")
     setup_logging(config.log_level, config.secrets())
     raise_open_file_limit(config)  # before server.max_connections defaults to half of it
     from gatewayd.app import ListenError, serve
@@ -124,7 +126,7 @@ def cmd_check_message(args: argparse.Namespace) -> int:
     from gatewayd.pipeline.build import build_pipeline, open_learning
     from gatewayd.rules.dry_run import with_rules
 
-    learning = open_learning(config) if args.config and config.pipeline else None
+    learning = open_learning(config, command="check-message") if args.config and config.pipeline else None
     if args.config and args.mailbox is None and config.mailboxes():
         # Not an error (the global verdicts are still worth seeing), but not what a mailbox gets.
         print(
@@ -220,7 +222,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if missing:
         print(f"not a directory: {', '.join(missing)}", file=sys.stderr)
         return EXIT_CONFIG
-    learning = open_tenant_store(config.pipeline, args.tenant)
+    learning = open_tenant_store(config.pipeline, args.tenant, command="learn")
     try:
         counts = learn_from_dirs(
             learning, [Path(d) for d in args.spam], [Path(d) for d in args.ham], _learn_progress

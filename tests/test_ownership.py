@@ -1,6 +1,6 @@
-"""Run as root, `gatewayd token` leaves every file of a store in another user's directory to that
-user, or refuses; `gatewayd run` as root refuses such a store. The real CLI as a subprocess; the
-daemon's side is a process of that user."""
+"""Run as root, `gatewayd token`, `learn` and `check-message -c` leave every file of a store in
+another user's directory to that user, or refuse; `gatewayd run` as root refuses such a store. The
+real CLI as a subprocess; the daemon's side is a process of that user."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gatewayd.pipeline.learning import LearningStore
+from gatewayd.pipeline.learning.persistence import read_snapshot
 from gatewayd.store import StoreUnavailable
 from gatewayd.store.ownership import prepare_for_root
 from gatewayd.store.tokens import SqliteTokenStore
@@ -49,9 +51,15 @@ def owned_directory(path: Path) -> Path:
     return path
 
 
-def config(base: Path, store: Path) -> str:
+def config(base: Path, store: Path, learning: Path | None = None) -> str:
+    """Agent `bot` of the default tenant, `acme` of the tenant acme (its learning.acme.db)."""
     path = base / "gatewayd.yaml"
-    data = {"server": {"listen": "127.0.0.1:0"}, "store": {"path": str(store)}, "agents": [{"id": "bot"}]}
+    data = {
+        "server": {"listen": "127.0.0.1:0"},
+        "store": {"path": str(store)},
+        "pipeline": {"learning": {"path": str(learning) if learning else None}},
+        "agents": [{"id": "bot"}, {"id": "acme", "tenant": "acme"}],
+    }
     path.write_text(yaml.safe_dump(data))
     return str(path)
 
@@ -67,8 +75,7 @@ def owners(directory: Path) -> dict[str, tuple[int, int]]:
 
 def write_as_owner(store: Path) -> None:
     """What the daemon does to the store, as its user: append an event, make a token."""
-    script = textwrap.dedent(
-        f"""
+    script = f"""
         import asyncio
         from gatewayd.events import NewEvent
         from gatewayd.store.sqlite import SqliteEventStore
@@ -85,9 +92,34 @@ def write_as_owner(store: Path) -> None:
 
         asyncio.run(main())
         """
-    )
+    run_as_owner(script)
+
+
+def mail_folder(base: Path, name: str) -> Path:
+    """A folder of one message of its own, readable by the store's owner too."""
+    folder = base / name
+    folder.mkdir()
+    (folder / "1.eml").write_text(f"From: {name}@example.com\nSubject: {name}\n\nabout {name} today\n")
+    return folder
+
+
+def learn_as_owner(store: Path, spam: Path) -> None:
+    """What the daemon does to a learning store, as its user: train (a report), record a reply."""
+    script = f"""
+        from pathlib import Path
+        from gatewayd.pipeline.learning import LearningStore, learn_from_dirs
+
+        with LearningStore(Path({str(store)!r})) as store:
+            assert learn_from_dirs(store, [Path({str(spam)!r})], [])["spam"] == 1
+            store.record_sent("inbox", "someone@example.com")
+        """
+    run_as_owner(script)
+
+
+def run_as_owner(script: str) -> None:
+    """Run the Python `script` as the store directory's owner; it must succeed."""
     proc = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", textwrap.dedent(script)],
         cwd=REPO_ROOT,
         env=ENV,
         user=NOBODY,
@@ -209,4 +241,94 @@ async def test_a_symlink_swapped_in_to_an_existing_file_is_refused_before_writin
     path.symlink_to(base / "empty")
     with pytest.raises(StoreUnavailable, match=f"it leads to {base / 'empty'}"):
         await SqliteTokenStore(path, create=False).open()
+    assert (base / "empty").stat().st_size == 0
+
+
+def test_learn_leaves_the_learning_stores_to_the_directory_owner(base: Path) -> None:
+    state = owned_directory(base / "state")
+    c = config(base, state / "events.db")
+    spam, ham = mail_folder(base, "spam"), mail_folder(base, "ham")
+
+    learned = gatewayd("learn", "-c", c, "--spam", str(spam), "--ham", str(ham))
+    assert learned.returncode == 0, learned.stderr
+    assert owners(state) == {"learning.db": (NOBODY, NOBODY)}
+    learn_as_owner(state / "learning.db", mail_folder(base, "owners-spam"))
+
+    # On a store with content, and another tenant's made new.
+    assert gatewayd("learn", "-c", c, "--ham", str(mail_folder(base, "more-ham"))).returncode == 0
+    learned = gatewayd("learn", "-c", c, "--tenant", "acme", "--spam", str(spam))
+    assert learned.returncode == 0, learned.stderr
+    assert set(owners(state)) == {"learning.db", "learning.acme.db"}
+    assert set(owners(state).values()) == {(NOBODY, NOBODY)}
+    learn_as_owner(state / "learning.db", mail_folder(base, "owners-spam-2"))
+    learn_as_owner(state / "learning.acme.db", mail_folder(base, "acme-owners-spam"))
+
+
+def test_check_message_leaves_every_tenants_learning_store_to_the_directory_owner(base: Path) -> None:
+    state = owned_directory(base / "state")
+    spam = mail_folder(base, "spam")
+    checked = gatewayd("check-message", "-c", config(base, state / "events.db"), str(spam))
+    assert checked.returncode == 0, checked.stderr
+    assert owners(state) == {"learning.db": (NOBODY, NOBODY), "learning.acme.db": (NOBODY, NOBODY)}
+    learn_as_owner(state / "learning.db", spam)
+    learn_as_owner(state / "learning.acme.db", spam)
+
+
+def test_a_learning_store_of_another_user_is_refused(base: Path) -> None:
+    state = owned_directory(base / "state")
+    (state / "learning.db").touch()  # what a root-run `learn` left before this fix
+    before = owners(state)
+    refused = gatewayd("learn", "-c", config(base, state / "events.db"), "--spam", str(base))
+    assert refused.returncode == 2
+    assert f"chown {NOBODY}:{NOBODY} {state / 'learning.db'}" in refused.stderr
+    assert f"setpriv --reuid={NOBODY}" in refused.stderr and "gatewayd learn ..." in refused.stderr
+    assert owners(state) == before
+
+
+def test_run_as_root_refuses_another_users_learning_store(base: Path) -> None:
+    # The event store in root's directory, the learning stores in the service user's.
+    learning = owned_directory(base / "learning") / "learning.db"
+    try:
+        refused = gatewayd("run", "-c", config(base, base / "events.db", learning))
+    except subprocess.TimeoutExpired:
+        pytest.fail("gatewayd run started as root on another user's learning store")
+    assert refused.returncode == 2
+    assert f"the learning store's directory {learning.parent} belongs to uid {NOBODY}" in refused.stderr
+    assert owners(learning.parent) == {} and not (base / "events.db").exists()
+
+
+def test_every_file_the_learning_store_opens_is_the_owners(base: Path) -> None:
+    state = owned_directory(base / "state")
+    path = prepare_for_root(state / "learning.db", "learn", "learning store")
+    assert path is not None
+    with LearningStore(path, create=False) as store:
+        store.record_sent("inbox", "someone@example.com")
+        files = owners(state)  # while open: the WAL and shared memory are there
+    assert set(files) == {"learning.db", "learning.db-wal", "learning.db-shm"}
+    assert set(files.values()) == {(NOBODY, NOBODY)}
+
+
+def test_a_symlink_swapped_in_for_a_learning_store_never_makes_a_file(base: Path) -> None:
+    state = owned_directory(base / "state")
+    path = prepare_for_root(state / "learning.db", "learn", "learning store")
+    assert path is not None
+    path.unlink()
+    path.symlink_to(base / "elsewhere.db")
+    with pytest.raises(StoreUnavailable, match="unable to open database file"):
+        LearningStore(path, create=False)
+    assert not (base / "elsewhere.db").exists()
+
+
+def test_a_symlink_swapped_in_for_an_open_learning_store_is_refused_before_reading(base: Path) -> None:
+    state = owned_directory(base / "state")
+    path = prepare_for_root(state / "learning.db", "learn", "learning store")
+    assert path is not None
+    with LearningStore(path, create=False):
+        # The owner replaces the file with a symlink while root's `learn` runs: the next reload
+        # (training, when the daemon trained meanwhile) opens the path again.
+        (base / "empty").touch()
+        path.unlink()
+        path.symlink_to(base / "empty")
+        with pytest.raises(StoreUnavailable, match=f"it leads to {base / 'empty'}"):
+            read_snapshot(path, create=False)
     assert (base / "empty").stat().st_size == 0

@@ -17,6 +17,7 @@ from gatewayd.pipeline.injection.symbols import level_bounds
 from gatewayd.pipeline.learning import LearningStore, TenantLearning, tenant_path
 from gatewayd.pipeline.spam import SYMBOLS as SPAM_SYMBOLS
 from gatewayd.pipeline.spam import SpamOptions, SpamStage
+from gatewayd.store.ownership import prepare_for_root
 
 
 def learning_tenants(config: Config) -> list[str]:
@@ -25,24 +26,32 @@ def learning_tenants(config: Config) -> list[str]:
 
 
 def open_tenant_store(
-    pipeline: PipelineConfig, tenant: str, reload_in_background: bool = False
+    pipeline: PipelineConfig, tenant: str, reload_in_background: bool = False, command: str | None = None
 ) -> LearningStore:
+    """The learning store of `tenant`. `command`: the CLI command opening it (`learn`), which may
+    run as root: in another user's directory the file is then made for that user, or OwnerMismatch
+    (gatewayd.store.ownership). The daemon passes none: run as root there, it refused to start."""
     learning = pipeline.learning
+    path = tenant_path(learning.path, tenant)
+    owners_path = None if command is None else prepare_for_root(path, command, "learning store")
     return LearningStore(
-        tenant_path(learning.path, tenant),
+        owners_path or path,
         min_training=learning.min_training,
         signature_distance=learning.signature_distance,
         reload_in_background=reload_in_background,
+        create=owners_path is None,
     )
 
 
-def open_learning(config: Config, reload_in_background: bool = False) -> TenantLearning:
-    """The learning store of every tenant (see learning/tenants.py)."""
+def open_learning(
+    config: Config, reload_in_background: bool = False, command: str | None = None
+) -> TenantLearning:
+    """The learning store of every tenant (see learning/tenants.py; `command`: open_tenant_store's)."""
     assert config.pipeline is not None
     stores: dict[str, LearningStore] = {}
     try:
         for tenant in learning_tenants(config):
-            stores[tenant] = open_tenant_store(config.pipeline, tenant, reload_in_background)
+            stores[tenant] = open_tenant_store(config.pipeline, tenant, reload_in_background, command)
     except BaseException:
         for store in stores.values():
             store.close()

@@ -10,11 +10,11 @@ import asyncio
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
-from urllib.parse import quote
 
 import aiosqlite
 
 from gatewayd.store import StoreUnavailable
+from gatewayd.store.ownership import existing_only, refuse_elsewhere
 
 SCHEMA_VERSION = 3
 
@@ -115,7 +115,7 @@ async def open_beside(path: Path, busy_timeout_ms: int, *, create: bool = True) 
     a symlink put in its place since is refused before anything is written where it leads."""
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
-    database, uri = (str(path), False) if create else (f"file:{quote(str(path))}?mode=rw", True)
+    database, uri = (str(path), False) if create else (existing_only(path), True)
     # A file SQLite cannot open fails here, not in aiosqlite.connect: that one stops its worker
     # thread without waiting for it, and the thread then reports to an event loop already closed
     # (a traceback after the command's own one-line error).
@@ -127,13 +127,7 @@ async def open_beside(path: Path, busy_timeout_ms: int, *, create: bool = True) 
         # statements in progress").
         await conn.execute_fetchall(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         if not create:
-            # SQLite follows a symlink in the database's place (only its WAL and shared memory are
-            # opened with O_NOFOLLOW), and names the file it opened here.
-            opened = {str(row[1]): str(row[2]) for row in await conn.execute_fetchall("PRAGMA database_list")}
-            if opened.get("main") != str(path):
-                raise StoreUnavailable(
-                    f"cannot open the event store {path}: it leads to {opened.get('main')}"
-                )
+            refuse_elsewhere("event store", path, await conn.execute_fetchall("PRAGMA database_list"))
         (application_id,) = next(iter(await conn.execute_fetchall(_APPLICATION_ID)))
         tables = [str(row[0]) for row in await conn.execute_fetchall(_TABLES)]
         refuse_foreign(path, int(application_id), tables)

@@ -1,7 +1,9 @@
 """The learning store's SQLite file: its schema, the writes of training, and a snapshot of it all.
 
 The connection and its transactions belong to the caller (store.py), which holds its lock around
-every call here; `read_snapshot` alone opens a connection of its own.
+every call here; `read_snapshot` alone opens a connection of its own. `create=False`: the file
+must exist, at a path with no symlink in it, and SQLite never creates one (a command run as root
+made it for its directory's owner: gatewayd.store.ownership).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from gatewayd.pipeline.learning.nearest import Buckets, add_signature
 from gatewayd.pipeline.learning.senders import ALL_MAILBOXES, SenderRow, Senders
+from gatewayd.store.ownership import existing_only, refuse_elsewhere
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS learn_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -54,15 +57,31 @@ class Snapshot:
     sender_rows: dict[SenderRow, SenderRow]
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, create: bool = True) -> sqlite3.Connection:
     """The store's own connection (autocommit: training opens its transactions itself), the
     schema created if missing."""
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db = _open(path, create, check_same_thread=False)
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(_SCHEMA)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _open(path: Path, create: bool, check_same_thread: bool = True) -> sqlite3.Connection:
+    """An autocommit connection to the file; with `create=False`, refused (StoreUnavailable) before
+    anything is read or written when SQLite opened another file: a symlink put in its place."""
+    if create:
+        return sqlite3.connect(path, check_same_thread=check_same_thread, isolation_level=None)
+    db = sqlite3.connect(
+        existing_only(path), uri=True, check_same_thread=check_same_thread, isolation_level=None
+    )
+    try:
+        refuse_elsewhere("learning store", path, db.execute("PRAGMA database_list").fetchall())
     except BaseException:
         db.close()
         raise
@@ -94,10 +113,10 @@ def load(db: sqlite3.Connection) -> Snapshot:
     return Snapshot(meta.get("nspam", 0), meta.get("nham", 0), tokens, signatures, senders, rows)
 
 
-def read_snapshot(path: Path) -> Snapshot:
+def read_snapshot(path: Path, create: bool = True) -> Snapshot:
     """The file as it is, read on a connection of its own in one read transaction: a
     consistent snapshot, and the store's lock stays free for scoring meanwhile."""
-    db = sqlite3.connect(path, isolation_level=None)
+    db = _open(path, create)
     try:
         db.execute("PRAGMA query_only=ON")
         db.execute("BEGIN")

@@ -67,6 +67,7 @@ class LearningStore:
         min_training: int = 200,
         signature_distance: int = 50,
         reload_in_background: bool = False,
+        create: bool = True,
     ) -> None:
         self.path = Path(path)
         self.min_training = min_training
@@ -75,10 +76,13 @@ class LearningStore:
         # scoring goes on with what memory holds (a load takes 0.1-0.5 s for 100,000 senders and
         # would hold up every message and stream meanwhile). Elsewhere it is loaded at once.
         self.reload_in_background = reload_in_background
+        # False: the file must exist (made for its directory's owner by gatewayd.store.ownership).
+        self._create = create
         self._lock = threading.Lock()
         with opening("learning store", self.path):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = persistence.connect(self.path)
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = persistence.connect(self.path, create)
         self._tokens: TokenCounts = {}
         # What tokens scored since the counts last changed say, and the clue of each (spam, ham)
         # count met (see bayes.py).
@@ -373,7 +377,7 @@ class LearningStore:
     def _load_in_background(self, version: int, generation: int) -> None:
         snapshot = None
         try:
-            snapshot = persistence.read_snapshot(self.path)
+            snapshot = persistence.read_snapshot(self.path, self._create)
         except Exception as exc:  # memory stays as it was; the next check tries again
             log.warning("reloading the learning store failed: %s", exc)
         with self._lock:
@@ -392,7 +396,7 @@ class LearningStore:
                 return None
             generation = self._generation
         try:
-            return persistence.read_snapshot(self.path), version, generation
+            return persistence.read_snapshot(self.path, self._create), version, generation
         except sqlite3.Error:
             return None
 
