@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -405,6 +407,55 @@ def test_password_file_unusable_is_reported_without_content(tmp_path: Path) -> N
     assert errors_of(data, base_dir=tmp_path) == [where + f"{tmp_path / 'pw'} is not valid UTF-8"]
 
 
+def test_password_credential_reads_the_file_systemd_put_in_the_credentials_directory(tmp_path: Path) -> None:
+    # LoadCredential=support-imap:/etc/gatewayd/support.pw: the service alone can read the copy.
+    (tmp_path / "support-imap").write_text(SECRET + "\n")
+    data = minimal(password=None, password_credential="support-imap")
+    data["agents"][0]["mailboxes"][0]["smtp"] = {
+        "host": "smtp.example.com",
+        "username": "u",
+        "password_credential": "support-imap",
+    }
+    config = parse_config(data, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    box = config.mailboxes()[0]
+    assert box.imap.password == Secret(SECRET)
+    assert box.smtp is not None and box.smtp.password == Secret(SECRET)
+
+
+def test_password_credential_unusable_is_reported_without_content(tmp_path: Path) -> None:
+    data = minimal(password=None, password_credential="support-imap")
+    where = f"{IMAP}.password_credential: "
+    # Outside systemd (`gatewayd check-config` run by hand): say what to set.
+    assert errors_of(data, env={}) == [
+        where + "environment variable CREDENTIALS_DIRECTORY is not set: systemd sets it for a unit"
+        " with LoadCredential=support-imap:FILE; elsewhere set it to the directory that holds the"
+        " file support-imap"
+    ]
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    credential = tmp_path / "support-imap"
+    assert errors_of(data, env=env) == [where + f"cannot read {credential}: No such file or directory"]
+    credential.write_text("")
+    assert errors_of(data, env=env) == [where + f"{credential} is empty"]
+    credential.write_text(f"{SECRET}\nA1 LOGOUT\n")
+    assert errors_of(data, env=env) == [
+        where + f"{credential} has more than one line; it must hold the password alone"
+    ]
+    credential.write_text(SECRET)
+    credential.chmod(0)
+    if os.access(credential, os.R_OK):  # root reads it all the same
+        return
+    assert errors_of(data, env=env) == [where + f"cannot read {credential}: Permission denied"]
+
+
+@pytest.mark.parametrize("name", ["../support.pw", "/etc/gatewayd/support.pw", "..", ""])
+def test_a_password_credential_is_a_name_not_a_path(name: str) -> None:
+    errors = errors_of(minimal(password=None, password_credential=name), env={"CREDENTIALS_DIRECTORY": "/"})
+    assert errors == [
+        f"{IMAP}.password_credential: expected a file name (the NAME of LoadCredential=NAME:...):"
+        f' not empty, no "/", got {json.dumps(name)}'
+    ]
+
+
 def test_a_password_with_a_line_break_is_refused_whatever_its_source(tmp_path: Path) -> None:
     # It would end the IMAP LOGIN (or SMTP AUTH) line and send the rest as a command of its own.
     (tmp_path / "pw").write_text(f"{SECRET}\nA1 DELETE INBOX\n")
@@ -429,10 +480,13 @@ def test_a_password_file_that_never_ends_is_refused() -> None:
 
 def test_exactly_one_password_source() -> None:
     assert errors_of(minimal(password=None)) == [
-        f"{IMAP}: one of password, password_file, password_env is required"
+        f"{IMAP}: one of password, password_file, password_env, password_credential is required"
     ]
     assert errors_of(minimal(password_env="X")) == [
         f"{IMAP}: password and password_env are mutually exclusive; set exactly one"
+    ]
+    assert errors_of(minimal(password=None, password_file="pw", password_credential="pw")) == [
+        f"{IMAP}: password_file and password_credential are mutually exclusive; set exactly one"
     ]
 
 

@@ -1,9 +1,10 @@
 """The `imap:` and `smtp:` sections of a mailbox, with their passwords (given inline, in a file,
-or in the environment; never put in a message)."""
+in the environment or as a systemd credential; never put in a message)."""
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,10 @@ def _is_loopback(host: str) -> bool:
 
 
 def _password(data: dict[str, Any], v: dict[str, Any], path: str, ctx: _Context) -> Secret | None:
-    """Exactly one of password, password_file, password_env; the secret is never put in a message."""
+    """Exactly one of the _PASSWORD_KEYS; the secret is never put in a message."""
     given = [key for key in _PASSWORD_KEYS if key in data]
     if len(given) != 1:
-        required = "one of password, password_file, password_env is required"
+        required = f"one of {', '.join(_PASSWORD_KEYS)} is required"
         exclusive = f"{' and '.join(given)} are mutually exclusive; set exactly one"
         ctx.errors.append(f"{path}: {exclusive if given else required}")
         return None
@@ -39,6 +40,8 @@ def _password(data: dict[str, Any], v: dict[str, Any], path: str, ctx: _Context)
         value = ctx.env.get(v[key])
         where = f"environment variable {v[key]}"
         problem = "is not set" if value is None else "is empty" if not value else None
+    elif key == "password_credential":
+        value, where, problem = _read_credential(v[key], ctx.env)
     else:
         value, where, problem = _read_password_file(ctx.path(v[key]))
     if problem is None and value is not None and _LINE_BREAK.search(value):
@@ -71,6 +74,19 @@ def _read_password_file(file: Path) -> tuple[str | None, str, str | None]:
     except UnicodeDecodeError:
         return None, str(file), "is not valid UTF-8"
     return value, str(file), None if value else "is empty"
+
+
+def _read_credential(name: str, env: Mapping[str, str]) -> tuple[str | None, str, str | None]:
+    """A systemd credential (`LoadCredential=NAME:FILE` in the unit): the file NAME in the directory
+    systemd names in CREDENTIALS_DIRECTORY, readable by the service alone; as _read_password_file."""
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        problem = (
+            f"is not set: systemd sets it for a unit with LoadCredential={name}:FILE;"
+            f" elsewhere set it to the directory that holds the file {name}"
+        )
+        return None, "environment variable CREDENTIALS_DIRECTORY", problem
+    return _read_password_file(Path(directory) / name)
 
 
 def _transport(v: dict[str, Any], path: str, ctx: _Context, in_clear: str) -> Path | None:

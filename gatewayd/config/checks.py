@@ -122,6 +122,12 @@ _login_name = _check(
     lambda v: isinstance(v, str) and v != "" and not _LINE_BREAK.search(v),
     "a non-empty string without line breaks",
 )
+# A systemd credential's name, as `LoadCredential=NAME:...` gives it: a file name in
+# $CREDENTIALS_DIRECTORY, so no "/" (nor "." or "..") can lead outside it.
+_credential_name = _check(
+    lambda v: isinstance(v, str) and v not in ("", ".", "..") and not re.search(r"[/\0]", v),
+    'a file name (the NAME of LoadCredential=NAME:...): not empty, no "/"',
+)
 
 
 def _secret(value: Any) -> str:  # never echoed

@@ -15,6 +15,7 @@ from gatewayd.config.checks import (
     _address,
     _boolean,
     _choice,
+    _credential_name,
     _domain,
     _hex_digest,
     _host,
@@ -177,7 +178,7 @@ _LEARNING = {
     "min_training": _Key(_integer(1), 200),
     "signature_distance": _Key(_integer(0, 1000), 50),
 }
-_PASSWORD_KEYS = ("password", "password_file", "password_env")
+_PASSWORD_KEYS = ("password", "password_file", "password_env", "password_credential")
 
 
 _IMAP = {
@@ -191,6 +192,7 @@ _IMAP = {
     "password": _Key(_secret, None),
     "password_file": _Key(_string, None),
     "password_env": _Key(_string, None),
+    "password_credential": _Key(_credential_name, None),
     "folders": _Key(_list_of(_string, nonempty=True, unique=True, same=folder_key), ("INBOX",)),
     "idle_renew_seconds": _Key(_number(1, MAX_IDLE_RENEW_SECONDS), 1500.0),
     "read_timeout_seconds": _Key(_positive, 60.0),
@@ -209,6 +211,7 @@ _SMTP = {
     "password": _Key(_secret, None),
     "password_file": _Key(_string, None),
     "password_env": _Key(_string, None),
+    "password_credential": _Key(_credential_name, None),
     "timeout_seconds": _Key(_positive, 15.0),
     "retry_attempts": _Key(_integer(1, 100), 6),
     "retry_initial_seconds": _Key(_positive, 60.0),

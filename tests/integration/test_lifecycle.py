@@ -844,3 +844,41 @@ async def test_wrong_password_never_reaches_logs_or_healthz(gatewayd: Any, user:
     # The logs were captured, at debug level, and include the refusal: a leak would show here.
     assert "DEBUG" in output and "login refused" in output, output
     assert WRONG_PASSWORD not in output
+
+
+# --- 7. a password from a systemd credential -----------------------------------------------------
+
+
+async def test_gatewayd_run_logs_in_with_the_password_of_a_systemd_credential(
+    gatewayd: Any, user: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`LoadCredential=NAME:FILE` copies a root-only file to $CREDENTIALS_DIRECTORY/NAME for the
+    service alone; `password_credential: NAME` logs in with it (a directory of the test's stands
+    in for /run/credentials/gatewayd.service). Without the variable, a clear exit 2."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    gw = gatewayd([user])
+    data = yaml.safe_load(gw.config_path.read_text())
+    imap = data["agents"][0]["mailboxes"][0]["imap"]
+    del imap["password"]
+    imap["password_credential"] = "imap-password"
+    gw.config_path.write_text(yaml.safe_dump(data))
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    (credentials / "imap-password").write_text("secret\n")
+    (credentials / "imap-password").chmod(0o400)
+
+    gw.start()
+    assert await gw.wait_exit(20) == 2
+    assert (
+        "agents[0].mailboxes[0].imap.password_credential: environment variable CREDENTIALS_DIRECTORY"
+        " is not set" in gw.stderr()
+    ), gw.stderr()
+
+    gw.start(env={"CREDENTIALS_DIRECTORY": str(credentials)})
+    await gw.wait_idle()  # logged in, folder selected, first sync done
+    async with aiohttp.ClientSession() as session:
+        (connected,) = await poll_events(session, gw.url, "mailbox.connected", 1)
+    assert connected["mailbox_id"] == f"{user}-inbox"
+    gw.terminate()
+    assert await gw.wait_exit(20) == 0
+    assert "Traceback" not in gw.stderr(), gw.stderr()
