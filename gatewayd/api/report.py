@@ -13,7 +13,7 @@ from gatewayd.api.context import Gateway
 from gatewayd.api.errors import STORE_RETRY_AFTER_SECONDS, ApiError
 from gatewayd.api.params import event_seq, single
 from gatewayd.events import NewEvent
-from gatewayd.imap.session import ImapError, ImapSession, Selected
+from gatewayd.imap.session import ImapError, ImapFolderMissing, ImapSession, Selected
 from gatewayd.message import parse
 from gatewayd.store import EventQuery, is_store_failure
 from gatewayd.store.tokens import READ
@@ -94,13 +94,11 @@ async def report_message(request: web.Request) -> web.Response:
 
 
 async def _select(session: ImapSession, folder: str) -> Selected:
-    """SELECT the event's folder; ApiError 409 when it was deleted since (a refused SELECT of a
-    folder LIST no longer shows), so that only a server failing is a 503."""
+    """SELECT the event's folder; ApiError 409 when it was deleted since, so that only a server
+    failing is a 503."""
     try:
         return await session.select(folder)
-    except ImapError as exc:
-        if type(exc) is not ImapError or await session.folder_exists(folder):
-            raise  # the connection, not the folder: try again later
+    except ImapFolderMissing:
         raise ApiError(
             409, f"the folder {folder!r} no longer exists; the message is gone", "message_gone"
         ) from None

@@ -4,7 +4,7 @@ session.py     ImapSession: one connection over aioimaplib (SELECT, SEARCH, FETC
 connect.py     connecting: TCP or implicit TLS, STARTTLS, login, capabilities
 login.py       LOGIN with quoted strings, or AUTHENTICATE PLAIN
 untagged.py    what the server says unasked: EXISTS counts, NOTIFY's STATUS; NOTIFY SET's events
-errors.py      ImapError and its kinds (how the watcher backs off); failures told without secrets
+errors.py      ImapError, its kinds and what lasts (how the watcher backs off); told without secrets
 names.py       folder names: modified UTF-7, quoting, the key two names compare by
 fetch.py       FETCH responses to messages; the messages a NOTIFY push brought
 parts.py       the text parts a large message's prefix missed (bodystructure.py, response.py)

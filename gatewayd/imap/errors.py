@@ -9,10 +9,30 @@ class ImapError(Exception):
     """A failure talking to the server."""
 
     kind = "protocol"
+    # It lasts until someone acts (the account's owner, an administrator), not seconds: the
+    # watcher retries slowly.
+    lasting = False
+
+
+class ImapRefused(ImapError):
+    """The server answered a command NO or BAD (`result`), with its response code if it gave one
+    (`code`, e.g. NONEXISTENT: RFC 5530)."""
+
+    def __init__(self, message: str, result: str, code: str | None) -> None:
+        super().__init__(message)
+        self.result = result
+        self.code = code
+
+
+class ImapFolderMissing(ImapError):
+    """SELECT refused a folder that does not exist. Its `kind` stays "protocol" (the events say so)."""
+
+    lasting = True
 
 
 class ImapAuthError(ImapError):
     kind = "auth"
+    lasting = True
 
 
 class ImapConnectionLost(ImapError):

@@ -23,7 +23,7 @@ import time
 from gatewayd.config import MailboxConfig
 from gatewayd.imap.cancel import cancel_until_done
 from gatewayd.imap.sent import SentLearner
-from gatewayd.imap.session import ImapConnectionLost, ImapError, ImapSession
+from gatewayd.imap.session import ImapConnectionLost, ImapError, ImapFolderMissing, ImapSession
 from gatewayd.imap.sync import MessageProcessor, Publisher
 from gatewayd.imap.watch import FolderWatcher, StopReason, retry_delay
 from gatewayd.store import EventStore
@@ -92,12 +92,12 @@ class AccountWatcher:
                     await self._per_folder(None, self.notify_retry_seconds if exc.transient else None)
                     log.info("%s: trying NOTIFY again", self.mailbox.id)
                 except ImapError as exc:
-                    attempt = await self._back_off(str(exc), exc.kind, attempt)
+                    attempt = await self._back_off(str(exc), exc.kind, attempt, exc.lasting)
                 except Exception as exc:
                     # A bug or a store failure must not end the watch for good: report, retry.
                     log.exception("%s: unexpected error", self.mailbox.id)
                     reason = f"internal error: {type(exc).__name__}"
-                    attempt = await self._back_off(reason, "internal", attempt)
+                    attempt = await self._back_off(reason, "internal", attempt, lasting=False)
         finally:
             await asyncio.shield(self._leave(self._session))
 
@@ -144,12 +144,12 @@ class AccountWatcher:
             self._session.abort()
             self._session = None
 
-    async def _back_off(self, reason: str, kind: str, attempt: int) -> int:
+    async def _back_off(self, reason: str, kind: str, attempt: int, lasting: bool) -> int:
         self._drop_session()
         # Established only when every folder completed its first sync: one failing in its own
         # must back off further each time, as for a single folder.
         established = all([watcher.take_established() for watcher in self.folders])
-        delay, next_attempt = retry_delay(kind, attempt, established)
+        delay, next_attempt = retry_delay(lasting, attempt, established)
         for watcher in self.folders:
             await watcher.report_failure(reason, kind, delay)
         await asyncio.sleep(delay)
@@ -203,7 +203,12 @@ class AccountWatcher:
                 # The selected folder first (no SELECT needed), then in configured order.
                 folder = selected if selected in pending else next(f for f in folders if f in pending)
                 pending.discard(folder)
-                await by_folder[folder].catch_up(session, pushed_at if folder in pushed else None)
+                try:
+                    await by_folder[folder].catch_up(session, pushed_at if folder in pushed else None)
+                except ImapFolderMissing as exc:
+                    # Deleted under the shared connection: fall back now, as when it is missing at
+                    # the start, not after every folder's back-off (slow for a missing folder).
+                    raise _NotifyUnusable(str(exc), transient=True) from None
                 pushed.discard(folder)
                 if folder != selected:
                     synced_below[folder] = session.selected.uidnext if session.selected else None

@@ -19,7 +19,14 @@ import aioimaplib
 
 from gatewayd.config import ImapConfig
 from gatewayd.imap.connect import connect
-from gatewayd.imap.errors import ImapConnectionLost, ImapError, describe, response_text
+from gatewayd.imap.errors import (
+    ImapConnectionLost,
+    ImapError,
+    ImapFolderMissing,
+    ImapRefused,
+    describe,
+    response_text,
+)
 from gatewayd.imap.fetch import FETCH_ITEMS, PushedMessages, parse_fetch, uid_set
 from gatewayd.imap.names import folder_key, quoted_mailbox
 from gatewayd.imap.parts import fetch_parts
@@ -33,6 +40,10 @@ _LOST = [b"gatewayd: connection lost"]
 _PUSHED_MAX = 50
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
+# The response code that starts a tagged answer's text: `[NONEXISTENT] Mailbox doesn't exist`.
+_RESPONSE_CODE = re.compile(rb"\A\[([A-Za-z0-9-]+)")
+# A refused SELECT that says the folder does not exist (RFC 5530; RFC 3501's hint to create it).
+_MISSING_CODES = frozenset({"NONEXISTENT", "TRYCREATE"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +172,13 @@ class ImapSession:
         if self._lost:
             raise ImapConnectionLost("connection lost")
         if response.result != "OK":
-            raise ImapError(f"{what} failed: {response.result} {response_text(response.lines[-1:])}")
+            text = bytes(response.lines[-1]) if response.lines else b""
+            code = _RESPONSE_CODE.match(text)
+            raise ImapRefused(
+                f"{what} failed: {response.result} {response_text(response.lines[-1:])}",
+                response.result,
+                code.group(1).decode("ascii").upper() if code else None,
+            )
         return response
 
     async def _call(
@@ -189,7 +206,8 @@ class ImapSession:
         return self._check(response, what)
 
     async def select(self, folder: str, read_only: bool = False) -> Selected:
-        """SELECT the folder (`read_only`: EXAMINE it, which changes no flag, not even \\Recent)."""
+        """SELECT the folder (`read_only`: EXAMINE it, which changes no flag, not even \\Recent).
+        ImapFolderMissing when the server refuses it for a folder that does not exist."""
         if self.selected is not None and self.selected.folder != folder:
             # A push the server held back for the folder we leave is lost with it (see notify.py).
             self._left.add(self.selected.folder)
@@ -198,7 +216,12 @@ class ImapSession:
         self._pushed.clear()
         command = "EXAMINE" if read_only else "SELECT"
         opening = self._client.examine if read_only else self._client.select
-        response = await self._call(command, opening(quoted_mailbox(folder)))
+        try:
+            response = await self._call(command, opening(quoted_mailbox(folder)))
+        except ImapRefused as exc:
+            if await self._missing(folder, exc):
+                raise ImapFolderMissing(str(exc)) from None
+            raise
         if read_only:
             # aioimaplib only knows that SELECT selects; UID commands need the SELECTED state.
             self._client.protocol.state = aioimaplib.SELECTED
@@ -213,6 +236,20 @@ class ImapSession:
             raise ImapError(f"{command} {folder}: server sent no UIDVALIDITY")
         self.selected = Selected(folder, uidvalidity, uidnext)
         return self.selected
+
+    async def _missing(self, folder: str, refused: ImapRefused) -> bool:
+        """Whether a refused SELECT means that the folder does not exist: the server says so, or,
+        with a plain NO, LIST does not show it (a code such as NOPERM or UNAVAILABLE: it does)."""
+        if refused.result != "NO":
+            return False
+        if refused.code is not None:
+            return refused.code in _MISSING_CODES
+        try:
+            return not await self.folder_exists(folder)
+        except ImapConnectionLost:
+            raise
+        except ImapError:
+            return False  # cannot tell: as refused
 
     async def uids_from(self, first_uid: int) -> list[int]:
         """All UIDs >= first_uid, ascending. (`n:*` always includes the highest UID: filter.)"""

@@ -32,7 +32,8 @@ from gatewayd.store import EventStore
 
 log = logging.getLogger(__name__)
 
-# Back-off: network trouble retries fast and grows; a refused login retries slowly.
+# Back-off: network trouble retries fast and grows; what lasts until someone acts (a refused
+# login, a watched folder that does not exist: ImapError.lasting) retries slowly.
 NETWORK_BACKOFF = (1.0, 60.0)
 AUTH_BACKOFF = (60.0, 900.0)
 
@@ -51,10 +52,11 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     return step / 2 + random.random() * step / 2
 
 
-def retry_delay(kind: str, attempt: int, established: bool) -> tuple[float, int]:
-    """How long to wait before reconnecting, and the attempt number after that: from the start
-    after a connection that was `established` (lost), else one step further (failed again)."""
-    base, cap = AUTH_BACKOFF if kind == "auth" else NETWORK_BACKOFF
+def retry_delay(lasting: bool, attempt: int, established: bool) -> tuple[float, int]:
+    """How long to wait before reconnecting (slowly for a `lasting` failure), and the attempt
+    number after that: from the start after a connection that was `established` (lost), else one
+    step further (failed again)."""
+    base, cap = AUTH_BACKOFF if lasting else NETWORK_BACKOFF
     return backoff_delay(0 if established else attempt, base, cap), 1 if established else attempt + 1
 
 
@@ -116,12 +118,12 @@ class FolderWatcher:
                     session = None
                     await self._watch(self._session)
                 except ImapError as exc:
-                    attempt = await self._back_off(str(exc), exc.kind, attempt)
+                    attempt = await self._back_off(str(exc), exc.kind, attempt, exc.lasting)
                 except Exception as exc:
                     # A bug or a store failure must not end the watch for good: report, retry.
                     log.exception("%s/%s: unexpected error", self.mailbox.id, self.folder)
                     reason = f"internal error: {type(exc).__name__}"
-                    attempt = await self._back_off(reason, "internal", attempt)
+                    attempt = await self._back_off(reason, "internal", attempt, lasting=False)
         finally:
             await asyncio.shield(self._leave(self._session))
 
@@ -146,19 +148,15 @@ class FolderWatcher:
         when it is done."""
         await self._sync.drain()
 
-    async def _back_off(self, reason: str, kind: str, attempt: int) -> int:
+    async def _back_off(self, reason: str, kind: str, attempt: int, lasting: bool) -> int:
         """Report the failure, wait, and return the next attempt number."""
         if self._session is not None:
             self._session.abort()
             self._session = None
-        delay, next_attempt = self.next_delay(kind, attempt)
+        delay, next_attempt = retry_delay(lasting, attempt, self.take_established())
         await self.report_failure(reason, kind, delay)
         await asyncio.sleep(delay)
         return next_attempt
-
-    def next_delay(self, kind: str, attempt: int) -> tuple[float, int]:
-        """How long to wait before reconnecting, and the attempt number after that."""
-        return retry_delay(kind, attempt, self.take_established())
 
     @property
     def connected(self) -> bool:

@@ -18,8 +18,10 @@ import aiohttp
 import pytest
 
 from gatewayd.config import Config, hash_token, parse_config
+from gatewayd.imap import watch
 from gatewayd.imap.notify import AccountWatcher
 from gatewayd.imap.session import ImapSession
+from gatewayd.imap.watch import FolderWatcher
 from gatewayd.sandbox.dovecot import PASSWORD, Dovecot
 from gatewayd.store import EventQuery
 from tests.conftest import append, imap_do
@@ -344,6 +346,8 @@ async def test_a_folder_missing_for_a_while_costs_notify_only_for_a_while(
     """A watched folder deleted and created again (bench/soak.py found it) once demoted its
     account to one connection per folder until a restart; now NOTIFY is tried again."""
     monkeypatch.setattr(AccountWatcher, "notify_retry_seconds", 1.0, raising=False)
+    # The missing folder's own watcher retries slowly (from a minute): made quick here.
+    monkeypatch.setattr(watch, "AUTH_BACKOFF", (0.2, 1.0))
     user = f"gone{uuid.uuid4().hex[:6]}"
     folders = ["INBOX", "Later"]  # Later does not exist yet: SELECT fails, NOTIFY is given up
     before = imap_connections(dovecot.imap_port)
@@ -374,6 +378,43 @@ async def test_a_folder_missing_for_a_while_costs_notify_only_for_a_while(
     assert "notify_retry" in reasons and "shutdown" not in reasons
 
 
+async def test_a_folder_gone_at_a_select_of_the_shared_connection_falls_back_at_once(
+    dovecot: Dovecot, tmp_path: Path, start_gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder that does not exist is retried slowly (from a minute up). Found missing by the
+    SELECT that follows its new-mail notification on the shared connection, it must not make the
+    whole account wait that long: the account falls back to one connection per folder at once,
+    as when it is missing at the start, and only the missing folder's watcher waits."""
+    user = f"race{uuid.uuid4().hex[:6]}"
+    await asyncio.to_thread(imap_do, dovecot, user, lambda c: c.create("Later"))
+    gw = await start_gateway(
+        fleet_config(tmp_path, [agent("support", [mailbox(dovecot, user, folders=["INBOX", "Later"])])])
+    )
+    await wait_for(lambda: all(w["notify"] for w in gw.daemon.pool.health()) and idle(gw))
+    catch_up = FolderWatcher.catch_up
+
+    async def deleted_first(
+        watcher: FolderWatcher, session: ImapSession, pushed_at: float | None = None
+    ) -> None:
+        # Failure injection: the folder deleted between its notification and the SELECT.
+        if watcher.folder == "Later":
+            await asyncio.to_thread(imap_do, dovecot, user, lambda c: c.delete("Later"))
+        await catch_up(watcher, session, pushed_at)
+
+    monkeypatch.setattr(FolderWatcher, "catch_up", deleted_first)
+    await asyncio.to_thread(append, dovecot, user, "Later", mail("to Later"))
+
+    def fallen_back() -> bool:
+        health = {w["folder"]: w for w in gw.daemon.pool.health()}
+        return health["INBOX"]["state"] == "idle" and not health["INBOX"]["notify"]
+
+    await wait_for(fallen_back, timeout=10, what="INBOX on its own connection")
+    query = EventQuery(("support",), type_patterns=("mailbox.error",))
+    errors = await gw.daemon.store.read_after(query, 0, 100)
+    assert [(e.data["folder"], e.data["kind"]) for e in errors] == [("Later", "protocol")]
+    assert errors[0].data["retry_in_ms"] >= 30_000
+
+
 async def test_a_folder_that_stays_missing_leaves_the_fall_back_alone(
     dovecot: Dovecot, tmp_path: Path, start_gateway: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -381,6 +422,7 @@ async def test_a_folder_that_stays_missing_leaves_the_fall_back_alone(
     `notify_retry_seconds`, failing on it again: every folder reconnected twice, for nothing. Now
     NOTIFY is tried again only once every folder's own connection is up."""
     monkeypatch.setattr(AccountWatcher, "notify_retry_seconds", 0.5, raising=False)
+    monkeypatch.setattr(watch, "AUTH_BACKOFF", (0.2, 1.0))  # the missing folder's, made quick
     user = f"deleted{uuid.uuid4().hex[:6]}"
     folders = ["INBOX", "Later"]
     await asyncio.to_thread(imap_do, dovecot, user, lambda c: c.create("Later"))

@@ -303,6 +303,48 @@ async def test_auth_failure_is_reported_and_retried_slowly(
     assert gw.daemon.pool.health()[0]["reconnects"] == 1
 
 
+async def test_a_missing_folder_is_retried_slowly_as_a_protocol_error(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any
+) -> None:
+    """A watched folder that does not exist waits on someone creating it: it was retried every
+    second (then minute) forever, each time a `mailbox.error`. Now a minute first, as a refused
+    login; the event's `kind` stays `protocol`."""
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], imap={"folders": ["Later"]}))
+    (error,) = await wait_events(gw, 1, types="mailbox.error")
+    # Dovecot answers a plain NO (no [NONEXISTENT]): LIST tells that the folder is missing.
+    assert error["data"]["kind"] == "protocol" and "doesn't exist" in error["data"]["reason"], error
+    assert 30_000 <= error["data"]["retry_in_ms"] <= 60_000, error
+    assert watcher_states(gw) == ["backoff"]
+    await asyncio.sleep(1.5)
+    assert len(await listing(gw, types="mailbox.error")) == 1  # no fast retry
+
+
+async def test_a_missing_folder_backs_off_up_to_minutes_then_connects_once_created(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The back-offs scaled down a thousand times (1 s to 60 s for the network, 60 s to 15 min
+    for what lasts): each `mailbox.error` of the missing folder says a longer wait, past the
+    network's cap, and the folder created meanwhile is watched within that wait."""
+    monkeypatch.setattr(watch, "NETWORK_BACKOFF", (0.001, 0.06))
+    monkeypatch.setattr(watch, "AUTH_BACKOFF", (0.06, 0.9))
+    gw = await start_gateway(gateway_config(tmp_path, dovecot, [user], imap={"folders": ["Later"]}))
+    errors = (await wait_events(gw, 4, types="mailbox.error"))[:4]
+    assert {e["data"]["kind"] for e in errors} == {"protocol"}, errors
+    delays = [e["data"]["retry_in_ms"] for e in errors]
+    # Steps of 60, 120, 240 and 480 ms, each jittered down to no less than half.
+    for attempt, delay in enumerate(delays):
+        step = 60 * 2**attempt
+        assert step // 2 - 1 <= delay <= step, delays
+    assert delays[-1] > 60, delays  # past the network back-off's cap
+    await asyncio.to_thread(imap_do, dovecot, user, lambda c: c.create("Later"))
+    await wait_for(lambda: idle(gw), timeout=10, what="the created folder watched")
+    (connected,) = await listing(gw, types="mailbox.connected")
+    assert connected["data"]["folder"] == "Later"
+    await asyncio.to_thread(append, dovecot, user, "Later", mail("in the new folder"))
+    (event,) = await wait_events(gw, 1)
+    assert event["data"]["subject"] == "in the new folder"
+
+
 @pytest.fixture(scope="module")
 def tls_dovecot() -> Iterator[tuple[Dovecot, trustme.CA]]:
     ca = trustme.CA()
