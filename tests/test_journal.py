@@ -142,13 +142,16 @@ async def test_outbox_retries_and_orphans(journal: SqliteRuleJournal) -> None:
     assert (await journal.outbox_get("k1", 0)).state == SENT  # type: ignore[union-attr]
 
 
-async def test_open_mailboxes_are_those_with_open_entries(journal: SqliteRuleJournal) -> None:
-    assert await journal.open_mailboxes() == set()
+async def test_open_folders_are_those_with_open_entries(journal: SqliteRuleJournal) -> None:
+    assert await journal.open_folders() == set()
     await begin(journal, "k1")
     await journal.place("other\x1fINBOX\x1f7\x1f1", "other", "INBOX", 7, 1)
-    assert await journal.open_mailboxes() == {"box"}
+    await journal.begin(
+        "k2", agent_id="agent", mailbox_id="box", folder="Été", uidvalidity=7, uid=2, record={}
+    )
+    assert await journal.open_folders() == {("box", "INBOX"), ("box", "Été")}
     await journal.finish(["k1"])
-    assert await journal.open_mailboxes() == set()
+    assert await journal.open_folders() == {("box", "Été")}
 
 
 async def test_placed_never_overwrites_and_prune_keeps_open_entries(journal: SqliteRuleJournal) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import unicodedata
 
 # A run of modified UTF-7: `&-` is `&`, `&<modified base64>-` is UTF-16.
 _SHIFTED = re.compile(r"&([A-Za-z0-9+,]*)-")
@@ -19,6 +20,14 @@ def folder_key(name: str) -> str:
     """The folder a name means, for comparing two names: INBOX in any case is INBOX (RFC 3501 5.1),
     every other name is exact."""
     return "INBOX" if name.upper() == "INBOX" else name
+
+
+def spelling_key(name: str) -> str:
+    """What the spellings that may name one folder share, for doubt rather than identity: decoded
+    from modified UTF-7, in NFC, without case (a server may ignore it beyond INBOX) nor a trailing
+    `/` or `.` (a server may drop its hierarchy delimiter there; Dovecot does)."""
+    loose = unicodedata.normalize("NFC", decode_mailbox(name)).casefold()
+    return loose.rstrip("/.") or loose
 
 
 def quote(text: str) -> str:

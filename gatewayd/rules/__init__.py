@@ -14,7 +14,7 @@ plan.py        matching rules -> ordered steps -> the event's rules_applied, lab
 execute.py     steps through the journal: intent, action, outcome; crash resolution
 arrivals.py    moves and copies in flight, so the destination's watcher announces none twice
 engine.py      RulesStage (the pipeline's last stage) and recover()
-removed.py     what a mailbox removed from the configuration left open: closed and announced
+removed.py     what a mailbox or folder removed from the configuration left open: closed, announced
 load.py        RuleBook: every rule of the configuration, checked; reload
 syntax.py      rules as written in YAML, checked: each problem with its key path
 service.py     the rules in the daemon: journal, outbox task, the stage, SIGHUP reload

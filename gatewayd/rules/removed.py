@@ -1,21 +1,32 @@
-"""The journal entries a mailbox removed from the configuration left open, closed at start-up.
+"""The journal entries a mailbox or a folder removed from the configuration left open, closed at
+start-up.
 
 An entry stays open until the watcher of its folder finishes it (`RulesStage.recover`). A mailbox
-no longer configured has no watcher, and its IMAP actions can no longer be carried out, so its
-entries would stay open forever, their mail held. Instead each action not done is closed in the
-journal as an `error` and announced as a `message.action`: `failed` when it never started, `unknown`
-when it was interrupted (a move may have happened). Its mail is given up (`Outbox.give_up`: never
-sent after the mailbox is gone, never twice) and the entry finished. Should the mailbox come back
-under the same id, its message is announced with these outcomes and not acted on again.
+no longer configured, or a folder its `imap.folders` no longer lists, has no watcher, and its IMAP
+actions can no longer be carried out, so its entries would stay open forever, their mail held.
+Instead each action not done is closed in the journal as an `error` and announced as a
+`message.action`: `failed` when it never started, `unknown` when it was interrupted (a move may
+have happened). Its mail is given up (`Outbox.give_up`: never sent after its folder is gone, never
+twice) and the entry finished. Should the mailbox or folder come back under the same name, its
+message is announced with these outcomes and not acted on again.
+
+Only the folders of `imap.folders` have entries of their own (the Sent folder is only read for its
+recipients; a rule's move into another folder is `placed` there, never open). The journal has the
+folder as the watcher named it, which is as configured (INBOX in any case as `INBOX`). A folder
+configured now under another spelling that may name the same folder (see `spelling_key`) is left
+open, with a warning: closing the actions of a watched folder would be wrong, and its watcher,
+which looks its entries up by its own spelling, does not finish them either.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from gatewayd.events import Event, NewEvent
+from gatewayd.imap.names import spelling_key
 from gatewayd.rules.execute import settled
 from gatewayd.rules.plan import ERROR, OK, result
 from gatewayd.send.outbox import MESSAGE_ACTION, Outbox, mailbox_removed
@@ -25,21 +36,50 @@ from gatewayd.store.journal import FAILED, SENT, UNKNOWN, JournalEntry, RuleJour
 log = logging.getLogger(__name__)
 
 
+def folder_removed(mailbox_id: str, folder: str) -> str:
+    """Why what a folder no longer watched left to do is not done."""
+    name = json.dumps(folder, ensure_ascii=False)
+    return f'folder {name} was removed from the configuration of mailbox "{mailbox_id}"'
+
+
 async def close_removed(
     journal: RuleJournal,
     outbox: Outbox,
     store: EventStore,
     publish: Callable[[list[Event]], None],
-    configured: Collection[str],
+    configured: Mapping[str, Collection[str]],
 ) -> None:
-    """Close the open entries of every mailbox not in `configured` (the ids of the running ones)."""
-    for mailbox_id in sorted(await journal.open_mailboxes() - set(configured)):
-        entries = await journal.open_entries(mailbox_id)
+    """Close the open entries of every mailbox and folder not configured: `configured` maps the id
+    of each running mailbox to its `imap.folders`."""
+    for mailbox_id, folder in sorted(await journal.open_folders()):
+        folders = configured.get(mailbox_id)
+        if folders is None:
+            reason = mailbox_removed(mailbox_id)
+        elif folder in folders:
+            continue  # its watcher finishes them
+        elif alike := [name for name in folders if spelling_key(name) == spelling_key(folder)]:
+            spelt, configured_as = (json.dumps(name, ensure_ascii=False) for name in (folder, alike[0]))
+            log.warning(
+                "%s: folder %s is not in imap.folders, but %s is and may be the same folder: the rules"
+                " journal's open entries of %s are left open (spelt so again, its watcher finishes them)",
+                mailbox_id,
+                spelt,
+                configured_as,
+                spelt,
+            )
+            continue
+        else:
+            reason = folder_removed(mailbox_id, folder)
+        entries = await journal.open_entries(mailbox_id, folder)
         for entry in entries:
-            await _close(journal, outbox, store, publish, entry)
+            await _close(journal, outbox, store, publish, entry, reason)
         if entries:
             log.warning(
-                "%s; the rules' actions left of %d messages closed", mailbox_removed(mailbox_id), len(entries)
+                "%s/%s: %s; the rules' actions left of %d messages closed",
+                mailbox_id,
+                folder,
+                reason,
+                len(entries),
             )
 
 
@@ -49,8 +89,8 @@ async def _close(
     store: EventStore,
     publish: Callable[[list[Event]], None],
     entry: JournalEntry,
+    reason: str,
 ) -> None:
-    reason = mailbox_removed(entry.mailbox_id)
     record = entry.record
     outcomes, left = settled(entry)
     for step in left:

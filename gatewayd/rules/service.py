@@ -61,23 +61,21 @@ class RulesService:
         return Pipeline([*pipeline.stages, StageSpec(self.stage, RULES_TIMEOUT_SECONDS)])
 
     async def open(self) -> None:
+        """The journal; then what removed mailboxes and folders left open is closed, before the
+        outbox runs (their mail given up for that reason, not retried) and before any watcher starts
+        (none claims what an interrupted move from a removed folder put in its own: new mail there)."""
         await self.journal.open()
+        configured = {mailbox.id: mailbox.imap.folders for mailbox in self.config.mailboxes()}
+        try:
+            await close_removed(self.journal, self.outbox, self._store, self._publish, configured)
+        except Exception:  # tried again at the next start; the outbox meanwhile may retry their mail
+            log.exception("rules journal: closing what removed mailboxes and folders left open failed")
 
     def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._send_forever(), name="outbox"),
+            asyncio.create_task(self.outbox.run(), name="outbox"),
             asyncio.create_task(self._prune_forever(), name="rules-journal-prune"),
         ]
-
-    async def _send_forever(self) -> None:
-        """The outbox, once the entries removed mailboxes left open are closed (their mail given up
-        for that reason, not retried by the outbox meanwhile)."""
-        configured = [mailbox.id for mailbox in self.config.mailboxes()]
-        try:
-            await close_removed(self.journal, self.outbox, self._store, self._publish, configured)
-        except Exception:  # tried again at the next start; the outbox meanwhile gives their mail up
-            log.exception("rules journal: closing what removed mailboxes left open failed")
-        await self.outbox.run()
 
     async def close(self) -> None:
         # Cancelled until they end: a single cancellation can be lost in a wait_for, and the

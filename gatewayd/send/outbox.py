@@ -153,7 +153,7 @@ class Outbox:
         return state
 
     async def give_up(self, item: OutboxItem, reason: str) -> None:
-        """Settle the item for good without an attempt (its mailbox is gone) and announce it: mail
+        """Settle the item for good without an attempt (its mailbox or folder is gone) and announce it: mail
         never attempted or waiting for a retry is `failed` for `reason`, an attempt a crash cut off
         `unknown`; mail already settled is announced as it stands (the store skips it when it
         was announced before)."""

@@ -150,9 +150,10 @@ class RuleJournal(Protocol):
         I/O."""
         ...
 
-    async def open_mailboxes(self) -> set[str]:
-        """The ids of the mailboxes that may have `open` entries (a superset: `open_entries` tells),
-        asked at start-up for mailboxes no longer configured; answered without I/O."""
+    async def open_folders(self) -> set[tuple[str, str]]:
+        """The (mailbox id, folder) pairs that may have `open` entries (a superset: `open_entries`
+        tells), the folder as `begin` had it; asked at start-up for mailboxes and folders no longer
+        configured, answered without I/O."""
         ...
 
     async def outbox_get(self, key: str, step: int) -> OutboxItem | None: ...

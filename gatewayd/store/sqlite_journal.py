@@ -284,8 +284,8 @@ class SqliteRuleJournal:
                 self._mark_open(key, mailbox_id, key_folder)
         return await self._entries(rows)
 
-    async def open_mailboxes(self) -> set[str]:
-        return {mailbox_id for mailbox_id, _ in self._open_keys}
+    async def open_folders(self) -> set[tuple[str, str]]:
+        return set(self._open_keys)
 
     # -- outbox --------------------------------------------------------------------------------
 

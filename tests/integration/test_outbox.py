@@ -1,16 +1,19 @@
 """The outbox across a clean shutdown, against the real Dovecot and SMTP peers: an auto-reply cut
 off before the data is sent once after the restart; one cut off after the data never again. And
 across an on-demand watcher that stops while its reply is being sent: the reply goes out without
-the watcher, once; its mailbox removed from the configuration, the reply is given up, and said so."""
+the watcher, once; its mailbox, or its folder, removed from the configuration, the reply is given
+up, and said so."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from gatewayd.config import Config
 from gatewayd.rules.execute import message_key
@@ -43,7 +46,12 @@ def config(tmp_path: Path, dovecot: Dovecot, user: str, port: int) -> Config:
 
 
 def on_demand_config(
-    tmp_path: Path, dovecot: Dovecot, users: list[str], sink: SmtpSink, retry_seconds: float
+    tmp_path: Path,
+    dovecot: Dovecot,
+    users: list[str],
+    sink: SmtpSink,
+    retry_seconds: float,
+    folders: Sequence[str] = ("INBOX",),
 ) -> Config:
     """Watched while a client streams the mailbox, and no longer the moment it leaves."""
     smtp = sink.smtp_config() | {
@@ -60,6 +68,7 @@ def on_demand_config(
         rules=RULES,
         smtp=smtp,
         address=f"{users[0]}@{LOCAL_DOMAIN}" if users else None,
+        imap={"folders": list(folders)},
     )
 
 
@@ -181,18 +190,37 @@ async def test_a_reply_cut_off_by_its_on_demand_watcher_stopping_goes_out_withou
     assert len(sink.received) == 1 and len(await events(gw.url, "message.action")) == 1
 
 
-async def test_a_reply_cut_off_by_its_watcher_stopping_is_given_up_when_its_mailbox_is_removed(
-    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, sink: SmtpSink
+@pytest.mark.parametrize("removed", ["mailbox", "folder"])
+async def test_a_reply_cut_off_by_its_watcher_stopping_is_given_up_when_its_mailbox_or_folder_is_removed(
+    dovecot: Dovecot, user: str, tmp_path: Path, start_gateway: Any, sink: SmtpSink, removed: str
 ) -> None:
+    mailbox_id = f"{user}-inbox"
     gw = await start_gateway(on_demand_config(tmp_path, dovecot, [user], sink, retry_seconds=3600))
     await leave_while_held(gw, dovecot, user, sink)
     await gw.daemon.stop()  # before the reply's retry
-    gw = await start_gateway(on_demand_config(tmp_path, dovecot, [], sink, retry_seconds=0.2))
+    # Configured still, though nobody watches it now (on demand): left open (closed at start-up).
+    gw = await start_gateway(on_demand_config(tmp_path, dovecot, [user], sink, retry_seconds=3600))
+    assert await events(gw.url, "message.action") == []
+    await gw.daemon.stop()
+    if removed == "mailbox":
+        restarted = on_demand_config(tmp_path, dovecot, [], sink, retry_seconds=0.2)
+        reason = f'mailbox "{mailbox_id}" was removed from the configuration'
+    else:  # the mailbox stays, and its SMTP server, watching another folder
+        restarted = on_demand_config(tmp_path, dovecot, [user], sink, retry_seconds=0.2, folders=["Archive"])
+        reason = f'folder "INBOX" was removed from the configuration of mailbox "{mailbox_id}"'
+    gw = await start_gateway(restarted)
     (action,) = await until_events(gw.url, "message.action", 1)
     data = action["data"]
-    assert action["mailbox_id"] == f"{user}-inbox" and data["to"] == [BOB], action
-    assert data["outcome"] == "failed" and data["attempts"] == 1, data
-    assert f'mailbox "{user}-inbox" was removed from the configuration' in data["error"], data
+    assert action["mailbox_id"] == mailbox_id and data["to"] == [BOB], action
+    assert data["outcome"] == "failed" and data["attempts"] == 1 and reason in data["error"], data
+    if removed == "folder":  # watched, the mailbox does nothing more for the message
+        async with aiohttp.ClientSession() as session:
+            await open_stream(session, gw.url, {"mailbox": mailbox_id})
+            await wait_for(lambda: idle(gw, mailbox_id), what="watcher idle")
+        assert (
+            await events(gw.url, "message.received*") == []
+            and len(await events(gw.url, "message.action")) == 1
+        )
     await gw.daemon.stop()
     with sqlite3.connect(tmp_path / "events.db") as db:  # closed, not left open forever
         assert db.execute("SELECT state FROM rule_journal").fetchall() == [("done",)]
