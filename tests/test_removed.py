@@ -84,7 +84,7 @@ async def test_what_a_removed_mailbox_or_folder_left_open_is_closed_and_announce
     [
         ("Été", "&AMk-t&AOk-"),  # modified UTF-7
         ("Été", unicodedata.normalize("NFD", "Été")),
-        ("Work", "Work/"),  # a trailing delimiter, which Dovecot drops
+        ("Work", "Work/"),  # a trailing delimiter: a typo, or dropped by the server
         ("Work.", "Work"),
         ("Work", "work"),  # a server may ignore case
     ],

@@ -25,7 +25,7 @@ def folder_key(name: str) -> str:
 def spelling_key(name: str) -> str:
     """What the spellings that may name one folder share, for doubt rather than identity: decoded
     from modified UTF-7, in NFC, without case (a server may ignore it beyond INBOX) nor a trailing
-    `/` or `.` (a server may drop its hierarchy delimiter there; Dovecot does)."""
+    `/` or `.` (a hierarchy delimiter there: some servers drop it, Dovecot refuses the name)."""
     loose = unicodedata.normalize("NFC", decode_mailbox(name)).casefold()
     return loose.rstrip("/.") or loose
 
