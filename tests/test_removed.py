@@ -137,3 +137,25 @@ async def test_a_retry_in_flight_without_the_watcher_is_not_taken_for_a_crashs(p
     reply = event.data["rules_applied"][0]["actions"][0]
     assert reply["outcome"] == "pending", reply
     assert (await journal.outbox_get(entry.key, 0)).state == RETRY
+
+
+async def test_mail_pending_in_a_removed_folder_is_given_up_not_retried(parts: dict[str, Any]) -> None:
+    """The last step done, its mail `pending` (refused before the data), the event not stored yet
+    (a crash): the folder removed, the mail is given up as the README says, not sent later."""
+    pipeline, mailbox = setup(parts, [{"auto_reply": "Thanks."}], smtp=SMTP, address="me@gw.example")
+    journal, published = parts["journal"], parts["published"]
+    await pipeline.process(mailbox, fetched(), FakeActions())  # no after_store: the event never stored
+    (entry,) = await journal.open_entries("box", "INBOX")
+    assert entry.steps[0]["outcome"] == "pending"
+    outbox = pipeline.stages[0].stage._outbox  # type: ignore[attr-defined]
+    await close_removed(journal, outbox, parts["store"], published.extend, {"box": ["Archive"]})
+    removed = 'folder "INBOX" was removed from the configuration of mailbox "box"'
+    item = await journal.outbox_get(entry.key, 0)
+    assert item is not None and (item.state, item.last_error) == (FAILED, removed)
+    assert await journal.outbox_due(float("inf")) == []
+    (event,) = published
+    data = event.data
+    assert (data["action"], data["outcome"], data["error"]) == ("auto_reply", "failed", removed)
+    done = await journal.get(entry.key)
+    assert done is not None and done.state == DONE
+    assert done.steps[0]["outcome"] == "error" and done.steps[0]["error"] == removed

@@ -28,7 +28,7 @@ from typing import Any
 from gatewayd.events import Event, NewEvent
 from gatewayd.imap.names import spelling_key
 from gatewayd.rules.execute import settled
-from gatewayd.rules.plan import ERROR, OK, result
+from gatewayd.rules.plan import ERROR, OK, PENDING, result
 from gatewayd.send.outbox import MESSAGE_ACTION, Outbox, mailbox_removed
 from gatewayd.store import EventStore
 from gatewayd.store.journal import FAILED, SENT, UNKNOWN, JournalEntry, RuleJournal
@@ -93,7 +93,14 @@ async def _close(
 ) -> None:
     record = entry.record
     outcomes, left = settled(entry)
-    for step in left:
+    # Mail whose step is done but `pending` (refused before the data; the event was not stored
+    # since) waits for the outbox's retry: given up as well, never sent after its folder is gone.
+    waiting = [
+        step
+        for step in record["plan"]["steps"]
+        if step["kind"] == "send" and outcomes.get(step["index"], {}).get("outcome") == PENDING
+    ]
+    for step in sorted(left + waiting, key=lambda step: int(step["index"])):
         index = step["index"]
         if step["kind"] == "send":
             outcome = await _give_up_mail(journal, outbox, entry, index, reason)
