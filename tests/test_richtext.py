@@ -66,6 +66,10 @@ def test_rtf_shown_keeps_an_objects_result_and_skips_its_data() -> None:
     inner = r"{\object{\*\objdata 0a0b}{\result inner}}"
     source = r"{\rtf1 a{\object\objemb{\*\objdata 0c}{\result b{\i c}" + inner + r"d}{\*\objdata 0d}e}f}"
     assert rtf_shown(source) == "abcinnerdf"
+    # An object opened in the result group itself, not in a group of its own: closing the result
+    # closes it too, and the rest of the outer object stays skipped.
+    source = r"{\rtf1 a{\object{\result b\object{\*\objdata 0c}{\result c}}data{\*\objdata 0d}}d}"
+    assert rtf_shown(source) == "abcd"
 
 
 def test_instructions_in_an_rtf_objects_result_are_high() -> None:

@@ -156,7 +156,9 @@ class _RtfReader:
             self.skip_from = None
         if self.objects and self.objects[-1] == self.depth:
             self.objects.pop()
-        elif self.objects and self.objects[-1] == self.depth - 1:  # the rest of the object stays skipped
+        # Not `elif`: a result that opened an object of its own (`{\\result x\\object ...}`) closes
+        # both, and the rest of the outer object stays skipped all the same.
+        if self.objects and self.objects[-1] == self.depth - 1:  # the rest of the object stays skipped
             self.skip_from = self.objects[-1]
         if self.apart_from == self.depth:
             self.apart_from = None
