@@ -216,6 +216,9 @@ class ImapSession:
         self._pushed.clear()
         command = "EXAMINE" if read_only else "SELECT"
         opening = self._client.examine if read_only else self._client.select
+        # A SELECT deselects the folder first, whatever its outcome (RFC 3501 6.3.1): one that
+        # fails leaves none selected, so nothing may read the old folder's UIDs as current.
+        self.selected = None
         try:
             response = await self._call(command, opening(quoted_mailbox(folder)))
         except ImapRefused as exc:

@@ -76,3 +76,21 @@ async def test_which_refused_selects_mean_a_missing_folder(
             session.abort()
     assert caught.value.lasting is missing
     assert caught.value.kind == "protocol"
+
+
+async def test_a_refused_select_leaves_no_folder_selected(
+    dovecot: Dovecot, user: str, tmp_path: Path
+) -> None:
+    """RFC 3501: a SELECT that fails leaves no folder selected; the session must not go on
+    reading INBOX's UIDVALIDITY as the selected folder's."""
+    (mailbox,) = gateway_config(tmp_path, dovecot, [user]).mailboxes()
+    session = await ImapSession.open(mailbox.imap)
+    try:
+        await session.select("INBOX")
+        assert session.selected is not None
+        with pytest.raises(ImapFolderMissing):
+            await session.select("Nowhere")
+        assert session.selected is None
+        assert await session.fetch([1], 4096) == []  # nothing selected: nothing read as INBOX's
+    finally:
+        session.abort()
