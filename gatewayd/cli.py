@@ -35,13 +35,15 @@ EXIT_CONFIG = 2
 EXIT_CANNOT_START = 3  # a store cannot be opened or is another daemon's; the listen address
 
 
-def _load(path: str) -> Config | None:
-    """The configuration, its weights and its rules checked; None, with every problem on stderr."""
+def _load(path: str, *, secrets: bool = True) -> Config | None:
+    """The configuration, its weights and its rules checked; None, with every problem on stderr.
+    `secrets=False` for a command that never logs in: it checks the password keys without reading
+    the passwords, which outside the service may be unreadable (a credential, the service's file)."""
     from gatewayd.pipeline.build import check_weights
     from gatewayd.rules.load import load_rules
 
     try:
-        config = load_config(path)
+        config = load_config(path, secrets=secrets)
         errors: list[str] = []
         # Each check lists all its own problems; run both so that one run shows everything.
         for check in (check_weights, load_rules):  # load_rules: errors naming the rule and the key
@@ -103,7 +105,7 @@ def cmd_token_new(_args: argparse.Namespace) -> int:
 def _pipeline_config(path: str | None) -> Config | None:
     """The named config, or the defaults (no learning store) when there is none."""
     if path is not None:
-        return _load(path)
+        return _load(path, secrets=False)
     return parse_config({"agents": [{"id": "check-message"}]}, env={})
 
 
@@ -208,7 +210,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if not args.spam and not args.ham:
         print("learn: nothing to learn: give --spam DIR and/or --ham DIR", file=sys.stderr)
         return EXIT_CONFIG
-    config = _load(args.config)
+    config = _load(args.config, secrets=False)
     if config is None or config.pipeline is None:
         return EXIT_CONFIG
     from gatewayd.pipeline.build import learning_tenants, open_tenant_store

@@ -57,7 +57,7 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 def _with_store(args: argparse.Namespace, work: Callable[[Config, TokenStore], Awaitable[int]]) -> int:
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, secrets=False)  # they never log in
     except ConfigError as exc:
         print(f"{args.config}: invalid configuration:", file=sys.stderr)
         for error in exc.errors:

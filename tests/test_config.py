@@ -25,6 +25,7 @@ from gatewayd.config import (
     parse_config,
 )
 from gatewayd.config import schema as config_module
+from gatewayd.config.model import UnreadSecret
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "gatewayd.example.yaml"
 SECRET = "Zq9-very-distinctive-secret-7Xw"
@@ -519,6 +520,33 @@ def test_secret_wrapper() -> None:
     secret = Secret(SECRET)
     assert (repr(secret), str(secret), f"{secret}") == ("Secret('***')", "***", "***")
     assert secret == Secret(SECRET) and secret != Secret("other") and secret.reveal() == SECRET
+
+
+def test_without_secrets_the_password_keys_are_checked_but_not_read(tmp_path: Path) -> None:
+    # For the commands that never log in: nothing is read, so nothing out of reach makes them fail.
+    data = minimal(password=None, password_file="missing.pw")
+    data["agents"][0]["mailboxes"].append(mailbox("other", username="v", password=None, password_env="UNSET"))
+    config = parse_config(data, env={}, base_dir=tmp_path, secrets=False)
+    unread = [box.imap.password for box in config.mailboxes()]
+    assert unread == [
+        UnreadSecret(f"{IMAP}.password_file"),
+        UnreadSecret("agents[0].mailboxes[1].imap.password_env"),
+    ]
+    assert repr(unread[0]) == "Secret('***')" and str(unread[0]) == "***"
+    with pytest.raises(RuntimeError, match=re.escape(f"{IMAP}.password_file: not read")):
+        unread[0].reveal()
+    assert config.secrets() == []
+    assert parse_config(minimal(), env={}, secrets=False).secrets() == [SECRET]  # in the file: in hand
+
+    # Every check but the reading still runs.
+    both = minimal(password=None, password_file="pw", password_credential="../pw")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(both, env={}, secrets=False)
+    assert caught.value.errors == [
+        f"{IMAP}.password_credential: expected a file name (the NAME of LoadCredential=NAME:...):"
+        ' not empty, no "/", got "../pw"',
+        f"{IMAP}: password_file and password_credential are mutually exclusive; set exactly one",
+    ]
 
 
 # --- tokens ---------------------------------------------------------------------------------------------

@@ -10,7 +10,15 @@ from typing import Any
 
 from gatewayd.config.checks import _LINE_BREAK
 from gatewayd.config.context import _Context
-from gatewayd.config.model import TLS_IMPLICIT, TLS_NONE, TLS_STARTTLS, ImapConfig, Secret, SmtpConfig
+from gatewayd.config.model import (
+    TLS_IMPLICIT,
+    TLS_NONE,
+    TLS_STARTTLS,
+    ImapConfig,
+    Secret,
+    SmtpConfig,
+    UnreadSecret,
+)
 from gatewayd.config.schema import _IMAP, _PASSWORD_KEYS, _SMTP, _build, _section
 from gatewayd.imap.names import folder_key
 
@@ -36,6 +44,8 @@ def _password(data: dict[str, Any], v: dict[str, Any], path: str, ctx: _Context)
         return None
     if key == "password":
         return Secret(v[key])
+    if not ctx.read_secrets:
+        return UnreadSecret(f"{path}.{key}")
     if key == "password_env":
         value = ctx.env.get(v[key])
         where = f"environment variable {v[key]}"

@@ -12,6 +12,8 @@ from pathlib import Path
 class _Context:
     env: Mapping[str, str]
     base_dir: Path
+    # False: passwords kept elsewhere are checked as keys but not read (UnreadSecret).
+    read_secrets: bool = True
     errors: list[str] = field(default_factory=list)
     first_use: dict[tuple[str, str], str] = field(default_factory=dict)
     # (host, port, username, folder) -> the mailbox that watches it

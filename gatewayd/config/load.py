@@ -25,10 +25,18 @@ from gatewayd.config.stages import _pipeline_stages
 
 
 def parse_config(
-    data: object, env: Mapping[str, str] | None = None, base_dir: str | Path | None = None
+    data: object,
+    env: Mapping[str, str] | None = None,
+    base_dir: str | Path | None = None,
+    *,
+    secrets: bool = True,
 ) -> Config:
-    """Validate already-parsed YAML. Relative paths resolve against `base_dir` (default: the cwd)."""
-    ctx = _Context(os.environ if env is None else env, Path.cwd() if base_dir is None else Path(base_dir))
+    """Validate already-parsed YAML. Relative paths resolve against `base_dir` (default: the cwd).
+    `secrets=False`, for commands that never log in: every key is checked as usual, but a password
+    in a file, a variable or a credential is not read (an UnreadSecret stands in for it)."""
+    ctx = _Context(
+        os.environ if env is None else env, Path.cwd() if base_dir is None else Path(base_dir), secrets
+    )
     if data is None:
         raise ConfigError(['(top level): the configuration is empty; at least "agents" is required'])
     top = _section(data, "", _TOP, ctx.errors)
@@ -65,12 +73,13 @@ def parse_config(
     )
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
-    """Read, parse and validate a configuration file; ConfigError lists every problem found."""
+def load_config(path: str | Path, env: Mapping[str, str] | None = None, *, secrets: bool = True) -> Config:
+    """Read, parse and validate a configuration file; ConfigError lists every problem found.
+    `secrets`: as parse_config's."""
     source = Path(path).expanduser().resolve()
     try:
         data = read_yaml(source, "configuration file")
     except YamlFileError as exc:
         problem = f"invalid YAML: {exc.problem or 'syntax error'}" if exc.syntax else exc.problem
         raise ConfigError([f"{exc.where or source}: {problem}"]) from None
-    return replace(parse_config(data, env, source.parent), source=source)
+    return replace(parse_config(data, env, source.parent, secrets=secrets), source=source)

@@ -42,6 +42,17 @@ class Secret:
         return "***"
 
 
+class UnreadSecret(Secret):
+    """A password kept elsewhere (password_file, password_env, password_credential) and left unread,
+    by a command that never logs in (load_config's `secrets=False`): reading it would fail where
+    only the service may (a credential, the service user's file). `_value` holds its key path."""
+
+    __slots__ = ()
+
+    def reveal(self) -> str:
+        raise RuntimeError(f"{self._value}: not read (the configuration was loaded without secrets)")
+
+
 @dataclass(frozen=True, slots=True)
 class ImapConfig:
     host: str
@@ -193,7 +204,8 @@ class Config:
         return [mailbox for agent in self.agents for mailbox in agent.mailboxes]
 
     def secrets(self) -> list[str]:
-        """Every password the file gives (IMAP, SMTP, external scorers): what logs must never show."""
+        """Every password the file gives (IMAP, SMTP, external scorers) and that was read: what logs
+        must never show."""
         found: list[object] = [mailbox.imap.password for mailbox in self.mailboxes()]
         found += [mailbox.smtp.password for mailbox in self.mailboxes() if mailbox.smtp is not None]
         for stage in self.pipeline.stages if self.pipeline is not None else ():
@@ -202,7 +214,11 @@ class Config:
                 for scorer in (stage.options.get("rspamd"), stage.options.get("spamd"))
                 if scorer
             ]
-        return [secret.reveal() for secret in found if isinstance(secret, Secret)]
+        return [
+            secret.reveal()
+            for secret in found
+            if isinstance(secret, Secret) and not isinstance(secret, UnreadSecret)
+        ]
 
     def agent(self, agent_id: str) -> AgentConfig:
         """The agent with this id; KeyError if there is none."""
