@@ -9,7 +9,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gatewayd import startup_signals
 from gatewayd.cli_tokens import DEFAULT_CONFIG, add_token_commands
@@ -29,6 +29,9 @@ from gatewayd.message import FetchedMessage, parse
 from gatewayd.pipeline import Pipeline
 from gatewayd.store import StoreUnavailable
 from gatewayd.store.ownership import OwnerMismatch, refuse_root_run
+
+if TYPE_CHECKING:  # imported when used: the commands that do not score start faster without it
+    from gatewayd.pipeline.learning import TenantLearning
 
 EXIT_FAILED = 1  # what was asked failed: e.g. `learn` found no mail
 EXIT_CONFIG = 2
@@ -125,10 +128,15 @@ def cmd_check_message(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     setup_logging("warning")
-    from gatewayd.pipeline.build import build_pipeline, open_learning
-    from gatewayd.rules.dry_run import with_rules
+    from gatewayd.pipeline.build import build_pipeline
+    from gatewayd.rules.dry_run import dry_run_mailbox, with_rules
 
-    learning = open_learning(config, command="check-message") if args.config and config.pipeline else None
+    try:
+        mailbox = dry_run_mailbox(config, args.mailbox)
+    except ConfigError as exc:
+        print("\n".join(exc.errors), file=sys.stderr)
+        return EXIT_CONFIG
+    learning = _learning_of(config, mailbox) if args.config and config.pipeline else None
     if args.config and args.mailbox is None and config.mailboxes():
         # Not an error (the global verdicts are still worth seeing), but not what a mailbox gets.
         print(
@@ -138,7 +146,7 @@ def cmd_check_message(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        pipeline, mailbox = with_rules(config, build_pipeline(config, learning), args.mailbox)
+        pipeline = with_rules(config, build_pipeline(config, learning))
         return asyncio.run(_check_messages(pipeline, args.paths, args.json, mailbox))
     except ConfigError as exc:
         print("\n".join(exc.errors), file=sys.stderr)
@@ -146,6 +154,25 @@ def cmd_check_message(args: argparse.Namespace) -> int:
     finally:
         if learning is not None:
             learning.close()
+
+
+def _learning_of(config: Config, mailbox: MailboxConfig | None) -> TenantLearning | None:
+    """The learning store check-message scores with: the mailbox's tenant's, else the default
+    tenant's; None, said on stderr, when that tenant has none yet (nothing is made)."""
+    from gatewayd.pipeline.build import open_existing_learning
+    from gatewayd.pipeline.learning import tenant_path
+
+    assert config.pipeline is not None
+    tenant = mailbox.tenant if mailbox is not None else DEFAULT_TENANT
+    learning = open_existing_learning(config, tenant, command="check-message")
+    if learning is None:
+        path = tenant_path(config.pipeline.learning.path, tenant)
+        print(
+            f'check-message: tenant "{tenant}" has no learning store yet ({path}): scored without'
+            " learning (no Bayes, spam signatures, sender reputation or correspondents)",
+            file=sys.stderr,
+        )
+    return learning
 
 
 async def _check_messages(

@@ -118,3 +118,24 @@ def test_commands_that_never_log_in_still_check_the_password_keys(setup: dict[st
             in result.stderr
         ), result.stderr
     assert not (setup["tmp"] / "state").exists()
+
+
+def test_check_message_makes_no_learning_store_and_says_it_scores_without_one(setup: dict[str, Any]) -> None:
+    c = config(setup["tmp"], {"password": "inline"})
+    state = setup["tmp"] / "state"
+    state.mkdir()
+    checked = run_cli("check-message", "-c", c, "--mailbox", "sales-inbox", str(setup["mail"]))
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stderr == (
+        f'check-message: tenant "acme" has no learning store yet ({state / "learning.acme.db"}):'
+        " scored without learning (no Bayes, spam signatures, sender reputation or correspondents)\n"
+    )
+    assert "spam: ham" in checked.stdout
+    assert list(state.iterdir()) == []  # neither that tenant's store nor the default one's
+
+    learned = run_cli("learn", "-c", c, "--spam", str(setup["mail"]))  # the default tenant's
+    assert learned.returncode == 0, learned.stderr
+    checked = run_cli("check-message", "-c", c, "--mailbox", "support-inbox", str(setup["mail"]))
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stderr == "" and "REPUTATION_SPAM" in checked.stdout
+    assert not (state / "learning.acme.db").exists()

@@ -157,7 +157,7 @@ def configured_pipeline(config: Config, result: Result) -> tuple[Pipeline, Any]:
 
         assert config.pipeline is not None
         learning = open_learning(config)
-        pipeline, _ = with_rules(config, build_pipeline(config, learning), None)
+        pipeline = with_rules(config, build_pipeline(config, learning))
         return pipeline, learning
     except Exception as exc:  # the stage modules may not import while they are being written
         if learning is not None:

@@ -60,6 +60,18 @@ def open_learning(
     return TenantLearning(stores, tenant_of)
 
 
+def open_existing_learning(config: Config, tenant: str, command: str) -> TenantLearning | None:
+    """The learning store of `tenant` alone, for a command that only scores with it (`check-message`,
+    which asks one tenant's store): None when the store does not exist yet, as making it would only
+    leave an empty file behind (`command`: open_tenant_store's)."""
+    assert config.pipeline is not None
+    if not tenant_path(config.pipeline.learning.path, tenant).exists():
+        return None
+    store = open_tenant_store(config.pipeline, tenant, command=command)
+    tenant_of = {mailbox.id: agent.tenant for agent in config.agents for mailbox in agent.mailboxes}
+    return TenantLearning({tenant: store}, tenant_of)
+
+
 def _stage(config: Config, stage: StageConfig, learning: TenantLearning | None) -> Stage:
     options = dict(stage.options)
     if stage.name == "spam":

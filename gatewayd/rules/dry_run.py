@@ -11,21 +11,23 @@ from gatewayd.rules.engine import RULES_TIMEOUT_SECONDS, RulesStage
 from gatewayd.rules.load import load_rules
 
 
-def with_rules(
-    config: Config, pipeline: Pipeline, mailbox_id: str | None
-) -> tuple[Pipeline, MailboxConfig | None]:
-    """The pipeline plus the rules in dry-run mode (no actions: nothing is done), for a mailbox
-    (its rules and address) or, without one, the global rules only."""
-    mailbox = None
-    if mailbox_id is not None:
-        mailbox = next((m for m in config.mailboxes() if m.id == mailbox_id), None)
-        if mailbox is None:
-            known = ", ".join(m.id for m in config.mailboxes()) or "none"
-            raise ConfigError(
-                [f'--mailbox: no mailbox "{mailbox_id}" in the configuration (mailboxes: {known})']
-            )
+def dry_run_mailbox(config: Config, mailbox_id: str | None) -> MailboxConfig | None:
+    """The mailbox whose rules and address the dry run applies (None: the global rules only);
+    ConfigError naming the known ones for an id the configuration lacks."""
+    if mailbox_id is None:
+        return None
+    mailbox = next((m for m in config.mailboxes() if m.id == mailbox_id), None)
+    if mailbox is None:
+        known = ", ".join(m.id for m in config.mailboxes()) or "none"
+        raise ConfigError([f'--mailbox: no mailbox "{mailbox_id}" in the configuration (mailboxes: {known})'])
+    return mailbox
+
+
+def with_rules(config: Config, pipeline: Pipeline) -> Pipeline:
+    """The pipeline plus the rules in dry-run mode (no actions: nothing is done); a mailbox's own
+    rules apply when the pipeline runs with it (dry_run_mailbox)."""
     stage = RulesStage(load_rules(config))
-    return Pipeline([*pipeline.stages, StageSpec(stage, RULES_TIMEOUT_SECONDS)]), mailbox
+    return Pipeline([*pipeline.stages, StageSpec(stage, RULES_TIMEOUT_SECONDS)])
 
 
 def explain(data: Mapping[str, Any]) -> list[str]:
