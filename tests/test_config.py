@@ -276,6 +276,9 @@ def test_duplicate_ids_and_token_hashes() -> None:
         " (first used at agents[0].token_sha256[0])",
         'agents[1].mailboxes[0].id: duplicate mailbox id "support-inbox"'
         " (first used at agents[0].mailboxes[0].id)",
+        # A problem of its own, not a consequence of the id: renaming the copy leaves it.
+        "agents[1].mailboxes[0]: watches the same folder as agents[0].mailboxes[0]"
+        ' (u on imap.example.com:993, "INBOX")',
     ]
 
 
@@ -339,6 +342,32 @@ def test_several_errors_are_reported_at_once() -> None:
         "agents[0].mailboxes[0].imap.port: expected an integer 1-65535, got 0",
         'agents[0].mailboxes[0].imap.tls: expected one of "implicit", "starttls", "none", got "ssl"',
         "agents[1]: expected a mapping, got a string",
+    ]
+
+
+def test_a_mailbox_reports_its_imap_smtp_and_rules_problems_in_one_run() -> None:
+    data = minimal(port="abc", username=None)
+    data["agents"][0]["mailboxes"][0] |= {"smtp": {"host": "smtp.example.com", "port": 0}, "rules": "all"}
+    data["agents"][0]["mailboxes"].append({"id": "no-imap", "smtp": {"port": 25}})
+    assert errors_of(data) == [
+        'agents[0].mailboxes[0].imap.port: expected an integer 1-65535, got "abc"',
+        "agents[0].mailboxes[0].imap.username: missing required key",
+        "agents[0].mailboxes[0].smtp.port: expected an integer 1-65535, got 0",
+        "agents[0].mailboxes[0].rules: expected a list of rules, got a string",
+        "agents[0].mailboxes[1].imap: missing required key",
+        "agents[0].mailboxes[1].smtp.host: missing required key",
+    ]
+
+
+def test_a_mailbox_with_another_problem_is_still_checked_for_a_folder_watched_twice() -> None:
+    data = minimal()
+    data["agents"][0]["mailboxes"].append(
+        mailbox("again") | {"smtp": {"host": "smtp.example.com", "tls": "ssl"}}
+    )
+    assert errors_of(data) == [
+        'agents[0].mailboxes[1].smtp.tls: expected one of "implicit", "starttls", "none", got "ssl"',
+        "agents[0].mailboxes[1]: watches the same folder as agents[0].mailboxes[0]"
+        ' (u on imap.example.com:993, "INBOX")',
     ]
 
 
@@ -700,6 +729,23 @@ def test_injection_level_errors_name_the_key(levels: object, message: str) -> No
 def test_a_bad_stage_key_is_reported_not_a_crash(pipeline: dict[str, Any], message: str) -> None:
     errors = errors_of(minimal() | {"pipeline": pipeline})
     assert len(errors) == 1 and errors[0].startswith(message), errors
+
+
+def test_a_stage_key_that_fails_hides_no_check_between_the_others() -> None:
+    rspamd = {"url": "ftp://rspamd", "timeout_ms": 300}
+    spam = {"weights": [], "suspect_threshold": 9, "spam_threshold": 3, "rspamd": rspamd}
+    auth = {"protected_domains": ["localhost"], "dkim_verify": True, "timeout_ms": 1000}
+    assert errors_of(minimal() | {"pipeline": {"spam": spam, "auth": auth}}) == [
+        "pipeline.spam.weights: expected a mapping of SYMBOL: score, got an empty list",
+        'pipeline.auth.protected_domains[0]: expected a domain like example.com, got "localhost"',
+        'pipeline.spam.rspamd.url: expected an http:// or https:// URL such as "http://127.0.0.1:11333",'
+        ' got "ftp://rspamd"',
+        "pipeline.spam.rspamd.timeout_ms: must be below pipeline.spam.timeout_ms (250) so that the stage"
+        " can fall back on the built-in score, got 300",
+        "pipeline.spam.suspect_threshold: must not exceed spam_threshold (3), got 9",
+        "pipeline.auth.timeout_ms: with dkim_verify on it must exceed dns_timeout_seconds by 500 ms,"
+        " got 1000",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -118,9 +118,33 @@ def test_tenants_differing_only_in_case_are_refused() -> None:
 
 
 def test_a_broken_parent_is_reported_once_not_as_unknown() -> None:
-    # The parent's own mistake is the only error: its children do not add "unknown agent".
-    assert errors_of({"id": "p", "mailboxes": 3}, {"id": "c", "parent": "p", "tenant": "x"}) == [
-        "agents[0].mailboxes: expected a list, got an integer"
+    # The parent's own mistake is the only error: its children do not add "unknown agent", nor
+    # differ from its tenant, which is unknown.
+    assert errors_of({"id": "p", "tenant": "a b"}, {"id": "c", "parent": "p", "tenant": "x"}) == [
+        'agents[0].tenant: expected 1-64 characters from A-Z a-z 0-9 . _ -, got "a b"'
+    ]
+
+
+def test_problems_of_mailboxes_tokens_and_parents_hide_no_problem_of_the_fleet() -> None:
+    assert errors_of(
+        {"id": "p", "mailboxes": 3},
+        {"id": "c", "parent": "p", "tenant": "x", "token_sha256": "abc"},
+        {"id": "orphan", "parent": "nobody"},
+        {"id": "e", "parent": "e"},
+        {"id": "under-cycle", "parent": "e", "tenant": "z"},  # e's tenant is unknown: nothing to differ from
+        {"id": "q", "mailboxes": [{"id": "m"}]},
+        {"id": "q2", "parent": "q", "tenant": "y"},
+    ) == [
+        "agents[0].mailboxes: expected a list, got an integer",
+        "agents[1].token_sha256[0]: expected the token's SHA-256 as 64 hex characters (never the token),"
+        " got 3 characters",
+        "agents[5].mailboxes[0].imap: missing required key",
+        'agents[2].parent: unknown agent "nobody"',
+        "agents[3].parent: cycle e → e",
+        f'agents[1].tenant: "x" differs from the tenant "{DEFAULT_TENANT}" of its parent "p";'
+        " a parent and its sub-agents share one tenant",
+        f'agents[6].tenant: "y" differs from the tenant "{DEFAULT_TENANT}" of its parent "q";'
+        " a parent and its sub-agents share one tenant",
     ]
 
 

@@ -28,14 +28,14 @@ def _mailbox(data: Any, path: str, agent_id: str, ctx: _Context) -> MailboxConfi
         return None
     if "id" in v:
         ctx.unique(("mailbox", v["id"]), f'duplicate mailbox id "{v["id"]}"', f"{path}.id")
+    # imap, smtp and the rules are independent: each is checked, so one run reports them all.
     imap = _imap(v["imap"], f"{path}.imap", ctx) if "imap" in v else None
-    if len(ctx.errors) > before or imap is None:
-        return None
     smtp = _smtp(v["smtp"], f"{path}.smtp", ctx) if v.get("smtp") is not None else None
     rules = _rules(v["rules"], v.get("rules_file"), f"{path}.", ctx)
-    if len(ctx.errors) > before:
+    if imap is not None:
+        _watch_once(imap, path, ctx)
+    if len(ctx.errors) > before or imap is None:
         return None
-    _watch_once(imap, path, ctx)
     trusted = v["trusted_authserv_ids"]
     address = v["address"] or (imap.username if _ADDRESS.fullmatch(imap.username) else None)
     return _build(
@@ -66,12 +66,12 @@ def _watch_once(imap: ImapConfig, path: str, ctx: _Context) -> None:
 
 
 def _agent(data: Any, path: str, ctx: _Context) -> AgentConfig | None:
-    before = len(ctx.errors)
     v = _section(data, path, _AGENT, ctx.errors)
     if v is None:
         return None
-    if "id" in v:
-        ctx.unique(("agent", v["id"]), f'duplicate agent id "{v["id"]}"', f"{path}.id")
+    first_of_its_id = "id" in v and ctx.unique(
+        ("agent", v["id"]), f'duplicate agent id "{v["id"]}"', f"{path}.id"
+    )
     for i, digest in enumerate(v.get("token_sha256", ())):
         label = "duplicate token hash; a token must identify exactly one agent"
         ctx.unique(("token", digest), label, f"{path}.token_sha256[{i}]")
@@ -80,10 +80,14 @@ def _agent(data: Any, path: str, ctx: _Context) -> AgentConfig | None:
         ctx.errors.append(f"{path}.mailboxes: expected a list, got {_kind(raw)}")
         raw = []
     mailboxes = [_mailbox(item, f"{path}.mailboxes[{i}]", v.get("id", ""), ctx) for i, item in enumerate(raw)]
-    if len(ctx.errors) > before:
+    # What _fleets() checks (parents, tenants) needs the agent's id, parent and tenant alone: a
+    # mailbox's problems or a token hash's do not hide those (parse_config raises on them all the
+    # same). A second agent of one id stays out: the checks are of the first.
+    if not first_of_its_id or "parent" not in v or "tenant" not in v:
         return None
     # `tenant` stays None when not given: _fleets() resolves it from the parent.
-    return _build(AgentConfig, v, mailboxes=tuple(m for m in mailboxes if m is not None))
+    parsed = tuple(m for m in mailboxes if m is not None)
+    return _build(AgentConfig, v, mailboxes=parsed, token_sha256=v.get("token_sha256", ()))
 
 
 def _fleets(agents: list[tuple[str, AgentConfig]], ctx: _Context) -> list[AgentConfig]:
@@ -94,11 +98,9 @@ def _fleets(agents: list[tuple[str, AgentConfig]], ctx: _Context) -> list[AgentC
     """
     known = {agent_id for kind, agent_id in ctx.first_use if kind == "agent"}
     parents = {agent.id: agent.parent for _, agent in agents}
-    ok = True
     for path, agent in agents:
         if agent.parent is not None and agent.parent not in known:
             ctx.errors.append(f'{path}.parent: unknown agent "{agent.parent}"')
-            ok = False
     index = {agent.id: i for i, (_, agent) in enumerate(agents)}
     walked: dict[str, bool] = {}  # False: on the walk in progress; True: known to end at a root
     cycles: list[list[str]] = []
@@ -116,15 +118,15 @@ def _fleets(agents: list[tuple[str, AgentConfig]], ctx: _Context) -> list[AgentC
         walked.update(dict.fromkeys(chain, True))
     for cycle in sorted(cycles, key=lambda c: index[c[0]]):
         ctx.errors.append(f"{agents[index[cycle[0]]][0]}.parent: cycle {' → '.join([*cycle, cycle[0]])}")
-        ok = False
     _tenant_spellings(agents, ctx)
-    if not ok:
-        return []
     by_id = {agent.id: (path, agent) for path, agent in agents}
-    tenants: dict[str, str | None] = {}  # None: unknown (an ancestor failed to parse)
+    # None: unknown. An agent that failed to parse or is unknown, or one on a cycle (the walk up
+    # from it would never end): its sub-agents' tenants are not compared with it, the other
+    # agents' are, whatever the errors above.
+    tenants: dict[str, str | None] = {agent_id: None for cycle in cycles for agent_id in cycle}
     resolved = []
     for _, agent in agents:
-        chain = [agent.id]  # up to the root or to an agent resolved before (no cycles by now)
+        chain = [agent.id]  # up to the root, or to an agent resolved before or on a cycle
         while chain[-1] not in tenants and (up := by_id.get(chain[-1])) and up[1].parent is not None:
             chain.append(up[1].parent)
         for agent_id in reversed(chain):

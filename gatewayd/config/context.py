@@ -19,11 +19,13 @@ class _Context:
     # (host, port, username, folder) -> the mailbox that watches it
     watched: dict[tuple[str, int, str, str], str] = field(default_factory=dict)
 
-    def unique(self, key: tuple[str, str], label: str, path: str) -> None:
+    def unique(self, key: tuple[str, str], label: str, path: str) -> bool:
+        """Whether this is the first use of `key`; a later one is an error."""
         if key in self.first_use:
             self.errors.append(f"{path}: {label} (first used at {self.first_use[key]})")
-        else:
-            self.first_use[key] = path
+            return False
+        self.first_use[key] = path
+        return True
 
     def path(self, raw: str) -> Path:
         """Relative paths are relative to the configuration file's directory."""

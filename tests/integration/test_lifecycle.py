@@ -781,6 +781,28 @@ def test_check_config_lists_weight_and_rule_problems_together(tmp_path: Path) ->
     ]
 
 
+def test_check_config_lists_every_problem_of_a_mailbox_an_agent_and_a_stage_at_once(tmp_path: Path) -> None:
+    # Each problem below used to hide the next: smtp behind imap, the tenant behind the mailbox,
+    # the swapped thresholds behind the weights.
+    data = _with_imap(good_config(tmp_path), port="abc")
+    data["agents"][0]["mailboxes"][0]["smtp"] = {"host": "127.0.0.1", "port": 0, "tls": "none"}
+    data["agents"].append({"id": "bot", "parent": "support", "tenant": "acme", "mailboxes": [{"id": "m"}]})
+    data["pipeline"] = {"spam": {"weights": [], "suspect_threshold": 9, "spam_threshold": 3}}
+    result = run_cli("check-config", "-c", str(write_config(tmp_path / "all.yaml", data)))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.splitlines()[0] == f"{tmp_path / 'all.yaml'}: invalid configuration:"
+    assert [line.strip() for line in result.stderr.splitlines()[1:]] == [
+        'agents[0].mailboxes[0].imap.port: expected an integer 1-65535, got "abc"',
+        "agents[0].mailboxes[0].smtp.port: expected an integer 1-65535, got 0",
+        "agents[1].mailboxes[0].imap: missing required key",
+        'agents[1].tenant: "acme" differs from the tenant "default" of its parent "support";'
+        " a parent and its sub-agents share one tenant",
+        "pipeline.spam.weights: expected a mapping of SYMBOL: score, got an empty list",
+        "pipeline.spam.suspect_threshold: must not exceed spam_threshold (3), got 9",
+    ]
+    assert result.stdout == "" and PASSWORD not in result.stderr
+
+
 # --- 5. token new ------------------------------------------------------------------------------
 
 
