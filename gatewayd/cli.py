@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gatewayd import startup_signals
-from gatewayd.cli_tokens import DEFAULT_CONFIG, add_token_commands
+from gatewayd.cli_config import DEFAULT_CONFIG, EXIT_CONFIG, load_for_command
+from gatewayd.cli_tokens import add_token_commands
 from gatewayd.config import (
     DEFAULT_TENANT,
     Config,
     ConfigError,
     MailboxConfig,
     hash_token,
-    load_config,
     new_token,
     parse_config,
 )
@@ -34,7 +34,6 @@ if TYPE_CHECKING:  # imported when used: the commands that do not score start fa
     from gatewayd.pipeline.learning import TenantLearning
 
 EXIT_FAILED = 1  # what was asked failed: e.g. `learn` found no mail
-EXIT_CONFIG = 2
 EXIT_CANNOT_START = 3  # a store cannot be opened or is another daemon's; the listen address
 
 
@@ -43,25 +42,9 @@ def _load(path: str, *, secrets: bool = True) -> Config | None:
     `secrets=False` for a command that never logs in: it checks the password keys without reading
     the passwords, which outside the service may be unreadable (a credential, the service's file)."""
     from gatewayd.pipeline.build import check_weights
-    from gatewayd.rules.load import load_rules
+    from gatewayd.rules.load import load_rules  # errors naming the rule and the key
 
-    try:
-        config = load_config(path, secrets=secrets)
-        errors: list[str] = []
-        # Each check lists all its own problems; run both so that one run shows everything.
-        for check in (check_weights, load_rules):  # load_rules: errors naming the rule and the key
-            try:
-                check(config)
-            except ConfigError as exc:
-                errors += exc.errors
-        if errors:
-            raise ConfigError(errors)
-        return config
-    except ConfigError as exc:
-        print(f"{path}: invalid configuration:", file=sys.stderr)
-        for error in exc.errors:
-            print(f"  {error}", file=sys.stderr)
-        return None
+    return load_for_command(path, secrets=secrets, checks=(check_weights, load_rules))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

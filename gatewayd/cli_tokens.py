@@ -15,12 +15,10 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gatewayd.config import Config, ConfigError, load_config
+from gatewayd.cli_config import DEFAULT_CONFIG, EXIT_CONFIG, load_for_command
+from gatewayd.config import Config
 from gatewayd.store.ownership import prepare_for_root
 from gatewayd.store.tokens import READ, SCOPES, SqliteTokenStore, TokenStore, parse_duration, parse_scopes
-
-DEFAULT_CONFIG = "/etc/gatewayd/gatewayd.yaml"
-EXIT_CONFIG = 2
 
 
 def add_token_commands(token_commands: Any) -> None:
@@ -56,12 +54,9 @@ def _config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _with_store(args: argparse.Namespace, work: Callable[[Config, TokenStore], Awaitable[int]]) -> int:
-    try:
-        config = load_config(args.config, secrets=False)  # they never log in
-    except ConfigError as exc:
-        print(f"{args.config}: invalid configuration:", file=sys.stderr)
-        for error in exc.errors:
-            print(f"  {error}", file=sys.stderr)
+    # They never log in, nor use the rules: a token can be revoked while a rules file is broken.
+    config = load_for_command(args.config, secrets=False)
+    if config is None:
         return EXIT_CONFIG
 
     owners_path = prepare_for_root(config.store.path, f"token {args.token_command}")

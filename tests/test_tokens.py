@@ -242,6 +242,35 @@ def test_cli_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "invalid configuration" in capsys.readouterr().err
 
 
+def test_cli_bad_config_lists_every_problem_as_check_config_does(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = yaml.safe_load(config_file.read_text())
+    imap = {"host": "imap.example.com", "port": "abc", "username": "u", "password": "p"}
+    data["agents"][0]["mailboxes"] = [
+        {"id": "m", "imap": imap, "smtp": {"host": "smtp.example.com", "port": 0}}
+    ]
+    config_file.write_text(yaml.safe_dump(data))
+    assert main(["token", "list", "-c", str(config_file)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"{config_file}: invalid configuration:\n"
+        '  agents[0].mailboxes[0].imap.port: expected an integer 1-65535, got "abc"\n'
+        "  agents[0].mailboxes[0].smtp.port: expected an integer 1-65535, got 0\n"
+    )
+    assert main(["check-config", "-c", str(config_file)]) == 2
+    assert capsys.readouterr().err == err
+
+
+def test_cli_works_while_a_rule_is_broken(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A leaked token must be revocable whatever state the rules are in: they are not the tokens'.
+    data = yaml.safe_load(config_file.read_text()) | {"rules": [{"name": "a", "then": ["explode"]}]}
+    config_file.write_text(yaml.safe_dump(data))
+    assert main(["token", "list", "-c", str(config_file)]) == 0
+    assert main(["check-config", "-c", str(config_file)]) == 2
+    assert 'rules[0] "a".then[0]: unknown action "explode"' in capsys.readouterr().err
+
+
 def test_cli_lists_and_revokes_the_tokens_of_an_agent_gone_from_the_config(
     config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
