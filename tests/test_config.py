@@ -359,6 +359,15 @@ def test_a_mailbox_reports_its_imap_smtp_and_rules_problems_in_one_run() -> None
     ]
 
 
+def test_a_bad_smtp_username_is_reported_as_itself_and_its_password_still_checked() -> None:
+    data = minimal()
+    data["agents"][0]["mailboxes"][0]["smtp"] = {"host": "s", "username": "", "password_env": "SMTP_PW"}
+    assert errors_of(data) == [
+        'agents[0].mailboxes[0].smtp.username: expected a non-empty string without line breaks, got ""',
+        "agents[0].mailboxes[0].smtp.password_env: environment variable SMTP_PW is not set",
+    ]
+
+
 def test_a_mailbox_with_another_problem_is_still_checked_for_a_folder_watched_twice() -> None:
     data = minimal()
     data["agents"][0]["mailboxes"].append(

@@ -140,7 +140,7 @@ def _smtp(data: Any, path: str, ctx: _Context) -> SmtpConfig | None:
         return None
     ca_file = _transport(v, path, ctx, "mail")
     password = None
-    if v.get("username") is not None:
+    if data.get("username") is not None:  # given, even if it failed its own check (reported)
         password = _password(data, v, path, ctx)
     elif any(key in data for key in _PASSWORD_KEYS):
         ctx.errors.append(f"{path}: a password needs a username")
