@@ -5,10 +5,13 @@
 Each input is a real message (the shared SpamAssassin corpus and tests/data) put through one or
 more seeded mutations (truncation, flipped or inserted bytes, headers duplicated or dropped,
 broken MIME boundaries, deep nesting, huge header lines, NULs, bad charsets and encodings, lone
-CRs, ...), then `Pipeline.process` as the throughput bench runs it, then `store.append`. A finding
+CRs, ...; and from bench/fuzz_rules.py: mail for its rules, text past the 256 KiB cut, RTF
+objects, lookalike From domains), then `Pipeline.process` as the throughput bench runs it (with
+fuzz_rules.RULES beside the README's, and its protected domains), then `store.append`. A finding
 is an exception escaping, a stage's error in `pipeline_errors` (other than its time budget), an
-event that is not JSON, or a message taking over --max-cpu-ms of CPU. Findings are written, with
-the input, to --out.
+event that is not JSON, or a message taking over --max-cpu-ms of CPU; and for a share
+(--cut-share) of the inputs, the cut oracle's (fuzz_rules.cut_disagreement): a rule decided on the
+message cut short otherwise than on it whole. Findings are written, with the input, to --out.
 """
 
 from __future__ import annotations
@@ -29,11 +32,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import fuzz_rules
+
 from gatewayd.bench import throughput
 from gatewayd.bench.gateway_config import gateway_config
 from gatewayd.bench.stats import Result
 from gatewayd.config import parse_config
 from gatewayd.message import parse
+from gatewayd.pipeline import Pipeline, StageSpec
+from gatewayd.rules.engine import RULES_TIMEOUT_SECONDS, RulesStage
+from gatewayd.rules.load import load_rules
 from gatewayd.store import Checkpoint
 from gatewayd.store.sqlite import SqliteEventStore
 
@@ -275,6 +283,12 @@ MUTATIONS: list[Mutation] = [
     html_attributes,
     long_runs,
     long_runs,
+    fuzz_rules.rule_bait,
+    fuzz_rules.rule_bait,
+    fuzz_rules.rule_bait,
+    fuzz_rules.big_text,
+    fuzz_rules.rtf,
+    fuzz_rules.lookalike_from,
 ]
 
 
@@ -342,14 +356,20 @@ async def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--corpus", type=Path, default=throughput.CORPUS)
     parser.add_argument("--max-cpu-ms", type=float, default=1000.0)
+    parser.add_argument("--cut-share", type=float, default=0.5)
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "gatewayd-fuzz")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="gatewayd-fuzz-"))
     bench = SimpleNamespace(dovecot=SimpleNamespace(host="127.0.0.1", imap_port=1))
-    config = parse_config(gateway_config(bench, ["fz"], workdir / "events.db", 0), env={}, base_dir=workdir)  # type: ignore[arg-type]
+    data = gateway_config(bench, ["fz"], workdir / "events.db", 0)  # type: ignore[arg-type]
+    data["pipeline"] = {"auth": {"protected_domains": fuzz_rules.PROTECTED}}
+    config = parse_config({**data, "rules": data["rules"] + fuzz_rules.RULES}, env={}, base_dir=workdir)
     mailbox = config.mailboxes()[0]
     pipeline, learning = throughput.configured_pipeline(config, Result("fuzz", "fuzz", size={}))
+    # The cut oracle's: its rules alone (none stops the others), nothing else.
+    only_rules = parse_config({**data, "rules": fuzz_rules.RULES}, env={}, base_dir=workdir)
+    rules_pipeline = Pipeline([StageSpec(RulesStage(load_rules(only_rules)), RULES_TIMEOUT_SECONDS)])
     originals = seeds(args.corpus, 400)
     for uid, raw in enumerate(originals[::4], 1):
         if learning is not None:
@@ -381,6 +401,14 @@ async def main() -> int:
             spent_ms = (time.process_time() - cpu) * 1000
             if not kind and spent_ms > args.max_cpu_ms:
                 kind = f"slow: {spent_ms:.0f} ms CPU"
+            if not kind and rng.random() < args.cut_share:
+                fetched = throughput.fetched(uid, b"")
+                try:
+                    odd = await fuzz_rules.cut_disagreement(rng, rules_pipeline, mailbox, fetched, raw)
+                    kind = f"cut oracle: {odd}" if odd else ""
+                except Exception as exc:
+                    kind = f"cut oracle {type(exc).__name__}: {exc}"[:300]
+                    kind += "\n" + traceback.format_exc()[-1500:]
             if kind:
                 key = kind.splitlines()[0][:120]
                 findings[key] = findings.get(key, 0) + 1
