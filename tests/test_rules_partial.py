@@ -480,3 +480,18 @@ def test_equals_and_a_regex_match_at_the_end_of_a_cut_body_are_undecided() -> No
     )
     read_whole = fetched((HEAD + "\r\nstatus: ok\n").encode())
     assert outcome_of(book, read_whole) == (["is-ok", "ends-ok", "status"], [])
+
+
+def test_a_header_block_the_fetch_cut_holds_no_body_text() -> None:
+    """The fetch cut the headers in a field's name: the parser read the name's start ("List-Unsub")
+    as the body's first line, and `body: unsub` matched a message whose body never says it."""
+    whole = (HEAD + "List-Unsubscribe: <mailto:leave@lists.example.org>\r\n\r\nHello.\r\n").encode()
+    message = fetched(whole[: whole.index(b"scribe:")], size=len(whole))
+    applied, not_applied = outcome_of(rulebook({"unsub": {"body": "unsub"}}), message)
+    assert (applied, message.text, message.text_cut) == ([], "", True)
+    assert not_applied == [
+        'rule "unsub" not applied: body: not found, but the body text was not all read'
+        " (cut at 256 KiB, or by the fetch)"
+    ]
+    assert message.data["body_text_excerpt"] is None
+    assert outcome_of(rulebook({"unsub": {"body": "unsub"}}), fetched(whole)) == ([], [])

@@ -95,8 +95,11 @@ def parse(msg: FetchedMessage, excerpt_chars: int = 500) -> ParsedMessage:
         truncated and not msg.parts and (block_cut or safe(True, structure.unclosed, root))
     )
     attachments = safe([], body.attachments, leaves, root, cut, sizes)
-    text, html, text_cut, unread = safe(
-        body.Bodies("", None, True, ()), body.bodies, leaves, root, cut, unseen
+    nothing_read = body.Bodies("", None, True, ())
+    # A header block the fetch cut holds no body: the parser reads its last line, when cut before
+    # the field's colon ("List-Unsub"), as the body's first.
+    text, html, text_cut, unread = (
+        nothing_read if block_cut else safe(nothing_read, body.bodies, leaves, root, cut, unseen)
     )
     attached_texts: tuple[AttachedText, ...] = ()
     skipped: tuple[Skipped, ...] = ()
