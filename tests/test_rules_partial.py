@@ -495,3 +495,22 @@ def test_a_header_block_the_fetch_cut_holds_no_body_text() -> None:
     ]
     assert message.data["body_text_excerpt"] is None
     assert outcome_of(rulebook({"unsub": {"body": "unsub"}}), fetched(whole)) == ([], [])
+
+
+def test_header_tests_on_a_message_the_fetch_brought_nothing_of_are_undecided() -> None:
+    """A fetch that returns no byte of a message (it was expunged meanwhile, or a server's error)
+    cut its headers short too: no X-Tag and no Subject "hello" were decided."""
+    whole = (HEAD + "X-Tag: yes\r\n\r\nHello.\r\n").encode()
+    book = rulebook(
+        {
+            "untagged": {"header": {"name": "x-tag", "exists": False}},
+            "not-hello": {"not": {"subject": "hello"}},
+        }
+    )
+    applied, not_applied = outcome_of(book, fetched(b"", size=len(whole)))
+    assert applied == []
+    assert not_applied == [
+        'rule "untagged" not applied: header x-tag: not found, but the fetch cut the headers short',
+        'rule "not-hello" not applied: subject: not found, but the fetch cut the headers short',
+    ]
+    assert outcome_of(book, fetched(whole)) == (["not-hello"], [])

@@ -99,7 +99,8 @@ class Facts:
     def headers_partial(self) -> str | None:
         """Why the message's headers may hold more than was read (then a header not found may be
         there all the same), or None. A parser failure is known once a header in the block is read."""
-        if self.raw and self._block is None:
+        # No raw message but one the fetch brought nothing of: its headers were cut short too.
+        if self._block is None and (self.raw or self.data.get("truncated") is True):
             self._block, self._partial = _header_block(self.raw, self.data.get("truncated") is True)
             self._lowered = self._block.lower()
             if self._partial is not None:
