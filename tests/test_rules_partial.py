@@ -514,3 +514,21 @@ def test_header_tests_on_a_message_the_fetch_brought_nothing_of_are_undecided() 
         'rule "not-hello" not applied: subject: not found, but the fetch cut the headers short',
     ]
     assert outcome_of(book, fetched(whole)) == (["not-hello"], [])
+
+
+@pytest.mark.parametrize("cut_at", [b"preamble", b"-B\r\nContent-Type: text/plain"])
+def test_parts_past_a_multipart_cut_before_its_first_boundary_are_not_all_read(cut_at: bytes) -> None:
+    """The fetch cut a multipart in its preamble or its first boundary line: the parser saw no part
+    and no multipart, and `has_attachments: false` held of a message with an .exe attached."""
+    body = (
+        'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="B"\r\n\r\npreamble\r\n'
+        "--B\r\nContent-Type: text/plain\r\n\r\nHi.\r\n"
+        '--B\r\nContent-Type: application/octet-stream; name="a.exe"\r\n\r\nMZ\r\n--B--\r\n'
+    )
+    whole = (HEAD + body).encode()
+    book = rulebook({"plain": {"has_attachments": False}, "no-hi": {"not": {"body": "hi"}}})
+    message = fetched(whole[: whole.index(cut_at)], size=len(whole))
+    applied, not_applied = outcome_of(book, message)
+    assert (applied, message.parts_unseen) == ([], True)
+    assert [e.split('"')[1] for e in not_applied] == ["plain", "no-hi"]
+    assert outcome_of(book, fetched(whole)) == ([], [])

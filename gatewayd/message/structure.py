@@ -226,6 +226,9 @@ def collect_headers(root: Message, block_cut: bool = False) -> tuple[dict[str, l
 _HEADER_BLOCK_END = re.compile(rb"\n\r?\n")
 
 
+_NOT_CLOSED = (errors.CloseBoundaryNotFoundDefect, errors.StartBoundaryNotFoundDefect)
+
+
 def header_block_ended(raw: bytes) -> bool:
     """Whether `raw` holds the empty line that ends the top-level header block."""
     return _HEADER_BLOCK_END.search(raw) is not None
@@ -272,9 +275,10 @@ def _repair_headers(part: Message) -> None:
 
 
 def unclosed(root: Message) -> bool:
-    """Whether a multipart ended before its closing boundary: parts may follow that were not read."""
-    return root.is_multipart() and any(
-        isinstance(d, errors.CloseBoundaryNotFoundDefect) for d in root.defects
+    """Whether a multipart ended before its closing boundary, or before its first (then the parser
+    keeps it as no multipart): parts may follow that were not read."""
+    return root.get_content_maintype() == "multipart" and any(
+        isinstance(d, _NOT_CLOSED) for d in root.defects
     )
 
 
