@@ -532,3 +532,27 @@ def test_parts_past_a_multipart_cut_before_its_first_boundary_are_not_all_read(c
     assert (applied, message.parts_unseen) == ([], True)
     assert [e.split('"')[1] for e in not_applied] == ["plain", "no-hi"]
     assert outcome_of(book, fetched(whole)) == ([], [])
+
+
+def test_a_body_test_that_finds_nothing_past_the_html_markup_read_is_undecided() -> None:
+    """The HTML converter reads 20000 tokens of markup at most: a 110 KB newsletter's last line was
+    never read, the text was not marked cut, and `not: {body: unsubscribe}` held."""
+    rows = "<tr><td>item</td></tr>" * 6000
+    html = f"<html><body><table>{rows}</table><p>To unsubscribe click here</p></body></html>"
+    message = mail("Content-Type: text/html; charset=utf-8\r\n", html)
+    book = rulebook({"not-unsubscribe": {"not": {"body": "unsubscribe"}}, "item": {"body": "item"}})
+    applied, not_applied = outcome_of(book, message)
+    assert (applied, message.text_cut) == (["item"], True)
+    assert [e.split('"')[1] for e in not_applied] == ["not-unsubscribe"]
+    # Within the markup read: decided.
+    short = mail("Content-Type: text/html; charset=utf-8\r\n", html.replace(rows, rows[:2200]))
+    assert outcome_of(book, short) == (["item"], [])
+    # So for an inline HTML part past the body (a list's footer): 62 KB, all of it read, but not
+    # all of its markup.
+    footer = "<i>item</i>" * 10 + "<b>" * 20500 + FOOTER
+    applied, not_applied = outcome_of(book, fetched(multipart(inline(footer, "text/html"))))
+    assert applied == ["item"]
+    assert not_applied == [
+        'rule "not-unsubscribe" not applied: body: not found, but the inline text part inline:2 was'
+        " not all read (its HTML markup)"
+    ]

@@ -180,8 +180,8 @@ def bodies(
     unread = _unread(inline, read.looked_at)
     if read.text is not None:
         return Bodies(read.text, read.html, read.plain_cut, unread)
-    text = html_to_text(read.html, enough=MAX_HTML_CHARS) if read.html else ""
-    return Bodies(text, read.html, read.plain_cut or read.html_cut or unseen, unread)
+    text, whole = html_to_text(read.html, enough=MAX_HTML_CHARS) if read.html else ("", True)
+    return Bodies(text, read.html, read.plain_cut or read.html_cut or not whole or unseen, unread)
 
 
 class _Reader:

@@ -32,8 +32,9 @@ _MAX_TAG_CHARS = 2048
 _MAX_HTML_TOKENS = 20000
 
 
-def html_to_text(html: str, enough: int) -> str:
-    """The visible text of an HTML document, until about `enough` characters of it.
+def html_to_text(html: str, enough: int) -> tuple[str, bool]:
+    """The visible text of an HTML document, until about `enough` characters of it; and whether
+    that is all of it (not when `enough` or `_MAX_HTML_TOKENS` stopped the scan first).
 
     One forward scan, linear in the input. Not html.parser.HTMLParser: in Python 3.11 that is
     quadratic or worse on unterminated constructs (CVE-2025-6069 and relatives; 256 KB of "<a b='"
@@ -44,8 +45,10 @@ def html_to_text(html: str, enough: int) -> str:
     size = 0
     position, end = 0, len(html)
     for _ in range(_MAX_HTML_TOKENS):
-        if position >= end or size >= enough:
+        if position >= end:
             break
+        if size >= enough:
+            return "".join(chunks), False
         lt = html.find("<", position)
         text = html[position : lt if lt >= 0 else end]
         if text:
@@ -75,4 +78,6 @@ def html_to_text(html: str, enough: int) -> str:
             position = close_tag.end() if close_tag else end
         elif name in _BLOCK_TAGS:
             chunks.append(" ")
-    return "".join(chunks)
+    else:
+        return "".join(chunks), position >= end
+    return "".join(chunks), True

@@ -64,6 +64,7 @@ class Facts:
     _fields: dict[str, list[str]] | None = field(default=None, init=False, repr=False)
     _values: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False)
     _bodies: list[str] | None = field(default=None, init=False, repr=False)
+    _html_not_all_read: str | None = field(default=None, init=False, repr=False)  # an inline part's location
 
     @classmethod
     def of(cls, message: ParsedMessage, data: Mapping[str, Any]) -> Facts:
@@ -131,7 +132,10 @@ class Facts:
                     if part.text:
                         self._bodies.append(part.text)
                     if part.html:
-                        self._bodies.append(html_to_text(part.html, enough=MAX_HTML_CHARS))
+                        text, whole = html_to_text(part.html, enough=MAX_HTML_CHARS)
+                        self._bodies.append(text)
+                        if not whole:
+                            self._html_not_all_read = self._html_not_all_read or part.location
         return self._bodies
 
     def bodies_cut(self) -> str | None:
@@ -141,6 +145,9 @@ class Facts:
         for part in self.attached:
             if part.read_in_part and part.location.startswith(_INLINE):
                 return f"the inline text part {part.location} was not all read ({_ATTACHED_CAPS})"
+        self.bodies()  # what it found past the markup it reads at most
+        if self._html_not_all_read is not None:
+            return f"the inline text part {self._html_not_all_read} was not all read (its HTML markup)"
         return None
 
     def bodies_partial(self) -> str | None:
