@@ -684,6 +684,21 @@ def test_truncated_inside_a_multibyte_character() -> None:
     assert data["truncated"] is True
 
 
+@pytest.mark.parametrize("cut", range(1, 9))
+def test_a_base64_text_cut_anywhere_is_read_decoded(cut: int) -> None:
+    """A fetch cut the base64 of a text 4n+1 characters in: the email package gives such a payload
+    back undecoded, and the body text, its excerpt and every stage read the base64 itself."""
+    text = "Dear customer, your account is locked. Reply with your password."
+    encoded = base64.encodebytes(text.encode()).decode()
+    raw = f"From: a@example.org\nContent-Transfer-Encoding: base64\n\n{encoded}".encode()
+    at = raw.index(b"\n\n") + 2 + 60 + cut
+    data = parse(raw[:at], size=len(raw))
+    assert text.startswith(data["body_text_excerpt"]), (raw[at - 8 : at], data["body_text_excerpt"])
+    # Read whole, a dangling character (malformed base64) is dropped so too.
+    dangling = raw.partition(b"\n\n")[0] + b"\n\n" + base64.b64encode(text[:63].encode()) + b"Q"
+    assert parse(dangling)["body_text_excerpt"] == text[:63]
+
+
 # ---------------------------------------------------------------------------------------------
 # Malformed input: parse_message returns every key, with None/[] for what is broken and the good
 # fields intact.

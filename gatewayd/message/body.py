@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import binascii
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
+from email import errors
 from email.message import Message
 from email.utils import quote
 from typing import Any, NamedTuple
@@ -111,6 +113,9 @@ def _approx_message_size(msg: Message) -> int:
     return size
 
 
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+
+
 def payload_bytes(part: Message) -> bytes | None:
     """The transfer-decoded payload (lenient about bad base64 and quoted-printable)."""
     raw_cte = part.get("content-transfer-encoding")
@@ -118,6 +123,11 @@ def payload_bytes(part: Message) -> bytes | None:
         # get_payload compares the header verbatim; "base64 " or "Base64" would go undecoded.
         part.replace_header("content-transfer-encoding", _cte(part))
     data = part.get_payload(decode=True)
+    if any(isinstance(defect, errors.InvalidBase64LengthDefect) for defect in part.defects):
+        # 4n+1 characters of base64 (cut by the fetch, or malformed) come back undecoded: the
+        # last character holds no whole byte, and the others decode.
+        encoded = _NOT_BASE64.sub(b"", str(part.get_payload()).encode("ascii", "ignore"))
+        data = binascii.a2b_base64(encoded[: len(encoded) // 4 * 4])
     return data if isinstance(data, bytes) else None
 
 
