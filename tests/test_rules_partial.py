@@ -556,3 +556,20 @@ def test_a_body_test_that_finds_nothing_past_the_html_markup_read_is_undecided()
         'rule "not-unsubscribe" not applied: body: not found, but the inline text part inline:2 was'
         " not all read (its HTML markup)"
     ]
+
+
+def test_a_quoted_printable_escape_the_fetch_cut_is_not_read_as_text() -> None:
+    """The fetch cut "Grüße" in its escape "=C3=9F" after "=C": the text read "Grü=C", and
+    `\\bGrü\\b` matched two characters before the cut (where a match stands) a word the whole text
+    does not hold."""
+    head = HEAD + "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n"
+    whole = (head + "\r\nViele Gr=C3=BC=C3=9Fe\r\n").encode()
+    book = rulebook({"gru": {"body": {"regex": r"\bGrü\b"}}})
+    message = fetched(whole[: whole.index(b"3=9Fe")], size=len(whole))
+    applied, not_applied = outcome_of(book, message)
+    assert (message.text, applied) == ("Viele Grü", [])
+    assert not_applied == [
+        "rule \"gru\" not applied: body: regex '\\\\bGrü\\\\b' matched, but the body text was not all read"
+        " (cut at 256 KiB, or by the fetch), and more may undo it"
+    ]
+    assert outcome_of(book, fetched(whole)) == ([], [])

@@ -114,6 +114,8 @@ def _approx_message_size(msg: Message) -> int:
 
 
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+# A quoted-printable escape the fetch cut after its first digit.
+_QP_ESCAPE_CUT = re.compile(r"=[0-9A-Fa-f]")
 
 
 def payload_bytes(part: Message) -> bytes | None:
@@ -257,6 +259,8 @@ def _part_source(part: Message, cut: bool) -> tuple[str | None, bool]:
     """The decoded content of a text part (for HTML, the markup), up to the size caps; and whether
     that is only part of it (`cut`: the fetch cap cut into it)."""
     data = payload_bytes(part)
+    if cut and _cte(part) == "quoted-printable" and _QP_ESCAPE_CUT.fullmatch(str(part.get_payload())[-2:]):
+        data = data[:-2] if data else data  # "=C" of "=C3", left as it is written: not text
     if not data:
         return None, cut
     html = part.get_content_subtype() == "html"
