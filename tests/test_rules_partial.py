@@ -573,3 +573,16 @@ def test_a_quoted_printable_escape_the_fetch_cut_is_not_read_as_text() -> None:
         " (cut at 256 KiB, or by the fetch), and more may undo it"
     ]
     assert outcome_of(book, fetched(whole)) == ([], [])
+
+
+def test_an_html_entity_the_cut_fell_in_is_not_read_as_text() -> None:
+    """The fetch cut "&hellip;" after "&helli": the text read it as written, "Oh &helli", and `\\bhe`
+    matched, three characters before the cut, a word the whole text ("Oh … what a mess.") lacks."""
+    head = HEAD + "Content-Type: text/html; charset=utf-8\r\n"
+    whole = (head + "\r\n<p>Oh &hellip; what a mess.</p>\r\n").encode()
+    book = rulebook({"he": {"body": {"regex": r"\bhe"}}})
+    message = fetched(whole[: whole.index(b"p; what")], size=len(whole))
+    applied, not_applied = outcome_of(book, message)
+    assert (message.text.strip(), applied) == ("Oh", [])
+    assert [e.split('"')[1] for e in not_applied] == ["he"]
+    assert outcome_of(book, fetched(whole)) == ([], [])

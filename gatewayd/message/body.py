@@ -10,7 +10,7 @@ from email.message import Message
 from email.utils import quote
 from typing import Any, NamedTuple
 
-from gatewayd.message.html import html_to_text
+from gatewayd.message.html import html_to_text, without_cut_entity
 from gatewayd.message.limits import MAX_HTML_CHARS, MAX_PARTS, MAX_TEXT_BYTES, safe
 from gatewayd.message.text import clean_header, decode_bytes, decode_words
 from gatewayd.message.text import collapse as _collapse  # excerpt has a parameter named collapse
@@ -267,7 +267,11 @@ def _part_source(part: Message, cut: bool) -> tuple[str | None, bool]:
     charset = declared_charset(part, data, html)
     cut = cut or len(data) > MAX_TEXT_BYTES
     text = decode_bytes(data[:MAX_TEXT_BYTES], charset, final=not cut)
-    return (text[:MAX_HTML_CHARS], cut or len(text) > MAX_HTML_CHARS) if html else (text, cut)
+    if not html:
+        return text, cut
+    if cut := cut or len(text) > MAX_HTML_CHARS:
+        return without_cut_entity(text[:MAX_HTML_CHARS]), cut
+    return text, cut
 
 
 def excerpt(text: str, limit: int, collapse: Callable[[str], str] | None = None) -> str | None:

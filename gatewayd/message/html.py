@@ -30,6 +30,17 @@ _LOOSE_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:-]*)[^>]*>")
 _MAX_TAG_CHARS = 2048
 # Markup tokens looked at per HTML part at most: text comes long before this in real mail.
 _MAX_HTML_TOKENS = 20000
+# An entity's start at the end of a cut document: `&`, `&#`, and a name or number cut short, of
+# fewer characters than the longest name (`&CounterClockwiseContourIntegral;`).
+_ENTITY_START = re.compile(r"&#?[A-Za-z0-9]{0,32}")
+_MAX_ENTITY_CHARS = 34
+
+
+def without_cut_entity(html: str) -> str:
+    """A document cut short without the entity the cut fell in: as written (`&helli` of
+    `&hellip;`), or as a shorter one (`&#83` of `&#8364;`), it is text the whole document lacks."""
+    amp = html.rfind("&", max(len(html) - _MAX_ENTITY_CHARS, 0))
+    return html[:amp] if amp >= 0 and _ENTITY_START.fullmatch(html, amp) else html
 
 
 def html_to_text(html: str, enough: int) -> tuple[str, bool]:
