@@ -586,3 +586,15 @@ def test_an_html_entity_the_cut_fell_in_is_not_read_as_text() -> None:
     assert (message.text.strip(), applied) == ("Oh", [])
     assert [e.split('"')[1] for e in not_applied] == ["he"]
     assert outcome_of(book, fetched(whole)) == ([], [])
+
+
+def test_an_inline_text_part_the_fetch_cut_is_read_in_part() -> None:
+    """The fetch cut a list's footer part past the body ("status: okay" at "status: ok", "é" in its
+    middle): it was read as if whole, so `ok$` matched at the cut and the cut "é" read as U+FFFD."""
+    book = rulebook({"ends-ok": {"body": {"regex": "ok$"}}, "replacement": {"body": "\ufffd"}})
+    raw = multipart(inline("café status: okay, pending"))
+    for at in (raw.index(b"ay, pending"), raw.index("é".encode()) + 1):
+        applied, not_applied = outcome_of(book, fetched(raw[:at], size=len(raw)))
+        assert applied == [], at
+        assert all("inline text part inline:2 was not all read" in e for e in not_applied), not_applied
+    assert outcome_of(book, fetched(raw)) == ([], [])

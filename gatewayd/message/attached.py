@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 from gatewayd.message import body, contentlines, fields, richtext, structure
+from gatewayd.message.html import without_cut_entity
 from gatewayd.message.limits import (
     MAX_ATTACHED_BYTES,
     MAX_ATTACHED_PARTS,
@@ -171,7 +172,8 @@ class _Walk:
                 self._file(part, location)
 
     def _file(self, part: Message, location: str) -> None:
-        data = safe(None, body.payload_bytes, part)
+        fetched_in_part = part in self.cut
+        data = safe(None, body.payload_bytes, part, fetched_in_part)
         if not data:
             return
         limit = min(MAX_ATTACHED_BYTES, self.budget)
@@ -179,7 +181,10 @@ class _Walk:
         ctype, suffix = part.get_content_type(), _suffix(safe(None, body.filename, part))
         html = part.get_content_subtype() == "html" or suffix in _HTML_SUFFIXES
         charset = body.declared_charset(part, data, html)
-        text = decode_bytes(data[:limit], charset, final=not read_in_part)
+        # What a cut ended in (a character, an entity) is no text of the whole.
+        text = decode_bytes(data[:limit], charset, final=not (read_in_part or fetched_in_part))
+        if html and (read_in_part or fetched_in_part):
+            text = without_cut_entity(text)
         self.budget -= min(len(data), limit)
         if ctype in _CALENDAR_TYPES or suffix == ".ics":
             self.found.append(AttachedText(location, "", *contentlines.calendar_shown(text), read_in_part))

@@ -118,8 +118,9 @@ _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
 _QP_ESCAPE_CUT = re.compile(r"=[0-9A-Fa-f]")
 
 
-def payload_bytes(part: Message) -> bytes | None:
-    """The transfer-decoded payload (lenient about bad base64 and quoted-printable)."""
+def payload_bytes(part: Message, cut: bool = False) -> bytes | None:
+    """The transfer-decoded payload (lenient about bad base64 and quoted-printable); of a part the
+    fetch `cut`, without the quoted-printable escape it cut."""
     raw_cte = part.get("content-transfer-encoding")
     if raw_cte is not None and str(raw_cte) != _cte(part):
         # get_payload compares the header verbatim; "base64 " or "Base64" would go undecoded.
@@ -130,6 +131,11 @@ def payload_bytes(part: Message) -> bytes | None:
         # last character holds no whole byte, and the others decode.
         encoded = _NOT_BASE64.sub(b"", str(part.get_payload()).encode("ascii", "ignore"))
         data = binascii.a2b_base64(encoded[: len(encoded) // 4 * 4])
+    escape_cut = (
+        cut and _cte(part) == "quoted-printable" and _QP_ESCAPE_CUT.fullmatch(str(part.get_payload())[-2:])
+    )
+    if isinstance(data, bytes) and escape_cut:
+        data = data[:-2]  # "=C" of "=C3", left as it is written: not text
     return data if isinstance(data, bytes) else None
 
 
@@ -258,9 +264,7 @@ def declared_charset(part: Message, data: bytes, html: bool) -> str | None:
 def _part_source(part: Message, cut: bool) -> tuple[str | None, bool]:
     """The decoded content of a text part (for HTML, the markup), up to the size caps; and whether
     that is only part of it (`cut`: the fetch cap cut into it)."""
-    data = payload_bytes(part)
-    if cut and _cte(part) == "quoted-printable" and _QP_ESCAPE_CUT.fullmatch(str(part.get_payload())[-2:]):
-        data = data[:-2] if data else data  # "=C" of "=C3", left as it is written: not text
+    data = payload_bytes(part, cut)
     if not data:
         return None, cut
     html = part.get_content_subtype() == "html"

@@ -14,7 +14,7 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import Any
 
-from gatewayd.message import MAX_HEADER_CHARS, AttachedText, ParsedMessage, Skipped
+from gatewayd.message import MAX_HEADER_CHARS, AttachedText, ParsedMessage, Skipped, SkipReason
 from gatewayd.message.html import html_to_text
 from gatewayd.message.limits import MAX_ATTACHED_BYTES, MAX_ATTACHED_TOTAL, MAX_HTML_CHARS
 from gatewayd.message.structure import plain_header_fields
@@ -145,6 +145,9 @@ class Facts:
         for part in self.attached:
             if part.read_in_part and part.location.startswith(_INLINE):
                 return f"the inline text part {part.location} was not all read ({_ATTACHED_CAPS})"
+        for skipped in self.skipped:  # read as far as it was fetched
+            if skipped.reason is SkipReason.PARTLY_FETCHED and skipped.location.startswith(_INLINE):
+                return f"the inline text part {skipped.location} was not all read ({skipped.reason})"
         self.bodies()  # what it found past the markup it reads at most
         if self._html_not_all_read is not None:
             return f"the inline text part {self._html_not_all_read} was not all read (its HTML markup)"
