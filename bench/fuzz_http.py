@@ -5,10 +5,11 @@
 Starts the sandbox Dovecot and gatewayd (as tests/daemon.py does), delivers one message so the
 report endpoint has an event, then sends --count seeded requests over raw sockets: odd methods,
 bad and repeated query parameters, huge values, invalid UTF-8 and percent-encoding in the path
-and query, odd Last-Event-ID and Authorization headers (two of them too), bodies on GET, JSON
-that is not an object or is nested deeply, bodies that are not UTF-8 or name odd charsets. A
-finding is a 5xx other than 503, a token echoed back, no answer within 10 s, the daemon exiting,
-or a traceback or the token in its (debug) log.
+and query, since= and cursor= beyond the last id, out of range, in other digits, odd timestamps,
+odd Last-Event-ID and Authorization headers (two of them too), bodies on GET, JSON that is not an
+object or is nested deeply, bodies that are not UTF-8 or name odd charsets. A finding is a 5xx
+other than 503, a JSON listing that is not JSON or has an odd `gap`, a token echoed back, no
+answer within 10 s, the daemon exiting, or a traceback or the token in its (debug) log.
 """
 
 from __future__ import annotations
@@ -64,6 +65,16 @@ VALUES = [
     *("1970-01-01T00:00:00+25:00", "0x10", " 1", "1 ", "+1", "1.5", "true", "null", "[", "{}", "@", "a@b"),
     *("support", "support-inbox", "x" * 70000, "%E2%80%AE", "é", "\\", "'\"", ";--", "%C2%B2", "١"),
 ]
+# since= and cursor=: ids beyond the last issued (the listing's `gap`), at and past the store's
+# bounds, negative, in other scripts' digits; timestamps past, future and malformed.
+POSITIONS = [
+    *("1", "2", "3", "5", "100", "999999", "9" * 18, "9223372036854775807", "9223372036854775808"),
+    *("18446744073709551616", "-9223372036854775809", "-0", "00001", "0" * 40, "١٢", "２", "%D9%A1", "1_0"),
+    *("2100-01-01T00:00:00Z", "1970-01-01T00:00:00Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"),
+    *("2026-11-21T13:25:53.123456789Z", "2026-11-21", "2026-11-21T13:25:53", "2026-11-21T13:25:53%2B14:00"),
+    *("2026-11-21T13:25:53-23:59", "2026-02-30T00:00:00Z", "2026-11-21t13:25:53z", "+2026-11-21T13:25:53Z"),
+]
+GAP_KEYS = {"requested", "first_available_id", "at", "reason"}
 LAST_EVENT_IDS = [
     *("-1", "0", "1", "9" * 30, "abc", "1\x00", "", " ", "1.0", "1e5", "-0", "１", "\xff", "9" * 5000),
     *("1,2", "%31"),
@@ -94,7 +105,20 @@ CONTENT_TYPES = [
 ]
 
 
+def listing(rng: random.Random, port: int) -> bytes:
+    """A well-formed listing from a position (since=, cursor=, or both): the `gap` paths."""
+    names = rng.choice([["since"], ["cursor"], ["since", "cursor"]])
+    query = "&".join(f"{name}={rng.choice(POSITIONS)}" for name in names)
+    query += rng.choice(["", "&limit=1", "&limit=500", "&types=message.*", "&mailbox=fuzz"])
+    return (
+        f"GET /v1/events?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
+        f"Authorization: Bearer {TOKEN}\r\n\r\n"
+    ).encode()
+
+
 def build(rng: random.Random, event_id: str, port: int) -> bytes:
+    if rng.random() < 0.15:
+        return listing(rng, port)
     method = rng.choice(METHODS) if rng.random() < 0.3 else rng.choice(["GET", "GET", "POST", "DELETE"])
     path = rng.choice(ROUTES).replace("{eid}", event_id)
     if rng.random() < 0.15:
@@ -104,6 +128,8 @@ def build(rng: random.Random, event_id: str, port: int) -> bytes:
         name = rng.choice(PARAMS)
         # The token only where it is one: an error may quote what another parameter was given.
         value = TOKEN if name == "access_token" and rng.random() < 0.5 else rng.choice(VALUES)
+        if name in ("since", "cursor") and rng.random() < 0.7:
+            value = rng.choice(POSITIONS)
         query.append(f"{name}={value}")
     if rng.random() < 0.1:
         query.append(rng.choice(["&&&", "=", "a", "==", "types", "since=1&since=2", "limit=1&limit=2"]))
@@ -127,6 +153,23 @@ def build(rng: random.Random, event_id: str, port: int) -> bytes:
         headers += [f"Content-Type: {rng.choice(CONTENT_TYPES)}", f"Content-Length: {len(body)}"]
     head = f"{method} {target} HTTP/1.1\r\n" + "\r\n".join(headers) + "\r\n\r\n"
     return head.encode("utf-8", "surrogateescape") + body
+
+
+def odd_listing(status: int, answer: bytes) -> str | None:
+    """What is wrong with a JSON listing of events (GET /v1/events), or None."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    if status != 200 or b"application/json" not in head or not body.startswith(b'{"events"'):
+        return None
+    try:
+        listing = json.loads(body)
+    except ValueError:
+        return "a listing that is not JSON"
+    gap = listing.get("gap")
+    if gap is None:
+        return None
+    if set(gap) != GAP_KEYS or gap["reason"] != "unknown_id" or not str(gap["first_available_id"]).isdigit():
+        return f"a listing's odd gap {gap!r}"
+    return None
 
 
 async def send(port: int, request: bytes) -> tuple[int, bytes]:
@@ -167,6 +210,7 @@ async def fuzz(args: argparse.Namespace, work: Path) -> int:
     gateway.start()
     findings: list[str] = []
     statuses: Counter[int] = Counter()
+    gaps = 0  # listings with a `gap`
     try:
         await gateway.wait_idle()
         dovecot.deliver(user, b"From: a@b.example\r\nSubject: hi\r\n\r\nbody\r\n")
@@ -182,6 +226,9 @@ async def fuzz(args: argparse.Namespace, work: Path) -> int:
             statuses[status] += 1
             if status >= 500 and status != 503:
                 findings.append(f"{status} for {request[:200]!r}: {answer[-300:]!r}")
+            gaps += b'"gap":' in answer
+            if (odd := odd_listing(status, answer)) is not None:
+                findings.append(f"{odd} for {request[:200]!r}: {answer[-300:]!r}")
             if TOKEN.encode() in answer:
                 findings.append(f"token echoed for {request[:200]!r}")
             if not gateway.running:
@@ -196,7 +243,7 @@ async def fuzz(args: argparse.Namespace, work: Path) -> int:
         findings.append(f"a traceback in the log: {work / 'gatewayd.yaml'} (stderr beside it)")
     if TOKEN in log:
         findings.append(f"the token in the log: {work / 'gatewayd.yaml'} (stderr beside it)")
-    print(f"{args.count} requests, seed {args.seed}: {dict(sorted(statuses.items()))}")
+    print(f"{args.count} requests, seed {args.seed}: {dict(sorted(statuses.items()))}, {gaps} with a gap")
     for finding in findings[:50]:
         print("  " + finding)
     print(f"{len(findings)} findings")
