@@ -3,6 +3,7 @@ and the auth stage's findings about them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from gatewayd.config import MailboxConfig, parse_config
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline import StageContext
-from gatewayd.pipeline.auth import AuthOptions, AuthStage
+from gatewayd.pipeline.auth import AuthOptions, AuthStage, lookalike
 from gatewayd.pipeline.auth.lookalike import ProtectedDomains, display_name_domain, skeleton
 from gatewayd.pipeline.learning import LearningStore
 
@@ -316,3 +317,22 @@ def test_a_display_name_naming_another_address_is_reported_with_both_domains() -
     ]
     finding = next(f for f in auth["findings"] if f["symbol"] == "FROM_DISPLAY_NAME_ADDRESS")
     assert finding["detail"] == "display name names example.com, the From is at evil.test"
+
+
+def test_a_name_too_long_to_be_one_edit_from_any_protected_one_is_not_edited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every one-character deletion of an 8000-character From domain was looked up: 64 MB of
+    strings and 60 ms of CPU a message, for a name no protected one is one edit from."""
+    domains = ProtectedDomains(["paypal.com", "example.com"])
+    deleted_from: list[str] = []
+    real = lookalike._deletions
+
+    def recorded(text: str) -> Iterable[str]:
+        deleted_from.append(text)
+        return real(text)
+
+    monkeypatch.setattr(lookalike, "_deletions", recorded)
+    assert domains.resembled("paypal" + "x" * 8000 + ".com") is None
+    assert domains.resembled("paypalx.com") is not None  # one edit: looked up as before
+    assert deleted_from == ["paypalx.com"]

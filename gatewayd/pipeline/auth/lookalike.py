@@ -127,6 +127,7 @@ class ProtectedDomains:
         self.orgs = frozenset(orgs)
         self._by_skeleton: dict[str, str] = {}
         self._near: dict[str, list[tuple[str, str]]] = {}  # deletion -> (skeleton, org)
+        self._longest_near = 0  # the longest skeleton in _near: one edit from none past one more
         self._by_first_part: dict[str, list[tuple[list[str], str]]] = {}  # -> (parts, org)
         self._by_name: dict[str, str] = {}  # name (the skeleton's first label) -> org
         self._by_lured_name: dict[str, str] = {}  # the shorter names, embedded only beside a lure word
@@ -136,6 +137,7 @@ class ProtectedDomains:
             self._by_skeleton.setdefault(shape, org)
             name = shape.partition(".")[0]
             if len(name) >= MIN_EDIT_LABEL:
+                self._longest_near = max(self._longest_near, len(shape))
                 for key in (shape, *_deletions(shape)):
                     self._near.setdefault(key, []).append((shape, org))
             parts = _PARTS.split(shape)
@@ -164,7 +166,12 @@ class ProtectedDomains:
     def _resembled(self, org: str) -> Resemblance | None:
         shape = skeleton(org)
         found = self._by_skeleton.get(shape)
-        if found is None and len(shape.partition(".")[0]) >= MIN_EDIT_LABEL:
+        # A longer name's deletions (as many as its characters, each a copy) would find nothing.
+        if (
+            found is None
+            and len(shape.partition(".")[0]) >= MIN_EDIT_LABEL
+            and len(shape) <= self._longest_near + 1
+        ):
             for key in (shape, *_deletions(shape)):
                 near = [o for s, o in self._near.get(key, ()) if _one_edit(shape, s)]
                 if near:
