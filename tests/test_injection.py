@@ -861,3 +861,18 @@ async def test_check_runs_the_same_evaluation() -> None:
     result = await stage.check(msg, StageContext(mailbox=None, earlier={}))
     assert result.data == stage.evaluate(msg).data
     assert stage.name == "injection" and stage.provides == ("injection", "sanitized_excerpt")
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<p>Hi</p><" + "x" * 30_000,  # a tag never closed: its name's every split was tried
+        ("<" + "x" * 2040 + " ") * 15,  # tags too long for the strict match, never closed
+    ],
+)
+def test_html_never_closed_is_read_in_linear_time(html: str) -> None:
+    """Markup with no ">" after it cost the loose tag pattern its name's length times the rest:
+    3 s for 30 KB, 136 s for 200 KB, in a worker thread the stage's time-out cannot stop."""
+    started = time.process_time()
+    evaluate(message(html=html))
+    assert time.process_time() - started < 0.5

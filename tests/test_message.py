@@ -352,6 +352,23 @@ def test_html_oddities() -> None:
     assert parse(raw)["body_text_excerpt"] == "Visible link acd y"
 
 
+@pytest.mark.parametrize(
+    ("html", "shown"),
+    [
+        ("<p>Hi</p><" + "x" * 60_000, "Hi"),  # a tag never closed: its name's every split was tried
+        ("<p>Hi</p><script>" + "</script" * 16_000, "Hi"),  # end tags never closed: each to the end
+    ],
+)
+def test_html_never_closed_is_read_in_linear_time(html: str, shown: str) -> None:
+    """Markup with no ">" after it took 2.5 s for 60 KB (a minute for the 256 KiB read), on the
+    event loop: the loose tag and the end tag patterns backtracked over all the rest."""
+    raw = f"From: a@example.org\nContent-Type: text/html\n\n{html}".encode()
+    started = time.process_time()
+    excerpt = parse(raw)["body_text_excerpt"]
+    assert time.process_time() - started < 0.5
+    assert excerpt == shown
+
+
 PDF = bytes(range(256)) * 3 + b"%%EOF"  # 773 bytes: base64 needs padding
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(100)
 NOTES = "Größe: 10 €\nzweite Zeile\n".encode()

@@ -8,7 +8,7 @@ from html import unescape
 # Elements whose content is not shown. Skipped by searching for the end tag, as browsers read them
 # as raw text (a "<" inside is not markup). <head> itself holds only these and void tags.
 _HIDDEN_CONTENT = {
-    name: re.compile(rf"</{name}[^>]*>", re.I)
+    name: re.compile(rf"</{name}[^>]*+>", re.I)
     for name in ("script", "style", "title", "template", "noscript", "iframe", "noembed", "noframes")
 }
 # Tags that separate words on screen; inline ones (<b>, <a>, <span>) do not.
@@ -25,8 +25,8 @@ _BLOCK_TAGS = frozenset(
 # quotes can pair up across tags ("<a b='>' x <a b='>' ...") and make every attempt scan to the end
 # of the document; beyond that, or with a quote never closed, _LOOSE_TAG ends the tag at its first
 # ">" (it scans only up to that ">", so the whole walk stays linear).
-_TAG = re.compile(r"""<(/?)([A-Za-z][A-Za-z0-9:-]*)(?:[^>"']++|"[^"]*+"|'[^']*+')*+>""")
-_LOOSE_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:-]*)[^>]*>")
+_TAG = re.compile(r"""<(/?)([A-Za-z][A-Za-z0-9:-]*+)(?:[^>"']++|"[^"]*+"|'[^']*+')*+>""")
+_LOOSE_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:-]*+)[^>]*+>")
 _MAX_TAG_CHARS = 2048
 # Markup tokens looked at per HTML part at most: text comes long before this in real mail.
 _MAX_HTML_TOKENS = 20000
@@ -55,6 +55,7 @@ def html_to_text(html: str, enough: int) -> tuple[str, bool]:
     chunks: list[str] = []
     size = 0
     position, end = 0, len(html)
+    last_close = html.rfind(">")
     for _ in range(_MAX_HTML_TOKENS):
         if position >= end:
             break
@@ -85,7 +86,8 @@ def html_to_text(html: str, enough: int) -> tuple[str, bool]:
         position = tag.end()
         closing, name = tag.group(1), tag.group(2).lower()
         if name in _HIDDEN_CONTENT and not closing and not tag.group(0).endswith("/>"):
-            close_tag = _HIDDEN_CONTENT[name].search(html, position)
+            # Not past the last ">": each "</script" there would be tried, to the end, in vain.
+            close_tag = _HIDDEN_CONTENT[name].search(html, position, last_close + 1)
             position = close_tag.end() if close_tag else end
         elif name in _BLOCK_TAGS:
             chunks.append(" ")
