@@ -235,6 +235,9 @@ def html_garbage(rng: random.Random, raw: bytes) -> bytes:
             b"<a href='http://[::1'>x</a><a href='http://%zz/'>y</a><a href='\x00'>z</a>",
             b"<style>" + b"{" * 30000,
             b"http://" + b"a." * 30000 + b"com",
+            b"<p>x</p><" + b"x" * 200000,
+            b"<script>" + b"</script" * 30000,
+            (b"<" + b"x" * 2040 + b" ") * 100,
         ]
     )
     return b"From: a@b.example\nSubject: html\nContent-Type: text/html; charset=utf-8\n\n" + body
