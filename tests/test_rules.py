@@ -176,6 +176,10 @@ def test_the_body_test_reads_every_inline_text_part_as_a_reader_does(
         ("*.Bücher.example", "info@mail.BÜCHER.example"),
         ("jürgen*", "Jürgen@xn--bcher-kva.example"),  # a label with a wildcard: as written
         ("info@Bücher.example", "INFO@xn--bcher-kva.example"),
+        # A wildcard in a label beyond ASCII: compared with the domain in Unicode form.
+        ("*@*bücher*.example", "info@xn--shopbcher-u9a.example"),
+        ("*bücher*", "info@xn--bcher-kva.example"),  # without `@`, as with it
+        ("*@*bücher.рф", "info@shop.xn--bcher-kva.xn--p1ai"),
     ],
 )
 def test_addresses_compare_caseless_in_unicode_with_domains_in_ascii_form(pattern: str, address: str) -> None:
@@ -191,6 +195,14 @@ def test_a_domain_pattern_matches_only_its_own_domain_in_either_form() -> None:
     assert not AddressPattern.parse("@bucher.example").matches("info@xn--bcher-kva.example")
     assert not AddressPattern.parse("*@bücher.example").matches("info@bucher.example")
     assert not AddressPattern.parse("*.bücher.example").matches("info@mail.bucher.example")
+
+
+def test_a_glob_in_unicode_matches_no_domain_without_a_unicode_form() -> None:
+    # `xn--zz` and `xn--bcher-kva-` are no valid punycode: no crash, and no match of their letters.
+    for address in ("info@xn--zz.example", "info@xn--bcher-kva-.example", "info@bcher.example"):
+        assert not AddressPattern.parse("*@*bücher*.example").matches(address)
+        assert not AddressPattern.parse("*bücher*").matches(address)
+    assert not AddressPattern.parse("*@*bücher*.example").matches("info@xn--bcher-kva.example.evil.test")
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ import functools
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from encodings.idna import nameprep
 
 import regex
 
@@ -61,7 +62,8 @@ class AddressPattern:
     """`bob@example.org` (exact), `@example.org` or `example.org` (the domain), or a glob with
     `*`/`?`/`[...]` (`*@*.example.org`). Caseless as `contains` is (Unicode case folding), with
     domains compared in their ASCII form, as the auth stage compares them (`bücher.de` is
-    `xn--bcher-kva.de`). `value` is given folded (`parse`, `glob` and gatewayd.rules.syntax fold it)."""
+    `xn--bcher-kva.de`), or in Unicode form for a glob with a wildcard in a label beyond ASCII
+    (`*bücher*`). `value` is given folded (`parse`, `glob` and gatewayd.rules.syntax fold it)."""
 
     kind: str  # address | domain | glob
     value: str
@@ -69,6 +71,10 @@ class AddressPattern:
     # which of its labels are the domain's: it also matches in this form, its labels without a
     # wildcard in ASCII form, as a glob with `@` has its domain; "" when that is `value`.
     labels_in_ascii: str = ""
+    # A glob with a label holding a wildcard and a character beyond ASCII (`*@*bücher*.example`)
+    # has no ASCII form (a wildcard is no punycode): it also matches in this form, against the
+    # address with its domain in Unicode form (see `_in_unicode`); "" when it has no such label.
+    in_unicode: str = ""
 
     @classmethod
     def parse(cls, text: str) -> AddressPattern:
@@ -87,27 +93,62 @@ class AddressPattern:
             return address == self.value
         if self.kind == "domain":
             return address.rpartition("@")[2] == self.value
-        return fnmatch.fnmatchcase(address, self.value) or bool(
-            self.labels_in_ascii and fnmatch.fnmatchcase(address, self.labels_in_ascii)
+        return (
+            fnmatch.fnmatchcase(address, self.value)
+            or bool(self.labels_in_ascii and fnmatch.fnmatchcase(address, self.labels_in_ascii))
+            or bool(self.in_unicode and _matches_in_unicode(address, self.in_unicode))
         )
 
     @classmethod
     def glob(cls, text: str) -> AddressPattern:
         folded = fold_address(text)
-        if "@" in folded:
-            return cls("glob", folded)
+        local, at, domain = text.strip().rpartition("@")
+        if at:
+            in_unicode = _unicode_glob(domain)
+            return cls("glob", folded, "", f"{local.casefold()}@{in_unicode}" if in_unicode else "")
         labels = [
             label if any(c in label for c in _WILDCARDS) else ascii_domain(label)
             for label in folded.split(".")
         ]
         in_ascii = ".".join(labels)
-        return cls("glob", folded, in_ascii if in_ascii != folded else "")
+        return cls("glob", folded, in_ascii if in_ascii != folded else "", _unicode_glob(folded))
 
 
 def fold_address(address: str) -> str:
     """The local part case-folded, the domain in ASCII form (a glob's `*` labels stay as they are)."""
     local, at, domain = address.strip().rpartition("@")
     return f"{local.casefold()}@{ascii_domain(domain)}" if at else address.strip().casefold()
+
+
+def _unicode_glob(domain: str) -> str:
+    """A domain glob in the Unicode form IDNA gives (nameprep: lower case, `ß` is `ss`), when one
+    of its labels holds a wildcard and a character beyond ASCII; else "" (its ASCII form serves)."""
+    labels = domain.lower().split(".")
+    if not any(not label.isascii() and any(c in label for c in _WILDCARDS) for label in labels):
+        return ""
+    return ".".join(_unicode_label(label) for label in labels)
+
+
+def _unicode_label(label: str) -> str:
+    try:
+        if any(c in label for c in _WILDCARDS):
+            return nameprep(label)  # as IDNA reads a label, but a wildcard is no punycode
+        return label.encode("idna").decode("idna")  # `xn--p1ai` is `рф`, `Bücher` `bücher`
+    except UnicodeError:
+        return label  # not a valid IDN label: compared as written
+
+
+def _matches_in_unicode(address: str, glob: str) -> bool:
+    """Whether a folded address, its domain in Unicode form (`xn--bcher-kva.example` is
+    `bücher.example`), matches `glob`. A domain with a label that is no valid punycode has no
+    Unicode form: it matches in none."""
+    local, _, domain = address.rpartition("@")
+    if "xn--" in domain:
+        try:
+            address = f"{local}@{domain.encode('ascii').decode('idna')}"
+        except UnicodeError:
+            return False
+    return fnmatch.fnmatchcase(address, glob)
 
 
 def glob_any(patterns: Iterable[str], text: str) -> bool:
