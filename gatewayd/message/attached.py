@@ -211,7 +211,8 @@ class _Walk:
         sender = safe(None, fields.first_address, headers.get("from", []))
         name = sender.get("name") if isinstance(sender, dict) else None
         inner_leaves, _ = safe(([], False), structure.leaves, inner)
-        text, html, _, unread = safe(body.Bodies("", None, False, ()), body.bodies, inner_leaves, inner, ())
+        nothing = body.Bodies("", None, False, ())
+        text, html, _, unread, _ = safe(nothing, body.bodies, inner_leaves, inner, ())
         limit = min(MAX_ATTACHED_BYTES, self.budget)
         text, html = text[:limit], html[:limit] if html else None
         self.budget -= max(len(text), len(html or ""))

@@ -10,7 +10,7 @@ from email.message import Message
 from email.utils import quote
 from typing import Any, NamedTuple
 
-from gatewayd.message.html import html_to_text, without_cut_entity
+from gatewayd.message.html import Scan, html_to_text, without_cut_entity
 from gatewayd.message.limits import MAX_HTML_CHARS, MAX_PARTS, MAX_TEXT_BYTES, safe
 from gatewayd.message.text import clean_header, decode_bytes, decode_words
 from gatewayd.message.text import collapse as _collapse  # excerpt has a parameter named collapse
@@ -147,6 +147,8 @@ class Bodies(NamedTuple):
     # HTML part that is no alternative of the text, a calendar invite): not read here, but an agent
     # reading the message reads them.
     unread: tuple[Message, ...]
+    # `text_cut` only as the HTML converter stopped at its cap on markup (html.MAX_HTML_TOKENS).
+    markup_capped: bool = False
 
 
 # The text/plain and the text/html parts looked at for the body, of each type.
@@ -198,8 +200,10 @@ def bodies(
     unread = _unread(inline, read.looked_at)
     if read.text is not None:
         return Bodies(read.text, read.html, read.plain_cut, unread)
-    text, whole = html_to_text(read.html, enough=MAX_HTML_CHARS) if read.html else ("", True)
-    return Bodies(text, read.html, read.plain_cut or read.html_cut or not whole or unseen, unread)
+    text, scan = html_to_text(read.html, enough=MAX_HTML_CHARS) if read.html else ("", Scan.WHOLE)
+    fetched_cut = read.plain_cut or read.html_cut or unseen
+    markup_capped = scan is Scan.MARKUP_CAP and not fetched_cut
+    return Bodies(text, read.html, fetched_cut or scan is not Scan.WHOLE, unread, markup_capped)
 
 
 class _Reader:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import re
 from html import unescape
 
@@ -29,7 +30,7 @@ _TAG = re.compile(r"""<(/?)([A-Za-z][A-Za-z0-9:-]*+)(?:[^>"']++|"[^"]*+"|'[^']*+
 _LOOSE_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:-]*+)[^>]*+>")
 _MAX_TAG_CHARS = 2048
 # Markup tokens looked at per HTML part at most: text comes long before this in real mail.
-_MAX_HTML_TOKENS = 20000
+MAX_HTML_TOKENS = 20000
 # An entity's start at the end of a cut document: `&`, `&#`, and a name or number cut short, of
 # fewer characters than the longest name (`&CounterClockwiseContourIntegral;`).
 _ENTITY_START = re.compile(r"&#?[A-Za-z0-9]{0,32}")
@@ -43,9 +44,17 @@ def without_cut_entity(html: str) -> str:
     return html[:amp] if amp >= 0 and _ENTITY_START.fullmatch(html, amp) else html
 
 
-def html_to_text(html: str, enough: int) -> tuple[str, bool]:
-    """The visible text of an HTML document, until about `enough` characters of it; and whether
-    that is all of it (not when `enough` or `_MAX_HTML_TOKENS` stopped the scan first).
+class Scan(enum.Enum):
+    """How far `html_to_text` read a document."""
+
+    WHOLE = "whole"
+    TEXT_CAP = "text cap"  # it found `enough` characters of text
+    MARKUP_CAP = "markup cap"  # it looked at MAX_HTML_TOKENS tokens of markup
+
+
+def html_to_text(html: str, enough: int) -> tuple[str, Scan]:
+    """The visible text of an HTML document, until about `enough` characters of it; and how far
+    it read (not all when `enough` or `MAX_HTML_TOKENS` stopped the scan first).
 
     One forward scan, linear in the input. Not html.parser.HTMLParser: in Python 3.11 that is
     quadratic or worse on unterminated constructs (CVE-2025-6069 and relatives; 256 KB of "<a b='"
@@ -56,11 +65,11 @@ def html_to_text(html: str, enough: int) -> tuple[str, bool]:
     size = 0
     position, end = 0, len(html)
     last_close = html.rfind(">")
-    for _ in range(_MAX_HTML_TOKENS):
+    for _ in range(MAX_HTML_TOKENS):
         if position >= end:
             break
         if size >= enough:
-            return "".join(chunks), False
+            return "".join(chunks), Scan.TEXT_CAP
         lt = html.find("<", position)
         text = html[position : lt if lt >= 0 else end]
         if text:
@@ -92,5 +101,5 @@ def html_to_text(html: str, enough: int) -> tuple[str, bool]:
         elif name in _BLOCK_TAGS:
             chunks.append(" ")
     else:
-        return "".join(chunks), position >= end
-    return "".join(chunks), True
+        return "".join(chunks), Scan.WHOLE if position >= end else Scan.MARKUP_CAP
+    return "".join(chunks), Scan.WHOLE

@@ -55,6 +55,9 @@ class ParsedMessage:
     # The text may be only part of the body text (a cap, or the fetch, cut it), and leaf parts
     # exist past those read (the attachment list may lack some): see body.bodies.
     text_cut: bool = False
+    # The text is cut only where the HTML converter stopped at its cap on markup (not at a size cap
+    # or by the fetch): see body.Bodies.
+    text_markup_capped: bool = False
     parts_unseen: bool = False
     # Names (lower-cased) in `headers` with a value cut short: see structure.collect_headers.
     headers_cut: frozenset[str] = frozenset()
@@ -98,7 +101,7 @@ def parse(msg: FetchedMessage, excerpt_chars: int = 500) -> ParsedMessage:
     nothing_read = body.Bodies("", None, True, ())
     # A header block the fetch cut holds no body: the parser reads its last line, when cut before
     # the field's colon ("List-Unsub"), as the body's first.
-    text, html, text_cut, unread = (
+    text, html, text_cut, unread, text_markup_capped = (
         nothing_read if block_cut else safe(nothing_read, body.bodies, leaves, root, cut, unseen)
     )
     attached_texts: tuple[AttachedText, ...] = ()
@@ -140,6 +143,7 @@ def parse(msg: FetchedMessage, excerpt_chars: int = 500) -> ParsedMessage:
         html=html,
         raw=raw,
         text_cut=text_cut,
+        text_markup_capped=text_markup_capped,
         parts_unseen=unseen,
         headers_cut=headers_cut,
         attached=attached_texts,

@@ -12,12 +12,13 @@ undecided does not match. So a message that makes a test fail can never make a r
 would not fire whatever the test said (`not: {subject: {regex: ...}}` against a slow regex).
 
 The same holds for a test that found nothing in what was read of a message only partly read: the
-body text (cut at 256 KiB, or by the fetch) and the inline text parts past it (not fetched, or past
-the budget attached.py reads them within), the headers (longer than `MAX_HEADER_BYTES`, cut by the
-fetch, or beyond the parser), the parts (an attachment past them, or past the MIME parser's limits
-on parts and nesting). Not finding is no proof of absence there, so the test is undecided; a match
-found is still a match, unless more text could undo it: `equals` on a body text cut short, and a
-regex match that ends at its cut or whose pattern looks past the match (`stands_past_cut`).
+body text (cut at 256 KiB, by the fetch, or at the HTML converter's cap on markup) and the inline
+text parts past it (not fetched, or past the budget attached.py reads them within), the headers
+(longer than `MAX_HEADER_BYTES`, cut by the fetch, or beyond the parser), the parts (an attachment
+past them, or past the MIME parser's limits on parts and nesting). Not finding is no proof of
+absence there, so the test is undecided; a match found is still a match, unless more text could undo
+it: `equals` on a body text cut short, and a regex match that ends at its cut or whose pattern looks
+past the match (`stands_past_cut`).
 
 A header value itself cut short (longer than the message parser keeps, or the last of headers cut)
 is only part of the value, which may be cut inside an address (`a@example.com` of

@@ -15,7 +15,7 @@ from email.policy import compat32
 from typing import Any
 
 from gatewayd.message import MAX_HEADER_CHARS, AttachedText, ParsedMessage, Skipped, SkipReason
-from gatewayd.message.html import html_to_text
+from gatewayd.message.html import MAX_HTML_TOKENS, Scan, html_to_text
 from gatewayd.message.limits import MAX_ATTACHED_BYTES, MAX_ATTACHED_TOTAL, MAX_HTML_CHARS
 from gatewayd.message.structure import plain_header_fields
 from gatewayd.rules.match import RegexBudget
@@ -48,6 +48,7 @@ class Facts:
     raw: bytes = b""
     rule: str = ""  # the rule being evaluated, to name it in `errors`
     text_cut: bool = False  # `text` may be only part of the body text
+    text_markup_capped: bool = False  # cut only by the HTML converter's cap on markup
     parts_unseen: bool = False  # the message has parts that were not read (attachments among them)
     headers_cut: frozenset[str] = frozenset()  # headers whose values the message parser cut short
     # Text outside the body (attached.py), among it the inline text parts past the body, and the
@@ -75,6 +76,7 @@ class Facts:
             message.text,
             raw=message.raw,
             text_cut=message.text_cut,
+            text_markup_capped=message.text_markup_capped,
             parts_unseen=message.parts_unseen,
             headers_cut=message.headers_cut,
             attached=message.attached,
@@ -132,14 +134,16 @@ class Facts:
                     if part.text:
                         self._bodies.append(part.text)
                     if part.html:
-                        text, whole = html_to_text(part.html, enough=MAX_HTML_CHARS)
+                        text, scan = html_to_text(part.html, enough=MAX_HTML_CHARS)
                         self._bodies.append(text)
-                        if not whole:
+                        if scan is not Scan.WHOLE:
                             self._html_not_all_read = self._html_not_all_read or part.location
         return self._bodies
 
     def bodies_cut(self) -> str | None:
         """Why a text of `bodies()` may end where it was cut, not where it ends, or None."""
+        if self.text_markup_capped:
+            return f"the body text was not all read (its HTML past the {MAX_HTML_TOKENS} tags read)"
         if self.text_cut:
             return "the body text was not all read (cut at 256 KiB, or by the fetch)"
         for part in self.attached:
