@@ -1513,6 +1513,9 @@ _TRICKY_ADDRESS_LISTS = [
     "Name\u2028 <a@b>",
     "a@b\x0b, c@d",
     "é <ü@ö.de>",
+    # Read as a@b on Python 3.11.2, whose possessive repeat of a group kept the unterminated quote
+    # as the phrase (CPython gh-106052, fixed in 3.11.5); getaddresses gives "<a@b>".
+    '"<a@b>',
 ]
 
 

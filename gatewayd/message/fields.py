@@ -80,9 +80,9 @@ def addresses(values: Iterable[str]) -> list[dict[str, str | None]]:
 # addresses differs.
 _PHRASE_ATOM = r'[^()<>@,:;"\[\]\\\s]++'
 _QUOTED = r'"[^"\\\r\n]*+"'
-_DOT_ATOM = r'[^()<>@,:;."\[\]\\\s]++(?:\.[^()<>@,:;."\[\]\\\s]++)*+'
+_DOT_ATOM = r'[^()<>@,:;."\[\]\\\s]++(?>(?:\.[^()<>@,:;."\[\]\\\s]++)*)'
 _SIMPLE_ADDRESS = re.compile(
-    rf"[ \t]*+(?:((?:(?:{_PHRASE_ATOM}|{_QUOTED})[ \t]*+)*+)<({_DOT_ATOM}@{_DOT_ATOM})>"
+    rf"[ \t]*+(?:((?>(?:(?:{_PHRASE_ATOM}|{_QUOTED})[ \t]*+)*))<({_DOT_ATOM}@{_DOT_ATOM})>"
     rf"|({_DOT_ATOM}@{_DOT_ATOM})(?:[ \t]*+\(([^(),\"\\\r\n]*+)\))?)?[ \t]*+"
 )
 _PHRASE_WORD = re.compile(rf'"([^"\\\r\n]*)"|({_PHRASE_ATOM})')

@@ -26,7 +26,7 @@ _BLOCK_TAGS = frozenset(
 # quotes can pair up across tags ("<a b='>' x <a b='>' ...") and make every attempt scan to the end
 # of the document; beyond that, or with a quote never closed, _LOOSE_TAG ends the tag at its first
 # ">" (it scans only up to that ">", so the whole walk stays linear).
-_TAG = re.compile(r"""<(/?)([A-Za-z][A-Za-z0-9:-]*+)(?:[^>"']++|"[^"]*+"|'[^']*+')*+>""")
+_TAG = re.compile(r"""<(/?)([A-Za-z][A-Za-z0-9:-]*+)(?>(?:[^>"']++|"[^"]*+"|'[^']*+')*)>""")
 _LOOSE_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:-]*+)[^>]*+>")
 _MAX_TAG_CHARS = 2048
 # Markup tokens looked at per HTML part at most: text comes long before this in real mail.

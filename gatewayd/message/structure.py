@@ -140,9 +140,9 @@ _PARSER = Parser(_class=_GuardedMessage, policy=compat32)
 _HEADER_PARSER = BytesHeaderParser(policy=compat32)
 # A header block in its plainest form: header fields (a name, a colon and the value, then its
 # continuation lines) and the empty line that ends the block.
-_PLAIN_HEADER_BLOCK = re.compile(r"(?:[\041-\071\073-\176]++:.*+\n(?:[ \t].*+\n)*+)*+\r?\n")
+_PLAIN_HEADER_BLOCK = re.compile(r"(?>(?:[\041-\071\073-\176]++:.*+\n(?>(?:[ \t].*+\n)*))*)\r?\n")
 # One field of such a block: the name, and the value from its first non-blank character on.
-_HEADER_FIELD = re.compile(r"([\041-\071\073-\176]++):[ \t]*+(.*+\n(?:[ \t].*+\n)*+)")
+_HEADER_FIELD = re.compile(r"([\041-\071\073-\176]++):[ \t]*+(.*+\n(?>(?:[ \t].*+\n)*))")
 # A CR without LF, which the feed parser takes for a line end where _HEADER_FIELD does not.
 _BARE_CR = re.compile(r"\r(?!\n)")
 

@@ -33,7 +33,7 @@ from gatewayd.pipeline.injection.limits import (
 
 # As _TAG in gatewayd/message/html.py: a tag ends at the first ">" outside quotes, matched within
 # MAX_TAG_CHARS; beyond that the loose form ends it at its first ">" (linear either way).
-_TAG = re.compile(r"""<(/?)([A-Za-z][A-Za-z0-9:_-]*+)((?:[^>"']++|"[^"]*+"|'[^']*+')*+)>""")
+_TAG = re.compile(r"""<(/?)([A-Za-z][A-Za-z0-9:_-]*+)((?>(?:[^>"']++|"[^"]*+"|'[^']*+')*))>""")
 _LOOSE_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:_-]*+)([^>]*+)>")
 _ATTR = re.compile(r"""([^\s"'>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+)))?""")
 STRIP_TAGS = re.compile(r"<[^<>]{0,2048}>")
