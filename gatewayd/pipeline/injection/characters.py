@@ -135,9 +135,10 @@ def unaccent(text: str) -> str:
 
 
 # Latin-1 whitespace as str.split() sees it (\x1c-\x1f, \x85, \xa0 too) as spaces, and the runs of
-# spaces left to collapse.
+# spaces left to collapse: "  +" spelt with a two-space literal start, which the engine looks for
+# itself, where from a one-character start it would try the pattern at every single space.
 _LATIN1_SPACE_TO_SPACE = bytes(0x20 if chr(c).isspace() else c for c in range(256))
-_SPACE_RUN = re.compile(b"  +")
+_SPACE_RUN = re.compile(b"   *")
 
 
 def collapse(text: str) -> str:
