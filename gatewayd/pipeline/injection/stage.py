@@ -279,7 +279,8 @@ class _Scan:
             return
         notable = not latin1(visible) and NOTABLE.search(visible) is not None
         in_word = sum(len(m.group(0)) for m in ZW_IN_WORD.finditer(visible)) if notable else 0
-        total = 0 if latin1(seen) else len(ZW_ANY.findall(seen))
+        # `seen` is made of parts of `visible`: no zero-width character there when none is notable here.
+        total = len(ZW_ANY.findall(seen)) if notable else 0
         if in_word:
             detail = f"{total} zero-width characters, {in_word} inside words"
             self.scorer.add("INJ_ZERO_WIDTH", detail, 0.4 + in_word / 10)
