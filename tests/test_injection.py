@@ -713,10 +713,12 @@ def test_word_index_and_start_words_match_the_full_word_sets(text: str) -> None:
 
 def test_base64_runs_match_finditer_at_the_run_boundaries() -> None:
     rng = random.Random(11)
-    pieces = ["A" * 15, "A" * 16, "b" * 17, "9" * 80, "+/_-", "=", "==", "===", " ", "\n", ".", "x", "é", ">"]
+    pieces = ["A" * 15, "A" * 16, "b" * 17, "9" * 80, "+/_-", "=", "==", "===", " ", "\n", ".", "x"]
+    pieces += ["é", "—", "\U0001f600", "\ud800", "?", ">"]  # beyond ASCII: one "?" each in the mapping
     texts = ["", "A" * 16, "A" * 15, "=" + "A" * 16 + "=", "A" * 16 + "=B" + "C" * 15, "A" * 16 + "==B" * 16]
     texts += ["".join(rng.choices(pieces, k=rng.randrange(0, 40))) for _ in range(3000)]
-    texts += ["".join(rng.choices(pieces[:-2], k=rng.randrange(20, 80))) for _ in range(2000)]  # many runs
+    texts += ["".join(rng.choices(pieces[:-6], k=rng.randrange(20, 80))) for _ in range(2000)]  # many runs
+    texts += ["".join(rng.choices(pieces, k=rng.randrange(20, 80))) for _ in range(2000)]
     texts += ["".join(rng.choices("aZ09+/_-= \n.", k=rng.randrange(0, 200))) for _ in range(3000)]
     for text in texts:
         fast = [(m.start(), m.end()) for m in _base64_runs(text)]

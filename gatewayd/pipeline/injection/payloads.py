@@ -76,15 +76,13 @@ _RUN_START = b"a" * 16
 
 
 def _base64_runs(text: str) -> Iterable[re.Match[str]]:
-    """_BASE64_RUN.finditer(text). The engine tries every letter of every word; in ASCII text a
-    find over its characters mapped to "a" jumps to the next 16 run characters instead. That is
-    the start of a run (the previous match ended at a run's end or after its "="), where the
-    regex matches all of the run, as finditer's match there does. After a few runs the engine's
-    own loop takes over from there: where runs are dense, a jump per run costs more."""
-    if not text.isascii():
-        yield from _BASE64_RUN.finditer(text)
-        return
-    mapped = text.encode("ascii").translate(_RUN_CHAR_TO_A)
+    """_BASE64_RUN.finditer(text). The engine tries every letter of every word; a find over the
+    text's characters mapped to "a" jumps to the next 16 run characters instead. That is the
+    start of a run (the previous match ended at a run's end or after its "="), where the regex
+    matches all of the run, as finditer's match there does. After a few runs the engine's own
+    loop takes over from there: where runs are dense, a jump per run costs more. Run characters
+    are ASCII: the "?" an encoding to ASCII puts for each other character keeps the positions."""
+    mapped = text.encode("ascii", "replace").translate(_RUN_CHAR_TO_A)
     position = mapped.find(_RUN_START)
     for _ in range(_JUMPS):
         match = _BASE64_RUN.match(text, position) if position >= 0 else None
