@@ -19,7 +19,14 @@ import pytest
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline import StageContext
 from gatewayd.pipeline.injection import INVISIBLE, SYMBOLS, InjectionOptions, InjectionStage
-from gatewayd.pipeline.injection.characters import _fold_unicode, collapse, fold, lower
+from gatewayd.pipeline.injection.characters import (
+    _fold_unicode,
+    collapse,
+    fold,
+    lower,
+    shown,
+    strip_invisible,
+)
 from gatewayd.pipeline.injection.html import (
     HtmlView,
     _cached_attributes,
@@ -687,6 +694,15 @@ def test_latin1_fast_paths_match_the_unicode_ones() -> None:
             assert fold(text) == _fold_unicode(text), repr(text)
         assert collapse(text) == " ".join(text.split()), repr(text)
         assert lower(text) == text.lower(), repr(text)
+
+
+def test_ascii_fast_path_of_shown_matches_the_plain_one() -> None:
+    rng = random.Random(5)
+    alphabet = [chr(c) for c in range(128)] + ["  ", "\n\n", "ab", "\x00", "\x7f", "\x1c"]
+    texts = [chr(c) for c in range(128)] + ["", "  a \t b\x0b\x0c\r\n", "a\x01b", "x\x7f", "\x1f a"]
+    texts += ["".join(rng.choices(alphabet, k=rng.randrange(1, 40))) for _ in range(3000)]
+    for text in texts:
+        assert shown(text) == collapse(strip_invisible(text)), repr(text)
 
 
 @pytest.mark.parametrize(

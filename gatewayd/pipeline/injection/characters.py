@@ -152,14 +152,21 @@ def collapse(text: str) -> str:
     return _SPACE_RUN.sub(b" ", spaced).strip(b" ").decode("latin-1")
 
 
+# ASCII whitespace as spaces (as collapse maps it), the other controls as NUL.
+_ASCII_SPACE_OR_NUL = bytes(
+    0x20 if chr(c).isspace() else 0 if c < 0x20 or c == 0x7F else c for c in range(256)
+)
+
+
 def shown(text: str) -> str:
     """The words of `text` as a human sees them: collapse(strip_invisible(text))."""
     if text.isascii():
         # ASCII has no invisible characters, and its controls are whitespace (dropped here too) or
-        # not printable: a printable result means there was nothing to strip.
-        collapsed = collapse(text)
-        if collapsed.isprintable():
-            return collapsed
+        # not printable: without the latter (a NUL here; a memchr, where str.isprintable looks up
+        # each character) there is nothing to strip.
+        spaced = text.encode("ascii").translate(_ASCII_SPACE_OR_NUL)
+        if b"\0" not in spaced:
+            return _SPACE_RUN.sub(b" ", spaced).strip(b" ").decode("ascii")
     return collapse(strip_invisible(text))
 
 
