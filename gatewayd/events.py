@@ -55,10 +55,15 @@ def compact_json(value: Any) -> str:
 
     A lone surrogate in any string (no UTF-8 can carry one) becomes U+FFFD: one odd character of
     hostile mail must never make its event unstorable, and its folder stuck behind it."""
+    return compact_json_utf8(value).decode()
+
+
+def compact_json_utf8(value: Any) -> bytes:
+    """`compact_json`'s text as the UTF-8 bytes orjson writes: the store keeps them as they are."""
     try:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError:
-        return orjson.dumps(_without_surrogates(value), option=orjson.OPT_NON_STR_KEYS).decode()
+        return orjson.dumps(_without_surrogates(value), option=orjson.OPT_NON_STR_KEYS)
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")

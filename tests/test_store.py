@@ -25,7 +25,7 @@ import pytest
 
 import gatewayd.store.sqlite as sqlite_backend
 import gatewayd.store.sqlite_schema as sqlite_schema
-from gatewayd.events import Event, NewEvent, parse_rfc3339, rfc3339
+from gatewayd.events import Event, NewEvent, compact_json, parse_rfc3339, rfc3339
 from gatewayd.store import (
     Checkpoint,
     EventQuery,
@@ -832,6 +832,35 @@ async def test_sqlite_refuses_newer_schema(tmp_path: Path) -> None:
     store = SqliteEventStore(path)
     with pytest.raises(StoreUnavailable, match="schema version 4 is newer than this gatewayd's"):
         await store.open()
+
+
+async def test_sqlite_stores_event_data_as_its_json_text(tmp_path: Path) -> None:
+    # The append binds the JSON's UTF-8 bytes and stores them as TEXT: the same column a str gives.
+    path = tmp_path / "events.db"
+    store = SqliteEventStore(path)
+    await store.open()
+    data: dict[str, Any] = {"subject": 'héllo ✓ 😀 "q" \u2028', "odd\udfff": ["a\x00b"], "n": 1.5}
+    try:
+        await store.append([NewEvent("message.received", "a1", "m1", data)])
+    finally:
+        await store.close()
+    db = sqlite3.connect(path)
+    try:
+        [(kind, text)] = db.execute("SELECT typeof(data), data FROM events").fetchall()
+    finally:
+        db.close()
+    assert kind == "text"
+    assert text == compact_json(data)
+
+
+async def test_sqlite_refuses_a_file_not_in_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA encoding='UTF-16le'")
+    db.execute("CREATE TABLE events (seq INTEGER)")  # a gatewayd table name: not refused as foreign
+    db.close()
+    with pytest.raises(StoreUnavailable, match="not UTF-8"):
+        await SqliteEventStore(path).open()
 
 
 async def test_sqlite_prunes_in_batches(store: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from gatewayd.events import Event, NewEvent, compact_json, parse_rfc3339, rfc3339
+from gatewayd.events import Event, NewEvent, compact_json_utf8, parse_rfc3339, rfc3339
 from gatewayd.store import (
     Checkpoint,
     EventQuery,
@@ -119,8 +119,9 @@ class SqliteEventStore:
         announced for its (mailbox_id, folder); the folder is `data["folder"]` when it is a
         string, else the checkpoint's folder when the checkpoint is for the same mailbox.
         """
-        # Serialize here: a bad payload fails fast and never reaches the writer.
-        encoded = [compact_json(e.data) for e in events]
+        # Serialize here: a bad payload fails fast and never reaches the writer. As UTF-8 bytes,
+        # which the insert stores as TEXT: a str would be decoded here and encoded again to bind.
+        encoded = [compact_json_utf8(e.data) for e in events]
         rows = [
             (
                 event.type,
@@ -157,7 +158,7 @@ class SqliteEventStore:
                         mailbox_id,
                         event.data,
                         from_address,
-                        data_json=data,
+                        data_utf8=data,
                     )
                 )
         return stored

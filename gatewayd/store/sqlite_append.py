@@ -15,10 +15,11 @@ from gatewayd.store import Checkpoint
 # Not `INSERT OR IGNORE`: SQLite advances the AUTOINCREMENT counter even for an ignored row,
 # so every skipped duplicate would burn a seq (gaps, and a last_seq no event ever had). The
 # existence check is race-free because it runs inside append's BEGIN IMMEDIATE; the UNIQUE
-# constraint stays as a loud safety net.
+# constraint stays as a loud safety net. The data comes as its UTF-8 bytes (a blob), stored as
+# the TEXT they spell (the database's encoding is UTF-8): no str to encode for the binding.
 _INSERT_EVENT = (
     "INSERT INTO events (type, created_at, agent_id, mailbox_id, from_address, dedupe_key, data, spam_score)"
-    " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8"
+    " SELECT ?1, ?2, ?3, ?4, ?5, ?6, CAST(?7 AS TEXT), ?8"
     " WHERE ?6 IS NULL OR NOT EXISTS (SELECT 1 FROM events WHERE dedupe_key = ?6)"
 )
 _INSERT_MESSAGE_ID = (

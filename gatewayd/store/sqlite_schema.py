@@ -143,6 +143,11 @@ def prepare(conn: sqlite3.Connection, path: Path) -> None:
     program's file, switch to WAL, migrate the schema to this version and stamp it."""
     (application_id,) = conn.execute(_APPLICATION_ID).fetchone()
     refuse_foreign(path, int(application_id), (str(row[0]) for row in conn.execute(_TABLES)))
+    # The append stores the events' UTF-8 JSON bytes as TEXT as they are (gatewayd.store.sqlite_append):
+    # the file must be in UTF-8, as every file SQLite makes by default is.
+    (encoding,) = conn.execute("PRAGMA encoding").fetchone()
+    if encoding != "UTF-8":
+        raise StoreUnavailable(f"cannot open the event store {path}: its text is {encoding}, not UTF-8")
     # journal_mode is persistent in the file and cannot change inside a transaction.
     conn.execute("PRAGMA journal_mode=WAL")
     _migrate(conn, path)
