@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from gatewayd.pipeline import (
     StageContext,
     StageResult,
     StageSpec,
+    _within,
 )
 
 RAW = b"From: Bob <bob@example.org>\r\nSubject: hi\r\nMessage-ID: <p1@example.org>\r\n\r\nHello there.\r\n"
@@ -211,3 +213,115 @@ async def test_a_hung_cpu_stage_with_skip_rest_stops_the_stages_after_it() -> No
         ("spam", "timeout"),
         ("injection", "skipped"),
     ]
+
+
+async def _checks(events: list[str]) -> dict[str, Any]:
+    """Async checks that wait in every way a stage's check may, or never."""
+
+    async def at_once() -> str:
+        return "done"
+
+    async def raises_at_once() -> str:
+        raise ValueError("at once")
+
+    async def waits(seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        await asyncio.sleep(0)  # a bare yield
+        return f"waited {seconds}"
+
+    async def raises_after_waiting() -> str:
+        await asyncio.sleep(0.01)
+        raise ValueError("after waiting")
+
+    async def overruns_then_waits() -> str:
+        time.sleep(0.15)  # noqa: ASYNC251 - past the deadline before it first waits
+        await asyncio.sleep(0.5)
+        return "late"
+
+    async def overruns_without_waiting() -> str:
+        time.sleep(0.15)  # noqa: ASYNC251 - past the deadline, never waiting
+        return "late but never waited"
+
+    async def swallows_its_cancellation() -> str:
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            return "swallowed"
+        return "not cancelled"
+
+    async def cleans_up() -> str:
+        try:
+            await asyncio.sleep(1)
+        finally:
+            await asyncio.sleep(0.01)  # waits again while cancelled
+            events.append("cleaned up")
+        return "unreachable"
+
+    async def in_a_thread() -> str:
+        return await asyncio.to_thread(lambda: "from a thread")
+
+    return {
+        "at_once": at_once,
+        "raises_at_once": raises_at_once,
+        "waits": lambda: waits(0.01),
+        "waits_too_long": lambda: waits(1),
+        "raises_after_waiting": raises_after_waiting,
+        "overruns_then_waits": overruns_then_waits,
+        "overruns_without_waiting": overruns_without_waiting,
+        "swallows_its_cancellation": swallows_its_cancellation,
+        "cleans_up": cleans_up,
+        "in_a_thread": in_a_thread,
+    }
+
+
+async def _outcome(within: Any, check: Any) -> tuple[str, str]:
+    try:
+        return "result", await within(check())
+    except TimeoutError:
+        return "timeout", ""
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "at_once",
+        "raises_at_once",
+        "waits",
+        "waits_too_long",
+        "raises_after_waiting",
+        "overruns_then_waits",
+        "overruns_without_waiting",
+        "swallows_its_cancellation",
+        "cleans_up",
+        "in_a_thread",
+    ],
+)
+async def test_a_stage_budget_is_what_asyncio_timeout_makes_it(name: str) -> None:
+    """`_within` sets its timer only once a check waits, with the same outcome as asyncio.timeout."""
+
+    async def plain(check: Any) -> Any:
+        async with asyncio.timeout(0.1):
+            return await check
+
+    async def lazy(check: Any) -> Any:
+        return await _within(check, 0.1)
+
+    outcomes = []
+    for within in (plain, lazy):
+        events: list[str] = []
+        outcomes.append((await _outcome(within, (await _checks(events))[name]), events))
+    assert outcomes[0] == outcomes[1]
+
+
+async def test_a_cancelled_pipeline_cancels_the_check_waiting_within_its_budget() -> None:
+    events: list[str] = []
+    check = (await _checks(events))["cleans_up"]
+    task = asyncio.ensure_future(_within(check(), 10))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert events == ["cleaned up"]

@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from gatewayd.config import MailboxConfig
 from gatewayd.events import MESSAGE_RECEIVED, NewEvent
@@ -31,6 +32,8 @@ ON_ERROR_CONTINUE = "continue"
 ON_ERROR_SUSPECT = "suspect"
 ON_ERROR_SKIP_REST = "skip_rest"
 ON_ERROR_CHOICES = (ON_ERROR_CONTINUE, ON_ERROR_SUSPECT, ON_ERROR_SKIP_REST)
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,8 +226,7 @@ class Pipeline:
         try:
             # Not wait_for: that wraps the check in a task of its own, a few loop turns a message
             # even when the check never waits (the rules stage, mostly).
-            async with asyncio.timeout(spec.timeout_seconds):
-                result = await spec.stage.check(run.parsed, run.context())
+            result = await _within(spec.stage.check(run.parsed, run.context()), spec.timeout_seconds)
         except StageAbort:
             raise
         except TimeoutError:
@@ -327,6 +329,50 @@ class Pipeline:
             recover = getattr(spec.stage, "recover", None)
             if recover is not None:
                 await recover(mailbox, actions)
+
+
+async def _within(check: Awaitable[_T], seconds: float) -> _T:
+    """`await check` under `asyncio.timeout(seconds)`, with the timer set only when the check first
+    waits: most checks never do (the rules stage, whose journal answers a new message without
+    I/O), and a timer set and cancelled costs about as much as the rules' evaluation. A check
+    that runs past its deadline without waiting is not interrupted either way."""
+    if type(check) is not types.CoroutineType:
+        async with asyncio.timeout(seconds):
+            return await check
+    deadline = asyncio.get_running_loop().time() + seconds
+    try:
+        waiting = check.send(None)
+    except StopIteration as done:
+        return cast(_T, done.value)
+    async with asyncio.timeout_at(deadline):
+        return cast(_T, await _Resumed(check, waiting))
+
+
+class _Resumed:
+    """`await` of a coroutine already started, from where it waits on `waiting`: what it yields
+    goes to the task, and what the task sends or throws (a cancellation) goes back into it."""
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], waiting: Any) -> None:
+        self.coroutine, self.waiting = coroutine, waiting
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine, waiting = self.coroutine, self.waiting
+        while True:
+            try:
+                sent = yield waiting
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as exc:
+                try:
+                    waiting = coroutine.throw(exc)
+                except StopIteration as done:
+                    return done.value
+                continue
+            try:
+                waiting = coroutine.send(sent)
+            except StopIteration as done:
+                return done.value
 
 
 def _ms(started: float) -> float:
