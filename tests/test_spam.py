@@ -662,3 +662,17 @@ def test_links_are_found_where_a_search_of_the_whole_text_finds_them() -> None:
     texts += ["".join(rng.choice(pieces) for _ in range(rng.randrange(1, 60))) for _ in range(3000)]
     for text in texts:
         assert content._urls(text) == content._URL.findall(text), repr(text)
+
+
+def test_phrases_are_found_where_a_search_of_the_whole_text_finds_them() -> None:
+    # content._phrase_matches tries the phrase pattern only at candidates found in a spaced byte
+    # copy (possessive spaces, a lookahead on the first character): it must find what finditer does.
+    rng = random.Random(7)
+    words = ["dear", "sir", "madam", "click", "here", "100%", "free", "you've", "won", "be", "removed"]
+    pieces = [*words, "time-sensitive", "$", "_", "é", "ſ", "x", "1", "/", "-"]
+    pieces += [" ", "  ", "\t", "\n", "\u00a0", "\u2003"]
+    texts = ["dear sir" + " " * 500 + "madam", " $ " * 300, "click here$5 _click here é click here"]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randrange(1, 40))) for _ in range(3000)]
+    for text in texts:
+        found = [match.span() for match in content._phrase_matches(text)]
+        assert found == [match.span() for match in content._PHRASE_RE.finditer(text)], repr(text)
