@@ -7,6 +7,7 @@ import contextlib
 import json
 import quopri
 import random
+import re
 import time
 from collections.abc import Callable
 from email.message import Message
@@ -1212,6 +1213,36 @@ def test_parse_structure_matches_the_stdlib_on_line_soup_and_bytes(raw: bytes) -
     assert_parses_like_the_stdlib(raw)
 
 
+# plain_header_fields as it was first written: two regular expressions, one matching the block,
+# one each field, with the same grammar. The string methods that replace them must agree.
+_REGEX_BLOCK = re.compile(r"(?>(?:[\041-\071\073-\176]++:.*+\n(?>(?:[ \t].*+\n)*))*)\r?\n")
+_REGEX_FIELD = re.compile(r"([\041-\071\073-\176]++):[ \t]*+(.*+\n(?>(?:[ \t].*+\n)*))")
+
+
+def _plain_header_fields_by_regex(text: str) -> tuple[list[tuple[str, str]], int] | None:
+    block = _REGEX_BLOCK.match(text)
+    if block is None or re.search(r"\r(?!\n)", text[: block.end()]):
+        return None
+    fields = [(name, value.rstrip("\r\n")) for name, value in _REGEX_FIELD.findall(text, 0, block.end())]
+    return fields, block.end()
+
+
+def assert_reads_header_fields_like_the_regex(raw: bytes) -> None:
+    text = raw.decode("ascii", "surrogateescape")
+    assert structure.plain_header_fields(text) == _plain_header_fields_by_regex(text), raw
+
+
+@_FAST_PATH_SETTINGS
+@given(
+    plain=_PLAIN_MESSAGES,
+    flawed=_FLAWED_MESSAGES,
+    soup=st.lists(st.sampled_from(_LINES), max_size=12).map(b"".join) | st.binary(max_size=80),
+)
+def test_plain_header_fields_match_the_regex_reading(plain: bytes, flawed: bytes, soup: bytes) -> None:
+    for raw in (plain, flawed, soup):
+        assert_reads_header_fields_like_the_regex(raw)
+
+
 _TRICKY_MESSAGES = {
     "plain LF": b"From: a@example.org\nSubject: hi\n\nbody\n",
     "plain CRLF": b"From: a@example.org\r\nSubject: hi\r\n\r\nbody\r\n",
@@ -1260,6 +1291,7 @@ _TRICKY_MESSAGES = {
 @pytest.mark.parametrize("raw", _TRICKY_MESSAGES.values(), ids=_TRICKY_MESSAGES.keys())
 def test_parse_structure_matches_the_stdlib_on_tricky_messages(raw: bytes) -> None:
     assert_parses_like_the_stdlib(raw)
+    assert_reads_header_fields_like_the_regex(raw)
 
 
 def test_parse_structure_matches_the_stdlib_across_read_chunks() -> None:
