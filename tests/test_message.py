@@ -40,6 +40,7 @@ from gatewayd.message.structure import (
     _plain_single_part,
     _TooManyPartsError,
 )
+from gatewayd.message.text import _CONTROLS, collapse
 from tests.sse import INJECTION, late_text_mail
 
 KEYS = {
@@ -564,6 +565,17 @@ def test_excerpt_without_spaces_is_cut_hard() -> None:
 def test_short_excerpt_is_whole_and_collapsed() -> None:
     data = parse("From: a@example.org\n\n  Short\n\n\n\ttext \x00with\x1b[31m controls  \n")
     assert data["body_text_excerpt"] == "Short text with [31m controls"
+
+
+@pytest.mark.parametrize(
+    "tail", ["", "\u00e9", "\u2028", "\U0001f600"], ids=["ASCII", "Latin-1", "UCS-2", "UCS-4"]
+)
+def test_collapse_of_ascii_by_bytes_matches_the_regex(tail: str) -> None:
+    """ASCII text has its controls made spaces by a byte table, other text by the regex: the same."""
+    for code in range(0x100):
+        for text in (chr(code), f"a{chr(code)}b", f" {chr(code)}\t{chr(code)}{chr(code)} x "):
+            text += tail
+            assert collapse(text) == " ".join(_CONTROLS.sub(" ", text).split()), (code, tail)
 
 
 def test_excerpt_chars_zero_gives_none() -> None:
