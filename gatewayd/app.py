@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gatewayd import heap
 from gatewayd.api.app import create_app
 from gatewayd.api.connections import default_max_connections
 from gatewayd.api.context import Gateway
@@ -43,8 +44,11 @@ class ListenError(Exception):
 
 
 class Daemon:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, settle_heap: bool = False) -> None:
+        """`settle_heap`: the process is this daemon's alone (`gatewayd run`), so its collector is
+        set for a long-running daemon once it is up and after each reload (gatewayd.heap)."""
         self.config = config
+        self._settle_heap = settle_heap
         self.store = SqliteEventStore(Path(config.store.path))
         self.instance = InstanceLock(Path(config.store.path))
         # Run-time tokens live in the event log's file, where `gatewayd token` finds them.
@@ -117,6 +121,8 @@ class Daemon:
         self.pool.start()
         self._pruner = asyncio.create_task(self._prune_forever(), name="prune")
         self._guard = asyncio.create_task(guard_tokens(self.gateway), name="token-guard")
+        if self._settle_heap:
+            heap.settle()
         log.info("listening on %s:%s (at most %d connections)", server.host, self.port, self.max_connections)
         notify("READY=1\nSTATUS=listening")
         if (interval := watchdog_interval()) is not None:
@@ -133,6 +139,8 @@ class Daemon:
         self.config = self.gateway.config
         in_force = sum(len(agent.token_sha256) for agent in self.config.agents)
         log.info("configured tokens reloaded: %d in force, %d streams of removed ones ended", in_force, ended)
+        if self._settle_heap:
+            heap.settle()  # the rules and tokens just replaced were frozen
 
     async def stop(self) -> None:
         notify("STOPPING=1\nSTATUS=stopping: finishing the pipeline")
@@ -202,7 +210,7 @@ async def serve(config: Config, signals: RunSignals) -> int:
     signals.attach(asyncio.get_running_loop())
     if signals.stop.is_set():
         return 0  # stopped before anything was opened
-    daemon = Daemon(config)
+    daemon = Daemon(config, settle_heap=True)
     await daemon.start()
     # kill -HUP (systemctl reload): the rules and the configured tokens are read again.
     signals.started(daemon.reload)
