@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gatewayd.config import MailboxConfig, parse_config
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
@@ -676,3 +678,36 @@ def test_phrases_are_found_where_a_search_of_the_whole_text_finds_them() -> None
     for text in texts:
         found = [match.span() for match in content._phrase_matches(text)]
         assert found == [match.span() for match in content._PHRASE_RE.finditer(text)], repr(text)
+
+
+class _EveryTag:
+    """A `_READ_TAGS` that holds every name: walk_html then reads every tag's attributes."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+_HTML_PIECES = (
+    *("<td>", "</td>", "<p>", "</p>", "<br>", "</font>", "</span>", "<style>p{}</style>"),
+    *("<script>x</script>", '<td width="100%">', '<table border=0 cellpadding="2">'),
+    *('<option value="colourful">', "<div align=center>", '<span style="display:none">'),
+    *('<span STYLE="Visibility: Hidden">', '<div sTyle="color:#fff">', '<td bgcolor="#ffffff">'),
+    *("<td BGCOLOR=black>", '<font color="#000">', '<table background="x.png">', '<tr BackGround="">'),
+    *('<font color="#FFFFFF">', '<font size="+3">', "<font color=red>", '<p color="white">'),
+    *('<p colour="white">', '<a href="http://bank.example/">bank.example</a>', '<img src="y">'),
+    *("<img width=1 height=1 src=x>", '<input type="password">', "<form action=x>", "<td =>"),
+    *('<td title="STYLE COLOR BACKGROUND">', "hidden words here ", "visible text ", "x" * 45),
+    *(" ", "&nbsp;", "<", ">", "=", "<!-- c -->"),
+)
+
+
+@settings(max_examples=500)
+@given(st.lists(st.sampled_from(_HTML_PIECES), max_size=40))
+def test_walk_html_skips_only_attributes_it_would_not_read(pieces: list[str]) -> None:
+    from gatewayd.pipeline.spam import html
+
+    document = "".join(pieces)
+    fast = html.walk_html(document)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(html, "_READ_TAGS", _EveryTag())
+        assert html.walk_html(document) == fast

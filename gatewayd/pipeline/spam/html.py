@@ -21,7 +21,7 @@ class HtmlFacts:
     loud_fonts: int = 0  # <font size=+2..7 or color=red>
 
 
-_TAG_START = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9]{0,15})")
+_TAG_START = re.compile(r"</?([a-zA-Z][a-zA-Z0-9]{0,15})")
 _ATTR = re.compile(r"""([a-zA-Z-]{1,30})\s*=\s*("[^"]{0,2000}"|'[^']{0,2000}'|[^\s>]{1,2000})""")
 _HIDING_STYLE = re.compile(
     r"display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*[01](?:\.\d+)?(?:px|pt)?\s*(?:;|$)"
@@ -34,6 +34,11 @@ _STRIP_TAGS = re.compile(r"<[^<>]{0,2000}>")  # bounded: linear even on "<<<<"
 _NAMED_COLORS = {"white": "#ffffff", "black": "#000000"}
 _NOT_ALNUM = re.compile(r"\W+")
 _SKIPPED_ELEMENTS = frozenset({"style", "script", "title", "head", "noscript", "template"})
+# The tags whose own attributes the walk reads (href, width, size, type, ...), and the words in the
+# names of those it reads on any tag (style, color, bgcolor, background): another tag whose
+# attributes name none of them (in any case) ends hiding as a tag without attributes does, with
+# no need to read them (most <td>, <table>, <option>).
+_READ_TAGS = frozenset({"a", "img", "form", "font", "input"})
 _PREHEADER_CHARS = 200
 _SHORT_HEX = re.compile(r"#?[0-9a-f]{3}")
 _BARE_HEX = re.compile(r"[0-9a-f]{6}")
@@ -102,23 +107,31 @@ def walk_html(html: str) -> HtmlFacts:
             break  # no tag after this one can end either
         position = end + 1
         hiding = False
-        closing, name = tag.groups()
-        if closing:
+        if html[start + 1] == "/":  # a closing tag: no groups made for it
             continue
-        name = name.lower()
+        name = tag[1].lower()
         if name in _SKIPPED_ELEMENTS:
             close = lowered.find("</" + name, position)
             position = close if close >= 0 else len(html)
             continue
-        if html.find("=", name_end, end) < 0:  # most tags have no attributes: <td>, <br>, <b>
+        # Tested with `in` on a copy (the tags' copies do not overlap): str.find with a start and
+        # an end parses its arguments at twice the cost, and a regex enters its matcher at every
+        # character.
+        written = html[name_end:end]
+        if "=" not in written:  # most tags have no attributes: <td>, <br>, <b>
             if name == "img":
                 facts.images += 1
             elif name == "form":
                 facts.form = True
             continue
+        if name not in _READ_TAGS:
+            written = written.lower()
+            if "style" not in written and "color" not in written and "background" not in written:
+                continue
         attrs = {k.lower(): v.strip("\"'") for k, v in _ATTR.findall(html, name_end, end)}
         style = attrs.get("style", "")
         bg = _color(attrs.get("bgcolor")) or _style_color(_BG_IN_STYLE, style)
+        color_attr = _color(attrs.get("color"))
         if bg:
             background = bg  # the most recent one: crude, but errs towards "visible"
         elif "background" in attrs:
@@ -132,11 +145,11 @@ def walk_html(html: str) -> HtmlFacts:
                 facts.images += 1
         elif name == "form":
             facts.form = True
-        elif name == "font" and (_loud_size(attrs.get("size")) or _color(attrs.get("color")) in _REDS):
+        elif name == "font" and (_loud_size(attrs.get("size")) or color_attr in _REDS):
             facts.loud_fonts += 1
         elif name == "input" and attrs.get("type", "").lower() == "password":
             facts.password_field = True
-        color = _color(attrs.get("color")) or _style_color(_COLOR_IN_STYLE, style)
+        color = color_attr or _style_color(_COLOR_IN_STYLE, style)
         hiding = bool(style and _HIDING_STYLE.search(style)) or bool(
             judge_colours and color and color == background and not bg
         )
