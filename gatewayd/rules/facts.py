@@ -251,7 +251,9 @@ def as_number(value: Any) -> float | None:
 
 
 def is_list(facts: Facts) -> bool:
-    return any(facts.has(name) for name in ("list-id", "list-post", "list-unsubscribe"))
+    # Not any() over a generator: one that stops early is closed by raising GeneratorExit in it, a
+    # traceback each time on Python 3.11 (most mail asked has a List-Id).
+    return facts.has("list-id") or facts.has("list-post") or facts.has("list-unsubscribe")
 
 
 def list_ids(facts: Facts) -> list[str]:
