@@ -19,10 +19,21 @@ STREAM_GAP = "stream.gap"
 CLOSING = "closing"
 
 
+# "00" to "99" and "000" to "999", looked up: formatting a number ("%02d") takes ~1,000 instructions.
+_TWO_DIGITS = tuple(f"{number:02}" for number in range(100))
+_THREE_DIGITS = tuple(f"{number:03}" for number in range(1000))
+
+
 def rfc3339(moment: datetime | None = None) -> str:
     """UTC, millisecond precision, `Z` suffix: sorts as text in the same order as in time."""
-    # isoformat, not strftime: 40 % cheaper, and this runs for every event and message date.
-    return (moment or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    moment = (moment or datetime.now(UTC)).astimezone(UTC)
+    # isoformat(timespec="milliseconds") less its "+00:00", written from the fields: isoformat
+    # takes 13k instructions (its offset), this 6k. Runs for every event and for a message's dates.
+    year, two = moment.year, _TWO_DIGITS
+    return (
+        f"{year if year >= 1000 else f'{year:04}'}-{two[moment.month]}-{two[moment.day]}T{two[moment.hour]}:"
+        f"{two[moment.minute]}:{two[moment.second]}.{_THREE_DIGITS[moment.microsecond // 1000]}Z"
+    )
 
 
 def parse_rfc3339(text: str) -> datetime:
