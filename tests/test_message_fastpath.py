@@ -3,12 +3,18 @@ a wrong shortcut."""
 
 from __future__ import annotations
 
+import re
+from datetime import UTC, datetime, timedelta
 from email.message import Message
 from email.policy import compat32
+from email.utils import parsedate_tz
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gatewayd.message import fields
 from gatewayd.message.structure import _MAX_CACHED_PARAMS_CHARS, _GuardedMessage
 
 _HEADER_SETS: list[list[tuple[str, str]]] = [
@@ -113,3 +119,156 @@ def test_cached_content_type_keeps_the_default_type() -> None:
         msg.set_default_type("message/rfc822")
     assert _queries(guarded) == _queries(plain)
     assert guarded.get_content_type() == "message/rfc822"
+
+
+_LONG_NUMBER = re.compile(r"(?<![\d:+-])\d{3,}(?![\d:])")
+
+
+def _date_by_parsedate(value: str | None) -> str | None:
+    """fields.date as it was before its fast path: parsedate_tz for every value."""
+    if not value:
+        return None
+    parts = parsedate_tz(value)
+    if parts is None:
+        return fields._to_rfc3339(datetime.fromisoformat(value.strip()))
+    if any(int(written) < 100 for written in _LONG_NUMBER.findall(value)):
+        return None
+    year, month, day, hour, minute, second = parts[:6]
+    if 100 <= year < 200:
+        year += 1900
+    offset = parts[9] or 0
+    if abs(offset) >= 24 * 3600:
+        offset = 0
+    moment = datetime(year, month, day, hour, minute, second, tzinfo=UTC) - timedelta(seconds=offset)
+    return fields._to_rfc3339(moment)
+
+
+def _check_date(value: str) -> None:
+    common = fields._common_date(value)
+    if common is not None:
+        assert common == parsedate_tz(value)
+    assert _outcome(fields.date, value) == _outcome(_date_by_parsedate, value)
+
+
+_DATES = [
+    "Thu, 22 Aug 2002 09:15:25 -0400",
+    "Thu, 22 Aug 2002 09:15:25 -0400 (EDT)",
+    "Tue,  3 Sep 2002 18:17:30 +0200 (CEST)",
+    "29 Aug 2002 11:19:27 -0400",
+    "thu, 22 aug 2002 09:15:25 +0000",
+    "Xyz, 22 AUG 2002 09:15:25 +0000",
+    "Thu, 22 May 2002 09:15:25 -0000",  # "may" is a month twice in parsedate's table
+    "Thu, 22 Aug 2002 09:15:25 +0000 ()",
+    "Thu, 22 Aug 2002 09:15:25 +9999",  # a nonsense zone
+    "Thu, 22 Aug 2002 09:15:25 +0099",
+    "Thu, 22 Aug 2002 09:15:25 -2359",
+    "Thu, 22 Aug 2002 09:15:25 +2400",
+    "Thu, 31 Feb 2002 09:15:25 +0000",  # no such day
+    "Thu, 00 Aug 2002 09:15:25 +0000",
+    "Thu, 32 Aug 2002 09:15:25 +0000",
+    "Sat, 31 Dec 2016 23:59:60 +0000",  # a leap second
+    "Thu, 22 Aug 2002 24:00:00 +0000",
+    "Thu, 22 Aug 2002 09:60:25 +0000",
+    "Thu, 22 Aug 0001 09:15:25 +0000",  # years as written: refused, or since 1900
+    "Thu, 22 Aug 0099 09:15:25 +0000",
+    "Thu, 22 Aug 0100 09:15:25 +0000",
+    "Thu, 22 Aug 0102 09:15:25 +0000",
+    "Thu, 22 Aug 0999 09:15:25 +0000",
+    "Thu, 22 Aug 1000 00:00:00 +0001",  # leaves the four-digit years by its zone
+    "Fri, 31 Dec 9999 23:59:59 -0001",
+    "Fri, 31 Dec 9999 23:59:59 -2359",
+    "Thu, 22 Aug 02 09:15:25 -0400",  # obsolete forms
+    "Thu, 22 Aug 2002 09:15 -0400",
+    "Thu, 22 Aug 2002 09.15.25 -0400",
+    "Thu, 22 Aug 2002 09:15:25 EDT",
+    "Thu, 22 Aug 2002 09:15:25 GMT+1",
+    "Thu, 22 Aug 2002 09:15:25 +-0500",
+    "Thu, 22 Aug 2002 09:15:25 01800",
+    "Thu, 22 Aug 2002 09:15:25",
+    "Thu 22 Aug 2002 09:15:25 +0000",
+    "Thu,22 Aug 2002 09:15:25 +0000",
+    "22-Aug-2002 09:15:25 +0000",
+    "Aug 22 2002 09:15:25 +0000",
+    "Thu, Aug 22 2002 09:15:25 +0000",
+    "Thu, 22 Foo 2002 09:15:25 +0000",
+    "Thu, 22 August 2002 09:15:25 +0000",
+    "Thu, 22 Aug 2002 09:15:25 +0000 (added by postmaster@example.com 12345)",
+    "Thu, 22 Aug 2002 09:15:25 +0000 (0012)",
+    "Thu, 22 Aug 2002 09:15:25 +0000 x 0012",
+    "Thu, 22 Aug 2002 09:15:25 +0000 ",
+    " Thu, 22 Aug 2002 09:15:25 +0000",
+    "Thu,\t22 Aug 2002 09:15:25 +0000",
+    "Thu, 22\u00a0Aug 2002 09:15:25 +0000",
+    "Thu, \u0662\u0662 Aug 2002 09:15:25 +0000",  # digits beyond ASCII
+    "Thu, 22 Aug \uff12\uff10\uff10\uff12 09:15:25 +0000",
+    "Thu, 22 Aug 2002 09:15:25 +\u0660\u0661\u0660\u0660",
+    "2002-08-22T10:00:00+02:00",
+    "Sat Sep 21 08:18:08 2002",
+    "2002/09/14 Sat 13:06:03 GMT",
+    "yesterday",
+    "",
+    " ",
+]
+
+
+@pytest.mark.parametrize("value", _DATES)
+def test_common_dates_read_as_parsedate_reads_them(value: str) -> None:
+    _check_date(value)
+
+
+def test_common_dates_take_the_fast_path() -> None:
+    assert fields._common_date("Thu, 22 Aug 2002 09:15:25 -0400 (EDT)") == parsedate_tz(
+        "Thu, 22 Aug 2002 09:15:25 -0400"
+    )
+    assert fields._common_date("29 Aug 2002 11:19:27 +0130") is not None
+
+
+def _number(digits: int, usual: int | None = None) -> st.SearchStrategy[str]:
+    """Numbers written with `digits` digits, half of them below `usual` (a valid hour, say)."""
+    numbers = st.integers(0, 10**digits - 1)
+    if usual is not None:
+        numbers = st.one_of(st.integers(0, usual - 1), numbers)
+    return numbers.map(lambda n: f"{n:0{digits}}")
+
+
+# A date of the common form, piece by piece: each piece as that form has it, and another way
+# ("" and other digits, spaces, signs and words) to show where the forms part.
+_DIGITS = st.text("0123456789", max_size=5)
+_SPACES = st.sampled_from(["", "  ", "\t", "\u00a0", " \t"])
+_DATE_PIECES: list[tuple[st.SearchStrategy[str], st.SearchStrategy[str]]] = [
+    (st.sampled_from(["", "Thu, ", "Thu,  ", "sun, "]), st.sampled_from(["thu ", "Thu,", "2, ", ", "])),
+    (st.one_of(_number(1), _number(2, 32)), _DIGITS),
+    (st.just(" "), _SPACES),
+    (st.sampled_from(["Aug", "aug", "MAY", "Dec", "jAn"]), st.sampled_from(["Foo", "August", "", "A g"])),
+    (st.just(" "), _SPACES),
+    (st.one_of(st.integers(1000, 9999).map(str), _number(4)), _DIGITS),
+    (st.just(" "), _SPACES),
+    (_number(2, 24), _DIGITS),
+    (st.just(":"), st.sampled_from([".", "", "::"])),
+    (_number(2, 60), _DIGITS),
+    (st.just(":"), st.sampled_from([".", "", ":00:"])),
+    (_number(2, 61), _DIGITS),
+    (st.just(" "), _SPACES),
+    (st.sampled_from(["+", "-"]), st.sampled_from(["", "+-", "GMT", "EDT", "z", "GMT+"])),
+    (st.one_of(_number(2, 24).map(lambda h: h + "00"), _number(4)), _DIGITS),
+    (st.sampled_from(["", " (EDT)", " ()"]), st.sampled_from([" (0100)", " (a b)", " x", " ", "(EDT)"])),
+]
+
+
+@st.composite
+def _dates(draw: st.DrawFn) -> str:
+    """A date of the common form, or one with a piece or two written another way."""
+    other = set(draw(st.lists(st.integers(0, len(_DATE_PIECES) - 1), max_size=2)))
+    return "".join(draw(odd if i in other else usual) for i, (usual, odd) in enumerate(_DATE_PIECES))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_dates())
+def test_generated_dates_read_as_parsedate_reads_them(value: str) -> None:
+    _check_date(value)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=60))
+def test_any_text_dates_read_as_parsedate_reads_them(value: str) -> None:
+    _check_date(value)

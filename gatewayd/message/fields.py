@@ -127,6 +127,47 @@ def _to_rfc3339(moment: datetime) -> str | None:
     return rfc3339(moment) if 1000 <= moment.year <= 9999 else None
 
 
+_MONTHS = {
+    month: number
+    for number, month in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1
+    )
+}
+
+
+# RFC 5322's form of a date, the day name and the seconds given, a numeric zone (a comment with its
+# name after it or not): nine in ten Date headers ("Thu, 22 Aug 2002 09:15:25 -0400 (EDT)").
+_COMMON_DATE = re.compile(
+    r"(?:[A-Za-z]+, +)?([0-9]{1,2}) ([A-Za-z]{3}) ([0-9]{4}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) "
+    r"([+-])([0-9]{2})([0-9]{2})(?: \([A-Za-z]*\))?"
+)
+
+
+def _common_date(value: str) -> tuple[int, int, int, int, int, int, int, int, int, int | None] | None:
+    """parsedate_tz(value) for a date of the common form by one match (parsedate_tz splits and reads
+    it in some 60 lines of Python), its year not one date() refuses; else None. A test compares them."""
+    match = _COMMON_DATE.fullmatch(value)
+    if match is None:
+        return None
+    day, month_name, year, hour, minute, second, sign, zone_hours, zone_minutes = match.groups()
+    month = _MONTHS.get(month_name.lower())
+    if month is None or int(year) < 100:  # parsedate_tz reads no month; date() refuses the year
+        return None
+    offset = int(zone_hours) * 3600 + int(zone_minutes) * 60
+    return (
+        int(year),
+        month,
+        int(day),
+        int(hour),
+        int(minute),
+        int(second),
+        0,
+        1,
+        -1,
+        -offset if sign == "-" else offset,
+    )
+
+
 # A number of 3+ digits outside the time and the zone: the year as the header wrote it.
 _LONG_NUMBER = re.compile(r"(?<![\d:+-])\d{3,}(?![\d:])")
 
@@ -134,12 +175,14 @@ _LONG_NUMBER = re.compile(r"(?<![\d:+-])\d{3,}(?![\d:])")
 def date(value: str | None) -> str | None:
     if not value:
         return None
-    parts = parsedate_tz(value)  # obsolete 2-digit years and zone names included
+    parts = _common_date(value)
     if parts is None:
-        # Some senders write ISO 8601.
-        return _to_rfc3339(datetime.fromisoformat(value.strip()))
-    if any(int(written) < 100 for written in _LONG_NUMBER.findall(value)):
-        return None  # a year written with 3+ digits ("0001") is as written, not parsedate's 2001
+        parts = parsedate_tz(value)  # obsolete 2-digit years and zone names included
+        if parts is None:
+            # Some senders write ISO 8601.
+            return _to_rfc3339(datetime.fromisoformat(value.strip()))
+        if any(int(written) < 100 for written in _LONG_NUMBER.findall(value)):
+            return None  # a year written with 3+ digits ("0001") is as written, not parsedate's 2001
     year, month, day, hour, minute, second = parts[:6]
     if 100 <= year < 200:
         year += 1900  # "0102": years since 1900 printed as four digits, an old mailer bug
@@ -150,12 +193,6 @@ def date(value: str | None) -> str | None:
     return _to_rfc3339(moment)
 
 
-_MONTHS = {
-    month: number
-    for number, month in enumerate(
-        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1
-    )
-}
 _INTERNALDATE = re.compile(
     r"\s*(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})\s*"
 )
