@@ -53,15 +53,18 @@ def addresses(values: Iterable[str]) -> list[dict[str, str | None]]:
         if len(value) >= MAX_HEADER_CHARS and "," in value:
             value = value.rsplit(",", 1)[0]
         parsed: list[dict[str, str | None]] = []
+        # Kept as it goes: any() over the entries, stopped at the first, costs its generator's close.
+        with_address = False
         name: str | None
         for name, address in _getaddresses(value):
             address = address.strip()
-            name = decode_words(name) or None
+            name = (decode_words(name) or None) if name else None  # most To and Cc entries: no name
             if _ADDRESS.fullmatch(address):
                 parsed.append({"address": address, "name": name})
+                with_address = True
             elif name:
                 parsed.append({"address": None, "name": name})
-        if not any(entry["address"] for entry in parsed):
+        if not with_address:
             # getaddresses gives up on, say, an unterminated quote; salvage what looks like addresses.
             parsed += [{"address": a, "name": None} for a in _ADDRESS.findall(value)]
         found += parsed
@@ -115,8 +118,10 @@ def _getaddresses(value: str) -> list[tuple[str, str]]:
 
 def first_address(values: list[str]) -> dict[str, str | None] | None:
     entries = addresses(values)
-    with_address: list[dict[str, str | None] | None] = [entry for entry in entries if entry["address"]]
-    return (with_address or entries or [None])[0]
+    for entry in entries:
+        if entry["address"]:
+            return entry
+    return entries[0] if entries else None
 
 
 def _to_rfc3339(moment: datetime) -> str | None:
