@@ -272,3 +272,35 @@ def test_generated_dates_read_as_parsedate_reads_them(value: str) -> None:
 @given(st.text(max_size=60))
 def test_any_text_dates_read_as_parsedate_reads_them(value: str) -> None:
     _check_date(value)
+
+
+def _references_by_regex(value: str) -> list[str]:
+    """fields.references as it was: each word split by a regular expression."""
+    return [token for word in value.split() for token in re.split(r"(?<=>)(?=<)", word) if token]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        " ",
+        "<a@x>",
+        "<a@x><b@y>",
+        "<a@x>><b@y>",
+        "x><><y",
+        "><",
+        ">><<",
+        "<a@x> \t<b@y>\u00a0<c@z>",
+        "a>\n<b",
+    ],
+)
+def test_references_split_as_the_regex_splits(value: str) -> None:
+    assert fields.references(value) == _references_by_regex(value)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.text(st.sampled_from(["<", ">", "a", "@", " ", "\t", "\u00a0", "\u2028", "\x1c", "\n"]), max_size=40)
+)
+def test_any_references_split_as_the_regex_splits(value: str) -> None:
+    assert fields.references(value) == _references_by_regex(value)

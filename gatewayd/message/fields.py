@@ -31,8 +31,9 @@ def in_reply_to(value: str | None) -> str | None:
 def references(value: str | None) -> list[str]:
     if value is None:
         return []
-    # Split on whitespace, and between ids a sender wrote without it ("<a@x><b@y>").
-    return [token for word in value.split() for token in re.split(r"(?<=>)(?=<)", word) if token]
+    # Split on whitespace, and between ids a sender wrote without it ("<a@x><b@y>"): a space put
+    # there, as re.split of each word at "(?<=>)(?=<)" would cut it (~10k instructions a word).
+    return value.replace("><", "> <").split()
 
 
 # A local part starts where its atom does (the lookbehind): tried from every character of a long run
