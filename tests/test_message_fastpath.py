@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gatewayd.message import fields
+from gatewayd.message import text as text_module
 from gatewayd.message.structure import _MAX_CACHED_PARAMS_CHARS, _GuardedMessage
 
 _HEADER_SETS: list[list[tuple[str, str]]] = [
@@ -304,3 +305,25 @@ def test_references_split_as_the_regex_splits(value: str) -> None:
 )
 def test_any_references_split_as_the_regex_splits(value: str) -> None:
     assert fields.references(value) == _references_by_regex(value)
+
+
+_OLD_CONTROLS = re.compile(r"[\x00-\x08\x0e-\x1b\x7f-\x9f]")
+
+
+def _collapse_by_split(text: str) -> str:
+    """text.collapse as it was: controls made spaces, then a split and a join."""
+    return " ".join(_OLD_CONTROLS.sub(" ", text).split())
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", " ", "a", "  a  b  ", "\x00a\x1fb\x7f", "a\t\n\x0b\x0c\r\x1c\x1d\x1e\x1fb", "a \x85b\u00a0c\u2028"],
+)
+def test_collapse_gives_what_split_and_join_give(text: str) -> None:
+    assert text_module.collapse(text) == _collapse_by_split(text)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(st.characters(max_codepoint=0x7F), max_size=60) | st.text(max_size=30))
+def test_collapse_gives_what_split_and_join_give_for_any_text(text: str) -> None:
+    assert text_module.collapse(text) == _collapse_by_split(text)
