@@ -9,12 +9,22 @@ import re
 from pathlib import Path
 
 import pytest
+import tlsh
 
 from gatewayd.message import FetchedMessage, ParsedMessage, parse
 from gatewayd.pipeline.learning import LearningStore, chi2_combine, tokenize
 from gatewayd.pipeline.learning import store as learning_store
 from gatewayd.pipeline.learning.combine import MAX_CLUES, MIN_TOKEN_STRENGTH, clue, combine_clues, robinson
-from gatewayd.pipeline.learning.nearest import _length_distance, _ratios_within, _reach, parse_tlsh
+from gatewayd.pipeline.learning.nearest import (
+    Buckets,
+    Scans,
+    _length_distance,
+    _ratios_within,
+    _reach,
+    add_signature,
+    nearest_distance,
+    parse_tlsh,
+)
 from gatewayd.pipeline.learning.signatures import _URL_QUERY as URL_QUERY
 from gatewayd.pipeline.learning.signatures import MAX_SIGNATURE_TEXT, normalise_body, signature
 from gatewayd.pipeline.learning.tokens import _URL, _cut_links, _words
@@ -110,6 +120,30 @@ def test_ratio_bounds_stay_cached_at_the_default_distance() -> None:
     for key in keys:
         _ratios_within(*key)
     assert _ratios_within.cache_info().misses == misses
+
+
+def test_nearest_distance_is_the_least_diff_within_the_distance() -> None:
+    # The length and quartile-ratio bounds only skip diffs: at every distance the nearest found
+    # must be the least diff over all signatures, whatever their length values and ratios.
+    rng = random.Random(3)
+    vocabulary = [f"{chr(97 + i % 26)}{chr(97 + i // 26 % 26)}{'xyz'[i % 3]}" for i in range(400)]
+
+    def digest() -> str:
+        words = rng.choices(vocabulary[: rng.randrange(20, 400)], k=rng.randrange(30, 1200))
+        return tlsh.hash(" ".join(words).encode())
+
+    signatures = [digest() for _ in range(300)]
+    buckets: Buckets = {}
+    for i, text in enumerate(signatures[:200]):
+        add_signature(buckets, str(i), text)
+    known = [parse_tlsh(text) for text in signatures[:200]]
+    scans: Scans = {}
+    for probe in signatures:
+        least = min(parse_tlsh(probe).diff(other) for other in known)
+        for distance in (0, 1, 10, 13, 50, 100, 300):
+            expected = least if least <= distance else None
+            assert nearest_distance(probe, buckets, scans, distance) == expected, (probe, distance)
+    assert nearest_distance(signatures[0], {}, {}, 50) is None
 
 
 def _reference_cut_links(text: str) -> tuple[list[str], str]:

@@ -17,9 +17,10 @@ import tlsh
 
 # Length value -> digest of the reported message -> its signature.
 Buckets = dict[int, dict[str, tlsh.Tlsh]]
-# Length value -> the bucket's signatures as a list with their quartile-ratio pairs beside it (see
-# nearest_distance), made when first scanned; the store drops them all whenever signatures change.
-Scans = dict[int, tuple[list[tlsh.Tlsh], list[int]]]
+# Length value -> the bucket's signatures as a list with their quartile-ratio pairs beside it, a
+# byte each (see nearest_distance), made when first scanned; the store drops them all whenever
+# signatures change.
+Scans = dict[int, tuple[list[tlsh.Tlsh], bytes]]
 
 
 def parse_tlsh(text: str) -> tlsh.Tlsh:
@@ -45,28 +46,27 @@ def nearest_distance(text: str, buckets: Buckets, scans: Scans, distance: int) -
     A linear scan of the neighbouring length buckets (the loop runs in C): fine up to some
     tens of thousands of reported spam. A diff costs several hundred instructions; the length
     and quartile ratios alone bound the distance from below, so the signatures they put beyond
-    `distance` (three in four on the corpus) are skipped by a list lookup instead.
+    `distance` (three in four on the corpus) are skipped: one translate of a bucket's ratio
+    pairs through the probe's table of them gives the flags, no Python call per signature.
     """
     probe = parse_tlsh(text)
+    lvalue, q1ratio, q2ratio, diff = probe.lvalue, probe.q1ratio, probe.q2ratio, probe.diff
     nearest: float = math.inf
     scanned = False
     # Nearest lengths first: every distance to a bucket k length values away is at least
     # _length_distance(k), so once that is no less than the nearest found, farther buckets
     # cannot hold a nearer signature (a near duplicate mostly has the same length value).
-    for k in range(_reach(distance) + 1):
-        length_distance = _length_distance(k)
+    for length_distance, steps in _length_steps(distance):
         if length_distance >= nearest:
             break
-        # By _ratio_pair: whether the ratios may still keep a signature within the distance.
-        left = distance - length_distance
-        reachable = _ratios_within(probe.q1ratio, probe.q2ratio, left)
-        for step in {k, -k}:
-            scan = _scan(buckets, scans, (probe.lvalue + step) % 256)
+        reachable = _ratios_within(q1ratio, q2ratio, distance - length_distance)
+        for step in steps:
+            scan = _scan(buckets, scans, (lvalue + step) % 256)
             if scan is not None:
                 scanned = True
                 known, ratio_pairs = scan
-                near = compress(known, map(reachable.__getitem__, ratio_pairs))
-                nearest = min(nearest, min(map(probe.diff, near), default=nearest))
+                near = compress(known, ratio_pairs.translate(reachable))
+                nearest = min(nearest, min(map(diff, near), default=nearest))
     if not scanned:  # not `nearest == inf`: signatures all skipped are beyond the distance too
         nearest = 999  # no signature of a length within reach
     return int(nearest) if nearest <= distance else None
@@ -84,7 +84,7 @@ def matching(text: str, buckets: Buckets, distance: int) -> set[str]:
     return found
 
 
-def _scan(buckets: Buckets, scans: Scans, lvalue: int) -> tuple[list[tlsh.Tlsh], list[int]] | None:
+def _scan(buckets: Buckets, scans: Scans, lvalue: int) -> tuple[list[tlsh.Tlsh], bytes] | None:
     """The signatures of a length bucket and their quartile-ratio pairs; None: no signature."""
     scan = scans.get(lvalue)
     if scan is None:
@@ -92,7 +92,7 @@ def _scan(buckets: Buckets, scans: Scans, lvalue: int) -> tuple[list[tlsh.Tlsh],
         if not bucket:
             return None
         known = list(bucket.values())
-        scan = scans[lvalue] = (known, [_ratio_pair(signature) for signature in known])
+        scan = scans[lvalue] = (known, bytes([_ratio_pair(signature) for signature in known]))
     return scan
 
 
@@ -101,24 +101,32 @@ def _reach(distance: int) -> int:
     return max(1, distance // 12)
 
 
+@lru_cache(maxsize=64)
+def _length_steps(distance: int) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """Per length step within reach of `distance`, nearest first: the least distance it adds and
+    the length-value offsets it takes (k and -k)."""
+    return tuple((_length_distance(k), (k, -k) if k else (0,)) for k in range(_reach(distance) + 1))
+
+
 def _length_distance(steps: int) -> int:
     """The part of a TLSH distance that comes from length values `steps` apart (as in TLSH)."""
     return steps if steps <= 1 else 12 * steps
 
 
 def _ratio_pair(signature: tlsh.Tlsh) -> int:
-    """A signature's two quartile ratios (4 bits each) as one index into `_ratio_distances`."""
+    """A signature's two quartile ratios (4 bits each) as one index into `_ratio_distances`, a byte."""
     return signature.q1ratio * 16 + signature.q2ratio
 
 
 # 256 ratio pairs times the distances left for them: 5 at the default signature_distance (50), so
 # 1,280 keys. A cache smaller than that cycles through them on a stream of mail and misses again
-# and again, each miss 512 _ratio_distance calls; 2,048 lists of 256 are about 4 MB.
+# and again, each miss 512 _ratio_distance calls; 2,048 tables of 256 bytes are about 0.6 MB.
 @lru_cache(maxsize=2048)
-def _ratios_within(q1ratio: int, q2ratio: int, distance: int) -> list[bool]:
-    """Whether the quartile ratios of a signature with these ratios and one of each `_ratio_pair`
-    alone keep the pair within `distance` (see `_ratio_distances`)."""
-    return [bound <= distance for bound in _ratio_distances(q1ratio, q2ratio)]
+def _ratios_within(q1ratio: int, q2ratio: int, distance: int) -> bytes:
+    """Whether (1, else 0) the quartile ratios of a signature with these ratios and one of each
+    `_ratio_pair` alone keep the pair within `distance` (see `_ratio_distances`): a translate
+    table, indexed by the ratio pair."""
+    return bytes([bound <= distance for bound in _ratio_distances(q1ratio, q2ratio)])
 
 
 def _ratio_distances(q1ratio: int, q2ratio: int) -> list[int]:
