@@ -26,7 +26,7 @@ from gatewayd.pipeline.learning.nearest import (
     parse_tlsh,
 )
 from gatewayd.pipeline.learning.signatures import MAX_SIGNATURE_TEXT, normalise_body, signature
-from gatewayd.pipeline.learning.tokens import _URL, _cut_links, _words
+from gatewayd.pipeline.learning.tokens import _URL, _cut_links, _link_hosts, _words
 
 _STRIP = ".,;:!?()[]{}<>\"'*`|=_-~/\\#^"
 
@@ -170,6 +170,7 @@ LINK_TEXTS = [
 @pytest.mark.parametrize("text", LINK_TEXTS)
 def test_cut_links_is_url_split(text: str) -> None:
     assert _cut_links(text) == _reference_cut_links(text)
+    assert _link_hosts(text) == _URL.findall(text)
 
 
 def test_cut_links_is_url_split_on_random_text() -> None:
@@ -179,6 +180,7 @@ def test_cut_links_is_url_split_on_random_text() -> None:
     for _ in range(5000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 16)))
         assert _cut_links(text) == _reference_cut_links(text), repr(text)
+        assert _link_hosts(text) == _URL.findall(text), repr(text)
 
 
 def test_combine_clues_is_chi2_combine_bit_for_bit() -> None:

@@ -40,7 +40,7 @@ def tokenize(message: ParsedMessage) -> list[str]:
     if "://" in text or "www." in text:
         hosts, text = _cut_links(text)
     if "://" in html or "www." in html:
-        hosts += _URL.findall(html)
+        hosts += _link_hosts(html)
     tokens += ["url:" + _domain(host) for host in dict.fromkeys(hosts)]
     tokens += ["email:" + _domain(host) for host in dict.fromkeys(_EMAIL.findall(text))]
     tokens += _words(text)
@@ -54,27 +54,41 @@ def tokenize(message: ParsedMessage) -> list[str]:
 
 def _cut_links(text: str) -> tuple[list[str], str]:
     """The hosts of the links in `text`, and the text with each link made a space: what
-    parts = _URL.split(text) gives as parts[1::2] and " ".join(parts[::2]).
-
-    A link starts at "www." or at its scheme, 3 to 5 characters before a "://": str.find jumps
-    between those, where a search for _URL stops at every "h", "f" and "w" to try it there.
-    """
-    starts: set[int] = set()
-    for literal, offsets in (("://", (5, 4, 3)), ("www.", (0,))):  # https, http, ftp; www.
-        position = text.find(literal)
-        while position >= 0:
-            starts.update(position - offset for offset in offsets)
-            position = text.find(literal, position + 1)
+    parts = _URL.split(text) gives as parts[1::2] and " ".join(parts[::2])."""
     hosts: list[str] = []
     kept: list[str] = []
     end = 0
-    for start in sorted(starts):
+    for start in _link_starts(text):
         if start >= end and (link := _URL.match(text, start)):
             hosts.append(link.group(1))
             kept.append(text[end:start])
             end = link.end()
     kept.append(text[end:])
     return hosts, " ".join(kept)
+
+
+def _link_hosts(text: str) -> list[str]:
+    """The hosts of the links in `text`: what _URL.findall(text) gives."""
+    hosts: list[str] = []
+    end = 0
+    for start in _link_starts(text):
+        if start >= end and (link := _URL.match(text, start)):
+            hosts.append(link.group(1))
+            end = link.end()
+    return hosts
+
+
+def _link_starts(text: str) -> list[int]:
+    """Where a link of `text` may start, in order: a link starts at "www." or at its scheme, 3 to
+    5 characters before a "://". str.find jumps between those, where a search for _URL stops at
+    every "h", "f" and "w" to try it there. Some may be before the text's start (negative)."""
+    starts: set[int] = set()
+    for literal, offsets in (("://", (5, 4, 3)), ("www.", (0,))):  # https, http, ftp; www.
+        position = text.find(literal)
+        while position >= 0:
+            starts.update(position - offset for offset in offsets)
+            position = text.find(literal, position + 1)
+    return sorted(starts)
 
 
 def _words(text: str) -> list[str]:
