@@ -18,29 +18,31 @@ MAX_UNSEEN_CACHED = 50_000
 TokenCounts = dict[str, tuple[int, int]]  # token -> (spam, ham) messages
 
 
-def find_clues(
-    tokens: list[str],
-    found: list[Clue | None],
-    cache: dict[str, Clue],
-    of_counts: dict[tuple[int, int], Clue],
-    counts: TokenCounts,
-    nspam: int,
-    nham: int,
-) -> None:
-    """Fill in `found` (the clues of `tokens` in `cache`) where it is None, and cache what was
-    filled in, `of_counts` holding the clue of each (spam, ham) count met."""
-    if len(cache) > len(counts) + MAX_UNSEEN_CACHED:
-        cache.clear()  # unseen tokens are cached too: bound what a stream of new words can add
-    for i, token in enumerate(tokens):
-        if found[i] is None:
-            counted = counts.get(token)
-            if counted is None:
-                token_clue: Clue = ()  # an unseen token scores exactly the prior: never a clue
-            elif (shared := of_counts.get(counted)) is not None:
-                token_clue = shared
-            else:
-                token_clue = of_counts[counted] = clue(robinson(*counted, nspam, nham))
-            found[i] = cache[token] = token_clue
+class Clues(dict[str, Clue]):
+    """The clue of each token scored with these counts and totals (the store makes another when
+    they change): a token met for the first time is looked up in the counts by `__missing__`, so
+    scoring looks all its tokens up with the dictionary's own __getitem__, in C, with no pass over
+    them in Python to find the ones not met yet."""
+
+    __slots__ = ("_counts", "_nham", "_nspam", "_of_counts")
+
+    def __init__(self, counts: TokenCounts, nspam: int, nham: int) -> None:
+        super().__init__()
+        self._counts, self._nspam, self._nham = counts, nspam, nham
+        self._of_counts: dict[tuple[int, int], Clue] = {}  # the clue of each (spam, ham) count met
+
+    def __missing__(self, token: str) -> Clue:
+        if len(self) > len(self._counts) + MAX_UNSEEN_CACHED:
+            self.clear()  # unseen tokens are cached too: bound what a stream of new words can add
+        counted = self._counts.get(token)
+        if counted is None:
+            token_clue: Clue = ()  # an unseen token scores exactly the prior: never a clue
+        elif (shared := self._of_counts.get(counted)) is not None:
+            token_clue = shared
+        else:
+            token_clue = self._of_counts[counted] = clue(robinson(*counted, self._nspam, self._nham))
+        self[token] = token_clue
+        return token_clue
 
 
 def count_tokens(

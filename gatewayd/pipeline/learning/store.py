@@ -20,8 +20,8 @@ from typing import Any
 
 from gatewayd.message import ParsedMessage
 from gatewayd.pipeline.learning import persistence
-from gatewayd.pipeline.learning.bayes import TokenCounts, apply_deltas, count_tokens, find_clues
-from gatewayd.pipeline.learning.combine import MAX_CLUES, Clue, combine_clues
+from gatewayd.pipeline.learning.bayes import Clues, TokenCounts, apply_deltas, count_tokens
+from gatewayd.pipeline.learning.combine import MAX_CLUES, combine_clues
 from gatewayd.pipeline.learning.nearest import (
     Buckets,
     Scans,
@@ -84,11 +84,9 @@ class LearningStore:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = persistence.connect(self.path, create)
         self._tokens: TokenCounts = {}
-        # What tokens scored since the counts last changed say, and the clue of each (spam, ham)
-        # count met (see bayes.py).
-        self._clues: dict[str, Clue] = {}
-        self._clue_of_counts: dict[tuple[int, int], Clue] = {}
         self._nspam = self._nham = 0
+        # What tokens scored since the counts last changed say (see bayes.py).
+        self._clues = Clues(self._tokens, self._nspam, self._nham)
         self._signatures: Buckets = {}
         self._scans: Scans = {}
         self._senders: Senders = {}
@@ -131,11 +129,8 @@ class LearningStore:
                 return None
         tokens = tokenize(message)
         with self._lock:
-            cache = self._clues
             # Looked up in C; only tokens not met since the counts last changed cost Python work.
-            found = list(map(cache.get, tokens))
-            if None in found:
-                find_clues(tokens, found, cache, self._clue_of_counts, self._tokens, self._nspam, self._nham)
+            found = list(map(self._clues.__getitem__, tokens))
         clues = list(filter(None, found))  # a token that is no clue is cached as ()
         if len(clues) > MAX_CLUES:
             # What heapq.nlargest(MAX_CLUES, ...) by strength gives: sort() is stable with
@@ -294,7 +289,8 @@ class LearningStore:
     # Internals; all called with the lock held
 
     def _forget_clues(self) -> None:
-        self._clues, self._clue_of_counts = {}, {}
+        """Clues afresh, from the counts and totals as they now are."""
+        self._clues = Clues(self._tokens, self._nspam, self._nham)
 
     def _count_sender(
         self,
@@ -342,10 +338,10 @@ class LearningStore:
             row = list(sender_row(self._senders, address, mailbox))
             row[column] = max(0, row[column] + sign)
             set_sender_row(self._senders, self._sender_rows, address, mailbox, (row[0], row[1], row[2]))
-        self._forget_clues()  # every probability depends on the message totals
         self._generation += 1
         self._nspam, self._nham = max(0, self._nspam + totals[0]), max(0, self._nham + totals[1])
         apply_deltas(self._tokens, deltas)
+        self._forget_clues()  # every probability depends on the message totals
         remove_signatures(self._signatures, removed)
         for digest, text in added.items():
             add_signature(self._signatures, digest, text)
@@ -408,10 +404,10 @@ class LearningStore:
             self._install(snapshot, version)
 
     def _install(self, snapshot: Snapshot, version: int) -> None:
-        self._forget_clues()
         self._generation += 1
         self._nspam, self._nham = snapshot.nspam, snapshot.nham
         self._tokens, self._signatures, self._scans = snapshot.tokens, snapshot.signatures, {}
+        self._forget_clues()
         self._senders, self._sender_rows = snapshot.senders, snapshot.sender_rows
         self._data_version = version  # only now: a load that failed is tried again
 
