@@ -26,7 +26,7 @@ from gatewayd.pipeline.learning.nearest import (
     parse_tlsh,
 )
 from gatewayd.pipeline.learning.signatures import MAX_SIGNATURE_TEXT, normalise_body, signature
-from gatewayd.pipeline.learning.tokens import _URL, _cut_links, _link_hosts, _words
+from gatewayd.pipeline.learning.tokens import _URL, _cut_links, _link_hosts, _lower, _words
 
 _STRIP = ".,;:!?()[]{}<>\"'*`|=_-~/\\#^"
 
@@ -80,6 +80,12 @@ def test_words_match_on_random_text() -> None:
     for _ in range(2000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120)))
         assert _words(text) == _reference_words(text), repr(text)
+
+
+@pytest.mark.parametrize("text", [*TRICKY_TEXTS, "".join(map(chr, range(256))), "ÀÉÎÕÜ×ÞßÿµªºİΣ€", "Ÿ ÿ"])
+def test_lower_is_str_lower(text: str) -> None:
+    for variant in (text, text.upper(), text.encode("latin-1", "ignore").decode("latin-1")):
+        assert _lower(variant) == variant.lower()
 
 
 def _reference_normalised(text: str) -> bytes:

@@ -25,6 +25,7 @@ _CENTS = re.compile(r"[.,]\d\d?%?$")
 # Matched on the lower-cased header block, after a newline: much faster than re.I with re.M.
 _RAW_HEADER = re.compile(rb"\n(content-type|x-mailer|user-agent):[ \t]*([^\r\n]*)")
 _CHARSET = re.compile(rb"charset=\"?([a-z0-9_.:-]+)")
+_LATIN1_LOWER = bytes(ord(chr(code).lower()) for code in range(256))  # see _lower
 
 
 def tokenize(message: ParsedMessage) -> list[str]:
@@ -32,8 +33,8 @@ def tokenize(message: ParsedMessage) -> list[str]:
     tokens = _header_tokens(message)
     subject = (message.data.get("subject") or "").lower()
     tokens += ["subject:" + word for word in _words(subject)]
-    text = message.text[:MAX_TOKEN_TEXT].lower()
-    html = (message.html or "")[:MAX_TOKEN_TEXT].lower()
+    text = _lower(message.text[:MAX_TOKEN_TEXT])
+    html = _lower((message.html or "")[:MAX_TOKEN_TEXT])
     # Links count by their domain only: paths and tracking parameters are unique per message.
     # Every link has "://" or "www.": most texts need no regex pass.
     hosts: list[str] = []
@@ -50,6 +51,19 @@ def tokenize(message: ParsedMessage) -> list[str]:
     if a in joined or b in joined:
         tokens = [t for t in tokens if a not in t and b not in t]
     return list(dict.fromkeys(tokens))[:MAX_TOKENS]
+
+
+def _lower(text: str) -> str:
+    """text.lower(), with a byte table when the text is Latin-1 beyond ASCII: each of its
+    characters lower-cases to one Latin-1 character, where str.lower() looks every character of
+    a text beyond ASCII up in the Unicode database (about ten times the cost of the table)."""
+    if text.isascii():
+        return text.lower()
+    try:
+        latin1 = text.encode("latin-1")  # a copy of its bytes when the text is Latin-1
+    except UnicodeEncodeError:
+        return text.lower()
+    return latin1.translate(_LATIN1_LOWER).decode("latin-1")
 
 
 def _cut_links(text: str) -> tuple[list[str], str]:
