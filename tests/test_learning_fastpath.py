@@ -25,8 +25,8 @@ from gatewayd.pipeline.learning.nearest import (
     nearest_distance,
     parse_tlsh,
 )
-from gatewayd.pipeline.learning.signatures import MAX_SIGNATURE_TEXT, normalise_body, signature
-from gatewayd.pipeline.learning.tokens import _URL, _cut_links, _link_hosts, _lower, _words
+from gatewayd.pipeline.learning.signatures import MAX_SIGNATURE_TEXT, header_end, normalise_body, signature
+from gatewayd.pipeline.learning.tokens import _URL, _cut_links, _link_hosts, _lower, _raw_headers, _words
 
 _STRIP = ".,;:!?()[]{}<>\"'*`|=_-~/\\#^"
 
@@ -86,6 +86,27 @@ def test_words_match_on_random_text() -> None:
 def test_lower_is_str_lower(text: str) -> None:
     for variant in (text, text.upper(), text.encode("latin-1", "ignore").decode("latin-1")):
         assert _lower(variant) == variant.lower()
+
+
+def _reference_raw_headers(raw: bytes) -> list[tuple[bytes, bytes]]:
+    """_raw_headers as first written: the header block lower-cased, searched after newlines."""
+    head = b"\n" + raw[: min(header_end(raw), 65536)].lower()
+    return re.findall(rb"\n(content-type|x-mailer|user-agent):[ \t]*([^\r\n]*)", head)
+
+
+def test_raw_headers_match_the_lower_cased_search() -> None:
+    rng = random.Random(4)
+    pieces = [b"Content-Type:", b"content-TYPE: ", b"X-Mailer:", b"USER-AGENT:\t", b"x-mailer", b":", b" "]
+    pieces += [b"\n", b"\r\n", b"\r", b"a", b"K", b"\xc4", b"\xe4", b"text/HTML; Charset=UTF-8", b"\n\n"]
+    for _ in range(5000):
+        raw = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        assert _raw_headers(raw) == _reference_raw_headers(raw), raw
+    long_block = b"X-Mailer: a\n" + b"Received: by x\n" * 5000 + b"User-Agent: B\n\nbody"  # past 64 KiB
+    assert _raw_headers(long_block) == _reference_raw_headers(long_block) == [(b"x-mailer", b"a")]
+    for cut in range(65530, 65540):  # a blank line, a field or a value at the 64 KiB limit
+        for tail in (b"\n\nX-Mailer: b", b"\nX-Mailer: b\n\n", b"\r\n\r\nUser-Agent: c"):
+            raw = b"User-Agent: a\n" + b"x" * (cut - 14) + tail
+            assert _raw_headers(raw) == _reference_raw_headers(raw), (cut, tail)
 
 
 def _reference_normalised(text: str) -> bytes:

@@ -7,7 +7,6 @@ import re
 from itertools import repeat
 
 from gatewayd.message import ParsedMessage, from_address
-from gatewayd.pipeline.learning.signatures import header_end
 
 # Text tokenised per message at most, and tokens kept: bounds the cost of hostile mail.
 MAX_TOKEN_TEXT = 64 * 1024
@@ -22,8 +21,14 @@ _NUMBER = re.compile(r"[$€£]?\d[\d.,]*%?")
 _DIGITS = re.compile(r"\d+")
 _DIGIT = re.compile(r"\d")
 _CENTS = re.compile(r"[.,]\d\d?%?$")
-# Matched on the lower-cased header block, after a newline: much faster than re.I with re.M.
-_RAW_HEADER = re.compile(rb"\n(content-type|x-mailer|user-agent):[ \t]*([^\r\n]*)")
+# A field wanted, or the blank line that ends the header block: both after a newline, a literal
+# start the engine looks for itself (much faster than ^ with re.M), so that one pass finds the
+# fields and where the block ends. Case-insensitive (ASCII only, as bytes.lower()) rather than on
+# a lower-cased copy of the block. The first line has no newline before it: matched on its own.
+_RAW_HEADER_OR_END = re.compile(
+    rb"\n(?:(content-type|x-mailer|user-agent):[ \t]*([^\r\n]*)|\r?\n)", re.IGNORECASE
+)
+_FIRST_RAW_HEADER = re.compile(rb"(content-type|x-mailer|user-agent):[ \t]*([^\r\n]*)", re.IGNORECASE)
 _CHARSET = re.compile(rb"charset=\"?([a-z0-9_.:-]+)")
 _LATIN1_LOWER = bytes(ord(chr(code).lower()) for code in range(256))  # see _lower
 
@@ -166,8 +171,7 @@ def _header_tokens(message: ParsedMessage) -> list[str]:
             tokens.append(f"header:{name}:{headers[name][0].strip().lower()[:20]}")
     tokens += ["attachment:" + str(a.get("content_type", "?")).lower() for a in data.get("attachments") or []]
     # A few headers message.parse does not keep: the message's structure and the mailer.
-    head = b"\n" + message.raw[: min(header_end(message.raw), 65536)].lower()
-    for field, value in _RAW_HEADER.findall(head):
+    for field, value in _raw_headers(message.raw):
         if field == b"content-type":
             kind, _, parameters = value.partition(b";")
             tokens.append("content-type:" + kind.strip().decode("latin-1")[:40])
@@ -175,3 +179,20 @@ def _header_tokens(message: ParsedMessage) -> list[str]:
         else:
             tokens.append("mailer:" + _DIGITS.sub("#", value.strip().decode("latin-1").split(" ")[0][:30]))
     return tokens
+
+
+def _raw_headers(raw: bytes) -> list[tuple[bytes, bytes]]:
+    """The Content-Type, X-Mailer and User-Agent fields in the header block's first 64 KiB, with
+    their values, lower-cased: what a search after each newline of b"\n" + the block lower-cased
+    finds."""
+    found: list[tuple[bytes, bytes]] = []
+    end = min(len(raw), 65536)
+    for match in _RAW_HEADER_OR_END.finditer(raw, 0, end):
+        field, value = match.groups()
+        if field is None:  # the blank line
+            end = match.start()
+            break
+        found.append((field.lower(), value.lower()))
+    if first := _FIRST_RAW_HEADER.match(raw, 0, end):
+        found.insert(0, (first[1].lower(), first[2].lower()))
+    return found
