@@ -4,6 +4,7 @@ address domains, body words."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from itertools import repeat
 
 from gatewayd.message import ParsedMessage, from_address
@@ -77,24 +78,26 @@ def _cut_links(text: str) -> tuple[list[str], str]:
     hosts: list[str] = []
     kept: list[str] = []
     end = 0
-    for start in _link_starts(text):
-        if start >= end and (link := _URL.match(text, start)):
-            hosts.append(link.group(1))
-            kept.append(text[end:start])
-            end = link.end()
+    for link in _links(text):
+        hosts.append(link.group(1))
+        kept.append(text[end : link.start()])
+        end = link.end()
     kept.append(text[end:])
     return hosts, " ".join(kept)
 
 
 def _link_hosts(text: str) -> list[str]:
     """The hosts of the links in `text`: what _URL.findall(text) gives."""
-    hosts: list[str] = []
+    return [link.group(1) for link in _links(text)]
+
+
+def _links(text: str) -> Iterator[re.Match[str]]:
+    """_URL.finditer(text), with _URL tried only where a link can start (see _link_starts)."""
     end = 0
     for start in _link_starts(text):
         if start >= end and (link := _URL.match(text, start)):
-            hosts.append(link.group(1))
+            yield link
             end = link.end()
-    return hosts
 
 
 def _link_starts(text: str) -> list[int]:
