@@ -410,7 +410,12 @@ async def test_a_folder_gone_at_a_select_of_the_shared_connection_falls_back_at_
 
     await wait_for(fallen_back, timeout=10, what="INBOX on its own connection")
     query = EventQuery(("support",), type_patterns=("mailbox.error",))
-    errors = await gw.daemon.store.read_after(query, 0, 100)
+    # The Later watcher stores its error after its own failed SELECT: INBOX may be idle again first.
+    deadline = asyncio.get_running_loop().time() + 10
+    while not (errors := await gw.daemon.store.read_after(query, 0, 100)):
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.02)
     assert [(e.data["folder"], e.data["kind"]) for e in errors] == [("Later", "protocol")]
     assert errors[0].data["retry_in_ms"] >= 30_000
 
