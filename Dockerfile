@@ -1,11 +1,12 @@
 # gatewayd in a container: slim Python, non-root, state in a volume, health from /healthz.
 
-# py-tlsh (fuzzy hashing for the spam stage) compiles from source: build wheels with a compiler,
-# then install them into a clean image without one.
+# py-tlsh (fuzzy hashing for the spam stage) compiles from source, and gatewayd compiles its
+# pipeline's modules with mypyc (setup.py): build wheels with a compiler, then install them into a
+# clean image without one.
 FROM python:3.11-slim AS build
 RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY gatewayd ./gatewayd
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

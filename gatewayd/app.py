@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gatewayd import heap
+from gatewayd import heap, native
 from gatewayd.api.app import create_app
 from gatewayd.api.connections import default_max_connections
 from gatewayd.api.context import Gateway
@@ -210,6 +210,12 @@ async def serve(config: Config, signals: RunSignals) -> int:
     signals.attach(asyncio.get_running_loop())
     if signals.stop.is_set():
         return 0  # stopped before anything was opened
+    for source in native.stale():
+        log.warning(
+            "%s changed after its compiled module was built: the build runs, not the change"
+            " (rebuild: scripts/setup)",
+            source,
+        )
     daemon = Daemon(config, settle_heap=True)
     await daemon.start()
     # kill -HUP (systemctl reload): the rules and the configured tokens are read again.

@@ -11,6 +11,7 @@ from typing import Any
 import hypothesis  # noqa: F401 - see below
 import pytest
 
+from gatewayd import native
 from gatewayd.app import Daemon
 from gatewayd.config import Config, hash_token, parse_config
 from gatewayd.sandbox.dovecot import PASSWORD, Dovecot, SandboxUnavailable
@@ -21,6 +22,15 @@ from tests.waiting import idle, wait_for
 # very end of a run that used no hypothesis test, from deep in pytest's hooks, where CPython
 # 3.11.7's ast.parse (pytest rewrites the module) can fail with "SystemError: AST constructor
 # recursion depth mismatch" and turn a green run red.
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A compiled module older than its source would test the build, not the source (gatewayd.native).
+    if stale := native.stale():
+        raise pytest.UsageError(
+            f"{len(stale)} compiled module(s) older than their source, e.g. {stale[0]}: run ./scripts/setup"
+        )
+
 
 TOKEN = "test-token-support"
 OTHER_TOKEN = "test-token-other"

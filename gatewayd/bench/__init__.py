@@ -256,7 +256,8 @@ def _bench(argv: list[str] | None) -> int:
     mode = "quick" if args.quick else "full"
     print(
         f"gatewayd bench ({mode}): {info.get('nproc')} cores, {info.get('cpu', '?')}, "
-        f"Python {info['python']} ({info['interpreter']}), Dovecot {info.get('dovecot', '?')}, "
+        f"Python {info['python']} ({info['interpreter']}; gatewayd: {info['gatewayd_build']}), "
+        f"Dovecot {info.get('dovecot', '?')}, "
         f"load {os.getloadavg()[0]:.2f}; gatewayd under SCHED_{args.cpu_policy.upper()}",
         flush=True,
     )

@@ -32,6 +32,7 @@ from gatewayd.message.limits import (
     MAX_DEPTH,
     safe,
 )
+from gatewayd.message.lowercase import lower
 from gatewayd.message.text import decode_bytes, text_header
 
 Leaves = list[tuple[Message, tuple[Message, ...]]]
@@ -126,7 +127,7 @@ def _candidate(part: Message) -> bool:
 
 
 def _suffix(filename: str | None) -> str:
-    name = (filename or "").strip().lower()
+    name = lower((filename or "").strip())
     return name[name.rfind(".") :] if "." in name else ""
 
 

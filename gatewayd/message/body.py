@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from gatewayd.message.html import Scan, html_to_text, without_cut_entity
 from gatewayd.message.limits import MAX_HTML_CHARS, MAX_PARTS, MAX_TEXT_BYTES, safe
+from gatewayd.message.lowercase import lower
 from gatewayd.message.text import clean_header, decode_bytes, decode_words
 from gatewayd.message.text import collapse as _collapse  # excerpt has a parameter named collapse
 
@@ -77,7 +78,7 @@ def _one_line(value: str) -> str:
 
 
 def _cte(part: Message) -> str:
-    return str(part.get("content-transfer-encoding", "")).strip().strip("\"'").lower()
+    return lower(str(part.get("content-transfer-encoding", "")).strip().strip("\"'"))
 
 
 def _decoded_size(part: Message) -> int | None:

@@ -145,4 +145,9 @@ def _unescape(value: str, structured: bool = False) -> str:
     if "\\" not in value and not (structured and ";" in value):
         return value
     pattern = _ESCAPE_OR_SEPARATOR if structured else _ESCAPE
-    return pattern.sub(lambda match: _UNESCAPED.get(match.group(1), match.group(1)) or " ", value)
+    return pattern.sub(_unescaped, value)
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    escaped: str | None = match.group(1)  # None: the separator ";" matched
+    return " " if escaped is None else _UNESCAPED.get(escaped, escaped)

@@ -10,6 +10,7 @@ from email.utils import getaddresses, parsedate_tz
 
 from gatewayd.events import rfc3339
 from gatewayd.message.limits import MAX_HEADER_CHARS
+from gatewayd.message.lowercase import lower
 from gatewayd.message.text import collapse, decode_words
 
 
@@ -156,7 +157,7 @@ def _common_date(value: str) -> tuple[int, int, int, int, int, int, int, int, in
     if match is None:
         return None
     day, month_name, year, hour, minute, second, sign, zone_hours, zone_minutes = match.groups()
-    month = _MONTHS.get(month_name.lower())
+    month = _MONTHS.get(lower(month_name))
     if month is None or int(year) < 100:  # parsedate_tz reads no month; date() refuses the year
         return None
     offset = int(zone_hours) * 3600 + int(zone_minutes) * 60
@@ -217,7 +218,7 @@ def internaldate(value: str | None) -> str | None:
         return date(value)
     day, month, year, hour, minute, second, sign, zh, zm = match.groups()
     moment = datetime(
-        int(year), _MONTHS[month.lower()], int(day), int(hour), int(minute), int(second), tzinfo=UTC
+        int(year), _MONTHS[lower(month)], int(day), int(hour), int(minute), int(second), tzinfo=UTC
     )
     offset = timedelta(hours=int(zh), minutes=int(zm))
     return _to_rfc3339(moment - offset if sign == "+" else moment + offset)

@@ -6,6 +6,8 @@ import enum
 import re
 from html import unescape
 
+from gatewayd.message.lowercase import lower
+
 # Elements whose content is not shown. Skipped by searching for the end tag, as browsers read them
 # as raw text (a "<" inside is not markup). <head> itself holds only these and void tags.
 _HIDDEN_CONTENT = {
@@ -93,7 +95,7 @@ def html_to_text(html: str, enough: int) -> tuple[str, Scan]:
                 position = lt + 1
             continue
         position = tag.end()
-        closing, name = tag.group(1), tag.group(2).lower()
+        closing, name = tag.group(1), lower(tag.group(2))
         if name in _HIDDEN_CONTENT and not closing and not tag.group(0).endswith("/>"):
             # Not past the last ">": each "</script" there would be tried, to the end, in vain.
             close_tag = _HIDDEN_CONTENT[name].search(html, position, last_close + 1)

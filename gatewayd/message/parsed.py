@@ -9,6 +9,7 @@ from typing import Any
 from gatewayd.message import attached, body, fields, joined, structure
 from gatewayd.message.attached import AttachedText, Skipped, SkipReason
 from gatewayd.message.limits import safe
+from gatewayd.message.lowercase import lower
 from gatewayd.message.text import raw_header, text_header
 
 
@@ -155,4 +156,4 @@ def from_address(data: dict[str, Any]) -> str | None:
     """The lower-cased sender address of event data from `parse_message`, for indexing."""
     sender = data.get("from") if isinstance(data, dict) else None
     address = sender.get("address") if isinstance(sender, dict) else None
-    return address.lower() if isinstance(address, str) and address else None
+    return lower(address) if isinstance(address, str) and address else None

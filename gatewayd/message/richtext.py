@@ -23,6 +23,8 @@ import codecs
 import contextlib
 import re
 
+from gatewayd.message.lowercase import lower
+
 # One token at a time; each alternative starts with a different character, so a match never
 # backtracks past the token it reads.
 _TOKEN = re.compile(
@@ -88,7 +90,7 @@ def richtext_shown(source: str) -> str:
 def _richtext_token(match: re.Match[str]) -> str:
     token = match.group()
     if token.startswith("<"):
-        return _RICHTEXT_CHARACTERS.get(token.lower(), "")
+        return _RICHTEXT_CHARACTERS.get(lower(token), "")
     return " "
 
 

@@ -14,6 +14,7 @@ from itertools import repeat
 from typing import Any, cast
 
 from gatewayd.message.limits import MAX_DEPTH, MAX_HEADER_CHARS, MAX_PARTS, safe
+from gatewayd.message.lowercase import lower
 from gatewayd.message.text import clean_header, fix_surrogates
 
 log = logging.getLogger(__name__)
@@ -69,19 +70,22 @@ class _GuardedMessage(Message):
         if index is None or index[0] is not headers or index[1] != len(headers):
             first: dict[str, int] = {}
             for position, (key, _) in enumerate(headers):
-                first.setdefault(key.lower(), position)
+                first.setdefault(lower(key), position)
             index = self._gw_index = (headers, len(headers), first)
         return index[2]
 
     def get(self, name: str, failobj: Any = None) -> Any:
         """What Message.get gives (the first field of that name, or failobj), by the index."""
-        position = self._gw_first().get(name.lower())
+        position = self._gw_first().get(lower(name))
         if position is None:
             return failobj
         key, value = self._headers[position]
         if type(value) is str and value.isascii() and self.policy is compat32:
             return value  # what compat32's header_fetch_parse gives an ASCII value, for a method call less
-        return self.policy.header_fetch_parse(key, value)
+        # Any: typeshed says str, but compat32 gives a Header for raw 8-bit values (and compiled
+        # code would check the str).
+        policy: Any = self.policy
+        return policy.header_fetch_parse(key, value)
 
     def get_content_type(self) -> str:
         """What Message.get_content_type gives, from a cache keyed by the field's value: a message
@@ -94,7 +98,7 @@ class _GuardedMessage(Message):
         return _content_type(value)
 
     def __contains__(self, name: str) -> bool:
-        return name.lower() in self._gw_first()
+        return lower(name) in self._gw_first()
 
     def _get_params_preserve(self, failobj: Any, header: str) -> Any:
         """What Message._get_params_preserve gives (the parameters of the first `header` field,
@@ -104,7 +108,7 @@ class _GuardedMessage(Message):
         if value is _MISSING:
             return failobj
         if type(value) is not str or len(value) > _MAX_CACHED_PARAMS_CHARS:
-            raw = self._headers[self._gw_first()[header.lower()]][1]
+            raw = self._headers[self._gw_first()[lower(header)]][1]
             if isinstance(raw, str) and len(raw) > MAX_HEADER_CHARS:
                 # The stdlib's parameter parsing slices the rest of the value at every ";": the
                 # square of its length (190 KB of "; a=b" took 2 s of CPU).
@@ -246,15 +250,15 @@ def collect_headers(root: Message, block_cut: bool = False) -> tuple[dict[str, l
     found: dict[str, list[str]] = {}
     cut: set[str] = set()
     for name, value in root.raw_items():
-        key = name.lower()  # a str: the parser never stores another kind of name
+        key = lower(name)  # a str: the parser never stores another kind of name
         if key in _WANTED:
             text = str(value)
             if len(text) > MAX_HEADER_CHARS:  # clean_header keeps only the start
                 cut.add(key)
             found.setdefault(key, []).append(clean_header(text))
     names = root.keys() if block_cut else ()
-    if names and names[-1].lower() in _WANTED:
-        cut.add(names[-1].lower())
+    if names and lower(names[-1]) in _WANTED:
+        cut.add(lower(names[-1]))
     return found, frozenset(cut)
 
 
@@ -305,7 +309,7 @@ def _repair_headers(part: Message) -> None:
     every byte by U+FFFD, so a raw UTF-8 filename ("Größe.pdf") would come out as "Gr����e.pdf".
     """
     for name, value in part.raw_items():
-        if name.lower() in ("content-type", "content-disposition") and not str(value).isascii():
+        if lower(name) in ("content-type", "content-disposition") and not str(value).isascii():
             part.replace_header(name, fix_surrogates(str(value)))
 
 

@@ -9,6 +9,7 @@ import re
 
 from gatewayd.events import without_lone_surrogates
 from gatewayd.message.limits import MAX_HEADER_CHARS
+from gatewayd.message.lowercase import lower
 
 # Labels mail uses for a charset Python reads more narrowly than the senders meant (as browsers do).
 _CHARSET_SUPERSETS = {
@@ -33,7 +34,7 @@ def _codec(charset: str | None) -> str | None:
     """Python's codec for a MIME charset label, or None when unknown or not a text encoding."""
     if not charset:
         return None
-    label = charset.strip().strip("\"'").lower()
+    label = lower(charset.strip().strip("\"'"))
     label = _CHARSET_SUPERSETS.get(label, label)
     try:
         b"".decode(label)  # LookupError for unknown labels and for base64, zlib, rot13 ...
@@ -138,7 +139,7 @@ def decode_words(text: str) -> str:
         else:
             charset = match.group(1).split("*", 1)[0]  # drop an RFC 2231 language tag
             adjacent = after_word and not between.strip()  # whitespace between words is dropped
-            if not adjacent or charset.lower() != (pending_charset or "").lower():
+            if not adjacent or lower(charset) != lower(pending_charset or ""):
                 flush()
             if not adjacent:
                 out.append(between)

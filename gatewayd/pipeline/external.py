@@ -30,6 +30,7 @@ import aiohttp
 from gatewayd.message import ParsedMessage
 from gatewayd.pipeline import Finding, StageContext, StageResult
 from gatewayd.pipeline.spam import SpamStage, verdict_for
+from gatewayd.pipeline.spam.stage import PROVIDES
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ class ExternalScoring:
     or no answer; the UNAVAILABLE finding says why)."""
 
     name = "spam"
-    provides: tuple[str, ...] = SpamStage.provides
+    provides: tuple[str, ...] = PROVIDES
 
     def __init__(self, stage: SpamStage, scorers: Sequence[Weighted]) -> None:
         self.stage = stage
@@ -326,7 +327,7 @@ class ExternalScoring:
         self, result: StageResult, answers: Sequence[tuple[Finding, ExternalResult | None]]
     ) -> StageResult:
         findings = sorted([*result.findings, *(f for f, _ in answers)], key=lambda f: -abs(f.score))
-        total = sum(f.score for f in findings)
+        total = sum((f.score for f in findings), 0.0)  # a float even with no findings
         listed = (result.data.get("sender_reputation") or {}).get("listed")
         external: dict[str, Any] = {"rspamd": None, "spamd": None}
         for weighted, (_, answer) in zip(self.scorers, answers, strict=True):

@@ -17,6 +17,7 @@ from typing import Any
 from gatewayd.message import MAX_HEADER_CHARS, AttachedText, ParsedMessage, Skipped, SkipReason
 from gatewayd.message.html import MAX_HTML_TOKENS, Scan, html_to_text
 from gatewayd.message.limits import MAX_ATTACHED_BYTES, MAX_ATTACHED_TOTAL, MAX_HTML_CHARS
+from gatewayd.message.lowercase import lower
 from gatewayd.message.structure import plain_header_fields
 from gatewayd.rules.match import RegexBudget
 
@@ -97,7 +98,7 @@ class Facts:
         return bool(self.known.get(name)) or bool(self.values(name))
 
     def header(self, name: str) -> list[str]:
-        return [_decode(value) for value in self.values(name.lower())]
+        return [_decode(value) for value in self.values(lower(name))]
 
     def headers_partial(self) -> str | None:
         """Why the message's headers may hold more than was read (then a header not found may be
@@ -226,7 +227,7 @@ def _header_fields(block: bytes) -> tuple[dict[str, list[str]], bool]:
         plain = plain_header_fields(block.decode("ascii", "surrogateescape"))
         fields = plain[0] if plain is not None else _HEADERS.parsebytes(block).raw_items()
         for name, value in fields:
-            found.setdefault(name.lower(), []).append(value)
+            found.setdefault(lower(name), []).append(value)
     except Exception:  # hostile headers: the conditions see what the parser kept
         return found, False
     return found, True
@@ -276,11 +277,11 @@ def is_bulk(facts: Facts) -> bool:
 
 def _first_word(value: str) -> str:
     words = _WORD_END.split(value.strip(), maxsplit=1)
-    return words[0].lower()
+    return lower(words[0])
 
 
 def is_auto_submitted(facts: Facts) -> bool:
-    return any(v.split(";")[0].strip().lower() not in ("", "no") for v in facts.header("auto-submitted"))
+    return any(lower(v.split(";")[0].strip()) not in ("", "no") for v in facts.header("auto-submitted"))
 
 
 def attachment_types(facts: Facts) -> list[str]:
@@ -290,7 +291,7 @@ def attachment_types(facts: Facts) -> list[str]:
             found.append(str(attachment.get("content_type") or ""))
             name = attachment.get("filename")
             if isinstance(name, str) and "." in name:
-                found.append("." + name.rpartition(".")[2].lower())
+                found.append("." + lower(name.rpartition(".")[2]))
     return found
 
 

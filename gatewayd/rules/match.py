@@ -27,6 +27,7 @@ from encodings.idna import nameprep
 
 import regex
 
+from gatewayd.message.lowercase import lower
 from gatewayd.pipeline.auth.domains import ascii_domain
 
 REGEX_TIMEOUT = 0.05
@@ -123,7 +124,7 @@ def fold_address(address: str) -> str:
 def _unicode_glob(domain: str) -> str:
     """A domain glob in the Unicode form IDNA gives (nameprep: lower case, `ß` is `ss`), when one
     of its labels holds a wildcard and a character beyond ASCII; else "" (its ASCII form serves)."""
-    labels = domain.lower().split(".")
+    labels = lower(domain).split(".")
     if not any(not label.isascii() and any(c in label for c in _WILDCARDS) for label in labels):
         return ""
     return ".".join(_unicode_label(label) for label in labels)

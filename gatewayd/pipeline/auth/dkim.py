@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gatewayd.message.lowercase import lower
 from gatewayd.pipeline.auth.domains import domain_of
 
 # Signatures verified locally per message: a flood of them is no honest mail.
@@ -99,7 +100,7 @@ def verify_local(raw: bytes, dnsfunc: DnsFunc, budget: float) -> list[dict[str, 
         verifier = dkim.DKIM(raw, logger=_DKIM_LOG, timeout=budget)
     except Exception as exc:  # dkimpy raises on headers it cannot split
         return [local_entry(None, None, "permerror", f"unreadable message: {type(exc).__name__}")]
-    signatures = [value for name, value in verifier.headers if name.lower() == b"dkim-signature"]
+    signatures = [value for name, value in verifier.headers if lower(name) == b"dkim-signature"]
     entries = []
     for index, signature in enumerate(signatures[:MAX_LOCAL_SIGNATURES]):
         tags = {key.decode(): value.decode("ascii", "replace") for key, value in _TAG.findall(signature)}

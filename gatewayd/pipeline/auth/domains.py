@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gatewayd.message.fields import addresses
+from gatewayd.message.lowercase import lower
 
 # Second-level labels under which registrants get the third level (see the package doc in __init__.py).
 _TWO_LEVEL_SUFFIX_LIST = """
@@ -34,7 +35,7 @@ def domain_of(value: str | None) -> str | None:
 def ascii_domain(domain: str) -> str:
     """A domain lower-cased, an internationalised one in its ASCII form (`xn--...`, IDNA 2003 as
     Python's codec does it: `Bücher.de` is `xn--bcher-kva.de`). The rules compare domains so too."""
-    domain = domain.lower()
+    domain = lower(domain)
     if domain.isascii():
         return domain
     try:

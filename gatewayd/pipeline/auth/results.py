@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gatewayd.message import MAX_HEADER_CHARS, ParsedMessage
+from gatewayd.message.lowercase import lower
 
 # In a trusted list: also trust Authentication-Results headers that name no authserv-id.
 NO_AUTHSERV_ID = "(none)"
@@ -155,7 +156,7 @@ def parse_authentication_results(value: str) -> AuthResultsHeader:
         authserv_id = values[0]
     results = []
     for segment, notes in zip(segments[start:], comments[start:], strict=True):
-        if not segment or (len(segment) == 1 and segment[0][1].lower() == "none"):
+        if not segment or (len(segment) == 1 and lower(segment[0][1]) == "none"):
             continue  # an empty segment (trailing ";"), or `none`: no result
         results.append(_resinfo(segment, notes))
     return AuthResultsHeader(authserv_id, tuple(results))
@@ -165,8 +166,8 @@ def _resinfo(segment: list[tuple[str, str]], comments: list[str]) -> AuthResult:
     kinds = [kind for kind, _ in segment]
     if kinds[:3] != ["v", "=", "v"]:
         raise UnparsableHeader(f"expected method=result, got {' '.join(t for _, t in segment[:3])[:60]!r}")
-    method = segment[0][1].split("/", 1)[0].strip().lower()
-    result = segment[2][1].lower()
+    method = lower(segment[0][1].split("/", 1)[0].strip())
+    result = lower(segment[2][1])
     if not _KEYWORD.fullmatch(method) or not _KEYWORD.fullmatch(result):
         raise UnparsableHeader(f"bad method or result {method[:30]!r}={result[:30]!r}")
     reason: str | None = None
@@ -174,7 +175,7 @@ def _resinfo(segment: list[tuple[str, str]], comments: list[str]) -> AuthResult:
     i, end = 3, len(segment)
     while i < end:
         if kinds[i] == "v" and i + 1 < end and kinds[i + 1] == "=":
-            key = segment[i][1].lower()
+            key = lower(segment[i][1])
             # `key= next.key=value`: an empty value, not a value named like a key.
             if i + 2 < end and kinds[i + 2] == "v" and not (i + 3 < end and kinds[i + 3] == "="):
                 text, i = segment[i + 2][1], i + 3
@@ -193,7 +194,7 @@ def leading_id(value: str) -> str | None:
     match = _LEADING_ID.match(value)
     if match is None:
         return None
-    return NO_AUTHSERV_ID if match.group(2) else match.group(1).lower()
+    return NO_AUTHSERV_ID if match.group(2) else lower(match.group(1))
 
 
 # Header lines searched in the raw header block, for when `ParsedMessage.headers` does not keep them:

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from gatewayd.config import MailboxConfig
 from gatewayd.message import ParsedMessage
+from gatewayd.message.lowercase import lower
 from gatewayd.pipeline import Finding, StageContext, StageResult
 from gatewayd.pipeline.auth.dkim import DnsFunc, local_entry, resolve_txt, verify_local
 from gatewayd.pipeline.auth.domains import aligned, alignment, domain_of, from_domain_of, from_domains
@@ -207,7 +208,7 @@ class AuthStage:
                     detail += "; its authserv-id is trusted, so the headers below it are not used"
                 notes.append(self._finding("AUTH_RESULTS_UNPARSABLE", detail))
                 continue
-            key = header.authserv_id.lower() if header.authserv_id is not None else NO_AUTHSERV_ID
+            key = lower(header.authserv_id) if header.authserv_id is not None else NO_AUTHSERV_ID
             if key in trusted_ids:
                 if chosen is None and not blocked:
                     chosen = header
@@ -419,7 +420,7 @@ class AuthStage:
 
 
 def _normalize(ids: Sequence[str]) -> list[str]:
-    return [i.strip().lower() for i in ids if i and i.strip()]
+    return [lower(i.strip()) for i in ids if i and i.strip()]
 
 
 def _align_note(entry: Mapping[str, Any]) -> str:
@@ -442,4 +443,4 @@ def _dmarc_policy(result: AuthResult) -> str | None:
             if match:
                 policy = match.group(1)
                 break
-    return policy.lower() if policy else None
+    return lower(policy) if policy else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from gatewayd.message.lowercase import lower as str_lower
 from gatewayd.pipeline.injection.limits import SNIPPET
 
 # Every format (Cf) character of Unicode 15, private use (Co), invisible fillers (combining
@@ -94,7 +95,7 @@ def strip_invisible(text: str) -> str:
 def fold(text: str) -> str:
     """Lower case, accents and invisible characters dropped, lookalikes mapped to Latin."""
     if text.isascii():
-        return text.lower()
+        return str_lower(text)
     data = _latin1_bytes(text)
     if data is not None and not data.translate(None, _FOLDS_IN_LATIN1):
         return data.translate(_LATIN1_FOLD, _LATIN1_DROPPED).decode("latin-1")
@@ -108,7 +109,7 @@ def _fold_unicode(text: str) -> str:
         # str.translate looks up every character in a dict, slowly: most text has no lookalike.
         if _LOOKALIKE.search(text):
             text = text.translate(_CONFUSABLES)
-    return text.lower()
+    return str_lower(text)
 
 
 # Latin-1 text folds a character at a time: NFKD decomposes each alone, into Latin-1 and accents
@@ -124,9 +125,9 @@ _LATIN1_LOWER = bytes(ord(chr(c).lower()) for c in range(256))
 def lower(text: str) -> str:
     """text.lower(), which for text beyond ASCII looks up each character's full case mapping."""
     if text.isascii():
-        return text.lower()
+        return text.lower()  # ASCII: no final sigma
     data = _latin1_bytes(text)
-    return text.lower() if data is None else data.translate(_LATIN1_LOWER).decode("latin-1")
+    return str_lower(text) if data is None else data.translate(_LATIN1_LOWER).decode("latin-1")
 
 
 def unaccent(text: str) -> str:

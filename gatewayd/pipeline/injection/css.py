@@ -6,6 +6,8 @@ import colorsys
 import re
 from collections.abc import Mapping
 
+from gatewayd.message.lowercase import lower
+
 _STYLE_PROPS = frozenset(
     {"display", "visibility", "opacity", "font-size", "font", "color", "background", "background-color"}
     | {"background-image", "height", "max-height", "width", "max-width", "overflow", "position", "left"}
@@ -44,7 +46,7 @@ def colour(value: str | None) -> Rgb | str | None:
     """A CSS or HTML colour value: RGB, TRANSPARENT, or None when unreadable."""
     if not value:
         return None
-    value = value.strip().lower()
+    value = lower(value.strip())
     if value.startswith("transparent"):
         return TRANSPARENT
     match = _HEX_COLOUR.match(value)
@@ -71,7 +73,9 @@ def colour(value: str | None) -> Rgb | str | None:
     return _NAMED_COLOURS.get(value.split()[0] if value.split() else "")
 
 
-def _hsl(hue: str, saturation: str, lightness: str, alpha: str | None, percent: str) -> Rgb | str | None:
+def _hsl(
+    hue: str, saturation: str, lightness: str, alpha: str | None, percent: str | None
+) -> Rgb | str | None:
     try:
         if alpha and float(alpha) / (100 if percent else 1) <= 0.05:
             return TRANSPARENT
@@ -88,7 +92,7 @@ _COLOUR_IN_VALUE = re.compile(r"#[0-9a-f]{3,8}(?![0-9a-z])|rgba?\(|hsla?\(")
 
 def background(value: str) -> Rgb | str | None:
     """The colour of a background (shorthand) value; UNKNOWN for images; None to inherit."""
-    value = value.strip().lower()[:300]
+    value = lower(value.strip())[:300]
     found = _COLOUR_IN_VALUE.search(value)
     if found:
         return colour(value[found.start() :]) or UNKNOWN
@@ -151,9 +155,9 @@ def declarations(style: str, important: dict[str, str] | None = None) -> dict[st
     found = {}
     for declaration in style.split(";"):
         prop, colon, value = declaration.partition(":")
-        prop = prop.strip().lower()
+        prop = lower(prop.strip())
         if colon and prop in _STYLE_PROPS:
-            value = value.lower()
+            value = lower(value)
             found[prop] = value.replace("!important", "").strip()
             if important is not None and "!important" in value:
                 important[prop] = found[prop]

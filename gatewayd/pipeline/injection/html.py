@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from html import unescape
 
+from gatewayd.message.lowercase import lower
 from gatewayd.pipeline.injection.css import (
     TRANSPARENT,
     UNKNOWN,
@@ -277,11 +278,11 @@ class HtmlView:
         for brace in re.finditer(r"[{}]", css):
             if brace.group(0) == "{":
                 if depth == 0:
-                    selector = css[start : brace.start()].strip().lower()
+                    selector = lower(css[start : brace.start()].strip())
                     in_at_rule = selector.startswith("@")
                     in_media = in_at_rule and media_applies(selector)
                 elif depth == 1 and in_media:
-                    selector = css[start : brace.start()].strip().lower()
+                    selector = lower(css[start : brace.start()].strip())
                 depth += 1
                 start = brace.end()
                 continue
@@ -323,9 +324,9 @@ def _own_of(
     counts (None: nothing)."""
     css: dict[str, str] = {}
     if rules or unknown_bg:  # a stylesheet
-        keys = [name, *("." + cls.lower() for cls in attrs.get("class", "").split()[:20])]
+        keys = [name, *("." + lower(cls) for cls in attrs.get("class", "").split()[:20])]
         if attrs.get("id"):
-            keys.append("#" + attrs["id"].lower())
+            keys.append("#" + lower(attrs["id"]))
         for key in keys:
             css.update(rules.get(key, {}))
         if unknown_bg and not unknown_bg.isdisjoint(keys):
@@ -363,7 +364,7 @@ def _plain_own(name: str, inside: str) -> tuple[bool, _Own | None]:
 
 def _name_info(name: str) -> tuple[str, bool, bool]:
     """A tag name as written: lower-cased, whether it is fake tool markup, whether it is a block."""
-    name = name.lower()
+    name = lower(name)
     return name, name in _FAKE_TAGS or name.startswith("antml:"), name in _BLOCK
 
 
@@ -372,11 +373,11 @@ def _parse_attributes(inside: str) -> tuple[dict[str, str], list[str], list[str]
     attrs: dict[str, str] = {}
     for key, double, single, bare in _ATTR.findall(inside, 0, MAX_TAG_CHARS):
         value = double or single or bare  # "" for a group that did not take part
-        attrs.setdefault(key.lower(), unescape(value) if "&" in value else value)
+        attrs.setdefault(lower(key), unescape(value) if "&" in value else value)
     if attrs.keys().isdisjoint(_NOTED_ATTRS):  # most tags: class, style, width...
         return attrs, [], []
     texts = [attrs[key] + "\n" for key in _TEXT_ATTRS if attrs.get(key, "").strip()]
-    if attrs.get("type", "").lower() == "hidden" and attrs.get("value"):
+    if lower(attrs.get("type", "")) == "hidden" and attrs.get("value"):
         texts.append(attrs["value"] + "\n")
     return attrs, texts, [attrs[key].strip() for key in _URL_ATTRS if attrs.get(key)]
 

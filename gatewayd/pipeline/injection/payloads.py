@@ -8,6 +8,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
+from gatewayd.message.lowercase import lower
 from gatewayd.pipeline.injection.limits import MAX_BLOB_CHARS, MAX_BLOBS
 
 URL_TAIL = re.compile(r"://[^\s<>\"'`\]\)]{1,2048}")  # a literal first: the engine skips ahead fast
@@ -48,7 +49,7 @@ _HOST_END = re.compile(r"[/?#\\]")
 def host(url: str) -> str:
     rest = url.split("://", 1)[-1].lstrip("/")
     authority = _HOST_END.split(rest, maxsplit=1)[0]
-    return authority.rpartition("@")[2].split(":")[0].lower().rstrip(".")
+    return lower(authority.rpartition("@")[2].split(":")[0]).rstrip(".")
 
 
 def printable_text(data: bytes) -> str | None:

@@ -93,7 +93,7 @@ def _first_words(strings: Iterable[str], whole: bool) -> frozenset[bytes] | None
     return frozenset(words)
 
 
-def _heads(items: list[tuple[Any, Any]]) -> set[str] | None:
+def _heads(items: Iterable[tuple[Any, Any]]) -> set[str] | None:
     """The characters a match of parsed regex `items` can start with ("" when it can be empty), or
     None when they are not a few literal ones."""
     heads: set[str] = set()

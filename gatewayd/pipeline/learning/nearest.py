@@ -68,7 +68,7 @@ def nearest_distance(text: str, buckets: Buckets, scans: Scans, distance: int) -
                 near = compress(known, ratio_pairs.translate(reachable))
                 nearest = min(nearest, min(map(diff, near), default=nearest))
     if not scanned:  # not `nearest == inf`: signatures all skipped are beyond the distance too
-        nearest = 999  # no signature of a length within reach
+        nearest = 999.0  # no signature of a length within reach
     return int(nearest) if nearest <= distance else None
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from itertools import repeat
 
 from gatewayd.message import ParsedMessage, from_address
+from gatewayd.message.lowercase import lower
 
 # Text tokenised per message at most, and tokens kept: bounds the cost of hostile mail.
 MAX_TOKEN_TEXT = 64 * 1024
@@ -31,13 +32,13 @@ _RAW_HEADER_OR_END = re.compile(
 )
 _FIRST_RAW_HEADER = re.compile(rb"(content-type|x-mailer|user-agent):[ \t]*([^\r\n]*)", re.IGNORECASE)
 _CHARSET = re.compile(rb"charset=\"?([a-z0-9_.:-]+)")
-_LATIN1_LOWER = bytes(ord(chr(code).lower()) for code in range(256))  # see _lower
+_LATIN1_LOWER = bytes(ord(lower(chr(code))) for code in range(256))  # see _lower
 
 
 def tokenize(message: ParsedMessage) -> list[str]:
     """The distinct tokens of a message: header features, subject words, URL domains, body words."""
     tokens = _header_tokens(message)
-    subject = (message.data.get("subject") or "").lower()
+    subject = lower(message.data.get("subject") or "")
     tokens += ["subject:" + word for word in _words(subject)]
     text = _lower(message.text[:MAX_TOKEN_TEXT])
     html = _lower((message.html or "")[:MAX_TOKEN_TEXT])
@@ -64,11 +65,11 @@ def _lower(text: str) -> str:
     characters lower-cases to one Latin-1 character, where str.lower() looks every character of
     a text beyond ASCII up in the Unicode database (about ten times the cost of the table)."""
     if text.isascii():
-        return text.lower()
+        return lower(text)
     try:
         latin1 = text.encode("latin-1")  # a copy of its bytes when the text is Latin-1
     except UnicodeEncodeError:
-        return text.lower()
+        return lower(text)
     return latin1.translate(_LATIN1_LOWER).decode("latin-1")
 
 
@@ -155,13 +156,13 @@ def _header_tokens(message: ParsedMessage) -> list[str]:
     tokens.append("from:" + (_domain(sender_domain) if sender_domain else "none"))
     if sender and data["from"].get("name"):
         tokens.append("from-name:yes")
-    replies = [entry["address"].lower() for entry in data.get("reply_to") or [] if entry.get("address")]
+    replies = [lower(entry["address"]) for entry in data.get("reply_to") or [] if entry.get("address")]
     if replies and sender_domain and not any(r.endswith("@" + sender_domain) for r in replies):
         tokens.append("reply-to:elsewhere")
     recipients = len(data.get("to") or []) + len(data.get("cc") or [])
     tokens.append(f"recipients:{recipients if recipients < 10 else 'many'}")
     subject = data.get("subject") or ""
-    if subject[:3].lower() in ("re:", "aw:", "sv:"):
+    if lower(subject[:3]) in ("re:", "aw:", "sv:"):
         tokens.append("subject:is-reply")
     letters = list(filter(str.isalpha, subject))  # in C, not a loop per character
     if len(letters) >= 8 and all(map(str.isupper, letters)):
@@ -171,8 +172,8 @@ def _header_tokens(message: ParsedMessage) -> list[str]:
     tokens += [f"header:{name}" for name in ("in-reply-to", "references", "list-id") if headers.get(name)]
     for name in ("precedence", "auto-submitted"):
         if headers.get(name):
-            tokens.append(f"header:{name}:{headers[name][0].strip().lower()[:20]}")
-    tokens += ["attachment:" + str(a.get("content_type", "?")).lower() for a in data.get("attachments") or []]
+            tokens.append(f"header:{name}:{lower(headers[name][0].strip())[:20]}")
+    tokens += ["attachment:" + lower(str(a.get("content_type", "?"))) for a in data.get("attachments") or []]
     # A few headers message.parse does not keep: the message's structure and the mailer.
     for field, value in _raw_headers(message.raw):
         if field == b"content-type":

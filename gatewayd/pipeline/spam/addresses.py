@@ -6,14 +6,16 @@ import functools
 import ipaddress
 from typing import Any
 
+from gatewayd.message.lowercase import lower
+
 
 def address_of(entry: Any) -> str | None:
     address = entry.get("address") if isinstance(entry, dict) else None
-    return address.lower() if isinstance(address, str) and address else None
+    return lower(address) if isinstance(address, str) and address else None
 
 
 def domain_of(address: str | None) -> str | None:
-    return address.rpartition("@")[2].strip(".").lower() or None if address and "@" in address else None
+    return lower(address.rpartition("@")[2].strip(".")) or None if address and "@" in address else None
 
 
 # Second-level labels under which registrations sit one level deeper (example.co.uk).
@@ -25,7 +27,7 @@ def site_of(host: str | None) -> str | None:
     """The registrable domain, roughly: example.com for mail.example.com, example.co.uk."""
     if not host:
         return None
-    labels = [label for label in host.lower().strip(".").split(".") if label]
+    labels = [label for label in lower(host).strip(".").split(".") if label]
     if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _SECOND_LEVEL:
         return ".".join(labels[-3:])
     return ".".join(labels[-2:]) or None

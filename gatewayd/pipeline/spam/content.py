@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from gatewayd.message import ParsedMessage
+from gatewayd.message.lowercase import lower
 from gatewayd.pipeline.spam.addresses import domain_of, public_ip, site_of
 from gatewayd.pipeline.spam.html import HtmlFacts, base64_text, has_plain_part, walk_html
 from gatewayd.pipeline.spam.symbols import Scorer
@@ -204,7 +205,7 @@ def content_signals(
 ) -> None:
     text = message.text[:TEXT_SCAN_CHARS]
     subject = message.data.get("subject") or ""
-    lowered = f"{subject}\n{text}".lower()
+    lowered = lower(f"{subject}\n{text}")
     for quote in _QUOTES:
         lowered = lowered.replace(quote, "")
     _phrase_signals(scorer, lowered)
@@ -246,7 +247,7 @@ def content_signals(
         scorer.add("BASE64_TEXT", "")
 
     for attachment in message.data.get("attachments") or []:
-        filename = (attachment.get("filename") or "").lower().strip().rstrip(".")
+        filename = lower(attachment.get("filename") or "").strip().rstrip(".")
         parts = filename.rsplit(".", 2)
         if len(parts) >= 2 and parts[-1] in _DANGEROUS_EXT:
             scorer.add("ATTACH_DANGEROUS", filename[:100])
@@ -350,7 +351,7 @@ def _url_host(url: str) -> str | None:
     rest = url.split("://", 1)[1] if "://" in url[:10] else url
     authority = _HOST_END.split(rest, 1)[0]
     userinfo, _, hostport = authority.rpartition("@")
-    host = hostport.partition(":")[0].strip(".").lower()
+    host = lower(hostport.partition(":")[0].strip("."))
     return ("@" + host if "." in userinfo else host) or None
 
 
@@ -374,7 +375,7 @@ def _url_signals(scorer: Scorer, hosts: list[str], walk: HtmlFacts, sender_domai
         if not shown or not target:
             continue
         target = target.lstrip("@")
-        site = site_of(shown.group(1).lower()) or ""
+        site = site_of(lower(shown.group(1))) or ""
         # Newsletters route links through their own or their mailer's click tracker, which is
         # named after them (brand.list-manage.com, click.brand-mail.com) or sends the mail.
         if (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from gatewayd.message import ParsedMessage
+from gatewayd.message.lowercase import lower
 from gatewayd.pipeline.spam.addresses import address_of, domain_of, public_ip, site_of
 from gatewayd.pipeline.spam.dates import date_signals
 from gatewayd.pipeline.spam.symbols import Scorer
@@ -22,9 +23,9 @@ _RAW_NAMES = (
 )
 # The names as mail spells them, to their lower-cased keys: one lookup instead of two calls.
 _NAME_KEYS = {
-    spelling.encode(): name.lower()
+    spelling.encode(): lower(name)
     for name in _RAW_NAMES
-    for spelling in (name, name.lower(), name.title(), name.upper())
+    for spelling in (name, lower(name), name.title(), name.upper())
 }
 
 
@@ -250,7 +251,7 @@ def header_signals(
         match = _RCVD_FROM.match(text)
         if not match:
             continue
-        claimed, seen = match.group(1).lower(), match.group(2)
+        claimed, seen = lower(match.group(1)), match.group(2)
         # Most HELOs are names, and name no big provider: the other searches are made only when
         # their finding is possible.
         if helo := _IPV4.fullmatch(claimed):
@@ -264,7 +265,7 @@ def header_signals(
                 lies.setdefault("RCVD_HELO_IP_MISMATCH", f"HELO {helo.group(1)} from {relay.group(1)}")
         # The big providers' own relays resolve into their own domains.
         rdns = _RDNS.match(seen) if site_of(claimed) in _FREEMAIL else None
-        if rdns and site_of(rdns.group(1).lower()) != site_of(claimed):
+        if rdns and site_of(lower(rdns.group(1))) != site_of(claimed):
             lies.setdefault("RCVD_HELO_FORGED", f"HELO {claimed[:60]} from {rdns.group(1)[:60]}")
     for symbol, detail in lies.items():
         scorer.add(symbol, detail)
@@ -300,7 +301,7 @@ def _mailer_signals(scorer: Scorer, message: ParsedMessage, heads: dict[str, lis
     """The sending software's fingerprints, checked against what the message claims it is."""
     mailer = b"".join(heads.get("x-mailer", [])[:1])[:200].decode("latin-1").strip()
     message_id = (message.headers.get("message-id") or [""])[0][:200]
-    lowered = mailer.lower()
+    lowered = lower(mailer)
     if _BULK_MAILER.search(mailer) or _RANDOM_TOKEN.match(mailer):
         scorer.add("X_MAILER_BULK", mailer[:80])
     elif lowered.startswith("internet mail service") and not _EXCHANGE_MSGID.match(message_id):
@@ -326,9 +327,9 @@ def _mailer_signals(scorer: Scorer, message: ParsedMessage, heads: dict[str, lis
 
 
 def _display_name_signals(scorer: Scorer, name: str, sender: str, mailbox_address: str | None) -> None:
-    lowered = " ".join(name.lower().split())
+    lowered = " ".join(lower(name).split())
     domain = domain_of(sender) or ""
-    shown = [a.lower() for a in ADDR_IN_TEXT.findall(name)]
+    shown = [lower(a) for a in ADDR_IN_TEXT.findall(name)]
     # "jane@example.com via Help Center": help desks and forms relay for the person they name.
     if any(a != sender for a in shown) and not _VIA.search(lowered):
         scorer.add("FROM_NAME_HAS_ADDR", f"{name[:60]} <{sender}>")

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from gatewayd.message import ParsedMessage
+from gatewayd.message.lowercase import lower
 
 _MAX_HTML_TAGS = 5000
 
@@ -47,7 +48,7 @@ _BARE_HEX = re.compile(r"[0-9a-f]{6}")
 def _color(value: str | None) -> str | None:
     if not value:
         return None
-    value = value.strip().lower()
+    value = lower(value.strip())
     value = _NAMED_COLORS.get(value, value)
     if _SHORT_HEX.fullmatch(value):
         value = "#" + "".join(c * 2 for c in value.lstrip("#"))
@@ -72,7 +73,7 @@ def walk_html(html: str) -> HtmlFacts:
     without a <style> sheet, whose classes may set backgrounds this walk does not see.
     """
     facts = HtmlFacts()
-    lowered = html.lower()
+    lowered = lower(html)
     judge_colours = "<style" not in lowered
     background = "#ffffff"
     position = 0
@@ -109,7 +110,7 @@ def walk_html(html: str) -> HtmlFacts:
         hiding = False
         if html[start + 1] == "/":  # a closing tag: no groups made for it
             continue
-        name = tag[1].lower()
+        name = lower(tag[1])
         if name in _SKIPPED_ELEMENTS:
             close = lowered.find("</" + name, position)
             position = close if close >= 0 else len(html)
@@ -125,10 +126,10 @@ def walk_html(html: str) -> HtmlFacts:
                 facts.form = True
             continue
         if name not in _READ_TAGS:
-            written = written.lower()
+            written = lower(written)
             if "style" not in written and "color" not in written and "background" not in written:
                 continue
-        attrs = {k.lower(): v.strip("\"'") for k, v in _ATTR.findall(html, name_end, end)}
+        attrs = {lower(k): v.strip("\"'") for k, v in _ATTR.findall(html, name_end, end)}
         style = attrs.get("style", "")
         bg = _color(attrs.get("bgcolor")) or _style_color(_BG_IN_STYLE, style)
         color_attr = _color(attrs.get("color"))
@@ -147,7 +148,7 @@ def walk_html(html: str) -> HtmlFacts:
             facts.form = True
         elif name == "font" and (_loud_size(attrs.get("size")) or color_attr in _REDS):
             facts.loud_fonts += 1
-        elif name == "input" and attrs.get("type", "").lower() == "password":
+        elif name == "input" and lower(attrs.get("type", "")) == "password":
             facts.password_field = True
         color = color_attr or _style_color(_COLOR_IN_STYLE, style)
         hiding = bool(style and _HIDING_STYLE.search(style)) or bool(

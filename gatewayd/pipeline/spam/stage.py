@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gatewayd.message import ParsedMessage
+from gatewayd.message.lowercase import lower
 from gatewayd.pipeline import StageContext, StageResult
 from gatewayd.pipeline.spam.addresses import address_of
 from gatewayd.pipeline.spam.content import content_signals
@@ -80,12 +81,17 @@ def verdict_for(total: float, listed: str | None, options: SpamOptions) -> Verdi
     return Verdict.HAM
 
 
+# The stage's event data keys, for the stage that wraps it (gatewayd.pipeline.external) too: a
+# compiled class's attribute is its instances', not the class's (setup.py).
+PROVIDES = ("spam", "sender_reputation")
+
+
 class SpamStage:
     """The `spam` stage: provides `spam` (verdict, score, findings, thresholds) and
     `sender_reputation` (the From address, its list, and what the learning store knows of it)."""
 
     name = "spam"
-    provides: tuple[str, ...] = ("spam", "sender_reputation")
+    provides: tuple[str, ...] = PROVIDES
 
     def __init__(self, options: SpamOptions, learning: LearningFor | None = None) -> None:
         self.options = options
@@ -122,7 +128,7 @@ class SpamStage:
             reputation = _learning_signals(scorer, learning, message, sender, mailbox_id)
 
         findings = combine(scorer)
-        total = sum(f.score for f in findings)
+        total = sum((f.score for f in findings), 0.0)  # a float even with no findings
         options = self.options
         verdict = verdict_for(total, listed, options)
         findings = sorted(findings, key=lambda f: -abs(f.score))
@@ -155,7 +161,7 @@ class _SenderList:
         self.domains: set[str] = set()
         self.globs: list[str] = []
         for pattern in patterns:
-            pattern = pattern.strip().lower()
+            pattern = lower(pattern.strip())
             if not pattern:
                 continue
             if any(c in pattern for c in "*?["):
@@ -175,7 +181,7 @@ class _SenderList:
         for address in addresses:
             if not address:
                 continue
-            address = address.lower()
+            address = lower(address)
             if address in self.exact or address.rpartition("@")[2] in self.domains:
                 return True
             if any(fnmatch.fnmatchcase(address, glob) for glob in self.globs):
