@@ -24,7 +24,12 @@ def extensions(package: Path = PACKAGE) -> list[Path]:
 
 
 def stale(package: Path = PACKAGE) -> list[Path]:
-    """Sources changed (or removed) since their extension was built: the extension runs, not them."""
+    """Sources changed (or removed) since their extension was built: the extension runs, not them.
+
+    Only a source tree (setup.py beside the package: an editable install) can go stale; an
+    installed wheel's sources and extensions come together, with the times of the install."""
+    if not (package.parent / "setup.py").exists():
+        return []
     found = []
     for extension in extensions(package):
         source = extension.with_name(extension.name.split(".", 1)[0] + ".py")

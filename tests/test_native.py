@@ -27,8 +27,10 @@ def _setup_module() -> Any:
 
 
 def _package(tmp_path: Path) -> Path:
+    """A source tree: the package, and setup.py beside it."""
     package = tmp_path / "pkg"
     (package / "sub").mkdir(parents=True)
+    (tmp_path / "setup.py").write_text("")
     for name in ("a", "sub/b", "plain"):
         (package / f"{name}.py").write_text("")
     for name in ("a", "sub/b"):
@@ -55,6 +57,14 @@ def test_a_source_changed_or_removed_after_the_build_is_stale(tmp_path: Path) ->
     _age(package / f"a{SUFFIX}", 60)  # a.py is newer than its extension
     (package / "sub" / "b.py").unlink()  # the extension of a removed module would still import
     assert native.stale(package) == [package / "a.py", package / "sub" / "b.py"]
+
+
+def test_an_installed_package_is_never_stale(tmp_path: Path) -> None:
+    # A wheel's files get the install's times, in any order; nothing there is edited in place.
+    package = _package(tmp_path)
+    (tmp_path / "setup.py").unlink()
+    _age(package / f"a{SUFFIX}", 60)
+    assert native.stale(package) == []
 
 
 def test_a_package_without_extensions_is_pure_python(tmp_path: Path) -> None:
