@@ -7,8 +7,8 @@ from pathlib import Path
 
 from setuptools import setup
 
-# Per message: parsing, the stages, the rules' conditions and the event's serialization. Not the
-# external scorers (their protocol objects are patched in tests) nor anything async-heavy at start-up.
+# What every message runs through: parsing, the stages, the rules' conditions. Not the rest of
+# the daemon (IMAP, the store, the API), whose time is in I/O, nor the external scorers' clients.
 COMPILED = (
     "gatewayd/message/*.py",
     "gatewayd/pipeline/__init__.py",
