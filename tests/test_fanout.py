@@ -489,7 +489,7 @@ async def test_a_live_stream_misses_no_event_when_an_append_went_to_the_writer(e
     try:
         other.execute("BEGIN IMMEDIATE")
         first = asyncio.ensure_future(env.publish(1, mailbox="m1"))
-        await asyncio.sleep(0)  # it waits for the lock on the writer's thread
+        await asyncio.sleep(0.05)  # it waits for the lock on the writer's thread
         other.execute("COMMIT")
         # Hold the loop until the thread has committed, so its result waits in the loop's queue.
         last_seq = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"

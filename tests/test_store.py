@@ -917,6 +917,108 @@ async def test_sqlite_append_waits_for_a_lock_held_elsewhere_off_the_loop(tmp_pa
         await store.close()
 
 
+def count_transactions(store: SqliteEventStore) -> list[str]:
+    """The transactions begun on the writer's connection on the loop from now on."""
+    begun: list[str] = []
+    conn = store._writer._on_loop
+    assert conn is not None
+    conn.set_trace_callback(lambda sql: begun.append(sql) if sql.startswith("BEGIN") else None)
+    return begun
+
+
+async def test_sqlite_appends_made_at_once_share_one_transaction(tmp_path: Path) -> None:
+    """Appends made in the same turn of the loop (watchers of several mailboxes ready at once)
+    commit together: one transaction, each caller its own events, in the order they were made."""
+    store = SqliteEventStore(tmp_path / "events.db")
+    await store.open()
+    try:
+        begun = count_transactions(store)
+        results = await asyncio.gather(
+            *(
+                store.append([ev(mailbox=f"m{n}", n=n, key=f"k{n}")], Checkpoint(f"m{n}", "INBOX", 7, n))
+                for n in range(1, 6)
+            ),
+            store.append([ev(mailbox="m1", n=6, key="k1")]),  # a key the same group already stored
+        )
+        assert len(begun) == 1
+        assert [[e.data["n"] for e in stored] for stored in results] == [[1], [2], [3], [4], [5], []]
+        assert [stored[0].seq for stored in results[:5]] == [1, 2, 3, 4, 5]
+        assert len({stored[0].created_at for stored in results[:5]}) == 1
+        for n in range(1, 6):
+            assert await store.get_checkpoint(f"m{n}", "INBOX") == Checkpoint(f"m{n}", "INBOX", 7, n)
+        # One at a time, each append is its own transaction, committed before it returns.
+        await store.append([ev(n=7)])
+        await store.append([ev(n=8)])
+        assert len(begun) == 3
+        assert [e.data["n"] for e in await read_all(store)] == [1, 2, 3, 4, 5, 7, 8]
+    finally:
+        await store.close()
+
+
+async def test_sqlite_a_failing_append_fails_alone_in_its_group(tmp_path: Path) -> None:
+    """When a group's transaction fails, its appends run again one by one: the error reaches only
+    the append that caused it, and the others are stored. (A trigger refuses one agent's events.)"""
+    store = SqliteEventStore(tmp_path / "events.db")
+    await store.open()
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.agent_id = 'a2'"
+        " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+    )
+    other.close()
+    try:
+        begun = count_transactions(store)
+        good, bad, also_good = await asyncio.gather(
+            store.append([ev(n=1)], Checkpoint("m1", "INBOX", 1, 1)),
+            store.append([ev("a2", mailbox="m2", n=2)], Checkpoint("m2", "INBOX", 1, 1)),
+            store.append([ev(mailbox="m3", n=3)], Checkpoint("m3", "INBOX", 1, 1)),
+            return_exceptions=True,
+        )
+        assert len(begun) == 4  # the group's, then each append's own
+        assert isinstance(bad, sqlite3.IntegrityError) and "refused by the test" in str(bad)
+        assert isinstance(good, list) and isinstance(also_good, list)
+        assert [e.data for e in good + also_good] == [{"n": 1}, {"n": 3}]
+        assert [e.data for e in await read_all(store)] == [{"n": 1}, {"n": 3}]
+        assert await store.get_checkpoint("m2", "INBOX") is None
+        assert await store.get_checkpoint("m3", "INBOX") == Checkpoint("m3", "INBOX", 1, 1)
+        assert await store.ping() is True  # a refused row is not a failing store
+    finally:
+        await store.close()
+
+
+async def test_sqlite_an_append_cancelled_before_its_group_commits_is_not_stored(tmp_path: Path) -> None:
+    store = SqliteEventStore(tmp_path / "events.db")
+    await store.open()
+    try:
+        kept = asyncio.ensure_future(store.append([ev(n=1)]))
+        checkpoint = Checkpoint("m2", "INBOX", 1, 2)
+        dropped = asyncio.ensure_future(store.append([ev(mailbox="m2", n=2)], checkpoint))
+        await asyncio.sleep(0)  # both wait for their group, which commits on the loop's next turn
+        dropped.cancel()
+        assert [e.data for e in await kept] == [{"n": 1}]
+        with pytest.raises(asyncio.CancelledError):
+            await dropped
+        assert [e.data for e in await read_all(store)] == [{"n": 1}]
+        assert await store.get_checkpoint("m2", "INBOX") is None
+    finally:
+        await store.close()
+
+
+async def test_sqlite_close_commits_the_appends_already_made(tmp_path: Path) -> None:
+    store = SqliteEventStore(tmp_path / "events.db")
+    await store.open()
+    append = asyncio.ensure_future(store.append([ev(n=1)], Checkpoint("m1", "INBOX", 1, 1)))
+    await asyncio.sleep(0)  # made; its group commits on the loop's next turn
+    await store.close()
+    [stored] = await append
+    reopened = SqliteEventStore(tmp_path / "events.db")
+    await reopened.open()
+    try:
+        assert await read_all(reopened) == [stored]
+    finally:
+        await reopened.close()
+
+
 async def test_sqlite_ping_fails_while_appends_fail(tmp_path: Path) -> None:
     """Reads still work while another process holds the write lock past the busy timeout, but the
     store is failing: ping says so until an append succeeds again."""
@@ -952,7 +1054,7 @@ async def test_sqlite_appends_return_in_seq_order_when_one_went_to_the_writer(tm
     try:
         other.execute("BEGIN IMMEDIATE")
         first = asyncio.ensure_future(append_and_publish(1))
-        await asyncio.sleep(0)  # it finds the lock taken and waits for it on the writer's thread
+        await asyncio.sleep(0.05)  # it finds the lock taken and waits for it on the writer's thread
         assert not first.done()
         other.execute("COMMIT")
         # Hold the loop until the thread has committed: its result now waits in the loop's queue.

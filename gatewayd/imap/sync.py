@@ -13,10 +13,12 @@ larger backlog, and a sync no EXISTS called for (a probe, a poll that found noth
 and fetch in batches of FETCH_BATCH.
 
 Commits: a message a push brought is stored and published on its own as soon as it is processed
-(latency first). Messages a search found (a backlog: the catch-up after a reconnect or restart, a
-burst larger than one batch, a poll) are stored in group commits of up to GROUP_COMMIT_MESSAGES,
-or whatever was processed within GROUP_COMMIT_SECONDS: one transaction instead of one per message
-costs about a quarter of the store's CPU per message, and a backlog is late already.
+(latency first; the store commits it with the appends other watchers make in the same turn of the
+loop, gatewayd.store.sqlite_group). Messages a search found (a backlog: the catch-up after a
+reconnect or restart, a burst larger than one batch, a poll) are stored in group commits of up to
+GROUP_COMMIT_MESSAGES, or whatever was processed within GROUP_COMMIT_SECONDS: one transaction
+instead of one per message costs about a quarter of the store's CPU per message, and a backlog is
+late already.
 
 Shutdown (`drain`): what is held is stored and published before subscribers are told `closing`,
 and no more mail is processed.

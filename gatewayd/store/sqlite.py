@@ -3,9 +3,10 @@
 Three connections: the writer's two (gatewayd.store.sqlite_writer: an append commits on the loop
 while the write lock is free, else on the writer's thread, which also runs the prune batches and
 checkpoints the WAL), and the reader (aiosqlite), which sees the last committed snapshot without
-blocking either. The schema and the file's stamp are in sqlite_schema, the append's transaction in
-sqlite_append, the pages of events in sqlite_read, a resync's questions in sqlite_resync; this
-module ties them together, with retention.
+blocking either. The appends made in one turn of the loop commit together (sqlite_group). The
+schema and the file's stamp are in sqlite_schema, the append's transaction in sqlite_append, the
+pages of events in sqlite_read, a resync's questions in sqlite_resync; this module ties them
+together, with retention.
 
 Durability: WAL with `synchronous=NORMAL` keeps every committed transaction across a crash of
 the process (kill -9); only an OS crash or power loss can drop the last few commits (those since
@@ -38,7 +39,8 @@ from gatewayd.store import (
     spam_score,
 )
 from gatewayd.store import sqlite_resync as resync
-from gatewayd.store.sqlite_append import announced, append_rows
+from gatewayd.store.sqlite_append import announced
+from gatewayd.store.sqlite_group import GroupCommit
 from gatewayd.store.sqlite_read import read_page
 
 # The file's names, importable from here as they were before the schema had a module of its own.
@@ -47,7 +49,7 @@ from gatewayd.store.sqlite_schema import APPLICATION_ID as APPLICATION_ID
 from gatewayd.store.sqlite_schema import SCHEMA_VERSION as SCHEMA_VERSION
 from gatewayd.store.sqlite_schema import open_beside as open_beside
 from gatewayd.store.sqlite_schema import refuse_foreign as refuse_foreign
-from gatewayd.store.sqlite_writer import APPEND_PAGES, SqliteWriter
+from gatewayd.store.sqlite_writer import SqliteWriter
 
 _EVENT_ID = re.compile(r"[0-9]{1,19}")
 _MAX_SEQ = 2**63 - 1  # SQLite INTEGER range; larger ids cannot have been issued.
@@ -72,6 +74,7 @@ class SqliteEventStore:
         self.path = Path(path)
         self._busy_timeout_ms = busy_timeout_ms
         self._writer = SqliteWriter(self.path, busy_timeout_ms)
+        self._appends = GroupCommit(self._writer)
         self._reader: aiosqlite.Connection | None = None
         # The last append failed (locked past the busy timeout, disk full, read-only), until one
         # succeeds: reads still work then, and /healthz must not say the store is fine.
@@ -102,6 +105,7 @@ class SqliteEventStore:
         self._reader = None
         if reader is not None:
             await reader.close()
+        await self._appends.close()
         await self._writer.close()
 
     @property
@@ -136,9 +140,7 @@ class SqliteEventStore:
             for event, data in zip(events, encoded, strict=True)
         ]
         try:
-            created_at, seqs = await self._writer.write(
-                append_rows, rows, checkpoint, pages=APPEND_PAGES + len(rows)
-            )
+            created_at, seqs = await self._appends.append((rows, checkpoint))
         except sqlite3.Error as exc:
             self._append_failed = is_store_failure(exc)
             raise

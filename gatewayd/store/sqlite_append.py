@@ -1,4 +1,5 @@
-"""The append's transaction: events, the Message-IDs they announce, and the checkpoint, at once.
+"""The append's transaction: events, the Message-IDs they announce, and the checkpoint, at once
+(for several appends at once: a group commit, gatewayd.store.sqlite_group).
 
 It runs on either of the writer's connections (gatewayd.store.sqlite_writer), so it takes the
 write lock first and rolls back on any error, as `SqliteWriter.write` requires.
@@ -33,41 +34,51 @@ _UPSERT_CHECKPOINT = (
 )
 
 
-def append_rows(
-    conn: sqlite3.Connection, rows: list[tuple[Any, ...]], checkpoint: Checkpoint | None
-) -> tuple[str, list[int | None]]:
-    """append's transaction: each row's seq (None: a known dedupe key) and their created_at."""
-    seqs: list[int | None] = []
+# One append's rows (gatewayd.store.sqlite.SqliteEventStore.append) and the checkpoint they carry.
+Rows = list[tuple[Any, ...]]
+Append = tuple[Rows, Checkpoint | None]
+
+
+def append_rows(conn: sqlite3.Connection, appends: list[Append]) -> tuple[str, list[list[int | None]]]:
+    """One transaction for the appends, in order: each row's seq (None: a known dedupe key), per
+    append, and the created_at they share."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         # Under the write lock, which orders the transactions: created_at never decreases
         # along seq.
         created_at = rfc3339()
-        for type_, agent_id, mailbox_id, from_address, dedupe_key, data, score, announced in rows:
-            cursor = conn.execute(
-                _INSERT_EVENT,
-                (type_, created_at, agent_id, mailbox_id, from_address, dedupe_key, data, score),
-            )
-            if cursor.rowcount != 1:
-                seqs.append(None)  # dedupe_key already stored (earlier or in this batch)
-                continue
-            seq = int(cursor.lastrowid or 0)
-            seqs.append(seq)
-            if announced is not None:
-                # A re-announcement moves the row to the newer seq, so pruning the older
-                # event does not forget a Message-ID that is still in the log.
-                conn.execute(_INSERT_MESSAGE_ID, (mailbox_id, *announced, seq))
-        if checkpoint is not None:
-            conn.execute(
-                _UPSERT_CHECKPOINT,
-                (checkpoint.mailbox_id, checkpoint.folder, checkpoint.uidvalidity, checkpoint.last_uid),
-            )
+        seqs = [_insert(conn, rows, checkpoint, created_at) for rows, checkpoint in appends]
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.rollback()
         raise
     return created_at, seqs
+
+
+def _insert(
+    conn: sqlite3.Connection, rows: Rows, checkpoint: Checkpoint | None, created_at: str
+) -> list[int | None]:
+    seqs: list[int | None] = []
+    for type_, agent_id, mailbox_id, from_address, dedupe_key, data, score, announced in rows:
+        cursor = conn.execute(
+            _INSERT_EVENT, (type_, created_at, agent_id, mailbox_id, from_address, dedupe_key, data, score)
+        )
+        if cursor.rowcount != 1:
+            seqs.append(None)  # dedupe_key already stored (earlier or in this transaction)
+            continue
+        seq = int(cursor.lastrowid or 0)
+        seqs.append(seq)
+        if announced is not None:
+            # A re-announcement moves the row to the newer seq, so pruning the older
+            # event does not forget a Message-ID that is still in the log.
+            conn.execute(_INSERT_MESSAGE_ID, (mailbox_id, *announced, seq))
+    if checkpoint is not None:
+        conn.execute(
+            _UPSERT_CHECKPOINT,
+            (checkpoint.mailbox_id, checkpoint.folder, checkpoint.uidvalidity, checkpoint.last_uid),
+        )
+    return seqs
 
 
 def announced(event: NewEvent, checkpoint: Checkpoint | None) -> tuple[str, str] | None:
