@@ -955,6 +955,54 @@ async def test_sqlite_appends_made_at_once_share_one_transaction(tmp_path: Path)
         await store.close()
 
 
+async def test_sqlite_a_lone_append_commits_without_waiting_for_the_loop(tmp_path: Path) -> None:
+    """Nothing else ready to run in this turn of the loop: no append could join, so it commits at
+    once (the coroutine finishes without suspending), and what it returns is stored."""
+    store = SqliteEventStore(tmp_path / "events.db")
+    await store.open()
+    try:
+        append = store.append([ev(n=1)], Checkpoint("m1", "INBOX", 1, 1))
+        with pytest.raises(StopIteration) as finished:
+            append.send(None)
+        [stored] = finished.value.value
+        assert await read_all(store) == [stored]
+        # With another callback ready, it waits for the loop's next turn, in case that appends too.
+        asyncio.get_running_loop().call_soon(lambda: None)
+        later = store.append([ev(n=2)])
+        answer = later.send(None)  # suspended on its group's answer
+        assert isinstance(answer, asyncio.Future) and not answer.done()
+        answer.cancel()  # as its task's cancellation does
+        later.close()
+        begun = count_transactions(store)
+        await asyncio.sleep(0)  # the group's turn: nothing left in it to commit
+        assert begun == [] and await read_all(store) == [stored]
+    finally:
+        await store.close()
+
+
+async def test_sqlite_appends_made_while_a_group_waits_for_the_lock_commit_after_it(tmp_path: Path) -> None:
+    """A group that finds the write lock taken waits for it on the writer's thread; the appends
+    made meanwhile form the next group, which commits after it, so seqs follow the calls."""
+    store = SqliteEventStore(tmp_path / "events.db")
+    await store.open()
+    other = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        first = asyncio.ensure_future(store.append([ev(n=1)], Checkpoint("m1", "INBOX", 1, 1)))
+        await asyncio.sleep(0.05)  # on the writer's thread, waiting for the lock
+        begun = count_transactions(store)
+        later = [asyncio.ensure_future(store.append([ev(mailbox=f"m{n}", n=n)])) for n in (2, 3)]
+        await asyncio.sleep(0.05)
+        assert not first.done() and not any(task.done() for task in later)
+        other.execute("COMMIT")
+        stored = [e for task in (first, *later) for e in await asyncio.wait_for(task, 5)]
+        assert [(e.seq, e.data["n"]) for e in stored] == [(1, 1), (2, 2), (3, 3)]
+        assert len(begun) == 1  # the two later appends: one transaction, on the loop
+    finally:
+        other.close()
+        await store.close()
+
+
 async def test_sqlite_a_failing_append_fails_alone_in_its_group(tmp_path: Path) -> None:
     """When a group's transaction fails, its appends run again one by one: the error reaches only
     the append that caused it, and the others are stored. (A trigger refuses one agent's events.)"""

@@ -39,6 +39,10 @@ CHECKPOINT_AFTER_PAGES = 900
 APPEND_PAGES = 8
 
 
+class NotNow(Exception):
+    """The loop's connection cannot take a transaction now (`SqliteWriter.write_on_loop`)."""
+
+
 def connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     # isolation_level=None: no implicit transactions; every write issues BEGIN IMMEDIATE
     # itself, so the write lock is taken up front instead of failing on upgrade.
@@ -127,29 +131,38 @@ class SqliteWriter:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(function, *args))
 
-    async def write(self, transaction: Callable[..., _T], *args: Any, pages: int) -> _T:
-        """Run `transaction(conn, *args)`, which writes about `pages` pages, on the loop if the
-        write lock is free now, else on the writer's thread. A transaction must take the lock
-        first (BEGIN IMMEDIATE) and roll back on any error, so one refused the lock has done
-        nothing and can run again there.
+    def write_on_loop(self, transaction: Callable[..., _T], *args: Any, pages: int) -> _T:
+        """Run `transaction(conn, *args)`, which writes about `pages` pages, on the loop's
+        connection; NotNow when it cannot run there now (the write lock is taken, a checkpoint
+        runs, an earlier transaction is still on the writer's thread): run it with `write`.
 
-        Callers resume in commit order (so they publish in seq order): while an earlier append
-        is on the writer's thread, this one queues behind it there, since the thread returns
-        results in order and one committed on the loop would return first."""
+        A transaction must take the lock first (BEGIN IMMEDIATE) and roll back on any error, so
+        one refused the lock has done nothing and can run again on the thread."""
         conn = self._on_loop
         # During a checkpoint, wait behind it: a transaction beside it would leave frames it
-        # cannot copy, and under steady appends the WAL would never restart.
-        if conn is not None and self._checkpointing is None and not self._appends_on_writer:
-            try:
-                result = transaction(conn, *args)
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
-                    raise
-            else:
-                self._pages_since_checkpoint += pages
-                if self._pages_since_checkpoint >= CHECKPOINT_AFTER_PAGES:
-                    self._checkpoint()
-                return result
+        # cannot copy, and under steady appends the WAL would never restart. While an earlier
+        # transaction is on the thread, this one queues behind it there: the thread returns
+        # results in order, and one committed on the loop would return (and publish) first.
+        if conn is None or self._checkpointing is not None or self._appends_on_writer:
+            raise NotNow
+        try:
+            result = transaction(conn, *args)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
+                raise NotNow from None
+            raise
+        self._pages_since_checkpoint += pages
+        if self._pages_since_checkpoint >= CHECKPOINT_AFTER_PAGES:
+            self._checkpoint()
+        return result
+
+    async def write(self, transaction: Callable[..., _T], *args: Any, pages: int) -> _T:
+        """`write_on_loop` if it can run there now, else on the writer's thread (which waits for
+        the lock). Callers resume in commit order, so they publish in seq order."""
+        try:
+            return self.write_on_loop(transaction, *args, pages=pages)
+        except NotNow:
+            pass
         self._appends_on_writer += 1
         try:
             return await self.run(transaction, self.thread_conn, *args)
