@@ -7,9 +7,9 @@ of CPU against ~0.05 ms a message in a group). Held until the loop's next turn, 
 turn commit together, as PostgreSQL's and MySQL's group commits do: the more watchers are ready at
 once, the larger the group, so the store's cost per message falls as the load rises. An append made
 when nothing else is ready to run in that turn commits at once: none could join it, and waiting a
-turn would cost about as much as its SQL. The group's commit is a plain callback on the loop; only a
-group that must wait for the write lock (on the writer's thread) becomes a task, and the appends
-made meanwhile form the next group, committed after it.
+turn would cost it ~15 % more (~50k instructions against ~330k). The group's commit is a plain
+callback on the loop; only a group that must wait for the write lock (on the writer's thread)
+becomes a task, and the appends made meanwhile form the next group, committed after it.
 
 Each append still gets its own answer: when a group's transaction fails, its appends run again one
 by one, so an error reaches only the appends it belongs to. An append whose caller is cancelled
@@ -45,7 +45,7 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         if not self._scheduled and self._on_thread is None and not _others_ready(loop):
             # Nothing else runs in this turn of the loop, so no other append can join: commit
-            # now, without the turn (a lone append's wait would cost about as much as its SQL).
+            # now, without the turn (waiting one would cost a lone append ~15 % more).
             try:
                 pages = _pages([append])
                 created_at, (seqs,) = self._writer.write_on_loop(append_rows, [append], pages=pages)
