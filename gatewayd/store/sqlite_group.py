@@ -85,8 +85,7 @@ class GroupCommit:
             else:
                 self._go_async(self._one_by_one(group))
         else:
-            for (_, answer), append_seqs in zip(group, seqs, strict=True):
-                _answer(answer, (created_at, append_seqs))
+            _answer_group(group, created_at, seqs)
 
     def _go_async(self, commit: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(commit)
@@ -113,8 +112,7 @@ class GroupCommit:
                 answer.cancel()
             raise
         else:
-            for (_, answer), append_seqs in zip(group, seqs, strict=True):
-                _answer(answer, (created_at, append_seqs))
+            _answer_group(group, created_at, seqs)
 
     async def _one_by_one(self, group: Waiting) -> None:
         """After a group's transaction failed: which append failed, and whether the others can
@@ -143,6 +141,11 @@ def _others_ready(loop: asyncio.AbstractEventLoop) -> bool:
 
 def _pages(appends: list[Append]) -> int:
     return APPEND_PAGES + sum(len(rows) for rows, _ in appends)
+
+
+def _answer_group(group: Waiting, created_at: str, seqs: list[list[int | None]]) -> None:
+    for (_, answer), append_seqs in zip(group, seqs, strict=True):
+        _answer(answer, (created_at, append_seqs))
 
 
 def _answer(answer: asyncio.Future[Appended], outcome: Appended | Exception) -> None:
