@@ -192,8 +192,7 @@ async def test_its_commits_are_synced_to_disk_and_the_event_logs_are_not(tmp_pat
     try:
         await begin(journal, "k1", reply(0))
         await journal.step("k1", 0, {"state": "started"})
-        assert journal._conn is not None
-        assert list(await journal._conn.execute_fetchall("PRAGMA synchronous")) == [(FULL,)]
+        assert await journal._run(lambda conn: conn.execute("PRAGMA synchronous").fetchall()) == [(FULL,)]
         writer = store._writer
         assert writer._on_loop is not None
         assert writer._on_loop.execute("PRAGMA synchronous").fetchone() == (NORMAL,)
@@ -204,25 +203,17 @@ async def test_its_commits_are_synced_to_disk_and_the_event_logs_are_not(tmp_pat
         await store.close()
 
 
-def count_reads(journal: SqliteRuleJournal, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+async def count_reads(journal: SqliteRuleJournal) -> list[str]:
     """The SELECTs the journal sends to SQLite from now on."""
-    conn = journal._conn
-    assert conn is not None
-    real = conn.execute_fetchall
     sent: list[str] = []
-
-    async def execute_fetchall(sql: str, params: Any = None) -> Any:
-        sent.append(sql)
-        return await real(sql, params)
-
-    monkeypatch.setattr(conn, "execute_fetchall", execute_fetchall)
+    await journal.trace(lambda sql: sent.append(sql) if sql.lstrip().upper().startswith("SELECT") else None)
     return sent
 
 
 async def test_a_folder_without_open_entries_is_answered_without_a_query(
     journal: SqliteRuleJournal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reads = count_reads(journal, monkeypatch)
+    reads = await count_reads(journal)
     assert await journal.open_entries("box", "INBOX") == []
     await begin(journal, "k1")
     await journal.place("box\x1fArchive\x1f9\x1f3", "box", "Archive", 9, 3)  # placed: never open
@@ -248,7 +239,7 @@ async def test_a_key_without_an_entry_is_answered_without_a_query(
     """get() runs for every new message: a key never journaled nor placed costs no read; one that
     was (here, or by a process before: read at open) is read; a pruned one is forgotten."""
     placed = "box\x1fArchive\x1f9\x1f3"
-    reads = count_reads(journal, monkeypatch)
+    reads = await count_reads(journal)
     assert await journal.get("box\x1fINBOX\x1f7\x1f1") is None
     assert reads == []
     await begin(journal, "k1")
@@ -274,14 +265,14 @@ async def test_a_key_without_an_entry_is_answered_without_a_query(
 async def test_a_failed_begin_costs_one_query_at_most(
     journal: SqliteRuleJournal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(*args: Any) -> None:
+    def broken(*args: Any) -> None:
         raise OSError("disk full")
 
     monkeypatch.setattr(journal, "_add_mail", broken)
     with pytest.raises(OSError):
         await begin(journal, "k1", reply(0))
     assert await journal.get("k1") is None  # rolled back
-    reads = count_reads(journal, monkeypatch)
+    reads = await count_reads(journal)
     assert await journal.open_entries("box", "INBOX") == []
     assert len(reads) == 1
     assert await journal.open_entries("box", "INBOX") == []

@@ -230,7 +230,7 @@ async def test_report_trains_the_learning_once(parts: dict[str, Any]) -> None:
 
 
 async def test_recovery_after_a_restart_finds_what_was_left_open_then_costs_no_query(
-    parts: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    parts: dict[str, Any],
 ) -> None:
     then = [{"move": "Archive"}, {"tag": "t"}]
     pipeline, mailbox = setup(parts, then)
@@ -251,15 +251,8 @@ async def test_recovery_after_a_restart_finds_what_was_left_open_then_costs_no_q
         (stored,) = parts["published"]
         assert (stored.data["uid"], stored.data["recovered"], stored.data["labels"]) == (101, True, ["t"])
         # Nothing is open any more: the next syncs' recovery asks SQLite nothing.
-        assert journal._conn is not None
-        real = journal._conn.execute_fetchall
         reads: list[str] = []
-
-        async def execute_fetchall(sql: str, params: Any = None) -> Any:
-            reads.append(sql)
-            return await real(sql, params)
-
-        monkeypatch.setattr(journal._conn, "execute_fetchall", execute_fetchall)
+        await journal.trace(reads.append)
         await pipeline.recover(mailbox, FakeActions())
         await pipeline.recover(mailbox, FakeActions())
         assert reads == [] and len(parts["published"]) == 1

@@ -6,9 +6,8 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import Any
-
-import aiosqlite
 
 from gatewayd.store.journal import HELD, JournalEntry, OutboxItem, OutgoingMail
 
@@ -91,8 +90,8 @@ def journal_entry(row: Any, steps: Any) -> JournalEntry:
     )
 
 
-async def add_mail(
-    conn: aiosqlite.Connection,
+def add_mail(
+    conn: sqlite3.Connection,
     key: str,
     agent_id: str,
     mailbox_id: str,
@@ -105,27 +104,27 @@ async def add_mail(
         addresses = sorted({address.lower() for address in mail.reservation.addresses})
         cutoff = now - mail.reservation.period_seconds
         marks = ", ".join("?" * len(addresses))
-        cursor = await conn.execute(
+        taken = conn.execute(
             f"SELECT address FROM auto_replies WHERE mailbox_id = ? AND address IN ({marks})"
             " AND replied_at > ? LIMIT 1",
             (mailbox_id, *addresses, cutoff),
-        )
-        if taken := await cursor.fetchone():
+        ).fetchone()
+        if taken:
             skipped = {
                 "state": "done",
                 "outcome": "skipped",
                 "reason": f"already auto-replied to {taken[0]} within the period",
             }
-            await conn.execute(
+            conn.execute(
                 "INSERT OR REPLACE INTO rule_steps (key, step, record) VALUES (?, ?, ?)",
                 (key, mail.step, dumps(skipped)),
             )
             return
-        await conn.executemany(
+        conn.executemany(
             "INSERT OR REPLACE INTO auto_replies (mailbox_id, address, replied_at, key) VALUES (?, ?, ?, ?)",
             [(mailbox_id, address, now, key) for address in addresses],
         )
-    await conn.execute(
+    conn.execute(
         "INSERT INTO outbox (key, step, mailbox_id, agent_id, kind, envelope_from, recipients, message,"
         " message_id, state, info, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (key, step) DO NOTHING",

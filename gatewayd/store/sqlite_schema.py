@@ -107,35 +107,44 @@ def refuse_foreign(path: Path, application_id: int, tables: Iterable[str]) -> No
         )
 
 
-async def open_beside(path: Path, busy_timeout_ms: int, *, create: bool = True) -> aiosqlite.Connection:
-    """An aiosqlite connection to the event log's file in WAL mode, for the tables that live beside
-    the events (run-time tokens, the rules journal); autocommit: each opener runs its own schema.
-    StoreUnavailable when the file is another program's database. `create=False`, for a path with
-    no symlink in it (gatewayd.store.ownership): the file must exist, SQLite never creates one, and
-    a symlink put in its place since is refused before anything is written where it leads."""
+def connect_beside(path: Path, busy_timeout_ms: int, *, create: bool = True) -> sqlite3.Connection:
+    """A plain sqlite3 connection to the event log's file in WAL mode, for the tables that live
+    beside the events (the rules journal; run-time tokens through `open_beside`); autocommit: each
+    opener runs its own schema. StoreUnavailable when the file is another program's database.
+    `create=False`, for a path with no symlink in it (gatewayd.store.ownership): the file must
+    exist, SQLite never creates one, and a symlink put in its place since is refused before
+    anything is written where it leads. Blocking: call it on the thread that will use it."""
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
     database, uri = (str(path), False) if create else (existing_only(path), True)
-    # A file SQLite cannot open fails here, not in aiosqlite.connect: that one stops its worker
-    # thread without waiting for it, and the thread then reports to an event loop already closed
-    # (a traceback after the command's own one-line error).
-    await asyncio.to_thread(lambda: sqlite3.connect(database, uri=uri).close())
-    conn = await aiosqlite.connect(database, uri=uri, isolation_level=None)
+    conn = sqlite3.connect(database, uri=uri, isolation_level=None)
     try:
         # Pragmas that answer a row are read to the end: a statement left half-read stays active
         # until its cursor is freed, whenever that is, and a COMMIT meanwhile fails ("SQL
         # statements in progress").
-        await conn.execute_fetchall(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}").fetchall()
         if not create:
-            refuse_elsewhere("event store", path, await conn.execute_fetchall("PRAGMA database_list"))
-        (application_id,) = next(iter(await conn.execute_fetchall(_APPLICATION_ID)))
-        tables = [str(row[0]) for row in await conn.execute_fetchall(_TABLES)]
-        refuse_foreign(path, int(application_id), tables)
-        await conn.execute_fetchall("PRAGMA journal_mode=WAL")
+            refuse_elsewhere("event store", path, conn.execute("PRAGMA database_list").fetchall())
+        (application_id,) = conn.execute(_APPLICATION_ID).fetchone()
+        refuse_foreign(path, int(application_id), [str(row[0]) for row in conn.execute(_TABLES)])
+        conn.execute("PRAGMA journal_mode=WAL").fetchall()
     except BaseException:
-        await conn.close()
+        conn.close()
         raise
     return conn
+
+
+async def open_beside(path: Path, busy_timeout_ms: int, *, create: bool = True) -> aiosqlite.Connection:
+    """`connect_beside`, as an aiosqlite connection."""
+    # A file that cannot be opened, or is refused, fails here, not in aiosqlite's worker thread:
+    # that one stops without being waited for, and then reports to an event loop already closed
+    # (a traceback after the command's own one-line error).
+
+    def connect() -> sqlite3.Connection:
+        return connect_beside(path, busy_timeout_ms, create=create)
+
+    await asyncio.to_thread(lambda: connect().close())
+    return await aiosqlite.Connection(connect, iter_chunk_size=64)
 
 
 def prepare(conn: sqlite3.Connection, path: Path) -> None:
