@@ -240,7 +240,6 @@ class SqliteRuleJournal:
                     " ON CONFLICT (key, step) DO UPDATE SET record = excluded.record",
                     (key, index, dumps(record)),
                 ),
-                ("UPDATE rule_journal SET updated_at = ? WHERE key = ?", (time.time(), key)),
             ]
         )
 
