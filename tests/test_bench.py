@@ -87,6 +87,10 @@ def check_throughput(result: Result) -> None:
     assert 0 < value(result, "median per typical message") < 10_000  # ms
     shares = [row.value or 0 for row in result.rows if row.metric.startswith("share:")]
     assert 0 < sum(shares) <= 101
+    # The real daemon, with the rules and without: every message delivered came as an event.
+    for rules in ("the benchmark rules acting", "no rules"):
+        assert value(result, f"end to end, {rules}: messages per gatewayd CPU-second") > 0
+        assert any(note.startswith(f"end to end, {rules}: 20 events") for note in result.notes)
 
 
 def check_replay(result: Result) -> None:

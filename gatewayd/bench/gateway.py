@@ -59,9 +59,13 @@ class GatewayProcess:
         store: Path | None = None,
         grace: float = 1.0,
         ready_timeout: float = 60.0,
+        rules: list[dict[str, Any]] | None = None,
     ) -> GatewayProcess:
+        """`rules`: the configuration's (None: gateway_config.RULES)."""
         workdir = bench.workdir("gateway")
-        config = gateway_config(bench, users, store or workdir / "events.db", free_port(), watch, grace)
+        config = gateway_config(
+            bench, users, store or workdir / "events.db", free_port(), watch, grace, rules
+        )
         gateway = cls(workdir, config)
         gateway.spawn(CPU_POLICIES[bench.cpu_policy])
         try:

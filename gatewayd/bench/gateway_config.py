@@ -47,6 +47,7 @@ def gateway_config(
     port: int,
     watch: str = "always",
     grace: float = 1.0,
+    rules: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """One agent `bench` with a mailbox per user (mailbox id = user name), full default pipeline."""
     dovecot = bench.dovecot
@@ -77,5 +78,5 @@ def gateway_config(
         "store": {"path": str(store)},
         "logging": {"level": "warning"},
         "agents": [{"id": "bench", "token_sha256": [hash_token(TOKEN)], "mailboxes": mailboxes}],
-        "rules": RULES,
+        "rules": RULES if rules is None else rules,
     }

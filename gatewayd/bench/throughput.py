@@ -21,6 +21,9 @@ learning store's probability cache and the regex caches cold, is reported beside
 The collector is set as `gatewayd run` sets it once up (gatewayd.heap), after the training.
 
 Baseline, same run: parsing alone (`gatewayd.message.parse`) over the same messages.
+
+Then the same corpus through the real daemon (gatewayd.bench.end_to_end): its CPU per message with
+everything it does besides, the IMAP push and FETCH, the rules' actions and the SSE stream.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from gatewayd import heap
+from gatewayd.bench import end_to_end
 from gatewayd.bench.gateway_config import gateway_config
 from gatewayd.bench.harness import Bench
 from gatewayd.bench.lmtp import bench_mail
@@ -49,8 +53,8 @@ from gatewayd.store.sqlite import SqliteEventStore
 
 NAME = "throughput"
 TITLE = "4. pipeline throughput (in process)"
-QUICK = {"messages": 100, "train": 0, "passes": 1}
-FULL = {"messages": 3000, "train": 1, "passes": 3}
+QUICK = {"messages": 100, "train": 0, "passes": 1, "end_to_end": 20}
+FULL = {"messages": 3000, "train": 1, "passes": 3, "end_to_end": 3000}
 TARGET_PER_CORE = 1000.0
 # Watchers whose messages come at once (several mailboxes' pushes in one turn of the loop).
 WATCHERS = 8
@@ -215,10 +219,13 @@ async def run(bench: Bench, size: dict[str, float]) -> Result:
     pipeline, learning = configured_pipeline(config, result)
     stage_names = [spec.stage.name for spec in pipeline.stages]
     result.note(f"stages: {', '.join(stage_names) or 'none'}")
-    if learning is not None and size["train"] and training:
+    trained = [(parse(fetched(uid, raw)), label) for uid, (raw, label) in enumerate(training, 1)]
+    if not size["train"]:
+        trained = []
+    if learning is not None and trained:
         started = time.monotonic()
-        for uid, (raw, label) in enumerate(training, 1):
-            learning.train(parse(fetched(uid, raw)), label)
+        for message, label in trained:
+            learning.train(message, label)
         result.note(
             f"learning store trained on {len(training)} messages in {time.monotonic() - started:.1f} s"
         )
@@ -318,4 +325,7 @@ async def run(bench: Bench, size: dict[str, float]) -> Result:
         total = count * len(floors) * len(modes)
         result.note(f"{errors} stage errors or timeouts (pipeline_errors) among {total} messages")
     result.add("stage errors", errors)
+    if size["end_to_end"]:
+        floor = result.value("throughput per core, one commit per message (msg per CPU-second)")
+        await end_to_end.run(bench, result, messages[: int(size["end_to_end"])], trained, floor or 0.0)
     return result
