@@ -9,6 +9,7 @@ import json
 import sqlite3
 from typing import Any
 
+from gatewayd.events import compact_json
 from gatewayd.store.journal import HELD, JournalEntry, OutboxItem, OutgoingMail
 
 SCHEMA = """
@@ -70,7 +71,9 @@ OUTBOX_COLUMNS = (
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # orjson, as for the events' own data: a tenth of json.dumps's time on a record, which holds the
+    # event's data (the journal wrote 3 KB of it per acting message through json.dumps).
+    return compact_json(value)
 
 
 def journal_entry(row: Any, steps: Any) -> JournalEntry:
