@@ -6,6 +6,7 @@ a table at the end; `--json FILE` keeps every number and the raw latency samples
 on a shared machine drift: compare each number with the floor next to it.
 
 The scenarios: latency.py, mailboxes.py, fanout.py, throughput.py, replay.py, restart.py. What they share:
+  end_to_end.py      throughput's end-to-end part: `gatewayd run`'s CPU per message, the corpus over LMTP
   harness.py         Bench: the run's sandbox Dovecot, scratch directory and fresh names; pacing
   gateway.py         GatewayProcess: `gatewayd run` as a subprocess, READY=1, /healthz, SIGTERM
   gateway_config.py  the configuration every scenario's gatewayd runs: its token, the rules
@@ -87,8 +88,8 @@ class UsageError(Exception):
     """Bad arguments, found before anything starts: one line for the user, exit status 2."""
 
 
-# Sizes that may be 0: a warm-up and two switches. Every other size counts or paces what is measured.
-MAY_BE_ZERO = frozenset({"latency.warmup", "throughput.train", "restart.passive"})
+# Sizes that may be 0: a warm-up and three switches. Every other size counts or paces what is measured.
+MAY_BE_ZERO = frozenset({"latency.warmup", "throughput.train", "throughput.end_to_end", "restart.passive"})
 # A size that samples another cannot exceed it: (scenario, sample) -> what it samples.
 SAMPLES = {("mailboxes", "probes"): "mailboxes"}
 
