@@ -246,10 +246,8 @@ class SqliteRuleJournal:
     async def complete(self, key: str, result: dict[str, Any]) -> None:
         await self._write(
             [
-                (
-                    "UPDATE rule_journal SET result = ?, updated_at = ? WHERE key = ?",
-                    (dumps(result), time.time(), key),
-                )
+                # Not updated_at: only prune reads it, of finished entries, and finish sets it.
+                ("UPDATE rule_journal SET result = ? WHERE key = ?", (dumps(result), key))
             ]
         )
 
