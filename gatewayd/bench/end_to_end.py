@@ -13,7 +13,6 @@ The in-process rate of the same run is the floor: the pipeline and the store alo
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -46,12 +45,6 @@ class _Events:
 
     def on_closing(self, index: int, at: float) -> None:
         pass
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process, all its threads, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def run(
@@ -110,14 +103,14 @@ async def measure(
         client = await open_sse(gateway.host, gateway.port, path, TOKEN, sink=events)
         try:
             lmtp = await LmtpClient.connect(bench.dovecot.host, bench.dovecot.lmtp_port)
-            cpu, wall = cpu_seconds(gateway.pid), time.monotonic()
+            cpu, wall = gateway.cpu_seconds(), time.monotonic()
             for raw in messages:
                 await lmtp.deliver(user, raw)
             delivered = time.monotonic() - wall
             await wait_until(
                 lambda: events.count >= len(messages), SECONDS_PER_MESSAGE * len(messages) + 30, "events"
             )
-            cpu = cpu_seconds(gateway.pid) - cpu
+            cpu = gateway.cpu_seconds() - cpu
             wall = time.monotonic() - wall
         finally:
             client.close()
