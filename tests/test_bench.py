@@ -60,6 +60,9 @@ def check_latency(result: Result) -> None:
     for key in ("", "busy."):
         assert len(result.samples[f"{key}gateway_ms"]) == len(result.samples[f"{key}floor_ms"]) == 20
     assert 0 < value(result, "  gatewayd push -> event published p50 (last 20)") < 10_000
+    # The diagnostic floors: a bare client fetching on EXISTS, one given each message with its push.
+    for floor in ("fetches on EXISTS", "gets each message with its push"):
+        assert -100 < value(result, f"  bare client that {floor} p50") < 10_000
     # Dovecot notifies at most every 500 ms: windows come at least that far apart, events in bursts.
     for who in ("floor's", "gatewayd's"):
         assert 400 < value(result, f"  {who} windows: one every (median)") < 10_000

@@ -46,7 +46,7 @@ import aiohttp
 from gatewayd.bench.gateway import GatewayProcess
 from gatewayd.bench.gateway_config import TOKEN
 from gatewayd.bench.harness import Bench, sleep_until, wait_until
-from gatewayd.bench.imap_floor import ImapFetchingClient, ImapIdleClient
+from gatewayd.bench.imap_floor import ImapFetchingClient, ImapIdleClient, ImapPushClient
 from gatewayd.bench.lmtp import LmtpClient, bench_mail
 from gatewayd.bench.machine import ensure_inotify
 from gatewayd.bench.sse_client import SseConnection, open_sse
@@ -232,25 +232,30 @@ async def busy_phase(
     result: Result,
     gateway: GatewayProcess,
 ) -> Phase | None:
-    """Every message to one mailbox; floor and fetching floor each on a twin of it."""
+    """Every message to one mailbox; the floor and the diagnostic floors each on a twin of it."""
     dovecot = bench.dovecot
-    floor_user, fetch_user = bench.users("busy", 2)
+    floor_user, fetch_user, push_user = bench.users("busy", 3)
     floor = await ImapIdleClient.connect(dovecot.host, dovecot.imap_port, floor_user, PASSWORD)
     fetching = await ImapFetchingClient.connect(dovecot.host, dovecot.imap_port, fetch_user, PASSWORD)
+    pushed = await ImapPushClient.connect(dovecot.host, dovecot.imap_port, push_user, PASSWORD)
     try:
-        group = [floor_user, fetch_user, user]
+        # gatewayd's mailbox third, as before the push floor was added: the same offsets to the floor.
+        group = [floor_user, fetch_user, user, push_user]
         async with bench.profile(f"{NAME}-busy", gateway.pid):
             group_ends, late = await deliver_paced(lmtp, [group], BUSY, messages, rate, seed=BUSY_SEED)
             await floor.wait_count(messages, 30)
+            await pushed.wait_count(messages, 30)
             await wait_until(lambda: len(fetching.fetched) >= messages, 30, "the fetching client")
             await wait_until(lambda: sum(n >= BUSY for n in sink.arrived) >= messages, 30, "the SSE events")
     finally:
         await floor.close()
         await fetching.close()
+        await pushed.close()
     ordered = [group_ends[n] for n in sorted(group_ends)]
     fetch_ms = [
         (at - times[1]) * 1000 for at, times in zip(fetching.fetched[:messages], ordered, strict=True)
     ]
+    push_seen = [pushed.seen_at(k + 1) for k in range(len(ordered))]
     phase = Phase(
         ends={n: times[2] for n, times in group_ends.items()},
         floor_ends={n: times[0] for n, times in group_ends.items()},
@@ -264,6 +269,18 @@ async def busy_phase(
     floor_ms = result.samples["busy.floor_ms"]
     result.add("  bare client that fetches on EXISTS p50", fetch["p50"], "ms", floor=percentile(floor_ms, 50))
     result.add("  bare client that fetches on EXISTS p99", fetch["p99"], "ms", floor=percentile(floor_ms, 99))
+    if None in push_seen:
+        seen = push_seen.index(None)
+        result.note(f"one busy mailbox: the push floor saw {seen} of {len(ordered)} messages")
+    else:
+        push = summary([(at - times[3]) * 1000 for at, times in zip(push_seen, ordered, strict=True) if at])
+        for key in ("p50", "p99"):
+            result.add(
+                f"  bare client that gets each message with its push {key}",
+                push[key],
+                "ms",
+                floor=percentile(floor_ms, int(key[1:])),
+            )
     # gatewayd's windows are its bursts of events (a window's events come within a few ms).
     floor_windows = window_starts([at for at in phase.floor_seen.values() if at is not None])
     gateway_windows = window_starts([arrival.at for arrival in phase.arrived.values()])
@@ -303,7 +320,7 @@ async def run(bench: Bench, size: dict[str, float]) -> Result:
     result = Result(NAME, TITLE, size=dict(size))
     users = bench.users("lat", int(size["mailboxes"]) + 1)
     # One inotify instance per idling Dovecot session: gatewayd's, the floors and their twins.
-    result.note(ensure_inotify(2 * len(users) + 1))
+    result.note(ensure_inotify(2 * len(users) + 2))
     spread, busy = users[:-1], users[-1]
     dovecot = bench.dovecot
     gateway = await GatewayProcess.start(bench, users)
