@@ -96,12 +96,18 @@ _ASCII_SEPARATORS_TO_SPACE = bytes.maketrans(_ASCII_SEPARATORS, b" " * len(_ASCI
 _SPACE_RUN = re.compile(b"   *")
 
 
+def squeeze_spaces(spaced: bytes) -> bytes:
+    """Runs of spaces made one, none at the ends: the last step of b" ".join(data.split()) done
+    as a translate that made every separator a space, then this (C passes, no object per word)."""
+    return _SPACE_RUN.sub(b" ", spaced).strip(b" ")
+
+
 def collapse(text: str) -> str:
     """Control characters dropped, whitespace runs made single spaces, stripped."""
     if text.isascii():
         # " ".join(text.split()) without an object per word: half the instructions for an excerpt.
         spaced = text.encode("ascii").translate(_ASCII_SEPARATORS_TO_SPACE)
-        return _SPACE_RUN.sub(b" ", spaced).strip(b" ").decode("ascii")
+        return squeeze_spaces(spaced).decode("ascii")
     return " ".join(_CONTROLS.sub(" ", text).split())
 
 

@@ -11,6 +11,7 @@ import re
 import unicodedata
 
 from gatewayd.message.lowercase import lower as str_lower
+from gatewayd.message.text import squeeze_spaces
 from gatewayd.pipeline.injection.limits import SNIPPET
 
 # Every format (Cf) character of Unicode 15, private use (Co), invisible fillers (combining
@@ -135,11 +136,8 @@ def unaccent(text: str) -> str:
     return _COMBINING.sub("", unicodedata.normalize("NFD", text))
 
 
-# Latin-1 whitespace as str.split() sees it (\x1c-\x1f, \x85, \xa0 too) as spaces, and the runs of
-# spaces left to collapse: "  +" spelt with a two-space literal start, which the engine looks for
-# itself, where from a one-character start it would try the pattern at every single space.
+# Latin-1 whitespace as str.split() sees it (\x1c-\x1f, \x85, \xa0 too) as spaces.
 _LATIN1_SPACE_TO_SPACE = bytes(0x20 if chr(c).isspace() else c for c in range(256))
-_SPACE_RUN = re.compile(b"   *")
 
 
 def collapse(text: str) -> str:
@@ -150,7 +148,7 @@ def collapse(text: str) -> str:
     # Split and join make an object per word; on bytes a translate and a regex that jumps from
     # one double space to the next are C passes.
     spaced = data.translate(_LATIN1_SPACE_TO_SPACE)
-    return _SPACE_RUN.sub(b" ", spaced).strip(b" ").decode("latin-1")
+    return squeeze_spaces(spaced).decode("latin-1")
 
 
 # ASCII whitespace as spaces (as collapse maps it), the other controls as NUL.
@@ -167,7 +165,7 @@ def shown(text: str) -> str:
         # each character) there is nothing to strip.
         spaced = text.encode("ascii").translate(_ASCII_SPACE_OR_NUL)
         if b"\0" not in spaced:
-            return _SPACE_RUN.sub(b" ", spaced).strip(b" ").decode("ascii")
+            return squeeze_spaces(spaced).decode("ascii")
     return collapse(strip_invisible(text))
 
 

@@ -10,6 +10,7 @@ from operator import itemgetter
 import tlsh
 
 from gatewayd.message import ParsedMessage
+from gatewayd.message.text import squeeze_spaces
 
 # Body bytes hashed for a signature at most; TLSH costs about 8 µs per KB.
 MAX_SIGNATURE_TEXT = 16 * 1024
@@ -25,13 +26,10 @@ MIN_SIGNATURE_TEXT = 128
 # per link: a template with a group (rb"://\1") calls Python code per link in Python 3.11.
 _URL_QUERY = re.compile(rb"(://(?:(?<=https://)|(?<=http://)|(?<=ftp://))[^\s?#]*+)[?#]\S*", re.IGNORECASE)
 _LINK_KEPT = itemgetter(1)
-# ASCII letters lower-cased and the whitespace bytes.split() splits at made spaces; and the runs
-# of spaces left to collapse: "  +" spelt with a two-space literal start, which the engine looks
-# for itself, where from a one-character start it would try the pattern at every single space.
+# ASCII letters lower-cased and the whitespace bytes.split() splits at made spaces.
 _LOWER_AND_SPACE = bytes.maketrans(
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZ\t\n\x0b\x0c\r", b"abcdefghijklmnopqrstuvwxyz     "
 )
-_SPACE_RUN = re.compile(rb"   *")
 
 
 def normalise_body(text: str) -> bytes:
@@ -44,7 +42,7 @@ def normalise_body(text: str) -> bytes:
     # one translate lower-cases, drops the digits and makes whitespace spaces, a regex collapses
     # the runs.
     spaced = data.translate(_LOWER_AND_SPACE, b"0123456789")
-    return _SPACE_RUN.sub(b" ", spaced).strip(b" ")[:MAX_SIGNATURE_TEXT]
+    return squeeze_spaces(spaced)[:MAX_SIGNATURE_TEXT]
 
 
 def signature(message: ParsedMessage) -> str | None:
