@@ -1,5 +1,5 @@
 """gatewayd's build: the package as pyproject.toml declares it, with the modules every message runs
-through compiled to C by mypyc (docs/benchmarks.md, "Nineteenth pass"). GATEWAYD_PURE_PYTHON=1
+through compiled to C by mypyc (docs/benchmarks-history.md, "Nineteenth pass"). GATEWAYD_PURE_PYTHON=1
 builds it without them; the package is the same Python either way (gatewayd.native)."""
 
 import os

@@ -1,6 +1,6 @@
 """How far the busy mailbox's "p50 minus the floor's p50" strays from gatewayd's own time.
 
-A model of the latency scenario's busy phase (docs/benchmarks.md, tenth pass): messages arrive
+A model of the latency scenario's busy phase (docs/benchmarks-history.md, tenth pass): messages arrive
 at random (Poisson, 20 per second, 500 of them as in `gatewayd bench`, or `--messages`); the
 floor's session and gatewayd's each see them in back-to-back windows of about 500 ms (Dovecot's
 notification delay, chained by each session's own sync); gatewayd's windows are slightly longer,

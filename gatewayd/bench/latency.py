@@ -57,7 +57,7 @@ NAME = "latency"
 TITLE = "1. delivery -> SSE event latency"
 QUICK = {"messages": 20, "busy_messages": 20, "rate": 20.0, "mailboxes": 4, "warmup": 2}
 # The busy phase is four times the spread one: over 500 arrivals gatewayd's p50 averaged some
-# 6 ms lower than over 2,000 (docs/benchmarks.md, twenty-second pass), the luck of a short
+# 6 ms lower than over 2,000 (docs/benchmarks-history.md, twenty-second pass), the luck of a short
 # schedule that a mailbox busy for minutes does not have.
 FULL = {"messages": 500, "busy_messages": 2000, "rate": 20.0, "mailboxes": 40, "warmup": 3}
 BUSY = 100_000  # subject numbers of the busy-mailbox phase start here

@@ -121,7 +121,7 @@ class Outcome:
 
 # Checking a message of ordinary size takes about a millisecond of CPU; handing it to a worker
 # thread costs nearly as much again on a small machine (the round trip, then the same code running
-# about 30 % slower on the other core: docs/benchmarks.md). So the CPU stages run on the event loop
+# about 30 % slower on the other core: docs/benchmarks-history.md). So the CPU stages run on the event loop
 # for messages up to this size, and in a worker thread for larger ones, whose checks could hold
 # the loop (and every stream) for many milliseconds.
 INLINE_MAX_BYTES = 32 * 1024
