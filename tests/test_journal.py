@@ -76,6 +76,21 @@ async def test_begin_is_idempotent_and_steps_accumulate(journal: SqliteRuleJourn
     assert await journal.open_entries("box", "INBOX") == []
 
 
+async def test_complete_journals_the_steps_it_is_given_in_the_same_transaction(
+    journal: SqliteRuleJournal,
+) -> None:
+    await begin(journal, "k1")
+    await journal.step("k1", 0, {"state": "started"})
+    commits: list[str] = []
+    await journal.trace(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    await journal.complete("k1", {"data": {"x": 1}, "drop": False}, {0: {"state": "done", "outcome": "ok"}})
+    await journal.trace(None)
+    assert commits == ["COMMIT"]
+    entry = await journal.get("k1")
+    assert entry is not None and entry.steps == {0: {"state": "done", "outcome": "ok"}}
+    assert entry.result == {"data": {"x": 1}, "drop": False}
+
+
 async def test_one_auto_reply_per_sender_per_period(journal: SqliteRuleJournal) -> None:
     await begin(journal, "k1", reply(0), uid=1)
     item = await journal.outbox_get("k1", 0)

@@ -20,7 +20,7 @@ from gatewayd.rules.engine import RulesStage
 from gatewayd.rules.execute import ActionInterrupted, message_key
 from gatewayd.rules.load import load_rules
 from gatewayd.send.outbox import Outbox
-from gatewayd.store.journal import PLACED, SENDING, UNKNOWN
+from gatewayd.store.journal import DONE, PLACED, SENDING, UNKNOWN
 from gatewayd.store.sqlite import SqliteEventStore
 from gatewayd.store.sqlite_journal import SqliteRuleJournal
 from tests.stalling_smtp import StallingSmtp
@@ -137,6 +137,30 @@ async def test_a_message_seen_again_is_never_acted_on_twice(parts: dict[str, Any
     # The copy that arrived in Archive is not announced again (and no rule runs on it).
     arrived = FetchedMessage("Archive", 101, 9, RAW, len(RAW), (), None)
     assert await pipeline.process(mailbox, arrived, FakeActions()) is None
+
+
+async def test_the_last_steps_outcome_is_journaled_with_the_result(parts: dict[str, Any]) -> None:
+    # Each commit of the journal is synced before the next thing happens, on the path of every
+    # message a rule acts on: the last step's outcome and the rules' result share one.
+    pipeline, mailbox = setup(parts, [{"add_keywords": "seen"}, {"move": "Archive"}])
+    journal = parts["journal"]
+    commits: list[str] = []
+    await journal.trace(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    actions = FakeActions()
+    event = await pipeline.process(mailbox, fetched(), actions)
+    await actions.settle()
+    await journal.trace(None)
+    assert event is not None and (event.data["folder"], event.data["uid"]) == ("Archive", 101)
+    # begin; the keyword: started, done; the move: started, the copy placed in Archive, done with
+    # the result; then, once the event is stored, finish.
+    assert len(commits) == 7
+    entry = await journal.get(message_key("box", "INBOX", 1, 7))
+    assert entry is not None and entry.state == DONE and entry.result is not None
+    assert entry.steps == {
+        0: {"state": "done", "outcome": "ok"},
+        1: {"state": "done", "outcome": "ok", "folder": "Archive", "uid": 101, "uidvalidity": 9},
+    }
+    assert entry.result["data"]["uid"] == 101
 
 
 async def test_recovery_resolves_an_interrupted_move_by_looking(parts: dict[str, Any]) -> None:

@@ -205,15 +205,16 @@ class RulesStage:
         if entry.result is not None:
             return entry.result
         assert self._journal is not None
-        outcomes = await Executor(
+        executor = Executor(
             self._journal, entry, mailbox, actions, self._outbox, self._learning, message, self.arrivals
-        ).run()
+        )
+        outcomes = await executor.run()
         record = entry.record
         done = {
             "data": result(record["event"]["data"], record["plan"], outcomes, list(record.get("errors", []))),
             "drop": bool(record["plan"]["drop"]),
         }
-        await self._journal.complete(entry.key, done)
+        await self._journal.complete(entry.key, done, executor.deferred)
         return done
 
     async def _compose(

@@ -103,13 +103,19 @@ class Executor:
         self._arrivals = arrivals
         self._data: Mapping[str, Any] = entry.record["event"]["data"]
         self._identity = identity_of(entry)
+        # The last step's outcome, for the caller to journal with the result in one commit
+        # (`RuleJournal.complete`): a crash before that commit leaves the step `started`, resolved
+        # by looking, as a crash before its own commit would.
+        self.deferred: dict[int, dict[str, Any]] = {}
 
     async def run(self) -> dict[int, dict[str, Any]]:
+        """Every step's outcome; the last one's is left in `deferred` for the caller to journal."""
         entry = self._entry
         outcomes, left = settled(entry)
         for step in left:
             index = step["index"]
             record = entry.steps.get(index)
+            last = step is left[-1]
             if step["kind"] != "send" and entry.uidvalidity != self._actions.uidvalidity:
                 outcome = {
                     "outcome": ERROR,
@@ -119,23 +125,30 @@ class Executor:
                 outcome = await self._guarded(self._resolve, step)
             else:
                 await self._journal.step(entry.key, index, {"state": "started"})
-                outcomes[index] = await self._act(step)
+                outcomes[index] = await self._act(step, last)
                 continue
             outcome = {"state": "done", **outcome}
-            await self._journal.step(entry.key, index, outcome)
+            await self._record(index, outcome, last)
             outcomes[index] = outcome
         return outcomes
 
-    async def _act(self, step: dict[str, Any]) -> dict[str, Any]:
-        """Do a step and journal its outcome; a move or copy is in flight (`Arrivals`) meanwhile,
-        so the destination's watcher waits for that outcome rather than announce the message."""
+    async def _record(self, index: int, outcome: dict[str, Any], last: bool) -> None:
+        if last:
+            self.deferred[index] = outcome
+        else:
+            await self._journal.step(self._entry.key, index, outcome)
+
+    async def _act(self, step: dict[str, Any], last: bool) -> dict[str, Any]:
+        """Do a step and journal its outcome (the last step's: see `deferred`); a move or copy is in
+        flight (`Arrivals`) meanwhile, so the destination's watcher waits for that outcome rather
+        than announce the message."""
         flight: InFlight | None = None
         if self._arrivals is not None and step["kind"] in ("move", "copy"):
             flight = self._arrivals.start(self._mailbox.id, step["folder"], self._identity)
         outcome: dict[str, Any] | None = None
         try:
             outcome = {"state": "done", **await self._guarded(self._perform, step)}
-            await self._journal.step(self._entry.key, step["index"], outcome)
+            await self._record(step["index"], outcome, last)
             return outcome
         finally:
             if flight is not None:

@@ -5,9 +5,10 @@ Exactly once rests on three records, each durable before the next thing happens:
 
 1. `begin`: the message's event as the pipeline built it, the plan (its ordered steps), every mail
    the plan sends (composed in full, held) and the auto-reply reservations, in one transaction.
-2. `step`: before an action, its intent (`started`); after it, its outcome. An intent without an
-   outcome is what a crash leaves behind: the rules engine resolves it by looking at the server
-   (was the message moved?) or, for mail, by never sending twice (`unknown`).
+2. `step`: before an action, its intent (`started`); after it, its outcome (the last step's goes
+   with the rules' result, `complete`, in one transaction). An intent without an outcome is what
+   a crash leaves behind: the rules engine resolves it by looking at the server (was the message
+   moved?) or, for mail, by never sending twice (`unknown`).
 3. `finish`: after the event is stored (the store's dedupe key makes storing it again harmless).
 
 A message that a rule moved or copied into another watched folder gets a `placed` entry under the
@@ -21,7 +22,7 @@ rest.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -137,7 +138,12 @@ class RuleJournal(Protocol):
 
     async def step(self, key: str, index: int, record: dict[str, Any]) -> None: ...
 
-    async def complete(self, key: str, result: dict[str, Any]) -> None: ...
+    async def complete(
+        self, key: str, result: dict[str, Any], steps: Mapping[int, dict[str, Any]] | None = None
+    ) -> None:
+        """Record the rules' result, with `steps` (index -> record, as `step` takes them) in the
+        same transaction: the last step's outcome, which then costs no commit of its own."""
+        ...
 
     async def finish(self, keys: Sequence[str]) -> None: ...
 

@@ -27,7 +27,7 @@ import asyncio
 import functools
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -233,21 +233,16 @@ class SqliteRuleJournal:
         return entry
 
     async def step(self, key: str, index: int, record: dict[str, Any]) -> None:
-        await self._write(
-            [
-                (
-                    "INSERT INTO rule_steps (key, step, record) VALUES (?, ?, ?)"
-                    " ON CONFLICT (key, step) DO UPDATE SET record = excluded.record",
-                    (key, index, dumps(record)),
-                ),
-            ]
-        )
+        await self._write([_step_statement(key, index, record)])
 
-    async def complete(self, key: str, result: dict[str, Any]) -> None:
+    async def complete(
+        self, key: str, result: dict[str, Any], steps: Mapping[int, dict[str, Any]] | None = None
+    ) -> None:
         await self._write(
             [
+                *(_step_statement(key, index, record) for index, record in (steps or {}).items()),
                 # Not updated_at: only prune reads it, of finished entries, and finish sets it.
-                ("UPDATE rule_journal SET result = ? WHERE key = ?", (dumps(result), key))
+                ("UPDATE rule_journal SET result = ? WHERE key = ?", (dumps(result), key)),
             ]
         )
 
@@ -374,6 +369,14 @@ class SqliteRuleJournal:
                 keys = await self._run(lambda conn: conn.execute("SELECT key FROM rule_journal").fetchall())
                 self._keys = {key for (key,) in keys}
         return counts[1]
+
+
+def _step_statement(key: str, index: int, record: dict[str, Any]) -> tuple[str, Sequence[Any]]:
+    return (
+        "INSERT INTO rule_steps (key, step, record) VALUES (?, ?, ?)"
+        " ON CONFLICT (key, step) DO UPDATE SET record = excluded.record",
+        (key, index, dumps(record)),
+    )
 
 
 def _transaction(conn: sqlite3.Connection, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
