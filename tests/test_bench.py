@@ -59,6 +59,12 @@ def check_latency(result: Result) -> None:
         assert row.floor is not None and -100 < row.floor < 10_000  # a floor can beat the 250
     for key in ("", "busy."):
         assert len(result.samples[f"{key}gateway_ms"]) == len(result.samples[f"{key}floor_ms"]) == 20
+    # The diagnostic phase with mail a rule acts on: every message acted on, no target on it.
+    assert len(result.samples["acting.gateway_ms"]) == len(result.samples["acting.floor_ms"]) == 8
+    assert value(result, "  of which a rule acted on") == 8
+    acting = [r for r in result.rows if r.metric.startswith("4 mailboxes, 1 msg/0.2 s each, a rule acting")]
+    assert len(acting) == 6 and all(r.target in (None, "") for r in acting)
+    assert 0 < value(result, "4 mailboxes, 1 msg/0.2 s each, a rule acting p50") < 10_000
     assert 0 < value(result, "  gatewayd push -> event published p50 (last 20)") < 10_000
     # The diagnostic floors: a bare client fetching on EXISTS, one given each message with its push.
     for floor in ("fetches on EXISTS", "gets each message with its push"):

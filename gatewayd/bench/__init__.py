@@ -88,8 +88,16 @@ class UsageError(Exception):
     """Bad arguments, found before anything starts: one line for the user, exit status 2."""
 
 
-# Sizes that may be 0: a warm-up and three switches. Every other size counts or paces what is measured.
-MAY_BE_ZERO = frozenset({"latency.warmup", "throughput.train", "throughput.end_to_end", "restart.passive"})
+# Sizes that may be 0: a warm-up and four switches. Every other size counts or paces what is measured.
+MAY_BE_ZERO = frozenset(
+    {
+        "latency.warmup",
+        "latency.acting_messages",
+        "throughput.train",
+        "throughput.end_to_end",
+        "restart.passive",
+    }
+)
 # A size that samples another cannot exceed it: (scenario, sample) -> what it samples.
 SAMPLES = {("mailboxes", "probes"): "mailboxes"}
 

@@ -55,12 +55,23 @@ from gatewayd.sandbox.dovecot import PASSWORD
 
 NAME = "latency"
 TITLE = "1. delivery -> SSE event latency"
-QUICK = {"messages": 20, "busy_messages": 20, "rate": 20.0, "mailboxes": 4, "warmup": 2}
+QUICK = {"messages": 20, "busy_messages": 20, "acting_messages": 8, "rate": 20.0, "mailboxes": 4, "warmup": 2}
 # The busy phase is four times the spread one: over 500 arrivals gatewayd's p50 averaged some
 # 6 ms lower than over 2,000 (docs/benchmarks-history.md, twenty-second pass), the luck of a short
 # schedule that a mailbox busy for minutes does not have.
-FULL = {"messages": 500, "busy_messages": 2000, "rate": 20.0, "mailboxes": 40, "warmup": 3}
+FULL = {
+    "messages": 500,
+    "busy_messages": 2000,
+    "acting_messages": 200,
+    "rate": 20.0,
+    "mailboxes": 40,
+    "warmup": 3,
+}
 BUSY = 100_000  # subject numbers of the busy-mailbox phase start here
+# The acting phase's mail (subjects from ACTING on) is a mailing list's: the benchmark rules'
+# `newsletters` adds a keyword to each, so its event waits for the journal and an IMAP STORE.
+ACTING = 200_000
+LIST_ID = "List-Id: Bench announcements <announce.bench.example>\r\n"
 BUSY_SEED = 2026  # the busy phase's random arrival times: the same in every run
 
 
@@ -71,14 +82,15 @@ class Arrival:
     at: float  # monotonic time its last byte was read
     stored: float  # its created_at (stamped in the store's append), as a monotonic time
     stages_ms: float  # the sum of its pipeline_ms
+    acted: bool = False  # a rule acted on it
 
     @classmethod
-    def of(cls, at: float, created_at: str | None, pipeline_ms: float) -> Arrival:
+    def of(cls, at: float, created_at: str | None, pipeline_ms: float, acted: bool = False) -> Arrival:
         stored = math.nan
         if created_at:
             wall = datetime.fromisoformat(created_at.replace("Z", "+00:00")).timestamp()
             stored = wall - (time.time() - time.monotonic())
-        return cls(at, stored, pipeline_ms)
+        return cls(at, stored, pipeline_ms, acted)
 
 
 def stages_ms(data: dict[str, Any]) -> float:
@@ -98,7 +110,9 @@ class SubjectSink:
         envelope = json.loads(data)
         subject = envelope["data"].get("subject") or ""
         if subject.startswith("bench ") and int(subject.split()[1]) not in self.arrived:
-            arrival = Arrival.of(at, envelope.get("created_at"), stages_ms(envelope["data"]))
+            fields = envelope["data"]
+            acted = bool(fields.get("rules_applied"))
+            arrival = Arrival.of(at, envelope.get("created_at"), stages_ms(fields), acted)
             self.arrived[int(subject.split()[1])] = arrival
 
     def on_closing(self, index: int, at: float) -> None:
@@ -112,13 +126,15 @@ async def deliver_paced(
     count: int,
     rate: float,
     seed: int | None = None,
+    headers: str = "",
 ) -> tuple[dict[int, list[float]], float]:
     """Deliver `bench <n>` for n in first..first+count-1 on a schedule, cycling through the
     recipient groups: to each mailbox of the group in turn, one LMTP transaction each (Dovecot
     answers a multi-recipient DATA only once all are delivered: that would hide each one's end).
 
     The schedule is `rate` messages a second: evenly spaced, or with a `seed` the arrivals of a
-    Poisson process of that rate (exponential gaps), the same for the same seed.
+    Poisson process of that rate (exponential gaps), the same for the same seed. `headers`: more
+    header lines for every message.
     Returns each message's delivery-end times (in group order) and the worst lateness.
     """
     ends: dict[int, list[float]] = {}
@@ -132,7 +148,7 @@ async def deliver_paced(
             due = start + i / rate if gaps is None else due + gaps.expovariate(rate)
         await sleep_until(due)
         late = max(late, time.monotonic() - due)
-        message = bench_mail(f"bench {n}", size=2000)
+        message = bench_mail(f"bench {n}", size=2000, headers=headers)
         ends[n] = [await lmtp.deliver(mailbox, message) for mailbox in recipients[i % len(recipients)]]
     return ends, late
 
@@ -157,6 +173,7 @@ async def spread_phase(
     rate: float,
     arrivals: Callable[[], Awaitable[dict[int, Arrival]]],
     profile: tuple[str, int],
+    headers: str = "",
 ) -> Phase:
     """Round-robin over gatewayd's `users`, each message to a floor-watched twin first."""
     dovecot = bench.dovecot
@@ -166,7 +183,7 @@ async def spread_phase(
         bases = [floor.count for floor in floors]
         groups = [[twin, user] for twin, user in zip(twins, users, strict=True)]
         async with bench.profile(*profile):
-            group_ends, late = await deliver_paced(lmtp, groups, first, messages, rate)
+            group_ends, late = await deliver_paced(lmtp, groups, first, messages, rate, headers=headers)
             for j, (floor, base) in enumerate(zip(floors, bases, strict=True)):
                 await floor.wait_count(base + len(range(j, messages, len(users))), 60)
             deadline = time.monotonic() + 60
@@ -191,8 +208,9 @@ async def spread_phase(
     )
 
 
-def latency_result(result: Result, label: str, phase: Phase, key: str = "") -> bool:
-    """Latency rows against the floor, and where gatewayd's share goes; False if mail went missing."""
+def latency_result(result: Result, label: str, phase: Phase, key: str = "", targets: bool = True) -> bool:
+    """Latency rows against the floor (with the issue's targets unless not `targets`), and where
+    gatewayd's share goes; False if mail went missing."""
     gateway_ms, floor_ms, to_store, to_client, stages = [], [], [], [], []
     missing = 0
     for n, end in sorted(phase.ends.items()):
@@ -211,7 +229,7 @@ def latency_result(result: Result, label: str, phase: Phase, key: str = "") -> b
     result.samples[f"{key}gateway_ms"] = gateway_ms
     result.samples[f"{key}floor_ms"] = floor_ms
     result.plot_titles[key] = label
-    latency_rows(result, label, gateway_ms, floor_ms)
+    latency_rows(result, label, gateway_ms, floor_ms, targets=targets)
     # created_at splits gatewayd's share: before it, DONE + SEARCH + FETCH + pipeline (and, for
     # mail that rode along in a batch, the messages before it); after it, commit, bus, HTTP.
     result.add("  floor EXISTS -> event stored (created_at) p50", percentile(to_store, 50), "ms")
@@ -303,6 +321,31 @@ async def busy_phase(
     return phase
 
 
+async def acting_phase(
+    bench: Bench,
+    lmtp: LmtpClient,
+    users: list[str],
+    messages: int,
+    rate: float,
+    sink: SubjectSink,
+    result: Result,
+    pid: int,
+) -> None:
+    """The spread phase again with mail a rule acts on (a keyword): what the rules journal's synced
+    commits and the IMAP STORE add before the event. A diagnostic beside the issue's scenario, whose
+    generated mail no rule acts on: no target."""
+
+    async def arrivals() -> dict[int, Arrival]:
+        return {n: a for n, a in sink.arrived.items() if n >= ACTING}
+
+    profile = (f"{NAME}-acting", pid)
+    phase = await spread_phase(bench, lmtp, users, ACTING, messages, rate, arrivals, profile, LIST_ID)
+    label = f"{len(users)} mailboxes, 1 msg/{len(users) / rate:g} s each, a rule acting"
+    if latency_result(result, label, phase, "acting.", targets=False):
+        acted = sum(arrival.acted for arrival in phase.arrived.values())
+        result.add("  of which a rule acted on", acted, "messages")
+
+
 def window_starts(moments: list[float], quiet: float = 0.1) -> list[float]:
     """The first of each burst of moments (seconds; a burst ends after `quiet` seconds of none)."""
     ordered = sorted(moments)
@@ -316,7 +359,7 @@ def median_gap(moments: list[float]) -> float:
 
 async def run(bench: Bench, size: dict[str, float]) -> Result:
     messages, rate, warmup = int(size["messages"]), float(size["rate"]), int(size["warmup"])
-    busy_messages = int(size["busy_messages"])
+    busy_messages, acting_messages = int(size["busy_messages"]), int(size["acting_messages"])
     result = Result(NAME, TITLE, size=dict(size))
     users = bench.users("lat", int(size["mailboxes"]) + 1)
     # One inotify instance per idling Dovecot session: gatewayd's, the floors and their twins.
@@ -342,7 +385,9 @@ async def run(bench: Bench, size: dict[str, float]) -> Result:
         phase = await spread_phase(bench, lmtp, spread, warmup, messages, rate, arrivals, (NAME, gateway.pid))
         label = f"{len(spread)} mailboxes, 1 msg/{len(spread) / rate:g} s each"
         if latency_result(result, label, phase):
-            await busy_phase(bench, lmtp, busy, busy_messages, rate, sink, result, gateway)
+            busy_result = await busy_phase(bench, lmtp, busy, busy_messages, rate, sink, result, gateway)
+            if busy_result is not None and acting_messages:
+                await acting_phase(bench, lmtp, spread, acting_messages, rate, sink, result, gateway.pid)
     finally:
         if lmtp is not None:
             await lmtp.close()

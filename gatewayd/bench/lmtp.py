@@ -67,12 +67,15 @@ class LmtpClient:
             await self._writer.wait_closed()
 
 
-def bench_mail(subject: str, body: str = "Hello from the benchmark.\r\n", size: int = 0) -> bytes:
-    """A small plain message; `size` pads the body to about that many bytes."""
+def bench_mail(
+    subject: str, body: str = "Hello from the benchmark.\r\n", size: int = 0, headers: str = ""
+) -> bytes:
+    """A small plain message; `size` pads the body to about that many bytes; `headers`: more
+    header lines, each ending in CRLF."""
     if size > len(body):
         body += ("lorem ipsum dolor sit amet " * (size // 27 + 1))[: size - len(body)] + "\r\n"
     return (
-        f"From: Bench Sender <sender@example.org>\r\nTo: agent@example.com\r\nSubject: {subject}\r\n"
+        f"From: Bench Sender <sender@example.org>\r\nTo: agent@example.com\r\nSubject: {subject}\r\n{headers}"
         f"Message-ID: <{subject.replace(' ', '.')}.{time.time_ns()}@bench.example>\r\n"
         f"Date: Sat, 21 Nov 2026 10:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}"
     ).encode()
