@@ -13,8 +13,9 @@ from gatewayd.sandbox.dovecot import PASSWORD
 TOKEN = "bench-token-0123456789"
 
 # Every scenario's gatewayd runs the README's example rules (its auto-reply as a flag: the
-# benchmarks have no SMTP peer), one with a regular expression. The benchmark mail matches none
-# of them, so the rules stage evaluates and plans for each message and acts on none.
+# benchmarks have no SMTP peer), one with a regular expression. The generated mail matches none
+# of them, so the rules stage evaluates and plans for each message and acts on none; only the
+# latency scenario's acting phase sends a mailing list's, which `newsletters` tags.
 RULES: list[dict[str, Any]] = [
     {"name": "newsletters", "if": {"list_id": True}, "then": [{"add_keywords": ["newsletter"]}]},
     {
