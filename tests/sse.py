@@ -8,6 +8,8 @@ import json
 import random
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 import aiohttp
@@ -103,6 +105,12 @@ async def open_stream(
     return SseReader(response)
 
 
+def date_now() -> str:
+    """A Date field's value for now: the spam stage scores a Date days before the server's Received
+    stamp (DATE_IN_PAST), so mail delivered in a test must not carry a fixed date."""
+    return format_datetime(datetime.now(UTC))
+
+
 def mail(
     subject: str, sender: str = "Bob Sender <bob@example.org>", body: str = "Hello.", **headers: str
 ) -> bytes:
@@ -110,7 +118,7 @@ def mail(
     extra = "".join(f"{name.replace('_', '-')}: {value}\r\n" for name, value in headers.items())
     return (
         f"From: {sender}\r\nTo: agent@example.com\r\nSubject: {subject}\r\n"
-        f"Date: Sat, 21 Nov 2026 10:00:00 +0000\r\n{extra}\r\n{body}\r\n"
+        f"Date: {date_now()}\r\n{extra}\r\n{body}\r\n"
     ).encode()
 
 
@@ -128,7 +136,7 @@ def late_text_mail(subject: str, attachment_bytes: int = 300_000) -> bytes:
     content = base64.encodebytes(random.Random(subject).randbytes(attachment_bytes)).decode("ascii")
     return (
         f"From: Bob Sender <bob@example.org>\r\nTo: agent@example.com\r\nSubject: {subject}\r\n"
-        f"Date: Sat, 21 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{uuid.uuid4().hex}@test.example>\r\n"
+        f"Date: {date_now()}\r\nMessage-ID: <{uuid.uuid4().hex}@test.example>\r\n"
         'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\n'
         'Content-Type: application/pdf; name="report.pdf"\r\n'
         'Content-Disposition: attachment; filename="report.pdf"\r\n'

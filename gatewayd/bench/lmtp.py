@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from datetime import UTC, datetime
+from email.utils import format_datetime
 
 
 class LmtpClient:
@@ -77,5 +79,5 @@ def bench_mail(
     return (
         f"From: Bench Sender <sender@example.org>\r\nTo: agent@example.com\r\nSubject: {subject}\r\n{headers}"
         f"Message-ID: <{subject.replace(' ', '.')}.{time.time_ns()}@bench.example>\r\n"
-        f"Date: Sat, 21 Nov 2026 10:00:00 +0000\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}"
+        f"Date: {format_datetime(datetime.now(UTC))}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}"
     ).encode()

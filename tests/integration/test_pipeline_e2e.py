@@ -15,7 +15,7 @@ from gatewayd.pipeline.learning import LearningStore
 from gatewayd.sandbox.dovecot import PASSWORD, Dovecot
 from tests.conftest import TOKEN, gateway_config
 from tests.daemon import REPO_ROOT, child_env, gatewayd_command, run_cli, write_config
-from tests.sse import SseReader, mail, open_stream
+from tests.sse import SseReader, date_now, mail, open_stream
 from tests.waiting import idle, wait_for
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -24,10 +24,10 @@ PIPELINE = {
     "auth": {"trusted_authserv_ids": ["mx.gatewayd.test"]},
 }
 
-PHISH = (  # noqa: UP012 - readable as text
+PHISH = (
     "From: PayPal Security <security@spammer.example>\r\nTo: agent@example.com\r\n"
     "Subject: URGENT: your account is suspended\r\nMessage-ID: <phish-1@spammer.example>\r\n"
-    "Date: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
+    f"Date: {date_now()}\r\n"
     "Authentication-Results: mx.gatewayd.test; spf=fail smtp.mailfrom=spammer.example;"
     " dkim=fail header.d=spammer.example; dmarc=fail header.from=spammer.example\r\n"
     "Content-Type: text/html; charset=utf-8\r\n\r\n"

@@ -14,7 +14,7 @@ import aiohttp
 from gatewayd.sandbox.dovecot import Dovecot
 from tests.conftest import gateway_config
 from tests.integration.test_rules import AUTH, Imap
-from tests.sse import SseReader
+from tests.sse import SseReader, date_now
 from tests.waiting import idle, wait_for
 
 CAP = 4096
@@ -32,7 +32,7 @@ def appended(dovecot: Dovecot, user: str, *messages: bytes) -> None:
 
 def head(subject: str) -> str:
     return (
-        f"To: agent@example.com\r\nSubject: {subject}\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
+        f"To: agent@example.com\r\nSubject: {subject}\r\nDate: {date_now()}\r\n"
         f"Message-ID: <{uuid.uuid4().hex}@test.example>\r\n"
     )
 

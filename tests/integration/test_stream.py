@@ -18,7 +18,7 @@ from httpx_sse import aconnect_sse
 from gatewayd.events import NewEvent
 from gatewayd.sandbox.dovecot import Dovecot
 from tests.conftest import OTHER_TOKEN, TOKEN, gateway_config
-from tests.sse import SseReader, mail, open_stream
+from tests.sse import SseReader, date_now, mail, open_stream
 from tests.waiting import idle, wait_for
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -40,7 +40,7 @@ async def test_delivered_message_reaches_stream_with_metadata(
         body = (
             b"From: =?utf-8?q?J=C3=B6rg?= <joerg@example.org>\r\nTo: Agent <agent@example.com>\r\n"
             b"Subject: =?utf-8?b?R3LDvMOfZQ==?=\r\nMessage-ID: <m1@example.org>\r\n"
-            b"Date: Sat, 21 Nov 2026 10:00:00 +0000\r\n\r\nPlease call me back.\r\n"
+            + f"Date: {date_now()}\r\n\r\nPlease call me back.\r\n".encode()
         )
         await dovecot.deliver_async(user, body)
         frame = await reader.until(lambda f: f.event == "message.received")
