@@ -1,7 +1,8 @@
 """Connecting to the IMAP server: TCP or implicit TLS, STARTTLS, login, capabilities.
 
-aioimaplib has no STARTTLS (upgraded here with `loop.start_tls`) and sends LOGIN's username bare
-(`gatewayd.imap.login` logs in instead). Its loggers are kept at WARNING: it logs every line at
+aioimaplib has no STARTTLS (upgraded here with `loop.start_tls`), sends LOGIN's username bare
+(`gatewayd.imap.login` logs in instead) and reads responses in quadratic time (the client is
+`gatewayd.imap.protocol`'s). Its loggers are kept at WARNING: it logs every line at
 debug, the password too, and stray responses at info.
 """
 
@@ -25,6 +26,7 @@ from gatewayd.imap.errors import (
     response_text,
 )
 from gatewayd.imap.login import login
+from gatewayd.imap.protocol import IMAP4
 from gatewayd.tls import client_context
 
 logging.getLogger("aioimaplib").setLevel(logging.WARNING)
@@ -61,13 +63,13 @@ async def connect(config: ImapConfig, connection_of: Callable[[aioimaplib.IMAP4]
 
     timeout = config.connect_timeout_seconds
     try:
-        if config.tls == TLS_IMPLICIT:
-            client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
-                config.host, config.port, timeout=timeout, ssl_context=tls_context(config)
-            )
-            client.protocol.conn_lost_cb = connection_lost
-        else:
-            client = aioimaplib.IMAP4(config.host, config.port, timeout=timeout, conn_lost_cb=connection_lost)
+        client = IMAP4(
+            config.host,
+            config.port,
+            timeout=timeout,
+            conn_lost_cb=connection_lost,
+            ssl_context=tls_context(config) if config.tls == TLS_IMPLICIT else None,
+        )
         connection = connection_of(client)
         await client.wait_hello_from_server()
         if config.tls == TLS_STARTTLS:
