@@ -7,6 +7,8 @@ import contextlib
 import itertools
 import signal
 import tempfile
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from pathlib import Path
 
 from gatewayd.app import Daemon
@@ -23,10 +25,11 @@ SAMPLES = [
 
 
 def _sample(n: int) -> bytes:
+    """Sample mail n, dated now: a Date days before the server's Received stamp counts as spam."""
     sender, subject, body = SAMPLES[n % len(SAMPLES)]
     return (
         f"From: {sender}\r\nTo: Demo Agent <demo@example.com>\r\nSubject: {subject}\r\n"
-        f"Message-ID: <demo-{n}@gatewayd.invalid>\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
+        f"Message-ID: <demo-{n}@gatewayd.invalid>\r\nDate: {format_datetime(datetime.now(UTC))}\r\n"
         f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
     ).encode()
 
